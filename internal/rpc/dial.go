@@ -1,0 +1,105 @@
+package rpc
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+)
+
+// MaxMessageBytes bounds one gRPC message. A block request carries at most
+// 32 MiB of data (the NBD maximum we advertise) plus its header.
+const MaxMessageBytes = 40 << 20
+
+// ServerOptions are the options every Ballast gRPC server is built with.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.MaxSendMsgSize(MaxMessageBytes),
+	}
+}
+
+// SplitAddresses parses a node address list "hostA:port,hostB:port" (one
+// entry per network) into its parts.
+func SplitAddresses(list string) []string {
+	var out []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+var schemeSeq atomic.Uint64
+
+// Dial returns a client connection to one node that holds every network
+// address of that node. gRPC's pick_first policy uses the first address
+// that connects and moves to the next when it breaks, so losing one network
+// does not lose the node.
+func Dial(addresses []string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if len(addresses) == 0 {
+		return nil, fmt.Errorf("dial: no addresses")
+	}
+	// A resolver per connection: its scheme must be unique in the process.
+	r := manual.NewBuilderWithScheme(fmt.Sprintf("ballast%d", schemeSeq.Add(1)))
+	state := resolver.State{}
+	for _, a := range addresses {
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+	}
+	r.InitialState(state)
+	all := append([]grpc.DialOption{
+		grpc.WithResolvers(r),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(MaxMessageBytes),
+			grpc.MaxCallSendMsgSize(MaxMessageBytes),
+		),
+	}, opts...)
+	conn, err := grpc.NewClient(r.Scheme()+":///node", all...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %v: %w", addresses, err)
+	}
+	return conn, nil
+}
+
+// Pool caches one client connection per node address list.
+type Pool struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+// Get returns the cached connection to the node with these addresses,
+// dialing it on first use.
+func (p *Pool) Get(addresses []string) (*grpc.ClientConn, error) {
+	key := strings.Join(addresses, ",")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[key]; ok {
+		return c, nil
+	}
+	c, err := Dial(addresses)
+	if err != nil {
+		return nil, err
+	}
+	if p.conns == nil {
+		p.conns = make(map[string]*grpc.ClientConn)
+	}
+	p.conns[key] = c
+	return c, nil
+}
+
+// Close closes every cached connection.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, c := range p.conns {
+		c.Close()
+		delete(p.conns, k)
+	}
+}

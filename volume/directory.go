@@ -1,0 +1,209 @@
+package volume
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+// Directory is the directory group's state machine: every volume by name.
+// raft calls Apply, Snapshot and Restore from its FSM goroutine; readers
+// call Get, ByID and List from any goroutine.
+type Directory struct {
+	// OnDelete, if set, is called (from raft's FSM goroutine, so it must not
+	// block) for each volume that leaves the directory, so its data can be
+	// reclaimed.
+	OnDelete func(*ballastpb.Volume)
+
+	mu           sync.RWMutex
+	byName       map[string]*ballastpb.Volume
+	byID         map[uint64]*ballastpb.Volume
+	nextVolumeID uint64
+}
+
+// NewDirectory returns an empty directory.
+func NewDirectory() *Directory {
+	return &Directory{
+		byName:       map[string]*ballastpb.Volume{},
+		byID:         map[uint64]*ballastpb.Volume{},
+		nextVolumeID: 1,
+	}
+}
+
+// ApplyResult is what Apply returns for every command: the volume the
+// command produced or changed, or the error that refused it.
+type ApplyResult struct {
+	Volume *ballastpb.Volume
+	Err    error
+}
+
+// Apply implements raft.FSM.
+func (d *Directory) Apply(l *raft.Log) interface{} {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	var cmd ballastpb.DirectoryCommand
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		return ApplyResult{Err: fmt.Errorf("directory: decode command at index %d: %w", l.Index, err)}
+	}
+	return d.ApplyCommand(&cmd, l.AppendedAt.UnixNano())
+}
+
+// ApplyCommand applies one decoded command. Every refusal is decided here,
+// in log order, so that all replicas agree even when two proposals raced.
+func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos int64) ApplyResult {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch op := cmd.Op.(type) {
+	case *ballastpb.DirectoryCommand_CreateVolume:
+		v := proto.Clone(op.CreateVolume.Volume).(*ballastpb.Volume)
+		if err := ValidateName(v.Name); err != nil {
+			return ApplyResult{Err: err}
+		}
+		if err := ValidateSize(v.SizeBytes); err != nil {
+			return ApplyResult{Err: err}
+		}
+		if _, ok := d.byName[v.Name]; ok {
+			return ApplyResult{Err: fmt.Errorf("%w: %q", ErrExists, v.Name)}
+		}
+		if v.Primary == "" || len(v.Secondaries) == 0 {
+			return ApplyResult{Err: fmt.Errorf("%w: volume %q has no placement", ErrInvalid, v.Name)}
+		}
+		v.Id = d.nextVolumeID
+		d.nextVolumeID++
+		v.BlockSizeBytes = BlockSizeBytes
+		if v.Epoch == 0 {
+			v.Epoch = 1
+		}
+		v.CreatedUnixNanos = nowUnixNanos
+		d.byName[v.Name] = v
+		d.byID[v.Id] = v
+		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+	case *ballastpb.DirectoryCommand_ResizeVolume:
+		v, ok := d.byName[op.ResizeVolume.Name]
+		if !ok {
+			return ApplyResult{Err: fmt.Errorf("%w: %q", ErrNotFound, op.ResizeVolume.Name)}
+		}
+		if err := ValidateSize(op.ResizeVolume.SizeBytes); err != nil {
+			return ApplyResult{Err: err}
+		}
+		if op.ResizeVolume.SizeBytes < v.SizeBytes {
+			return ApplyResult{Err: fmt.Errorf("%w: volume %q is %d bytes; shrinking to %d would lose data", ErrInvalid, v.Name, v.SizeBytes, op.ResizeVolume.SizeBytes)}
+		}
+		v.SizeBytes = op.ResizeVolume.SizeBytes
+		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+	case *ballastpb.DirectoryCommand_DeleteVolume:
+		v, ok := d.byName[op.DeleteVolume.Name]
+		if !ok {
+			return ApplyResult{Err: fmt.Errorf("%w: %q", ErrNotFound, op.DeleteVolume.Name)}
+		}
+		delete(d.byName, v.Name)
+		delete(d.byID, v.Id)
+		if d.OnDelete != nil {
+			d.OnDelete(proto.Clone(v).(*ballastpb.Volume))
+		}
+		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+	default:
+		return ApplyResult{Err: fmt.Errorf("%w: unknown directory command %T", ErrInvalid, cmd.Op)}
+	}
+}
+
+// Get returns a copy of the named volume's record.
+func (d *Directory) Get(name string) (*ballastpb.Volume, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	v, ok := d.byName[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	return proto.Clone(v).(*ballastpb.Volume), nil
+}
+
+// ByID returns a copy of the record of the volume with this id.
+func (d *Directory) ByID(id uint64) (*ballastpb.Volume, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	v, ok := d.byID[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	return proto.Clone(v).(*ballastpb.Volume), nil
+}
+
+// List returns copies of every volume's record, sorted by name.
+func (d *Directory) List() []*ballastpb.Volume {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	out := make([]*ballastpb.Volume, 0, len(d.byName))
+	for _, v := range d.byName {
+		out = append(out, proto.Clone(v).(*ballastpb.Volume))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Snapshot implements raft.FSM.
+func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	snap := &ballastpb.DirectorySnapshot{NextVolumeId: d.nextVolumeID}
+	for _, v := range d.byName {
+		snap.Volumes = append(snap.Volumes, proto.Clone(v).(*ballastpb.Volume))
+	}
+	sort.Slice(snap.Volumes, func(i, j int) bool { return snap.Volumes[i].Id < snap.Volumes[j].Id })
+	data, err := proto.Marshal(snap)
+	if err != nil {
+		return nil, fmt.Errorf("directory: encode snapshot: %w", err)
+	}
+	return directorySnapshot(data), nil
+}
+
+// Restore implements raft.FSM. Volumes that the snapshot no longer holds
+// are reported to OnDelete, as if their deletion had been applied.
+func (d *Directory) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("directory: read snapshot: %w", err)
+	}
+	var snap ballastpb.DirectorySnapshot
+	if err := proto.Unmarshal(data, &snap); err != nil {
+		return fmt.Errorf("directory: decode snapshot: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.byID
+	d.byName = map[string]*ballastpb.Volume{}
+	d.byID = map[uint64]*ballastpb.Volume{}
+	for _, v := range snap.Volumes {
+		d.byName[v.Name] = v
+		d.byID[v.Id] = v
+	}
+	d.nextVolumeID = max(snap.NextVolumeId, 1)
+	if d.OnDelete != nil {
+		for id, v := range old {
+			if _, ok := d.byID[id]; !ok {
+				d.OnDelete(v)
+			}
+		}
+	}
+	return nil
+}
+
+type directorySnapshot []byte
+
+func (s directorySnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("directory: write snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s directorySnapshot) Release() {}

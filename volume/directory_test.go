@@ -1,0 +1,144 @@
+package volume
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+func create(name string, size uint64, primary, secondary string) *ballastpb.DirectoryCommand {
+	return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_CreateVolume{CreateVolume: &ballastpb.CreateVolumeCommand{
+		Volume: &ballastpb.Volume{Name: name, SizeBytes: size, Primary: primary, Secondaries: []string{secondary}},
+	}}}
+}
+
+func applyLog(t *testing.T, d *Directory, index uint64, cmd *ballastpb.DirectoryCommand) ApplyResult {
+	t.Helper()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: data}).(ApplyResult)
+}
+
+func TestDirectoryCommands(t *testing.T) {
+	d := NewDirectory()
+	var deleted []string
+	d.OnDelete = func(v *ballastpb.Volume) { deleted = append(deleted, v.Name) }
+
+	res := applyLog(t, d, 1, create("a", 1<<30, "hn1", "hn2"))
+	if res.Err != nil || res.Volume.Id != 1 || res.Volume.Epoch != 1 || res.Volume.BlockSizeBytes != BlockSizeBytes {
+		t.Fatalf("create a: %+v", res)
+	}
+	if res := applyLog(t, d, 2, create("a", 1<<30, "hn2", "hn3")); !errors.Is(res.Err, ErrExists) {
+		t.Fatalf("duplicate create: %v, want ErrExists", res.Err)
+	}
+	for _, bad := range []*ballastpb.DirectoryCommand{
+		create("b", 0, "hn1", "hn2"),
+		create("b", 4097, "hn1", "hn2"),
+		create("bad name", 4096, "hn1", "hn2"),
+		create("b", 4096, "", ""),
+	} {
+		if res := applyLog(t, d, 3, bad); !errors.Is(res.Err, ErrInvalid) {
+			t.Fatalf("invalid create %v: %v, want ErrInvalid", bad, res.Err)
+		}
+	}
+	if res := applyLog(t, d, 4, create("b", 8192, "hn2", "hn3")); res.Err != nil || res.Volume.Id != 2 {
+		t.Fatalf("create b: %+v", res)
+	}
+	resize := func(name string, size uint64) *ballastpb.DirectoryCommand {
+		return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ResizeVolume{ResizeVolume: &ballastpb.ResizeVolumeCommand{Name: name, SizeBytes: size}}}
+	}
+	if res := applyLog(t, d, 5, resize("a", 1<<29)); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("shrink: %v, want ErrInvalid", res.Err)
+	}
+	if res := applyLog(t, d, 6, resize("nosuch", 1<<29)); !errors.Is(res.Err, ErrNotFound) {
+		t.Fatalf("resize unknown: %v, want ErrNotFound", res.Err)
+	}
+	if res := applyLog(t, d, 7, resize("a", 2<<30)); res.Err != nil || res.Volume.SizeBytes != 2<<30 {
+		t.Fatalf("grow: %+v", res)
+	}
+
+	// Snapshot, then delete, then restore: the restored state has the
+	// volume back, and a restore that drops a volume reports it deleted.
+	snap, err := d.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	del := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_DeleteVolume{DeleteVolume: &ballastpb.DeleteVolumeCommand{Name: "b"}}}
+	if res := applyLog(t, d, 8, del); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if _, err := d.Get("b"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted volume still found: %v", err)
+	}
+	if _, err := d.ByID(2); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted volume still found by id: %v", err)
+	}
+	if len(deleted) != 1 || deleted[0] != "b" {
+		t.Fatalf("OnDelete saw %v", deleted)
+	}
+	if res := applyLog(t, d, 9, create("c", 4096, "hn1", "hn3")); res.Err != nil || res.Volume.Id != 3 {
+		t.Fatalf("ids must never be reused: %+v", res)
+	}
+
+	restored := NewDirectory()
+	restored.OnDelete = func(v *ballastpb.Volume) { deleted = append(deleted, "restore:"+v.Name) }
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if vs := restored.List(); len(vs) != 2 || vs[0].Name != "a" || vs[1].Name != "b" || vs[0].SizeBytes != 2<<30 {
+		t.Fatalf("restored volumes: %v", vs)
+	}
+	if res := restored.ApplyCommand(create("d", 4096, "hn1", "hn2"), 0); res.Volume.Id != 3 {
+		t.Fatalf("restored next id: %d, want 3", res.Volume.Id)
+	}
+	// Restoring the older snapshot into d drops volume c.
+	if err := d.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if deleted[len(deleted)-1] != "c" {
+		t.Fatalf("restore did not report dropped volume c: %v", deleted)
+	}
+}
+
+func TestPlaceSpreadsPrimariesAndReplicas(t *testing.T) {
+	nodes := []string{"hn3", "hn1", "hn2"}
+	var vols []*ballastpb.Volume
+	primaries := map[string]int{}
+	for i := 0; i < 9; i++ {
+		p, s, err := Place(nodes, vols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p == s {
+			t.Fatalf("primary and secondary on one node %s", p)
+		}
+		primaries[p]++
+		vols = append(vols, &ballastpb.Volume{Primary: p, Secondaries: []string{s}})
+	}
+	for _, n := range nodes {
+		if primaries[n] != 3 {
+			t.Fatalf("primaries not spread: %v", primaries)
+		}
+	}
+	if _, _, err := Place([]string{"hn1"}, nil); !errors.Is(err, ErrNoPlacement) {
+		t.Fatalf("one node: %v, want ErrNoPlacement", err)
+	}
+}
+
+type memSink struct{ bytes.Buffer }
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { return nil }
+func (s *memSink) Close() error  { return nil }
