@@ -96,7 +96,12 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 		if op.ResizeVolume.SizeBytes < v.SizeBytes {
 			return ApplyResult{Err: fmt.Errorf("%w: volume %q is %d bytes; shrinking to %d would lose data", ErrInvalid, v.Name, v.SizeBytes, op.ResizeVolume.SizeBytes)}
 		}
+		// Records are replaced, never changed in place, so that Shared can
+		// hand them out without a copy.
+		v = proto.Clone(v).(*ballastpb.Volume)
 		v.SizeBytes = op.ResizeVolume.SizeBytes
+		d.byName[v.Name] = v
+		d.byID[v.Id] = v
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 	case *ballastpb.DirectoryCommand_DeleteVolume:
 		v, ok := d.byName[op.DeleteVolume.Name]
@@ -134,6 +139,16 @@ func (d *Directory) ByID(id uint64) (*ballastpb.Volume, error) {
 		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
 	}
 	return proto.Clone(v).(*ballastpb.Volume), nil
+}
+
+// Shared returns the record of the volume with this id without copying
+// it, for the block I/O path, which looks it up on every request. The
+// record is shared: callers must not modify it.
+func (d *Directory) Shared(id uint64) (*ballastpb.Volume, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	v, ok := d.byID[id]
+	return v, ok
 }
 
 // List returns copies of every volume's record, sorted by name.

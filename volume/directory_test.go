@@ -61,8 +61,17 @@ func TestDirectoryCommands(t *testing.T) {
 	if res := applyLog(t, d, 6, resize("nosuch", 1<<29)); !errors.Is(res.Err, ErrNotFound) {
 		t.Fatalf("resize unknown: %v, want ErrNotFound", res.Err)
 	}
+	before, ok := d.Shared(1)
+	if !ok || before.SizeBytes != 1<<30 {
+		t.Fatalf("Shared(1) = %v, %v", before, ok)
+	}
 	if res := applyLog(t, d, 7, resize("a", 2<<30)); res.Err != nil || res.Volume.SizeBytes != 2<<30 {
 		t.Fatalf("grow: %+v", res)
+	}
+	// A shared record is never changed in place: readers holding it keep a
+	// consistent view, and the next lookup sees the new one.
+	if after, _ := d.Shared(1); before.SizeBytes != 1<<30 || after.SizeBytes != 2<<30 {
+		t.Fatalf("shared records: before %d, after %d", before.SizeBytes, after.SizeBytes)
 	}
 
 	// Snapshot, then delete, then restore: the restored state has the

@@ -5,9 +5,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 )
@@ -16,11 +19,37 @@ import (
 // 32 MiB of data (the NBD maximum we advertise) plus its header.
 const MaxMessageBytes = 40 << 20
 
+// Keepalive timing: a peer that stops answering (a cut network, a frozen
+// process) is noticed within KeepaliveTime+KeepaliveTimeout even when no
+// request is waiting, so the next request goes to another path at once.
+const (
+	KeepaliveTime    = 5 * time.Second
+	KeepaliveTimeout = 3 * time.Second
+)
+
+// reconnectBackoff replaces gRPC's default (growing to two minutes): a head
+// node that restarts must be reached again within seconds.
+var reconnectBackoff = grpc.ConnectParams{
+	Backoff: backoff.Config{
+		BaseDelay:  50 * time.Millisecond,
+		Multiplier: 1.6,
+		Jitter:     0.2,
+		MaxDelay:   time.Second,
+	},
+	MinConnectTimeout: 3 * time.Second,
+}
+
 // ServerOptions are the options every Ballast gRPC server is built with.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
+		// Accept the clients' keepalive pings (the default policy answers
+		// pings more often than every 5 minutes with GOAWAY).
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             KeepaliveTime / 2,
+			PermitWithoutStream: true,
+		}),
 	}
 }
 
@@ -56,6 +85,12 @@ func Dial(addresses []string, opts ...grpc.DialOption) (*grpc.ClientConn, error)
 	all := append([]grpc.DialOption{
 		grpc.WithResolvers(r),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(reconnectBackoff),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                KeepaliveTime,
+			Timeout:             KeepaliveTimeout,
+			PermitWithoutStream: true,
+		}),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(MaxMessageBytes),
 			grpc.MaxCallSendMsgSize(MaxMessageBytes),

@@ -145,6 +145,63 @@ func (IOStatus) EnumDescriptor() ([]byte, []int) {
 	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
 }
 
+// ReplicateStatus says why a secondary refused a session or a batch, so
+// the primary can tell the client the right thing.
+type ReplicateStatus int32
+
+const (
+	ReplicateStatus_REPLICATE_STATUS_OK             ReplicateStatus = 0
+	ReplicateStatus_REPLICATE_STATUS_ERROR          ReplicateStatus = 1 // anything else; see error
+	ReplicateStatus_REPLICATE_STATUS_NO_SUCH_VOLUME ReplicateStatus = 2 // the volume was deleted
+	ReplicateStatus_REPLICATE_STATUS_NOT_SECONDARY  ReplicateStatus = 3 // this node no longer holds a replica
+	ReplicateStatus_REPLICATE_STATUS_STALE_EPOCH    ReplicateStatus = 4 // the sender is not the current primary
+)
+
+// Enum value maps for ReplicateStatus.
+var (
+	ReplicateStatus_name = map[int32]string{
+		0: "REPLICATE_STATUS_OK",
+		1: "REPLICATE_STATUS_ERROR",
+		2: "REPLICATE_STATUS_NO_SUCH_VOLUME",
+		3: "REPLICATE_STATUS_NOT_SECONDARY",
+		4: "REPLICATE_STATUS_STALE_EPOCH",
+	}
+	ReplicateStatus_value = map[string]int32{
+		"REPLICATE_STATUS_OK":             0,
+		"REPLICATE_STATUS_ERROR":          1,
+		"REPLICATE_STATUS_NO_SUCH_VOLUME": 2,
+		"REPLICATE_STATUS_NOT_SECONDARY":  3,
+		"REPLICATE_STATUS_STALE_EPOCH":    4,
+	}
+)
+
+func (x ReplicateStatus) Enum() *ReplicateStatus {
+	p := new(ReplicateStatus)
+	*p = x
+	return p
+}
+
+func (x ReplicateStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReplicateStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_ballastpb_ballast_proto_enumTypes[2].Descriptor()
+}
+
+func (ReplicateStatus) Type() protoreflect.EnumType {
+	return &file_proto_ballastpb_ballast_proto_enumTypes[2]
+}
+
+func (x ReplicateStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReplicateStatus.Descriptor instead.
+func (ReplicateStatus) EnumDescriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+}
+
 // Volume is a volume's record in the directory group.
 type Volume struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -1567,8 +1624,9 @@ type ReplicateReply struct {
 	LastSeq uint64                 `protobuf:"varint,1,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"` // the secondary's last durable sequence number
 	// In reply to a hello: the records the secondary holds past the primary's
 	// last, which the primary must adopt before it writes anything new.
-	RecordsAhead  []*LogRecord `protobuf:"bytes,2,rep,name=records_ahead,json=recordsAhead,proto3" json:"records_ahead,omitempty"`
-	Error         string       `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	RecordsAhead  []*LogRecord    `protobuf:"bytes,2,rep,name=records_ahead,json=recordsAhead,proto3" json:"records_ahead,omitempty"`
+	Error         string          `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Status        ReplicateStatus `protobuf:"varint,4,opt,name=status,proto3,enum=ballast.v1.ReplicateStatus" json:"status,omitempty"` // set whenever error is
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1622,6 +1680,13 @@ func (x *ReplicateReply) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *ReplicateReply) GetStatus() ReplicateStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ReplicateStatus_REPLICATE_STATUS_OK
 }
 
 var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
@@ -1720,11 +1785,12 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12(\n" +
 	"\x10primary_last_seq\x18\x03 \x01(\x04R\x0eprimaryLastSeq\x12/\n" +
 	"\arecords\x18\x04 \x03(\v2\x15.ballast.v1.LogRecordR\arecords\x12-\n" +
-	"\x12replicated_through\x18\x05 \x01(\x04R\x11replicatedThrough\"}\n" +
+	"\x12replicated_through\x18\x05 \x01(\x04R\x11replicatedThrough\"\xb2\x01\n" +
 	"\x0eReplicateReply\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error*w\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x123\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x1b.ballast.v1.ReplicateStatusR\x06status*w\n" +
 	"\x04IOOp\x12\x15\n" +
 	"\x11IO_OP_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1741,7 +1807,13 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x11IO_STATUS_INVALID\x10\x03\x12\x19\n" +
 	"\x15IO_STATUS_NOT_PRIMARY\x10\x04\x12\x1c\n" +
 	"\x18IO_STATUS_NO_SUCH_VOLUME\x10\x05\x12\x16\n" +
-	"\x12IO_STATUS_NO_SPACE\x10\x062\xe7\x03\n" +
+	"\x12IO_STATUS_NO_SPACE\x10\x06*\xb1\x01\n" +
+	"\x0fReplicateStatus\x12\x17\n" +
+	"\x13REPLICATE_STATUS_OK\x10\x00\x12\x1a\n" +
+	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
+	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
+	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xe7\x03\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -1767,77 +1839,79 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 	return file_proto_ballastpb_ballast_proto_rawDescData
 }
 
-var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(IOOp)(0),                    // 0: ballast.v1.IOOp
 	(IOStatus)(0),                // 1: ballast.v1.IOStatus
-	(*Volume)(nil),               // 2: ballast.v1.Volume
-	(*HeadNode)(nil),             // 3: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),  // 4: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil), // 5: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),     // 6: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),    // 7: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),   // 8: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),  // 9: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),  // 10: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil), // 11: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),  // 12: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil), // 13: ballast.v1.DeleteVolumeResponse
-	(*RackStatusRequest)(nil),    // 14: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),   // 15: ballast.v1.RackStatusResponse
-	(*DirectoryCommand)(nil),     // 16: ballast.v1.DirectoryCommand
-	(*CreateVolumeCommand)(nil),  // 17: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),  // 18: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),  // 19: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),    // 20: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),            // 21: ballast.v1.IORequest
-	(*IOReply)(nil),              // 22: ballast.v1.IOReply
-	(*BlockWrite)(nil),           // 23: ballast.v1.BlockWrite
-	(*LogRecord)(nil),            // 24: ballast.v1.LogRecord
-	(*BlockRange)(nil),           // 25: ballast.v1.BlockRange
-	(*ReplicateRequest)(nil),     // 26: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),       // 27: ballast.v1.ReplicateReply
+	(ReplicateStatus)(0),         // 2: ballast.v1.ReplicateStatus
+	(*Volume)(nil),               // 3: ballast.v1.Volume
+	(*HeadNode)(nil),             // 4: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),  // 5: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil), // 6: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),     // 7: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),    // 8: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),   // 9: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),  // 10: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),  // 11: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil), // 12: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),  // 13: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil), // 14: ballast.v1.DeleteVolumeResponse
+	(*RackStatusRequest)(nil),    // 15: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),   // 16: ballast.v1.RackStatusResponse
+	(*DirectoryCommand)(nil),     // 17: ballast.v1.DirectoryCommand
+	(*CreateVolumeCommand)(nil),  // 18: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),  // 19: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),  // 20: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),    // 21: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),            // 22: ballast.v1.IORequest
+	(*IOReply)(nil),              // 23: ballast.v1.IOReply
+	(*BlockWrite)(nil),           // 24: ballast.v1.BlockWrite
+	(*LogRecord)(nil),            // 25: ballast.v1.LogRecord
+	(*BlockRange)(nil),           // 26: ballast.v1.BlockRange
+	(*ReplicateRequest)(nil),     // 27: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),       // 28: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
-	2,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
-	2,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	3,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	2,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	2,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
-	3,  // 5: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	17, // 6: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	18, // 7: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	19, // 8: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	2,  // 9: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	2,  // 10: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	3,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
+	3,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
+	4,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	3,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	3,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	4,  // 5: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	18, // 6: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	19, // 7: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	20, // 8: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	3,  // 9: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	3,  // 10: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
 	0,  // 11: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
 	1,  // 12: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	23, // 13: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	25, // 14: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	24, // 15: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	24, // 16: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	4,  // 17: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	6,  // 18: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	8,  // 19: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	10, // 20: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	12, // 21: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	14, // 22: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	21, // 23: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	26, // 24: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	5,  // 25: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	7,  // 26: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	9,  // 27: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	11, // 28: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	13, // 29: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	15, // 30: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	22, // 31: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	27, // 32: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	24, // 13: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	26, // 14: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	25, // 15: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	25, // 16: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	2,  // 17: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	5,  // 18: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	7,  // 19: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	9,  // 20: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	11, // 21: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	13, // 22: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	15, // 23: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	22, // 24: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	27, // 25: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	6,  // 26: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	8,  // 27: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	10, // 28: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	12, // 29: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	14, // 30: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	16, // 31: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	23, // 32: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	28, // 33: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -1855,7 +1929,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   3,

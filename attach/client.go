@@ -1,0 +1,319 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballast-storage/ballast/internal/rpc"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+// Client reaches the head nodes of a rack. It is safe for concurrent use.
+type Client struct {
+	// HeadNodes lists every head node's addresses (one per network).
+	HeadNodes [][]string
+	// RequestTimeout bounds one block request, retries included.
+	RequestTimeout time.Duration
+	Logger         *slog.Logger
+
+	pool rpc.Pool
+	next atomic.Uint32 // spreads admin calls over head nodes
+}
+
+// Close closes the client's connections.
+func (c *Client) Close() { c.pool.Close() }
+
+func (c *Client) requestTimeout() time.Duration {
+	if c.RequestTimeout == 0 {
+		return 30 * time.Second
+	}
+	return c.RequestTimeout
+}
+
+func (c *Client) logger() *slog.Logger {
+	if c.Logger == nil {
+		return slog.Default()
+	}
+	return c.Logger
+}
+
+// Admin calls fn against head nodes in turn until one answers with
+// something other than Unavailable; any head node forwards to the leader.
+// When none answers it tries again, with backoff, until ctx ends: a rack
+// that is starting or electing a leader answers within seconds.
+func (c *Client) Admin(ctx context.Context, fn func(context.Context, ballastpb.AdminClient) error) error {
+	if len(c.HeadNodes) == 0 {
+		return errors.New("no head nodes configured")
+	}
+	backoff := 50 * time.Millisecond
+	for {
+		err := c.adminRound(ctx, fn)
+		if !errors.Is(err, errNoHeadNodeAnswered) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+var errNoHeadNodeAnswered = errors.New("no head node answered")
+
+// adminRound tries each head node once.
+func (c *Client) adminRound(ctx context.Context, fn func(context.Context, ballastpb.AdminClient) error) error {
+	start := int(c.next.Add(1))
+	var last error
+	for i := range c.HeadNodes {
+		addrs := c.HeadNodes[(start+i)%len(c.HeadNodes)]
+		conn, err := c.pool.Get(addrs)
+		if err != nil {
+			last = err
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err = fn(cctx, ballastpb.NewAdminClient(conn))
+		cancel()
+		if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+			return err
+		}
+		last = fmt.Errorf("head node %v: %w", addrs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return fmt.Errorf("%w: %w", errNoHeadNodeAnswered, last)
+}
+
+// Lookup returns a volume's record and the addresses of its replicas.
+func (c *Client) Lookup(ctx context.Context, name string) (*ballastpb.GetVolumeResponse, error) {
+	var resp *ballastpb.GetVolumeResponse
+	err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+		var err error
+		resp, err = a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: name})
+		return err
+	})
+	return resp, err
+}
+
+// ErrVolumeGone is returned for I/O to a volume that no longer exists.
+var ErrVolumeGone = errors.New("attach: volume no longer exists")
+
+// Volume is an open volume: block I/O to its primary over one stream, with
+// many requests in flight. It is safe for concurrent use.
+type Volume struct {
+	client *Client
+	name   string
+	size   uint64
+	id     uint64
+
+	mu      sync.Mutex
+	primary []string // addresses of the primary as last looked up
+	stream  *ioStream
+	closed  bool
+}
+
+// OpenVolume looks up a volume and prepares I/O to its primary.
+func (c *Client) OpenVolume(ctx context.Context, name string) (*Volume, error) {
+	resp, err := c.Lookup(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	v := &Volume{client: c, name: name, size: resp.Volume.SizeBytes, id: resp.Volume.Id}
+	v.setPrimary(resp)
+	return v, nil
+}
+
+func (v *Volume) setPrimary(resp *ballastpb.GetVolumeResponse) {
+	for _, r := range resp.Replicas {
+		if r.Id == resp.Volume.Primary {
+			v.primary = r.Addresses
+		}
+	}
+}
+
+// Size is the volume's size when it was opened.
+func (v *Volume) Size() uint64 { return v.size }
+
+// Name is the volume's name.
+func (v *Volume) Name() string { return v.name }
+
+// Close ends the volume's stream; requests in flight fail.
+func (v *Volume) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.closed = true
+	if v.stream != nil {
+		v.stream.close(errors.New("volume closed"))
+		v.stream = nil
+	}
+	return nil
+}
+
+// ioStream is one BlockIO stream with its requests in flight.
+type ioStream struct {
+	cancel context.CancelFunc
+	stream ballastpb.BlockIO_IOClient
+	sendMu sync.Mutex
+
+	mu      sync.Mutex
+	waiting map[uint64]chan *ballastpb.IOReply
+	err     error
+	done    chan struct{}
+}
+
+var requestIDs atomic.Uint64
+
+func (v *Volume) currentStream() (*ioStream, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil, errors.New("volume closed")
+	}
+	if v.stream != nil {
+		return v.stream, nil
+	}
+	if len(v.primary) == 0 {
+		return nil, errors.New("volume has no known primary")
+	}
+	conn, err := v.client.pool.Get(v.primary)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := ballastpb.NewBlockIOClient(conn).IO(ctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("open I/O stream: %w", err)
+	}
+	s := &ioStream{cancel: cancel, stream: st, waiting: map[uint64]chan *ballastpb.IOReply{}, done: make(chan struct{})}
+	go s.receive()
+	v.stream = s
+	return s, nil
+}
+
+func (s *ioStream) receive() {
+	for {
+		r, err := s.stream.Recv()
+		if err != nil {
+			s.close(err)
+			return
+		}
+		s.mu.Lock()
+		ch := s.waiting[r.Id]
+		delete(s.waiting, r.Id)
+		s.mu.Unlock()
+		if ch != nil {
+			ch <- r
+		}
+	}
+}
+
+func (s *ioStream) close(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	s.cancel()
+	close(s.done)
+}
+
+// roundTrip sends one request on the stream and waits for its reply.
+func (s *ioStream) roundTrip(ctx context.Context, req *ballastpb.IORequest) (*ballastpb.IOReply, error) {
+	ch := make(chan *ballastpb.IOReply, 1)
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return nil, s.err
+	}
+	s.waiting[req.Id] = ch
+	s.mu.Unlock()
+	forget := func() {
+		s.mu.Lock()
+		delete(s.waiting, req.Id)
+		s.mu.Unlock()
+	}
+	s.sendMu.Lock()
+	err := s.stream.Send(req)
+	s.sendMu.Unlock()
+	if err != nil {
+		forget()
+		s.close(err)
+		return nil, err
+	}
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-s.done:
+		forget()
+		return nil, s.err
+	case <-ctx.Done():
+		forget()
+		return nil, ctx.Err()
+	}
+}
+
+// do runs one request, retrying on a broken stream or a moved primary
+// until the request timeout. A reply with an error status is final.
+func (v *Volume) do(ctx context.Context, req *ballastpb.IORequest) (*ballastpb.IOReply, error) {
+	ctx, cancel := context.WithTimeout(ctx, v.client.requestTimeout())
+	defer cancel()
+	req.VolumeId = v.id
+	backoff := 20 * time.Millisecond
+	for {
+		req.Id = requestIDs.Add(1)
+		s, err := v.currentStream()
+		var reply *ballastpb.IOReply
+		if err == nil {
+			reply, err = s.roundTrip(ctx, req)
+		}
+		if err == nil {
+			switch reply.Status {
+			case ballastpb.IOStatus_IO_STATUS_NOT_PRIMARY, ballastpb.IOStatus_IO_STATUS_NO_SUCH_VOLUME:
+				err = errors.New(reply.Error)
+			default:
+				return reply, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("volume %s: %w (last error: %v)", v.name, ctx.Err(), err)
+		}
+		v.client.logger().Debug("retrying block request", "volume", v.name, "err", err)
+		v.mu.Lock()
+		if v.stream == s && s != nil {
+			v.stream = nil
+			s.close(err)
+		}
+		v.mu.Unlock()
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("volume %s: %w (last error: %v)", v.name, ctx.Err(), err)
+		}
+		backoff = min(backoff*2, time.Second)
+		resp, lerr := v.client.Lookup(ctx, v.name)
+		if status.Code(lerr) == codes.NotFound {
+			return nil, fmt.Errorf("%w: %s", ErrVolumeGone, v.name)
+		}
+		if lerr == nil {
+			if resp.Volume.Id != v.id {
+				return nil, fmt.Errorf("%w: %s was deleted and created again", ErrVolumeGone, v.name)
+			}
+			v.mu.Lock()
+			v.setPrimary(resp)
+			v.mu.Unlock()
+		}
+	}
+}

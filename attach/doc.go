@@ -1,0 +1,9 @@
+// Package attach owns the agent that runs on a hypervisor host: it serves
+// volumes to the local hypervisor (over NBD, package attach/nbd) and speaks
+// to the head nodes on its behalf: it finds each volume's primary through
+// any head node, keeps one I/O stream per attached connection, and retries
+// across addresses and head nodes when a path fails.
+//
+// It may import attach/nbd, internal/..., proto/... and volume; never
+// headnode or consensus (it reaches them only over the wire).
+package attach

@@ -1,0 +1,83 @@
+package headnode
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Peer is one head node of the rack: its id and one address per network.
+type Peer struct {
+	ID        string
+	Addresses []string
+}
+
+// Config configures one head node.
+type Config struct {
+	// ID names this head node in the rack; it must appear in Peers.
+	ID string
+	// ListenAddresses are this node's addresses, one per network (A, B).
+	ListenAddresses []string
+	// DataDir holds the node's block store and consensus state.
+	DataDir string
+	// Peers lists every head node of the rack, this one included. The
+	// directory group's voters are these nodes.
+	Peers []Peer
+	// ReplicationTimeout bounds how long a write waits for its secondary
+	// before it fails with an I/O error.
+	ReplicationTimeout time.Duration
+	// LeaderWaitTimeout bounds how long an admin call waits for the
+	// directory group to have a leader.
+	LeaderWaitTimeout time.Duration
+	Logger            *slog.Logger
+}
+
+// EnsureDefaults fills zero fields with their defaults.
+func (c *Config) EnsureDefaults() {
+	if c.ReplicationTimeout == 0 {
+		c.ReplicationTimeout = 5 * time.Second
+	}
+	if c.LeaderWaitTimeout == 0 {
+		c.LeaderWaitTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports the first problem with the configuration.
+func (c *Config) Validate() error {
+	if c.ID == "" {
+		return errors.New("headnode config: ID is required")
+	}
+	if len(c.ListenAddresses) == 0 {
+		return errors.New("headnode config: at least one listen address is required")
+	}
+	if c.DataDir == "" {
+		return errors.New("headnode config: DataDir is required")
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Peers {
+		if p.ID == "" || len(p.Addresses) == 0 {
+			return fmt.Errorf("headnode config: peer %q needs an id and addresses", p.ID)
+		}
+		if seen[p.ID] {
+			return fmt.Errorf("headnode config: peer %q listed twice", p.ID)
+		}
+		seen[p.ID] = true
+	}
+	if !seen[c.ID] {
+		return fmt.Errorf("headnode config: this node %q is not among the peers", c.ID)
+	}
+	return nil
+}
+
+func (c *Config) peerAddresses(id string) ([]string, bool) {
+	for _, p := range c.Peers {
+		if p.ID == id {
+			return p.Addresses, true
+		}
+	}
+	return nil, false
+}

@@ -1,0 +1,14 @@
+// Package headnode owns the head node: the write log of the volumes it is
+// primary or secondary of (one pebble database per node), the ordering,
+// group commit and replication of writes, reads, and the admin API that
+// every head node answers for the directory group.
+//
+// A write is acknowledged only when it is durable in the primary's log and
+// in its secondary's. The primary builds whole-block records (read-modify-
+// write under the volume's lock), and one committer per volume appends each
+// batch locally and sends it to the secondary in parallel; a session
+// between them starts with a hello that reconciles their logs, so a crash
+// between the two appends never leaves the replicas apart.
+//
+// It may import consensus, volume, internal/... and proto/...; never attach.
+package headnode

@@ -1,0 +1,200 @@
+package headnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+
+	"github.com/ballast-storage/ballast/consensus"
+	"github.com/ballast-storage/ballast/internal/rpc"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
+)
+
+// Node is one running head node.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	blocks    *blockStore
+	directory *volume.Directory
+	cons      *consensus.Node
+	raft      *raft.Raft
+	server    *grpc.Server
+	listeners []net.Listener
+	pool      rpc.Pool
+	drops     chan uint64
+	repl      *replicationServer
+	serving   sync.WaitGroup
+
+	mu        sync.Mutex
+	primaries map[uint64]*primaryVolume
+	closed    bool
+}
+
+// Start opens the node's stores, starts serving on every listen address
+// and joins the directory group (bootstrapping it on first start).
+func Start(cfg Config) (_ *Node, err error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("head node %s: %w", cfg.ID, err)
+	}
+	n := &Node{
+		cfg:       cfg,
+		log:       cfg.Logger.With("headnode", cfg.ID),
+		directory: volume.NewDirectory(),
+		primaries: map[uint64]*primaryVolume{},
+		drops:     make(chan uint64, 1024),
+	}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), nil); err != nil {
+		return nil, err
+	}
+	n.directory.OnDelete = func(v *ballastpb.Volume) {
+		select {
+		case n.drops <- v.Id:
+		default:
+			n.log.Warn("drop queue full; volume data left behind", "volume_id", v.Id)
+		}
+	}
+	for _, a := range cfg.ListenAddresses {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			return nil, fmt.Errorf("head node %s: listen: %w", cfg.ID, err)
+		}
+		n.listeners = append(n.listeners, l)
+	}
+	n.server = grpc.NewServer(rpc.ServerOptions()...)
+	n.cons, err = consensus.Open(consensus.Config{
+		NodeID:  cfg.ID,
+		Address: raft.ServerAddress(strings.Join(cfg.ListenAddresses, ",")),
+		Dir:     filepath.Join(cfg.DataDir, "consensus"),
+		Logger:  n.log,
+		Dial: func(ctx context.Context, addr raft.ServerAddress) (*grpc.ClientConn, error) {
+			return n.pool.Get(rpc.SplitAddresses(string(addr)))
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.cons.Register(n.server)
+	ballastpb.RegisterAdminServer(n.server, &adminServer{node: n})
+	ballastpb.RegisterBlockIOServer(n.server, &blockIOServer{node: n})
+	n.repl = &replicationServer{node: n}
+	ballastpb.RegisterReplicationServer(n.server, n.repl)
+	var voters []raft.Server
+	for _, p := range cfg.Peers {
+		voters = append(voters, raft.Server{
+			Suffrage: raft.Voter,
+			ID:       raft.ServerID(p.ID),
+			Address:  raft.ServerAddress(strings.Join(p.Addresses, ",")),
+		})
+	}
+	if n.raft, err = n.cons.StartGroup(consensus.DirectoryGroup, n.directory, voters); err != nil {
+		return nil, err
+	}
+	// Serve only now: every service needs the directory group, and a
+	// request must never find it missing. Peers retry until we answer.
+	for _, l := range n.listeners {
+		n.serving.Add(1)
+		go func() {
+			defer n.serving.Done()
+			if err := n.server.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				n.log.Error("serve", "addr", l.Addr(), "err", err)
+			}
+		}()
+	}
+	n.serving.Add(1)
+	go n.dropLoop()
+	n.log.Info("head node started", "addresses", cfg.ListenAddresses)
+	return n, nil
+}
+
+// ID returns the node's id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// WaitForLeader waits until the directory group has a leader.
+func (n *Node) WaitForLeader(ctx context.Context) error {
+	for {
+		if _, id := n.raft.LeaderWithID(); id != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("head node %s: no directory leader: %w", n.cfg.ID, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// dropLoop reclaims the data of deleted volumes, off raft's FSM goroutine.
+func (n *Node) dropLoop() {
+	defer n.serving.Done()
+	for id := range n.drops {
+		n.mu.Lock()
+		pv := n.primaries[id]
+		delete(n.primaries, id)
+		n.mu.Unlock()
+		if pv != nil {
+			pv.Close()
+		}
+		n.repl.endSessions(id)
+		if err := n.blocks.DropVolume(id); err != nil {
+			n.log.Error("drop deleted volume", "volume_id", id, "err", err)
+		}
+	}
+}
+
+// Close stops serving and closes every store. In-flight writes fail.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	prims := n.primaries
+	n.primaries = nil
+	n.mu.Unlock()
+
+	var errs []error
+	if n.server != nil {
+		// Stop, not GracefulStop: client streams stay open for as long as
+		// the agent lives and would hold shutdown forever.
+		n.server.Stop()
+	}
+	for _, l := range n.listeners {
+		l.Close()
+	}
+	for _, pv := range prims {
+		pv.Close()
+	}
+	if n.cons != nil {
+		errs = append(errs, n.cons.Close())
+	}
+	if n.raft != nil {
+		close(n.drops)
+	}
+	n.serving.Wait()
+	n.pool.Close()
+	if n.blocks != nil {
+		errs = append(errs, n.blocks.Close())
+	}
+	return errors.Join(errs...)
+}

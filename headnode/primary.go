@@ -1,0 +1,432 @@
+package headnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
+)
+
+const (
+	blockSize = volume.BlockSizeBytes
+	// maxBatchRecords and maxBatchBytes bound one group commit.
+	maxBatchRecords = 512
+	maxBatchBytes   = 16 << 20
+	// maxQueuedBytes bounds the writes waiting for the committer; writers
+	// beyond it wait before they are sequenced (back-pressure).
+	maxQueuedBytes = 64 << 20
+	// catchUpChunk bounds one catch-up message to a secondary.
+	catchUpChunk = 256
+)
+
+// pendingWrite is one client request on its way through the committer.
+type pendingWrite struct {
+	ticket uint64 // in-memory order; seqs are assigned at commit time
+	record *ballastpb.LogRecord
+	bytes  int64
+	done   chan error
+}
+
+// overlayBlock is the newest not-yet-durable content of a block; the next
+// read-modify-write of that block must start from it, not from the store.
+type overlayBlock struct {
+	ticket uint64
+	data   []byte // nil: removed (reads as zeroes)
+}
+
+// primaryVolume orders and commits the writes of one volume at its
+// primary. Writers build whole-block records under mu, in ticket order;
+// one committer goroutine turns the queue into batches, appends each to the
+// local log and sends it to the secondary at the same time, and completes
+// the batch's writes only when both copies are durable.
+type primaryVolume struct {
+	vol         *ballastpb.Volume // id, epoch and placement at activation
+	store       *blockStore
+	dial        linkDialer
+	log         *slog.Logger
+	replTimeout time.Duration
+
+	queueBytes *semaphore.Weighted // bytes of queued writes, at most maxQueuedBytes
+
+	mu         sync.Mutex
+	nextTicket uint64
+	overlay    map[uint64]overlayBlock
+	queue      []*pendingWrite
+	stopped    bool
+
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+
+	// Owned by the committer goroutine.
+	link              replicaLink
+	replicatedThrough uint64
+}
+
+func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer, replTimeout time.Duration, log *slog.Logger) *primaryVolume {
+	p := &primaryVolume{
+		vol:         vol,
+		store:       store,
+		dial:        dial,
+		log:         log.With("volume", vol.Name, "volume_id", vol.Id),
+		replTimeout: replTimeout,
+		queueBytes:  semaphore.NewWeighted(maxQueuedBytes),
+		overlay:     map[uint64]overlayBlock{},
+		wake:        make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
+	}
+	go p.commitLoop()
+	return p
+}
+
+// ErrStopped is returned for requests to a volume that is shutting down or
+// no longer served by this head node.
+var ErrStopped = errors.New("headnode: volume stopped")
+
+// Close stops the committer; queued writes fail with ErrStopped.
+func (p *primaryVolume) Close() {
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		<-p.done
+		return
+	}
+	p.stopped = true
+	p.mu.Unlock()
+	close(p.stop)
+	<-p.done
+}
+
+// read fills dst from the volume at byte offset off. Bounds are checked by
+// the caller. Reads see only what the store holds: every acknowledged write
+// is there (the local append precedes the acknowledgement), and a write still
+// in flight, which may yet fail, is never shown and then taken back.
+func (p *primaryVolume) read(off uint64, dst []byte) error {
+	first := off / blockSize
+	last := (off + uint64(len(dst)) - 1) / blockSize
+	if off%blockSize == 0 && len(dst)%blockSize == 0 {
+		return p.store.ReadBlocks(p.vol.Id, first, dst)
+	}
+	buf := make([]byte, (last-first+1)*blockSize)
+	if err := p.store.ReadBlocks(p.vol.Id, first, buf); err != nil {
+		return err
+	}
+	copy(dst, buf[off-first*blockSize:])
+	return nil
+}
+
+// blockLocked returns the current content of a block for read-modify-write.
+func (p *primaryVolume) blockLocked(b uint64) ([]byte, error) {
+	out := make([]byte, blockSize)
+	if ob, ok := p.overlay[b]; ok {
+		if ob.data != nil {
+			copy(out, ob.data)
+		}
+		return out, nil
+	}
+	if err := p.store.ReadBlocks(p.vol.Id, b, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// write stores data at byte offset off. With zero=true data is nil and
+// length bytes of zeroes are written; removable says whole zero blocks may
+// become holes (trim, or write-zeroes without NO_HOLE).
+func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []byte, zero, removable bool) error {
+	if length == 0 {
+		return nil
+	}
+	cost := int64(min(length, maxBatchBytes))
+	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
+		return fmt.Errorf("waiting for write queue: %w", err)
+	}
+	pw, err := p.sequence(off, length, data, zero, removable, cost)
+	if err != nil {
+		p.queueBytes.Release(cost)
+		return err
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-pw.done:
+		return err
+	case <-ctx.Done():
+		// The write stays queued and may still land; its outcome is unknown.
+		return fmt.Errorf("write at %d: %w", off, ctx.Err())
+	}
+}
+
+// sequence turns a request into whole-block writes, records them in the
+// overlay and queues them, all under mu so queue order is overlay order.
+func (p *primaryVolume) sequence(off, length uint64, data []byte, zero, removable bool, cost int64) (*pendingWrite, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return nil, ErrStopped
+	}
+	ticket := p.nextTicket
+	p.nextTicket++
+	rec := &ballastpb.LogRecord{}
+	end := off + length
+	first := off / blockSize
+	last := (end - 1) / blockSize
+	for b := first; b <= last; b++ {
+		bStart := b * blockSize
+		lo := max(off, bStart) - bStart
+		hi := min(end, bStart+blockSize) - bStart
+		whole := lo == 0 && hi == blockSize
+		var content []byte
+		switch {
+		case whole && zero && removable:
+			// Coalesce runs of removed blocks into ranges.
+			if n := len(rec.Removed); n > 0 && rec.Removed[n-1].First+rec.Removed[n-1].Count == b {
+				rec.Removed[n-1].Count++
+			} else {
+				rec.Removed = append(rec.Removed, &ballastpb.BlockRange{First: b, Count: 1})
+			}
+			p.overlay[b] = overlayBlock{ticket: ticket}
+			continue
+		case whole && zero:
+			content = make([]byte, blockSize)
+		case whole:
+			content = make([]byte, blockSize)
+			copy(content, data[bStart-off:])
+		default:
+			base, err := p.blockLocked(b)
+			if err != nil {
+				return nil, err
+			}
+			if zero {
+				clear(base[lo:hi])
+			} else {
+				copy(base[lo:hi], data[bStart+lo-off:])
+			}
+			content = base
+		}
+		rec.Blocks = append(rec.Blocks, &ballastpb.BlockWrite{Block: b, Data: content})
+		p.overlay[b] = overlayBlock{ticket: ticket, data: content}
+	}
+	pw := &pendingWrite{ticket: ticket, record: rec, bytes: cost, done: make(chan error, 1)}
+	p.queue = append(p.queue, pw)
+	return pw, nil
+}
+
+func (p *primaryVolume) commitLoop() {
+	defer close(p.done)
+	defer func() {
+		if p.link != nil {
+			p.link.Close()
+		}
+		p.mu.Lock()
+		q := p.queue
+		p.queue = nil
+		p.mu.Unlock()
+		for _, pw := range q {
+			pw.done <- ErrStopped
+			p.queueBytes.Release(pw.bytes)
+		}
+	}()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-p.wake:
+		}
+		for {
+			batch := p.takeBatch()
+			if len(batch) == 0 {
+				break
+			}
+			err := p.commit(batch)
+			p.finish(batch, err)
+		}
+	}
+}
+
+func (p *primaryVolume) takeBatch() []*pendingWrite {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n, bytes := 0, int64(0)
+	for n < len(p.queue) && n < maxBatchRecords {
+		// A batch must fit in one replication message: stop before a
+		// record that would overflow it, unless it is the first.
+		if n > 0 && bytes+p.queue[n].bytes > maxBatchBytes {
+			break
+		}
+		bytes += p.queue[n].bytes
+		n++
+	}
+	batch := p.queue[:n:n]
+	p.queue = p.queue[n:]
+	return batch
+}
+
+// finish completes a batch and drops its overlay entries, which the store
+// now holds (or which failed, and so read as what the store holds).
+func (p *primaryVolume) finish(batch []*pendingWrite, err error) {
+	p.mu.Lock()
+	for _, pw := range batch {
+		for _, bw := range pw.record.Blocks {
+			if ob, ok := p.overlay[bw.Block]; ok && ob.ticket == pw.ticket {
+				delete(p.overlay, bw.Block)
+			}
+		}
+		for _, rg := range pw.record.Removed {
+			for b := rg.First; b < rg.First+rg.Count; b++ {
+				if ob, ok := p.overlay[b]; ok && ob.ticket == pw.ticket {
+					delete(p.overlay, b)
+				}
+			}
+		}
+	}
+	p.mu.Unlock()
+	for _, pw := range batch {
+		pw.done <- err
+		p.queueBytes.Release(pw.bytes)
+	}
+}
+
+// commit makes one batch durable on the primary and the secondary. The
+// local append and the replication run in parallel, so a write costs one
+// fsync of latency, not two; a crash between them is reconciled by the
+// next session's hello.
+func (p *primaryVolume) commit(batch []*pendingWrite) error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
+	defer cancel()
+	if err := p.connect(ctx); err != nil {
+		return fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, err)
+	}
+	last, err := p.store.LastSeq(p.vol.Id)
+	if err != nil {
+		return err
+	}
+	records := make([]*ballastpb.LogRecord, len(batch))
+	for i, pw := range batch {
+		pw.record.Seq = last + 1 + uint64(i)
+		records[i] = pw.record
+	}
+	req := &ballastpb.ReplicateRequest{Records: records, ReplicatedThrough: p.replicatedThrough}
+	replDone := make(chan error, 1)
+	var secondaryLast uint64
+	go func() {
+		var err error
+		secondaryLast, err = p.link.Send(ctx, req)
+		replDone <- err
+	}()
+	localErr := p.store.Append(p.vol.Id, records)
+	replErr := <-replDone
+	lastSeq := records[len(records)-1].Seq
+	if localErr != nil {
+		// The secondary may now be ahead; the next hello gives it back.
+		p.dropLink()
+		return fmt.Errorf("append to local log: %w", localErr)
+	}
+	if replErr == nil && secondaryLast < lastSeq {
+		replErr = fmt.Errorf("secondary is at seq %d after a batch through %d", secondaryLast, lastSeq)
+	}
+	if replErr != nil {
+		p.dropLink()
+		return fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, replErr)
+	}
+	p.replicatedThrough = lastSeq
+	if err := p.store.TrimLog(p.vol.Id, lastSeq); err != nil {
+		p.log.Warn("trim log", "err", err)
+	}
+	return nil
+}
+
+// connect makes sure a reconciled session with the secondary is open,
+// retrying until ctx ends: a secondary that is restarting, or whose copy of
+// the directory has not yet applied the volume's creation, answers soon,
+// and a write should see latency rather than an error for that.
+func (p *primaryVolume) connect(ctx context.Context) error {
+	backoff := 10 * time.Millisecond
+	for {
+		err := p.ensureLink(ctx)
+		if err == nil {
+			return nil
+		}
+		p.dropLink()
+		p.log.Debug("replication session failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-p.stop:
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+func (p *primaryVolume) dropLink() {
+	if p.link != nil {
+		p.link.Close()
+		p.link = nil
+	}
+}
+
+// ensureLink opens a session with the secondary if there is none and
+// brings both logs to the same seq: it adopts what the secondary holds
+// beyond ours, and sends what we hold beyond the secondary's.
+func (p *primaryVolume) ensureLink(ctx context.Context) error {
+	if p.link != nil {
+		return nil
+	}
+	if len(p.vol.Secondaries) == 0 {
+		return fmt.Errorf("volume has no secondary")
+	}
+	link, err := p.dial(ctx, p.vol, p.vol.Secondaries[0])
+	if err != nil {
+		return fmt.Errorf("connect to secondary %s: %w", p.vol.Secondaries[0], err)
+	}
+	p.link = link
+	last, err := p.store.LastSeq(p.vol.Id)
+	if err != nil {
+		return err
+	}
+	reply, err := link.Hello(ctx, &ballastpb.ReplicateRequest{
+		VolumeId:       p.vol.Id,
+		Epoch:          p.vol.Epoch,
+		PrimaryLastSeq: last,
+	})
+	if err != nil {
+		return fmt.Errorf("hello to secondary %s: %w", p.vol.Secondaries[0], err)
+	}
+	if len(reply.RecordsAhead) > 0 {
+		if err := p.store.Append(p.vol.Id, reply.RecordsAhead); err != nil {
+			return fmt.Errorf("adopt %d records from secondary: %w", len(reply.RecordsAhead), err)
+		}
+		p.log.Info("adopted records from secondary", "count", len(reply.RecordsAhead))
+		if last, err = p.store.LastSeq(p.vol.Id); err != nil {
+			return err
+		}
+	}
+	for from := reply.LastSeq + 1; from <= last; {
+		recs, err := p.store.LogFrom(p.vol.Id, from, catchUpChunk, maxBatchBytes)
+		if err != nil {
+			return fmt.Errorf("catch up secondary from %d: %w", from, err)
+		}
+		if len(recs) == 0 {
+			return fmt.Errorf("catch up secondary: log ends before %d", from)
+		}
+		got, err := link.Send(ctx, &ballastpb.ReplicateRequest{Records: recs})
+		if err != nil {
+			return fmt.Errorf("catch up secondary: %w", err)
+		}
+		from = got + 1
+	}
+	p.replicatedThrough = last
+	return nil
+}

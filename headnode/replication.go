@@ -1,0 +1,77 @@
+package headnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+// ErrReplication is returned when a secondary could not confirm a write in
+// time: the write may or may not be durable on it (the outcome is unknown),
+// and it was not acknowledged.
+var ErrReplication = errors.New("headnode: replication failed")
+
+// errVolumeGone is returned when a replica reports that the volume was
+// deleted while a write was on its way.
+var errVolumeGone = errors.New("headnode: volume was deleted")
+
+// replicaLink is the primary's session with one secondary for one volume.
+// A session starts with Hello and then carries batches in seq order. Any
+// error ends the session; the primary opens a new one and reconciles.
+type replicaLink interface {
+	// Hello tells the secondary the primary's last durable seq and learns
+	// the secondary's, plus any records it holds beyond the primary's.
+	Hello(ctx context.Context, hello *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error)
+	// Send delivers records and waits for the secondary to make them
+	// durable; it returns the secondary's last durable seq.
+	Send(ctx context.Context, req *ballastpb.ReplicateRequest) (uint64, error)
+	Close()
+}
+
+// linkDialer opens a replication session to a volume's secondary.
+type linkDialer func(ctx context.Context, vol *ballastpb.Volume, secondary string) (replicaLink, error)
+
+// secondaryVolume is the secondary's side of one volume's replication: it
+// applies records in seq order to its own store.
+type secondaryVolume struct {
+	store *blockStore
+	id    uint64
+}
+
+// hello answers a primary that opens a session.
+func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
+	last, err := s.store.LastSeq(s.id)
+	if err != nil {
+		return nil, err
+	}
+	reply := &ballastpb.ReplicateReply{LastSeq: last}
+	if last > req.PrimaryLastSeq {
+		// The primary crashed or failed its own append after sending us a
+		// batch: hand back what it lacks so both logs agree again.
+		ahead, err := s.store.LogFrom(s.id, req.PrimaryLastSeq+1, int(last-req.PrimaryLastSeq), 0)
+		if err != nil {
+			return nil, fmt.Errorf("records ahead of primary: %w", err)
+		}
+		reply.RecordsAhead = ahead
+	}
+	return reply, nil
+}
+
+// apply makes a batch durable and trims what every replica holds.
+func (s *secondaryVolume) apply(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
+	if err := s.store.Append(s.id, req.Records); err != nil {
+		return nil, err
+	}
+	if req.ReplicatedThrough > 0 {
+		if err := s.store.TrimLog(s.id, req.ReplicatedThrough); err != nil {
+			return nil, err
+		}
+	}
+	last, err := s.store.LastSeq(s.id)
+	if err != nil {
+		return nil, err
+	}
+	return &ballastpb.ReplicateReply{LastSeq: last}, nil
+}
