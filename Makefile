@@ -1,0 +1,44 @@
+# Ballast: build, test, demo.
+GO      ?= go
+BIN     := bin/ballast
+GOBIN   := $(shell $(GO) env GOPATH)/bin
+FUZZTIME ?= 60s
+
+.PHONY: all build test deps demo proto fuzz vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ballast
+
+# Installs what the tests need (Debian packages of the real clients we test
+# against), then runs every test with the race detector.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -timeout 18m ./...
+
+deps:
+	@scripts/install-deps.sh
+
+demo: build
+	./$(BIN) demo
+
+# Regenerates the committed protobuf code.
+proto:
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler"; exit 1; }
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	PATH="$(GOBIN):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		proto/ballastpb/ballast.proto proto/raftpb/raft.proto
+
+# Runs every fuzz target for FUZZTIME each; new crashers land in testdata.
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzHandshake$$' -fuzztime=$(FUZZTIME) ./attach/nbd/
+	$(GO) test -run='^$$' -fuzz='^FuzzRequestParser$$' -fuzztime=$(FUZZTIME) ./attach/nbd/
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

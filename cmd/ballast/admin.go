@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-storage/ballast/attach"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+// adminCall runs fn against the rack's head nodes and turns gRPC errors
+// into plain messages.
+func adminCall(ctx context.Context, g *globalFlags, fn func(context.Context, ballastpb.AdminClient) error) error {
+	hns, err := parseHeadNodes(g.headNodes)
+	if err != nil {
+		return err
+	}
+	c := &attach.Client{HeadNodes: hns}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err = c.Admin(ctx, fn)
+	if s, ok := status.FromError(err); ok && err != nil {
+		return fmt.Errorf("%s", s.Message())
+	}
+	return err
+}
+
+func printJSON(m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+func newVolumeCommand(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show, resize and delete volumes"}
+	addHeadNodeFlag(cmd, &g.headNodes)
+	var asJSON bool
+	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	var size string
+	create := &cobra.Command{
+		Use:   "create NAME --size SIZE",
+		Short: "Create a volume",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseSize(size)
+			if err != nil {
+				return err
+			}
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				resp, err := a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: args[0], SizeBytes: n})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(resp.Volume)
+				}
+				fmt.Printf("created volume %s (%s, primary %s, secondary %s)\n", resp.Volume.Name,
+					humanize.IBytes(resp.Volume.SizeBytes), resp.Volume.Primary, strings.Join(resp.Volume.Secondaries, ","))
+				return nil
+			})
+		},
+	}
+	create.Flags().StringVar(&size, "size", "", "size, e.g. 10GiB (a multiple of 4 KiB)")
+	create.MarkFlagRequired("size")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List volumes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				resp, err := a.ListVolumes(ctx, &ballastpb.ListVolumesRequest{})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(resp)
+				}
+				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "NAME\tSIZE\tPRIMARY\tSECONDARIES\tEPOCH")
+				for _, v := range resp.Volumes {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", v.Name, humanize.IBytes(v.SizeBytes), v.Primary, strings.Join(v.Secondaries, ","), v.Epoch)
+				}
+				return w.Flush()
+			})
+		},
+	}
+
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a volume",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				resp, err := a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(resp)
+				}
+				v := resp.Volume
+				fmt.Printf("name:        %s\nid:          %d\nsize:        %s (%d bytes)\nblock size:  %d\nprimary:     %s\nsecondaries: %s\nepoch:       %d\ncreated:     %s\n",
+					v.Name, v.Id, humanize.IBytes(v.SizeBytes), v.SizeBytes, v.BlockSizeBytes, v.Primary,
+					strings.Join(v.Secondaries, ","), v.Epoch, time.Unix(0, v.CreatedUnixNanos).UTC().Format(time.RFC3339))
+				for _, r := range resp.Replicas {
+					fmt.Printf("replica:     %s at %s\n", r.Id, strings.Join(r.Addresses, ", "))
+				}
+				return nil
+			})
+		},
+	}
+
+	var newSize string
+	resize := &cobra.Command{
+		Use:   "resize NAME --size SIZE",
+		Short: "Grow a volume",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseSize(newSize)
+			if err != nil {
+				return err
+			}
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				resp, err := a.ResizeVolume(ctx, &ballastpb.ResizeVolumeRequest{Name: args[0], SizeBytes: n})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(resp.Volume)
+				}
+				fmt.Printf("volume %s is now %s\n", resp.Volume.Name, humanize.IBytes(resp.Volume.SizeBytes))
+				return nil
+			})
+		},
+	}
+	resize.Flags().StringVar(&newSize, "size", "", "new size (larger than the current one)")
+	resize.MarkFlagRequired("size")
+
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a volume and all its data",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				if _, err := a.DeleteVolume(ctx, &ballastpb.DeleteVolumeRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				fmt.Printf("deleted volume %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(create, list, show, resize, del)
+	return cmd
+}
+
+func newRackCommand(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "rack", Short: "Inspect the rack"}
+	addHeadNodeFlag(cmd, &g.headNodes)
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show head nodes and the directory group",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				resp, err := a.RackStatus(ctx, &ballastpb.RackStatusRequest{})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(resp)
+				}
+				fmt.Printf("directory group: leader %s, term %d, applied index %d\n", resp.Leader, resp.Term, resp.AppliedIndex)
+				for _, h := range resp.HeadNodes {
+					fmt.Printf("head node %s at %s\n", h.Id, strings.Join(h.Addresses, ", "))
+				}
+				return nil
+			})
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(status)
+	return cmd
+}

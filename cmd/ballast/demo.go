@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballast-storage/ballast/attach"
+	"github.com/ballast-storage/ballast/headnode"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+const demoVolume = "demo"
+
+func newDemoCommand() *cobra.Command {
+	var (
+		data, size, nbdAddr string
+		port                int
+	)
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a whole rack in one process (three head nodes and an agent) serving volume 'demo' over NBD",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sizeBytes, err := parseSize(size)
+			if err != nil {
+				return err
+			}
+			return runDemo(cmd.Context(), data, sizeBytes, nbdAddr, port)
+		},
+	}
+	cmd.Flags().StringVar(&data, "data", "ballast-data", "data directory of the whole rack")
+	cmd.Flags().StringVar(&size, "size", "1GiB", "size of volume 'demo' when it is first created")
+	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
+	cmd.Flags().IntVar(&port, "port", 7400, "head nodes' port (on 127.0.1.N and 127.0.2.N)")
+	return cmd
+}
+
+func runDemo(ctx context.Context, data string, size uint64, nbdAddr string, port int) (err error) {
+	peers := demoPeers(port)
+	var nodes []*headnode.Node
+	defer func() {
+		for _, n := range nodes {
+			err = errors.Join(err, n.Close())
+		}
+	}()
+	for _, p := range peers {
+		n, err := headnode.Start(headnode.Config{
+			ID:              p.ID,
+			ListenAddresses: p.Addresses,
+			DataDir:         demoDataDir(data, p.ID),
+			Peers:           peers,
+			Logger:          slog.Default(),
+		})
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+	}
+	var hns [][]string
+	for _, p := range peers {
+		hns = append(hns, p.Addresses)
+	}
+	agent, err := attach.StartAgent(attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Logger: slog.Default()})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, agent.Close()) }()
+
+	vol, err := ensureVolume(ctx, agent.Client(), demoVolume, size)
+	if err != nil {
+		return err
+	}
+	uri := fmt.Sprintf("nbd://%s/%s", agent.NBDAddr(), demoVolume)
+	var hnList []string
+	for _, p := range peers {
+		hnList = append(hnList, p.ID+"="+strings.Join(p.Addresses, ","))
+	}
+	fmt.Printf("Ballast demo rack is up: head nodes %s\n", strings.Join(hnList, " "))
+	fmt.Printf("Volume %q (%s, primary %s, secondary %s) is served at %s\n",
+		vol.Name, humanize.IBytes(vol.SizeBytes), vol.Primary, strings.Join(vol.Secondaries, ","), uri)
+	fmt.Printf("Try it:  nbdinfo %s\n", uri)
+	fmt.Printf("         qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s\n", uri)
+	fmt.Println("Stop with Ctrl-C.")
+	<-ctx.Done()
+	slog.Info("shutting down demo rack")
+	return nil
+}
+
+// ensureVolume creates the volume unless it exists, waiting for the
+// directory group to elect a leader on first start.
+func ensureVolume(ctx context.Context, c *attach.Client, name string, size uint64) (*ballastpb.Volume, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := c.Lookup(ctx, name)
+		if err == nil {
+			return resp.Volume, nil
+		}
+		if status.Code(err) == codes.NotFound {
+			var created *ballastpb.CreateVolumeResponse
+			err = c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+				var err error
+				created, err = a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: name, SizeBytes: size})
+				return err
+			})
+			if err == nil {
+				return created.Volume, nil
+			}
+			if status.Code(err) == codes.AlreadyExists {
+				continue
+			}
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return nil, fmt.Errorf("create volume %q: %w", name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

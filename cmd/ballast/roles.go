@@ -1,0 +1,152 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ballast-storage/ballast/attach"
+	"github.com/ballast-storage/ballast/headnode"
+)
+
+func newHeadNodeCommand() *cobra.Command {
+	var (
+		id, data, listenA, listenB string
+		peers                      []string
+		replTimeout                time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "headnode",
+		Short: "Run one head node",
+		Example: `  ballast headnode --id hn1 --data /var/lib/ballast/hn1 \
+    --listen-a 127.0.1.1:7400 --listen-b 127.0.2.1:7400 \
+    --peer hn1=127.0.1.1:7400,127.0.2.1:7400 \
+    --peer hn2=127.0.1.2:7400,127.0.2.2:7400 \
+    --peer hn3=127.0.1.3:7400,127.0.2.3:7400`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg := headnode.Config{
+				ID:                 id,
+				DataDir:            data,
+				ReplicationTimeout: replTimeout,
+				Logger:             slog.Default(),
+			}
+			for _, a := range []string{listenA, listenB} {
+				if a != "" {
+					cfg.ListenAddresses = append(cfg.ListenAddresses, a)
+				}
+			}
+			for _, s := range peers {
+				p, err := parsePeer(s)
+				if err != nil {
+					return err
+				}
+				cfg.Peers = append(cfg.Peers, p)
+			}
+			n, err := headnode.Start(cfg)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			slog.Info("shutting down head node", "id", id)
+			return n.Close()
+		},
+	}
+	cmd.Flags().StringVar(&id, "id", "", "this head node's id (required)")
+	cmd.Flags().StringVar(&data, "data", "", "data directory (required)")
+	cmd.Flags().StringVar(&listenA, "listen-a", "", "address on network A (required)")
+	cmd.Flags().StringVar(&listenB, "listen-b", "", "address on network B")
+	cmd.Flags().StringArrayVar(&peers, "peer", nil, "a head node of the rack as ID=ADDR_A,ADDR_B (repeat for every head node, this one included)")
+	cmd.Flags().DurationVar(&replTimeout, "replication-timeout", 5*time.Second, "how long a write waits for its secondary before failing")
+	for _, f := range []string{"id", "data", "listen-a"} {
+		cmd.MarkFlagRequired(f)
+	}
+	cmd.AddCommand(newExportReplicaCommand())
+	return cmd
+}
+
+func newExportReplicaCommand() *cobra.Command {
+	var (
+		data, out, size string
+		volumeID        uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "export-replica --data DIR --volume-id ID --size SIZE --out FILE",
+		Short: "Write the copy of a volume that a stopped head node holds to a file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseSize(size)
+			if err != nil {
+				return err
+			}
+			f, err := os.Create(out)
+			if err != nil {
+				return err
+			}
+			if err := headnode.ExportReplica(data, volumeID, n, f); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		},
+	}
+	cmd.Flags().StringVar(&data, "data", "", "the head node's data directory")
+	cmd.Flags().Uint64Var(&volumeID, "volume-id", 0, "the volume's id (ballast volume show)")
+	cmd.Flags().StringVar(&size, "size", "", "bytes to export (the volume's size)")
+	cmd.Flags().StringVar(&out, "out", "", "output file")
+	for _, f := range []string{"data", "volume-id", "size", "out"} {
+		cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+func newAgentCommand() *cobra.Command {
+	var (
+		headNodes []string
+		nbdAddr   string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run an agent: serve the rack's volumes over NBD to this host",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			hns, err := parseHeadNodes(headNodes)
+			if err != nil {
+				return err
+			}
+			a, err := attach.StartAgent(attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Logger: slog.Default()})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("serving NBD on nbd://%s/<volume>\n", a.NBDAddr())
+			<-cmd.Context().Done()
+			slog.Info("shutting down agent")
+			return a.Close()
+		},
+	}
+	addHeadNodeFlag(cmd, &headNodes)
+	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
+	return cmd
+}
+
+// demoRack is the layout of `ballast demo`: three head nodes, each on
+// 127.0.1.N (network A) and 127.0.2.N (network B).
+func demoPeers(port int) []headnode.Peer {
+	var peers []headnode.Peer
+	for i := 1; i <= 3; i++ {
+		peers = append(peers, headnode.Peer{
+			ID: fmt.Sprintf("hn%d", i),
+			Addresses: []string{
+				fmt.Sprintf("127.0.1.%d:%d", i, port),
+				fmt.Sprintf("127.0.2.%d:%d", i, port),
+			},
+		})
+	}
+	return peers
+}
+
+func demoDataDir(data, id string) string { return filepath.Join(data, id) }

@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballast-storage/ballast/attach"
+	"github.com/ballast-storage/ballast/headnode"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+// startInProcessRack starts three head nodes in this process (so the race
+// detector sees them) and returns a client of them.
+func startInProcessRack(t *testing.T) ([]*headnode.Node, *attach.Client) {
+	t.Helper()
+	port := freeHeadNodePort(t)
+	dir := t.TempDir()
+	var peers []headnode.Peer
+	for i := 1; i <= 3; i++ {
+		peers = append(peers, headnode.Peer{ID: fmt.Sprintf("hn%d", i), Addresses: []string{
+			fmt.Sprintf("127.0.1.%d:%d", i, port), fmt.Sprintf("127.0.2.%d:%d", i, port)}})
+	}
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var nodes []*headnode.Node
+	var hns [][]string
+	for _, p := range peers {
+		n, err := headnode.Start(headnode.Config{ID: p.ID, ListenAddresses: p.Addresses,
+			DataDir: filepath.Join(dir, p.ID), Peers: peers, Logger: logger, ReplicationTimeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		nodes = append(nodes, n)
+		hns = append(hns, p.Addresses)
+	}
+	c := &attach.Client{HeadNodes: hns, Logger: logger, RequestTimeout: 20 * time.Second}
+	t.Cleanup(c.Close)
+	return nodes, c
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func createVolume(t *testing.T, c *attach.Client, name string, size uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+			_, err := a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: name, SizeBytes: size})
+			return err
+		})
+		if err == nil || status.Code(err) == codes.AlreadyExists {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestInProcessReplicatedIO writes and reads through the agent's client
+// from many goroutines against three in-process head nodes.
+func TestInProcessReplicatedIO(t *testing.T) {
+	_, c := startInProcessRack(t)
+	createVolume(t, c, "v", 16<<20)
+	ctx := context.Background()
+	vol, err := c.OpenVolume(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	dev := attach.NewDevice(vol)
+
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			base := uint64(w) << 20
+			for i := 0; i < 20; i++ {
+				off := base + uint64(i*10007)
+				data := bytes.Repeat([]byte{byte(w*20 + i + 1)}, 5000)
+				if err := dev.WriteAt(ctx, data, off, false); err != nil {
+					t.Error(err)
+					return
+				}
+				got := make([]byte, len(data))
+				if err := dev.ReadAt(ctx, got, off); err != nil {
+					t.Error(err)
+					return
+				}
+				if !bytes.Equal(got, data) {
+					t.Errorf("writer %d: read back differs at %d", w, off)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+
+	// Bounds: the head node refuses ranges past the end.
+	err = dev.ReadAt(ctx, make([]byte, 8192), 16<<20-4096)
+	if err == nil {
+		t.Fatal("read past the end succeeded")
+	}
+	if err := dev.Trim(ctx, 0, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<20)
+	if err := dev.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, make([]byte, 1<<20)) {
+		t.Fatalf("after trim of the whole volume, data remains (err %v)", err)
+	}
+
+	// Deleting the volume ends I/O to it with a clear error.
+	if err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+		_, err := a.DeleteVolume(ctx, &ballastpb.DeleteVolumeRequest{Name: "v"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The primary may apply the deletion a moment after the leader did.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := dev.WriteAt(ctx, make([]byte, 4096), 0, false)
+		if errors.Is(err, attach.ErrVolumeGone) {
+			break
+		}
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("write to a deleted volume: %v, want ErrVolumeGone", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,142 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ballast-storage/ballast/internal/nbdclient"
+)
+
+// TestRackOfProcesses runs three head-node processes and an agent, drives
+// the admin CLI through every volume operation and its errors, serves a
+// volume to qemu-io, and kills the secondary during writes.
+func TestRackOfProcesses(t *testing.T) {
+	needTools(t, "qemu-io")
+	r := newRack(t)
+	r.startProcesses()
+
+	cli := func(t *testing.T, args ...string) string {
+		t.Helper()
+		out, err := r.cli(args...)
+		if err != nil {
+			t.Fatalf("ballast %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	cliFails := func(t *testing.T, want string, args ...string) {
+		t.Helper()
+		out, err := r.cli(args...)
+		if err == nil {
+			t.Fatalf("ballast %s succeeded, want an error containing %q:\n%s", strings.Join(args, " "), want, out)
+		}
+		if !strings.Contains(out, want) {
+			t.Fatalf("ballast %s: error does not say %q:\n%s", strings.Join(args, " "), want, out)
+		}
+	}
+
+	t.Run("volume admin", func(t *testing.T) {
+		cli(t, "volume", "create", "vol1", "--size", "64MiB")
+		cli(t, "volume", "create", "vol2", "--size", "1GiB")
+		cliFails(t, "already exists", "volume", "create", "vol1", "--size", "64MiB")
+		cliFails(t, "not a multiple of 4096", "volume", "create", "odd", "--size", "1000")
+		cliFails(t, "greater than zero", "volume", "create", "zero", "--size", "0")
+		cliFails(t, "not found", "volume", "show", "nosuch")
+		cliFails(t, "not found", "volume", "delete", "nosuch")
+		cliFails(t, "shrinking", "volume", "resize", "vol2", "--size", "512MiB")
+		out := cli(t, "volume", "list")
+		if !strings.Contains(out, "vol1") || !strings.Contains(out, "vol2") {
+			t.Fatalf("volume list:\n%s", out)
+		}
+		cli(t, "volume", "resize", "vol2", "--size", "2GiB")
+		if v := r.showVolume("vol2"); v.Volume.SizeBytes != fmt.Sprint(2<<30) {
+			t.Fatalf("after resize, size is %s", v.Volume.SizeBytes)
+		}
+		cli(t, "volume", "delete", "vol2")
+		cliFails(t, "not found", "volume", "show", "vol2")
+		// Every head node answers admin calls (followers forward).
+		for _, h := range r.headNodes {
+			out, err := r.cli("volume", "show", "vol1", "--headnode", h)
+			if err != nil || !strings.Contains(out, "vol1") {
+				t.Fatalf("head node %s: volume show: %v\n%s", h, err, out)
+			}
+		}
+		r.waitServed("vol1", r.agent)
+	})
+
+	t.Run("qemu-io through separate processes", func(t *testing.T) {
+		out := mustRun(t, 60*time.Second, "qemu-io", "-f", "raw",
+			"-c", "write -P 0x42 4000 10000", "-c", "read -P 0x42 4000 10000", r.uri("vol1"))
+		if strings.Contains(out, "failed") || strings.Contains(out, "Pattern verification") {
+			t.Fatalf("qemu-io:\n%s", out)
+		}
+	})
+
+	t.Run("kill the secondary during writes", func(t *testing.T) {
+		v := r.showVolume("vol1")
+		secondary := v.Volume.Secondaries[0]
+		primary := v.Volume.Primary
+		conn, err := nbdclient.Dial(r.nbdAddr, "vol1", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+
+		// Write block i with a header naming i, record every acknowledged
+		// write, and kill -9 the secondary after the 200th.
+		var acked []uint64
+		var killOnce sync.Once
+		var failedAfter time.Duration
+		block := make([]byte, 4096)
+		for i := uint64(0); i < 2000; i++ {
+			binary.BigEndian.PutUint64(block, i+1)
+			copy(block[8:], bytes.Repeat([]byte{byte(i)}, 64))
+			start := time.Now()
+			conn.SetDeadline(time.Now().Add(90 * time.Second))
+			err := conn.WriteAt(block, i*4096, false)
+			if err != nil {
+				failedAfter = time.Since(start)
+				t.Logf("write %d failed after %v: %v", i, failedAfter, err)
+				break
+			}
+			acked = append(acked, i)
+			if len(acked) == 200 {
+				killOnce.Do(func() { r.nodes[secondary].kill() })
+			}
+		}
+		if len(acked) < 200 {
+			t.Fatalf("only %d writes acknowledged before the kill", len(acked))
+		}
+		if failedAfter == 0 {
+			t.Fatalf("all %d writes were acknowledged with the secondary dead", len(acked))
+		}
+		if failedAfter > 60*time.Second {
+			t.Fatalf("a write hung for %v with its secondary dead", failedAfter)
+		}
+
+		// Freeze the primary too, then read the secondary's copy offline:
+		// every acknowledged write must be in it.
+		r.nodes[primary].kill()
+		out := filepath.Join(t.TempDir(), "secondary.img")
+		if o, err := r.cli("headnode", "export-replica", "--data", filepath.Join(r.dataDir, secondary),
+			"--volume-id", v.Volume.ID, "--size", fmt.Sprint(len(acked)*4096+4096), "--out", out); err != nil {
+			t.Fatalf("export replica: %v\n%s", err, o)
+		}
+		img, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range acked {
+			if got := binary.BigEndian.Uint64(img[i*4096:]); got != i+1 {
+				t.Fatalf("acknowledged write %d is not on the secondary (block holds %d): acknowledged with one copy", i, got)
+			}
+		}
+		t.Logf("%d acknowledged writes, all on the secondary; the next write failed after %v", len(acked), failedAfter)
+	})
+}

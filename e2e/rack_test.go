@@ -1,0 +1,328 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ballast-storage/ballast/internal/nbdclient"
+)
+
+var ballastBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ballast-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ballastBin = filepath.Join(dir, "ballast")
+	build := exec.Command("go", "build", "-o", ballastBin, "../cmd/ballast")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build ballast:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// needTools skips the test unless every named client is installed.
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	pkgs := map[string]string{"qemu-io": "qemu-utils", "qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils",
+		"nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "fio": "fio"}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (Debian package %s; `make test` installs it)", tool, pkgs[tool])
+		}
+	}
+}
+
+// nbdPython returns a Python interpreter that can import libnbd's bindings
+// (Debian's python3-libnbd installs them for the system python3, which may
+// not be the first python3 on PATH), or skips the test.
+func nbdPython(t *testing.T) string {
+	t.Helper()
+	candidates := []string{"python3"}
+	if p, err := exec.LookPath("nbdsh"); err == nil {
+		// nbdsh runs "python3 -mnbd"; Debian's lives next to it.
+		candidates = append(candidates, filepath.Join(filepath.Dir(p), "python3"))
+	}
+	for _, py := range candidates {
+		if err := exec.Command(py, "-c", "import nbd").Run(); err == nil {
+			return py
+		}
+	}
+	t.Skip("libnbd's Python bindings are not installed (Debian package python3-libnbd; `make test` installs it)")
+	return ""
+}
+
+// syncBuffer collects a process's output for failure messages.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a ballast process the test started; it is ended on cleanup.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	exited chan struct{}
+	err    error
+}
+
+func startProc(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, out: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(ballastBin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("--- output of %s:\n%s", name, tail(p.out.String(), 4000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// stop ends the process with SIGTERM and waits for a clean exit.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		if p.err != nil {
+			t.Errorf("%s exited with %v after SIGTERM", p.name, p.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("%s did not exit within 30s of SIGTERM", p.name)
+		p.kill()
+	}
+}
+
+// kill ends the process with SIGKILL, as a crash would.
+func (p *proc) kill() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// freeHeadNodePort finds a port free on every demo head-node address.
+func freeHeadNodePort(t *testing.T) int {
+	t.Helper()
+	for attempt := 0; attempt < 50; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		ok := true
+		for n := 1; n <= 2 && ok; n++ {
+			for i := 1; i <= 3; i++ {
+				l, err := net.Listen("tcp", fmt.Sprintf("127.0.%d.%d:%d", n, i, port))
+				if err != nil {
+					ok = false
+					break
+				}
+				l.Close()
+			}
+		}
+		if ok {
+			return port
+		}
+	}
+	t.Fatal("no free port for head nodes")
+	return 0
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// rack is a running rack: a demo process, or head-node and agent processes.
+type rack struct {
+	t         *testing.T
+	dataDir   string
+	port      int
+	nbdAddr   string
+	headNodes []string // "addrA,addrB" per head node
+	demo      *proc
+	nodes     map[string]*proc
+	agent     *proc
+}
+
+func newRack(t *testing.T) *rack {
+	r := &rack{t: t, dataDir: t.TempDir(), port: freeHeadNodePort(t), nbdAddr: freeLoopbackAddr(t), nodes: map[string]*proc{}}
+	for i := 1; i <= 3; i++ {
+		r.headNodes = append(r.headNodes, fmt.Sprintf("127.0.1.%d:%d,127.0.2.%d:%d", i, r.port, i, r.port))
+	}
+	return r
+}
+
+func (r *rack) uri(volume string) string { return fmt.Sprintf("nbd://%s/%s", r.nbdAddr, volume) }
+
+// startDemo runs `ballast demo` and waits until volume demo is served.
+func (r *rack) startDemo(size string) {
+	r.t.Helper()
+	r.demo = startProc(r.t, "demo", "demo", "--data", r.dataDir, "--size", size,
+		"--nbd", r.nbdAddr, "--port", fmt.Sprint(r.port))
+	r.waitServed("demo", r.demo)
+}
+
+// startProcesses runs three head-node processes and an agent.
+func (r *rack) startProcesses() {
+	r.t.Helper()
+	var peers []string
+	for i := 1; i <= 3; i++ {
+		peers = append(peers, "--peer", fmt.Sprintf("hn%d=%s", i, r.headNodes[i-1]))
+	}
+	for i := 1; i <= 3; i++ {
+		r.startHeadNode(i, peers)
+	}
+	args := []string{"agent", "--nbd", r.nbdAddr}
+	for _, h := range r.headNodes {
+		args = append(args, "--headnode", h)
+	}
+	r.agent = startProc(r.t, "agent", args...)
+}
+
+func (r *rack) startHeadNode(i int, peers []string) {
+	id := fmt.Sprintf("hn%d", i)
+	args := append([]string{"headnode", "--id", id, "--data", filepath.Join(r.dataDir, id),
+		"--listen-a", fmt.Sprintf("127.0.1.%d:%d", i, r.port),
+		"--listen-b", fmt.Sprintf("127.0.2.%d:%d", i, r.port),
+		"--replication-timeout", "3s"}, peers...)
+	r.nodes[id] = startProc(r.t, id, args...)
+}
+
+// waitServed waits until export name answers an NBD handshake.
+func (r *rack) waitServed(name string, p *proc) {
+	r.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := nbdclient.Dial(r.nbdAddr, name, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-p.exited:
+			r.t.Fatalf("%s exited: %v\n%s", p.name, p.err, tail(p.out.String(), 4000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("export %s not served within 60s: %v", name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// cli runs a ballast admin command against the rack.
+func (r *rack) cli(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ballastBin, args...)
+	cmd.Env = append(os.Environ(), "BALLAST_HEADNODES="+strings.Join(r.headNodes, ";"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+type volumeInfo struct {
+	Volume struct {
+		Name        string   `json:"name"`
+		ID          string   `json:"id"`
+		SizeBytes   string   `json:"sizeBytes"`
+		Primary     string   `json:"primary"`
+		Secondaries []string `json:"secondaries"`
+	} `json:"volume"`
+}
+
+func (r *rack) showVolume(name string) volumeInfo {
+	r.t.Helper()
+	out, err := r.cli("volume", "show", name, "--json")
+	if err != nil {
+		r.t.Fatalf("volume show %s: %v\n%s", name, err, out)
+	}
+	var v volumeInfo
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		r.t.Fatalf("volume show %s: %v\n%s", name, err, out)
+	}
+	return v
+}
+
+// run runs an external client with a timeout and returns its output.
+func run(t *testing.T, timeout time.Duration, name string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if ctx.Err() != nil {
+		return string(out), fmt.Errorf("%s timed out after %v", name, timeout)
+	}
+	return string(out), err
+}
+
+func mustRun(t *testing.T, timeout time.Duration, name string, args ...string) string {
+	t.Helper()
+	out, err := run(t, timeout, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}

@@ -1,0 +1,151 @@
+// Package lint holds tests that keep the module's layout honest: imports
+// between its packages point one way (DESIGN.md's layering), and every
+// package says in a doc.go what it owns and what it may import.
+package lint
+
+import (
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/ballast-storage/ballast"
+
+// allowed lists, for each package of the module, the module packages its
+// non-test files may import. A prefix ending in "/" allows a whole tree.
+// Packages not listed may import nothing of the module; cmd/ and e2e may
+// import anything.
+var allowed = map[string][]string{
+	"volume":              {"proto/"},
+	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
+	"consensus/transport": {"proto/raftpb"},
+	"consensus/logstore":  {"internal/durable"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/"},
+	"attach":              {"attach/nbd", "internal/", "proto/", "volume"},
+}
+
+var unrestricted = []string{"cmd/", "e2e"}
+
+func TestImportDirection(t *testing.T) {
+	root := moduleRoot(t)
+	imports := moduleImports(t, root)
+	if len(imports) < 5 {
+		t.Fatalf("found only %d packages under %s", len(imports), root)
+	}
+	for pkg, deps := range imports {
+		if matchesAny(pkg, unrestricted) {
+			continue
+		}
+		for _, dep := range deps {
+			if !matchesAny(dep, allowed[pkg]) {
+				t.Errorf("%s imports %s, which the layering does not allow (see internal/lint)", pkg, dep)
+			}
+		}
+	}
+}
+
+func TestEveryPackageHasDocGo(t *testing.T) {
+	root := moduleRoot(t)
+	for pkg := range moduleImports(t, root) {
+		if strings.HasPrefix(pkg, "proto/") || pkg == "internal/lint" {
+			continue // generated code; this test package
+		}
+		if _, err := os.Stat(filepath.Join(root, pkg, "doc.go")); err != nil {
+			if pkg == "cmd/ballast" || pkg == "internal/nbdclient" {
+				continue // documented in main.go / client.go
+			}
+			t.Errorf("package %s has no doc.go saying what it owns and may import", pkg)
+		}
+	}
+}
+
+func matchesAny(pkg string, patterns []string) bool {
+	for _, p := range patterns {
+		if pkg == p || (strings.HasSuffix(p, "/") && strings.HasPrefix(pkg, p)) || pkg == strings.TrimSuffix(p, "/") {
+			return true
+		}
+	}
+	return false
+}
+
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.mod not found")
+		}
+		dir = parent
+	}
+}
+
+// moduleImports maps each package directory (relative to the root) to the
+// module packages its non-test files import.
+func moduleImports(t *testing.T, root string) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			name := d.Name()
+			if p != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "bin") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, p, nil, parser.ImportsOnly|parser.ParseComments)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, filepath.Dir(p))
+		rel = filepath.ToSlash(rel)
+		if rel == "internal/deps" {
+			return nil // build-tagged list of pinned dependencies
+		}
+		if _, ok := out[rel]; !ok {
+			out[rel] = nil
+		}
+		for _, imp := range f.Imports {
+			ip := strings.Trim(imp.Path.Value, `"`)
+			if dep, ok := strings.CutPrefix(ip, module+"/"); ok {
+				out[rel] = appendUnique(out[rel], path.Clean(dep))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range out {
+		sort.Strings(out[k])
+	}
+	return out
+}
+
+func appendUnique(list []string, s string) []string {
+	for _, x := range list {
+		if x == s {
+			return list
+		}
+	}
+	return append(list, s)
+}

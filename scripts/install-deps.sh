@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages of the real clients the tests drive: qemu-io
+# and qemu-img (qemu-utils), nbdinfo and nbdcopy (libnbd-bin), libnbd's
+# Python bindings (python3-libnbd, for requests other clients refuse to
+# send), fio.
+set -euo pipefail
+
+declare -A pkg_for=(
+  [qemu-io]=qemu-utils
+  [qemu-img]=qemu-utils
+  [qemu-nbd]=qemu-utils
+  [nbdinfo]=libnbd-bin
+  [nbdcopy]=libnbd-bin
+  [fio]=fio
+  [nbdsh]=python3-libnbd
+)
+missing=()
+for cmd in "${!pkg_for[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+echo "installing Debian packages: $pkgs"
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $pkgs
