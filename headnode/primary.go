@@ -324,7 +324,8 @@ func (p *primaryVolume) commit(batch []*pendingWrite) error {
 		secondaryLast, err = p.link.Send(ctx, req)
 		replDone <- err
 	}()
-	localErr := p.store.Append(p.vol.Id, records)
+	// The local append also trims the log entries both replicas hold.
+	localErr := p.store.Append(p.vol.Id, records, p.replicatedThrough)
 	replErr := <-replDone
 	lastSeq := records[len(records)-1].Seq
 	if localErr != nil {
@@ -340,9 +341,6 @@ func (p *primaryVolume) commit(batch []*pendingWrite) error {
 		return fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, replErr)
 	}
 	p.replicatedThrough = lastSeq
-	if err := p.store.TrimLog(p.vol.Id, lastSeq); err != nil {
-		p.log.Warn("trim log", "err", err)
-	}
 	return nil
 }
 
@@ -405,7 +403,7 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 		return fmt.Errorf("hello to secondary %s: %w", p.vol.Secondaries[0], err)
 	}
 	if len(reply.RecordsAhead) > 0 {
-		if err := p.store.Append(p.vol.Id, reply.RecordsAhead); err != nil {
+		if err := p.store.Append(p.vol.Id, reply.RecordsAhead, 0); err != nil {
 			return fmt.Errorf("adopt %d records from secondary: %w", len(reply.RecordsAhead), err)
 		}
 		p.log.Info("adopted records from secondary", "count", len(reply.RecordsAhead))

@@ -50,6 +50,7 @@ func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.Rep
 	if last > req.PrimaryLastSeq {
 		// The primary crashed or failed its own append after sending us a
 		// batch: hand back what it lacks so both logs agree again.
+		// At most one batch: the primary reconciles before every new one.
 		ahead, err := s.store.LogFrom(s.id, req.PrimaryLastSeq+1, int(last-req.PrimaryLastSeq), 0)
 		if err != nil {
 			return nil, fmt.Errorf("records ahead of primary: %w", err)
@@ -61,13 +62,8 @@ func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.Rep
 
 // apply makes a batch durable and trims what every replica holds.
 func (s *secondaryVolume) apply(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
-	if err := s.store.Append(s.id, req.Records); err != nil {
+	if err := s.store.Append(s.id, req.Records, req.ReplicatedThrough); err != nil {
 		return nil, err
-	}
-	if req.ReplicatedThrough > 0 {
-		if err := s.store.TrimLog(s.id, req.ReplicatedThrough); err != nil {
-			return nil, err
-		}
 	}
 	last, err := s.store.LastSeq(s.id)
 	if err != nil {

@@ -1,12 +1,14 @@
 package headnode
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 	"github.com/cockroachdb/pebble/vfs"
 	"google.golang.org/protobuf/proto"
 
@@ -17,14 +19,21 @@ import (
 
 // Key layout of a head node's block store (one pebble database per node):
 //
-//	'L' | volume id u64 | seq u64    -> LogRecord (protobuf): the write log
+//	'L' | volume id u64 | seq u64    -> LogEntry (protobuf): which blocks a record touched
 //	'B' | volume id u64 | block u64  -> 4096 bytes: the newest data of a block
 //	'S' | volume id u64              -> last seq u64 | trimmed-through seq u64
 //
 // All integers are big-endian so keys sort by volume, then seq or block.
-// One synced batch appends log records, applies their blocks and advances
-// the last seq, so a crash leaves either all of a batch or none of it.
-// A block that has no 'B' key reads as zeroes.
+// One synced batch logs records, applies their blocks, trims what every
+// replica holds and advances the last seq, so a crash leaves either all of
+// a batch or none of it. A block that has no 'B' key reads as zeroes.
+//
+// The log holds block numbers, not data: a block's data is written once,
+// under its 'B' key. When one replica must hand another the records it
+// lacks (LogFrom), it rebuilds them from the current data of the blocks
+// they touched. Applying those in order brings the other replica to
+// exactly this one's state at its last seq, which is the only point
+// reconciliation ever aims for.
 const (
 	prefixLog   = 'L'
 	prefixBlock = 'B'
@@ -73,18 +82,49 @@ type blockStore struct {
 	state map[uint64]*volumeLogState // loaded lazily
 }
 
-// openBlockStore opens (creating if needed) the store in dir. fs may be nil
-// for the real filesystem.
-func openBlockStore(dir string, fs vfs.FS) (*blockStore, error) {
-	opts := &pebble.Options{
-		// Data blocks are written once and read rarely: a bigger memtable
-		// means fewer flushes under random 4 KiB writes.
-		MemTableSize: 64 << 20,
-	}
+// blockStoreOptions tunes pebble for what a head node stores: 4 KiB values
+// under dense keys, read back by point lookups.
+type blockStoreOptions struct {
+	// FS is the filesystem; nil means the operating system's.
+	FS vfs.FS
+	// CacheBytes sizes pebble's block cache (0: defaultBlockCacheBytes).
+	// Too small, and every read costs a pread of an index block and a data
+	// block.
+	CacheBytes int64
+}
+
+const defaultBlockCacheBytes = 256 << 20
+
+// openBlockStore opens (creating if needed) the store in dir.
+func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
+	fs := o.FS
 	if fs == nil {
 		fs = vfs.Default
 	}
-	opts.FS = fs
+	if o.CacheBytes == 0 {
+		o.CacheBytes = defaultBlockCacheBytes
+	}
+	cache := pebble.NewCache(o.CacheBytes)
+	defer cache.Unref() // the DB holds its own reference
+	opts := &pebble.Options{
+		FS:    fs,
+		Cache: cache,
+		// Random 4 KiB writes: a bigger memtable means fewer flushes.
+		MemTableSize:       64 << 20,
+		FormatMajorVersion: pebble.FormatVirtualSSTables,
+	}
+	opts.Levels = make([]pebble.LevelOptions, 7)
+	for i := range opts.Levels {
+		opts.Levels[i] = pebble.LevelOptions{
+			// Volume data seldom compresses (guests write compressed and
+			// encrypted data): trying costs CPU on every flush and read.
+			Compression: pebble.NoCompression,
+			// Reads of blocks never written (holes) and point lookups that
+			// would probe every level stop at the filter.
+			FilterPolicy: bloom.FilterPolicy(10),
+		}
+	}
+	opts.EnsureDefaults()
 	if err := durable.MkdirAll(fs, dir); err != nil {
 		return nil, fmt.Errorf("create block store %s: %w", dir, err)
 	}
@@ -135,17 +175,19 @@ func (s *blockStore) LastSeq(vol uint64) (uint64, error) {
 	return st.lastSeq, nil
 }
 
-// Append makes records durable: it logs them, applies their blocks and
-// advances the volume's last seq, in one synced batch. The first record
-// must follow the last seq; records at or below it are skipped, since a
-// sender may resend what it could not confirm.
-func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord) error {
+// Append makes records durable: it logs them, applies their blocks, drops
+// the log entries at or below trimThrough (every replica holds them) and
+// advances the volume's last seq, in one synced batch. The first record must
+// follow the last seq; records at or below it are skipped, since a sender
+// may resend what it could not confirm. With no new records and a trim
+// point, it trims alone.
+func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
 	st, err := s.volumeState(vol)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	last := st.lastSeq
+	last, trimmed := st.lastSeq, st.trimmedThrough
 	s.mu.Unlock()
 
 	b := s.db.NewBatch()
@@ -158,13 +200,7 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord) error {
 		if r.Seq != next {
 			return fmt.Errorf("%w: volume %d: record %d after %d", ErrSeqGap, vol, r.Seq, next-1)
 		}
-		data, err := proto.Marshal(r)
-		if err != nil {
-			return fmt.Errorf("encode log record %d: %w", r.Seq, err)
-		}
-		if err := b.Set(logKey(vol, r.Seq), data, nil); err != nil {
-			return fmt.Errorf("batch log record: %w", err)
-		}
+		entry := &ballastpb.LogEntry{Seq: r.Seq, Removed: r.Removed, Blocks: make([]uint64, 0, len(r.Blocks))}
 		for _, rg := range r.Removed {
 			if err := b.DeleteRange(blockKey(vol, rg.First), blockKey(vol, rg.First+rg.Count), nil); err != nil {
 				return fmt.Errorf("batch remove blocks: %w", err)
@@ -181,17 +217,32 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord) error {
 			if err != nil {
 				return fmt.Errorf("batch block: %w", err)
 			}
+			entry.Blocks = append(entry.Blocks, bw.Block)
+		}
+		data, err := proto.Marshal(entry)
+		if err != nil {
+			return fmt.Errorf("encode log entry %d: %w", r.Seq, err)
+		}
+		if err := b.Set(logKey(vol, r.Seq), data, nil); err != nil {
+			return fmt.Errorf("batch log entry: %w", err)
 		}
 		next++
 	}
-	if next == last+1 {
+	newLast := next - 1
+	// Point deletions rather than a range: a range tombstone per batch
+	// would pile up in the memtable and slow every read that meets it.
+	trimTo := max(trimmed, min(trimThrough, newLast))
+	for seq := trimmed + 1; seq <= trimTo; seq++ {
+		if err := b.Delete(logKey(vol, seq), nil); err != nil {
+			return fmt.Errorf("batch trim: %w", err)
+		}
+	}
+	if newLast == last && trimTo == trimmed {
 		return nil
 	}
 	var sv [16]byte
-	binary.BigEndian.PutUint64(sv[:], next-1)
-	s.mu.Lock()
-	binary.BigEndian.PutUint64(sv[8:], st.trimmedThrough)
-	s.mu.Unlock()
+	binary.BigEndian.PutUint64(sv[:], newLast)
+	binary.BigEndian.PutUint64(sv[8:], trimTo)
 	if err := b.Set(stateKey(vol), sv[:], nil); err != nil {
 		return fmt.Errorf("batch log state: %w", err)
 	}
@@ -201,16 +252,20 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord) error {
 		return fmt.Errorf("commit log of volume %d: %w", vol, err)
 	}
 	s.mu.Lock()
-	st.lastSeq = next - 1
+	st.lastSeq, st.trimmedThrough = newLast, trimTo
 	s.mu.Unlock()
 	return nil
 }
 
-// LogFrom returns up to maxRecords records of the volume's log from seq on,
-// and stops after the record that reaches maxBytes of block data (0: no
-// byte limit).
+// LogFrom rebuilds up to maxRecords records of the volume's log from seq
+// on, with the current data of the blocks they touched, and stops after
+// the record that reaches maxBytes of block data (0: no byte limit). The
+// records are exact only as a whole run to the last seq (see the key layout
+// comment); callers apply every record through the end.
 func (s *blockStore) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*ballastpb.LogRecord, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	it, err := snap.NewIter(&pebble.IterOptions{
 		LowerBound: logKey(vol, from),
 		UpperBound: logKey(vol+1, 0),
 	})
@@ -220,54 +275,47 @@ func (s *blockStore) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*bal
 	defer it.Close()
 	var out []*ballastpb.LogRecord
 	want := from
-	bytes := 0
-	for ok := it.First(); ok && len(out) < maxRecords && (maxBytes == 0 || bytes < maxBytes); ok = it.Next() {
-		bytes += len(it.Value())
-		r := &ballastpb.LogRecord{}
-		if err := proto.Unmarshal(it.Value(), r); err != nil {
-			return nil, fmt.Errorf("decode log record of volume %d: %w", vol, err)
+	total := 0
+	for ok := it.First(); ok && len(out) < maxRecords && (maxBytes == 0 || total < maxBytes); ok = it.Next() {
+		var entry ballastpb.LogEntry
+		if err := proto.Unmarshal(it.Value(), &entry); err != nil {
+			return nil, fmt.Errorf("decode log entry of volume %d: %w", vol, err)
 		}
-		if r.Seq != want {
-			return nil, fmt.Errorf("%w: volume %d: log holds %d where %d was expected (trimmed?)", ErrSeqGap, vol, r.Seq, want)
+		if entry.Seq != want {
+			return nil, fmt.Errorf("%w: volume %d: log holds %d where %d was expected (trimmed?)", ErrSeqGap, vol, entry.Seq, want)
 		}
+		r, n, err := rebuildRecord(snap, vol, &entry)
+		if err != nil {
+			return nil, err
+		}
+		total += n
 		out = append(out, r)
 		want++
 	}
 	return out, it.Error()
 }
 
-// TrimLog drops log records at or below through: every replica has them
-// durably, and their blocks are applied. It need not be synced; a crash
-// only leaves records to trim again.
-func (s *blockStore) TrimLog(vol, through uint64) error {
-	st, err := s.volumeState(vol)
-	if err != nil {
-		return err
+// rebuildRecord turns a log entry back into a record carrying the current
+// data of its blocks (a block with no data now becomes a removal). Blocks
+// inside the entry's removed ranges need nothing: any that hold data now
+// were written by a later record of the run, which carries them.
+func rebuildRecord(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballastpb.LogRecord, int, error) {
+	r := &ballastpb.LogRecord{Seq: e.Seq, Removed: e.Removed}
+	n := 0
+	for _, blk := range e.Blocks {
+		v, closer, err := snap.Get(blockKey(vol, blk))
+		switch {
+		case errors.Is(err, pebble.ErrNotFound):
+			r.Blocks = append(r.Blocks, &ballastpb.BlockWrite{Block: blk})
+		case err != nil:
+			return nil, 0, fmt.Errorf("read block %d of volume %d: %w", blk, vol, err)
+		default:
+			r.Blocks = append(r.Blocks, &ballastpb.BlockWrite{Block: blk, Data: bytes.Clone(v)})
+			n += len(v)
+			closer.Close()
+		}
 	}
-	s.mu.Lock()
-	through = min(through, st.lastSeq)
-	if through <= st.trimmedThrough {
-		s.mu.Unlock()
-		return nil
-	}
-	from := st.trimmedThrough + 1
-	st.trimmedThrough = through
-	var sv [16]byte
-	binary.BigEndian.PutUint64(sv[:], st.lastSeq)
-	binary.BigEndian.PutUint64(sv[8:], through)
-	s.mu.Unlock()
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := b.DeleteRange(logKey(vol, from), logKey(vol, through+1), nil); err != nil {
-		return fmt.Errorf("batch trim: %w", err)
-	}
-	if err := b.Set(stateKey(vol), sv[:], nil); err != nil {
-		return fmt.Errorf("batch log state: %w", err)
-	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("trim log of volume %d: %w", vol, err)
-	}
-	return nil
+	return r, n, nil
 }
 
 // ReadBlocks fills dst (a whole number of blocks) with the volume's blocks

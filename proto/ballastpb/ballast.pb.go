@@ -1539,6 +1539,71 @@ func (x *BlockRange) GetCount() uint64 {
 	return 0
 }
 
+// LogEntry is how a head node stores a LogRecord in its own log: which
+// blocks the record set or removed, without their data, which the block
+// store holds. Reconciliation rebuilds records from the blocks' current
+// contents; that is exact because it always brings the other replica to
+// this one's last seq, never to a point in between.
+type LogEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Blocks        []uint64               `protobuf:"varint,2,rep,packed,name=blocks,proto3" json:"blocks,omitempty"`
+	Removed       []*BlockRange          `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogEntry) Reset() {
+	*x = LogEntry{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogEntry) ProtoMessage() {}
+
+func (x *LogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
+func (*LogEntry) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *LogEntry) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LogEntry) GetBlocks() []uint64 {
+	if x != nil {
+		return x.Blocks
+	}
+	return nil
+}
+
+func (x *LogEntry) GetRemoved() []*BlockRange {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
 type ReplicateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The first message of a stream is a hello naming the volume, the
@@ -1556,7 +1621,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1633,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1646,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -1633,7 +1698,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1710,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1723,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -1779,7 +1844,11 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"BlockRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x04R\x05count\"\xcf\x01\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"j\n" +
+	"\bLogEntry\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
+	"\x06blocks\x18\x02 \x03(\x04B\x02\x10\x01R\x06blocks\x120\n" +
+	"\aremoved\x18\x03 \x03(\v2\x16.ballast.v1.BlockRangeR\aremoved\"\xcf\x01\n" +
 	"\x10ReplicateRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12(\n" +
@@ -1840,7 +1909,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(IOOp)(0),                    // 0: ballast.v1.IOOp
 	(IOStatus)(0),                // 1: ballast.v1.IOStatus
@@ -1869,8 +1938,9 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*BlockWrite)(nil),           // 24: ballast.v1.BlockWrite
 	(*LogRecord)(nil),            // 25: ballast.v1.LogRecord
 	(*BlockRange)(nil),           // 26: ballast.v1.BlockRange
-	(*ReplicateRequest)(nil),     // 27: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),       // 28: ballast.v1.ReplicateReply
+	(*LogEntry)(nil),             // 27: ballast.v1.LogEntry
+	(*ReplicateRequest)(nil),     // 28: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),       // 29: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	3,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
@@ -1888,30 +1958,31 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	1,  // 12: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
 	24, // 13: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
 	26, // 14: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	25, // 15: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	25, // 16: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	2,  // 17: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	5,  // 18: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	7,  // 19: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	9,  // 20: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	11, // 21: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	13, // 22: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	15, // 23: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	22, // 24: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	27, // 25: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	6,  // 26: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	8,  // 27: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	10, // 28: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	12, // 29: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	14, // 30: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	16, // 31: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	23, // 32: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	28, // 33: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	26, // [26:34] is the sub-list for method output_type
-	18, // [18:26] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	26, // 15: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	25, // 16: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	25, // 17: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	2,  // 18: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	5,  // 19: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	7,  // 20: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	9,  // 21: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	11, // 22: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	13, // 23: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	15, // 24: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	22, // 25: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	28, // 26: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	6,  // 27: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	8,  // 28: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	10, // 29: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	12, // 30: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	14, // 31: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	16, // 32: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	23, // 33: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	29, // 34: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -1930,7 +2001,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
