@@ -30,7 +30,9 @@ type Config struct {
 	// LeaderWaitTimeout bounds how long an admin call waits for the
 	// directory group to have a leader.
 	LeaderWaitTimeout time.Duration
-	Logger            *slog.Logger
+	// BlockCacheBytes sizes the block store's read cache (0: 256 MiB).
+	BlockCacheBytes int64
+	Logger          *slog.Logger
 }
 
 // EnsureDefaults fills zero fields with their defaults.

@@ -63,7 +63,7 @@ func Start(cfg Config) (_ *Node, err error) {
 			n.Close()
 		}
 	}()
-	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), nil); err != nil {
+	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), blockStoreOptions{CacheBytes: cfg.BlockCacheBytes}); err != nil {
 		return nil, err
 	}
 	n.directory.OnDelete = func(v *ballastpb.Volume) {
