@@ -46,7 +46,9 @@ python3 - "$work" <<'PY'
 import json, sys
 work = sys.argv[1]
 def stats(name, rw, qd):
-    j = json.load(open(f"{work}/{name}-{rw}-{qd}.json"))["jobs"][0]
+    text = open(f"{work}/{name}-{rw}-{qd}.json").read()
+    # fio's nbd engine may print notices before the JSON document.
+    j = json.loads(text[text.index("{"):])["jobs"][0]
     side = j["write" if "write" in rw else "read"]
     pct = side["clat_ns"].get("percentile", {})
     return side["iops"], pct.get("50.000000", 0) / 1000, pct.get("99.000000", 0) / 1000

@@ -25,6 +25,8 @@ func main() {
 
 type globalFlags struct {
 	logLevel  string
+	debugAddr string
+	stopDebug func()
 	headNodes []string
 }
 
@@ -41,10 +43,21 @@ func newRootCommand() *cobra.Command {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+			stop, err := startDebugServer(g.debugAddr)
+			if err != nil {
+				return err
+			}
+			g.stopDebug = stop
 			return nil
+		},
+		PersistentPostRun: func(cmd *cobra.Command, args []string) {
+			if g.stopDebug != nil {
+				g.stopDebug()
+			}
 		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.debugAddr, "debug-addr", "", "serve Prometheus metrics (/metrics) and Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:9400")
 	root.AddCommand(
 		newDemoCommand(),
 		newHeadNodeCommand(),
