@@ -19,6 +19,9 @@ import (
 func runTool(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed, and in CI every client must be (make test installs them)", name)
+		}
 		t.Skipf("%s not installed", name)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
