@@ -32,10 +32,20 @@ proto:
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
 		proto/ballastpb/ballast.proto proto/raftpb/raft.proto
 
-# Runs every fuzz target for FUZZTIME each; new crashers land in testdata.
+# Runs every fuzz target for FUZZTIME each; new crashers land in the
+# package's testdata/fuzz, where they stay as regression seeds.
+FUZZ_TARGETS := \
+	./attach/nbd/:FuzzHandshake \
+	./attach/nbd/:FuzzRequestParser \
+	./consensus/transport/:FuzzDecodeRequest \
+	./consensus/logstore/:FuzzDecodeLogValue
+
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzHandshake$$' -fuzztime=$(FUZZTIME) ./attach/nbd/
-	$(GO) test -run='^$$' -fuzz='^FuzzRequestParser$$' -fuzztime=$(FUZZTIME) ./attach/nbd/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
 
 vet:
 	$(GO) vet ./...

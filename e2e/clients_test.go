@@ -141,6 +141,28 @@ print("ok")
 		}
 	})
 
+	t.Run("qemu-img convert in and out, then compare", func(t *testing.T) {
+		dir := t.TempDir()
+		in := filepath.Join(dir, "in.raw")
+		data := make([]byte, 16<<20)
+		if _, err := rand.Read(data[:8<<20]); err != nil { // second half stays zero
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(in, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Into the volume at an offset, as the quick start does, then out
+		// to a qcow2 image, which qemu-img compare checks against the file.
+		target := fmt.Sprintf(`json:{"file.driver":"nbd","file.server.type":"inet","file.server.host":%q,"file.server.port":%q,"file.export":"demo","driver":"raw","offset":%d,"size":%d}`,
+			strings.Split(r.nbdAddr, ":")[0], strings.Split(r.nbdAddr, ":")[1], 100<<20, len(data))
+		mustRun(t, 2*time.Minute, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", in, target)
+		out := filepath.Join(dir, "out.qcow2")
+		mustRun(t, 2*time.Minute, "qemu-img", "convert", "-O", "qcow2", target, out)
+		if o := mustRun(t, time.Minute, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", in, out); !strings.Contains(o, "Images are identical") {
+			t.Fatalf("qemu-img compare:\n%s", o)
+		}
+	})
+
 	t.Run("fio verify over two connections", func(t *testing.T) {
 		out := mustRun(t, 5*time.Minute, "fio", "--name=verify", "--ioengine=nbd", "--uri="+uri,
 			"--rw=randwrite", "--bs=4k", "--iodepth=16", "--numjobs=2", "--size=32m",
