@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ballast-storage/ballast/attach/blockdev"
 	"github.com/ballast-storage/ballast/attach/nbd"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -91,7 +92,7 @@ func (e exports) Open(ctx context.Context, name string) (nbd.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nbdVolume{v}, nil
+	return device{v}, nil
 }
 
 func (e exports) List(ctx context.Context) ([]string, error) {
@@ -109,70 +110,67 @@ func (e exports) List(ctx context.Context) ([]string, error) {
 	return names, err
 }
 
-// nbdVolume adapts a Volume to the NBD server's backend.
-type nbdVolume struct{ v *Volume }
+// device is an open volume as the protocol servers see it.
+type device struct{ v *Volume }
 
-// NewDevice returns a volume as a block device with NBD's error classes:
-// the agent's NBD exports are built from it, and tests drive it directly.
-func NewDevice(v *Volume) nbd.Backend { return nbdVolume{v} }
+// NewDevice returns a volume as a block device: the agent's NBD (and
+// NVMe/TCP) exports are built from it, and tests drive it directly.
+func NewDevice(v *Volume) blockdev.Device { return device{v} }
 
-func (b nbdVolume) Size() uint64 { return b.v.Size() }
-func (b nbdVolume) Close() error { return b.v.Close() }
+func (d device) Size() uint64 { return d.v.Size() }
+func (d device) Close() error { return d.v.Close() }
 
-func (b nbdVolume) ReadAt(ctx context.Context, p []byte, off uint64) error {
-	r, err := b.v.do(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_READ, Offset: off, Length: uint64(len(p))})
+func (d device) ReadAt(ctx context.Context, p []byte, off uint64) error {
+	r, err := d.v.do(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_READ, Offset: off, Length: uint64(len(p))})
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", blockdev.ErrIO, err)
 	}
-	if err := replyError(r, false); err != nil {
+	if err := replyError(r); err != nil {
 		return err
 	}
 	if len(r.Data) != len(p) {
-		return fmt.Errorf("read %d bytes at %d: head node returned %d", len(p), off, len(r.Data))
+		return fmt.Errorf("%w: read %d bytes at %d: head node returned %d", blockdev.ErrIO, len(p), off, len(r.Data))
 	}
 	copy(p, r.Data)
 	return nil
 }
 
-func (b nbdVolume) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
-	return b.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_WRITE, Offset: off, Data: p, Fua: fua}, true)
+func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
+	return d.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_WRITE, Offset: off, Data: p, Fua: fua})
 }
 
-func (b nbdVolume) Flush(ctx context.Context) error {
-	return b.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_FLUSH}, false)
+func (d device) Flush(ctx context.Context) error {
+	return d.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_FLUSH})
 }
 
-func (b nbdVolume) Trim(ctx context.Context, off, length uint64) error {
-	return b.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_TRIM, Offset: off, Length: length}, false)
+func (d device) Trim(ctx context.Context, off, length uint64) error {
+	return d.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_TRIM, Offset: off, Length: length})
 }
 
-func (b nbdVolume) WriteZeroes(ctx context.Context, off, length uint64, noHole bool) error {
-	return b.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_WRITE_ZEROES, Offset: off, Length: length, NoHole: noHole}, true)
+func (d device) WriteZeroes(ctx context.Context, off, length uint64, noHole bool) error {
+	return d.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_WRITE_ZEROES, Offset: off, Length: length, NoHole: noHole})
 }
 
-func (b nbdVolume) run(ctx context.Context, req *ballastpb.IORequest, isWrite bool) error {
-	r, err := b.v.do(ctx, req)
+func (d device) run(ctx context.Context, req *ballastpb.IORequest) error {
+	r, err := d.v.do(ctx, req)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", blockdev.ErrIO, err)
 	}
-	return replyError(r, isWrite)
+	return replyError(r)
 }
 
-// replyError maps a head node's status onto the NBD error the client sees.
-func replyError(r *ballastpb.IOReply, isWrite bool) error {
+// replyError maps a head node's status onto the device's error classes.
+func replyError(r *ballastpb.IOReply) error {
 	switch r.Status {
 	case ballastpb.IOStatus_IO_STATUS_OK:
 		return nil
 	case ballastpb.IOStatus_IO_STATUS_OUT_OF_RANGE:
-		if isWrite {
-			return fmt.Errorf("%w: %s", nbd.ENOSPC, r.Error)
-		}
-		return fmt.Errorf("%w: %s", nbd.EINVAL, r.Error)
+		return fmt.Errorf("%w: %s", blockdev.ErrOutOfRange, r.Error)
 	case ballastpb.IOStatus_IO_STATUS_INVALID:
-		return fmt.Errorf("%w: %s", nbd.EINVAL, r.Error)
+		return fmt.Errorf("%w: %s", blockdev.ErrInvalid, r.Error)
 	case ballastpb.IOStatus_IO_STATUS_NO_SPACE:
-		return fmt.Errorf("%w: %s", nbd.ENOSPC, r.Error)
+		return fmt.Errorf("%w: %s", blockdev.ErrNoSpace, r.Error)
 	default:
-		return fmt.Errorf("%w: %s", nbd.EIO, r.Error)
+		return fmt.Errorf("%w: %s", blockdev.ErrIO, r.Error)
 	}
 }

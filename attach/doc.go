@@ -4,6 +4,7 @@
 // any head node, keeps one I/O stream per attached connection, and retries
 // across addresses and head nodes when a path fails.
 //
-// It may import attach/nbd, internal/..., proto/... and volume; never
-// headnode or consensus (it reaches them only over the wire).
+// It may import attach/blockdev, attach/nbd, attach/nvmetcp, internal/...,
+// proto/... and volume; never headnode or consensus (it reaches them only
+// over the wire).
 package attach

@@ -4,40 +4,16 @@ import (
 	"context"
 	"errors"
 	"strconv"
+
+	"github.com/ballast-storage/ballast/attach/blockdev"
 )
 
-// Backend is the block device behind one connection to an export.
-//
-// Every method may be called from many goroutines at once. Offsets and
-// lengths are always within [0, Size()) when the server calls them: the
-// server checks every request against Size first. A method returns nil
-// only once the operation has taken effect; an error wrapping an Errno
-// is sent to the client as that errno, any other error as EIO.
-//
-// Durability: the server advertises CAN_MULTI_CONN, so once WriteAt,
-// Trim or WriteZeroes has returned nil (and Flush after them) the effect
-// must be durable and visible to every other Backend of the same export.
-type Backend interface {
-	// Size is the export's size in bytes. It is read once per connection.
-	Size() uint64
-	// ReadAt fills all of p with the data at off, or returns an error.
-	// It must not return nil having filled only part of p: p is a
-	// recycled buffer and its old contents would reach the client.
-	ReadAt(ctx context.Context, p []byte, off uint64) error
-	// WriteAt writes p at off. fua asks for the write to be durable before
-	// WriteAt returns. p is only valid until WriteAt returns.
-	WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error
-	// Flush makes every write that has already returned durable.
-	Flush(ctx context.Context) error
-	// Trim discards [off, off+length). It may be larger than MaxBlockSize.
-	Trim(ctx context.Context, off, length uint64) error
-	// WriteZeroes makes [off, off+length) read as zeroes. noHole asks for
-	// the range to stay allocated. It may be larger than MaxBlockSize.
-	WriteZeroes(ctx context.Context, off, length uint64, noHole bool) error
-	// Close releases the backend. The server calls it once, after every
-	// other call on it has returned.
-	Close() error
-}
+// Backend is the block device behind one connection to an export: the
+// agent's protocol-neutral device (see blockdev.Device for the contract).
+// The server advertises CAN_MULTI_CONN, which that contract allows. An
+// error wrapping an Errno is sent as that errno; otherwise the blockdev
+// class decides (see errnoOf), and anything else is sent as EIO.
+type Backend = blockdev.Device
 
 // Exports resolves export names to backends.
 type Exports interface {
@@ -105,14 +81,23 @@ func (e Errno) valid() bool {
 	return false
 }
 
-// errnoOf maps a backend error to the value sent on the wire.
+// errnoOf maps a backend error to the value sent on the wire. A request
+// past the end is EINVAL here; the server checks writes itself and answers
+// ENOSPC, as the spec asks, before the backend sees them.
 func errnoOf(err error) Errno {
 	if err == nil {
 		return 0
 	}
 	var e Errno
-	if errors.As(err, &e) && e.valid() {
+	switch {
+	case errors.As(err, &e) && e.valid():
 		return e
+	case errors.Is(err, blockdev.ErrNoSpace):
+		return ENOSPC
+	case errors.Is(err, blockdev.ErrOutOfRange), errors.Is(err, blockdev.ErrInvalid):
+		return EINVAL
+	case errors.Is(err, blockdev.ErrNotPermitted):
+		return EPERM
 	}
 	return EIO
 }

@@ -65,5 +65,5 @@
 //
 // # Imports
 //
-// The standard library only.
+// The standard library, and attach/blockdev for the device it serves.
 package nbd

@@ -27,7 +27,9 @@ var allowed = map[string][]string{
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
 	"headnode":            {"consensus", "volume", "internal/", "proto/"},
-	"attach":              {"attach/nbd", "internal/", "proto/", "volume"},
+	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume"},
+	"attach/nbd":          {"attach/blockdev"},
+	"attach/nvmetcp":      {"attach/blockdev"},
 }
 
 var unrestricted = []string{"cmd/", "e2e"}
