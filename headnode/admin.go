@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync/atomic"
 	"time"
 
@@ -256,16 +255,4 @@ func (a *adminServer) DeleteVolume(ctx context.Context, req *ballastpb.DeleteVol
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.DeleteVolumeResponse, error) {
 		return c.DeleteVolume(ctx, req)
 	})
-}
-
-func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusRequest) (*ballastpb.RackStatusResponse, error) {
-	r := a.node.raft
-	resp := &ballastpb.RackStatusResponse{Term: currentTerm(r), AppliedIndex: r.AppliedIndex()}
-	_, leader := r.LeaderWithID()
-	resp.Leader = string(leader)
-	for _, p := range a.node.cfg.Peers {
-		resp.HeadNodes = append(resp.HeadNodes, &ballastpb.HeadNode{Id: p.ID, Addresses: p.Addresses})
-	}
-	sort.Slice(resp.HeadNodes, func(i, j int) bool { return resp.HeadNodes[i].Id < resp.HeadNodes[j].Id })
-	return resp, nil
 }

@@ -32,7 +32,10 @@ type Config struct {
 	LeaderWaitTimeout time.Duration
 	// BlockCacheBytes sizes the block store's read cache (0: 256 MiB).
 	BlockCacheBytes int64
-	Logger          *slog.Logger
+	// Storage configures segments on the sleds: erasure coding, flush,
+	// compaction, rebuild.
+	Storage StorageConfig
+	Logger  *slog.Logger
 }
 
 // EnsureDefaults fills zero fields with their defaults.
@@ -46,6 +49,7 @@ func (c *Config) EnsureDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Storage.EnsureDefaults()
 }
 
 // Validate reports the first problem with the configuration.
@@ -72,7 +76,7 @@ func (c *Config) Validate() error {
 	if !seen[c.ID] {
 		return fmt.Errorf("headnode config: this node %q is not among the peers", c.ID)
 	}
-	return nil
+	return c.Storage.Validate()
 }
 
 func (c *Config) peerAddresses(id string) ([]string, bool) {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 
 	"github.com/cockroachdb/pebble"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
 // ExportReplica writes the first sizeBytes of a volume as the block store
@@ -18,7 +20,7 @@ func ExportReplica(dataDir string, volumeID, sizeBytes uint64, w io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("open block store %s read-only (is the head node stopped?): %w", dir, err)
 	}
-	s := &blockStore{db: db, state: map[uint64]*volumeLogState{}}
+	s := &blockStore{db: db, state: map[uint64]*ballastpb.VolumeLogState{}}
 	defer s.Close()
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
@@ -28,8 +30,12 @@ func ExportReplica(dataDir string, volumeID, sizeBytes uint64, w io.Writer) erro
 		if n == 0 {
 			break
 		}
-		if err := s.ReadBlocks(volumeID, off/blockSize, buf[:n]); err != nil {
+		lr, err := s.ReadLocal(volumeID, off/blockSize, buf[:n])
+		if err != nil {
 			return err
+		}
+		if len(lr.remote) > 0 {
+			return fmt.Errorf("export replica: block %d and %d more live on the sleds; this tool reads only the head node's log", off/blockSize+uint64(lr.remote[0].index), len(lr.remote)-1)
 		}
 		if _, err := w.Write(buf[:n]); err != nil {
 			return fmt.Errorf("export replica: %w", err)

@@ -97,7 +97,7 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 	case ballastpb.IOOp_IO_OP_READ:
 		reply.Data = make([]byte, length)
 		if length > 0 {
-			err = pv.read(req.Offset, reply.Data)
+			err = pv.read(ctx, req.Offset, reply.Data)
 		}
 	case ballastpb.IOOp_IO_OP_WRITE:
 		err = pv.write(ctx, req.Offset, length, req.Data, false, false)
@@ -139,7 +139,7 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 	if pv, ok := n.primaries[vol.Id]; ok {
 		return pv, nil
 	}
-	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log)
+	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote)
 	n.primaries[vol.Id] = pv
 	return pv, nil
 }

@@ -34,6 +34,8 @@ type Node struct {
 	pool      rpc.Pool
 	drops     chan uint64
 	repl      *replicationServer
+	remote    *remoteIO
+	stopBG    context.CancelFunc // ends the sled view and the monitors
 	serving   sync.WaitGroup
 
 	mu        sync.Mutex
@@ -66,6 +68,23 @@ func Start(cfg Config) (_ *Node, err error) {
 	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), blockStoreOptions{CacheBytes: cfg.BlockCacheBytes}); err != nil {
 		return nil, err
 	}
+	n.remote = &remoteIO{
+		cfg:   cfg.Storage,
+		sled:  n.directory.Sled,
+		stats: &storageStats{},
+		log:   n.log,
+	}
+	n.remote.shards = &grpcShards{
+		addresses: func(id string) ([]string, bool) {
+			s, ok := n.directory.Sled(id)
+			if !ok {
+				return nil, false
+			}
+			return s.Addresses, true
+		},
+		pool: &n.pool,
+	}
+	n.remote.view = newSledView(n.directory.Sleds, n.remote.shards, n.log)
 	n.directory.OnDelete = func(v *ballastpb.Volume) {
 		select {
 		case n.drops <- v.Id:
@@ -120,6 +139,17 @@ func Start(cfg Config) (_ *Node, err error) {
 			}
 		}()
 	}
+	bg, stopBG := context.WithCancel(context.Background())
+	n.stopBG = stopBG
+	n.serving.Add(2)
+	go func() {
+		defer n.serving.Done()
+		n.remote.view.run(bg, cfg.Storage.SledPollInterval, cfg.Storage.ShardTimeout)
+	}()
+	go func() {
+		defer n.serving.Done()
+		n.watchSleds(bg)
+	}()
 	n.serving.Add(1)
 	go n.dropLoop()
 	n.log.Info("head node started", "addresses", cfg.ListenAddresses)
@@ -174,6 +204,9 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 
 	var errs []error
+	if n.stopBG != nil {
+		n.stopBG()
+	}
 	if n.server != nil {
 		// Stop, not GracefulStop: client streams stay open for as long as
 		// the agent lives and would hold shutdown forever.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -68,9 +69,19 @@ type primaryVolume struct {
 	// Owned by the committer goroutine.
 	link              replicaLink
 	replicatedThrough uint64
+
+	// remote reaches the sleds; nil when the rack has none configured for
+	// this node (then nothing is ever flushed and every block is local).
+	remote *remoteIO
+	// maint flushes, compacts and repairs the volume's segments; nil
+	// without remote.
+	maint *maintainer
+	// writtenBytes counts bytes committed since the flusher last looked,
+	// so a burst of writes triggers a flush before the timer does.
+	writtenBytes atomic.Int64
 }
 
-func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer, replTimeout time.Duration, log *slog.Logger) *primaryVolume {
+func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer, replTimeout time.Duration, log *slog.Logger, remote *remoteIO) *primaryVolume {
 	p := &primaryVolume{
 		vol:         vol,
 		store:       store,
@@ -84,6 +95,15 @@ func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer,
 		done:        make(chan struct{}),
 	}
 	go p.commitLoop()
+	if remote != nil {
+		p.remote = remote
+		p.maint = newMaintainer(p, remote)
+		if remote.manual {
+			close(p.maint.done) // tests drive the steps themselves
+		} else {
+			go p.maint.run()
+		}
+	}
 	return p
 }
 
@@ -103,24 +123,61 @@ func (p *primaryVolume) Close() {
 	p.mu.Unlock()
 	close(p.stop)
 	<-p.done
+	if p.maint != nil {
+		<-p.maint.done
+	}
 }
 
 // read fills dst from the volume at byte offset off. Bounds are checked by
 // the caller. Reads see only what the store holds: every acknowledged write
 // is there (the local append precedes the acknowledgement), and a write still
-// in flight, which may yet fail, is never shown and then taken back.
-func (p *primaryVolume) read(off uint64, dst []byte) error {
+// in flight, which may yet fail, is never shown and then taken back. Blocks
+// flushed to the sleds are fetched from them, reconstructed from parity
+// when a shard cannot be read.
+func (p *primaryVolume) read(ctx context.Context, off uint64, dst []byte) error {
 	first := off / blockSize
 	last := (off + uint64(len(dst)) - 1) / blockSize
-	if off%blockSize == 0 && len(dst)%blockSize == 0 {
-		return p.store.ReadBlocks(p.vol.Id, first, dst)
+	buf := dst
+	aligned := off%blockSize == 0 && len(dst)%blockSize == 0
+	if !aligned {
+		buf = make([]byte, (last-first+1)*blockSize)
 	}
-	buf := make([]byte, (last-first+1)*blockSize)
-	if err := p.store.ReadBlocks(p.vol.Id, first, buf); err != nil {
+	for attempt := 0; ; attempt++ {
+		lr, err := p.store.ReadLocal(p.vol.Id, first, buf)
+		if err != nil {
+			return err
+		}
+		if len(lr.remote) == 0 {
+			break
+		}
+		if p.remote == nil {
+			return fmt.Errorf("volume %s: blocks live on sleds this head node cannot reach", p.vol.Name)
+		}
+		err = p.remote.fetch(ctx, p.vol, buf, lr, p.maint.requestRepair)
+		if err == nil {
+			break
+		}
+		// A segment freed by compaction between the lookup and the fetch:
+		// look the blocks up again.
+		if attempt < 3 && p.segmentsGone(lr) {
+			continue
+		}
 		return err
 	}
-	copy(dst, buf[off-first*blockSize:])
+	if !aligned {
+		copy(dst, buf[off-first*blockSize:])
+	}
 	return nil
+}
+
+// segmentsGone says whether any segment a read named no longer exists.
+func (p *primaryVolume) segmentsGone(lr localRead) bool {
+	for id := range lr.segments {
+		if seg, _, err := p.store.Segment(p.vol.Id, id); err == nil && seg == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // blockLocked returns the current content of a block for read-modify-write.
@@ -132,10 +189,44 @@ func (p *primaryVolume) blockLocked(b uint64) ([]byte, error) {
 		}
 		return out, nil
 	}
-	if err := p.store.ReadBlocks(p.vol.Id, b, out); err != nil {
+	// A flushed block comes from the sleds, under the volume's lock; such
+	// partial writes are rare (clients write whole 4 KiB blocks).
+	ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
+	defer cancel()
+	if err := p.read(ctx, b*blockSize, out); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// submit commits a maintenance record (flush, compaction, shard move,
+// segment free) through the committer, in order with the writes, and
+// waits until every replica holds it.
+func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) error {
+	const cost = 1
+	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
+		return fmt.Errorf("waiting for write queue: %w", err)
+	}
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		p.queueBytes.Release(cost)
+		return ErrStopped
+	}
+	pw := &pendingWrite{ticket: p.nextTicket, record: rec, bytes: cost, done: make(chan error, 1)}
+	p.nextTicket++
+	p.queue = append(p.queue, pw)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-pw.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("maintenance record: %w", ctx.Err())
+	}
 }
 
 // write stores data at byte offset off. With zero=true data is nil and
@@ -341,6 +432,13 @@ func (p *primaryVolume) commit(batch []*pendingWrite) error {
 		return fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, replErr)
 	}
 	p.replicatedThrough = lastSeq
+	var written int64
+	for _, r := range records {
+		written += int64(len(r.Blocks)) * blockSize
+	}
+	if p.maint != nil && p.writtenBytes.Add(written) >= p.remote.cfg.FlushThresholdBytes {
+		p.maint.kick()
+	}
 	return nil
 }
 

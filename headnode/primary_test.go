@@ -70,6 +70,7 @@ func (l *memLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (ui
 func (l *memLink) Close() {}
 
 type pair struct {
+	remote      *remoteIO // nil: no sleds
 	replTimeout time.Duration
 	primary     *primaryVolume
 	pStore      *blockStore
@@ -113,15 +114,27 @@ func (p *pair) start(t *testing.T) {
 		}
 		return &memLink{sec: &secondaryVolume{store: p.sStore, id: p.vol.Id}, f: p.faults}, nil
 	}
-	p.primary = newPrimaryVolume(p.vol, p.pStore, dial, p.replTimeout, slog.New(slog.DiscardHandler))
+	p.primary = newPrimaryVolume(p.vol, p.pStore, dial, p.replTimeout, slog.New(slog.DiscardHandler), p.remote)
 	t.Cleanup(p.primary.Close)
 }
 
+// readAll reads a replica's whole volume from its own store, fetching
+// flushed blocks from the sleds (through the primary's remote, which
+// reaches the same sleds).
 func (p *pair) readAll(t *testing.T, s *blockStore) []byte {
 	t.Helper()
 	out := make([]byte, p.vol.SizeBytes)
-	if err := s.ReadBlocks(p.vol.Id, 0, out); err != nil {
+	lr, err := s.ReadLocal(p.vol.Id, 0, out)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if len(lr.remote) > 0 {
+		if p.remote == nil {
+			t.Fatalf("%d blocks indexed to segments without sleds", len(lr.remote))
+		}
+		if err := p.remote.fetch(context.Background(), p.vol, out, lr, func(shardRef) {}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return out
 }
@@ -130,7 +143,7 @@ func (p *pair) readAll(t *testing.T, s *blockStore) []byte {
 func (p *pair) checkReplicas(t *testing.T) {
 	t.Helper()
 	got := make([]byte, p.vol.SizeBytes)
-	if err := p.primary.read(0, got); err != nil {
+	if err := p.primary.read(context.Background(), 0, got); err != nil {
 		t.Fatal(err)
 	}
 	if i := firstDiff(got, p.model); i >= 0 {
@@ -309,7 +322,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		t.Fatalf("last seq after reopen: %d", last)
 	}
 	buf := make([]byte, 3*4096)
-	if err := s.ReadBlocks(1, 1, buf); err != nil {
+	if _, err := s.ReadLocal(1, 1, buf); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(buf[4096:8192], pattern(4096, 3)) || !bytes.Equal(buf[:4096], make([]byte, 4096)) {
@@ -430,7 +443,7 @@ func TestRandomOpsUnderFaultsKeepReplicasIdentical(t *testing.T) {
 				t.Fatalf("replicas differ at byte %d", i)
 			}
 			got := make([]byte, size)
-			if err := p.primary.read(0, got); err != nil {
+			if err := p.primary.read(context.Background(), 0, got); err != nil {
 				t.Fatal(err)
 			}
 			for i := range got {

@@ -1,10 +1,10 @@
 package headnode
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 
 	"github.com/cockroachdb/pebble"
@@ -19,46 +19,64 @@ import (
 
 // Key layout of a head node's block store (one pebble database per node):
 //
-//	'L' | volume id u64 | seq u64    -> LogEntry (protobuf): which blocks a record touched
-//	'B' | volume id u64 | block u64  -> 4096 bytes: the newest data of a block
-//	'S' | volume id u64              -> last seq u64 | trimmed-through seq u64
+//	'L' | volume u64 | seq u64      -> LogEntry (protobuf): the keys a record touched
+//	'B' | volume u64 | block u64    -> version u64 | 4096 bytes: a block's newest data, in the log
+//	'I' | volume u64 | block u64    -> segment u64 | slot u32: where a flushed block lives
+//	'G' | volume u64 | segment u64  -> Segment (protobuf): shards, sleds, live blocks
+//	'H' | volume u64 | segment u64  -> u64 per slot: the block each slot was written for
+//	'S' | volume u64                -> VolumeLogState (protobuf)
 //
-// All integers are big-endian so keys sort by volume, then seq or block.
-// One synced batch logs records, applies their blocks, trims what every
-// replica holds and advances the last seq, so a crash leaves either all of
-// a batch or none of it. A block that has no 'B' key reads as zeroes.
+// All integers are big-endian so keys sort by volume, then seq, block or
+// segment. A block reads from its 'B' key if it has one (the log holds the
+// newest data), else from the segment its 'I' key names, else as zeroes.
+// A 'B' key's version is the seq of the record that wrote it.
 //
-// The log holds block numbers, not data: a block's data is written once,
-// under its 'B' key. When one replica must hand another the records it
-// lacks (LogFrom), it rebuilds them from the current data of the blocks
-// they touched. Applying those in order brings the other replica to
-// exactly this one's state at its last seq, which is the only point
-// reconciliation ever aims for.
+// One synced batch applies a run of records (apply.go), logs the keys each
+// touched, trims what every replica holds and advances the last seq, so a
+// crash leaves either all of a batch or none of it.
+//
+// The log holds keys, not data: a block's data is written once, under its
+// 'B' key, and leaves the head node when a flush record moves it into a
+// segment. When one replica must hand another the records it lacks
+// (LogFrom, reconcile.go), it sends the current state of every key those
+// records touched; applying that brings the other replica to exactly this
+// one's state at its last seq, which is the only point reconciliation ever
+// aims for.
 const (
-	prefixLog   = 'L'
-	prefixBlock = 'B'
-	prefixState = 'S'
+	prefixLog          = 'L'
+	prefixBlock        = 'B'
+	prefixIndex        = 'I'
+	prefixSegment      = 'G'
+	prefixSegmentSlots = 'H'
+	prefixState        = 'S'
+
+	versionBytes = 8
+	indexBytes   = 12
 )
 
 // ErrSeqGap is returned when records do not follow the store's last seq:
 // the sender and the store disagree on the log and must reconcile first.
 var ErrSeqGap = errors.New("headnode: log sequence gap")
 
-func logKey(vol, seq uint64) []byte {
+// ErrCorrupt marks a stored value that does not decode: this replica's
+// copy is bad.
+var ErrCorrupt = errors.New("headnode: corrupt block store value")
+
+func volKey(prefix byte, vol, n uint64) []byte {
 	k := make([]byte, 17)
-	k[0] = prefixLog
+	k[0] = prefix
 	binary.BigEndian.PutUint64(k[1:], vol)
-	binary.BigEndian.PutUint64(k[9:], seq)
+	binary.BigEndian.PutUint64(k[9:], n)
 	return k
 }
 
-func blockKey(vol, block uint64) []byte {
-	k := make([]byte, 17)
-	k[0] = prefixBlock
-	binary.BigEndian.PutUint64(k[1:], vol)
-	binary.BigEndian.PutUint64(k[9:], block)
-	return k
-}
+func logKey(vol, seq uint64) []byte              { return volKey(prefixLog, vol, seq) }
+func blockKey(vol, block uint64) []byte          { return volKey(prefixBlock, vol, block) }
+func indexKey(vol, block uint64) []byte          { return volKey(prefixIndex, vol, block) }
+func segmentKey(vol, seg uint64) []byte          { return volKey(prefixSegment, vol, seg) }
+func segSlotsKey(vol, seg uint64) []byte         { return volKey(prefixSegmentSlots, vol, seg) }
+func keyNumber(k []byte) uint64                  { return binary.BigEndian.Uint64(k[9:]) }
+func volumeUpper(prefix byte, vol uint64) []byte { return volKey(prefix, vol+1, 0)[:9] }
 
 func stateKey(vol uint64) []byte {
 	k := make([]byte, 9)
@@ -67,19 +85,68 @@ func stateKey(vol uint64) []byte {
 	return k
 }
 
-type volumeLogState struct {
-	lastSeq        uint64
-	trimmedThrough uint64
+// blockLoc is where a flushed block lives.
+type blockLoc struct {
+	segment uint64
+	slot    uint32
 }
 
-// blockStore is the head node's durable store of volume logs and blocks.
-// Callers serialise appends per volume (the primary's committer, or the
-// secondary's one replication stream); reads may run at any time.
+func encodeLoc(l blockLoc) []byte {
+	v := make([]byte, indexBytes)
+	binary.BigEndian.PutUint64(v, l.segment)
+	binary.BigEndian.PutUint32(v[8:], l.slot)
+	return v
+}
+
+func decodeLoc(v []byte) (blockLoc, error) {
+	if len(v) != indexBytes {
+		return blockLoc{}, fmt.Errorf("%w: index value of %d bytes", ErrCorrupt, len(v))
+	}
+	return blockLoc{segment: binary.BigEndian.Uint64(v), slot: binary.BigEndian.Uint32(v[8:])}, nil
+}
+
+func encodeBlock(version uint64, data []byte) []byte {
+	v := make([]byte, versionBytes+len(data))
+	binary.BigEndian.PutUint64(v, version)
+	copy(v[versionBytes:], data)
+	return v
+}
+
+func decodeBlock(v []byte) (version uint64, data []byte, err error) {
+	if len(v) != versionBytes+volume.BlockSizeBytes {
+		return 0, nil, fmt.Errorf("%w: block value of %d bytes", ErrCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), v[versionBytes:], nil
+}
+
+func encodeSlots(blocks []uint64) []byte {
+	v := make([]byte, 8*len(blocks))
+	for i, b := range blocks {
+		binary.BigEndian.PutUint64(v[8*i:], b)
+	}
+	return v
+}
+
+func decodeSlots(v []byte) ([]uint64, error) {
+	if len(v)%8 != 0 {
+		return nil, fmt.Errorf("%w: slot list of %d bytes", ErrCorrupt, len(v))
+	}
+	out := make([]uint64, len(v)/8)
+	for i := range out {
+		out[i] = binary.BigEndian.Uint64(v[8*i:])
+	}
+	return out, nil
+}
+
+// blockStore is the head node's durable store of volume logs, blocks,
+// indexes and segments. Callers serialise appends per volume (the
+// primary's committer, or the secondary's one replication stream); reads
+// may run at any time.
 type blockStore struct {
 	db *pebble.DB
 
 	mu    sync.Mutex
-	state map[uint64]*volumeLogState // loaded lazily
+	state map[uint64]*ballastpb.VolumeLogState // loaded lazily; guarded by mu
 }
 
 // blockStoreOptions tunes pebble for what a head node stores: 4 KiB values
@@ -109,7 +176,9 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	opts := &pebble.Options{
 		FS:    fs,
 		Cache: cache,
-		// Random 4 KiB writes: a bigger memtable means fewer flushes.
+		// Random 4 KiB writes: a bigger memtable means fewer flushes, and
+		// blocks flushed to the sleds before their memtable is written out
+		// never reach an sstable at all.
 		MemTableSize:       64 << 20,
 		FormatMajorVersion: pebble.FormatVirtualSSTables,
 	}
@@ -132,33 +201,33 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open block store %s: %w", dir, err)
 	}
-	return &blockStore{db: db, state: map[uint64]*volumeLogState{}}, nil
+	return &blockStore{db: db, state: map[uint64]*ballastpb.VolumeLogState{}}, nil
 }
 
 func (s *blockStore) Close() error {
 	return s.db.Close()
 }
 
-func (s *blockStore) volumeState(vol uint64) (*volumeLogState, error) {
+// volumeState returns the cached log state of a volume; callers copy what
+// they need under s.mu.
+func (s *blockStore) volumeState(vol uint64) (*ballastpb.VolumeLogState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok := s.state[vol]; ok {
 		return st, nil
 	}
-	st := &volumeLogState{}
+	st := &ballastpb.VolumeLogState{}
 	v, closer, err := s.db.Get(stateKey(vol))
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
 	case err != nil:
 		return nil, fmt.Errorf("read log state of volume %d: %w", vol, err)
 	default:
-		if len(v) != 16 {
-			closer.Close()
-			return nil, fmt.Errorf("log state of volume %d: %d bytes, want 16", vol, len(v))
-		}
-		st.lastSeq = binary.BigEndian.Uint64(v)
-		st.trimmedThrough = binary.BigEndian.Uint64(v[8:])
+		err := proto.Unmarshal(v, st)
 		closer.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%w: log state of volume %d: %v", ErrCorrupt, vol, err)
+		}
 	}
 	s.state[vol] = st
 	return st, nil
@@ -172,26 +241,40 @@ func (s *blockStore) LastSeq(vol uint64) (uint64, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return st.lastSeq, nil
+	return st.LastSeq, nil
 }
 
-// Append makes records durable: it logs them, applies their blocks, drops
-// the log entries at or below trimThrough (every replica holds them) and
-// advances the volume's last seq, in one synced batch. The first record must
-// follow the last seq; records at or below it are skipped, since a sender
-// may resend what it could not confirm. With no new records and a trim
-// point, it trims alone.
-func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
+// NextSegmentID returns the lowest segment id no record has used yet.
+func (s *blockStore) NextSegmentID(vol uint64) (uint64, error) {
 	st, err := s.volumeState(vol)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return max(st.NextSegmentId, 1), nil
+}
+
+// Append makes records durable: it applies them in order (apply.go), logs
+// the keys each touched, drops the log entries at or below trimThrough
+// (every replica holds them) and advances the volume's last seq, in one
+// synced batch. The first record must follow the last seq; records at or
+// below it are skipped, since a sender may resend what it could not
+// confirm. With no new records and a trim point, it trims alone.
+func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
+	stp, err := s.volumeState(vol)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	last, trimmed := st.lastSeq, st.trimmedThrough
+	st := proto.Clone(stp).(*ballastpb.VolumeLogState)
 	s.mu.Unlock()
+	last, trimmed := st.LastSeq, st.TrimmedThrough
 
-	b := s.db.NewBatch()
+	// Indexed: a record reads what earlier records of the same batch wrote.
+	b := s.db.NewIndexedBatch()
 	defer b.Close()
+	a := applier{b: b, vol: vol, st: st}
 	next := last + 1
 	for _, r := range records {
 		if r.Seq < next {
@@ -200,50 +283,29 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThro
 		if r.Seq != next {
 			return fmt.Errorf("%w: volume %d: record %d after %d", ErrSeqGap, vol, r.Seq, next-1)
 		}
-		entry := &ballastpb.LogEntry{Seq: r.Seq, Removed: r.Removed, Blocks: make([]uint64, 0, len(r.Blocks))}
-		for _, rg := range r.Removed {
-			if err := b.DeleteRange(blockKey(vol, rg.First), blockKey(vol, rg.First+rg.Count), nil); err != nil {
-				return fmt.Errorf("batch remove blocks: %w", err)
-			}
-		}
-		for _, bw := range r.Blocks {
-			if len(bw.Data) == 0 {
-				err = b.Delete(blockKey(vol, bw.Block), nil)
-			} else if len(bw.Data) != volume.BlockSizeBytes {
-				return fmt.Errorf("record %d: block %d has %d bytes, want %d", r.Seq, bw.Block, len(bw.Data), volume.BlockSizeBytes)
-			} else {
-				err = b.Set(blockKey(vol, bw.Block), bw.Data, nil)
-			}
-			if err != nil {
-				return fmt.Errorf("batch block: %w", err)
-			}
-			entry.Blocks = append(entry.Blocks, bw.Block)
-		}
-		data, err := proto.Marshal(entry)
-		if err != nil {
-			return fmt.Errorf("encode log entry %d: %w", r.Seq, err)
-		}
-		if err := b.Set(logKey(vol, r.Seq), data, nil); err != nil {
-			return fmt.Errorf("batch log entry: %w", err)
+		if err := a.apply(r); err != nil {
+			return fmt.Errorf("apply record %d of volume %d: %w", r.Seq, vol, err)
 		}
 		next++
 	}
-	newLast := next - 1
+	st.LastSeq = next - 1
 	// Point deletions rather than a range: a range tombstone per batch
 	// would pile up in the memtable and slow every read that meets it.
-	trimTo := max(trimmed, min(trimThrough, newLast))
+	trimTo := max(trimmed, min(trimThrough, st.LastSeq))
 	for seq := trimmed + 1; seq <= trimTo; seq++ {
 		if err := b.Delete(logKey(vol, seq), nil); err != nil {
 			return fmt.Errorf("batch trim: %w", err)
 		}
 	}
-	if newLast == last && trimTo == trimmed {
+	st.TrimmedThrough = trimTo
+	if st.LastSeq == last && trimTo == trimmed {
 		return nil
 	}
-	var sv [16]byte
-	binary.BigEndian.PutUint64(sv[:], newLast)
-	binary.BigEndian.PutUint64(sv[8:], trimTo)
-	if err := b.Set(stateKey(vol), sv[:], nil); err != nil {
+	sv, err := proto.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("encode log state: %w", err)
+	}
+	if err := b.Set(stateKey(vol), sv, nil); err != nil {
 		return fmt.Errorf("batch log state: %w", err)
 	}
 	// pebble coalesces the WAL syncs of batches committed concurrently, so
@@ -252,125 +314,270 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThro
 		return fmt.Errorf("commit log of volume %d: %w", vol, err)
 	}
 	s.mu.Lock()
-	st.lastSeq, st.trimmedThrough = newLast, trimTo
+	s.state[vol] = st
 	s.mu.Unlock()
 	return nil
 }
 
-// LogFrom rebuilds up to maxRecords records of the volume's log from seq
-// on, with the current data of the blocks they touched, and stops after
-// the record that reaches maxBytes of block data (0: no byte limit). The
-// records are exact only as a whole run to the last seq (see the key layout
-// comment); callers apply every record through the end.
-func (s *blockStore) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*ballastpb.LogRecord, error) {
+// remoteBlock is a block of a read that lives on the sleds.
+type remoteBlock struct {
+	index int // position in the read, in blocks
+	loc   blockLoc
+}
+
+// localRead is what the head node itself knows of a range of blocks.
+type localRead struct {
+	remote   []remoteBlock
+	segments map[uint64]*ballastpb.Segment // every segment remote names
+}
+
+// ReadLocal fills dst (a whole number of blocks) with the volume's blocks
+// from first on, from one consistent snapshot: blocks in the log are
+// copied, blocks never written are zeroed, and blocks that live in
+// segments are returned, with those segments, for the caller to fetch.
+func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error) {
+	count := uint64(len(dst) / volume.BlockSizeBytes)
+	var out localRead
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
+	have := make([]bool, count)
+	if count == 1 {
+		// One block: point lookups are cheaper than iterators.
+		v, closer, err := snap.Get(blockKey(vol, first))
+		if err == nil {
+			_, data, derr := decodeBlock(v)
+			if derr == nil {
+				copy(dst, data)
+			}
+			closer.Close()
+			if derr != nil {
+				return out, fmt.Errorf("block %d of volume %d: %w", first, vol, derr)
+			}
+			return out, nil
+		}
+		if !errors.Is(err, pebble.ErrNotFound) {
+			return out, fmt.Errorf("read block %d of volume %d: %w", first, vol, err)
+		}
+	} else {
+		it, err := snap.NewIter(&pebble.IterOptions{
+			LowerBound: blockKey(vol, first),
+			UpperBound: blockKey(vol, first+count),
+		})
+		if err != nil {
+			return out, fmt.Errorf("iterate blocks of volume %d: %w", vol, err)
+		}
+		for ok := it.First(); ok; ok = it.Next() {
+			i := keyNumber(it.Key()) - first
+			_, data, err := decodeBlock(it.Value())
+			if err != nil {
+				it.Close()
+				return out, fmt.Errorf("block %d of volume %d: %w", first+i, vol, err)
+			}
+			copy(dst[i*volume.BlockSizeBytes:], data)
+			have[i] = true
+		}
+		if err := it.Close(); err != nil {
+			return out, fmt.Errorf("read blocks of volume %d: %w", vol, err)
+		}
+	}
 	it, err := snap.NewIter(&pebble.IterOptions{
-		LowerBound: logKey(vol, from),
-		UpperBound: logKey(vol+1, 0),
+		LowerBound: indexKey(vol, first),
+		UpperBound: indexKey(vol, first+count),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("iterate log of volume %d: %w", vol, err)
+		return out, fmt.Errorf("iterate index of volume %d: %w", vol, err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		i := keyNumber(it.Key()) - first
+		if have[i] {
+			continue // the log's copy is newer
+		}
+		loc, err := decodeLoc(it.Value())
+		if err != nil {
+			it.Close()
+			return out, err
+		}
+		have[i] = true
+		out.remote = append(out.remote, remoteBlock{index: int(i), loc: loc})
+	}
+	if err := it.Close(); err != nil {
+		return out, fmt.Errorf("read index of volume %d: %w", vol, err)
+	}
+	for i, h := range have {
+		if !h {
+			clear(dst[i*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes])
+		}
+	}
+	for _, rb := range out.remote {
+		if _, ok := out.segments[rb.loc.segment]; ok {
+			continue
+		}
+		seg, _, err := getSegment(snap, vol, rb.loc.segment, false)
+		if err != nil {
+			return out, err
+		}
+		if seg == nil {
+			return out, fmt.Errorf("%w: volume %d: block %d is indexed to segment %d, which does not exist", ErrCorrupt, vol, first+uint64(rb.index), rb.loc.segment)
+		}
+		if out.segments == nil {
+			out.segments = map[uint64]*ballastpb.Segment{}
+		}
+		out.segments[rb.loc.segment] = seg
+	}
+	return out, nil
+}
+
+// reader is what pebble's DB, snapshots and indexed batches share.
+type reader interface {
+	Get(key []byte) ([]byte, io.Closer, error)
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+// getSegment reads a segment and, with slots, the block of each slot. A
+// missing segment is (nil, nil, nil).
+func getSegment(r reader, vol, id uint64, slots bool) (*ballastpb.Segment, []uint64, error) {
+	v, closer, err := r.Get(segmentKey(vol, id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read segment %d of volume %d: %w", id, vol, err)
+	}
+	seg := &ballastpb.Segment{}
+	err = proto.Unmarshal(v, seg)
+	closer.Close()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: segment %d of volume %d: %v", ErrCorrupt, id, vol, err)
+	}
+	if !slots {
+		return seg, nil, nil
+	}
+	v, closer, err = r.Get(segSlotsKey(vol, id))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read slots of segment %d of volume %d: %w", id, vol, err)
+	}
+	blocks, err := decodeSlots(v)
+	closer.Close()
+	if err != nil {
+		return nil, nil, err
+	}
+	return seg, blocks, nil
+}
+
+// Segments returns every segment of the volume, from one snapshot.
+func (s *blockStore) Segments(vol uint64) ([]*ballastpb.Segment, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: segmentKey(vol, 0),
+		UpperBound: volumeUpper(prefixSegment, vol),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("iterate segments of volume %d: %w", vol, err)
 	}
 	defer it.Close()
-	var out []*ballastpb.LogRecord
-	want := from
-	total := 0
-	for ok := it.First(); ok && len(out) < maxRecords && (maxBytes == 0 || total < maxBytes); ok = it.Next() {
-		var entry ballastpb.LogEntry
-		if err := proto.Unmarshal(it.Value(), &entry); err != nil {
-			return nil, fmt.Errorf("decode log entry of volume %d: %w", vol, err)
+	var out []*ballastpb.Segment
+	for ok := it.First(); ok; ok = it.Next() {
+		seg := &ballastpb.Segment{}
+		if err := proto.Unmarshal(it.Value(), seg); err != nil {
+			return nil, fmt.Errorf("%w: segment %d of volume %d: %v", ErrCorrupt, keyNumber(it.Key()), vol, err)
 		}
-		if entry.Seq != want {
-			return nil, fmt.Errorf("%w: volume %d: log holds %d where %d was expected (trimmed?)", ErrSeqGap, vol, entry.Seq, want)
-		}
-		r, n, err := rebuildRecord(snap, vol, &entry)
-		if err != nil {
-			return nil, err
-		}
-		total += n
-		out = append(out, r)
-		want++
+		out = append(out, seg)
 	}
 	return out, it.Error()
 }
 
-// rebuildRecord turns a log entry back into a record carrying the current
-// data of its blocks (a block with no data now becomes a removal). Blocks
-// inside the entry's removed ranges need nothing: any that hold data now
-// were written by a later record of the run, which carries them.
-func rebuildRecord(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballastpb.LogRecord, int, error) {
-	r := &ballastpb.LogRecord{Seq: e.Seq, Removed: e.Removed}
-	n := 0
-	for _, blk := range e.Blocks {
-		v, closer, err := snap.Get(blockKey(vol, blk))
-		switch {
-		case errors.Is(err, pebble.ErrNotFound):
-			r.Blocks = append(r.Blocks, &ballastpb.BlockWrite{Block: blk})
-		case err != nil:
-			return nil, 0, fmt.Errorf("read block %d of volume %d: %w", blk, vol, err)
-		default:
-			r.Blocks = append(r.Blocks, &ballastpb.BlockWrite{Block: blk, Data: bytes.Clone(v)})
-			n += len(v)
-			closer.Close()
-		}
-	}
-	return r, n, nil
+// Segment returns one segment and its slots, or nil if it does not exist.
+func (s *blockStore) Segment(vol, id uint64) (*ballastpb.Segment, []uint64, error) {
+	return getSegment(s.db, vol, id, true)
 }
 
-// ReadBlocks fills dst (a whole number of blocks) with the volume's blocks
-// from first on; absent blocks read as zeroes.
-func (s *blockStore) ReadBlocks(vol, first uint64, dst []byte) error {
-	count := uint64(len(dst) / volume.BlockSizeBytes)
-	if count == 1 {
-		// One block: a point lookup is cheaper than an iterator.
-		v, closer, err := s.db.Get(blockKey(vol, first))
-		if errors.Is(err, pebble.ErrNotFound) {
-			clear(dst)
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read block %d of volume %d: %w", first, vol, err)
-		}
-		copy(dst, v)
-		closer.Close()
-		return nil
-	}
+// dirtyBlock is a block whose newest data is in the log.
+type dirtyBlock struct {
+	block   uint64
+	version uint64
+	data    []byte
+}
+
+// DirtyBlocks returns up to max blocks whose newest data is in the log,
+// from block `from` on, in block order, with their versions and data.
+func (s *blockStore) DirtyBlocks(vol, from uint64, limit int) ([]dirtyBlock, error) {
 	it, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: blockKey(vol, first),
-		UpperBound: blockKey(vol, first+count),
+		LowerBound: blockKey(vol, from),
+		UpperBound: volumeUpper(prefixBlock, vol),
 	})
 	if err != nil {
-		return fmt.Errorf("iterate blocks of volume %d: %w", vol, err)
+		return nil, fmt.Errorf("iterate log blocks of volume %d: %w", vol, err)
 	}
 	defer it.Close()
-	next := first
-	for ok := it.First(); ok; ok = it.Next() {
-		b := binary.BigEndian.Uint64(it.Key()[9:])
-		clear(dst[(next-first)*volume.BlockSizeBytes : (b-first)*volume.BlockSizeBytes])
-		copy(dst[(b-first)*volume.BlockSizeBytes:(b-first+1)*volume.BlockSizeBytes], it.Value())
-		next = b + 1
+	var out []dirtyBlock
+	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+		version, data, err := decodeBlock(it.Value())
+		if err != nil {
+			return nil, fmt.Errorf("block %d of volume %d: %w", keyNumber(it.Key()), vol, err)
+		}
+		out = append(out, dirtyBlock{block: keyNumber(it.Key()), version: version, data: append([]byte(nil), data...)})
 	}
-	if err := it.Error(); err != nil {
-		return fmt.Errorf("read blocks of volume %d: %w", vol, err)
-	}
-	clear(dst[(next-first)*volume.BlockSizeBytes:])
-	return nil
+	return out, it.Error()
 }
 
-// DropVolume removes every key of the volume: its log, blocks and state.
+// DirtyCount counts the blocks whose newest data is in the log.
+func (s *blockStore) DirtyCount(vol uint64) (int, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: blockKey(vol, 0),
+		UpperBound: volumeUpper(prefixBlock, vol),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("iterate log blocks of volume %d: %w", vol, err)
+	}
+	defer it.Close()
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		n++
+	}
+	return n, it.Error()
+}
+
+// Locate returns where each of the given blocks lives now: in the log
+// (inLog), in a segment (loc, indexed), or nowhere.
+func (s *blockStore) Locate(vol uint64, blocks []uint64) (inLog []bool, locs []blockLoc, indexed []bool, err error) {
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	inLog = make([]bool, len(blocks))
+	locs = make([]blockLoc, len(blocks))
+	indexed = make([]bool, len(blocks))
+	for i, b := range blocks {
+		if _, closer, err := snap.Get(blockKey(vol, b)); err == nil {
+			closer.Close()
+			inLog[i] = true
+		} else if !errors.Is(err, pebble.ErrNotFound) {
+			return nil, nil, nil, fmt.Errorf("read block %d of volume %d: %w", b, vol, err)
+		}
+		v, closer, err := snap.Get(indexKey(vol, b))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("read index of block %d of volume %d: %w", b, vol, err)
+		}
+		locs[i], err = decodeLoc(v)
+		closer.Close()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		indexed[i] = true
+	}
+	return inLog, locs, indexed, nil
+}
+
+// DropVolume removes every key of the volume: its log, blocks, index,
+// segments and state. The segments' shards on the sleds are the caller's.
 func (s *blockStore) DropVolume(vol uint64) error {
 	s.mu.Lock()
 	delete(s.state, vol)
 	s.mu.Unlock()
 	b := s.db.NewBatch()
 	defer b.Close()
-	for _, p := range []byte{prefixLog, prefixBlock} {
-		lo := []byte{p}
-		lo = binary.BigEndian.AppendUint64(lo, vol)
-		hi := []byte{p}
-		hi = binary.BigEndian.AppendUint64(hi, vol+1)
-		if err := b.DeleteRange(lo, hi, nil); err != nil {
+	for _, p := range []byte{prefixLog, prefixBlock, prefixIndex, prefixSegment, prefixSegmentSlots} {
+		if err := b.DeleteRange(volKey(p, vol, 0), volumeUpper(p, vol), nil); err != nil {
 			return fmt.Errorf("batch drop: %w", err)
 		}
 	}

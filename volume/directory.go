@@ -3,6 +3,7 @@ package volume
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 
@@ -25,6 +26,7 @@ type Directory struct {
 	byName       map[string]*ballastpb.Volume
 	byID         map[uint64]*ballastpb.Volume
 	nextVolumeID uint64
+	sleds        map[string]*ballastpb.Sled // replaced, never changed in place
 }
 
 // NewDirectory returns an empty directory.
@@ -33,6 +35,7 @@ func NewDirectory() *Directory {
 		byName:       map[string]*ballastpb.Volume{},
 		byID:         map[uint64]*ballastpb.Volume{},
 		nextVolumeID: 1,
+		sleds:        map[string]*ballastpb.Sled{},
 	}
 }
 
@@ -40,6 +43,7 @@ func NewDirectory() *Directory {
 // command produced or changed, or the error that refused it.
 type ApplyResult struct {
 	Volume *ballastpb.Volume
+	Sled   *ballastpb.Sled
 	Err    error
 }
 
@@ -114,9 +118,85 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 			d.OnDelete(proto.Clone(v).(*ballastpb.Volume))
 		}
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+	case *ballastpb.DirectoryCommand_RegisterSled:
+		return d.registerSledLocked(op.RegisterSled.Sled, nowUnixNanos)
+	case *ballastpb.DirectoryCommand_SetSledState:
+		return d.setSledStateLocked(op.SetSledState, nowUnixNanos)
 	default:
 		return ApplyResult{Err: fmt.Errorf("%w: unknown directory command %T", ErrInvalid, cmd.Op)}
 	}
+}
+
+// registerSledLocked adds a sled, or updates the addresses of a known one
+// (a sled registers at every start). A sled that was down is up again; a
+// removed sled stays removed: its id is spent.
+func (d *Directory) registerSledLocked(in *ballastpb.Sled, now int64) ApplyResult {
+	if in == nil {
+		return ApplyResult{Err: fmt.Errorf("%w: register sled: no sled", ErrInvalid)}
+	}
+	if err := ValidateSledID(in.Id); err != nil {
+		return ApplyResult{Err: err}
+	}
+	if len(in.Addresses) == 0 {
+		return ApplyResult{Err: fmt.Errorf("%w: sled %q has no address", ErrInvalid, in.Id)}
+	}
+	sl := &ballastpb.Sled{Id: in.Id, Addresses: slices.Clone(in.Addresses), State: ballastpb.SledState_SLED_STATE_UP,
+		RegisteredUnixNanos: now, StateChangedUnixNanos: now}
+	if old, ok := d.sleds[in.Id]; ok {
+		if old.State == ballastpb.SledState_SLED_STATE_REMOVED {
+			return ApplyResult{Err: fmt.Errorf("%w: sled %q was removed; a sled that returns needs a new id", ErrInvalid, in.Id)}
+		}
+		sl.RegisteredUnixNanos = old.RegisteredUnixNanos
+		sl.State, sl.StateChangedUnixNanos = old.State, old.StateChangedUnixNanos
+		if old.State == ballastpb.SledState_SLED_STATE_DOWN {
+			sl.State, sl.StateChangedUnixNanos = ballastpb.SledState_SLED_STATE_UP, now
+		}
+	}
+	d.sleds[sl.Id] = sl
+	return ApplyResult{Sled: proto.Clone(sl).(*ballastpb.Sled)}
+}
+
+func (d *Directory) setSledStateLocked(c *ballastpb.SetSledStateCommand, now int64) ApplyResult {
+	old, ok := d.sleds[c.Id]
+	if !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: sled %q", ErrNotFound, c.Id)}
+	}
+	if c.IfState != ballastpb.SledState_SLED_STATE_UNSPECIFIED && old.State != c.IfState {
+		return ApplyResult{Err: fmt.Errorf("%w: sled %q is %v, not %v", ErrConflict, c.Id, old.State, c.IfState)}
+	}
+	switch {
+	case c.State == ballastpb.SledState_SLED_STATE_UNSPECIFIED:
+		return ApplyResult{Err: fmt.Errorf("%w: no state given for sled %q", ErrInvalid, c.Id)}
+	case old.State == ballastpb.SledState_SLED_STATE_REMOVED && c.State != old.State:
+		return ApplyResult{Err: fmt.Errorf("%w: sled %q was removed for good", ErrInvalid, c.Id)}
+	}
+	sl := proto.Clone(old).(*ballastpb.Sled)
+	if sl.State != c.State {
+		sl.State, sl.StateChangedUnixNanos = c.State, now
+	}
+	d.sleds[sl.Id] = sl
+	return ApplyResult{Sled: proto.Clone(sl).(*ballastpb.Sled)}
+}
+
+// Sleds returns the rack's sleds, sorted by id. The records are shared:
+// callers must not modify them.
+func (d *Directory) Sleds() []*ballastpb.Sled {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	out := make([]*ballastpb.Sled, 0, len(d.sleds))
+	for _, s := range d.sleds {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+// Sled returns one sled's shared record.
+func (d *Directory) Sled(id string) (*ballastpb.Sled, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	s, ok := d.sleds[id]
+	return s, ok
 }
 
 // Get returns a copy of the named volume's record.
@@ -171,6 +251,10 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 	for _, v := range d.byName {
 		snap.Volumes = append(snap.Volumes, proto.Clone(v).(*ballastpb.Volume))
 	}
+	for _, sl := range d.sleds {
+		snap.Sleds = append(snap.Sleds, proto.Clone(sl).(*ballastpb.Sled))
+	}
+	sort.Slice(snap.Sleds, func(i, j int) bool { return snap.Sleds[i].Id < snap.Sleds[j].Id })
 	sort.Slice(snap.Volumes, func(i, j int) bool { return snap.Volumes[i].Id < snap.Volumes[j].Id })
 	data, err := proto.Marshal(snap)
 	if err != nil {
@@ -201,6 +285,10 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 		d.byID[v.Id] = v
 	}
 	d.nextVolumeID = max(snap.NextVolumeId, 1)
+	d.sleds = map[string]*ballastpb.Sled{}
+	for _, sl := range snap.Sleds {
+		d.sleds[sl.Id] = sl
+	}
 	if d.OnDelete != nil {
 		for id, v := range old {
 			if _, ok := d.byID[id]; !ok {

@@ -28,6 +28,9 @@ var (
 	// ErrNoPlacement is returned when the rack has too few head nodes to
 	// hold a primary and a secondary.
 	ErrNoPlacement = errors.New("volume: not enough head nodes for placement")
+	// ErrConflict is returned when a conditional change finds the state it
+	// was conditioned on changed.
+	ErrConflict = errors.New("volume: conflicting change")
 )
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -36,6 +39,16 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 func ValidateName(name string) error {
 	if !namePattern.MatchString(name) {
 		return fmt.Errorf("%w: name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, name)
+	}
+	return nil
+}
+
+var sledIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$`)
+
+// ValidateSledID reports whether id may name a sled.
+func ValidateSledID(id string) error {
+	if !sledIDPattern.MatchString(id) {
+		return fmt.Errorf("%w: sled id %q: use 1-32 letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, id)
 	}
 	return nil
 }

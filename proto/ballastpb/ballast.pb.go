@@ -24,6 +24,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SledState is a sled's standing in the rack.
+type SledState int32
+
+const (
+	SledState_SLED_STATE_UNSPECIFIED SledState = 0
+	SledState_SLED_STATE_UP          SledState = 1 // serves and takes new shards
+	SledState_SLED_STATE_DOWN        SledState = 2 // unreachable past the timeout: its shards are rebuilt elsewhere
+	SledState_SLED_STATE_DRAINING    SledState = 3 // an operator is moving its shards off; takes no new ones
+	SledState_SLED_STATE_REMOVED     SledState = 4 // gone for good: its shards are rebuilt elsewhere
+)
+
+// Enum value maps for SledState.
+var (
+	SledState_name = map[int32]string{
+		0: "SLED_STATE_UNSPECIFIED",
+		1: "SLED_STATE_UP",
+		2: "SLED_STATE_DOWN",
+		3: "SLED_STATE_DRAINING",
+		4: "SLED_STATE_REMOVED",
+	}
+	SledState_value = map[string]int32{
+		"SLED_STATE_UNSPECIFIED": 0,
+		"SLED_STATE_UP":          1,
+		"SLED_STATE_DOWN":        2,
+		"SLED_STATE_DRAINING":    3,
+		"SLED_STATE_REMOVED":     4,
+	}
+)
+
+func (x SledState) Enum() *SledState {
+	p := new(SledState)
+	*p = x
+	return p
+}
+
+func (x SledState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SledState) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_ballastpb_ballast_proto_enumTypes[0].Descriptor()
+}
+
+func (SledState) Type() protoreflect.EnumType {
+	return &file_proto_ballastpb_ballast_proto_enumTypes[0]
+}
+
+func (x SledState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SledState.Descriptor instead.
+func (SledState) EnumDescriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{0}
+}
+
 type IOOp int32
 
 const (
@@ -66,11 +122,11 @@ func (x IOOp) String() string {
 }
 
 func (IOOp) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[0].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[1].Descriptor()
 }
 
 func (IOOp) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[0]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[1]
 }
 
 func (x IOOp) Number() protoreflect.EnumNumber {
@@ -79,7 +135,7 @@ func (x IOOp) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IOOp.Descriptor instead.
 func (IOOp) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{0}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
 }
 
 // IOStatus is the outcome class of one request, mapped by the agent onto
@@ -129,11 +185,11 @@ func (x IOStatus) String() string {
 }
 
 func (IOStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[1].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[2].Descriptor()
 }
 
 func (IOStatus) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[1]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[2]
 }
 
 func (x IOStatus) Number() protoreflect.EnumNumber {
@@ -142,7 +198,7 @@ func (x IOStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IOStatus.Descriptor instead.
 func (IOStatus) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
 }
 
 // ReplicateStatus says why a secondary refused a session or a batch, so
@@ -186,11 +242,11 @@ func (x ReplicateStatus) String() string {
 }
 
 func (ReplicateStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[2].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[3].Descriptor()
 }
 
 func (ReplicateStatus) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[2]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[3]
 }
 
 func (x ReplicateStatus) Number() protoreflect.EnumNumber {
@@ -199,7 +255,7 @@ func (x ReplicateStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReplicateStatus.Descriptor instead.
 func (ReplicateStatus) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
 }
 
 // Volume is a volume's record in the directory group.
@@ -806,6 +862,658 @@ func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
 	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{11}
 }
 
+// Sled is a storage sled as the directory group knows it.
+type Sled struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Id                    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Addresses             []string               `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"` // one per network (A, B)
+	State                 SledState              `protobuf:"varint,3,opt,name=state,proto3,enum=ballast.v1.SledState" json:"state,omitempty"`
+	RegisteredUnixNanos   int64                  `protobuf:"varint,4,opt,name=registered_unix_nanos,json=registeredUnixNanos,proto3" json:"registered_unix_nanos,omitempty"`
+	StateChangedUnixNanos int64                  `protobuf:"varint,5,opt,name=state_changed_unix_nanos,json=stateChangedUnixNanos,proto3" json:"state_changed_unix_nanos,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *Sled) Reset() {
+	*x = Sled{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Sled) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Sled) ProtoMessage() {}
+
+func (x *Sled) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Sled.ProtoReflect.Descriptor instead.
+func (*Sled) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Sled) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Sled) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *Sled) GetState() SledState {
+	if x != nil {
+		return x.State
+	}
+	return SledState_SLED_STATE_UNSPECIFIED
+}
+
+func (x *Sled) GetRegisteredUnixNanos() int64 {
+	if x != nil {
+		return x.RegisteredUnixNanos
+	}
+	return 0
+}
+
+func (x *Sled) GetStateChangedUnixNanos() int64 {
+	if x != nil {
+		return x.StateChangedUnixNanos
+	}
+	return 0
+}
+
+type RegisterSledRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Addresses     []string               `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSledRequest) Reset() {
+	*x = RegisterSledRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSledRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSledRequest) ProtoMessage() {}
+
+func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSledRequest.ProtoReflect.Descriptor instead.
+func (*RegisterSledRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RegisterSledRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RegisterSledRequest) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+type RegisterSledResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sled          *Sled                  `protobuf:"bytes,1,opt,name=sled,proto3" json:"sled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSledResponse) Reset() {
+	*x = RegisterSledResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSledResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSledResponse) ProtoMessage() {}
+
+func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSledResponse.ProtoReflect.Descriptor instead.
+func (*RegisterSledResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RegisterSledResponse) GetSled() *Sled {
+	if x != nil {
+		return x.Sled
+	}
+	return nil
+}
+
+type ListSledsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSledsRequest) Reset() {
+	*x = ListSledsRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSledsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSledsRequest) ProtoMessage() {}
+
+func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSledsRequest.ProtoReflect.Descriptor instead.
+func (*ListSledsRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
+}
+
+type ListSledsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sleds         []*Sled                `protobuf:"bytes,1,rep,name=sleds,proto3" json:"sleds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSledsResponse) Reset() {
+	*x = ListSledsResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSledsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSledsResponse) ProtoMessage() {}
+
+func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSledsResponse.ProtoReflect.Descriptor instead.
+func (*ListSledsResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListSledsResponse) GetSleds() []*Sled {
+	if x != nil {
+		return x.Sleds
+	}
+	return nil
+}
+
+type SetSledStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	State         SledState              `protobuf:"varint,2,opt,name=state,proto3,enum=ballast.v1.SledState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSledStateRequest) Reset() {
+	*x = SetSledStateRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSledStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSledStateRequest) ProtoMessage() {}
+
+func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSledStateRequest.ProtoReflect.Descriptor instead.
+func (*SetSledStateRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetSledStateRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SetSledStateRequest) GetState() SledState {
+	if x != nil {
+		return x.State
+	}
+	return SledState_SLED_STATE_UNSPECIFIED
+}
+
+type SetSledStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sled          *Sled                  `protobuf:"bytes,1,opt,name=sled,proto3" json:"sled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSledStateResponse) Reset() {
+	*x = SetSledStateResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSledStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSledStateResponse) ProtoMessage() {}
+
+func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSledStateResponse.ProtoReflect.Descriptor instead.
+func (*SetSledStateResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SetSledStateResponse) GetSled() *Sled {
+	if x != nil {
+		return x.Sled
+	}
+	return nil
+}
+
+// SledStatus is a sled as the rack sees it: its record and, if it
+// answered, what it says of itself.
+type SledStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sled          *Sled                  `protobuf:"bytes,1,opt,name=sled,proto3" json:"sled,omitempty"`
+	Reachable     bool                   `protobuf:"varint,2,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	Shards        uint64                 `protobuf:"varint,3,opt,name=shards,proto3" json:"shards,omitempty"`
+	CapacityBytes uint64                 `protobuf:"varint,4,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	UsedBytes     uint64                 `protobuf:"varint,5,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	FailedDevices uint32                 `protobuf:"varint,6,opt,name=failed_devices,json=failedDevices,proto3" json:"failed_devices,omitempty"`
+	CorruptFound  uint64                 `protobuf:"varint,7,opt,name=corrupt_found,json=corruptFound,proto3" json:"corrupt_found,omitempty"` // by its scrubber
+	Error         string                 `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`                                    // why it did not answer
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SledStatus) Reset() {
+	*x = SledStatus{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SledStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SledStatus) ProtoMessage() {}
+
+func (x *SledStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SledStatus.ProtoReflect.Descriptor instead.
+func (*SledStatus) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SledStatus) GetSled() *Sled {
+	if x != nil {
+		return x.Sled
+	}
+	return nil
+}
+
+func (x *SledStatus) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *SledStatus) GetShards() uint64 {
+	if x != nil {
+		return x.Shards
+	}
+	return 0
+}
+
+func (x *SledStatus) GetCapacityBytes() uint64 {
+	if x != nil {
+		return x.CapacityBytes
+	}
+	return 0
+}
+
+func (x *SledStatus) GetUsedBytes() uint64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *SledStatus) GetFailedDevices() uint32 {
+	if x != nil {
+		return x.FailedDevices
+	}
+	return 0
+}
+
+func (x *SledStatus) GetCorruptFound() uint64 {
+	if x != nil {
+		return x.CorruptFound
+	}
+	return 0
+}
+
+func (x *SledStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// Redundancy counts segments by how many of their shards can be read.
+type Redundancy struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	SegmentsFull     uint64                 `protobuf:"varint,1,opt,name=segments_full,json=segmentsFull,proto3" json:"segments_full,omitempty"`
+	SegmentsDegraded uint64                 `protobuf:"varint,2,opt,name=segments_degraded,json=segmentsDegraded,proto3" json:"segments_degraded,omitempty"`
+	SegmentsLost     uint64                 `protobuf:"varint,3,opt,name=segments_lost,json=segmentsLost,proto3" json:"segments_lost,omitempty"`
+	// Rebuild: shards waiting to be rebuilt or moved, and those done since
+	// the head nodes started.
+	ShardsPending  uint64 `protobuf:"varint,4,opt,name=shards_pending,json=shardsPending,proto3" json:"shards_pending,omitempty"`
+	ShardsRebuilt  uint64 `protobuf:"varint,5,opt,name=shards_rebuilt,json=shardsRebuilt,proto3" json:"shards_rebuilt,omitempty"`
+	ShardsRepaired uint64 `protobuf:"varint,6,opt,name=shards_repaired,json=shardsRepaired,proto3" json:"shards_repaired,omitempty"` // after a checksum failure or a missing shard
+	DirtyBytes     uint64 `protobuf:"varint,7,opt,name=dirty_bytes,json=dirtyBytes,proto3" json:"dirty_bytes,omitempty"`             // volume data in head-node logs, not yet flushed
+	FlushedBytes   uint64 `protobuf:"varint,8,opt,name=flushed_bytes,json=flushedBytes,proto3" json:"flushed_bytes,omitempty"`       // volume data flushed since the head nodes started
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Redundancy) Reset() {
+	*x = Redundancy{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redundancy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redundancy) ProtoMessage() {}
+
+func (x *Redundancy) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redundancy.ProtoReflect.Descriptor instead.
+func (*Redundancy) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Redundancy) GetSegmentsFull() uint64 {
+	if x != nil {
+		return x.SegmentsFull
+	}
+	return 0
+}
+
+func (x *Redundancy) GetSegmentsDegraded() uint64 {
+	if x != nil {
+		return x.SegmentsDegraded
+	}
+	return 0
+}
+
+func (x *Redundancy) GetSegmentsLost() uint64 {
+	if x != nil {
+		return x.SegmentsLost
+	}
+	return 0
+}
+
+func (x *Redundancy) GetShardsPending() uint64 {
+	if x != nil {
+		return x.ShardsPending
+	}
+	return 0
+}
+
+func (x *Redundancy) GetShardsRebuilt() uint64 {
+	if x != nil {
+		return x.ShardsRebuilt
+	}
+	return 0
+}
+
+func (x *Redundancy) GetShardsRepaired() uint64 {
+	if x != nil {
+		return x.ShardsRepaired
+	}
+	return 0
+}
+
+func (x *Redundancy) GetDirtyBytes() uint64 {
+	if x != nil {
+		return x.DirtyBytes
+	}
+	return 0
+}
+
+func (x *Redundancy) GetFlushedBytes() uint64 {
+	if x != nil {
+		return x.FlushedBytes
+	}
+	return 0
+}
+
+// NodeStatus is one head node's own view, answered locally (never
+// forwarded): the volumes it is primary of, and their redundancy.
+type NodeStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatusRequest) Reset() {
+	*x = NodeStatusRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatusRequest) ProtoMessage() {}
+
+func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
+func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
+}
+
+type NodeStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	PrimaryOf     []string               `protobuf:"bytes,2,rep,name=primary_of,json=primaryOf,proto3" json:"primary_of,omitempty"`
+	Redundancy    *Redundancy            `protobuf:"bytes,3,opt,name=redundancy,proto3" json:"redundancy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatusResponse) Reset() {
+	*x = NodeStatusResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatusResponse) ProtoMessage() {}
+
+func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
+func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *NodeStatusResponse) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *NodeStatusResponse) GetPrimaryOf() []string {
+	if x != nil {
+		return x.PrimaryOf
+	}
+	return nil
+}
+
+func (x *NodeStatusResponse) GetRedundancy() *Redundancy {
+	if x != nil {
+		return x.Redundancy
+	}
+	return nil
+}
+
 type RackStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -814,7 +1522,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +1534,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,22 +1547,25 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
 }
 
 type RackStatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HeadNodes     []*HeadNode            `protobuf:"bytes,1,rep,name=head_nodes,json=headNodes,proto3" json:"head_nodes,omitempty"`
-	Leader        string                 `protobuf:"bytes,2,opt,name=leader,proto3" json:"leader,omitempty"`
-	Term          uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	HeadNodes            []*HeadNode            `protobuf:"bytes,1,rep,name=head_nodes,json=headNodes,proto3" json:"head_nodes,omitempty"`
+	Leader               string                 `protobuf:"bytes,2,opt,name=leader,proto3" json:"leader,omitempty"`
+	Term                 uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
+	AppliedIndex         uint64                 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Sleds                []*SledStatus          `protobuf:"bytes,5,rep,name=sleds,proto3" json:"sleds,omitempty"`
+	Redundancy           *Redundancy            `protobuf:"bytes,6,opt,name=redundancy,proto3" json:"redundancy,omitempty"` // summed over head nodes that answered
+	UnreachableHeadNodes []string               `protobuf:"bytes,7,rep,name=unreachable_head_nodes,json=unreachableHeadNodes,proto3" json:"unreachable_head_nodes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +1577,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1590,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -910,6 +1621,27 @@ func (x *RackStatusResponse) GetAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *RackStatusResponse) GetSleds() []*SledStatus {
+	if x != nil {
+		return x.Sleds
+	}
+	return nil
+}
+
+func (x *RackStatusResponse) GetRedundancy() *Redundancy {
+	if x != nil {
+		return x.Redundancy
+	}
+	return nil
+}
+
+func (x *RackStatusResponse) GetUnreachableHeadNodes() []string {
+	if x != nil {
+		return x.UnreachableHeadNodes
+	}
+	return nil
+}
+
 // Directory group commands, stored in the raft log.
 type DirectoryCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -918,6 +1650,8 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_CreateVolume
 	//	*DirectoryCommand_ResizeVolume
 	//	*DirectoryCommand_DeleteVolume
+	//	*DirectoryCommand_RegisterSled
+	//	*DirectoryCommand_SetSledState
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -925,7 +1659,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1671,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1684,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -987,6 +1721,24 @@ func (x *DirectoryCommand) GetDeleteVolume() *DeleteVolumeCommand {
 	return nil
 }
 
+func (x *DirectoryCommand) GetRegisterSled() *RegisterSledCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_RegisterSled); ok {
+			return x.RegisterSled
+		}
+	}
+	return nil
+}
+
+func (x *DirectoryCommand) GetSetSledState() *SetSledStateCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_SetSledState); ok {
+			return x.SetSledState
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -1003,11 +1755,129 @@ type DirectoryCommand_DeleteVolume struct {
 	DeleteVolume *DeleteVolumeCommand `protobuf:"bytes,3,opt,name=delete_volume,json=deleteVolume,proto3,oneof"`
 }
 
+type DirectoryCommand_RegisterSled struct {
+	RegisterSled *RegisterSledCommand `protobuf:"bytes,4,opt,name=register_sled,json=registerSled,proto3,oneof"`
+}
+
+type DirectoryCommand_SetSledState struct {
+	SetSledState *SetSledStateCommand `protobuf:"bytes,5,opt,name=set_sled_state,json=setSledState,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_DeleteVolume) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_RegisterSled) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_SetSledState) isDirectoryCommand_Op() {}
+
+type RegisterSledCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sled          *Sled                  `protobuf:"bytes,1,opt,name=sled,proto3" json:"sled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSledCommand) Reset() {
+	*x = RegisterSledCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSledCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSledCommand) ProtoMessage() {}
+
+func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
+func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RegisterSledCommand) GetSled() *Sled {
+	if x != nil {
+		return x.Sled
+	}
+	return nil
+}
+
+type SetSledStateCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	State SledState              `protobuf:"varint,2,opt,name=state,proto3,enum=ballast.v1.SledState" json:"state,omitempty"`
+	// Applied only if the sled is in this state now (0: any); a monitor that
+	// saw a sled down must not undo an operator's removal.
+	IfState       SledState `protobuf:"varint,3,opt,name=if_state,json=ifState,proto3,enum=ballast.v1.SledState" json:"if_state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSledStateCommand) Reset() {
+	*x = SetSledStateCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSledStateCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSledStateCommand) ProtoMessage() {}
+
+func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
+func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SetSledStateCommand) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SetSledStateCommand) GetState() SledState {
+	if x != nil {
+		return x.State
+	}
+	return SledState_SLED_STATE_UNSPECIFIED
+}
+
+func (x *SetSledStateCommand) GetIfState() SledState {
+	if x != nil {
+		return x.IfState
+	}
+	return SledState_SLED_STATE_UNSPECIFIED
+}
 
 type CreateVolumeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1018,7 +1888,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1900,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1913,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -1063,7 +1933,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1945,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1958,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -1114,7 +1984,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1996,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +2009,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -1154,13 +2024,14 @@ type DirectorySnapshot struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volumes       []*Volume              `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	NextVolumeId  uint64                 `protobuf:"varint,2,opt,name=next_volume_id,json=nextVolumeId,proto3" json:"next_volume_id,omitempty"`
+	Sleds         []*Sled                `protobuf:"bytes,3,rep,name=sleds,proto3" json:"sleds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +2043,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +2056,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -1200,6 +2071,13 @@ func (x *DirectorySnapshot) GetNextVolumeId() uint64 {
 		return x.NextVolumeId
 	}
 	return 0
+}
+
+func (x *DirectorySnapshot) GetSleds() []*Sled {
+	if x != nil {
+		return x.Sleds
+	}
+	return nil
 }
 
 type IORequest struct {
@@ -1218,7 +2096,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +2108,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +2121,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -1314,7 +2192,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +2204,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +2217,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -1382,7 +2260,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +2272,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +2285,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -1424,21 +2302,32 @@ func (x *BlockWrite) GetData() []byte {
 	return nil
 }
 
-// LogRecord is one entry of a volume's write log: the whole blocks one
-// client request produced, after read-modify-write at the primary.
+// LogRecord is one entry of a volume's replicated log. A client write
+// carries blocks and removed ranges; a maintenance record (flush,
+// compaction, shard move, segment free) or a reconciliation record (state)
+// carries exactly one of the other fields instead. Every replica applies
+// records in seq order with the same deterministic function, so replicas
+// that hold the same records hold the same state.
 type LogRecord struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Seq    uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Blocks []*BlockWrite          `protobuf:"bytes,2,rep,name=blocks,proto3" json:"blocks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The whole blocks one client request produced, after read-modify-write
+	// at the primary.
+	Blocks []*BlockWrite `protobuf:"bytes,2,rep,name=blocks,proto3" json:"blocks,omitempty"`
 	// Ranges of blocks removed at once (trim, zeroes without NO_HOLE).
-	Removed       []*BlockRange `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	Removed       []*BlockRange      `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	Flush         *FlushRecord       `protobuf:"bytes,4,opt,name=flush,proto3" json:"flush,omitempty"`
+	Compact       *CompactRecord     `protobuf:"bytes,5,opt,name=compact,proto3" json:"compact,omitempty"`
+	ShardMove     *ShardMoveRecord   `protobuf:"bytes,6,opt,name=shard_move,json=shardMove,proto3" json:"shard_move,omitempty"`
+	SegmentFree   *SegmentFreeRecord `protobuf:"bytes,7,opt,name=segment_free,json=segmentFree,proto3" json:"segment_free,omitempty"`
+	State         *StateRecord       `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +2339,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +2352,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -1487,6 +2376,41 @@ func (x *LogRecord) GetRemoved() []*BlockRange {
 	return nil
 }
 
+func (x *LogRecord) GetFlush() *FlushRecord {
+	if x != nil {
+		return x.Flush
+	}
+	return nil
+}
+
+func (x *LogRecord) GetCompact() *CompactRecord {
+	if x != nil {
+		return x.Compact
+	}
+	return nil
+}
+
+func (x *LogRecord) GetShardMove() *ShardMoveRecord {
+	if x != nil {
+		return x.ShardMove
+	}
+	return nil
+}
+
+func (x *LogRecord) GetSegmentFree() *SegmentFreeRecord {
+	if x != nil {
+		return x.SegmentFree
+	}
+	return nil
+}
+
+func (x *LogRecord) GetState() *StateRecord {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
 type BlockRange struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	First         uint64                 `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
@@ -1497,7 +2421,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +2433,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +2446,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -1539,23 +2463,590 @@ func (x *BlockRange) GetCount() uint64 {
 	return 0
 }
 
-// LogEntry is how a head node stores a LogRecord in its own log: which
-// blocks the record set or removed, without their data, which the block
-// store holds. Reconciliation rebuilds records from the blocks' current
-// contents; that is exact because it always brings the other replica to
-// this one's last seq, never to a point in between.
+// Segment describes one erasure-coded segment of a volume on the sleds.
+// Its data is the concatenation of `blocks` 4 KiB blocks (slot i at byte
+// i*4096), padded and split into data_shards shards of shard_size_bytes,
+// plus parity_shards parity shards; shard i lives on sled shard_sleds[i].
+type Segment struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	DataShards     uint32                 `protobuf:"varint,2,opt,name=data_shards,json=dataShards,proto3" json:"data_shards,omitempty"`
+	ParityShards   uint32                 `protobuf:"varint,3,opt,name=parity_shards,json=parityShards,proto3" json:"parity_shards,omitempty"`
+	ShardSizeBytes uint64                 `protobuf:"varint,4,opt,name=shard_size_bytes,json=shardSizeBytes,proto3" json:"shard_size_bytes,omitempty"`
+	Blocks         uint32                 `protobuf:"varint,5,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	ShardSleds     []string               `protobuf:"bytes,6,rep,name=shard_sleds,json=shardSleds,proto3" json:"shard_sleds,omitempty"`
+	// Slots whose block the index still maps here; maintained by apply.
+	LiveBlocks    uint32 `protobuf:"varint,7,opt,name=live_blocks,json=liveBlocks,proto3" json:"live_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Segment) Reset() {
+	*x = Segment{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Segment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Segment) ProtoMessage() {}
+
+func (x *Segment) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Segment.ProtoReflect.Descriptor instead.
+func (*Segment) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Segment) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Segment) GetDataShards() uint32 {
+	if x != nil {
+		return x.DataShards
+	}
+	return 0
+}
+
+func (x *Segment) GetParityShards() uint32 {
+	if x != nil {
+		return x.ParityShards
+	}
+	return 0
+}
+
+func (x *Segment) GetShardSizeBytes() uint64 {
+	if x != nil {
+		return x.ShardSizeBytes
+	}
+	return 0
+}
+
+func (x *Segment) GetBlocks() uint32 {
+	if x != nil {
+		return x.Blocks
+	}
+	return 0
+}
+
+func (x *Segment) GetShardSleds() []string {
+	if x != nil {
+		return x.ShardSleds
+	}
+	return nil
+}
+
+func (x *Segment) GetLiveBlocks() uint32 {
+	if x != nil {
+		return x.LiveBlocks
+	}
+	return 0
+}
+
+// FlushRecord moves blocks from the head nodes' log into a new segment the
+// primary has already written to the sleds. slot_blocks[i] is the block in
+// slot i and versions[i] the version (log seq) of it that was written
+// there; a block written again since keeps its newer version in the log,
+// and that slot is dead from the start.
+type FlushRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Segment       *Segment               `protobuf:"bytes,1,opt,name=segment,proto3" json:"segment,omitempty"`
+	SlotBlocks    []uint64               `protobuf:"varint,2,rep,packed,name=slot_blocks,json=slotBlocks,proto3" json:"slot_blocks,omitempty"`
+	Versions      []uint64               `protobuf:"varint,3,rep,packed,name=versions,proto3" json:"versions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlushRecord) Reset() {
+	*x = FlushRecord{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlushRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlushRecord) ProtoMessage() {}
+
+func (x *FlushRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
+func (*FlushRecord) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *FlushRecord) GetSegment() *Segment {
+	if x != nil {
+		return x.Segment
+	}
+	return nil
+}
+
+func (x *FlushRecord) GetSlotBlocks() []uint64 {
+	if x != nil {
+		return x.SlotBlocks
+	}
+	return nil
+}
+
+func (x *FlushRecord) GetVersions() []uint64 {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+// CompactRecord moves live blocks of old segments into a new one:
+// slot i of the new segment holds slot_blocks[i], copied from slot
+// source_slots[i] of segment source_segments[i]. A block whose index moved
+// on since it was copied is not moved.
+type CompactRecord struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Segment        *Segment               `protobuf:"bytes,1,opt,name=segment,proto3" json:"segment,omitempty"`
+	SlotBlocks     []uint64               `protobuf:"varint,2,rep,packed,name=slot_blocks,json=slotBlocks,proto3" json:"slot_blocks,omitempty"`
+	SourceSegments []uint64               `protobuf:"varint,3,rep,packed,name=source_segments,json=sourceSegments,proto3" json:"source_segments,omitempty"`
+	SourceSlots    []uint32               `protobuf:"varint,4,rep,packed,name=source_slots,json=sourceSlots,proto3" json:"source_slots,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CompactRecord) Reset() {
+	*x = CompactRecord{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactRecord) ProtoMessage() {}
+
+func (x *CompactRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
+func (*CompactRecord) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *CompactRecord) GetSegment() *Segment {
+	if x != nil {
+		return x.Segment
+	}
+	return nil
+}
+
+func (x *CompactRecord) GetSlotBlocks() []uint64 {
+	if x != nil {
+		return x.SlotBlocks
+	}
+	return nil
+}
+
+func (x *CompactRecord) GetSourceSegments() []uint64 {
+	if x != nil {
+		return x.SourceSegments
+	}
+	return nil
+}
+
+func (x *CompactRecord) GetSourceSlots() []uint32 {
+	if x != nil {
+		return x.SourceSlots
+	}
+	return nil
+}
+
+// ShardMoveRecord says shard `index` of a segment now lives on to_sled
+// (rebuilt, repaired or drained there); applied only if it still lives on
+// from_sled.
+type ShardMoveRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SegmentId     uint64                 `protobuf:"varint,1,opt,name=segment_id,json=segmentId,proto3" json:"segment_id,omitempty"`
+	Index         uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	FromSled      string                 `protobuf:"bytes,3,opt,name=from_sled,json=fromSled,proto3" json:"from_sled,omitempty"`
+	ToSled        string                 `protobuf:"bytes,4,opt,name=to_sled,json=toSled,proto3" json:"to_sled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardMoveRecord) Reset() {
+	*x = ShardMoveRecord{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardMoveRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardMoveRecord) ProtoMessage() {}
+
+func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
+func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ShardMoveRecord) GetSegmentId() uint64 {
+	if x != nil {
+		return x.SegmentId
+	}
+	return 0
+}
+
+func (x *ShardMoveRecord) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ShardMoveRecord) GetFromSled() string {
+	if x != nil {
+		return x.FromSled
+	}
+	return ""
+}
+
+func (x *ShardMoveRecord) GetToSled() string {
+	if x != nil {
+		return x.ToSled
+	}
+	return ""
+}
+
+// SegmentFreeRecord forgets a segment with no live blocks; the primary
+// deletes its shards from the sleds once the record is durable.
+type SegmentFreeRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SegmentId     uint64                 `protobuf:"varint,1,opt,name=segment_id,json=segmentId,proto3" json:"segment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SegmentFreeRecord) Reset() {
+	*x = SegmentFreeRecord{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SegmentFreeRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SegmentFreeRecord) ProtoMessage() {}
+
+func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
+func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *SegmentFreeRecord) GetSegmentId() uint64 {
+	if x != nil {
+		return x.SegmentId
+	}
+	return 0
+}
+
+// StateRecord carries, for reconciliation, the current state of every key
+// one record touched, as the replica that is ahead holds it. Applying the
+// state records of a run of seqs brings the replica that is behind to
+// exactly the other's state at the end of the run (keys the run did not
+// touch are equal already).
+type StateRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cleared       []*BlockRange          `protobuf:"bytes,1,rep,name=cleared,proto3" json:"cleared,omitempty"` // ranges whose log and index entries are gone
+	Blocks        []*BlockState          `protobuf:"bytes,2,rep,name=blocks,proto3" json:"blocks,omitempty"`
+	Segments      []*SegmentState        `protobuf:"bytes,3,rep,name=segments,proto3" json:"segments,omitempty"`
+	NextSegmentId uint64                 `protobuf:"varint,4,opt,name=next_segment_id,json=nextSegmentId,proto3" json:"next_segment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateRecord) Reset() {
+	*x = StateRecord{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateRecord) ProtoMessage() {}
+
+func (x *StateRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
+func (*StateRecord) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *StateRecord) GetCleared() []*BlockRange {
+	if x != nil {
+		return x.Cleared
+	}
+	return nil
+}
+
+func (x *StateRecord) GetBlocks() []*BlockState {
+	if x != nil {
+		return x.Blocks
+	}
+	return nil
+}
+
+func (x *StateRecord) GetSegments() []*SegmentState {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
+}
+
+func (x *StateRecord) GetNextSegmentId() uint64 {
+	if x != nil {
+		return x.NextSegmentId
+	}
+	return 0
+}
+
+type BlockState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Block         uint64                 `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"` // of the block's data in the log; 0 with no data
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`        // empty: no data in the log
+	Indexed       bool                   `protobuf:"varint,4,opt,name=indexed,proto3" json:"indexed,omitempty"` // the index maps the block to a segment slot
+	SegmentId     uint64                 `protobuf:"varint,5,opt,name=segment_id,json=segmentId,proto3" json:"segment_id,omitempty"`
+	Slot          uint32                 `protobuf:"varint,6,opt,name=slot,proto3" json:"slot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockState) Reset() {
+	*x = BlockState{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockState) ProtoMessage() {}
+
+func (x *BlockState) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
+func (*BlockState) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *BlockState) GetBlock() uint64 {
+	if x != nil {
+		return x.Block
+	}
+	return 0
+}
+
+func (x *BlockState) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *BlockState) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BlockState) GetIndexed() bool {
+	if x != nil {
+		return x.Indexed
+	}
+	return false
+}
+
+func (x *BlockState) GetSegmentId() uint64 {
+	if x != nil {
+		return x.SegmentId
+	}
+	return 0
+}
+
+func (x *BlockState) GetSlot() uint32 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
+}
+
+type SegmentState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Segment       *Segment               `protobuf:"bytes,2,opt,name=segment,proto3" json:"segment,omitempty"` // absent: the segment is gone
+	SlotBlocks    []uint64               `protobuf:"varint,3,rep,packed,name=slot_blocks,json=slotBlocks,proto3" json:"slot_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SegmentState) Reset() {
+	*x = SegmentState{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SegmentState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SegmentState) ProtoMessage() {}
+
+func (x *SegmentState) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
+func (*SegmentState) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *SegmentState) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SegmentState) GetSegment() *Segment {
+	if x != nil {
+		return x.Segment
+	}
+	return nil
+}
+
+func (x *SegmentState) GetSlotBlocks() []uint64 {
+	if x != nil {
+		return x.SlotBlocks
+	}
+	return nil
+}
+
+// LogEntry is how a head node stores a LogRecord in its own log: the keys
+// the record touched, without data. Reconciliation turns entries into
+// StateRecords from the current state.
 type LogEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Blocks        []uint64               `protobuf:"varint,2,rep,packed,name=blocks,proto3" json:"blocks,omitempty"`
 	Removed       []*BlockRange          `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	Segments      []uint64               `protobuf:"varint,4,rep,packed,name=segments,proto3" json:"segments,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +3058,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +3071,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -1604,6 +3095,74 @@ func (x *LogEntry) GetRemoved() []*BlockRange {
 	return nil
 }
 
+func (x *LogEntry) GetSegments() []uint64 {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
+}
+
+// VolumeLogState is a volume's log state on one head node.
+type VolumeLogState struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	LastSeq        uint64                 `protobuf:"varint,1,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	TrimmedThrough uint64                 `protobuf:"varint,2,opt,name=trimmed_through,json=trimmedThrough,proto3" json:"trimmed_through,omitempty"`
+	NextSegmentId  uint64                 `protobuf:"varint,3,opt,name=next_segment_id,json=nextSegmentId,proto3" json:"next_segment_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *VolumeLogState) Reset() {
+	*x = VolumeLogState{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeLogState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeLogState) ProtoMessage() {}
+
+func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
+func (*VolumeLogState) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *VolumeLogState) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *VolumeLogState) GetTrimmedThrough() uint64 {
+	if x != nil {
+		return x.TrimmedThrough
+	}
+	return 0
+}
+
+func (x *VolumeLogState) GetNextSegmentId() uint64 {
+	if x != nil {
+		return x.NextSegmentId
+	}
+	return 0
+}
+
 type ReplicateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The first message of a stream is a hello naming the volume, the
@@ -1621,7 +3180,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +3192,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +3205,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -1698,7 +3257,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +3269,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +3282,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -1795,19 +3354,81 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\")\n" +
 	"\x13DeleteVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
-	"\x14DeleteVolumeResponse\"\x13\n" +
-	"\x11RackStatusRequest\"\x9a\x01\n" +
+	"\x14DeleteVolumeResponse\"\xce\x01\n" +
+	"\x04Sled\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.ballast.v1.SledStateR\x05state\x122\n" +
+	"\x15registered_unix_nanos\x18\x04 \x01(\x03R\x13registeredUnixNanos\x127\n" +
+	"\x18state_changed_unix_nanos\x18\x05 \x01(\x03R\x15stateChangedUnixNanos\"C\n" +
+	"\x13RegisterSledRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\"<\n" +
+	"\x14RegisterSledResponse\x12$\n" +
+	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\"\x12\n" +
+	"\x10ListSledsRequest\";\n" +
+	"\x11ListSledsResponse\x12&\n" +
+	"\x05sleds\x18\x01 \x03(\v2\x10.ballast.v1.SledR\x05sleds\"R\n" +
+	"\x13SetSledStateRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x15.ballast.v1.SledStateR\x05state\"<\n" +
+	"\x14SetSledStateResponse\x12$\n" +
+	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\"\x90\x02\n" +
+	"\n" +
+	"SledStatus\x12$\n" +
+	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\x12\x1c\n" +
+	"\treachable\x18\x02 \x01(\bR\treachable\x12\x16\n" +
+	"\x06shards\x18\x03 \x01(\x04R\x06shards\x12%\n" +
+	"\x0ecapacity_bytes\x18\x04 \x01(\x04R\rcapacityBytes\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x05 \x01(\x04R\tusedBytes\x12%\n" +
+	"\x0efailed_devices\x18\x06 \x01(\rR\rfailedDevices\x12#\n" +
+	"\rcorrupt_found\x18\a \x01(\x04R\fcorruptFound\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"\xc0\x02\n" +
+	"\n" +
+	"Redundancy\x12#\n" +
+	"\rsegments_full\x18\x01 \x01(\x04R\fsegmentsFull\x12+\n" +
+	"\x11segments_degraded\x18\x02 \x01(\x04R\x10segmentsDegraded\x12#\n" +
+	"\rsegments_lost\x18\x03 \x01(\x04R\fsegmentsLost\x12%\n" +
+	"\x0eshards_pending\x18\x04 \x01(\x04R\rshardsPending\x12%\n" +
+	"\x0eshards_rebuilt\x18\x05 \x01(\x04R\rshardsRebuilt\x12'\n" +
+	"\x0fshards_repaired\x18\x06 \x01(\x04R\x0eshardsRepaired\x12\x1f\n" +
+	"\vdirty_bytes\x18\a \x01(\x04R\n" +
+	"dirtyBytes\x12#\n" +
+	"\rflushed_bytes\x18\b \x01(\x04R\fflushedBytes\"\x13\n" +
+	"\x11NodeStatusRequest\"\x88\x01\n" +
+	"\x12NodeStatusResponse\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
+	"\n" +
+	"primary_of\x18\x02 \x03(\tR\tprimaryOf\x126\n" +
+	"\n" +
+	"redundancy\x18\x03 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
+	"redundancy\"\x13\n" +
+	"\x11RackStatusRequest\"\xb6\x02\n" +
 	"\x12RackStatusResponse\x123\n" +
 	"\n" +
 	"head_nodes\x18\x01 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\tR\x06leader\x12\x12\n" +
 	"\x04term\x18\x03 \x01(\x04R\x04term\x12#\n" +
-	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\"\xf0\x01\n" +
+	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\x12,\n" +
+	"\x05sleds\x18\x05 \x03(\v2\x16.ballast.v1.SledStatusR\x05sleds\x126\n" +
+	"\n" +
+	"redundancy\x18\x06 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
+	"redundancy\x124\n" +
+	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\"\x81\x03\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
-	"\rdelete_volume\x18\x03 \x01(\v2\x1f.ballast.v1.DeleteVolumeCommandH\x00R\fdeleteVolumeB\x04\n" +
-	"\x02op\"A\n" +
+	"\rdelete_volume\x18\x03 \x01(\v2\x1f.ballast.v1.DeleteVolumeCommandH\x00R\fdeleteVolume\x12F\n" +
+	"\rregister_sled\x18\x04 \x01(\v2\x1f.ballast.v1.RegisterSledCommandH\x00R\fregisterSled\x12G\n" +
+	"\x0eset_sled_state\x18\x05 \x01(\v2\x1f.ballast.v1.SetSledStateCommandH\x00R\fsetSledStateB\x04\n" +
+	"\x02op\";\n" +
+	"\x13RegisterSledCommand\x12$\n" +
+	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\"\x84\x01\n" +
+	"\x13SetSledStateCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x15.ballast.v1.SledStateR\x05state\x120\n" +
+	"\bif_state\x18\x03 \x01(\x0e2\x15.ballast.v1.SledStateR\aifState\"A\n" +
 	"\x13CreateVolumeCommand\x12*\n" +
 	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"H\n" +
 	"\x13ResizeVolumeCommand\x12\x12\n" +
@@ -1815,10 +3436,11 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\")\n" +
 	"\x13DeleteVolumeCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"g\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x8f\x01\n" +
 	"\x11DirectorySnapshot\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12$\n" +
-	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\"\xc9\x01\n" +
+	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\x12&\n" +
+	"\x05sleds\x18\x03 \x03(\v2\x10.ballast.v1.SledR\x05sleds\"\xc9\x01\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -1836,19 +3458,80 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"BlockWrite\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x04R\x05block\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\x7f\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x90\x03\n" +
 	"\tLogRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x06blocks\x18\x02 \x03(\v2\x16.ballast.v1.BlockWriteR\x06blocks\x120\n" +
-	"\aremoved\x18\x03 \x03(\v2\x16.ballast.v1.BlockRangeR\aremoved\"8\n" +
+	"\aremoved\x18\x03 \x03(\v2\x16.ballast.v1.BlockRangeR\aremoved\x12-\n" +
+	"\x05flush\x18\x04 \x01(\v2\x17.ballast.v1.FlushRecordR\x05flush\x123\n" +
+	"\acompact\x18\x05 \x01(\v2\x19.ballast.v1.CompactRecordR\acompact\x12:\n" +
+	"\n" +
+	"shard_move\x18\x06 \x01(\v2\x1b.ballast.v1.ShardMoveRecordR\tshardMove\x12@\n" +
+	"\fsegment_free\x18\a \x01(\v2\x1d.ballast.v1.SegmentFreeRecordR\vsegmentFree\x12-\n" +
+	"\x05state\x18\b \x01(\v2\x17.ballast.v1.StateRecordR\x05state\"8\n" +
 	"\n" +
 	"BlockRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x04R\x05count\"j\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"\xe3\x01\n" +
+	"\aSegment\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1f\n" +
+	"\vdata_shards\x18\x02 \x01(\rR\n" +
+	"dataShards\x12#\n" +
+	"\rparity_shards\x18\x03 \x01(\rR\fparityShards\x12(\n" +
+	"\x10shard_size_bytes\x18\x04 \x01(\x04R\x0eshardSizeBytes\x12\x16\n" +
+	"\x06blocks\x18\x05 \x01(\rR\x06blocks\x12\x1f\n" +
+	"\vshard_sleds\x18\x06 \x03(\tR\n" +
+	"shardSleds\x12\x1f\n" +
+	"\vlive_blocks\x18\a \x01(\rR\n" +
+	"liveBlocks\"\x81\x01\n" +
+	"\vFlushRecord\x12-\n" +
+	"\asegment\x18\x01 \x01(\v2\x13.ballast.v1.SegmentR\asegment\x12#\n" +
+	"\vslot_blocks\x18\x02 \x03(\x04B\x02\x10\x01R\n" +
+	"slotBlocks\x12\x1e\n" +
+	"\bversions\x18\x03 \x03(\x04B\x02\x10\x01R\bversions\"\xb7\x01\n" +
+	"\rCompactRecord\x12-\n" +
+	"\asegment\x18\x01 \x01(\v2\x13.ballast.v1.SegmentR\asegment\x12#\n" +
+	"\vslot_blocks\x18\x02 \x03(\x04B\x02\x10\x01R\n" +
+	"slotBlocks\x12+\n" +
+	"\x0fsource_segments\x18\x03 \x03(\x04B\x02\x10\x01R\x0esourceSegments\x12%\n" +
+	"\fsource_slots\x18\x04 \x03(\rB\x02\x10\x01R\vsourceSlots\"|\n" +
+	"\x0fShardMoveRecord\x12\x1d\n" +
+	"\n" +
+	"segment_id\x18\x01 \x01(\x04R\tsegmentId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\rR\x05index\x12\x1b\n" +
+	"\tfrom_sled\x18\x03 \x01(\tR\bfromSled\x12\x17\n" +
+	"\ato_sled\x18\x04 \x01(\tR\x06toSled\"2\n" +
+	"\x11SegmentFreeRecord\x12\x1d\n" +
+	"\n" +
+	"segment_id\x18\x01 \x01(\x04R\tsegmentId\"\xcd\x01\n" +
+	"\vStateRecord\x120\n" +
+	"\acleared\x18\x01 \x03(\v2\x16.ballast.v1.BlockRangeR\acleared\x12.\n" +
+	"\x06blocks\x18\x02 \x03(\v2\x16.ballast.v1.BlockStateR\x06blocks\x124\n" +
+	"\bsegments\x18\x03 \x03(\v2\x18.ballast.v1.SegmentStateR\bsegments\x12&\n" +
+	"\x0fnext_segment_id\x18\x04 \x01(\x04R\rnextSegmentId\"\x9d\x01\n" +
+	"\n" +
+	"BlockState\x12\x14\n" +
+	"\x05block\x18\x01 \x01(\x04R\x05block\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x18\n" +
+	"\aindexed\x18\x04 \x01(\bR\aindexed\x12\x1d\n" +
+	"\n" +
+	"segment_id\x18\x05 \x01(\x04R\tsegmentId\x12\x12\n" +
+	"\x04slot\x18\x06 \x01(\rR\x04slot\"r\n" +
+	"\fSegmentState\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
+	"\asegment\x18\x02 \x01(\v2\x13.ballast.v1.SegmentR\asegment\x12#\n" +
+	"\vslot_blocks\x18\x03 \x03(\x04B\x02\x10\x01R\n" +
+	"slotBlocks\"\x8a\x01\n" +
 	"\bLogEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\x06blocks\x18\x02 \x03(\x04B\x02\x10\x01R\x06blocks\x120\n" +
-	"\aremoved\x18\x03 \x03(\v2\x16.ballast.v1.BlockRangeR\aremoved\"\xcf\x01\n" +
+	"\aremoved\x18\x03 \x03(\v2\x16.ballast.v1.BlockRangeR\aremoved\x12\x1e\n" +
+	"\bsegments\x18\x04 \x03(\x04B\x02\x10\x01R\bsegments\"|\n" +
+	"\x0eVolumeLogState\x12\x19\n" +
+	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12'\n" +
+	"\x0ftrimmed_through\x18\x02 \x01(\x04R\x0etrimmedThrough\x12&\n" +
+	"\x0fnext_segment_id\x18\x03 \x01(\x04R\rnextSegmentId\"\xcf\x01\n" +
 	"\x10ReplicateRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12(\n" +
@@ -1859,7 +3542,13 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x123\n" +
-	"\x06status\x18\x04 \x01(\x0e2\x1b.ballast.v1.ReplicateStatusR\x06status*w\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x1b.ballast.v1.ReplicateStatusR\x06status*\x80\x01\n" +
+	"\tSledState\x12\x1a\n" +
+	"\x16SLED_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
+	"\x0fSLED_STATE_DOWN\x10\x02\x12\x17\n" +
+	"\x13SLED_STATE_DRAINING\x10\x03\x12\x16\n" +
+	"\x12SLED_STATE_REMOVED\x10\x04*w\n" +
 	"\x04IOOp\x12\x15\n" +
 	"\x11IO_OP_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1882,7 +3571,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xe7\x03\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xa4\x06\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -1890,7 +3579,12 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fResizeVolume\x12\x1f.ballast.v1.ResizeVolumeRequest\x1a .ballast.v1.ResizeVolumeResponse\x12Q\n" +
 	"\fDeleteVolume\x12\x1f.ballast.v1.DeleteVolumeRequest\x1a .ballast.v1.DeleteVolumeResponse\x12K\n" +
 	"\n" +
-	"RackStatus\x12\x1d.ballast.v1.RackStatusRequest\x1a\x1e.ballast.v1.RackStatusResponse2?\n" +
+	"RackStatus\x12\x1d.ballast.v1.RackStatusRequest\x1a\x1e.ballast.v1.RackStatusResponse\x12K\n" +
+	"\n" +
+	"NodeStatus\x12\x1d.ballast.v1.NodeStatusRequest\x1a\x1e.ballast.v1.NodeStatusResponse\x12Q\n" +
+	"\fRegisterSled\x12\x1f.ballast.v1.RegisterSledRequest\x1a .ballast.v1.RegisterSledResponse\x12H\n" +
+	"\tListSleds\x12\x1c.ballast.v1.ListSledsRequest\x1a\x1d.ballast.v1.ListSledsResponse\x12Q\n" +
+	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse2?\n" +
 	"\aBlockIO\x124\n" +
 	"\x02IO\x12\x15.ballast.v1.IORequest\x1a\x13.ballast.v1.IOReply(\x010\x012X\n" +
 	"\vReplication\x12I\n" +
@@ -1908,81 +3602,138 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 	return file_proto_ballastpb_ballast_proto_rawDescData
 }
 
-var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
-	(IOOp)(0),                    // 0: ballast.v1.IOOp
-	(IOStatus)(0),                // 1: ballast.v1.IOStatus
-	(ReplicateStatus)(0),         // 2: ballast.v1.ReplicateStatus
-	(*Volume)(nil),               // 3: ballast.v1.Volume
-	(*HeadNode)(nil),             // 4: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),  // 5: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil), // 6: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),     // 7: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),    // 8: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),   // 9: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),  // 10: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),  // 11: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil), // 12: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),  // 13: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil), // 14: ballast.v1.DeleteVolumeResponse
-	(*RackStatusRequest)(nil),    // 15: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),   // 16: ballast.v1.RackStatusResponse
-	(*DirectoryCommand)(nil),     // 17: ballast.v1.DirectoryCommand
-	(*CreateVolumeCommand)(nil),  // 18: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),  // 19: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),  // 20: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),    // 21: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),            // 22: ballast.v1.IORequest
-	(*IOReply)(nil),              // 23: ballast.v1.IOReply
-	(*BlockWrite)(nil),           // 24: ballast.v1.BlockWrite
-	(*LogRecord)(nil),            // 25: ballast.v1.LogRecord
-	(*BlockRange)(nil),           // 26: ballast.v1.BlockRange
-	(*LogEntry)(nil),             // 27: ballast.v1.LogEntry
-	(*ReplicateRequest)(nil),     // 28: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),       // 29: ballast.v1.ReplicateReply
+	(SledState)(0),               // 0: ballast.v1.SledState
+	(IOOp)(0),                    // 1: ballast.v1.IOOp
+	(IOStatus)(0),                // 2: ballast.v1.IOStatus
+	(ReplicateStatus)(0),         // 3: ballast.v1.ReplicateStatus
+	(*Volume)(nil),               // 4: ballast.v1.Volume
+	(*HeadNode)(nil),             // 5: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),  // 6: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil), // 7: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),     // 8: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),    // 9: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),   // 10: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),  // 11: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),  // 12: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil), // 13: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),  // 14: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil), // 15: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                 // 16: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),  // 17: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil), // 18: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),     // 19: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),    // 20: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),  // 21: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil), // 22: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),           // 23: ballast.v1.SledStatus
+	(*Redundancy)(nil),           // 24: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),    // 25: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),   // 26: ballast.v1.NodeStatusResponse
+	(*RackStatusRequest)(nil),    // 27: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),   // 28: ballast.v1.RackStatusResponse
+	(*DirectoryCommand)(nil),     // 29: ballast.v1.DirectoryCommand
+	(*RegisterSledCommand)(nil),  // 30: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),  // 31: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),  // 32: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),  // 33: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),  // 34: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),    // 35: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),            // 36: ballast.v1.IORequest
+	(*IOReply)(nil),              // 37: ballast.v1.IOReply
+	(*BlockWrite)(nil),           // 38: ballast.v1.BlockWrite
+	(*LogRecord)(nil),            // 39: ballast.v1.LogRecord
+	(*BlockRange)(nil),           // 40: ballast.v1.BlockRange
+	(*Segment)(nil),              // 41: ballast.v1.Segment
+	(*FlushRecord)(nil),          // 42: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),        // 43: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),      // 44: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),    // 45: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),          // 46: ballast.v1.StateRecord
+	(*BlockState)(nil),           // 47: ballast.v1.BlockState
+	(*SegmentState)(nil),         // 48: ballast.v1.SegmentState
+	(*LogEntry)(nil),             // 49: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),       // 50: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),     // 51: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),       // 52: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
-	3,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
-	3,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	4,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	3,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	3,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
-	4,  // 5: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	18, // 6: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	19, // 7: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	20, // 8: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	3,  // 9: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	3,  // 10: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	0,  // 11: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	1,  // 12: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	24, // 13: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	26, // 14: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	26, // 15: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	25, // 16: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	25, // 17: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	2,  // 18: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	5,  // 19: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	7,  // 20: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	9,  // 21: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	11, // 22: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	13, // 23: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	15, // 24: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	22, // 25: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	28, // 26: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	6,  // 27: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	8,  // 28: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	10, // 29: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	12, // 30: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	14, // 31: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	16, // 32: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	23, // 33: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	29, // 34: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
+	4,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
+	5,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	4,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	4,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	0,  // 5: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
+	16, // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	16, // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	0,  // 8: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
+	16, // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	16, // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	24, // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	5,  // 12: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	23, // 13: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	24, // 14: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	32, // 15: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	33, // 16: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	34, // 17: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	30, // 18: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	31, // 19: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	16, // 20: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 21: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 22: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	4,  // 23: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	4,  // 24: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	16, // 25: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	1,  // 26: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	2,  // 27: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	38, // 28: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	40, // 29: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	42, // 30: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	43, // 31: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	44, // 32: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	45, // 33: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	46, // 34: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	41, // 35: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	41, // 36: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	40, // 37: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	47, // 38: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	48, // 39: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	41, // 40: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	40, // 41: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	39, // 42: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	39, // 43: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	3,  // 44: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	6,  // 45: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	8,  // 46: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	10, // 47: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	12, // 48: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	14, // 49: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	27, // 50: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	25, // 51: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	17, // 52: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	19, // 53: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	21, // 54: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	36, // 55: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	51, // 56: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	7,  // 57: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	9,  // 58: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	11, // 59: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	13, // 60: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	15, // 61: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	28, // 62: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	26, // 63: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	18, // 64: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	20, // 65: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	22, // 66: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	37, // 67: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	52, // 68: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	57, // [57:69] is the sub-list for method output_type
+	45, // [45:57] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -1990,18 +3741,20 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[14].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[25].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
+		(*DirectoryCommand_RegisterSled)(nil),
+		(*DirectoryCommand_SetSledState)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   27,
+			NumEnums:      4,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -28,6 +28,10 @@ const (
 	Admin_ResizeVolume_FullMethodName = "/ballast.v1.Admin/ResizeVolume"
 	Admin_DeleteVolume_FullMethodName = "/ballast.v1.Admin/DeleteVolume"
 	Admin_RackStatus_FullMethodName   = "/ballast.v1.Admin/RackStatus"
+	Admin_NodeStatus_FullMethodName   = "/ballast.v1.Admin/NodeStatus"
+	Admin_RegisterSled_FullMethodName = "/ballast.v1.Admin/RegisterSled"
+	Admin_ListSleds_FullMethodName    = "/ballast.v1.Admin/ListSleds"
+	Admin_SetSledState_FullMethodName = "/ballast.v1.Admin/SetSledState"
 )
 
 // AdminClient is the client API for Admin service.
@@ -43,6 +47,10 @@ type AdminClient interface {
 	ResizeVolume(ctx context.Context, in *ResizeVolumeRequest, opts ...grpc.CallOption) (*ResizeVolumeResponse, error)
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	RackStatus(ctx context.Context, in *RackStatusRequest, opts ...grpc.CallOption) (*RackStatusResponse, error)
+	NodeStatus(ctx context.Context, in *NodeStatusRequest, opts ...grpc.CallOption) (*NodeStatusResponse, error)
+	RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error)
+	ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error)
+	SetSledState(ctx context.Context, in *SetSledStateRequest, opts ...grpc.CallOption) (*SetSledStateResponse, error)
 }
 
 type adminClient struct {
@@ -113,6 +121,46 @@ func (c *adminClient) RackStatus(ctx context.Context, in *RackStatusRequest, opt
 	return out, nil
 }
 
+func (c *adminClient) NodeStatus(ctx context.Context, in *NodeStatusRequest, opts ...grpc.CallOption) (*NodeStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_NodeStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterSledResponse)
+	err := c.cc.Invoke(ctx, Admin_RegisterSled_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSledsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListSleds_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) SetSledState(ctx context.Context, in *SetSledStateRequest, opts ...grpc.CallOption) (*SetSledStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetSledStateResponse)
+	err := c.cc.Invoke(ctx, Admin_SetSledState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -126,6 +174,10 @@ type AdminServer interface {
 	ResizeVolume(context.Context, *ResizeVolumeRequest) (*ResizeVolumeResponse, error)
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	RackStatus(context.Context, *RackStatusRequest) (*RackStatusResponse, error)
+	NodeStatus(context.Context, *NodeStatusRequest) (*NodeStatusResponse, error)
+	RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error)
+	ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error)
+	SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -153,6 +205,18 @@ func (UnimplementedAdminServer) DeleteVolume(context.Context, *DeleteVolumeReque
 }
 func (UnimplementedAdminServer) RackStatus(context.Context, *RackStatusRequest) (*RackStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RackStatus not implemented")
+}
+func (UnimplementedAdminServer) NodeStatus(context.Context, *NodeStatusRequest) (*NodeStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NodeStatus not implemented")
+}
+func (UnimplementedAdminServer) RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterSled not implemented")
+}
+func (UnimplementedAdminServer) ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSleds not implemented")
+}
+func (UnimplementedAdminServer) SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetSledState not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -283,6 +347,78 @@ func _Admin_RackStatus_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_NodeStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).NodeStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_NodeStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).NodeStatus(ctx, req.(*NodeStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RegisterSled_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterSledRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RegisterSled(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RegisterSled_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RegisterSled(ctx, req.(*RegisterSledRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListSleds_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSledsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListSleds(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListSleds_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListSleds(ctx, req.(*ListSledsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_SetSledState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetSledStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SetSledState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SetSledState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SetSledState(ctx, req.(*SetSledStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -313,6 +449,22 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RackStatus",
 			Handler:    _Admin_RackStatus_Handler,
+		},
+		{
+			MethodName: "NodeStatus",
+			Handler:    _Admin_NodeStatus_Handler,
+		},
+		{
+			MethodName: "RegisterSled",
+			Handler:    _Admin_RegisterSled_Handler,
+		},
+		{
+			MethodName: "ListSleds",
+			Handler:    _Admin_ListSleds_Handler,
+		},
+		{
+			MethodName: "SetSledState",
+			Handler:    _Admin_SetSledState_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

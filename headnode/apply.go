@@ -1,0 +1,408 @@
+package headnode
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cockroachdb/pebble"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
+)
+
+// applier applies log records to one volume's keys in an indexed batch.
+// Every replica runs the same records through it, so it must be
+// deterministic: it reads only the batch (which sees the store plus what
+// earlier records of the batch wrote) and the record.
+type applier struct {
+	b   *pebble.Batch
+	vol uint64
+	st  *ballastpb.VolumeLogState
+
+	// Per record: the live-block changes of segments, and the keys touched.
+	liveDelta map[uint64]int64
+	entry     *ballastpb.LogEntry
+}
+
+func (a *applier) apply(r *ballastpb.LogRecord) error {
+	a.liveDelta = map[uint64]int64{}
+	a.entry = &ballastpb.LogEntry{Seq: r.Seq}
+	var err error
+	switch kinds := recordKinds(r); {
+	case kinds > 1:
+		return fmt.Errorf("record %d has %d kinds of body", r.Seq, kinds)
+	case r.Flush != nil:
+		err = a.applyFlush(r.Flush)
+	case r.Compact != nil:
+		err = a.applyCompact(r.Compact)
+	case r.ShardMove != nil:
+		err = a.applyShardMove(r.ShardMove)
+	case r.SegmentFree != nil:
+		err = a.applySegmentFree(r.SegmentFree)
+	case r.State != nil:
+		err = a.applyState(r.State)
+	default:
+		err = a.applyWrite(r)
+	}
+	if err != nil {
+		return err
+	}
+	if err := a.commitLiveDeltas(); err != nil {
+		return err
+	}
+	data, err := proto.Marshal(a.entry)
+	if err != nil {
+		return fmt.Errorf("encode log entry: %w", err)
+	}
+	return a.b.Set(logKey(a.vol, r.Seq), data, nil)
+}
+
+// recordKinds counts the bodies a record carries; a write (blocks or
+// removed ranges, or nothing) counts as one.
+func recordKinds(r *ballastpb.LogRecord) int {
+	n := 0
+	if len(r.Blocks) > 0 || len(r.Removed) > 0 {
+		n++
+	}
+	for _, set := range []bool{r.Flush != nil, r.Compact != nil, r.ShardMove != nil, r.SegmentFree != nil, r.State != nil} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
+func (a *applier) touchSegment(id uint64) {
+	if !slices.Contains(a.entry.Segments, id) {
+		a.entry.Segments = append(a.entry.Segments, id)
+	}
+}
+
+// unindex drops a block's index entry, if any, and counts its segment one
+// live block down.
+func (a *applier) unindex(block uint64) error {
+	v, closer, err := a.b.Get(indexKey(a.vol, block))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read index of block %d: %w", block, err)
+	}
+	loc, err := decodeLoc(v)
+	closer.Close()
+	if err != nil {
+		return err
+	}
+	a.liveDelta[loc.segment]--
+	a.touchSegment(loc.segment)
+	return a.b.Delete(indexKey(a.vol, block), nil)
+}
+
+// index maps a block to a segment slot (unindexing it from where it was).
+func (a *applier) index(block uint64, loc blockLoc) error {
+	if err := a.unindex(block); err != nil {
+		return err
+	}
+	a.liveDelta[loc.segment]++
+	a.touchSegment(loc.segment)
+	return a.b.Set(indexKey(a.vol, block), encodeLoc(loc), nil)
+}
+
+// commitLiveDeltas writes the live-block counts of every segment a record
+// changed. A segment that the record itself created is in the batch by now.
+func (a *applier) commitLiveDeltas() error {
+	for id, d := range a.liveDelta {
+		if d == 0 {
+			continue
+		}
+		seg, _, err := getSegment(a.b, a.vol, id, false)
+		if err != nil {
+			return err
+		}
+		if seg == nil {
+			// An index entry named a segment that is gone: the store is
+			// inconsistent. Refuse rather than guess.
+			return fmt.Errorf("%w: segment %d of volume %d is indexed but missing", ErrCorrupt, id, a.vol)
+		}
+		live := int64(seg.LiveBlocks) + d
+		if live < 0 || live > int64(seg.Blocks) {
+			return fmt.Errorf("%w: segment %d of volume %d would have %d live blocks of %d", ErrCorrupt, id, a.vol, live, seg.Blocks)
+		}
+		seg.LiveBlocks = uint32(live)
+		if err := a.putSegment(seg, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *applier) putSegment(seg *ballastpb.Segment, slots []uint64) error {
+	data, err := proto.Marshal(seg)
+	if err != nil {
+		return fmt.Errorf("encode segment %d: %w", seg.Id, err)
+	}
+	if err := a.b.Set(segmentKey(a.vol, seg.Id), data, nil); err != nil {
+		return err
+	}
+	if slots != nil {
+		if err := a.b.Set(segSlotsKey(a.vol, seg.Id), encodeSlots(slots), nil); err != nil {
+			return err
+		}
+	}
+	a.st.NextSegmentId = max(a.st.NextSegmentId, seg.Id+1)
+	return nil
+}
+
+// applyWrite stores a client write: removed ranges lose their log data and
+// index entries; written blocks get new log data, versioned by the seq. A
+// written block keeps its index entry until it is flushed again (reads
+// prefer the log), so writes cost no index lookups.
+func (a *applier) applyWrite(r *ballastpb.LogRecord) error {
+	for _, rg := range r.Removed {
+		if err := a.removeRange(rg.First, rg.Count); err != nil {
+			return err
+		}
+		a.entry.Removed = append(a.entry.Removed, rg)
+	}
+	for _, bw := range r.Blocks {
+		switch len(bw.Data) {
+		case 0:
+			// A block removed alone: like a range of one.
+			if err := a.removeRange(bw.Block, 1); err != nil {
+				return err
+			}
+		case volume.BlockSizeBytes:
+			if err := a.b.Set(blockKey(a.vol, bw.Block), encodeBlock(r.Seq, bw.Data), nil); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("block %d has %d bytes, want %d", bw.Block, len(bw.Data), volume.BlockSizeBytes)
+		}
+		a.entry.Blocks = append(a.entry.Blocks, bw.Block)
+	}
+	return nil
+}
+
+// removeRange drops the log data and index entries of a range of blocks,
+// counting their segments' live blocks down.
+func (a *applier) removeRange(first, count uint64) error {
+	it, err := a.b.NewIter(&pebble.IterOptions{
+		LowerBound: indexKey(a.vol, first),
+		UpperBound: indexKey(a.vol, first+count),
+	})
+	if err != nil {
+		return fmt.Errorf("iterate index: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		loc, err := decodeLoc(it.Value())
+		if err != nil {
+			it.Close()
+			return err
+		}
+		a.liveDelta[loc.segment]--
+		a.touchSegment(loc.segment)
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("read index: %w", err)
+	}
+	if err := a.b.DeleteRange(indexKey(a.vol, first), indexKey(a.vol, first+count), nil); err != nil {
+		return err
+	}
+	return a.b.DeleteRange(blockKey(a.vol, first), blockKey(a.vol, first+count), nil)
+}
+
+// applyFlush moves into a new segment the blocks whose log data is still
+// the version the flusher wrote there. The others were written again since;
+// their slots are dead from the start.
+func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
+	seg := proto.Clone(f.Segment).(*ballastpb.Segment)
+	if err := validateSegment(seg, len(f.SlotBlocks)); err != nil {
+		return err
+	}
+	if len(f.Versions) != len(f.SlotBlocks) {
+		return fmt.Errorf("flush of segment %d: %d versions for %d slots", seg.Id, len(f.Versions), len(f.SlotBlocks))
+	}
+	if old, _, err := getSegment(a.b, a.vol, seg.Id, false); err != nil {
+		return err
+	} else if old != nil {
+		return fmt.Errorf("flush of segment %d: the segment exists already", seg.Id)
+	}
+	seg.LiveBlocks = 0
+	if err := a.putSegment(seg, f.SlotBlocks); err != nil {
+		return err
+	}
+	a.touchSegment(seg.Id)
+	for slot, block := range f.SlotBlocks {
+		a.entry.Blocks = append(a.entry.Blocks, block)
+		v, closer, err := a.b.Get(blockKey(a.vol, block))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue // removed since
+		}
+		if err != nil {
+			return fmt.Errorf("read block %d: %w", block, err)
+		}
+		version, _, err := decodeBlock(v)
+		closer.Close()
+		if err != nil {
+			return err
+		}
+		if version != f.Versions[slot] {
+			continue // written again since
+		}
+		if err := a.index(block, blockLoc{segment: seg.Id, slot: uint32(slot)}); err != nil {
+			return err
+		}
+		if err := a.b.Delete(blockKey(a.vol, block), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyCompact moves live blocks of old segments into a new one, each only
+// if the index still maps it to the slot it was copied from.
+func (a *applier) applyCompact(c *ballastpb.CompactRecord) error {
+	seg := proto.Clone(c.Segment).(*ballastpb.Segment)
+	if err := validateSegment(seg, len(c.SlotBlocks)); err != nil {
+		return err
+	}
+	if len(c.SourceSegments) != len(c.SlotBlocks) || len(c.SourceSlots) != len(c.SlotBlocks) {
+		return fmt.Errorf("compaction into segment %d: sources do not match %d slots", seg.Id, len(c.SlotBlocks))
+	}
+	if old, _, err := getSegment(a.b, a.vol, seg.Id, false); err != nil {
+		return err
+	} else if old != nil {
+		return fmt.Errorf("compaction into segment %d: the segment exists already", seg.Id)
+	}
+	seg.LiveBlocks = 0
+	if err := a.putSegment(seg, c.SlotBlocks); err != nil {
+		return err
+	}
+	a.touchSegment(seg.Id)
+	for slot, block := range c.SlotBlocks {
+		a.entry.Blocks = append(a.entry.Blocks, block)
+		v, closer, err := a.b.Get(indexKey(a.vol, block))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read index of block %d: %w", block, err)
+		}
+		loc, err := decodeLoc(v)
+		closer.Close()
+		if err != nil {
+			return err
+		}
+		if loc != (blockLoc{segment: c.SourceSegments[slot], slot: c.SourceSlots[slot]}) {
+			continue // moved on since it was copied
+		}
+		if err := a.index(block, blockLoc{segment: seg.Id, slot: uint32(slot)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *applier) applyShardMove(m *ballastpb.ShardMoveRecord) error {
+	a.touchSegment(m.SegmentId)
+	seg, _, err := getSegment(a.b, a.vol, m.SegmentId, false)
+	if err != nil || seg == nil {
+		return err // gone: nothing to move
+	}
+	if int(m.Index) >= len(seg.ShardSleds) || seg.ShardSleds[m.Index] != m.FromSled {
+		return nil // moved by someone else since
+	}
+	seg.ShardSleds[m.Index] = m.ToSled
+	return a.putSegment(seg, nil)
+}
+
+func (a *applier) applySegmentFree(f *ballastpb.SegmentFreeRecord) error {
+	a.touchSegment(f.SegmentId)
+	seg, _, err := getSegment(a.b, a.vol, f.SegmentId, false)
+	if err != nil || seg == nil {
+		return err
+	}
+	if seg.LiveBlocks != 0 {
+		return nil // blocks moved back in meanwhile: keep it
+	}
+	if err := a.b.Delete(segmentKey(a.vol, f.SegmentId), nil); err != nil {
+		return err
+	}
+	return a.b.Delete(segSlotsKey(a.vol, f.SegmentId), nil)
+}
+
+// applyState installs the state a replica that is ahead sent for every key
+// one of its records touched (see reconcile.go). Live counts come with the
+// segments, so nothing is counted here.
+func (a *applier) applyState(s *ballastpb.StateRecord) error {
+	for _, rg := range s.Cleared {
+		for _, p := range []func(uint64, uint64) []byte{indexKey, blockKey} {
+			if err := a.b.DeleteRange(p(a.vol, rg.First), p(a.vol, rg.First+rg.Count), nil); err != nil {
+				return err
+			}
+		}
+		a.entry.Removed = append(a.entry.Removed, rg)
+	}
+	for _, bs := range s.Blocks {
+		a.entry.Blocks = append(a.entry.Blocks, bs.Block)
+		var err error
+		switch len(bs.Data) {
+		case 0:
+			err = a.b.Delete(blockKey(a.vol, bs.Block), nil)
+		case volume.BlockSizeBytes:
+			err = a.b.Set(blockKey(a.vol, bs.Block), encodeBlock(bs.Version, bs.Data), nil)
+		default:
+			err = fmt.Errorf("state of block %d has %d bytes", bs.Block, len(bs.Data))
+		}
+		if err != nil {
+			return err
+		}
+		if bs.Indexed {
+			err = a.b.Set(indexKey(a.vol, bs.Block), encodeLoc(blockLoc{segment: bs.SegmentId, slot: bs.Slot}), nil)
+		} else {
+			err = a.b.Delete(indexKey(a.vol, bs.Block), nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for _, ss := range s.Segments {
+		a.touchSegment(ss.Id)
+		if ss.Segment == nil {
+			if err := a.b.Delete(segmentKey(a.vol, ss.Id), nil); err != nil {
+				return err
+			}
+			if err := a.b.Delete(segSlotsKey(a.vol, ss.Id), nil); err != nil {
+				return err
+			}
+			continue
+		}
+		if ss.Segment.Id != ss.Id {
+			return fmt.Errorf("state of segment %d carries segment %d", ss.Id, ss.Segment.Id)
+		}
+		if err := a.putSegment(ss.Segment, ss.SlotBlocks); err != nil {
+			return err
+		}
+	}
+	a.st.NextSegmentId = max(a.st.NextSegmentId, s.NextSegmentId)
+	return nil
+}
+
+// validateSegment checks a new segment's shape against its slots.
+func validateSegment(seg *ballastpb.Segment, slots int) error {
+	switch {
+	case seg == nil:
+		return errors.New("record has no segment")
+	case seg.Id == 0:
+		return errors.New("segment id 0 is reserved")
+	case seg.DataShards == 0 || int(seg.DataShards+seg.ParityShards) != len(seg.ShardSleds):
+		return fmt.Errorf("segment %d: %d+%d shards on %d sleds", seg.Id, seg.DataShards, seg.ParityShards, len(seg.ShardSleds))
+	case int(seg.Blocks) != slots:
+		return fmt.Errorf("segment %d: %d blocks but %d slots", seg.Id, seg.Blocks, slots)
+	case seg.ShardSizeBytes%volume.BlockSizeBytes != 0 || seg.ShardSizeBytes*uint64(seg.DataShards) < uint64(slots)*volume.BlockSizeBytes:
+		return fmt.Errorf("segment %d: shards of %d bytes cannot hold %d blocks", seg.Id, seg.ShardSizeBytes, slots)
+	}
+	return nil
+}

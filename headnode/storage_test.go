@@ -1,0 +1,869 @@
+package headnode
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/proto/sledpb"
+)
+
+// memShards is an in-memory shardStore: one map of shards per sled, with
+// injected faults.
+type memShards struct {
+	mu       sync.Mutex
+	sleds    map[string]map[shardID]memShard
+	down     map[string]bool // requests fail as if the sled were unreachable
+	full     map[string]bool // puts fail as if no device had room
+	capBytes uint64
+	puts     int
+}
+
+type memShard struct {
+	data     []byte
+	corrupt  bool
+	modified time.Time
+}
+
+func newMemShards(n int) *memShards {
+	m := &memShards{sleds: map[string]map[shardID]memShard{}, down: map[string]bool{}, full: map[string]bool{}, capBytes: 1 << 30}
+	for i := range n {
+		m.sleds[sledName(i)] = map[shardID]memShard{}
+	}
+	return m
+}
+
+func sledName(i int) string { return fmt.Sprintf("s%d", i) }
+
+func (m *memShards) check(sled string) (map[shardID]memShard, error) {
+	sh, ok := m.sleds[sled]
+	if !ok || m.down[sled] {
+		return nil, fmt.Errorf("%w: sled %s (test)", errSledDown, sled)
+	}
+	return sh, nil
+}
+
+func (m *memShards) Put(ctx context.Context, sled string, id shardID, epoch uint64, data []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sh, err := m.check(sled)
+	if err != nil {
+		return err
+	}
+	if m.full[sled] {
+		return fmt.Errorf("%w: sled %s (test)", errSledFull, sled)
+	}
+	m.puts++
+	sh[id] = memShard{data: bytes.Clone(data), modified: time.Now()}
+	return nil
+}
+
+func (m *memShards) Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sh, err := m.check(sled)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := sh[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s on %s (test)", errShardMissing, id, sled)
+	}
+	if s.corrupt {
+		// A sled quarantines a shard that fails its checksum.
+		delete(sh, id)
+		return nil, fmt.Errorf("%w: %s on %s (test)", errShardCorrupt, id, sled)
+	}
+	if length == 0 {
+		length = uint64(len(s.data)) - off
+	}
+	if off+length > uint64(len(s.data)) {
+		return nil, fmt.Errorf("range past the end of %s", id)
+	}
+	return bytes.Clone(s.data[off : off+length]), nil
+}
+
+func (m *memShards) Delete(ctx context.Context, sled string, id shardID, epoch uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sh, err := m.check(sled)
+	if err != nil {
+		return err
+	}
+	if _, ok := sh[id]; !ok {
+		return fmt.Errorf("%w: %s", errShardMissing, id)
+	}
+	delete(sh, id)
+	return nil
+}
+
+func (m *memShards) List(ctx context.Context, sled string, vol uint64) ([]shardInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sh, err := m.check(sled)
+	if err != nil {
+		return nil, err
+	}
+	var out []shardInfo
+	for id, s := range sh {
+		if vol == 0 || id.volume == vol {
+			out = append(out, shardInfo{id: id, size: uint64(len(s.data)), modified: s.modified})
+		}
+	}
+	return out, nil
+}
+
+func (m *memShards) Stat(ctx context.Context, sled string) (*sledpb.StatResponse, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sh, err := m.check(sled)
+	if err != nil {
+		return nil, err
+	}
+	var used uint64
+	for _, s := range sh {
+		used += uint64(len(s.data))
+	}
+	return &sledpb.StatResponse{SledId: sled, Shards: uint64(len(sh)), CapacityBytes: m.capBytes, UsedBytes: used}, nil
+}
+
+func (m *memShards) set(fn func(*memShards)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	fn(m)
+}
+
+func (m *memShards) totalBytes() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var n uint64
+	for _, sh := range m.sleds {
+		for _, s := range sh {
+			n += uint64(len(s.data))
+		}
+	}
+	return n
+}
+
+// holders returns the sleds holding a shard.
+func (m *memShards) holders(id shardID) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for sled, sh := range m.sleds {
+		if _, ok := sh[id]; ok {
+			out = append(out, sled)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// testSleds is a sled directory for tests: every sled up unless changed.
+type testSleds struct {
+	mu    sync.Mutex
+	sleds map[string]*ballastpb.Sled
+}
+
+func newTestSleds(n int) *testSleds {
+	d := &testSleds{sleds: map[string]*ballastpb.Sled{}}
+	for i := range n {
+		d.sleds[sledName(i)] = &ballastpb.Sled{Id: sledName(i), State: ballastpb.SledState_SLED_STATE_UP}
+	}
+	return d
+}
+
+func (d *testSleds) list() []*ballastpb.Sled {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*ballastpb.Sled
+	for _, s := range d.sleds {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+func (d *testSleds) get(id string) (*ballastpb.Sled, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, ok := d.sleds[id]
+	return s, ok
+}
+
+func (d *testSleds) setState(id string, st ballastpb.SledState) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := proto.Clone(d.sleds[id]).(*ballastpb.Sled)
+	s.State = st
+	d.sleds[id] = s
+}
+
+// storageRig is a primary/secondary pair whose primary keeps data on
+// in-memory sleds, with its maintainer driven by hand.
+type storageRig struct {
+	*pair
+	shards *memShards
+	dir    *testSleds
+	ctx    context.Context
+}
+
+func newStorageRig(t *testing.T, size uint64, sleds int, segmentBytes int64) *storageRig {
+	t.Helper()
+	shards := newMemShards(sleds)
+	dir := newTestSleds(sleds)
+	cfg := StorageConfig{SegmentBytes: segmentBytes, ShardGCGrace: time.Nanosecond, ShardTimeout: time.Second}
+	cfg.EnsureDefaults()
+	log := slog.New(slog.DiscardHandler)
+	remote := &remoteIO{cfg: cfg, shards: shards, sled: dir.get, stats: &storageStats{}, log: log, manual: true}
+	remote.view = newSledView(dir.list, shards, log)
+	remote.view.pollOnce(context.Background(), time.Second)
+	p := &pair{
+		pStore:      openMemStore(t),
+		sStore:      openMemStore(t),
+		faults:      &faults{},
+		vol:         &ballastpb.Volume{Name: "v", Id: 7, SizeBytes: size, Epoch: 1, Primary: "a", Secondaries: []string{"b"}},
+		model:       make([]byte, size),
+		replTimeout: time.Second,
+		remote:      remote,
+	}
+	p.start(t)
+	return &storageRig{pair: p, shards: shards, dir: dir, ctx: context.Background()}
+}
+
+func (r *storageRig) m() *maintainer { return r.primary.maint }
+
+// restart closes the primary and starts a new one over the same stores and
+// sleds, as a head node does after a crash: only durable state survives.
+func (r *storageRig) restart(t *testing.T) {
+	t.Helper()
+	r.primary.Close()
+	r.start(t)
+}
+
+// check asserts the primary reads the model, both replicas hold the same
+// bytes and the same segments, and both stores are internally consistent.
+func (r *storageRig) check(t *testing.T) {
+	t.Helper()
+	r.checkReplicas(t)
+	for _, s := range []*blockStore{r.pStore, r.sStore} {
+		checkStoreInvariants(t, s, r.vol.Id)
+	}
+	ps, err := r.pStore.Segments(r.vol.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := r.sStore.Segments(r.vol.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != len(ss) {
+		t.Fatalf("primary has %d segments, secondary %d", len(ps), len(ss))
+	}
+	for i := range ps {
+		if !proto.Equal(ps[i], ss[i]) {
+			t.Fatalf("segment differs between replicas:\n%v\n%v", ps[i], ss[i])
+		}
+	}
+}
+
+// checkStoreInvariants recomputes what the store keeps incrementally: every
+// index entry names an existing segment slot written for that block, and
+// every segment's live count is the number of index entries naming it.
+func checkStoreInvariants(t *testing.T, s *blockStore, vol uint64) {
+	t.Helper()
+	segs, err := s.Segments(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[uint64]*ballastpb.Segment{}
+	slotsOf := map[uint64][]uint64{}
+	for _, seg := range segs {
+		byID[seg.Id] = seg
+		_, slots, err := s.Segment(vol, seg.Id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(slots) != int(seg.Blocks) {
+			t.Fatalf("segment %d: %d slots recorded for %d blocks", seg.Id, len(slots), seg.Blocks)
+		}
+		slotsOf[seg.Id] = slots
+		seen := map[string]bool{}
+		for _, sled := range seg.ShardSleds {
+			if seen[sled] {
+				t.Fatalf("segment %d has two shards on sled %s: %v", seg.Id, sled, seg.ShardSleds)
+			}
+			seen[sled] = true
+		}
+	}
+	live := map[uint64]uint32{}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: indexKey(vol, 0), UpperBound: volumeUpper(prefixIndex, vol)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		block := keyNumber(it.Key())
+		loc, err := decodeLoc(it.Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		seg := byID[loc.segment]
+		if seg == nil {
+			t.Fatalf("block %d is indexed to missing segment %d", block, loc.segment)
+		}
+		if loc.slot >= seg.Blocks || slotsOf[loc.segment][loc.slot] != block {
+			t.Fatalf("block %d is indexed to slot %d of segment %d, written for another block", block, loc.slot, loc.segment)
+		}
+		live[loc.segment]++
+	}
+	for _, seg := range segs {
+		if seg.LiveBlocks != live[seg.Id] {
+			t.Fatalf("segment %d counts %d live blocks; the index names it %d times", seg.Id, seg.LiveBlocks, live[seg.Id])
+		}
+	}
+}
+
+// checkShardsMatch asserts the sleds hold exactly the shards the segments
+// name, each with the content the segment's blocks encode to.
+func (r *storageRig) checkShardsMatch(t *testing.T) {
+	t.Helper()
+	segs, err := r.pStore.Segments(r.vol.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[shardID]string{}
+	for _, seg := range segs {
+		for i, sled := range seg.ShardSleds {
+			want[shardID{volume: r.vol.Id, segment: seg.Id, index: uint32(i)}] = sled
+		}
+	}
+	r.shards.mu.Lock()
+	defer r.shards.mu.Unlock()
+	for sled, sh := range r.shards.sleds {
+		for id := range sh {
+			if want[id] != sled {
+				t.Errorf("sled %s holds %s, which no segment names there", sled, id)
+			}
+		}
+	}
+	for id, sled := range want {
+		if _, ok := r.shards.sleds[sled][id]; !ok {
+			t.Errorf("%s should be on sled %s but is not", id, sled)
+		}
+	}
+}
+
+func (r *storageRig) dirty(t *testing.T) int {
+	t.Helper()
+	n, err := r.pStore.DirtyCount(r.vol.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestSegmentEncodeAndReconstruct(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	for _, n := range []int{1, 3, 4, 5, 64, 1023} {
+		blocks := make([][]byte, n)
+		for i := range blocks {
+			blocks[i] = make([]byte, blockSize)
+			rng.Read(blocks[i])
+		}
+		shards, size, err := encodeSegment(blocks, 4, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seg := &ballastpb.Segment{Id: 1, DataShards: 4, ParityShards: 2, ShardSizeBytes: size, Blocks: uint32(n), ShardSleds: make([]string, 6)}
+		if size%blockSize != 0 || size*4 < uint64(n)*blockSize || size*4 >= uint64(n)*blockSize+4*blockSize {
+			t.Fatalf("%d blocks: shard size %d", n, size)
+		}
+		for slot := range n {
+			shard, off := slotLocation(seg, uint32(slot))
+			if !bytes.Equal(shards[shard][off:off+blockSize], blocks[slot]) {
+				t.Fatalf("%d blocks: slot %d is not at shard %d offset %d", n, slot, shard, off)
+			}
+		}
+		// Lose any two shards: every shard comes back, over any range.
+		for a := range 6 {
+			for b := a + 1; b < 6; b++ {
+				off := uint64(rng.Intn(int(size/blockSize))) * blockSize
+				length := size - off
+				pieces := make([][]byte, 6)
+				for i := range pieces {
+					if i != a && i != b {
+						pieces[i] = shards[i][off : off+length]
+					}
+				}
+				for _, want := range []int{a, b} {
+					got, err := reconstructRange(seg, pieces, want)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(got, shards[want][off:off+length]) {
+						t.Fatalf("shard %d rebuilt wrong without %d and %d", want, a, b)
+					}
+				}
+			}
+		}
+		// Three lost is too many.
+		pieces := slices.Clone(shards)
+		pieces[0], pieces[1], pieces[5] = nil, nil, nil
+		if _, err := reconstructRange(seg, pieces, 0); !errors.Is(err, errSegmentLost) {
+			t.Fatalf("three shards lost: %v, want errSegmentLost", err)
+		}
+	}
+}
+
+func TestPlaceShards(t *testing.T) {
+	var sleds []sledState
+	for i := range 7 {
+		sleds = append(sleds, sledState{id: sledName(i), usable: true, usedBytes: uint64(i) * 10, capBytes: 1000})
+	}
+	sleds[3].usable = false
+	got, err := placeShards(sleds, 6, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(got, "s3") {
+		t.Fatalf("placed on an unusable sled: %v", got)
+	}
+	if _, err := placeShards(sleds, 6, []string{"s0"}, 1); !errors.Is(err, errNoPlacement) {
+		t.Fatalf("5 usable sleds for 6 shards: %v, want errNoPlacement", err)
+	}
+	// The least full come first; equally full ones are spread by segment.
+	sleds[6].usedBytes = 900
+	got, _ = placeShards(sleds, 5, nil, 1)
+	if slices.Contains(got, "s6") {
+		t.Fatalf("the fullest sled was chosen over emptier ones: %v", got)
+	}
+	first := map[string]int{}
+	for i := range sleds {
+		sleds[i].usedBytes = 0
+	}
+	for seg := range uint64(60) {
+		got, _ := placeShards(sleds, 3, nil, seg)
+		first[got[0]]++
+		seen := map[string]bool{}
+		for _, s := range got {
+			if seen[s] {
+				t.Fatalf("two shards on sled %s: %v", s, got)
+			}
+			seen[s] = true
+		}
+	}
+	if len(first) < 4 {
+		t.Fatalf("segments all start on few sleds: %v", first)
+	}
+}
+
+func TestPlanCompaction(t *testing.T) {
+	seg := func(id uint64, live, blocks uint32) *ballastpb.Segment {
+		return &ballastpb.Segment{Id: id, LiveBlocks: live, Blocks: blocks}
+	}
+	plans := planCompaction([]*ballastpb.Segment{
+		seg(1, 100, 100), // full
+		seg(2, 10, 100),  // sparse
+		seg(3, 0, 100),   // empty: freed, not compacted
+		seg(4, 40, 100),  // sparse
+		seg(5, 60, 100),  // over the threshold
+		seg(6, 30, 100),  // sparse
+	}, 0.5, 64)
+	// Emptiest first: 2 (10), 6 (30) fill 40; 4 (40) would overflow 64.
+	if len(plans) != 2 || !slices.Equal(plans[0].sources, []uint64{2, 6}) || !slices.Equal(plans[1].sources, []uint64{4}) {
+		t.Fatalf("plans: %+v", plans)
+	}
+	// A lone sparse segment is rewritten: that frees its dead slots. A
+	// lone small full one is not; two small ones are merged.
+	if plans := planCompaction([]*ballastpb.Segment{seg(1, 40, 100)}, 0.5, 64); len(plans) != 1 {
+		t.Fatalf("lone sparse segment: %+v", plans)
+	}
+	if plans := planCompaction([]*ballastpb.Segment{seg(1, 10, 10)}, 0.5, 64); len(plans) != 0 {
+		t.Fatalf("lone small full segment compacted: %+v", plans)
+	}
+	if plans := planCompaction([]*ballastpb.Segment{seg(1, 10, 10), seg(2, 5, 5), seg(3, 64, 64)}, 0.5, 64); len(plans) != 1 || !slices.Equal(plans[0].sources, []uint64{1, 2}) {
+		t.Fatalf("small segments not merged: %+v", plans)
+	}
+}
+
+func TestFlushMovesTheLogToSegments(t *testing.T) {
+	r := newStorageRig(t, 4<<20, 7, 256<<10)
+	rng := rand.New(rand.NewSource(2))
+	data := make([]byte, 3<<20)
+	rng.Read(data)
+	r.write(t, 0, data)
+	r.write(t, 100_000, pattern(9000, 3)) // unaligned
+	before := r.dirty(t)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.dirty(t); n != 0 || before == 0 {
+		t.Fatalf("dirty blocks: %d before the flush, %d after", before, n)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	if len(segs) != (before+63)/64 {
+		t.Fatalf("%d segments for %d blocks of 64 per segment", len(segs), before)
+	}
+	r.check(t)
+	r.checkShardsMatch(t)
+	// Writes after a flush land in the log again, over flushed blocks,
+	// partially too (read-modify-write from the sleds).
+	r.write(t, 4096*10+100, pattern(5000, 7))
+	r.write(t, 1<<20, pattern(8192, 8))
+	r.check(t)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.check(t)
+	r.checkShardsMatch(t)
+	// A trim removes flushed blocks: they read as zeroes and their
+	// segments count them dead.
+	if err := r.primary.write(r.ctx, 0, 1<<20, nil, true, true); err != nil {
+		t.Fatal(err)
+	}
+	clear(r.model[:1<<20])
+	r.check(t)
+}
+
+func TestFlushSkipsBlocksWrittenSinceItReadThem(t *testing.T) {
+	r := newStorageRig(t, 1<<20, 7, 1<<20)
+	r.write(t, 0, pattern(64<<10, 1))
+	dirty, err := r.pStore.DirtyBlocks(r.vol.Id, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Blocks 2 and 5 are written again while the flusher encodes the old
+	// versions; block 7 is trimmed.
+	r.write(t, 2*4096, pattern(4096, 20))
+	r.write(t, 5*4096, pattern(4096, 50))
+	if err := r.primary.write(r.ctx, 7*4096, 4096, nil, true, true); err != nil {
+		t.Fatal(err)
+	}
+	clear(r.model[7*4096 : 8*4096])
+	if err := r.m().flushSegment(r.ctx, dirty); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	if len(segs) != 1 || segs[0].LiveBlocks != 13 || segs[0].Blocks != 16 {
+		t.Fatalf("segment after a racing flush: %v (want 13 live of 16)", segs)
+	}
+	if n := r.dirty(t); n != 2 {
+		t.Fatalf("%d blocks left in the log, want the 2 rewritten", n)
+	}
+	r.check(t)
+}
+
+func TestDegradedReadsRepairAndRebuild(t *testing.T) {
+	// Eight sleds: six hold each segment, one goes down, one drains.
+	r := newStorageRig(t, 2<<20, 8, 512<<10)
+	rng := rand.New(rand.NewSource(3))
+	data := make([]byte, 2<<20)
+	rng.Read(data)
+	r.write(t, 0, data)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	seg := segs[0]
+
+	// Two sleds of the segment unreachable: reads come from parity.
+	r.shards.set(func(m *memShards) { m.down[seg.ShardSleds[0]], m.down[seg.ShardSleds[4]] = true, true })
+	r.check(t)
+	if r.remote.stats.degradedReads.Load() == 0 {
+		t.Fatal("no degraded read counted")
+	}
+	r.shards.set(func(m *memShards) { clear(m.down) })
+	r.remote.view.pollOnce(r.ctx, time.Second)
+
+	// A shard that fails its checksum is never returned; the read asks for
+	// it to be repaired, and repair rewrites it in place.
+	id := shardID{volume: r.vol.Id, segment: seg.Id, index: 1}
+	r.shards.set(func(m *memShards) {
+		s := m.sleds[seg.ShardSleds[1]][id]
+		s.corrupt = true
+		m.sleds[seg.ShardSleds[1]][id] = s
+	})
+	r.check(t)
+	r.m().drainRepairRequests()
+	if !r.m().pending[shardRef{segment: seg.Id, index: 1}] {
+		t.Fatal("a corrupt shard was read around but not queued for repair")
+	}
+	if err := r.m().repair(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r.remote.stats.repaired.Load() != 1 {
+		t.Fatalf("repaired %d shards, want 1", r.remote.stats.repaired.Load())
+	}
+	r.checkShardsMatch(t)
+
+	// A sled declared down: the audit rebuilds its shards elsewhere.
+	lost := seg.ShardSleds[2]
+	r.shards.set(func(m *memShards) { m.down[lost] = true })
+	r.dir.setState(lost, ballastpb.SledState_SLED_STATE_DOWN)
+	r.remote.view.pollOnce(r.ctx, time.Second)
+	if err := r.m().maintain(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ = r.pStore.Segments(r.vol.Id)
+	for _, s := range segs {
+		if slices.Contains(s.ShardSleds, lost) {
+			t.Fatalf("segment %d still has a shard on down sled %s", s.Id, lost)
+		}
+	}
+	if r.remote.stats.rebuilt.Load() == 0 {
+		t.Fatal("nothing rebuilt")
+	}
+	r.check(t)
+	// Lose two more sleds at once: still readable.
+	r.shards.set(func(m *memShards) { m.down[segs[0].ShardSleds[0]], m.down[segs[0].ShardSleds[5]] = true, true })
+	r.check(t)
+	r.shards.set(func(m *memShards) { clear(m.down) })
+
+	// Draining a sled moves its shards off, copying rather than rebuilding.
+	drained := segs[0].ShardSleds[3]
+	r.dir.setState(drained, ballastpb.SledState_SLED_STATE_DRAINING)
+	r.remote.view.pollOnce(r.ctx, time.Second)
+	if err := r.m().maintain(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.shards.mu.Lock()
+	left := len(r.shards.sleds[drained])
+	r.shards.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("drained sled still holds %d shards", left)
+	}
+	r.check(t)
+}
+
+func TestFullSledTakesNoShards(t *testing.T) {
+	r := newStorageRig(t, 1<<20, 7, 256<<10)
+	r.shards.set(func(m *memShards) { m.full["s0"], m.full["s1"] = true, true })
+	r.write(t, 0, pattern(1<<20, 4))
+	// Six shards, seven sleds, two full: a refused shard must find the
+	// one sled left, or the flush fails cleanly and the data stays put.
+	err := r.m().flush(r.ctx)
+	if err == nil {
+		r.check(t)
+		segs, _ := r.pStore.Segments(r.vol.Id)
+		for _, s := range segs {
+			if slices.Contains(s.ShardSleds, "s0") || slices.Contains(s.ShardSleds, "s1") {
+				t.Fatalf("segment %d has a shard on a full sled: %v", s.Id, s.ShardSleds)
+			}
+		}
+		t.Fatal("six shards placed on five sleds with room")
+	}
+	if !errors.Is(err, errSledFull) && !errors.Is(err, errNoPlacement) {
+		t.Fatalf("flush with too few sleds with room: %v", err)
+	}
+	r.check(t)
+	r.shards.set(func(m *memShards) { m.full["s1"] = false })
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatalf("flush with one sled full: %v", err)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	for _, s := range segs {
+		if slices.Contains(s.ShardSleds, "s0") {
+			t.Fatalf("segment %d has a shard on the full sled: %v", s.Id, s.ShardSleds)
+		}
+	}
+	r.check(t)
+}
+
+func TestCompactionReclaimsOverwrittenSpace(t *testing.T) {
+	const size = 1 << 20
+	r := newStorageRig(t, size, 7, 128<<10) // 32 blocks a segment
+	rng := rand.New(rand.NewSource(4))
+	for round := range 20 {
+		// Rewrite a random half of the blocks each round.
+		for b := range size / blockSize {
+			if rng.Intn(2) == 0 || round == 0 {
+				r.write(t, uint64(b)*blockSize, pattern(blockSize, byte(round*7+b)))
+			}
+		}
+		if err := r.m().flush(r.ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.m().maintain(r.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.check(t)
+	r.checkShardsMatch(t)
+	limit := uint64(3 * size * 6 / 4)
+	if got := r.shards.totalBytes(); got > limit {
+		t.Fatalf("sleds hold %d bytes for a %d-byte volume rewritten 20 times; want under %d", got, size, limit)
+	}
+}
+
+// TestCrashPointsKeepEveryAcknowledgedWrite stops flush, compaction,
+// freeing and repair at every step boundary, restarts the primary over the
+// same stores and sleds (what a crashed head node finds), and checks that
+// every acknowledged write reads back, the replicas agree, the stores are
+// consistent, and the next audit leaves the sleds holding exactly what the
+// segments name.
+func TestCrashPointsKeepEveryAcknowledgedWrite(t *testing.T) {
+	steps := []string{"flush:shards-written", "compact:shards-written", "compact:committed", "free:committed", "repair:shard-written"}
+	for _, step := range steps {
+		t.Run(step, func(t *testing.T) {
+			r := newStorageRig(t, 512<<10, 7, 64<<10)
+			rng := rand.New(rand.NewSource(5))
+			writeRandom := func(n int) {
+				for range n {
+					b := uint64(rng.Intn(128))
+					r.write(t, b*blockSize, pattern(blockSize, byte(rng.Intn(256))))
+				}
+			}
+			writeRandom(200)
+			crashed := false
+			r.remote.crashAt = func(s string) error {
+				if s == step && !crashed {
+					crashed = true
+					return errors.New("injected crash")
+				}
+				return nil
+			}
+			// Drive every kind of maintenance until the crash point is hit.
+			for i := 0; i < 10 && !crashed; i++ {
+				r.m().flush(r.ctx)
+				if step == "repair:shard-written" {
+					segs, _ := r.pStore.Segments(r.vol.Id)
+					if len(segs) > 0 {
+						r.m().requestRepair(shardRef{segment: segs[0].Id, index: 0})
+						r.m().drainRepairRequests()
+						r.m().repair(r.ctx)
+					}
+				}
+				r.m().maintain(r.ctx)
+				writeRandom(100)
+			}
+			if !crashed {
+				t.Fatalf("step %s never reached", step)
+			}
+			r.remote.crashAt = nil
+			r.restart(t)
+			r.check(t)
+			writeRandom(50)
+			if err := r.m().flush(r.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.m().maintain(r.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.m().maintain(r.ctx); err != nil {
+				t.Fatal(err)
+			}
+			r.check(t)
+			r.checkShardsMatch(t)
+		})
+	}
+}
+
+// TestReconcileAcrossMaintenanceRecords: a secondary that misses batches
+// holding flush, compaction and free records, or holds batches the primary
+// lost the reply to, catches up to exactly the primary's state.
+// Maintenance records move data without changing it, so the model holds
+// whatever happened to them.
+func TestReconcileAcrossMaintenanceRecords(t *testing.T) {
+	r := newStorageRig(t, 512<<10, 7, 64<<10)
+	rng := rand.New(rand.NewSource(6))
+	r.replTimeout = 100 * time.Millisecond
+	r.restart(t)
+	failures := 0
+	for range 15 {
+		for range 60 {
+			b := uint64(rng.Intn(128))
+			r.write(t, b*blockSize, pattern(blockSize, byte(rng.Intn(256))))
+		}
+		fault := rng.Intn(3)
+		r.faults.set(func(f *faults) { f.down, f.loseReply = fault == 1, fault == 2 })
+		if r.m().flush(r.ctx) != nil {
+			failures++
+		}
+		r.faults.set(func(f *faults) { f.down, f.loseReply = fault == 1 && rng.Intn(2) == 0, false })
+		if r.m().maintain(r.ctx) != nil {
+			failures++
+		}
+		r.faults.set(func(f *faults) { f.down, f.loseReply = false, false })
+	}
+	if failures == 0 {
+		t.Fatal("no maintenance step failed: the faults did not bite")
+	}
+	r.write(t, 0, pattern(1, 1)) // reconcile
+	r.check(t)
+	// And the state keeps working: more flushes and compaction.
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.m().maintain(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.check(t)
+}
+
+// TestCompactionDoesNotResurrectMovedBlocks: blocks trimmed, or written
+// and flushed again, while compaction copies them must keep their new
+// state when its record lands.
+func TestCompactionDoesNotResurrectMovedBlocks(t *testing.T) {
+	r := newStorageRig(t, 512<<10, 7, 64<<10) // 16 blocks a segment
+	for b := range 64 {
+		r.write(t, uint64(b)*blockSize, pattern(blockSize, byte(b+1)))
+	}
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Overwrite most of every segment so all are sparse, and flush that.
+	for b := range 64 {
+		if b%4 != 0 {
+			r.write(t, uint64(b)*blockSize, pattern(blockSize, byte(b+100)))
+		}
+	}
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// While compaction has copied the live blocks (0, 4, 8, ...) but not
+	// yet committed, block 4 is trimmed and block 8 is written and flushed
+	// elsewhere.
+	interleaved := false
+	r.remote.crashAt = func(step string) error {
+		if step != "compact:shards-written" || interleaved {
+			return nil
+		}
+		interleaved = true
+		if err := r.primary.write(r.ctx, 4*blockSize, blockSize, nil, true, true); err != nil {
+			return err
+		}
+		clear(r.model[4*blockSize : 5*blockSize])
+		r.write(t, 8*blockSize, pattern(blockSize, 200))
+		dirty, err := r.pStore.DirtyBlocks(r.vol.Id, 0, 100)
+		if err != nil {
+			return err
+		}
+		return r.m().flushSegment(r.ctx, dirty)
+	}
+	if err := r.m().compact(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !interleaved {
+		t.Fatal("compaction never reached the point between copy and commit")
+	}
+	r.remote.crashAt = nil
+	r.check(t)
+	if err := r.m().maintain(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.check(t)
+	r.checkShardsMatch(t)
+}
