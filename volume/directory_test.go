@@ -151,3 +151,83 @@ type memSink struct{ bytes.Buffer }
 func (s *memSink) ID() string    { return "mem" }
 func (s *memSink) Cancel() error { return nil }
 func (s *memSink) Close() error  { return nil }
+
+func TestDirectorySleds(t *testing.T) {
+	d := NewDirectory()
+	reg := func(id string, addrs ...string) ApplyResult {
+		return d.ApplyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RegisterSled{
+			RegisterSled: &ballastpb.RegisterSledCommand{Sled: &ballastpb.Sled{Id: id, Addresses: addrs}},
+		}}, 100)
+	}
+	set := func(id string, st, ifState ballastpb.SledState) ApplyResult {
+		return d.ApplyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SetSledState{
+			SetSledState: &ballastpb.SetSledStateCommand{Id: id, State: st, IfState: ifState},
+		}}, 200)
+	}
+	const (
+		up       = ballastpb.SledState_SLED_STATE_UP
+		down     = ballastpb.SledState_SLED_STATE_DOWN
+		draining = ballastpb.SledState_SLED_STATE_DRAINING
+		removed  = ballastpb.SledState_SLED_STATE_REMOVED
+		any      = ballastpb.SledState_SLED_STATE_UNSPECIFIED
+	)
+	if res := reg("s1", "a:1", "b:1"); res.Err != nil || res.Sled.State != up {
+		t.Fatalf("register: %+v", res)
+	}
+	for _, bad := range []ApplyResult{reg("bad id"), reg("s2")} {
+		if !errors.Is(bad.Err, ErrInvalid) {
+			t.Fatalf("bad registration: %v, want ErrInvalid", bad.Err)
+		}
+	}
+	if res := set("nosuch", down, any); !errors.Is(res.Err, ErrNotFound) {
+		t.Fatalf("unknown sled: %v", res.Err)
+	}
+	// The monitor's down only applies to a sled that is up.
+	if res := set("s1", down, up); res.Err != nil || res.Sled.State != down {
+		t.Fatalf("down: %+v", res)
+	}
+	// Registering again (the sled restarted) brings it up, with new
+	// addresses; a drained sled stays draining.
+	if res := reg("s1", "a:2", "b:2"); res.Err != nil || res.Sled.State != up || res.Sled.Addresses[0] != "a:2" || res.Sled.RegisteredUnixNanos != 100 {
+		t.Fatalf("re-register: %+v", res)
+	}
+	if res := set("s1", draining, any); res.Err != nil || res.Sled.State != draining {
+		t.Fatalf("drain: %+v", res)
+	}
+	if res := set("s1", down, up); !errors.Is(res.Err, ErrConflict) {
+		t.Fatalf("monitor's down over a drain: %v, want ErrConflict", res.Err)
+	}
+	if res := reg("s1", "a:2"); res.Sled.State != draining {
+		t.Fatalf("a draining sled that registers again: %v", res.Sled.State)
+	}
+	// Removal is for good.
+	if res := set("s1", removed, any); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if res := set("s1", up, any); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("un-remove: %v", res.Err)
+	}
+	if res := reg("s1", "a:3"); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("a removed sled registers again: %v", res.Err)
+	}
+	reg("s0", "c:1")
+	if got := d.Sleds(); len(got) != 2 || got[0].Id != "s0" || got[1].State != removed {
+		t.Fatalf("sleds: %v", got)
+	}
+	// Sleds survive a snapshot.
+	snap, err := d.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	restored := NewDirectory()
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := restored.Sled("s1"); !ok || got.State != removed || got.Addresses[0] != "a:2" {
+		t.Fatalf("restored sled: %v %v", got, ok)
+	}
+}

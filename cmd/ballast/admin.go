@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -187,10 +188,7 @@ func newRackCommand(g *globalFlags) *cobra.Command {
 				if asJSON {
 					return printJSON(resp)
 				}
-				fmt.Printf("directory group: leader %s, term %d, applied index %d\n", resp.Leader, resp.Term, resp.AppliedIndex)
-				for _, h := range resp.HeadNodes {
-					fmt.Printf("head node %s at %s\n", h.Id, strings.Join(h.Addresses, ", "))
-				}
+				printRackStatus(resp)
 				return nil
 			})
 		},
@@ -198,4 +196,35 @@ func newRackCommand(g *globalFlags) *cobra.Command {
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.AddCommand(status)
 	return cmd
+}
+
+func printRackStatus(resp *ballastpb.RackStatusResponse) {
+	fmt.Printf("directory group: leader %s, term %d, applied index %d\n", resp.Leader, resp.Term, resp.AppliedIndex)
+	for _, h := range resp.HeadNodes {
+		note := ""
+		if slices.Contains(resp.UnreachableHeadNodes, h.Id) {
+			note = "  (did not answer)"
+		}
+		fmt.Printf("head node %s at %s%s\n", h.Id, strings.Join(h.Addresses, ", "), note)
+	}
+	if len(resp.Sleds) > 0 {
+		fmt.Println()
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "SLED\tSTATE\tREACHABLE\tSHARDS\tUSED\tCAPACITY\tFAILED DEVICES\tCORRUPT FOUND\tADDRESSES")
+		for _, s := range resp.Sleds {
+			fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Sled.Id, sledStateName(s.Sled.State), s.Reachable, s.Shards,
+				humanize.IBytes(s.UsedBytes), humanize.IBytes(s.CapacityBytes), s.FailedDevices, s.CorruptFound, strings.Join(s.Sled.Addresses, ", "))
+		}
+		w.Flush()
+	}
+	if r := resp.Redundancy; r != nil {
+		fmt.Println()
+		fmt.Printf("redundancy: %d segments full, %d degraded, %d lost\n", r.SegmentsFull, r.SegmentsDegraded, r.SegmentsLost)
+		fmt.Printf("rebuild: %d shards pending; %d rebuilt and %d repaired since the head nodes started\n", r.ShardsPending, r.ShardsRebuilt, r.ShardsRepaired)
+		fmt.Printf("log: %s not yet flushed to sleds; %s flushed since the head nodes started\n", humanize.IBytes(r.DirtyBytes), humanize.IBytes(r.FlushedBytes))
+	}
+}
+
+func sledStateName(s ballastpb.SledState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "SLED_STATE_"))
 }

@@ -68,3 +68,42 @@ func parseSize(s string) (uint64, error) {
 	}
 	return n, nil
 }
+
+// storageFlags holds the flags of a head node's storage configuration.
+type storageFlags struct {
+	cfg                         headnode.StorageConfig
+	segmentSize, flushThreshold string
+}
+
+// addStorageFlags adds the flags that shape segments, flush, compaction and
+// rebuild; zero values keep headnode's defaults.
+func addStorageFlags(cmd *cobra.Command, f *storageFlags) {
+	fl := cmd.Flags()
+	fl.IntVar(&f.cfg.DataShards, "data-shards", 0, "data shards per segment (default 4)")
+	fl.IntVar(&f.cfg.ParityShards, "parity-shards", 0, "parity shards per segment: sleds a segment may lose (default 2)")
+	fl.StringVar(&f.segmentSize, "segment-size", "", "volume data per segment (default 4MiB)")
+	fl.StringVar(&f.flushThreshold, "flush-threshold", "", "bytes written since the last flush that start one (default 64MiB)")
+	fl.DurationVar(&f.cfg.FlushInterval, "flush-interval", 0, "flush at least this often (default 30s)")
+	fl.DurationVar(&f.cfg.AuditInterval, "audit-interval", 0, "check segments against the sleds this often: rebuild, repair, compaction (default 30s)")
+	fl.DurationVar(&f.cfg.SledDownTimeout, "sled-down-timeout", 0, "declare a sled down after it is unreachable this long (default 60s)")
+	fl.DurationVar(&f.cfg.ShardGCGrace, "shard-gc-grace", 0, "delete shards no segment names once they are this old (default 10m)")
+}
+
+// storageConfig returns the configuration the flags describe.
+func (f *storageFlags) storageConfig() (headnode.StorageConfig, error) {
+	cfg := f.cfg
+	for _, s := range []struct {
+		flag, val string
+		dst       *int64
+	}{{"--segment-size", f.segmentSize, &cfg.SegmentBytes}, {"--flush-threshold", f.flushThreshold, &cfg.FlushThresholdBytes}} {
+		if s.val == "" {
+			continue
+		}
+		n, err := parseSize(s.val)
+		if err != nil {
+			return cfg, fmt.Errorf("%s: %w", s.flag, err)
+		}
+		*s.dst = int64(n)
+	}
+	return cfg, nil
+}

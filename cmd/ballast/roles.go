@@ -18,6 +18,7 @@ func newHeadNodeCommand() *cobra.Command {
 		id, data, listenA, listenB string
 		peers                      []string
 		replTimeout                time.Duration
+		storage                    storageFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "headnode",
@@ -29,10 +30,15 @@ func newHeadNodeCommand() *cobra.Command {
     --peer hn3=127.0.1.3:7400,127.0.2.3:7400`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			sc, err := storage.storageConfig()
+			if err != nil {
+				return err
+			}
 			cfg := headnode.Config{
 				ID:                 id,
 				DataDir:            data,
 				ReplicationTimeout: replTimeout,
+				Storage:            sc,
 				Logger:             slog.Default(),
 			}
 			for _, a := range []string{listenA, listenB} {
@@ -62,6 +68,7 @@ func newHeadNodeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&listenB, "listen-b", "", "address on network B")
 	cmd.Flags().StringArrayVar(&peers, "peer", nil, "a head node of the rack as ID=ADDR_A,ADDR_B (repeat for every head node, this one included)")
 	cmd.Flags().DurationVar(&replTimeout, "replication-timeout", 5*time.Second, "how long a write waits for its secondary before failing")
+	addStorageFlags(cmd, &storage)
 	for _, f := range []string{"id", "data", "listen-a"} {
 		cmd.MarkFlagRequired(f)
 	}
