@@ -358,6 +358,29 @@ func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error)
 		if !errors.Is(err, pebble.ErrNotFound) {
 			return out, fmt.Errorf("read block %d of volume %d: %w", first, vol, err)
 		}
+		v, closer, err = snap.Get(indexKey(vol, first))
+		if errors.Is(err, pebble.ErrNotFound) {
+			clear(dst)
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("read index of block %d of volume %d: %w", first, vol, err)
+		}
+		loc, err := decodeLoc(v)
+		closer.Close()
+		if err != nil {
+			return out, err
+		}
+		seg, _, err := getSegment(snap, vol, loc.segment, false)
+		if err != nil {
+			return out, err
+		}
+		if seg == nil {
+			return out, fmt.Errorf("%w: volume %d: block %d is indexed to segment %d, which does not exist", ErrCorrupt, vol, first, loc.segment)
+		}
+		out.remote = []remoteBlock{{index: 0, loc: loc}}
+		out.segments = map[uint64]*ballastpb.Segment{loc.segment: seg}
+		return out, nil
 	} else {
 		it, err := snap.NewIter(&pebble.IterOptions{
 			LowerBound: blockKey(vol, first),
