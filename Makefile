@@ -38,7 +38,8 @@ FUZZ_TARGETS := \
 	./attach/nbd/:FuzzHandshake \
 	./attach/nbd/:FuzzRequestParser \
 	./consensus/transport/:FuzzDecodeRequest \
-	./consensus/logstore/:FuzzDecodeLogValue
+	./consensus/logstore/:FuzzDecodeLogValue \
+	./sled/:FuzzDecodeShard
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -16,6 +16,7 @@ import (
 	"github.com/ballast-storage/ballast/attach"
 	"github.com/ballast-storage/ballast/headnode"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/sled"
 )
 
 const demoVolume = "demo"
@@ -23,7 +24,8 @@ const demoVolume = "demo"
 func newDemoCommand() *cobra.Command {
 	var (
 		data, size, nbdAddr string
-		port                int
+		port, sleds         int
+		storage             storageFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -34,17 +36,31 @@ func newDemoCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runDemo(cmd.Context(), data, sizeBytes, nbdAddr, port)
+			sc, err := storage.storageConfig()
+			if err != nil {
+				return err
+			}
+			return runDemo(cmd.Context(), demoOptions{data: data, size: sizeBytes, nbdAddr: nbdAddr, port: port, sleds: sleds, storage: sc})
 		},
 	}
 	cmd.Flags().StringVar(&data, "data", "ballast-data", "data directory of the whole rack")
 	cmd.Flags().StringVar(&size, "size", "1GiB", "size of volume 'demo' when it is first created")
 	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
-	cmd.Flags().IntVar(&port, "port", 7400, "head nodes' port (on 127.0.1.N and 127.0.2.N)")
+	cmd.Flags().IntVar(&port, "port", 7400, "head nodes' port (on 127.0.1.N and 127.0.2.N); sleds use port+100 on 127.0.1.1N and 127.0.2.1N")
+	cmd.Flags().IntVar(&sleds, "sleds", 7, "sleds to run (each with 2 devices); 0 keeps all data on the head nodes")
+	addStorageFlags(cmd, &storage)
 	return cmd
 }
 
-func runDemo(ctx context.Context, data string, size uint64, nbdAddr string, port int) (err error) {
+type demoOptions struct {
+	data, nbdAddr string
+	size          uint64
+	port, sleds   int
+	storage       headnode.StorageConfig
+}
+
+func runDemo(ctx context.Context, o demoOptions) (err error) {
+	data, size, nbdAddr, port := o.data, o.size, o.nbdAddr, o.port
 	peers := demoPeers(port)
 	var nodes []*headnode.Node
 	defer func() {
@@ -58,6 +74,7 @@ func runDemo(ctx context.Context, data string, size uint64, nbdAddr string, port
 			ListenAddresses: p.Addresses,
 			DataDir:         demoDataDir(data, p.ID),
 			Peers:           peers,
+			Storage:         o.storage,
 			Logger:          slog.Default(),
 		})
 		if err != nil {
@@ -68,6 +85,26 @@ func runDemo(ctx context.Context, data string, size uint64, nbdAddr string, port
 	var hns [][]string
 	for _, p := range peers {
 		hns = append(hns, p.Addresses)
+	}
+	var sledIDs []string
+	for i := 1; i <= o.sleds; i++ {
+		sc := sled.Config{
+			ID:      fmt.Sprintf("s%d", i),
+			DataDir: demoDataDir(data, fmt.Sprintf("s%d", i)),
+			Devices: 2,
+			ListenAddresses: []string{
+				fmt.Sprintf("127.0.1.%d:%d", 10+i, port+100),
+				fmt.Sprintf("127.0.2.%d:%d", 10+i, port+100),
+			},
+			Logger: slog.Default(),
+		}
+		s, err := sled.Start(sc)
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, s.Close()) }()
+		go registerSled(ctx, hnsOf(peers), sc.ID, sc.ListenAddresses)
+		sledIDs = append(sledIDs, sc.ID)
 	}
 	agent, err := attach.StartAgent(attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Logger: slog.Default()})
 	if err != nil {
@@ -85,6 +122,9 @@ func runDemo(ctx context.Context, data string, size uint64, nbdAddr string, port
 		hnList = append(hnList, p.ID+"="+strings.Join(p.Addresses, ","))
 	}
 	fmt.Printf("Ballast demo rack is up: head nodes %s\n", strings.Join(hnList, " "))
+	if len(sledIDs) > 0 {
+		fmt.Printf("Sleds %s (2 devices each) hold the data the head nodes flush (4+2 erasure coded)\n", strings.Join(sledIDs, " "))
+	}
 	fmt.Printf("Volume %q (%s, primary %s, secondary %s) is served at %s\n",
 		vol.Name, humanize.IBytes(vol.SizeBytes), vol.Primary, strings.Join(vol.Secondaries, ","), uri)
 	fmt.Printf("Try it:  nbdinfo %s\n", uri)
@@ -123,4 +163,12 @@ func ensureVolume(ctx context.Context, c *attach.Client, name string, size uint6
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+func hnsOf(peers []headnode.Peer) [][]string {
+	var out [][]string
+	for _, p := range peers {
+		out = append(out, p.Addresses)
+	}
+	return out
 }

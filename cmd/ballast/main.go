@@ -64,6 +64,7 @@ func newRootCommand() *cobra.Command {
 		newAgentCommand(),
 		newVolumeCommand(g),
 		newRackCommand(g),
+		newSledCommand(g),
 	)
 	return root
 }

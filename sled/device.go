@@ -1,0 +1,148 @@
+package sled
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// deviceFS is what a device needs of the filesystem it lives on. The real
+// one is osFS; tests wrap it to inject I/O errors and full disks.
+type deviceFS interface {
+	// WriteFileSync creates path with data and syncs it.
+	WriteFileSync(path string, data []byte) error
+	Rename(oldPath, newPath string) error
+	SyncDir(dir string) error
+	// ReadAt reads exactly n bytes at off.
+	ReadAt(path string, off int64, n int) ([]byte, error)
+	Remove(path string) error
+	MkdirAll(path string) error
+	ReadDir(path string) ([]os.DirEntry, error)
+	Stat(path string) (os.FileInfo, error)
+	// FreeBytes is the free space of the filesystem holding path.
+	FreeBytes(path string) (uint64, error)
+}
+
+type osFS struct{}
+
+func (osFS) WriteFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func (osFS) Rename(o, n string) error { return os.Rename(o, n) }
+
+func (osFS) SyncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (osFS) ReadAt(path string, off int64, n int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: %s is shorter than %d bytes", ErrCorrupt, path, off+int64(n))
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+func (osFS) Remove(path string) error                   { return os.Remove(path) }
+func (osFS) MkdirAll(path string) error                 { return os.MkdirAll(path, 0o755) }
+func (osFS) ReadDir(path string) ([]os.DirEntry, error) { return os.ReadDir(path) }
+func (osFS) Stat(path string) (os.FileInfo, error)      { return os.Stat(path) }
+
+func (osFS) FreeBytes(path string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// device is one mass-storage device of a sled: a directory holding shard
+// files. Its fields are guarded by the Store's lock.
+type device struct {
+	id       string // "d0", "d1", ...
+	path     string
+	fs       deviceFS
+	capacity uint64 // bytes it may hold
+	used     uint64 // bytes of shard files on it
+	shards   uint64
+	failed   bool
+	failure  string
+}
+
+func (d *device) shardDir() string      { return filepath.Join(d.path, "shards") }
+func (d *device) tmpDir() string        { return filepath.Join(d.path, "tmp") }
+func (d *device) quarantineDir() string { return filepath.Join(d.path, "quarantine") }
+
+func (d *device) shardPath(id ShardID) string {
+	return filepath.Join(d.shardDir(), fmt.Sprintf("%016x", id.Volume), fmt.Sprintf("%016x.%d", id.Segment, id.Index))
+}
+
+// parseShardPath is the inverse of shardPath for a volume directory name
+// and a file name.
+func parseShardPath(volDir, name string) (ShardID, bool) {
+	var id ShardID
+	if _, err := fmt.Sscanf(volDir, "%016x", &id.Volume); err != nil || len(volDir) != 16 {
+		return ShardID{}, false
+	}
+	var seg uint64
+	var idx uint32
+	if n, err := fmt.Sscanf(name, "%016x.%d", &seg, &idx); err != nil || n != 2 || name != fmt.Sprintf("%016x.%d", seg, idx) {
+		return ShardID{}, false
+	}
+	id.Segment, id.Index = seg, idx
+	return id, true
+}
+
+// isNoSpace says whether an error means the filesystem is full.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// isDeviceFault says whether an error means the device itself is failing
+// (as opposed to a missing file, a full disk or a corrupt shard).
+func isDeviceFault(err error) bool {
+	if err == nil || isNoSpace(err) || errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrCorrupt) {
+		return false
+	}
+	return true
+}
+
+// modTime is a file's modification time, or zero.
+func modTime(fi os.FileInfo) time.Time {
+	if fi == nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
+}

@@ -1,0 +1,33 @@
+// Package sled owns the sled controller: a sled's devices (one directory
+// per mass-storage device), the shard files on them with their checksums,
+// the metadata that fences writers (the highest epoch seen per volume,
+// kept in pebble), the scrubber, and the gRPC shard API of sled.proto.
+//
+// # Shards
+//
+// Each shard is one file, d<N>/shards/<volume hex>/<segment hex>.<index>,
+// in the format of format.go: a checksummed header, the data, and a
+// CRC32C per 4 KiB chunk with a checksum over that table. A read checks
+// the header, the table and every chunk it returns; a shard that fails is
+// moved to d<N>/quarantine and reported as corrupt, and its data never
+// leaves the sled. The head node that owns the segment rebuilds it.
+//
+// # Crash safety
+//
+// A shard is written to d<N>/tmp, synced, renamed into place, and the
+// directory synced before Put returns; a crash leaves either the old shard
+// (or none) or the new one, and any temp file is deleted at the next start,
+// which rebuilds the in-memory index from the shard files. A newer epoch
+// is recorded (synced) before the write that carries it is acknowledged,
+// so a deposed primary stays fenced across restarts.
+//
+// # Devices
+//
+// A device whose I/O fails (other than a full disk, a missing file or a
+// checksum) is marked failed durably and never used again; its shards
+// vanish from the sled, which keeps serving from its other devices. A
+// full device is skipped; when none has room, Put says so.
+//
+// It may import the standard library, pebble, grpc, prometheus,
+// internal/durable, internal/rpc and proto/sledpb.
+package sled

@@ -1,0 +1,176 @@
+package sled
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// Shard file format, version 1 (all integers little-endian):
+//
+//	header, 48 bytes:
+//	  0  magic     "BALSHARD"
+//	  8  version   u16 (1)
+//	 10  reserved  u16 (0)
+//	 12  chunk     u32: bytes per checksummed chunk (4096)
+//	 16  volume    u64
+//	 24  segment   u64
+//	 32  index     u32
+//	 36  length    u64: bytes of shard data
+//	 44  crc       u32: CRC32C of bytes 0..43
+//	data, `length` bytes
+//	chunk table: one u32 CRC32C per chunk of data (the last may be short)
+//	table crc:   u32 CRC32C of the chunk table
+//
+// A read of a range checks the header, the whole chunk table against its
+// crc, and every chunk the range touches against its entry; any mismatch
+// means the shard is corrupt and none of its data is returned.
+
+const (
+	shardMagic    = "BALSHARD"
+	formatVersion = 1
+	headerBytes   = 48
+	chunkBytes    = 4096
+	maxShardBytes = 64 << 20
+	crcBytes      = 4
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrCorrupt marks a shard file that fails a check: its data must never
+// be returned. Test with errors.Is.
+var ErrCorrupt = errors.New("sled: shard is corrupt")
+
+// ShardID names one shard.
+type ShardID struct {
+	Volume  uint64
+	Segment uint64
+	Index   uint32
+}
+
+func (id ShardID) String() string {
+	return fmt.Sprintf("volume %d segment %d shard %d", id.Volume, id.Segment, id.Index)
+}
+
+// header is the decoded fixed header of a shard file.
+type header struct {
+	id     ShardID
+	chunk  uint32
+	length uint64
+}
+
+func chunksFor(length uint64) uint64 { return (length + chunkBytes - 1) / chunkBytes }
+
+// fileSize is the size of the file that holds a shard of length bytes.
+func fileSize(length uint64) uint64 {
+	return headerBytes + length + chunksFor(length)*crcBytes + crcBytes
+}
+
+// encodeShard returns the whole file of a shard.
+func encodeShard(id ShardID, data []byte) []byte {
+	n := uint64(len(data))
+	out := make([]byte, fileSize(n))
+	copy(out, shardMagic)
+	binary.LittleEndian.PutUint16(out[8:], formatVersion)
+	binary.LittleEndian.PutUint32(out[12:], chunkBytes)
+	binary.LittleEndian.PutUint64(out[16:], id.Volume)
+	binary.LittleEndian.PutUint64(out[24:], id.Segment)
+	binary.LittleEndian.PutUint32(out[32:], id.Index)
+	binary.LittleEndian.PutUint64(out[36:], n)
+	binary.LittleEndian.PutUint32(out[44:], crc32.Checksum(out[:44], castagnoli))
+	copy(out[headerBytes:], data)
+	table := out[headerBytes+n : headerBytes+n+chunksFor(n)*crcBytes]
+	for c := uint64(0); c < chunksFor(n); c++ {
+		end := min((c+1)*chunkBytes, n)
+		binary.LittleEndian.PutUint32(table[c*crcBytes:], crc32.Checksum(data[c*chunkBytes:end], castagnoli))
+	}
+	binary.LittleEndian.PutUint32(out[len(out)-crcBytes:], crc32.Checksum(table, castagnoli))
+	return out
+}
+
+// decodeHeader checks and decodes a shard file's header.
+func decodeHeader(b []byte) (header, error) {
+	if len(b) < headerBytes {
+		return header{}, fmt.Errorf("%w: header of %d bytes", ErrCorrupt, len(b))
+	}
+	if string(b[:8]) != shardMagic {
+		return header{}, fmt.Errorf("%w: bad magic", ErrCorrupt)
+	}
+	if got, want := crc32.Checksum(b[:44], castagnoli), binary.LittleEndian.Uint32(b[44:]); got != want {
+		return header{}, fmt.Errorf("%w: header checksum %08x, want %08x", ErrCorrupt, got, want)
+	}
+	if v := binary.LittleEndian.Uint16(b[8:]); v != formatVersion {
+		return header{}, fmt.Errorf("%w: format version %d", ErrCorrupt, v)
+	}
+	h := header{
+		chunk:  binary.LittleEndian.Uint32(b[12:]),
+		length: binary.LittleEndian.Uint64(b[36:]),
+		id: ShardID{
+			Volume:  binary.LittleEndian.Uint64(b[16:]),
+			Segment: binary.LittleEndian.Uint64(b[24:]),
+			Index:   binary.LittleEndian.Uint32(b[32:]),
+		},
+	}
+	if h.chunk != chunkBytes {
+		return header{}, fmt.Errorf("%w: chunk size %d", ErrCorrupt, h.chunk)
+	}
+	if h.length > maxShardBytes {
+		return header{}, fmt.Errorf("%w: length %d", ErrCorrupt, h.length)
+	}
+	return h, nil
+}
+
+// checkTable checks the chunk table (with its trailing crc) of a shard of
+// length bytes and returns the per-chunk checksums.
+func checkTable(b []byte, length uint64) ([]uint32, error) {
+	n := chunksFor(length)
+	if uint64(len(b)) != n*crcBytes+crcBytes {
+		return nil, fmt.Errorf("%w: chunk table of %d bytes for %d chunks", ErrCorrupt, len(b), n)
+	}
+	table := b[:n*crcBytes]
+	if got, want := crc32.Checksum(table, castagnoli), binary.LittleEndian.Uint32(b[n*crcBytes:]); got != want {
+		return nil, fmt.Errorf("%w: chunk table checksum %08x, want %08x", ErrCorrupt, got, want)
+	}
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = binary.LittleEndian.Uint32(table[i*crcBytes:])
+	}
+	return out, nil
+}
+
+// checkChunks checks data, which starts at chunk `first` of a shard of
+// length bytes, chunk by chunk against the table.
+func checkChunks(data []byte, first uint64, length uint64, table []uint32) error {
+	for i := uint64(0); uint64(len(data)) > i*chunkBytes; i++ {
+		c := first + i
+		if c >= uint64(len(table)) {
+			return fmt.Errorf("%w: chunk %d past the table", ErrCorrupt, c)
+		}
+		end := min((i+1)*chunkBytes, uint64(len(data)))
+		if got := crc32.Checksum(data[i*chunkBytes:end], castagnoli); got != table[c] {
+			return fmt.Errorf("%w: chunk %d checksum %08x, want %08x", ErrCorrupt, c, got, table[c])
+		}
+	}
+	return nil
+}
+
+// decodeShard checks a whole shard file and returns its id and data.
+func decodeShard(b []byte) (ShardID, []byte, error) {
+	h, err := decodeHeader(b)
+	if err != nil {
+		return ShardID{}, nil, err
+	}
+	if uint64(len(b)) != fileSize(h.length) {
+		return ShardID{}, nil, fmt.Errorf("%w: file of %d bytes for a shard of %d", ErrCorrupt, len(b), h.length)
+	}
+	data := b[headerBytes : headerBytes+h.length]
+	table, err := checkTable(b[headerBytes+h.length:], h.length)
+	if err != nil {
+		return ShardID{}, nil, err
+	}
+	if err := checkChunks(data, 0, h.length, table); err != nil {
+		return ShardID{}, nil, err
+	}
+	return h.id, data, nil
+}

@@ -1,0 +1,124 @@
+package sled
+
+import (
+	"context"
+	"errors"
+	"hash/crc32"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballast-storage/ballast/proto/sledpb"
+)
+
+// server is the gRPC face of a Sled.
+type server struct {
+	sledpb.UnimplementedSledServer
+	sled *Sled
+}
+
+// toStatus maps the store's error classes onto the codes sled.proto names.
+func toStatus(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ErrCorrupt):
+		return status.Error(codes.DataLoss, err.Error())
+	case errors.Is(err, ErrStaleEpoch):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrNoSpace):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrClosed):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func isCorruptErr(err error) bool { return errors.Is(err, ErrCorrupt) }
+
+func shardID(id *sledpb.ShardID) (ShardID, error) {
+	if id == nil {
+		return ShardID{}, status.Error(codes.InvalidArgument, "no shard id")
+	}
+	return ShardID{Volume: id.VolumeId, Segment: id.SegmentId, Index: id.Index}, nil
+}
+
+func (s *server) PutShard(ctx context.Context, req *sledpb.PutShardRequest) (*sledpb.PutShardResponse, error) {
+	id, err := shardID(req.Id)
+	if err != nil {
+		return nil, err
+	}
+	if got := crc32.Checksum(req.Data, castagnoli); got != req.Crc32C {
+		return nil, status.Errorf(codes.InvalidArgument, "%s: data checksum %08x does not match %08x: damaged in transit", id, got, req.Crc32C)
+	}
+	dev, err := s.sled.store.Put(id, req.Epoch, req.Data)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &sledpb.PutShardResponse{Device: dev}, nil
+}
+
+func (s *server) GetShard(ctx context.Context, req *sledpb.GetShardRequest) (*sledpb.GetShardResponse, error) {
+	id, err := shardID(req.Id)
+	if err != nil {
+		return nil, err
+	}
+	data, size, err := s.sled.store.Get(id, req.Offset, req.Length)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &sledpb.GetShardResponse{Data: data, ShardSizeBytes: size}, nil
+}
+
+func (s *server) DeleteShard(ctx context.Context, req *sledpb.DeleteShardRequest) (*sledpb.DeleteShardResponse, error) {
+	id, err := shardID(req.Id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.sled.store.Delete(id, req.Epoch); err != nil {
+		return nil, toStatus(err)
+	}
+	return &sledpb.DeleteShardResponse{}, nil
+}
+
+func (s *server) ListShards(req *sledpb.ListShardsRequest, stream sledpb.Sled_ListShardsServer) error {
+	for _, sh := range s.sled.store.List(req.VolumeId, req.AllVolumes) {
+		if err := stream.Send(&sledpb.ShardInfo{
+			Id:                &sledpb.ShardID{VolumeId: sh.ID.Volume, SegmentId: sh.ID.Segment, Index: sh.ID.Index},
+			SizeBytes:         sh.Length,
+			Device:            sh.Device,
+			ModifiedUnixNanos: sh.Modified.UnixNano(),
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *server) Stat(ctx context.Context, req *sledpb.StatRequest) (*sledpb.StatResponse, error) {
+	resp := &sledpb.StatResponse{SledId: s.sled.cfg.ID}
+	for _, d := range s.sled.store.Devices() {
+		resp.Devices = append(resp.Devices, &sledpb.DeviceStat{
+			Id: d.ID, Path: d.Path, CapacityBytes: d.CapacityBytes, UsedBytes: d.UsedBytes,
+			Shards: d.Shards, Failed: d.Failed, Failure: d.Failure,
+		})
+		resp.Shards += d.Shards
+		if !d.Failed {
+			resp.CapacityBytes += d.CapacityBytes
+			resp.UsedBytes += d.UsedBytes
+		}
+	}
+	st := s.sled.scrub.snapshot()
+	resp.Scrub = &sledpb.ScrubStat{
+		Passes: st.Passes, ShardsVerified: st.ShardsVerified, BytesVerified: st.BytesVerified,
+		CorruptFound: s.sled.store.Quarantined(), RateBytesPerSecond: st.RateBytesPerSec,
+	}
+	if !st.LastPass.IsZero() {
+		resp.Scrub.LastPassUnixNanos = st.LastPass.UnixNano()
+	}
+	return resp, nil
+}

@@ -1,0 +1,523 @@
+package sled
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballast-storage/ballast/internal/rpc"
+	"github.com/ballast-storage/ballast/proto/sledpb"
+)
+
+func randomData(seed int64, n int) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
+}
+
+func TestShardFormatRoundTripAndGoldenLayout(t *testing.T) {
+	for _, n := range []int{0, 1, 4095, 4096, 4097, 3*4096 + 5, 1 << 20} {
+		id := ShardID{Volume: 7, Segment: uint64(n), Index: 3}
+		data := randomData(int64(n), n)
+		file := encodeShard(id, data)
+		if uint64(len(file)) != fileSize(uint64(n)) {
+			t.Fatalf("%d bytes: file of %d, want %d", n, len(file), fileSize(uint64(n)))
+		}
+		gotID, got, err := decodeShard(file)
+		if err != nil || gotID != id || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: round trip: %v %v", n, gotID, err)
+		}
+	}
+	file := encodeShard(ShardID{Volume: 1, Segment: 2, Index: 3}, []byte("hello"))
+	want := "42414c5348415244010000000010000001000000000000000200000000000000030000000500000000000000e3b88b7a68656c6c6f" // header + data
+	if got := fmt.Sprintf("%x", file[:headerBytes+5]); got != want {
+		t.Fatalf("layout changed:\n got %s\nwant %s", got, want)
+	}
+	if crc := binary.LittleEndian.Uint32(file[headerBytes+5:]); crc != crc32.Checksum([]byte("hello"), castagnoli) {
+		t.Fatalf("chunk crc %08x", crc)
+	}
+}
+
+func TestShardFormatDetectsEveryCorruption(t *testing.T) {
+	id := ShardID{Volume: 1, Segment: 2, Index: 0}
+	file := encodeShard(id, randomData(1, 3*4096+100))
+	// Flip each byte once: header, data, chunk table and table crc alike.
+	for i := range file {
+		bad := bytes.Clone(file)
+		bad[i] ^= 0x40
+		if _, _, err := decodeShard(bad); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("flipped byte %d: %v, want ErrCorrupt", i, err)
+		}
+	}
+	for _, n := range []int{0, 10, headerBytes, len(file) - 1} {
+		if _, _, err := decodeShard(file[:n]); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("truncated to %d: %v, want ErrCorrupt", n, err)
+		}
+	}
+	if _, _, err := decodeShard(append(bytes.Clone(file), 0)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("extended: %v, want ErrCorrupt", err)
+	}
+}
+
+func FuzzDecodeShard(f *testing.F) {
+	f.Add(encodeShard(ShardID{1, 2, 3}, []byte("hello")))
+	f.Add(encodeShard(ShardID{1, 2, 3}, nil))
+	f.Add(encodeShard(ShardID{9, 9, 9}, randomData(2, 9000)))
+	f.Add([]byte(shardMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, data, err := decodeShard(b)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error of another class: %v", err)
+			}
+			return
+		}
+		// Whatever decodes must encode back to the same file.
+		if again := encodeShard(id, data); !bytes.Equal(again, b) {
+			t.Fatalf("decoded %s of %d bytes re-encodes differently", id, len(data))
+		}
+	})
+}
+
+// faultFS wraps the real filesystem with injected faults by device path.
+type faultFS struct {
+	osFS
+	mu        sync.Mutex
+	ioErrors  map[string]bool // device path -> every write and read fails with EIO
+	noSpace   map[string]bool // device path -> writes fail with ENOSPC
+	readFault map[string]bool // device path -> reads fail with EIO
+}
+
+func newFaultFS() *faultFS {
+	return &faultFS{ioErrors: map[string]bool{}, noSpace: map[string]bool{}, readFault: map[string]bool{}}
+}
+
+func (f *faultFS) check(path string, write bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for dev := range f.ioErrors {
+		if strings.HasPrefix(path, dev+string(filepath.Separator)) {
+			return &os.PathError{Op: "io", Path: path, Err: syscall.EIO}
+		}
+	}
+	for dev := range f.noSpace {
+		if write && strings.HasPrefix(path, dev+string(filepath.Separator)) {
+			return &os.PathError{Op: "write", Path: path, Err: syscall.ENOSPC}
+		}
+	}
+	for dev := range f.readFault {
+		if !write && strings.HasPrefix(path, dev+string(filepath.Separator)) {
+			return &os.PathError{Op: "read", Path: path, Err: syscall.EIO}
+		}
+	}
+	return nil
+}
+
+func (f *faultFS) WriteFileSync(path string, data []byte) error {
+	if err := f.check(path, true); err != nil {
+		return err
+	}
+	return f.osFS.WriteFileSync(path, data)
+}
+
+func (f *faultFS) ReadAt(path string, off int64, n int) ([]byte, error) {
+	if err := f.check(path, false); err != nil {
+		return nil, err
+	}
+	return f.osFS.ReadAt(path, off, n)
+}
+
+func (f *faultFS) set(fn func(*faultFS)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func openTestStore(t *testing.T, dir string, devices int, capacity uint64, fs deviceFS) *Store {
+	t.Helper()
+	var paths []string
+	for i := range devices {
+		paths = append(paths, filepath.Join(dir, fmt.Sprintf("d%d", i)))
+	}
+	s, err := openStore(storeOptions{id: "t", dataDir: dir, devicePaths: paths, capacityBytes: capacity, fs: fs,
+		logger: slog.New(slog.DiscardHandler), metrics: newMetrics(prometheus.NewRegistry())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestStorePutGetDeleteListAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestStore(t, dir, 2, 0, nil)
+	a := ShardID{Volume: 1, Segment: 10, Index: 0}
+	b := ShardID{Volume: 2, Segment: 11, Index: 5}
+	da, db := randomData(1, 100_000), randomData(2, 4096)
+	if _, err := s.Put(a, 1, da); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(b, 3, db); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ off, n uint64 }{{0, 0}, {0, 1}, {4095, 2}, {50_000, 30_000}, {99_999, 1}, {100_000, 0}} {
+		got, size, err := s.Get(a, c.off, c.n)
+		want := da[c.off:]
+		if c.n != 0 {
+			want = da[c.off : c.off+c.n]
+		}
+		if err != nil || size != 100_000 || !bytes.Equal(got, want) {
+			t.Fatalf("get [%d,+%d): %v (size %d)", c.off, c.n, err, size)
+		}
+	}
+	if _, _, err := s.Get(a, 99_000, 2000); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("range past the end: %v", err)
+	}
+	if _, _, err := s.Get(ShardID{Volume: 9}, 0, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing shard: %v", err)
+	}
+	if l := s.List(1, false); len(l) != 1 || l[0].ID != a || l[0].Length != 100_000 {
+		t.Fatalf("list volume 1: %+v", l)
+	}
+	if l := s.List(0, true); len(l) != 2 {
+		t.Fatalf("list all: %+v", l)
+	}
+	// Replace atomically.
+	da2 := randomData(3, 5000)
+	if _, err := s.Put(a, 1, da2); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := s.Get(a, 0, 0); !bytes.Equal(got, da2) {
+		t.Fatal("replaced shard reads old data")
+	}
+	var used uint64
+	for _, d := range s.Devices() {
+		used += d.UsedBytes
+	}
+	if used != fileSize(5000)+fileSize(4096) {
+		t.Fatalf("used %d bytes after a replace, want %d", used, fileSize(5000)+fileSize(4096))
+	}
+	// A crash leaves a temp file: the next start removes it.
+	tmp := filepath.Join(dir, "d0", "tmp", "leftover")
+	if err := os.WriteFile(tmp, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openTestStore(t, dir, 2, 0, nil)
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Fatalf("temp file survived a restart: %v", err)
+	}
+	if got, _, err := s.Get(a, 0, 0); err != nil || !bytes.Equal(got, da2) {
+		t.Fatalf("after restart: %v", err)
+	}
+	if got, _, err := s.Get(b, 0, 0); err != nil || !bytes.Equal(got, db) {
+		t.Fatalf("after restart: %v", err)
+	}
+	// Fencing survives the restart too.
+	if _, err := s.Put(b, 2, db); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("put with an older epoch after restart: %v", err)
+	}
+	if err := s.Delete(b, 2); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("delete with an older epoch: %v", err)
+	}
+	if err := s.Delete(b, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Get(b, 0, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted shard: %v", err)
+	}
+	if err := s.Delete(b, 3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("delete twice: %v", err)
+	}
+}
+
+func TestStoreFencesOlderEpochs(t *testing.T) {
+	s := openTestStore(t, t.TempDir(), 1, 0, nil)
+	id := ShardID{Volume: 4, Segment: 1}
+	if _, err := s.Put(id, 5, []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(id, 4, []byte("b")); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("older epoch: %v", err)
+	}
+	if got, _, _ := s.Get(id, 0, 0); string(got) != "a" {
+		t.Fatalf("a fenced write changed the shard: %q", got)
+	}
+	// Other volumes have their own epochs.
+	if _, err := s.Put(ShardID{Volume: 5}, 1, []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(id, 6, []byte("d")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(id, 5, []byte("e")); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("epoch 5 after 6: %v", err)
+	}
+}
+
+func TestStoreFullDevices(t *testing.T) {
+	dir := t.TempDir()
+	fs := newFaultFS()
+	s := openTestStore(t, dir, 2, 3*fileSize(4096), fs)
+	for i := range 6 {
+		if _, err := s.Put(ShardID{Volume: 1, Segment: uint64(i)}, 1, randomData(int64(i), 4096)); err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+	}
+	devs := s.Devices()
+	if devs[0].Shards != 3 || devs[1].Shards != 3 {
+		t.Fatalf("shards not spread to the least full device: %+v", devs)
+	}
+	_, err := s.Put(ShardID{Volume: 1, Segment: 99}, 1, randomData(9, 4096))
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "d0 full") || !strings.Contains(err.Error(), "d1 full") {
+		t.Fatalf("all devices full: %v", err)
+	}
+	// ENOSPC from the filesystem before the configured capacity: the next
+	// device takes the shard, and the full one is not marked failed.
+	s2 := openTestStore(t, t.TempDir(), 2, 0, fs)
+	fs.set(func(f *faultFS) { f.noSpace[s2.Devices()[0].Path] = true })
+	for i := range 3 {
+		dev, err := s2.Put(ShardID{Volume: 1, Segment: uint64(i)}, 1, []byte("x"))
+		if err != nil || dev != "d1" {
+			t.Fatalf("put onto a device whose disk is full: %q %v", dev, err)
+		}
+	}
+	if s2.Devices()[0].Failed {
+		t.Fatal("a full device was marked failed")
+	}
+}
+
+func TestStoreFailedDeviceIsReportedAndAvoided(t *testing.T) {
+	dir := t.TempDir()
+	fs := newFaultFS()
+	s := openTestStore(t, dir, 2, 0, fs)
+	var onD0 []ShardID
+	for i := range 10 {
+		id := ShardID{Volume: 1, Segment: uint64(i)}
+		dev, err := s.Put(id, 1, randomData(int64(i), 9000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dev == "d0" {
+			onD0 = append(onD0, id)
+		}
+	}
+	if len(onD0) == 0 {
+		t.Fatal("nothing on d0")
+	}
+	d0 := s.Devices()[0].Path
+	fs.set(func(f *faultFS) { f.ioErrors[d0] = true })
+	// A read hits the failing device: the shard is gone from this sled
+	// (the head node rebuilds it), and the device is marked failed.
+	if _, _, err := s.Get(onD0[0], 0, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read from a failing device: %v", err)
+	}
+	devs := s.Devices()
+	if !devs[0].Failed || !strings.Contains(devs[0].Failure, "input/output error") || devs[1].Failed {
+		t.Fatalf("devices after an I/O error: %+v", devs)
+	}
+	for _, id := range onD0 {
+		if _, _, err := s.Get(id, 0, 0); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("shard of a failed device: %v", err)
+		}
+	}
+	// New shards go to the other device; the failure survives a restart.
+	for i := range 5 {
+		if dev, err := s.Put(ShardID{Volume: 2, Segment: uint64(i)}, 1, []byte("y")); err != nil || dev != "d1" {
+			t.Fatalf("put with a failed device: %q %v", dev, err)
+		}
+	}
+	s.Close()
+	fs.set(func(f *faultFS) { delete(f.ioErrors, d0) })
+	s = openTestStore(t, dir, 2, 0, fs)
+	if !s.Devices()[0].Failed {
+		t.Fatal("device failure forgotten across a restart")
+	}
+	// A write that fails on a device fails the device and lands elsewhere.
+	s3 := openTestStore(t, t.TempDir(), 2, 0, fs)
+	fs.set(func(f *faultFS) { f.ioErrors[s3.Devices()[0].Path] = true })
+	if dev, err := s3.Put(ShardID{Volume: 3}, 1, []byte("z")); err != nil || dev != "d1" {
+		t.Fatalf("put onto a failing device: %q %v", dev, err)
+	}
+	if !s3.Devices()[0].Failed {
+		t.Fatal("a device that failed a write is not marked failed")
+	}
+}
+
+// corruptShardFile flips one byte of a shard's file on disk.
+func corruptShardFile(t *testing.T, s *Store, id ShardID, at int64) {
+	t.Helper()
+	var path string
+	for _, d := range s.Devices() {
+		p := filepath.Join(d.Path, "shards", fmt.Sprintf("%016x", id.Volume), fmt.Sprintf("%016x.%d", id.Segment, id.Index))
+		if _, err := os.Stat(p); err == nil {
+			path = p
+		}
+	}
+	if path == "" {
+		t.Fatalf("no file for %s", id)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x01
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCorruptShardIsQuarantinedNeverReturned(t *testing.T) {
+	s := openTestStore(t, t.TempDir(), 2, 0, nil)
+	id := ShardID{Volume: 1, Segment: 1}
+	data := randomData(5, 5*4096)
+	if _, err := s.Put(id, 1, data); err != nil {
+		t.Fatal(err)
+	}
+	corruptShardFile(t, s, id, headerBytes+3*4096+17) // in chunk 3
+	// A read of other chunks still passes: checks are per chunk.
+	if got, _, err := s.Get(id, 0, 4096); err != nil || !bytes.Equal(got, data[:4096]) {
+		t.Fatalf("read of an intact chunk: %v", err)
+	}
+	if _, _, err := s.Get(id, 3*4096, 100); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("read of the corrupt chunk: %v, want ErrCorrupt", err)
+	}
+	if _, _, err := s.Get(id, 0, 4096); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a quarantined shard is still served: %v", err)
+	}
+	if s.Quarantined() != 1 || len(s.List(0, true)) != 0 {
+		t.Fatalf("quarantined %d, listed %d", s.Quarantined(), len(s.List(0, true)))
+	}
+	q, _ := os.ReadDir(filepath.Join(s.Devices()[0].Path, "quarantine"))
+	q2, _ := os.ReadDir(filepath.Join(s.Devices()[1].Path, "quarantine"))
+	if len(q)+len(q2) != 1 {
+		t.Fatalf("%d files in quarantine", len(q)+len(q2))
+	}
+}
+
+func TestScrubFindsCorruption(t *testing.T) {
+	s := openTestStore(t, t.TempDir(), 1, 0, nil)
+	for i := range 4 {
+		if _, err := s.Put(ShardID{Volume: 1, Segment: uint64(i)}, 1, randomData(int64(i), 8192)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	corruptShardFile(t, s, ShardID{Volume: 1, Segment: 2}, headerBytes+100)
+	sc := &scrubber{store: s, rate: 64 << 20}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sc.run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for sc.snapshot().Passes == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	st := sc.snapshot()
+	if st.Passes == 0 || st.CorruptFound != 1 || st.ShardsVerified < 4 {
+		t.Fatalf("scrub: %+v", st)
+	}
+	if len(s.List(1, false)) != 3 {
+		t.Fatalf("corrupt shard still listed: %+v", s.List(1, false))
+	}
+}
+
+func TestSledServesOverGRPCOnBothNetworks(t *testing.T) {
+	dir := t.TempDir()
+	var addrs []string
+	for _, ip := range []string{"127.0.1.77", "127.0.2.77"} {
+		addrs = append(addrs, ip+":0")
+	}
+	sl, err := Start(Config{ID: "s1", DataDir: dir, Devices: 2, ListenAddresses: addrs, Logger: slog.New(slog.DiscardHandler), ScrubBytesPerSecond: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	for _, addr := range sl.Addresses() {
+		conn, err := rpc.Dial([]string{addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		c := sledpb.NewSledClient(conn)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		data := randomData(1, 10_000)
+		id := &sledpb.ShardID{VolumeId: 3, SegmentId: 4, Index: 1}
+		if _, err := c.PutShard(ctx, &sledpb.PutShardRequest{Id: id, Epoch: 2, Data: data, Crc32C: crc32.Checksum(data, castagnoli)}); err != nil {
+			t.Fatal(err)
+		}
+		code := func(err error) codes.Code { return status.Code(err) }
+		if _, err := c.PutShard(ctx, &sledpb.PutShardRequest{Id: id, Epoch: 2, Data: data, Crc32C: 1}); code(err) != codes.InvalidArgument {
+			t.Fatalf("bad crc: %v", err)
+		}
+		if _, err := c.PutShard(ctx, &sledpb.PutShardRequest{Id: id, Epoch: 1, Data: data, Crc32C: crc32.Checksum(data, castagnoli)}); code(err) != codes.FailedPrecondition {
+			t.Fatalf("stale epoch: %v", err)
+		}
+		got, err := c.GetShard(ctx, &sledpb.GetShardRequest{Id: id, Offset: 100, Length: 5000})
+		if err != nil || !bytes.Equal(got.Data, data[100:5100]) || got.ShardSizeBytes != 10_000 {
+			t.Fatalf("get: %v", err)
+		}
+		if _, err := c.GetShard(ctx, &sledpb.GetShardRequest{Id: &sledpb.ShardID{VolumeId: 99}}); code(err) != codes.NotFound {
+			t.Fatalf("missing: %v", err)
+		}
+		if _, err := c.GetShard(ctx, &sledpb.GetShardRequest{}); code(err) != codes.InvalidArgument {
+			t.Fatalf("no id: %v", err)
+		}
+		stream, err := c.ListShards(ctx, &sledpb.ListShardsRequest{AllVolumes: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		for {
+			_, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		if n != 1 {
+			t.Fatalf("listed %d shards", n)
+		}
+		st, err := c.Stat(ctx, &sledpb.StatRequest{})
+		if err != nil || st.SledId != "s1" || len(st.Devices) != 2 || st.Shards != 1 || st.CapacityBytes == 0 {
+			t.Fatalf("stat: %v %v", st, err)
+		}
+		// Corrupt it on disk: DataLoss, then NotFound.
+		corruptShardFile(t, sl.Store(), ShardID{Volume: 3, Segment: 4, Index: 1}, headerBytes+1)
+		if _, err := c.GetShard(ctx, &sledpb.GetShardRequest{Id: id}); code(err) != codes.DataLoss {
+			t.Fatalf("corrupt: %v", err)
+		}
+		if _, err := c.GetShard(ctx, &sledpb.GetShardRequest{Id: id}); code(err) != codes.NotFound {
+			t.Fatalf("after quarantine: %v", err)
+		}
+		if _, err := c.DeleteShard(ctx, &sledpb.DeleteShardRequest{Id: id, Epoch: 2}); code(err) != codes.NotFound {
+			t.Fatalf("delete quarantined: %v", err)
+		}
+	}
+}

@@ -1,0 +1,606 @@
+package sled
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/dustin/go-humanize"
+
+	"github.com/ballast-storage/ballast/internal/durable"
+
+	pvfs "github.com/cockroachdb/pebble/vfs"
+)
+
+// The classes of error a Store returns; test with errors.Is.
+var (
+	ErrNotFound   = errors.New("sled: no such shard")
+	ErrStaleEpoch = errors.New("sled: stale epoch")
+	ErrNoSpace    = errors.New("sled: no device has room")
+	ErrInvalid    = errors.New("sled: invalid request")
+	ErrClosed     = errors.New("sled: closed")
+)
+
+// Keys of the sled's metadata database.
+const (
+	metaEpoch   = 'E' // 'E' | volume u64 -> highest epoch seen, u64
+	metaFailure = 'F' // 'F' | device id -> why it was marked failed
+)
+
+// pebbleLogger routes pebble's log lines into slog; its routine lines
+// (WAL replay at every start) are debug-level for a sled's operator.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any)  { p.l.Debug(fmt.Sprintf(format, args...)) }
+func (p pebbleLogger) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+	panic(fmt.Sprintf(format, args...))
+}
+
+// shardEntry is where a shard lives.
+type shardEntry struct {
+	dev       int
+	length    uint64 // of the data
+	fileBytes uint64
+	modified  time.Time
+}
+
+// Store is a sled's shards over its devices, with the metadata that fences
+// writers. It is safe for concurrent use.
+type Store struct {
+	id  string
+	log *slog.Logger
+	m   *metrics
+
+	meta *pebble.DB
+
+	mu          sync.Mutex
+	closed      bool
+	devs        []*device
+	index       map[ShardID]*shardEntry
+	epochs      map[uint64]uint64
+	quarantined uint64
+}
+
+// storeOptions configures openStore.
+type storeOptions struct {
+	id            string
+	dataDir       string
+	devicePaths   []string
+	capacityBytes uint64 // per device; 0: the filesystem's free space plus what is stored
+	fs            deviceFS
+	logger        *slog.Logger
+	metrics       *metrics
+}
+
+// openStore opens (creating if needed) a sled's metadata and devices, and
+// indexes the shards on every device that has not failed.
+func openStore(o storeOptions) (*Store, error) {
+	if o.fs == nil {
+		o.fs = osFS{}
+	}
+	if err := durable.MkdirAll(pvfs.Default, filepath.Join(o.dataDir, "meta")); err != nil {
+		return nil, fmt.Errorf("sled %s: %w", o.id, err)
+	}
+	meta, err := pebble.Open(filepath.Join(o.dataDir, "meta"), &pebble.Options{
+		FormatMajorVersion: pebble.FormatVirtualSSTables,
+		Logger:             pebbleLogger{o.logger},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sled %s: open metadata: %w", o.id, err)
+	}
+	s := &Store{id: o.id, log: o.logger, m: o.metrics, meta: meta, index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}}
+	if err := s.loadMeta(); err != nil {
+		meta.Close()
+		return nil, err
+	}
+	failures, err := s.loadFailures()
+	if err != nil {
+		meta.Close()
+		return nil, err
+	}
+	for i, p := range o.devicePaths {
+		d := &device{id: fmt.Sprintf("d%d", i), path: p, fs: o.fs}
+		if why, ok := failures[d.id]; ok {
+			d.failed, d.failure = true, why
+		} else if err := s.openDevice(d, o.capacityBytes); err != nil {
+			s.log.Error("device failed at start", "sled", s.id, "device", d.id, "err", err)
+			d.failed, d.failure = true, err.Error()
+		}
+		s.devs = append(s.devs, d)
+	}
+	s.updateGauges()
+	return s, nil
+}
+
+func (s *Store) loadMeta() error {
+	it, err := s.meta.NewIter(&pebble.IterOptions{LowerBound: []byte{metaEpoch}, UpperBound: []byte{metaEpoch + 1}})
+	if err != nil {
+		return fmt.Errorf("sled %s: read epochs: %w", s.id, err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(it.Key()) != 9 || len(it.Value()) != 8 {
+			return fmt.Errorf("sled %s: %w: epoch record of %d/%d bytes", s.id, ErrCorrupt, len(it.Key()), len(it.Value()))
+		}
+		s.epochs[binary.BigEndian.Uint64(it.Key()[1:])] = binary.BigEndian.Uint64(it.Value())
+	}
+	return it.Error()
+}
+
+func (s *Store) loadFailures() (map[string]string, error) {
+	out := map[string]string{}
+	it, err := s.meta.NewIter(&pebble.IterOptions{LowerBound: []byte{metaFailure}, UpperBound: []byte{metaFailure + 1}})
+	if err != nil {
+		return nil, fmt.Errorf("sled %s: read device failures: %w", s.id, err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		out[string(it.Key()[1:])] = string(it.Value())
+	}
+	return out, it.Error()
+}
+
+// openDevice prepares a device's directories, clears what a crash left
+// half written, and indexes its shards.
+func (s *Store) openDevice(d *device, capacity uint64) error {
+	for _, dir := range []string{d.shardDir(), d.tmpDir(), d.quarantineDir()} {
+		if err := d.fs.MkdirAll(dir); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	tmps, err := d.fs.ReadDir(d.tmpDir())
+	if err != nil {
+		return fmt.Errorf("read %s: %w", d.tmpDir(), err)
+	}
+	for _, e := range tmps {
+		d.fs.Remove(filepath.Join(d.tmpDir(), e.Name()))
+	}
+	vols, err := d.fs.ReadDir(d.shardDir())
+	if err != nil {
+		return fmt.Errorf("read %s: %w", d.shardDir(), err)
+	}
+	for _, v := range vols {
+		files, err := d.fs.ReadDir(filepath.Join(d.shardDir(), v.Name()))
+		if err != nil {
+			return fmt.Errorf("read %s: %w", v.Name(), err)
+		}
+		for _, f := range files {
+			id, ok := parseShardPath(v.Name(), f.Name())
+			path := filepath.Join(d.shardDir(), v.Name(), f.Name())
+			if !ok {
+				s.log.Warn("ignoring unexpected file", "sled", s.id, "device", d.id, "path", path)
+				continue
+			}
+			hb, err := d.fs.ReadAt(path, 0, headerBytes)
+			var h header
+			if err == nil {
+				h, err = decodeHeader(hb)
+			}
+			if err == nil && h.id != id {
+				err = fmt.Errorf("%w: file of %s holds %s", ErrCorrupt, id, h.id)
+			}
+			fi, serr := d.fs.Stat(path)
+			if err == nil && serr == nil && uint64(fi.Size()) != fileSize(h.length) {
+				err = fmt.Errorf("%w: %s is %d bytes, want %d", ErrCorrupt, id, fi.Size(), fileSize(h.length))
+			}
+			if err != nil {
+				if isDeviceFault(err) {
+					return err
+				}
+				s.quarantineFile(d, id, path, err)
+				continue
+			}
+			if old, ok := s.index[id]; ok {
+				// Two devices hold it (a crash during a move): keep the newer.
+				if !modTime(fi).After(old.modified) {
+					d.fs.Remove(path)
+					continue
+				}
+				s.dropEntryLocked(id, old, true)
+			}
+			s.index[id] = &shardEntry{dev: len(s.devs), length: h.length, fileBytes: fileSize(h.length), modified: modTime(fi)}
+			d.used += fileSize(h.length)
+			d.shards++
+		}
+	}
+	d.capacity = capacity
+	if capacity == 0 {
+		free, err := d.fs.FreeBytes(d.path)
+		if err != nil {
+			return fmt.Errorf("free space of %s: %w", d.path, err)
+		}
+		d.capacity = free + d.used
+	}
+	return nil
+}
+
+// Close closes the metadata database. In-flight calls may fail.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	return s.meta.Close()
+}
+
+// fence checks a writer's epoch for a volume and records a newer one
+// durably before any write that carries it is acknowledged.
+func (s *Store) fence(volume, epoch uint64) error {
+	s.mu.Lock()
+	seen := s.epochs[volume]
+	s.mu.Unlock()
+	if epoch < seen {
+		return fmt.Errorf("%w: volume %d: epoch %d is older than %d", ErrStaleEpoch, volume, epoch, seen)
+	}
+	if epoch == seen {
+		return nil
+	}
+	key := make([]byte, 9)
+	key[0] = metaEpoch
+	binary.BigEndian.PutUint64(key[1:], volume)
+	val := binary.BigEndian.AppendUint64(nil, epoch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.epochs[volume] > epoch {
+		return fmt.Errorf("%w: volume %d: epoch %d is older than %d", ErrStaleEpoch, volume, epoch, s.epochs[volume])
+	}
+	if err := s.meta.Set(key, val, pebble.Sync); err != nil {
+		return fmt.Errorf("sled %s: record epoch: %w", s.id, err)
+	}
+	s.epochs[volume] = epoch
+	return nil
+}
+
+// Put stores a shard, replacing any shard with the same id, on the least
+// full device that has room; a device that fails the write is marked
+// failed and the next one is tried.
+func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
+	if len(data) > maxShardBytes {
+		return "", fmt.Errorf("%w: shard of %d bytes is over the %d maximum", ErrInvalid, len(data), maxShardBytes)
+	}
+	if err := s.fence(id.Volume, epoch); err != nil {
+		return "", err
+	}
+	file := encodeShard(id, data)
+	size := uint64(len(file))
+	var why []string
+	for _, di := range s.devicesByFullness() {
+		s.mu.Lock()
+		d := s.devs[di]
+		room := d.capacity > d.used && d.capacity-d.used >= size
+		failed, used, capacity := d.failed, d.used, d.capacity
+		s.mu.Unlock()
+		if failed {
+			continue
+		}
+		if !room {
+			why = append(why, fmt.Sprintf("%s full (%s of %s used)", d.id, humanize.IBytes(used), humanize.IBytes(capacity)))
+			continue
+		}
+		err := s.writeFile(d, id, file)
+		if err == nil {
+			s.mu.Lock()
+			if old, ok := s.index[id]; ok {
+				s.dropEntryLocked(id, old, old.dev != di)
+			}
+			s.index[id] = &shardEntry{dev: di, length: uint64(len(data)), fileBytes: size, modified: time.Now()}
+			d.used += size
+			d.shards++
+			s.mu.Unlock()
+			s.m.puts.WithLabelValues(s.id).Inc()
+			s.updateGauges()
+			return d.id, nil
+		}
+		if isNoSpace(err) {
+			why = append(why, fmt.Sprintf("%s: %v", d.id, err))
+			continue
+		}
+		s.markFailed(d, err)
+		why = append(why, fmt.Sprintf("%s failed: %v", d.id, err))
+	}
+	if len(why) == 0 {
+		why = []string{"every device has failed"}
+	}
+	return "", fmt.Errorf("%w: sled %s: no device has room for %s: %s", ErrNoSpace, s.id, humanize.IBytes(size), strings.Join(why, "; "))
+}
+
+func (s *Store) writeFile(d *device, id ShardID, file []byte) error {
+	dst := d.shardPath(id)
+	if err := d.fs.MkdirAll(filepath.Dir(dst)); err != nil {
+		return err
+	}
+	tmp := filepath.Join(d.tmpDir(), fmt.Sprintf("%016x.%016x.%d.%d", id.Volume, id.Segment, id.Index, time.Now().UnixNano()))
+	if err := d.fs.WriteFileSync(tmp, file); err != nil {
+		d.fs.Remove(tmp)
+		return err
+	}
+	if err := d.fs.Rename(tmp, dst); err != nil {
+		d.fs.Remove(tmp)
+		return err
+	}
+	// The rename is durable once the directory is synced: only then is
+	// the shard acknowledged.
+	return d.fs.SyncDir(filepath.Dir(dst))
+}
+
+// devicesByFullness returns the indexes of devices, least full first.
+func (s *Store) devicesByFullness() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx := make([]int, len(s.devs))
+	for i := range idx {
+		idx[i] = i
+	}
+	full := func(d *device) float64 {
+		if d.capacity == 0 {
+			return 1
+		}
+		return float64(d.used) / float64(d.capacity)
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return full(s.devs[idx[a]]) < full(s.devs[idx[b]]) })
+	return idx
+}
+
+// dropEntryLocked forgets a shard's entry; with remove, its file goes too.
+func (s *Store) dropEntryLocked(id ShardID, e *shardEntry, remove bool) {
+	d := s.devs[e.dev]
+	d.used -= min(d.used, e.fileBytes)
+	d.shards -= min(d.shards, 1)
+	delete(s.index, id)
+	if remove {
+		d.fs.Remove(d.shardPath(id))
+	}
+}
+
+// markFailed marks a device failed, durably, and forgets its shards: the
+// sled keeps serving from the others, and head nodes rebuild what it held.
+func (s *Store) markFailed(d *device, cause error) {
+	s.mu.Lock()
+	if d.failed {
+		s.mu.Unlock()
+		return
+	}
+	d.failed, d.failure = true, cause.Error()
+	di := -1
+	for i, x := range s.devs {
+		if x == d {
+			di = i
+		}
+	}
+	for id, e := range s.index {
+		if e.dev == di {
+			delete(s.index, id)
+		}
+	}
+	d.used, d.shards = 0, 0
+	closed := s.closed
+	s.mu.Unlock()
+	s.log.Error("device failed; serving from the others", "sled", s.id, "device", d.id, "path", d.path, "err", cause)
+	s.m.deviceFailures.WithLabelValues(s.id).Inc()
+	if !closed {
+		if err := s.meta.Set(append([]byte{metaFailure}, d.id...), []byte(cause.Error()), pebble.Sync); err != nil {
+			s.log.Error("record device failure", "sled", s.id, "device", d.id, "err", err)
+		}
+	}
+	s.updateGauges()
+}
+
+// Get reads bytes [off, off+length) of a shard (length 0: to its end),
+// checking every chunk it touches. A shard that fails a check is
+// quarantined and ErrCorrupt returned: its data is never returned.
+func (s *Store) Get(id ShardID, off, length uint64) ([]byte, uint64, error) {
+	s.mu.Lock()
+	e, ok := s.index[id]
+	var d *device
+	if ok {
+		d = s.devs[e.dev]
+	}
+	s.mu.Unlock()
+	if !ok {
+		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if length == 0 && off <= e.length {
+		length = e.length - off
+	}
+	if off > e.length || length > e.length-off {
+		return nil, 0, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
+	}
+	data, err := s.readRange(d, id, e.length, off, length)
+	if err != nil {
+		return nil, 0, s.readFailed(d, id, err)
+	}
+	s.m.gets.WithLabelValues(s.id).Inc()
+	return data, e.length, nil
+}
+
+// readRange reads and checks a range of a shard file.
+func (s *Store) readRange(d *device, id ShardID, shardLen, off, length uint64) ([]byte, error) {
+	path := d.shardPath(id)
+	hb, err := d.fs.ReadAt(path, 0, headerBytes)
+	if err != nil {
+		return nil, err
+	}
+	h, err := decodeHeader(hb)
+	if err != nil {
+		return nil, err
+	}
+	if h.id != id || h.length != shardLen {
+		return nil, fmt.Errorf("%w: file of %s holds %s of %d bytes", ErrCorrupt, id, h.id, h.length)
+	}
+	tb, err := d.fs.ReadAt(path, int64(headerBytes+h.length), int(chunksFor(h.length)*crcBytes+crcBytes))
+	if err != nil {
+		return nil, err
+	}
+	table, err := checkTable(tb, h.length)
+	if err != nil {
+		return nil, err
+	}
+	if length == 0 {
+		return []byte{}, nil
+	}
+	first := off / chunkBytes
+	end := min((off+length+chunkBytes-1)/chunkBytes*chunkBytes, h.length)
+	chunks, err := d.fs.ReadAt(path, int64(headerBytes+first*chunkBytes), int(end-first*chunkBytes))
+	if err != nil {
+		return nil, err
+	}
+	if err := checkChunks(chunks, first, h.length, table); err != nil {
+		return nil, err
+	}
+	start := off - first*chunkBytes
+	return chunks[start : start+length : start+length], nil
+}
+
+// readFailed classifies a failed read: corruption quarantines the shard,
+// a device fault fails the device; either way the shard is gone from
+// this sled.
+func (s *Store) readFailed(d *device, id ShardID, err error) error {
+	switch {
+	case errors.Is(err, ErrCorrupt):
+		s.quarantine(d, id, err)
+		return fmt.Errorf("sled %s: %s: %w", s.id, id, err)
+	case errors.Is(err, os.ErrNotExist):
+		s.mu.Lock()
+		if e, ok := s.index[id]; ok && s.devs[e.dev] == d {
+			s.dropEntryLocked(id, e, false)
+		}
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %s (its file vanished)", ErrNotFound, id)
+	case isDeviceFault(err):
+		s.markFailed(d, err)
+		return fmt.Errorf("%w: %s: device %s failed: %v", ErrNotFound, id, d.id, err)
+	}
+	return err
+}
+
+// quarantine moves a corrupt shard's file aside and forgets the shard.
+func (s *Store) quarantine(d *device, id ShardID, cause error) {
+	s.mu.Lock()
+	if e, ok := s.index[id]; ok && s.devs[e.dev] == d {
+		s.dropEntryLocked(id, e, false)
+	}
+	s.mu.Unlock()
+	s.quarantineFile(d, id, d.shardPath(id), cause)
+}
+
+func (s *Store) quarantineFile(d *device, id ShardID, path string, cause error) {
+	dst := filepath.Join(d.quarantineDir(), fmt.Sprintf("%016x.%016x.%d.%d", id.Volume, id.Segment, id.Index, time.Now().UnixNano()))
+	if err := d.fs.Rename(path, dst); err != nil {
+		d.fs.Remove(path)
+	}
+	s.mu.Lock()
+	s.quarantined++
+	s.mu.Unlock()
+	s.m.corrupt.WithLabelValues(s.id).Inc()
+	s.log.Error("shard failed its checksum; quarantined", "sled", s.id, "device", d.id, "shard", id.String(), "err", cause)
+	s.updateGauges()
+}
+
+// Delete removes a shard; the writer's epoch is fenced as for Put.
+func (s *Store) Delete(id ShardID, epoch uint64) error {
+	if err := s.fence(id.Volume, epoch); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	e, ok := s.index[id]
+	if !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	s.dropEntryLocked(id, e, true)
+	s.mu.Unlock()
+	s.updateGauges()
+	return nil
+}
+
+// ShardInfo is a shard as List reports it.
+type ShardInfo struct {
+	ID       ShardID
+	Length   uint64
+	Device   string
+	Modified time.Time
+}
+
+// List returns the shards of one volume, or of all with all set, sorted.
+func (s *Store) List(volume uint64, all bool) []ShardInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []ShardInfo
+	for id, e := range s.index {
+		if all || id.Volume == volume {
+			out = append(out, ShardInfo{ID: id, Length: e.length, Device: s.devs[e.dev].id, Modified: e.modified})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].ID, out[j].ID
+		if a.Volume != b.Volume {
+			return a.Volume < b.Volume
+		}
+		if a.Segment != b.Segment {
+			return a.Segment < b.Segment
+		}
+		return a.Index < b.Index
+	})
+	return out
+}
+
+// DeviceInfo is a device as Stat reports it.
+type DeviceInfo struct {
+	ID, Path      string
+	CapacityBytes uint64
+	UsedBytes     uint64
+	Shards        uint64
+	Failed        bool
+	Failure       string
+}
+
+// Devices reports every device.
+func (s *Store) Devices() []DeviceInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]DeviceInfo, len(s.devs))
+	for i, d := range s.devs {
+		out[i] = DeviceInfo{ID: d.id, Path: d.path, CapacityBytes: d.capacity, UsedBytes: d.used, Shards: d.shards, Failed: d.failed, Failure: d.failure}
+	}
+	return out
+}
+
+// Quarantined counts shards found corrupt since the sled started.
+func (s *Store) Quarantined() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.quarantined
+}
+
+func (s *Store) updateGauges() {
+	s.mu.Lock()
+	var shards, used uint64
+	failed := 0
+	for _, d := range s.devs {
+		shards += d.shards
+		used += d.used
+		if d.failed {
+			failed++
+		}
+	}
+	s.mu.Unlock()
+	s.m.shards.WithLabelValues(s.id).Set(float64(shards))
+	s.m.usedBytes.WithLabelValues(s.id).Set(float64(used))
+	s.m.failedDevices.WithLabelValues(s.id).Set(float64(failed))
+}
