@@ -30,6 +30,8 @@ var allowed = map[string][]string{
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume"},
 	"attach/nbd":          {"attach/blockdev"},
 	"attach/nvmetcp":      {"attach/blockdev"},
+	"bench":               {"attach", "attach/blockdev", "internal/", "proto/"},
+	"sled":                {"internal/", "proto/sledpb"},
 }
 
 var unrestricted = []string{"cmd/", "e2e"}
