@@ -39,7 +39,9 @@ FUZZ_TARGETS := \
 	./attach/nbd/:FuzzRequestParser \
 	./consensus/transport/:FuzzDecodeRequest \
 	./consensus/logstore/:FuzzDecodeLogValue \
-	./sled/:FuzzDecodeShard
+	./sled/:FuzzDecodeShard \
+	./attach/nvmetcp/:FuzzPDUParser \
+	./attach/nvmetcp/:FuzzConnection
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
