@@ -2,18 +2,24 @@ package attach
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ballast-storage/ballast/attach/blockdev"
 	"github.com/ballast-storage/ballast/attach/nbd"
+	"github.com/ballast-storage/ballast/attach/nvmetcp"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
 )
 
 // AgentConfig configures an agent.
@@ -22,20 +28,37 @@ type AgentConfig struct {
 	HeadNodes [][]string
 	// NBDListen is the NBD server's address, e.g. 127.0.0.1:10809.
 	NBDListen string
-	Logger    *slog.Logger
+	// NVMeListen lists the NVMe/TCP target's I/O ports, e.g.
+	// 127.0.0.1:4420 (one per network); none disables NVMe/TCP. Each
+	// also answers the discovery controller.
+	NVMeListen []string
+	// NVMeDiscoveryListen lists discovery-only ports (8009 by
+	// convention); they need NVMeListen.
+	NVMeDiscoveryListen []string
+	Logger              *slog.Logger
 }
+
+// NQNPrefix is the prefix of the subsystem NQN of every volume:
+// NQNPrefix + volume name.
+const NQNPrefix = "nqn.2026-11.io.ballast:"
+
+// VolumeNQN is the NVMe subsystem NQN that serves a volume.
+func VolumeNQN(volume string) string { return NQNPrefix + volume }
 
 // Agent serves the rack's volumes to the local hypervisor.
 type Agent struct {
 	client   *Client
 	nbd      *nbd.Server
+	nvme     *nvmetcp.Target
 	listener net.Listener
+	nvmeL    []net.Listener
+	discL    []net.Listener
 	log      *slog.Logger
 	cancel   context.CancelFunc
 	done     sync.WaitGroup
 }
 
-// StartAgent starts serving NBD.
+// StartAgent starts serving NBD, and NVMe/TCP if configured.
 func StartAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -43,31 +66,88 @@ func StartAgent(cfg AgentConfig) (*Agent, error) {
 	if len(cfg.HeadNodes) == 0 {
 		return nil, errors.New("agent: at least one head node is required")
 	}
-	l, err := net.Listen("tcp", cfg.NBDListen)
-	if err != nil {
-		return nil, fmt.Errorf("agent: listen for NBD: %w", err)
+	if len(cfg.NVMeListen) == 0 && len(cfg.NVMeDiscoveryListen) > 0 {
+		return nil, errors.New("agent: an NVMe/TCP discovery port needs an NVMe/TCP I/O port")
 	}
 	a := &Agent{
-		client:   &Client{HeadNodes: cfg.HeadNodes, Logger: cfg.Logger},
-		listener: l,
-		log:      cfg.Logger.With("role", "agent"),
+		client: &Client{HeadNodes: cfg.HeadNodes, Logger: cfg.Logger},
+		log:    cfg.Logger.With("role", "agent"),
 	}
-	a.nbd = &nbd.Server{Exports: exports{a.client}, Logger: a.log}
+	// Listen on everything first, so that a taken port fails the start
+	// before anything is served.
+	var err error
+	closeAll := func() {
+		for _, l := range append(append([]net.Listener{a.listener}, a.nvmeL...), a.discL...) {
+			if l != nil {
+				l.Close()
+			}
+		}
+	}
+	if a.listener, err = net.Listen("tcp", cfg.NBDListen); err != nil {
+		return nil, fmt.Errorf("agent: listen for NBD: %w", err)
+	}
+	for _, addr := range cfg.NVMeListen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("agent: listen for NVMe/TCP: %w", err)
+		}
+		a.nvmeL = append(a.nvmeL, l)
+	}
+	for _, addr := range cfg.NVMeDiscoveryListen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("agent: listen for NVMe/TCP discovery: %w", err)
+		}
+		a.discL = append(a.discL, l)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
+	a.nbd = &nbd.Server{Exports: exports{a.client}, Logger: a.log}
+	a.serve("NBD server", func() error { return a.nbd.Serve(ctx, a.listener) })
+	a.log.Info("serving NBD", "addr", a.listener.Addr().String())
+	if len(a.nvmeL) > 0 {
+		a.nvme = &nvmetcp.Target{Subsystems: subsystems{a.client}, Logger: a.log}
+		for _, l := range a.nvmeL {
+			a.serve("NVMe/TCP target", func() error { return a.nvme.Serve(ctx, l) })
+			a.log.Info("serving NVMe/TCP", "addr", l.Addr().String())
+		}
+		for _, l := range a.discL {
+			a.serve("NVMe/TCP discovery", func() error { return a.nvme.ServeDiscovery(ctx, l) })
+			a.log.Info("serving NVMe/TCP discovery", "addr", l.Addr().String())
+		}
+	}
+	return a, nil
+}
+
+// serve runs a server loop until the agent closes.
+func (a *Agent) serve(what string, run func() error) {
 	a.done.Add(1)
 	go func() {
 		defer a.done.Done()
-		if err := a.nbd.Serve(ctx, l); err != nil && ctx.Err() == nil {
-			a.log.Error("NBD server stopped", "err", err)
+		if err := run(); err != nil && !errors.Is(err, nvmetcp.ErrTargetClosed) && !errors.Is(err, nbd.ErrServerClosed) {
+			a.log.Error(what+" stopped", "err", err)
 		}
 	}()
-	a.log.Info("serving NBD", "addr", l.Addr().String())
-	return a, nil
 }
 
 // NBDAddr is the address the NBD server listens on.
 func (a *Agent) NBDAddr() net.Addr { return a.listener.Addr() }
+
+// NVMeAddrs are the addresses of the NVMe/TCP I/O ports.
+func (a *Agent) NVMeAddrs() []net.Addr { return listenAddrs(a.nvmeL) }
+
+// NVMeDiscoveryAddrs are the addresses of the NVMe/TCP discovery ports.
+func (a *Agent) NVMeDiscoveryAddrs() []net.Addr { return listenAddrs(a.discL) }
+
+func listenAddrs(ls []net.Listener) []net.Addr {
+	var out []net.Addr
+	for _, l := range ls {
+		out = append(out, l.Addr())
+	}
+	return out
+}
 
 // Client is the agent's client of the head nodes.
 func (a *Agent) Client() *Client { return a.client }
@@ -76,6 +156,9 @@ func (a *Agent) Client() *Client { return a.client }
 func (a *Agent) Close() error {
 	a.cancel()
 	a.nbd.Close()
+	if a.nvme != nil {
+		a.nvme.Close()
+	}
 	a.done.Wait()
 	a.client.Close()
 	return nil
@@ -96,8 +179,13 @@ func (e exports) Open(ctx context.Context, name string) (nbd.Backend, error) {
 }
 
 func (e exports) List(ctx context.Context) ([]string, error) {
+	return e.client.volumeNames(ctx)
+}
+
+// volumeNames lists every volume of the rack.
+func (c *Client) volumeNames(ctx context.Context) ([]string, error) {
 	var names []string
-	err := e.client.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+	err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
 		resp, err := a.ListVolumes(ctx, &ballastpb.ListVolumesRequest{})
 		if err != nil {
 			return err
@@ -108,6 +196,103 @@ func (e exports) List(ctx context.Context) ([]string, error) {
 		return nil
 	})
 	return names, err
+}
+
+// subsystems resolves NVMe subsystem NQNs to volumes: every volume of
+// the rack is a subsystem (attachments, which will narrow this to the
+// volumes attached to this host, come later).
+type subsystems struct{ client *Client }
+
+func (s subsystems) List(ctx context.Context) ([]string, error) {
+	names, err := s.client.volumeNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nqns := make([]string, len(names))
+	for i, n := range names {
+		nqns[i] = VolumeNQN(n)
+	}
+	return nqns, nil
+}
+
+func (s subsystems) Open(ctx context.Context, nqn string) (nvmetcp.Namespace, error) {
+	name, ok := strings.CutPrefix(nqn, NQNPrefix)
+	if !ok || volume.ValidateName(name) != nil {
+		return nvmetcp.Namespace{}, fmt.Errorf("%w: %s", nvmetcp.ErrUnknownSubsystem, nqn)
+	}
+	v, err := s.client.OpenVolume(ctx, name)
+	if status.Code(err) == codes.NotFound {
+		return nvmetcp.Namespace{}, fmt.Errorf("%w: %s", nvmetcp.ErrUnknownSubsystem, nqn)
+	}
+	if err != nil {
+		return nvmetcp.Namespace{}, err
+	}
+	return nvmetcp.Namespace{Device: newSpreadDevice(v, nvmeStreams), ID: namespaceID(v)}, nil
+}
+
+// nvmeStreams is how many I/O streams to the primary one NVMe/TCP
+// controller spreads its commands over.
+const nvmeStreams = 4
+
+// spreadDevice is a volume opened over several I/O streams. All the
+// queues of an NVMe/TCP controller share one device; over one gRPC
+// stream, that stream's flow-control window would bound them all (NBD
+// gets a stream per connection). Commands in flight have no order among
+// them, so any stream may carry any of them.
+type spreadDevice struct {
+	vols []*Volume
+	next atomic.Uint32
+}
+
+func newSpreadDevice(v *Volume, n int) *spreadDevice {
+	d := &spreadDevice{vols: []*Volume{v}}
+	v.mu.Lock()
+	primary := v.primary
+	v.mu.Unlock()
+	for range n - 1 {
+		d.vols = append(d.vols, &Volume{client: v.client, name: v.name, size: v.size, id: v.id, primary: primary})
+	}
+	return d
+}
+
+func (d *spreadDevice) pick() device { return device{d.vols[int(d.next.Add(1))%len(d.vols)]} }
+
+func (d *spreadDevice) Size() uint64 { return d.vols[0].Size() }
+
+func (d *spreadDevice) ReadAt(ctx context.Context, p []byte, off uint64) error {
+	return d.pick().ReadAt(ctx, p, off)
+}
+
+func (d *spreadDevice) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
+	return d.pick().WriteAt(ctx, p, off, fua)
+}
+
+// Flush on any stream: every write that returned is durable already.
+func (d *spreadDevice) Flush(ctx context.Context) error { return d.pick().Flush(ctx) }
+
+func (d *spreadDevice) Trim(ctx context.Context, off, length uint64) error {
+	return d.pick().Trim(ctx, off, length)
+}
+
+func (d *spreadDevice) WriteZeroes(ctx context.Context, off, length uint64, noHole bool) error {
+	return d.pick().WriteZeroes(ctx, off, length, noHole)
+}
+
+func (d *spreadDevice) Close() error {
+	for _, v := range d.vols {
+		v.Close()
+	}
+	return nil
+}
+
+// namespaceID identifies a volume for good: a volume deleted and created
+// again under the same name gets a new ID, as its data is new.
+func namespaceID(v *Volume) [16]byte {
+	b := binary.BigEndian.AppendUint64([]byte("ballast-volume:"), v.id)
+	sum := sha256.Sum256(append(b, v.name...))
+	var id [16]byte
+	copy(id[:], sum[:])
+	return id
 }
 
 // device is an open volume as the protocol servers see it.

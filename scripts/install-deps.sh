@@ -2,7 +2,8 @@
 # Installs the Debian packages of the real clients the tests drive: qemu-io
 # and qemu-img (qemu-utils), nbdinfo and nbdcopy (libnbd-bin), libnbd's
 # Python bindings (python3-libnbd, for requests other clients refuse to
-# send), fio.
+# send), fio; and what the VM harness of the NVMe/TCP end-to-end test
+# (../shared/vm) needs to build and boot its guest under QEMU.
 set -euo pipefail
 
 declare -A pkg_for=(
@@ -17,6 +18,13 @@ declare -A pkg_for=(
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
+done
+# The VM harness (e2e/nvme_test.go runs ../shared/vm/vm-attach-demo.sh)
+# would install these itself, but only as root: install them here, where
+# sudo is used. busybox-static, not busybox: the guest's initramfs gets a
+# static binary.
+for p in qemu-system-x86 nbdkit busybox-static cpio kmod socat python3; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
@@ -26,11 +27,14 @@ func newDemoCommand() *cobra.Command {
 		data, size, nbdAddr string
 		port, sleds         int
 		storage             storageFlags
+		nvme                nvmeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run a whole rack in one process (three head nodes and an agent) serving volume 'demo' over NBD",
-		Args:  cobra.NoArgs,
+		Short: "Run a whole rack in one process (three head nodes and an agent) serving volume 'demo' over NBD (and NVMe/TCP with --nvme)",
+		Example: `  ballast demo
+  ballast demo --nvme 127.0.0.1:4420`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sizeBytes, err := parseSize(size)
 			if err != nil {
@@ -40,7 +44,12 @@ func newDemoCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runDemo(cmd.Context(), demoOptions{data: data, size: sizeBytes, nbdAddr: nbdAddr, port: port, sleds: sleds, storage: sc})
+			nvmeListen, nvmeDiscovery, err := nvme.addresses(cmd)
+			if err != nil {
+				return err
+			}
+			return runDemo(cmd.Context(), demoOptions{data: data, size: sizeBytes, nbdAddr: nbdAddr, port: port, sleds: sleds, storage: sc,
+				nvmeListen: nvmeListen, nvmeDiscovery: nvmeDiscovery})
 		},
 	}
 	cmd.Flags().StringVar(&data, "data", "ballast-data", "data directory of the whole rack")
@@ -49,6 +58,7 @@ func newDemoCommand() *cobra.Command {
 	cmd.Flags().IntVar(&port, "port", 7400, "head nodes' port (on 127.0.1.N and 127.0.2.N); sleds use port+100 on 127.0.1.1N and 127.0.2.1N")
 	cmd.Flags().IntVar(&sleds, "sleds", 7, "sleds to run (each with 2 devices); 0 keeps all data on the head nodes")
 	addStorageFlags(cmd, &storage)
+	addNVMeFlags(cmd, &nvme)
 	return cmd
 }
 
@@ -57,6 +67,8 @@ type demoOptions struct {
 	size          uint64
 	port, sleds   int
 	storage       headnode.StorageConfig
+	// NVMe/TCP I/O and discovery ports; none: NVMe/TCP off.
+	nvmeListen, nvmeDiscovery []string
 }
 
 func runDemo(ctx context.Context, o demoOptions) (err error) {
@@ -106,7 +118,8 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 		go registerSled(ctx, hnsOf(peers), sc.ID, sc.ListenAddresses)
 		sledIDs = append(sledIDs, sc.ID)
 	}
-	agent, err := attach.StartAgent(attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Logger: slog.Default()})
+	agent, err := attach.StartAgent(attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr,
+		NVMeListen: o.nvmeListen, NVMeDiscoveryListen: o.nvmeDiscovery, Logger: slog.Default()})
 	if err != nil {
 		return err
 	}
@@ -129,6 +142,15 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 		vol.Name, humanize.IBytes(vol.SizeBytes), vol.Primary, strings.Join(vol.Secondaries, ","), uri)
 	fmt.Printf("Try it:  nbdinfo %s\n", uri)
 	fmt.Printf("         qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s\n", uri)
+	for _, a := range agent.NVMeAddrs() {
+		host, port, _ := net.SplitHostPort(a.String())
+		fmt.Printf("Volume %q is served over NVMe/TCP at %s as subsystem %s\n", vol.Name, a, attach.VolumeNQN(vol.Name))
+		fmt.Printf("Try it:  nvme discover -t tcp -a %s -s %s\n", host, port)
+		fmt.Printf("         nvme connect -t tcp -a %s -s %s -n %s\n", host, port, attach.VolumeNQN(vol.Name))
+	}
+	for _, a := range agent.NVMeDiscoveryAddrs() {
+		fmt.Printf("NVMe/TCP discovery controller at %s\n", a)
+	}
 	fmt.Println("Stop with Ctrl-C.")
 	<-ctx.Done()
 	slog.Info("shutting down demo rack")

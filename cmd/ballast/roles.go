@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -115,21 +116,34 @@ func newAgentCommand() *cobra.Command {
 	var (
 		headNodes []string
 		nbdAddr   string
+		nvme      nvmeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Run an agent: serve the rack's volumes over NBD to this host",
-		Args:  cobra.NoArgs,
+		Short: "Run an agent: serve the rack's volumes over NBD (and NVMe/TCP) to this host",
+		Example: `  ballast agent --nbd 127.0.0.1:10809 --nvme 127.0.0.1:4420
+  ballast agent --nvme 127.0.1.10:4420,127.0.2.10:4420 --nvme-discovery 127.0.1.10:8009`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			hns, err := parseHeadNodes(headNodes)
 			if err != nil {
 				return err
 			}
-			a, err := attach.StartAgent(attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Logger: slog.Default()})
+			cfg := attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Logger: slog.Default()}
+			if cfg.NVMeListen, cfg.NVMeDiscoveryListen, err = nvme.addresses(cmd); err != nil {
+				return err
+			}
+			a, err := attach.StartAgent(cfg)
 			if err != nil {
 				return err
 			}
 			fmt.Printf("serving NBD on nbd://%s/<volume>\n", a.NBDAddr())
+			for _, addr := range a.NVMeAddrs() {
+				fmt.Printf("serving NVMe/TCP on %s: subsystem %s<volume>\n", addr, attach.NQNPrefix)
+			}
+			for _, addr := range a.NVMeDiscoveryAddrs() {
+				fmt.Printf("serving NVMe/TCP discovery on %s\n", addr)
+			}
 			<-cmd.Context().Done()
 			slog.Info("shutting down agent")
 			return a.Close()
@@ -137,7 +151,51 @@ func newAgentCommand() *cobra.Command {
 	}
 	addHeadNodeFlag(cmd, &headNodes)
 	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
+	addNVMeFlags(cmd, &nvme)
 	return cmd
+}
+
+// nvmeFlags are the NVMe/TCP listen flags of the agent and the demo.
+type nvmeFlags struct {
+	listen, discovery []string
+}
+
+// defaultDiscoveryPort is the NVMe/TCP discovery port (NVMe-oF's 8009).
+const defaultDiscoveryPort = "8009"
+
+func addNVMeFlags(cmd *cobra.Command, f *nvmeFlags) {
+	cmd.Flags().StringSliceVar(&f.listen, "nvme", nil,
+		"NVMe/TCP listen addresses, comma-separated or repeated, one per network (e.g. 127.0.0.1:4420); none: NVMe/TCP off")
+	cmd.Flags().StringSliceVar(&f.discovery, "nvme-discovery", nil,
+		"NVMe/TCP discovery-only listen addresses (default: port "+defaultDiscoveryPort+" on each --nvme host; 'none' for none)")
+}
+
+// addresses returns the NVMe/TCP I/O and discovery addresses the flags
+// ask for.
+func (f *nvmeFlags) addresses(cmd *cobra.Command) (listen, discovery []string, err error) {
+	listen = f.listen
+	if cmd.Flags().Changed("nvme-discovery") {
+		if len(f.discovery) == 1 && f.discovery[0] == "none" {
+			return listen, nil, nil
+		}
+		if len(listen) == 0 {
+			return nil, nil, fmt.Errorf("--nvme-discovery needs --nvme")
+		}
+		return listen, f.discovery, nil
+	}
+	seen := map[string]bool{}
+	for _, a := range listen {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--nvme %q: %w", a, err)
+		}
+		d := net.JoinHostPort(host, defaultDiscoveryPort)
+		if !seen[d] {
+			seen[d] = true
+			discovery = append(discovery, d)
+		}
+	}
+	return listen, discovery, nil
 }
 
 // demoRack is the layout of `ballast demo`: three head nodes, each on
