@@ -170,6 +170,18 @@ func (p *proc) kill() {
 // freeHeadNodePort finds a port free on every demo head-node address.
 func freeHeadNodePort(t *testing.T) int {
 	t.Helper()
+	var ips []string
+	for n := 1; n <= 2; n++ {
+		for i := 1; i <= 3; i++ {
+			ips = append(ips, fmt.Sprintf("127.0.%d.%d", n, i))
+		}
+	}
+	return freePortOnAll(t, ips)
+}
+
+// freePortOnAll finds a port free on every one of the loopback addresses.
+func freePortOnAll(t *testing.T, ips []string) int {
+	t.Helper()
 	for attempt := 0; attempt < 50; attempt++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -178,21 +190,19 @@ func freeHeadNodePort(t *testing.T) int {
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
 		ok := true
-		for n := 1; n <= 2 && ok; n++ {
-			for i := 1; i <= 3; i++ {
-				l, err := net.Listen("tcp", fmt.Sprintf("127.0.%d.%d:%d", n, i, port))
-				if err != nil {
-					ok = false
-					break
-				}
-				l.Close()
+		for _, ip := range ips {
+			l, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, port))
+			if err != nil {
+				ok = false
+				break
 			}
+			l.Close()
 		}
 		if ok {
 			return port
 		}
 	}
-	t.Fatal("no free port for head nodes")
+	t.Fatalf("no port free on all of %v", ips)
 	return 0
 }
 
@@ -216,6 +226,10 @@ type rack struct {
 	demo      *proc
 	nodes     map[string]*proc
 	agent     *proc
+	// headNodeFlags are added to every head node's command line.
+	headNodeFlags []string
+	sledPort      int
+	sleds         map[string]*proc
 }
 
 func newRack(t *testing.T) *rack {
@@ -259,7 +273,40 @@ func (r *rack) startHeadNode(i int, peers []string) {
 		"--listen-a", fmt.Sprintf("127.0.1.%d:%d", i, r.port),
 		"--listen-b", fmt.Sprintf("127.0.2.%d:%d", i, r.port),
 		"--replication-timeout", "3s"}, peers...)
+	args = append(args, r.headNodeFlags...)
 	r.nodes[id] = startProc(r.t, id, args...)
+}
+
+// sledAddrs returns sled i's addresses: 127.0.1.(20+i) and 127.0.2.(20+i).
+func (r *rack) sledAddrs(i int) (string, string) {
+	if r.sledPort == 0 {
+		var ips []string
+		for n := 1; n <= 2; n++ {
+			for j := 1; j <= 9; j++ {
+				ips = append(ips, fmt.Sprintf("127.0.%d.%d", n, 20+j))
+			}
+		}
+		r.sledPort = freePortOnAll(r.t, ips)
+	}
+	return fmt.Sprintf("127.0.1.%d:%d", 20+i, r.sledPort), fmt.Sprintf("127.0.2.%d:%d", 20+i, r.sledPort)
+}
+
+// startSled runs sled s<i> as a process with two devices; it registers
+// with the head nodes itself.
+func (r *rack) startSled(i int, extra ...string) *proc {
+	r.t.Helper()
+	id := fmt.Sprintf("s%d", i)
+	a, b := r.sledAddrs(i)
+	args := append([]string{"sled", "--id", id, "--data", filepath.Join(r.dataDir, id), "--devices", "2",
+		"--listen-a", a, "--listen-b", b}, extra...)
+	for _, h := range r.headNodes {
+		args = append(args, "--headnode", h)
+	}
+	if r.sleds == nil {
+		r.sleds = map[string]*proc{}
+	}
+	r.sleds[id] = startProc(r.t, id, args...)
+	return r.sleds[id]
 }
 
 // waitServed waits until export name answers an NBD handshake.

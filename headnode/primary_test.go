@@ -81,7 +81,7 @@ type pair struct {
 	modelLock   sync.Mutex
 }
 
-func openMemStore(t *testing.T) *blockStore {
+func openMemStore(t testing.TB) *blockStore {
 	t.Helper()
 	s, err := openBlockStore("", blockStoreOptions{FS: vfs.NewMem(), CacheBytes: 8 << 20})
 	if err != nil {
@@ -105,7 +105,7 @@ func newPair(t *testing.T, size uint64) *pair {
 	return p
 }
 
-func (p *pair) start(t *testing.T) {
+func (p *pair) start(t testing.TB) {
 	dial := func(ctx context.Context, vol *ballastpb.Volume, secondary string) (replicaLink, error) {
 		p.faults.mu.Lock()
 		defer p.faults.mu.Unlock()
@@ -168,7 +168,7 @@ func firstDiff(a, b []byte) int {
 	return -1
 }
 
-func (p *pair) write(t *testing.T, off uint64, data []byte) {
+func (p *pair) write(t testing.TB, off uint64, data []byte) {
 	t.Helper()
 	if err := p.primary.write(context.Background(), off, uint64(len(data)), data, false, false); err != nil {
 		t.Fatalf("write %d+%d: %v", off, len(data), err)

@@ -220,7 +220,7 @@ type storageRig struct {
 	ctx    context.Context
 }
 
-func newStorageRig(t *testing.T, size uint64, sleds int, segmentBytes int64) *storageRig {
+func newStorageRig(t testing.TB, size uint64, sleds int, segmentBytes int64) *storageRig {
 	t.Helper()
 	shards := newMemShards(sleds)
 	dir := newTestSleds(sleds)
@@ -366,7 +366,7 @@ func (r *storageRig) checkShardsMatch(t *testing.T) {
 	}
 }
 
-func (r *storageRig) dirty(t *testing.T) int {
+func (r *storageRig) dirty(t testing.TB) int {
 	t.Helper()
 	n, err := r.pStore.DirtyCount(r.vol.Id)
 	if err != nil {
