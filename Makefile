@@ -55,3 +55,13 @@ vet:
 
 clean:
 	rm -rf bin
+
+# Measures Ballast against the qemu-nbd baselines in one run (the standard
+# suite: under ten minutes on two cores). The table, results.json, plots and
+# CPU profiles land in BENCH_OUT; `./bin/ballast bench --help` lists the
+# options (--suite quick, --target URI, --rack processes, ...).
+BENCH_OUT   ?= bench-out
+BENCH_FLAGS ?= --profile
+.PHONY: bench
+bench: build
+	./$(BIN) bench --suite standard --out $(BENCH_OUT) $(BENCH_FLAGS)

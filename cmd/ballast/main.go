@@ -65,6 +65,7 @@ func newRootCommand() *cobra.Command {
 		newVolumeCommand(g),
 		newRackCommand(g),
 		newSledCommand(g),
+		newBenchCommand(),
 	)
 	return root
 }

@@ -1,0 +1,217 @@
+package bench
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// needTools skips the test unless every named client is installed, except
+// in CI (CI set), where `make test` has installed them and a skip would
+// hide a test that never ran.
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			msg := tool + " is not installed (Debian packages fio and qemu-utils; `make test` installs them)"
+			if os.Getenv("CI") != "" {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+	}
+}
+
+var ballastBin struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+	out  []byte
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if ballastBin.dir != "" {
+		os.RemoveAll(ballastBin.dir)
+	}
+	os.Exit(code)
+}
+
+// buildBallast builds the ballast binary the harness runs the rack with,
+// once for every test.
+func buildBallast(t *testing.T) string {
+	t.Helper()
+	b := &ballastBin
+	b.once.Do(func() {
+		b.dir, b.err = os.MkdirTemp("", "ballast-bench-bin")
+		if b.err != nil {
+			return
+		}
+		b.path = filepath.Join(b.dir, "ballast")
+		b.out, b.err = exec.Command("go", "build", "-o", b.path, "../cmd/ballast").CombinedOutput()
+	})
+	if b.err != nil {
+		t.Fatalf("build ballast: %v\n%s", b.err, b.out)
+	}
+	return b.path
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestQuickSuite runs the quick suite for real: a demo rack, both
+// qemu-nbd baselines, fio and the Go load generator. It checks that the
+// outputs exist and are well formed, and that every workload ran; not the
+// numbers.
+func TestQuickSuite(t *testing.T) {
+	t.Parallel()
+	needTools(t, "fio", "qemu-nbd")
+	bin := buildBallast(t)
+	out, work := t.TempDir(), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	began := time.Now()
+	rep, err := Run(ctx, Config{
+		OutDir:        out,
+		Suite:         SuiteQuick,
+		WorkDir:       work,
+		BallastBinary: bin,
+		Profile:       true,
+		CommandLine:   []string{"go", "test"},
+		Logger:        testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("quick suite took %v\n%s", time.Since(began).Round(time.Second), rep.Table())
+	got := checkOutputs(t, out, rep)
+
+	suite, _ := suiteByName(SuiteQuick)
+	wantTargets := []string{SubjectName, BaselineWritethrough, BaselineWriteback}
+	if len(got.Targets) != len(wantTargets) {
+		t.Errorf("targets = %+v, want %v", got.Targets, wantTargets)
+	}
+	for _, w := range suite.Workloads {
+		for _, tn := range wantTargets {
+			r := got.Result(w.Name(), tn)
+			switch {
+			case r == nil:
+				t.Errorf("no result for %s on %s", w.Name(), tn)
+			case r.Error != "":
+				t.Errorf("%s on %s failed: %s", w.Name(), tn, r.Error)
+			case r.Skipped != "":
+				if lw, ok := w.(*LoadWorkload); !ok || lw.Volumes == 0 || tn == SubjectName {
+					t.Errorf("%s on %s skipped: %s", w.Name(), tn, r.Skipped)
+				}
+			default:
+				if r.Latency == nil || len(r.Latency.CDF) < 3 || r.CPUSeconds == nil {
+					t.Errorf("%s on %s lacks its latency CDF or CPU time: %+v", w.Name(), tn, r)
+				}
+				if r.Engine == "fio" {
+					if _, err := os.Stat(filepath.Join(out, "fio", tn+"-"+w.Name()+".json")); err != nil {
+						t.Errorf("raw fio output: %v", err)
+					}
+				}
+			}
+		}
+	}
+	// The timeline marks the pause on every target, and Ballast's Go load
+	// generator went through the attach client.
+	for _, tn := range wantTargets {
+		r := got.Result("timeline-4k-randrw70-qd4", tn)
+		if r == nil || r.Timeline == nil || len(r.Timeline.Events) != 2 || len(r.Timeline.IOPS) == 0 {
+			t.Errorf("timeline on %s: %+v", tn, r)
+		}
+	}
+	if r := got.Result("open-4k-randrw70-200iops", SubjectName); r == nil || r.Path != "attach" || r.ServiceTime == nil {
+		t.Errorf("open loop on ballast: %+v", r)
+	}
+	// Profiles of Ballast were taken and summarised.
+	if profs, _ := filepath.Glob(filepath.Join(out, "profiles", "ballast-demo-*.txt")); len(profs) == 0 {
+		t.Error("no CPU profile summaries of ballast")
+	}
+	// Goals are evaluated where the suite ran their workload.
+	if len(got.Goals) != len(goals) {
+		t.Errorf("%d goals evaluated, want %d", len(got.Goals), len(goals))
+	}
+	for _, g := range got.Goals {
+		ran := slices.Contains(suite.workloadNames(), g.Workload)
+		if decided := g.Status == GoalMet || g.Status == GoalMissed; decided != ran {
+			t.Errorf("goal %q: %s (%s), though its workload ran: %v", g.Name, g.Status, g.Note, ran)
+		}
+	}
+	m := got.Metadata
+	if m.Machine.CPUs == 0 || m.Machine.Kernel == "" || m.Machine.DataDisk.MountPoint == "" || m.Date == "" || m.FioVersion == "" {
+		t.Errorf("metadata incomplete: %+v", m)
+	}
+	// The work directory (rack data, baseline files) is gone.
+	if left, _ := os.ReadDir(work); len(left) != 0 {
+		t.Errorf("work directory left behind: %v", left)
+	}
+}
+
+// TestProcessRackRestartsAHeadNode runs a rack of processes (no sleds, to
+// stay small) and a timeline during which a head node holding no replica
+// is killed and restarted: the fault hooks later issues build failover and
+// rebuild workloads on. It checks the events are marked and I/O went on.
+func TestProcessRackRestartsAHeadNode(t *testing.T) {
+	t.Parallel()
+	needTools(t, "fio")
+	bin := buildBallast(t)
+	out, work := t.TempDir(), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	suite := &Suite{Name: "test", RegionBytes: 8 << 20, Runtime: time.Second, Workloads: []Workload{
+		&LoadWorkload{
+			ID: "restart", Desc: "restart a head node", BlockBytes: 4096, ReadPercent: 50, QueueDepth: 2,
+			Duration: 3 * time.Second, TimelineInterval: 100 * time.Millisecond,
+			Faults:        []FaultAt{{At: time.Second, Fault: RestartHeadNodeFault{Down: 300 * time.Millisecond}}},
+			RequireFaults: true,
+		},
+	}}
+	cfg := Config{OutDir: out, WorkDir: work, BallastBinary: bin, Rack: RackProcesses, RackSleds: -1,
+		NoBaselines: true, Logger: testLogger(t), CommandLine: []string{"go", "test"}}
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := run(ctx, cfg, suite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Result("restart", SubjectName)
+	if r == nil || r.Error != "" || r.Skipped != "" || r.Timeline == nil {
+		t.Fatalf("result: %+v", r)
+	}
+	var labels []string
+	for _, e := range r.Timeline.Events {
+		labels = append(labels, e.Label)
+	}
+	if len(labels) != 2 || !strings.HasPrefix(labels[0], "kill -9 hn") || !strings.HasSuffix(labels[1], " restarted") {
+		t.Errorf("events = %q, want a kill and a restart", labels)
+	}
+	// I/O went on after the restart: the last second completed requests.
+	tail := r.Timeline.IOPS[len(r.Timeline.IOPS)-10:]
+	if slices.Max(tail) == 0 {
+		t.Errorf("no I/O after the restart: %v", r.Timeline.IOPS)
+	}
+	if _, err := os.Stat(filepath.Join(out, "timeline-restart.png")); err != nil {
+		t.Error(err)
+	}
+}

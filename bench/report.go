@@ -1,0 +1,300 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+)
+
+// Report is everything a run measured; results.json holds it.
+type Report struct {
+	Metadata  Metadata       `json:"metadata"`
+	Suite     SuiteInfo      `json:"suite"`
+	Targets   []TargetInfo   `json:"targets"`
+	Workloads []WorkloadInfo `json:"workloads"`
+	Results   []Result       `json:"results"`
+	Goals     []GoalResult   `json:"goals"`
+	// Files are the outputs, relative to the output directory.
+	Files []string `json:"files"`
+}
+
+// SuiteInfo records a suite's sizes.
+type SuiteInfo struct {
+	Name        string  `json:"name"`
+	RegionBytes uint64  `json:"region_bytes"`
+	RuntimeS    float64 `json:"runtime_s"`
+	RampS       float64 `json:"ramp_s"`
+}
+
+// WorkloadInfo records a workload.
+type WorkloadInfo struct {
+	Name        string         `json:"name"`
+	Description string         `json:"description"`
+	Params      map[string]any `json:"params"`
+}
+
+// Result returns the result of a workload on a target, or nil.
+func (r *Report) Result(workload, target string) *Result {
+	for i := range r.Results {
+		if r.Results[i].Workload == workload && r.Results[i].Target == target {
+			return &r.Results[i]
+		}
+	}
+	return nil
+}
+
+func (r *Report) targetsByRole(role Role) []string {
+	var out []string
+	for _, t := range r.Targets {
+		if t.Role == role {
+			out = append(out, t.Name)
+		}
+	}
+	return out
+}
+
+// tableOrder lists targets as the table shows them: subjects, then
+// baselines.
+func (r *Report) tableOrder() []string {
+	return append(r.targetsByRole(RoleSubject), r.targetsByRole(RoleBaseline)...)
+}
+
+// evaluateGoals fills in r.Goals for every subject, against the
+// baselines that ran.
+func (r *Report) evaluateGoals() {
+	r.Goals = nil
+	baselines := r.targetsByRole(RoleBaseline)
+	for _, s := range r.targetsByRole(RoleSubject) {
+		for _, g := range goals {
+			if slices.Contains(baselines, g.Baseline) {
+				r.Goals = append(r.Goals, g.evaluate(s, r.Result))
+			}
+		}
+	}
+}
+
+// Table renders the results as a Markdown table: one row per workload and
+// target, with the ratio of IOPS and of median latency to each baseline.
+func (r *Report) Table() string {
+	var b strings.Builder
+	baselines := r.targetsByRole(RoleBaseline)
+	b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | p99.9 µs | CPU s/GB |")
+	for _, base := range baselines {
+		fmt.Fprintf(&b, " vs %s (IOPS, p50) |", shortName(base))
+	}
+	b.WriteString("\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for range baselines {
+		b.WriteString(" ---: |")
+	}
+	b.WriteString("\n")
+	for _, w := range r.Workloads {
+		for _, tn := range r.tableOrder() {
+			res := r.Result(w.Name, tn)
+			if res == nil || res.Skipped != "" {
+				continue
+			}
+			if res.Error != "" {
+				fmt.Fprintf(&b, "| %s | %s | error |  |  |  |  |  |", w.Name, tn)
+				for range baselines {
+					b.WriteString("  |")
+				}
+				b.WriteString("\n")
+				continue
+			}
+			lat := res.Latency
+			if lat == nil {
+				lat = &Latency{}
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |", w.Name, tn,
+				fmtIOPS(res.IOPS), fmtMBps(res.MBps), fmtUs(lat.P50Us), fmtUs(lat.P99Us), fmtUs(lat.P999Us), fmtPtr(res.CPUSecondsPerGB, 2))
+			for _, base := range baselines {
+				br := r.Result(w.Name, base)
+				if base == tn || br == nil || br.Error != "" || br.Skipped != "" || br.Latency == nil {
+					b.WriteString(" — |")
+					continue
+				}
+				fmt.Fprintf(&b, " %s, %s |", fmtRatio(ratio(res.IOPS, br.IOPS)), fmtRatio(ratio(lat.P50Us, br.Latency.P50Us)))
+			}
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// GoalsText lists the goals, one a line.
+func (r *Report) GoalsText() string {
+	var b strings.Builder
+	for _, g := range r.Goals {
+		fmt.Fprintf(&b, "- %s: %s %s — %s\n", g.Subject, g.Name, strings.ToUpper(g.Status), g.Note)
+	}
+	return b.String()
+}
+
+// Markdown is results.md: the table, the goals, the workloads, what was
+// skipped or failed, and where and how it was measured.
+func (r *Report) Markdown() string {
+	var b strings.Builder
+	m := r.Metadata
+	fmt.Fprintf(&b, "# Ballast benchmark: suite %s\n\n", r.Suite.Name)
+	fmt.Fprintf(&b, "`%s`, %s, %.0f s. %s\n\n", strings.Join(m.CommandLine, " "), m.Date, m.DurationS, r.MachineLine())
+	b.WriteString(r.Table())
+	b.WriteString("\nLatency is from submission to completion (fio's lat; the Go load generator's open loop counts from each request's intended send time). ")
+	b.WriteString("Ratios are the target's over the baseline's: above 1 is more IOPS, or a slower median. ")
+	b.WriteString("CPU s/GB is the CPU time of the target's processes per 10^9 bytes moved.\n\n")
+	if len(r.Goals) > 0 {
+		b.WriteString("## Goals\n\n")
+		b.WriteString(r.GoalsText())
+		b.WriteString("\n")
+	}
+	b.WriteString("## Targets\n\n")
+	for _, t := range r.Targets {
+		fmt.Fprintf(&b, "- **%s** (%s): %s", t.Name, t.Role, t.Description)
+		if t.Error != "" {
+			fmt.Fprintf(&b, " — failed: %s", t.Error)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n## Workloads\n\n")
+	for _, w := range r.Workloads {
+		fmt.Fprintf(&b, "- `%s`: %s\n", w.Name, w.Description)
+	}
+	var notes []string
+	for _, res := range r.Results {
+		switch {
+		case res.Error != "":
+			notes = append(notes, fmt.Sprintf("- %s on %s failed: %s", res.Workload, res.Target, res.Error))
+		case res.Skipped != "":
+			notes = append(notes, fmt.Sprintf("- %s on %s skipped: %s", res.Workload, res.Target, res.Skipped))
+		case res.Engine == "go":
+			notes = append(notes, fmt.Sprintf("- %s on %s went through %s%s", res.Workload, res.Target, pathName(res.Path), eventsNote(res)))
+		}
+	}
+	if len(notes) > 0 {
+		b.WriteString("\n## Notes\n\n")
+		b.WriteString(strings.Join(notes, "\n"))
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func pathName(p string) string {
+	if p == "attach" {
+		return "the attach client (the agent's path to the head nodes)"
+	}
+	return "NBD"
+}
+
+func eventsNote(res Result) string {
+	if res.Timeline == nil || len(res.Timeline.Events) == 0 {
+		return ""
+	}
+	var ev []string
+	for _, e := range res.Timeline.Events {
+		ev = append(ev, fmt.Sprintf("%.2f s %s", e.AtS, e.Label))
+	}
+	return "; events: " + strings.Join(ev, ", ")
+}
+
+// MachineLine describes the machine in one sentence.
+func (r *Report) MachineLine() string {
+	mc := r.Metadata.Machine
+	disk := mc.DataDisk.Device
+	if mc.DataDisk.Model != "" {
+		disk += " (" + mc.DataDisk.Model + ")"
+	}
+	if mc.DataDisk.Filesystem != "" {
+		disk += ", " + mc.DataDisk.Filesystem
+	}
+	virt := ""
+	if mc.Virtualized {
+		virt = " virtual machine"
+	}
+	commit := r.Metadata.GitCommit
+	if len(commit) > 12 {
+		commit = commit[:12]
+	}
+	if r.Metadata.GitModified {
+		commit += " (modified)"
+	}
+	return fmt.Sprintf("Machine: %d× %s%s, %s RAM, Linux %s; data on %s; commit %s.",
+		mc.CPUs, mc.CPUModel, virt, humanize.IBytes(mc.MemoryMiB<<20), mc.Kernel, disk, commit)
+}
+
+// writeJSON writes results.json.
+func (r *Report) writeJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+// writeOutputs writes results.json, results.md and the plots into dir.
+func (r *Report) writeOutputs(dir string) error {
+	plots, err := writePlots(r, dir)
+	if err != nil {
+		return err
+	}
+	r.Files = append([]string{"results.json", "results.md"}, plots...)
+	for _, res := range r.Results {
+		r.Files = append(r.Files, res.Files...)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.Markdown()), 0o644); err != nil {
+		return fmt.Errorf("write results.md: %w", err)
+	}
+	return r.writeJSON(filepath.Join(dir, "results.json"))
+}
+
+func shortName(target string) string {
+	return strings.TrimPrefix(target, "qemu-nbd-")
+}
+
+func fmtIOPS(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func fmtMBps(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func fmtUs(v float64) string {
+	switch {
+	case v == 0:
+		return "—"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.1f", v)
+	}
+}
+
+func fmtPtr(v *float64, prec int) string {
+	if v == nil || math.IsNaN(*v) {
+		return "—"
+	}
+	return fmt.Sprintf("%.*f", prec, *v)
+}
+
+func fmtRatio(v *float64) string {
+	if v == nil {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", *v)
+}
+
+func humanBytes(n uint64) string { return humanize.IBytes(n) }
