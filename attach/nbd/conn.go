@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+
+	"github.com/ballast-storage/ballast/internal/bufpool"
 )
 
 // The transmission phase of one connection.
@@ -151,7 +153,7 @@ func (c *conn) readLoop() error {
 		o := opPool.Get().(*op)
 		o.req, o.cost, o.errno, o.msg = req, n, errno, msg
 		if n > 0 {
-			o.buf = getBuf(n)
+			o.buf = bufpool.Get(n)
 			o.data = (*o.buf)[:n]
 			if req.Type == cmdWrite {
 				if _, err := io.ReadFull(c.br, o.data); err != nil {
@@ -263,7 +265,7 @@ func (c *conn) reply(o *op) {
 // written (or dropped).
 func (c *conn) release(o *op) {
 	c.budget.release(o.cost)
-	putBuf(o.buf)
+	bufpool.Put(o.buf)
 	*o = op{}
 	opPool.Put(o)
 }

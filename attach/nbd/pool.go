@@ -2,49 +2,8 @@ package nbd
 
 import (
 	"context"
-	"math/bits"
 	"sync"
 )
-
-// Payload buffers are recycled by power-of-two size class, from 4 KiB to
-// MaxBlockSize.
-const (
-	minBufShift = 12
-	maxBufShift = 25 // 32 MiB = MaxBlockSize
-)
-
-var bufPools [maxBufShift - minBufShift + 1]sync.Pool
-
-// getBuf returns a buffer of at least n bytes (0 < n ≤ MaxBlockSize).
-func getBuf(n int) *[]byte {
-	shift := bits.Len(uint(n - 1))
-	if shift < minBufShift {
-		shift = minBufShift
-	}
-	if shift > maxBufShift {
-		b := make([]byte, n) // not reached: callers bound n by MaxBlockSize
-		return &b
-	}
-	if p, ok := bufPools[shift-minBufShift].Get().(*[]byte); ok {
-		return p
-	}
-	b := make([]byte, 1<<shift)
-	return &b
-}
-
-// putBuf recycles a buffer from getBuf.
-func putBuf(p *[]byte) {
-	if p == nil {
-		return
-	}
-	c := cap(*p)
-	shift := bits.Len(uint(c)) - 1
-	if c != 1<<shift || shift < minBufShift || shift > maxBufShift {
-		return
-	}
-	*p = (*p)[:c]
-	bufPools[shift-minBufShift].Put(p)
-}
 
 // budget bounds one connection's requests in flight, by count and by
 // payload bytes, from the moment a request is read until its reply is

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/ballast-storage/ballast/internal/bufpool"
 )
 
 // Unit tests of the pure codec: byte layouts against hand-written
@@ -314,13 +316,13 @@ func TestErrno(t *testing.T) {
 
 func TestBufPool(t *testing.T) {
 	for _, n := range []int{1, 511, 4096, 4097, 1 << 20, MaxBlockSize} {
-		p := getBuf(n)
+		p := bufpool.Get(n)
 		if len(*p) < n || cap(*p)&(cap(*p)-1) != 0 {
-			t.Errorf("getBuf(%d): len %d cap %d", n, len(*p), cap(*p))
+			t.Errorf("bufpool.Get(%d): len %d cap %d", n, len(*p), cap(*p))
 		}
-		putBuf(p)
+		bufpool.Put(p)
 	}
-	putBuf(nil)
+	bufpool.Put(nil)
 	odd := make([]byte, 5000)
-	putBuf(&odd) // not a size class: dropped
+	bufpool.Put(&odd) // not a size class: dropped
 }

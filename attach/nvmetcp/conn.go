@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ballast-storage/ballast/internal/bufpool"
 )
 
 // One connection: one queue (admin or I/O) of one controller.
@@ -289,10 +291,10 @@ func (c *conn) initialize() error {
 func (c *conn) readCapsule(f frame, hdr []byte) error {
 	o := &op{c: c, cmd: parseCommand(hdr[commonHeaderLen:])}
 	if f.dataLen > 0 {
-		o.capBuf = getBuf(f.dataLen)
+		o.capBuf = bufpool.Get(f.dataLen)
 		o.capsule = (*o.capBuf)[:f.dataLen]
 		if err := c.readData(f, o.capsule, hdr); err != nil {
-			putBuf(o.capBuf)
+			bufpool.Put(o.capBuf)
 			return err
 		}
 	}
@@ -303,7 +305,7 @@ func (c *conn) readCapsule(f frame, hdr []byte) error {
 	limit := max(c.entries, 1)
 	if c.mu.outstanding >= limit {
 		c.mu.Unlock()
-		putBuf(o.capBuf)
+		bufpool.Put(o.capBuf)
 		return &protocolError{fatalf(fesPDUSequenceError, 0, "command %d beyond the queue size %d", c.mu.outstanding+1, limit), hdr}
 	}
 	c.mu.outstanding++
@@ -563,7 +565,7 @@ func (c *conn) allocData(o *op, n int) ([]byte, Status) {
 		return nil, statusAbortSQDeleted
 	}
 	o.cost = n
-	o.xferBuf = getBuf(n)
+	o.xferBuf = bufpool.Get(n)
 	return (*o.xferBuf)[:n], statusSuccess
 }
 
@@ -657,8 +659,8 @@ func (c *conn) finish(o *op) {
 		c.mu.Unlock()
 	}
 	c.budget.release(o.cost)
-	putBuf(o.capBuf)
-	putBuf(o.xferBuf)
+	bufpool.Put(o.capBuf)
+	bufpool.Put(o.xferBuf)
 	c.mu.Lock()
 	c.mu.outstanding--
 	c.mu.Unlock()

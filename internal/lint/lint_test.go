@@ -28,8 +28,8 @@ var allowed = map[string][]string{
 	"consensus/logstore":  {"internal/durable"},
 	"headnode":            {"consensus", "volume", "internal/", "proto/"},
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume"},
-	"attach/nbd":          {"attach/blockdev"},
-	"attach/nvmetcp":      {"attach/blockdev"},
+	"attach/nbd":          {"attach/blockdev", "internal/bufpool"},
+	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool"},
 	"bench":               {"attach", "attach/blockdev", "internal/", "proto/"},
 	"sled":                {"internal/", "proto/sledpb"},
 }
