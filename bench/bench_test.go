@@ -166,26 +166,18 @@ func TestQuickSuite(t *testing.T) {
 	}
 }
 
-// TestProcessRackRestartsAHeadNode runs a rack of processes (no sleds, to
-// stay small) and a timeline during which a head node holding no replica
-// is killed and restarted: the fault hooks later issues build failover and
-// rebuild workloads on. It checks the events are marked and I/O went on.
-func TestProcessRackRestartsAHeadNode(t *testing.T) {
-	t.Parallel()
+// runOnProcessRack runs one timeline workload on a rack of processes
+// with the given sleds (-1: none) and returns its result, which must have
+// a timeline; out is the output directory.
+func runOnProcessRack(t *testing.T, sleds int, w *LoadWorkload) (r *Result, out string) {
+	t.Helper()
 	needTools(t, "fio")
 	bin := buildBallast(t)
 	out, work := t.TempDir(), t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	suite := &Suite{Name: "test", RegionBytes: 8 << 20, Runtime: time.Second, Workloads: []Workload{
-		&LoadWorkload{
-			ID: "restart", Desc: "restart a head node", BlockBytes: 4096, ReadPercent: 50, QueueDepth: 2,
-			Duration: 3 * time.Second, TimelineInterval: 100 * time.Millisecond,
-			Faults:        []FaultAt{{At: time.Second, Fault: RestartHeadNodeFault{Down: 300 * time.Millisecond}}},
-			RequireFaults: true,
-		},
-	}}
-	cfg := Config{OutDir: out, WorkDir: work, BallastBinary: bin, Rack: RackProcesses, RackSleds: -1,
+	suite := &Suite{Name: "test", RegionBytes: 8 << 20, Runtime: time.Second, Workloads: []Workload{w}}
+	cfg := Config{OutDir: out, WorkDir: work, BallastBinary: bin, Rack: RackProcesses, RackSleds: sleds,
 		NoBaselines: true, Logger: testLogger(t), CommandLine: []string{"go", "test"}}
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -195,23 +187,57 @@ func TestProcessRackRestartsAHeadNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := rep.Result("restart", SubjectName)
+	r = rep.Result(w.ID, SubjectName)
 	if r == nil || r.Error != "" || r.Skipped != "" || r.Timeline == nil {
 		t.Fatalf("result: %+v", r)
 	}
+	// I/O went on after the fault: the last second completed requests.
+	if tail := r.Timeline.IOPS[len(r.Timeline.IOPS)-10:]; slices.Max(tail) == 0 {
+		t.Errorf("no I/O after the fault: %v", r.Timeline.IOPS)
+	}
+	return r, out
+}
+
+func eventLabels(r *Result) []string {
 	var labels []string
 	for _, e := range r.Timeline.Events {
 		labels = append(labels, e.Label)
 	}
+	return labels
+}
+
+// TestProcessRackRestartsAHeadNode runs a rack of processes (no sleds, to
+// stay small) and a timeline during which a head node holding no replica
+// is killed and restarted: the events are marked and I/O goes on.
+func TestProcessRackRestartsAHeadNode(t *testing.T) {
+	t.Parallel()
+	r, out := runOnProcessRack(t, -1, &LoadWorkload{
+		ID: "restart", Desc: "restart a head node", BlockBytes: 4096, ReadPercent: 50, QueueDepth: 2,
+		Duration: 3 * time.Second, TimelineInterval: 100 * time.Millisecond,
+		Faults:        []FaultAt{{At: time.Second, Fault: RestartHeadNodeFault{Down: 300 * time.Millisecond}}},
+		RequireFaults: true,
+	})
+	labels := eventLabels(r)
 	if len(labels) != 2 || !strings.HasPrefix(labels[0], "kill -9 hn") || !strings.HasSuffix(labels[1], " restarted") {
 		t.Errorf("events = %q, want a kill and a restart", labels)
 	}
-	// I/O went on after the restart: the last second completed requests.
-	tail := r.Timeline.IOPS[len(r.Timeline.IOPS)-10:]
-	if slices.Max(tail) == 0 {
-		t.Errorf("no I/O after the restart: %v", r.Timeline.IOPS)
-	}
 	if _, err := os.Stat(filepath.Join(out, "timeline-restart.png")); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestProcessRackKillsASled runs a rack of processes with seven sleds and
+// a timeline during which a sled is killed and restarted: the events are
+// marked and I/O goes on through it.
+func TestProcessRackKillsASled(t *testing.T) {
+	t.Parallel()
+	r, _ := runOnProcessRack(t, 7, &LoadWorkload{
+		ID: "sled", Desc: "kill a sled", BlockBytes: 4096, ReadPercent: 50, QueueDepth: 2,
+		Duration: 3 * time.Second, TimelineInterval: 100 * time.Millisecond,
+		Faults:        []FaultAt{{At: time.Second, Fault: KillSledFault{Down: 500 * time.Millisecond}}},
+		RequireFaults: true,
+	})
+	if labels := eventLabels(r); !slices.Equal(labels, []string{"kill -9 s1", "s1 restarted"}) {
+		t.Errorf("events = %q, want a kill and a restart of s1", labels)
 	}
 }

@@ -29,6 +29,7 @@ type Fault interface {
 var faults = map[string]string{
 	"pause":            "SIGSTOP every process of the target, SIGCONT after a while: a stall (any target the harness started)",
 	"restart-headnode": "kill -9 a head node that holds no replica of the volume and start it again (a rack of processes)",
+	"kill-sled":        "kill -9 a sled, so reads go degraded and the head nodes rebuild its shards, and start it again (a rack of processes with sleds)",
 }
 
 // PauseFault stops every process of the target (SIGSTOP) for Duration and
@@ -104,4 +105,26 @@ func (f RestartHeadNodeFault) Inject(ctx context.Context, t *Target, mark func(s
 		}
 	}
 	return errors.New("every head node holds a replica of the volume")
+}
+
+// KillSledFault kills sled s1 with SIGKILL and starts it again after Down.
+// While it is gone, reads of its shards are reconstructed from the others;
+// once it has been unreachable for the head nodes' sled-down timeout (set
+// short in a rack the harness starts), they rebuild its shards on the
+// other sleds. It needs a rack of processes with sleds.
+type KillSledFault struct {
+	Down time.Duration
+}
+
+func (f KillSledFault) Name() string { return "kill-sled" }
+
+func (f KillSledFault) Supports(t *Target) error {
+	if t.Rack == nil || t.Rack.kind != RackProcesses || t.Rack.sleds == 0 {
+		return fmt.Errorf("%w: %s is not a rack of processes with sleds (use --rack processes)", ErrNotSupported, t.Name)
+	}
+	return nil
+}
+
+func (f KillSledFault) Inject(ctx context.Context, t *Target, mark func(string)) error {
+	return t.Rack.restartSled(ctx, 1, f.Down, mark)
 }

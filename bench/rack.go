@@ -184,7 +184,10 @@ func (r *rack) startProcesses(ctx context.Context) error {
 			return err
 		}
 		args := append([]string{"headnode", "--id", id, "--data", filepath.Join(r.dir, id),
-			"--listen-a", r.headNodes[i][0], "--listen-b", r.headNodes[i][1]}, peers...)
+			"--listen-a", r.headNodes[i][0], "--listen-b", r.headNodes[i][1],
+			// A sled killed by the kill-sled fault is rebuilt within the
+			// workload, not a minute later.
+			"--sled-down-timeout", "3s"}, peers...)
 		if _, err := r.spawn(id, append(args, common...)...); err != nil {
 			return err
 		}
@@ -196,7 +199,7 @@ func (r *rack) startProcesses(ctx context.Context) error {
 	for i := 1; i <= r.sleds; i++ {
 		id := fmt.Sprintf("s%d", i)
 		args := append([]string{"sled", "--id", id, "--data", filepath.Join(r.dir, id), "--devices", "2",
-			"--listen-a", fmt.Sprintf("127.0.1.%d:%d", 10+i, r.port+100),
+			"--listen-a", r.sledAddr(i),
 			"--listen-b", fmt.Sprintf("127.0.2.%d:%d", 10+i, r.port+100),
 			"--log-level", "warn"}, hnFlags...)
 		if _, err := r.spawn(id, args...); err != nil {
@@ -307,12 +310,28 @@ func (r *rack) stop() error {
 // starts it again after down; it returns once the node accepts
 // connections. Only a rack of processes has head nodes to restart.
 func (r *rack) restartHeadNode(ctx context.Context, id string, down time.Duration, mark func(string)) error {
-	p := r.procs[id]
+	i := int(id[len(id)-1] - '1')
+	if i < 0 || i >= len(r.headNodes) {
+		return fmt.Errorf("rack has no head node %s", id)
+	}
+	return r.restart(ctx, id, r.headNodes[i][0], down, mark)
+}
+
+// restartSled kills sled s<i> with SIGKILL and starts it again after
+// down; it returns once the sled accepts connections.
+func (r *rack) restartSled(ctx context.Context, i int, down time.Duration, mark func(string)) error {
+	return r.restart(ctx, fmt.Sprintf("s%d", i), r.sledAddr(i), down, mark)
+}
+
+// restart kills process name, starts it again after down and waits until
+// it listens on addr again, marking each step.
+func (r *rack) restart(ctx context.Context, name, addr string, down time.Duration, mark func(string)) error {
+	p := r.procs[name]
 	if p == nil || r.kind != RackProcesses {
-		return fmt.Errorf("rack has no head-node process %s", id)
+		return fmt.Errorf("rack has no process %s", name)
 	}
 	p.kill()
-	mark("kill -9 " + id)
+	mark("kill -9 " + name)
 	select {
 	case <-time.After(down):
 	case <-ctx.Done():
@@ -320,12 +339,11 @@ func (r *rack) restartHeadNode(ctx context.Context, id string, down time.Duratio
 	if err := p.restart(); err != nil {
 		return err
 	}
-	i := int(id[len(id)-1] - '1')
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", r.headNodes[i][0], time.Second); err == nil {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			c.Close()
-			mark(id + " restarted")
+			mark(name + " restarted")
 			return nil
 		}
 		if !p.alive() {
@@ -333,8 +351,11 @@ func (r *rack) restartHeadNode(ctx context.Context, id string, down time.Duratio
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("head node %s did not listen again within 30s", id)
+	return fmt.Errorf("%s did not listen again on %s within 30s", name, addr)
 }
+
+// sledAddr is sled s<i>'s address on network A.
+func (r *rack) sledAddr(i int) string { return fmt.Sprintf("127.0.1.%d:%d", 10+i, r.port+100) }
 
 // waitNBD waits until export answers an NBD handshake at addr and returns
 // its size. When proc is set and exits first, its output is the error.

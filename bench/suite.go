@@ -160,6 +160,14 @@ func standardSuite() *Suite {
 			Faults:        []FaultAt{{At: 5 * time.Second, Fault: RestartHeadNodeFault{Down: 2 * time.Second}}},
 			RequireFaults: true,
 		},
+		&LoadWorkload{
+			ID:         "timeline-kill-sled",
+			Desc:       "Go load generator: IOPS over time, 4 KiB random 70/30, 8 in flight; a sled is killed at 5 s (reads go degraded, its shards are rebuilt after 3 s) and restarted 8 s later (rack of processes only)",
+			BlockBytes: 4096, ReadPercent: 70, QueueDepth: 8,
+			Duration: 20 * time.Second, TimelineInterval: 250 * time.Millisecond,
+			Faults:        []FaultAt{{At: 5 * time.Second, Fault: KillSledFault{Down: 8 * time.Second}}},
+			RequireFaults: true,
+		},
 	}
 	return s
 }
