@@ -11,9 +11,11 @@ import (
 
 // The storage benchmarks measure the head node's side of the sleds: the
 // erasure code, and flush, degraded reads and rebuild over in-memory sleds
-// (so they time the head node's work, not a disk). Per core:
+// (so they time the head node's work, not a disk). Per core, with a
+// fixed count because Flush and Rebuild set up a fresh rig, untimed, for
+// every iteration (a time-based -benchtime would run thousands of them):
 //
-//	go test -run '^$' -bench 'Erasure|Flush|DegradedRead|Rebuild' -cpu 1 ./headnode/
+//	go test -run '^$' -bench 'Erasure|Flush|DegradedRead|Rebuild' -benchtime 10x -cpu 1 ./headnode/
 
 const benchSegmentBytes = 4 << 20
 
