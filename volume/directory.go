@@ -122,6 +122,10 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 		return d.registerSledLocked(op.RegisterSled.Sled, nowUnixNanos)
 	case *ballastpb.DirectoryCommand_SetSledState:
 		return d.setSledStateLocked(op.SetSledState, nowUnixNanos)
+	case *ballastpb.DirectoryCommand_RenewLease:
+		return d.renewLeaseLocked(op.RenewLease)
+	case *ballastpb.DirectoryCommand_PromoteVolume:
+		return d.promoteLocked(op.PromoteVolume)
 	default:
 		return ApplyResult{Err: fmt.Errorf("%w: unknown directory command %T", ErrInvalid, cmd.Op)}
 	}

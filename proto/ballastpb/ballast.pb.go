@@ -269,8 +269,12 @@ type Volume struct {
 	Secondaries      []string               `protobuf:"bytes,6,rep,name=secondaries,proto3" json:"secondaries,omitempty"`
 	Epoch            uint64                 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"` // bumps on every change of primary
 	CreatedUnixNanos int64                  `protobuf:"varint,8,opt,name=created_unix_nanos,json=createdUnixNanos,proto3" json:"created_unix_nanos,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Counts the primary's lease renewals the group applied at this epoch,
+	// so a promotion decided on an expired lease is refused if a renewal
+	// got into the log before it.
+	LeaseRenewals uint64 `protobuf:"varint,9,opt,name=lease_renewals,json=leaseRenewals,proto3" json:"lease_renewals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Volume) Reset() {
@@ -355,6 +359,13 @@ func (x *Volume) GetEpoch() uint64 {
 func (x *Volume) GetCreatedUnixNanos() int64 {
 	if x != nil {
 		return x.CreatedUnixNanos
+	}
+	return 0
+}
+
+func (x *Volume) GetLeaseRenewals() uint64 {
+	if x != nil {
+		return x.LeaseRenewals
 	}
 	return 0
 }
@@ -1652,6 +1663,8 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_DeleteVolume
 	//	*DirectoryCommand_RegisterSled
 	//	*DirectoryCommand_SetSledState
+	//	*DirectoryCommand_RenewLease
+	//	*DirectoryCommand_PromoteVolume
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1739,6 +1752,24 @@ func (x *DirectoryCommand) GetSetSledState() *SetSledStateCommand {
 	return nil
 }
 
+func (x *DirectoryCommand) GetRenewLease() *RenewLeaseCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_RenewLease); ok {
+			return x.RenewLease
+		}
+	}
+	return nil
+}
+
+func (x *DirectoryCommand) GetPromoteVolume() *PromoteVolumeCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_PromoteVolume); ok {
+			return x.PromoteVolume
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -1763,6 +1794,14 @@ type DirectoryCommand_SetSledState struct {
 	SetSledState *SetSledStateCommand `protobuf:"bytes,5,opt,name=set_sled_state,json=setSledState,proto3,oneof"`
 }
 
+type DirectoryCommand_RenewLease struct {
+	RenewLease *RenewLeaseCommand `protobuf:"bytes,6,opt,name=renew_lease,json=renewLease,proto3,oneof"`
+}
+
+type DirectoryCommand_PromoteVolume struct {
+	PromoteVolume *PromoteVolumeCommand `protobuf:"bytes,7,opt,name=promote_volume,json=promoteVolume,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
@@ -1773,6 +1812,154 @@ func (*DirectoryCommand_RegisterSled) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_SetSledState) isDirectoryCommand_Op() {}
 
+func (*DirectoryCommand_RenewLease) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_PromoteVolume) isDirectoryCommand_Op() {}
+
+// RenewLeaseCommand: the volume's primary asks the group to keep its lease.
+// Applied only if holder is the volume's primary at epoch; otherwise the
+// result carries the volume as it is, so a deposed primary learns so.
+type RenewLeaseCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Holder        string                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseCommand) Reset() {
+	*x = RenewLeaseCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseCommand) ProtoMessage() {}
+
+func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
+func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RenewLeaseCommand) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *RenewLeaseCommand) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *RenewLeaseCommand) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// PromoteVolumeCommand moves a volume to a new primary (one of its
+// secondaries) and secondaries, at if_epoch + 1. Applied only if the
+// volume is still at if_epoch, so a late or repeated proposal is a no-op.
+type PromoteVolumeCommand struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId    uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	IfEpoch     uint64                 `protobuf:"varint,2,opt,name=if_epoch,json=ifEpoch,proto3" json:"if_epoch,omitempty"`
+	Primary     string                 `protobuf:"bytes,3,opt,name=primary,proto3" json:"primary,omitempty"`
+	Secondaries []string               `protobuf:"bytes,4,rep,name=secondaries,proto3" json:"secondaries,omitempty"`
+	// Applied only if the volume's lease_renewals is still this: no renewal
+	// reached the log between the leader's decision and the promotion.
+	IfLeaseRenewals uint64 `protobuf:"varint,5,opt,name=if_lease_renewals,json=ifLeaseRenewals,proto3" json:"if_lease_renewals,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PromoteVolumeCommand) Reset() {
+	*x = PromoteVolumeCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteVolumeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteVolumeCommand) ProtoMessage() {}
+
+func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
+func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *PromoteVolumeCommand) GetIfEpoch() uint64 {
+	if x != nil {
+		return x.IfEpoch
+	}
+	return 0
+}
+
+func (x *PromoteVolumeCommand) GetPrimary() string {
+	if x != nil {
+		return x.Primary
+	}
+	return ""
+}
+
+func (x *PromoteVolumeCommand) GetSecondaries() []string {
+	if x != nil {
+		return x.Secondaries
+	}
+	return nil
+}
+
+func (x *PromoteVolumeCommand) GetIfLeaseRenewals() uint64 {
+	if x != nil {
+		return x.IfLeaseRenewals
+	}
+	return 0
+}
+
 type RegisterSledCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sled          *Sled                  `protobuf:"bytes,1,opt,name=sled,proto3" json:"sled,omitempty"`
@@ -1782,7 +1969,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1981,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1994,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -1830,7 +2017,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2029,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2042,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -1888,7 +2075,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2087,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2100,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -1933,7 +2120,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2132,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2145,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -1984,7 +2171,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2183,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2196,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -2031,7 +2218,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2230,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2243,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -2096,7 +2283,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2295,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2308,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -2192,7 +2379,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2391,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2404,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -2260,7 +2447,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2459,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2472,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -2327,7 +2514,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2526,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2539,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -2421,7 +2608,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2620,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2633,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -2483,7 +2670,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2682,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2695,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -2576,7 +2763,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +2775,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +2788,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -2641,7 +2828,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2653,7 +2840,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2666,7 +2853,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -2712,7 +2899,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2911,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2924,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -2779,7 +2966,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2791,7 +2978,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2804,7 +2991,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -2831,7 +3018,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2843,7 +3030,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2856,7 +3043,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -2901,7 +3088,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3100,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3113,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -2982,7 +3169,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3181,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3194,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -3046,7 +3233,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3058,7 +3245,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3071,7 +3258,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -3114,7 +3301,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3126,7 +3313,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3139,7 +3326,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -3180,7 +3367,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3192,7 +3379,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3205,7 +3392,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -3257,7 +3444,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3269,7 +3456,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3282,7 +3469,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -3318,7 +3505,7 @@ var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
 const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"\x1dproto/ballastpb/ballast.proto\x12\n" +
-	"ballast.v1\"\xf5\x01\n" +
+	"ballast.v1\"\x9c\x02\n" +
 	"\x06Volume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1d\n" +
@@ -3328,7 +3515,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\aprimary\x18\x05 \x01(\tR\aprimary\x12 \n" +
 	"\vsecondaries\x18\x06 \x03(\tR\vsecondaries\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12,\n" +
-	"\x12created_unix_nanos\x18\b \x01(\x03R\x10createdUnixNanos\"8\n" +
+	"\x12created_unix_nanos\x18\b \x01(\x03R\x10createdUnixNanos\x12%\n" +
+	"\x0elease_renewals\x18\t \x01(\x04R\rleaseRenewals\"8\n" +
 	"\bHeadNode\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\"H\n" +
@@ -3415,14 +3603,27 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"redundancy\x18\x06 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
 	"redundancy\x124\n" +
-	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\"\x81\x03\n" +
+	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\"\x8e\x04\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
 	"\rdelete_volume\x18\x03 \x01(\v2\x1f.ballast.v1.DeleteVolumeCommandH\x00R\fdeleteVolume\x12F\n" +
 	"\rregister_sled\x18\x04 \x01(\v2\x1f.ballast.v1.RegisterSledCommandH\x00R\fregisterSled\x12G\n" +
-	"\x0eset_sled_state\x18\x05 \x01(\v2\x1f.ballast.v1.SetSledStateCommandH\x00R\fsetSledStateB\x04\n" +
-	"\x02op\";\n" +
+	"\x0eset_sled_state\x18\x05 \x01(\v2\x1f.ballast.v1.SetSledStateCommandH\x00R\fsetSledState\x12@\n" +
+	"\vrenew_lease\x18\x06 \x01(\v2\x1d.ballast.v1.RenewLeaseCommandH\x00R\n" +
+	"renewLease\x12I\n" +
+	"\x0epromote_volume\x18\a \x01(\v2 .ballast.v1.PromoteVolumeCommandH\x00R\rpromoteVolumeB\x04\n" +
+	"\x02op\"^\n" +
+	"\x11RenewLeaseCommand\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x16\n" +
+	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\xb6\x01\n" +
+	"\x14PromoteVolumeCommand\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x19\n" +
+	"\bif_epoch\x18\x02 \x01(\x04R\aifEpoch\x12\x18\n" +
+	"\aprimary\x18\x03 \x01(\tR\aprimary\x12 \n" +
+	"\vsecondaries\x18\x04 \x03(\tR\vsecondaries\x12*\n" +
+	"\x11if_lease_renewals\x18\x05 \x01(\x04R\x0fifLeaseRenewals\";\n" +
 	"\x13RegisterSledCommand\x12$\n" +
 	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\"\x84\x01\n" +
 	"\x13SetSledStateCommand\x12\x0e\n" +
@@ -3603,7 +3804,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),               // 0: ballast.v1.SledState
 	(IOOp)(0),                    // 1: ballast.v1.IOOp
@@ -3635,29 +3836,31 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*RackStatusRequest)(nil),    // 27: ballast.v1.RackStatusRequest
 	(*RackStatusResponse)(nil),   // 28: ballast.v1.RackStatusResponse
 	(*DirectoryCommand)(nil),     // 29: ballast.v1.DirectoryCommand
-	(*RegisterSledCommand)(nil),  // 30: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),  // 31: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),  // 32: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),  // 33: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),  // 34: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),    // 35: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),            // 36: ballast.v1.IORequest
-	(*IOReply)(nil),              // 37: ballast.v1.IOReply
-	(*BlockWrite)(nil),           // 38: ballast.v1.BlockWrite
-	(*LogRecord)(nil),            // 39: ballast.v1.LogRecord
-	(*BlockRange)(nil),           // 40: ballast.v1.BlockRange
-	(*Segment)(nil),              // 41: ballast.v1.Segment
-	(*FlushRecord)(nil),          // 42: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),        // 43: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),      // 44: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),    // 45: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),          // 46: ballast.v1.StateRecord
-	(*BlockState)(nil),           // 47: ballast.v1.BlockState
-	(*SegmentState)(nil),         // 48: ballast.v1.SegmentState
-	(*LogEntry)(nil),             // 49: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),       // 50: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),     // 51: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),       // 52: ballast.v1.ReplicateReply
+	(*RenewLeaseCommand)(nil),    // 30: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil), // 31: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),  // 32: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),  // 33: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),  // 34: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),  // 35: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),  // 36: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),    // 37: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),            // 38: ballast.v1.IORequest
+	(*IOReply)(nil),              // 39: ballast.v1.IOReply
+	(*BlockWrite)(nil),           // 40: ballast.v1.BlockWrite
+	(*LogRecord)(nil),            // 41: ballast.v1.LogRecord
+	(*BlockRange)(nil),           // 42: ballast.v1.BlockRange
+	(*Segment)(nil),              // 43: ballast.v1.Segment
+	(*FlushRecord)(nil),          // 44: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),        // 45: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),      // 46: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),    // 47: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),          // 48: ballast.v1.StateRecord
+	(*BlockState)(nil),           // 49: ballast.v1.BlockState
+	(*SegmentState)(nil),         // 50: ballast.v1.SegmentState
+	(*LogEntry)(nil),             // 51: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),       // 52: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),     // 53: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),       // 54: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
@@ -3675,65 +3878,67 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	5,  // 12: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
 	23, // 13: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
 	24, // 14: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	32, // 15: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	33, // 16: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	34, // 17: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	30, // 18: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	31, // 19: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	16, // 20: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 21: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 22: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	4,  // 23: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	4,  // 24: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	16, // 25: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	1,  // 26: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	2,  // 27: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	38, // 28: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	40, // 29: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	42, // 30: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	43, // 31: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	44, // 32: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	45, // 33: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	46, // 34: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	41, // 35: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	41, // 36: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	40, // 37: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	47, // 38: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	48, // 39: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	41, // 40: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	40, // 41: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	39, // 42: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	39, // 43: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	3,  // 44: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	6,  // 45: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	8,  // 46: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	10, // 47: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	12, // 48: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	14, // 49: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	27, // 50: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	25, // 51: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	17, // 52: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	19, // 53: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	21, // 54: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	36, // 55: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	51, // 56: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	7,  // 57: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	9,  // 58: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	11, // 59: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	13, // 60: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	15, // 61: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	28, // 62: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	26, // 63: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	18, // 64: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	20, // 65: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	22, // 66: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	37, // 67: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	52, // 68: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	57, // [57:69] is the sub-list for method output_type
-	45, // [45:57] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	34, // 15: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	35, // 16: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	36, // 17: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	32, // 18: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	33, // 19: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	30, // 20: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	31, // 21: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	16, // 22: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 23: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 24: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	4,  // 25: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	4,  // 26: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	16, // 27: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	1,  // 28: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	2,  // 29: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	40, // 30: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	42, // 31: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	44, // 32: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	45, // 33: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	46, // 34: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	47, // 35: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	48, // 36: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	43, // 37: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	43, // 38: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	42, // 39: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	49, // 40: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	50, // 41: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	43, // 42: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	42, // 43: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	41, // 44: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	41, // 45: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	3,  // 46: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	6,  // 47: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	8,  // 48: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	10, // 49: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	12, // 50: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	14, // 51: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	27, // 52: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	25, // 53: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	17, // 54: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	19, // 55: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	21, // 56: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	38, // 57: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	53, // 58: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	7,  // 59: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	9,  // 60: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	11, // 61: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	13, // 62: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	15, // 63: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	28, // 64: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	26, // 65: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	18, // 66: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	20, // 67: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	22, // 68: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	39, // 69: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	54, // 70: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	59, // [59:71] is the sub-list for method output_type
+	47, // [47:59] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -3747,6 +3952,8 @@ func file_proto_ballastpb_ballast_proto_init() {
 		(*DirectoryCommand_DeleteVolume)(nil),
 		(*DirectoryCommand_RegisterSled)(nil),
 		(*DirectoryCommand_SetSledState)(nil),
+		(*DirectoryCommand_RenewLease)(nil),
+		(*DirectoryCommand_PromoteVolume)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3754,7 +3961,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
