@@ -37,6 +37,10 @@ type maintainer struct {
 	// Owned by the run goroutine.
 	nextSegment uint64
 	pending     map[shardRef]bool
+	// sledOut marks pending shards queued only because their sled was
+	// down or removed, not because a read or the audit found them bad: if
+	// the sled comes back up they are intact and need no rewrite.
+	sledOut map[shardRef]bool
 
 	mu     sync.Mutex
 	health segmentCounts // as of the last audit
@@ -54,6 +58,7 @@ func newMaintainer(p *primaryVolume, r *remoteIO) *maintainer {
 		repairc: make(chan shardRef, 1024),
 		done:    make(chan struct{}),
 		pending: map[shardRef]bool{},
+		sledOut: map[shardRef]bool{},
 	}
 }
 
@@ -109,7 +114,7 @@ func (m *maintainer) run() {
 		case <-flushTick.C:
 			err = m.flush(ctx)
 		case ref := <-m.repairc:
-			m.pending[ref] = true
+			m.markBad(ref)
 			m.drainRepairRequests()
 			err = m.repair(ctx)
 		case <-firstAudit:
@@ -127,11 +132,18 @@ func (m *maintainer) drainRepairRequests() {
 	for {
 		select {
 		case ref := <-m.repairc:
-			m.pending[ref] = true
+			m.markBad(ref)
 		default:
 			return
 		}
 	}
+}
+
+// markBad queues a shard that a read or the audit found missing or
+// corrupt.
+func (m *maintainer) markBad(ref shardRef) {
+	m.pending[ref] = true
+	delete(m.sledOut, ref)
 }
 
 // maintain is the periodic pass: audit, rebuild and repair, free empty
@@ -276,6 +288,9 @@ func (m *maintainer) audit(ctx context.Context) error {
 			ref := shardRef{segment: seg.Id, index: i}
 			st := m.r.standing(sled)
 			if slices.Contains(missing, i) || st == ballastpb.SledState_SLED_STATE_DRAINING {
+				if !m.pending[ref] && st != ballastpb.SledState_SLED_STATE_DRAINING {
+					m.sledOut[ref] = true
+				}
 				m.pending[ref] = true
 				continue
 			}
@@ -309,7 +324,7 @@ func (m *maintainer) audit(ctx context.Context) error {
 		}
 		for ref := range expected[s.id] {
 			if !have[ref] {
-				m.pending[ref] = true
+				m.markBad(ref)
 			}
 		}
 	}
@@ -362,6 +377,7 @@ func (m *maintainer) repair(ctx context.Context) error {
 			continue
 		}
 		delete(m.pending, ref)
+		delete(m.sledOut, ref)
 	}
 	m.mu.Lock()
 	m.health.pendingShards = uint64(len(m.pending))
@@ -381,6 +397,11 @@ func (m *maintainer) repairShard(ctx context.Context, ref shardRef) error {
 	from := seg.ShardSleds[ref.index]
 	standing := m.r.standing(from)
 	moving := standing != ballastpb.SledState_SLED_STATE_UP
+	if !moving && m.sledOut[ref] {
+		// Queued only because its sled was out, and the sled is back: the
+		// shard is there unless the next audit's listing says otherwise.
+		return nil
+	}
 	var data []byte
 	if standing == ballastpb.SledState_SLED_STATE_DRAINING {
 		data, err = m.r.readShard(ctx, vol.Id, seg, ref.index)

@@ -867,3 +867,38 @@ func TestCompactionDoesNotResurrectMovedBlocks(t *testing.T) {
 	r.check(t)
 	r.checkShardsMatch(t)
 }
+
+// TestReturningSledIsNotRewritten: a sled that was down, with no spare to
+// rebuild its shards on, comes back with its shards intact; they are not
+// reconstructed and written again.
+func TestReturningSledIsNotRewritten(t *testing.T) {
+	r := newStorageRig(t, 1<<20, 6, 256<<10)
+	r.write(t, 0, pattern(1<<20, 5))
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	gone := sledName(2)
+	r.shards.set(func(m *memShards) { m.down[gone] = true })
+	r.dir.setState(gone, ballastpb.SledState_SLED_STATE_DOWN)
+	r.remote.view.pollOnce(r.ctx, time.Second)
+	r.m().maintain(r.ctx) // nowhere to rebuild: the shards stay pending
+	if len(r.m().pending) == 0 {
+		t.Fatal("a down sled's shards were not queued")
+	}
+	r.shards.set(func(m *memShards) { clear(m.down) })
+	r.dir.setState(gone, ballastpb.SledState_SLED_STATE_UP)
+	r.remote.view.pollOnce(r.ctx, time.Second)
+	r.shards.mu.Lock()
+	putsBefore := r.shards.puts
+	r.shards.mu.Unlock()
+	if err := r.m().maintain(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.shards.mu.Lock()
+	puts := r.shards.puts - putsBefore
+	r.shards.mu.Unlock()
+	if puts != 0 || len(r.m().pending) != 0 || r.remote.stats.repaired.Load() != 0 {
+		t.Fatalf("after the sled returned: %d shards written, %d pending, %d repaired; want none", puts, len(r.m().pending), r.remote.stats.repaired.Load())
+	}
+	r.check(t)
+}
