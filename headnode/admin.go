@@ -106,24 +106,32 @@ func toStatus(err error) error {
 	}
 }
 
-// apply commits a directory command through raft.
+// apply commits a directory command through raft and returns the volume
+// it touched.
 func (a *adminServer) apply(cmd *ballastpb.DirectoryCommand) (*ballastpb.Volume, error) {
+	res, err := a.applyCommand(cmd)
+	return res.Volume, err
+}
+
+// applyCommand commits a directory command through raft; the error is the
+// commit's or the directory's refusal.
+func (a *adminServer) applyCommand(cmd *ballastpb.DirectoryCommand) (volume.ApplyResult, error) {
 	data, err := proto.Marshal(cmd)
 	if err != nil {
-		return nil, fmt.Errorf("encode command: %w", err)
+		return volume.ApplyResult{}, fmt.Errorf("encode command: %w", err)
 	}
 	f := a.node.raft.Apply(data, applyTimeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
-			return nil, errNotLeader
+			return volume.ApplyResult{}, errNotLeader
 		}
-		return nil, fmt.Errorf("commit directory command: %w", err)
+		return volume.ApplyResult{}, fmt.Errorf("commit directory command: %w", err)
 	}
 	res, ok := f.Response().(volume.ApplyResult)
 	if !ok {
-		return nil, fmt.Errorf("directory returned %T", f.Response())
+		return volume.ApplyResult{}, fmt.Errorf("directory returned %T", f.Response())
 	}
-	return res.Volume, res.Err
+	return res, res.Err
 }
 
 // readBarrier makes a leader's reads linearizable: once per term it waits

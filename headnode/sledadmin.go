@@ -2,8 +2,6 @@ package headnode
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -17,22 +15,8 @@ import (
 
 // applySled commits a sled command through the directory group.
 func (a *adminServer) applySled(cmd *ballastpb.DirectoryCommand) (*ballastpb.Sled, error) {
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("encode command: %w", err)
-	}
-	f := a.node.raft.Apply(data, applyTimeout)
-	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) {
-			return nil, errNotLeader
-		}
-		return nil, fmt.Errorf("commit directory command: %w", err)
-	}
-	res, ok := f.Response().(volume.ApplyResult)
-	if !ok {
-		return nil, fmt.Errorf("directory returned %T", f.Response())
-	}
-	return res.Sled, res.Err
+	res, err := a.applyCommand(cmd)
+	return res.Sled, err
 }
 
 func (a *adminServer) RegisterSled(ctx context.Context, req *ballastpb.RegisterSledRequest) (*ballastpb.RegisterSledResponse, error) {
