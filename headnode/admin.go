@@ -95,6 +95,8 @@ func toStatus(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, volume.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, volume.ErrConflict), errors.Is(err, volume.ErrDeposed):
+		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, volume.ErrNoPlacement):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, raft.ErrLeadershipLost):

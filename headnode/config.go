@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/ballast-storage/ballast/volume"
 )
 
 // Peer is one head node of the rack: its id and one address per network.
@@ -27,6 +29,9 @@ type Config struct {
 	// ReplicationTimeout bounds how long a write waits for its secondary
 	// before it fails with an I/O error.
 	ReplicationTimeout time.Duration
+	// Lease times the primaries' leases and so failover (default
+	// volume.DefaultLeaseConfig).
+	Lease volume.LeaseConfig
 	// LeaderWaitTimeout bounds how long an admin call waits for the
 	// directory group to have a leader.
 	LeaderWaitTimeout time.Duration
@@ -41,7 +46,12 @@ type Config struct {
 // EnsureDefaults fills zero fields with their defaults.
 func (c *Config) EnsureDefaults() {
 	if c.ReplicationTimeout == 0 {
-		c.ReplicationTimeout = 5 * time.Second
+		// Long enough for a lost secondary to be replaced and mirrored:
+		// writes wait through that rather than fail.
+		c.ReplicationTimeout = 20 * time.Second
+	}
+	if c.Lease == (volume.LeaseConfig{}) {
+		c.Lease = volume.DefaultLeaseConfig
 	}
 	if c.LeaderWaitTimeout == 0 {
 		c.LeaderWaitTimeout = 10 * time.Second
@@ -75,6 +85,9 @@ func (c *Config) Validate() error {
 	}
 	if !seen[c.ID] {
 		return fmt.Errorf("headnode config: this node %q is not among the peers", c.ID)
+	}
+	if err := c.Lease.Validate(); err != nil {
+		return err
 	}
 	return c.Storage.Validate()
 }

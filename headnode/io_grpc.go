@@ -137,9 +137,14 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 		return nil, ErrStopped
 	}
 	if pv, ok := n.primaries[vol.Id]; ok {
-		return pv, nil
+		if pv.vol.Epoch == vol.Epoch {
+			return pv, nil
+		}
+		// Primary again at a later epoch: the old state must not commit.
+		delete(n.primaries, vol.Id)
+		go pv.Close()
 	}
-	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote)
+	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote, n.leases)
 	n.primaries[vol.Id] = pv
 	return pv, nil
 }

@@ -345,6 +345,12 @@ func (m *maintainer) deleteOrphan(ctx context.Context, sled string, id shardID) 
 	if seg != nil && int(id.index) < len(seg.ShardSleds) && seg.ShardSleds[id.index] == sled {
 		return
 	}
+	// Only under the lease: a deposed primary's audit must not delete what
+	// the new primary just wrote (sleds fence it only once they have seen
+	// the new epoch).
+	if m.p.leaseHeld(ctx) != nil {
+		return
+	}
 	dctx, cancel := context.WithTimeout(ctx, m.r.cfg.ShardTimeout)
 	defer cancel()
 	if err := m.r.shards.Delete(dctx, sled, id, m.p.vol.Epoch); err == nil {

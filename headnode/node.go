@@ -34,6 +34,9 @@ type Node struct {
 	pool      rpc.Pool
 	drops     chan uint64
 	repl      *replicationServer
+	admin     *adminServer
+	leases    *leaseKeeper
+	promoter  *promoter
 	remote    *remoteIO
 	stopBG    context.CancelFunc // ends the sled view and the monitors
 	serving   sync.WaitGroup
@@ -113,7 +116,11 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.cons.Register(n.server)
-	ballastpb.RegisterAdminServer(n.server, &adminServer{node: n})
+	n.admin = &adminServer{node: n}
+	ballastpb.RegisterAdminServer(n.server, n.admin)
+	n.leases = newLeaseKeeper(n, cfg.Lease)
+	n.promoter = &promoter{node: n, cfg: cfg.Lease, log: n.log}
+	n.directory.OnLeasesRenewed = n.promoter.renewed
 	ballastpb.RegisterBlockIOServer(n.server, &blockIOServer{node: n})
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
@@ -141,10 +148,18 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	n.stopBG = stopBG
-	n.serving.Add(2)
+	n.serving.Add(4)
 	go func() {
 		defer n.serving.Done()
 		n.remote.view.run(bg, cfg.Storage.SledPollInterval, cfg.Storage.ShardTimeout)
+	}()
+	go func() {
+		defer n.serving.Done()
+		n.leases.run(bg)
+	}()
+	go func() {
+		defer n.serving.Done()
+		n.promoter.run(bg)
 	}()
 	go func() {
 		defer n.serving.Done()
@@ -154,6 +169,12 @@ func Start(cfg Config) (_ *Node, err error) {
 	go n.dropLoop()
 	n.log.Info("head node started", "addresses", cfg.ListenAddresses)
 	return n, nil
+}
+
+func (n *Node) isClosed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.closed
 }
 
 // ID returns the node's id.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,10 +80,35 @@ type primaryVolume struct {
 	// writtenBytes counts bytes committed since the flusher last looked,
 	// so a burst of writes triggers a flush before the timer does.
 	writtenBytes atomic.Int64
+
+	// auth says whether this node may still act as the volume's primary
+	// and where its secondaries are now; nil in tests of the write path
+	// alone (always allowed, placement fixed at activation).
+	auth authority
 }
 
-func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer, replTimeout time.Duration, log *slog.Logger, remote *remoteIO) *primaryVolume {
+// authority is what the rest of the head node tells a primary.
+type authority interface {
+	// current returns the volume as this node's directory holds it now.
+	current(id uint64) (*ballastpb.Volume, bool)
+	// awaitLease waits until this node holds the volume's lease at epoch.
+	// It fails with ErrStopped when the node was deposed, or when ctx
+	// ends first.
+	awaitLease(ctx context.Context, vol, epoch uint64) error
+	// reportInSync tells the group, in the background and retrying, that
+	// node holds a full copy of the volume at epoch.
+	reportInSync(vol *ballastpb.Volume, node string)
+}
+
+// syncTimeout bounds one full sync of a volume to a new secondary.
+const syncTimeout = 10 * time.Minute
+
+// syncChunkBytes bounds the block data of one full-sync message.
+const syncChunkBytes = 4 << 20
+
+func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer, replTimeout time.Duration, log *slog.Logger, remote *remoteIO, auth authority) *primaryVolume {
 	p := &primaryVolume{
+		auth:        auth,
 		vol:         vol,
 		store:       store,
 		dial:        dial,
@@ -135,6 +161,29 @@ func (p *primaryVolume) Close() {
 // flushed to the sleds are fetched from them, reconstructed from parity
 // when a shard cannot be read.
 func (p *primaryVolume) read(ctx context.Context, off uint64, dst []byte) error {
+	// A read is served only under the lease, checked before and again
+	// after: then no other primary can have acknowledged a write since
+	// the store was read (one is promoted only after this lease ends).
+	if err := p.leaseHeld(ctx); err != nil {
+		return err
+	}
+	if err := p.readUnderLease(ctx, off, dst); err != nil {
+		return err
+	}
+	return p.leaseHeld(ctx)
+}
+
+// leaseHeld waits until the node holds the volume's lease.
+func (p *primaryVolume) leaseHeld(ctx context.Context) error {
+	if p.auth == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.replTimeout)
+	defer cancel()
+	return p.auth.awaitLease(ctx, p.vol.Id, p.vol.Epoch)
+}
+
+func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []byte) error {
 	first := off / blockSize
 	last := (off + uint64(len(dst)) - 1) / blockSize
 	buf := dst
@@ -340,6 +389,11 @@ func (p *primaryVolume) commitLoop() {
 				break
 			}
 			err := p.commit(batch)
+			if err == nil {
+				// Durable on every replica; acknowledged only under the
+				// lease, so a deposed primary acknowledges nothing.
+				err = p.leaseHeld(context.Background())
+			}
 			p.finish(batch, err)
 		}
 	}
@@ -428,8 +482,14 @@ func (p *primaryVolume) commit(batch []*pendingWrite) error {
 		replErr = fmt.Errorf("secondary is at seq %d after a batch through %d", secondaryLast, lastSeq)
 	}
 	if replErr != nil {
+		// The batch is in the local log: a new session (perhaps with a
+		// secondary that replaced a lost one) brings the secondary through
+		// it, so the writes wait rather than fail.
 		p.dropLink()
-		return fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, replErr)
+		p.log.Info("replication failed; reconnecting", "err", replErr)
+		if err := p.connect(ctx); err != nil {
+			return fmt.Errorf("%w: volume %s: %w (after %w)", ErrReplication, p.vol.Name, err, replErr)
+		}
 	}
 	p.replicatedThrough = lastSeq
 	var written int64
@@ -454,6 +514,9 @@ func (p *primaryVolume) connect(ctx context.Context) error {
 			return nil
 		}
 		p.dropLink()
+		if errors.Is(err, ErrStopped) || errors.Is(err, errVolumeGone) {
+			return err
+		}
 		p.log.Debug("replication session failed; retrying", "err", err)
 		select {
 		case <-ctx.Done():
@@ -480,12 +543,27 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 	if p.link != nil {
 		return nil
 	}
-	if len(p.vol.Secondaries) == 0 {
+	vol := p.vol
+	if p.auth != nil {
+		cur, ok := p.auth.current(p.vol.Id)
+		switch {
+		case !ok:
+			return fmt.Errorf("%w: %s", errVolumeGone, p.vol.Name)
+		case cur.Epoch != p.vol.Epoch || cur.Primary != p.vol.Primary:
+			return fmt.Errorf("%w: volume %s is at epoch %d with primary %s", ErrStopped, cur.Name, cur.Epoch, cur.Primary)
+		}
+		vol = cur
+	}
+	if len(vol.Secondaries) == 0 {
 		return fmt.Errorf("volume has no secondary")
 	}
-	link, err := p.dial(ctx, p.vol, p.vol.Secondaries[0])
+	secondary := vol.Secondaries[0]
+	// A secondary that is catching up may hold another history of the
+	// volume: it gets a full copy, never a reconciliation.
+	full := slices.Contains(vol.CatchingUp, secondary)
+	link, err := p.dial(ctx, vol, secondary)
 	if err != nil {
-		return fmt.Errorf("connect to secondary %s: %w", p.vol.Secondaries[0], err)
+		return fmt.Errorf("connect to secondary %s: %w", secondary, err)
 	}
 	p.link = link
 	last, err := p.store.LastSeq(p.vol.Id)
@@ -496,15 +574,47 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 		VolumeId:       p.vol.Id,
 		Epoch:          p.vol.Epoch,
 		PrimaryLastSeq: last,
+		SyncBegin:      full,
 	})
 	if err != nil {
-		return fmt.Errorf("hello to secondary %s: %w", p.vol.Secondaries[0], err)
+		return fmt.Errorf("hello to secondary %s: %w", secondary, err)
 	}
+	if !full && reply.NeedsSync {
+		if _, err := link.Send(ctx, &ballastpb.ReplicateRequest{SyncBegin: true}); err != nil {
+			return fmt.Errorf("begin full sync of secondary %s: %w", secondary, err)
+		}
+		full = true
+	}
+	if !full {
+		err = p.reconcile(ctx, link, reply, last)
+		if !errors.Is(err, ErrSeqGap) {
+			return err
+		}
+		// Our log no longer holds what the secondary lacks.
+		p.log.Info("secondary is behind the log; sending a full copy", "secondary", secondary)
+		if _, err := link.Send(ctx, &ballastpb.ReplicateRequest{SyncBegin: true}); err != nil {
+			return fmt.Errorf("begin full sync of secondary %s: %w", secondary, err)
+		}
+	}
+	if err := p.fullSync(link, secondary); err != nil {
+		return err
+	}
+	if p.auth != nil && slices.Contains(vol.CatchingUp, secondary) {
+		p.auth.reportInSync(vol, secondary)
+	}
+	return nil
+}
+
+// reconcile brings a session's two logs to the same seq: it adopts what the
+// secondary holds beyond ours, and sends what we hold beyond the
+// secondary's.
+func (p *primaryVolume) reconcile(ctx context.Context, link replicaLink, reply *ballastpb.ReplicateReply, last uint64) error {
 	if len(reply.RecordsAhead) > 0 {
 		if err := p.store.Append(p.vol.Id, reply.RecordsAhead, 0); err != nil {
 			return fmt.Errorf("adopt %d records from secondary: %w", len(reply.RecordsAhead), err)
 		}
 		p.log.Info("adopted records from secondary", "count", len(reply.RecordsAhead))
+		var err error
 		if last, err = p.store.LastSeq(p.vol.Id); err != nil {
 			return err
 		}
@@ -524,5 +634,40 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 		from = got + 1
 	}
 	p.replicatedThrough = last
+	return nil
+}
+
+// fullSync sends the secondary a full copy of the volume (sync.go), after
+// a sync_begin it has acknowledged. The committer is blocked meanwhile,
+// so nothing changes under the copy.
+func (p *primaryVolume) fullSync(link replicaLink, secondary string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	start := time.Now()
+	chunks := 0
+	last, nextSeg, err := p.store.fullState(p.vol.Id, syncChunkBytes, func(rec *ballastpb.StateRecord) error {
+		chunks++
+		_, err := link.Send(ctx, &ballastpb.ReplicateRequest{SyncState: rec})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("full sync of secondary %s: %w", secondary, err)
+	}
+	got, err := link.Send(ctx, &ballastpb.ReplicateRequest{SyncEnd: true, SyncEndSeq: last, SyncNextSegmentId: nextSeg})
+	if err != nil {
+		return fmt.Errorf("end full sync of secondary %s: %w", secondary, err)
+	}
+	if got != last {
+		return fmt.Errorf("full sync of secondary %s ended at seq %d, want %d", secondary, got, last)
+	}
+	p.replicatedThrough = last
+	p.log.Info("secondary mirrored", "secondary", secondary, "seq", last, "chunks", chunks, "took", time.Since(start))
 	return nil
 }

@@ -42,6 +42,15 @@ type secondaryVolume struct {
 
 // hello answers a primary that opens a session.
 func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
+	if req.SyncBegin {
+		if err := s.store.beginSync(s.id); err != nil {
+			return nil, err
+		}
+		return &ballastpb.ReplicateReply{}, nil
+	}
+	if syncing, err := s.store.syncing(s.id); err != nil || syncing {
+		return &ballastpb.ReplicateReply{NeedsSync: true}, err
+	}
 	last, err := s.store.LastSeq(s.id)
 	if err != nil {
 		return nil, err
@@ -52,6 +61,11 @@ func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.Rep
 		// batch: hand back what it lacks so both logs agree again.
 		// At most one batch: the primary reconciles before every new one.
 		ahead, err := s.store.LogFrom(s.id, req.PrimaryLastSeq+1, int(last-req.PrimaryLastSeq), 0)
+		if errors.Is(err, ErrSeqGap) {
+			// Our log is of another history than the primary's: only a
+			// full copy brings us back.
+			return &ballastpb.ReplicateReply{NeedsSync: true}, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("records ahead of primary: %w", err)
 		}
@@ -60,9 +74,27 @@ func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.Rep
 	return reply, nil
 }
 
-// apply makes a batch durable and trims what every replica holds.
+// apply makes a batch durable and trims what every replica holds, or
+// takes the next step of a full sync.
 func (s *secondaryVolume) apply(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
-	if err := s.store.Append(s.id, req.Records, req.ReplicatedThrough); err != nil {
+	var err error
+	switch {
+	case req.SyncBegin:
+		err = s.store.beginSync(s.id)
+	case req.SyncState != nil:
+		err = s.store.applySyncState(s.id, req.SyncState)
+	case req.SyncEnd:
+		err = s.store.endSync(s.id, req.SyncEndSeq, req.SyncNextSegmentId)
+	default:
+		var syncing bool
+		if syncing, err = s.store.syncing(s.id); err == nil && syncing {
+			err = fmt.Errorf("volume %d: records sent while a full sync is unfinished", s.id)
+		}
+		if err == nil {
+			err = s.store.Append(s.id, req.Records, req.ReplicatedThrough)
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	last, err := s.store.LastSeq(s.id)

@@ -902,3 +902,81 @@ func TestReturningSledIsNotRewritten(t *testing.T) {
 	}
 	r.check(t)
 }
+
+// TestFullSyncToNewSecondary replaces the secondary with an empty store
+// (and then with one holding another history of the volume) and checks the
+// primary mirrors everything: blocks in the log, flushed blocks' index
+// entries and the segments, after which replication goes on as usual.
+func TestFullSyncToNewSecondary(t *testing.T) {
+	r := newStorageRig(t, 4<<20, 7, 256<<10)
+	rng := rand.New(rand.NewSource(5))
+	data := make([]byte, 2<<20)
+	rng.Read(data)
+	r.write(t, 0, data)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.write(t, 1<<20+100, pattern(9000, 4)) // in the log, over flushed blocks
+	r.write(t, 3<<20, pattern(8192, 5))
+	r.check(t)
+
+	for _, stale := range []bool{false, true} {
+		fresh := openMemStore(t)
+		if stale {
+			// A node that once held the volume: another history, with a
+			// log that reaches further than the primary's.
+			recs := []*ballastpb.LogRecord{}
+			for seq := uint64(1); seq <= 500; seq++ {
+				recs = append(recs, &ballastpb.LogRecord{Seq: seq, Blocks: []*ballastpb.BlockWrite{{Block: seq % 64, Data: pattern(4096, byte(seq))}}})
+			}
+			if err := fresh.Append(r.vol.Id, recs, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.primary.Close()
+		r.sStore = fresh
+		r.vol.Secondaries = []string{"c"}
+		r.vol.CatchingUp = []string{"c"}
+		r.start(t)
+		r.write(t, 2<<20, pattern(4096, 6)) // the first write mirrors first
+		r.check(t)
+		if err := r.m().flush(r.ctx); err != nil {
+			t.Fatal(err)
+		}
+		r.write(t, 5000, pattern(3000, 7))
+		r.vol.CatchingUp = nil
+		r.restart(t) // now reconciled record by record
+		r.write(t, 7000, pattern(3000, 8))
+		r.check(t)
+	}
+}
+
+// TestInterruptedFullSyncStartsOver cuts a full sync short: the secondary
+// must say it needs another, never pass the partial copy off as a replica.
+func TestInterruptedFullSyncStartsOver(t *testing.T) {
+	r := newStorageRig(t, 4<<20, 7, 256<<10)
+	r.write(t, 0, pattern(1<<20, 1))
+	sec := &secondaryVolume{store: openMemStore(t), id: r.vol.Id}
+	if _, err := sec.hello(&ballastpb.ReplicateRequest{VolumeId: r.vol.Id, Epoch: 1, SyncBegin: true}); err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	_, _, err := r.pStore.fullState(r.vol.Id, 64<<10, func(rec *ballastpb.StateRecord) error {
+		if sent == 2 {
+			return errors.New("cut")
+		}
+		sent++
+		_, err := sec.apply(&ballastpb.ReplicateRequest{SyncState: rec})
+		return err
+	})
+	if err == nil || sent != 2 {
+		t.Fatalf("full state: sent %d chunks, err %v", sent, err)
+	}
+	reply, err := sec.hello(&ballastpb.ReplicateRequest{VolumeId: r.vol.Id, Epoch: 1, PrimaryLastSeq: 1})
+	if err != nil || !reply.NeedsSync {
+		t.Fatalf("hello after a cut sync: %+v %v, want needs_sync", reply, err)
+	}
+	if _, err := sec.apply(&ballastpb.ReplicateRequest{Records: []*ballastpb.LogRecord{{Seq: 1}}}); err == nil {
+		t.Fatal("records applied over a partial copy")
+	}
+}

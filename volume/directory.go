@@ -21,6 +21,10 @@ type Directory struct {
 	// block) for each volume that leaves the directory, so its data can be
 	// reclaimed.
 	OnDelete func(*ballastpb.Volume)
+	// OnLeasesRenewed, if set, is called (from raft's FSM goroutine; it
+	// must not block) when a head node's renewal is applied, with the
+	// volumes it renewed: the group leader times leases from it.
+	OnLeasesRenewed func(holder string, volumes []uint64)
 
 	mu           sync.RWMutex
 	byName       map[string]*ballastpb.Volume
@@ -45,6 +49,9 @@ type ApplyResult struct {
 	Volume *ballastpb.Volume
 	Sled   *ballastpb.Sled
 	Err    error
+	// Refused lists the volumes of a RenewLeasesCommand whose renewal
+	// was refused (another primary or epoch, or deleted).
+	Refused []uint64
 }
 
 // Apply implements raft.FSM.
@@ -126,6 +133,12 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 		return d.renewLeaseLocked(op.RenewLease)
 	case *ballastpb.DirectoryCommand_PromoteVolume:
 		return d.promoteLocked(op.PromoteVolume)
+	case *ballastpb.DirectoryCommand_RenewLeases:
+		return d.renewLeasesLocked(op.RenewLeases)
+	case *ballastpb.DirectoryCommand_ReplaceSecondary:
+		return d.replaceSecondaryLocked(op.ReplaceSecondary)
+	case *ballastpb.DirectoryCommand_SecondaryInSync:
+		return d.secondaryInSyncLocked(op.SecondaryInSync)
 	default:
 		return ApplyResult{Err: fmt.Errorf("%w: unknown directory command %T", ErrInvalid, cmd.Op)}
 	}

@@ -179,6 +179,10 @@ func PlanPromotion(v *ballastpb.Volume, live []string) (*ballastpb.PromoteVolume
 	for _, s := range v.Secondaries {
 		switch {
 		case !slices.Contains(live, s):
+		case slices.Contains(v.CatchingUp, s) && primary == "":
+			// A partial copy cannot lead; it stays a secondary, to be
+			// mirrored again by the new primary.
+			secondaries = append(secondaries, s)
 		case primary == "":
 			primary = s
 		default:
@@ -186,7 +190,7 @@ func PlanPromotion(v *ballastpb.Volume, live []string) (*ballastpb.PromoteVolume
 		}
 	}
 	if primary == "" {
-		return nil, fmt.Errorf("volume %s: no live secondary to promote (secondaries %v, live %v)", v.Name, v.Secondaries, live)
+		return nil, fmt.Errorf("volume %s: no live, mirrored secondary to promote (secondaries %v, catching up %v, live %v)", v.Name, v.Secondaries, v.CatchingUp, live)
 	}
 	want := len(v.Secondaries)
 	for _, n := range live {
@@ -224,7 +228,7 @@ func (d *Directory) renewLeaseLocked(c *ballastpb.RenewLeaseCommand) ApplyResult
 }
 
 // promoteLocked applies a promotion if the volume is still at the epoch
-// the proposer saw and the new primary was one of its secondaries.
+// the proposer saw and the new primary was one of its mirrored secondaries.
 func (d *Directory) promoteLocked(c *ballastpb.PromoteVolumeCommand) ApplyResult {
 	v, ok := d.byID[c.VolumeId]
 	if !ok {
@@ -239,15 +243,108 @@ func (d *Directory) promoteLocked(c *ballastpb.PromoteVolumeCommand) ApplyResult
 			Err: fmt.Errorf("%w: volume %s's primary renewed its lease after the promotion was planned", ErrConflict, v.Name)}
 	case !slices.Contains(v.Secondaries, c.Primary):
 		return ApplyResult{Err: fmt.Errorf("%w: %s is not a secondary of volume %s and lacks its data", ErrInvalid, c.Primary, v.Name)}
+	case slices.Contains(v.CatchingUp, c.Primary):
+		return ApplyResult{Err: fmt.Errorf("%w: %s is still catching up on volume %s and lacks part of its data", ErrInvalid, c.Primary, v.Name)}
 	case slices.Contains(c.Secondaries, c.Primary) || len(c.Secondaries) == 0:
 		return ApplyResult{Err: fmt.Errorf("%w: promotion of volume %s to %s with secondaries %v", ErrInvalid, v.Name, c.Primary, c.Secondaries)}
+	}
+	// A mirrored secondary of the old epoch got the same stream as the new
+	// primary and is reconciled at the next hello; any other node must be
+	// mirrored in full before it may be promoted.
+	var catching []string
+	for _, s := range c.Secondaries {
+		if !slices.Contains(v.Secondaries, s) || slices.Contains(v.CatchingUp, s) {
+			catching = append(catching, s)
+		}
 	}
 	v = proto.Clone(v).(*ballastpb.Volume)
 	v.Epoch++
 	v.Primary = c.Primary
 	v.Secondaries = slices.Clone(c.Secondaries)
+	v.CatchingUp = catching
 	v.LeaseRenewals = 0
+	d.put(v)
+	return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+}
+
+// put replaces a volume's record (records are never changed in place, so
+// Shared can hand them out without a copy).
+func (d *Directory) put(v *ballastpb.Volume) {
 	d.byName[v.Name] = v
 	d.byID[v.Id] = v
+}
+
+// renewLeasesLocked applies one head node's renewal of all its leases.
+func (d *Directory) renewLeasesLocked(c *ballastpb.RenewLeasesCommand) ApplyResult {
+	var res ApplyResult
+	var renewed []uint64
+	for _, l := range c.Leases {
+		l.Holder = c.Holder
+		if r := d.renewLeaseLocked(l); r.Err != nil {
+			res.Refused = append(res.Refused, l.VolumeId)
+		} else {
+			renewed = append(renewed, l.VolumeId)
+		}
+	}
+	if d.OnLeasesRenewed != nil {
+		d.OnLeasesRenewed(c.Holder, renewed)
+	}
+	return res
+}
+
+// replaceSecondaryLocked swaps a lost secondary for a new one, which
+// starts catching up.
+func (d *Directory) replaceSecondaryLocked(c *ballastpb.ReplaceSecondaryCommand) ApplyResult {
+	v, ok := d.byID[c.VolumeId]
+	if !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: volume id %d", ErrNotFound, c.VolumeId)}
+	}
+	switch {
+	case v.Epoch != c.IfEpoch || !slices.Contains(v.Secondaries, c.Remove):
+		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume),
+			Err: fmt.Errorf("%w: replacing %s of volume %s at epoch %d; it is at epoch %d with secondaries %v", ErrConflict, c.Remove, v.Name, c.IfEpoch, v.Epoch, v.Secondaries)}
+	case c.Add == "" || c.Add == v.Primary || slices.Contains(v.Secondaries, c.Add):
+		return ApplyResult{Err: fmt.Errorf("%w: %q cannot become a secondary of volume %s (primary %s, secondaries %v)", ErrInvalid, c.Add, v.Name, v.Primary, v.Secondaries)}
+	}
+	v = proto.Clone(v).(*ballastpb.Volume)
+	for i, s := range v.Secondaries {
+		if s == c.Remove {
+			v.Secondaries[i] = c.Add
+		}
+	}
+	v.CatchingUp = slices.DeleteFunc(v.CatchingUp, func(s string) bool { return s == c.Remove })
+	v.CatchingUp = append(v.CatchingUp, c.Add)
+	d.put(v)
 	return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+}
+
+// secondaryInSyncLocked marks a secondary mirrored, if the primary that
+// says so is still the volume's at that epoch.
+func (d *Directory) secondaryInSyncLocked(c *ballastpb.SecondaryInSyncCommand) ApplyResult {
+	v, ok := d.byID[c.VolumeId]
+	if !ok {
+		return ApplyResult{Err: fmt.Errorf("%w: volume id %d", ErrNotFound, c.VolumeId)}
+	}
+	if v.Epoch != c.Epoch || !slices.Contains(v.Secondaries, c.Node) {
+		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume),
+			Err: fmt.Errorf("%w: %s in sync with volume %s at epoch %d; it is at epoch %d with secondaries %v", ErrConflict, c.Node, v.Name, c.Epoch, v.Epoch, v.Secondaries)}
+	}
+	if !slices.Contains(v.CatchingUp, c.Node) {
+		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+	}
+	v = proto.Clone(v).(*ballastpb.Volume)
+	v.CatchingUp = slices.DeleteFunc(v.CatchingUp, func(s string) bool { return s == c.Node })
+	d.put(v)
+	return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+}
+
+// PlanReplacement chooses, for a volume whose secondary `lost` is gone, a
+// live head node that holds no replica of it to take its place.
+func PlanReplacement(v *ballastpb.Volume, lost string, live []string) (*ballastpb.ReplaceSecondaryCommand, error) {
+	for _, n := range live {
+		if n != v.Primary && !slices.Contains(v.Secondaries, n) {
+			return &ballastpb.ReplaceSecondaryCommand{VolumeId: v.Id, IfEpoch: v.Epoch, Remove: lost, Add: n}, nil
+		}
+	}
+	return nil, fmt.Errorf("volume %s: no live head node to replace secondary %s (live %v)", v.Name, lost, live)
 }

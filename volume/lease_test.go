@@ -271,3 +271,58 @@ func simulateFailover(t *testing.T, seed int64) {
 		t.Fatalf("the replaced primary renewed after its pause and was not told it is deposed")
 	}
 }
+
+func TestDirectoryMirroring(t *testing.T) {
+	d := NewDirectory()
+	var seen []string
+	d.OnLeasesRenewed = func(holder string, vols []uint64) { seen = append(seen, fmt.Sprint(holder, vols)) }
+	a := applyLog(t, d, 1, create("a", 1<<30, "hn1", "hn2")).Volume
+	b := applyLog(t, d, 2, create("b", 1<<30, "hn2", "hn1")).Volume
+	batch := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RenewLeases{RenewLeases: &ballastpb.RenewLeasesCommand{
+		Holder: "hn1", Leases: []*ballastpb.RenewLeaseCommand{{VolumeId: a.Id, Epoch: 1}, {VolumeId: b.Id, Epoch: 1}, {VolumeId: 99, Epoch: 1}},
+	}}}
+	res := applyLog(t, d, 3, batch)
+	if res.Err != nil || !slices.Equal(res.Refused, []uint64{b.Id, 99}) || !slices.Equal(seen, []string{fmt.Sprint("hn1", []uint64{a.Id})}) {
+		t.Fatalf("batched renewal: %+v, hook saw %v; want b and 99 refused, a renewed", res, seen)
+	}
+	// hn2 is gone: hn3 replaces it and catches up, so it cannot lead yet.
+	cur, _ := d.ByID(a.Id)
+	repl, err := PlanReplacement(cur, "hn2", []string{"hn1", "hn3"})
+	if err != nil || repl.Add != "hn3" {
+		t.Fatalf("plan replacement: %+v %v", repl, err)
+	}
+	res = applyLog(t, d, 4, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ReplaceSecondary{ReplaceSecondary: repl}})
+	if res.Err != nil || !slices.Equal(res.Volume.Secondaries, []string{"hn3"}) || !slices.Equal(res.Volume.CatchingUp, []string{"hn3"}) || res.Volume.Epoch != 1 {
+		t.Fatalf("replacement: %+v", res)
+	}
+	if res := applyLog(t, d, 5, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ReplaceSecondary{ReplaceSecondary: repl}}); !errors.Is(res.Err, ErrConflict) {
+		t.Fatalf("repeated replacement: %v, want ErrConflict", res.Err)
+	}
+	cur, _ = d.ByID(a.Id)
+	if plan, err := PlanPromotion(cur, []string{"hn3", "hn4"}); err == nil {
+		t.Fatalf("planned promotion of a secondary still catching up: %+v", plan)
+	}
+	forced := &ballastpb.PromoteVolumeCommand{VolumeId: a.Id, IfEpoch: 1, IfLeaseRenewals: cur.LeaseRenewals, Primary: "hn3", Secondaries: []string{"hn4"}}
+	if res := applyLog(t, d, 6, promote(forced)); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("promotion of a secondary still catching up: %v, want ErrInvalid", res.Err)
+	}
+	inSync := func(epoch uint64, node string) *ballastpb.DirectoryCommand {
+		return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SecondaryInSync{SecondaryInSync: &ballastpb.SecondaryInSyncCommand{VolumeId: a.Id, Epoch: epoch, Node: node}}}
+	}
+	if res := applyLog(t, d, 7, inSync(0, "hn3")); !errors.Is(res.Err, ErrConflict) {
+		t.Fatalf("in-sync report of another epoch: %v, want ErrConflict", res.Err)
+	}
+	if res := applyLog(t, d, 8, inSync(1, "hn3")); res.Err != nil || len(res.Volume.CatchingUp) != 0 {
+		t.Fatalf("in-sync report: %+v", res)
+	}
+	// Now hn3 may lead; the node that takes its place catches up.
+	cur, _ = d.ByID(a.Id)
+	plan, err := PlanPromotion(cur, []string{"hn3", "hn4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res = applyLog(t, d, 9, promote(plan))
+	if res.Err != nil || res.Volume.Primary != "hn3" || res.Volume.Epoch != 2 || !slices.Equal(res.Volume.CatchingUp, []string{"hn4"}) {
+		t.Fatalf("promotion after sync: %+v", res)
+	}
+}

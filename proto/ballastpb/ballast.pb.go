@@ -273,6 +273,10 @@ type Volume struct {
 	// so a promotion decided on an expired lease is refused if a renewal
 	// got into the log before it.
 	LeaseRenewals uint64 `protobuf:"varint,9,opt,name=lease_renewals,json=leaseRenewals,proto3" json:"lease_renewals,omitempty"`
+	// Secondaries still being mirrored from the primary: they hold only part
+	// of the volume, so they may not be promoted. The primary clears a node
+	// once a full copy is durable on it.
+	CatchingUp    []string `protobuf:"bytes,10,rep,name=catching_up,json=catchingUp,proto3" json:"catching_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -368,6 +372,13 @@ func (x *Volume) GetLeaseRenewals() uint64 {
 		return x.LeaseRenewals
 	}
 	return 0
+}
+
+func (x *Volume) GetCatchingUp() []string {
+	if x != nil {
+		return x.CatchingUp
+	}
+	return nil
 }
 
 // HeadNode is a member of the rack as the directory group knows it.
@@ -1653,6 +1664,96 @@ func (x *RackStatusResponse) GetUnreachableHeadNodes() []string {
 	return nil
 }
 
+type RenewLeasesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volumes whose renewal the group refused: another primary or epoch
+	// holds them now (or they were deleted).
+	Refused       []uint64 `protobuf:"varint,1,rep,packed,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeasesResponse) Reset() {
+	*x = RenewLeasesResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeasesResponse) ProtoMessage() {}
+
+func (x *RenewLeasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeasesResponse.ProtoReflect.Descriptor instead.
+func (*RenewLeasesResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RenewLeasesResponse) GetRefused() []uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+type SecondaryInSyncResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecondaryInSyncResponse) Reset() {
+	*x = SecondaryInSyncResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecondaryInSyncResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecondaryInSyncResponse) ProtoMessage() {}
+
+func (x *SecondaryInSyncResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecondaryInSyncResponse.ProtoReflect.Descriptor instead.
+func (*SecondaryInSyncResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SecondaryInSyncResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 // Directory group commands, stored in the raft log.
 type DirectoryCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1665,6 +1766,9 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_SetSledState
 	//	*DirectoryCommand_RenewLease
 	//	*DirectoryCommand_PromoteVolume
+	//	*DirectoryCommand_RenewLeases
+	//	*DirectoryCommand_ReplaceSecondary
+	//	*DirectoryCommand_SecondaryInSync
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1672,7 +1776,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1788,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1801,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -1770,6 +1874,33 @@ func (x *DirectoryCommand) GetPromoteVolume() *PromoteVolumeCommand {
 	return nil
 }
 
+func (x *DirectoryCommand) GetRenewLeases() *RenewLeasesCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_RenewLeases); ok {
+			return x.RenewLeases
+		}
+	}
+	return nil
+}
+
+func (x *DirectoryCommand) GetReplaceSecondary() *ReplaceSecondaryCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_ReplaceSecondary); ok {
+			return x.ReplaceSecondary
+		}
+	}
+	return nil
+}
+
+func (x *DirectoryCommand) GetSecondaryInSync() *SecondaryInSyncCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_SecondaryInSync); ok {
+			return x.SecondaryInSync
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -1802,6 +1933,18 @@ type DirectoryCommand_PromoteVolume struct {
 	PromoteVolume *PromoteVolumeCommand `protobuf:"bytes,7,opt,name=promote_volume,json=promoteVolume,proto3,oneof"`
 }
 
+type DirectoryCommand_RenewLeases struct {
+	RenewLeases *RenewLeasesCommand `protobuf:"bytes,8,opt,name=renew_leases,json=renewLeases,proto3,oneof"`
+}
+
+type DirectoryCommand_ReplaceSecondary struct {
+	ReplaceSecondary *ReplaceSecondaryCommand `protobuf:"bytes,9,opt,name=replace_secondary,json=replaceSecondary,proto3,oneof"`
+}
+
+type DirectoryCommand_SecondaryInSync struct {
+	SecondaryInSync *SecondaryInSyncCommand `protobuf:"bytes,10,opt,name=secondary_in_sync,json=secondaryInSync,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
@@ -1815,6 +1958,199 @@ func (*DirectoryCommand_SetSledState) isDirectoryCommand_Op() {}
 func (*DirectoryCommand_RenewLease) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_PromoteVolume) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_RenewLeases) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_ReplaceSecondary) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_SecondaryInSync) isDirectoryCommand_Op() {}
+
+// RenewLeasesCommand renews, in one log entry, the leases of every volume a
+// head node is primary of; with none, it still says the node is alive.
+type RenewLeasesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	Leases        []*RenewLeaseCommand   `protobuf:"bytes,2,rep,name=leases,proto3" json:"leases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeasesCommand) Reset() {
+	*x = RenewLeasesCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeasesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeasesCommand) ProtoMessage() {}
+
+func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
+func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RenewLeasesCommand) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *RenewLeasesCommand) GetLeases() []*RenewLeaseCommand {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+// ReplaceSecondaryCommand swaps a secondary that is gone for another head
+// node, which starts catching up. Applied only at if_epoch with remove
+// still a secondary. The epoch stays: the primary does not change.
+type ReplaceSecondaryCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	IfEpoch       uint64                 `protobuf:"varint,2,opt,name=if_epoch,json=ifEpoch,proto3" json:"if_epoch,omitempty"`
+	Remove        string                 `protobuf:"bytes,3,opt,name=remove,proto3" json:"remove,omitempty"`
+	Add           string                 `protobuf:"bytes,4,opt,name=add,proto3" json:"add,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplaceSecondaryCommand) Reset() {
+	*x = ReplaceSecondaryCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplaceSecondaryCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplaceSecondaryCommand) ProtoMessage() {}
+
+func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
+func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *ReplaceSecondaryCommand) GetIfEpoch() uint64 {
+	if x != nil {
+		return x.IfEpoch
+	}
+	return 0
+}
+
+func (x *ReplaceSecondaryCommand) GetRemove() string {
+	if x != nil {
+		return x.Remove
+	}
+	return ""
+}
+
+func (x *ReplaceSecondaryCommand) GetAdd() string {
+	if x != nil {
+		return x.Add
+	}
+	return ""
+}
+
+// SecondaryInSyncCommand: the primary at epoch has mirrored the whole
+// volume to node, which may now be promoted.
+type SecondaryInSyncCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecondaryInSyncCommand) Reset() {
+	*x = SecondaryInSyncCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecondaryInSyncCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecondaryInSyncCommand) ProtoMessage() {}
+
+func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
+func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *SecondaryInSyncCommand) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *SecondaryInSyncCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
 
 // RenewLeaseCommand: the volume's primary asks the group to keep its lease.
 // Applied only if holder is the volume's primary at epoch; otherwise the
@@ -1830,7 +2166,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2178,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2191,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -1897,7 +2233,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2245,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2258,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -1969,7 +2305,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2317,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2330,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -2017,7 +2353,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2365,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2378,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -2075,7 +2411,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2423,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2436,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -2120,7 +2456,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2468,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2481,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -2171,7 +2507,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2519,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2532,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -2218,7 +2554,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2566,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2579,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -2283,7 +2619,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2631,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2644,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -2379,7 +2715,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2727,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2404,7 +2740,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -2447,7 +2783,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2795,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2808,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -2514,7 +2850,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2862,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2875,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -2608,7 +2944,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2956,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2969,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -2670,7 +3006,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2682,7 +3018,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2695,7 +3031,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -2763,7 +3099,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +3111,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +3124,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -2828,7 +3164,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2840,7 +3176,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2853,7 +3189,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -2899,7 +3235,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3247,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3260,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -2966,7 +3302,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3314,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3327,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -3018,7 +3354,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3030,7 +3366,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3043,7 +3379,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -3088,7 +3424,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3100,7 +3436,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3113,7 +3449,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -3169,7 +3505,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3181,7 +3517,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3194,7 +3530,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -3233,7 +3569,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3245,7 +3581,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3258,7 +3594,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -3295,13 +3631,14 @@ type VolumeLogState struct {
 	LastSeq        uint64                 `protobuf:"varint,1,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	TrimmedThrough uint64                 `protobuf:"varint,2,opt,name=trimmed_through,json=trimmedThrough,proto3" json:"trimmed_through,omitempty"`
 	NextSegmentId  uint64                 `protobuf:"varint,3,opt,name=next_segment_id,json=nextSegmentId,proto3" json:"next_segment_id,omitempty"`
+	Syncing        bool                   `protobuf:"varint,4,opt,name=syncing,proto3" json:"syncing,omitempty"` // a full sync began and has not ended
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3313,7 +3650,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3326,7 +3663,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -3350,6 +3687,13 @@ func (x *VolumeLogState) GetNextSegmentId() uint64 {
 	return 0
 }
 
+func (x *VolumeLogState) GetSyncing() bool {
+	if x != nil {
+		return x.Syncing
+	}
+	return false
+}
+
 type ReplicateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The first message of a stream is a hello naming the volume, the
@@ -3361,13 +3705,24 @@ type ReplicateRequest struct {
 	// Every record at or below this is durable on all replicas, so its log
 	// entry may be trimmed.
 	ReplicatedThrough uint64 `protobuf:"varint,5,opt,name=replicated_through,json=replicatedThrough,proto3" json:"replicated_through,omitempty"`
+	// A full copy instead of records (the secondary is new, or the log it
+	// lacks was trimmed): sync_begin drops what the secondary holds of the
+	// volume, sync_state carries state in chunks, and sync_end_seq makes the
+	// copy the secondary's state at that seq. Until the end arrives the
+	// secondary answers every hello with needs_sync. A hello may carry
+	// sync_begin itself.
+	SyncBegin         bool         `protobuf:"varint,6,opt,name=sync_begin,json=syncBegin,proto3" json:"sync_begin,omitempty"`
+	SyncState         *StateRecord `protobuf:"bytes,7,opt,name=sync_state,json=syncState,proto3" json:"sync_state,omitempty"`
+	SyncEnd           bool         `protobuf:"varint,8,opt,name=sync_end,json=syncEnd,proto3" json:"sync_end,omitempty"`
+	SyncEndSeq        uint64       `protobuf:"varint,9,opt,name=sync_end_seq,json=syncEndSeq,proto3" json:"sync_end_seq,omitempty"`
+	SyncNextSegmentId uint64       `protobuf:"varint,10,opt,name=sync_next_segment_id,json=syncNextSegmentId,proto3" json:"sync_next_segment_id,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3379,7 +3734,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3392,7 +3747,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -3430,21 +3785,59 @@ func (x *ReplicateRequest) GetReplicatedThrough() uint64 {
 	return 0
 }
 
+func (x *ReplicateRequest) GetSyncBegin() bool {
+	if x != nil {
+		return x.SyncBegin
+	}
+	return false
+}
+
+func (x *ReplicateRequest) GetSyncState() *StateRecord {
+	if x != nil {
+		return x.SyncState
+	}
+	return nil
+}
+
+func (x *ReplicateRequest) GetSyncEnd() bool {
+	if x != nil {
+		return x.SyncEnd
+	}
+	return false
+}
+
+func (x *ReplicateRequest) GetSyncEndSeq() uint64 {
+	if x != nil {
+		return x.SyncEndSeq
+	}
+	return 0
+}
+
+func (x *ReplicateRequest) GetSyncNextSegmentId() uint64 {
+	if x != nil {
+		return x.SyncNextSegmentId
+	}
+	return 0
+}
+
 type ReplicateReply struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	LastSeq uint64                 `protobuf:"varint,1,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"` // the secondary's last durable sequence number
 	// In reply to a hello: the records the secondary holds past the primary's
 	// last, which the primary must adopt before it writes anything new.
-	RecordsAhead  []*LogRecord    `protobuf:"bytes,2,rep,name=records_ahead,json=recordsAhead,proto3" json:"records_ahead,omitempty"`
-	Error         string          `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
-	Status        ReplicateStatus `protobuf:"varint,4,opt,name=status,proto3,enum=ballast.v1.ReplicateStatus" json:"status,omitempty"` // set whenever error is
+	RecordsAhead []*LogRecord    `protobuf:"bytes,2,rep,name=records_ahead,json=recordsAhead,proto3" json:"records_ahead,omitempty"`
+	Error        string          `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Status       ReplicateStatus `protobuf:"varint,4,opt,name=status,proto3,enum=ballast.v1.ReplicateStatus" json:"status,omitempty"` // set whenever error is
+	// In reply to a hello: the secondary holds no usable copy (it never had
+	// one, or a full sync was cut short) and needs a full sync.
+	NeedsSync     bool `protobuf:"varint,5,opt,name=needs_sync,json=needsSync,proto3" json:"needs_sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3456,7 +3849,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3469,7 +3862,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -3500,12 +3893,19 @@ func (x *ReplicateReply) GetStatus() ReplicateStatus {
 	return ReplicateStatus_REPLICATE_STATUS_OK
 }
 
+func (x *ReplicateReply) GetNeedsSync() bool {
+	if x != nil {
+		return x.NeedsSync
+	}
+	return false
+}
+
 var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
 
 const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"\x1dproto/ballastpb/ballast.proto\x12\n" +
-	"ballast.v1\"\x9c\x02\n" +
+	"ballast.v1\"\xbd\x02\n" +
 	"\x06Volume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1d\n" +
@@ -3516,7 +3916,10 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\vsecondaries\x18\x06 \x03(\tR\vsecondaries\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12,\n" +
 	"\x12created_unix_nanos\x18\b \x01(\x03R\x10createdUnixNanos\x12%\n" +
-	"\x0elease_renewals\x18\t \x01(\x04R\rleaseRenewals\"8\n" +
+	"\x0elease_renewals\x18\t \x01(\x04R\rleaseRenewals\x12\x1f\n" +
+	"\vcatching_up\x18\n" +
+	" \x03(\tR\n" +
+	"catchingUp\"8\n" +
 	"\bHeadNode\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\"H\n" +
@@ -3603,7 +4006,11 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"redundancy\x18\x06 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
 	"redundancy\x124\n" +
-	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\"\x8e\x04\n" +
+	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\"/\n" +
+	"\x13RenewLeasesResponse\x12\x18\n" +
+	"\arefused\x18\x01 \x03(\x04R\arefused\"E\n" +
+	"\x17SecondaryInSyncResponse\x12*\n" +
+	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"\xf9\x05\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
@@ -3612,8 +4019,24 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x0eset_sled_state\x18\x05 \x01(\v2\x1f.ballast.v1.SetSledStateCommandH\x00R\fsetSledState\x12@\n" +
 	"\vrenew_lease\x18\x06 \x01(\v2\x1d.ballast.v1.RenewLeaseCommandH\x00R\n" +
 	"renewLease\x12I\n" +
-	"\x0epromote_volume\x18\a \x01(\v2 .ballast.v1.PromoteVolumeCommandH\x00R\rpromoteVolumeB\x04\n" +
-	"\x02op\"^\n" +
+	"\x0epromote_volume\x18\a \x01(\v2 .ballast.v1.PromoteVolumeCommandH\x00R\rpromoteVolume\x12C\n" +
+	"\frenew_leases\x18\b \x01(\v2\x1e.ballast.v1.RenewLeasesCommandH\x00R\vrenewLeases\x12R\n" +
+	"\x11replace_secondary\x18\t \x01(\v2#.ballast.v1.ReplaceSecondaryCommandH\x00R\x10replaceSecondary\x12P\n" +
+	"\x11secondary_in_sync\x18\n" +
+	" \x01(\v2\".ballast.v1.SecondaryInSyncCommandH\x00R\x0fsecondaryInSyncB\x04\n" +
+	"\x02op\"c\n" +
+	"\x12RenewLeasesCommand\x12\x16\n" +
+	"\x06holder\x18\x01 \x01(\tR\x06holder\x125\n" +
+	"\x06leases\x18\x02 \x03(\v2\x1d.ballast.v1.RenewLeaseCommandR\x06leases\"{\n" +
+	"\x17ReplaceSecondaryCommand\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x19\n" +
+	"\bif_epoch\x18\x02 \x01(\x04R\aifEpoch\x12\x16\n" +
+	"\x06remove\x18\x03 \x01(\tR\x06remove\x12\x10\n" +
+	"\x03add\x18\x04 \x01(\tR\x03add\"_\n" +
+	"\x16SecondaryInSyncCommand\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"^\n" +
 	"\x11RenewLeaseCommand\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
@@ -3728,22 +4151,34 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\x06blocks\x18\x02 \x03(\x04B\x02\x10\x01R\x06blocks\x120\n" +
 	"\aremoved\x18\x03 \x03(\v2\x16.ballast.v1.BlockRangeR\aremoved\x12\x1e\n" +
-	"\bsegments\x18\x04 \x03(\x04B\x02\x10\x01R\bsegments\"|\n" +
+	"\bsegments\x18\x04 \x03(\x04B\x02\x10\x01R\bsegments\"\x96\x01\n" +
 	"\x0eVolumeLogState\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12'\n" +
 	"\x0ftrimmed_through\x18\x02 \x01(\x04R\x0etrimmedThrough\x12&\n" +
-	"\x0fnext_segment_id\x18\x03 \x01(\x04R\rnextSegmentId\"\xcf\x01\n" +
+	"\x0fnext_segment_id\x18\x03 \x01(\x04R\rnextSegmentId\x12\x18\n" +
+	"\asyncing\x18\x04 \x01(\bR\asyncing\"\x94\x03\n" +
 	"\x10ReplicateRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12(\n" +
 	"\x10primary_last_seq\x18\x03 \x01(\x04R\x0eprimaryLastSeq\x12/\n" +
 	"\arecords\x18\x04 \x03(\v2\x15.ballast.v1.LogRecordR\arecords\x12-\n" +
-	"\x12replicated_through\x18\x05 \x01(\x04R\x11replicatedThrough\"\xb2\x01\n" +
+	"\x12replicated_through\x18\x05 \x01(\x04R\x11replicatedThrough\x12\x1d\n" +
+	"\n" +
+	"sync_begin\x18\x06 \x01(\bR\tsyncBegin\x126\n" +
+	"\n" +
+	"sync_state\x18\a \x01(\v2\x17.ballast.v1.StateRecordR\tsyncState\x12\x19\n" +
+	"\bsync_end\x18\b \x01(\bR\asyncEnd\x12 \n" +
+	"\fsync_end_seq\x18\t \x01(\x04R\n" +
+	"syncEndSeq\x12/\n" +
+	"\x14sync_next_segment_id\x18\n" +
+	" \x01(\x04R\x11syncNextSegmentId\"\xd1\x01\n" +
 	"\x0eReplicateReply\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x123\n" +
-	"\x06status\x18\x04 \x01(\x0e2\x1b.ballast.v1.ReplicateStatusR\x06status*\x80\x01\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x1b.ballast.v1.ReplicateStatusR\x06status\x12\x1d\n" +
+	"\n" +
+	"needs_sync\x18\x05 \x01(\bR\tneedsSync*\x80\x01\n" +
 	"\tSledState\x12\x1a\n" +
 	"\x16SLED_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
@@ -3772,7 +4207,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xa4\x06\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xd0\a\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -3785,7 +4220,9 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"NodeStatus\x12\x1d.ballast.v1.NodeStatusRequest\x1a\x1e.ballast.v1.NodeStatusResponse\x12Q\n" +
 	"\fRegisterSled\x12\x1f.ballast.v1.RegisterSledRequest\x1a .ballast.v1.RegisterSledResponse\x12H\n" +
 	"\tListSleds\x12\x1c.ballast.v1.ListSledsRequest\x1a\x1d.ballast.v1.ListSledsResponse\x12Q\n" +
-	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse2?\n" +
+	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12N\n" +
+	"\vRenewLeases\x12\x1e.ballast.v1.RenewLeasesCommand\x1a\x1f.ballast.v1.RenewLeasesResponse\x12Z\n" +
+	"\x0fSecondaryInSync\x12\".ballast.v1.SecondaryInSyncCommand\x1a#.ballast.v1.SecondaryInSyncResponse2?\n" +
 	"\aBlockIO\x124\n" +
 	"\x02IO\x12\x15.ballast.v1.IORequest\x1a\x13.ballast.v1.IOReply(\x010\x012X\n" +
 	"\vReplication\x12I\n" +
@@ -3804,63 +4241,68 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
-	(SledState)(0),               // 0: ballast.v1.SledState
-	(IOOp)(0),                    // 1: ballast.v1.IOOp
-	(IOStatus)(0),                // 2: ballast.v1.IOStatus
-	(ReplicateStatus)(0),         // 3: ballast.v1.ReplicateStatus
-	(*Volume)(nil),               // 4: ballast.v1.Volume
-	(*HeadNode)(nil),             // 5: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),  // 6: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil), // 7: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),     // 8: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),    // 9: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),   // 10: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),  // 11: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),  // 12: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil), // 13: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),  // 14: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil), // 15: ballast.v1.DeleteVolumeResponse
-	(*Sled)(nil),                 // 16: ballast.v1.Sled
-	(*RegisterSledRequest)(nil),  // 17: ballast.v1.RegisterSledRequest
-	(*RegisterSledResponse)(nil), // 18: ballast.v1.RegisterSledResponse
-	(*ListSledsRequest)(nil),     // 19: ballast.v1.ListSledsRequest
-	(*ListSledsResponse)(nil),    // 20: ballast.v1.ListSledsResponse
-	(*SetSledStateRequest)(nil),  // 21: ballast.v1.SetSledStateRequest
-	(*SetSledStateResponse)(nil), // 22: ballast.v1.SetSledStateResponse
-	(*SledStatus)(nil),           // 23: ballast.v1.SledStatus
-	(*Redundancy)(nil),           // 24: ballast.v1.Redundancy
-	(*NodeStatusRequest)(nil),    // 25: ballast.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),   // 26: ballast.v1.NodeStatusResponse
-	(*RackStatusRequest)(nil),    // 27: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),   // 28: ballast.v1.RackStatusResponse
-	(*DirectoryCommand)(nil),     // 29: ballast.v1.DirectoryCommand
-	(*RenewLeaseCommand)(nil),    // 30: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil), // 31: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),  // 32: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),  // 33: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),  // 34: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),  // 35: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),  // 36: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),    // 37: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),            // 38: ballast.v1.IORequest
-	(*IOReply)(nil),              // 39: ballast.v1.IOReply
-	(*BlockWrite)(nil),           // 40: ballast.v1.BlockWrite
-	(*LogRecord)(nil),            // 41: ballast.v1.LogRecord
-	(*BlockRange)(nil),           // 42: ballast.v1.BlockRange
-	(*Segment)(nil),              // 43: ballast.v1.Segment
-	(*FlushRecord)(nil),          // 44: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),        // 45: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),      // 46: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),    // 47: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),          // 48: ballast.v1.StateRecord
-	(*BlockState)(nil),           // 49: ballast.v1.BlockState
-	(*SegmentState)(nil),         // 50: ballast.v1.SegmentState
-	(*LogEntry)(nil),             // 51: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),       // 52: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),     // 53: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),       // 54: ballast.v1.ReplicateReply
+	(SledState)(0),                  // 0: ballast.v1.SledState
+	(IOOp)(0),                       // 1: ballast.v1.IOOp
+	(IOStatus)(0),                   // 2: ballast.v1.IOStatus
+	(ReplicateStatus)(0),            // 3: ballast.v1.ReplicateStatus
+	(*Volume)(nil),                  // 4: ballast.v1.Volume
+	(*HeadNode)(nil),                // 5: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),     // 6: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),    // 7: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),        // 8: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),       // 9: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),      // 10: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),     // 11: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),     // 12: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),    // 13: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),     // 14: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 15: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                    // 16: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),     // 17: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil),    // 18: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),        // 19: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),       // 20: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),     // 21: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil),    // 22: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),              // 23: ballast.v1.SledStatus
+	(*Redundancy)(nil),              // 24: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),       // 25: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 26: ballast.v1.NodeStatusResponse
+	(*RackStatusRequest)(nil),       // 27: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),      // 28: ballast.v1.RackStatusResponse
+	(*RenewLeasesResponse)(nil),     // 29: ballast.v1.RenewLeasesResponse
+	(*SecondaryInSyncResponse)(nil), // 30: ballast.v1.SecondaryInSyncResponse
+	(*DirectoryCommand)(nil),        // 31: ballast.v1.DirectoryCommand
+	(*RenewLeasesCommand)(nil),      // 32: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil), // 33: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),  // 34: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),       // 35: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),    // 36: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),     // 37: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),     // 38: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),     // 39: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),     // 40: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),     // 41: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),       // 42: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),               // 43: ballast.v1.IORequest
+	(*IOReply)(nil),                 // 44: ballast.v1.IOReply
+	(*BlockWrite)(nil),              // 45: ballast.v1.BlockWrite
+	(*LogRecord)(nil),               // 46: ballast.v1.LogRecord
+	(*BlockRange)(nil),              // 47: ballast.v1.BlockRange
+	(*Segment)(nil),                 // 48: ballast.v1.Segment
+	(*FlushRecord)(nil),             // 49: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),           // 50: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),         // 51: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),       // 52: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),             // 53: ballast.v1.StateRecord
+	(*BlockState)(nil),              // 54: ballast.v1.BlockState
+	(*SegmentState)(nil),            // 55: ballast.v1.SegmentState
+	(*LogEntry)(nil),                // 56: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),          // 57: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),        // 58: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),          // 59: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
@@ -3878,67 +4320,77 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	5,  // 12: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
 	23, // 13: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
 	24, // 14: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	34, // 15: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	35, // 16: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	36, // 17: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	32, // 18: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	33, // 19: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	30, // 20: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	31, // 21: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	16, // 22: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 23: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 24: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	4,  // 25: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	4,  // 26: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	16, // 27: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	1,  // 28: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	2,  // 29: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	40, // 30: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	42, // 31: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	44, // 32: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	45, // 33: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	46, // 34: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	47, // 35: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	48, // 36: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	43, // 37: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	43, // 38: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	42, // 39: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	49, // 40: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	50, // 41: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	43, // 42: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	42, // 43: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	41, // 44: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	41, // 45: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	3,  // 46: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	6,  // 47: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	8,  // 48: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	10, // 49: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	12, // 50: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	14, // 51: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	27, // 52: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	25, // 53: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	17, // 54: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	19, // 55: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	21, // 56: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	38, // 57: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	53, // 58: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	7,  // 59: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	9,  // 60: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	11, // 61: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	13, // 62: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	15, // 63: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	28, // 64: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	26, // 65: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	18, // 66: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	20, // 67: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	22, // 68: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	39, // 69: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	54, // 70: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	59, // [59:71] is the sub-list for method output_type
-	47, // [47:59] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	4,  // 15: ballast.v1.SecondaryInSyncResponse.volume:type_name -> ballast.v1.Volume
+	39, // 16: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	40, // 17: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	41, // 18: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	37, // 19: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	38, // 20: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	35, // 21: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	36, // 22: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	32, // 23: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	33, // 24: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	34, // 25: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	35, // 26: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	16, // 27: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 28: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 29: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	4,  // 30: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	4,  // 31: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	16, // 32: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	1,  // 33: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	2,  // 34: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	45, // 35: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	47, // 36: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	49, // 37: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	50, // 38: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	51, // 39: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	52, // 40: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	53, // 41: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	48, // 42: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	48, // 43: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	47, // 44: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	54, // 45: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	55, // 46: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	48, // 47: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	47, // 48: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	46, // 49: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	53, // 50: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	46, // 51: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	3,  // 52: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	6,  // 53: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	8,  // 54: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	10, // 55: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	12, // 56: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	14, // 57: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	27, // 58: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	25, // 59: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	17, // 60: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	19, // 61: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	21, // 62: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	32, // 63: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
+	34, // 64: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
+	43, // 65: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	58, // 66: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	7,  // 67: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	9,  // 68: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	11, // 69: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	13, // 70: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	15, // 71: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	28, // 72: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	26, // 73: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	18, // 74: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	20, // 75: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	22, // 76: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	29, // 77: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
+	30, // 78: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
+	44, // 79: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	59, // 80: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	67, // [67:81] is the sub-list for method output_type
+	53, // [53:67] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -3946,7 +4398,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[25].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[27].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -3954,6 +4406,9 @@ func file_proto_ballastpb_ballast_proto_init() {
 		(*DirectoryCommand_SetSledState)(nil),
 		(*DirectoryCommand_RenewLease)(nil),
 		(*DirectoryCommand_PromoteVolume)(nil),
+		(*DirectoryCommand_RenewLeases)(nil),
+		(*DirectoryCommand_ReplaceSecondary)(nil),
+		(*DirectoryCommand_SecondaryInSync)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3961,7 +4416,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   51,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -22,16 +22,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_CreateVolume_FullMethodName = "/ballast.v1.Admin/CreateVolume"
-	Admin_GetVolume_FullMethodName    = "/ballast.v1.Admin/GetVolume"
-	Admin_ListVolumes_FullMethodName  = "/ballast.v1.Admin/ListVolumes"
-	Admin_ResizeVolume_FullMethodName = "/ballast.v1.Admin/ResizeVolume"
-	Admin_DeleteVolume_FullMethodName = "/ballast.v1.Admin/DeleteVolume"
-	Admin_RackStatus_FullMethodName   = "/ballast.v1.Admin/RackStatus"
-	Admin_NodeStatus_FullMethodName   = "/ballast.v1.Admin/NodeStatus"
-	Admin_RegisterSled_FullMethodName = "/ballast.v1.Admin/RegisterSled"
-	Admin_ListSleds_FullMethodName    = "/ballast.v1.Admin/ListSleds"
-	Admin_SetSledState_FullMethodName = "/ballast.v1.Admin/SetSledState"
+	Admin_CreateVolume_FullMethodName    = "/ballast.v1.Admin/CreateVolume"
+	Admin_GetVolume_FullMethodName       = "/ballast.v1.Admin/GetVolume"
+	Admin_ListVolumes_FullMethodName     = "/ballast.v1.Admin/ListVolumes"
+	Admin_ResizeVolume_FullMethodName    = "/ballast.v1.Admin/ResizeVolume"
+	Admin_DeleteVolume_FullMethodName    = "/ballast.v1.Admin/DeleteVolume"
+	Admin_RackStatus_FullMethodName      = "/ballast.v1.Admin/RackStatus"
+	Admin_NodeStatus_FullMethodName      = "/ballast.v1.Admin/NodeStatus"
+	Admin_RegisterSled_FullMethodName    = "/ballast.v1.Admin/RegisterSled"
+	Admin_ListSleds_FullMethodName       = "/ballast.v1.Admin/ListSleds"
+	Admin_SetSledState_FullMethodName    = "/ballast.v1.Admin/SetSledState"
+	Admin_RenewLeases_FullMethodName     = "/ballast.v1.Admin/RenewLeases"
+	Admin_SecondaryInSync_FullMethodName = "/ballast.v1.Admin/SecondaryInSync"
 )
 
 // AdminClient is the client API for Admin service.
@@ -51,6 +53,10 @@ type AdminClient interface {
 	RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error)
 	ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error)
 	SetSledState(ctx context.Context, in *SetSledStateRequest, opts ...grpc.CallOption) (*SetSledStateResponse, error)
+	// Between head nodes: a node renews the leases of the volumes it is
+	// primary of (and shows it is alive), and reports a mirrored secondary.
+	RenewLeases(ctx context.Context, in *RenewLeasesCommand, opts ...grpc.CallOption) (*RenewLeasesResponse, error)
+	SecondaryInSync(ctx context.Context, in *SecondaryInSyncCommand, opts ...grpc.CallOption) (*SecondaryInSyncResponse, error)
 }
 
 type adminClient struct {
@@ -161,6 +167,26 @@ func (c *adminClient) SetSledState(ctx context.Context, in *SetSledStateRequest,
 	return out, nil
 }
 
+func (c *adminClient) RenewLeases(ctx context.Context, in *RenewLeasesCommand, opts ...grpc.CallOption) (*RenewLeasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewLeasesResponse)
+	err := c.cc.Invoke(ctx, Admin_RenewLeases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) SecondaryInSync(ctx context.Context, in *SecondaryInSyncCommand, opts ...grpc.CallOption) (*SecondaryInSyncResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SecondaryInSyncResponse)
+	err := c.cc.Invoke(ctx, Admin_SecondaryInSync_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -178,6 +204,10 @@ type AdminServer interface {
 	RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error)
 	ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error)
 	SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error)
+	// Between head nodes: a node renews the leases of the volumes it is
+	// primary of (and shows it is alive), and reports a mirrored secondary.
+	RenewLeases(context.Context, *RenewLeasesCommand) (*RenewLeasesResponse, error)
+	SecondaryInSync(context.Context, *SecondaryInSyncCommand) (*SecondaryInSyncResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -217,6 +247,12 @@ func (UnimplementedAdminServer) ListSleds(context.Context, *ListSledsRequest) (*
 }
 func (UnimplementedAdminServer) SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetSledState not implemented")
+}
+func (UnimplementedAdminServer) RenewLeases(context.Context, *RenewLeasesCommand) (*RenewLeasesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewLeases not implemented")
+}
+func (UnimplementedAdminServer) SecondaryInSync(context.Context, *SecondaryInSyncCommand) (*SecondaryInSyncResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SecondaryInSync not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -419,6 +455,42 @@ func _Admin_SetSledState_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RenewLeases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewLeasesCommand)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RenewLeases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RenewLeases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RenewLeases(ctx, req.(*RenewLeasesCommand))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_SecondaryInSync_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SecondaryInSyncCommand)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SecondaryInSync(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SecondaryInSync_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SecondaryInSync(ctx, req.(*SecondaryInSyncCommand))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -465,6 +537,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetSledState",
 			Handler:    _Admin_SetSledState_Handler,
+		},
+		{
+			MethodName: "RenewLeases",
+			Handler:    _Admin_RenewLeases_Handler,
+		},
+		{
+			MethodName: "SecondaryInSync",
+			Handler:    _Admin_SecondaryInSync_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,389 @@
+package headnode
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
+)
+
+// Failover (the decisions are volume/lease.go's; this is their I/O).
+//
+// Every head node runs a leaseKeeper: every RenewEvery it renews, in one
+// directory command, the lease of every volume its directory says it is
+// primary of. The command also shows the node is alive when it is primary
+// of nothing. A refused renewal deposes the node's primary of that volume
+// for good: it stops, and its writes in flight fail as "not primary", for
+// the agent to send again to the new primary.
+//
+// The directory leader runs a promoter: it times every lease and every
+// node's renewals on its own clock (fed from the FSM as renewals apply),
+// promotes a mirrored secondary when a primary's lease has surely ended,
+// and replaces a secondary whose node has been silent as long. The new
+// primary mirrors the volume to the new secondary, which then reports in
+// sync and may be promoted in turn.
+
+// leaseKeeper holds this node's primary leases.
+type leaseKeeper struct {
+	node *Node
+	cfg  volume.LeaseConfig
+	log  *slog.Logger
+	kick chan struct{}
+
+	mu      sync.Mutex
+	leases  map[uint64]*volume.PrimaryLease
+	changed chan struct{} // closed and replaced whenever a lease changes
+}
+
+func newLeaseKeeper(n *Node, cfg volume.LeaseConfig) *leaseKeeper {
+	return &leaseKeeper{
+		node:    n,
+		cfg:     cfg,
+		log:     n.log,
+		kick:    make(chan struct{}, 1),
+		leases:  map[uint64]*volume.PrimaryLease{},
+		changed: make(chan struct{}),
+	}
+}
+
+func (k *leaseKeeper) current(id uint64) (*ballastpb.Volume, bool) {
+	return k.node.directory.Shared(id)
+}
+
+// awaitLease implements authority.
+func (k *leaseKeeper) awaitLease(ctx context.Context, vol, epoch uint64) error {
+	kicked := false
+	for {
+		k.mu.Lock()
+		l := k.leases[vol]
+		changed := k.changed
+		k.mu.Unlock()
+		now := time.Now()
+		switch {
+		case l != nil && l.Epoch() == epoch && l.Valid(now):
+			return nil
+		case l != nil && l.Epoch() == epoch && l.Deposed():
+			return fmt.Errorf("%w: deposed as primary of volume %d at epoch %d", ErrStopped, vol, epoch)
+		case l != nil && l.Epoch() > epoch:
+			return fmt.Errorf("%w: volume %d moved past epoch %d", ErrStopped, vol, epoch)
+		}
+		if !kicked {
+			// A primary that just took over need not wait for the tick.
+			k.renewSoon()
+			kicked = true
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no lease on volume %d at epoch %d: %w", ErrStopped, vol, epoch, ctx.Err())
+		}
+	}
+}
+
+func (k *leaseKeeper) renewSoon() {
+	select {
+	case k.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reportInSync implements authority.
+func (k *leaseKeeper) reportInSync(vol *ballastpb.Volume, node string) {
+	go func() {
+		cmd := &ballastpb.SecondaryInSyncCommand{VolumeId: vol.Id, Epoch: vol.Epoch, Node: node}
+		for attempt := 0; attempt < 20; attempt++ {
+			ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
+			_, err := k.node.admin.SecondaryInSync(ctx, cmd)
+			cancel()
+			if err == nil {
+				k.log.Info("secondary in sync", "volume", vol.Name, "secondary", node, "epoch", vol.Epoch)
+				return
+			}
+			if status.Code(err) == codes.Aborted || k.node.isClosed() {
+				return
+			}
+			k.log.Warn("report secondary in sync", "volume", vol.Name, "secondary", node, "err", err)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+}
+
+func (k *leaseKeeper) run(ctx context.Context) {
+	t := time.NewTicker(k.cfg.RenewEvery())
+	defer t.Stop()
+	for {
+		k.renew(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-k.kick:
+		}
+	}
+}
+
+// renew sends one renewal of every lease this node should hold.
+func (k *leaseKeeper) renew(ctx context.Context) {
+	me := k.node.cfg.ID
+	now := time.Now()
+	cmd := &ballastpb.RenewLeasesCommand{Holder: me}
+	ids := map[uint64]uint64{}
+	k.mu.Lock()
+	keep := map[uint64]bool{}
+	for _, v := range k.node.directory.List() {
+		if v.Primary != me {
+			continue
+		}
+		l := k.leases[v.Id]
+		if l == nil || l.Epoch() < v.Epoch {
+			l = volume.NewPrimaryLease(k.cfg, v.Epoch)
+			k.leases[v.Id] = l
+		}
+		keep[v.Id] = true
+		if l.Deposed() || l.Epoch() != v.Epoch {
+			continue
+		}
+		ids[v.Id] = l.StartRenewal(now)
+		cmd.Leases = append(cmd.Leases, &ballastpb.RenewLeaseCommand{VolumeId: v.Id, Epoch: v.Epoch})
+	}
+	for id, l := range k.leases {
+		// Leases of volumes we no longer lead are dropped once they can
+		// no longer be valid, so a late primary still sees them lapse.
+		if !keep[id] && !l.Valid(now) {
+			delete(k.leases, id)
+		}
+	}
+	k.mu.Unlock()
+
+	rctx, cancel := context.WithTimeout(ctx, k.cfg.Duration)
+	resp, err := k.node.admin.RenewLeases(rctx, cmd)
+	cancel()
+
+	var deposed []uint64
+	k.mu.Lock()
+	for id, rid := range ids {
+		l := k.leases[id]
+		switch {
+		case l == nil:
+		case err != nil:
+			l.Failed(rid)
+		case slices.Contains(resp.Refused, id):
+			l.Refused(rid)
+			deposed = append(deposed, id)
+		default:
+			l.Renewed(rid)
+		}
+	}
+	close(k.changed)
+	k.changed = make(chan struct{})
+	k.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		k.log.Debug("renew leases", "volumes", len(cmd.Leases), "err", err)
+	}
+	for _, id := range deposed {
+		k.log.Warn("deposed as primary", "volume_id", id)
+	}
+	k.node.stopStalePrimaries()
+}
+
+// stopStalePrimaries stops the primary state of every volume this node no
+// longer leads at that epoch; its writes in flight fail as "not primary".
+func (n *Node) stopStalePrimaries() {
+	var stale []*primaryVolume
+	n.mu.Lock()
+	for id, pv := range n.primaries {
+		v, ok := n.directory.Shared(id)
+		if ok && v.Primary == n.cfg.ID && v.Epoch == pv.vol.Epoch && !n.leases.deposed(id, pv.vol.Epoch) {
+			continue
+		}
+		if !ok {
+			continue // deleted: dropLoop reclaims it
+		}
+		delete(n.primaries, id)
+		stale = append(stale, pv)
+	}
+	n.mu.Unlock()
+	for _, pv := range stale {
+		pv.log.Info("no longer primary; stopping", "epoch", pv.vol.Epoch)
+		go pv.Close()
+	}
+}
+
+func (k *leaseKeeper) deposed(vol, epoch uint64) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	l := k.leases[vol]
+	return l != nil && l.Epoch() == epoch && l.Deposed()
+}
+
+// promoter makes the directory leader's failover decisions.
+type promoter struct {
+	node *Node
+	cfg  volume.LeaseConfig
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	term  uint64 // the term of the current table; 0: not leader
+	since time.Time
+	table *volume.LeaseTable
+	seen  map[string]time.Time // head node -> last renewal applied
+}
+
+// renewed is the directory's OnLeasesRenewed hook (raft's FSM goroutine).
+func (p *promoter) renewed(holder string, vols []uint64) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.table == nil {
+		return
+	}
+	p.seen[holder] = now
+	for _, v := range vols {
+		p.table.Renewed(v, now)
+	}
+}
+
+func (p *promoter) run(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.step(ctx, time.Now())
+	}
+}
+
+// step runs one round of decisions at now, if this node leads.
+func (p *promoter) step(ctx context.Context, now time.Time) {
+	r := p.node.raft
+	if r.State() != raft.Leader {
+		p.mu.Lock()
+		p.term, p.table = 0, nil
+		p.mu.Unlock()
+		return
+	}
+	term := currentTerm(r)
+	p.mu.Lock()
+	if p.term != term {
+		// A new leader has seen no renewals: every lease counts as
+		// renewed now, every node as seen now.
+		p.term, p.since = term, now
+		p.table = volume.NewLeaseTable(p.cfg, now)
+		p.seen = map[string]time.Time{}
+		p.mu.Unlock()
+		return
+	}
+	var live []string
+	silent := map[string]bool{}
+	for _, peer := range p.node.cfg.Peers {
+		last := p.seen[peer.ID]
+		if last.Before(p.since) {
+			last = p.since
+		}
+		if peer.ID == p.node.cfg.ID || now.Sub(last) <= p.cfg.Duration {
+			live = append(live, peer.ID)
+		}
+		if now.Sub(last) > p.cfg.Duration+p.cfg.Margin {
+			silent[peer.ID] = true
+		}
+	}
+	var promote []*ballastpb.Volume
+	for _, v := range p.node.directory.List() {
+		if p.table.Expired(v.Id, now) {
+			promote = append(promote, v)
+		}
+	}
+	p.mu.Unlock()
+
+	for _, v := range promote {
+		plan, err := volume.PlanPromotion(v, live)
+		if err != nil {
+			p.log.Warn("primary's lease expired; cannot fail over", "volume", v.Name, "primary", v.Primary, "err", err)
+			p.forget(v.Id, now) // ask again after another lease period
+			continue
+		}
+		res, err := p.node.admin.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_PromoteVolume{PromoteVolume: plan}})
+		if err != nil {
+			p.log.Warn("promote", "volume", v.Name, "err", err)
+			continue
+		}
+		p.forget(v.Id, now)
+		p.log.Warn("failed over", "volume", v.Name, "from", v.Primary, "to", res.Volume.Primary,
+			"secondaries", res.Volume.Secondaries, "epoch", res.Volume.Epoch)
+	}
+	promoted := map[uint64]bool{}
+	for _, v := range promote {
+		promoted[v.Id] = true
+	}
+	for _, v := range p.node.directory.List() {
+		if promoted[v.Id] {
+			continue
+		}
+		for _, s := range v.Secondaries {
+			if !silent[s] {
+				continue
+			}
+			plan, err := volume.PlanReplacement(v, s, live)
+			if err != nil {
+				continue
+			}
+			res, err := p.node.admin.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ReplaceSecondary{ReplaceSecondary: plan}})
+			if err != nil {
+				p.log.Warn("replace secondary", "volume", v.Name, "secondary", s, "err", err)
+				continue
+			}
+			p.log.Warn("replaced lost secondary", "volume", v.Name, "lost", s, "new", plan.Add, "epoch", res.Volume.Epoch)
+			break
+		}
+	}
+}
+
+func (p *promoter) forget(vol uint64, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.table != nil {
+		p.table.Forget(vol, now)
+	}
+}
+
+// RenewLeases is called by head nodes (this one included) on the leader.
+func (a *adminServer) RenewLeases(ctx context.Context, cmd *ballastpb.RenewLeasesCommand) (*ballastpb.RenewLeasesResponse, error) {
+	return onLeader(a, ctx,
+		func(context.Context) (*ballastpb.RenewLeasesResponse, error) {
+			res, err := a.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RenewLeases{RenewLeases: cmd}})
+			if err != nil {
+				return nil, err
+			}
+			return &ballastpb.RenewLeasesResponse{Refused: res.Refused}, nil
+		},
+		func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.RenewLeasesResponse, error) {
+			return c.RenewLeases(ctx, cmd)
+		})
+}
+
+// SecondaryInSync is called by a volume's primary on the leader.
+func (a *adminServer) SecondaryInSync(ctx context.Context, cmd *ballastpb.SecondaryInSyncCommand) (*ballastpb.SecondaryInSyncResponse, error) {
+	return onLeader(a, ctx,
+		func(context.Context) (*ballastpb.SecondaryInSyncResponse, error) {
+			v, err := a.apply(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SecondaryInSync{SecondaryInSync: cmd}})
+			if err != nil {
+				return nil, err
+			}
+			return &ballastpb.SecondaryInSyncResponse{Volume: v}, nil
+		},
+		func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.SecondaryInSyncResponse, error) {
+			return c.SecondaryInSync(ctx, cmd)
+		})
+}

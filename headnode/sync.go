@@ -1,0 +1,210 @@
+package headnode
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+// Full sync
+//
+// A secondary that is new to a volume, or whose log ends before what the
+// primary still holds, cannot be reconciled record by record. The primary
+// then sends it a full copy: every block still in the log (with its data),
+// every index entry and every segment, read from one snapshot of the
+// store, as StateRecords in chunks. The secondary drops what it held of
+// the volume when the copy begins and records that it is syncing, so that
+// a copy cut short (either side crashing) is never mistaken for a copy:
+// its next hello says it needs a full sync. Data already on the sleds is
+// not copied; the index entries name it.
+
+// fullState reads the volume's whole state from one snapshot and hands it
+// to emit in chunks of about chunkBytes of block data. It returns the
+// volume's last seq and next segment id at the snapshot.
+func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.StateRecord) error) (lastSeq, nextSeg uint64, err error) {
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	// The cached state may be newer than the snapshot; read the stored one.
+	st := &ballastpb.VolumeLogState{}
+	if v, closer, err := snap.Get(stateKey(vol)); err == nil {
+		err = proto.Unmarshal(v, st)
+		closer.Close()
+		if err != nil {
+			return 0, 0, fmt.Errorf("%w: log state of volume %d: %v", ErrCorrupt, vol, err)
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return 0, 0, fmt.Errorf("read log state of volume %d: %w", vol, err)
+	}
+
+	rec := &ballastpb.StateRecord{}
+	size := 0
+	flush := func(force bool) error {
+		if !force && size < chunkBytes && len(rec.Blocks) < 64<<10 {
+			return nil
+		}
+		if len(rec.Blocks) == 0 && len(rec.Segments) == 0 {
+			return nil
+		}
+		if err := emit(rec); err != nil {
+			return err
+		}
+		rec, size = &ballastpb.StateRecord{}, 0
+		return nil
+	}
+
+	// Segments first: the index entries that follow name them.
+	segs, err := snap.NewIter(&pebble.IterOptions{LowerBound: volKey(prefixSegment, vol, 0), UpperBound: volumeUpper(prefixSegment, vol)})
+	if err != nil {
+		return 0, 0, fmt.Errorf("iterate segments of volume %d: %w", vol, err)
+	}
+	for ok := segs.First(); ok; ok = segs.Next() {
+		id := keyNumber(segs.Key())
+		seg, slots, err := getSegment(snap, vol, id, true)
+		if err != nil {
+			segs.Close()
+			return 0, 0, err
+		}
+		rec.Segments = append(rec.Segments, &ballastpb.SegmentState{Id: id, Segment: seg, SlotBlocks: slots})
+		size += 8 * len(slots)
+		if err := flush(false); err != nil {
+			segs.Close()
+			return 0, 0, err
+		}
+	}
+	if err := segs.Close(); err != nil {
+		return 0, 0, fmt.Errorf("iterate segments of volume %d: %w", vol, err)
+	}
+
+	// Blocks: the data and index keys of a block travel together, since a
+	// BlockState sets both (applyState).
+	data, err := snap.NewIter(&pebble.IterOptions{LowerBound: volKey(prefixBlock, vol, 0), UpperBound: volumeUpper(prefixBlock, vol)})
+	if err != nil {
+		return 0, 0, fmt.Errorf("iterate blocks of volume %d: %w", vol, err)
+	}
+	defer data.Close()
+	index, err := snap.NewIter(&pebble.IterOptions{LowerBound: volKey(prefixIndex, vol, 0), UpperBound: volumeUpper(prefixIndex, vol)})
+	if err != nil {
+		return 0, 0, fmt.Errorf("iterate index of volume %d: %w", vol, err)
+	}
+	defer index.Close()
+	okD, okI := data.First(), index.First()
+	for okD || okI {
+		var bs ballastpb.BlockState
+		switch {
+		case okD && (!okI || keyNumber(data.Key()) <= keyNumber(index.Key())):
+			bs.Block = keyNumber(data.Key())
+		default:
+			bs.Block = keyNumber(index.Key())
+		}
+		if okD && keyNumber(data.Key()) == bs.Block {
+			version, d, err := decodeBlock(data.Value())
+			if err != nil {
+				return 0, 0, err
+			}
+			bs.Version, bs.Data = version, bytes.Clone(d)
+			size += len(d)
+			okD = data.Next()
+		}
+		if okI && keyNumber(index.Key()) == bs.Block {
+			loc, err := decodeLoc(index.Value())
+			if err != nil {
+				return 0, 0, err
+			}
+			bs.Indexed, bs.SegmentId, bs.Slot = true, loc.segment, loc.slot
+			size += indexBytes
+			okI = index.Next()
+		}
+		rec.Blocks = append(rec.Blocks, &bs)
+		if err := flush(false); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := data.Error(); err != nil {
+		return 0, 0, fmt.Errorf("iterate blocks of volume %d: %w", vol, err)
+	}
+	if err := index.Error(); err != nil {
+		return 0, 0, fmt.Errorf("iterate index of volume %d: %w", vol, err)
+	}
+	if err := flush(true); err != nil {
+		return 0, 0, err
+	}
+	return st.LastSeq, max(st.NextSegmentId, 1), nil
+}
+
+// beginSync drops what the store holds of the volume and marks it syncing.
+func (s *blockStore) beginSync(vol uint64) error {
+	if err := s.DropVolume(vol); err != nil {
+		return err
+	}
+	return s.putState(vol, &ballastpb.VolumeLogState{Syncing: true}, pebble.Sync)
+}
+
+// applySyncState installs one chunk of a full copy. It is not synced:
+// endSync's synced commit makes every chunk before it durable too.
+func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) error {
+	stp, err := s.volumeState(vol)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	st := proto.Clone(stp).(*ballastpb.VolumeLogState)
+	s.mu.Unlock()
+	if !st.Syncing {
+		return fmt.Errorf("volume %d: sync state without a sync begun", vol)
+	}
+	b := s.db.NewIndexedBatch()
+	defer b.Close()
+	a := applier{b: b, vol: vol, st: st, liveDelta: map[uint64]int64{}, entry: &ballastpb.LogEntry{}}
+	if err := a.applyState(rec); err != nil {
+		return fmt.Errorf("apply sync state of volume %d: %w", vol, err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("commit sync state of volume %d: %w", vol, err)
+	}
+	return nil
+}
+
+// endSync makes the copy the volume's state at seq.
+func (s *blockStore) endSync(vol, seq, nextSeg uint64) error {
+	st, err := s.volumeState(vol)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	syncing := st.Syncing
+	s.mu.Unlock()
+	if !syncing {
+		return fmt.Errorf("volume %d: sync end without a sync begun", vol)
+	}
+	return s.putState(vol, &ballastpb.VolumeLogState{LastSeq: seq, TrimmedThrough: seq, NextSegmentId: nextSeg}, pebble.Sync)
+}
+
+// syncing says whether a full sync of the volume began and did not end.
+func (s *blockStore) syncing(vol uint64) (bool, error) {
+	st, err := s.volumeState(vol)
+	if err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return st.Syncing, nil
+}
+
+func (s *blockStore) putState(vol uint64, st *ballastpb.VolumeLogState, opts *pebble.WriteOptions) error {
+	v, err := proto.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("encode log state: %w", err)
+	}
+	if err := s.db.Set(stateKey(vol), v, opts); err != nil {
+		return fmt.Errorf("write log state of volume %d: %w", vol, err)
+	}
+	s.mu.Lock()
+	s.state[vol] = st
+	s.mu.Unlock()
+	return nil
+}
