@@ -44,7 +44,7 @@ func (r *rack) startNVMeDemo(size string) (nvmeAddr, discAddr string) {
 }
 
 // waitNVMe waits until subsystem nqn accepts a controller at addr.
-func waitNVMe(t *testing.T, addr, nqn string) {
+func waitNVMe(t testing.TB, addr, nqn string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {

@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 }
 
 // needTools skips the test unless every named client is installed.
-func needTools(t *testing.T, tools ...string) {
+func needTools(t testing.TB, tools ...string) {
 	t.Helper()
 	pkgs := map[string]string{"qemu-io": "qemu-utils", "qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils",
 		"nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "fio": "fio"}
@@ -54,7 +54,7 @@ func needTools(t *testing.T, tools ...string) {
 // skipOrFail skips a test whose client is missing, except in CI (CI set),
 // where `make test` has installed every client and a skip would hide a
 // test that never ran.
-func skipOrFail(t *testing.T, format string, args ...any) {
+func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if os.Getenv("CI") != "" {
 		t.Fatalf(format, args...)
@@ -65,7 +65,7 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 // nbdPython returns a Python interpreter that can import libnbd's bindings
 // (Debian's python3-libnbd installs them for the system python3, which may
 // not be the first python3 on PATH), or skips the test.
-func nbdPython(t *testing.T) string {
+func nbdPython(t testing.TB) string {
 	t.Helper()
 	candidates := []string{"python3"}
 	if p, err := exec.LookPath("nbdsh"); err == nil {
@@ -108,7 +108,7 @@ type proc struct {
 	err    error
 }
 
-func startProc(t *testing.T, name string, args ...string) *proc {
+func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, out: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(ballastBin, args...)
@@ -137,7 +137,7 @@ func tail(s string, n int) string {
 }
 
 // stop ends the process with SIGTERM and waits for a clean exit.
-func (p *proc) stop(t *testing.T) {
+func (p *proc) stop(t testing.TB) {
 	t.Helper()
 	select {
 	case <-p.exited:
@@ -168,7 +168,7 @@ func (p *proc) kill() {
 }
 
 // freeHeadNodePort finds a port free on every demo head-node address.
-func freeHeadNodePort(t *testing.T) int {
+func freeHeadNodePort(t testing.TB) int {
 	t.Helper()
 	var ips []string
 	for n := 1; n <= 2; n++ {
@@ -180,7 +180,7 @@ func freeHeadNodePort(t *testing.T) int {
 }
 
 // freePortOnAll finds a port free on every one of the loopback addresses.
-func freePortOnAll(t *testing.T, ips []string) int {
+func freePortOnAll(t testing.TB, ips []string) int {
 	t.Helper()
 	for attempt := 0; attempt < 50; attempt++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -206,7 +206,7 @@ func freePortOnAll(t *testing.T, ips []string) int {
 	return 0
 }
 
-func freeLoopbackAddr(t *testing.T) string {
+func freeLoopbackAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -218,7 +218,7 @@ func freeLoopbackAddr(t *testing.T) string {
 
 // rack is a running rack: a demo process, or head-node and agent processes.
 type rack struct {
-	t         *testing.T
+	t         testing.TB
 	dataDir   string
 	port      int
 	nbdAddr   string
@@ -232,7 +232,7 @@ type rack struct {
 	sleds         map[string]*proc
 }
 
-func newRack(t *testing.T) *rack {
+func newRack(t testing.TB) *rack {
 	r := &rack{t: t, dataDir: t.TempDir(), port: freeHeadNodePort(t), nbdAddr: freeLoopbackAddr(t), nodes: map[string]*proc{}}
 	for i := 1; i <= 3; i++ {
 		r.headNodes = append(r.headNodes, fmt.Sprintf("127.0.1.%d:%d,127.0.2.%d:%d", i, r.port, i, r.port))
@@ -271,8 +271,7 @@ func (r *rack) startHeadNode(i int, peers []string) {
 	id := fmt.Sprintf("hn%d", i)
 	args := append([]string{"headnode", "--id", id, "--data", filepath.Join(r.dataDir, id),
 		"--listen-a", fmt.Sprintf("127.0.1.%d:%d", i, r.port),
-		"--listen-b", fmt.Sprintf("127.0.2.%d:%d", i, r.port),
-		"--replication-timeout", "3s"}, peers...)
+		"--listen-b", fmt.Sprintf("127.0.2.%d:%d", i, r.port)}, peers...)
 	args = append(args, r.headNodeFlags...)
 	r.nodes[id] = startProc(r.t, id, args...)
 }
@@ -348,6 +347,8 @@ type volumeInfo struct {
 		SizeBytes   string   `json:"sizeBytes"`
 		Primary     string   `json:"primary"`
 		Secondaries []string `json:"secondaries"`
+		Epoch       string   `json:"epoch"`
+		CatchingUp  []string `json:"catchingUp"`
 	} `json:"volume"`
 }
 
@@ -365,7 +366,7 @@ func (r *rack) showVolume(name string) volumeInfo {
 }
 
 // run runs an external client with a timeout and returns its output.
-func run(t *testing.T, timeout time.Duration, name string, args ...string) (string, error) {
+func run(t testing.TB, timeout time.Duration, name string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -376,7 +377,7 @@ func run(t *testing.T, timeout time.Duration, name string, args ...string) (stri
 	return string(out), err
 }
 
-func mustRun(t *testing.T, timeout time.Duration, name string, args ...string) string {
+func mustRun(t testing.TB, timeout time.Duration, name string, args ...string) string {
 	t.Helper()
 	out, err := run(t, timeout, name, args...)
 	if err != nil {

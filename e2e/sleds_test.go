@@ -42,7 +42,7 @@ func n(s string) uint64 {
 	return v
 }
 
-func (r *rack) status(t *testing.T) rackStatusJSON {
+func (r *rack) status(t testing.TB) rackStatusJSON {
 	t.Helper()
 	out, err := r.cli("rack", "status", "--json")
 	if err != nil {
@@ -56,7 +56,7 @@ func (r *rack) status(t *testing.T) rackStatusJSON {
 }
 
 // waitStatus polls rack status until cond holds.
-func (r *rack) waitStatus(t *testing.T, timeout time.Duration, what string, cond func(rackStatusJSON) bool) rackStatusJSON {
+func (r *rack) waitStatus(t testing.TB, timeout time.Duration, what string, cond func(rackStatusJSON) bool) rackStatusJSON {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -207,6 +207,19 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		}
 		fmt.Printf("head node %s at %s%s\n", h.Id, strings.Join(h.Addresses, ", "), note)
 	}
+	if len(resp.Partitions) > 0 {
+		fmt.Println()
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "VOLUME	PRIMARY	SECONDARIES	EPOCH	CATCHING UP")
+		for _, v := range resp.Partitions {
+			catching := strings.Join(v.CatchingUp, ", ")
+			if catching == "" {
+				catching = "-"
+			}
+			fmt.Fprintf(w, "%s	%s	%s	%d	%s\n", v.Name, v.Primary, strings.Join(v.Secondaries, ", "), v.Epoch, catching)
+		}
+		w.Flush()
+	}
 	if len(resp.Sleds) > 0 {
 		fmt.Println()
 		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)

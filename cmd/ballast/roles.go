@@ -12,13 +12,14 @@ import (
 
 	"github.com/ballast-storage/ballast/attach"
 	"github.com/ballast-storage/ballast/headnode"
+	"github.com/ballast-storage/ballast/volume"
 )
 
 func newHeadNodeCommand() *cobra.Command {
 	var (
 		id, data, listenA, listenB string
 		peers                      []string
-		replTimeout                time.Duration
+		replTimeout, lease         time.Duration
 		storage                    storageFlags
 	)
 	cmd := &cobra.Command{
@@ -39,6 +40,7 @@ func newHeadNodeCommand() *cobra.Command {
 				ID:                 id,
 				DataDir:            data,
 				ReplicationTimeout: replTimeout,
+				Lease:              volume.LeaseConfig{Duration: lease, Margin: lease / 6},
 				Storage:            sc,
 				Logger:             slog.Default(),
 			}
@@ -68,7 +70,8 @@ func newHeadNodeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&listenA, "listen-a", "", "address on network A (required)")
 	cmd.Flags().StringVar(&listenB, "listen-b", "", "address on network B")
 	cmd.Flags().StringArrayVar(&peers, "peer", nil, "a head node of the rack as ID=ADDR_A,ADDR_B (repeat for every head node, this one included)")
-	cmd.Flags().DurationVar(&replTimeout, "replication-timeout", 5*time.Second, "how long a write waits for its secondary before failing")
+	cmd.Flags().DurationVar(&replTimeout, "replication-timeout", 20*time.Second, "how long a write waits for its secondary (or a replacement) before failing")
+	cmd.Flags().DurationVar(&lease, "lease", volume.DefaultLeaseConfig.Duration, "how long a primary's lease lasts; a dead primary is replaced after about this long")
 	addStorageFlags(cmd, &storage)
 	for _, f := range []string{"id", "data", "listen-a"} {
 		cmd.MarkFlagRequired(f)

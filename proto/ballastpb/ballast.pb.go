@@ -1581,8 +1581,11 @@ type RackStatusResponse struct {
 	Sleds                []*SledStatus          `protobuf:"bytes,5,rep,name=sleds,proto3" json:"sleds,omitempty"`
 	Redundancy           *Redundancy            `protobuf:"bytes,6,opt,name=redundancy,proto3" json:"redundancy,omitempty"` // summed over head nodes that answered
 	UnreachableHeadNodes []string               `protobuf:"bytes,7,rep,name=unreachable_head_nodes,json=unreachableHeadNodes,proto3" json:"unreachable_head_nodes,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Every volume's partition: primary, secondaries (those catching up
+	// too), epoch.
+	Partitions    []*Volume `protobuf:"bytes,8,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RackStatusResponse) Reset() {
@@ -1660,6 +1663,13 @@ func (x *RackStatusResponse) GetRedundancy() *Redundancy {
 func (x *RackStatusResponse) GetUnreachableHeadNodes() []string {
 	if x != nil {
 		return x.UnreachableHeadNodes
+	}
+	return nil
+}
+
+func (x *RackStatusResponse) GetPartitions() []*Volume {
+	if x != nil {
+		return x.Partitions
 	}
 	return nil
 }
@@ -3995,7 +4005,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"redundancy\x18\x03 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
 	"redundancy\"\x13\n" +
-	"\x11RackStatusRequest\"\xb6\x02\n" +
+	"\x11RackStatusRequest\"\xea\x02\n" +
 	"\x12RackStatusResponse\x123\n" +
 	"\n" +
 	"head_nodes\x18\x01 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12\x16\n" +
@@ -4006,7 +4016,10 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"redundancy\x18\x06 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
 	"redundancy\x124\n" +
-	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\"/\n" +
+	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\x122\n" +
+	"\n" +
+	"partitions\x18\b \x03(\v2\x12.ballast.v1.VolumeR\n" +
+	"partitions\"/\n" +
 	"\x13RenewLeasesResponse\x12\x18\n" +
 	"\arefused\x18\x01 \x03(\x04R\arefused\"E\n" +
 	"\x17SecondaryInSyncResponse\x12*\n" +
@@ -4320,77 +4333,78 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	5,  // 12: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
 	23, // 13: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
 	24, // 14: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	4,  // 15: ballast.v1.SecondaryInSyncResponse.volume:type_name -> ballast.v1.Volume
-	39, // 16: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	40, // 17: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	41, // 18: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	37, // 19: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	38, // 20: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	35, // 21: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	36, // 22: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	32, // 23: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	33, // 24: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	34, // 25: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	35, // 26: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	16, // 27: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 28: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 29: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	4,  // 30: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	4,  // 31: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	16, // 32: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	1,  // 33: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	2,  // 34: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	45, // 35: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	47, // 36: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	49, // 37: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	50, // 38: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	51, // 39: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	52, // 40: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	53, // 41: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	48, // 42: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	48, // 43: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	47, // 44: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	54, // 45: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	55, // 46: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	48, // 47: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	47, // 48: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	46, // 49: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	53, // 50: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	46, // 51: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	3,  // 52: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	6,  // 53: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	8,  // 54: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	10, // 55: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	12, // 56: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	14, // 57: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	27, // 58: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	25, // 59: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	17, // 60: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	19, // 61: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	21, // 62: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	32, // 63: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
-	34, // 64: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
-	43, // 65: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	58, // 66: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	7,  // 67: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	9,  // 68: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	11, // 69: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	13, // 70: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	15, // 71: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	28, // 72: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	26, // 73: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	18, // 74: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	20, // 75: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	22, // 76: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	29, // 77: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
-	30, // 78: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
-	44, // 79: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	59, // 80: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	67, // [67:81] is the sub-list for method output_type
-	53, // [53:67] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	4,  // 15: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	4,  // 16: ballast.v1.SecondaryInSyncResponse.volume:type_name -> ballast.v1.Volume
+	39, // 17: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	40, // 18: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	41, // 19: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	37, // 20: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	38, // 21: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	35, // 22: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	36, // 23: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	32, // 24: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	33, // 25: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	34, // 26: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	35, // 27: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	16, // 28: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 29: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 30: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	4,  // 31: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	4,  // 32: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	16, // 33: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	1,  // 34: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	2,  // 35: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	45, // 36: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	47, // 37: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	49, // 38: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	50, // 39: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	51, // 40: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	52, // 41: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	53, // 42: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	48, // 43: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	48, // 44: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	47, // 45: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	54, // 46: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	55, // 47: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	48, // 48: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	47, // 49: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	46, // 50: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	53, // 51: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	46, // 52: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	3,  // 53: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	6,  // 54: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	8,  // 55: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	10, // 56: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	12, // 57: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	14, // 58: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	27, // 59: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	25, // 60: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	17, // 61: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	19, // 62: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	21, // 63: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	32, // 64: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
+	34, // 65: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
+	43, // 66: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	58, // 67: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	7,  // 68: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	9,  // 69: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	11, // 70: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	13, // 71: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	15, // 72: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	28, // 73: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	26, // 74: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	18, // 75: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	20, // 76: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	22, // 77: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	29, // 78: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
+	30, // 79: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
+	44, // 80: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	59, // 81: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	68, // [68:82] is the sub-list for method output_type
+	54, // [54:68] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
