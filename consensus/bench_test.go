@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -63,7 +62,6 @@ func benchRaftConfig() *raft.Config {
 // every group, from benchWorkers goroutines, each to its group's leader, and
 // reports the throughput and the latency from Apply to its future's Error.
 func BenchmarkCommitManyGroups(b *testing.B) {
-	quietTransportLogs(b)
 	for _, groups := range benchGroupCounts {
 		var c *benchCluster
 		dir := b.TempDir()
@@ -134,7 +132,6 @@ func benchCommits(b *testing.B, c *benchCluster) {
 // BenchmarkIdleGroupsCPU measures the CPU time the process (three nodes)
 // spends over idleWindow while every group is idle, with a leader.
 func BenchmarkIdleGroupsCPU(b *testing.B) {
-	quietTransportLogs(b)
 	for _, groups := range benchGroupCounts {
 		var c *benchCluster
 		var cpuPct float64
@@ -162,22 +159,6 @@ func BenchmarkIdleGroupsCPU(b *testing.B) {
 			}
 		}
 	}
-}
-
-// quietTransportLogs keeps the transport's warnings, of which a closing
-// 1000-group cluster prints hundreds ("stream broken"), out of the
-// benchmark output: Open gives the transport no logger, so it logs to
-// slog.Default. Errors still print, and so does the log package (pebble's
-// fatal errors), bridged at error level.
-func quietTransportLogs(b *testing.B) {
-	prev, prevLevel := slog.Default(), slog.SetLogLoggerLevel(slog.LevelError)
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
-	// The log package stays bridged to the handler above: SetDefault does
-	// not undo that.
-	b.Cleanup(func() {
-		slog.SetDefault(prev)
-		slog.SetLogLoggerLevel(prevLevel)
-	})
 }
 
 // idleCPU returns the process's CPU time over idleWindow, as a percentage

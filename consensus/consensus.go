@@ -70,10 +70,16 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The transport logs where the node does (stream breaks as warnings).
+	transports, err := transport.NewManagerWithConfig(transport.Config{NodeID: cfg.NodeID, Dial: cfg.Dial, Logger: cfg.Logger})
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("consensus: %w", err)
+	}
 	return &Node{
 		cfg:        cfg,
 		logs:       logs,
-		transports: transport.NewManager(cfg.NodeID, cfg.Dial),
+		transports: transports,
 		groups:     map[uint64]*raft.Raft{},
 	}, nil
 }
