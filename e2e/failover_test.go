@@ -89,7 +89,7 @@ func (r *failoverRack) stop(id string) {
 // back as the last write acknowledged to it. Each stopped node comes back
 // before the next stop, once the volume's new secondary holds a full copy.
 func TestInProcessFailover(t *testing.T) {
-	r, c := startFailoverRack(t, volume.LeaseConfig{Duration: time.Second, Margin: 200 * time.Millisecond})
+	r, c := startFailoverRack(t, volume.DefaultLeaseConfig)
 	const size = 8 << 20
 	createVolume(t, c, "v", size)
 	ctx := context.Background()

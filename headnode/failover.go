@@ -63,18 +63,24 @@ func (k *leaseKeeper) current(id uint64) (*ballastpb.Volume, bool) {
 func (k *leaseKeeper) awaitLease(ctx context.Context, vol, epoch uint64) error {
 	kicked := false
 	for {
+		// PrimaryLease is not safe for concurrent use: decide under mu.
 		k.mu.Lock()
 		l := k.leases[vol]
 		changed := k.changed
-		k.mu.Unlock()
 		now := time.Now()
+		var err error
+		held := false
 		switch {
 		case l != nil && l.Epoch() == epoch && l.Valid(now):
-			return nil
+			held = true
 		case l != nil && l.Epoch() == epoch && l.Deposed():
-			return fmt.Errorf("%w: deposed as primary of volume %d at epoch %d", ErrStopped, vol, epoch)
+			err = fmt.Errorf("%w: deposed as primary of volume %d at epoch %d", ErrStopped, vol, epoch)
 		case l != nil && l.Epoch() > epoch:
-			return fmt.Errorf("%w: volume %d moved past epoch %d", ErrStopped, vol, epoch)
+			err = fmt.Errorf("%w: volume %d moved past epoch %d", ErrStopped, vol, epoch)
+		}
+		k.mu.Unlock()
+		if held || err != nil {
+			return err
 		}
 		if !kicked {
 			// A primary that just took over need not wait for the tick.
@@ -295,7 +301,10 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 		if peer.ID == p.node.cfg.ID || now.Sub(last) <= p.cfg.Duration {
 			live = append(live, peer.ID)
 		}
-		if now.Sub(last) > p.cfg.Duration+p.cfg.Margin {
+		// Replacing a secondary costs a full copy and leaves the volume
+		// unable to fail over until it is done, so a node must be silent
+		// for two lease periods (a slow node is not a dead one).
+		if now.Sub(last) > 2*(p.cfg.Duration+p.cfg.Margin) {
 			silent[peer.ID] = true
 		}
 	}
