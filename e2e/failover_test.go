@@ -4,92 +4,21 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"fmt"
-	"log/slog"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ballast-storage/ballast/attach"
-	"github.com/ballast-storage/ballast/headnode"
 	"github.com/ballast-storage/ballast/volume"
 )
-
-// failoverRack is three in-process head nodes that a test may stop and
-// start again over their data directories.
-type failoverRack struct {
-	t      *testing.T
-	peers  []headnode.Peer
-	dir    string
-	logger *slog.Logger
-	lease  volume.LeaseConfig
-
-	mu    sync.Mutex
-	nodes map[string]*headnode.Node
-}
-
-func startFailoverRack(t *testing.T, lease volume.LeaseConfig) (*failoverRack, *attach.Client) {
-	t.Helper()
-	port := freeHeadNodePort(t)
-	r := &failoverRack{t: t, dir: t.TempDir(), lease: lease, nodes: map[string]*headnode.Node{},
-		logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-	var hns [][]string
-	for i := 1; i <= 3; i++ {
-		p := headnode.Peer{ID: fmt.Sprintf("hn%d", i), Addresses: []string{
-			fmt.Sprintf("127.0.1.%d:%d", i, port), fmt.Sprintf("127.0.2.%d:%d", i, port)}}
-		r.peers = append(r.peers, p)
-		hns = append(hns, p.Addresses)
-	}
-	for _, p := range r.peers {
-		r.start(p.ID)
-	}
-	t.Cleanup(func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		for _, n := range r.nodes {
-			n.Close()
-		}
-	})
-	c := &attach.Client{HeadNodes: hns, Logger: r.logger, RequestTimeout: 60 * time.Second}
-	t.Cleanup(c.Close)
-	return r, c
-}
-
-func (r *failoverRack) start(id string) {
-	r.t.Helper()
-	for _, p := range r.peers {
-		if p.ID != id {
-			continue
-		}
-		n, err := headnode.Start(headnode.Config{ID: p.ID, ListenAddresses: p.Addresses,
-			DataDir: filepath.Join(r.dir, p.ID), Peers: r.peers, Logger: r.logger, Lease: r.lease})
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		r.mu.Lock()
-		r.nodes[id] = n
-		r.mu.Unlock()
-	}
-}
-
-func (r *failoverRack) stop(id string) {
-	r.mu.Lock()
-	n := r.nodes[id]
-	delete(r.nodes, id)
-	r.mu.Unlock()
-	if n != nil {
-		n.Close()
-	}
-}
 
 // TestInProcessFailover stops the primary head node of a volume three
 // times while writers keep writing: no write fails, and every block reads
 // back as the last write acknowledged to it. Each stopped node comes back
 // before the next stop, once the volume's new secondary holds a full copy.
 func TestInProcessFailover(t *testing.T) {
-	r, c := startFailoverRack(t, volume.DefaultLeaseConfig)
+	r, c := startInProcessRack(t, volume.DefaultLeaseConfig)
 	const size = 8 << 20
 	createVolume(t, c, "v", size)
 	ctx := context.Background()

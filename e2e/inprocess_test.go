@@ -17,35 +17,77 @@ import (
 	"github.com/ballast-storage/ballast/attach"
 	"github.com/ballast-storage/ballast/headnode"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
 )
 
-// startInProcessRack starts three head nodes in this process (so the race
-// detector sees them) and returns a client of them.
-func startInProcessRack(t *testing.T) ([]*headnode.Node, *attach.Client) {
+// inProcessRack is three head nodes in this process (so the race detector
+// sees them), which a test may stop and start again over their data
+// directories.
+type inProcessRack struct {
+	t      *testing.T
+	peers  []headnode.Peer
+	dir    string
+	logger *slog.Logger
+	lease  volume.LeaseConfig
+
+	mu    sync.Mutex
+	nodes map[string]*headnode.Node
+}
+
+// startInProcessRack starts the rack (a zero lease: the default) and
+// returns a client of it.
+func startInProcessRack(t *testing.T, lease volume.LeaseConfig) (*inProcessRack, *attach.Client) {
 	t.Helper()
 	port := freeHeadNodePort(t)
-	dir := t.TempDir()
-	var peers []headnode.Peer
-	for i := 1; i <= 3; i++ {
-		peers = append(peers, headnode.Peer{ID: fmt.Sprintf("hn%d", i), Addresses: []string{
-			fmt.Sprintf("127.0.1.%d:%d", i, port), fmt.Sprintf("127.0.2.%d:%d", i, port)}})
-	}
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	var nodes []*headnode.Node
+	r := &inProcessRack{t: t, dir: t.TempDir(), lease: lease, nodes: map[string]*headnode.Node{},
+		logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	var hns [][]string
-	for _, p := range peers {
-		n, err := headnode.Start(headnode.Config{ID: p.ID, ListenAddresses: p.Addresses,
-			DataDir: filepath.Join(dir, p.ID), Peers: peers, Logger: logger, ReplicationTimeout: 2 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		nodes = append(nodes, n)
+	for i := 1; i <= 3; i++ {
+		p := headnode.Peer{ID: fmt.Sprintf("hn%d", i), Addresses: []string{
+			fmt.Sprintf("127.0.1.%d:%d", i, port), fmt.Sprintf("127.0.2.%d:%d", i, port)}}
+		r.peers = append(r.peers, p)
 		hns = append(hns, p.Addresses)
 	}
-	c := &attach.Client{HeadNodes: hns, Logger: logger, RequestTimeout: 20 * time.Second}
+	for _, p := range r.peers {
+		r.start(p.ID)
+	}
+	t.Cleanup(func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, n := range r.nodes {
+			n.Close()
+		}
+	})
+	c := &attach.Client{HeadNodes: hns, Logger: r.logger, RequestTimeout: 60 * time.Second}
 	t.Cleanup(c.Close)
-	return nodes, c
+	return r, c
+}
+
+func (r *inProcessRack) start(id string) {
+	r.t.Helper()
+	for _, p := range r.peers {
+		if p.ID != id {
+			continue
+		}
+		n, err := headnode.Start(headnode.Config{ID: p.ID, ListenAddresses: p.Addresses,
+			DataDir: filepath.Join(r.dir, p.ID), Peers: r.peers, Logger: r.logger, Lease: r.lease})
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		r.mu.Lock()
+		r.nodes[id] = n
+		r.mu.Unlock()
+	}
+}
+
+func (r *inProcessRack) stop(id string) {
+	r.mu.Lock()
+	n := r.nodes[id]
+	delete(r.nodes, id)
+	r.mu.Unlock()
+	if n != nil {
+		n.Close()
+	}
 }
 
 type testWriter struct{ t *testing.T }
@@ -77,7 +119,7 @@ func createVolume(t *testing.T, c *attach.Client, name string, size uint64) {
 // TestInProcessReplicatedIO writes and reads through the agent's client
 // from many goroutines against three in-process head nodes.
 func TestInProcessReplicatedIO(t *testing.T) {
-	_, c := startInProcessRack(t)
+	_, c := startInProcessRack(t, volume.LeaseConfig{})
 	createVolume(t, c, "v", 16<<20)
 	ctx := context.Background()
 	vol, err := c.OpenVolume(ctx, "v")

@@ -39,7 +39,7 @@ type leaseKeeper struct {
 	log  *slog.Logger
 	kick chan struct{}
 
-	mu      sync.Mutex
+	mu      sync.RWMutex
 	leases  map[uint64]*volume.PrimaryLease
 	changed chan struct{} // closed and replaced whenever a lease changes
 }
@@ -60,32 +60,22 @@ func (k *leaseKeeper) current(id uint64) (*ballastpb.Volume, bool) {
 }
 
 // awaitLease implements authority.
-func (k *leaseKeeper) awaitLease(ctx context.Context, vol, epoch uint64) error {
-	kicked := false
+func (k *leaseKeeper) awaitLease(ctx context.Context, vol, epoch uint64, wait time.Duration) error {
+	// Every read and every batch asks: the answer is almost always yes, at
+	// the cost of a read lock, with no timer.
+	if held, err := k.check(vol, epoch); held || err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	// A primary that just took over need not wait for the tick.
+	k.renewSoon()
 	for {
-		// PrimaryLease is not safe for concurrent use: decide under mu.
-		k.mu.Lock()
-		l := k.leases[vol]
+		k.mu.RLock()
 		changed := k.changed
-		now := time.Now()
-		var err error
-		held := false
-		switch {
-		case l != nil && l.Epoch() == epoch && l.Valid(now):
-			held = true
-		case l != nil && l.Epoch() == epoch && l.Deposed():
-			err = fmt.Errorf("%w: deposed as primary of volume %d at epoch %d", ErrStopped, vol, epoch)
-		case l != nil && l.Epoch() > epoch:
-			err = fmt.Errorf("%w: volume %d moved past epoch %d", ErrStopped, vol, epoch)
-		}
-		k.mu.Unlock()
-		if held || err != nil {
+		k.mu.RUnlock()
+		if held, err := k.check(vol, epoch); held || err != nil {
 			return err
-		}
-		if !kicked {
-			// A primary that just took over need not wait for the tick.
-			k.renewSoon()
-			kicked = true
 		}
 		select {
 		case <-changed:
@@ -93,6 +83,26 @@ func (k *leaseKeeper) awaitLease(ctx context.Context, vol, epoch uint64) error {
 			return fmt.Errorf("%w: no lease on volume %d at epoch %d: %w", ErrStopped, vol, epoch, ctx.Err())
 		}
 	}
+}
+
+// check says whether this node holds the volume's lease at epoch now, or
+// (an error) never will again.
+func (k *leaseKeeper) check(vol, epoch uint64) (held bool, err error) {
+	// PrimaryLease is not safe for concurrent use: its readers share the
+	// read lock, renew changes it under the write lock.
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	l := k.leases[vol]
+	switch {
+	case l == nil:
+	case l.Epoch() == epoch && l.Valid(time.Now()):
+		return true, nil
+	case l.Epoch() == epoch && l.Deposed():
+		return false, fmt.Errorf("%w: deposed as primary of volume %d at epoch %d", ErrStopped, vol, epoch)
+	case l.Epoch() > epoch:
+		return false, fmt.Errorf("%w: volume %d moved past epoch %d", ErrStopped, vol, epoch)
+	}
+	return false, nil
 }
 
 func (k *leaseKeeper) renewSoon() {
@@ -208,8 +218,10 @@ func (n *Node) stopStalePrimaries() {
 	n.mu.Lock()
 	for id, pv := range n.primaries {
 		v, ok := n.directory.Shared(id)
-		if ok && v.Primary == n.cfg.ID && v.Epoch == pv.vol.Epoch && !n.leases.deposed(id, pv.vol.Epoch) {
-			continue
+		if ok && v.Primary == n.cfg.ID && v.Epoch == pv.vol.Epoch {
+			if _, err := n.leases.check(id, pv.vol.Epoch); err == nil {
+				continue
+			}
 		}
 		if !ok {
 			continue // deleted: dropLoop reclaims it
@@ -222,13 +234,6 @@ func (n *Node) stopStalePrimaries() {
 		pv.log.Info("no longer primary; stopping", "epoch", pv.vol.Epoch)
 		go pv.Close()
 	}
-}
-
-func (k *leaseKeeper) deposed(vol, epoch uint64) bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	l := k.leases[vol]
-	return l != nil && l.Epoch() == epoch && l.Deposed()
 }
 
 // promoter makes the directory leader's failover decisions.

@@ -91,10 +91,10 @@ type primaryVolume struct {
 type authority interface {
 	// current returns the volume as this node's directory holds it now.
 	current(id uint64) (*ballastpb.Volume, bool)
-	// awaitLease waits until this node holds the volume's lease at epoch.
-	// It fails with ErrStopped when the node was deposed, or when ctx
-	// ends first.
-	awaitLease(ctx context.Context, vol, epoch uint64) error
+	// awaitLease waits, up to wait, until this node holds the volume's
+	// lease at epoch. It fails with ErrStopped when the node was deposed,
+	// or when the wait or ctx ends first.
+	awaitLease(ctx context.Context, vol, epoch uint64, wait time.Duration) error
 	// reportInSync tells the group, in the background and retrying, that
 	// node holds a full copy of the volume at epoch.
 	reportInSync(vol *ballastpb.Volume, node string)
@@ -178,9 +178,7 @@ func (p *primaryVolume) leaseHeld(ctx context.Context) error {
 	if p.auth == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.replTimeout)
-	defer cancel()
-	return p.auth.awaitLease(ctx, p.vol.Id, p.vol.Epoch)
+	return p.auth.awaitLease(ctx, p.vol.Id, p.vol.Epoch, p.replTimeout)
 }
 
 func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []byte) error {

@@ -193,11 +193,7 @@ func (n *Node) watchSleds(ctx context.Context) {
 			cmd := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SetSledState{SetSledState: &ballastpb.SetSledStateCommand{
 				Id: s.Id, State: to, IfState: s.State,
 			}}}
-			data, err := proto.Marshal(cmd)
-			if err != nil {
-				continue
-			}
-			if err := n.raft.Apply(data, applyTimeout).Error(); err != nil {
+			if _, err := n.admin.applyCommand(cmd); err != nil {
 				n.log.Warn("change sled state", "sled", s.Id, "to", to, "err", err)
 			}
 		}

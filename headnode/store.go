@@ -233,6 +233,18 @@ func (s *blockStore) volumeState(vol uint64) (*ballastpb.VolumeLogState, error) 
 	return st, nil
 }
 
+// stateCopy returns a copy of the volume's log state, for a caller that
+// builds the next one.
+func (s *blockStore) stateCopy(vol uint64) (*ballastpb.VolumeLogState, error) {
+	st, err := s.volumeState(vol)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return proto.Clone(st).(*ballastpb.VolumeLogState), nil
+}
+
 // LastSeq returns the seq of the newest durable record of the volume's log.
 func (s *blockStore) LastSeq(vol uint64) (uint64, error) {
 	st, err := s.volumeState(vol)
@@ -262,13 +274,10 @@ func (s *blockStore) NextSegmentID(vol uint64) (uint64, error) {
 // below it are skipped, since a sender may resend what it could not
 // confirm. With no new records and a trim point, it trims alone.
 func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
-	stp, err := s.volumeState(vol)
+	st, err := s.stateCopy(vol)
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	st := proto.Clone(stp).(*ballastpb.VolumeLogState)
-	s.mu.Unlock()
 	last, trimmed := st.LastSeq, st.TrimmedThrough
 
 	// Indexed: a record reads what earlier records of the same batch wrote.

@@ -147,13 +147,10 @@ func (s *blockStore) beginSync(vol uint64) error {
 // applySyncState installs one chunk of a full copy. It is not synced:
 // endSync's synced commit makes every chunk before it durable too.
 func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) error {
-	stp, err := s.volumeState(vol)
+	st, err := s.stateCopy(vol)
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	st := proto.Clone(stp).(*ballastpb.VolumeLogState)
-	s.mu.Unlock()
 	if !st.Syncing {
 		return fmt.Errorf("volume %d: sync state without a sync begun", vol)
 	}
@@ -171,14 +168,11 @@ func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) erro
 
 // endSync makes the copy the volume's state at seq.
 func (s *blockStore) endSync(vol, seq, nextSeg uint64) error {
-	st, err := s.volumeState(vol)
+	st, err := s.stateCopy(vol)
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	syncing := st.Syncing
-	s.mu.Unlock()
-	if !syncing {
+	if !st.Syncing {
 		return fmt.Errorf("volume %d: sync end without a sync begun", vol)
 	}
 	return s.putState(vol, &ballastpb.VolumeLogState{LastSeq: seq, TrimmedThrough: seq, NextSegmentId: nextSeg}, pebble.Sync)
@@ -186,12 +180,10 @@ func (s *blockStore) endSync(vol, seq, nextSeg uint64) error {
 
 // syncing says whether a full sync of the volume began and did not end.
 func (s *blockStore) syncing(vol uint64) (bool, error) {
-	st, err := s.volumeState(vol)
+	st, err := s.stateCopy(vol)
 	if err != nil {
 		return false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return st.Syncing, nil
 }
 
