@@ -183,6 +183,7 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, k.cfg.Duration)
 	resp, err := k.node.admin.RenewLeases(rctx, cmd)
 	cancel()
+	took := time.Since(now)
 
 	var deposed []uint64
 	k.mu.Lock()
@@ -202,8 +203,17 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 	close(k.changed)
 	k.changed = make(chan struct{})
 	k.mu.Unlock()
-	if err != nil && ctx.Err() == nil {
-		k.log.Debug("renew leases", "volumes", len(cmd.Leases), "err", err)
+	// A primary whose renewals fail or crawl stops acknowledging writes
+	// once its lease runs out: say so, it is the first thing to look for
+	// when writes stall.
+	switch {
+	case ctx.Err() != nil:
+	case err != nil && len(cmd.Leases) > 0:
+		k.log.Warn("lease renewal failed", "volumes", len(cmd.Leases), "took", took, "err", err)
+	case err != nil:
+		k.log.Debug("lease renewal failed", "err", err)
+	case took > k.cfg.Duration/2:
+		k.log.Warn("lease renewal slow", "volumes", len(cmd.Leases), "took", took)
 	}
 	for _, id := range deposed {
 		k.log.Warn("deposed as primary", "volume_id", id)
