@@ -303,10 +303,10 @@ func (c *conn) readCapsule(f frame, hdr []byte) error {
 	}
 	c.mu.Lock()
 	limit := max(c.entries, 1)
-	if c.mu.outstanding >= limit {
+	if n := c.mu.outstanding; n >= limit {
 		c.mu.Unlock()
 		bufpool.Put(o.capBuf)
-		return &protocolError{fatalf(fesPDUSequenceError, 0, "command %d beyond the queue size %d", c.mu.outstanding+1, limit), hdr}
+		return &protocolError{fatalf(fesPDUSequenceError, 0, "command %d beyond the queue size %d", n+1, limit), hdr}
 	}
 	c.mu.outstanding++
 	c.mu.Unlock()
