@@ -385,7 +385,7 @@ type benchConnPool struct {
 	closed bool
 }
 
-func (p *benchConnPool) dial(_ context.Context, addr raft.ServerAddress) (*grpc.ClientConn, error) {
+func (p *benchConnPool) dial(_ context.Context, addr raft.ServerAddress) (grpc.ClientConnInterface, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {

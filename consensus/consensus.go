@@ -37,7 +37,7 @@ type Config struct {
 	// Dir holds the node's pebble log store and its groups' snapshots.
 	Dir string
 	// Dial connects to another node by its raft address.
-	Dial   func(ctx context.Context, addr raft.ServerAddress) (*grpc.ClientConn, error)
+	Dial   func(ctx context.Context, addr raft.ServerAddress) (grpc.ClientConnInterface, error)
 	Logger *slog.Logger
 	// Raft, if set, is the template of every group's raft configuration;
 	// LocalID and Logger are set per group.

@@ -102,13 +102,13 @@ func Start(cfg Config) (_ *Node, err error) {
 		}
 		n.listeners = append(n.listeners, l)
 	}
-	n.server = grpc.NewServer(rpc.ServerOptions()...)
+	n.server = rpc.NewServer()
 	n.cons, err = consensus.Open(consensus.Config{
 		NodeID:  cfg.ID,
 		Address: raft.ServerAddress(strings.Join(cfg.ListenAddresses, ",")),
 		Dir:     filepath.Join(cfg.DataDir, "consensus"),
 		Logger:  n.log,
-		Dial: func(ctx context.Context, addr raft.ServerAddress) (*grpc.ClientConn, error) {
+		Dial: func(ctx context.Context, addr raft.ServerAddress) (grpc.ClientConnInterface, error) {
 			return n.pool.Get(rpc.SplitAddresses(string(addr)))
 		},
 	})
@@ -145,6 +145,16 @@ func Start(cfg Config) (_ *Node, err error) {
 				n.log.Error("serve", "addr", l.Addr(), "err", err)
 			}
 		}()
+	}
+	// Connect to every peer now, not at first use: each connection
+	// health-checks its network paths from then on, so a cut network is
+	// known (and shown in rack status) before traffic needs the path.
+	for _, p := range cfg.Peers {
+		if p.ID != cfg.ID {
+			if _, err := n.pool.Get(p.Addresses); err != nil {
+				n.log.Warn("connect to peer", "peer", p.ID, "err", err)
+			}
+		}
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	n.stopBG = stopBG

@@ -75,7 +75,9 @@ func classifySledError(sled string, op string, err error) error {
 }
 
 // grpcShards reaches sleds over gRPC, at the addresses the directory group
-// records for them.
+// records for them. Every shard call may be sent twice (a put of the same
+// bytes, a get, a delete), so each is marked rpc.Idempotent: a call caught
+// on a network that fails is resent over the other.
 type grpcShards struct {
 	addresses func(sled string) ([]string, bool)
 	pool      *rpc.Pool
@@ -105,7 +107,7 @@ func (g *grpcShards) Put(ctx context.Context, sled string, id shardID, epoch uin
 		Epoch:  epoch,
 		Data:   data,
 		Crc32C: crc32.Checksum(data, castagnoli),
-	})
+	}, rpc.Idempotent)
 	return classifySledError(sled, "put "+id.String(), err)
 }
 
@@ -118,7 +120,7 @@ func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, leng
 		Id:     &sledpb.ShardID{VolumeId: id.volume, SegmentId: id.segment, Index: id.index},
 		Offset: off,
 		Length: length,
-	})
+	}, rpc.Idempotent)
 	if err != nil {
 		return nil, classifySledError(sled, "get "+id.String(), err)
 	}
@@ -136,7 +138,7 @@ func (g *grpcShards) Delete(ctx context.Context, sled string, id shardID, epoch 
 	_, err = c.DeleteShard(ctx, &sledpb.DeleteShardRequest{
 		Id:    &sledpb.ShardID{VolumeId: id.volume, SegmentId: id.segment, Index: id.index},
 		Epoch: epoch,
-	})
+	}, rpc.Idempotent)
 	return classifySledError(sled, "delete "+id.String(), err)
 }
 
@@ -171,6 +173,6 @@ func (g *grpcShards) Stat(ctx context.Context, sled string) (*sledpb.StatRespons
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.Stat(ctx, &sledpb.StatRequest{})
+	resp, err := c.Stat(ctx, &sledpb.StatRequest{}, rpc.Idempotent)
 	return resp, classifySledError(sled, "stat", err)
 }

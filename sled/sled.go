@@ -114,7 +114,7 @@ func Start(cfg Config) (_ *Sled, err error) {
 		}
 		s.listeners = append(s.listeners, l)
 	}
-	s.server = grpc.NewServer(rpc.ServerOptions()...)
+	s.server = rpc.NewServer()
 	sledpb.RegisterSledServer(s.server, &server{sled: s})
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel

@@ -14,7 +14,7 @@ import (
 // DialFunc returns a client connection to the node with the given raft
 // address (the comma-joined list of its network addresses). The connection
 // belongs to the caller's pool: the transport never closes it.
-type DialFunc func(ctx context.Context, addr raft.ServerAddress) (*grpc.ClientConn, error)
+type DialFunc func(ctx context.Context, addr raft.ServerAddress) (grpc.ClientConnInterface, error)
 
 // Defaults of Config.
 const (

@@ -39,7 +39,7 @@ type connPool struct {
 	closed bool
 }
 
-func (p *connPool) dial(_ context.Context, addr raft.ServerAddress) (*grpc.ClientConn, error) {
+func (p *connPool) dial(_ context.Context, addr raft.ServerAddress) (grpc.ClientConnInterface, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -39,6 +41,15 @@ var reconnectBackoff = grpc.ConnectParams{
 	MinConnectTimeout: 3 * time.Second,
 }
 
+// NewServer returns a gRPC server with the options every Ballast server is
+// built with and the standard health service, which clients probe on each
+// network path.
+func NewServer() *grpc.Server {
+	s := grpc.NewServer(ServerOptions()...)
+	healthpb.RegisterHealthServer(s, health.NewServer())
+	return s
+}
+
 // ServerOptions are the options every Ballast gRPC server is built with.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
@@ -49,6 +60,12 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             KeepaliveTime / 2,
 			PermitWithoutStream: true,
+		}),
+		// Streams from a client whose network was cut end within seconds
+		// instead of lingering for TCP's timeouts.
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    KeepaliveTime,
+			Timeout: KeepaliveTimeout,
 		}),
 	}
 }
@@ -103,30 +120,46 @@ func Dial(addresses []string, opts ...grpc.DialOption) (*grpc.ClientConn, error)
 	return conn, nil
 }
 
-// Pool caches one client connection per node address list.
+// Pool caches one multipath connection per node address list.
 type Pool struct {
 	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	conns map[string]*Conn
 }
 
 // Get returns the cached connection to the node with these addresses,
 // dialing it on first use.
-func (p *Pool) Get(addresses []string) (*grpc.ClientConn, error) {
+func (p *Pool) Get(addresses []string) (*Conn, error) {
 	key := strings.Join(addresses, ",")
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.conns[key]; ok {
 		return c, nil
 	}
-	c, err := Dial(addresses)
+	c, err := DialPaths(addresses)
 	if err != nil {
 		return nil, err
 	}
 	if p.conns == nil {
-		p.conns = make(map[string]*grpc.ClientConn)
+		p.conns = make(map[string]*Conn)
 	}
 	p.conns[key] = c
 	return c, nil
+}
+
+// Paths reports the network paths of every node the pool has dialed, by
+// the node's address list.
+func (p *Pool) Paths() map[string][]PathStatus {
+	p.mu.Lock()
+	conns := make(map[string]*Conn, len(p.conns))
+	for k, c := range p.conns {
+		conns[k] = c
+	}
+	p.mu.Unlock()
+	out := make(map[string][]PathStatus, len(conns))
+	for k, c := range conns {
+		out[k] = c.Paths()
+	}
+	return out
 }
 
 // Close closes every cached connection.
