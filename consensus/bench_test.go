@@ -1,16 +1,9 @@
 package consensus
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,9 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // The benchmarks run three Nodes in this process on loopback, each with its
@@ -44,6 +34,8 @@ const (
 	idleWindow = 2 * time.Second
 	// electTimeout bounds the wait for every group to have a leader.
 	electTimeout = 2 * time.Minute
+	// benchStartWorkers is how many groups a node starts at once.
+	benchStartWorkers = 8
 )
 
 // benchRaftConfig is the raft configuration of every group, whatever their
@@ -200,19 +192,11 @@ func cpuTime() (time.Duration, error) {
 
 // benchCluster is three nodes and their members of every group.
 type benchCluster struct {
-	nodes []*benchNode
+	nodes []*testNode
 	// groups[g][i] is node i's member of group g+1.
 	groups [][]*raft.Raft
 	// leader[g] is the index of the node last seen leading group g+1.
 	leader []atomic.Int32
-}
-
-type benchNode struct {
-	id   string
-	addr raft.ServerAddress
-	node *Node
-	srv  *grpc.Server
-	pool *benchConnPool
 }
 
 // startBenchCluster starts three nodes with groups groups and waits until
@@ -226,52 +210,48 @@ func startBenchCluster(b *testing.B, dir string, groups int) (_ *benchCluster, e
 	}()
 	rc := benchRaftConfig()
 	for i := range 3 {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		n, err := startTestNode(dir, fmt.Sprintf("n%d", i), rc)
 		if err != nil {
-			return nil, fmt.Errorf("listen: %w", err)
+			return nil, err
 		}
-		n := &benchNode{id: fmt.Sprintf("n%d", i), addr: raft.ServerAddress(lis.Addr().String()), pool: &benchConnPool{}}
-		n.node, err = Open(Config{
-			NodeID:  n.id,
-			Address: n.addr,
-			Dir:     filepath.Join(dir, n.id),
-			Dial:    n.pool.dial,
-			Logger:  slog.New(slog.DiscardHandler),
-			Raft:    rc,
-		})
-		if err != nil {
-			_ = lis.Close()
-			return nil, fmt.Errorf("open %s: %w", n.id, err)
-		}
-		n.srv = grpc.NewServer()
-		n.node.Register(n.srv)
-		go func() { _ = n.srv.Serve(lis) }()
 		c.nodes = append(c.nodes, n)
 	}
 	var voters []raft.Server
 	for _, n := range c.nodes {
-		voters = append(voters, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(n.id), Address: n.addr})
+		voters = append(voters, n.voter())
 	}
 	for g := range c.groups {
 		c.groups[g] = make([]*raft.Raft, len(c.nodes))
 	}
 
-	// A node starts its groups one at a time (StartGroup holds its lock);
-	// the three nodes start theirs in parallel.
+	// Every node starts its groups benchStartWorkers at a time: StartGroup
+	// builds a group outside the node's lock.
 	t0 := time.Now()
 	var wg sync.WaitGroup
-	errs := make([]error, len(c.nodes))
+	var mu sync.Mutex
+	var errs []error
 	for i, n := range c.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for g := range c.groups {
-				r, err := n.node.StartGroup(uint64(g+1), newKVFSM(), voters)
-				if err != nil {
-					errs[i] = err
-					return
+		next := make(chan int)
+		for range benchStartWorkers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for g := range next {
+					r, err := n.node.StartGroup(uint64(g+1), newKVFSM(), voters)
+					if err != nil {
+						mu.Lock()
+						errs = append(errs, err)
+						mu.Unlock()
+						continue
+					}
+					c.groups[g][i] = r
 				}
-				c.groups[g][i] = r
+			}()
+		}
+		go func() {
+			defer close(next)
+			for g := range c.groups {
+				next <- g
 			}
 		}()
 	}
@@ -363,114 +343,10 @@ func (c *benchCluster) close() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := n.node.Close(); err != nil {
-				errs[i] = fmt.Errorf("close %s: %w", n.id, err)
-			}
+			errs[i] = n.close()
 		}()
 	}
 	wg.Wait()
-	for _, n := range c.nodes {
-		n.srv.Stop()
-		n.pool.close()
-	}
 	c.nodes = nil
 	return errors.Join(errs...)
 }
-
-// benchConnPool is a node's pool of client connections; the transport
-// never closes them.
-type benchConnPool struct {
-	mu     sync.Mutex
-	conns  map[raft.ServerAddress]*grpc.ClientConn
-	closed bool
-}
-
-func (p *benchConnPool) dial(_ context.Context, addr raft.ServerAddress) (grpc.ClientConnInterface, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil, errors.New("connection pool closed")
-	}
-	if c, ok := p.conns[addr]; ok {
-		return c, nil
-	}
-	// A node here has one address: the first of the list.
-	target := strings.Split(string(addr), ",")[0]
-	c, err := grpc.NewClient("passthrough:///"+target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
-			MinConnectTimeout: 2 * time.Second,
-		}))
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", target, err)
-	}
-	if p.conns == nil {
-		p.conns = map[raft.ServerAddress]*grpc.ClientConn{}
-	}
-	p.conns[addr] = c
-	return c, nil
-}
-
-func (p *benchConnPool) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.closed = true
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-}
-
-// kvFSM is an in-memory map; a command is a key and a value joined by a
-// NUL byte.
-type kvFSM struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-func newKVFSM() *kvFSM { return &kvFSM{m: map[string]string{}} }
-
-func (f *kvFSM) Apply(l *raft.Log) any {
-	k, v, ok := strings.Cut(string(l.Data), "\x00")
-	if !ok {
-		return fmt.Errorf("kv: malformed command %q", l.Data)
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.m[k] = v
-	return nil
-}
-
-func (f *kvFSM) Snapshot() (raft.FSMSnapshot, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	m := make(map[string]string, len(f.m))
-	for k, v := range f.m {
-		m[k] = v
-	}
-	return kvSnapshot(m), nil
-}
-
-func (f *kvFSM) Restore(rc io.ReadCloser) error {
-	defer rc.Close()
-	m := map[string]string{}
-	if err := json.NewDecoder(rc).Decode(&m); err != nil {
-		return fmt.Errorf("kv: restore: %w", err)
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.m = m
-	return nil
-}
-
-type kvSnapshot map[string]string
-
-func (s kvSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := json.NewEncoder(sink).Encode(map[string]string(s)); err != nil {
-		_ = sink.Cancel()
-		return fmt.Errorf("kv: persist: %w", err)
-	}
-	return sink.Close()
-}
-
-func (s kvSnapshot) Release() {}

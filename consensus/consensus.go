@@ -44,6 +44,13 @@ type Config struct {
 	Raft *raft.Config
 }
 
+// ErrClosed is returned by StartGroup, JoinGroup and StopGroup after
+// Close.
+var ErrClosed = errors.New("node closed")
+
+// ErrNoGroup is returned for a group this node has no running member of.
+var ErrNoGroup = errors.New("group not running on this node")
+
 // Node is one process's share of every consensus group it belongs to.
 type Node struct {
 	cfg        Config
@@ -51,7 +58,21 @@ type Node struct {
 	transports *transport.Manager
 
 	mu     sync.Mutex
-	groups map[uint64]*raft.Raft
+	groups map[uint64]*group
+	// starting holds the ids of groups being built outside mu, so that a
+	// second start of the same id fails while the first one runs.
+	starting map[uint64]struct{}
+	closed   bool
+	// busy counts the starts and stops in progress: Close waits for
+	// them, since they use the log store and the transport it is about to
+	// close.
+	busy sync.WaitGroup
+}
+
+// group is this node's running member of one group.
+type group struct {
+	r     *raft.Raft
+	trans *trackingTransport
 }
 
 // Open opens the node's log store and transport. Register the transport on
@@ -80,7 +101,8 @@ func Open(cfg Config) (*Node, error) {
 		cfg:        cfg,
 		logs:       logs,
 		transports: transports,
-		groups:     map[uint64]*raft.Raft{},
+		groups:     map[uint64]*group{},
+		starting:   map[uint64]struct{}{},
 	}, nil
 }
 
@@ -89,13 +111,72 @@ func (n *Node) Register(s *grpc.Server) { n.transports.Register(s) }
 
 // StartGroup starts this node's member of a group. On the first start of
 // the group on this node it bootstraps the group with voters; every voter
-// bootstraps with the same configuration, which raft allows.
+// bootstraps with the same configuration, which raft allows. A member with
+// state on disk restarts from it and ignores voters.
+//
+// A server added to a running group must not bootstrap (it would start a
+// second history of the group): start it with JoinGroup instead.
 func (n *Node) StartGroup(groupID uint64, fsm raft.FSM, voters []raft.Server) (*raft.Raft, error) {
+	return n.startGroup(groupID, fsm, &raft.Configuration{Servers: slices.Clone(voters)})
+}
+
+// JoinGroup starts this node's member of a group without bootstrapping it.
+// A new member has an empty configuration, so it never starts an election:
+// it waits for the group's leader to add it (AddVoter or MoveVoter on the
+// leader's node) and then catches up from the leader's log or snapshot. A
+// member with state on disk restarts from it, as with StartGroup.
+func (n *Node) JoinGroup(groupID uint64, fsm raft.FSM) (*raft.Raft, error) {
+	return n.startGroup(groupID, fsm, nil)
+}
+
+// startGroup builds and starts a member of groupID, bootstrapping it with
+// bootstrap if it has no state and bootstrap is not nil. The group id is
+// reserved under n.mu but built outside it, so that groups start in
+// parallel.
+func (n *Node) startGroup(groupID uint64, fsm raft.FSM, bootstrap *raft.Configuration) (*raft.Raft, error) {
+	if fsm == nil {
+		return nil, fmt.Errorf("consensus: start group %d: nil FSM", groupID)
+	}
+	if err := n.reserve(groupID); err != nil {
+		return nil, err
+	}
+	g, err := n.newGroup(groupID, fsm, bootstrap)
+	n.mu.Lock()
+	delete(n.starting, groupID)
+	if err == nil {
+		// Close waits for this start before it takes the groups, so a
+		// group published here is shut down by a concurrent Close.
+		n.groups[groupID] = g
+	}
+	n.mu.Unlock()
+	n.busy.Done()
+	if err != nil {
+		return nil, err
+	}
+	return g.r, nil
+}
+
+// reserve marks groupID as starting, or fails if the group is already
+// running or starting, or the node is closed.
+func (n *Node) reserve(groupID uint64) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, ok := n.groups[groupID]; ok {
-		return nil, fmt.Errorf("consensus: group %d already started", groupID)
+	if n.closed {
+		return fmt.Errorf("consensus: start group %d: %w", groupID, ErrClosed)
 	}
+	if _, ok := n.groups[groupID]; ok {
+		return fmt.Errorf("consensus: group %d already started", groupID)
+	}
+	if _, ok := n.starting[groupID]; ok {
+		return fmt.Errorf("consensus: group %d already starting", groupID)
+	}
+	n.starting[groupID] = struct{}{}
+	n.busy.Add(1)
+	return nil
+}
+
+// newGroup builds a group's stores and transport and starts its raft.
+func (n *Node) newGroup(groupID uint64, fsm raft.FSM, bootstrap *raft.Configuration) (*group, error) {
 	var rc raft.Config
 	if n.cfg.Raft != nil {
 		rc = *n.cfg.Raft
@@ -114,33 +195,91 @@ func (n *Node) StartGroup(groupID uint64, fsm raft.FSM, voters []raft.Server) (*
 	if err != nil {
 		return nil, fmt.Errorf("consensus: snapshot store of group %d: %w", groupID, err)
 	}
-	trans := n.transports.Transport(groupID, n.cfg.Address)
 	has, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: state of group %d: %w", groupID, err)
 	}
-	if !has {
-		if err := raft.BootstrapCluster(&rc, store, store, snaps, trans, raft.Configuration{Servers: voters}); err != nil {
+	trans := newTrackingTransport(n.transports.Transport(groupID, n.cfg.Address))
+	if !has && bootstrap != nil {
+		if err := raft.BootstrapCluster(&rc, store, store, snaps, trans, *bootstrap); err != nil {
+			trans.Close()
 			return nil, fmt.Errorf("consensus: bootstrap group %d: %w", groupID, err)
 		}
 	}
 	r, err := raft.NewRaft(&rc, fsm, store, store, snaps, trans)
 	if err != nil {
+		// raft closes the transport only on Shutdown; close it here so
+		// that a retry registers the group afresh.
+		trans.Close()
 		return nil, fmt.Errorf("consensus: start group %d: %w", groupID, err)
 	}
-	n.groups[groupID] = r
-	return r, nil
+	return &group{r: r, trans: trans}, nil
 }
 
-// Close shuts every group down, then the transport and the log store.
+// StopGroup shuts this node's member of a group down, as after it was
+// removed from the group. Its state stays on disk: a later StartGroup or
+// JoinGroup restarts it from there.
+func (n *Node) StopGroup(groupID uint64) error {
+	n.mu.Lock()
+	if n.closed {
+		// Close shuts the group down, if it has not yet.
+		n.mu.Unlock()
+		return fmt.Errorf("consensus: stop group %d: %w", groupID, ErrClosed)
+	}
+	g, ok := n.groups[groupID]
+	if !ok {
+		n.mu.Unlock()
+		return fmt.Errorf("consensus: stop group %d: %w", groupID, ErrNoGroup)
+	}
+	delete(n.groups, groupID)
+	n.busy.Add(1)
+	n.mu.Unlock()
+	defer n.busy.Done()
+	if err := g.r.Shutdown().Error(); err != nil {
+		return fmt.Errorf("consensus: shut down group %d: %w", groupID, err)
+	}
+	return nil
+}
+
+// group returns this node's running member of groupID, or ErrNoGroup;
+// callers add the context.
+func (n *Node) group(groupID uint64) (*group, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	g, ok := n.groups[groupID]
+	if !ok {
+		return nil, ErrNoGroup
+	}
+	return g, nil
+}
+
+// snapshotGroups returns a copy of the running groups, to use without
+// holding n.mu.
+func (n *Node) snapshotGroups() map[uint64]*group {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return maps.Clone(n.groups)
+}
+
+// Close shuts every group down, then the transport and the log store. It
+// waits for the starts and stops in progress first; later ones fail with
+// ErrClosed. Closing a closed node does nothing.
 func (n *Node) Close() error {
 	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	n.busy.Wait()
+	n.mu.Lock()
 	groups := n.groups
-	n.groups = map[uint64]*raft.Raft{}
+	n.groups = map[uint64]*group{}
 	n.mu.Unlock()
 	var errs []error
-	for id, r := range groups {
-		if err := r.Shutdown().Error(); err != nil {
+	for id, g := range groups {
+		if err := g.r.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("shut down group %d: %w", id, err))
 		}
 	}
