@@ -95,6 +95,8 @@ func (n *Node) nodeStatus() *ballastpb.NodeStatusResponse {
 	sort.Strings(resp.PrimaryOf)
 	st := n.remote.stats
 	r.ShardsRebuilt, r.ShardsRepaired, r.FlushedBytes = st.rebuilt.Load(), st.repaired.Load(), st.flushedBytes.Load()
+	resp.Groups = n.groupStatuses()
+	resp.Paths = n.pathStatuses()
 	return resp
 }
 
@@ -139,10 +141,14 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 				return
 			}
 			addRedundancy(resp.Redundancy, ns.Redundancy)
+			resp.Groups = append(resp.Groups, ns.Groups...)
+			resp.Paths = append(resp.Paths, ns.Paths...)
 		}()
 	}
 	wg.Wait()
 	sort.Strings(resp.UnreachableHeadNodes)
+	sortGroups(resp.Groups)
+	sortPaths(resp.Paths)
 	return resp, nil
 }
 

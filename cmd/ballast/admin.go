@@ -177,7 +177,7 @@ func newRackCommand(g *globalFlags) *cobra.Command {
 	var asJSON bool
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Show head nodes and the directory group",
+		Short: "Show head nodes, consensus groups, network paths, partitions and sleds",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
@@ -207,6 +207,8 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		}
 		fmt.Printf("head node %s at %s%s\n", h.Id, strings.Join(h.Addresses, ", "), note)
 	}
+	printGroups(resp.Groups)
+	printPaths(resp.Paths)
 	if len(resp.Partitions) > 0 {
 		fmt.Println()
 		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -236,6 +238,75 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		fmt.Printf("rebuild: %d shards pending; %d rebuilt and %d repaired since the head nodes started\n", r.ShardsPending, r.ShardsRebuilt, r.ShardsRepaired)
 		fmt.Printf("log: %s not yet flushed to sleds; %s flushed since the head nodes started\n", humanize.IBytes(r.DirtyBytes), humanize.IBytes(r.FlushedBytes))
 	}
+}
+
+// printGroups shows each group's members as each sees itself; lag is how
+// far a member's applied index trails its leader's.
+func printGroups(groups []*ballastpb.GroupStatus) {
+	if len(groups) == 0 {
+		return
+	}
+	leaderApplied := map[uint64]uint64{}
+	for _, g := range groups {
+		if g.State == "Leader" {
+			leaderApplied[g.Group] = g.AppliedIndex
+		}
+	}
+	fmt.Println()
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "GROUP\tMEMBER\tSTATE\tLEADER\tTERM\tLAST INDEX\tCOMMIT\tAPPLIED\tLAG\tLAST CONTACT")
+	for _, g := range groups {
+		lag := "?"
+		if la, ok := leaderApplied[g.Group]; ok {
+			lag = "0"
+			if la > g.AppliedIndex {
+				lag = fmt.Sprint(la - g.AppliedIndex)
+			}
+		}
+		contact := "-"
+		if g.State != "Leader" {
+			contact = (time.Duration(g.LastContactMillis) * time.Millisecond).String() + " ago"
+		}
+		leader := g.Leader
+		if leader == "" {
+			leader = "(none)"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", g.Group, g.HeadNode, strings.ToLower(g.State), leader,
+			g.Term, g.LastIndex, g.CommitIndex, g.AppliedIndex, lag, contact)
+	}
+	w.Flush()
+}
+
+// printPaths shows, per pair of nodes, each network path and whether it
+// is up.
+func printPaths(paths []*ballastpb.PathStatus) {
+	if len(paths) == 0 {
+		return
+	}
+	type pair struct{ from, to string }
+	var order []pair
+	byPair := map[pair][]string{}
+	down := 0
+	for _, p := range paths {
+		k := pair{p.From, p.To}
+		if _, ok := byPair[k]; !ok {
+			order = append(order, k)
+		}
+		st := "up"
+		if !p.Up {
+			down++
+			st = fmt.Sprintf("DOWN for %s", time.Since(time.Unix(0, p.SinceUnixNanos)).Round(time.Second))
+		}
+		byPair[k] = append(byPair[k], p.Address+" "+st)
+	}
+	fmt.Println()
+	fmt.Printf("network paths: %d of %d up\n", len(paths)-down, len(paths))
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "FROM\tTO\tPATHS")
+	for _, k := range order {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", k.from, k.to, strings.Join(byPair[k], ", "))
+	}
+	w.Flush()
 }
 
 func sledStateName(s ballastpb.SledState) string {

@@ -1477,10 +1477,14 @@ func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
 }
 
 type NodeStatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
-	PrimaryOf     []string               `protobuf:"bytes,2,rep,name=primary_of,json=primaryOf,proto3" json:"primary_of,omitempty"`
-	Redundancy    *Redundancy            `protobuf:"bytes,3,opt,name=redundancy,proto3" json:"redundancy,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode   string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	PrimaryOf  []string               `protobuf:"bytes,2,rep,name=primary_of,json=primaryOf,proto3" json:"primary_of,omitempty"`
+	Redundancy *Redundancy            `protobuf:"bytes,3,opt,name=redundancy,proto3" json:"redundancy,omitempty"`
+	// Every consensus group this head node is a member of, as it sees it.
+	Groups []*GroupStatus `protobuf:"bytes,4,rep,name=groups,proto3" json:"groups,omitempty"`
+	// This head node's network paths to the other head nodes and the sleds.
+	Paths         []*PathStatus `protobuf:"bytes,5,rep,name=paths,proto3" json:"paths,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1536,6 +1540,223 @@ func (x *NodeStatusResponse) GetRedundancy() *Redundancy {
 	return nil
 }
 
+func (x *NodeStatusResponse) GetGroups() []*GroupStatus {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *NodeStatusResponse) GetPaths() []*PathStatus {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+// One consensus group as one of its members sees it.
+type GroupStatus struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Group        uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	HeadNode     string                 `protobuf:"bytes,2,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"` // the member reporting
+	State        string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`                       // Leader, Follower, Candidate, Shutdown
+	Leader       string                 `protobuf:"bytes,4,opt,name=leader,proto3" json:"leader,omitempty"`                     // as far as the member knows; empty if none
+	Term         uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	LastIndex    uint64                 `protobuf:"varint,6,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"` // last entry in the member's log
+	CommitIndex  uint64                 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,8,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// Since the member last heard from its leader (0 on the leader).
+	LastContactMillis int64    `protobuf:"varint,9,opt,name=last_contact_millis,json=lastContactMillis,proto3" json:"last_contact_millis,omitempty"`
+	Voters            []string `protobuf:"bytes,10,rep,name=voters,proto3" json:"voters,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GroupStatus) Reset() {
+	*x = GroupStatus{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupStatus) ProtoMessage() {}
+
+func (x *GroupStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
+func (*GroupStatus) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GroupStatus) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *GroupStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *GroupStatus) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *GroupStatus) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetLastContactMillis() int64 {
+	if x != nil {
+		return x.LastContactMillis
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetVoters() []string {
+	if x != nil {
+		return x.Voters
+	}
+	return nil
+}
+
+// One network path from a head node to another node.
+type PathStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	From           string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"` // the head node reporting
+	To             string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`     // head node or sled id (or its addresses, if unknown)
+	Address        string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Up             bool                   `protobuf:"varint,4,opt,name=up,proto3" json:"up,omitempty"`
+	SinceUnixNanos int64                  `protobuf:"varint,5,opt,name=since_unix_nanos,json=sinceUnixNanos,proto3" json:"since_unix_nanos,omitempty"` // when it last changed state
+	LastError      string                 `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`                   // why it is down
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PathStatus) Reset() {
+	*x = PathStatus{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathStatus) ProtoMessage() {}
+
+func (x *PathStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
+func (*PathStatus) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PathStatus) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *PathStatus) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *PathStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *PathStatus) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+func (x *PathStatus) GetSinceUnixNanos() int64 {
+	if x != nil {
+		return x.SinceUnixNanos
+	}
+	return 0
+}
+
+func (x *PathStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 type RackStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1544,7 +1765,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1777,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1790,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
 }
 
 type RackStatusResponse struct {
@@ -1583,14 +1804,19 @@ type RackStatusResponse struct {
 	UnreachableHeadNodes []string               `protobuf:"bytes,7,rep,name=unreachable_head_nodes,json=unreachableHeadNodes,proto3" json:"unreachable_head_nodes,omitempty"`
 	// Every volume's partition: primary, secondaries (those catching up
 	// too), epoch.
-	Partitions    []*Volume `protobuf:"bytes,8,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	Partitions []*Volume `protobuf:"bytes,8,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	// Every group as each head node that answered sees it; lag is the
+	// leader's applied index less a member's.
+	Groups []*GroupStatus `protobuf:"bytes,9,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Every head node's paths to the other nodes (those that answered).
+	Paths         []*PathStatus `protobuf:"bytes,10,rep,name=paths,proto3" json:"paths,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1828,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1841,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -1674,6 +1900,20 @@ func (x *RackStatusResponse) GetPartitions() []*Volume {
 	return nil
 }
 
+func (x *RackStatusResponse) GetGroups() []*GroupStatus {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *RackStatusResponse) GetPaths() []*PathStatus {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
 type RenewLeasesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The volumes whose renewal the group refused: another primary or epoch
@@ -1685,7 +1925,7 @@ type RenewLeasesResponse struct {
 
 func (x *RenewLeasesResponse) Reset() {
 	*x = RenewLeasesResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +1937,7 @@ func (x *RenewLeasesResponse) String() string {
 func (*RenewLeasesResponse) ProtoMessage() {}
 
 func (x *RenewLeasesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +1950,7 @@ func (x *RenewLeasesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeasesResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewLeasesResponse) GetRefused() []uint64 {
@@ -1729,7 +1969,7 @@ type SecondaryInSyncResponse struct {
 
 func (x *SecondaryInSyncResponse) Reset() {
 	*x = SecondaryInSyncResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +1981,7 @@ func (x *SecondaryInSyncResponse) String() string {
 func (*SecondaryInSyncResponse) ProtoMessage() {}
 
 func (x *SecondaryInSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +1994,7 @@ func (x *SecondaryInSyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncResponse.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SecondaryInSyncResponse) GetVolume() *Volume {
@@ -1786,7 +2026,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2038,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2051,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -1987,7 +2227,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2239,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2252,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -2044,7 +2284,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2296,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2309,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -2113,7 +2353,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2365,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2378,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -2176,7 +2416,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2188,7 +2428,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2201,7 +2441,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -2243,7 +2483,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2495,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2508,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -2315,7 +2555,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2567,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2580,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -2363,7 +2603,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2375,7 +2615,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2388,7 +2628,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -2421,7 +2661,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2673,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2686,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -2466,7 +2706,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2718,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2731,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -2517,7 +2757,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2769,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2782,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -2564,7 +2804,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2816,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +2829,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -2629,7 +2869,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2641,7 +2881,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2654,7 +2894,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -2725,7 +2965,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +2977,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +2990,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -2793,7 +3033,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2805,7 +3045,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2818,7 +3058,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -2860,7 +3100,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2872,7 +3112,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2885,7 +3125,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -2954,7 +3194,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2966,7 +3206,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2979,7 +3219,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -3016,7 +3256,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3268,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3281,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -3109,7 +3349,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3121,7 +3361,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3134,7 +3374,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -3174,7 +3414,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3186,7 +3426,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3199,7 +3439,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -3245,7 +3485,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3257,7 +3497,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3270,7 +3510,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -3312,7 +3552,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3324,7 +3564,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3337,7 +3577,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -3364,7 +3604,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3376,7 +3616,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3389,7 +3629,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -3434,7 +3674,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3446,7 +3686,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3459,7 +3699,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -3515,7 +3755,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +3767,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3780,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -3579,7 +3819,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3591,7 +3831,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3604,7 +3844,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -3648,7 +3888,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3660,7 +3900,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3673,7 +3913,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -3732,7 +3972,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3744,7 +3984,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3757,7 +3997,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -3847,7 +4087,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3859,7 +4099,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3872,7 +4112,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -3997,15 +4237,39 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\vdirty_bytes\x18\a \x01(\x04R\n" +
 	"dirtyBytes\x12#\n" +
 	"\rflushed_bytes\x18\b \x01(\x04R\fflushedBytes\"\x13\n" +
-	"\x11NodeStatusRequest\"\x88\x01\n" +
+	"\x11NodeStatusRequest\"\xe7\x01\n" +
 	"\x12NodeStatusResponse\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
 	"\n" +
 	"primary_of\x18\x02 \x03(\tR\tprimaryOf\x126\n" +
 	"\n" +
 	"redundancy\x18\x03 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
-	"redundancy\"\x13\n" +
-	"\x11RackStatusRequest\"\xea\x02\n" +
+	"redundancy\x12/\n" +
+	"\x06groups\x18\x04 \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
+	"\x05paths\x18\x05 \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"\xb1\x02\n" +
+	"\vGroupStatus\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x1b\n" +
+	"\thead_node\x18\x02 \x01(\tR\bheadNode\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\tR\x06leader\x12\x12\n" +
+	"\x04term\x18\x05 \x01(\x04R\x04term\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\x06 \x01(\x04R\tlastIndex\x12!\n" +
+	"\fcommit_index\x18\a \x01(\x04R\vcommitIndex\x12#\n" +
+	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex\x12.\n" +
+	"\x13last_contact_millis\x18\t \x01(\x03R\x11lastContactMillis\x12\x16\n" +
+	"\x06voters\x18\n" +
+	" \x03(\tR\x06voters\"\xa3\x01\n" +
+	"\n" +
+	"PathStatus\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x0e\n" +
+	"\x02up\x18\x04 \x01(\bR\x02up\x12(\n" +
+	"\x10since_unix_nanos\x18\x05 \x01(\x03R\x0esinceUnixNanos\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\"\x13\n" +
+	"\x11RackStatusRequest\"\xc9\x03\n" +
 	"\x12RackStatusResponse\x123\n" +
 	"\n" +
 	"head_nodes\x18\x01 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12\x16\n" +
@@ -4019,7 +4283,10 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16unreachable_head_nodes\x18\a \x03(\tR\x14unreachableHeadNodes\x122\n" +
 	"\n" +
 	"partitions\x18\b \x03(\v2\x12.ballast.v1.VolumeR\n" +
-	"partitions\"/\n" +
+	"partitions\x12/\n" +
+	"\x06groups\x18\t \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
+	"\x05paths\x18\n" +
+	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"/\n" +
 	"\x13RenewLeasesResponse\x12\x18\n" +
 	"\arefused\x18\x01 \x03(\x04R\arefused\"E\n" +
 	"\x17SecondaryInSyncResponse\x12*\n" +
@@ -4254,7 +4521,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                  // 0: ballast.v1.SledState
 	(IOOp)(0),                       // 1: ballast.v1.IOOp
@@ -4283,39 +4550,41 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*Redundancy)(nil),              // 24: ballast.v1.Redundancy
 	(*NodeStatusRequest)(nil),       // 25: ballast.v1.NodeStatusRequest
 	(*NodeStatusResponse)(nil),      // 26: ballast.v1.NodeStatusResponse
-	(*RackStatusRequest)(nil),       // 27: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),      // 28: ballast.v1.RackStatusResponse
-	(*RenewLeasesResponse)(nil),     // 29: ballast.v1.RenewLeasesResponse
-	(*SecondaryInSyncResponse)(nil), // 30: ballast.v1.SecondaryInSyncResponse
-	(*DirectoryCommand)(nil),        // 31: ballast.v1.DirectoryCommand
-	(*RenewLeasesCommand)(nil),      // 32: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil), // 33: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),  // 34: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),       // 35: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),    // 36: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),     // 37: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),     // 38: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),     // 39: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),     // 40: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),     // 41: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),       // 42: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),               // 43: ballast.v1.IORequest
-	(*IOReply)(nil),                 // 44: ballast.v1.IOReply
-	(*BlockWrite)(nil),              // 45: ballast.v1.BlockWrite
-	(*LogRecord)(nil),               // 46: ballast.v1.LogRecord
-	(*BlockRange)(nil),              // 47: ballast.v1.BlockRange
-	(*Segment)(nil),                 // 48: ballast.v1.Segment
-	(*FlushRecord)(nil),             // 49: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),           // 50: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),         // 51: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),       // 52: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),             // 53: ballast.v1.StateRecord
-	(*BlockState)(nil),              // 54: ballast.v1.BlockState
-	(*SegmentState)(nil),            // 55: ballast.v1.SegmentState
-	(*LogEntry)(nil),                // 56: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),          // 57: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),        // 58: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),          // 59: ballast.v1.ReplicateReply
+	(*GroupStatus)(nil),             // 27: ballast.v1.GroupStatus
+	(*PathStatus)(nil),              // 28: ballast.v1.PathStatus
+	(*RackStatusRequest)(nil),       // 29: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),      // 30: ballast.v1.RackStatusResponse
+	(*RenewLeasesResponse)(nil),     // 31: ballast.v1.RenewLeasesResponse
+	(*SecondaryInSyncResponse)(nil), // 32: ballast.v1.SecondaryInSyncResponse
+	(*DirectoryCommand)(nil),        // 33: ballast.v1.DirectoryCommand
+	(*RenewLeasesCommand)(nil),      // 34: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil), // 35: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),  // 36: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),       // 37: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),    // 38: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),     // 39: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),     // 40: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),     // 41: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),     // 42: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),     // 43: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),       // 44: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),               // 45: ballast.v1.IORequest
+	(*IOReply)(nil),                 // 46: ballast.v1.IOReply
+	(*BlockWrite)(nil),              // 47: ballast.v1.BlockWrite
+	(*LogRecord)(nil),               // 48: ballast.v1.LogRecord
+	(*BlockRange)(nil),              // 49: ballast.v1.BlockRange
+	(*Segment)(nil),                 // 50: ballast.v1.Segment
+	(*FlushRecord)(nil),             // 51: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),           // 52: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),         // 53: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),       // 54: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),             // 55: ballast.v1.StateRecord
+	(*BlockState)(nil),              // 56: ballast.v1.BlockState
+	(*SegmentState)(nil),            // 57: ballast.v1.SegmentState
+	(*LogEntry)(nil),                // 58: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),          // 59: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),        // 60: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),          // 61: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
@@ -4330,81 +4599,85 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	16, // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
 	16, // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
 	24, // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	5,  // 12: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	23, // 13: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	24, // 14: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	4,  // 15: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	4,  // 16: ballast.v1.SecondaryInSyncResponse.volume:type_name -> ballast.v1.Volume
-	39, // 17: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	40, // 18: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	41, // 19: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	37, // 20: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	38, // 21: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	35, // 22: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	36, // 23: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	32, // 24: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	33, // 25: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	34, // 26: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	35, // 27: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	16, // 28: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 29: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 30: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	4,  // 31: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	4,  // 32: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	16, // 33: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	1,  // 34: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	2,  // 35: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	45, // 36: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	47, // 37: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	49, // 38: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	50, // 39: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	51, // 40: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	52, // 41: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	53, // 42: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	48, // 43: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	48, // 44: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	47, // 45: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	54, // 46: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	55, // 47: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	48, // 48: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	47, // 49: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	46, // 50: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	53, // 51: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	46, // 52: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	3,  // 53: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	6,  // 54: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	8,  // 55: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	10, // 56: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	12, // 57: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	14, // 58: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	27, // 59: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	25, // 60: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	17, // 61: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	19, // 62: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	21, // 63: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	32, // 64: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
-	34, // 65: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
-	43, // 66: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	58, // 67: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	7,  // 68: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	9,  // 69: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	11, // 70: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	13, // 71: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	15, // 72: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	28, // 73: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	26, // 74: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	18, // 75: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	20, // 76: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	22, // 77: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	29, // 78: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
-	30, // 79: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
-	44, // 80: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	59, // 81: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	68, // [68:82] is the sub-list for method output_type
-	54, // [54:68] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	27, // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	28, // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	5,  // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	23, // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	24, // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	4,  // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	27, // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	28, // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	4,  // 20: ballast.v1.SecondaryInSyncResponse.volume:type_name -> ballast.v1.Volume
+	41, // 21: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	42, // 22: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	43, // 23: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	39, // 24: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	40, // 25: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	37, // 26: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	38, // 27: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	34, // 28: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	35, // 29: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	36, // 30: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	37, // 31: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	16, // 32: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 33: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 34: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	4,  // 35: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	4,  // 36: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	16, // 37: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	1,  // 38: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	2,  // 39: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	47, // 40: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	49, // 41: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	51, // 42: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	52, // 43: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	53, // 44: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	54, // 45: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	55, // 46: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	50, // 47: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	50, // 48: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	49, // 49: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	56, // 50: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	57, // 51: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	50, // 52: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	49, // 53: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	48, // 54: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	55, // 55: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	48, // 56: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	3,  // 57: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	6,  // 58: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	8,  // 59: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	10, // 60: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	12, // 61: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	14, // 62: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	29, // 63: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	25, // 64: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	17, // 65: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	19, // 66: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	21, // 67: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	34, // 68: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
+	36, // 69: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
+	45, // 70: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	60, // 71: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	7,  // 72: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	9,  // 73: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	11, // 74: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	13, // 75: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	15, // 76: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	30, // 77: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	26, // 78: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	18, // 79: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	20, // 80: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	22, // 81: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	31, // 82: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
+	32, // 83: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
+	46, // 84: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	61, // 85: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	72, // [72:86] is the sub-list for method output_type
+	58, // [58:72] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -4412,7 +4685,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[27].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[29].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -4430,7 +4703,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   56,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
