@@ -166,7 +166,7 @@ print("ok")
 	t.Run("fio verify over two connections", func(t *testing.T) {
 		out := mustRun(t, 5*time.Minute, "fio", "--name=verify", "--ioengine=nbd", "--uri="+uri,
 			"--rw=randwrite", "--bs=4k", "--iodepth=16", "--numjobs=2", "--size=32m",
-			"--offset_increment=64m", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+			"--offset_increment=64m", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--do_verify=1",
 			"--verify_state_save=0", // no state files left in the package directory
 			"--group_reporting", "--output-format=json")
 		var res struct {

@@ -83,7 +83,7 @@ func TestKillPrimaryUnderFio(t *testing.T) {
 			default:
 			}
 			out, err := run(t, 5*time.Minute, "fio", "--name=fo", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite",
-				"--bs=16k", "--iodepth=16", "--size=64M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+				"--bs=16k", "--iodepth=16", "--size=64M", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--do_verify=1",
 				fmt.Sprintf("--randseed=%d", i+1), "--output-format=terse")
 			if err != nil {
 				fioErr = fmt.Errorf("fio pass %d: %v\n%s", i, err, tail(out, 3000))
@@ -117,7 +117,7 @@ func TestKillPrimaryUnderFio(t *testing.T) {
 	t.Logf("%d fio write+verify passes through 5 kills of the primary (failed over and mirrored after %v)", passes, took)
 	// One last full verify against the rack as it is now.
 	mustRun(t, 5*time.Minute, "fio", "--name=fo", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite",
-		"--bs=16k", "--iodepth=16", "--size=64M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--randseed=99", "--output-format=terse")
+		"--bs=16k", "--iodepth=16", "--size=64M", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--do_verify=1", "--randseed=99", "--output-format=terse")
 }
 
 // TestDeposedPrimaryAcknowledgesNothing freezes the primary head node
@@ -171,7 +171,7 @@ func TestDeposedPrimaryAcknowledgesNothing(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	fioArgs := []string{"--name=dp", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bs=4k", "--iodepth=8",
-		"--size=32M", "--verify=crc32c", "--verify_fatal=1", "--randseed=7", "--output-format=terse"}
+		"--size=32M", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--randseed=7", "--output-format=terse"}
 	go func() {
 		defer wg.Done()
 		fioOut, fioErr = run(t, 5*time.Minute, "fio", append(fioArgs, "--do_verify=1")...)

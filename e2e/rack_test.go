@@ -110,8 +110,14 @@ type proc struct {
 
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, out: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(ballastBin, args...)
+	return startCmd(t, name, exec.Command(ballastBin, args...))
+}
+
+// startCmd starts cmd as a proc. `ip netns exec` execs its command, so a
+// process started through it is signalled directly by its PID.
+func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{name: name, out: &syncBuffer{}, exited: make(chan struct{}), cmd: cmd}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -230,6 +236,9 @@ type rack struct {
 	headNodeFlags []string
 	sledPort      int
 	sleds         map[string]*proc
+	// lab, if set, holds every process in its own network namespace
+	// (newRackInNamespaces); clients run in the agent's.
+	lab *netLab
 }
 
 func newRack(t testing.TB) *rack {
@@ -264,20 +273,59 @@ func (r *rack) startProcesses() {
 	for _, h := range r.headNodes {
 		args = append(args, "--headnode", h)
 	}
-	r.agent = startProc(r.t, "agent", args...)
+	r.agent = r.startBallast("agent", args...)
 }
 
 func (r *rack) startHeadNode(i int, peers []string) {
 	id := fmt.Sprintf("hn%d", i)
+	a, b := rpcSplit(r.headNodes[i-1])
 	args := append([]string{"headnode", "--id", id, "--data", filepath.Join(r.dataDir, id),
-		"--listen-a", fmt.Sprintf("127.0.1.%d:%d", i, r.port),
-		"--listen-b", fmt.Sprintf("127.0.2.%d:%d", i, r.port)}, peers...)
+		"--listen-a", a, "--listen-b", b}, peers...)
 	args = append(args, r.headNodeFlags...)
-	r.nodes[id] = startProc(r.t, id, args...)
+	r.nodes[id] = r.startBallast(id, args...)
+}
+
+// startBallast starts a ballast process as host name (in its namespace
+// when the rack has a lab).
+func (r *rack) startBallast(name string, args ...string) *proc {
+	r.t.Helper()
+	if r.lab != nil {
+		return startCmd(r.t, name, r.lab.command(name, ballastBin, args...))
+	}
+	return startProc(r.t, name, args...)
+}
+
+// clientCommand returns a command for a client program (fio, nbdinfo, the
+// admin CLI) where the rack's clients run.
+func (r *rack) clientCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	if r.lab != nil {
+		return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", r.lab.hosts["agent"], name}, args...)...)
+	}
+	return exec.CommandContext(ctx, name, args...)
+}
+
+// runClient runs a client program where the rack's clients run, with a
+// timeout, and returns its output.
+func (r *rack) runClient(timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := r.clientCommand(ctx, name, args...).CombinedOutput()
+	if ctx.Err() != nil {
+		return string(out), fmt.Errorf("%s timed out after %v", name, timeout)
+	}
+	return string(out), err
+}
+
+func rpcSplit(addrs string) (string, string) {
+	a, b, _ := strings.Cut(addrs, ",")
+	return a, b
 }
 
 // sledAddrs returns sled i's addresses: 127.0.1.(20+i) and 127.0.2.(20+i).
 func (r *rack) sledAddrs(i int) (string, string) {
+	if r.lab != nil {
+		return fmt.Sprintf("%s:%d", labAddr("a", 20+i), labPort), fmt.Sprintf("%s:%d", labAddr("b", 20+i), labPort)
+	}
 	if r.sledPort == 0 {
 		var ips []string
 		for n := 1; n <= 2; n++ {
@@ -304,7 +352,7 @@ func (r *rack) startSled(i int, extra ...string) *proc {
 	if r.sleds == nil {
 		r.sleds = map[string]*proc{}
 	}
-	r.sleds[id] = startProc(r.t, id, args...)
+	r.sleds[id] = r.startBallast(id, args...)
 	return r.sleds[id]
 }
 
@@ -313,9 +361,8 @@ func (r *rack) waitServed(name string, p *proc) {
 	r.t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		c, err := nbdclient.Dial(r.nbdAddr, name, time.Second)
+		err := r.probeExport(name)
 		if err == nil {
-			c.Close()
 			return
 		}
 		select {
@@ -330,11 +377,28 @@ func (r *rack) waitServed(name string, p *proc) {
 	}
 }
 
+// probeExport does an NBD handshake for export name.
+func (r *rack) probeExport(name string) error {
+	if r.lab != nil {
+		// The agent's port is inside its namespace: ask from there.
+		out, err := r.runClient(5*time.Second, "nbdinfo", "--size", r.uri(name))
+		if err != nil {
+			return fmt.Errorf("nbdinfo: %v: %s", err, strings.TrimSpace(out))
+		}
+		return nil
+	}
+	c, err := nbdclient.Dial(r.nbdAddr, name, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
 // cli runs a ballast admin command against the rack.
 func (r *rack) cli(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, ballastBin, args...)
+	cmd := r.clientCommand(ctx, ballastBin, args...)
 	cmd.Env = append(os.Environ(), "BALLAST_HEADNODES="+strings.Join(r.headNodes, ";"))
 	out, err := cmd.CombinedOutput()
 	return string(out), err

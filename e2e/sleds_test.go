@@ -15,6 +15,20 @@ import (
 // rackStatusJSON is `ballast rack status --json` (protojson: uint64 as
 // strings, fields in camelCase, zero values present).
 type rackStatusJSON struct {
+	Groups []struct {
+		Group        string `json:"group"`
+		HeadNode     string `json:"headNode"`
+		State        string `json:"state"`
+		Leader       string `json:"leader"`
+		Term         string `json:"term"`
+		AppliedIndex string `json:"appliedIndex"`
+	} `json:"groups"`
+	Paths []struct {
+		From    string `json:"from"`
+		To      string `json:"to"`
+		Address string `json:"address"`
+		Up      bool   `json:"up"`
+	} `json:"paths"`
 	Sleds []struct {
 		Sled struct {
 			ID    string `json:"id"`

@@ -3,7 +3,8 @@
 # and qemu-img (qemu-utils), nbdinfo and nbdcopy (libnbd-bin), libnbd's
 # Python bindings (python3-libnbd, for requests other clients refuse to
 # send), fio; and what the VM harness of the NVMe/TCP end-to-end test
-# (../shared/vm) needs to build and boot its guest under QEMU.
+# (../shared/vm) needs to build and boot its guest under QEMU; ip (iproute2)
+# for the tests that build a rack in network namespaces.
 set -euo pipefail
 
 declare -A pkg_for=(
@@ -14,6 +15,7 @@ declare -A pkg_for=(
   [nbdcopy]=libnbd-bin
   [fio]=fio
   [nbdsh]=python3-libnbd
+  [ip]=iproute2
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
