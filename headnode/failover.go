@@ -306,23 +306,7 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 		p.mu.Unlock()
 		return
 	}
-	var live []string
-	silent := map[string]bool{}
-	for _, peer := range p.node.cfg.Peers {
-		last := p.seen[peer.ID]
-		if last.Before(p.since) {
-			last = p.since
-		}
-		if peer.ID == p.node.cfg.ID || now.Sub(last) <= p.cfg.Duration {
-			live = append(live, peer.ID)
-		}
-		// Replacing a secondary costs a full copy and leaves the volume
-		// unable to fail over until it is done, so a node must be silent
-		// for two lease periods (a slow node is not a dead one).
-		if now.Sub(last) > 2*(p.cfg.Duration+p.cfg.Margin) {
-			silent[peer.ID] = true
-		}
-	}
+	live, silent := classifyPeers(p.node.cfg.Peers, p.node.cfg.ID, p.seen, p.since, now, p.cfg, p.node.peerAnswers)
 	var promote []*ballastpb.Volume
 	for _, v := range p.node.directory.List() {
 		if p.table.Expired(v.Id, now) {
@@ -372,6 +356,49 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 			break
 		}
 	}
+}
+
+// classifyPeers tells, from when each head node's renewals were last
+// applied (seen; since is when this leader took office, before which it
+// cannot have seen any), which nodes are live (renewed within a lease:
+// they may be chosen as secondaries) and which are silent (may be replaced
+// as secondaries). Replacing a secondary costs a full copy and leaves the
+// volume unable to fail over until it is done, so a node must be silent for
+// two lease periods and must not answer the health probes of any of its
+// network paths: renewals that crawl under load are a slow node, not a
+// dead one.
+func classifyPeers(peers []Peer, self string, seen map[string]time.Time, since, now time.Time,
+	cfg volume.LeaseConfig, answers func(Peer) bool) (live []string, silent map[string]bool) {
+	silent = map[string]bool{}
+	for _, peer := range peers {
+		last := seen[peer.ID]
+		if last.Before(since) {
+			last = since
+		}
+		if peer.ID == self || now.Sub(last) <= cfg.Duration {
+			live = append(live, peer.ID)
+			continue
+		}
+		if now.Sub(last) > 2*(cfg.Duration+cfg.Margin) && !answers(peer) {
+			silent[peer.ID] = true
+		}
+	}
+	return live, silent
+}
+
+// peerAnswers says whether any network path to a head node answers its
+// health probes.
+func (n *Node) peerAnswers(p Peer) bool {
+	c, err := n.pool.Get(p.Addresses)
+	if err != nil {
+		return false
+	}
+	for _, ps := range c.Paths() {
+		if ps.Up {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *promoter) forget(vol uint64, now time.Time) {

@@ -1,0 +1,39 @@
+package headnode
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ballast-storage/ballast/volume"
+)
+
+// TestClassifyPeers: which head nodes count as live (may become a
+// secondary) and which as silent (their secondaries may be replaced).
+func TestClassifyPeers(t *testing.T) {
+	cfg := volume.LeaseConfig{Duration: 3 * time.Second, Margin: 500 * time.Millisecond}
+	t0 := time.Unix(1000, 0)
+	peers := []Peer{{ID: "hn1"}, {ID: "hn2"}, {ID: "hn3"}, {ID: "hn4"}, {ID: "hn5"}}
+	now := t0.Add(time.Minute)
+	seen := map[string]time.Time{
+		"hn2": now.Add(-time.Second),      // renewed a moment ago
+		"hn3": now.Add(-5 * time.Second),  // late, not yet two periods
+		"hn4": now.Add(-10 * time.Second), // silent two periods, answers probes
+		"hn5": now.Add(-10 * time.Second), // silent two periods, no path answers
+	}
+	answers := func(p Peer) bool { return p.ID != "hn5" }
+	live, silent := classifyPeers(peers, "hn1", seen, t0, now, cfg, answers)
+	if want := []string{"hn1", "hn2"}; !slices.Equal(live, want) {
+		t.Errorf("live = %v, want %v", live, want)
+	}
+	if len(silent) != 1 || !silent["hn5"] {
+		t.Errorf("silent = %v, want only hn5 (hn4 is slow but reachable)", silent)
+	}
+
+	// A leader that took office a moment ago has seen no renewals yet:
+	// every node counts as renewed when it took office.
+	live, silent = classifyPeers(peers, "hn1", map[string]time.Time{}, now.Add(-time.Second), now, cfg, answers)
+	if len(live) != len(peers) || len(silent) != 0 {
+		t.Errorf("new leader: live %v silent %v, want all live and none silent", live, silent)
+	}
+}
