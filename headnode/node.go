@@ -158,7 +158,11 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	n.stopBG = stopBG
-	n.serving.Add(4)
+	n.serving.Add(5)
+	go func() {
+		defer n.serving.Done()
+		n.sweepLoop(bg)
+	}()
 	go func() {
 		defer n.serving.Done()
 		n.remote.view.run(bg, cfg.Storage.SledPollInterval, cfg.Storage.ShardTimeout)

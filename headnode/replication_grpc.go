@@ -20,6 +20,9 @@ type replicationServer struct {
 
 	mu     sync.Mutex
 	active map[uint64]*replSession
+	// dropping holds the volumes whose copy is being dropped: no session
+	// may start on them until it is gone.
+	dropping map[uint64]bool
 }
 
 type replSession struct {
@@ -63,6 +66,10 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 	defer cancel()
 	sess := &replSession{cancel: cancel}
 	s.mu.Lock()
+	if s.dropping[volID] {
+		s.mu.Unlock()
+		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "the copy of volume %d on head node %s is being dropped; retry", volID, s.node.cfg.ID))
+	}
 	if s.active == nil {
 		s.active = map[uint64]*replSession{}
 	}
@@ -136,6 +143,30 @@ func (s *replicationServer) endSessions(volumeID uint64) {
 		sess.mu.Lock()
 		sess.mu.Unlock()
 	}
+}
+
+// dropUnlessReplica drops a volume's local copy if stale() still holds
+// once no session can write to it: new sessions are refused from before
+// stale is asked until drop returns, and a session already running is
+// ended (and its batch waited for) first. A sync cut by the drop would
+// otherwise leave a half-deleted copy that a later batch could mark whole.
+func (s *replicationServer) dropUnlessReplica(volumeID uint64, stale func() bool, drop func() error) (bool, error) {
+	s.mu.Lock()
+	if s.dropping == nil {
+		s.dropping = map[uint64]bool{}
+	}
+	s.dropping[volumeID] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.dropping, volumeID)
+		s.mu.Unlock()
+	}()
+	s.endSessions(volumeID)
+	if !stale() {
+		return false, nil
+	}
+	return true, drop()
 }
 
 // grpcLink is a replicaLink over the Replication stream.

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"math"
+	"slices"
 	"sync"
 
 	"github.com/cockroachdb/pebble"
@@ -598,6 +601,35 @@ func (s *blockStore) Locate(vol uint64, blocks []uint64) (inLog []bool, locs []b
 		indexed[i] = true
 	}
 	return inLog, locs, indexed, nil
+}
+
+// Volumes lists every volume the store holds any key of.
+func (s *blockStore) Volumes() ([]uint64, error) {
+	seen := map[uint64]bool{}
+	for _, p := range []byte{prefixLog, prefixBlock, prefixIndex, prefixSegment, prefixSegmentSlots, prefixState} {
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{p}, UpperBound: []byte{p + 1}})
+		if err != nil {
+			return nil, fmt.Errorf("list volumes: %w", err)
+		}
+		// One seek per volume, past all of its keys.
+		for valid := it.First(); valid; {
+			k := it.Key()
+			if len(k) < 9 {
+				valid = it.Next()
+				continue
+			}
+			vol := binary.BigEndian.Uint64(k[1:9])
+			seen[vol] = true
+			if vol == math.MaxUint64 {
+				break
+			}
+			valid = it.SeekGE(volKey(p, vol+1, 0)[:9])
+		}
+		if err := it.Close(); err != nil {
+			return nil, fmt.Errorf("list volumes: %w", err)
+		}
+	}
+	return slices.Sorted(maps.Keys(seen)), nil
 }
 
 // DropVolume removes every key of the volume: its log, blocks, index,
