@@ -1,10 +1,13 @@
 package headnode
 
 import (
+	"context"
 	"sort"
 	"strings"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ballast-storage/ballast/consensus"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
@@ -85,4 +88,32 @@ func sortGroups(gs []*ballastpb.GroupStatus) {
 		}
 		return gs[i].HeadNode < gs[j].HeadNode
 	})
+}
+
+// DrainHeadNode moves every group's leadership off the named head node:
+// answered there, forwarded from anywhere else.
+func (a *adminServer) DrainHeadNode(ctx context.Context, req *ballastpb.DrainHeadNodeRequest) (*ballastpb.DrainHeadNodeResponse, error) {
+	n := a.node
+	if req.HeadNode != n.cfg.ID {
+		addrs, ok := n.cfg.peerAddresses(req.HeadNode)
+		if !ok {
+			return nil, status.Errorf(codes.NotFound, "no head node %q in the rack", req.HeadNode)
+		}
+		c, err := n.pool.Get(addrs)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "head node %s: %v", req.HeadNode, err)
+		}
+		return ballastpb.NewAdminClient(c).DrainHeadNode(ctx, req)
+	}
+	var led []uint64
+	for _, g := range n.cons.Status() {
+		if g.State == raft.Leader {
+			led = append(led, g.Group)
+		}
+	}
+	if err := n.cons.Drain(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "drain %s: %v", n.cfg.ID, err)
+	}
+	n.log.Info("drained: leads no consensus group", "moved", led)
+	return &ballastpb.DrainHeadNodeResponse{Moved: led}, nil
 }

@@ -194,7 +194,22 @@ func newRackCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(status)
+	drain := &cobra.Command{
+		Use:   "drain HEADNODE",
+		Short: "Move the leadership of every consensus group off a head node (before maintenance)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				resp, err := a.DrainHeadNode(ctx, &ballastpb.DrainHeadNodeRequest{HeadNode: args[0]})
+				if err != nil {
+					return err
+				}
+				fmt.Printf("%s leads no consensus group now (moved %d: %v)\n", args[0], len(resp.Moved), resp.Moved)
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(status, drain)
 	return cmd
 }
 

@@ -1757,6 +1757,94 @@ func (x *PathStatus) GetLastError() string {
 	return ""
 }
 
+type DrainHeadNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainHeadNodeRequest) Reset() {
+	*x = DrainHeadNodeRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainHeadNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainHeadNodeRequest) ProtoMessage() {}
+
+func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainHeadNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainHeadNodeRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DrainHeadNodeRequest) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+type DrainHeadNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Moved         []uint64               `protobuf:"varint,1,rep,packed,name=moved,proto3" json:"moved,omitempty"` // the groups it led and leads no longer
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainHeadNodeResponse) Reset() {
+	*x = DrainHeadNodeResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainHeadNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainHeadNodeResponse) ProtoMessage() {}
+
+func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainHeadNodeResponse.ProtoReflect.Descriptor instead.
+func (*DrainHeadNodeResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *DrainHeadNodeResponse) GetMoved() []uint64 {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
 type RackStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1765,7 +1853,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +1865,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +1878,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
 }
 
 type RackStatusResponse struct {
@@ -1816,7 +1904,7 @@ type RackStatusResponse struct {
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1916,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1929,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -1925,7 +2013,7 @@ type RenewLeasesResponse struct {
 
 func (x *RenewLeasesResponse) Reset() {
 	*x = RenewLeasesResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2025,7 @@ func (x *RenewLeasesResponse) String() string {
 func (*RenewLeasesResponse) ProtoMessage() {}
 
 func (x *RenewLeasesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2038,7 @@ func (x *RenewLeasesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeasesResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RenewLeasesResponse) GetRefused() []uint64 {
@@ -1969,7 +2057,7 @@ type SecondaryInSyncResponse struct {
 
 func (x *SecondaryInSyncResponse) Reset() {
 	*x = SecondaryInSyncResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2069,7 @@ func (x *SecondaryInSyncResponse) String() string {
 func (*SecondaryInSyncResponse) ProtoMessage() {}
 
 func (x *SecondaryInSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2082,7 @@ func (x *SecondaryInSyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncResponse.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SecondaryInSyncResponse) GetVolume() *Volume {
@@ -2026,7 +2114,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2038,7 +2126,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2051,7 +2139,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -2227,7 +2315,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2327,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2340,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -2284,7 +2372,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2384,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2397,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -2353,7 +2441,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2453,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2466,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -2416,7 +2504,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2516,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2529,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -2483,7 +2571,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2583,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2596,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -2555,7 +2643,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +2655,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +2668,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -2603,7 +2691,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2615,7 +2703,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2628,7 +2716,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -2661,7 +2749,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +2761,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +2774,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -2706,7 +2794,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2718,7 +2806,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2731,7 +2819,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -2757,7 +2845,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2857,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2870,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -2804,7 +2892,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +2904,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +2917,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -2869,7 +2957,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2881,7 +2969,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2894,7 +2982,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -2965,7 +3053,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2977,7 +3065,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2990,7 +3078,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -3033,7 +3121,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3045,7 +3133,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3058,7 +3146,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -3100,7 +3188,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3112,7 +3200,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3125,7 +3213,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -3194,7 +3282,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +3294,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +3307,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -3256,7 +3344,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3268,7 +3356,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3281,7 +3369,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -3349,7 +3437,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3361,7 +3449,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3374,7 +3462,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -3414,7 +3502,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3426,7 +3514,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3439,7 +3527,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -3485,7 +3573,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3497,7 +3585,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3510,7 +3598,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -3552,7 +3640,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3564,7 +3652,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3577,7 +3665,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -3604,7 +3692,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3616,7 +3704,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3629,7 +3717,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -3674,7 +3762,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3686,7 +3774,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3699,7 +3787,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -3755,7 +3843,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3767,7 +3855,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3780,7 +3868,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -3819,7 +3907,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3831,7 +3919,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3844,7 +3932,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -3888,7 +3976,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3900,7 +3988,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3913,7 +4001,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -3972,7 +4060,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3984,7 +4072,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3997,7 +4085,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -4087,7 +4175,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4099,7 +4187,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4112,7 +4200,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -4268,7 +4356,11 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x02up\x18\x04 \x01(\bR\x02up\x12(\n" +
 	"\x10since_unix_nanos\x18\x05 \x01(\x03R\x0esinceUnixNanos\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\x06 \x01(\tR\tlastError\"\x13\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\"3\n" +
+	"\x14DrainHeadNodeRequest\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\"-\n" +
+	"\x15DrainHeadNodeResponse\x12\x14\n" +
+	"\x05moved\x18\x01 \x03(\x04R\x05moved\"\x13\n" +
 	"\x11RackStatusRequest\"\xc9\x03\n" +
 	"\x12RackStatusResponse\x123\n" +
 	"\n" +
@@ -4487,7 +4579,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xd0\a\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xa6\b\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -4497,7 +4589,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"RackStatus\x12\x1d.ballast.v1.RackStatusRequest\x1a\x1e.ballast.v1.RackStatusResponse\x12K\n" +
 	"\n" +
-	"NodeStatus\x12\x1d.ballast.v1.NodeStatusRequest\x1a\x1e.ballast.v1.NodeStatusResponse\x12Q\n" +
+	"NodeStatus\x12\x1d.ballast.v1.NodeStatusRequest\x1a\x1e.ballast.v1.NodeStatusResponse\x12T\n" +
+	"\rDrainHeadNode\x12 .ballast.v1.DrainHeadNodeRequest\x1a!.ballast.v1.DrainHeadNodeResponse\x12Q\n" +
 	"\fRegisterSled\x12\x1f.ballast.v1.RegisterSledRequest\x1a .ballast.v1.RegisterSledResponse\x12H\n" +
 	"\tListSleds\x12\x1c.ballast.v1.ListSledsRequest\x1a\x1d.ballast.v1.ListSledsResponse\x12Q\n" +
 	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12N\n" +
@@ -4521,7 +4614,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                  // 0: ballast.v1.SledState
 	(IOOp)(0),                       // 1: ballast.v1.IOOp
@@ -4552,39 +4645,41 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*NodeStatusResponse)(nil),      // 26: ballast.v1.NodeStatusResponse
 	(*GroupStatus)(nil),             // 27: ballast.v1.GroupStatus
 	(*PathStatus)(nil),              // 28: ballast.v1.PathStatus
-	(*RackStatusRequest)(nil),       // 29: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),      // 30: ballast.v1.RackStatusResponse
-	(*RenewLeasesResponse)(nil),     // 31: ballast.v1.RenewLeasesResponse
-	(*SecondaryInSyncResponse)(nil), // 32: ballast.v1.SecondaryInSyncResponse
-	(*DirectoryCommand)(nil),        // 33: ballast.v1.DirectoryCommand
-	(*RenewLeasesCommand)(nil),      // 34: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil), // 35: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),  // 36: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),       // 37: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),    // 38: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),     // 39: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),     // 40: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),     // 41: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),     // 42: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),     // 43: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),       // 44: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),               // 45: ballast.v1.IORequest
-	(*IOReply)(nil),                 // 46: ballast.v1.IOReply
-	(*BlockWrite)(nil),              // 47: ballast.v1.BlockWrite
-	(*LogRecord)(nil),               // 48: ballast.v1.LogRecord
-	(*BlockRange)(nil),              // 49: ballast.v1.BlockRange
-	(*Segment)(nil),                 // 50: ballast.v1.Segment
-	(*FlushRecord)(nil),             // 51: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),           // 52: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),         // 53: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),       // 54: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),             // 55: ballast.v1.StateRecord
-	(*BlockState)(nil),              // 56: ballast.v1.BlockState
-	(*SegmentState)(nil),            // 57: ballast.v1.SegmentState
-	(*LogEntry)(nil),                // 58: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),          // 59: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),        // 60: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),          // 61: ballast.v1.ReplicateReply
+	(*DrainHeadNodeRequest)(nil),    // 29: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),   // 30: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),       // 31: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),      // 32: ballast.v1.RackStatusResponse
+	(*RenewLeasesResponse)(nil),     // 33: ballast.v1.RenewLeasesResponse
+	(*SecondaryInSyncResponse)(nil), // 34: ballast.v1.SecondaryInSyncResponse
+	(*DirectoryCommand)(nil),        // 35: ballast.v1.DirectoryCommand
+	(*RenewLeasesCommand)(nil),      // 36: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil), // 37: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),  // 38: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),       // 39: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),    // 40: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),     // 41: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),     // 42: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),     // 43: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),     // 44: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),     // 45: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),       // 46: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),               // 47: ballast.v1.IORequest
+	(*IOReply)(nil),                 // 48: ballast.v1.IOReply
+	(*BlockWrite)(nil),              // 49: ballast.v1.BlockWrite
+	(*LogRecord)(nil),               // 50: ballast.v1.LogRecord
+	(*BlockRange)(nil),              // 51: ballast.v1.BlockRange
+	(*Segment)(nil),                 // 52: ballast.v1.Segment
+	(*FlushRecord)(nil),             // 53: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),           // 54: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),         // 55: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),       // 56: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),             // 57: ballast.v1.StateRecord
+	(*BlockState)(nil),              // 58: ballast.v1.BlockState
+	(*SegmentState)(nil),            // 59: ballast.v1.SegmentState
+	(*LogEntry)(nil),                // 60: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),          // 61: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),        // 62: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),          // 63: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
@@ -4608,17 +4703,17 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	27, // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
 	28, // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
 	4,  // 20: ballast.v1.SecondaryInSyncResponse.volume:type_name -> ballast.v1.Volume
-	41, // 21: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	42, // 22: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	43, // 23: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	39, // 24: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	40, // 25: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	37, // 26: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	38, // 27: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	34, // 28: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	35, // 29: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	36, // 30: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	37, // 31: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	43, // 21: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	44, // 22: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	45, // 23: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	41, // 24: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	42, // 25: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	39, // 26: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	40, // 27: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	36, // 28: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	37, // 29: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	38, // 30: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	39, // 31: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
 	16, // 32: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
 	0,  // 33: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
 	0,  // 34: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
@@ -4627,54 +4722,56 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	16, // 37: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
 	1,  // 38: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
 	2,  // 39: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	47, // 40: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	49, // 41: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	51, // 42: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	52, // 43: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	53, // 44: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	54, // 45: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	55, // 46: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	50, // 47: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	50, // 48: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	49, // 49: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	56, // 50: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	57, // 51: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	50, // 52: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	49, // 53: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	48, // 54: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	55, // 55: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	48, // 56: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	49, // 40: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	51, // 41: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	53, // 42: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	54, // 43: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	55, // 44: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	56, // 45: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	57, // 46: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	52, // 47: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	52, // 48: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	51, // 49: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	58, // 50: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	59, // 51: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	52, // 52: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	51, // 53: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	50, // 54: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	57, // 55: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	50, // 56: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
 	3,  // 57: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
 	6,  // 58: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
 	8,  // 59: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
 	10, // 60: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
 	12, // 61: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
 	14, // 62: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	29, // 63: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	31, // 63: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
 	25, // 64: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	17, // 65: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	19, // 66: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	21, // 67: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	34, // 68: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
-	36, // 69: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
-	45, // 70: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	60, // 71: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	7,  // 72: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	9,  // 73: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	11, // 74: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	13, // 75: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	15, // 76: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	30, // 77: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	26, // 78: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	18, // 79: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	20, // 80: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	22, // 81: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	31, // 82: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
-	32, // 83: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
-	46, // 84: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	61, // 85: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	72, // [72:86] is the sub-list for method output_type
-	58, // [58:72] is the sub-list for method input_type
+	29, // 65: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	17, // 66: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	19, // 67: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	21, // 68: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	36, // 69: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
+	38, // 70: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
+	47, // 71: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	62, // 72: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	7,  // 73: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	9,  // 74: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	11, // 75: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	13, // 76: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	15, // 77: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	32, // 78: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	26, // 79: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	30, // 80: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	18, // 81: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	20, // 82: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	22, // 83: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	33, // 84: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
+	34, // 85: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
+	48, // 86: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	63, // 87: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	73, // [73:88] is the sub-list for method output_type
+	58, // [58:73] is the sub-list for method input_type
 	58, // [58:58] is the sub-list for extension type_name
 	58, // [58:58] is the sub-list for extension extendee
 	0,  // [0:58] is the sub-list for field type_name
@@ -4685,7 +4782,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[29].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[31].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -4703,7 +4800,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   58,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -29,6 +29,7 @@ const (
 	Admin_DeleteVolume_FullMethodName    = "/ballast.v1.Admin/DeleteVolume"
 	Admin_RackStatus_FullMethodName      = "/ballast.v1.Admin/RackStatus"
 	Admin_NodeStatus_FullMethodName      = "/ballast.v1.Admin/NodeStatus"
+	Admin_DrainHeadNode_FullMethodName   = "/ballast.v1.Admin/DrainHeadNode"
 	Admin_RegisterSled_FullMethodName    = "/ballast.v1.Admin/RegisterSled"
 	Admin_ListSleds_FullMethodName       = "/ballast.v1.Admin/ListSleds"
 	Admin_SetSledState_FullMethodName    = "/ballast.v1.Admin/SetSledState"
@@ -50,6 +51,10 @@ type AdminClient interface {
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	RackStatus(ctx context.Context, in *RackStatusRequest, opts ...grpc.CallOption) (*RackStatusResponse, error)
 	NodeStatus(ctx context.Context, in *NodeStatusRequest, opts ...grpc.CallOption) (*NodeStatusResponse, error)
+	// Moves the leadership of every consensus group the named head node
+	// leads to another member (before maintenance). Any head node forwards
+	// it to the named one.
+	DrainHeadNode(ctx context.Context, in *DrainHeadNodeRequest, opts ...grpc.CallOption) (*DrainHeadNodeResponse, error)
 	RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error)
 	ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error)
 	SetSledState(ctx context.Context, in *SetSledStateRequest, opts ...grpc.CallOption) (*SetSledStateResponse, error)
@@ -137,6 +142,16 @@ func (c *adminClient) NodeStatus(ctx context.Context, in *NodeStatusRequest, opt
 	return out, nil
 }
 
+func (c *adminClient) DrainHeadNode(ctx context.Context, in *DrainHeadNodeRequest, opts ...grpc.CallOption) (*DrainHeadNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainHeadNodeResponse)
+	err := c.cc.Invoke(ctx, Admin_DrainHeadNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegisterSledResponse)
@@ -201,6 +216,10 @@ type AdminServer interface {
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	RackStatus(context.Context, *RackStatusRequest) (*RackStatusResponse, error)
 	NodeStatus(context.Context, *NodeStatusRequest) (*NodeStatusResponse, error)
+	// Moves the leadership of every consensus group the named head node
+	// leads to another member (before maintenance). Any head node forwards
+	// it to the named one.
+	DrainHeadNode(context.Context, *DrainHeadNodeRequest) (*DrainHeadNodeResponse, error)
 	RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error)
 	ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error)
 	SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error)
@@ -238,6 +257,9 @@ func (UnimplementedAdminServer) RackStatus(context.Context, *RackStatusRequest) 
 }
 func (UnimplementedAdminServer) NodeStatus(context.Context, *NodeStatusRequest) (*NodeStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NodeStatus not implemented")
+}
+func (UnimplementedAdminServer) DrainHeadNode(context.Context, *DrainHeadNodeRequest) (*DrainHeadNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainHeadNode not implemented")
 }
 func (UnimplementedAdminServer) RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterSled not implemented")
@@ -401,6 +423,24 @@ func _Admin_NodeStatus_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_DrainHeadNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainHeadNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DrainHeadNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DrainHeadNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DrainHeadNode(ctx, req.(*DrainHeadNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_RegisterSled_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RegisterSledRequest)
 	if err := dec(in); err != nil {
@@ -525,6 +565,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NodeStatus",
 			Handler:    _Admin_NodeStatus_Handler,
+		},
+		{
+			MethodName: "DrainHeadNode",
+			Handler:    _Admin_DrainHeadNode_Handler,
 		},
 		{
 			MethodName: "RegisterSled",
