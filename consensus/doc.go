@@ -4,7 +4,8 @@
 // gRPC stream per pair of nodes (package consensus/transport) carries every
 // group's raft traffic. Snapshots are files under the node's directory.
 //
-// Group 0 is the directory group; volume groups follow in later work.
+// Group 0 is the directory group; the head node runs its volume groups as
+// groups 1..N.
 //
 // # What a Node owns
 //

@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/consensus"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -32,54 +30,15 @@ var errNotLeader = errors.New("not the directory leader")
 type adminServer struct {
 	ballastpb.UnimplementedAdminServer
 	node *Node
-	// barrierTerm is the term in which this node, as leader, last applied
-	// a barrier, so its state holds every entry committed before it.
-	barrierTerm atomic.Uint64
 }
 
-// onLeader runs local on the leader, or remote against the leader through
-// a forwarded call, retrying while leadership moves, until the node's
-// LeaderWaitTimeout.
+// onLeader runs local on the directory group's leader, or remote against
+// it through a forwarded call (see onGroupLeader).
 func onLeader[T any](a *adminServer, ctx context.Context,
 	local func(context.Context) (T, error),
 	remote func(context.Context, ballastpb.AdminClient) (T, error),
 ) (T, error) {
-	var zero T
-	ctx, cancel := context.WithTimeout(ctx, a.node.cfg.LeaderWaitTimeout)
-	defer cancel()
-	md, _ := metadata.FromIncomingContext(ctx)
-	forwarded := len(md.Get(forwardedKey)) > 0
-	r := a.node.raft
-	for {
-		var err error
-		if r.State() == raft.Leader {
-			var out T
-			out, err = local(ctx)
-			if !errors.Is(err, errNotLeader) {
-				return out, toStatus(err)
-			}
-		} else if forwarded {
-			return zero, status.Error(codes.Unavailable, "head node "+a.node.cfg.ID+" is not the directory leader")
-		} else if _, id := r.LeaderWithID(); id != "" {
-			addrs, ok := a.node.cfg.peerAddresses(string(id))
-			if !ok {
-				return zero, status.Errorf(codes.Internal, "leader %q is not a known head node", id)
-			}
-			conn, cerr := a.node.pool.Get(addrs)
-			if cerr != nil {
-				return zero, status.Errorf(codes.Unavailable, "reach leader %s: %v", id, cerr)
-			}
-			out, err := remote(metadata.AppendToOutgoingContext(ctx, forwardedKey, a.node.cfg.ID), ballastpb.NewAdminClient(conn))
-			if status.Code(err) != codes.Unavailable {
-				return out, err
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return zero, status.Errorf(codes.Unavailable, "directory group has no reachable leader: %v", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return onGroupLeader(a, ctx, a.node.groups[consensus.DirectoryGroup], local, remote)
 }
 
 // toStatus maps the volume package's error classes onto gRPC codes.
@@ -108,53 +67,22 @@ func toStatus(err error) error {
 	}
 }
 
-// apply commits a directory command through raft and returns the volume
-// it touched.
+// apply commits a directory command on this node, the directory leader,
+// and returns the volume it touched.
 func (a *adminServer) apply(cmd *ballastpb.DirectoryCommand) (*ballastpb.Volume, error) {
 	res, err := a.applyCommand(cmd)
 	return res.Volume, err
 }
 
-// applyCommand commits a directory command through raft; the error is the
-// commit's or the directory's refusal.
+// applyCommand commits a directory command on this node, the directory
+// leader; the error is the commit's or the directory's refusal.
 func (a *adminServer) applyCommand(cmd *ballastpb.DirectoryCommand) (volume.ApplyResult, error) {
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		return volume.ApplyResult{}, fmt.Errorf("encode command: %w", err)
-	}
-	f := a.node.raft.Apply(data, applyTimeout)
-	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) {
-			return volume.ApplyResult{}, errNotLeader
-		}
-		return volume.ApplyResult{}, fmt.Errorf("commit directory command: %w", err)
-	}
-	res, ok := f.Response().(volume.ApplyResult)
-	if !ok {
-		return volume.ApplyResult{}, fmt.Errorf("directory returned %T", f.Response())
-	}
-	return res, res.Err
+	return a.node.groups[consensus.DirectoryGroup].apply(cmd)
 }
 
-// readBarrier makes a leader's reads linearizable: once per term it waits
-// until its state machine holds every committed entry, and on every read it
-// checks it is still the leader.
+// readBarrier makes the directory leader's reads linearizable.
 func (a *adminServer) readBarrier() error {
-	r := a.node.raft
-	term := currentTerm(r)
-	if a.barrierTerm.Load() != term {
-		if err := r.Barrier(applyTimeout).Error(); err != nil {
-			if errors.Is(err, raft.ErrNotLeader) {
-				return errNotLeader
-			}
-			return fmt.Errorf("directory barrier: %w", err)
-		}
-		a.barrierTerm.Store(term)
-	}
-	if err := r.VerifyLeader().Error(); err != nil {
-		return errNotLeader
-	}
-	return nil
+	return a.node.groups[consensus.DirectoryGroup].readBarrier()
 }
 
 func currentTerm(r *raft.Raft) uint64 {
@@ -178,20 +106,49 @@ func (a *adminServer) CreateVolume(ctx context.Context, req *ballastpb.CreateVol
 	if err := volume.ValidateSize(req.SizeBytes); err != nil {
 		return nil, toStatus(err)
 	}
+	n := a.node
+	dir := n.groups[consensus.DirectoryGroup]
 	return onLeader(a, ctx, func(ctx context.Context) (*ballastpb.CreateVolumeResponse, error) {
 		if err := a.readBarrier(); err != nil {
 			return nil, err
 		}
-		if _, err := a.node.directory.Get(req.Name); err == nil {
+		if _, err := dir.fsm.Get(req.Name); err == nil {
 			return nil, fmt.Errorf("%w: %q", volume.ErrExists, req.Name)
 		}
-		primary, secondary, err := volume.Place(a.peerIDs(), a.node.directory.List())
+		// The directory takes the name and the id, then the volume group
+		// takes the record. A create stopped between the two (its proposer
+		// died, or the second commit's outcome was unknown) left a
+		// placement without a record: creating the name again finishes it.
+		// (Transactions across groups will make the two steps one.)
+		p, placed := dir.fsm.Placement(req.Name)
+		if placed {
+			resp, err := n.readGroup(ctx, p.Group)
+			if err != nil {
+				return nil, err
+			}
+			for _, v := range resp.Volumes {
+				if v.Id == p.Id {
+					return nil, fmt.Errorf("%w: %q", volume.ErrExists, req.Name)
+				}
+			}
+		} else {
+			res, err := a.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_PlaceVolume{
+				PlaceVolume: &ballastpb.PlaceVolumeCommand{Name: req.Name, Groups: uint32(len(n.groups) - 1)},
+			}})
+			if err != nil {
+				return nil, err
+			}
+			p = res.Placement
+		}
+		primary, secondary, err := volume.Place(a.peerIDs(), n.allVolumes())
 		if err != nil {
 			return nil, err
 		}
-		v, err := a.apply(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_CreateVolume{
+		res, err := n.applyIn(ctx, p.Group, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_CreateVolume{
 			CreateVolume: &ballastpb.CreateVolumeCommand{Volume: &ballastpb.Volume{
 				Name:        req.Name,
+				Id:          p.Id,
+				Group:       p.Group,
 				SizeBytes:   req.SizeBytes,
 				Primary:     primary,
 				Secondaries: []string{secondary},
@@ -200,10 +157,34 @@ func (a *adminServer) CreateVolume(ctx context.Context, req *ballastpb.CreateVol
 		if err != nil {
 			return nil, err
 		}
-		return &ballastpb.CreateVolumeResponse{Volume: v}, nil
+		return &ballastpb.CreateVolumeResponse{Volume: res.Volume}, nil
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.CreateVolumeResponse, error) {
 		return c.CreateVolume(ctx, req)
 	})
+}
+
+// lookup finds a volume's record by name, linearizably: on the directory
+// leader (which the caller must be, past its read barrier), in the
+// directory's own records or through its placement in a volume group.
+func (a *adminServer) lookup(ctx context.Context, name string) (*ballastpb.Volume, *ballastpb.VolumePlacement, error) {
+	dir := a.node.groups[consensus.DirectoryGroup]
+	if v, err := dir.fsm.Get(name); err == nil {
+		return v, nil, nil
+	}
+	p, ok := dir.fsm.Placement(name)
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: %q", volume.ErrNotFound, name)
+	}
+	resp, err := a.node.readGroup(ctx, p.Group)
+	if err != nil {
+		return nil, p, err
+	}
+	for _, v := range resp.Volumes {
+		if v.Id == p.Id {
+			return v, p, nil
+		}
+	}
+	return nil, p, fmt.Errorf("%w: %q (its creation did not finish; create it again)", volume.ErrNotFound, name)
 }
 
 func (a *adminServer) GetVolume(ctx context.Context, req *ballastpb.GetVolumeRequest) (*ballastpb.GetVolumeResponse, error) {
@@ -211,7 +192,7 @@ func (a *adminServer) GetVolume(ctx context.Context, req *ballastpb.GetVolumeReq
 		if err := a.readBarrier(); err != nil {
 			return nil, err
 		}
-		v, err := a.node.directory.Get(req.Name)
+		v, _, err := a.lookup(ctx, req.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -227,14 +208,11 @@ func (a *adminServer) GetVolume(ctx context.Context, req *ballastpb.GetVolumeReq
 }
 
 func (a *adminServer) ListVolumes(ctx context.Context, req *ballastpb.ListVolumesRequest) (*ballastpb.ListVolumesResponse, error) {
-	return onLeader(a, ctx, func(ctx context.Context) (*ballastpb.ListVolumesResponse, error) {
-		if err := a.readBarrier(); err != nil {
-			return nil, err
-		}
-		return &ballastpb.ListVolumesResponse{Volumes: a.node.directory.List()}, nil
-	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.ListVolumesResponse, error) {
-		return c.ListVolumes(ctx, req)
-	})
+	vols, err := a.node.readAllVolumes(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ballastpb.ListVolumesResponse{Volumes: vols}, nil
 }
 
 func (a *adminServer) ResizeVolume(ctx context.Context, req *ballastpb.ResizeVolumeRequest) (*ballastpb.ResizeVolumeResponse, error) {
@@ -242,13 +220,21 @@ func (a *adminServer) ResizeVolume(ctx context.Context, req *ballastpb.ResizeVol
 		return nil, toStatus(err)
 	}
 	return onLeader(a, ctx, func(ctx context.Context) (*ballastpb.ResizeVolumeResponse, error) {
-		v, err := a.apply(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ResizeVolume{
+		if err := a.readBarrier(); err != nil {
+			return nil, err
+		}
+		cmd := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ResizeVolume{
 			ResizeVolume: &ballastpb.ResizeVolumeCommand{Name: req.Name, SizeBytes: req.SizeBytes},
-		}})
+		}}
+		v, _, err := a.lookup(ctx, req.Name)
 		if err != nil {
 			return nil, err
 		}
-		return &ballastpb.ResizeVolumeResponse{Volume: v}, nil
+		res, err := a.node.applyIn(ctx, v.Group, cmd)
+		if err != nil {
+			return nil, err
+		}
+		return &ballastpb.ResizeVolumeResponse{Volume: res.Volume}, nil
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.ResizeVolumeResponse, error) {
 		return c.ResizeVolume(ctx, req)
 	})
@@ -256,10 +242,30 @@ func (a *adminServer) ResizeVolume(ctx context.Context, req *ballastpb.ResizeVol
 
 func (a *adminServer) DeleteVolume(ctx context.Context, req *ballastpb.DeleteVolumeRequest) (*ballastpb.DeleteVolumeResponse, error) {
 	return onLeader(a, ctx, func(ctx context.Context) (*ballastpb.DeleteVolumeResponse, error) {
-		if _, err := a.apply(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_DeleteVolume{
-			DeleteVolume: &ballastpb.DeleteVolumeCommand{Name: req.Name},
-		}}); err != nil {
+		if err := a.readBarrier(); err != nil {
 			return nil, err
+		}
+		v, p, err := a.lookup(ctx, req.Name)
+		if err != nil && (p == nil || !errors.Is(err, volume.ErrNotFound)) {
+			return nil, err
+		}
+		// The record goes first (every replica drops the data as it
+		// applies the delete), then the name: a delete stopped between
+		// the two leaves a placement without a record, which deleting
+		// the name again removes.
+		if v != nil {
+			if _, err := a.node.applyIn(ctx, v.Group, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_DeleteVolume{
+				DeleteVolume: &ballastpb.DeleteVolumeCommand{Name: req.Name},
+			}}); err != nil {
+				return nil, err
+			}
+		}
+		if p != nil {
+			if _, err := a.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_UnplaceVolume{
+				UnplaceVolume: &ballastpb.UnplaceVolumeCommand{Name: p.Name, Id: p.Id},
+			}}); err != nil {
+				return nil, err
+			}
 		}
 		return &ballastpb.DeleteVolumeResponse{}, nil
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.DeleteVolumeResponse, error) {

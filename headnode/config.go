@@ -32,6 +32,9 @@ type Config struct {
 	// Lease times the primaries' leases and so failover (default
 	// volume.DefaultLeaseConfig).
 	Lease volume.LeaseConfig
+	// VolumeGroups is the number of volume groups (default 16) besides
+	// the directory group; every head node is a member of each.
+	VolumeGroups int
 	// LeaderWaitTimeout bounds how long an admin call waits for the
 	// directory group to have a leader.
 	LeaderWaitTimeout time.Duration
@@ -52,6 +55,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.Lease == (volume.LeaseConfig{}) {
 		c.Lease = volume.DefaultLeaseConfig
+	}
+	if c.VolumeGroups == 0 {
+		c.VolumeGroups = DefaultVolumeGroups
 	}
 	if c.LeaderWaitTimeout == 0 {
 		c.LeaderWaitTimeout = 10 * time.Second

@@ -1,7 +1,8 @@
 // Package headnode owns the head node: the write log of the volumes it is
 // primary or secondary of (one pebble database per node), the ordering,
-// group commit and replication of writes, reads, and the admin API that
-// every head node answers for the directory group.
+// group commit and replication of writes, reads, its members of the
+// directory group and of every volume group (groups.go), the failover
+// decisions' I/O, and the admin API that every head node answers.
 //
 // A write is acknowledged only when it is durable in the primary's log and
 // in its secondary's. The primary builds whole-block records (read-modify-

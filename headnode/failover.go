@@ -2,6 +2,7 @@ package headnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -19,13 +20,13 @@ import (
 // Failover (the decisions are volume/lease.go's; this is their I/O).
 //
 // Every head node runs a leaseKeeper: every RenewEvery it renews, in one
-// directory command, the lease of every volume its directory says it is
-// primary of. The command also shows the node is alive when it is primary
-// of nothing. A refused renewal deposes the node's primary of that volume
+// command to each volume group, the lease of every volume of that group it
+// is primary of; the command also shows the group's leader the node is
+// alive, as do the leader's health probes of it. A refused renewal deposes the node's primary of that volume
 // for good: it stops, and its writes in flight fail as "not primary", for
 // the agent to send again to the new primary.
 //
-// The directory leader runs a promoter: it times every lease and every
+// Each volume group's leader runs a promoter: it times every lease and every
 // node's renewals on its own clock (fed from the FSM as renewals apply),
 // promotes a mirrored secondary when a primary's lease has surely ended,
 // and replaces a secondary whose node has been silent as long. The new
@@ -56,7 +57,7 @@ func newLeaseKeeper(n *Node, cfg volume.LeaseConfig) *leaseKeeper {
 }
 
 func (k *leaseKeeper) current(id uint64) (*ballastpb.Volume, bool) {
-	return k.node.directory.Shared(id)
+	return k.node.volumeByID(id)
 }
 
 // awaitLease implements authority.
@@ -115,10 +116,12 @@ func (k *leaseKeeper) renewSoon() {
 // reportInSync implements authority.
 func (k *leaseKeeper) reportInSync(vol *ballastpb.Volume, node string) {
 	go func() {
-		cmd := &ballastpb.SecondaryInSyncCommand{VolumeId: vol.Id, Epoch: vol.Epoch, Node: node}
+		cmd := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SecondaryInSync{
+			SecondaryInSync: &ballastpb.SecondaryInSyncCommand{VolumeId: vol.Id, Epoch: vol.Epoch, Node: node},
+		}}
 		for attempt := 0; attempt < 20; attempt++ {
 			ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
-			_, err := k.node.admin.SecondaryInSync(ctx, cmd)
+			_, err := k.node.applyIn(ctx, vol.Group, cmd)
 			cancel()
 			if err == nil {
 				k.log.Info("secondary in sync", "volume", vol.Name, "secondary", node, "epoch", vol.Epoch)
@@ -147,29 +150,40 @@ func (k *leaseKeeper) run(ctx context.Context) {
 	}
 }
 
-// renew sends one renewal of every lease this node should hold.
+// renew sends one renewal of every lease this node should hold: one
+// command to each group holding volumes it is primary of, in parallel.
+// (Whether a node is alive, for choosing and replacing secondaries, the
+// groups' leaders also learn from their health probes of it, so groups
+// where it leads nothing are spared a command a second.)
 func (k *leaseKeeper) renew(ctx context.Context) {
 	me := k.node.cfg.ID
 	now := time.Now()
-	cmd := &ballastpb.RenewLeasesCommand{Holder: me}
+	cmds := map[uint64]*ballastpb.RenewLeasesCommand{}
 	ids := map[uint64]uint64{}
+	groupOf := map[uint64]uint64{}
 	k.mu.Lock()
 	keep := map[uint64]bool{}
-	for _, v := range k.node.directory.List() {
-		if v.Primary != me {
-			continue
+	for _, g := range k.node.groups {
+		for _, v := range g.fsm.List() {
+			if v.Primary != me {
+				continue
+			}
+			if cmds[g.id] == nil {
+				cmds[g.id] = &ballastpb.RenewLeasesCommand{Holder: me}
+			}
+			l := k.leases[v.Id]
+			if l == nil || l.Epoch() < v.Epoch {
+				l = volume.NewPrimaryLease(k.cfg, v.Epoch)
+				k.leases[v.Id] = l
+			}
+			keep[v.Id] = true
+			if l.Deposed() || l.Epoch() != v.Epoch {
+				continue
+			}
+			ids[v.Id] = l.StartRenewal(now)
+			groupOf[v.Id] = g.id
+			cmds[g.id].Leases = append(cmds[g.id].Leases, &ballastpb.RenewLeaseCommand{VolumeId: v.Id, Epoch: v.Epoch})
 		}
-		l := k.leases[v.Id]
-		if l == nil || l.Epoch() < v.Epoch {
-			l = volume.NewPrimaryLease(k.cfg, v.Epoch)
-			k.leases[v.Id] = l
-		}
-		keep[v.Id] = true
-		if l.Deposed() || l.Epoch() != v.Epoch {
-			continue
-		}
-		ids[v.Id] = l.StartRenewal(now)
-		cmd.Leases = append(cmd.Leases, &ballastpb.RenewLeaseCommand{VolumeId: v.Id, Epoch: v.Epoch})
 	}
 	for id, l := range k.leases {
 		// Leases of volumes we no longer lead are dropped once they can
@@ -180,20 +194,39 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 	}
 	k.mu.Unlock()
 
+	type outcome struct {
+		res volume.ApplyResult
+		err error
+	}
+	results := make(map[uint64]outcome, len(cmds))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	rctx, cancel := context.WithTimeout(ctx, k.cfg.Duration)
-	resp, err := k.node.admin.RenewLeases(rctx, cmd)
+	for gid, cmd := range cmds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := k.node.applyIn(rctx, gid, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RenewLeases{RenewLeases: cmd}})
+			mu.Lock()
+			results[gid] = outcome{res, err}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
 	cancel()
 	took := time.Since(now)
 
 	var deposed []uint64
+	var failed []error
 	k.mu.Lock()
 	for id, rid := range ids {
 		l := k.leases[id]
+		out := results[groupOf[id]]
 		switch {
 		case l == nil:
-		case err != nil:
+		case out.err != nil:
 			l.Failed(rid)
-		case slices.Contains(resp.Refused, id):
+		case slices.Contains(out.res.Refused, id):
 			l.Refused(rid)
 			deposed = append(deposed, id)
 		default:
@@ -203,17 +236,20 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 	close(k.changed)
 	k.changed = make(chan struct{})
 	k.mu.Unlock()
+	for gid, out := range results {
+		if out.err != nil && len(cmds[gid].Leases) > 0 {
+			failed = append(failed, fmt.Errorf("group %d: %w", gid, out.err))
+		}
+	}
 	// A primary whose renewals fail or crawl stops acknowledging writes
 	// once its lease runs out: say so, it is the first thing to look for
 	// when writes stall.
 	switch {
 	case ctx.Err() != nil:
-	case err != nil && len(cmd.Leases) > 0:
-		k.log.Warn("lease renewal failed", "volumes", len(cmd.Leases), "took", took, "err", err)
-	case err != nil:
-		k.log.Debug("lease renewal failed", "err", err)
-	case took > k.cfg.Duration/2:
-		k.log.Warn("lease renewal slow", "volumes", len(cmd.Leases), "took", took)
+	case len(failed) > 0:
+		k.log.Warn("lease renewal failed", "volumes", len(ids), "took", took, "err", errors.Join(failed...))
+	case took > k.cfg.Duration/2 && len(ids) > 0:
+		k.log.Warn("lease renewal slow", "volumes", len(ids), "took", took)
 	}
 	for _, id := range deposed {
 		k.log.Warn("deposed as primary", "volume_id", id)
@@ -227,7 +263,7 @@ func (n *Node) stopStalePrimaries() {
 	var stale []*primaryVolume
 	n.mu.Lock()
 	for id, pv := range n.primaries {
-		v, ok := n.directory.Shared(id)
+		v, ok := n.volumeByID(id)
 		if ok && v.Primary == n.cfg.ID && v.Epoch == pv.vol.Epoch {
 			if _, err := n.leases.check(id, pv.vol.Epoch); err == nil {
 				continue
@@ -246,11 +282,13 @@ func (n *Node) stopStalePrimaries() {
 	}
 }
 
-// promoter makes the directory leader's failover decisions.
+// promoter makes a volume group leader's failover decisions for the
+// group's volumes.
 type promoter struct {
-	node *Node
-	cfg  volume.LeaseConfig
-	log  *slog.Logger
+	node  *Node
+	group *vgroup
+	cfg   volume.LeaseConfig
+	log   *slog.Logger
 
 	mu    sync.Mutex
 	term  uint64 // the term of the current table; 0: not leader
@@ -259,7 +297,7 @@ type promoter struct {
 	seen  map[string]time.Time // head node -> last renewal applied
 }
 
-// renewed is the directory's OnLeasesRenewed hook (raft's FSM goroutine).
+// renewed is the group's OnLeasesRenewed hook (raft's FSM goroutine).
 func (p *promoter) renewed(holder string, vols []uint64) {
 	now := time.Now()
 	p.mu.Lock()
@@ -273,7 +311,9 @@ func (p *promoter) renewed(holder string, vols []uint64) {
 	}
 }
 
-func (p *promoter) run(ctx context.Context) {
+// runPromoters steps the promoter of every group, on the groups this
+// node leads.
+func (n *Node) runPromoters(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -282,13 +322,15 @@ func (p *promoter) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		p.step(ctx, time.Now())
+		for _, g := range n.groups {
+			g.promoter.step(ctx, time.Now())
+		}
 	}
 }
 
 // step runs one round of decisions at now, if this node leads.
 func (p *promoter) step(ctx context.Context, now time.Time) {
-	r := p.node.raft
+	r := p.group.raft
 	if r.State() != raft.Leader {
 		p.mu.Lock()
 		p.term, p.table = 0, nil
@@ -306,9 +348,10 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 		p.mu.Unlock()
 		return
 	}
-	live, silent := classifyPeers(p.node.cfg.Peers, p.node.cfg.ID, p.seen, p.since, now, p.cfg, p.node.peerAnswers)
+	noteAnswering(p.seen, p.node.cfg.Peers, p.node.peerAnswers, now)
+	live, silent := classifyPeers(p.node.cfg.Peers, p.node.cfg.ID, p.seen, p.since, now, p.cfg)
 	var promote []*ballastpb.Volume
-	for _, v := range p.node.directory.List() {
+	for _, v := range p.group.fsm.List() {
 		if p.table.Expired(v.Id, now) {
 			promote = append(promote, v)
 		}
@@ -322,7 +365,7 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 			p.forget(v.Id, now) // ask again after another lease period
 			continue
 		}
-		res, err := p.node.admin.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_PromoteVolume{PromoteVolume: plan}})
+		res, err := p.group.apply(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_PromoteVolume{PromoteVolume: plan}})
 		if err != nil {
 			p.log.Warn("promote", "volume", v.Name, "err", err)
 			continue
@@ -335,7 +378,7 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 	for _, v := range promote {
 		promoted[v.Id] = true
 	}
-	for _, v := range p.node.directory.List() {
+	for _, v := range p.group.fsm.List() {
 		if promoted[v.Id] {
 			continue
 		}
@@ -347,7 +390,7 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 			if err != nil {
 				continue
 			}
-			res, err := p.node.admin.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ReplaceSecondary{ReplaceSecondary: plan}})
+			res, err := p.group.apply(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_ReplaceSecondary{ReplaceSecondary: plan}})
 			if err != nil {
 				p.log.Warn("replace secondary", "volume", v.Name, "secondary", s, "err", err)
 				continue
@@ -358,17 +401,17 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 	}
 }
 
-// classifyPeers tells, from when each head node's renewals were last
-// applied (seen; since is when this leader took office, before which it
-// cannot have seen any), which nodes are live (renewed within a lease:
-// they may be chosen as secondaries) and which are silent (may be replaced
-// as secondaries). Replacing a secondary costs a full copy and leaves the
-// volume unable to fail over until it is done, so a node must be silent for
-// two lease periods and must not answer the health probes of any of its
-// network paths: renewals that crawl under load are a slow node, not a
-// dead one.
+// classifyPeers tells, from when each head node was last heard from (seen:
+// a renewal applied in the group, or an answered health probe; since is
+// when this leader took office, before which it cannot have heard any),
+// which nodes are live (heard within a lease: they may be chosen as
+// secondaries) and which are silent (may be replaced as secondaries).
+// Replacing a secondary costs a full copy and leaves the volume unable to
+// fail over until it is done, so a node must be silent for two lease
+// periods: renewals that crawl under load, or a probe or two lost, are a
+// slow node, not a dead one.
 func classifyPeers(peers []Peer, self string, seen map[string]time.Time, since, now time.Time,
-	cfg volume.LeaseConfig, answers func(Peer) bool) (live []string, silent map[string]bool) {
+	cfg volume.LeaseConfig) (live []string, silent map[string]bool) {
 	silent = map[string]bool{}
 	for _, peer := range peers {
 		last := seen[peer.ID]
@@ -379,16 +422,30 @@ func classifyPeers(peers []Peer, self string, seen map[string]time.Time, since, 
 			live = append(live, peer.ID)
 			continue
 		}
-		if now.Sub(last) > 2*(cfg.Duration+cfg.Margin) && !answers(peer) {
+		if now.Sub(last) > 2*(cfg.Duration+cfg.Margin) {
 			silent[peer.ID] = true
 		}
 	}
 	return live, silent
 }
 
+// noteAnswering records as heard from now every peer that answers the
+// health probes of one of its network paths: a node that is primary of
+// nothing in a group sends that group no renewals.
+func noteAnswering(seen map[string]time.Time, peers []Peer, answers func(Peer) bool, now time.Time) {
+	for _, p := range peers {
+		if answers(p) {
+			seen[p.ID] = now
+		}
+	}
+}
+
 // peerAnswers says whether any network path to a head node answers its
 // health probes.
 func (n *Node) peerAnswers(p Peer) bool {
+	if p.ID == n.cfg.ID {
+		return true
+	}
 	c, err := n.pool.Get(p.Addresses)
 	if err != nil {
 		return false
@@ -407,34 +464,4 @@ func (p *promoter) forget(vol uint64, now time.Time) {
 	if p.table != nil {
 		p.table.Forget(vol, now)
 	}
-}
-
-// RenewLeases is called by head nodes (this one included) on the leader.
-func (a *adminServer) RenewLeases(ctx context.Context, cmd *ballastpb.RenewLeasesCommand) (*ballastpb.RenewLeasesResponse, error) {
-	return onLeader(a, ctx,
-		func(context.Context) (*ballastpb.RenewLeasesResponse, error) {
-			res, err := a.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RenewLeases{RenewLeases: cmd}})
-			if err != nil {
-				return nil, err
-			}
-			return &ballastpb.RenewLeasesResponse{Refused: res.Refused}, nil
-		},
-		func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.RenewLeasesResponse, error) {
-			return c.RenewLeases(ctx, cmd)
-		})
-}
-
-// SecondaryInSync is called by a volume's primary on the leader.
-func (a *adminServer) SecondaryInSync(ctx context.Context, cmd *ballastpb.SecondaryInSyncCommand) (*ballastpb.SecondaryInSyncResponse, error) {
-	return onLeader(a, ctx,
-		func(context.Context) (*ballastpb.SecondaryInSyncResponse, error) {
-			v, err := a.apply(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SecondaryInSync{SecondaryInSync: cmd}})
-			if err != nil {
-				return nil, err
-			}
-			return &ballastpb.SecondaryInSyncResponse{Volume: v}, nil
-		},
-		func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.SecondaryInSyncResponse, error) {
-			return c.SecondaryInSync(ctx, cmd)
-		})
 }

@@ -9,7 +9,8 @@ import (
 )
 
 // TestClassifyPeers: which head nodes count as live (may become a
-// secondary) and which as silent (their secondaries may be replaced).
+// secondary) and which as silent (their secondaries may be replaced); a
+// node whose renewals stopped but which answers health probes is live.
 func TestClassifyPeers(t *testing.T) {
 	cfg := volume.LeaseConfig{Duration: 3 * time.Second, Margin: 500 * time.Millisecond}
 	t0 := time.Unix(1000, 0)
@@ -21,9 +22,10 @@ func TestClassifyPeers(t *testing.T) {
 		"hn4": now.Add(-10 * time.Second), // silent two periods, answers probes
 		"hn5": now.Add(-10 * time.Second), // silent two periods, no path answers
 	}
-	answers := func(p Peer) bool { return p.ID != "hn5" }
-	live, silent := classifyPeers(peers, "hn1", seen, t0, now, cfg, answers)
-	if want := []string{"hn1", "hn2"}; !slices.Equal(live, want) {
+	answers := func(p Peer) bool { return p.ID == "hn4" }
+	noteAnswering(seen, peers[3:], answers, now)
+	live, silent := classifyPeers(peers, "hn1", seen, t0, now, cfg)
+	if want := []string{"hn1", "hn2", "hn4"}; !slices.Equal(live, want) {
 		t.Errorf("live = %v, want %v", live, want)
 	}
 	if len(silent) != 1 || !silent["hn5"] {
@@ -32,7 +34,7 @@ func TestClassifyPeers(t *testing.T) {
 
 	// A leader that took office a moment ago has seen no renewals yet:
 	// every node counts as renewed when it took office.
-	live, silent = classifyPeers(peers, "hn1", map[string]time.Time{}, now.Add(-time.Second), now, cfg, answers)
+	live, silent = classifyPeers(peers, "hn1", map[string]time.Time{}, now.Add(-time.Second), now, cfg)
 	if len(live) != len(peers) || len(silent) != 0 {
 		t.Errorf("new leader: live %v silent %v, want all live and none silent", live, silent)
 	}

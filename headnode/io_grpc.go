@@ -70,7 +70,7 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 		reply.Error = err.Error()
 		return reply
 	}
-	vol, ok := n.directory.Shared(req.VolumeId)
+	vol, ok := n.volumeByID(req.VolumeId)
 	if !ok {
 		return fail(ballastpb.IOStatus_IO_STATUS_NO_SUCH_VOLUME, fmt.Errorf("%w: id %d", volume.ErrNotFound, req.VolumeId))
 	}

@@ -28,7 +28,10 @@ type Node struct {
 	blocks    *blockStore
 	directory *volume.Directory
 	cons      *consensus.Node
-	raft      *raft.Raft
+	raft      *raft.Raft // the directory group's
+	// groups are this node's members of the directory group (index 0)
+	// and of every volume group (1..VolumeGroups).
+	groups    []*vgroup
 	server    *grpc.Server
 	listeners []net.Listener
 	pool      rpc.Pool
@@ -36,7 +39,6 @@ type Node struct {
 	repl      *replicationServer
 	admin     *adminServer
 	leases    *leaseKeeper
-	promoter  *promoter
 	remote    *remoteIO
 	stopBG    context.CancelFunc // ends the sled view and the monitors
 	serving   sync.WaitGroup
@@ -88,12 +90,22 @@ func Start(cfg Config) (_ *Node, err error) {
 		pool: &n.pool,
 	}
 	n.remote.view = newSledView(n.directory.Sleds, n.remote.shards, n.log)
-	n.directory.OnDelete = func(v *ballastpb.Volume) {
+	onDelete := func(v *ballastpb.Volume) {
 		select {
 		case n.drops <- v.Id:
 		default:
 			n.log.Warn("drop queue full; volume data left behind", "volume_id", v.Id)
 		}
+	}
+	for id := 0; id <= cfg.VolumeGroups; id++ {
+		g := &vgroup{id: uint64(id), fsm: volume.NewDirectory()}
+		if id == 0 {
+			g.fsm = n.directory
+		}
+		g.fsm.OnDelete = onDelete
+		g.promoter = &promoter{node: n, group: g, cfg: cfg.Lease, log: n.log.With("group", id)}
+		g.fsm.OnLeasesRenewed = g.promoter.renewed
+		n.groups = append(n.groups, g)
 	}
 	for _, a := range cfg.ListenAddresses {
 		l, err := net.Listen("tcp", a)
@@ -119,8 +131,6 @@ func Start(cfg Config) (_ *Node, err error) {
 	n.admin = &adminServer{node: n}
 	ballastpb.RegisterAdminServer(n.server, n.admin)
 	n.leases = newLeaseKeeper(n, cfg.Lease)
-	n.promoter = &promoter{node: n, cfg: cfg.Lease, log: n.log}
-	n.directory.OnLeasesRenewed = n.promoter.renewed
 	ballastpb.RegisterBlockIOServer(n.server, &blockIOServer{node: n})
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
@@ -132,9 +142,12 @@ func Start(cfg Config) (_ *Node, err error) {
 			Address:  raft.ServerAddress(strings.Join(p.Addresses, ",")),
 		})
 	}
-	if n.raft, err = n.cons.StartGroup(consensus.DirectoryGroup, n.directory, voters); err != nil {
-		return nil, err
+	for _, g := range n.groups {
+		if g.raft, err = n.cons.StartGroup(g.id, g.fsm, voters); err != nil {
+			return nil, err
+		}
 	}
+	n.raft = n.groups[consensus.DirectoryGroup].raft
 	// Serve only now: every service needs the directory group, and a
 	// request must never find it missing. Peers retry until we answer.
 	for _, l := range n.listeners {
@@ -173,7 +186,12 @@ func Start(cfg Config) (_ *Node, err error) {
 	}()
 	go func() {
 		defer n.serving.Done()
-		n.promoter.run(bg)
+		n.runPromoters(bg)
+	}()
+	n.serving.Add(1)
+	go func() {
+		defer n.serving.Done()
+		n.spreadLeaders(bg)
 	}()
 	go func() {
 		defer n.serving.Done()

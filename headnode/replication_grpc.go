@@ -39,7 +39,7 @@ func refusal(st ballastpb.ReplicateStatus, format string, args ...any) *ballastp
 // volume now. It is asked at the hello and again before every batch, since
 // the volume may be deleted, or its placement change, mid-session.
 func (s *replicationServer) checkReplica(volumeID, epoch uint64) *ballastpb.ReplicateReply {
-	vol, ok := s.node.directory.Shared(volumeID)
+	vol, ok := s.node.volumeByID(volumeID)
 	switch {
 	case !ok:
 		return refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_NO_SUCH_VOLUME, "volume id %d does not exist", volumeID)

@@ -112,7 +112,7 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 	}
 	sort.Slice(resp.HeadNodes, func(i, j int) bool { return resp.HeadNodes[i].Id < resp.HeadNodes[j].Id })
 	resp.Sleds = a.node.remote.view.statuses()
-	resp.Partitions = a.node.directory.List()
+	resp.Partitions = a.node.allVolumes()
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -79,7 +79,7 @@ func (n *Node) sweepStaleCopies(ctx context.Context) error {
 			continue // stopStalePrimaries ends it first
 		}
 		stillStale := func() bool {
-			v, ok := n.directory.Shared(id)
+			v, ok := n.volumeByID(id)
 			return !ok || !replicaOf(v, n.cfg.ID)
 		}
 		dropped, err := n.repl.dropUnlessReplica(id, stillStale, func() error { return n.blocks.DropVolume(id) })

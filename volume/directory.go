@@ -31,6 +31,9 @@ type Directory struct {
 	byID         map[uint64]*ballastpb.Volume
 	nextVolumeID uint64
 	sleds        map[string]*ballastpb.Sled // replaced, never changed in place
+	// placements (directory group only): every volume name taken, with its
+	// id and volume group.
+	placements map[string]*ballastpb.VolumePlacement
 }
 
 // NewDirectory returns an empty directory.
@@ -40,6 +43,7 @@ func NewDirectory() *Directory {
 		byID:         map[uint64]*ballastpb.Volume{},
 		nextVolumeID: 1,
 		sleds:        map[string]*ballastpb.Sled{},
+		placements:   map[string]*ballastpb.VolumePlacement{},
 	}
 }
 
@@ -51,7 +55,8 @@ type ApplyResult struct {
 	Err    error
 	// Refused lists the volumes of a RenewLeasesCommand whose renewal
 	// was refused (another primary or epoch, or deleted).
-	Refused []uint64
+	Refused   []uint64
+	Placement *ballastpb.VolumePlacement
 }
 
 // Apply implements raft.FSM.
@@ -86,8 +91,14 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 		if v.Primary == "" || len(v.Secondaries) == 0 {
 			return ApplyResult{Err: fmt.Errorf("%w: volume %q has no placement", ErrInvalid, v.Name)}
 		}
-		v.Id = d.nextVolumeID
-		d.nextVolumeID++
+		if v.Id == 0 {
+			// Created in the directory group itself: it spends the id.
+			v.Id = d.nextVolumeID
+			d.nextVolumeID++
+		} else if _, ok := d.byID[v.Id]; ok {
+			// In a volume group the directory spent the id already.
+			return ApplyResult{Err: fmt.Errorf("%w: volume id %d", ErrExists, v.Id)}
+		}
 		v.BlockSizeBytes = BlockSizeBytes
 		if v.Epoch == 0 {
 			v.Epoch = 1
@@ -125,6 +136,15 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 			d.OnDelete(proto.Clone(v).(*ballastpb.Volume))
 		}
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
+	case *ballastpb.DirectoryCommand_PlaceVolume:
+		return d.placeVolumeLocked(op.PlaceVolume)
+	case *ballastpb.DirectoryCommand_UnplaceVolume:
+		p, ok := d.placements[op.UnplaceVolume.Name]
+		if !ok || p.Id != op.UnplaceVolume.Id {
+			return ApplyResult{Err: fmt.Errorf("%w: no placement of %q with id %d", ErrNotFound, op.UnplaceVolume.Name, op.UnplaceVolume.Id)}
+		}
+		delete(d.placements, p.Name)
+		return ApplyResult{Placement: proto.Clone(p).(*ballastpb.VolumePlacement)}
 	case *ballastpb.DirectoryCommand_RegisterSled:
 		return d.registerSledLocked(op.RegisterSled.Sled, nowUnixNanos)
 	case *ballastpb.DirectoryCommand_SetSledState:
@@ -142,6 +162,52 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 	default:
 		return ApplyResult{Err: fmt.Errorf("%w: unknown directory command %T", ErrInvalid, cmd.Op)}
 	}
+}
+
+// placeVolumeLocked takes a name for a new volume in a volume group. A
+// name is taken if it has a placement or is a volume of the directory
+// group's own (from before volume groups).
+func (d *Directory) placeVolumeLocked(c *ballastpb.PlaceVolumeCommand) ApplyResult {
+	if err := ValidateName(c.Name); err != nil {
+		return ApplyResult{Err: err}
+	}
+	if c.Groups == 0 {
+		return ApplyResult{Err: fmt.Errorf("%w: no volume groups to place %q in", ErrInvalid, c.Name)}
+	}
+	if _, ok := d.placements[c.Name]; ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrExists, c.Name)}
+	}
+	if _, ok := d.byName[c.Name]; ok {
+		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrExists, c.Name)}
+	}
+	id := d.nextVolumeID
+	d.nextVolumeID++
+	p := &ballastpb.VolumePlacement{Name: c.Name, Id: id, Group: 1 + (id-1)%uint64(c.Groups)}
+	d.placements[p.Name] = p
+	return ApplyResult{Placement: proto.Clone(p).(*ballastpb.VolumePlacement)}
+}
+
+// Placement returns a copy of the named volume's placement.
+func (d *Directory) Placement(name string) (*ballastpb.VolumePlacement, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	p, ok := d.placements[name]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(p).(*ballastpb.VolumePlacement), true
+}
+
+// Placements returns copies of every placement, sorted by name.
+func (d *Directory) Placements() []*ballastpb.VolumePlacement {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	out := make([]*ballastpb.VolumePlacement, 0, len(d.placements))
+	for _, p := range d.placements {
+		out = append(out, proto.Clone(p).(*ballastpb.VolumePlacement))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // registerSledLocked adds a sled, or updates the addresses of a known one
@@ -271,6 +337,10 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 	for _, sl := range d.sleds {
 		snap.Sleds = append(snap.Sleds, proto.Clone(sl).(*ballastpb.Sled))
 	}
+	for _, p := range d.placements {
+		snap.Placements = append(snap.Placements, proto.Clone(p).(*ballastpb.VolumePlacement))
+	}
+	sort.Slice(snap.Placements, func(i, j int) bool { return snap.Placements[i].Name < snap.Placements[j].Name })
 	sort.Slice(snap.Sleds, func(i, j int) bool { return snap.Sleds[i].Id < snap.Sleds[j].Id })
 	sort.Slice(snap.Volumes, func(i, j int) bool { return snap.Volumes[i].Id < snap.Volumes[j].Id })
 	data, err := proto.Marshal(snap)
@@ -305,6 +375,10 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 	d.sleds = map[string]*ballastpb.Sled{}
 	for _, sl := range snap.Sleds {
 		d.sleds[sl.Id] = sl
+	}
+	d.placements = map[string]*ballastpb.VolumePlacement{}
+	for _, p := range snap.Placements {
+		d.placements[p.Name] = p
 	}
 	if d.OnDelete != nil {
 		for id, v := range old {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -229,5 +230,81 @@ func TestDirectorySleds(t *testing.T) {
 	}
 	if got, ok := restored.Sled("s1"); !ok || got.State != removed || got.Addresses[0] != "a:2" {
 		t.Fatalf("restored sled: %v %v", got, ok)
+	}
+}
+
+// TestPlacements: the directory group takes names and spends ids for
+// volume groups, in turn over the groups; a volume group takes the record
+// with the id it was given.
+func TestPlacements(t *testing.T) {
+	dir := NewDirectory()
+	place := func(name string) *ballastpb.DirectoryCommand {
+		return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_PlaceVolume{PlaceVolume: &ballastpb.PlaceVolumeCommand{Name: name, Groups: 4}}}
+	}
+	// A volume of the directory group's own (from before volume groups)
+	// keeps its name.
+	if res := applyLog(t, dir, 1, create("old", 4096, "hn1", "hn2")); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if res := applyLog(t, dir, 2, place("old")); !errors.Is(res.Err, ErrExists) {
+		t.Fatalf("placing a name the directory holds: %v, want ErrExists", res.Err)
+	}
+	var groups []uint64
+	for i, name := range []string{"a", "b", "c", "d", "e"} {
+		res := applyLog(t, dir, uint64(3+i), place(name))
+		if res.Err != nil || res.Placement.Id != uint64(2+i) {
+			t.Fatalf("place %s: %+v", name, res)
+		}
+		groups = append(groups, res.Placement.Group)
+	}
+	if want := []uint64{2, 3, 4, 1, 2}; !slices.Equal(groups, want) {
+		t.Fatalf("groups %v, want %v (in turn by id)", groups, want)
+	}
+	if res := applyLog(t, dir, 10, place("a")); !errors.Is(res.Err, ErrExists) {
+		t.Fatalf("placing a taken name: %v, want ErrExists", res.Err)
+	}
+	if res := applyLog(t, dir, 11, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_PlaceVolume{PlaceVolume: &ballastpb.PlaceVolumeCommand{Name: "z"}}}); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("placing in zero groups: %v, want ErrInvalid", res.Err)
+	}
+
+	// The placements survive a snapshot.
+	snap, err := dir.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	restored := NewDirectory()
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := restored.Placement("c"); !ok || p.Id != 4 || p.Group != 4 {
+		t.Fatalf("restored placement of c: %+v %v", p, ok)
+	}
+	unplace := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_UnplaceVolume{UnplaceVolume: &ballastpb.UnplaceVolumeCommand{Name: "c", Id: 99}}}
+	if res := applyLog(t, restored, 12, unplace); !errors.Is(res.Err, ErrNotFound) {
+		t.Fatalf("unplace with a wrong id: %v, want ErrNotFound", res.Err)
+	}
+	unplace.GetUnplaceVolume().Id = 4
+	if res := applyLog(t, restored, 13, unplace); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if res := applyLog(t, restored, 14, place("c")); res.Err != nil || res.Placement.Id != 7 {
+		t.Fatalf("placing a freed name again: %+v (ids are never reused)", res)
+	}
+
+	// A volume group takes the record with its given id, once.
+	vg := NewDirectory()
+	withID := create("a", 4096, "hn1", "hn2")
+	withID.GetCreateVolume().Volume.Id = 2
+	withID.GetCreateVolume().Volume.Group = 2
+	if res := applyLog(t, vg, 1, withID); res.Err != nil || res.Volume.Id != 2 || res.Volume.Group != 2 {
+		t.Fatalf("create in a volume group: %+v", res)
+	}
+	withID.GetCreateVolume().Volume.Name = "other"
+	if res := applyLog(t, vg, 2, withID); !errors.Is(res.Err, ErrExists) {
+		t.Fatalf("a second record with the same id: %v, want ErrExists", res.Err)
 	}
 }

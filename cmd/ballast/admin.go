@@ -116,9 +116,13 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 					return printJSON(resp)
 				}
 				v := resp.Volume
-				fmt.Printf("name:        %s\nid:          %d\nsize:        %s (%d bytes)\nblock size:  %d\nprimary:     %s\nsecondaries: %s\nepoch:       %d\ncreated:     %s\n",
+				group := fmt.Sprintf("volume group %d", v.Group)
+				if v.Group == 0 {
+					group = "the directory group (created before volume groups)"
+				}
+				fmt.Printf("name:        %s\nid:          %d\nsize:        %s (%d bytes)\nblock size:  %d\nprimary:     %s\nsecondaries: %s\nepoch:       %d\ngroup:       %s\ncreated:     %s\n",
 					v.Name, v.Id, humanize.IBytes(v.SizeBytes), v.SizeBytes, v.BlockSizeBytes, v.Primary,
-					strings.Join(v.Secondaries, ","), v.Epoch, time.Unix(0, v.CreatedUnixNanos).UTC().Format(time.RFC3339))
+					strings.Join(v.Secondaries, ","), v.Epoch, group, time.Unix(0, v.CreatedUnixNanos).UTC().Format(time.RFC3339))
 				for _, r := range resp.Replicas {
 					fmt.Printf("replica:     %s at %s\n", r.Id, strings.Join(r.Addresses, ", "))
 				}
@@ -227,13 +231,13 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 	if len(resp.Partitions) > 0 {
 		fmt.Println()
 		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "VOLUME	PRIMARY	SECONDARIES	EPOCH	CATCHING UP")
+		fmt.Fprintln(w, "VOLUME	GROUP	PRIMARY	SECONDARIES	EPOCH	CATCHING UP")
 		for _, v := range resp.Partitions {
 			catching := strings.Join(v.CatchingUp, ", ")
 			if catching == "" {
 				catching = "-"
 			}
-			fmt.Fprintf(w, "%s	%s	%s	%d	%s\n", v.Name, v.Primary, strings.Join(v.Secondaries, ", "), v.Epoch, catching)
+			fmt.Fprintf(w, "%s	%d	%s	%s	%d	%s\n", v.Name, v.Group, v.Primary, strings.Join(v.Secondaries, ", "), v.Epoch, catching)
 		}
 		w.Flush()
 	}

@@ -276,7 +276,10 @@ type Volume struct {
 	// Secondaries still being mirrored from the primary: they hold only part
 	// of the volume, so they may not be promoted. The primary clears a node
 	// once a full copy is durable on it.
-	CatchingUp    []string `protobuf:"bytes,10,rep,name=catching_up,json=catchingUp,proto3" json:"catching_up,omitempty"`
+	CatchingUp []string `protobuf:"bytes,10,rep,name=catching_up,json=catchingUp,proto3" json:"catching_up,omitempty"`
+	// The volume group that holds this record (0: the directory group itself,
+	// for volumes created before there were volume groups).
+	Group         uint64 `protobuf:"varint,11,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -381,6 +384,75 @@ func (x *Volume) GetCatchingUp() []string {
 	return nil
 }
 
+func (x *Volume) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+// VolumePlacement is the directory group's entry for a volume: its name is
+// taken, its id is spent, and its record lives in this volume group.
+type VolumePlacement struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Group         uint64                 `protobuf:"varint,3,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumePlacement) Reset() {
+	*x = VolumePlacement{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumePlacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumePlacement) ProtoMessage() {}
+
+func (x *VolumePlacement) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumePlacement.ProtoReflect.Descriptor instead.
+func (*VolumePlacement) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *VolumePlacement) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VolumePlacement) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *VolumePlacement) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
 // HeadNode is a member of the rack as the directory group knows it.
 type HeadNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -392,7 +464,7 @@ type HeadNode struct {
 
 func (x *HeadNode) Reset() {
 	*x = HeadNode{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +476,7 @@ func (x *HeadNode) String() string {
 func (*HeadNode) ProtoMessage() {}
 
 func (x *HeadNode) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +489,7 @@ func (x *HeadNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeadNode.ProtoReflect.Descriptor instead.
 func (*HeadNode) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *HeadNode) GetId() string {
@@ -444,7 +516,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +528,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +541,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -495,7 +567,7 @@ type CreateVolumeResponse struct {
 
 func (x *CreateVolumeResponse) Reset() {
 	*x = CreateVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +579,7 @@ func (x *CreateVolumeResponse) String() string {
 func (*CreateVolumeResponse) ProtoMessage() {}
 
 func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +592,7 @@ func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CreateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateVolumeResponse) GetVolume() *Volume {
@@ -539,7 +611,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +623,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +636,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -586,7 +658,7 @@ type GetVolumeResponse struct {
 
 func (x *GetVolumeResponse) Reset() {
 	*x = GetVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +670,7 @@ func (x *GetVolumeResponse) String() string {
 func (*GetVolumeResponse) ProtoMessage() {}
 
 func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +683,7 @@ func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeResponse.ProtoReflect.Descriptor instead.
 func (*GetVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{5}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetVolumeResponse) GetVolume() *Volume {
@@ -636,7 +708,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +720,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +733,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{6}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{7}
 }
 
 type ListVolumesResponse struct {
@@ -673,7 +745,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +757,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +770,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{7}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -718,7 +790,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +802,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +815,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{8}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResizeVolumeRequest) GetName() string {
@@ -769,7 +841,7 @@ type ResizeVolumeResponse struct {
 
 func (x *ResizeVolumeResponse) Reset() {
 	*x = ResizeVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +853,7 @@ func (x *ResizeVolumeResponse) String() string {
 func (*ResizeVolumeResponse) ProtoMessage() {}
 
 func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +866,7 @@ func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{9}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResizeVolumeResponse) GetVolume() *Volume {
@@ -813,7 +885,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +897,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +910,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{10}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -856,7 +928,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +940,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +953,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{11}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
 }
 
 // Sled is a storage sled as the directory group knows it.
@@ -898,7 +970,7 @@ type Sled struct {
 
 func (x *Sled) Reset() {
 	*x = Sled{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +982,7 @@ func (x *Sled) String() string {
 func (*Sled) ProtoMessage() {}
 
 func (x *Sled) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +995,7 @@ func (x *Sled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sled.ProtoReflect.Descriptor instead.
 func (*Sled) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Sled) GetId() string {
@@ -971,7 +1043,7 @@ type RegisterSledRequest struct {
 
 func (x *RegisterSledRequest) Reset() {
 	*x = RegisterSledRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1055,7 @@ func (x *RegisterSledRequest) String() string {
 func (*RegisterSledRequest) ProtoMessage() {}
 
 func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1068,7 @@ func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledRequest.ProtoReflect.Descriptor instead.
 func (*RegisterSledRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegisterSledRequest) GetId() string {
@@ -1022,7 +1094,7 @@ type RegisterSledResponse struct {
 
 func (x *RegisterSledResponse) Reset() {
 	*x = RegisterSledResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1106,7 @@ func (x *RegisterSledResponse) String() string {
 func (*RegisterSledResponse) ProtoMessage() {}
 
 func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1119,7 @@ func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSledResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterSledResponse) GetSled() *Sled {
@@ -1065,7 +1137,7 @@ type ListSledsRequest struct {
 
 func (x *ListSledsRequest) Reset() {
 	*x = ListSledsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1149,7 @@ func (x *ListSledsRequest) String() string {
 func (*ListSledsRequest) ProtoMessage() {}
 
 func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1162,7 @@ func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsRequest.ProtoReflect.Descriptor instead.
 func (*ListSledsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
 }
 
 type ListSledsResponse struct {
@@ -1102,7 +1174,7 @@ type ListSledsResponse struct {
 
 func (x *ListSledsResponse) Reset() {
 	*x = ListSledsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1186,7 @@ func (x *ListSledsResponse) String() string {
 func (*ListSledsResponse) ProtoMessage() {}
 
 func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1199,7 @@ func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsResponse.ProtoReflect.Descriptor instead.
 func (*ListSledsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSledsResponse) GetSleds() []*Sled {
@@ -1147,7 +1219,7 @@ type SetSledStateRequest struct {
 
 func (x *SetSledStateRequest) Reset() {
 	*x = SetSledStateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1231,7 @@ func (x *SetSledStateRequest) String() string {
 func (*SetSledStateRequest) ProtoMessage() {}
 
 func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1244,7 @@ func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateRequest.ProtoReflect.Descriptor instead.
 func (*SetSledStateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetSledStateRequest) GetId() string {
@@ -1198,7 +1270,7 @@ type SetSledStateResponse struct {
 
 func (x *SetSledStateResponse) Reset() {
 	*x = SetSledStateResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1282,7 @@ func (x *SetSledStateResponse) String() string {
 func (*SetSledStateResponse) ProtoMessage() {}
 
 func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1295,7 @@ func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateResponse.ProtoReflect.Descriptor instead.
 func (*SetSledStateResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetSledStateResponse) GetSled() *Sled {
@@ -1251,7 +1323,7 @@ type SledStatus struct {
 
 func (x *SledStatus) Reset() {
 	*x = SledStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1335,7 @@ func (x *SledStatus) String() string {
 func (*SledStatus) ProtoMessage() {}
 
 func (x *SledStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1348,7 @@ func (x *SledStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SledStatus.ProtoReflect.Descriptor instead.
 func (*SledStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SledStatus) GetSled() *Sled {
@@ -1354,7 +1426,7 @@ type Redundancy struct {
 
 func (x *Redundancy) Reset() {
 	*x = Redundancy{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1438,7 @@ func (x *Redundancy) String() string {
 func (*Redundancy) ProtoMessage() {}
 
 func (x *Redundancy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1451,7 @@ func (x *Redundancy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redundancy.ProtoReflect.Descriptor instead.
 func (*Redundancy) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Redundancy) GetSegmentsFull() uint64 {
@@ -1448,7 +1520,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1532,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1545,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
 }
 
 type NodeStatusResponse struct {
@@ -1491,7 +1563,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1575,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1588,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeStatusResponse) GetHeadNode() string {
@@ -1574,7 +1646,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +1658,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +1671,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GroupStatus) GetGroup() uint64 {
@@ -1687,7 +1759,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1771,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1784,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PathStatus) GetFrom() string {
@@ -1766,7 +1838,7 @@ type DrainHeadNodeRequest struct {
 
 func (x *DrainHeadNodeRequest) Reset() {
 	*x = DrainHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +1850,7 @@ func (x *DrainHeadNodeRequest) String() string {
 func (*DrainHeadNodeRequest) ProtoMessage() {}
 
 func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +1863,7 @@ func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DrainHeadNodeRequest) GetHeadNode() string {
@@ -1810,7 +1882,7 @@ type DrainHeadNodeResponse struct {
 
 func (x *DrainHeadNodeResponse) Reset() {
 	*x = DrainHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1894,7 @@ func (x *DrainHeadNodeResponse) String() string {
 func (*DrainHeadNodeResponse) ProtoMessage() {}
 
 func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +1907,7 @@ func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DrainHeadNodeResponse) GetMoved() []uint64 {
@@ -1853,7 +1925,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +1937,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +1950,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 type RackStatusResponse struct {
@@ -1904,7 +1976,7 @@ type RackStatusResponse struct {
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +1988,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2001,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -2002,30 +2074,29 @@ func (x *RackStatusResponse) GetPaths() []*PathStatus {
 	return nil
 }
 
-type RenewLeasesResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The volumes whose renewal the group refused: another primary or epoch
-	// holds them now (or they were deleted).
-	Refused       []uint64 `protobuf:"varint,1,rep,packed,name=refused,proto3" json:"refused,omitempty"`
+type ApplyInGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Command       *DirectoryCommand      `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *RenewLeasesResponse) Reset() {
-	*x = RenewLeasesResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+func (x *ApplyInGroupRequest) Reset() {
+	*x = ApplyInGroupRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *RenewLeasesResponse) String() string {
+func (x *ApplyInGroupRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*RenewLeasesResponse) ProtoMessage() {}
+func (*ApplyInGroupRequest) ProtoMessage() {}
 
-func (x *RenewLeasesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,40 +2107,115 @@ func (x *RenewLeasesResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use RenewLeasesResponse.ProtoReflect.Descriptor instead.
-func (*RenewLeasesResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+// Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
+func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
-func (x *RenewLeasesResponse) GetRefused() []uint64 {
+func (x *ApplyInGroupRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *ApplyInGroupRequest) GetCommand() *DirectoryCommand {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+type ApplyInGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Sled          *Sled                  `protobuf:"bytes,2,opt,name=sled,proto3" json:"sled,omitempty"`
+	Refused       []uint64               `protobuf:"varint,3,rep,packed,name=refused,proto3" json:"refused,omitempty"`
+	Placement     *VolumePlacement       `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyInGroupResponse) Reset() {
+	*x = ApplyInGroupResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyInGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyInGroupResponse) ProtoMessage() {}
+
+func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
+func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ApplyInGroupResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *ApplyInGroupResponse) GetSled() *Sled {
+	if x != nil {
+		return x.Sled
+	}
+	return nil
+}
+
+func (x *ApplyInGroupResponse) GetRefused() []uint64 {
 	if x != nil {
 		return x.Refused
 	}
 	return nil
 }
 
-type SecondaryInSyncResponse struct {
+func (x *ApplyInGroupResponse) GetPlacement() *VolumePlacement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+type ReadGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *SecondaryInSyncResponse) Reset() {
-	*x = SecondaryInSyncResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+func (x *ReadGroupRequest) Reset() {
+	*x = ReadGroupRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *SecondaryInSyncResponse) String() string {
+func (x *ReadGroupRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*SecondaryInSyncResponse) ProtoMessage() {}
+func (*ReadGroupRequest) ProtoMessage() {}
 
-func (x *SecondaryInSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2080,14 +2226,66 @@ func (x *SecondaryInSyncResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use SecondaryInSyncResponse.ProtoReflect.Descriptor instead.
-func (*SecondaryInSyncResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+// Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
+func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
-func (x *SecondaryInSyncResponse) GetVolume() *Volume {
+func (x *ReadGroupRequest) GetGroup() uint64 {
 	if x != nil {
-		return x.Volume
+		return x.Group
+	}
+	return 0
+}
+
+type ReadGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volumes       []*Volume              `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Placements    []*VolumePlacement     `protobuf:"bytes,2,rep,name=placements,proto3" json:"placements,omitempty"` // the directory group's
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadGroupResponse) Reset() {
+	*x = ReadGroupResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadGroupResponse) ProtoMessage() {}
+
+func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
+func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ReadGroupResponse) GetVolumes() []*Volume {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+func (x *ReadGroupResponse) GetPlacements() []*VolumePlacement {
+	if x != nil {
+		return x.Placements
 	}
 	return nil
 }
@@ -2107,6 +2305,8 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_RenewLeases
 	//	*DirectoryCommand_ReplaceSecondary
 	//	*DirectoryCommand_SecondaryInSync
+	//	*DirectoryCommand_PlaceVolume
+	//	*DirectoryCommand_UnplaceVolume
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2114,7 +2314,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2326,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2339,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -2239,6 +2439,24 @@ func (x *DirectoryCommand) GetSecondaryInSync() *SecondaryInSyncCommand {
 	return nil
 }
 
+func (x *DirectoryCommand) GetPlaceVolume() *PlaceVolumeCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_PlaceVolume); ok {
+			return x.PlaceVolume
+		}
+	}
+	return nil
+}
+
+func (x *DirectoryCommand) GetUnplaceVolume() *UnplaceVolumeCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_UnplaceVolume); ok {
+			return x.UnplaceVolume
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -2283,6 +2501,14 @@ type DirectoryCommand_SecondaryInSync struct {
 	SecondaryInSync *SecondaryInSyncCommand `protobuf:"bytes,10,opt,name=secondary_in_sync,json=secondaryInSync,proto3,oneof"`
 }
 
+type DirectoryCommand_PlaceVolume struct {
+	PlaceVolume *PlaceVolumeCommand `protobuf:"bytes,11,opt,name=place_volume,json=placeVolume,proto3,oneof"`
+}
+
+type DirectoryCommand_UnplaceVolume struct {
+	UnplaceVolume *UnplaceVolumeCommand `protobuf:"bytes,12,opt,name=unplace_volume,json=unplaceVolume,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
@@ -2303,6 +2529,119 @@ func (*DirectoryCommand_ReplaceSecondary) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_SecondaryInSync) isDirectoryCommand_Op() {}
 
+func (*DirectoryCommand_PlaceVolume) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_UnplaceVolume) isDirectoryCommand_Op() {}
+
+// PlaceVolumeCommand (directory group) takes a name, spends the next
+// volume id and assigns the volume to one of `groups` volume groups
+// (numbered 1..groups, in turn by id).
+type PlaceVolumeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Groups        uint32                 `protobuf:"varint,2,opt,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceVolumeCommand) Reset() {
+	*x = PlaceVolumeCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceVolumeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceVolumeCommand) ProtoMessage() {}
+
+func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
+func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *PlaceVolumeCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PlaceVolumeCommand) GetGroups() uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return 0
+}
+
+// UnplaceVolumeCommand (directory group) frees a name once its volume's
+// record is gone from its volume group.
+type UnplaceVolumeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnplaceVolumeCommand) Reset() {
+	*x = UnplaceVolumeCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnplaceVolumeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnplaceVolumeCommand) ProtoMessage() {}
+
+func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
+func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *UnplaceVolumeCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UnplaceVolumeCommand) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 // RenewLeasesCommand renews, in one log entry, the leases of every volume a
 // head node is primary of; with none, it still says the node is alive.
 type RenewLeasesCommand struct {
@@ -2315,7 +2654,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2666,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2679,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -2372,7 +2711,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2723,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2736,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -2441,7 +2780,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2792,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2805,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -2504,7 +2843,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2855,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2868,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -2571,7 +2910,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +2922,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +2935,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -2643,7 +2982,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2994,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +3007,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -2691,7 +3030,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +3042,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +3055,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -2749,7 +3088,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +3100,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +3113,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -2794,7 +3133,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2806,7 +3145,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2819,7 +3158,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -2845,7 +3184,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2857,7 +3196,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2870,7 +3209,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -2886,13 +3225,14 @@ type DirectorySnapshot struct {
 	Volumes       []*Volume              `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	NextVolumeId  uint64                 `protobuf:"varint,2,opt,name=next_volume_id,json=nextVolumeId,proto3" json:"next_volume_id,omitempty"`
 	Sleds         []*Sled                `protobuf:"bytes,3,rep,name=sleds,proto3" json:"sleds,omitempty"`
+	Placements    []*VolumePlacement     `protobuf:"bytes,4,rep,name=placements,proto3" json:"placements,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2904,7 +3244,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2917,7 +3257,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -2941,6 +3281,13 @@ func (x *DirectorySnapshot) GetSleds() []*Sled {
 	return nil
 }
 
+func (x *DirectorySnapshot) GetPlacements() []*VolumePlacement {
+	if x != nil {
+		return x.Placements
+	}
+	return nil
+}
+
 type IORequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // chosen by the client, echoed in the reply
@@ -2957,7 +3304,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2969,7 +3316,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2982,7 +3329,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -3053,7 +3400,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3065,7 +3412,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3078,7 +3425,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -3121,7 +3468,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3133,7 +3480,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3146,7 +3493,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -3188,7 +3535,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3200,7 +3547,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3213,7 +3560,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -3282,7 +3629,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3294,7 +3641,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3307,7 +3654,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -3344,7 +3691,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3703,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3369,7 +3716,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -3437,7 +3784,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3449,7 +3796,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3462,7 +3809,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -3502,7 +3849,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3514,7 +3861,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3527,7 +3874,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -3573,7 +3920,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3585,7 +3932,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3598,7 +3945,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -3640,7 +3987,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3652,7 +3999,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3665,7 +4012,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -3692,7 +4039,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3704,7 +4051,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3717,7 +4064,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -3762,7 +4109,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3774,7 +4121,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3787,7 +4134,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -3843,7 +4190,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3855,7 +4202,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3868,7 +4215,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -3907,7 +4254,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3919,7 +4266,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3932,7 +4279,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -3976,7 +4323,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3988,7 +4335,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4001,7 +4348,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -4060,7 +4407,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4072,7 +4419,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4085,7 +4432,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -4175,7 +4522,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4187,7 +4534,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4200,7 +4547,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -4243,7 +4590,7 @@ var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
 const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"\x1dproto/ballastpb/ballast.proto\x12\n" +
-	"ballast.v1\"\xbd\x02\n" +
+	"ballast.v1\"\xd3\x02\n" +
 	"\x06Volume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1d\n" +
@@ -4257,7 +4604,12 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x0elease_renewals\x18\t \x01(\x04R\rleaseRenewals\x12\x1f\n" +
 	"\vcatching_up\x18\n" +
 	" \x03(\tR\n" +
-	"catchingUp\"8\n" +
+	"catchingUp\x12\x14\n" +
+	"\x05group\x18\v \x01(\x04R\x05group\"K\n" +
+	"\x0fVolumePlacement\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\x04R\x05group\"8\n" +
 	"\bHeadNode\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\"H\n" +
@@ -4378,11 +4730,22 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"partitions\x12/\n" +
 	"\x06groups\x18\t \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\n" +
-	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"/\n" +
-	"\x13RenewLeasesResponse\x12\x18\n" +
-	"\arefused\x18\x01 \x03(\x04R\arefused\"E\n" +
-	"\x17SecondaryInSyncResponse\x12*\n" +
-	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"\xf9\x05\n" +
+	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"c\n" +
+	"\x13ApplyInGroupRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x126\n" +
+	"\acommand\x18\x02 \x01(\v2\x1c.ballast.v1.DirectoryCommandR\acommand\"\xbd\x01\n" +
+	"\x14ApplyInGroupResponse\x12*\n" +
+	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\x12$\n" +
+	"\x04sled\x18\x02 \x01(\v2\x10.ballast.v1.SledR\x04sled\x12\x18\n" +
+	"\arefused\x18\x03 \x03(\x04R\arefused\x129\n" +
+	"\tplacement\x18\x04 \x01(\v2\x1b.ballast.v1.VolumePlacementR\tplacement\"(\n" +
+	"\x10ReadGroupRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\"~\n" +
+	"\x11ReadGroupResponse\x12,\n" +
+	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12;\n" +
+	"\n" +
+	"placements\x18\x02 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
+	"placements\"\x89\a\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
@@ -4395,8 +4758,16 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\frenew_leases\x18\b \x01(\v2\x1e.ballast.v1.RenewLeasesCommandH\x00R\vrenewLeases\x12R\n" +
 	"\x11replace_secondary\x18\t \x01(\v2#.ballast.v1.ReplaceSecondaryCommandH\x00R\x10replaceSecondary\x12P\n" +
 	"\x11secondary_in_sync\x18\n" +
-	" \x01(\v2\".ballast.v1.SecondaryInSyncCommandH\x00R\x0fsecondaryInSyncB\x04\n" +
-	"\x02op\"c\n" +
+	" \x01(\v2\".ballast.v1.SecondaryInSyncCommandH\x00R\x0fsecondaryInSync\x12C\n" +
+	"\fplace_volume\x18\v \x01(\v2\x1e.ballast.v1.PlaceVolumeCommandH\x00R\vplaceVolume\x12I\n" +
+	"\x0eunplace_volume\x18\f \x01(\v2 .ballast.v1.UnplaceVolumeCommandH\x00R\runplaceVolumeB\x04\n" +
+	"\x02op\"@\n" +
+	"\x12PlaceVolumeCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06groups\x18\x02 \x01(\rR\x06groups\":\n" +
+	"\x14UnplaceVolumeCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"c\n" +
 	"\x12RenewLeasesCommand\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x125\n" +
 	"\x06leases\x18\x02 \x03(\v2\x1d.ballast.v1.RenewLeaseCommandR\x06leases\"{\n" +
@@ -4432,11 +4803,14 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\")\n" +
 	"\x13DeleteVolumeCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x8f\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xcc\x01\n" +
 	"\x11DirectorySnapshot\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12$\n" +
 	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\x12&\n" +
-	"\x05sleds\x18\x03 \x03(\v2\x10.ballast.v1.SledR\x05sleds\"\xc9\x01\n" +
+	"\x05sleds\x18\x03 \x03(\v2\x10.ballast.v1.SledR\x05sleds\x12;\n" +
+	"\n" +
+	"placements\x18\x04 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
+	"placements\"\xc9\x01\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -4579,7 +4953,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xa6\b\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\x97\b\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -4593,9 +4967,9 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\rDrainHeadNode\x12 .ballast.v1.DrainHeadNodeRequest\x1a!.ballast.v1.DrainHeadNodeResponse\x12Q\n" +
 	"\fRegisterSled\x12\x1f.ballast.v1.RegisterSledRequest\x1a .ballast.v1.RegisterSledResponse\x12H\n" +
 	"\tListSleds\x12\x1c.ballast.v1.ListSledsRequest\x1a\x1d.ballast.v1.ListSledsResponse\x12Q\n" +
-	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12N\n" +
-	"\vRenewLeases\x12\x1e.ballast.v1.RenewLeasesCommand\x1a\x1f.ballast.v1.RenewLeasesResponse\x12Z\n" +
-	"\x0fSecondaryInSync\x12\".ballast.v1.SecondaryInSyncCommand\x1a#.ballast.v1.SecondaryInSyncResponse2?\n" +
+	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12Q\n" +
+	"\fApplyInGroup\x12\x1f.ballast.v1.ApplyInGroupRequest\x1a .ballast.v1.ApplyInGroupResponse\x12H\n" +
+	"\tReadGroup\x12\x1c.ballast.v1.ReadGroupRequest\x1a\x1d.ballast.v1.ReadGroupResponse2?\n" +
 	"\aBlockIO\x124\n" +
 	"\x02IO\x12\x15.ballast.v1.IORequest\x1a\x13.ballast.v1.IOReply(\x010\x012X\n" +
 	"\vReplication\x12I\n" +
@@ -4614,167 +4988,180 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                  // 0: ballast.v1.SledState
 	(IOOp)(0),                       // 1: ballast.v1.IOOp
 	(IOStatus)(0),                   // 2: ballast.v1.IOStatus
 	(ReplicateStatus)(0),            // 3: ballast.v1.ReplicateStatus
 	(*Volume)(nil),                  // 4: ballast.v1.Volume
-	(*HeadNode)(nil),                // 5: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),     // 6: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),    // 7: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),        // 8: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),       // 9: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),      // 10: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),     // 11: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),     // 12: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),    // 13: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),     // 14: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 15: ballast.v1.DeleteVolumeResponse
-	(*Sled)(nil),                    // 16: ballast.v1.Sled
-	(*RegisterSledRequest)(nil),     // 17: ballast.v1.RegisterSledRequest
-	(*RegisterSledResponse)(nil),    // 18: ballast.v1.RegisterSledResponse
-	(*ListSledsRequest)(nil),        // 19: ballast.v1.ListSledsRequest
-	(*ListSledsResponse)(nil),       // 20: ballast.v1.ListSledsResponse
-	(*SetSledStateRequest)(nil),     // 21: ballast.v1.SetSledStateRequest
-	(*SetSledStateResponse)(nil),    // 22: ballast.v1.SetSledStateResponse
-	(*SledStatus)(nil),              // 23: ballast.v1.SledStatus
-	(*Redundancy)(nil),              // 24: ballast.v1.Redundancy
-	(*NodeStatusRequest)(nil),       // 25: ballast.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 26: ballast.v1.NodeStatusResponse
-	(*GroupStatus)(nil),             // 27: ballast.v1.GroupStatus
-	(*PathStatus)(nil),              // 28: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),    // 29: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),   // 30: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),       // 31: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),      // 32: ballast.v1.RackStatusResponse
-	(*RenewLeasesResponse)(nil),     // 33: ballast.v1.RenewLeasesResponse
-	(*SecondaryInSyncResponse)(nil), // 34: ballast.v1.SecondaryInSyncResponse
-	(*DirectoryCommand)(nil),        // 35: ballast.v1.DirectoryCommand
-	(*RenewLeasesCommand)(nil),      // 36: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil), // 37: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),  // 38: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),       // 39: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),    // 40: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),     // 41: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),     // 42: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),     // 43: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),     // 44: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),     // 45: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),       // 46: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),               // 47: ballast.v1.IORequest
-	(*IOReply)(nil),                 // 48: ballast.v1.IOReply
-	(*BlockWrite)(nil),              // 49: ballast.v1.BlockWrite
-	(*LogRecord)(nil),               // 50: ballast.v1.LogRecord
-	(*BlockRange)(nil),              // 51: ballast.v1.BlockRange
-	(*Segment)(nil),                 // 52: ballast.v1.Segment
-	(*FlushRecord)(nil),             // 53: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),           // 54: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),         // 55: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),       // 56: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),             // 57: ballast.v1.StateRecord
-	(*BlockState)(nil),              // 58: ballast.v1.BlockState
-	(*SegmentState)(nil),            // 59: ballast.v1.SegmentState
-	(*LogEntry)(nil),                // 60: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),          // 61: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),        // 62: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),          // 63: ballast.v1.ReplicateReply
+	(*VolumePlacement)(nil),         // 5: ballast.v1.VolumePlacement
+	(*HeadNode)(nil),                // 6: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),     // 7: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),    // 8: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),        // 9: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),       // 10: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),      // 11: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),     // 12: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),     // 13: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),    // 14: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),     // 15: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 16: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                    // 17: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),     // 18: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil),    // 19: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),        // 20: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),       // 21: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),     // 22: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil),    // 23: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),              // 24: ballast.v1.SledStatus
+	(*Redundancy)(nil),              // 25: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),       // 26: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),      // 27: ballast.v1.NodeStatusResponse
+	(*GroupStatus)(nil),             // 28: ballast.v1.GroupStatus
+	(*PathStatus)(nil),              // 29: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),    // 30: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),   // 31: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),       // 32: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),      // 33: ballast.v1.RackStatusResponse
+	(*ApplyInGroupRequest)(nil),     // 34: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),    // 35: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),        // 36: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),       // 37: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),        // 38: ballast.v1.DirectoryCommand
+	(*PlaceVolumeCommand)(nil),      // 39: ballast.v1.PlaceVolumeCommand
+	(*UnplaceVolumeCommand)(nil),    // 40: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),      // 41: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil), // 42: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),  // 43: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),       // 44: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),    // 45: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),     // 46: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),     // 47: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),     // 48: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),     // 49: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),     // 50: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),       // 51: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),               // 52: ballast.v1.IORequest
+	(*IOReply)(nil),                 // 53: ballast.v1.IOReply
+	(*BlockWrite)(nil),              // 54: ballast.v1.BlockWrite
+	(*LogRecord)(nil),               // 55: ballast.v1.LogRecord
+	(*BlockRange)(nil),              // 56: ballast.v1.BlockRange
+	(*Segment)(nil),                 // 57: ballast.v1.Segment
+	(*FlushRecord)(nil),             // 58: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),           // 59: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),         // 60: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),       // 61: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),             // 62: ballast.v1.StateRecord
+	(*BlockState)(nil),              // 63: ballast.v1.BlockState
+	(*SegmentState)(nil),            // 64: ballast.v1.SegmentState
+	(*LogEntry)(nil),                // 65: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),          // 66: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),        // 67: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),          // 68: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
 	4,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	5,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	6,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
 	4,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
 	4,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
 	0,  // 5: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
-	16, // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
-	16, // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	17, // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	17, // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
 	0,  // 8: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
-	16, // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
-	16, // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
-	24, // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	27, // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	28, // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	5,  // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	23, // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	24, // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	17, // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	17, // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	25, // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	28, // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	29, // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	6,  // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	24, // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	25, // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
 	4,  // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	27, // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	28, // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	4,  // 20: ballast.v1.SecondaryInSyncResponse.volume:type_name -> ballast.v1.Volume
-	43, // 21: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	44, // 22: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	45, // 23: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	41, // 24: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	42, // 25: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	39, // 26: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	40, // 27: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	36, // 28: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	37, // 29: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	38, // 30: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	39, // 31: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	16, // 32: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 33: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 34: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	4,  // 35: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	4,  // 36: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	16, // 37: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	1,  // 38: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	2,  // 39: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	49, // 40: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	51, // 41: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	53, // 42: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	54, // 43: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	55, // 44: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	56, // 45: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	57, // 46: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	52, // 47: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	52, // 48: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	51, // 49: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	58, // 50: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	59, // 51: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	52, // 52: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	51, // 53: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	50, // 54: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	57, // 55: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	50, // 56: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	3,  // 57: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	6,  // 58: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	8,  // 59: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	10, // 60: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	12, // 61: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	14, // 62: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	31, // 63: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	25, // 64: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	29, // 65: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	17, // 66: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	19, // 67: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	21, // 68: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	36, // 69: ballast.v1.Admin.RenewLeases:input_type -> ballast.v1.RenewLeasesCommand
-	38, // 70: ballast.v1.Admin.SecondaryInSync:input_type -> ballast.v1.SecondaryInSyncCommand
-	47, // 71: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	62, // 72: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	7,  // 73: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	9,  // 74: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	11, // 75: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	13, // 76: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	15, // 77: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	32, // 78: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	26, // 79: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	30, // 80: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	18, // 81: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	20, // 82: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	22, // 83: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	33, // 84: ballast.v1.Admin.RenewLeases:output_type -> ballast.v1.RenewLeasesResponse
-	34, // 85: ballast.v1.Admin.SecondaryInSync:output_type -> ballast.v1.SecondaryInSyncResponse
-	48, // 86: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	63, // 87: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	73, // [73:88] is the sub-list for method output_type
-	58, // [58:73] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	28, // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	29, // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	38, // 20: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	4,  // 21: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	17, // 22: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	5,  // 23: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	4,  // 24: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	5,  // 25: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	48, // 26: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	49, // 27: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	50, // 28: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	46, // 29: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	47, // 30: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	44, // 31: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	45, // 32: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	41, // 33: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	42, // 34: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	43, // 35: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	39, // 36: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	40, // 37: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	44, // 38: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	17, // 39: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 40: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 41: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	4,  // 42: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	4,  // 43: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	17, // 44: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	5,  // 45: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	1,  // 46: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	2,  // 47: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	54, // 48: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	56, // 49: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	58, // 50: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	59, // 51: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	60, // 52: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	61, // 53: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	62, // 54: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	57, // 55: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	57, // 56: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	56, // 57: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	63, // 58: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	64, // 59: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	57, // 60: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	56, // 61: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	55, // 62: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	62, // 63: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	55, // 64: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	3,  // 65: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	7,  // 66: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	9,  // 67: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	11, // 68: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	13, // 69: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	15, // 70: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	32, // 71: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	26, // 72: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	30, // 73: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	18, // 74: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	20, // 75: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	22, // 76: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	34, // 77: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	36, // 78: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	52, // 79: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	67, // 80: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	8,  // 81: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	10, // 82: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	12, // 83: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	14, // 84: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	16, // 85: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	33, // 86: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	27, // 87: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	31, // 88: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	19, // 89: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	21, // 90: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	23, // 91: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	35, // 92: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	37, // 93: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	53, // 94: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	68, // 95: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	81, // [81:96] is the sub-list for method output_type
+	66, // [66:81] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -4782,7 +5169,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[31].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[34].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -4793,6 +5180,8 @@ func file_proto_ballastpb_ballast_proto_init() {
 		(*DirectoryCommand_RenewLeases)(nil),
 		(*DirectoryCommand_ReplaceSecondary)(nil),
 		(*DirectoryCommand_SecondaryInSync)(nil),
+		(*DirectoryCommand_PlaceVolume)(nil),
+		(*DirectoryCommand_UnplaceVolume)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4800,7 +5189,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   60,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

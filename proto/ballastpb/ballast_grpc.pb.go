@@ -22,19 +22,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_CreateVolume_FullMethodName    = "/ballast.v1.Admin/CreateVolume"
-	Admin_GetVolume_FullMethodName       = "/ballast.v1.Admin/GetVolume"
-	Admin_ListVolumes_FullMethodName     = "/ballast.v1.Admin/ListVolumes"
-	Admin_ResizeVolume_FullMethodName    = "/ballast.v1.Admin/ResizeVolume"
-	Admin_DeleteVolume_FullMethodName    = "/ballast.v1.Admin/DeleteVolume"
-	Admin_RackStatus_FullMethodName      = "/ballast.v1.Admin/RackStatus"
-	Admin_NodeStatus_FullMethodName      = "/ballast.v1.Admin/NodeStatus"
-	Admin_DrainHeadNode_FullMethodName   = "/ballast.v1.Admin/DrainHeadNode"
-	Admin_RegisterSled_FullMethodName    = "/ballast.v1.Admin/RegisterSled"
-	Admin_ListSleds_FullMethodName       = "/ballast.v1.Admin/ListSleds"
-	Admin_SetSledState_FullMethodName    = "/ballast.v1.Admin/SetSledState"
-	Admin_RenewLeases_FullMethodName     = "/ballast.v1.Admin/RenewLeases"
-	Admin_SecondaryInSync_FullMethodName = "/ballast.v1.Admin/SecondaryInSync"
+	Admin_CreateVolume_FullMethodName  = "/ballast.v1.Admin/CreateVolume"
+	Admin_GetVolume_FullMethodName     = "/ballast.v1.Admin/GetVolume"
+	Admin_ListVolumes_FullMethodName   = "/ballast.v1.Admin/ListVolumes"
+	Admin_ResizeVolume_FullMethodName  = "/ballast.v1.Admin/ResizeVolume"
+	Admin_DeleteVolume_FullMethodName  = "/ballast.v1.Admin/DeleteVolume"
+	Admin_RackStatus_FullMethodName    = "/ballast.v1.Admin/RackStatus"
+	Admin_NodeStatus_FullMethodName    = "/ballast.v1.Admin/NodeStatus"
+	Admin_DrainHeadNode_FullMethodName = "/ballast.v1.Admin/DrainHeadNode"
+	Admin_RegisterSled_FullMethodName  = "/ballast.v1.Admin/RegisterSled"
+	Admin_ListSleds_FullMethodName     = "/ballast.v1.Admin/ListSleds"
+	Admin_SetSledState_FullMethodName  = "/ballast.v1.Admin/SetSledState"
+	Admin_ApplyInGroup_FullMethodName  = "/ballast.v1.Admin/ApplyInGroup"
+	Admin_ReadGroup_FullMethodName     = "/ballast.v1.Admin/ReadGroup"
 )
 
 // AdminClient is the client API for Admin service.
@@ -58,10 +58,10 @@ type AdminClient interface {
 	RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error)
 	ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error)
 	SetSledState(ctx context.Context, in *SetSledStateRequest, opts ...grpc.CallOption) (*SetSledStateResponse, error)
-	// Between head nodes: a node renews the leases of the volumes it is
-	// primary of (and shows it is alive), and reports a mirrored secondary.
-	RenewLeases(ctx context.Context, in *RenewLeasesCommand, opts ...grpc.CallOption) (*RenewLeasesResponse, error)
-	SecondaryInSync(ctx context.Context, in *SecondaryInSyncCommand, opts ...grpc.CallOption) (*SecondaryInSyncResponse, error)
+	// Between head nodes: commit a command in a group (on its leader), and
+	// read every volume record of a group linearizably (on its leader).
+	ApplyInGroup(ctx context.Context, in *ApplyInGroupRequest, opts ...grpc.CallOption) (*ApplyInGroupResponse, error)
+	ReadGroup(ctx context.Context, in *ReadGroupRequest, opts ...grpc.CallOption) (*ReadGroupResponse, error)
 }
 
 type adminClient struct {
@@ -182,20 +182,20 @@ func (c *adminClient) SetSledState(ctx context.Context, in *SetSledStateRequest,
 	return out, nil
 }
 
-func (c *adminClient) RenewLeases(ctx context.Context, in *RenewLeasesCommand, opts ...grpc.CallOption) (*RenewLeasesResponse, error) {
+func (c *adminClient) ApplyInGroup(ctx context.Context, in *ApplyInGroupRequest, opts ...grpc.CallOption) (*ApplyInGroupResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(RenewLeasesResponse)
-	err := c.cc.Invoke(ctx, Admin_RenewLeases_FullMethodName, in, out, cOpts...)
+	out := new(ApplyInGroupResponse)
+	err := c.cc.Invoke(ctx, Admin_ApplyInGroup_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *adminClient) SecondaryInSync(ctx context.Context, in *SecondaryInSyncCommand, opts ...grpc.CallOption) (*SecondaryInSyncResponse, error) {
+func (c *adminClient) ReadGroup(ctx context.Context, in *ReadGroupRequest, opts ...grpc.CallOption) (*ReadGroupResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(SecondaryInSyncResponse)
-	err := c.cc.Invoke(ctx, Admin_SecondaryInSync_FullMethodName, in, out, cOpts...)
+	out := new(ReadGroupResponse)
+	err := c.cc.Invoke(ctx, Admin_ReadGroup_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -223,10 +223,10 @@ type AdminServer interface {
 	RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error)
 	ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error)
 	SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error)
-	// Between head nodes: a node renews the leases of the volumes it is
-	// primary of (and shows it is alive), and reports a mirrored secondary.
-	RenewLeases(context.Context, *RenewLeasesCommand) (*RenewLeasesResponse, error)
-	SecondaryInSync(context.Context, *SecondaryInSyncCommand) (*SecondaryInSyncResponse, error)
+	// Between head nodes: commit a command in a group (on its leader), and
+	// read every volume record of a group linearizably (on its leader).
+	ApplyInGroup(context.Context, *ApplyInGroupRequest) (*ApplyInGroupResponse, error)
+	ReadGroup(context.Context, *ReadGroupRequest) (*ReadGroupResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -270,11 +270,11 @@ func (UnimplementedAdminServer) ListSleds(context.Context, *ListSledsRequest) (*
 func (UnimplementedAdminServer) SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetSledState not implemented")
 }
-func (UnimplementedAdminServer) RenewLeases(context.Context, *RenewLeasesCommand) (*RenewLeasesResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method RenewLeases not implemented")
+func (UnimplementedAdminServer) ApplyInGroup(context.Context, *ApplyInGroupRequest) (*ApplyInGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApplyInGroup not implemented")
 }
-func (UnimplementedAdminServer) SecondaryInSync(context.Context, *SecondaryInSyncCommand) (*SecondaryInSyncResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method SecondaryInSync not implemented")
+func (UnimplementedAdminServer) ReadGroup(context.Context, *ReadGroupRequest) (*ReadGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadGroup not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -495,38 +495,38 @@ func _Admin_SetSledState_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Admin_RenewLeases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(RenewLeasesCommand)
+func _Admin_ApplyInGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyInGroupRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(AdminServer).RenewLeases(ctx, in)
+		return srv.(AdminServer).ApplyInGroup(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Admin_RenewLeases_FullMethodName,
+		FullMethod: Admin_ApplyInGroup_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AdminServer).RenewLeases(ctx, req.(*RenewLeasesCommand))
+		return srv.(AdminServer).ApplyInGroup(ctx, req.(*ApplyInGroupRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Admin_SecondaryInSync_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(SecondaryInSyncCommand)
+func _Admin_ReadGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadGroupRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(AdminServer).SecondaryInSync(ctx, in)
+		return srv.(AdminServer).ReadGroup(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Admin_SecondaryInSync_FullMethodName,
+		FullMethod: Admin_ReadGroup_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AdminServer).SecondaryInSync(ctx, req.(*SecondaryInSyncCommand))
+		return srv.(AdminServer).ReadGroup(ctx, req.(*ReadGroupRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -583,12 +583,12 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Admin_SetSledState_Handler,
 		},
 		{
-			MethodName: "RenewLeases",
-			Handler:    _Admin_RenewLeases_Handler,
+			MethodName: "ApplyInGroup",
+			Handler:    _Admin_ApplyInGroup_Handler,
 		},
 		{
-			MethodName: "SecondaryInSync",
-			Handler:    _Admin_SecondaryInSync_Handler,
+			MethodName: "ReadGroup",
+			Handler:    _Admin_ReadGroup_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballast-storage/ballast/attach"
+	"github.com/ballast-storage/ballast/headnode"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
+)
+
+func adminDo[T any](t *testing.T, c *attach.Client, fn func(context.Context, ballastpb.AdminClient) (T, error)) (T, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out T
+	err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+		var err error
+		out, err = fn(ctx, a)
+		return err
+	})
+	return out, err
+}
+
+// TestVolumeGroups: volumes spread over the volume groups, each record in
+// its group and the name in the directory; a name freed by a delete can be
+// taken again (with a new id); two creates racing on one name leave one
+// volume; and the groups' leaders spread over the head nodes.
+func TestVolumeGroups(t *testing.T) {
+	_, c := startInProcessRack(t, volume.DefaultLeaseConfig)
+	groups := map[uint64]int{}
+	ids := map[uint64]bool{}
+	for i := 0; i < 20; i++ {
+		name := fmt.Sprintf("v%02d", i)
+		createVolume(t, c, name, 1<<20)
+		resp, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+			return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: name})
+		})
+		if err != nil {
+			t.Fatalf("get %s: %v", name, err)
+		}
+		v := resp.Volume
+		if v.Group < 1 || v.Group > headnode.DefaultVolumeGroups || ids[v.Id] {
+			t.Fatalf("volume %s: group %d, id %d (ids so far %v)", name, v.Group, v.Id, ids)
+		}
+		groups[v.Group]++
+		ids[v.Id] = true
+	}
+	if len(groups) != headnode.DefaultVolumeGroups {
+		t.Fatalf("20 volumes landed in %d groups (%v), want all %d", len(groups), groups, headnode.DefaultVolumeGroups)
+	}
+
+	list, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.ListVolumesResponse, error) {
+		return a.ListVolumes(ctx, &ballastpb.ListVolumesRequest{})
+	})
+	if err != nil || len(list.Volumes) != 20 {
+		t.Fatalf("list: %v volumes, err %v", len(list.GetVolumes()), err)
+	}
+
+	// Delete, then take the name again: a new id, the old one is spent.
+	old, _ := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "v03"})
+	})
+	if _, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.DeleteVolumeResponse, error) {
+		return a.DeleteVolume(ctx, &ballastpb.DeleteVolumeRequest{Name: "v03"})
+	}); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "v03"})
+	}); status.Code(err) != codes.NotFound {
+		t.Fatalf("get after delete: %v, want NotFound", err)
+	}
+	createVolume(t, c, "v03", 1<<20)
+	again, _ := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "v03"})
+	})
+	if again.GetVolume().GetId() == 0 || again.Volume.Id == old.Volume.Id {
+		t.Fatalf("re-created v03 has id %d (old %d)", again.GetVolume().GetId(), old.Volume.Id)
+	}
+
+	// Two creates racing on one name: one wins, the other is told it
+	// exists.
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.CreateVolumeResponse, error) {
+				return a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: "race", SizeBytes: 1 << 20})
+			})
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case status.Code(err) != codes.AlreadyExists:
+			t.Fatalf("racing create: %v", err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d racing creates of one name succeeded, want 1 (%v)", won, errs)
+	}
+
+	// Every head node reports every group; the volume groups' leaders
+	// spread over the three nodes.
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		st, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.RackStatusResponse, error) {
+			return a.RackStatus(ctx, &ballastpb.RackStatusRequest{})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leads := map[string]int{}
+		members := map[uint64]int{}
+		for _, g := range st.Groups {
+			members[g.Group]++
+			if g.State == "Leader" && g.Group > 0 {
+				leads[g.HeadNode]++
+			}
+		}
+		spread := len(leads) == 3
+		for _, n := range leads {
+			spread = spread && n >= headnode.DefaultVolumeGroups/3
+		}
+		if len(members) == headnode.DefaultVolumeGroups+1 && spread {
+			t.Logf("volume groups led: %v", leads)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("groups %v members, volume groups led %v: not spread", members, leads)
+		}
+		time.Sleep(time.Second)
+	}
+}
