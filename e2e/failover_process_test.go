@@ -67,34 +67,14 @@ func TestKillPrimaryUnderFio(t *testing.T) {
 
 	// fio writes 64 MiB with checksums and reads them back, again and
 	// again, until the kills are over.
-	done := make(chan struct{})
-	var fioErr error
-	var passes int
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-done:
-				if i > 0 {
-					return
-				}
-			default:
-			}
-			out, err := run(t, 5*time.Minute, "fio", "--name=fo", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite",
-				"--bs=16k", "--iodepth=16", "--size=64M", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--do_verify=1",
-				fmt.Sprintf("--randseed=%d", i+1), "--output-format=terse")
-			if err != nil {
-				fioErr = fmt.Errorf("fio pass %d: %v\n%s", i, err, tail(out, 3000))
-				return
-			}
-			passes++
-		}
-	}()
+	stopFio := r.fioLoop(func(i int) []string {
+		return []string{"--name=fo", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite",
+			"--bs=16k", "--iodepth=16", "--size=64M", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--do_verify=1",
+			fmt.Sprintf("--randseed=%d", i+1), "--output-format=terse"}
+	})
 
 	var took []time.Duration
-	for round := 0; round < 5 && fioErr == nil; round++ {
+	for round := 0; round < 5; round++ {
 		time.Sleep(2 * time.Second)
 		v := r.showVolume("fo")
 		primary := v.Volume.Primary
@@ -109,10 +89,9 @@ func TestKillPrimaryUnderFio(t *testing.T) {
 			round, primary, nv.Volume.Primary, nv.Volume.Epoch, nv.Volume.Secondaries, took[round].Round(time.Millisecond))
 		r.restartHeadNode(primary)
 	}
-	close(done)
-	wg.Wait()
-	if fioErr != nil {
-		t.Fatal(fioErr)
+	passes, err := stopFio()
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("%d fio write+verify passes through 5 kills of the primary (failed over and mirrored after %v)", passes, took)
 	// One last full verify against the rack as it is now.

@@ -2,9 +2,10 @@ package e2e
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ballast-storage/ballast/headnode"
 )
 
 // labPort is every server's port in a namespaced rack (each host has its
@@ -57,26 +58,31 @@ func TestCutNetworksUnderFio(t *testing.T) {
 	uri := r.uri("net")
 	r.waitStatus(t, time.Minute, "sleds up", sledsUp(labSleds))
 	// Every head node reaches the two others and every sled over both
-	// networks, and all three report the directory group with one leader.
+	// networks, and all three report every group (the directory and the
+	// volume groups), each with one leader.
 	wantPaths := 3 * (2 + labSleds) * 2
-	st := r.waitStatus(t, time.Minute, fmt.Sprintf("%d network paths up", wantPaths), func(st rackStatusJSON) bool {
+	settled := func(st rackStatusJSON) bool {
 		up := 0
 		for _, p := range st.Paths {
 			if p.Up {
 				up++
 			}
 		}
-		return up == wantPaths && len(st.Paths) == wantPaths
-	})
-	leaders := 0
-	for _, g := range st.Groups {
-		if g.State == "Leader" {
-			leaders++
+		members, leaders := map[string]int{}, map[string]int{}
+		for _, g := range st.Groups {
+			members[g.Group]++
+			if g.State == "Leader" {
+				leaders[g.Group]++
+			}
 		}
+		for g, m := range members {
+			if m != 3 || leaders[g] != 1 {
+				return false
+			}
+		}
+		return up == wantPaths && len(st.Paths) == wantPaths && len(members) == 1+headnode.DefaultVolumeGroups
 	}
-	if len(st.Groups) != 3 || leaders != 1 {
-		t.Fatalf("rack status groups: %+v, want 3 members of the directory group, one leading", st.Groups)
-	}
+	r.waitStatus(t, time.Minute, fmt.Sprintf("%d network paths up and %d groups led", wantPaths, 1+headnode.DefaultVolumeGroups), settled)
 
 	fioArgs := func(size string, seed int) []string {
 		return []string{"--name=net", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bs=16k", "--iodepth=16",
@@ -86,29 +92,7 @@ func TestCutNetworksUnderFio(t *testing.T) {
 	// The background writer: passes over the first 64 MiB until the cuts
 	// are over. Cut probes below use the next 16 MiB, so the two never
 	// verify each other's writes.
-	done := make(chan struct{})
-	var fioErr error
-	var passes int
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-done:
-				if i > 0 {
-					return
-				}
-			default:
-			}
-			out, err := r.runClient(5*time.Minute, "fio", fioArgs("64M", i+1)...)
-			if err != nil {
-				fioErr = fmt.Errorf("fio pass %d: %v\n%s", i, err, tail(out, 3000))
-				return
-			}
-			passes++
-		}
-	}()
+	stopFio := r.fioLoop(func(i int) []string { return fioArgs("64M", i+1) })
 
 	// underCut cuts the given (host, network) pairs, checks that I/O goes
 	// on while they are cut, and heals them.
@@ -154,10 +138,9 @@ func TestCutNetworksUnderFio(t *testing.T) {
 	underCut("network B of primary "+primary, [][2]string{{primary, "b"}})
 	underCut("network A of s1 and B of s2", [][2]string{{"s1", "a"}, {"s2", "b"}})
 
-	close(done)
-	wg.Wait()
-	if fioErr != nil {
-		t.Fatal(fioErr)
+	passes, err := stopFio()
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("%d fio write+verify passes through the cuts", passes)
 	v := r.showVolume("net")

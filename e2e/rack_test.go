@@ -316,6 +316,41 @@ func (r *rack) runClient(timeout time.Duration, name string, args ...string) (st
 	return string(out), err
 }
 
+// fioLoop runs fio passes, pass i with args(i), one after another (at
+// least one) until the returned stop is called; stop waits for the pass
+// in progress and returns how many passed and the first failure, which
+// ends the loop.
+func (r *rack) fioLoop(args func(i int) []string) (stop func() (passes int, err error)) {
+	done := make(chan struct{})
+	var fioErr error
+	var n int
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				if i > 0 {
+					return
+				}
+			default:
+			}
+			out, err := r.runClient(5*time.Minute, "fio", args(i)...)
+			if err != nil {
+				fioErr = fmt.Errorf("fio pass %d: %v\n%s", i, err, tail(out, 3000))
+				return
+			}
+			n++
+		}
+	}()
+	return func() (int, error) {
+		close(done)
+		wg.Wait()
+		return n, fioErr
+	}
+}
+
 func rpcSplit(addrs string) (string, string) {
 	a, b, _ := strings.Cut(addrs, ",")
 	return a, b

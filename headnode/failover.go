@@ -314,18 +314,11 @@ func (p *promoter) renewed(holder string, vols []uint64) {
 // runPromoters steps the promoter of every group, on the groups this
 // node leads.
 func (n *Node) runPromoters(ctx context.Context) {
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, 200*time.Millisecond, func() {
 		for _, g := range n.groups {
 			g.promoter.step(ctx, time.Now())
 		}
-	}
+	})
 }
 
 // step runs one round of decisions at now, if this node leads.

@@ -280,14 +280,7 @@ func (n *Node) readAllVolumes(ctx context.Context) ([]*ballastpb.Volume, error) 
 func (n *Node) spreadLeaders(ctx context.Context) {
 	peers := slices.Clone(n.cfg.Peers)
 	sort.Slice(peers, func(i, j int) bool { return peers[i].ID < peers[j].ID })
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, 5*time.Second, func() {
 		for _, g := range n.groups[1:] {
 			want := peers[(g.id-1)%uint64(len(peers))]
 			if want.ID == n.cfg.ID || g.raft.State() != raft.Leader || !n.peerAnswers(want) {
@@ -300,5 +293,5 @@ func (n *Node) spreadLeaders(ctx context.Context) {
 				n.log.Debug("spread group leaders", "group", g.id, "to", want.ID, "err", err)
 			}
 		}
-	}
+	})
 }

@@ -40,18 +40,11 @@ func staleCopies(local []uint64, rack []*ballastpb.Volume, node string) []uint64
 }
 
 func (n *Node) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(staleSweepInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, staleSweepInterval, func() {
 		if err := n.sweepStaleCopies(ctx); err != nil && ctx.Err() == nil {
 			n.log.Warn("look for stale volume copies", "err", err)
 		}
-	}
+	})
 }
 
 // sweepStaleCopies drops every local copy of a volume this node is no
