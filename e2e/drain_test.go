@@ -15,7 +15,7 @@ import (
 // the rack keeps serving admin requests under the new leaders.
 func TestDrainHeadNode(t *testing.T) {
 	_, c := startInProcessRack(t, volume.DefaultLeaseConfig)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rackStatus := func() *ballastpb.RackStatusResponse {
 		var st *ballastpb.RackStatusResponse
@@ -46,16 +46,42 @@ func TestDrainHeadNode(t *testing.T) {
 	if !slices.Contains(resp.Moved, 0) {
 		t.Fatalf("drain moved groups %v, want the directory group (0) among them", resp.Moved)
 	}
-	st := rackStatus()
-	for _, g := range st.Groups {
-		if g.HeadNode == leader && g.State == "Leader" {
-			t.Fatalf("%s still leads group %d after the drain", leader, g.Group)
+	leads := func(st *ballastpb.RackStatusResponse, node string) []uint64 {
+		var led []uint64
+		for _, g := range st.Groups {
+			if g.HeadNode == node && g.State == "Leader" {
+				led = append(led, g.Group)
+			}
 		}
+		return led
+	}
+	st := rackStatus()
+	if led := leads(st, leader); len(led) > 0 {
+		t.Fatalf("%s still leads groups %v after the drain", leader, led)
 	}
 	if st.Leader == leader || st.Leader == "" {
 		t.Fatalf("directory leader after draining %s: %q", leader, st.Leader)
 	}
-	// The rack still takes commands under its new leader.
+	// The rack still takes commands under its new leaders.
 	createVolume(t, c, "after-drain", 1<<20)
-	t.Logf("drained %s; %s leads", leader, st.Leader)
+	// The other nodes hand volume groups to their preferred node every
+	// 5 s: none may go back to the drained node.
+	time.Sleep(12 * time.Second)
+	if led := leads(rackStatus(), leader); len(led) > 0 {
+		t.Fatalf("drained %s was handed groups %v", leader, led)
+	}
+	if err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+		_, err := a.DrainHeadNode(ctx, &ballastpb.DrainHeadNodeRequest{HeadNode: leader, Undo: true})
+		return err
+	}); err != nil {
+		t.Fatalf("undo the drain: %v", err)
+	}
+	// Undrained, it gets back the volume groups that prefer it.
+	for len(leads(rackStatus(), leader)) == 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("%s leads nothing after the drain ended", leader)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("drained %s (%s led the directory after), then it led %v again", leader, st.Leader, leads(rackStatus(), leader))
 }

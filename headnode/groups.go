@@ -274,23 +274,35 @@ func (n *Node) readAllVolumes(ctx context.Context) ([]*ballastpb.Volume, error) 
 
 // spreadLeaders moves the leadership of each volume group this node leads
 // to the group's preferred head node (group g prefers the (g-1)th head
-// node by id, in turn), if that node answers: otherwise raft's elections
-// would leave most groups led by whichever node started first, and one
-// node would commit and time the leases of most volumes.
+// node by id, in turn), if that node answers and is not being drained:
+// otherwise raft's elections would leave most groups led by whichever node
+// started first, and one node would commit and time the leases of most
+// volumes. A node being drained hands away every group it comes to lead
+// (by an election, say), the directory group included.
 func (n *Node) spreadLeaders(ctx context.Context) {
 	peers := slices.Clone(n.cfg.Peers)
 	sort.Slice(peers, func(i, j int) bool { return peers[i].ID < peers[j].ID })
 	every(ctx, 5*time.Second, func() {
-		for _, g := range n.groups[1:] {
-			want := peers[(g.id-1)%uint64(len(peers))]
-			if want.ID == n.cfg.ID || g.raft.State() != raft.Leader || !n.peerAnswers(want) {
+		drained := n.directory.Draining(n.cfg.ID)
+		for _, g := range n.groups {
+			if g.raft.State() != raft.Leader || (g.id == consensus.DirectoryGroup && !drained) {
 				continue
 			}
+			var to raft.ServerID // "": any other voter, raft's choice
+			if g.id != consensus.DirectoryGroup {
+				want := peers[(g.id-1)%uint64(len(peers))]
+				switch {
+				case want.ID != n.cfg.ID && !n.directory.Draining(want.ID) && n.peerAnswers(want):
+					to = raft.ServerID(want.ID)
+				case !drained:
+					continue
+				}
+			}
 			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := n.cons.TransferLeadership(tctx, g.id, raft.ServerID(want.ID))
+			err := n.cons.TransferLeadership(tctx, g.id, to)
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				n.log.Debug("spread group leaders", "group", g.id, "to", want.ID, "err", err)
+				n.log.Debug("spread group leaders", "group", g.id, "to", to, "err", err)
 			}
 		}
 	})

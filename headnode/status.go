@@ -90,15 +90,28 @@ func sortGroups(gs []*ballastpb.GroupStatus) {
 	})
 }
 
-// DrainHeadNode moves every group's leadership off the named head node:
-// answered there, forwarded from anywhere else.
+// DrainHeadNode moves every group's leadership off the named head node
+// (answered there, forwarded from anywhere else), after marking it drained
+// in the directory so that no group's leadership is handed back to it; or,
+// with undo, ends the drain.
 func (a *adminServer) DrainHeadNode(ctx context.Context, req *ballastpb.DrainHeadNodeRequest) (*ballastpb.DrainHeadNodeResponse, error) {
 	n := a.node
-	if req.HeadNode != n.cfg.ID {
-		addrs, ok := n.cfg.peerAddresses(req.HeadNode)
-		if !ok {
-			return nil, status.Errorf(codes.NotFound, "no head node %q in the rack", req.HeadNode)
+	addrs, ok := n.cfg.peerAddresses(req.HeadNode)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no head node %q in the rack", req.HeadNode)
+	}
+	if req.Undo || req.HeadNode == n.cfg.ID {
+		if _, err := n.applyIn(ctx, consensus.DirectoryGroup, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SetDraining{
+			SetDraining: &ballastpb.SetDrainingCommand{HeadNode: req.HeadNode, Draining: !req.Undo},
+		}}); err != nil {
+			return nil, err
 		}
+		if req.Undo {
+			n.log.Info("drain ended", "head_node", req.HeadNode)
+			return &ballastpb.DrainHeadNodeResponse{}, nil
+		}
+	}
+	if req.HeadNode != n.cfg.ID {
 		c, err := n.pool.Get(addrs)
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "head node %s: %v", req.HeadNode, err)

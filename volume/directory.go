@@ -34,6 +34,9 @@ type Directory struct {
 	// placements (directory group only): every volume name taken, with its
 	// id and volume group.
 	placements map[string]*ballastpb.VolumePlacement
+	// draining (directory group only): head nodes being drained, which no
+	// group's leadership is handed to.
+	draining map[string]bool
 }
 
 // NewDirectory returns an empty directory.
@@ -44,6 +47,7 @@ func NewDirectory() *Directory {
 		nextVolumeID: 1,
 		sleds:        map[string]*ballastpb.Sled{},
 		placements:   map[string]*ballastpb.VolumePlacement{},
+		draining:     map[string]bool{},
 	}
 }
 
@@ -145,6 +149,16 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 		}
 		delete(d.placements, p.Name)
 		return ApplyResult{Placement: proto.Clone(p).(*ballastpb.VolumePlacement)}
+	case *ballastpb.DirectoryCommand_SetDraining:
+		if op.SetDraining.HeadNode == "" {
+			return ApplyResult{Err: fmt.Errorf("%w: no head node to drain", ErrInvalid)}
+		}
+		if op.SetDraining.Draining {
+			d.draining[op.SetDraining.HeadNode] = true
+		} else {
+			delete(d.draining, op.SetDraining.HeadNode)
+		}
+		return ApplyResult{}
 	case *ballastpb.DirectoryCommand_RegisterSled:
 		return d.registerSledLocked(op.RegisterSled.Sled, nowUnixNanos)
 	case *ballastpb.DirectoryCommand_SetSledState:
@@ -196,6 +210,13 @@ func (d *Directory) Placement(name string) (*ballastpb.VolumePlacement, bool) {
 		return nil, false
 	}
 	return proto.Clone(p).(*ballastpb.VolumePlacement), true
+}
+
+// Draining says whether a head node is being drained.
+func (d *Directory) Draining(node string) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.draining[node]
 }
 
 // Placements returns copies of every placement, sorted by name.
@@ -341,6 +362,10 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 		snap.Placements = append(snap.Placements, proto.Clone(p).(*ballastpb.VolumePlacement))
 	}
 	sort.Slice(snap.Placements, func(i, j int) bool { return snap.Placements[i].Name < snap.Placements[j].Name })
+	for node := range d.draining {
+		snap.Draining = append(snap.Draining, node)
+	}
+	sort.Strings(snap.Draining)
 	sort.Slice(snap.Sleds, func(i, j int) bool { return snap.Sleds[i].Id < snap.Sleds[j].Id })
 	sort.Slice(snap.Volumes, func(i, j int) bool { return snap.Volumes[i].Id < snap.Volumes[j].Id })
 	data, err := proto.Marshal(snap)
@@ -379,6 +404,10 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 	d.placements = map[string]*ballastpb.VolumePlacement{}
 	for _, p := range snap.Placements {
 		d.placements[p.Name] = p
+	}
+	d.draining = map[string]bool{}
+	for _, node := range snap.Draining {
+		d.draining[node] = true
 	}
 	if d.OnDelete != nil {
 		for id, v := range old {

@@ -267,7 +267,14 @@ func TestPlacements(t *testing.T) {
 		t.Fatalf("placing in zero groups: %v, want ErrInvalid", res.Err)
 	}
 
-	// The placements survive a snapshot.
+	drain := func(node string, on bool) *ballastpb.DirectoryCommand {
+		return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SetDraining{SetDraining: &ballastpb.SetDrainingCommand{HeadNode: node, Draining: on}}}
+	}
+	applyLog(t, dir, 20, drain("hn3", true))
+	applyLog(t, dir, 21, drain("hn1", true))
+	applyLog(t, dir, 22, drain("hn1", false))
+
+	// The placements and the drained nodes survive a snapshot.
 	snap, err := dir.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -279,6 +286,9 @@ func TestPlacements(t *testing.T) {
 	restored := NewDirectory()
 	if err := restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatal(err)
+	}
+	if !restored.Draining("hn3") || restored.Draining("hn1") {
+		t.Fatal("the drained head node was not restored from the snapshot")
 	}
 	if p, ok := restored.Placement("c"); !ok || p.Id != 4 || p.Group != 4 {
 		t.Fatalf("restored placement of c: %+v %v", p, ok)

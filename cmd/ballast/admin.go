@@ -198,21 +198,28 @@ func newRackCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	var undo bool
 	drain := &cobra.Command{
-		Use:   "drain HEADNODE",
-		Short: "Move the leadership of every consensus group off a head node (before maintenance)",
+		Use:   "drain HEADNODE [--undo]",
+		Short: "Move the leadership of every consensus group off a head node, and keep it off (before maintenance)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
-				resp, err := a.DrainHeadNode(ctx, &ballastpb.DrainHeadNodeRequest{HeadNode: args[0]})
-				if err != nil {
+				resp, err := a.DrainHeadNode(ctx, &ballastpb.DrainHeadNodeRequest{HeadNode: args[0], Undo: undo})
+				switch {
+				case err != nil:
 					return err
+				case undo:
+					fmt.Printf("%s may lead groups again\n", args[0])
+				default:
+					fmt.Printf("%s leads no consensus group now (moved %d: %v); `ballast rack drain %s --undo` ends the drain\n",
+						args[0], len(resp.Moved), resp.Moved, args[0])
 				}
-				fmt.Printf("%s leads no consensus group now (moved %d: %v)\n", args[0], len(resp.Moved), resp.Moved)
 				return nil
 			})
 		},
 	}
+	drain.Flags().BoolVar(&undo, "undo", false, "end the drain: the head node may lead groups again")
 	cmd.AddCommand(status, drain)
 	return cmd
 }

@@ -1832,6 +1832,7 @@ func (x *PathStatus) GetLastError() string {
 type DrainHeadNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	Undo          bool                   `protobuf:"varint,2,opt,name=undo,proto3" json:"undo,omitempty"` // end the drain: the node may lead groups again
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1871,6 +1872,13 @@ func (x *DrainHeadNodeRequest) GetHeadNode() string {
 		return x.HeadNode
 	}
 	return ""
+}
+
+func (x *DrainHeadNodeRequest) GetUndo() bool {
+	if x != nil {
+		return x.Undo
+	}
+	return false
 }
 
 type DrainHeadNodeResponse struct {
@@ -2307,6 +2315,7 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_SecondaryInSync
 	//	*DirectoryCommand_PlaceVolume
 	//	*DirectoryCommand_UnplaceVolume
+	//	*DirectoryCommand_SetDraining
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2457,6 +2466,15 @@ func (x *DirectoryCommand) GetUnplaceVolume() *UnplaceVolumeCommand {
 	return nil
 }
 
+func (x *DirectoryCommand) GetSetDraining() *SetDrainingCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_SetDraining); ok {
+			return x.SetDraining
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -2509,6 +2527,10 @@ type DirectoryCommand_UnplaceVolume struct {
 	UnplaceVolume *UnplaceVolumeCommand `protobuf:"bytes,12,opt,name=unplace_volume,json=unplaceVolume,proto3,oneof"`
 }
 
+type DirectoryCommand_SetDraining struct {
+	SetDraining *SetDrainingCommand `protobuf:"bytes,13,opt,name=set_draining,json=setDraining,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
@@ -2532,6 +2554,8 @@ func (*DirectoryCommand_SecondaryInSync) isDirectoryCommand_Op() {}
 func (*DirectoryCommand_PlaceVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_UnplaceVolume) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_SetDraining) isDirectoryCommand_Op() {}
 
 // PlaceVolumeCommand (directory group) takes a name, spends the next
 // volume id and assigns the volume to one of `groups` volume groups
@@ -2588,6 +2612,60 @@ func (x *PlaceVolumeCommand) GetGroups() uint32 {
 	return 0
 }
 
+// SetDrainingCommand (directory group) marks a head node drained (no group
+// leadership is handed to it) or not.
+type SetDrainingCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	Draining      bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrainingCommand) Reset() {
+	*x = SetDrainingCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrainingCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrainingCommand) ProtoMessage() {}
+
+func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
+func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *SetDrainingCommand) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *SetDrainingCommand) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
 // UnplaceVolumeCommand (directory group) frees a name once its volume's
 // record is gone from its volume group.
 type UnplaceVolumeCommand struct {
@@ -2600,7 +2678,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2612,7 +2690,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2625,7 +2703,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -2654,7 +2732,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2744,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2757,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -2711,7 +2789,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2801,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2814,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -2780,7 +2858,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +2870,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +2883,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -2843,7 +2921,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2855,7 +2933,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2868,7 +2946,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -2910,7 +2988,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2922,7 +3000,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2935,7 +3013,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -2982,7 +3060,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3072,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3085,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -3030,7 +3108,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3042,7 +3120,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3055,7 +3133,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -3088,7 +3166,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3100,7 +3178,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3113,7 +3191,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -3133,7 +3211,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3145,7 +3223,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3158,7 +3236,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -3184,7 +3262,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3274,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3287,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -3226,13 +3304,14 @@ type DirectorySnapshot struct {
 	NextVolumeId  uint64                 `protobuf:"varint,2,opt,name=next_volume_id,json=nextVolumeId,proto3" json:"next_volume_id,omitempty"`
 	Sleds         []*Sled                `protobuf:"bytes,3,rep,name=sleds,proto3" json:"sleds,omitempty"`
 	Placements    []*VolumePlacement     `protobuf:"bytes,4,rep,name=placements,proto3" json:"placements,omitempty"`
+	Draining      []string               `protobuf:"bytes,5,rep,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3244,7 +3323,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3257,7 +3336,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -3288,6 +3367,13 @@ func (x *DirectorySnapshot) GetPlacements() []*VolumePlacement {
 	return nil
 }
 
+func (x *DirectorySnapshot) GetDraining() []string {
+	if x != nil {
+		return x.Draining
+	}
+	return nil
+}
+
 type IORequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // chosen by the client, echoed in the reply
@@ -3304,7 +3390,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3316,7 +3402,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3329,7 +3415,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -3400,7 +3486,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3412,7 +3498,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3425,7 +3511,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -3468,7 +3554,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3480,7 +3566,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3493,7 +3579,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -3535,7 +3621,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3547,7 +3633,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3560,7 +3646,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -3629,7 +3715,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3641,7 +3727,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3654,7 +3740,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -3691,7 +3777,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3703,7 +3789,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3716,7 +3802,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -3784,7 +3870,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3796,7 +3882,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3809,7 +3895,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -3849,7 +3935,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3861,7 +3947,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3874,7 +3960,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -3920,7 +4006,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3932,7 +4018,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3945,7 +4031,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -3987,7 +4073,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3999,7 +4085,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4012,7 +4098,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -4039,7 +4125,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4051,7 +4137,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4064,7 +4150,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -4109,7 +4195,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4121,7 +4207,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4134,7 +4220,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -4190,7 +4276,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4202,7 +4288,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4215,7 +4301,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -4254,7 +4340,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4266,7 +4352,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4279,7 +4365,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -4323,7 +4409,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4335,7 +4421,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4348,7 +4434,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -4407,7 +4493,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4419,7 +4505,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4432,7 +4518,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -4522,7 +4608,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4534,7 +4620,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4547,7 +4633,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -4708,9 +4794,10 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x02up\x18\x04 \x01(\bR\x02up\x12(\n" +
 	"\x10since_unix_nanos\x18\x05 \x01(\x03R\x0esinceUnixNanos\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\x06 \x01(\tR\tlastError\"3\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\"G\n" +
 	"\x14DrainHeadNodeRequest\x12\x1b\n" +
-	"\thead_node\x18\x01 \x01(\tR\bheadNode\"-\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x12\n" +
+	"\x04undo\x18\x02 \x01(\bR\x04undo\"-\n" +
 	"\x15DrainHeadNodeResponse\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\x04R\x05moved\"\x13\n" +
 	"\x11RackStatusRequest\"\xc9\x03\n" +
@@ -4745,7 +4832,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12;\n" +
 	"\n" +
 	"placements\x18\x02 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
-	"placements\"\x89\a\n" +
+	"placements\"\xce\a\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
@@ -4760,11 +4847,15 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x11secondary_in_sync\x18\n" +
 	" \x01(\v2\".ballast.v1.SecondaryInSyncCommandH\x00R\x0fsecondaryInSync\x12C\n" +
 	"\fplace_volume\x18\v \x01(\v2\x1e.ballast.v1.PlaceVolumeCommandH\x00R\vplaceVolume\x12I\n" +
-	"\x0eunplace_volume\x18\f \x01(\v2 .ballast.v1.UnplaceVolumeCommandH\x00R\runplaceVolumeB\x04\n" +
+	"\x0eunplace_volume\x18\f \x01(\v2 .ballast.v1.UnplaceVolumeCommandH\x00R\runplaceVolume\x12C\n" +
+	"\fset_draining\x18\r \x01(\v2\x1e.ballast.v1.SetDrainingCommandH\x00R\vsetDrainingB\x04\n" +
 	"\x02op\"@\n" +
 	"\x12PlaceVolumeCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06groups\x18\x02 \x01(\rR\x06groups\":\n" +
+	"\x06groups\x18\x02 \x01(\rR\x06groups\"M\n" +
+	"\x12SetDrainingCommand\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1a\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\":\n" +
 	"\x14UnplaceVolumeCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\"c\n" +
@@ -4803,14 +4894,15 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\")\n" +
 	"\x13DeleteVolumeCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xcc\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xe8\x01\n" +
 	"\x11DirectorySnapshot\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12$\n" +
 	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\x12&\n" +
 	"\x05sleds\x18\x03 \x03(\v2\x10.ballast.v1.SledR\x05sleds\x12;\n" +
 	"\n" +
 	"placements\x18\x04 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
-	"placements\"\xc9\x01\n" +
+	"placements\x12\x1a\n" +
+	"\bdraining\x18\x05 \x03(\tR\bdraining\"\xc9\x01\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -4988,7 +5080,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                  // 0: ballast.v1.SledState
 	(IOOp)(0),                       // 1: ballast.v1.IOOp
@@ -5030,35 +5122,36 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*ReadGroupResponse)(nil),       // 37: ballast.v1.ReadGroupResponse
 	(*DirectoryCommand)(nil),        // 38: ballast.v1.DirectoryCommand
 	(*PlaceVolumeCommand)(nil),      // 39: ballast.v1.PlaceVolumeCommand
-	(*UnplaceVolumeCommand)(nil),    // 40: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),      // 41: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil), // 42: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),  // 43: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),       // 44: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),    // 45: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),     // 46: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),     // 47: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),     // 48: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),     // 49: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),     // 50: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),       // 51: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),               // 52: ballast.v1.IORequest
-	(*IOReply)(nil),                 // 53: ballast.v1.IOReply
-	(*BlockWrite)(nil),              // 54: ballast.v1.BlockWrite
-	(*LogRecord)(nil),               // 55: ballast.v1.LogRecord
-	(*BlockRange)(nil),              // 56: ballast.v1.BlockRange
-	(*Segment)(nil),                 // 57: ballast.v1.Segment
-	(*FlushRecord)(nil),             // 58: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),           // 59: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),         // 60: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),       // 61: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),             // 62: ballast.v1.StateRecord
-	(*BlockState)(nil),              // 63: ballast.v1.BlockState
-	(*SegmentState)(nil),            // 64: ballast.v1.SegmentState
-	(*LogEntry)(nil),                // 65: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),          // 66: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),        // 67: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),          // 68: ballast.v1.ReplicateReply
+	(*SetDrainingCommand)(nil),      // 40: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),    // 41: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),      // 42: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil), // 43: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),  // 44: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),       // 45: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),    // 46: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),     // 47: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),     // 48: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),     // 49: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),     // 50: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),     // 51: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),       // 52: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),               // 53: ballast.v1.IORequest
+	(*IOReply)(nil),                 // 54: ballast.v1.IOReply
+	(*BlockWrite)(nil),              // 55: ballast.v1.BlockWrite
+	(*LogRecord)(nil),               // 56: ballast.v1.LogRecord
+	(*BlockRange)(nil),              // 57: ballast.v1.BlockRange
+	(*Segment)(nil),                 // 58: ballast.v1.Segment
+	(*FlushRecord)(nil),             // 59: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),           // 60: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),         // 61: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),       // 62: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),             // 63: ballast.v1.StateRecord
+	(*BlockState)(nil),              // 64: ballast.v1.BlockState
+	(*SegmentState)(nil),            // 65: ballast.v1.SegmentState
+	(*LogEntry)(nil),                // 66: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),          // 67: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),        // 68: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),          // 69: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
@@ -5087,81 +5180,82 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	5,  // 23: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
 	4,  // 24: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
 	5,  // 25: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	48, // 26: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	49, // 27: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	50, // 28: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	46, // 29: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	47, // 30: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	44, // 31: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	45, // 32: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	41, // 33: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	42, // 34: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	43, // 35: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	49, // 26: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	50, // 27: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	51, // 28: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	47, // 29: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	48, // 30: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	45, // 31: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	46, // 32: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	42, // 33: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	43, // 34: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	44, // 35: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
 	39, // 36: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	40, // 37: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	44, // 38: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	17, // 39: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 40: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 41: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	4,  // 42: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	4,  // 43: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	17, // 44: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	5,  // 45: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	1,  // 46: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	2,  // 47: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	54, // 48: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	56, // 49: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	58, // 50: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	59, // 51: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	60, // 52: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	61, // 53: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	62, // 54: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	57, // 55: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	57, // 56: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	56, // 57: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	63, // 58: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	64, // 59: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	57, // 60: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	56, // 61: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	55, // 62: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	62, // 63: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	55, // 64: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	3,  // 65: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	7,  // 66: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	9,  // 67: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	11, // 68: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	13, // 69: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	15, // 70: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	32, // 71: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	26, // 72: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	30, // 73: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	18, // 74: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	20, // 75: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	22, // 76: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	34, // 77: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	36, // 78: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	52, // 79: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	67, // 80: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	8,  // 81: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	10, // 82: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	12, // 83: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	14, // 84: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	16, // 85: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	33, // 86: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	27, // 87: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	31, // 88: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	19, // 89: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	21, // 90: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	23, // 91: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	35, // 92: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	37, // 93: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	53, // 94: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	68, // 95: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	81, // [81:96] is the sub-list for method output_type
-	66, // [66:81] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	41, // 37: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	40, // 38: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	45, // 39: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	17, // 40: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 41: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 42: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	4,  // 43: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	4,  // 44: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	17, // 45: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	5,  // 46: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	1,  // 47: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	2,  // 48: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	55, // 49: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	57, // 50: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	59, // 51: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	60, // 52: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	61, // 53: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	62, // 54: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	63, // 55: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	58, // 56: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	58, // 57: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	57, // 58: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	64, // 59: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	65, // 60: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	58, // 61: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	57, // 62: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	56, // 63: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	63, // 64: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	56, // 65: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	3,  // 66: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	7,  // 67: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	9,  // 68: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	11, // 69: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	13, // 70: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	15, // 71: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	32, // 72: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	26, // 73: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	30, // 74: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	18, // 75: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	20, // 76: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	22, // 77: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	34, // 78: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	36, // 79: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	53, // 80: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	68, // 81: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	8,  // 82: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	10, // 83: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	12, // 84: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	14, // 85: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	16, // 86: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	33, // 87: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	27, // 88: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	31, // 89: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	19, // 90: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	21, // 91: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	23, // 92: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	35, // 93: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	37, // 94: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	54, // 95: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	69, // 96: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	82, // [82:97] is the sub-list for method output_type
+	67, // [67:82] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -5182,6 +5276,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 		(*DirectoryCommand_SecondaryInSync)(nil),
 		(*DirectoryCommand_PlaceVolume)(nil),
 		(*DirectoryCommand_UnplaceVolume)(nil),
+		(*DirectoryCommand_SetDraining)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5189,7 +5284,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   65,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
