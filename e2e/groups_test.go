@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -144,4 +145,85 @@ func TestVolumeGroups(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// TestFiveHeadNodes: in a rack of five, each group has three voters and
+// two non-voting members, voters and leaders rotate over the five, every
+// node applies every group, and a volume is written and read through a
+// failover of its primary.
+func TestFiveHeadNodes(t *testing.T) {
+	r, c := startInProcessRackOf(t, 5, volume.DefaultLeaseConfig)
+	createVolume(t, c, "five", 1<<20)
+	var st *ballastpb.RackStatusResponse
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		var err error
+		st, err = adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.RackStatusResponse, error) {
+			return a.RackStatus(ctx, &ballastpb.RackStatusRequest{})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		members := map[uint64]int{}
+		leaders := map[uint64]string{}
+		votersOf := map[uint64][]string{}
+		for _, g := range st.Groups {
+			members[g.Group]++
+			votersOf[g.Group] = g.Voters
+			if g.State == "Leader" {
+				leaders[g.Group] = g.HeadNode
+			}
+		}
+		ok := len(members) == 1+headnode.DefaultVolumeGroups
+		leadersPerNode := map[string]int{}
+		for g, m := range members {
+			ok = ok && m == 5 && len(votersOf[g]) == 3 && leaders[g] != ""
+			if g > 0 {
+				// Volume group g prefers (and is handed to) hn((g-1)%5+1),
+				// one of its voters.
+				preferred := fmt.Sprintf("hn%d", (g-1)%5+1)
+				ok = ok && leaders[g] == preferred && slices.Contains(votersOf[g], preferred)
+				leadersPerNode[leaders[g]]++
+			}
+		}
+		if ok {
+			t.Logf("volume groups led per head node: %v", leadersPerNode)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("groups not settled: members %v, leaders %v, voters %v", members, leaders, votersOf)
+		}
+		time.Sleep(time.Second)
+	}
+
+	v, err := c.OpenVolume(context.Background(), "five")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	dev := attach.NewDevice(v)
+	data := make([]byte, 8192)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := dev.WriteAt(ctx, data, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "five"})
+	})
+	r.stop(info.Volume.Primary)
+	got := make([]byte, len(data))
+	if err := dev.ReadAt(ctx, got, 4096); err != nil {
+		t.Fatalf("read after stopping primary %s: %v", info.Volume.Primary, err)
+	}
+	if string(got) != string(data) {
+		t.Fatal("read back different data after the failover")
+	}
+	after, _ := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "five"})
+	})
+	t.Logf("volume in group %d failed over from %s to %s (epoch %d)", info.Volume.Group, info.Volume.Primary, after.GetVolume().GetPrimary(), after.GetVolume().GetEpoch())
 }

@@ -20,7 +20,7 @@ import (
 	"github.com/ballast-storage/ballast/volume"
 )
 
-// inProcessRack is three head nodes in this process (so the race detector
+// inProcessRack is head nodes in this process (so the race detector
 // sees them), which a test may stop and start again over their data
 // directories.
 type inProcessRack struct {
@@ -34,15 +34,27 @@ type inProcessRack struct {
 	nodes map[string]*headnode.Node
 }
 
-// startInProcessRack starts the rack (a zero lease: the default) and
-// returns a client of it.
+// startInProcessRack starts a rack of three head nodes (a zero lease: the
+// default) and returns a client of it.
 func startInProcessRack(t *testing.T, lease volume.LeaseConfig) (*inProcessRack, *attach.Client) {
 	t.Helper()
-	port := freeHeadNodePort(t)
+	return startInProcessRackOf(t, 3, lease)
+}
+
+// startInProcessRackOf starts a rack of size head nodes.
+func startInProcessRackOf(t *testing.T, size int, lease volume.LeaseConfig) (*inProcessRack, *attach.Client) {
+	t.Helper()
+	var ips []string
+	for n := 1; n <= 2; n++ {
+		for i := 1; i <= size; i++ {
+			ips = append(ips, fmt.Sprintf("127.0.%d.%d", n, i))
+		}
+	}
+	port := freePortOnAll(t, ips)
 	r := &inProcessRack{t: t, dir: t.TempDir(), lease: lease, nodes: map[string]*headnode.Node{},
 		logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	var hns [][]string
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= size; i++ {
 		p := headnode.Peer{ID: fmt.Sprintf("hn%d", i), Addresses: []string{
 			fmt.Sprintf("127.0.1.%d:%d", i, port), fmt.Sprintf("127.0.2.%d:%d", i, port)}}
 		r.peers = append(r.peers, p)

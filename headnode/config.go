@@ -98,6 +98,15 @@ func (c *Config) Validate() error {
 	return c.Storage.Validate()
 }
 
+func (c *Config) peer(id string) (Peer, bool) {
+	for _, p := range c.Peers {
+		if p.ID == id {
+			return p, true
+		}
+	}
+	return Peer{}, false
+}
+
 func (c *Config) peerAddresses(id string) ([]string, bool) {
 	for _, p := range c.Peers {
 		if p.ID == id {

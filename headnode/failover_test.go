@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ballast-storage/ballast/volume"
+	"github.com/hashicorp/raft"
 )
 
 // TestClassifyPeers: which head nodes count as live (may become a
@@ -37,5 +38,42 @@ func TestClassifyPeers(t *testing.T) {
 	live, silent = classifyPeers(peers, "hn1", map[string]time.Time{}, now.Add(-time.Second), now, cfg)
 	if len(live) != len(peers) || len(silent) != 0 {
 		t.Errorf("new leader: live %v silent %v, want all live and none silent", live, silent)
+	}
+}
+
+// TestGroupServers: three voters per group, rotating over the head nodes
+// by id, the rest non-voters; the first voter is the preferred leader.
+func TestGroupServers(t *testing.T) {
+	peers := []Peer{{ID: "hn3"}, {ID: "hn1"}, {ID: "hn5"}, {ID: "hn2"}, {ID: "hn4"}}
+	describe := func(g uint64) (voters, others []string) {
+		for _, s := range groupServers(peers, g) {
+			if s.Suffrage == raft.Voter {
+				voters = append(voters, string(s.ID))
+			} else {
+				others = append(others, string(s.ID))
+			}
+		}
+		return voters, others
+	}
+	for _, tc := range []struct {
+		group          uint64
+		voters, others []string
+	}{
+		{0, []string{"hn1", "hn2", "hn3"}, []string{"hn4", "hn5"}},
+		{1, []string{"hn1", "hn2", "hn3"}, []string{"hn4", "hn5"}},
+		{2, []string{"hn2", "hn3", "hn4"}, []string{"hn5", "hn1"}},
+		{5, []string{"hn5", "hn1", "hn2"}, []string{"hn3", "hn4"}},
+		{6, []string{"hn1", "hn2", "hn3"}, []string{"hn4", "hn5"}},
+	} {
+		voters, others := describe(tc.group)
+		if !slices.Equal(voters, tc.voters) || !slices.Equal(others, tc.others) {
+			t.Errorf("group %d: voters %v non-voters %v, want %v and %v", tc.group, voters, others, tc.voters, tc.others)
+		}
+	}
+	// A rack of three: every head node votes in every group.
+	for _, s := range groupServers(peers[:3], 4) {
+		if s.Suffrage != raft.Voter {
+			t.Errorf("with three head nodes %s is a %v", s.ID, s.Suffrage)
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,42 @@ import (
 
 // DefaultVolumeGroups is the number of volume groups of a rack.
 const DefaultVolumeGroups = 16
+
+// groupVoters is how many voters each group has (all head nodes if the
+// rack has fewer). Every other head node is a non-voting member: it
+// applies the group's log, so every head node has every volume's record at
+// hand, without lengthening the group's commits or its elections.
+const groupVoters = 3
+
+// sortedPeers returns the rack's head nodes by id.
+func sortedPeers(peers []Peer) []Peer {
+	out := slices.Clone(peers)
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// groupServers is the initial membership of a group: the head nodes by id,
+// rotated so that group g (g >= 1) starts at the (g-1)th, the directory
+// group at the first; the first groupVoters are voters and the first of
+// them the group's preferred leader. Voters and leaders so spread over the
+// rack, as the volumes do over the groups.
+func groupServers(peers []Peer, group uint64) []raft.Server {
+	sorted := sortedPeers(peers)
+	start := 0
+	if group > 0 {
+		start = int((group - 1) % uint64(len(sorted)))
+	}
+	out := make([]raft.Server, 0, len(sorted))
+	for i := range sorted {
+		p := sorted[(start+i)%len(sorted)]
+		suffrage := raft.Nonvoter
+		if i < groupVoters {
+			suffrage = raft.Voter
+		}
+		out = append(out, raft.Server{Suffrage: suffrage, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(strings.Join(p.Addresses, ","))})
+	}
+	return out
+}
 
 // vgroup is this node's member of one group holding volume records.
 type vgroup struct {
@@ -273,15 +310,13 @@ func (n *Node) readAllVolumes(ctx context.Context) ([]*ballastpb.Volume, error) 
 }
 
 // spreadLeaders moves the leadership of each volume group this node leads
-// to the group's preferred head node (group g prefers the (g-1)th head
-// node by id, in turn), if that node answers and is not being drained:
-// otherwise raft's elections would leave most groups led by whichever node
-// started first, and one node would commit and time the leases of most
-// volumes. A node being drained hands away every group it comes to lead
-// (by an election, say), the directory group included.
+// to the group's preferred head node (groupServers), if that node answers
+// and is not being drained: otherwise raft's elections would leave most
+// groups led by whichever node started first, and one node would commit
+// and time the leases of most volumes. A node being drained hands away
+// every group it comes to lead (by an election, say), the directory group
+// included.
 func (n *Node) spreadLeaders(ctx context.Context) {
-	peers := slices.Clone(n.cfg.Peers)
-	sort.Slice(peers, func(i, j int) bool { return peers[i].ID < peers[j].ID })
 	every(ctx, 5*time.Second, func() {
 		drained := n.directory.Draining(n.cfg.ID)
 		for _, g := range n.groups {
@@ -290,10 +325,11 @@ func (n *Node) spreadLeaders(ctx context.Context) {
 			}
 			var to raft.ServerID // "": any other voter, raft's choice
 			if g.id != consensus.DirectoryGroup {
-				want := peers[(g.id-1)%uint64(len(peers))]
+				want := string(groupServers(n.cfg.Peers, g.id)[0].ID)
+				p, _ := n.cfg.peer(want)
 				switch {
-				case want.ID != n.cfg.ID && !n.directory.Draining(want.ID) && n.peerAnswers(want):
-					to = raft.ServerID(want.ID)
+				case want != n.cfg.ID && !n.directory.Draining(want) && n.peerAnswers(p):
+					to = raft.ServerID(want)
 				case !drained:
 					continue
 				}

@@ -134,16 +134,8 @@ func Start(cfg Config) (_ *Node, err error) {
 	ballastpb.RegisterBlockIOServer(n.server, &blockIOServer{node: n})
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
-	var voters []raft.Server
-	for _, p := range cfg.Peers {
-		voters = append(voters, raft.Server{
-			Suffrage: raft.Voter,
-			ID:       raft.ServerID(p.ID),
-			Address:  raft.ServerAddress(strings.Join(p.Addresses, ",")),
-		})
-	}
 	for _, g := range n.groups {
-		if g.raft, err = n.cons.StartGroup(g.id, g.fsm, voters); err != nil {
+		if g.raft, err = n.cons.StartGroup(g.id, g.fsm, groupServers(cfg.Peers, g.id)); err != nil {
 			return nil, err
 		}
 	}

@@ -297,7 +297,11 @@ func printGroups(groups []*ballastpb.GroupStatus) {
 		if leader == "" {
 			leader = "(none)"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", g.Group, g.HeadNode, strings.ToLower(g.State), leader,
+		state := strings.ToLower(g.State)
+		if !slices.Contains(g.Voters, g.HeadNode) {
+			state += " (non-voter)"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", g.Group, g.HeadNode, state, leader,
 			g.Term, g.LastIndex, g.CommitIndex, g.AppliedIndex, lag, contact)
 	}
 	w.Flush()
