@@ -39,6 +39,7 @@ FUZZ_TARGETS := \
 	./attach/nbd/:FuzzRequestParser \
 	./consensus/transport/:FuzzDecodeRequest \
 	./consensus/logstore/:FuzzDecodeLogValue \
+	./consensus/:FuzzDecodeKVCommand \
 	./sled/:FuzzDecodeShard \
 	./attach/nvmetcp/:FuzzPDUParser \
 	./attach/nvmetcp/:FuzzConnection

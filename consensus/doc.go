@@ -44,6 +44,14 @@
 // included; MoveVoter waits on it. The pipeline, which carries most
 // entries, is not wrapped.
 //
+// KV (kv.go) is a ready-made FSM for groups that hold a replicated
+// key-value map, the groundwork for transactions across groups: every key
+// carries the log index of its last write as its version, and a command
+// is a batch of puts, deletes and compare-and-swaps that applies all or
+// nothing. Node.ApplyKV proposes a command on the leader; Node.ReadKV
+// reads linearizably there (a Barrier once per term, then VerifyLeader on
+// every read).
+//
 // Deciding which server should hold which group (placement, spreading
 // the leaderships) is the caller's: this package only carries it out.
 //
