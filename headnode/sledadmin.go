@@ -171,16 +171,9 @@ func addRedundancy(sum, r *ballastpb.Redundancy) {
 // timeout. Its view is one head node's, which is enough: a sled that every
 // path to a head node misses for that long cannot be counted on.
 func (n *Node) watchSleds(ctx context.Context) {
-	t := time.NewTicker(n.cfg.Storage.SledPollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, n.cfg.Storage.SledPollInterval, func() {
 		if n.raft.State() != raft.Leader {
-			continue
+			return
 		}
 		for _, s := range n.directory.Sleds() {
 			var to ballastpb.SledState
@@ -203,5 +196,5 @@ func (n *Node) watchSleds(ctx context.Context) {
 				n.log.Warn("change sled state", "sled", s.Id, "to", to, "err", err)
 			}
 		}
-	}
+	})
 }

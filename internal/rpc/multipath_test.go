@@ -137,6 +137,27 @@ func twoPathConn(t *testing.T) (*Conn, *cuttableLink, *cuttableLink) {
 	return c, linkA, linkB
 }
 
+// streamEnd waits (at most 30 s) for a watch stream to end and returns why.
+func streamEnd(t *testing.T, watch healthpb.Health_WatchClient) error {
+	t.Helper()
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := watch.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stream never ended")
+		return nil
+	}
+}
+
 func pathUp(c *Conn, i int) bool { return c.Paths()[i].Up }
 
 // TestCutPathMovesTraffic cuts the path a stream and calls use: the stream
@@ -163,22 +184,13 @@ func TestCutPathMovesTraffic(t *testing.T) {
 
 	linkA.cut.Store(true)
 	cutAt := time.Now()
-	ended := make(chan error, 1)
-	go func() {
-		_, err := watch.Recv()
-		ended <- err
-	}()
-	select {
-	case err := <-ended:
-		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "is down") {
-			t.Fatalf("stream over the cut path ended with %v, want Unavailable naming the path", err)
-		}
-		// Keepalive alone would take KeepaliveTime+KeepaliveTimeout.
-		if d := time.Since(cutAt); d >= KeepaliveTime+KeepaliveTimeout {
-			t.Logf("stream cut after %v (keepalive would have done it too)", d)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the stream over the cut path never ended")
+	err = streamEnd(t, watch)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "is down") {
+		t.Fatalf("stream over the cut path ended with %v, want Unavailable naming the path", err)
+	}
+	// Keepalive alone would take KeepaliveTime+KeepaliveTimeout.
+	if d := time.Since(cutAt); d >= KeepaliveTime+KeepaliveTimeout {
+		t.Logf("stream cut after %v (keepalive would have done it too)", d)
 	}
 	if pathUp(c, 0) || !pathUp(c, 1) {
 		t.Fatalf("paths after cutting A: %+v", c.Paths())
@@ -232,18 +244,8 @@ func TestAllPathsDownCutsNothing(t *testing.T) {
 	}
 	// The stream on A is left to gRPC, whose keepalive ends it in its own
 	// time; the health checker must not have cut it.
-	ended := make(chan error, 1)
-	go func() {
-		_, err := watch.Recv()
-		ended <- err
-	}()
-	select {
-	case err := <-ended:
-		if strings.Contains(err.Error(), "is down") {
-			t.Fatalf("the health checker cut a stream with no other path up: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("keepalive did not end the stream over a dead path")
+	if err := streamEnd(t, watch); strings.Contains(err.Error(), "is down") {
+		t.Fatalf("the health checker cut a stream with no other path up: %v", err)
 	}
 }
 
