@@ -90,6 +90,35 @@ func (n *Node) AddVoter(ctx context.Context, groupID uint64, id raft.ServerID, a
 	return nil
 }
 
+// AddNonvoter adds server id at addr to a group as a non-voting member:
+// it receives and applies the log but neither votes nor counts toward a
+// commit. A server already in the configuration is left as it is. It must
+// run on the group's leader; elsewhere it fails with a *NotLeaderError.
+func (n *Node) AddNonvoter(ctx context.Context, groupID uint64, id raft.ServerID, addr raft.ServerAddress) error {
+	if id == "" || addr == "" {
+		return fmt.Errorf("consensus: add non-voter to group %d: server id and address are required", groupID)
+	}
+	g, err := n.leaderOf(groupID)
+	if err == nil {
+		var servers []raft.Server
+		if servers, err = configuration(g.r); err == nil {
+			if _, ok := findServer(servers, id); ok {
+				return nil
+			}
+			var timeout time.Duration
+			if timeout, err = enqueueTimeout(ctx); err == nil {
+				if err = await(ctx, g.r.AddNonvoter(id, addr, 0, timeout)); err != nil {
+					err = g.raftError(groupID, err)
+				}
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("consensus: add non-voter %s to group %d: %w", id, groupID, err)
+	}
+	return nil
+}
+
 // RemoveServer removes server id from a group and returns once the new
 // configuration is committed. Removing a server that is not in the
 // configuration does nothing. It must run on the group's leader; elsewhere
@@ -122,13 +151,22 @@ func (n *Node) RemoveServer(ctx context.Context, groupID uint64, id raft.ServerI
 // removed; the error says so. MoveVoter is safe to retry: once from is gone
 // and to is a voter it returns nil.
 func (n *Node) MoveVoter(ctx context.Context, groupID uint64, from raft.ServerID, to raft.Server) error {
-	if err := n.moveVoter(ctx, groupID, from, to); err != nil {
+	if err := n.moveVoter(ctx, groupID, from, to, false); err != nil {
 		return fmt.Errorf("consensus: move voter %s of group %d to %s: %w", from, groupID, to.ID, err)
 	}
 	return nil
 }
 
-func (n *Node) moveVoter(ctx context.Context, groupID uint64, from raft.ServerID, to raft.Server) error {
+// MoveVote is MoveVoter that keeps from in the group as a non-voter (it
+// goes on applying the log) instead of removing it.
+func (n *Node) MoveVote(ctx context.Context, groupID uint64, from raft.ServerID, to raft.Server) error {
+	if err := n.moveVoter(ctx, groupID, from, to, true); err != nil {
+		return fmt.Errorf("consensus: move the vote of %s in group %d to %s: %w", from, groupID, to.ID, err)
+	}
+	return nil
+}
+
+func (n *Node) moveVoter(ctx context.Context, groupID uint64, from raft.ServerID, to raft.Server, demote bool) error {
 	if from == "" || to.ID == "" || to.Address == "" {
 		return errors.New("server ids and the new server's address are required")
 	}
@@ -143,8 +181,11 @@ func (n *Node) moveVoter(ctx context.Context, groupID uint64, from raft.ServerID
 	if err != nil {
 		return err
 	}
-	_, hasFrom := findServer(servers, from)
+	fromSrv, hasFrom := findServer(servers, from)
 	toSrv, hasTo := findServer(servers, to.ID)
+	if demote && hasFrom && fromSrv.Suffrage != raft.Voter && hasTo && toSrv.Suffrage == raft.Voter {
+		return nil // An earlier attempt finished the move.
+	}
 	if !hasFrom {
 		if hasTo && toSrv.Suffrage == raft.Voter {
 			return nil // An earlier attempt finished the move.
@@ -158,6 +199,18 @@ func (n *Node) moveVoter(ctx context.Context, groupID uint64, from raft.ServerID
 	}
 	if err := g.waitCaughtUp(ctx, groupID, to.ID, index); err != nil {
 		return fmt.Errorf("%s is a voter but %w; %s not removed", to.ID, err, from)
+	}
+	if demote {
+		timeout, err := enqueueTimeout(ctx)
+		if err == nil {
+			if err = await(ctx, g.r.DemoteVoter(from, 0, timeout)); err != nil {
+				err = g.raftError(groupID, err)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s is a voter but demoting %s failed: %w", to.ID, from, err)
+		}
+		return nil
 	}
 	if err := g.removeServer(ctx, groupID, from); err != nil {
 		return fmt.Errorf("%s is a voter but removing %s failed: %w", to.ID, from, err)

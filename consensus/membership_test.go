@@ -539,3 +539,52 @@ func voterNames(nodes []*testNode, except *testNode) []string {
 	}
 	return out
 }
+
+// TestAddNonvoter: a node added as a non-voter applies the group's log
+// but is no voter; adding it again leaves it as it is.
+func TestAddNonvoter(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	ctx := testContext(t)
+	c.writeN(1, "before", 10)
+	n3 := c.addNode()
+	c.joinGroup(n3, 1)
+	for i := 0; i < 2; i++ {
+		c.onLeader(1, func(l *testNode) error {
+			return l.node.AddNonvoter(ctx, 1, raft.ServerID(n3.id), n3.addr)
+		})
+	}
+	c.writeN(1, "after", 10)
+	c.waitHasN(n3, 1, "before", 10)
+	c.waitHasN(n3, 1, "after", 10)
+	for _, n := range c.snapshotNodes() {
+		waitServers(t, n, 1, "n0:Voter", "n1:Voter", "n2:Voter", "n3:Nonvoter")
+	}
+}
+
+// TestMoveVote: the vote moves to the new member, the old voter stays as
+// a non-voter that still applies the log; a retry is a no-op.
+func TestMoveVote(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	ctx := testContext(t)
+	c.writeN(1, "before", 10)
+	n3 := c.addNode()
+	c.joinGroup(n3, 1)
+	from := c.snapshotNodes()[0]
+	for i := 0; i < 2; i++ {
+		c.onLeader(1, func(l *testNode) error {
+			return l.node.MoveVote(ctx, 1, raft.ServerID(from.id), raft.Server{ID: raft.ServerID(n3.id), Address: n3.addr})
+		})
+	}
+	c.writeN(1, "after", 10)
+	c.waitHasN(n3, 1, "after", 10)
+	c.waitHasN(from, 1, "after", 10)
+	var want []string
+	for _, id := range []string{"n0", "n1", "n2", "n3"} {
+		if id == from.id {
+			want = append(want, id+":Nonvoter")
+		} else {
+			want = append(want, id+":Voter")
+		}
+	}
+	waitServers(t, n3, 1, want...)
+}

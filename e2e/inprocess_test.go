@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ type inProcessRack struct {
 	t      *testing.T
 	peers  []headnode.Peer
 	dir    string
+	port   int
 	logger *slog.Logger
 	lease  volume.LeaseConfig
 
@@ -51,7 +53,7 @@ func startInProcessRackOf(t *testing.T, size int, lease volume.LeaseConfig) (*in
 		}
 	}
 	port := freePortOnAll(t, ips)
-	r := &inProcessRack{t: t, dir: t.TempDir(), lease: lease, nodes: map[string]*headnode.Node{},
+	r := &inProcessRack{t: t, dir: t.TempDir(), port: port, lease: lease, nodes: map[string]*headnode.Node{},
 		logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	var hns [][]string
 	for i := 1; i <= size; i++ {
@@ -90,6 +92,20 @@ func (r *inProcessRack) start(id string) {
 		r.nodes[id] = n
 		r.mu.Unlock()
 	}
+}
+
+// join starts head node p, not yet in the rack, to join it (it waits for
+// AddHeadNode).
+func (r *inProcessRack) join(p headnode.Peer) {
+	r.t.Helper()
+	n, err := headnode.Start(headnode.Config{ID: p.ID, ListenAddresses: p.Addresses, Join: true,
+		DataDir: filepath.Join(r.dir, p.ID), Peers: append(slices.Clone(r.peers), p), Logger: r.logger, Lease: r.lease})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.nodes[p.ID] = n
+	r.mu.Unlock()
 }
 
 func (r *inProcessRack) stop(id string) {

@@ -92,8 +92,9 @@ func currentTerm(r *raft.Raft) uint64 {
 }
 
 func (a *adminServer) peerIDs() []string {
-	ids := make([]string, 0, len(a.node.cfg.Peers))
-	for _, p := range a.node.cfg.Peers {
+	peers := a.node.peers()
+	ids := make([]string, 0, len(peers))
+	for _, p := range peers {
 		ids = append(ids, p.ID)
 	}
 	return ids
@@ -198,8 +199,8 @@ func (a *adminServer) GetVolume(ctx context.Context, req *ballastpb.GetVolumeReq
 		}
 		resp := &ballastpb.GetVolumeResponse{Volume: v}
 		for _, id := range append([]string{v.Primary}, v.Secondaries...) {
-			addrs, _ := a.node.cfg.peerAddresses(id)
-			resp.Replicas = append(resp.Replicas, &ballastpb.HeadNode{Id: id, Addresses: addrs})
+			p, _ := a.node.peer(id)
+			resp.Replicas = append(resp.Replicas, &ballastpb.HeadNode{Id: id, Addresses: p.Addresses})
 		}
 		return resp, nil
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {

@@ -23,8 +23,13 @@ type Config struct {
 	ListenAddresses []string
 	// DataDir holds the node's block store and consensus state.
 	DataDir string
-	// Peers lists every head node of the rack, this one included. The
-	// directory group's voters are these nodes.
+	// Join starts this node's members of every group without founding the
+	// groups: the node is joining a running rack, and waits for
+	// AddHeadNode to make it a member.
+	Join bool
+	// Peers lists the head nodes of the rack, this one included: those it
+	// was founded with (head nodes added later are recorded in the
+	// directory group). A joining node lists the rack as it is.
 	Peers []Peer
 	// ReplicationTimeout bounds how long a write waits for its secondary
 	// before it fails with an I/O error.
@@ -96,22 +101,4 @@ func (c *Config) Validate() error {
 		return err
 	}
 	return c.Storage.Validate()
-}
-
-func (c *Config) peer(id string) (Peer, bool) {
-	for _, p := range c.Peers {
-		if p.ID == id {
-			return p, true
-		}
-	}
-	return Peer{}, false
-}
-
-func (c *Config) peerAddresses(id string) ([]string, bool) {
-	for _, p := range c.Peers {
-		if p.ID == id {
-			return p.Addresses, true
-		}
-	}
-	return nil, false
 }

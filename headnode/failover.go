@@ -341,8 +341,9 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 		p.mu.Unlock()
 		return
 	}
-	noteAnswering(p.seen, p.node.cfg.Peers, p.node.peerAnswers, now)
-	live, silent := classifyPeers(p.node.cfg.Peers, p.node.cfg.ID, p.seen, p.since, now, p.cfg)
+	peers := p.node.peers()
+	noteAnswering(p.seen, peers, p.node.peerAnswers, now)
+	live, silent := classifyPeers(peers, p.node.cfg.ID, p.seen, p.since, now, p.cfg)
 	var promote []*ballastpb.Volume
 	for _, v := range p.group.fsm.List() {
 		if p.table.Expired(v.Id, now) {

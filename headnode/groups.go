@@ -197,11 +197,11 @@ func onGroupLeader[T any](a *adminServer, ctx context.Context, g *vgroup,
 		} else if forwarded {
 			return zero, status.Errorf(codes.Unavailable, "head node %s is not the leader of group %d", a.node.cfg.ID, g.id)
 		} else if _, id := g.raft.LeaderWithID(); id != "" {
-			addrs, ok := a.node.cfg.peerAddresses(string(id))
+			p, ok := a.node.peer(string(id))
 			if !ok {
 				return zero, status.Errorf(codes.Internal, "leader %q is not a known head node", id)
 			}
-			conn, cerr := a.node.pool.Get(addrs)
+			conn, cerr := a.node.pool.Get(p.Addresses)
 			if cerr != nil {
 				return zero, status.Errorf(codes.Unavailable, "reach leader %s: %v", id, cerr)
 			}
@@ -325,11 +325,10 @@ func (n *Node) spreadLeaders(ctx context.Context) {
 			}
 			var to raft.ServerID // "": any other voter, raft's choice
 			if g.id != consensus.DirectoryGroup {
-				want := string(groupServers(n.cfg.Peers, g.id)[0].ID)
-				p, _ := n.cfg.peer(want)
+				want, ok := n.preferredLeader(g)
 				switch {
-				case want != n.cfg.ID && !n.directory.Draining(want) && n.peerAnswers(p):
-					to = raft.ServerID(want)
+				case ok && want.ID != n.cfg.ID && !n.directory.Draining(want.ID) && n.peerAnswers(want):
+					to = raft.ServerID(want.ID)
 				case !drained:
 					continue
 				}

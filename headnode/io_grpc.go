@@ -90,6 +90,10 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 		}
 	}
 	pv, err := n.primaryFor(vol)
+	if errors.Is(err, ErrStopped) {
+		// The node is shutting down: the client sends it elsewhere.
+		return fail(ballastpb.IOStatus_IO_STATUS_NOT_PRIMARY, err)
+	}
 	if err != nil {
 		return fail(ballastpb.IOStatus_IO_STATUS_IO_ERROR, err)
 	}

@@ -135,7 +135,12 @@ func Start(cfg Config) (_ *Node, err error) {
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
 	for _, g := range n.groups {
-		if g.raft, err = n.cons.StartGroup(g.id, g.fsm, groupServers(cfg.Peers, g.id)); err != nil {
+		if cfg.Join {
+			g.raft, err = n.cons.JoinGroup(g.id, g.fsm)
+		} else {
+			g.raft, err = n.cons.StartGroup(g.id, g.fsm, groupServers(cfg.Peers, g.id))
+		}
+		if err != nil {
 			return nil, err
 		}
 	}

@@ -182,7 +182,8 @@ type replyOrErr struct {
 }
 
 func (n *Node) dialLink(ctx context.Context, vol *ballastpb.Volume, secondary string) (replicaLink, error) {
-	addrs, ok := n.cfg.peerAddresses(secondary)
+	p, ok := n.peer(secondary)
+	addrs := p.Addresses
 	if !ok {
 		return nil, fmt.Errorf("unknown head node %q", secondary)
 	}

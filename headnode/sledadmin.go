@@ -107,7 +107,7 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 	resp := &ballastpb.RackStatusResponse{Term: currentTerm(r), AppliedIndex: r.AppliedIndex(), Redundancy: &ballastpb.Redundancy{}}
 	_, leader := r.LeaderWithID()
 	resp.Leader = string(leader)
-	for _, p := range a.node.cfg.Peers {
+	for _, p := range a.node.peers() {
 		resp.HeadNodes = append(resp.HeadNodes, &ballastpb.HeadNode{Id: p.ID, Addresses: p.Addresses})
 	}
 	sort.Slice(resp.HeadNodes, func(i, j int) bool { return resp.HeadNodes[i].Id < resp.HeadNodes[j].Id })
@@ -116,7 +116,7 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, p := range a.node.cfg.Peers {
+	for _, p := range a.node.peers() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

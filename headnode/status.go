@@ -46,7 +46,7 @@ func groupStatusProto(node string, g consensus.GroupStatus) *ballastpb.GroupStat
 // connection to, naming each node by its id where the rack knows it.
 func (n *Node) pathStatuses() []*ballastpb.PathStatus {
 	names := map[string]string{}
-	for _, p := range n.cfg.Peers {
+	for _, p := range n.peers() {
 		names[strings.Join(p.Addresses, ",")] = p.ID
 	}
 	for _, s := range n.directory.Sleds() {
@@ -96,7 +96,8 @@ func sortGroups(gs []*ballastpb.GroupStatus) {
 // with undo, ends the drain.
 func (a *adminServer) DrainHeadNode(ctx context.Context, req *ballastpb.DrainHeadNodeRequest) (*ballastpb.DrainHeadNodeResponse, error) {
 	n := a.node
-	addrs, ok := n.cfg.peerAddresses(req.HeadNode)
+	target, ok := n.peer(req.HeadNode)
+	addrs := target.Addresses
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "no head node %q in the rack", req.HeadNode)
 	}

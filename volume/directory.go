@@ -37,6 +37,10 @@ type Directory struct {
 	// draining (directory group only): head nodes being drained, which no
 	// group's leadership is handed to.
 	draining map[string]bool
+	// headNodes and removed (directory group only): head nodes added to
+	// the rack after it was founded, and head nodes taken out of it.
+	headNodes map[string]*ballastpb.HeadNode
+	removed   map[string]bool
 }
 
 // NewDirectory returns an empty directory.
@@ -48,6 +52,8 @@ func NewDirectory() *Directory {
 		sleds:        map[string]*ballastpb.Sled{},
 		placements:   map[string]*ballastpb.VolumePlacement{},
 		draining:     map[string]bool{},
+		headNodes:    map[string]*ballastpb.HeadNode{},
+		removed:      map[string]bool{},
 	}
 }
 
@@ -159,6 +165,24 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 			delete(d.draining, op.SetDraining.HeadNode)
 		}
 		return ApplyResult{}
+	case *ballastpb.DirectoryCommand_AddHeadNode:
+		h := op.AddHeadNode.HeadNode
+		switch {
+		case h == nil || h.Id == "" || len(h.Addresses) == 0:
+			return ApplyResult{Err: fmt.Errorf("%w: a head node needs an id and addresses", ErrInvalid)}
+		case d.removed[h.Id]:
+			return ApplyResult{Err: fmt.Errorf("%w: head node %s was removed; its id is spent", ErrInvalid, h.Id)}
+		}
+		d.headNodes[h.Id] = proto.Clone(h).(*ballastpb.HeadNode)
+		return ApplyResult{}
+	case *ballastpb.DirectoryCommand_RemoveHeadNode:
+		id := op.RemoveHeadNode.HeadNode
+		if id == "" {
+			return ApplyResult{Err: fmt.Errorf("%w: no head node to remove", ErrInvalid)}
+		}
+		delete(d.headNodes, id)
+		d.removed[id] = true
+		return ApplyResult{}
 	case *ballastpb.DirectoryCommand_RegisterSled:
 		return d.registerSledLocked(op.RegisterSled.Sled, nowUnixNanos)
 	case *ballastpb.DirectoryCommand_SetSledState:
@@ -210,6 +234,26 @@ func (d *Directory) Placement(name string) (*ballastpb.VolumePlacement, bool) {
 		return nil, false
 	}
 	return proto.Clone(p).(*ballastpb.VolumePlacement), true
+}
+
+// HeadNodes returns the head nodes added to the rack after it was founded,
+// and the ids of those removed from it.
+func (d *Directory) HeadNodes() (added []*ballastpb.HeadNode, removed []string) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.headNodesLocked()
+}
+
+func (d *Directory) headNodesLocked() (added []*ballastpb.HeadNode, removed []string) {
+	for _, h := range d.headNodes {
+		added = append(added, proto.Clone(h).(*ballastpb.HeadNode))
+	}
+	sort.Slice(added, func(i, j int) bool { return added[i].Id < added[j].Id })
+	for id := range d.removed {
+		removed = append(removed, id)
+	}
+	sort.Strings(removed)
+	return added, removed
 }
 
 // Draining says whether a head node is being drained.
@@ -366,6 +410,7 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 		snap.Draining = append(snap.Draining, node)
 	}
 	sort.Strings(snap.Draining)
+	snap.HeadNodes, snap.RemovedHeadNodes = d.headNodesLocked()
 	sort.Slice(snap.Sleds, func(i, j int) bool { return snap.Sleds[i].Id < snap.Sleds[j].Id })
 	sort.Slice(snap.Volumes, func(i, j int) bool { return snap.Volumes[i].Id < snap.Volumes[j].Id })
 	data, err := proto.Marshal(snap)
@@ -408,6 +453,14 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 	d.draining = map[string]bool{}
 	for _, node := range snap.Draining {
 		d.draining[node] = true
+	}
+	d.headNodes = map[string]*ballastpb.HeadNode{}
+	for _, h := range snap.HeadNodes {
+		d.headNodes[h.Id] = h
+	}
+	d.removed = map[string]bool{}
+	for _, id := range snap.RemovedHeadNodes {
+		d.removed[id] = true
 	}
 	if d.OnDelete != nil {
 		for id, v := range old {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -220,7 +221,56 @@ func newRackCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	drain.Flags().BoolVar(&undo, "undo", false, "end the drain: the head node may lead groups again")
-	cmd.AddCommand(status, drain)
+	var addrs []string
+	addHN := &cobra.Command{
+		Use:   "add-headnode ID --addresses ADDR_A,ADDR_B",
+		Short: "Add a head node (started with --join) to every consensus group as a non-voting member",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				if _, err := a.AddHeadNode(ctx, &ballastpb.AddHeadNodeRequest{HeadNode: &ballastpb.HeadNode{Id: args[0], Addresses: addrs}}); err != nil {
+					return err
+				}
+				fmt.Printf("%s follows every group; `ballast rack move-voter` gives it a vote\n", args[0])
+				return nil
+			})
+		},
+	}
+	addHN.Flags().StringSliceVar(&addrs, "addresses", nil, "the head node's address on each network")
+	addHN.MarkFlagRequired("addresses")
+	moveVoter := &cobra.Command{
+		Use:   "move-voter GROUP FROM TO",
+		Short: "Give a group's vote held by head node FROM to head node TO (which catches up first)",
+		Args:  cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			group, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("group %q: %w", args[0], err)
+			}
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				if _, err := a.MoveVoter(ctx, &ballastpb.MoveVoterRequest{Group: group, From: args[1], To: args[2]}); err != nil {
+					return err
+				}
+				fmt.Printf("group %d: %s votes instead of %s\n", group, args[2], args[1])
+				return nil
+			})
+		},
+	}
+	removeHN := &cobra.Command{
+		Use:   "remove-headnode ID",
+		Short: "Take a head node that votes in no group and holds no replica out of the rack",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				if _, err := a.RemoveHeadNode(ctx, &ballastpb.RemoveHeadNodeRequest{HeadNode: args[0]}); err != nil {
+					return err
+				}
+				fmt.Printf("%s is out of the rack\n", args[0])
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(status, drain, addHN, moveVoter, removeHN)
 	return cmd
 }
 

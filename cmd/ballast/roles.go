@@ -21,6 +21,7 @@ func newHeadNodeCommand() *cobra.Command {
 		peers                      []string
 		replTimeout, lease         time.Duration
 		volumeGroups               int
+		join                       bool
 		storage                    storageFlags
 	)
 	cmd := &cobra.Command{
@@ -43,6 +44,7 @@ func newHeadNodeCommand() *cobra.Command {
 				ReplicationTimeout: replTimeout,
 				Lease:              volume.LeaseConfig{Duration: lease, Margin: lease / 6},
 				VolumeGroups:       volumeGroups,
+				Join:               join,
 				Storage:            sc,
 				Logger:             slog.Default(),
 			}
@@ -74,6 +76,7 @@ func newHeadNodeCommand() *cobra.Command {
 	cmd.Flags().StringArrayVar(&peers, "peer", nil, "a head node of the rack as ID=ADDR_A,ADDR_B (repeat for every head node, this one included)")
 	cmd.Flags().DurationVar(&replTimeout, "replication-timeout", 20*time.Second, "how long a write waits for its secondary (or a replacement) before failing")
 	cmd.Flags().DurationVar(&lease, "lease", volume.DefaultLeaseConfig.Duration, "how long a primary's lease lasts; a dead primary is replaced after about this long")
+	cmd.Flags().BoolVar(&join, "join", false, "join a running rack (then add this node with `ballast rack add-headnode`) instead of founding one")
 	cmd.Flags().IntVar(&volumeGroups, "volume-groups", headnode.DefaultVolumeGroups, "volume groups besides the directory group (every head node of a rack must be given the same number)")
 	addStorageFlags(cmd, &storage)
 	for _, f := range []string{"id", "data", "listen-a"} {

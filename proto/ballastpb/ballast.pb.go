@@ -80,6 +80,58 @@ func (SledState) EnumDescriptor() ([]byte, []int) {
 	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{0}
 }
 
+type MembershipOp int32
+
+const (
+	MembershipOp_MEMBERSHIP_OP_UNSPECIFIED  MembershipOp = 0
+	MembershipOp_MEMBERSHIP_OP_ADD_NONVOTER MembershipOp = 1
+	MembershipOp_MEMBERSHIP_OP_MOVE_VOTER   MembershipOp = 2
+	MembershipOp_MEMBERSHIP_OP_REMOVE       MembershipOp = 3
+)
+
+// Enum value maps for MembershipOp.
+var (
+	MembershipOp_name = map[int32]string{
+		0: "MEMBERSHIP_OP_UNSPECIFIED",
+		1: "MEMBERSHIP_OP_ADD_NONVOTER",
+		2: "MEMBERSHIP_OP_MOVE_VOTER",
+		3: "MEMBERSHIP_OP_REMOVE",
+	}
+	MembershipOp_value = map[string]int32{
+		"MEMBERSHIP_OP_UNSPECIFIED":  0,
+		"MEMBERSHIP_OP_ADD_NONVOTER": 1,
+		"MEMBERSHIP_OP_MOVE_VOTER":   2,
+		"MEMBERSHIP_OP_REMOVE":       3,
+	}
+)
+
+func (x MembershipOp) Enum() *MembershipOp {
+	p := new(MembershipOp)
+	*p = x
+	return p
+}
+
+func (x MembershipOp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MembershipOp) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_ballastpb_ballast_proto_enumTypes[1].Descriptor()
+}
+
+func (MembershipOp) Type() protoreflect.EnumType {
+	return &file_proto_ballastpb_ballast_proto_enumTypes[1]
+}
+
+func (x MembershipOp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MembershipOp.Descriptor instead.
+func (MembershipOp) EnumDescriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+}
+
 type IOOp int32
 
 const (
@@ -122,11 +174,11 @@ func (x IOOp) String() string {
 }
 
 func (IOOp) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[1].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[2].Descriptor()
 }
 
 func (IOOp) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[1]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[2]
 }
 
 func (x IOOp) Number() protoreflect.EnumNumber {
@@ -135,7 +187,7 @@ func (x IOOp) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IOOp.Descriptor instead.
 func (IOOp) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
 }
 
 // IOStatus is the outcome class of one request, mapped by the agent onto
@@ -185,11 +237,11 @@ func (x IOStatus) String() string {
 }
 
 func (IOStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[2].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[3].Descriptor()
 }
 
 func (IOStatus) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[2]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[3]
 }
 
 func (x IOStatus) Number() protoreflect.EnumNumber {
@@ -198,7 +250,7 @@ func (x IOStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IOStatus.Descriptor instead.
 func (IOStatus) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
 }
 
 // ReplicateStatus says why a secondary refused a session or a batch, so
@@ -242,11 +294,11 @@ func (x ReplicateStatus) String() string {
 }
 
 func (ReplicateStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[3].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[4].Descriptor()
 }
 
 func (ReplicateStatus) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[3]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[4]
 }
 
 func (x ReplicateStatus) Number() protoreflect.EnumNumber {
@@ -255,7 +307,7 @@ func (x ReplicateStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReplicateStatus.Descriptor instead.
 func (ReplicateStatus) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
 }
 
 // Volume is a volume's record in the directory group.
@@ -2082,6 +2134,374 @@ func (x *RackStatusResponse) GetPaths() []*PathStatus {
 	return nil
 }
 
+type AddHeadNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      *HeadNode              `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddHeadNodeRequest) Reset() {
+	*x = AddHeadNodeRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddHeadNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddHeadNodeRequest) ProtoMessage() {}
+
+func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddHeadNodeRequest.ProtoReflect.Descriptor instead.
+func (*AddHeadNodeRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *AddHeadNodeRequest) GetHeadNode() *HeadNode {
+	if x != nil {
+		return x.HeadNode
+	}
+	return nil
+}
+
+type AddHeadNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddHeadNodeResponse) Reset() {
+	*x = AddHeadNodeResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddHeadNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddHeadNodeResponse) ProtoMessage() {}
+
+func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddHeadNodeResponse.ProtoReflect.Descriptor instead.
+func (*AddHeadNodeResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+}
+
+type MoveVoterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To            string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveVoterRequest) Reset() {
+	*x = MoveVoterRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveVoterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveVoterRequest) ProtoMessage() {}
+
+func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveVoterRequest.ProtoReflect.Descriptor instead.
+func (*MoveVoterRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *MoveVoterRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *MoveVoterRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *MoveVoterRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type MoveVoterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveVoterResponse) Reset() {
+	*x = MoveVoterResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveVoterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveVoterResponse) ProtoMessage() {}
+
+func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveVoterResponse.ProtoReflect.Descriptor instead.
+func (*MoveVoterResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+}
+
+type RemoveHeadNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveHeadNodeRequest) Reset() {
+	*x = RemoveHeadNodeRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveHeadNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveHeadNodeRequest) ProtoMessage() {}
+
+func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveHeadNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveHeadNodeRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RemoveHeadNodeRequest) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+type RemoveHeadNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveHeadNodeResponse) Reset() {
+	*x = RemoveHeadNodeResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveHeadNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveHeadNodeResponse) ProtoMessage() {}
+
+func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveHeadNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveHeadNodeResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+}
+
+type ChangeMembershipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Op            MembershipOp           `protobuf:"varint,2,opt,name=op,proto3,enum=ballast.v1.MembershipOp" json:"op,omitempty"`
+	HeadNode      string                 `protobuf:"bytes,3,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	Addresses     []string               `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	From          string                 `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"` // MOVE_VOTER: the voter to replace with head_node
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembershipRequest) Reset() {
+	*x = ChangeMembershipRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembershipRequest) ProtoMessage() {}
+
+func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
+func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ChangeMembershipRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *ChangeMembershipRequest) GetOp() MembershipOp {
+	if x != nil {
+		return x.Op
+	}
+	return MembershipOp_MEMBERSHIP_OP_UNSPECIFIED
+}
+
+func (x *ChangeMembershipRequest) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *ChangeMembershipRequest) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *ChangeMembershipRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+type ChangeMembershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembershipResponse) Reset() {
+	*x = ChangeMembershipResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembershipResponse) ProtoMessage() {}
+
+func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
+func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+}
+
 type ApplyInGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -2092,7 +2512,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2524,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2537,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -2146,7 +2566,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2578,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2591,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -2211,7 +2631,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2643,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2656,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -2256,7 +2676,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +2688,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +2701,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -2316,6 +2736,8 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_PlaceVolume
 	//	*DirectoryCommand_UnplaceVolume
 	//	*DirectoryCommand_SetDraining
+	//	*DirectoryCommand_AddHeadNode
+	//	*DirectoryCommand_RemoveHeadNode
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2323,7 +2745,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2335,7 +2757,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2348,7 +2770,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -2475,6 +2897,24 @@ func (x *DirectoryCommand) GetSetDraining() *SetDrainingCommand {
 	return nil
 }
 
+func (x *DirectoryCommand) GetAddHeadNode() *AddHeadNodeCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_AddHeadNode); ok {
+			return x.AddHeadNode
+		}
+	}
+	return nil
+}
+
+func (x *DirectoryCommand) GetRemoveHeadNode() *RemoveHeadNodeCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_RemoveHeadNode); ok {
+			return x.RemoveHeadNode
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -2531,6 +2971,14 @@ type DirectoryCommand_SetDraining struct {
 	SetDraining *SetDrainingCommand `protobuf:"bytes,13,opt,name=set_draining,json=setDraining,proto3,oneof"`
 }
 
+type DirectoryCommand_AddHeadNode struct {
+	AddHeadNode *AddHeadNodeCommand `protobuf:"bytes,14,opt,name=add_head_node,json=addHeadNode,proto3,oneof"`
+}
+
+type DirectoryCommand_RemoveHeadNode struct {
+	RemoveHeadNode *RemoveHeadNodeCommand `protobuf:"bytes,15,opt,name=remove_head_node,json=removeHeadNode,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
@@ -2557,6 +3005,10 @@ func (*DirectoryCommand_UnplaceVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_SetDraining) isDirectoryCommand_Op() {}
 
+func (*DirectoryCommand_AddHeadNode) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_RemoveHeadNode) isDirectoryCommand_Op() {}
+
 // PlaceVolumeCommand (directory group) takes a name, spends the next
 // volume id and assigns the volume to one of `groups` volume groups
 // (numbered 1..groups, in turn by id).
@@ -2570,7 +3022,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2582,7 +3034,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2595,7 +3047,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -2612,6 +3064,98 @@ func (x *PlaceVolumeCommand) GetGroups() uint32 {
 	return 0
 }
 
+// AddHeadNodeCommand (directory group) adds a head node to the rack
+// (besides those every head node is configured with).
+type AddHeadNodeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      *HeadNode              `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddHeadNodeCommand) Reset() {
+	*x = AddHeadNodeCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddHeadNodeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddHeadNodeCommand) ProtoMessage() {}
+
+func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
+func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
+	if x != nil {
+		return x.HeadNode
+	}
+	return nil
+}
+
+// RemoveHeadNodeCommand (directory group) takes a head node out of the
+// rack for good.
+type RemoveHeadNodeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveHeadNodeCommand) Reset() {
+	*x = RemoveHeadNodeCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveHeadNodeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveHeadNodeCommand) ProtoMessage() {}
+
+func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
+func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RemoveHeadNodeCommand) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
 // SetDrainingCommand (directory group) marks a head node drained (no group
 // leadership is handed to it) or not.
 type SetDrainingCommand struct {
@@ -2624,7 +3168,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +3180,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +3193,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -2678,7 +3222,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2690,7 +3234,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2703,7 +3247,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -2732,7 +3276,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2744,7 +3288,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2757,7 +3301,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -2789,7 +3333,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +3345,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +3358,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -2858,7 +3402,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2870,7 +3414,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2883,7 +3427,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -2921,7 +3465,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3477,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3490,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -2988,7 +3532,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3544,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3557,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -3060,7 +3604,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3072,7 +3616,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3085,7 +3629,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -3108,7 +3652,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3120,7 +3664,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3133,7 +3677,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -3166,7 +3710,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3178,7 +3722,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3191,7 +3735,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -3211,7 +3755,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3767,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3780,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -3262,7 +3806,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3274,7 +3818,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3287,7 +3831,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -3299,19 +3843,21 @@ func (x *DeleteVolumeCommand) GetName() string {
 
 // DirectorySnapshot is the directory group's whole state.
 type DirectorySnapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volumes       []*Volume              `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
-	NextVolumeId  uint64                 `protobuf:"varint,2,opt,name=next_volume_id,json=nextVolumeId,proto3" json:"next_volume_id,omitempty"`
-	Sleds         []*Sled                `protobuf:"bytes,3,rep,name=sleds,proto3" json:"sleds,omitempty"`
-	Placements    []*VolumePlacement     `protobuf:"bytes,4,rep,name=placements,proto3" json:"placements,omitempty"`
-	Draining      []string               `protobuf:"bytes,5,rep,name=draining,proto3" json:"draining,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Volumes          []*Volume              `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	NextVolumeId     uint64                 `protobuf:"varint,2,opt,name=next_volume_id,json=nextVolumeId,proto3" json:"next_volume_id,omitempty"`
+	Sleds            []*Sled                `protobuf:"bytes,3,rep,name=sleds,proto3" json:"sleds,omitempty"`
+	Placements       []*VolumePlacement     `protobuf:"bytes,4,rep,name=placements,proto3" json:"placements,omitempty"`
+	Draining         []string               `protobuf:"bytes,5,rep,name=draining,proto3" json:"draining,omitempty"`
+	HeadNodes        []*HeadNode            `protobuf:"bytes,6,rep,name=head_nodes,json=headNodes,proto3" json:"head_nodes,omitempty"`
+	RemovedHeadNodes []string               `protobuf:"bytes,7,rep,name=removed_head_nodes,json=removedHeadNodes,proto3" json:"removed_head_nodes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3323,7 +3869,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3336,7 +3882,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -3374,6 +3920,20 @@ func (x *DirectorySnapshot) GetDraining() []string {
 	return nil
 }
 
+func (x *DirectorySnapshot) GetHeadNodes() []*HeadNode {
+	if x != nil {
+		return x.HeadNodes
+	}
+	return nil
+}
+
+func (x *DirectorySnapshot) GetRemovedHeadNodes() []string {
+	if x != nil {
+		return x.RemovedHeadNodes
+	}
+	return nil
+}
+
 type IORequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // chosen by the client, echoed in the reply
@@ -3390,7 +3950,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3402,7 +3962,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3415,7 +3975,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -3486,7 +4046,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3498,7 +4058,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3511,7 +4071,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -3554,7 +4114,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3566,7 +4126,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3579,7 +4139,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -3621,7 +4181,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3633,7 +4193,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3646,7 +4206,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -3715,7 +4275,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3727,7 +4287,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3740,7 +4300,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -3777,7 +4337,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3789,7 +4349,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3802,7 +4362,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -3870,7 +4430,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3882,7 +4442,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3895,7 +4455,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -3935,7 +4495,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3947,7 +4507,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3960,7 +4520,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -4006,7 +4566,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4018,7 +4578,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4031,7 +4591,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -4073,7 +4633,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4085,7 +4645,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4098,7 +4658,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -4125,7 +4685,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4137,7 +4697,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4150,7 +4710,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -4195,7 +4755,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4207,7 +4767,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4220,7 +4780,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -4276,7 +4836,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4288,7 +4848,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4301,7 +4861,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -4340,7 +4900,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4352,7 +4912,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4365,7 +4925,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -4409,7 +4969,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4421,7 +4981,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4434,7 +4994,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -4493,7 +5053,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4505,7 +5065,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4518,7 +5078,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -4608,7 +5168,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4620,7 +5180,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4633,7 +5193,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -4817,7 +5377,25 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"partitions\x12/\n" +
 	"\x06groups\x18\t \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\n" +
-	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"c\n" +
+	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"G\n" +
+	"\x12AddHeadNodeRequest\x121\n" +
+	"\thead_node\x18\x01 \x01(\v2\x14.ballast.v1.HeadNodeR\bheadNode\"\x15\n" +
+	"\x13AddHeadNodeResponse\"L\n" +
+	"\x10MoveVoterRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\"\x13\n" +
+	"\x11MoveVoterResponse\"4\n" +
+	"\x15RemoveHeadNodeRequest\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\"\x18\n" +
+	"\x16RemoveHeadNodeResponse\"\xa8\x01\n" +
+	"\x17ChangeMembershipRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12(\n" +
+	"\x02op\x18\x02 \x01(\x0e2\x18.ballast.v1.MembershipOpR\x02op\x12\x1b\n" +
+	"\thead_node\x18\x03 \x01(\tR\bheadNode\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\x12\x12\n" +
+	"\x04from\x18\x05 \x01(\tR\x04from\"\x1a\n" +
+	"\x18ChangeMembershipResponse\"c\n" +
 	"\x13ApplyInGroupRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x126\n" +
 	"\acommand\x18\x02 \x01(\v2\x1c.ballast.v1.DirectoryCommandR\acommand\"\xbd\x01\n" +
@@ -4832,7 +5410,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12;\n" +
 	"\n" +
 	"placements\x18\x02 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
-	"placements\"\xce\a\n" +
+	"placements\"\xe3\b\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
@@ -4848,11 +5426,17 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	" \x01(\v2\".ballast.v1.SecondaryInSyncCommandH\x00R\x0fsecondaryInSync\x12C\n" +
 	"\fplace_volume\x18\v \x01(\v2\x1e.ballast.v1.PlaceVolumeCommandH\x00R\vplaceVolume\x12I\n" +
 	"\x0eunplace_volume\x18\f \x01(\v2 .ballast.v1.UnplaceVolumeCommandH\x00R\runplaceVolume\x12C\n" +
-	"\fset_draining\x18\r \x01(\v2\x1e.ballast.v1.SetDrainingCommandH\x00R\vsetDrainingB\x04\n" +
+	"\fset_draining\x18\r \x01(\v2\x1e.ballast.v1.SetDrainingCommandH\x00R\vsetDraining\x12D\n" +
+	"\radd_head_node\x18\x0e \x01(\v2\x1e.ballast.v1.AddHeadNodeCommandH\x00R\vaddHeadNode\x12M\n" +
+	"\x10remove_head_node\x18\x0f \x01(\v2!.ballast.v1.RemoveHeadNodeCommandH\x00R\x0eremoveHeadNodeB\x04\n" +
 	"\x02op\"@\n" +
 	"\x12PlaceVolumeCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06groups\x18\x02 \x01(\rR\x06groups\"M\n" +
+	"\x06groups\x18\x02 \x01(\rR\x06groups\"G\n" +
+	"\x12AddHeadNodeCommand\x121\n" +
+	"\thead_node\x18\x01 \x01(\v2\x14.ballast.v1.HeadNodeR\bheadNode\"4\n" +
+	"\x15RemoveHeadNodeCommand\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\"M\n" +
 	"\x12SetDrainingCommand\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1a\n" +
 	"\bdraining\x18\x02 \x01(\bR\bdraining\":\n" +
@@ -4894,7 +5478,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\")\n" +
 	"\x13DeleteVolumeCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xe8\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xcb\x02\n" +
 	"\x11DirectorySnapshot\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12$\n" +
 	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\x12&\n" +
@@ -4902,7 +5486,10 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"placements\x18\x04 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
 	"placements\x12\x1a\n" +
-	"\bdraining\x18\x05 \x03(\tR\bdraining\"\xc9\x01\n" +
+	"\bdraining\x18\x05 \x03(\tR\bdraining\x123\n" +
+	"\n" +
+	"head_nodes\x18\x06 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12,\n" +
+	"\x12removed_head_nodes\x18\a \x03(\tR\x10removedHeadNodes\"\xc9\x01\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -5022,7 +5609,12 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
 	"\x0fSLED_STATE_DOWN\x10\x02\x12\x17\n" +
 	"\x13SLED_STATE_DRAINING\x10\x03\x12\x16\n" +
-	"\x12SLED_STATE_REMOVED\x10\x04*w\n" +
+	"\x12SLED_STATE_REMOVED\x10\x04*\x85\x01\n" +
+	"\fMembershipOp\x12\x1d\n" +
+	"\x19MEMBERSHIP_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aMEMBERSHIP_OP_ADD_NONVOTER\x10\x01\x12\x1c\n" +
+	"\x18MEMBERSHIP_OP_MOVE_VOTER\x10\x02\x12\x18\n" +
+	"\x14MEMBERSHIP_OP_REMOVE\x10\x03*w\n" +
 	"\x04IOOp\x12\x15\n" +
 	"\x11IO_OP_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -5045,7 +5637,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\x97\b\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xe9\n" +
+	"\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -5056,12 +5649,16 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"RackStatus\x12\x1d.ballast.v1.RackStatusRequest\x1a\x1e.ballast.v1.RackStatusResponse\x12K\n" +
 	"\n" +
 	"NodeStatus\x12\x1d.ballast.v1.NodeStatusRequest\x1a\x1e.ballast.v1.NodeStatusResponse\x12T\n" +
-	"\rDrainHeadNode\x12 .ballast.v1.DrainHeadNodeRequest\x1a!.ballast.v1.DrainHeadNodeResponse\x12Q\n" +
+	"\rDrainHeadNode\x12 .ballast.v1.DrainHeadNodeRequest\x1a!.ballast.v1.DrainHeadNodeResponse\x12N\n" +
+	"\vAddHeadNode\x12\x1e.ballast.v1.AddHeadNodeRequest\x1a\x1f.ballast.v1.AddHeadNodeResponse\x12H\n" +
+	"\tMoveVoter\x12\x1c.ballast.v1.MoveVoterRequest\x1a\x1d.ballast.v1.MoveVoterResponse\x12W\n" +
+	"\x0eRemoveHeadNode\x12!.ballast.v1.RemoveHeadNodeRequest\x1a\".ballast.v1.RemoveHeadNodeResponse\x12Q\n" +
 	"\fRegisterSled\x12\x1f.ballast.v1.RegisterSledRequest\x1a .ballast.v1.RegisterSledResponse\x12H\n" +
 	"\tListSleds\x12\x1c.ballast.v1.ListSledsRequest\x1a\x1d.ballast.v1.ListSledsResponse\x12Q\n" +
 	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12Q\n" +
 	"\fApplyInGroup\x12\x1f.ballast.v1.ApplyInGroupRequest\x1a .ballast.v1.ApplyInGroupResponse\x12H\n" +
-	"\tReadGroup\x12\x1c.ballast.v1.ReadGroupRequest\x1a\x1d.ballast.v1.ReadGroupResponse2?\n" +
+	"\tReadGroup\x12\x1c.ballast.v1.ReadGroupRequest\x1a\x1d.ballast.v1.ReadGroupResponse\x12]\n" +
+	"\x10ChangeMembership\x12#.ballast.v1.ChangeMembershipRequest\x1a$.ballast.v1.ChangeMembershipResponse2?\n" +
 	"\aBlockIO\x124\n" +
 	"\x02IO\x12\x15.ballast.v1.IORequest\x1a\x13.ballast.v1.IOReply(\x010\x012X\n" +
 	"\vReplication\x12I\n" +
@@ -5079,183 +5676,208 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 	return file_proto_ballastpb_ballast_proto_rawDescData
 }
 
-var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
-	(SledState)(0),                  // 0: ballast.v1.SledState
-	(IOOp)(0),                       // 1: ballast.v1.IOOp
-	(IOStatus)(0),                   // 2: ballast.v1.IOStatus
-	(ReplicateStatus)(0),            // 3: ballast.v1.ReplicateStatus
-	(*Volume)(nil),                  // 4: ballast.v1.Volume
-	(*VolumePlacement)(nil),         // 5: ballast.v1.VolumePlacement
-	(*HeadNode)(nil),                // 6: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),     // 7: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),    // 8: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),        // 9: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),       // 10: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),      // 11: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),     // 12: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),     // 13: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),    // 14: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),     // 15: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 16: ballast.v1.DeleteVolumeResponse
-	(*Sled)(nil),                    // 17: ballast.v1.Sled
-	(*RegisterSledRequest)(nil),     // 18: ballast.v1.RegisterSledRequest
-	(*RegisterSledResponse)(nil),    // 19: ballast.v1.RegisterSledResponse
-	(*ListSledsRequest)(nil),        // 20: ballast.v1.ListSledsRequest
-	(*ListSledsResponse)(nil),       // 21: ballast.v1.ListSledsResponse
-	(*SetSledStateRequest)(nil),     // 22: ballast.v1.SetSledStateRequest
-	(*SetSledStateResponse)(nil),    // 23: ballast.v1.SetSledStateResponse
-	(*SledStatus)(nil),              // 24: ballast.v1.SledStatus
-	(*Redundancy)(nil),              // 25: ballast.v1.Redundancy
-	(*NodeStatusRequest)(nil),       // 26: ballast.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),      // 27: ballast.v1.NodeStatusResponse
-	(*GroupStatus)(nil),             // 28: ballast.v1.GroupStatus
-	(*PathStatus)(nil),              // 29: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),    // 30: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),   // 31: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),       // 32: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),      // 33: ballast.v1.RackStatusResponse
-	(*ApplyInGroupRequest)(nil),     // 34: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),    // 35: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),        // 36: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),       // 37: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),        // 38: ballast.v1.DirectoryCommand
-	(*PlaceVolumeCommand)(nil),      // 39: ballast.v1.PlaceVolumeCommand
-	(*SetDrainingCommand)(nil),      // 40: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),    // 41: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),      // 42: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil), // 43: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),  // 44: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),       // 45: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),    // 46: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),     // 47: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),     // 48: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),     // 49: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),     // 50: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),     // 51: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),       // 52: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),               // 53: ballast.v1.IORequest
-	(*IOReply)(nil),                 // 54: ballast.v1.IOReply
-	(*BlockWrite)(nil),              // 55: ballast.v1.BlockWrite
-	(*LogRecord)(nil),               // 56: ballast.v1.LogRecord
-	(*BlockRange)(nil),              // 57: ballast.v1.BlockRange
-	(*Segment)(nil),                 // 58: ballast.v1.Segment
-	(*FlushRecord)(nil),             // 59: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),           // 60: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),         // 61: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),       // 62: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),             // 63: ballast.v1.StateRecord
-	(*BlockState)(nil),              // 64: ballast.v1.BlockState
-	(*SegmentState)(nil),            // 65: ballast.v1.SegmentState
-	(*LogEntry)(nil),                // 66: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),          // 67: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),        // 68: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),          // 69: ballast.v1.ReplicateReply
+	(SledState)(0),                   // 0: ballast.v1.SledState
+	(MembershipOp)(0),                // 1: ballast.v1.MembershipOp
+	(IOOp)(0),                        // 2: ballast.v1.IOOp
+	(IOStatus)(0),                    // 3: ballast.v1.IOStatus
+	(ReplicateStatus)(0),             // 4: ballast.v1.ReplicateStatus
+	(*Volume)(nil),                   // 5: ballast.v1.Volume
+	(*VolumePlacement)(nil),          // 6: ballast.v1.VolumePlacement
+	(*HeadNode)(nil),                 // 7: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),      // 8: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),     // 9: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),         // 10: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),        // 11: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),       // 12: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),      // 13: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),      // 14: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),     // 15: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),      // 16: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),     // 17: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                     // 18: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),      // 19: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil),     // 20: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),         // 21: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),        // 22: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),      // 23: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil),     // 24: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),               // 25: ballast.v1.SledStatus
+	(*Redundancy)(nil),               // 26: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),        // 27: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),       // 28: ballast.v1.NodeStatusResponse
+	(*GroupStatus)(nil),              // 29: ballast.v1.GroupStatus
+	(*PathStatus)(nil),               // 30: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),     // 31: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),    // 32: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),        // 33: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),       // 34: ballast.v1.RackStatusResponse
+	(*AddHeadNodeRequest)(nil),       // 35: ballast.v1.AddHeadNodeRequest
+	(*AddHeadNodeResponse)(nil),      // 36: ballast.v1.AddHeadNodeResponse
+	(*MoveVoterRequest)(nil),         // 37: ballast.v1.MoveVoterRequest
+	(*MoveVoterResponse)(nil),        // 38: ballast.v1.MoveVoterResponse
+	(*RemoveHeadNodeRequest)(nil),    // 39: ballast.v1.RemoveHeadNodeRequest
+	(*RemoveHeadNodeResponse)(nil),   // 40: ballast.v1.RemoveHeadNodeResponse
+	(*ChangeMembershipRequest)(nil),  // 41: ballast.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil), // 42: ballast.v1.ChangeMembershipResponse
+	(*ApplyInGroupRequest)(nil),      // 43: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),     // 44: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),         // 45: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),        // 46: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),         // 47: ballast.v1.DirectoryCommand
+	(*PlaceVolumeCommand)(nil),       // 48: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),       // 49: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),    // 50: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),       // 51: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),     // 52: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),       // 53: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),  // 54: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),   // 55: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),        // 56: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),     // 57: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),      // 58: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),      // 59: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),      // 60: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),      // 61: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),      // 62: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),        // 63: ballast.v1.DirectorySnapshot
+	(*IORequest)(nil),                // 64: ballast.v1.IORequest
+	(*IOReply)(nil),                  // 65: ballast.v1.IOReply
+	(*BlockWrite)(nil),               // 66: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                // 67: ballast.v1.LogRecord
+	(*BlockRange)(nil),               // 68: ballast.v1.BlockRange
+	(*Segment)(nil),                  // 69: ballast.v1.Segment
+	(*FlushRecord)(nil),              // 70: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),            // 71: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),          // 72: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),        // 73: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),              // 74: ballast.v1.StateRecord
+	(*BlockState)(nil),               // 75: ballast.v1.BlockState
+	(*SegmentState)(nil),             // 76: ballast.v1.SegmentState
+	(*LogEntry)(nil),                 // 77: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),           // 78: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),         // 79: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),           // 80: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
-	4,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
-	4,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	6,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	4,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	4,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	5,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
+	5,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
+	7,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	5,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	5,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
 	0,  // 5: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
-	17, // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
-	17, // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	18, // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	18, // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
 	0,  // 8: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
-	17, // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
-	17, // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
-	25, // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	28, // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	29, // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	6,  // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	24, // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	25, // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	4,  // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	28, // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	29, // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	38, // 20: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	4,  // 21: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	17, // 22: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	5,  // 23: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	4,  // 24: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	5,  // 25: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	49, // 26: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	50, // 27: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	51, // 28: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	47, // 29: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	48, // 30: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	45, // 31: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	46, // 32: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	42, // 33: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	43, // 34: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	44, // 35: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	39, // 36: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	41, // 37: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	40, // 38: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	45, // 39: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	17, // 40: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 41: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 42: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	4,  // 43: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	4,  // 44: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	17, // 45: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	5,  // 46: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	1,  // 47: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	2,  // 48: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	55, // 49: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	57, // 50: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	59, // 51: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	60, // 52: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	61, // 53: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	62, // 54: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	63, // 55: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	58, // 56: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	58, // 57: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	57, // 58: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	64, // 59: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	65, // 60: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	58, // 61: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	57, // 62: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	56, // 63: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	63, // 64: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	56, // 65: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	3,  // 66: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	7,  // 67: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	9,  // 68: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	11, // 69: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	13, // 70: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	15, // 71: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	32, // 72: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	26, // 73: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	30, // 74: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	18, // 75: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	20, // 76: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	22, // 77: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	34, // 78: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	36, // 79: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	53, // 80: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	68, // 81: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	8,  // 82: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	10, // 83: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	12, // 84: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	14, // 85: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	16, // 86: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	33, // 87: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	27, // 88: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	31, // 89: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	19, // 90: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	21, // 91: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	23, // 92: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	35, // 93: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	37, // 94: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	54, // 95: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	69, // 96: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	82, // [82:97] is the sub-list for method output_type
-	67, // [67:82] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	18, // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	18, // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	26, // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	29, // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	30, // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	7,  // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	25, // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	26, // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	5,  // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	29, // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	30, // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	7,  // 20: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	1,  // 21: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	47, // 22: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	5,  // 23: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	18, // 24: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	6,  // 25: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	5,  // 26: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	6,  // 27: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	60, // 28: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	61, // 29: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	62, // 30: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	58, // 31: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	59, // 32: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	56, // 33: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	57, // 34: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	53, // 35: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	54, // 36: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	55, // 37: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	48, // 38: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	52, // 39: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	51, // 40: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	49, // 41: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	50, // 42: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	7,  // 43: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	56, // 44: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	18, // 45: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,  // 46: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,  // 47: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	5,  // 48: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	5,  // 49: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	18, // 50: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	6,  // 51: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	7,  // 52: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	2,  // 53: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	3,  // 54: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	66, // 55: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	68, // 56: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	70, // 57: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	71, // 58: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	72, // 59: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	73, // 60: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	74, // 61: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	69, // 62: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	69, // 63: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	68, // 64: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	75, // 65: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	76, // 66: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	69, // 67: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	68, // 68: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	67, // 69: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	74, // 70: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	67, // 71: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	4,  // 72: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	8,  // 73: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	10, // 74: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	12, // 75: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	14, // 76: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	16, // 77: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	33, // 78: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	27, // 79: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	31, // 80: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	35, // 81: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	37, // 82: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	39, // 83: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	19, // 84: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	21, // 85: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	23, // 86: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	43, // 87: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	45, // 88: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	41, // 89: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	64, // 90: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	79, // 91: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	9,  // 92: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	11, // 93: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	13, // 94: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	15, // 95: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	17, // 96: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	34, // 97: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	28, // 98: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	32, // 99: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	36, // 100: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	38, // 101: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	40, // 102: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	20, // 103: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	22, // 104: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	24, // 105: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	44, // 106: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	46, // 107: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	42, // 108: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	65, // 109: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	80, // 110: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	92, // [92:111] is the sub-list for method output_type
+	73, // [73:92] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -5263,7 +5885,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[34].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[42].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -5277,14 +5899,16 @@ func file_proto_ballastpb_ballast_proto_init() {
 		(*DirectoryCommand_PlaceVolume)(nil),
 		(*DirectoryCommand_UnplaceVolume)(nil),
 		(*DirectoryCommand_SetDraining)(nil),
+		(*DirectoryCommand_AddHeadNode)(nil),
+		(*DirectoryCommand_RemoveHeadNode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   66,
+			NumEnums:      5,
+			NumMessages:   76,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -22,19 +22,23 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_CreateVolume_FullMethodName  = "/ballast.v1.Admin/CreateVolume"
-	Admin_GetVolume_FullMethodName     = "/ballast.v1.Admin/GetVolume"
-	Admin_ListVolumes_FullMethodName   = "/ballast.v1.Admin/ListVolumes"
-	Admin_ResizeVolume_FullMethodName  = "/ballast.v1.Admin/ResizeVolume"
-	Admin_DeleteVolume_FullMethodName  = "/ballast.v1.Admin/DeleteVolume"
-	Admin_RackStatus_FullMethodName    = "/ballast.v1.Admin/RackStatus"
-	Admin_NodeStatus_FullMethodName    = "/ballast.v1.Admin/NodeStatus"
-	Admin_DrainHeadNode_FullMethodName = "/ballast.v1.Admin/DrainHeadNode"
-	Admin_RegisterSled_FullMethodName  = "/ballast.v1.Admin/RegisterSled"
-	Admin_ListSleds_FullMethodName     = "/ballast.v1.Admin/ListSleds"
-	Admin_SetSledState_FullMethodName  = "/ballast.v1.Admin/SetSledState"
-	Admin_ApplyInGroup_FullMethodName  = "/ballast.v1.Admin/ApplyInGroup"
-	Admin_ReadGroup_FullMethodName     = "/ballast.v1.Admin/ReadGroup"
+	Admin_CreateVolume_FullMethodName     = "/ballast.v1.Admin/CreateVolume"
+	Admin_GetVolume_FullMethodName        = "/ballast.v1.Admin/GetVolume"
+	Admin_ListVolumes_FullMethodName      = "/ballast.v1.Admin/ListVolumes"
+	Admin_ResizeVolume_FullMethodName     = "/ballast.v1.Admin/ResizeVolume"
+	Admin_DeleteVolume_FullMethodName     = "/ballast.v1.Admin/DeleteVolume"
+	Admin_RackStatus_FullMethodName       = "/ballast.v1.Admin/RackStatus"
+	Admin_NodeStatus_FullMethodName       = "/ballast.v1.Admin/NodeStatus"
+	Admin_DrainHeadNode_FullMethodName    = "/ballast.v1.Admin/DrainHeadNode"
+	Admin_AddHeadNode_FullMethodName      = "/ballast.v1.Admin/AddHeadNode"
+	Admin_MoveVoter_FullMethodName        = "/ballast.v1.Admin/MoveVoter"
+	Admin_RemoveHeadNode_FullMethodName   = "/ballast.v1.Admin/RemoveHeadNode"
+	Admin_RegisterSled_FullMethodName     = "/ballast.v1.Admin/RegisterSled"
+	Admin_ListSleds_FullMethodName        = "/ballast.v1.Admin/ListSleds"
+	Admin_SetSledState_FullMethodName     = "/ballast.v1.Admin/SetSledState"
+	Admin_ApplyInGroup_FullMethodName     = "/ballast.v1.Admin/ApplyInGroup"
+	Admin_ReadGroup_FullMethodName        = "/ballast.v1.Admin/ReadGroup"
+	Admin_ChangeMembership_FullMethodName = "/ballast.v1.Admin/ChangeMembership"
 )
 
 // AdminClient is the client API for Admin service.
@@ -55,6 +59,12 @@ type AdminClient interface {
 	// leads to another member (before maintenance). Any head node forwards
 	// it to the named one.
 	DrainHeadNode(ctx context.Context, in *DrainHeadNodeRequest, opts ...grpc.CallOption) (*DrainHeadNodeResponse, error)
+	// Rack membership: a head node joins every group as a non-voter (start
+	// it with --join first), a group's voter moves to another head node, a
+	// head node that holds no replica and votes nowhere leaves.
+	AddHeadNode(ctx context.Context, in *AddHeadNodeRequest, opts ...grpc.CallOption) (*AddHeadNodeResponse, error)
+	MoveVoter(ctx context.Context, in *MoveVoterRequest, opts ...grpc.CallOption) (*MoveVoterResponse, error)
+	RemoveHeadNode(ctx context.Context, in *RemoveHeadNodeRequest, opts ...grpc.CallOption) (*RemoveHeadNodeResponse, error)
 	RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error)
 	ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error)
 	SetSledState(ctx context.Context, in *SetSledStateRequest, opts ...grpc.CallOption) (*SetSledStateResponse, error)
@@ -62,6 +72,8 @@ type AdminClient interface {
 	// read every volume record of a group linearizably (on its leader).
 	ApplyInGroup(ctx context.Context, in *ApplyInGroupRequest, opts ...grpc.CallOption) (*ApplyInGroupResponse, error)
 	ReadGroup(ctx context.Context, in *ReadGroupRequest, opts ...grpc.CallOption) (*ReadGroupResponse, error)
+	// Between head nodes: change a group's membership on its leader.
+	ChangeMembership(ctx context.Context, in *ChangeMembershipRequest, opts ...grpc.CallOption) (*ChangeMembershipResponse, error)
 }
 
 type adminClient struct {
@@ -152,6 +164,36 @@ func (c *adminClient) DrainHeadNode(ctx context.Context, in *DrainHeadNodeReques
 	return out, nil
 }
 
+func (c *adminClient) AddHeadNode(ctx context.Context, in *AddHeadNodeRequest, opts ...grpc.CallOption) (*AddHeadNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddHeadNodeResponse)
+	err := c.cc.Invoke(ctx, Admin_AddHeadNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) MoveVoter(ctx context.Context, in *MoveVoterRequest, opts ...grpc.CallOption) (*MoveVoterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveVoterResponse)
+	err := c.cc.Invoke(ctx, Admin_MoveVoter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RemoveHeadNode(ctx context.Context, in *RemoveHeadNodeRequest, opts ...grpc.CallOption) (*RemoveHeadNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveHeadNodeResponse)
+	err := c.cc.Invoke(ctx, Admin_RemoveHeadNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegisterSledResponse)
@@ -202,6 +244,16 @@ func (c *adminClient) ReadGroup(ctx context.Context, in *ReadGroupRequest, opts 
 	return out, nil
 }
 
+func (c *adminClient) ChangeMembership(ctx context.Context, in *ChangeMembershipRequest, opts ...grpc.CallOption) (*ChangeMembershipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeMembershipResponse)
+	err := c.cc.Invoke(ctx, Admin_ChangeMembership_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -220,6 +272,12 @@ type AdminServer interface {
 	// leads to another member (before maintenance). Any head node forwards
 	// it to the named one.
 	DrainHeadNode(context.Context, *DrainHeadNodeRequest) (*DrainHeadNodeResponse, error)
+	// Rack membership: a head node joins every group as a non-voter (start
+	// it with --join first), a group's voter moves to another head node, a
+	// head node that holds no replica and votes nowhere leaves.
+	AddHeadNode(context.Context, *AddHeadNodeRequest) (*AddHeadNodeResponse, error)
+	MoveVoter(context.Context, *MoveVoterRequest) (*MoveVoterResponse, error)
+	RemoveHeadNode(context.Context, *RemoveHeadNodeRequest) (*RemoveHeadNodeResponse, error)
 	RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error)
 	ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error)
 	SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error)
@@ -227,6 +285,8 @@ type AdminServer interface {
 	// read every volume record of a group linearizably (on its leader).
 	ApplyInGroup(context.Context, *ApplyInGroupRequest) (*ApplyInGroupResponse, error)
 	ReadGroup(context.Context, *ReadGroupRequest) (*ReadGroupResponse, error)
+	// Between head nodes: change a group's membership on its leader.
+	ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -261,6 +321,15 @@ func (UnimplementedAdminServer) NodeStatus(context.Context, *NodeStatusRequest) 
 func (UnimplementedAdminServer) DrainHeadNode(context.Context, *DrainHeadNodeRequest) (*DrainHeadNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DrainHeadNode not implemented")
 }
+func (UnimplementedAdminServer) AddHeadNode(context.Context, *AddHeadNodeRequest) (*AddHeadNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddHeadNode not implemented")
+}
+func (UnimplementedAdminServer) MoveVoter(context.Context, *MoveVoterRequest) (*MoveVoterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveVoter not implemented")
+}
+func (UnimplementedAdminServer) RemoveHeadNode(context.Context, *RemoveHeadNodeRequest) (*RemoveHeadNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveHeadNode not implemented")
+}
 func (UnimplementedAdminServer) RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterSled not implemented")
 }
@@ -275,6 +344,9 @@ func (UnimplementedAdminServer) ApplyInGroup(context.Context, *ApplyInGroupReque
 }
 func (UnimplementedAdminServer) ReadGroup(context.Context, *ReadGroupRequest) (*ReadGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadGroup not implemented")
+}
+func (UnimplementedAdminServer) ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ChangeMembership not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -441,6 +513,60 @@ func _Admin_DrainHeadNode_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_AddHeadNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddHeadNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).AddHeadNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_AddHeadNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).AddHeadNode(ctx, req.(*AddHeadNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_MoveVoter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveVoterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).MoveVoter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_MoveVoter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).MoveVoter(ctx, req.(*MoveVoterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RemoveHeadNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveHeadNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RemoveHeadNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RemoveHeadNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RemoveHeadNode(ctx, req.(*RemoveHeadNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_RegisterSled_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RegisterSledRequest)
 	if err := dec(in); err != nil {
@@ -531,6 +657,24 @@ func _Admin_ReadGroup_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ChangeMembership_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeMembershipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ChangeMembership(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ChangeMembership_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ChangeMembership(ctx, req.(*ChangeMembershipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -571,6 +715,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Admin_DrainHeadNode_Handler,
 		},
 		{
+			MethodName: "AddHeadNode",
+			Handler:    _Admin_AddHeadNode_Handler,
+		},
+		{
+			MethodName: "MoveVoter",
+			Handler:    _Admin_MoveVoter_Handler,
+		},
+		{
+			MethodName: "RemoveHeadNode",
+			Handler:    _Admin_RemoveHeadNode_Handler,
+		},
+		{
 			MethodName: "RegisterSled",
 			Handler:    _Admin_RegisterSled_Handler,
 		},
@@ -589,6 +745,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReadGroup",
 			Handler:    _Admin_ReadGroup_Handler,
+		},
+		{
+			MethodName: "ChangeMembership",
+			Handler:    _Admin_ChangeMembership_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
