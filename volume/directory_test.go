@@ -270,6 +270,22 @@ func TestPlacements(t *testing.T) {
 	drain := func(node string, on bool) *ballastpb.DirectoryCommand {
 		return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SetDraining{SetDraining: &ballastpb.SetDrainingCommand{HeadNode: node, Draining: on}}}
 	}
+	addHN := func(id string, addrs ...string) *ballastpb.DirectoryCommand {
+		return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_AddHeadNode{AddHeadNode: &ballastpb.AddHeadNodeCommand{
+			HeadNode: &ballastpb.HeadNode{Id: id, Addresses: addrs}}}}
+	}
+	removeHN := func(id string) *ballastpb.DirectoryCommand {
+		return &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RemoveHeadNode{RemoveHeadNode: &ballastpb.RemoveHeadNodeCommand{HeadNode: id}}}
+	}
+	if res := applyLog(t, dir, 15, addHN("hn4")); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("adding a head node without addresses: %v, want ErrInvalid", res.Err)
+	}
+	applyLog(t, dir, 16, addHN("hn4", "a:1", "b:1"))
+	applyLog(t, dir, 17, addHN("hn5", "a:2", "b:2"))
+	applyLog(t, dir, 18, removeHN("hn5"))
+	if res := applyLog(t, dir, 19, addHN("hn5", "a:2", "b:2")); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("adding a removed head node again: %v, want ErrInvalid (its id is spent)", res.Err)
+	}
 	applyLog(t, dir, 20, drain("hn3", true))
 	applyLog(t, dir, 21, drain("hn1", true))
 	applyLog(t, dir, 22, drain("hn1", false))
@@ -289,6 +305,9 @@ func TestPlacements(t *testing.T) {
 	}
 	if !restored.Draining("hn3") || restored.Draining("hn1") {
 		t.Fatal("the drained head node was not restored from the snapshot")
+	}
+	if added, removed := restored.HeadNodes(); len(added) != 1 || added[0].Id != "hn4" || !slices.Equal(removed, []string{"hn5"}) {
+		t.Fatalf("restored head nodes: added %v, removed %v", added, removed)
 	}
 	if p, ok := restored.Placement("c"); !ok || p.Id != 4 || p.Group != 4 {
 		t.Fatalf("restored placement of c: %+v %v", p, ok)
