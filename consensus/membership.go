@@ -158,7 +158,9 @@ func (n *Node) MoveVoter(ctx context.Context, groupID uint64, from raft.ServerID
 }
 
 // MoveVote is MoveVoter that keeps from in the group as a non-voter (it
-// goes on applying the log) instead of removing it.
+// goes on applying the log) instead of removing it. When from is this
+// node, the leader, it hands the leadership to the new voter and fails
+// with a *NotLeaderError: finish the move on the new leader.
 func (n *Node) MoveVote(ctx context.Context, groupID uint64, from raft.ServerID, to raft.Server) error {
 	if err := n.moveVoter(ctx, groupID, from, to, true); err != nil {
 		return fmt.Errorf("consensus: move the vote of %s in group %d to %s: %w", from, groupID, to.ID, err)
@@ -197,8 +199,23 @@ func (n *Node) moveVoter(ctx context.Context, groupID uint64, from raft.ServerID
 	if err != nil {
 		return fmt.Errorf("adding %s: %w; %s not removed", to.ID, err, from)
 	}
-	if err := g.waitCaughtUp(ctx, groupID, to.ID, index); err != nil {
-		return fmt.Errorf("%s is a voter but %w; %s not removed", to.ID, err, from)
+	// A leader has the whole log: only another node has to catch up (and
+	// only another node's responses are tracked).
+	if to.ID != raft.ServerID(n.cfg.NodeID) {
+		if err := g.waitCaughtUp(ctx, groupID, to.ID, index); err != nil {
+			return fmt.Errorf("%s is a voter but %w; %s not removed", to.ID, err, from)
+		}
+	}
+	if demote && from == raft.ServerID(n.cfg.NodeID) {
+		// A leader that demotes itself steps down and, with raft's
+		// ShutdownOnRemove, shuts its member down: it would stop applying
+		// the log it is meant to keep following. Hand the leadership to
+		// the new voter first; the caller retries there (the move is
+		// idempotent).
+		if err := n.transfer(ctx, groupID, g, to.ID); err != nil {
+			return fmt.Errorf("%s is a voter; handing it the leadership before demoting %s: %w", to.ID, from, err)
+		}
+		return notLeader(groupID, g.r)
 	}
 	if demote {
 		timeout, err := enqueueTimeout(ctx)

@@ -569,11 +569,16 @@ func TestMoveVote(t *testing.T) {
 	c.writeN(1, "before", 10)
 	n3 := c.addNode()
 	c.joinGroup(n3, 1)
-	from := c.snapshotNodes()[0]
+	// The vote moves off the leader itself: it must hand over the
+	// leadership rather than demote (and so shut down) its own member.
+	from := c.leader(1)
 	for i := 0; i < 2; i++ {
 		c.onLeader(1, func(l *testNode) error {
 			return l.node.MoveVote(ctx, 1, raft.ServerID(from.id), raft.Server{ID: raft.ServerID(n3.id), Address: n3.addr})
 		})
+	}
+	if st := raftOf(from, 1).State(); st == raft.Shutdown {
+		t.Fatalf("%s's member was shut down by moving its vote", from.id)
 	}
 	c.writeN(1, "after", 10)
 	c.waitHasN(n3, 1, "after", 10)
