@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -30,11 +29,8 @@ type KV struct {
 	mu sync.RWMutex
 	m  map[string]kvEntry
 
-	// barrierTerm is the last term in which a Barrier issued by ReadKV
-	// completed on this member: from then on, the state holds every write
-	// committed before the term began, and ReadKV only has to confirm the
-	// leadership.
-	barrierTerm atomic.Uint64
+	// fence makes ReadKV linearizable (see Node.Linearize).
+	fence ReadFence
 }
 
 type kvEntry struct {
@@ -617,22 +613,13 @@ func (n *Node) applyKV(ctx context.Context, groupID uint64, cmd KVCommand) (KVRe
 	if err != nil {
 		return KVResult{}, err
 	}
-	// A command whose caller has gone is not proposed.
-	timeout, err := enqueueTimeout(ctx)
+	resp, err := n.Apply(ctx, groupID, data)
 	if err != nil {
 		return KVResult{}, err
 	}
-	g, err := n.leaderOf(groupID)
-	if err != nil {
-		return KVResult{}, err
-	}
-	f := g.r.Apply(data, timeout)
-	if err := await(ctx, f); err != nil {
-		return KVResult{}, g.raftError(groupID, err)
-	}
-	res, ok := f.Response().(KVResult)
+	res, ok := resp.(KVResult)
 	if !ok {
-		return KVResult{}, fmt.Errorf("the group's FSM answered %T, not a KVResult: it is not a KV", f.Response())
+		return KVResult{}, fmt.Errorf("the group's FSM answered %T, not a KVResult: it is not a KV", resp)
 	}
 	return res, res.Err
 }
@@ -647,42 +634,9 @@ func (n *Node) applyKV(ctx context.Context, groupID uint64, cmd KVCommand) (KVRe
 // be deposed without knowing it yet, every read confirms the leadership
 // with a quorum (VerifyLeader) before it reads the local state.
 func (n *Node) ReadKV(ctx context.Context, groupID uint64, kv *KV, key []byte) (value []byte, version uint64, ok bool, err error) {
-	if err := n.linearizeKV(ctx, groupID, kv); err != nil {
+	if err := n.Linearize(ctx, groupID, &kv.fence); err != nil {
 		return nil, 0, false, fmt.Errorf("consensus: read kv of group %d: %w", groupID, err)
 	}
 	value, version, ok = kv.Get(key)
 	return value, version, ok, nil
-}
-
-// linearizeKV returns once kv holds every command applied before the call,
-// with this node still leading.
-func (n *Node) linearizeKV(ctx context.Context, groupID uint64, kv *KV) error {
-	// A read whose caller has gone asks nothing of raft.
-	timeout, err := enqueueTimeout(ctx)
-	if err != nil {
-		return err
-	}
-	g, err := n.leaderOf(groupID)
-	if err != nil {
-		return err
-	}
-	term := g.r.CurrentTerm()
-	if kv.barrierTerm.Load() != term {
-		if err := await(ctx, g.r.Barrier(timeout)); err != nil {
-			return g.raftError(groupID, err)
-		}
-		// Concurrent reads may store an older term over a newer one; that
-		// only costs the next read another barrier.
-		kv.barrierTerm.Store(term)
-	}
-	if err := await(ctx, g.r.VerifyLeader()); err != nil {
-		return g.raftError(groupID, err)
-	}
-	// A confirmation in a later term than the barrier's (this node lost
-	// and won the leadership meanwhile) proves nothing about the commands
-	// committed in between.
-	if now := g.r.CurrentTerm(); now != term {
-		return fmt.Errorf("term changed from %d to %d during the read: %w", term, now, raft.ErrLeadershipLost)
-	}
-	return nil
 }

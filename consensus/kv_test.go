@@ -708,8 +708,8 @@ func TestKVReplicated(t *testing.T) {
 	if v, ver, ok := read(target, "k/00"); !ok || v != "swapped" || ver != swapped {
 		t.Errorf("new leader's first read of k/00: %q, %d, %v; want %q, %d", v, ver, ok, "swapped", swapped)
 	}
-	if term := raftOf(target, g).CurrentTerm(); kvs[target].barrierTerm.Load() != term {
-		t.Errorf("new leader's barrier term %d, want its term %d", kvs[target].barrierTerm.Load(), term)
+	if term := raftOf(target, g).CurrentTerm(); kvs[target].fence.barrierTerm.Load() != term {
+		t.Errorf("new leader's barrier term %d, want its term %d", kvs[target].fence.barrierTerm.Load(), term)
 	}
 	waitFor(t, "the old leader to refuse reads", func() error {
 		_, _, _, err := old.node.ReadKV(ctx, g, kvs[old], []byte("k/00"))
@@ -813,7 +813,7 @@ func TestKVSingleVoter(t *testing.T) {
 		return nil
 	})
 	ctx := testContext(t)
-	if kv.barrierTerm.Load() != 0 {
+	if kv.fence.barrierTerm.Load() != 0 {
 		t.Fatal("barrier term set before any read")
 	}
 	for i := range 5 {
@@ -826,7 +826,7 @@ func TestKVSingleVoter(t *testing.T) {
 		if err != nil || !ok || !bytes.Equal(v, key) || ver != res.Index {
 			t.Fatalf("ReadKV(%s) = %q, %d, %v, %v", key, v, ver, ok, err)
 		}
-		if got, want := kv.barrierTerm.Load(), r.CurrentTerm(); got != want {
+		if got, want := kv.fence.barrierTerm.Load(), r.CurrentTerm(); got != want {
 			t.Fatalf("barrier term %d, want %d", got, want)
 		}
 	}
