@@ -43,6 +43,10 @@ FUZZ_TARGETS := \
 	./consensus/transport/:FuzzDecodeRequest \
 	./consensus/logstore/:FuzzDecodeLogValue \
 	./consensus/:FuzzDecodeKVCommand \
+	./txn/:FuzzUnmarshalCommand \
+	./txn/:FuzzUnmarshalResult \
+	./txn/:FuzzUnmarshalReads \
+	./txn/:FuzzRestoreParticipant \
 	./sled/:FuzzDecodeShard \
 	./attach/nvmetcp/:FuzzPDUParser \
 	./attach/nvmetcp/:FuzzConnection

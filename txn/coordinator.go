@@ -124,6 +124,9 @@ type Coordinator struct {
 	refusal  Refusal
 	retry    bool
 	reported bool
+	// settled: done with the outcome installed at every participant (not
+	// stopped by a Cancel or an inconsistency).
+	settled bool
 }
 
 type coordPhase uint8
@@ -223,6 +226,12 @@ func NewCoordinator(cfg CoordinatorConfig, spec Spec) (*Coordinator, error) {
 
 // Done reports whether the coordinator has nothing left to do.
 func (c *Coordinator) Done() bool { return c.phase == coordDone }
+
+// Resolved reports whether the coordinator is done with the outcome
+// installed everywhere: every participant applied its RESOLVE (or the
+// one group its PREPARE_COMMIT), and the home its FINALIZE. A
+// coordinator stopped by Cancel is done but not resolved.
+func (c *Coordinator) Resolved() bool { return c.settled }
 
 // Txn is the current attempt's id (zero before the first Start).
 func (c *Coordinator) Txn() TxnID { return c.txn }
@@ -429,7 +438,7 @@ func (c *Coordinator) preparedOnePhase(r Result) ([]Action, error) {
 	case r.Vote == VoteResolvedCommit:
 		c.groups[0].vote = r.Vote
 		c.groups[0].versions = r.Versions
-		c.phase = coordDone
+		c.phase, c.settled = coordDone, true
 		return []Action{c.report(StatusCommitted)}, nil
 	case r.Vote.no():
 		c.groups[0].vote = r.Vote
@@ -439,7 +448,7 @@ func (c *Coordinator) preparedOnePhase(r Result) ([]Action, error) {
 			c.phase = coordWaitingRetry
 			return append(c.recoverConflictHolder(r), c.retryLater()), nil
 		}
-		c.phase = coordDone
+		c.phase, c.settled = coordDone, true
 		return append(c.recoverConflictHolder(r), c.report(StatusAborted)), nil
 	}
 	return c.inconsistent(fmt.Errorf("PREPARE_COMMIT of %s answered %s", c.txn, r.Vote))
@@ -557,7 +566,7 @@ func (c *Coordinator) maybeDone() []Action {
 		c.phase = coordWaitingRetry
 		return []Action{c.retryLater()}
 	}
-	c.phase = coordDone
+	c.phase, c.settled = coordDone, true
 	return nil
 }
 

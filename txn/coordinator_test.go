@@ -378,7 +378,14 @@ func TestRecoverer(t *testing.T) {
 				{ev: Start{Txn: tr}, err: ErrUnexpectedEvent},
 				{ev: RecordRead{From: 2, Txn: tr}, err: ErrUnexpectedEvent},
 				{ev: answer(9, KindPrevent, tr, prepared), err: ErrUnexpectedEvent},
-				{ev: Cancel{}, err: ErrUnexpectedEvent},
+			},
+		},
+		{
+			name: "a cancel stops the recovery where it is",
+			steps: []cstep{
+				{ev: Start{Txn: tr}, want: []string{"READ_RECORD->1"}},
+				{ev: Cancel{}},
+				{ev: RecordRead{From: 1, Txn: tr, Record: staging}}, // after the end: ignored
 			},
 		},
 	} {

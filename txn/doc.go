@@ -26,8 +26,8 @@
 //     events and actions plus ReadRecord and Recovered.
 //
 // It imports only the standard library, and nothing of the module:
-// consensus, the raft FSM adapter and the driver will import txn, not
-// the other way round.
+// consensus, the raft FSM adapter and the driver import txn, not the
+// other way round.
 //
 // # The driver's contract
 //
@@ -138,15 +138,30 @@
 //     is one PREPARE_COMMIT, which keeps a RESOLVED_COMMIT tombstone so
 //     that a retried command does not write twice.
 //
-// # What is left for wiring over hashicorp/raft
+// # Encodings (codec.go)
 //
-// Binary encodings of the commands and results for the log (versioned
-// like consensus/kv.go's), and a decoder for AppendState to make it the
-// snapshot format; the raft.FSM (BatchingFSM) adapter around a
-// Participant, and moving its state to Pebble with meta/applied in the
-// same batch; the driver that proposes Sends through consensus.Node,
-// maps raft errors to Failed, runs the timers and the HLC, and
-// linearizes reads; the recovery triggers and the garbage collector of
-// items 6 and 7; an entry for txn in internal/lint's import rules once it
-// imports consensus.
+// Commands for the raft log, results and reads for the answers that
+// cross the network, and a Participant's state for snapshots
+// (MarshalState, RestoreParticipant), each with a format version byte
+// and exactly one accepted encoding; RestoreParticipant refuses a state
+// that applying commands cannot produce. Every decoder is fuzzed.
+//
+// # Hosts
+//
+// A group's state machine may keep more than a Participant: a head
+// node's directory keeps decoded volume records beside the keys that
+// hold them. ApplyObserved tells such a host every write a command
+// installs, and Write is the host's own write of a key outside any
+// transaction (refused with ErrLocked while a transaction holds it), so
+// that a transaction's condition sees every change of a key.
+//
+// # Resends keep their fields
+//
+// Every resend of a command carries the fields of the first send, the
+// deadline above all: once a transaction's vote and record are
+// forgotten, a group tells a late duplicate from a new attempt only by
+// its deadline (refused, being past it). The Coordinator and Recoverer
+// never change a command when they resend it; a driver must not either.
+//
+// The driver over hashicorp/raft is package txn/driver.
 package txn

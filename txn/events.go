@@ -54,9 +54,10 @@ type TimerFired struct {
 	Now   Timestamp
 }
 
-// Cancel reports that the client stopped waiting. A Coordinator that has
-// not reported yet reports Unknown and stops; what it leaves behind is
-// recovered by others once its deadline passes.
+// Cancel reports that the client stopped waiting, or that the driver is
+// stopping. A Coordinator that has not reported yet reports Unknown and
+// stops; a Recoverer stops. What they leave behind is recovered by
+// others once its deadline passes.
 type Cancel struct {
 	Now Timestamp
 }

@@ -29,6 +29,9 @@ type Participant struct {
 	intents map[string]intent
 	votes   map[TxnID]vote
 	records map[TxnID]record
+
+	// installed, during ApplyObserved only, sees every write installed.
+	installed func(Write)
 }
 
 // dataEntry is a committed value. value is never modified once stored,
@@ -138,6 +141,15 @@ type Result struct {
 // message) finds what the first one decided and answers the same,
 // except that a PREPARE that was Busy may prepare the second time.
 func (p *Participant) Apply(index uint64, cmd Command) Result {
+	return p.ApplyObserved(index, cmd, nil)
+}
+
+// ApplyObserved is Apply, calling installed (if not nil) with each write
+// the command installs, in order: a host that keeps a typed view of its
+// keys (a volume record decoded) follows the committed writes this way.
+func (p *Participant) ApplyObserved(index uint64, cmd Command, installed func(Write)) Result {
+	p.installed = installed
+	defer func() { p.installed = nil }()
 	if index <= p.applied {
 		return Result{Index: index, Err: fmt.Errorf("%w: index %d, applied %d", ErrStaleIndex, index, p.applied)}
 	}
@@ -383,9 +395,37 @@ func (p *Participant) prepareCommit(index uint64, c *PrepareCommit) Result {
 func (p *Participant) put(w Write, index uint64) {
 	if w.Delete {
 		delete(p.data, w.Key)
-		return
+	} else {
+		p.data[w.Key] = dataEntry{value: clone(w.Value), version: Version(index)}
 	}
-	p.data[w.Key] = dataEntry{value: clone(w.Value), version: Version(index)}
+	if p.installed != nil {
+		p.installed(Write{Key: w.Key, Value: clone(w.Value), Delete: w.Delete})
+	}
+}
+
+// Write is the host's own write of a key outside any transaction, as the
+// command at log index index of the group's log (which carries the
+// host's commands beside the txn commands): the key's version becomes
+// index. A key under any transaction's lock is refused with ErrLocked
+// and nothing changes, since the transaction checked or will install
+// the key's version. An index at or below Applied is refused with
+// ErrStaleIndex.
+func (p *Participant) Write(index uint64, w Write) error {
+	if index <= p.applied {
+		return fmt.Errorf("%w: index %d, applied %d", ErrStaleIndex, index, p.applied)
+	}
+	switch {
+	case w.Key == "":
+		return fmt.Errorf("%w: host write without a key", ErrMalformed)
+	case w.Delete && len(w.Value) != 0:
+		return fmt.Errorf("%w: host delete of %q with a value", ErrMalformed, w.Key)
+	}
+	if in, ok := p.intents[w.Key]; ok {
+		return fmt.Errorf("%w: %q by %s", ErrLocked, w.Key, in.txn)
+	}
+	p.applied = index
+	p.put(w, index)
+	return nil
 }
 
 // finalize applies FINALIZE at the home.
@@ -576,6 +616,42 @@ func (p *Participant) ReadRecord(t TxnID) RecordInfo {
 		return RecordInfo{}
 	}
 	return RecordInfo{State: rec.state, Participants: slices.Clone(rec.participants), Prio: rec.prio, Deadline: rec.deadline}
+}
+
+// RecordEntry is one of the home's records.
+type RecordEntry struct {
+	Txn TxnID
+	RecordInfo
+}
+
+// Records lists the records this group keeps as a home, in TxnID order:
+// the home's leader recovers the STAGING ones on taking office, and the
+// garbage collector forgets the final ones.
+func (p *Participant) Records() []RecordEntry {
+	out := make([]RecordEntry, 0, len(p.records))
+	for _, t := range sortedTxns(p.records) {
+		out = append(out, RecordEntry{Txn: t, RecordInfo: p.ReadRecord(t)})
+	}
+	return out
+}
+
+// Holders lists, in TxnID order, the transactions holding locks here.
+// One whose deadline has passed has a proposer late or gone: a recovery
+// finishes it even if no reader or writer ever meets its locks. (Its
+// Expired field tells the group's log time, which stands still while
+// the group is idle; a node's clock tells it sooner.)
+func (p *Participant) Holders() []Holder {
+	seen := map[TxnID]Holder{}
+	for _, in := range p.intents {
+		if _, ok := seen[in.txn]; !ok {
+			seen[in.txn] = p.holder(in)
+		}
+	}
+	out := make([]Holder, 0, len(seen))
+	for _, t := range sortedTxns(seen) {
+		out = append(out, seen[t])
+	}
+	return out
 }
 
 // Vote reads t's vote in this group.

@@ -170,6 +170,11 @@ func (r *Recoverer) Step(ev Event) ([]Action, error) {
 			return nil, nil
 		}
 		return []Action{r.request(i, e.Timer.Kind)}, nil
+	case Cancel:
+		// The driver is stopping: what is left is for another recovery.
+		r.now = max(r.now, e.Now)
+		r.phase = recDone
+		return nil, nil
 	}
 	return nil, fmt.Errorf("%w: %T", ErrUnexpectedEvent, ev)
 }

@@ -283,6 +283,10 @@ var (
 	// prepared, the record still staging, the deadline not yet reached in
 	// this group's log, the home's own vote not yet forgotten).
 	ErrNotForgettable = errors.New("txn: state may not be forgotten yet")
+	// ErrLocked: a host's own write (Participant.Write) met a
+	// transaction's lock on the key; it changed nothing, and may be
+	// retried once the transaction is resolved.
+	ErrLocked = errors.New("txn: key locked by a transaction")
 )
 
 // sortedUniqueGroups returns the groups sorted, and false if one is 0 or
