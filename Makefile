@@ -33,7 +33,8 @@ proto:
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	PATH="$(GOBIN):$$PATH" protoc --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
-		proto/ballastpb/ballast.proto proto/raftpb/raft.proto proto/sledpb/sled.proto
+		proto/ballastpb/ballast.proto proto/raftpb/raft.proto proto/sledpb/sled.proto \
+		proto/txnpb/txn.proto
 
 # Runs every fuzz target for FUZZTIME each; new crashers land in the
 # package's testdata/fuzz, where they stay as regression seeds.

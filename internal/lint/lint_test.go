@@ -22,16 +22,19 @@ const module = "github.com/ballast-storage/ballast"
 // Packages not listed may import nothing of the module; cmd/ and e2e may
 // import anything.
 var allowed = map[string][]string{
-	"volume":              {"proto/"},
+	"volume":              {"proto/", "txn"},
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
-	"headnode":            {"consensus", "volume", "internal/", "proto/"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver"},
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume"},
 	"attach/nbd":          {"attach/blockdev", "internal/bufpool"},
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool"},
 	"bench":               {"attach", "attach/blockdev", "internal/", "proto/"},
 	"sled":                {"internal/", "proto/sledpb"},
+	"txn/driver":          {"txn", "consensus", "proto/txnpb"},
+	// Test support: nodes on loopback for the packages above consensus.
+	"internal/consensustest": {"consensus"},
 }
 
 var unrestricted = []string{"cmd/", "e2e"}
