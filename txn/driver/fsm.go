@@ -39,6 +39,8 @@ type Host interface {
 // a txn.Result. It is safe for concurrent use: raft applies while
 // readers read.
 type FSM struct {
+	group txn.GroupID // never changes: Restore checks the snapshot's
+
 	mu sync.RWMutex
 	p  *txn.Participant
 	// fence makes the reads linearizable (consensus.Node.Linearize).
@@ -46,13 +48,13 @@ type FSM struct {
 }
 
 // NewFSM returns the empty state of group g.
-func NewFSM(g txn.GroupID) *FSM { return &FSM{p: txn.NewParticipant(g)} }
+func NewFSM(g txn.GroupID) *FSM { return &FSM{group: g, p: txn.NewParticipant(g)} }
 
 // Group is the group the FSM holds the state of.
-func (f *FSM) Group() txn.GroupID { return f.p.Group() }
+func (f *FSM) Group() txn.GroupID { return f.group }
 
 // RaftGroup is the consensus group of the same id.
-func (f *FSM) RaftGroup() uint64 { return uint64(f.p.Group()) }
+func (f *FSM) RaftGroup() uint64 { return uint64(f.group) }
 
 // Entry is the command itself: the log holds nothing else.
 func (f *FSM) Entry(cmd []byte) ([]byte, error) { return cmd, nil }
@@ -107,11 +109,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("txn fsm: restore snapshot: %w", err)
 	}
+	if p.Group() != f.group {
+		return fmt.Errorf("txn fsm: snapshot of group %d restored into group %d", p.Group(), f.group)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if p.Group() != f.p.Group() {
-		return fmt.Errorf("txn fsm: snapshot of group %d restored into group %d", p.Group(), f.p.Group())
-	}
 	f.p = p
 	return nil
 }
