@@ -36,12 +36,3 @@ func (c *Clock) Now() txn.Timestamp {
 	c.last = now
 	return now
 }
-
-// Observe moves the clock to at least ts, a reading seen elsewhere (a
-// group's log time), so that this node's deadlines are not set in
-// another's past.
-func (c *Clock) Observe(ts txn.Timestamp) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.last = max(c.last, ts)
-}

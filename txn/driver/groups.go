@@ -85,8 +85,7 @@ func (l *Local) onLeader(ctx context.Context, g txn.GroupID, fn func(Member) err
 		last := errNoLeader
 		for _, m := range l.candidates(g) {
 			err := fn(m)
-			var nl *consensus.NotLeaderError
-			if errors.As(err, &nl) || errors.Is(err, consensus.ErrNoGroup) || errors.Is(err, consensus.ErrClosed) {
+			if proposedNothing(err) {
 				last = err
 				continue
 			}
@@ -177,4 +176,77 @@ func (l *Local) ReadRecord(ctx context.Context, g txn.GroupID, t txn.TxnID) (txn
 		return nil
 	})
 	return rec, err
+}
+
+// NodeGroups reaches groups from a node that runs members of them: a
+// group this node leads is served here, without a network hop; any
+// other through remote.
+type NodeGroups struct {
+	members map[txn.GroupID]Member
+	remote  Groups
+}
+
+// NewNodeGroups returns the Groups of a node running members.
+func NewNodeGroups(members []Member, remote Groups) *NodeGroups {
+	m := make(map[txn.GroupID]Member, len(members))
+	for _, mem := range members {
+		m[mem.Host.Group()] = mem
+	}
+	return &NodeGroups{members: m, remote: remote}
+}
+
+// leading is this node's member of g if it leads g.
+func (n *NodeGroups) leading(g txn.GroupID) (Member, bool) {
+	m, ok := n.members[g]
+	return m, ok && m.Node.Leads(m.Host.RaftGroup())
+}
+
+// proposedNothing reports whether err says that nothing was proposed:
+// the member was not, or no longer, the leader.
+func proposedNothing(err error) bool {
+	var nl *consensus.NotLeaderError
+	return errors.As(err, &nl) || errors.Is(err, consensus.ErrNoGroup) || errors.Is(err, consensus.ErrClosed)
+}
+
+// Apply implements Groups.
+func (n *NodeGroups) Apply(ctx context.Context, g txn.GroupID, cmd txn.Command) (txn.Result, error) {
+	if m, ok := n.leading(g); ok {
+		data, err := txn.MarshalCommand(cmd)
+		if err != nil {
+			return txn.Result{}, fmt.Errorf("txn group %d: encode %s: %w", g, cmd.Kind(), err)
+		}
+		res, err := propose(ctx, m, data)
+		if !proposedNothing(err) {
+			return res, err
+		}
+	}
+	return n.remote.Apply(ctx, g, cmd)
+}
+
+// Read implements Groups.
+func (n *NodeGroups) Read(ctx context.Context, g txn.GroupID, key string) (txn.ReadResult, error) {
+	if m, ok := n.leading(g); ok {
+		err := linearize(ctx, m)
+		if err == nil {
+			return m.Host.Read(key), nil
+		}
+		if !proposedNothing(err) {
+			return txn.ReadResult{}, err
+		}
+	}
+	return n.remote.Read(ctx, g, key)
+}
+
+// ReadRecord implements Groups.
+func (n *NodeGroups) ReadRecord(ctx context.Context, g txn.GroupID, t txn.TxnID) (txn.RecordInfo, error) {
+	if m, ok := n.leading(g); ok {
+		err := linearize(ctx, m)
+		if err == nil {
+			return m.Host.ReadRecord(t), nil
+		}
+		if !proposedNothing(err) {
+			return txn.RecordInfo{}, err
+		}
+	}
+	return n.remote.ReadRecord(ctx, g, t)
 }

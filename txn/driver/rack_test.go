@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
 
+	"github.com/ballast-storage/ballast/consensus"
 	"github.com/ballast-storage/ballast/internal/consensustest"
 	"github.com/ballast-storage/ballast/txn"
 )
@@ -37,6 +39,7 @@ type rackNode struct {
 	addr     raft.ServerAddress
 	node     *consensustest.Node
 	fsms     map[txn.GroupID]*FSM
+	service  *Service // serves fsms over gRPC
 	proposer *Proposer
 	keeper   *Keeper
 	// incarnation tells the proposers of successive runs apart.
@@ -77,7 +80,8 @@ func newTestRack(t testing.TB, size int, groups ...txn.GroupID) *testRack {
 
 func (r *testRack) open(n *rackNode) {
 	r.t.Helper()
-	node, err := consensustest.StartNode(consensustest.NodeConfig{Dir: r.dir, ID: n.id, Addr: n.addr, Raft: r.rc, Faults: r.faults, Logger: quietLogger()})
+	node, err := consensustest.StartNode(consensustest.NodeConfig{Dir: r.dir, ID: n.id, Addr: n.addr, Raft: r.rc, Faults: r.faults, Logger: quietLogger(),
+		Register: func(s grpc.ServiceRegistrar, cn *consensus.Node) { n.service = NewService(cn); n.service.Register(s) }})
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -95,6 +99,7 @@ func (r *testRack) startGroups(n *rackNode, voters []raft.Server) {
 			r.t.Fatalf("start group %d on %s: %v", g, n.id, err)
 		}
 		n.fsms[g] = fsm
+		n.service.Add(fsm)
 		r.local.Add(Member{Node: n.node.Node, Host: fsm})
 	}
 	n.incarnation++

@@ -58,7 +58,7 @@ func notLeader(err error) (*txnpb.NotLeader, error) {
 	switch {
 	case errors.As(err, &nl):
 		return &txnpb.NotLeader{LeaderAddress: string(nl.LeaderAddress)}, nil
-	case errors.Is(err, consensus.ErrNoGroup), errors.Is(err, consensus.ErrClosed):
+	case proposedNothing(err):
 		return &txnpb.NotLeader{}, nil
 	}
 	return nil, status.Error(codes.Unavailable, err.Error())
