@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/txn"
 )
 
 // Directory is the directory group's state machine: every volume by name.
@@ -25,6 +26,11 @@ type Directory struct {
 	// must not block) when a head node's renewal is applied, with the
 	// volumes it renewed: the group leader times leases from it.
 	OnLeasesRenewed func(holder string, volumes []uint64)
+	// OnVolumeAdded, if set, is called (from raft's FSM goroutine; it
+	// must not block) when a volume appears in the group, created or
+	// moved in: its primary has had no chance to renew its lease here
+	// yet, and the group leader times the lease from now.
+	OnVolumeAdded func(id uint64)
 
 	mu           sync.RWMutex
 	byName       map[string]*ballastpb.Volume
@@ -41,11 +47,26 @@ type Directory struct {
 	// the rack after it was founded, and head nodes taken out of it.
 	headNodes map[string]*ballastpb.HeadNode
 	removed   map[string]bool
+
+	// txn is the group's share of transactions across groups. Its keys
+	// (see keys.go) hold what transactions read and write: names and
+	// placements here, volume records in volume groups; the maps above
+	// are their decoded view, which every write of those keys updates.
+	txn      *txn.Participant
+	txnGroup txn.GroupID // never changes
+	// index is the log index of the command being applied: a host write
+	// of a txn key takes it as the key's version.
+	index uint64
 }
 
-// NewDirectory returns an empty directory.
-func NewDirectory() *Directory {
+// NewDirectory returns an empty directory, as txn group 1.
+func NewDirectory() *Directory { return NewGroupDirectory(1) }
+
+// NewGroupDirectory returns the empty state of txn group g.
+func NewGroupDirectory(g txn.GroupID) *Directory {
 	return &Directory{
+		txn:          txn.NewParticipant(g),
+		txnGroup:     g,
 		byName:       map[string]*ballastpb.Volume{},
 		byID:         map[uint64]*ballastpb.Volume{},
 		nextVolumeID: 1,
@@ -67,6 +88,8 @@ type ApplyResult struct {
 	// was refused (another primary or epoch, or deleted).
 	Refused   []uint64
 	Placement *ballastpb.VolumePlacement
+	// Txn is the answer to a txn command.
+	Txn *txn.Result
 }
 
 // Apply implements raft.FSM.
@@ -78,15 +101,19 @@ func (d *Directory) Apply(l *raft.Log) interface{} {
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
 		return ApplyResult{Err: fmt.Errorf("directory: decode command at index %d: %w", l.Index, err)}
 	}
-	return d.ApplyCommand(&cmd, l.AppendedAt.UnixNano())
+	return d.ApplyCommand(l.Index, &cmd, l.AppendedAt.UnixNano())
 }
 
-// ApplyCommand applies one decoded command. Every refusal is decided here,
-// in log order, so that all replicas agree even when two proposals raced.
-func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos int64) ApplyResult {
+// ApplyCommand applies one decoded command, the one at log index index.
+// Every refusal is decided here, in log order, so that all replicas agree
+// even when two proposals raced.
+func (d *Directory) ApplyCommand(index uint64, cmd *ballastpb.DirectoryCommand, nowUnixNanos int64) ApplyResult {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.index = index
 	switch op := cmd.Op.(type) {
+	case *ballastpb.DirectoryCommand_Txn:
+		return d.applyTxnLocked(index, op.Txn)
 	case *ballastpb.DirectoryCommand_CreateVolume:
 		v := proto.Clone(op.CreateVolume.Volume).(*ballastpb.Volume)
 		if err := ValidateName(v.Name); err != nil {
@@ -114,8 +141,9 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 			v.Epoch = 1
 		}
 		v.CreatedUnixNanos = nowUnixNanos
-		d.byName[v.Name] = v
-		d.byID[v.Id] = v
+		if err := d.putLocked(v); err != nil {
+			return ApplyResult{Err: err}
+		}
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 	case *ballastpb.DirectoryCommand_ResizeVolume:
 		v, ok := d.byName[op.ResizeVolume.Name]
@@ -132,19 +160,19 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 		// hand them out without a copy.
 		v = proto.Clone(v).(*ballastpb.Volume)
 		v.SizeBytes = op.ResizeVolume.SizeBytes
-		d.byName[v.Name] = v
-		d.byID[v.Id] = v
+		if err := d.putLocked(v); err != nil {
+			return ApplyResult{Err: err}
+		}
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 	case *ballastpb.DirectoryCommand_DeleteVolume:
 		v, ok := d.byName[op.DeleteVolume.Name]
 		if !ok {
 			return ApplyResult{Err: fmt.Errorf("%w: %q", ErrNotFound, op.DeleteVolume.Name)}
 		}
-		delete(d.byName, v.Name)
-		delete(d.byID, v.Id)
-		if d.OnDelete != nil {
-			d.OnDelete(proto.Clone(v).(*ballastpb.Volume))
+		if err := d.hostWriteLocked(txn.Write{Key: VolumeKey(v.Name), Delete: true}); err != nil {
+			return ApplyResult{Err: err}
 		}
+		d.dropVolumeLocked(v)
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 	case *ballastpb.DirectoryCommand_PlaceVolume:
 		return d.placeVolumeLocked(op.PlaceVolume)
@@ -152,6 +180,9 @@ func (d *Directory) ApplyCommand(cmd *ballastpb.DirectoryCommand, nowUnixNanos i
 		p, ok := d.placements[op.UnplaceVolume.Name]
 		if !ok || p.Id != op.UnplaceVolume.Id {
 			return ApplyResult{Err: fmt.Errorf("%w: no placement of %q with id %d", ErrNotFound, op.UnplaceVolume.Name, op.UnplaceVolume.Id)}
+		}
+		if err := d.hostWriteLocked(txn.Write{Key: NameKey(p.Name), Delete: true}); err != nil {
+			return ApplyResult{Err: err}
 		}
 		delete(d.placements, p.Name)
 		return ApplyResult{Placement: proto.Clone(p).(*ballastpb.VolumePlacement)}
@@ -219,9 +250,11 @@ func (d *Directory) placeVolumeLocked(c *ballastpb.PlaceVolumeCommand) ApplyResu
 		return ApplyResult{Err: fmt.Errorf("%w: %q", ErrExists, c.Name)}
 	}
 	id := d.nextVolumeID
-	d.nextVolumeID++
 	p := &ballastpb.VolumePlacement{Name: c.Name, Id: id, Group: 1 + (id-1)%uint64(c.Groups)}
-	d.placements[p.Name] = p
+	if err := d.putPlacementLocked(p); err != nil {
+		return ApplyResult{Err: err}
+	}
+	d.nextVolumeID++
 	return ApplyResult{Placement: proto.Clone(p).(*ballastpb.VolumePlacement)}
 }
 
@@ -411,6 +444,7 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	sort.Strings(snap.Draining)
 	snap.HeadNodes, snap.RemovedHeadNodes = d.headNodesLocked()
+	snap.TxnState = d.txn.MarshalState()
 	sort.Slice(snap.Sleds, func(i, j int) bool { return snap.Sleds[i].Id < snap.Sleds[j].Id })
 	sort.Slice(snap.Volumes, func(i, j int) bool { return snap.Volumes[i].Id < snap.Volumes[j].Id })
 	data, err := proto.Marshal(snap)
@@ -432,8 +466,18 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 	if err := proto.Unmarshal(data, &snap); err != nil {
 		return fmt.Errorf("directory: decode snapshot: %w", err)
 	}
+	participant := txn.NewParticipant(d.txnGroup)
+	if len(snap.TxnState) > 0 {
+		if participant, err = txn.RestoreParticipant(snap.TxnState); err != nil {
+			return fmt.Errorf("directory: restore transactional state: %w", err)
+		}
+		if participant.Group() != d.txnGroup {
+			return fmt.Errorf("directory: snapshot of txn group %d restored into group %d", participant.Group(), d.txnGroup)
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.txn = participant
 	old := d.byID
 	d.byName = map[string]*ballastpb.Volume{}
 	d.byID = map[uint64]*ballastpb.Volume{}

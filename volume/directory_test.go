@@ -110,7 +110,7 @@ func TestDirectoryCommands(t *testing.T) {
 	if vs := restored.List(); len(vs) != 2 || vs[0].Name != "a" || vs[1].Name != "b" || vs[0].SizeBytes != 2<<30 {
 		t.Fatalf("restored volumes: %v", vs)
 	}
-	if res := restored.ApplyCommand(create("d", 4096, "hn1", "hn2"), 0); res.Volume.Id != 3 {
+	if res := restored.ApplyCommand(100, create("d", 4096, "hn1", "hn2"), 0); res.Volume.Id != 3 {
 		t.Fatalf("restored next id: %d, want 3", res.Volume.Id)
 	}
 	// Restoring the older snapshot into d drops volume c.
@@ -155,13 +155,16 @@ func (s *memSink) Close() error  { return nil }
 
 func TestDirectorySleds(t *testing.T) {
 	d := NewDirectory()
+	var index uint64
 	reg := func(id string, addrs ...string) ApplyResult {
-		return d.ApplyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RegisterSled{
+		index++
+		return d.ApplyCommand(index, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RegisterSled{
 			RegisterSled: &ballastpb.RegisterSledCommand{Sled: &ballastpb.Sled{Id: id, Addresses: addrs}},
 		}}, 100)
 	}
 	set := func(id string, st, ifState ballastpb.SledState) ApplyResult {
-		return d.ApplyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SetSledState{
+		index++
+		return d.ApplyCommand(index, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SetSledState{
 			SetSledState: &ballastpb.SetSledStateCommand{Id: id, State: st, IfState: ifState},
 		}}, 200)
 	}

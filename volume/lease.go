@@ -220,10 +220,12 @@ func (d *Directory) renewLeaseLocked(c *ballastpb.RenewLeaseCommand) ApplyResult
 				ErrDeposed, c.Holder, c.Epoch, v.Name, v.Epoch, v.Primary),
 		}
 	}
+	// A renewal changes only the decoded record: the renewal count is
+	// volatile, and a renewal must neither wait for a transaction that
+	// holds the volume nor move its version under one.
 	v = proto.Clone(v).(*ballastpb.Volume)
 	v.LeaseRenewals++
-	d.byName[v.Name] = v
-	d.byID[v.Id] = v
+	d.setVolumeLocked(v)
 	return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 }
 
@@ -263,15 +265,10 @@ func (d *Directory) promoteLocked(c *ballastpb.PromoteVolumeCommand) ApplyResult
 	v.Secondaries = slices.Clone(c.Secondaries)
 	v.CatchingUp = catching
 	v.LeaseRenewals = 0
-	d.put(v)
+	if err := d.putLocked(v); err != nil {
+		return ApplyResult{Err: err}
+	}
 	return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
-}
-
-// put replaces a volume's record (records are never changed in place, so
-// Shared can hand them out without a copy).
-func (d *Directory) put(v *ballastpb.Volume) {
-	d.byName[v.Name] = v
-	d.byID[v.Id] = v
 }
 
 // renewLeasesLocked applies one head node's renewal of all its leases.
@@ -314,7 +311,9 @@ func (d *Directory) replaceSecondaryLocked(c *ballastpb.ReplaceSecondaryCommand)
 	}
 	v.CatchingUp = slices.DeleteFunc(v.CatchingUp, func(s string) bool { return s == c.Remove })
 	v.CatchingUp = append(v.CatchingUp, c.Add)
-	d.put(v)
+	if err := d.putLocked(v); err != nil {
+		return ApplyResult{Err: err}
+	}
 	return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 }
 
@@ -334,7 +333,9 @@ func (d *Directory) secondaryInSyncLocked(c *ballastpb.SecondaryInSyncCommand) A
 	}
 	v = proto.Clone(v).(*ballastpb.Volume)
 	v.CatchingUp = slices.DeleteFunc(v.CatchingUp, func(s string) bool { return s == c.Node })
-	d.put(v)
+	if err := d.putLocked(v); err != nil {
+		return ApplyResult{Err: err}
+	}
 	return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 }
 

@@ -168,7 +168,13 @@ func simulateFailover(t *testing.T, seed int64) {
 	leaderChanges := rng.Intn(2) == 0
 
 	d := NewDirectory()
-	vol := d.ApplyCommand(create("a", 1<<30, "hn1", "hn2"), 0).Volume
+	// index numbers the commands as raft's log would.
+	var index uint64
+	apply := func(cmd *ballastpb.DirectoryCommand) ApplyResult {
+		index++
+		return d.ApplyCommand(index, cmd, 0)
+	}
+	vol := apply(create("a", 1<<30, "hn1", "hn2")).Volume
 	lease := NewPrimaryLease(testLease, vol.Epoch)
 	table := NewLeaseTable(testLease, local(0, leaderRate))
 
@@ -215,7 +221,7 @@ func simulateFailover(t *testing.T, seed int64) {
 				after(now, testLease.Duration, func(time.Duration) { lease.Failed(id) })
 			} else {
 				after(now, time.Duration(rng.Intn(2000))*time.Millisecond, func(now time.Duration) {
-					res := d.ApplyCommand(renew(vol.Id, "hn1", lease.Epoch()), 0)
+					res := apply(renew(vol.Id, "hn1", lease.Epoch()))
 					if res.Err == nil && table != nil {
 						table.Renewed(vol.Id, local(now, leaderRate))
 					}
@@ -249,7 +255,7 @@ func simulateFailover(t *testing.T, seed int64) {
 				t.Fatal(err)
 			}
 			after(now, time.Duration(rng.Intn(1000))*time.Millisecond, func(now time.Duration) {
-				if res := d.ApplyCommand(promote(plan), 0); res.Err == nil {
+				if res := apply(promote(plan)); res.Err == nil {
 					promotedAt = now
 				} else if errors.Is(res.Err, ErrConflict) {
 					promotionProposed = false // renewed meanwhile: decide again

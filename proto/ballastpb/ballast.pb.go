@@ -2738,6 +2738,7 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_SetDraining
 	//	*DirectoryCommand_AddHeadNode
 	//	*DirectoryCommand_RemoveHeadNode
+	//	*DirectoryCommand_Txn
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2915,6 +2916,15 @@ func (x *DirectoryCommand) GetRemoveHeadNode() *RemoveHeadNodeCommand {
 	return nil
 }
 
+func (x *DirectoryCommand) GetTxn() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -2979,6 +2989,12 @@ type DirectoryCommand_RemoveHeadNode struct {
 	RemoveHeadNode *RemoveHeadNodeCommand `protobuf:"bytes,15,opt,name=remove_head_node,json=removeHeadNode,proto3,oneof"`
 }
 
+type DirectoryCommand_Txn struct {
+	// txn is a command of a transaction across groups (package txn's
+	// encoding, txn.MarshalCommand), applied to the group's participant.
+	Txn []byte `protobuf:"bytes,16,opt,name=txn,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
@@ -3008,6 +3024,8 @@ func (*DirectoryCommand_SetDraining) isDirectoryCommand_Op() {}
 func (*DirectoryCommand_AddHeadNode) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_RemoveHeadNode) isDirectoryCommand_Op() {}
+
+func (*DirectoryCommand_Txn) isDirectoryCommand_Op() {}
 
 // PlaceVolumeCommand (directory group) takes a name, spends the next
 // volume id and assigns the volume to one of `groups` volume groups
@@ -3851,8 +3869,12 @@ type DirectorySnapshot struct {
 	Draining         []string               `protobuf:"bytes,5,rep,name=draining,proto3" json:"draining,omitempty"`
 	HeadNodes        []*HeadNode            `protobuf:"bytes,6,rep,name=head_nodes,json=headNodes,proto3" json:"head_nodes,omitempty"`
 	RemovedHeadNodes []string               `protobuf:"bytes,7,rep,name=removed_head_nodes,json=removedHeadNodes,proto3" json:"removed_head_nodes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// txn_state is the group's transactional state (txn.Participant's
+	// MarshalState): the keys transactions read and write, their locks,
+	// votes and records.
+	TxnState      []byte `protobuf:"bytes,8,opt,name=txn_state,json=txnState,proto3" json:"txn_state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DirectorySnapshot) Reset() {
@@ -3934,6 +3956,298 @@ func (x *DirectorySnapshot) GetRemovedHeadNodes() []string {
 	return nil
 }
 
+func (x *DirectorySnapshot) GetTxnState() []byte {
+	if x != nil {
+		return x.TxnState
+	}
+	return nil
+}
+
+// RackUsage (directory group, key "rack/usage") counts the volumes and
+// provisioned bytes of the rack and holds the next volume id. Every
+// create and delete updates it in its transaction.
+type RackUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volumes       uint64                 `protobuf:"varint,1,opt,name=volumes,proto3" json:"volumes,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	NextVolumeId  uint64                 `protobuf:"varint,3,opt,name=next_volume_id,json=nextVolumeId,proto3" json:"next_volume_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RackUsage) Reset() {
+	*x = RackUsage{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RackUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RackUsage) ProtoMessage() {}
+
+func (x *RackUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
+func (*RackUsage) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *RackUsage) GetVolumes() uint64 {
+	if x != nil {
+		return x.Volumes
+	}
+	return 0
+}
+
+func (x *RackUsage) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *RackUsage) GetNextVolumeId() uint64 {
+	if x != nil {
+		return x.NextVolumeId
+	}
+	return 0
+}
+
+type GetQuotaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaRequest) Reset() {
+	*x = GetQuotaRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaRequest) ProtoMessage() {}
+
+func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+}
+
+type GetQuotaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Quota         *RackQuota             `protobuf:"bytes,1,opt,name=quota,proto3" json:"quota,omitempty"`
+	Usage         *RackUsage             `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaResponse) Reset() {
+	*x = GetQuotaResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaResponse) ProtoMessage() {}
+
+func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
+func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *GetQuotaResponse) GetQuota() *RackQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+func (x *GetQuotaResponse) GetUsage() *RackUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+type SetQuotaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Quota         *RackQuota             `protobuf:"bytes,1,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetQuotaRequest) Reset() {
+	*x = SetQuotaRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetQuotaRequest) ProtoMessage() {}
+
+func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
+func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *SetQuotaRequest) GetQuota() *RackQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+type SetQuotaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetQuotaResponse) Reset() {
+	*x = SetQuotaResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetQuotaResponse) ProtoMessage() {}
+
+func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
+func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+}
+
+// RackQuota (directory group, key "rack/quota") bounds the rack's
+// volumes and provisioned bytes; zero means unbounded.
+type RackQuota struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MaxVolumes    uint64                 `protobuf:"varint,1,opt,name=max_volumes,json=maxVolumes,proto3" json:"max_volumes,omitempty"`
+	MaxBytes      uint64                 `protobuf:"varint,2,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RackQuota) Reset() {
+	*x = RackQuota{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RackQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RackQuota) ProtoMessage() {}
+
+func (x *RackQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
+func (*RackQuota) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *RackQuota) GetMaxVolumes() uint64 {
+	if x != nil {
+		return x.MaxVolumes
+	}
+	return 0
+}
+
+func (x *RackQuota) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
 type IORequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // chosen by the client, echoed in the reply
@@ -3950,7 +4264,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3962,7 +4276,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3975,7 +4289,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -4046,7 +4360,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4058,7 +4372,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4071,7 +4385,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -4114,7 +4428,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4126,7 +4440,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4139,7 +4453,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -4181,7 +4495,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4193,7 +4507,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4206,7 +4520,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -4275,7 +4589,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4287,7 +4601,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4300,7 +4614,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -4337,7 +4651,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4349,7 +4663,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4362,7 +4676,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -4430,7 +4744,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4442,7 +4756,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4455,7 +4769,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -4495,7 +4809,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4507,7 +4821,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4520,7 +4834,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -4566,7 +4880,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4578,7 +4892,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4591,7 +4905,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -4633,7 +4947,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4645,7 +4959,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4658,7 +4972,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -4685,7 +4999,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4697,7 +5011,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4710,7 +5024,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -4755,7 +5069,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4767,7 +5081,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4780,7 +5094,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -4836,7 +5150,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4848,7 +5162,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4861,7 +5175,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -4900,7 +5214,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4912,7 +5226,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4925,7 +5239,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -4969,7 +5283,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4981,7 +5295,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4994,7 +5308,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -5053,7 +5367,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5065,7 +5379,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5078,7 +5392,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -5168,7 +5482,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5180,7 +5494,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5193,7 +5507,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -5410,7 +5724,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12;\n" +
 	"\n" +
 	"placements\x18\x02 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
-	"placements\"\xe3\b\n" +
+	"placements\"\xf7\b\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
@@ -5428,7 +5742,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x0eunplace_volume\x18\f \x01(\v2 .ballast.v1.UnplaceVolumeCommandH\x00R\runplaceVolume\x12C\n" +
 	"\fset_draining\x18\r \x01(\v2\x1e.ballast.v1.SetDrainingCommandH\x00R\vsetDraining\x12D\n" +
 	"\radd_head_node\x18\x0e \x01(\v2\x1e.ballast.v1.AddHeadNodeCommandH\x00R\vaddHeadNode\x12M\n" +
-	"\x10remove_head_node\x18\x0f \x01(\v2!.ballast.v1.RemoveHeadNodeCommandH\x00R\x0eremoveHeadNodeB\x04\n" +
+	"\x10remove_head_node\x18\x0f \x01(\v2!.ballast.v1.RemoveHeadNodeCommandH\x00R\x0eremoveHeadNode\x12\x12\n" +
+	"\x03txn\x18\x10 \x01(\fH\x00R\x03txnB\x04\n" +
 	"\x02op\"@\n" +
 	"\x12PlaceVolumeCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
@@ -5478,7 +5793,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\")\n" +
 	"\x13DeleteVolumeCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xcb\x02\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xe8\x02\n" +
 	"\x11DirectorySnapshot\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12$\n" +
 	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\x12&\n" +
@@ -5489,7 +5804,23 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\bdraining\x18\x05 \x03(\tR\bdraining\x123\n" +
 	"\n" +
 	"head_nodes\x18\x06 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12,\n" +
-	"\x12removed_head_nodes\x18\a \x03(\tR\x10removedHeadNodes\"\xc9\x01\n" +
+	"\x12removed_head_nodes\x18\a \x03(\tR\x10removedHeadNodes\x12\x1b\n" +
+	"\ttxn_state\x18\b \x01(\fR\btxnState\"a\n" +
+	"\tRackUsage\x12\x18\n" +
+	"\avolumes\x18\x01 \x01(\x04R\avolumes\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12$\n" +
+	"\x0enext_volume_id\x18\x03 \x01(\x04R\fnextVolumeId\"\x11\n" +
+	"\x0fGetQuotaRequest\"l\n" +
+	"\x10GetQuotaResponse\x12+\n" +
+	"\x05quota\x18\x01 \x01(\v2\x15.ballast.v1.RackQuotaR\x05quota\x12+\n" +
+	"\x05usage\x18\x02 \x01(\v2\x15.ballast.v1.RackUsageR\x05usage\">\n" +
+	"\x0fSetQuotaRequest\x12+\n" +
+	"\x05quota\x18\x01 \x01(\v2\x15.ballast.v1.RackQuotaR\x05quota\"\x12\n" +
+	"\x10SetQuotaResponse\"I\n" +
+	"\tRackQuota\x12\x1f\n" +
+	"\vmax_volumes\x18\x01 \x01(\x04R\n" +
+	"maxVolumes\x12\x1b\n" +
+	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\"\xc9\x01\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -5637,8 +5968,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xe9\n" +
-	"\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xf7\v\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -5652,7 +5982,9 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\rDrainHeadNode\x12 .ballast.v1.DrainHeadNodeRequest\x1a!.ballast.v1.DrainHeadNodeResponse\x12N\n" +
 	"\vAddHeadNode\x12\x1e.ballast.v1.AddHeadNodeRequest\x1a\x1f.ballast.v1.AddHeadNodeResponse\x12H\n" +
 	"\tMoveVoter\x12\x1c.ballast.v1.MoveVoterRequest\x1a\x1d.ballast.v1.MoveVoterResponse\x12W\n" +
-	"\x0eRemoveHeadNode\x12!.ballast.v1.RemoveHeadNodeRequest\x1a\".ballast.v1.RemoveHeadNodeResponse\x12Q\n" +
+	"\x0eRemoveHeadNode\x12!.ballast.v1.RemoveHeadNodeRequest\x1a\".ballast.v1.RemoveHeadNodeResponse\x12E\n" +
+	"\bGetQuota\x12\x1b.ballast.v1.GetQuotaRequest\x1a\x1c.ballast.v1.GetQuotaResponse\x12E\n" +
+	"\bSetQuota\x12\x1b.ballast.v1.SetQuotaRequest\x1a\x1c.ballast.v1.SetQuotaResponse\x12Q\n" +
 	"\fRegisterSled\x12\x1f.ballast.v1.RegisterSledRequest\x1a .ballast.v1.RegisterSledResponse\x12H\n" +
 	"\tListSleds\x12\x1c.ballast.v1.ListSledsRequest\x1a\x1d.ballast.v1.ListSledsResponse\x12Q\n" +
 	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12Q\n" +
@@ -5677,7 +6009,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                   // 0: ballast.v1.SledState
 	(MembershipOp)(0),                // 1: ballast.v1.MembershipOp
@@ -5743,23 +6075,29 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*ResizeVolumeCommand)(nil),      // 61: ballast.v1.ResizeVolumeCommand
 	(*DeleteVolumeCommand)(nil),      // 62: ballast.v1.DeleteVolumeCommand
 	(*DirectorySnapshot)(nil),        // 63: ballast.v1.DirectorySnapshot
-	(*IORequest)(nil),                // 64: ballast.v1.IORequest
-	(*IOReply)(nil),                  // 65: ballast.v1.IOReply
-	(*BlockWrite)(nil),               // 66: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                // 67: ballast.v1.LogRecord
-	(*BlockRange)(nil),               // 68: ballast.v1.BlockRange
-	(*Segment)(nil),                  // 69: ballast.v1.Segment
-	(*FlushRecord)(nil),              // 70: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),            // 71: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),          // 72: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),        // 73: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),              // 74: ballast.v1.StateRecord
-	(*BlockState)(nil),               // 75: ballast.v1.BlockState
-	(*SegmentState)(nil),             // 76: ballast.v1.SegmentState
-	(*LogEntry)(nil),                 // 77: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),           // 78: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),         // 79: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),           // 80: ballast.v1.ReplicateReply
+	(*RackUsage)(nil),                // 64: ballast.v1.RackUsage
+	(*GetQuotaRequest)(nil),          // 65: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),         // 66: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),          // 67: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),         // 68: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                // 69: ballast.v1.RackQuota
+	(*IORequest)(nil),                // 70: ballast.v1.IORequest
+	(*IOReply)(nil),                  // 71: ballast.v1.IOReply
+	(*BlockWrite)(nil),               // 72: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                // 73: ballast.v1.LogRecord
+	(*BlockRange)(nil),               // 74: ballast.v1.BlockRange
+	(*Segment)(nil),                  // 75: ballast.v1.Segment
+	(*FlushRecord)(nil),              // 76: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),            // 77: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),          // 78: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),        // 79: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),              // 80: ballast.v1.StateRecord
+	(*BlockState)(nil),               // 81: ballast.v1.BlockState
+	(*SegmentState)(nil),             // 82: ballast.v1.SegmentState
+	(*LogEntry)(nil),                 // 83: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),           // 84: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),         // 85: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),           // 86: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	5,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
@@ -5815,69 +6153,76 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	18, // 50: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
 	6,  // 51: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
 	7,  // 52: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	2,  // 53: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	3,  // 54: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	66, // 55: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	68, // 56: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	70, // 57: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	71, // 58: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	72, // 59: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	73, // 60: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	74, // 61: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	69, // 62: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	69, // 63: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	68, // 64: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	75, // 65: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	76, // 66: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	69, // 67: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	68, // 68: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	67, // 69: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	74, // 70: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	67, // 71: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	4,  // 72: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	8,  // 73: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	10, // 74: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	12, // 75: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	14, // 76: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	16, // 77: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	33, // 78: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	27, // 79: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	31, // 80: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	35, // 81: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	37, // 82: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	39, // 83: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	19, // 84: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	21, // 85: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	23, // 86: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	43, // 87: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	45, // 88: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	41, // 89: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	64, // 90: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	79, // 91: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	9,  // 92: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	11, // 93: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	13, // 94: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	15, // 95: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	17, // 96: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	34, // 97: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	28, // 98: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	32, // 99: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	36, // 100: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	38, // 101: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	40, // 102: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	20, // 103: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	22, // 104: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	24, // 105: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	44, // 106: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	46, // 107: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	42, // 108: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	65, // 109: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	80, // 110: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	92, // [92:111] is the sub-list for method output_type
-	73, // [73:92] is the sub-list for method input_type
-	73, // [73:73] is the sub-list for extension type_name
-	73, // [73:73] is the sub-list for extension extendee
-	0,  // [0:73] is the sub-list for field type_name
+	69, // 53: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	64, // 54: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	69, // 55: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	2,  // 56: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	3,  // 57: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	72, // 58: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	74, // 59: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	76, // 60: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	77, // 61: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	78, // 62: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	79, // 63: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	80, // 64: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	75, // 65: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	75, // 66: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	74, // 67: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	81, // 68: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	82, // 69: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	75, // 70: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	74, // 71: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	73, // 72: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	80, // 73: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	73, // 74: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	4,  // 75: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	8,  // 76: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	10, // 77: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	12, // 78: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	14, // 79: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	16, // 80: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	33, // 81: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	27, // 82: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	31, // 83: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	35, // 84: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	37, // 85: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	39, // 86: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	65, // 87: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	67, // 88: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	19, // 89: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	21, // 90: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	23, // 91: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	43, // 92: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	45, // 93: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	41, // 94: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	70, // 95: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	85, // 96: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	9,  // 97: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	11, // 98: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	13, // 99: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	15, // 100: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	17, // 101: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	34, // 102: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	28, // 103: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	32, // 104: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	36, // 105: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	38, // 106: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	40, // 107: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	66, // 108: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	68, // 109: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	20, // 110: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	22, // 111: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	24, // 112: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	44, // 113: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	46, // 114: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	42, // 115: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	71, // 116: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	86, // 117: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	97, // [97:118] is the sub-list for method output_type
+	76, // [76:97] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -5901,6 +6246,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 		(*DirectoryCommand_SetDraining)(nil),
 		(*DirectoryCommand_AddHeadNode)(nil),
 		(*DirectoryCommand_RemoveHeadNode)(nil),
+		(*DirectoryCommand_Txn)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5908,7 +6254,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   76,
+			NumMessages:   82,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

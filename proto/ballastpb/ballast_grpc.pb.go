@@ -33,6 +33,8 @@ const (
 	Admin_AddHeadNode_FullMethodName      = "/ballast.v1.Admin/AddHeadNode"
 	Admin_MoveVoter_FullMethodName        = "/ballast.v1.Admin/MoveVoter"
 	Admin_RemoveHeadNode_FullMethodName   = "/ballast.v1.Admin/RemoveHeadNode"
+	Admin_GetQuota_FullMethodName         = "/ballast.v1.Admin/GetQuota"
+	Admin_SetQuota_FullMethodName         = "/ballast.v1.Admin/SetQuota"
 	Admin_RegisterSled_FullMethodName     = "/ballast.v1.Admin/RegisterSled"
 	Admin_ListSleds_FullMethodName        = "/ballast.v1.Admin/ListSleds"
 	Admin_SetSledState_FullMethodName     = "/ballast.v1.Admin/SetSledState"
@@ -65,6 +67,10 @@ type AdminClient interface {
 	AddHeadNode(ctx context.Context, in *AddHeadNodeRequest, opts ...grpc.CallOption) (*AddHeadNodeResponse, error)
 	MoveVoter(ctx context.Context, in *MoveVoterRequest, opts ...grpc.CallOption) (*MoveVoterResponse, error)
 	RemoveHeadNode(ctx context.Context, in *RemoveHeadNodeRequest, opts ...grpc.CallOption) (*RemoveHeadNodeResponse, error)
+	// The rack's quota and usage: every create and delete updates the
+	// usage in its transaction and is checked against the quota there.
+	GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error)
+	SetQuota(ctx context.Context, in *SetQuotaRequest, opts ...grpc.CallOption) (*SetQuotaResponse, error)
 	RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error)
 	ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error)
 	SetSledState(ctx context.Context, in *SetSledStateRequest, opts ...grpc.CallOption) (*SetSledStateResponse, error)
@@ -194,6 +200,26 @@ func (c *adminClient) RemoveHeadNode(ctx context.Context, in *RemoveHeadNodeRequ
 	return out, nil
 }
 
+func (c *adminClient) GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetQuotaResponse)
+	err := c.cc.Invoke(ctx, Admin_GetQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) SetQuota(ctx context.Context, in *SetQuotaRequest, opts ...grpc.CallOption) (*SetQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetQuotaResponse)
+	err := c.cc.Invoke(ctx, Admin_SetQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) RegisterSled(ctx context.Context, in *RegisterSledRequest, opts ...grpc.CallOption) (*RegisterSledResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegisterSledResponse)
@@ -278,6 +304,10 @@ type AdminServer interface {
 	AddHeadNode(context.Context, *AddHeadNodeRequest) (*AddHeadNodeResponse, error)
 	MoveVoter(context.Context, *MoveVoterRequest) (*MoveVoterResponse, error)
 	RemoveHeadNode(context.Context, *RemoveHeadNodeRequest) (*RemoveHeadNodeResponse, error)
+	// The rack's quota and usage: every create and delete updates the
+	// usage in its transaction and is checked against the quota there.
+	GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error)
+	SetQuota(context.Context, *SetQuotaRequest) (*SetQuotaResponse, error)
 	RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error)
 	ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error)
 	SetSledState(context.Context, *SetSledStateRequest) (*SetSledStateResponse, error)
@@ -329,6 +359,12 @@ func (UnimplementedAdminServer) MoveVoter(context.Context, *MoveVoterRequest) (*
 }
 func (UnimplementedAdminServer) RemoveHeadNode(context.Context, *RemoveHeadNodeRequest) (*RemoveHeadNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveHeadNode not implemented")
+}
+func (UnimplementedAdminServer) GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuota not implemented")
+}
+func (UnimplementedAdminServer) SetQuota(context.Context, *SetQuotaRequest) (*SetQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetQuota not implemented")
 }
 func (UnimplementedAdminServer) RegisterSled(context.Context, *RegisterSledRequest) (*RegisterSledResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterSled not implemented")
@@ -567,6 +603,42 @@ func _Admin_RemoveHeadNode_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_GetQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetQuota(ctx, req.(*GetQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_SetQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SetQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SetQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SetQuota(ctx, req.(*SetQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_RegisterSled_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RegisterSledRequest)
 	if err := dec(in); err != nil {
@@ -725,6 +797,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveHeadNode",
 			Handler:    _Admin_RemoveHeadNode_Handler,
+		},
+		{
+			MethodName: "GetQuota",
+			Handler:    _Admin_GetQuota_Handler,
+		},
+		{
+			MethodName: "SetQuota",
+			Handler:    _Admin_SetQuota_Handler,
 		},
 		{
 			MethodName: "RegisterSled",
