@@ -4,7 +4,7 @@ BIN     := bin/ballast
 GOBIN   := $(shell $(GO) env GOPATH)/bin
 FUZZTIME ?= 60s
 
-.PHONY: all build test deps demo proto fuzz vet clean
+.PHONY: all build test deps demo proto fuzz soak vet clean
 
 all: build
 
@@ -58,6 +58,14 @@ fuzz:
 		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
+
+# Runs the transaction tests far longer than make test: the
+# linearizability check over many seeds (TXN_SOAK_SEEDS, each a new run
+# with faults) and the exhaustive interleavings at their deep bounds.
+TXN_SOAK_SEEDS ?= 50
+soak:
+	TXN_SOAK_SEEDS=$(TXN_SOAK_SEEDS) $(GO) test -count=1 -timeout 0 -run 'TestLinearizableUnderFaults' ./txn/driver/
+	TXN_EXHAUSTIVE_DEEP=1 $(GO) test -count=1 -timeout 0 -run 'Exhaustive' ./txn/
 
 vet:
 	$(GO) vet ./...

@@ -35,7 +35,7 @@ func adminDo[T any](t *testing.T, c *attach.Client, fn func(context.Context, bal
 // taken again (with a new id); two creates racing on one name leave one
 // volume; and the groups' leaders spread over the head nodes.
 func TestVolumeGroups(t *testing.T) {
-	_, c := startInProcessRack(t, volume.DefaultLeaseConfig)
+	r, c := startInProcessRack(t, volume.DefaultLeaseConfig)
 	groups := map[uint64]int{}
 	ids := map[uint64]bool{}
 	for i := 0; i < 20; i++ {
@@ -87,31 +87,12 @@ func TestVolumeGroups(t *testing.T) {
 		t.Fatalf("re-created v03 has id %d (old %d)", again.GetVolume().GetId(), old.Volume.Id)
 	}
 
-	// Two creates racing on one name: one wins, the other is told it
-	// exists.
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.CreateVolumeResponse, error) {
-				return a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: "race", SizeBytes: 1 << 20})
-			})
-		}()
-	}
-	wg.Wait()
-	won := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			won++
-		case status.Code(err) != codes.AlreadyExists:
-			t.Fatalf("racing create: %v", err)
-		}
-	}
-	if won != 1 {
-		t.Fatalf("%d racing creates of one name succeeded, want 1 (%v)", won, errs)
+	// Creates racing on one name through two head nodes, each the
+	// proposer of its own transaction: one wins, the other is told the
+	// name exists.
+	raceName(t, r, "race")
+	for i := range 5 {
+		raceName(t, r, fmt.Sprintf("race%d", i))
 	}
 
 	// Every head node reports every group; the volume groups' leaders
@@ -226,4 +207,37 @@ func TestFiveHeadNodes(t *testing.T) {
 		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "five"})
 	})
 	t.Logf("volume in group %d failed over from %s to %s (epoch %d)", info.Volume.Group, info.Volume.Primary, after.GetVolume().GetPrimary(), after.GetVolume().GetEpoch())
+}
+
+// raceName creates name through the first two head nodes at once and
+// checks that exactly one create succeeded and the other was told the
+// name exists.
+func raceName(t *testing.T, r *inProcessRack, name string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		c := &attach.Client{HeadNodes: [][]string{r.peers[i].Addresses}, Logger: r.logger, RequestTimeout: 60 * time.Second}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.CreateVolumeResponse, error) {
+				return a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: name, SizeBytes: 1 << 20})
+			})
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case status.Code(err) != codes.AlreadyExists:
+			t.Fatalf("racing create of %s: %v", name, err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d racing creates of %s succeeded, want 1 (%v)", won, name, errs)
+	}
 }

@@ -56,6 +56,10 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, volume.ErrConflict), errors.Is(err, volume.ErrDeposed):
 		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, volume.ErrBusy):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrQuota):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, volume.ErrNoPlacement):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, raft.ErrLeadershipLost):
@@ -107,61 +111,11 @@ func (a *adminServer) CreateVolume(ctx context.Context, req *ballastpb.CreateVol
 	if err := volume.ValidateSize(req.SizeBytes); err != nil {
 		return nil, toStatus(err)
 	}
-	n := a.node
-	dir := n.groups[consensus.DirectoryGroup]
-	return onLeader(a, ctx, func(ctx context.Context) (*ballastpb.CreateVolumeResponse, error) {
-		if err := a.readBarrier(); err != nil {
-			return nil, err
-		}
-		if _, err := dir.fsm.Get(req.Name); err == nil {
-			return nil, fmt.Errorf("%w: %q", volume.ErrExists, req.Name)
-		}
-		// The directory takes the name and the id, then the volume group
-		// takes the record. A create stopped between the two (its proposer
-		// died, or the second commit's outcome was unknown) left a
-		// placement without a record: creating the name again finishes it.
-		// (Transactions across groups will make the two steps one.)
-		p, placed := dir.fsm.Placement(req.Name)
-		if placed {
-			resp, err := n.readGroup(ctx, p.Group)
-			if err != nil {
-				return nil, err
-			}
-			for _, v := range resp.Volumes {
-				if v.Id == p.Id {
-					return nil, fmt.Errorf("%w: %q", volume.ErrExists, req.Name)
-				}
-			}
-		} else {
-			res, err := a.applyCommand(&ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_PlaceVolume{
-				PlaceVolume: &ballastpb.PlaceVolumeCommand{Name: req.Name, Groups: uint32(len(n.groups) - 1)},
-			}})
-			if err != nil {
-				return nil, err
-			}
-			p = res.Placement
-		}
-		primary, secondary, err := volume.Place(a.peerIDs(), n.allVolumes())
-		if err != nil {
-			return nil, err
-		}
-		res, err := n.applyIn(ctx, p.Group, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_CreateVolume{
-			CreateVolume: &ballastpb.CreateVolumeCommand{Volume: &ballastpb.Volume{
-				Name:        req.Name,
-				Id:          p.Id,
-				Group:       p.Group,
-				SizeBytes:   req.SizeBytes,
-				Primary:     primary,
-				Secondaries: []string{secondary},
-			}},
-		}})
-		if err != nil {
-			return nil, err
-		}
-		return &ballastpb.CreateVolumeResponse{Volume: res.Volume}, nil
-	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.CreateVolumeResponse, error) {
-		return c.CreateVolume(ctx, req)
-	})
+	v, err := a.node.createVolume(ctx, req.Name, req.SizeBytes)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ballastpb.CreateVolumeResponse{Volume: v}, nil
 }
 
 // lookup finds a volume's record by name, linearizably: on the directory
@@ -242,6 +196,15 @@ func (a *adminServer) ResizeVolume(ctx context.Context, req *ballastpb.ResizeVol
 }
 
 func (a *adminServer) DeleteVolume(ctx context.Context, req *ballastpb.DeleteVolumeRequest) (*ballastpb.DeleteVolumeResponse, error) {
+	err := a.node.deleteVolume(ctx, req.Name)
+	if !errors.Is(err, volume.ErrNotFound) {
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &ballastpb.DeleteVolumeResponse{}, nil
+	}
+	// No transactional name: a volume of the directory group's own, or
+	// one placed before creates were transactions.
 	return onLeader(a, ctx, func(ctx context.Context) (*ballastpb.DeleteVolumeResponse, error) {
 		if err := a.readBarrier(); err != nil {
 			return nil, err
@@ -272,4 +235,22 @@ func (a *adminServer) DeleteVolume(ctx context.Context, req *ballastpb.DeleteVol
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.DeleteVolumeResponse, error) {
 		return c.DeleteVolume(ctx, req)
 	})
+}
+
+func (a *adminServer) GetQuota(ctx context.Context, req *ballastpb.GetQuotaRequest) (*ballastpb.GetQuotaResponse, error) {
+	q, u, err := a.node.quota(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ballastpb.GetQuotaResponse{Quota: q, Usage: u}, nil
+}
+
+func (a *adminServer) SetQuota(ctx context.Context, req *ballastpb.SetQuotaRequest) (*ballastpb.SetQuotaResponse, error) {
+	if req.Quota == nil {
+		return nil, status.Error(codes.InvalidArgument, "no quota given")
+	}
+	if err := a.node.setQuota(ctx, req.Quota); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ballastpb.SetQuotaResponse{}, nil
 }

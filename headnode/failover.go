@@ -311,6 +311,18 @@ func (p *promoter) renewed(holder string, vols []uint64) {
 	}
 }
 
+// added is the group's OnVolumeAdded hook (raft's FSM goroutine): a
+// volume created or moved into the group after this leader's table began
+// has its lease timed from now, not from the table's start.
+func (p *promoter) added(vol uint64) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.table != nil {
+		p.table.Renewed(vol, now)
+	}
+}
+
 // runPromoters steps the promoter of every group, on the groups this
 // node leads.
 func (n *Node) runPromoters(ctx context.Context) {

@@ -82,6 +82,8 @@ type vgroup struct {
 	// last applied a barrier, so its state holds every entry committed
 	// before it.
 	barrierTerm atomic.Uint64
+	// txnFence linearizes the txn driver's reads of the group.
+	txnFence consensus.ReadFence
 }
 
 // group returns this node's member of group id.

@@ -18,6 +18,7 @@ import (
 	"github.com/ballast-storage/ballast/consensus"
 	"github.com/ballast-storage/ballast/internal/rpc"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/txn/driver"
 	"github.com/ballast-storage/ballast/volume"
 )
 
@@ -40,6 +41,8 @@ type Node struct {
 	admin     *adminServer
 	leases    *leaseKeeper
 	remote    *remoteIO
+	proposer  *driver.Proposer   // commits transactions across groups
+	keeper    *driver.Keeper     // recovers and forgets this node's groups' transactions
 	stopBG    context.CancelFunc // ends the sled view and the monitors
 	serving   sync.WaitGroup
 
@@ -61,7 +64,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	n := &Node{
 		cfg:       cfg,
 		log:       cfg.Logger.With("headnode", cfg.ID),
-		directory: volume.NewDirectory(),
+		directory: volume.NewGroupDirectory(txnGroupOf(consensus.DirectoryGroup)),
 		primaries: map[uint64]*primaryVolume{},
 		drops:     make(chan uint64, 1024),
 	}
@@ -98,13 +101,14 @@ func Start(cfg Config) (_ *Node, err error) {
 		}
 	}
 	for id := 0; id <= cfg.VolumeGroups; id++ {
-		g := &vgroup{id: uint64(id), fsm: volume.NewDirectory()}
+		g := &vgroup{id: uint64(id), fsm: volume.NewGroupDirectory(txnGroupOf(uint64(id)))}
 		if id == 0 {
 			g.fsm = n.directory
 		}
 		g.fsm.OnDelete = onDelete
 		g.promoter = &promoter{node: n, group: g, cfg: cfg.Lease, log: n.log.With("group", id)}
 		g.fsm.OnLeasesRenewed = g.promoter.renewed
+		g.fsm.OnVolumeAdded = g.promoter.added
 		n.groups = append(n.groups, g)
 	}
 	for _, a := range cfg.ListenAddresses {
@@ -145,6 +149,9 @@ func Start(cfg Config) (_ *Node, err error) {
 		}
 	}
 	n.raft = n.groups[consensus.DirectoryGroup].raft
+	if err := n.startTxn(n.server); err != nil {
+		return nil, err
+	}
 	// Serve only now: every service needs the directory group, and a
 	// request must never find it missing. Peers retry until we answer.
 	for _, l := range n.listeners {
@@ -271,6 +278,7 @@ func (n *Node) Close() error {
 	if n.stopBG != nil {
 		n.stopBG()
 	}
+	n.stopTxn()
 	if n.server != nil {
 		// Stop, not GracefulStop: client streams stay open for as long as
 		// the agent lives and would hold shutdown forever.

@@ -177,7 +177,7 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 }
 
 func newRackCommand(g *globalFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "rack", Short: "Inspect the rack"}
+	cmd := &cobra.Command{Use: "rack", Short: "Inspect and change the rack"}
 	addHeadNodeFlag(cmd, &g.headNodes)
 	var asJSON bool
 	status := &cobra.Command{
@@ -270,8 +270,64 @@ func newRackCommand(g *globalFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(status, drain, addHN, moveVoter, removeHN)
+	var maxVolumes uint64
+	var maxBytes string
+	quota := &cobra.Command{
+		Use:   "quota [--max-volumes N] [--max-bytes SIZE]",
+		Short: "Show the rack's usage and quota, or change the quota (0 lifts a bound)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				cur, err := a.GetQuota(ctx, &ballastpb.GetQuotaRequest{})
+				if err != nil {
+					return err
+				}
+				q := cur.GetQuota()
+				if q == nil {
+					q = &ballastpb.RackQuota{}
+				}
+				if cmd.Flags().Changed("max-volumes") || cmd.Flags().Changed("max-bytes") {
+					if cmd.Flags().Changed("max-volumes") {
+						q.MaxVolumes = maxVolumes
+					}
+					if cmd.Flags().Changed("max-bytes") {
+						if q.MaxBytes, err = parseQuotaSize(maxBytes); err != nil {
+							return err
+						}
+					}
+					if _, err := a.SetQuota(ctx, &ballastpb.SetQuotaRequest{Quota: q}); err != nil {
+						return err
+					}
+				}
+				if asJSON {
+					return printJSON(&ballastpb.GetQuotaResponse{Quota: q, Usage: cur.GetUsage()})
+				}
+				bound := func(n uint64, format func(uint64) string) string {
+					if n == 0 {
+						return "unbounded"
+					}
+					return format(n)
+				}
+				u := cur.GetUsage()
+				fmt.Printf("volumes: %d of %s\n", u.GetVolumes(), bound(q.MaxVolumes, func(n uint64) string { return strconv.FormatUint(n, 10) }))
+				fmt.Printf("bytes:   %s of %s\n", humanize.IBytes(u.GetBytes()), bound(q.MaxBytes, humanize.IBytes))
+				return nil
+			})
+		},
+	}
+	quota.Flags().Uint64Var(&maxVolumes, "max-volumes", 0, "the most volumes the rack may hold (0: unbounded)")
+	quota.Flags().StringVar(&maxBytes, "max-bytes", "", "the most bytes the rack's volumes may provision, e.g. 10TiB (0: unbounded)")
+	quota.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(status, drain, addHN, moveVoter, removeHN, quota)
 	return cmd
+}
+
+// parseQuotaSize reads a size bound, where 0 lifts the bound.
+func parseQuotaSize(s string) (uint64, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	return parseSize(s)
 }
 
 func printRackStatus(resp *ballastpb.RackStatusResponse) {
