@@ -448,6 +448,7 @@ type volumeInfo struct {
 		Secondaries []string `json:"secondaries"`
 		Epoch       string   `json:"epoch"`
 		CatchingUp  []string `json:"catchingUp"`
+		Group       string   `json:"group"`
 	} `json:"volume"`
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/consensus"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
@@ -139,6 +140,11 @@ func (a *adminServer) lookup(ctx context.Context, name string) (*ballastpb.Volum
 			return v, p, nil
 		}
 	}
+	// Moving between groups: the placement may name the new group before
+	// its leader installed the record; the old group's copy answers.
+	if v, ok := a.node.volumeByID(p.Id); ok {
+		return proto.Clone(v).(*ballastpb.Volume), p, nil
+	}
 	return nil, p, fmt.Errorf("%w: %q (its creation did not finish; create it again)", volume.ErrNotFound, name)
 }
 
@@ -253,4 +259,15 @@ func (a *adminServer) SetQuota(ctx context.Context, req *ballastpb.SetQuotaReque
 		return nil, toStatus(err)
 	}
 	return &ballastpb.SetQuotaResponse{}, nil
+}
+
+func (a *adminServer) MoveVolume(ctx context.Context, req *ballastpb.MoveVolumeRequest) (*ballastpb.MoveVolumeResponse, error) {
+	if req.Group < 1 || req.Group >= uint64(len(a.node.groups)) {
+		return nil, status.Errorf(codes.InvalidArgument, "no volume group %d (there are 1..%d)", req.Group, len(a.node.groups)-1)
+	}
+	v, err := a.node.moveVolume(ctx, req.Name, req.Group)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ballastpb.MoveVolumeResponse{Volume: v}, nil
 }

@@ -229,6 +229,10 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 		case slices.Contains(out.res.Refused, id):
 			l.Refused(rid)
 			deposed = append(deposed, id)
+		case slices.Contains(out.res.Moved, id):
+			// Renewed in the wrong group: the next round renews where the
+			// volume lives now.
+			l.Failed(rid)
 		default:
 			l.Renewed(rid)
 		}

@@ -96,9 +96,19 @@ func (n *Node) group(id uint64) (*vgroup, bool) {
 
 // volumeByID returns the shared record of a volume from whichever group
 // holds it, as this node has applied it.
+//
+// A volume being moved between groups may have left its old group here
+// before this node applied its arrival in the new one: the old group's
+// forwarding copy stands in meanwhile (the same replicas and epoch as at
+// the move).
 func (n *Node) volumeByID(id uint64) (*ballastpb.Volume, bool) {
 	for _, g := range n.groups {
 		if v, ok := g.fsm.Shared(id); ok {
+			return v, true
+		}
+	}
+	for _, g := range n.groups {
+		if v, ok := g.fsm.MovedCopy(id); ok {
 			return v, true
 		}
 	}

@@ -347,3 +347,70 @@ func (n *Node) setQuota(ctx context.Context, q *ballastpb.RackQuota) error {
 	}
 	return status.Error(codes.Aborted, "set quota: kept losing to concurrent creates; try again")
 }
+
+// moveVolume moves a volume's record to volume group to, in one
+// transaction across the directory (the placement), the old group (which
+// keeps a forwarding copy, so that a head node that has not yet applied
+// the arrival still finds the volume) and the new group (the record).
+// The volume's data and replicas stay where they are: I/O goes on, and
+// its lease is renewed in the new group from then on.
+func (n *Node) moveVolume(ctx context.Context, name string, to uint64) (*ballastpb.Volume, error) {
+	dir := txnGroupOf(consensus.DirectoryGroup)
+	for attempt := 0; attempt < createAttempts; attempt++ {
+		var place ballastpb.VolumePlacement
+		placeVersion, found, err := n.readProto(ctx, dir, volume.NameKey(name), &place)
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			return nil, fmt.Errorf("%w: %q (or created before creates were transactions, and not movable)", volume.ErrNotFound, name)
+		}
+		if place.Group == to {
+			return nil, fmt.Errorf("%w: volume %q is in group %d already", volume.ErrInvalid, name, to)
+		}
+		from := txnGroupOf(place.Group)
+		var rec ballastpb.Volume
+		recVersion, recFound, err := n.readProto(ctx, from, volume.VolumeKey(name), &rec)
+		if err != nil {
+			return nil, err
+		}
+		if !recFound || rec.MovedTo != 0 || rec.Id != place.Id {
+			return nil, fmt.Errorf("%w: volume %q has no record in group %d", volume.ErrNotFound, name, place.Group)
+		}
+		var there ballastpb.Volume
+		thereVersion, _, err := n.readProto(ctx, txnGroupOf(to), volume.VolumeKey(name), &there)
+		if err != nil {
+			return nil, err
+		}
+		moved := proto.Clone(&rec).(*ballastpb.Volume)
+		moved.Group = to
+		stub := proto.Clone(&rec).(*ballastpb.Volume)
+		stub.MovedTo = to
+		vals, err := marshalAll(&ballastpb.VolumePlacement{Name: name, Id: place.Id, Group: to}, stub, moved)
+		if err != nil {
+			return nil, err
+		}
+		spec := txn.Spec{
+			Home: dir,
+			Conditions: []txn.GroupCondition{
+				{Group: dir, Condition: txn.Condition{Key: volume.NameKey(name), Version: placeVersion}},
+				{Group: from, Condition: txn.Condition{Key: volume.VolumeKey(name), Version: recVersion}},
+				{Group: txnGroupOf(to), Condition: txn.Condition{Key: volume.VolumeKey(name), Version: thereVersion}},
+			},
+			Writes: []txn.GroupWrite{
+				{Group: dir, Write: txn.Write{Key: volume.NameKey(name), Value: vals[0]}},
+				{Group: from, Write: txn.Write{Key: volume.VolumeKey(name), Value: vals[1]}},
+				{Group: txnGroupOf(to), Write: txn.Write{Key: volume.VolumeKey(name), Value: vals[2]}},
+			},
+		}
+		done, err := n.commit(ctx, spec)
+		if err != nil {
+			return nil, fmt.Errorf("move %q: %w", name, err)
+		}
+		if done {
+			n.leases.renewSoon()
+			return moved, nil
+		}
+	}
+	return nil, status.Errorf(codes.Aborted, "move %q: the volume kept changing; try again", name)
+}

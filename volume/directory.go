@@ -52,6 +52,11 @@ type Directory struct {
 	// (see keys.go) hold what transactions read and write: names and
 	// placements here, volume records in volume groups; the maps above
 	// are their decoded view, which every write of those keys updates.
+	// moved holds, by id, the copies of volumes moved to another group
+	// (Volume.moved_to): out of the decoded view, for a head node that
+	// has not yet applied the move in the other group to look up.
+	moved map[uint64]*ballastpb.Volume
+
 	txn      *txn.Participant
 	txnGroup txn.GroupID // never changes
 	// index is the log index of the command being applied: a host write
@@ -65,6 +70,7 @@ func NewDirectory() *Directory { return NewGroupDirectory(1) }
 // NewGroupDirectory returns the empty state of txn group g.
 func NewGroupDirectory(g txn.GroupID) *Directory {
 	return &Directory{
+		moved:        map[uint64]*ballastpb.Volume{},
 		txn:          txn.NewParticipant(g),
 		txnGroup:     g,
 		byName:       map[string]*ballastpb.Volume{},
@@ -86,7 +92,11 @@ type ApplyResult struct {
 	Err    error
 	// Refused lists the volumes of a RenewLeasesCommand whose renewal
 	// was refused (another primary or epoch, or deleted).
-	Refused   []uint64
+	Refused []uint64
+	// Moved lists the volumes of a RenewLeasesCommand that moved to
+	// another group: a renewal there is needed, but the primary is not
+	// deposed.
+	Moved     []uint64
 	Placement *ballastpb.VolumePlacement
 	// Txn is the answer to a txn command.
 	Txn *txn.Result
@@ -445,6 +455,10 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 	sort.Strings(snap.Draining)
 	snap.HeadNodes, snap.RemovedHeadNodes = d.headNodesLocked()
 	snap.TxnState = d.txn.MarshalState()
+	for _, v := range d.moved {
+		snap.Moved = append(snap.Moved, proto.Clone(v).(*ballastpb.Volume))
+	}
+	sort.Slice(snap.Moved, func(i, j int) bool { return snap.Moved[i].Id < snap.Moved[j].Id })
 	sort.Slice(snap.Sleds, func(i, j int) bool { return snap.Sleds[i].Id < snap.Sleds[j].Id })
 	sort.Slice(snap.Volumes, func(i, j int) bool { return snap.Volumes[i].Id < snap.Volumes[j].Id })
 	data, err := proto.Marshal(snap)
@@ -486,6 +500,10 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 		d.byID[v.Id] = v
 	}
 	d.nextVolumeID = max(snap.NextVolumeId, 1)
+	d.moved = map[uint64]*ballastpb.Volume{}
+	for _, v := range snap.Moved {
+		d.moved[v.Id] = v
+	}
 	d.sleds = map[string]*ballastpb.Sled{}
 	for _, sl := range snap.Sleds {
 		d.sleds[sl.Id] = sl

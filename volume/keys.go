@@ -78,6 +78,11 @@ func (d *Directory) installLocked(w txn.Write) {
 			if v, ok := d.byName[name]; ok {
 				d.dropVolumeLocked(v)
 			}
+			for id, m := range d.moved {
+				if m.Name == name {
+					delete(d.moved, id) // a forwarding copy: no data of its own
+				}
+			}
 			return
 		}
 		v := &ballastpb.Volume{}
@@ -87,6 +92,17 @@ func (d *Directory) installLocked(w txn.Write) {
 		if old, ok := d.byID[v.Id]; ok && old.Name != name {
 			return // an id is one volume's forever
 		}
+		if v.MovedTo != 0 {
+			// Moved away: out of the view, data kept (it is the same
+			// volume, served from its new group).
+			if old, ok := d.byName[name]; ok && old.Id == v.Id {
+				delete(d.byName, name)
+				delete(d.byID, v.Id)
+			}
+			d.moved[v.Id] = v
+			return
+		}
+		delete(d.moved, v.Id)
 		d.setVolumeLocked(v)
 	}
 }
@@ -188,4 +204,13 @@ func (d *Directory) NextVolumeID() uint64 {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.nextVolumeID
+}
+
+// MovedCopy returns the copy this group keeps of a volume moved away.
+// The record is shared: callers must not modify it.
+func (d *Directory) MovedCopy(id uint64) (*ballastpb.Volume, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	v, ok := d.moved[id]
+	return v, ok
 }

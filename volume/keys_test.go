@@ -136,3 +136,64 @@ func TestDirectoryAsTxnParticipant(t *testing.T) {
 		t.Fatalf("garbage txn entry: %+v", r)
 	}
 }
+
+// A volume moved away leaves the decoded view without losing its data,
+// keeps a forwarding copy, and a renewal sent to the old group is
+// neither granted nor a deposition.
+func TestDirectoryMovedVolume(t *testing.T) {
+	a := NewGroupDirectory(2)
+	var reclaimed []string
+	a.OnDelete = func(v *ballastpb.Volume) { reclaimed = append(reclaimed, v.Name) }
+	rec := &ballastpb.Volume{Name: "m", Id: 9, Group: 1, SizeBytes: 1 << 20, BlockSizeBytes: BlockSizeBytes, Epoch: 3, Primary: "hn1", Secondaries: []string{"hn2"}}
+	put := func(index uint64, id txn.TxnID, v *ballastpb.Volume) {
+		t.Helper()
+		r := a.ApplyCommand(index, txnEntry(t, &txn.PrepareCommit{Txn: id, Prio: txn.PrioOf(id), Deadline: 1000,
+			Writes: []txn.Write{{Key: VolumeKey("m"), Value: marshal(t, v)}}}), 0)
+		if r.Txn == nil || r.Txn.Vote != txn.VoteResolvedCommit {
+			t.Fatalf("write %v: %+v", v, r)
+		}
+	}
+	put(1, txn.TxnID{HLC: 1, Node: 1, Counter: 1}, rec)
+	stub := proto.Clone(rec).(*ballastpb.Volume)
+	stub.MovedTo = 5
+	put(2, txn.TxnID{HLC: 2, Node: 1, Counter: 1}, stub)
+	if _, err := a.ByID(9); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("moved volume still in the view: %v", err)
+	}
+	if m, ok := a.MovedCopy(9); !ok || m.MovedTo != 5 || m.Epoch != 3 {
+		t.Fatalf("forwarding copy: %v %v", m, ok)
+	}
+	if len(reclaimed) != 0 {
+		t.Fatalf("moving a volume reclaimed its data: %v", reclaimed)
+	}
+	r := a.ApplyCommand(3, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RenewLeases{RenewLeases: &ballastpb.RenewLeasesCommand{
+		Holder: "hn1", Leases: []*ballastpb.RenewLeaseCommand{{VolumeId: 9, Epoch: 3}}}}}, 0)
+	if len(r.Moved) != 1 || len(r.Refused) != 0 {
+		t.Fatalf("renewal in the old group: moved %v, refused %v", r.Moved, r.Refused)
+	}
+
+	// The forwarding copy survives a snapshot; moving back restores the
+	// volume to the view.
+	snap, err := a.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	b := NewGroupDirectory(2)
+	if err := b.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.MovedCopy(9); !ok {
+		t.Fatal("forwarding copy lost in the snapshot")
+	}
+	put(4, txn.TxnID{HLC: 3, Node: 1, Counter: 1}, rec)
+	if _, ok := a.MovedCopy(9); ok {
+		t.Fatal("forwarding copy kept after moving back")
+	}
+	if v, err := a.ByID(9); err != nil || v.Epoch != 3 {
+		t.Fatalf("after moving back: %v %v", v, err)
+	}
+}

@@ -70,6 +70,10 @@ func (c LeaseConfig) RenewEvery() time.Duration { return c.Duration / 3 }
 // epoch: the node must stop serving it as primary.
 var ErrDeposed = errors.New("volume: primary deposed")
 
+// ErrMoved: the volume moved to another group, where its lease is kept
+// now.
+var ErrMoved = errors.New("volume: moved to another group")
+
 // PrimaryLease is a primary's own view of its lease on one volume.
 type PrimaryLease struct {
 	cfg        LeaseConfig
@@ -211,6 +215,9 @@ func PlanPromotion(v *ballastpb.Volume, live []string) (*ballastpb.PromoteVolume
 func (d *Directory) renewLeaseLocked(c *ballastpb.RenewLeaseCommand) ApplyResult {
 	v, ok := d.byID[c.VolumeId]
 	if !ok {
+		if m, moved := d.moved[c.VolumeId]; moved {
+			return ApplyResult{Err: fmt.Errorf("%w: volume %s is in group %d now", ErrMoved, m.Name, m.MovedTo)}
+		}
 		return ApplyResult{Err: fmt.Errorf("%w: volume id %d", ErrNotFound, c.VolumeId)}
 	}
 	if v.Primary != c.Holder || v.Epoch != c.Epoch {
@@ -277,7 +284,9 @@ func (d *Directory) renewLeasesLocked(c *ballastpb.RenewLeasesCommand) ApplyResu
 	var renewed []uint64
 	for _, l := range c.Leases {
 		l.Holder = c.Holder
-		if r := d.renewLeaseLocked(l); r.Err != nil {
+		if r := d.renewLeaseLocked(l); errors.Is(r.Err, ErrMoved) {
+			res.Moved = append(res.Moved, l.VolumeId)
+		} else if r.Err != nil {
 			res.Refused = append(res.Refused, l.VolumeId)
 		} else {
 			renewed = append(renewed, l.VolumeId)

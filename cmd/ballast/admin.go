@@ -48,7 +48,7 @@ func printJSON(m proto.Message) error {
 }
 
 func newVolumeCommand(g *globalFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show, resize and delete volumes"}
+	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show, resize, move and delete volumes"}
 	addHeadNodeFlag(cmd, &g.headNodes)
 	var asJSON bool
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -172,7 +172,28 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(create, list, show, resize, del)
+	var toGroup uint64
+	move := &cobra.Command{
+		Use:   "move NAME --group G",
+		Short: "Move a volume's record to another volume group (its I/O goes on)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
+				resp, err := a.MoveVolume(ctx, &ballastpb.MoveVolumeRequest{Name: args[0], Group: toGroup})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(resp.Volume)
+				}
+				fmt.Printf("volume %s is in group %d now\n", args[0], resp.Volume.Group)
+				return nil
+			})
+		},
+	}
+	move.Flags().Uint64Var(&toGroup, "group", 0, "the volume group to move to (ballast rack status lists them)")
+	move.MarkFlagRequired("group")
+	cmd.AddCommand(create, list, show, resize, del, move)
 	return cmd
 }
 

@@ -331,7 +331,12 @@ type Volume struct {
 	CatchingUp []string `protobuf:"bytes,10,rep,name=catching_up,json=catchingUp,proto3" json:"catching_up,omitempty"`
 	// The volume group that holds this record (0: the directory group itself,
 	// for volumes created before there were volume groups).
-	Group         uint64 `protobuf:"varint,11,opt,name=group,proto3" json:"group,omitempty"`
+	Group uint64 `protobuf:"varint,11,opt,name=group,proto3" json:"group,omitempty"`
+	// Set on the copy a volume group keeps of a volume moved to another
+	// group (ballast volume move): the group it moved to. That copy serves
+	// only a head node that has not yet applied the move in the other
+	// group; nothing in this group acts on it any more.
+	MovedTo       uint64 `protobuf:"varint,12,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -439,6 +444,13 @@ func (x *Volume) GetCatchingUp() []string {
 func (x *Volume) GetGroup() uint64 {
 	if x != nil {
 		return x.Group
+	}
+	return 0
+}
+
+func (x *Volume) GetMovedTo() uint64 {
+	if x != nil {
+		return x.MovedTo
 	}
 	return 0
 }
@@ -3872,7 +3884,9 @@ type DirectorySnapshot struct {
 	// txn_state is the group's transactional state (txn.Participant's
 	// MarshalState): the keys transactions read and write, their locks,
 	// votes and records.
-	TxnState      []byte `protobuf:"bytes,8,opt,name=txn_state,json=txnState,proto3" json:"txn_state,omitempty"`
+	TxnState []byte `protobuf:"bytes,8,opt,name=txn_state,json=txnState,proto3" json:"txn_state,omitempty"`
+	// Copies of volumes moved to other groups (Volume.moved_to set).
+	Moved         []*Volume `protobuf:"bytes,9,rep,name=moved,proto3" json:"moved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3963,6 +3977,13 @@ func (x *DirectorySnapshot) GetTxnState() []byte {
 	return nil
 }
 
+func (x *DirectorySnapshot) GetMoved() []*Volume {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
 // RackUsage (directory group, key "rack/usage") counts the volumes and
 // provisioned bytes of the rack and holds the next volume id. Every
 // create and delete updates it in its transaction.
@@ -4026,6 +4047,102 @@ func (x *RackUsage) GetNextVolumeId() uint64 {
 	return 0
 }
 
+type MoveVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Group         uint64                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"` // the volume group to move to, 1..N
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveVolumeRequest) Reset() {
+	*x = MoveVolumeRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveVolumeRequest) ProtoMessage() {}
+
+func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
+func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *MoveVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MoveVolumeRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+type MoveVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveVolumeResponse) Reset() {
+	*x = MoveVolumeResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveVolumeResponse) ProtoMessage() {}
+
+func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
+func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *MoveVolumeResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 type GetQuotaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -4034,7 +4151,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4046,7 +4163,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4059,7 +4176,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 type GetQuotaResponse struct {
@@ -4072,7 +4189,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4084,7 +4201,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4097,7 +4214,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -4123,7 +4240,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4135,7 +4252,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4148,7 +4265,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -4166,7 +4283,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4178,7 +4295,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4191,7 +4308,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -4206,7 +4323,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4218,7 +4335,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4231,7 +4348,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -4264,7 +4381,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4276,7 +4393,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4289,7 +4406,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -4360,7 +4477,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4372,7 +4489,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4385,7 +4502,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -4428,7 +4545,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4440,7 +4557,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4453,7 +4570,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -4495,7 +4612,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4507,7 +4624,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4520,7 +4637,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -4589,7 +4706,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4601,7 +4718,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4614,7 +4731,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -4651,7 +4768,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4663,7 +4780,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4676,7 +4793,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -4744,7 +4861,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4756,7 +4873,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4769,7 +4886,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -4809,7 +4926,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4821,7 +4938,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4834,7 +4951,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -4880,7 +4997,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4892,7 +5009,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4905,7 +5022,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -4947,7 +5064,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4959,7 +5076,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4972,7 +5089,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -4999,7 +5116,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5011,7 +5128,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5024,7 +5141,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -5069,7 +5186,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5081,7 +5198,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5094,7 +5211,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -5150,7 +5267,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5162,7 +5279,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5175,7 +5292,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -5214,7 +5331,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5226,7 +5343,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5239,7 +5356,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -5283,7 +5400,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5295,7 +5412,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5308,7 +5425,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -5367,7 +5484,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5379,7 +5496,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5392,7 +5509,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -5482,7 +5599,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5494,7 +5611,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5507,7 +5624,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -5550,7 +5667,7 @@ var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
 const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"\x1dproto/ballastpb/ballast.proto\x12\n" +
-	"ballast.v1\"\xd3\x02\n" +
+	"ballast.v1\"\xee\x02\n" +
 	"\x06Volume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1d\n" +
@@ -5565,7 +5682,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\vcatching_up\x18\n" +
 	" \x03(\tR\n" +
 	"catchingUp\x12\x14\n" +
-	"\x05group\x18\v \x01(\x04R\x05group\"K\n" +
+	"\x05group\x18\v \x01(\x04R\x05group\x12\x19\n" +
+	"\bmoved_to\x18\f \x01(\x04R\amovedTo\"K\n" +
 	"\x0fVolumePlacement\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x14\n" +
@@ -5793,7 +5911,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\")\n" +
 	"\x13DeleteVolumeCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xe8\x02\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x92\x03\n" +
 	"\x11DirectorySnapshot\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12$\n" +
 	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\x12&\n" +
@@ -5805,11 +5923,17 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"head_nodes\x18\x06 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12,\n" +
 	"\x12removed_head_nodes\x18\a \x03(\tR\x10removedHeadNodes\x12\x1b\n" +
-	"\ttxn_state\x18\b \x01(\fR\btxnState\"a\n" +
+	"\ttxn_state\x18\b \x01(\fR\btxnState\x12(\n" +
+	"\x05moved\x18\t \x03(\v2\x12.ballast.v1.VolumeR\x05moved\"a\n" +
 	"\tRackUsage\x12\x18\n" +
 	"\avolumes\x18\x01 \x01(\x04R\avolumes\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12$\n" +
-	"\x0enext_volume_id\x18\x03 \x01(\x04R\fnextVolumeId\"\x11\n" +
+	"\x0enext_volume_id\x18\x03 \x01(\x04R\fnextVolumeId\"=\n" +
+	"\x11MoveVolumeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\x04R\x05group\"@\n" +
+	"\x12MoveVolumeResponse\x12*\n" +
+	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"\x11\n" +
 	"\x0fGetQuotaRequest\"l\n" +
 	"\x10GetQuotaResponse\x12+\n" +
 	"\x05quota\x18\x01 \x01(\v2\x15.ballast.v1.RackQuotaR\x05quota\x12+\n" +
@@ -5968,13 +6092,15 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xf7\v\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xc4\f\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
 	"\vListVolumes\x12\x1e.ballast.v1.ListVolumesRequest\x1a\x1f.ballast.v1.ListVolumesResponse\x12Q\n" +
 	"\fResizeVolume\x12\x1f.ballast.v1.ResizeVolumeRequest\x1a .ballast.v1.ResizeVolumeResponse\x12Q\n" +
 	"\fDeleteVolume\x12\x1f.ballast.v1.DeleteVolumeRequest\x1a .ballast.v1.DeleteVolumeResponse\x12K\n" +
+	"\n" +
+	"MoveVolume\x12\x1d.ballast.v1.MoveVolumeRequest\x1a\x1e.ballast.v1.MoveVolumeResponse\x12K\n" +
 	"\n" +
 	"RackStatus\x12\x1d.ballast.v1.RackStatusRequest\x1a\x1e.ballast.v1.RackStatusResponse\x12K\n" +
 	"\n" +
@@ -6009,7 +6135,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                   // 0: ballast.v1.SledState
 	(MembershipOp)(0),                // 1: ballast.v1.MembershipOp
@@ -6076,153 +6202,159 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*DeleteVolumeCommand)(nil),      // 62: ballast.v1.DeleteVolumeCommand
 	(*DirectorySnapshot)(nil),        // 63: ballast.v1.DirectorySnapshot
 	(*RackUsage)(nil),                // 64: ballast.v1.RackUsage
-	(*GetQuotaRequest)(nil),          // 65: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),         // 66: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),          // 67: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),         // 68: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                // 69: ballast.v1.RackQuota
-	(*IORequest)(nil),                // 70: ballast.v1.IORequest
-	(*IOReply)(nil),                  // 71: ballast.v1.IOReply
-	(*BlockWrite)(nil),               // 72: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                // 73: ballast.v1.LogRecord
-	(*BlockRange)(nil),               // 74: ballast.v1.BlockRange
-	(*Segment)(nil),                  // 75: ballast.v1.Segment
-	(*FlushRecord)(nil),              // 76: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),            // 77: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),          // 78: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),        // 79: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),              // 80: ballast.v1.StateRecord
-	(*BlockState)(nil),               // 81: ballast.v1.BlockState
-	(*SegmentState)(nil),             // 82: ballast.v1.SegmentState
-	(*LogEntry)(nil),                 // 83: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),           // 84: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),         // 85: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),           // 86: ballast.v1.ReplicateReply
+	(*MoveVolumeRequest)(nil),        // 65: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),       // 66: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),          // 67: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),         // 68: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),          // 69: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),         // 70: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                // 71: ballast.v1.RackQuota
+	(*IORequest)(nil),                // 72: ballast.v1.IORequest
+	(*IOReply)(nil),                  // 73: ballast.v1.IOReply
+	(*BlockWrite)(nil),               // 74: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                // 75: ballast.v1.LogRecord
+	(*BlockRange)(nil),               // 76: ballast.v1.BlockRange
+	(*Segment)(nil),                  // 77: ballast.v1.Segment
+	(*FlushRecord)(nil),              // 78: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),            // 79: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),          // 80: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),        // 81: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),              // 82: ballast.v1.StateRecord
+	(*BlockState)(nil),               // 83: ballast.v1.BlockState
+	(*SegmentState)(nil),             // 84: ballast.v1.SegmentState
+	(*LogEntry)(nil),                 // 85: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),           // 86: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),         // 87: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),           // 88: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
-	5,  // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
-	5,  // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	7,  // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	5,  // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	5,  // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
-	0,  // 5: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
-	18, // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
-	18, // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
-	0,  // 8: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
-	18, // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
-	18, // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
-	26, // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	29, // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	30, // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	7,  // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	25, // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	26, // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	5,  // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	29, // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	30, // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	7,  // 20: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
-	1,  // 21: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	47, // 22: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	5,  // 23: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	18, // 24: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	6,  // 25: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	5,  // 26: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	6,  // 27: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	60, // 28: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	61, // 29: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	62, // 30: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	58, // 31: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	59, // 32: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	56, // 33: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	57, // 34: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	53, // 35: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	54, // 36: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	55, // 37: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	48, // 38: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	52, // 39: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	51, // 40: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	49, // 41: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	50, // 42: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	7,  // 43: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	56, // 44: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	18, // 45: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,  // 46: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,  // 47: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	5,  // 48: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	5,  // 49: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	18, // 50: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	6,  // 51: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	7,  // 52: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	69, // 53: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	64, // 54: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	69, // 55: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
-	2,  // 56: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	3,  // 57: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	72, // 58: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	74, // 59: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	76, // 60: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	77, // 61: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	78, // 62: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	79, // 63: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	80, // 64: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	75, // 65: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	75, // 66: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	74, // 67: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	81, // 68: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	82, // 69: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	75, // 70: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	74, // 71: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	73, // 72: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	80, // 73: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	73, // 74: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	4,  // 75: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	8,  // 76: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	10, // 77: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	12, // 78: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	14, // 79: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	16, // 80: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	33, // 81: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	27, // 82: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	31, // 83: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	35, // 84: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	37, // 85: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	39, // 86: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	65, // 87: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	67, // 88: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	19, // 89: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	21, // 90: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	23, // 91: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	43, // 92: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	45, // 93: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	41, // 94: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	70, // 95: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	85, // 96: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	9,  // 97: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	11, // 98: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	13, // 99: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	15, // 100: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	17, // 101: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	34, // 102: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	28, // 103: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	32, // 104: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	36, // 105: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	38, // 106: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	40, // 107: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	66, // 108: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	68, // 109: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	20, // 110: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	22, // 111: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	24, // 112: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	44, // 113: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	46, // 114: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	42, // 115: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	71, // 116: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	86, // 117: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	97, // [97:118] is the sub-list for method output_type
-	76, // [76:97] is the sub-list for method input_type
-	76, // [76:76] is the sub-list for extension type_name
-	76, // [76:76] is the sub-list for extension extendee
-	0,  // [0:76] is the sub-list for field type_name
+	5,   // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
+	5,   // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
+	7,   // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	5,   // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	5,   // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	0,   // 5: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
+	18,  // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	18,  // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	0,   // 8: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
+	18,  // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	18,  // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	26,  // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	29,  // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	30,  // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	7,   // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	25,  // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	26,  // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	5,   // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	29,  // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	30,  // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	7,   // 20: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	1,   // 21: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	47,  // 22: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	5,   // 23: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	18,  // 24: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	6,   // 25: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	5,   // 26: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	6,   // 27: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	60,  // 28: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	61,  // 29: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	62,  // 30: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	58,  // 31: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	59,  // 32: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	56,  // 33: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	57,  // 34: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	53,  // 35: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	54,  // 36: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	55,  // 37: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	48,  // 38: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	52,  // 39: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	51,  // 40: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	49,  // 41: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	50,  // 42: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	7,   // 43: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	56,  // 44: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	18,  // 45: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,   // 46: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,   // 47: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	5,   // 48: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	5,   // 49: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	18,  // 50: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	6,   // 51: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	7,   // 52: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	5,   // 53: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
+	5,   // 54: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
+	71,  // 55: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	64,  // 56: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	71,  // 57: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	2,   // 58: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	3,   // 59: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	74,  // 60: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	76,  // 61: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	78,  // 62: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	79,  // 63: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	80,  // 64: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	81,  // 65: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	82,  // 66: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	77,  // 67: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	77,  // 68: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	76,  // 69: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	83,  // 70: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	84,  // 71: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	77,  // 72: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	76,  // 73: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	75,  // 74: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	82,  // 75: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	75,  // 76: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	4,   // 77: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	8,   // 78: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	10,  // 79: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	12,  // 80: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	14,  // 81: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	16,  // 82: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	65,  // 83: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	33,  // 84: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	27,  // 85: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	31,  // 86: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	35,  // 87: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	37,  // 88: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	39,  // 89: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	67,  // 90: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	69,  // 91: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	19,  // 92: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	21,  // 93: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	23,  // 94: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	43,  // 95: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	45,  // 96: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	41,  // 97: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	72,  // 98: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	87,  // 99: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	9,   // 100: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	11,  // 101: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	13,  // 102: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	15,  // 103: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	17,  // 104: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	66,  // 105: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	34,  // 106: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	28,  // 107: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	32,  // 108: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	36,  // 109: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	38,  // 110: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	40,  // 111: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	68,  // 112: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	70,  // 113: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	20,  // 114: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	22,  // 115: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	24,  // 116: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	44,  // 117: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	46,  // 118: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	42,  // 119: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	73,  // 120: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	88,  // 121: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	100, // [100:122] is the sub-list for method output_type
+	78,  // [78:100] is the sub-list for method input_type
+	78,  // [78:78] is the sub-list for extension type_name
+	78,  // [78:78] is the sub-list for extension extendee
+	0,   // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -6254,7 +6386,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   82,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

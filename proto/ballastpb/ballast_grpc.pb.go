@@ -27,6 +27,7 @@ const (
 	Admin_ListVolumes_FullMethodName      = "/ballast.v1.Admin/ListVolumes"
 	Admin_ResizeVolume_FullMethodName     = "/ballast.v1.Admin/ResizeVolume"
 	Admin_DeleteVolume_FullMethodName     = "/ballast.v1.Admin/DeleteVolume"
+	Admin_MoveVolume_FullMethodName       = "/ballast.v1.Admin/MoveVolume"
 	Admin_RackStatus_FullMethodName       = "/ballast.v1.Admin/RackStatus"
 	Admin_NodeStatus_FullMethodName       = "/ballast.v1.Admin/NodeStatus"
 	Admin_DrainHeadNode_FullMethodName    = "/ballast.v1.Admin/DrainHeadNode"
@@ -55,6 +56,9 @@ type AdminClient interface {
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	ResizeVolume(ctx context.Context, in *ResizeVolumeRequest, opts ...grpc.CallOption) (*ResizeVolumeResponse, error)
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
+	// MoveVolume moves a volume's record to another volume group, in one
+	// transaction, while its I/O goes on.
+	MoveVolume(ctx context.Context, in *MoveVolumeRequest, opts ...grpc.CallOption) (*MoveVolumeResponse, error)
 	RackStatus(ctx context.Context, in *RackStatusRequest, opts ...grpc.CallOption) (*RackStatusResponse, error)
 	NodeStatus(ctx context.Context, in *NodeStatusRequest, opts ...grpc.CallOption) (*NodeStatusResponse, error)
 	// Moves the leadership of every consensus group the named head node
@@ -134,6 +138,16 @@ func (c *adminClient) DeleteVolume(ctx context.Context, in *DeleteVolumeRequest,
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteVolumeResponse)
 	err := c.cc.Invoke(ctx, Admin_DeleteVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) MoveVolume(ctx context.Context, in *MoveVolumeRequest, opts ...grpc.CallOption) (*MoveVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveVolumeResponse)
+	err := c.cc.Invoke(ctx, Admin_MoveVolume_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -292,6 +306,9 @@ type AdminServer interface {
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	ResizeVolume(context.Context, *ResizeVolumeRequest) (*ResizeVolumeResponse, error)
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
+	// MoveVolume moves a volume's record to another volume group, in one
+	// transaction, while its I/O goes on.
+	MoveVolume(context.Context, *MoveVolumeRequest) (*MoveVolumeResponse, error)
 	RackStatus(context.Context, *RackStatusRequest) (*RackStatusResponse, error)
 	NodeStatus(context.Context, *NodeStatusRequest) (*NodeStatusResponse, error)
 	// Moves the leadership of every consensus group the named head node
@@ -341,6 +358,9 @@ func (UnimplementedAdminServer) ResizeVolume(context.Context, *ResizeVolumeReque
 }
 func (UnimplementedAdminServer) DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteVolume not implemented")
+}
+func (UnimplementedAdminServer) MoveVolume(context.Context, *MoveVolumeRequest) (*MoveVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveVolume not implemented")
 }
 func (UnimplementedAdminServer) RackStatus(context.Context, *RackStatusRequest) (*RackStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RackStatus not implemented")
@@ -491,6 +511,24 @@ func _Admin_DeleteVolume_Handler(srv interface{}, ctx context.Context, dec func(
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServer).DeleteVolume(ctx, req.(*DeleteVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_MoveVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).MoveVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_MoveVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).MoveVolume(ctx, req.(*MoveVolumeRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -773,6 +811,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteVolume",
 			Handler:    _Admin_DeleteVolume_Handler,
+		},
+		{
+			MethodName: "MoveVolume",
+			Handler:    _Admin_MoveVolume_Handler,
 		},
 		{
 			MethodName: "RackStatus",
