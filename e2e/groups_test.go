@@ -66,9 +66,12 @@ func TestVolumeGroups(t *testing.T) {
 	}
 
 	// Delete, then take the name again: a new id, the old one is spent.
-	old, _ := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+	old, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
 		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "v03"})
 	})
+	if err != nil {
+		t.Fatalf("get v03: %v", err)
+	}
 	if _, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.DeleteVolumeResponse, error) {
 		return a.DeleteVolume(ctx, &ballastpb.DeleteVolumeRequest{Name: "v03"})
 	}); err != nil {
@@ -80,9 +83,12 @@ func TestVolumeGroups(t *testing.T) {
 		t.Fatalf("get after delete: %v, want NotFound", err)
 	}
 	createVolume(t, c, "v03", 1<<20)
-	again, _ := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+	again, err := adminDo(t, c, func(ctx context.Context, a ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
 		return a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: "v03"})
 	})
+	if err != nil {
+		t.Fatalf("get re-created v03: %v", err)
+	}
 	if again.GetVolume().GetId() == 0 || again.Volume.Id == old.Volume.Id {
 		t.Fatalf("re-created v03 has id %d (old %d)", again.GetVolume().GetId(), old.Volume.Id)
 	}

@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -78,12 +77,10 @@ type vgroup struct {
 	fsm      *volume.Directory
 	raft     *raft.Raft
 	promoter *promoter
-	// barrierTerm is the term in which this node, as the group's leader,
-	// last applied a barrier, so its state holds every entry committed
-	// before it.
-	barrierTerm atomic.Uint64
-	// txnFence linearizes the txn driver's reads of the group.
-	txnFence consensus.ReadFence
+	cons     *consensus.Node
+	// fence linearizes the reads of the group's state, the admin API's
+	// and the txn driver's (consensus.Node.Linearize).
+	fence consensus.ReadFence
 }
 
 // group returns this node's member of group id.
@@ -162,20 +159,18 @@ func (g *vgroup) apply(cmd *ballastpb.DirectoryCommand) (volume.ApplyResult, err
 // term it waits until its state machine holds every committed entry, and
 // on every read it checks it is still the leader.
 func (g *vgroup) readBarrier() error {
-	term := currentTerm(g.raft)
-	if g.barrierTerm.Load() != term {
-		if err := g.raft.Barrier(applyTimeout).Error(); err != nil {
-			if errors.Is(err, raft.ErrNotLeader) {
-				return errNotLeader
-			}
-			return fmt.Errorf("group %d barrier: %w", g.id, err)
-		}
-		g.barrierTerm.Store(term)
-	}
-	if err := g.raft.VerifyLeader().Error(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
+	defer cancel()
+	err := g.cons.Linearize(ctx, g.id, &g.fence)
+	var nl *consensus.NotLeaderError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &nl), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		// The caller asks the leader again, wherever it is now.
 		return errNotLeader
 	}
-	return nil
+	return fmt.Errorf("group %d barrier: %w", g.id, err)
 }
 
 // forwardedFor says whether the call was forwarded to this node as the
@@ -242,14 +237,14 @@ func (n *Node) applyIn(ctx context.Context, id uint64, cmd *ballastpb.DirectoryC
 		if err != nil {
 			return nil, err
 		}
-		return &ballastpb.ApplyInGroupResponse{Volume: res.Volume, Sled: res.Sled, Refused: res.Refused, Placement: res.Placement}, nil
+		return &ballastpb.ApplyInGroupResponse{Volume: res.Volume, Sled: res.Sled, Refused: res.Refused, Moved: res.Moved, Placement: res.Placement}, nil
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.ApplyInGroupResponse, error) {
 		return c.ApplyInGroup(ctx, &ballastpb.ApplyInGroupRequest{Group: id, Command: cmd})
 	})
 	if err != nil {
 		return volume.ApplyResult{}, err
 	}
-	return volume.ApplyResult{Volume: resp.Volume, Sled: resp.Sled, Refused: resp.Refused, Placement: resp.Placement}, nil
+	return volume.ApplyResult{Volume: resp.Volume, Sled: resp.Sled, Refused: resp.Refused, Moved: resp.Moved, Placement: resp.Placement}, nil
 }
 
 // ApplyInGroup commits a command forwarded by another head node.
@@ -261,7 +256,7 @@ func (a *adminServer) ApplyInGroup(ctx context.Context, req *ballastpb.ApplyInGr
 	if err != nil {
 		return nil, err
 	}
-	return &ballastpb.ApplyInGroupResponse{Volume: res.Volume, Sled: res.Sled, Refused: res.Refused, Placement: res.Placement}, nil
+	return &ballastpb.ApplyInGroupResponse{Volume: res.Volume, Sled: res.Sled, Refused: res.Refused, Moved: res.Moved, Placement: res.Placement}, nil
 }
 
 // readGroup returns every volume record of group id (and, of the

@@ -132,6 +132,9 @@ func Start(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.cons.Register(n.server)
+	for _, g := range n.groups {
+		g.cons = n.cons
+	}
 	n.admin = &adminServer{node: n}
 	ballastpb.RegisterAdminServer(n.server, n.admin)
 	n.leases = newLeaseKeeper(n, cfg.Lease)

@@ -33,7 +33,7 @@ type txnHost struct{ g *vgroup }
 
 func (h txnHost) Group() txn.GroupID                    { return txnGroupOf(h.g.id) }
 func (h txnHost) RaftGroup() uint64                     { return h.g.id }
-func (h txnHost) Fence() *consensus.ReadFence           { return &h.g.txnFence }
+func (h txnHost) Fence() *consensus.ReadFence           { return &h.g.fence }
 func (h txnHost) Read(key string) txn.ReadResult        { return h.g.fsm.TxnRead(key) }
 func (h txnHost) ReadRecord(t txn.TxnID) txn.RecordInfo { return h.g.fsm.TxnRecord(t) }
 func (h txnHost) Records() []txn.RecordEntry            { return h.g.fsm.TxnRecords() }
@@ -171,13 +171,11 @@ func (n *Node) createVolume(ctx context.Context, name string, size uint64) (*bal
 			return nil, fmt.Errorf("%w: %q", volume.ErrExists, name)
 		}
 		// Volumes of the directory group's own, from before volume
-		// groups, hold names too.
-		if _, err := n.directory.Get(name); err == nil {
-			return nil, fmt.Errorf("%w: %q", volume.ErrExists, name)
-		}
-		// So do placements made before creates were transactions (they
-		// have no name key).
-		if _, ok := n.directory.Placement(name); ok {
+		// groups, and placements made before creates were transactions
+		// hold names too, without a name key.
+		if legacy, err := n.legacyName(ctx, name); err != nil {
+			return nil, err
+		} else if legacy {
 			return nil, fmt.Errorf("%w: %q", volume.ErrExists, name)
 		}
 		var usage ballastpb.RackUsage
@@ -413,4 +411,41 @@ func (n *Node) moveVolume(ctx context.Context, name string, to uint64) (*ballast
 		}
 	}
 	return nil, status.Errorf(codes.Aborted, "move %q: the volume kept changing; try again", name)
+}
+
+// legacyName reports whether name is taken the way it was before
+// transactions: a volume of the directory group's own, or a placement
+// without a name key. This node's view may lag (a name just deleted may
+// still show), so a name it shows is checked again on the directory's
+// leader, linearizably.
+func (n *Node) legacyName(ctx context.Context, name string) (bool, error) {
+	taken := func() bool {
+		if _, err := n.directory.Get(name); err == nil {
+			return true
+		}
+		_, placed := n.directory.Placement(name)
+		return placed && !n.directory.TxnRead(volume.NameKey(name)).Found
+	}
+	if !taken() {
+		return false, nil
+	}
+	resp, err := onLeader(n.admin, ctx, func(context.Context) (*ballastpb.GetVolumeResponse, error) {
+		if err := n.admin.readBarrier(); err != nil {
+			return nil, err
+		}
+		if !taken() {
+			return nil, fmt.Errorf("%w: %q", volume.ErrNotFound, name)
+		}
+		return &ballastpb.GetVolumeResponse{}, nil
+	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
+		// Another node leads the directory: it answers for its view.
+		return c.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: name})
+	})
+	switch {
+	case status.Code(err) == codes.NotFound:
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return resp != nil, nil
 }

@@ -2567,11 +2567,14 @@ func (x *ApplyInGroupRequest) GetCommand() *DirectoryCommand {
 }
 
 type ApplyInGroupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	Sled          *Sled                  `protobuf:"bytes,2,opt,name=sled,proto3" json:"sled,omitempty"`
-	Refused       []uint64               `protobuf:"varint,3,rep,packed,name=refused,proto3" json:"refused,omitempty"`
-	Placement     *VolumePlacement       `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Volume    *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Sled      *Sled                  `protobuf:"bytes,2,opt,name=sled,proto3" json:"sled,omitempty"`
+	Refused   []uint64               `protobuf:"varint,3,rep,packed,name=refused,proto3" json:"refused,omitempty"`
+	Placement *VolumePlacement       `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
+	// Volumes of a lease renewal that moved to another group: not renewed,
+	// not deposed.
+	Moved         []uint64 `protobuf:"varint,5,rep,packed,name=moved,proto3" json:"moved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2630,6 +2633,13 @@ func (x *ApplyInGroupResponse) GetRefused() []uint64 {
 func (x *ApplyInGroupResponse) GetPlacement() *VolumePlacement {
 	if x != nil {
 		return x.Placement
+	}
+	return nil
+}
+
+func (x *ApplyInGroupResponse) GetMoved() []uint64 {
+	if x != nil {
+		return x.Moved
 	}
 	return nil
 }
@@ -5830,12 +5840,13 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x18ChangeMembershipResponse\"c\n" +
 	"\x13ApplyInGroupRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x126\n" +
-	"\acommand\x18\x02 \x01(\v2\x1c.ballast.v1.DirectoryCommandR\acommand\"\xbd\x01\n" +
+	"\acommand\x18\x02 \x01(\v2\x1c.ballast.v1.DirectoryCommandR\acommand\"\xd3\x01\n" +
 	"\x14ApplyInGroupResponse\x12*\n" +
 	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\x12$\n" +
 	"\x04sled\x18\x02 \x01(\v2\x10.ballast.v1.SledR\x04sled\x12\x18\n" +
 	"\arefused\x18\x03 \x03(\x04R\arefused\x129\n" +
-	"\tplacement\x18\x04 \x01(\v2\x1b.ballast.v1.VolumePlacementR\tplacement\"(\n" +
+	"\tplacement\x18\x04 \x01(\v2\x1b.ballast.v1.VolumePlacementR\tplacement\x12\x14\n" +
+	"\x05moved\x18\x05 \x03(\x04R\x05moved\"(\n" +
 	"\x10ReadGroupRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\"~\n" +
 	"\x11ReadGroupResponse\x12,\n" +
