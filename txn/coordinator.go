@@ -40,6 +40,15 @@ func (c CoordinatorConfig) withDefaults() CoordinatorConfig {
 	return c
 }
 
+// Backoff is the delay before the nth resend (from 0): BackoffMin doubled
+// n times, capped at BackoffMax, with the defaults for fields left zero.
+// A driver waiting on a lock outside the state machines paces itself the
+// same way.
+func (c CoordinatorConfig) Backoff(n int) time.Duration {
+	c = c.withDefaults()
+	return backoff(c.BackoffMin, c.BackoffMax, n)
+}
+
 func (c CoordinatorConfig) validate() error {
 	switch {
 	case c.Lifetime < 0, c.BackoffMin < 0, c.BackoffMax < 0, c.MaxAttempts < 0:

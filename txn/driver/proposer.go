@@ -204,7 +204,7 @@ func (p *Proposer) Read(ctx context.Context, g txn.GroupID, key string) (txn.Rea
 		if h == nil {
 			return res, nil
 		}
-		wait := backoff(p.cfg.Coordinator, attempt)
+		wait := p.cfg.Coordinator.Backoff(attempt)
 		if h.Expired || h.Deadline <= p.clock.Now() {
 			done := p.Recover(txn.RecoveryTarget{Txn: h.Txn, Home: h.Home, Participants: h.Participants, Deadline: h.Deadline})
 			select {
@@ -221,26 +221,6 @@ func (p *Proposer) Read(ctx context.Context, g txn.GroupID, key string) (txn.Rea
 		}
 		return txn.ReadResult{}, fmt.Errorf("txn group %d: read %q: locked by %s: %w", g, key, h.Txn, context.Cause(ctx))
 	}
-}
-
-// backoff is the delay before a read looks again at a lock: doubling
-// from the coordinator's BackoffMin to its BackoffMax.
-func backoff(cfg txn.CoordinatorConfig, attempt int) time.Duration {
-	lo, hi := cfg.BackoffMin, cfg.BackoffMax
-	if lo <= 0 {
-		lo = 5 * time.Millisecond
-	}
-	if hi <= 0 {
-		hi = 500 * time.Millisecond
-	}
-	d := lo
-	for range attempt {
-		if d >= hi/2 {
-			return hi
-		}
-		d *= 2
-	}
-	return min(d, hi)
 }
 
 // machine is a Coordinator or a Recoverer.
