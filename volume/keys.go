@@ -167,9 +167,6 @@ func (d *Directory) dropVolumeLocked(v *ballastpb.Volume) {
 	}
 }
 
-// TxnGroup is the directory's txn group.
-func (d *Directory) TxnGroup() txn.GroupID { return d.txnGroup }
-
 // TxnRead reads a txn key of the local state (the caller linearizes).
 func (d *Directory) TxnRead(key string) txn.ReadResult {
 	d.mu.RLock()

@@ -146,13 +146,6 @@ func (f *FSM) Holders() []txn.Holder {
 	return f.p.Holders()
 }
 
-// Clock is the group's log time.
-func (f *FSM) Clock() txn.Timestamp {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.p.Clock()
-}
-
 type stateSnapshot []byte
 
 func (s stateSnapshot) Persist(sink raft.SnapshotSink) error {

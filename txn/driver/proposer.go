@@ -86,9 +86,6 @@ func (p *Proposer) Close() {
 	p.runs.Wait()
 }
 
-// Clock is the proposer's clock.
-func (p *Proposer) Clock() *Clock { return p.clock }
-
 // newTxnID returns an id no other attempt of any proposer has.
 func (p *Proposer) newTxnID() (txn.TxnID, txn.Timestamp) {
 	now := p.clock.Now()
