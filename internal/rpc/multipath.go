@@ -46,9 +46,12 @@ type PathStatus struct {
 // addresses. It implements grpc.ClientConnInterface, so generated clients
 // take it as they take a *grpc.ClientConn.
 type Conn struct {
-	paths  []*path
-	stop   chan struct{}
-	probes sync.WaitGroup
+	paths []*path
+	// closing ends the probes, including one in flight: a probe of a node
+	// that is already gone would otherwise hold Close for its timeout.
+	closing   context.Context
+	stopProbe context.CancelFunc
+	probes    sync.WaitGroup
 }
 
 var _ grpc.ClientConnInterface = (*Conn)(nil)
@@ -85,11 +88,13 @@ func DialPaths(addresses []string, opts ...grpc.DialOption) (*Conn, error) {
 	if len(addresses) == 0 {
 		return nil, fmt.Errorf("dial: no addresses")
 	}
-	c := &Conn{stop: make(chan struct{})}
+	c := &Conn{}
+	c.closing, c.stopProbe = context.WithCancel(context.Background())
 	now := time.Now()
 	for _, a := range addresses {
 		cc, err := Dial([]string{a}, opts...)
 		if err != nil {
+			c.stopProbe()
 			c.closePaths()
 			return nil, err
 		}
@@ -109,7 +114,7 @@ func DialPaths(addresses []string, opts ...grpc.DialOption) (*Conn, error) {
 
 // Close stops probing and closes every path.
 func (c *Conn) Close() error {
-	close(c.stop)
+	c.stopProbe()
 	c.probes.Wait()
 	return c.closePaths()
 }
@@ -147,15 +152,18 @@ func (c *Conn) probeLoop(p *path) {
 	defer t.Stop()
 	for {
 		select {
-		case <-c.stop:
+		case <-c.closing.Done():
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), ProbeTimeout)
+		ctx, cancel := context.WithTimeout(c.closing, ProbeTimeout)
 		// WaitForReady: a path that is reconnecting gets the whole timeout
 		// to do so rather than failing at once.
 		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
 		cancel()
+		if c.closing.Err() != nil {
+			return
+		}
 		c.record(p, err)
 	}
 }

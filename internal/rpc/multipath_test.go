@@ -307,3 +307,31 @@ func TestIdempotentCallResent(t *testing.T) {
 		t.Fatal("path A should be down")
 	}
 }
+
+// A pool whose nodes have all gone silent closes without waiting out the
+// probes in flight: a head node shutting down after its peers would
+// otherwise spend a probe timeout (or more) per peer.
+func TestPoolCloseDoesNotWaitForProbes(t *testing.T) {
+	const nodes = 8
+	server := startHealthServer(t)
+	var pool Pool
+	var links []*cuttableLink
+	for i := 0; i < nodes; i++ {
+		a, b := newCuttableLink(t, server), newCuttableLink(t, server)
+		links = append(links, a, b)
+		if _, err := pool.Get([]string{a.addr(), b.addr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range links {
+		k.cut.Store(true)
+	}
+	// Every probe from now on hangs until its timeout.
+	time.Sleep(ProbeInterval + ProbeTimeout/2)
+	start := time.Now()
+	pool.Close()
+	// Waiting for the probes would take about nodes × ProbeTimeout/2.
+	if took := time.Since(start); took >= ProbeTimeout {
+		t.Fatalf("closing a pool of %d silent nodes took %v", nodes, took)
+	}
+}
