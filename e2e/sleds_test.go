@@ -147,7 +147,7 @@ func corruptShardFiles(t *testing.T, dir string, count int) []string {
 	return done
 }
 
-// TestSledsThroughFailures writes 512 MiB through NBD to a rack of
+// TestSledsThroughFailures writes 256 MiB through NBD to a rack of
 // processes (three head nodes, seven sleds, an agent), waits until the
 // head nodes flushed it to the sleds, and reads it all back with fio
 // verify after each blow: one sled killed, a second killed, bytes flipped
@@ -168,10 +168,10 @@ func TestSledsThroughFailures(t *testing.T) {
 	r.waitServed("big", r.agent)
 	r.waitStatus(t, time.Minute, "seven sleds up", sledsUp(7))
 	uri := r.uri("big")
-	const size = "512m"
+	const size = "256m"
 	fioJob(t, uri, size, false)
 	st := r.waitStatus(t, 3*time.Minute, "the log flushed to the sleds", func(st rackStatusJSON) bool {
-		return n(st.Redundancy.FlushedBytes) >= 480<<20 && n(st.Redundancy.DirtyBytes) <= 32<<20
+		return n(st.Redundancy.FlushedBytes) >= 224<<20 && n(st.Redundancy.DirtyBytes) <= 32<<20
 	})
 	t.Logf("flushed %d MiB into %s segments; %d MiB left in the log", n(st.Redundancy.FlushedBytes)>>20, st.Redundancy.SegmentsFull, n(st.Redundancy.DirtyBytes)>>20)
 
@@ -243,9 +243,10 @@ func sledsUp(want int) func(rackStatusJSON) bool {
 	}
 }
 
-// TestSledSpaceAfterRewrites rewrites the same 64 MiB twenty times, lets
+// TestSledSpaceAfterRewrites rewrites the same 32 MiB twelve times, lets
 // flush and compaction run, and checks the sleds hold less than three
-// copies of it at 4+2 (3 × 64 MiB × 6/4).
+// copies of it at 4+2 (3 × 32 MiB × 6/4); without reclaiming they would
+// hold twelve.
 func TestSledSpaceAfterRewrites(t *testing.T) {
 	needTools(t, "fio")
 	r := newRack(t)
@@ -259,8 +260,8 @@ func TestSledSpaceAfterRewrites(t *testing.T) {
 	}
 	r.waitServed("rw", r.agent)
 	mustRun(t, 10*time.Minute, "fio", "--name=rw", "--ioengine=nbd", "--uri="+r.uri("rw"), "--rw=randwrite", "--bs=4k",
-		"--iodepth=32", "--size=64m", "--loops=20", "--output-format=terse")
-	const limit = 3 * 64 << 20 * 6 / 4
+		"--iodepth=32", "--size=32m", "--loops=12", "--output-format=terse")
+	const limit = 3 * 32 << 20 * 6 / 4
 	var used uint64
 	r.waitStatus(t, 5*time.Minute, fmt.Sprintf("sleds under %d MiB", limit>>20), func(st rackStatusJSON) bool {
 		used = 0
@@ -269,5 +270,5 @@ func TestSledSpaceAfterRewrites(t *testing.T) {
 		}
 		return n(st.Redundancy.DirtyBytes) == 0 && used < limit
 	})
-	t.Logf("sleds hold %d MiB for 64 MiB rewritten 20 times", used>>20)
+	t.Logf("sleds hold %d MiB for 32 MiB rewritten 12 times", used>>20)
 }
