@@ -35,7 +35,12 @@ type AgentConfig struct {
 	// NVMeDiscoveryListen lists discovery-only ports (8009 by
 	// convention); they need NVMeListen.
 	NVMeDiscoveryListen []string
-	Logger              *slog.Logger
+	// Host is the host this agent serves: it serves a volume only while
+	// the volume is attached (or migrating) to it, and carries the
+	// attachment's generation on every request. "" serves only volumes
+	// attached to no host, as a client that names no host.
+	Host   string
+	Logger *slog.Logger
 }
 
 // NQNPrefix is the prefix of the subsystem NQN of every volume:
@@ -104,11 +109,11 @@ func StartAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	a.nbd = &nbd.Server{Exports: exports{a.client}, Logger: a.log}
+	a.nbd = &nbd.Server{Exports: exports{a.client, cfg.Host}, Logger: a.log}
 	a.serve("NBD server", func() error { return a.nbd.Serve(ctx, a.listener) })
 	a.log.Info("serving NBD", "addr", a.listener.Addr().String())
 	if len(a.nvmeL) > 0 {
-		a.nvme = &nvmetcp.Target{Subsystems: subsystems{a.client}, Logger: a.log}
+		a.nvme = &nvmetcp.Target{Subsystems: subsystems{a.client, cfg.Host}, Logger: a.log}
 		for _, l := range a.nvmeL {
 			a.serve("NVMe/TCP target", func() error { return a.nvme.Serve(ctx, l) })
 			a.log.Info("serving NVMe/TCP", "addr", l.Addr().String())
@@ -164,13 +169,20 @@ func (a *Agent) Close() error {
 	return nil
 }
 
-// exports resolves NBD export names to volumes.
-type exports struct{ client *Client }
+// exports resolves NBD export names to the volumes attached (or
+// migrating) to the agent's host.
+type exports struct {
+	client *Client
+	host   string
+}
 
 func (e exports) Open(ctx context.Context, name string) (nbd.Backend, error) {
-	v, err := e.client.OpenVolume(ctx, name)
+	v, err := e.client.OpenVolumeAs(ctx, name, e.host)
 	if status.Code(err) == codes.NotFound {
 		return nil, fmt.Errorf("%w: %s", nbd.ErrUnknownExport, name)
+	}
+	if errors.Is(err, ErrNotAttached) {
+		return nil, fmt.Errorf("%w: %w", nbd.ErrExportRefused, err)
 	}
 	if err != nil {
 		return nil, err
@@ -179,32 +191,39 @@ func (e exports) Open(ctx context.Context, name string) (nbd.Backend, error) {
 }
 
 func (e exports) List(ctx context.Context) ([]string, error) {
-	return e.client.volumeNames(ctx)
+	return e.client.volumeNames(ctx, e.host)
 }
 
-// volumeNames lists every volume of the rack.
-func (c *Client) volumeNames(ctx context.Context) ([]string, error) {
+// volumeNames lists the volumes a host may open: those attached or
+// migrating to it (for host "", those attached to no host).
+func (c *Client) volumeNames(ctx context.Context, host string) ([]string, error) {
 	var names []string
 	err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
 		resp, err := a.ListVolumes(ctx, &ballastpb.ListVolumesRequest{})
 		if err != nil {
 			return err
 		}
+		names = names[:0]
 		for _, v := range resp.Volumes {
-			names = append(names, v.Name)
+			att := volume.AttachmentOf(v)
+			if _, ok := att.SessionFor(host); ok || host == "" && att.Host == "" {
+				names = append(names, v.Name)
+			}
 		}
 		return nil
 	})
 	return names, err
 }
 
-// subsystems resolves NVMe subsystem NQNs to volumes: every volume of
-// the rack is a subsystem (attachments, which will narrow this to the
-// volumes attached to this host, come later).
-type subsystems struct{ client *Client }
+// subsystems resolves NVMe subsystem NQNs to the volumes attached (or
+// migrating) to the agent's host.
+type subsystems struct {
+	client *Client
+	host   string
+}
 
 func (s subsystems) List(ctx context.Context) ([]string, error) {
-	names, err := s.client.volumeNames(ctx)
+	names, err := s.client.volumeNames(ctx, s.host)
 	if err != nil {
 		return nil, err
 	}
@@ -220,9 +239,10 @@ func (s subsystems) Open(ctx context.Context, nqn string) (nvmetcp.Namespace, er
 	if !ok || volume.ValidateName(name) != nil {
 		return nvmetcp.Namespace{}, fmt.Errorf("%w: %s", nvmetcp.ErrUnknownSubsystem, nqn)
 	}
-	v, err := s.client.OpenVolume(ctx, name)
-	if status.Code(err) == codes.NotFound {
-		return nvmetcp.Namespace{}, fmt.Errorf("%w: %s", nvmetcp.ErrUnknownSubsystem, nqn)
+	v, err := s.client.OpenVolumeAs(ctx, name, s.host)
+	if status.Code(err) == codes.NotFound || errors.Is(err, ErrNotAttached) {
+		// Not offered to this host: discovery does not list it either.
+		return nvmetcp.Namespace{}, fmt.Errorf("%w: %s: %w", nvmetcp.ErrUnknownSubsystem, nqn, err)
 	}
 	if err != nil {
 		return nvmetcp.Namespace{}, err
@@ -250,7 +270,7 @@ func newSpreadDevice(v *Volume, n int) *spreadDevice {
 	primary := v.primary
 	v.mu.Unlock()
 	for range n - 1 {
-		d.vols = append(d.vols, &Volume{client: v.client, name: v.name, size: v.size, id: v.id, primary: primary})
+		d.vols = append(d.vols, &Volume{client: v.client, name: v.name, size: v.size, id: v.id, session: v.session, primary: primary})
 	}
 	return d
 }
@@ -355,6 +375,8 @@ func replyError(r *ballastpb.IOReply) error {
 		return fmt.Errorf("%w: %s", blockdev.ErrInvalid, r.Error)
 	case ballastpb.IOStatus_IO_STATUS_NO_SPACE:
 		return fmt.Errorf("%w: %s", blockdev.ErrNoSpace, r.Error)
+	case ballastpb.IOStatus_IO_STATUS_FENCED:
+		return fmt.Errorf("%w: %s", blockdev.ErrNotPermitted, r.Error)
 	default:
 		return fmt.Errorf("%w: %s", blockdev.ErrIO, r.Error)
 	}

@@ -13,7 +13,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ballast-storage/ballast/internal/rpc"
+	"github.com/ballast-storage/ballast/migrate"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
 )
 
 // Client reaches the head nodes of a rack. It is safe for concurrent use.
@@ -116,6 +118,11 @@ type Volume struct {
 	name   string
 	size   uint64
 	id     uint64
+	// session is carried on every request: the host and the attachment
+	// generation the volume was opened under (none for a tool writing a
+	// detached volume). A head node refuses its writes once the volume
+	// is attached elsewhere; the session never changes.
+	session migrate.Session
 
 	mu      sync.Mutex
 	primary []string // addresses of the primary as last looked up
@@ -123,13 +130,34 @@ type Volume struct {
 	closed  bool
 }
 
-// OpenVolume looks up a volume and prepares I/O to its primary.
+// OpenVolume looks up a volume and prepares I/O to its primary, as a
+// client that names no host: it may write the volume only while it is
+// attached to no host.
 func (c *Client) OpenVolume(ctx context.Context, name string) (*Volume, error) {
+	return c.OpenVolumeAs(ctx, name, "")
+}
+
+// ErrNotAttached is returned by OpenVolumeAs for a volume that is neither
+// attached nor migrating to the host.
+var ErrNotAttached = errors.New("attach: volume not attached to this host")
+
+// OpenVolumeAs opens a volume for host, under the generation of its
+// attachment (or of the prepared migration to it). host "" opens it as
+// OpenVolume does.
+func (c *Client) OpenVolumeAs(ctx context.Context, name, host string) (*Volume, error) {
 	resp, err := c.Lookup(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	v := &Volume{client: c, name: name, size: resp.Volume.SizeBytes, id: resp.Volume.Id}
+	if host != "" {
+		att := volume.AttachmentOf(resp.Volume)
+		s, ok := att.SessionFor(host)
+		if !ok {
+			return nil, fmt.Errorf("%w: volume %s is %s, not on host %s", ErrNotAttached, name, att, host)
+		}
+		v.session = s
+	}
 	v.setPrimary(resp)
 	return v, nil
 }
@@ -271,6 +299,7 @@ func (v *Volume) do(ctx context.Context, req *ballastpb.IORequest) (*ballastpb.I
 	ctx, cancel := context.WithTimeout(ctx, v.client.requestTimeout())
 	defer cancel()
 	req.VolumeId = v.id
+	req.Host, req.Generation = v.session.Host, v.session.Generation
 	backoff := 20 * time.Millisecond
 	for {
 		req.Id = requestIDs.Add(1)

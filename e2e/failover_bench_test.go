@@ -31,7 +31,7 @@ func BenchmarkFailover(b *testing.B) {
 	}
 	r := newRack(b)
 	r.startProcesses()
-	if out, err := r.cli("volume", "create", "fb", "--size", "64MiB"); err != nil {
+	if out, err := r.cli("volume", "create", "fb", "--size", "64MiB", "--attach", agentHost); err != nil {
 		b.Fatalf("create: %v\n%s", err, out)
 	}
 	var hns [][]string

@@ -59,7 +59,7 @@ func TestKillPrimaryUnderFio(t *testing.T) {
 	needTools(t, "fio")
 	r := newRack(t)
 	r.startProcesses()
-	if out, err := r.cli("volume", "create", "fo", "--size", "256MiB"); err != nil {
+	if out, err := r.cli("volume", "create", "fo", "--size", "256MiB", "--attach", agentHost); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	r.waitServed("fo", r.agent)
@@ -107,7 +107,7 @@ func TestDeposedPrimaryAcknowledgesNothing(t *testing.T) {
 	needTools(t, "fio")
 	r := newRack(t)
 	r.startProcesses()
-	if out, err := r.cli("volume", "create", "dp", "--size", "64MiB"); err != nil {
+	if out, err := r.cli("volume", "create", "dp", "--size", "64MiB", "--attach", agentHost); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	r.waitServed("dp", r.agent)

@@ -14,7 +14,7 @@ func TestMoveVolumeUnderFio(t *testing.T) {
 	needTools(t, "fio")
 	r := newRack(t)
 	r.startProcesses()
-	if out, err := r.cli("volume", "create", "mv", "--size", "128MiB"); err != nil {
+	if out, err := r.cli("volume", "create", "mv", "--size", "128MiB", "--attach", agentHost); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	r.waitServed("mv", r.agent)

@@ -51,7 +51,7 @@ func TestCutNetworksUnderFio(t *testing.T) {
 	for i := 1; i <= labSleds; i++ {
 		r.startSled(i, "--scrub-rate", "0")
 	}
-	if out, err := r.cli("volume", "create", "net", "--size", "256MiB"); err != nil {
+	if out, err := r.cli("volume", "create", "net", "--size", "256MiB", "--attach", agentHost); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	r.waitServed("net", r.agent)

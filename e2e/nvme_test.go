@@ -275,11 +275,11 @@ func TestNVMeAndNBDShareVolumes(t *testing.T) {
 
 	// A volume created now is a subsystem at once, on the demo's agent
 	// and on a separate agent process.
-	if out, err := r.cli("volume", "create", "vol2", "--size", "64MiB"); err != nil {
+	if out, err := r.cli("volume", "create", "vol2", "--size", "64MiB", "--attach", agentHost); err != nil {
 		t.Fatalf("volume create: %v\n%s", err, out)
 	}
 	agentNBD, agentNVMe, agentDisc := freeLoopbackAddr(t), freeLoopbackAddr(t), freeLoopbackAddr(t)
-	args := []string{"agent", "--nbd", agentNBD, "--nvme", agentNVMe, "--nvme-discovery", agentDisc}
+	args := []string{"agent", "--host", agentHost, "--nbd", agentNBD, "--nvme", agentNVMe, "--nvme-discovery", agentDisc}
 	for _, hn := range r.headNodes {
 		args = append(args, "--headnode", hn)
 	}

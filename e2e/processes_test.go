@@ -41,8 +41,8 @@ func TestRackOfProcesses(t *testing.T) {
 	}
 
 	t.Run("volume admin", func(t *testing.T) {
-		cli(t, "volume", "create", "vol1", "--size", "64MiB")
-		cli(t, "volume", "create", "vol2", "--size", "1GiB")
+		cli(t, "volume", "create", "vol1", "--size", "64MiB", "--attach", agentHost)
+		cli(t, "volume", "create", "vol2", "--size", "1GiB", "--attach", agentHost)
 		cliFails(t, "already exists", "volume", "create", "vol1", "--size", "64MiB")
 		cliFails(t, "not a multiple of 4096", "volume", "create", "odd", "--size", "1000")
 		cliFails(t, "greater than zero", "volume", "create", "zero", "--size", "0")

@@ -20,6 +20,10 @@ import (
 
 var ballastBin string
 
+// agentHost is the host name of the agent a rack runs (and of the demo's
+// first agent); the tests' volumes are attached to it.
+const agentHost = "h1"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ballast-e2e-bin")
 	if err != nil {
@@ -269,7 +273,7 @@ func (r *rack) startProcesses() {
 	for i := 1; i <= 3; i++ {
 		r.startHeadNode(i, peers)
 	}
-	args := []string{"agent", "--nbd", r.nbdAddr}
+	args := []string{"agent", "--host", agentHost, "--nbd", r.nbdAddr}
 	for _, h := range r.headNodes {
 		args = append(args, "--headnode", h)
 	}

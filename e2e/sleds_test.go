@@ -162,7 +162,7 @@ func TestSledsThroughFailures(t *testing.T) {
 	for i := 1; i <= 7; i++ {
 		r.startSled(i, "--scrub-rate", "0")
 	}
-	if out, err := r.cli("volume", "create", "big", "--size", "1GiB"); err != nil {
+	if out, err := r.cli("volume", "create", "big", "--size", "1GiB", "--attach", agentHost); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	r.waitServed("big", r.agent)
@@ -255,7 +255,7 @@ func TestSledSpaceAfterRewrites(t *testing.T) {
 	for i := 1; i <= 7; i++ {
 		r.startSled(i, "--scrub-rate", "0")
 	}
-	if out, err := r.cli("volume", "create", "rw", "--size", "256MiB"); err != nil {
+	if out, err := r.cli("volume", "create", "rw", "--size", "256MiB", "--attach", agentHost); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	r.waitServed("rw", r.agent)

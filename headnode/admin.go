@@ -8,10 +8,12 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/consensus"
+	"github.com/ballast-storage/ballast/migrate"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -112,7 +114,12 @@ func (a *adminServer) CreateVolume(ctx context.Context, req *ballastpb.CreateVol
 	if err := volume.ValidateSize(req.SizeBytes); err != nil {
 		return nil, toStatus(err)
 	}
-	v, err := a.node.createVolume(ctx, req.Name, req.SizeBytes)
+	if req.AttachHost != "" {
+		if err := migrate.ValidateHost(req.AttachHost); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	v, err := a.node.createVolume(ctx, req.Name, req.SizeBytes, req.AttachHost)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -270,4 +277,69 @@ func (a *adminServer) MoveVolume(ctx context.Context, req *ballastpb.MoveVolumeR
 		return nil, toStatus(err)
 	}
 	return &ballastpb.MoveVolumeResponse{Volume: v}, nil
+}
+
+// attachForwardedKey marks a ChangeAttachment forwarded to the volume's
+// primary; the receiver never forwards it again.
+const attachForwardedKey = "ballast-attachment-forwarded"
+
+// ChangeAttachment runs on the volume's primary, which alone changes the
+// attachment (see attachGate); any other head node forwards it there.
+func (a *adminServer) ChangeAttachment(ctx context.Context, req *ballastpb.ChangeAttachmentRequest) (*ballastpb.ChangeAttachmentResponse, error) {
+	c := migrate.Change{Host: req.Host}
+	switch req.Change {
+	case ballastpb.AttachmentChange_ATTACHMENT_CHANGE_ATTACH:
+		c.Kind = migrate.Attach
+	case ballastpb.AttachmentChange_ATTACHMENT_CHANGE_DETACH:
+		c.Kind = migrate.Detach
+	case ballastpb.AttachmentChange_ATTACHMENT_CHANGE_PREPARE_MIGRATION:
+		c.Kind = migrate.Prepare
+	case ballastpb.AttachmentChange_ATTACHMENT_CHANGE_ABORT_MIGRATION:
+		c.Kind = migrate.Abort
+	case ballastpb.AttachmentChange_ATTACHMENT_CHANGE_SWITCH_NOW:
+		c.Kind = migrate.SwitchNow
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "unknown attachment change %v", req.Change)
+	}
+	if c.Kind != migrate.Detach && c.Kind != migrate.Abort {
+		if err := migrate.ValidateHost(req.Host); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	got, err := a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: req.Name})
+	if err != nil {
+		return nil, err
+	}
+	v := got.Volume
+	if v.Primary != a.node.cfg.ID {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if len(md.Get(attachForwardedKey)) > 0 {
+			return nil, status.Errorf(codes.Unavailable, "head node %s is not the primary of volume %s", a.node.cfg.ID, req.Name)
+		}
+		p, ok := a.node.peer(v.Primary)
+		if !ok {
+			return nil, status.Errorf(codes.Unavailable, "primary %q of volume %s is not a known head node", v.Primary, req.Name)
+		}
+		conn, err := a.node.pool.Get(p.Addresses)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "reach primary %s: %v", v.Primary, err)
+		}
+		octx := metadata.AppendToOutgoingContext(ctx, attachForwardedKey, a.node.cfg.ID)
+		return ballastpb.NewAdminClient(conn).ChangeAttachment(octx, req)
+	}
+	pv, err := a.node.primaryFor(v)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "volume %s: %v", req.Name, err)
+	}
+	if pv.vol.Epoch != v.Epoch {
+		return nil, status.Errorf(codes.Unavailable, "volume %s: this head node is primary at epoch %d, the record at %d", req.Name, pv.vol.Epoch, v.Epoch)
+	}
+	if err := pv.gate.change(ctx, c); err != nil {
+		return nil, err
+	}
+	got, err = a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: req.Name})
+	if err != nil {
+		return nil, err
+	}
+	return &ballastpb.ChangeAttachmentResponse{Volume: got.Volume}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/ballast-storage/ballast/migrate"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -97,6 +98,20 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 	if err != nil {
 		return fail(ballastpb.IOStatus_IO_STATUS_IO_ERROR, err)
 	}
+	if pv.gate != nil {
+		done, err := pv.gate.admit(ctx, migrate.Session{Host: req.Host, Generation: req.Generation}, gateOp(req.Op))
+		switch {
+		case errors.Is(err, errFenced):
+			return fail(ballastpb.IOStatus_IO_STATUS_FENCED, err)
+		case errors.Is(err, ErrStopped):
+			return fail(ballastpb.IOStatus_IO_STATUS_NOT_PRIMARY, err)
+		case err != nil:
+			return fail(ballastpb.IOStatus_IO_STATUS_IO_ERROR, err)
+		}
+		if done != nil {
+			defer done()
+		}
+	}
 	switch req.Op {
 	case ballastpb.IOOp_IO_OP_READ:
 		reply.Data = make([]byte, length)
@@ -149,6 +164,7 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 		go pv.Close()
 	}
 	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote, n.leases)
+	pv.gate = newAttachGate(n, vol, pv.log)
 	n.primaries[vol.Id] = pv
 	return pv, nil
 }

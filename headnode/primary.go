@@ -81,6 +81,10 @@ type primaryVolume struct {
 	// so a burst of writes triggers a flush before the timer does.
 	writtenBytes atomic.Int64
 
+	// gate admits requests by the volume's attachment; nil in tests of
+	// the write path alone (every request admitted).
+	gate *attachGate
+
 	// auth says whether this node may still act as the volume's primary
 	// and where its secondaries are now; nil in tests of the write path
 	// alone (always allowed, placement fixed at activation).
@@ -139,6 +143,9 @@ var ErrStopped = errors.New("headnode: volume stopped")
 
 // Close stops the committer; queued writes fail with ErrStopped.
 func (p *primaryVolume) Close() {
+	if p.gate != nil {
+		p.gate.close()
+	}
 	p.mu.Lock()
 	if p.stopped {
 		p.mu.Unlock()

@@ -158,7 +158,7 @@ func marshalAll(ms ...proto.Message) ([][]byte, error) {
 // volume group that will hold the record. A concurrent create or delete
 // changes the usage under it: the transaction's condition fails and the
 // create runs again, so that exactly one of two creates of a name wins.
-func (n *Node) createVolume(ctx context.Context, name string, size uint64) (*ballastpb.Volume, error) {
+func (n *Node) createVolume(ctx context.Context, name string, size uint64, attachHost string) (*ballastpb.Volume, error) {
 	dir := txnGroupOf(consensus.DirectoryGroup)
 	for attempt := 0; ; attempt++ {
 		if attempt == createAttempts {
@@ -208,6 +208,9 @@ func (n *Node) createVolume(ctx context.Context, name string, size uint64) (*bal
 		rec := &ballastpb.Volume{
 			Name: name, Id: id, Group: group, SizeBytes: size, BlockSizeBytes: volume.BlockSizeBytes,
 			Epoch: 1, Primary: primary, Secondaries: []string{secondary}, CreatedUnixNanos: time.Now().UnixNano(),
+		}
+		if attachHost != "" {
+			rec.AttachedHost, rec.AttachGeneration, rec.LastGeneration = attachHost, 1, 1
 		}
 		next := &ballastpb.RackUsage{Volumes: usage.Volumes + 1, Bytes: usage.Bytes + size, NextVolumeId: id + 1}
 		vals, err := marshalAll(next, &ballastpb.VolumePlacement{Name: name, Id: id, Group: group}, rec)

@@ -103,6 +103,13 @@ func (d *Directory) installLocked(w txn.Write) {
 			return
 		}
 		delete(d.moved, v.Id)
+		if old, ok := d.byID[v.Id]; ok && old.Epoch == v.Epoch && old.LeaseRenewals > v.LeaseRenewals {
+			// Renewals count in the view only, so a record written from
+			// the key (an attachment change) carries an older count; a
+			// count that went back would let a promotion decided on
+			// stale renewals through.
+			v.LeaseRenewals = old.LeaseRenewals
+		}
 		d.setVolumeLocked(v)
 	}
 }

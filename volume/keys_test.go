@@ -197,3 +197,36 @@ func TestDirectoryMovedVolume(t *testing.T) {
 		t.Fatalf("after moving back: %v %v", v, err)
 	}
 }
+
+// A record a transaction rewrites from its key (an attachment change)
+// keeps the renewals the view counted since, and the attachment is the
+// new one.
+func TestTxnRewriteKeepsLeaseRenewals(t *testing.T) {
+	d := NewGroupDirectory(2)
+	rec := &ballastpb.Volume{Name: "r", Id: 4, Group: 1, SizeBytes: 1 << 20, BlockSizeBytes: BlockSizeBytes, Epoch: 2, Primary: "hn1", Secondaries: []string{"hn2"}}
+	put := func(index uint64, v *ballastpb.Volume) {
+		t.Helper()
+		id := txn.TxnID{HLC: index, Node: 1, Counter: 1}
+		r := d.ApplyCommand(index, txnEntry(t, &txn.PrepareCommit{Txn: id, Prio: txn.PrioOf(id), Deadline: 1000,
+			Writes: []txn.Write{{Key: VolumeKey("r"), Value: marshal(t, v)}}}), 0)
+		if r.Txn == nil || r.Txn.Vote != txn.VoteResolvedCommit {
+			t.Fatalf("write %v: %+v", v, r)
+		}
+	}
+	put(1, rec)
+	for i := uint64(2); i < 5; i++ {
+		d.ApplyCommand(i, &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_RenewLeases{RenewLeases: &ballastpb.RenewLeasesCommand{
+			Holder: "hn1", Leases: []*ballastpb.RenewLeaseCommand{{VolumeId: 4, Epoch: 2}}}}}, 0)
+	}
+	before, err := d.ByID(4)
+	if err != nil || before.LeaseRenewals == 0 {
+		t.Fatalf("renewals not counted: %v %v", before, err)
+	}
+	attached := proto.Clone(rec).(*ballastpb.Volume)
+	attached.AttachedHost, attached.AttachGeneration, attached.LastGeneration = "h1", 1, 1
+	put(5, attached)
+	after, err := d.ByID(4)
+	if err != nil || after.LeaseRenewals != before.LeaseRenewals || after.AttachedHost != "h1" {
+		t.Fatalf("after the rewrite: renewals %d (before %d), host %q, err %v", after.GetLeaseRenewals(), before.LeaseRenewals, after.GetAttachedHost(), err)
+	}
+}

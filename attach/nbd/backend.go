@@ -30,6 +30,10 @@ type Exports interface {
 // ErrUnknownExport is wrapped by Exports.Open when no export has the name.
 var ErrUnknownExport = errors.New("nbd: unknown export")
 
+// ErrExportRefused is wrapped by Exports.Open when the export exists but
+// this server may not serve it (NBD_REP_ERR_POLICY).
+var ErrExportRefused = errors.New("nbd: export refused by policy")
+
 // ErrServerClosed is returned by Serve after Close.
 var ErrServerClosed = errors.New("nbd: server closed")
 

@@ -187,6 +187,9 @@ func (n *negotiation) open(ctx context.Context, name string) (Backend, uint32, s
 		return b, 0, ""
 	case errors.Is(err, ErrUnknownExport):
 		return nil, repErrUnknown, fmt.Sprintf("unknown export %q", name)
+	case errors.Is(err, ErrExportRefused):
+		n.log.Info("NBD export refused", "export", name, "err", err)
+		return nil, repErrPolicy, fmt.Sprintf("export %q refused: %v", name, err)
 	case ctx.Err() != nil:
 		n.log.Warn("NBD export not opened: handshake ending", "export", name, "err", err)
 		return nil, repErrShutdown, fmt.Sprintf("export %q: %v", name, err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ballast-storage/ballast/attach"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
 )
 
 // adminCall runs fn against the rack's head nodes and turns gRPC errors
@@ -53,7 +54,7 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 	var asJSON bool
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
 
-	var size string
+	var size, attachTo string
 	create := &cobra.Command{
 		Use:   "create NAME --size SIZE",
 		Short: "Create a volume",
@@ -64,21 +65,23 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
-				resp, err := a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: args[0], SizeBytes: n})
+				resp, err := a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: args[0], SizeBytes: n, AttachHost: attachTo})
 				if err != nil {
 					return err
 				}
 				if asJSON {
 					return printJSON(resp.Volume)
 				}
-				fmt.Printf("created volume %s (%s, primary %s, secondary %s)\n", resp.Volume.Name,
-					humanize.IBytes(resp.Volume.SizeBytes), resp.Volume.Primary, strings.Join(resp.Volume.Secondaries, ","))
+				fmt.Printf("created volume %s (%s, primary %s, secondary %s, %s)\n", resp.Volume.Name,
+					humanize.IBytes(resp.Volume.SizeBytes), resp.Volume.Primary, strings.Join(resp.Volume.Secondaries, ","),
+					volume.AttachmentOf(resp.Volume))
 				return nil
 			})
 		},
 	}
 	create.Flags().StringVar(&size, "size", "", "size, e.g. 10GiB (a multiple of 4 KiB)")
 	create.MarkFlagRequired("size")
+	create.Flags().StringVar(&attachTo, "attach", "", "attach the new volume to this host at once")
 
 	list := &cobra.Command{
 		Use:   "list",
@@ -94,9 +97,13 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 					return printJSON(resp)
 				}
 				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tSIZE\tPRIMARY\tSECONDARIES\tEPOCH")
+				fmt.Fprintln(w, "NAME\tSIZE\tPRIMARY\tSECONDARIES\tEPOCH\tHOST")
 				for _, v := range resp.Volumes {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", v.Name, humanize.IBytes(v.SizeBytes), v.Primary, strings.Join(v.Secondaries, ","), v.Epoch)
+					host := v.AttachedHost
+					if v.MigratingTo != "" {
+						host += " -> " + v.MigratingTo
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, humanize.IBytes(v.SizeBytes), v.Primary, strings.Join(v.Secondaries, ","), v.Epoch, host)
 				}
 				return w.Flush()
 			})
@@ -124,6 +131,7 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 				fmt.Printf("name:        %s\nid:          %d\nsize:        %s (%d bytes)\nblock size:  %d\nprimary:     %s\nsecondaries: %s\nepoch:       %d\ngroup:       %s\ncreated:     %s\n",
 					v.Name, v.Id, humanize.IBytes(v.SizeBytes), v.SizeBytes, v.BlockSizeBytes, v.Primary,
 					strings.Join(v.Secondaries, ","), v.Epoch, group, time.Unix(0, v.CreatedUnixNanos).UTC().Format(time.RFC3339))
+				fmt.Printf("attachment:  %s\n", volume.AttachmentOf(v))
 				for _, r := range resp.Replicas {
 					fmt.Printf("replica:     %s at %s\n", r.Id, strings.Join(r.Addresses, ", "))
 				}

@@ -18,22 +18,41 @@ import (
 	"github.com/ballast-storage/ballast/headnode"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/sled"
+	"github.com/ballast-storage/ballast/volume"
 )
+
+// shiftPort returns addr with its port raised by n (the demo's agents
+// after the first listen on the next ports).
+func shiftPort(addr string, n int) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("address %q: %w", addr, err)
+	}
+	var p int
+	if _, err := fmt.Sscan(port, &p); err != nil {
+		return "", fmt.Errorf("address %q: port: %w", addr, err)
+	}
+	if p == 0 || n == 0 {
+		return addr, nil // port 0 asks the kernel for one anyway
+	}
+	return net.JoinHostPort(host, fmt.Sprint(p+n)), nil
+}
 
 const demoVolume = "demo"
 
 func newDemoCommand() *cobra.Command {
 	var (
 		data, size, nbdAddr string
-		port, sleds         int
+		port, sleds, hosts  int
 		storage             storageFlags
 		nvme                nvmeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run a whole rack in one process (three head nodes and an agent) serving volume 'demo' over NBD (and NVMe/TCP with --nvme)",
+		Short: "Run a whole rack in one process (three head nodes, sleds, agents) serving volume 'demo' over NBD (and NVMe/TCP with --nvme)",
 		Example: `  ballast demo
-  ballast demo --nvme 127.0.0.1:4420`,
+  ballast demo --nvme 127.0.0.1:4420
+  ballast demo --hosts 2   # a second agent (host h2) to migrate volume demo to`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sizeBytes, err := parseSize(size)
@@ -48,8 +67,11 @@ func newDemoCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if hosts < 1 {
+				return errors.New("--hosts must be at least 1")
+			}
 			return runDemo(cmd.Context(), demoOptions{data: data, size: sizeBytes, nbdAddr: nbdAddr, port: port, sleds: sleds, storage: sc,
-				nvmeListen: nvmeListen, nvmeDiscovery: nvmeDiscovery})
+				nvmeListen: nvmeListen, nvmeDiscovery: nvmeDiscovery, hosts: hosts})
 		},
 	}
 	cmd.Flags().StringVar(&data, "data", "ballast-data", "data directory of the whole rack")
@@ -57,6 +79,7 @@ func newDemoCommand() *cobra.Command {
 	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
 	cmd.Flags().IntVar(&port, "port", 7400, "head nodes' port (on 127.0.1.N and 127.0.2.N); sleds use port+100 on 127.0.1.1N and 127.0.2.1N")
 	cmd.Flags().IntVar(&sleds, "sleds", 7, "sleds to run (each with 2 devices); 0 keeps all data on the head nodes")
+	cmd.Flags().IntVar(&hosts, "hosts", 1, "agents to run, as hosts h1, h2, ...: host N serves NBD (and NVMe/TCP) on the first agent's ports + N-1; volume demo starts attached to h1")
 	addStorageFlags(cmd, &storage)
 	addNVMeFlags(cmd, &nvme)
 	return cmd
@@ -66,6 +89,7 @@ type demoOptions struct {
 	data, nbdAddr string
 	size          uint64
 	port, sleds   int
+	hosts         int
 	storage       headnode.StorageConfig
 	// NVMe/TCP I/O and discovery ports; none: NVMe/TCP off.
 	nvmeListen, nvmeDiscovery []string
@@ -118,18 +142,42 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 		go registerSled(ctx, hnsOf(peers), sc.ID, sc.ListenAddresses)
 		sledIDs = append(sledIDs, sc.ID)
 	}
-	agent, err := attach.StartAgent(attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr,
-		NVMeListen: o.nvmeListen, NVMeDiscoveryListen: o.nvmeDiscovery, Logger: slog.Default()})
-	if err != nil {
-		return err
+	var agents []*attach.Agent
+	defer func() {
+		for _, a := range agents {
+			err = errors.Join(err, a.Close())
+		}
+	}()
+	for h := 0; h < max(o.hosts, 1); h++ {
+		cfg := attach.AgentConfig{HeadNodes: hns, Host: fmt.Sprintf("h%d", h+1), Logger: slog.Default()}
+		if cfg.NBDListen, err = shiftPort(nbdAddr, h); err != nil {
+			return err
+		}
+		for _, a := range o.nvmeListen {
+			shifted, err := shiftPort(a, h)
+			if err != nil {
+				return err
+			}
+			cfg.NVMeListen = append(cfg.NVMeListen, shifted)
+		}
+		for _, a := range o.nvmeDiscovery {
+			shifted, err := shiftPort(a, h)
+			if err != nil {
+				return err
+			}
+			cfg.NVMeDiscoveryListen = append(cfg.NVMeDiscoveryListen, shifted)
+		}
+		agent, err := attach.StartAgent(cfg)
+		if err != nil {
+			return err
+		}
+		agents = append(agents, agent)
 	}
-	defer func() { err = errors.Join(err, agent.Close()) }()
 
-	vol, err := ensureVolume(ctx, agent.Client(), demoVolume, size)
+	vol, err := ensureVolume(ctx, agents[0].Client(), demoVolume, size, "h1")
 	if err != nil {
 		return err
 	}
-	uri := fmt.Sprintf("nbd://%s/%s", agent.NBDAddr(), demoVolume)
 	var hnList []string
 	for _, p := range peers {
 		hnList = append(hnList, p.ID+"="+strings.Join(p.Addresses, ","))
@@ -138,18 +186,31 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 	if len(sledIDs) > 0 {
 		fmt.Printf("Sleds %s (2 devices each) hold the data the head nodes flush (4+2 erasure coded)\n", strings.Join(sledIDs, " "))
 	}
-	fmt.Printf("Volume %q (%s, primary %s, secondary %s) is served at %s\n",
-		vol.Name, humanize.IBytes(vol.SizeBytes), vol.Primary, strings.Join(vol.Secondaries, ","), uri)
-	fmt.Printf("Try it:  nbdinfo %s\n", uri)
-	fmt.Printf("         qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s\n", uri)
-	for _, a := range agent.NVMeAddrs() {
-		host, port, _ := net.SplitHostPort(a.String())
-		fmt.Printf("Volume %q is served over NVMe/TCP at %s as subsystem %s\n", vol.Name, a, attach.VolumeNQN(vol.Name))
-		fmt.Printf("Try it:  nvme discover -t tcp -a %s -s %s\n", host, port)
-		fmt.Printf("         nvme connect -t tcp -a %s -s %s -n %s\n", host, port, attach.VolumeNQN(vol.Name))
+	fmt.Printf("Volume %q (%s, primary %s, secondary %s) is %s\n",
+		vol.Name, humanize.IBytes(vol.SizeBytes), vol.Primary, strings.Join(vol.Secondaries, ","), volume.AttachmentOf(vol))
+	for h, agent := range agents {
+		uri := fmt.Sprintf("nbd://%s/%s", agent.NBDAddr(), demoVolume)
+		fmt.Printf("Host h%d serves the volumes attached to it at nbd://%s/<volume>\n", h+1, agent.NBDAddr())
+		if h == 0 {
+			fmt.Printf("Volume %q is served at %s\n", vol.Name, uri)
+			fmt.Printf("Try it:  nbdinfo %s\n", uri)
+			fmt.Printf("         qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s\n", uri)
+		}
+		for _, a := range agent.NVMeAddrs() {
+			host, port, _ := net.SplitHostPort(a.String())
+			fmt.Printf("Host h%d serves NVMe/TCP at %s (volume %q is subsystem %s where attached)\n", h+1, a, vol.Name, attach.VolumeNQN(vol.Name))
+			if h == 0 {
+				fmt.Printf("Try it:  nvme discover -t tcp -a %s -s %s\n", host, port)
+				fmt.Printf("         nvme connect -t tcp -a %s -s %s -n %s\n", host, port, attach.VolumeNQN(vol.Name))
+			}
+		}
+		for _, a := range agent.NVMeDiscoveryAddrs() {
+			fmt.Printf("Host h%d: NVMe/TCP discovery controller at %s\n", h+1, a)
+		}
 	}
-	for _, a := range agent.NVMeDiscoveryAddrs() {
-		fmt.Printf("NVMe/TCP discovery controller at %s\n", a)
+	if len(agents) > 1 {
+		fmt.Printf("Migrate it:  ballast migrate %s --to h2 --headnode %s   (then h2's first write switches over)\n",
+			demoVolume, strings.Join(peers[0].Addresses, ","))
 	}
 	fmt.Println("Stop with Ctrl-C.")
 	<-ctx.Done()
@@ -159,10 +220,23 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 
 // ensureVolume creates the volume unless it exists, waiting for the
 // directory group to elect a leader on first start.
-func ensureVolume(ctx context.Context, c *attach.Client, name string, size uint64) (*ballastpb.Volume, error) {
+func ensureVolume(ctx context.Context, c *attach.Client, name string, size uint64, host string) (*ballastpb.Volume, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := c.Lookup(ctx, name)
+		if err == nil && resp.Volume.AttachedHost == "" {
+			// A demo volume from before attachments: attach it.
+			var changed *ballastpb.ChangeAttachmentResponse
+			err = c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
+				var err error
+				changed, err = a.ChangeAttachment(ctx, &ballastpb.ChangeAttachmentRequest{
+					Name: name, Change: ballastpb.AttachmentChange_ATTACHMENT_CHANGE_ATTACH, Host: host})
+				return err
+			})
+			if err == nil {
+				return changed.Volume, nil
+			}
+		}
 		if err == nil {
 			return resp.Volume, nil
 		}
@@ -170,7 +244,7 @@ func ensureVolume(ctx context.Context, c *attach.Client, name string, size uint6
 			var created *ballastpb.CreateVolumeResponse
 			err = c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
 				var err error
-				created, err = a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: name, SizeBytes: size})
+				created, err = a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: name, SizeBytes: size, AttachHost: host})
 				return err
 			})
 			if err == nil {

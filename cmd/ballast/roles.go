@@ -12,6 +12,7 @@ import (
 
 	"github.com/ballast-storage/ballast/attach"
 	"github.com/ballast-storage/ballast/headnode"
+	"github.com/ballast-storage/ballast/migrate"
 	"github.com/ballast-storage/ballast/volume"
 )
 
@@ -125,20 +126,27 @@ func newAgentCommand() *cobra.Command {
 	var (
 		headNodes []string
 		nbdAddr   string
+		host      string
 		nvme      nvmeFlags
 	)
+	defaultHost, _ := os.Hostname()
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Run an agent: serve the rack's volumes over NBD (and NVMe/TCP) to this host",
-		Example: `  ballast agent --nbd 127.0.0.1:10809 --nvme 127.0.0.1:4420
-  ballast agent --nvme 127.0.1.10:4420,127.0.2.10:4420 --nvme-discovery 127.0.1.10:8009`,
+		Short: "Run an agent: serve the volumes attached to this host over NBD (and NVMe/TCP)",
+		Example: `  ballast agent --host h1 --nbd 127.0.0.1:10809 --nvme 127.0.0.1:4420
+  ballast agent --host h2 --nvme 127.0.1.10:4420,127.0.2.10:4420 --nvme-discovery 127.0.1.10:8009`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			hns, err := parseHeadNodes(headNodes)
 			if err != nil {
 				return err
 			}
-			cfg := attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Logger: slog.Default()}
+			if host != "" {
+				if err := migrate.ValidateHost(host); err != nil {
+					return err
+				}
+			}
+			cfg := attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Host: host, Logger: slog.Default()}
 			if cfg.NVMeListen, cfg.NVMeDiscoveryListen, err = nvme.addresses(cmd); err != nil {
 				return err
 			}
@@ -146,6 +154,7 @@ func newAgentCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			fmt.Printf("host %s: serving the volumes attached to it\n", host)
 			fmt.Printf("serving NBD on nbd://%s/<volume>\n", a.NBDAddr())
 			for _, addr := range a.NVMeAddrs() {
 				fmt.Printf("serving NVMe/TCP on %s: subsystem %s<volume>\n", addr, attach.NQNPrefix)
@@ -160,6 +169,7 @@ func newAgentCommand() *cobra.Command {
 	}
 	addHeadNodeFlag(cmd, &headNodes)
 	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
+	cmd.Flags().StringVar(&host, "host", defaultHost, "this host's name: the agent serves the volumes attached (or migrating) to it; \"\" serves only detached volumes, as a tool would")
 	addNVMeFlags(cmd, &nvme)
 	return cmd
 }

@@ -22,12 +22,12 @@ const module = "github.com/ballast-storage/ballast"
 // Packages not listed may import nothing of the module; cmd/ and e2e may
 // import anything.
 var allowed = map[string][]string{
-	"volume":              {"proto/", "txn"},
+	"volume":              {"proto/", "txn", "migrate"},
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
-	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver"},
-	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate"},
+	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume", "migrate"},
 	"attach/nbd":          {"attach/blockdev", "internal/bufpool"},
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool"},
 	"bench":               {"attach", "attach/blockdev", "internal/", "proto/"},

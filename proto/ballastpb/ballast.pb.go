@@ -80,6 +80,64 @@ func (SledState) EnumDescriptor() ([]byte, []int) {
 	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{0}
 }
 
+type AttachmentChange int32
+
+const (
+	AttachmentChange_ATTACHMENT_CHANGE_UNSPECIFIED       AttachmentChange = 0
+	AttachmentChange_ATTACHMENT_CHANGE_ATTACH            AttachmentChange = 1 // attach a detached volume to host
+	AttachmentChange_ATTACHMENT_CHANGE_DETACH            AttachmentChange = 2 // no host may write
+	AttachmentChange_ATTACHMENT_CHANGE_PREPARE_MIGRATION AttachmentChange = 3 // host may open and read; its first write or flush switches over
+	AttachmentChange_ATTACHMENT_CHANGE_ABORT_MIGRATION   AttachmentChange = 4 // before the switchover
+	AttachmentChange_ATTACHMENT_CHANGE_SWITCH_NOW        AttachmentChange = 5 // switch over to host at once
+)
+
+// Enum value maps for AttachmentChange.
+var (
+	AttachmentChange_name = map[int32]string{
+		0: "ATTACHMENT_CHANGE_UNSPECIFIED",
+		1: "ATTACHMENT_CHANGE_ATTACH",
+		2: "ATTACHMENT_CHANGE_DETACH",
+		3: "ATTACHMENT_CHANGE_PREPARE_MIGRATION",
+		4: "ATTACHMENT_CHANGE_ABORT_MIGRATION",
+		5: "ATTACHMENT_CHANGE_SWITCH_NOW",
+	}
+	AttachmentChange_value = map[string]int32{
+		"ATTACHMENT_CHANGE_UNSPECIFIED":       0,
+		"ATTACHMENT_CHANGE_ATTACH":            1,
+		"ATTACHMENT_CHANGE_DETACH":            2,
+		"ATTACHMENT_CHANGE_PREPARE_MIGRATION": 3,
+		"ATTACHMENT_CHANGE_ABORT_MIGRATION":   4,
+		"ATTACHMENT_CHANGE_SWITCH_NOW":        5,
+	}
+)
+
+func (x AttachmentChange) Enum() *AttachmentChange {
+	p := new(AttachmentChange)
+	*p = x
+	return p
+}
+
+func (x AttachmentChange) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AttachmentChange) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_ballastpb_ballast_proto_enumTypes[1].Descriptor()
+}
+
+func (AttachmentChange) Type() protoreflect.EnumType {
+	return &file_proto_ballastpb_ballast_proto_enumTypes[1]
+}
+
+func (x AttachmentChange) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AttachmentChange.Descriptor instead.
+func (AttachmentChange) EnumDescriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+}
+
 type MembershipOp int32
 
 const (
@@ -116,11 +174,11 @@ func (x MembershipOp) String() string {
 }
 
 func (MembershipOp) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[1].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[2].Descriptor()
 }
 
 func (MembershipOp) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[1]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[2]
 }
 
 func (x MembershipOp) Number() protoreflect.EnumNumber {
@@ -129,7 +187,7 @@ func (x MembershipOp) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MembershipOp.Descriptor instead.
 func (MembershipOp) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
 }
 
 type IOOp int32
@@ -174,11 +232,11 @@ func (x IOOp) String() string {
 }
 
 func (IOOp) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[2].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[3].Descriptor()
 }
 
 func (IOOp) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[2]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[3]
 }
 
 func (x IOOp) Number() protoreflect.EnumNumber {
@@ -187,7 +245,7 @@ func (x IOOp) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IOOp.Descriptor instead.
 func (IOOp) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
 }
 
 // IOStatus is the outcome class of one request, mapped by the agent onto
@@ -202,6 +260,7 @@ const (
 	IOStatus_IO_STATUS_NOT_PRIMARY    IOStatus = 4 // ask the directory again
 	IOStatus_IO_STATUS_NO_SUCH_VOLUME IOStatus = 5
 	IOStatus_IO_STATUS_NO_SPACE       IOStatus = 6 // the head node's disk is full
+	IOStatus_IO_STATUS_FENCED         IOStatus = 7 // the session may not write: the volume is attached elsewhere
 )
 
 // Enum value maps for IOStatus.
@@ -214,6 +273,7 @@ var (
 		4: "IO_STATUS_NOT_PRIMARY",
 		5: "IO_STATUS_NO_SUCH_VOLUME",
 		6: "IO_STATUS_NO_SPACE",
+		7: "IO_STATUS_FENCED",
 	}
 	IOStatus_value = map[string]int32{
 		"IO_STATUS_OK":             0,
@@ -223,6 +283,7 @@ var (
 		"IO_STATUS_NOT_PRIMARY":    4,
 		"IO_STATUS_NO_SUCH_VOLUME": 5,
 		"IO_STATUS_NO_SPACE":       6,
+		"IO_STATUS_FENCED":         7,
 	}
 )
 
@@ -237,11 +298,11 @@ func (x IOStatus) String() string {
 }
 
 func (IOStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[3].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[4].Descriptor()
 }
 
 func (IOStatus) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[3]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[4]
 }
 
 func (x IOStatus) Number() protoreflect.EnumNumber {
@@ -250,7 +311,7 @@ func (x IOStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IOStatus.Descriptor instead.
 func (IOStatus) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
 }
 
 // ReplicateStatus says why a secondary refused a session or a batch, so
@@ -294,11 +355,11 @@ func (x ReplicateStatus) String() string {
 }
 
 func (ReplicateStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_ballastpb_ballast_proto_enumTypes[4].Descriptor()
+	return file_proto_ballastpb_ballast_proto_enumTypes[5].Descriptor()
 }
 
 func (ReplicateStatus) Type() protoreflect.EnumType {
-	return &file_proto_ballastpb_ballast_proto_enumTypes[4]
+	return &file_proto_ballastpb_ballast_proto_enumTypes[5]
 }
 
 func (x ReplicateStatus) Number() protoreflect.EnumNumber {
@@ -307,7 +368,7 @@ func (x ReplicateStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReplicateStatus.Descriptor instead.
 func (ReplicateStatus) EnumDescriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{5}
 }
 
 // Volume is a volume's record in the directory group.
@@ -336,9 +397,19 @@ type Volume struct {
 	// group (ballast volume move): the group it moved to. That copy serves
 	// only a head node that has not yet applied the move in the other
 	// group; nothing in this group acts on it any more.
-	MovedTo       uint64 `protobuf:"varint,12,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MovedTo uint64 `protobuf:"varint,12,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
+	// The attachment (ballast attach, detach, migrate; see package migrate):
+	// the host that may write the volume ("" when detached) and the
+	// generation it writes under; a prepared migration's destination and
+	// the generation it will get; the highest generation ever issued. Only
+	// the volume's primary changes them.
+	AttachedHost        string `protobuf:"bytes,13,opt,name=attached_host,json=attachedHost,proto3" json:"attached_host,omitempty"`
+	AttachGeneration    uint64 `protobuf:"varint,14,opt,name=attach_generation,json=attachGeneration,proto3" json:"attach_generation,omitempty"`
+	MigratingTo         string `protobuf:"bytes,15,opt,name=migrating_to,json=migratingTo,proto3" json:"migrating_to,omitempty"`
+	MigratingGeneration uint64 `protobuf:"varint,16,opt,name=migrating_generation,json=migratingGeneration,proto3" json:"migrating_generation,omitempty"`
+	LastGeneration      uint64 `protobuf:"varint,17,opt,name=last_generation,json=lastGeneration,proto3" json:"last_generation,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Volume) Reset() {
@@ -451,6 +522,41 @@ func (x *Volume) GetGroup() uint64 {
 func (x *Volume) GetMovedTo() uint64 {
 	if x != nil {
 		return x.MovedTo
+	}
+	return 0
+}
+
+func (x *Volume) GetAttachedHost() string {
+	if x != nil {
+		return x.AttachedHost
+	}
+	return ""
+}
+
+func (x *Volume) GetAttachGeneration() uint64 {
+	if x != nil {
+		return x.AttachGeneration
+	}
+	return 0
+}
+
+func (x *Volume) GetMigratingTo() string {
+	if x != nil {
+		return x.MigratingTo
+	}
+	return ""
+}
+
+func (x *Volume) GetMigratingGeneration() uint64 {
+	if x != nil {
+		return x.MigratingGeneration
+	}
+	return 0
+}
+
+func (x *Volume) GetLastGeneration() uint64 {
+	if x != nil {
+		return x.LastGeneration
 	}
 	return 0
 }
@@ -571,9 +677,11 @@ func (x *HeadNode) GetAddresses() []string {
 }
 
 type CreateVolumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	SizeBytes     uint64                 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	SizeBytes uint64                 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// Attach the new volume to this host at once (generation 1).
+	AttachHost    string `protobuf:"bytes,3,opt,name=attach_host,json=attachHost,proto3" json:"attach_host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -620,6 +728,13 @@ func (x *CreateVolumeRequest) GetSizeBytes() uint64 {
 		return x.SizeBytes
 	}
 	return 0
+}
+
+func (x *CreateVolumeRequest) GetAttachHost() string {
+	if x != nil {
+		return x.AttachHost
+	}
+	return ""
 }
 
 type CreateVolumeResponse struct {
@@ -2146,6 +2261,110 @@ func (x *RackStatusResponse) GetPaths() []*PathStatus {
 	return nil
 }
 
+type ChangeAttachmentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Change        AttachmentChange       `protobuf:"varint,2,opt,name=change,proto3,enum=ballast.v1.AttachmentChange" json:"change,omitempty"`
+	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeAttachmentRequest) Reset() {
+	*x = ChangeAttachmentRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeAttachmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeAttachmentRequest) ProtoMessage() {}
+
+func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeAttachmentRequest.ProtoReflect.Descriptor instead.
+func (*ChangeAttachmentRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ChangeAttachmentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ChangeAttachmentRequest) GetChange() AttachmentChange {
+	if x != nil {
+		return x.Change
+	}
+	return AttachmentChange_ATTACHMENT_CHANGE_UNSPECIFIED
+}
+
+func (x *ChangeAttachmentRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+type ChangeAttachmentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeAttachmentResponse) Reset() {
+	*x = ChangeAttachmentResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeAttachmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeAttachmentResponse) ProtoMessage() {}
+
+func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeAttachmentResponse.ProtoReflect.Descriptor instead.
+func (*ChangeAttachmentResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ChangeAttachmentResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 type AddHeadNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	HeadNode      *HeadNode              `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
@@ -2155,7 +2374,7 @@ type AddHeadNodeRequest struct {
 
 func (x *AddHeadNodeRequest) Reset() {
 	*x = AddHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2386,7 @@ func (x *AddHeadNodeRequest) String() string {
 func (*AddHeadNodeRequest) ProtoMessage() {}
 
 func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2399,7 @@ func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AddHeadNodeRequest) GetHeadNode() *HeadNode {
@@ -2198,7 +2417,7 @@ type AddHeadNodeResponse struct {
 
 func (x *AddHeadNodeResponse) Reset() {
 	*x = AddHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2429,7 @@ func (x *AddHeadNodeResponse) String() string {
 func (*AddHeadNodeResponse) ProtoMessage() {}
 
 func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2442,7 @@ func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 type MoveVoterRequest struct {
@@ -2237,7 +2456,7 @@ type MoveVoterRequest struct {
 
 func (x *MoveVoterRequest) Reset() {
 	*x = MoveVoterRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2468,7 @@ func (x *MoveVoterRequest) String() string {
 func (*MoveVoterRequest) ProtoMessage() {}
 
 func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2481,7 @@ func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*MoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MoveVoterRequest) GetGroup() uint64 {
@@ -2294,7 +2513,7 @@ type MoveVoterResponse struct {
 
 func (x *MoveVoterResponse) Reset() {
 	*x = MoveVoterResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2525,7 @@ func (x *MoveVoterResponse) String() string {
 func (*MoveVoterResponse) ProtoMessage() {}
 
 func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2538,7 @@ func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*MoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 type RemoveHeadNodeRequest struct {
@@ -2331,7 +2550,7 @@ type RemoveHeadNodeRequest struct {
 
 func (x *RemoveHeadNodeRequest) Reset() {
 	*x = RemoveHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2562,7 @@ func (x *RemoveHeadNodeRequest) String() string {
 func (*RemoveHeadNodeRequest) ProtoMessage() {}
 
 func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2575,7 @@ func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveHeadNodeRequest) GetHeadNode() string {
@@ -2374,7 +2593,7 @@ type RemoveHeadNodeResponse struct {
 
 func (x *RemoveHeadNodeResponse) Reset() {
 	*x = RemoveHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2605,7 @@ func (x *RemoveHeadNodeResponse) String() string {
 func (*RemoveHeadNodeResponse) ProtoMessage() {}
 
 func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2618,7 @@ func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 type ChangeMembershipRequest struct {
@@ -2415,7 +2634,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2646,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2659,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ChangeMembershipRequest) GetGroup() uint64 {
@@ -2486,7 +2705,7 @@ type ChangeMembershipResponse struct {
 
 func (x *ChangeMembershipResponse) Reset() {
 	*x = ChangeMembershipResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2717,7 @@ func (x *ChangeMembershipResponse) String() string {
 func (*ChangeMembershipResponse) ProtoMessage() {}
 
 func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2730,7 @@ func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 type ApplyInGroupRequest struct {
@@ -2524,7 +2743,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2536,7 +2755,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2768,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -2581,7 +2800,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2593,7 +2812,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2606,7 +2825,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -2653,7 +2872,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +2884,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +2897,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -2698,7 +2917,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2710,7 +2929,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2723,7 +2942,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -2768,7 +2987,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2780,7 +2999,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2793,7 +3012,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -3062,7 +3281,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3074,7 +3293,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3087,7 +3306,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -3115,7 +3334,7 @@ type AddHeadNodeCommand struct {
 
 func (x *AddHeadNodeCommand) Reset() {
 	*x = AddHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3346,7 @@ func (x *AddHeadNodeCommand) String() string {
 func (*AddHeadNodeCommand) ProtoMessage() {}
 
 func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3359,7 @@ func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
@@ -3161,7 +3380,7 @@ type RemoveHeadNodeCommand struct {
 
 func (x *RemoveHeadNodeCommand) Reset() {
 	*x = RemoveHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3173,7 +3392,7 @@ func (x *RemoveHeadNodeCommand) String() string {
 func (*RemoveHeadNodeCommand) ProtoMessage() {}
 
 func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3186,7 +3405,7 @@ func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RemoveHeadNodeCommand) GetHeadNode() string {
@@ -3208,7 +3427,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3220,7 +3439,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3233,7 +3452,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -3262,7 +3481,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3274,7 +3493,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3287,7 +3506,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -3316,7 +3535,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3328,7 +3547,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3341,7 +3560,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -3373,7 +3592,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3385,7 +3604,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3398,7 +3617,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -3442,7 +3661,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3454,7 +3673,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3467,7 +3686,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -3505,7 +3724,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3517,7 +3736,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3530,7 +3749,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -3572,7 +3791,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3584,7 +3803,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3597,7 +3816,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -3644,7 +3863,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3656,7 +3875,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3669,7 +3888,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -3692,7 +3911,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3704,7 +3923,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3717,7 +3936,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -3750,7 +3969,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3762,7 +3981,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3775,7 +3994,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -3795,7 +4014,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3807,7 +4026,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3820,7 +4039,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -3846,7 +4065,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3858,7 +4077,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3871,7 +4090,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -3903,7 +4122,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3915,7 +4134,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3928,7 +4147,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -4008,7 +4227,7 @@ type RackUsage struct {
 
 func (x *RackUsage) Reset() {
 	*x = RackUsage{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4020,7 +4239,7 @@ func (x *RackUsage) String() string {
 func (*RackUsage) ProtoMessage() {}
 
 func (x *RackUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4033,7 +4252,7 @@ func (x *RackUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
 func (*RackUsage) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RackUsage) GetVolumes() uint64 {
@@ -4067,7 +4286,7 @@ type MoveVolumeRequest struct {
 
 func (x *MoveVolumeRequest) Reset() {
 	*x = MoveVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4079,7 +4298,7 @@ func (x *MoveVolumeRequest) String() string {
 func (*MoveVolumeRequest) ProtoMessage() {}
 
 func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4092,7 +4311,7 @@ func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
 func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *MoveVolumeRequest) GetName() string {
@@ -4118,7 +4337,7 @@ type MoveVolumeResponse struct {
 
 func (x *MoveVolumeResponse) Reset() {
 	*x = MoveVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4130,7 +4349,7 @@ func (x *MoveVolumeResponse) String() string {
 func (*MoveVolumeResponse) ProtoMessage() {}
 
 func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4143,7 +4362,7 @@ func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
 func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *MoveVolumeResponse) GetVolume() *Volume {
@@ -4161,7 +4380,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4173,7 +4392,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4186,7 +4405,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 type GetQuotaResponse struct {
@@ -4199,7 +4418,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4211,7 +4430,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4224,7 +4443,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -4250,7 +4469,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4262,7 +4481,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4275,7 +4494,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -4293,7 +4512,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4305,7 +4524,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4318,7 +4537,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -4333,7 +4552,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4345,7 +4564,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4358,7 +4577,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -4376,22 +4595,26 @@ func (x *RackQuota) GetMaxBytes() uint64 {
 }
 
 type IORequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // chosen by the client, echoed in the reply
-	VolumeId      uint64                 `protobuf:"varint,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	Op            IOOp                   `protobuf:"varint,3,opt,name=op,proto3,enum=ballast.v1.IOOp" json:"op,omitempty"`
-	Offset        uint64                 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
-	Length        uint64                 `protobuf:"varint,5,opt,name=length,proto3" json:"length,omitempty"` // for reads, trims and zeroes; writes use len(data)
-	Data          []byte                 `protobuf:"bytes,6,opt,name=data,proto3" json:"data,omitempty"`
-	Fua           bool                   `protobuf:"varint,7,opt,name=fua,proto3" json:"fua,omitempty"`
-	NoHole        bool                   `protobuf:"varint,8,opt,name=no_hole,json=noHole,proto3" json:"no_hole,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // chosen by the client, echoed in the reply
+	VolumeId uint64                 `protobuf:"varint,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Op       IOOp                   `protobuf:"varint,3,opt,name=op,proto3,enum=ballast.v1.IOOp" json:"op,omitempty"`
+	Offset   uint64                 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length   uint64                 `protobuf:"varint,5,opt,name=length,proto3" json:"length,omitempty"` // for reads, trims and zeroes; writes use len(data)
+	Data     []byte                 `protobuf:"bytes,6,opt,name=data,proto3" json:"data,omitempty"`
+	Fua      bool                   `protobuf:"varint,7,opt,name=fua,proto3" json:"fua,omitempty"`
+	NoHole   bool                   `protobuf:"varint,8,opt,name=no_hole,json=noHole,proto3" json:"no_hole,omitempty"`
+	// The session: the agent's host and the attachment generation under
+	// which it opened the volume (none for tools writing a detached volume).
+	Host          string `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`
+	Generation    uint64 `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4403,7 +4626,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4416,7 +4639,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -4475,6 +4698,20 @@ func (x *IORequest) GetNoHole() bool {
 	return false
 }
 
+func (x *IORequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *IORequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 type IOReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -4487,7 +4724,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4499,7 +4736,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4512,7 +4749,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -4555,7 +4792,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4567,7 +4804,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4580,7 +4817,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -4622,7 +4859,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4634,7 +4871,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4647,7 +4884,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -4716,7 +4953,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4728,7 +4965,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4741,7 +4978,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -4778,7 +5015,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4790,7 +5027,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4803,7 +5040,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -4871,7 +5108,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4883,7 +5120,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4896,7 +5133,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -4936,7 +5173,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4948,7 +5185,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4961,7 +5198,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -5007,7 +5244,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5019,7 +5256,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5032,7 +5269,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -5074,7 +5311,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5086,7 +5323,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5099,7 +5336,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -5126,7 +5363,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5138,7 +5375,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5151,7 +5388,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -5196,7 +5433,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5208,7 +5445,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5221,7 +5458,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -5277,7 +5514,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5289,7 +5526,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5302,7 +5539,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -5341,7 +5578,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5353,7 +5590,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5366,7 +5603,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -5410,7 +5647,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5422,7 +5659,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5435,7 +5672,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -5494,7 +5731,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5506,7 +5743,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5519,7 +5756,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -5609,7 +5846,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5621,7 +5858,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5634,7 +5871,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -5677,7 +5914,7 @@ var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
 const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"\x1dproto/ballastpb/ballast.proto\x12\n" +
-	"ballast.v1\"\xee\x02\n" +
+	"ballast.v1\"\xbf\x04\n" +
 	"\x06Volume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1d\n" +
@@ -5693,18 +5930,25 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	" \x03(\tR\n" +
 	"catchingUp\x12\x14\n" +
 	"\x05group\x18\v \x01(\x04R\x05group\x12\x19\n" +
-	"\bmoved_to\x18\f \x01(\x04R\amovedTo\"K\n" +
+	"\bmoved_to\x18\f \x01(\x04R\amovedTo\x12#\n" +
+	"\rattached_host\x18\r \x01(\tR\fattachedHost\x12+\n" +
+	"\x11attach_generation\x18\x0e \x01(\x04R\x10attachGeneration\x12!\n" +
+	"\fmigrating_to\x18\x0f \x01(\tR\vmigratingTo\x121\n" +
+	"\x14migrating_generation\x18\x10 \x01(\x04R\x13migratingGeneration\x12'\n" +
+	"\x0flast_generation\x18\x11 \x01(\x04R\x0elastGeneration\"K\n" +
 	"\x0fVolumePlacement\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05group\x18\x03 \x01(\x04R\x05group\"8\n" +
 	"\bHeadNode\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
-	"\taddresses\x18\x02 \x03(\tR\taddresses\"H\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\"i\n" +
 	"\x13CreateVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\"B\n" +
+	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\x12\x1f\n" +
+	"\vattach_host\x18\x03 \x01(\tR\n" +
+	"attachHost\"B\n" +
 	"\x14CreateVolumeResponse\x12*\n" +
 	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"&\n" +
 	"\x10GetVolumeRequest\x12\x12\n" +
@@ -5819,7 +6063,13 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"partitions\x12/\n" +
 	"\x06groups\x18\t \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\n" +
-	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"G\n" +
+	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"w\n" +
+	"\x17ChangeAttachmentRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\x06change\x18\x02 \x01(\x0e2\x1c.ballast.v1.AttachmentChangeR\x06change\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\"F\n" +
+	"\x18ChangeAttachmentResponse\x12*\n" +
+	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"G\n" +
 	"\x12AddHeadNodeRequest\x121\n" +
 	"\thead_node\x18\x01 \x01(\v2\x14.ballast.v1.HeadNodeR\bheadNode\"\x15\n" +
 	"\x13AddHeadNodeResponse\"L\n" +
@@ -5955,7 +6205,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\tRackQuota\x12\x1f\n" +
 	"\vmax_volumes\x18\x01 \x01(\x04R\n" +
 	"maxVolumes\x12\x1b\n" +
-	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\"\xc9\x01\n" +
+	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\"\xfd\x01\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -5964,7 +6214,12 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x06length\x18\x05 \x01(\x04R\x06length\x12\x12\n" +
 	"\x04data\x18\x06 \x01(\fR\x04data\x12\x10\n" +
 	"\x03fua\x18\a \x01(\bR\x03fua\x12\x17\n" +
-	"\ano_hole\x18\b \x01(\bR\x06noHole\"q\n" +
+	"\ano_hole\x18\b \x01(\bR\x06noHole\x12\x12\n" +
+	"\x04host\x18\t \x01(\tR\x04host\x12\x1e\n" +
+	"\n" +
+	"generation\x18\n" +
+	" \x01(\x04R\n" +
+	"generation\"q\n" +
 	"\aIOReply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x14.ballast.v1.IOStatusR\x06status\x12\x14\n" +
@@ -6075,7 +6330,14 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
 	"\x0fSLED_STATE_DOWN\x10\x02\x12\x17\n" +
 	"\x13SLED_STATE_DRAINING\x10\x03\x12\x16\n" +
-	"\x12SLED_STATE_REMOVED\x10\x04*\x85\x01\n" +
+	"\x12SLED_STATE_REMOVED\x10\x04*\xe3\x01\n" +
+	"\x10AttachmentChange\x12!\n" +
+	"\x1dATTACHMENT_CHANGE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18ATTACHMENT_CHANGE_ATTACH\x10\x01\x12\x1c\n" +
+	"\x18ATTACHMENT_CHANGE_DETACH\x10\x02\x12'\n" +
+	"#ATTACHMENT_CHANGE_PREPARE_MIGRATION\x10\x03\x12%\n" +
+	"!ATTACHMENT_CHANGE_ABORT_MIGRATION\x10\x04\x12 \n" +
+	"\x1cATTACHMENT_CHANGE_SWITCH_NOW\x10\x05*\x85\x01\n" +
 	"\fMembershipOp\x12\x1d\n" +
 	"\x19MEMBERSHIP_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aMEMBERSHIP_OP_ADD_NONVOTER\x10\x01\x12\x1c\n" +
@@ -6089,7 +6351,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\vIO_OP_FLUSH\x10\x03\x12\x0e\n" +
 	"\n" +
 	"IO_OP_TRIM\x10\x04\x12\x16\n" +
-	"\x12IO_OP_WRITE_ZEROES\x10\x05*\xb8\x01\n" +
+	"\x12IO_OP_WRITE_ZEROES\x10\x05*\xce\x01\n" +
 	"\bIOStatus\x12\x10\n" +
 	"\fIO_STATUS_OK\x10\x00\x12\x16\n" +
 	"\x12IO_STATUS_IO_ERROR\x10\x01\x12\x1a\n" +
@@ -6097,13 +6359,14 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x11IO_STATUS_INVALID\x10\x03\x12\x19\n" +
 	"\x15IO_STATUS_NOT_PRIMARY\x10\x04\x12\x1c\n" +
 	"\x18IO_STATUS_NO_SUCH_VOLUME\x10\x05\x12\x16\n" +
-	"\x12IO_STATUS_NO_SPACE\x10\x06*\xb1\x01\n" +
+	"\x12IO_STATUS_NO_SPACE\x10\x06\x12\x14\n" +
+	"\x10IO_STATUS_FENCED\x10\a*\xb1\x01\n" +
 	"\x0fReplicateStatus\x12\x17\n" +
 	"\x13REPLICATE_STATUS_OK\x10\x00\x12\x1a\n" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xc4\f\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xa3\r\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -6127,7 +6390,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12Q\n" +
 	"\fApplyInGroup\x12\x1f.ballast.v1.ApplyInGroupRequest\x1a .ballast.v1.ApplyInGroupResponse\x12H\n" +
 	"\tReadGroup\x12\x1c.ballast.v1.ReadGroupRequest\x1a\x1d.ballast.v1.ReadGroupResponse\x12]\n" +
-	"\x10ChangeMembership\x12#.ballast.v1.ChangeMembershipRequest\x1a$.ballast.v1.ChangeMembershipResponse2?\n" +
+	"\x10ChangeMembership\x12#.ballast.v1.ChangeMembershipRequest\x1a$.ballast.v1.ChangeMembershipResponse\x12]\n" +
+	"\x10ChangeAttachment\x12#.ballast.v1.ChangeAttachmentRequest\x1a$.ballast.v1.ChangeAttachmentResponse2?\n" +
 	"\aBlockIO\x124\n" +
 	"\x02IO\x12\x15.ballast.v1.IORequest\x1a\x13.ballast.v1.IOReply(\x010\x012X\n" +
 	"\vReplication\x12I\n" +
@@ -6145,227 +6409,234 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 	return file_proto_ballastpb_ballast_proto_rawDescData
 }
 
-var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
+var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                   // 0: ballast.v1.SledState
-	(MembershipOp)(0),                // 1: ballast.v1.MembershipOp
-	(IOOp)(0),                        // 2: ballast.v1.IOOp
-	(IOStatus)(0),                    // 3: ballast.v1.IOStatus
-	(ReplicateStatus)(0),             // 4: ballast.v1.ReplicateStatus
-	(*Volume)(nil),                   // 5: ballast.v1.Volume
-	(*VolumePlacement)(nil),          // 6: ballast.v1.VolumePlacement
-	(*HeadNode)(nil),                 // 7: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),      // 8: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),     // 9: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),         // 10: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),        // 11: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),       // 12: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),      // 13: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),      // 14: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),     // 15: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),      // 16: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),     // 17: ballast.v1.DeleteVolumeResponse
-	(*Sled)(nil),                     // 18: ballast.v1.Sled
-	(*RegisterSledRequest)(nil),      // 19: ballast.v1.RegisterSledRequest
-	(*RegisterSledResponse)(nil),     // 20: ballast.v1.RegisterSledResponse
-	(*ListSledsRequest)(nil),         // 21: ballast.v1.ListSledsRequest
-	(*ListSledsResponse)(nil),        // 22: ballast.v1.ListSledsResponse
-	(*SetSledStateRequest)(nil),      // 23: ballast.v1.SetSledStateRequest
-	(*SetSledStateResponse)(nil),     // 24: ballast.v1.SetSledStateResponse
-	(*SledStatus)(nil),               // 25: ballast.v1.SledStatus
-	(*Redundancy)(nil),               // 26: ballast.v1.Redundancy
-	(*NodeStatusRequest)(nil),        // 27: ballast.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),       // 28: ballast.v1.NodeStatusResponse
-	(*GroupStatus)(nil),              // 29: ballast.v1.GroupStatus
-	(*PathStatus)(nil),               // 30: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),     // 31: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),    // 32: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),        // 33: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),       // 34: ballast.v1.RackStatusResponse
-	(*AddHeadNodeRequest)(nil),       // 35: ballast.v1.AddHeadNodeRequest
-	(*AddHeadNodeResponse)(nil),      // 36: ballast.v1.AddHeadNodeResponse
-	(*MoveVoterRequest)(nil),         // 37: ballast.v1.MoveVoterRequest
-	(*MoveVoterResponse)(nil),        // 38: ballast.v1.MoveVoterResponse
-	(*RemoveHeadNodeRequest)(nil),    // 39: ballast.v1.RemoveHeadNodeRequest
-	(*RemoveHeadNodeResponse)(nil),   // 40: ballast.v1.RemoveHeadNodeResponse
-	(*ChangeMembershipRequest)(nil),  // 41: ballast.v1.ChangeMembershipRequest
-	(*ChangeMembershipResponse)(nil), // 42: ballast.v1.ChangeMembershipResponse
-	(*ApplyInGroupRequest)(nil),      // 43: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),     // 44: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),         // 45: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),        // 46: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),         // 47: ballast.v1.DirectoryCommand
-	(*PlaceVolumeCommand)(nil),       // 48: ballast.v1.PlaceVolumeCommand
-	(*AddHeadNodeCommand)(nil),       // 49: ballast.v1.AddHeadNodeCommand
-	(*RemoveHeadNodeCommand)(nil),    // 50: ballast.v1.RemoveHeadNodeCommand
-	(*SetDrainingCommand)(nil),       // 51: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),     // 52: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),       // 53: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil),  // 54: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),   // 55: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),        // 56: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),     // 57: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),      // 58: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),      // 59: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),      // 60: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),      // 61: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),      // 62: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),        // 63: ballast.v1.DirectorySnapshot
-	(*RackUsage)(nil),                // 64: ballast.v1.RackUsage
-	(*MoveVolumeRequest)(nil),        // 65: ballast.v1.MoveVolumeRequest
-	(*MoveVolumeResponse)(nil),       // 66: ballast.v1.MoveVolumeResponse
-	(*GetQuotaRequest)(nil),          // 67: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),         // 68: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),          // 69: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),         // 70: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                // 71: ballast.v1.RackQuota
-	(*IORequest)(nil),                // 72: ballast.v1.IORequest
-	(*IOReply)(nil),                  // 73: ballast.v1.IOReply
-	(*BlockWrite)(nil),               // 74: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                // 75: ballast.v1.LogRecord
-	(*BlockRange)(nil),               // 76: ballast.v1.BlockRange
-	(*Segment)(nil),                  // 77: ballast.v1.Segment
-	(*FlushRecord)(nil),              // 78: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),            // 79: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),          // 80: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),        // 81: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),              // 82: ballast.v1.StateRecord
-	(*BlockState)(nil),               // 83: ballast.v1.BlockState
-	(*SegmentState)(nil),             // 84: ballast.v1.SegmentState
-	(*LogEntry)(nil),                 // 85: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),           // 86: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),         // 87: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),           // 88: ballast.v1.ReplicateReply
+	(AttachmentChange)(0),            // 1: ballast.v1.AttachmentChange
+	(MembershipOp)(0),                // 2: ballast.v1.MembershipOp
+	(IOOp)(0),                        // 3: ballast.v1.IOOp
+	(IOStatus)(0),                    // 4: ballast.v1.IOStatus
+	(ReplicateStatus)(0),             // 5: ballast.v1.ReplicateStatus
+	(*Volume)(nil),                   // 6: ballast.v1.Volume
+	(*VolumePlacement)(nil),          // 7: ballast.v1.VolumePlacement
+	(*HeadNode)(nil),                 // 8: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),      // 9: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),     // 10: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),         // 11: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),        // 12: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),       // 13: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),      // 14: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),      // 15: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),     // 16: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),      // 17: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),     // 18: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                     // 19: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),      // 20: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil),     // 21: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),         // 22: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),        // 23: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),      // 24: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil),     // 25: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),               // 26: ballast.v1.SledStatus
+	(*Redundancy)(nil),               // 27: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),        // 28: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),       // 29: ballast.v1.NodeStatusResponse
+	(*GroupStatus)(nil),              // 30: ballast.v1.GroupStatus
+	(*PathStatus)(nil),               // 31: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),     // 32: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),    // 33: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),        // 34: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),       // 35: ballast.v1.RackStatusResponse
+	(*ChangeAttachmentRequest)(nil),  // 36: ballast.v1.ChangeAttachmentRequest
+	(*ChangeAttachmentResponse)(nil), // 37: ballast.v1.ChangeAttachmentResponse
+	(*AddHeadNodeRequest)(nil),       // 38: ballast.v1.AddHeadNodeRequest
+	(*AddHeadNodeResponse)(nil),      // 39: ballast.v1.AddHeadNodeResponse
+	(*MoveVoterRequest)(nil),         // 40: ballast.v1.MoveVoterRequest
+	(*MoveVoterResponse)(nil),        // 41: ballast.v1.MoveVoterResponse
+	(*RemoveHeadNodeRequest)(nil),    // 42: ballast.v1.RemoveHeadNodeRequest
+	(*RemoveHeadNodeResponse)(nil),   // 43: ballast.v1.RemoveHeadNodeResponse
+	(*ChangeMembershipRequest)(nil),  // 44: ballast.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil), // 45: ballast.v1.ChangeMembershipResponse
+	(*ApplyInGroupRequest)(nil),      // 46: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),     // 47: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),         // 48: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),        // 49: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),         // 50: ballast.v1.DirectoryCommand
+	(*PlaceVolumeCommand)(nil),       // 51: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),       // 52: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),    // 53: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),       // 54: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),     // 55: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),       // 56: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),  // 57: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),   // 58: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),        // 59: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),     // 60: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),      // 61: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),      // 62: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),      // 63: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),      // 64: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),      // 65: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),        // 66: ballast.v1.DirectorySnapshot
+	(*RackUsage)(nil),                // 67: ballast.v1.RackUsage
+	(*MoveVolumeRequest)(nil),        // 68: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),       // 69: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),          // 70: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),         // 71: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),          // 72: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),         // 73: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                // 74: ballast.v1.RackQuota
+	(*IORequest)(nil),                // 75: ballast.v1.IORequest
+	(*IOReply)(nil),                  // 76: ballast.v1.IOReply
+	(*BlockWrite)(nil),               // 77: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                // 78: ballast.v1.LogRecord
+	(*BlockRange)(nil),               // 79: ballast.v1.BlockRange
+	(*Segment)(nil),                  // 80: ballast.v1.Segment
+	(*FlushRecord)(nil),              // 81: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),            // 82: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),          // 83: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),        // 84: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),              // 85: ballast.v1.StateRecord
+	(*BlockState)(nil),               // 86: ballast.v1.BlockState
+	(*SegmentState)(nil),             // 87: ballast.v1.SegmentState
+	(*LogEntry)(nil),                 // 88: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),           // 89: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),         // 90: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),           // 91: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
-	5,   // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
-	5,   // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	7,   // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	5,   // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	5,   // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	6,   // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
+	6,   // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
+	8,   // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	6,   // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	6,   // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
 	0,   // 5: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
-	18,  // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
-	18,  // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	19,  // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	19,  // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
 	0,   // 8: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
-	18,  // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
-	18,  // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
-	26,  // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	29,  // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	30,  // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	7,   // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	25,  // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	26,  // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	5,   // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	29,  // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	30,  // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	7,   // 20: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
-	1,   // 21: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	47,  // 22: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	5,   // 23: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	18,  // 24: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	6,   // 25: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	5,   // 26: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	6,   // 27: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	60,  // 28: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	61,  // 29: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	62,  // 30: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	58,  // 31: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	59,  // 32: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	56,  // 33: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	57,  // 34: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	53,  // 35: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	54,  // 36: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	55,  // 37: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	48,  // 38: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	52,  // 39: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	51,  // 40: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	49,  // 41: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	50,  // 42: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	7,   // 43: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	56,  // 44: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	18,  // 45: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,   // 46: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,   // 47: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	5,   // 48: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	5,   // 49: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	18,  // 50: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	6,   // 51: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	7,   // 52: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	5,   // 53: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
-	5,   // 54: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
-	71,  // 55: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	64,  // 56: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	71,  // 57: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
-	2,   // 58: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	3,   // 59: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	74,  // 60: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	76,  // 61: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	78,  // 62: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	79,  // 63: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	80,  // 64: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	81,  // 65: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	82,  // 66: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	77,  // 67: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	77,  // 68: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	76,  // 69: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	83,  // 70: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	84,  // 71: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	77,  // 72: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	76,  // 73: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	75,  // 74: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	82,  // 75: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	75,  // 76: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	4,   // 77: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	8,   // 78: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	10,  // 79: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	12,  // 80: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	14,  // 81: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	16,  // 82: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	65,  // 83: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	33,  // 84: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	27,  // 85: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	31,  // 86: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	35,  // 87: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	37,  // 88: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	39,  // 89: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	67,  // 90: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	69,  // 91: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	19,  // 92: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	21,  // 93: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	23,  // 94: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	43,  // 95: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	45,  // 96: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	41,  // 97: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	72,  // 98: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	87,  // 99: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	9,   // 100: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	11,  // 101: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	13,  // 102: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	15,  // 103: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	17,  // 104: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	66,  // 105: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	34,  // 106: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	28,  // 107: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	32,  // 108: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	36,  // 109: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	38,  // 110: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	40,  // 111: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	68,  // 112: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	70,  // 113: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	20,  // 114: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	22,  // 115: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	24,  // 116: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	44,  // 117: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	46,  // 118: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	42,  // 119: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	73,  // 120: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	88,  // 121: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	100, // [100:122] is the sub-list for method output_type
-	78,  // [78:100] is the sub-list for method input_type
-	78,  // [78:78] is the sub-list for extension type_name
-	78,  // [78:78] is the sub-list for extension extendee
-	0,   // [0:78] is the sub-list for field type_name
+	19,  // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	19,  // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	27,  // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	30,  // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	31,  // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	8,   // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	26,  // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	27,  // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	6,   // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	30,  // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	31,  // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	1,   // 20: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
+	6,   // 21: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
+	8,   // 22: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	2,   // 23: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	50,  // 24: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	6,   // 25: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	19,  // 26: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	7,   // 27: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	6,   // 28: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	7,   // 29: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	63,  // 30: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	64,  // 31: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	65,  // 32: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	61,  // 33: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	62,  // 34: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	59,  // 35: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	60,  // 36: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	56,  // 37: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	57,  // 38: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	58,  // 39: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	51,  // 40: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	55,  // 41: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	54,  // 42: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	52,  // 43: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	53,  // 44: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	8,   // 45: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	59,  // 46: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	19,  // 47: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,   // 48: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,   // 49: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	6,   // 50: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	6,   // 51: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	19,  // 52: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	7,   // 53: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	8,   // 54: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	6,   // 55: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
+	6,   // 56: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
+	74,  // 57: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	67,  // 58: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	74,  // 59: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	3,   // 60: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	4,   // 61: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	77,  // 62: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	79,  // 63: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	81,  // 64: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	82,  // 65: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	83,  // 66: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	84,  // 67: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	85,  // 68: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	80,  // 69: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	80,  // 70: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	79,  // 71: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	86,  // 72: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	87,  // 73: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	80,  // 74: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	79,  // 75: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	78,  // 76: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	85,  // 77: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	78,  // 78: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 79: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	9,   // 80: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	11,  // 81: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	13,  // 82: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	15,  // 83: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	17,  // 84: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	68,  // 85: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	34,  // 86: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	28,  // 87: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	32,  // 88: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	38,  // 89: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	40,  // 90: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	42,  // 91: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	70,  // 92: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	72,  // 93: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	20,  // 94: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	22,  // 95: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	24,  // 96: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	46,  // 97: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	48,  // 98: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	44,  // 99: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	36,  // 100: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	75,  // 101: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	90,  // 102: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	10,  // 103: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	12,  // 104: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	14,  // 105: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	16,  // 106: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	18,  // 107: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	69,  // 108: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	35,  // 109: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	29,  // 110: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	33,  // 111: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	39,  // 112: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	41,  // 113: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	43,  // 114: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	71,  // 115: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	73,  // 116: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	21,  // 117: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	23,  // 118: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	25,  // 119: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	47,  // 120: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	49,  // 121: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	45,  // 122: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	37,  // 123: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	76,  // 124: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	91,  // 125: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	103, // [103:126] is the sub-list for method output_type
+	80,  // [80:103] is the sub-list for method input_type
+	80,  // [80:80] is the sub-list for extension type_name
+	80,  // [80:80] is the sub-list for extension extendee
+	0,   // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -6373,7 +6644,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[42].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[44].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -6396,8 +6667,8 @@ func file_proto_ballastpb_ballast_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   84,
+			NumEnums:      6,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -42,6 +42,7 @@ const (
 	Admin_ApplyInGroup_FullMethodName     = "/ballast.v1.Admin/ApplyInGroup"
 	Admin_ReadGroup_FullMethodName        = "/ballast.v1.Admin/ReadGroup"
 	Admin_ChangeMembership_FullMethodName = "/ballast.v1.Admin/ChangeMembership"
+	Admin_ChangeAttachment_FullMethodName = "/ballast.v1.Admin/ChangeAttachment"
 )
 
 // AdminClient is the client API for Admin service.
@@ -84,6 +85,9 @@ type AdminClient interface {
 	ReadGroup(ctx context.Context, in *ReadGroupRequest, opts ...grpc.CallOption) (*ReadGroupResponse, error)
 	// Between head nodes: change a group's membership on its leader.
 	ChangeMembership(ctx context.Context, in *ChangeMembershipRequest, opts ...grpc.CallOption) (*ChangeMembershipResponse, error)
+	// Attaches, detaches, or migrates a volume. Any head node forwards it to
+	// the volume's primary, which alone changes the attachment.
+	ChangeAttachment(ctx context.Context, in *ChangeAttachmentRequest, opts ...grpc.CallOption) (*ChangeAttachmentResponse, error)
 }
 
 type adminClient struct {
@@ -294,6 +298,16 @@ func (c *adminClient) ChangeMembership(ctx context.Context, in *ChangeMembership
 	return out, nil
 }
 
+func (c *adminClient) ChangeAttachment(ctx context.Context, in *ChangeAttachmentRequest, opts ...grpc.CallOption) (*ChangeAttachmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeAttachmentResponse)
+	err := c.cc.Invoke(ctx, Admin_ChangeAttachment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -334,6 +348,9 @@ type AdminServer interface {
 	ReadGroup(context.Context, *ReadGroupRequest) (*ReadGroupResponse, error)
 	// Between head nodes: change a group's membership on its leader.
 	ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error)
+	// Attaches, detaches, or migrates a volume. Any head node forwards it to
+	// the volume's primary, which alone changes the attachment.
+	ChangeAttachment(context.Context, *ChangeAttachmentRequest) (*ChangeAttachmentResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -403,6 +420,9 @@ func (UnimplementedAdminServer) ReadGroup(context.Context, *ReadGroupRequest) (*
 }
 func (UnimplementedAdminServer) ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ChangeMembership not implemented")
+}
+func (UnimplementedAdminServer) ChangeAttachment(context.Context, *ChangeAttachmentRequest) (*ChangeAttachmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ChangeAttachment not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -785,6 +805,24 @@ func _Admin_ChangeMembership_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ChangeAttachment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeAttachmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ChangeAttachment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ChangeAttachment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ChangeAttachment(ctx, req.(*ChangeAttachmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -871,6 +909,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ChangeMembership",
 			Handler:    _Admin_ChangeMembership_Handler,
+		},
+		{
+			MethodName: "ChangeAttachment",
+			Handler:    _Admin_ChangeAttachment_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
