@@ -66,6 +66,7 @@ TXN_SOAK_SEEDS ?= 50
 soak:
 	TXN_SOAK_SEEDS=$(TXN_SOAK_SEEDS) $(GO) test -count=1 -timeout 0 -run 'TestLinearizableUnderFaults' ./txn/driver/
 	TXN_EXHAUSTIVE_DEEP=1 $(GO) test -count=1 -timeout 0 -run 'Exhaustive' ./txn/
+	MIGRATE_DEEP=1 $(GO) test -count=1 -timeout 0 -run 'TestEveryInterleaving' ./migrate/
 
 vet:
 	$(GO) vet ./...

@@ -456,3 +456,21 @@ func (g *Gate) reevaluate() Actions {
 	}
 	return acts
 }
+
+// Changing returns the record the change under way commits, and whether
+// one is under way.
+func (g *Gate) Changing() (Attachment, bool) { return g.target, g.busy }
+
+// ValidateHost checks a host name: 1 to 63 letters, digits, '.', '_' or
+// '-'.
+func ValidateHost(host string) error {
+	if host == "" || len(host) > 63 {
+		return fmt.Errorf("%w: host name %q must be 1 to 63 characters", ErrRefused, host)
+	}
+	for _, c := range host {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("%w: host name %q may hold only letters, digits, '.', '_' and '-'", ErrRefused, host)
+		}
+	}
+	return nil
+}
