@@ -22,6 +22,10 @@ import (
 // SubjectName is the name of the Ballast rack the harness starts.
 const SubjectName = "ballast"
 
+// benchHost is the host name of the agent a benchmark rack runs; its
+// volume is attached to it.
+const benchHost = "bench"
+
 // rack is a Ballast rack the harness runs as child processes of the
 // ballast binary: one `ballast demo` process, or three head nodes, the
 // sleds and an agent as processes of their own.
@@ -210,7 +214,7 @@ func (r *rack) startProcesses(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	agent, err := r.spawn("agent", append(append([]string{"agent", "--nbd", r.nbdAddr}, hnFlags...), common...)...)
+	agent, err := r.spawn("agent", append(append([]string{"agent", "--host", benchHost, "--nbd", r.nbdAddr}, hnFlags...), common...)...)
 	if err != nil {
 		return err
 	}
@@ -235,7 +239,7 @@ func (r *rack) ensureVolume(ctx context.Context) error {
 			}
 		}
 		err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {
-			_, err := a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: r.volume, SizeBytes: r.sizeBytes})
+			_, err := a.CreateVolume(ctx, &ballastpb.CreateVolumeRequest{Name: r.volume, SizeBytes: r.sizeBytes, AttachHost: benchHost})
 			return err
 		})
 		if err == nil || status.Code(err) == codes.AlreadyExists {

@@ -50,7 +50,7 @@ func changeAttachment(ctx context.Context, c *attach.Client, name string, change
 }
 
 // waitAttached waits until the volume's record names host as attached.
-func waitAttached(t *testing.T, c *attach.Client, name, host string) *ballastpb.Volume {
+func waitAttached(t testing.TB, c *attach.Client, name, host string) *ballastpb.Volume {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -94,7 +94,7 @@ type handoffWriter struct {
 	firstHeld []time.Duration // first write of each connection
 }
 
-func (w *handoffWriter) run(ctx context.Context, t *testing.T) {
+func (w *handoffWriter) run(ctx context.Context, t testing.TB) {
 	var conn *nbdclient.Conn
 	defer func() {
 		if conn != nil {
@@ -400,7 +400,7 @@ func TestLiveMigrationUnderQEMU(t *testing.T) {
 
 // twoFreePorts returns a loopback address whose port and the next one are
 // both free (the demo's second agent listens on the next port).
-func twoFreePorts(t *testing.T) string {
+func twoFreePorts(t testing.TB) string {
 	t.Helper()
 	for attempt := 0; attempt < 50; attempt++ {
 		a := freeLoopbackAddr(t)

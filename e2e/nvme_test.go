@@ -65,7 +65,7 @@ func waitNVMe(t testing.TB, addr, nqn string) {
 // vmDir locates the shared VM harness: $BALLAST_VM_DIR, or ../shared/vm
 // next to the repository; a relative path is taken from the repository
 // root.
-func vmDir(t *testing.T) string {
+func vmDir(t testing.TB) string {
 	t.Helper()
 	root, err := filepath.Abs("..")
 	if err != nil {

@@ -2,7 +2,8 @@
 // primary or secondary of (one pebble database per node), the ordering,
 // group commit and replication of writes, reads, its members of the
 // directory group and of every volume group (groups.go), the failover
-// decisions' I/O, and the admin API that every head node answers.
+// decisions' I/O, the attachment gate's I/O at each primary
+// (attachment.go), and the admin API that every head node answers.
 //
 // A write is acknowledged only when it is durable in the primary's log and
 // in its secondary's. The primary builds whole-block records (read-modify-
@@ -11,5 +12,6 @@
 // between them starts with a hello that reconciles their logs, so a crash
 // between the two appends never leaves the replicas apart.
 //
-// It may import consensus, volume, internal/... and proto/...; never attach.
+// It may import consensus, migrate, txn, txn/driver, volume, internal/...
+// and proto/...; never attach.
 package headnode
