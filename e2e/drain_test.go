@@ -28,12 +28,27 @@ func TestDrainHeadNode(t *testing.T) {
 		}
 		return st
 	}
+	// Drain a rack that has settled: a group still electing when the
+	// drain runs may elect the drained node a moment later (the leader
+	// spreading moves it off again, within seconds, but not at once).
 	var leader string
-	for leader == "" {
-		leader = rackStatus().Leader
-		if ctx.Err() != nil {
-			t.Fatal("no leader")
+	for {
+		st := rackStatus()
+		groups, led := map[uint64]bool{}, map[uint64]bool{}
+		for _, g := range st.Groups {
+			groups[g.Group] = true
+			if g.State == "Leader" {
+				led[g.Group] = true
+			}
 		}
+		if st.Leader != "" && len(groups) > 0 && len(led) == len(groups) {
+			leader = st.Leader
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("groups without a leader: %d of %d", len(groups)-len(led), len(groups))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	var resp *ballastpb.DrainHeadNodeResponse
 	if err := c.Admin(ctx, func(ctx context.Context, a ballastpb.AdminClient) error {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ballast-storage/ballast/attach"
+	"github.com/ballast-storage/ballast/attach/nvmetcp"
 	"github.com/ballast-storage/ballast/internal/nbdclient"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -319,6 +320,93 @@ func TestHandoff(t *testing.T) {
 			t.Errorf("the old host's flush: %v", err)
 		}
 	})
+
+	t.Run("the admin commands", func(t *testing.T) {
+		// The volume is attached to h2 now.
+		for _, c := range []struct {
+			args []string
+			want string
+			fail bool
+		}{
+			{args: []string{"migrate", vol, "--abort"}, want: "no migration is prepared", fail: true},
+			{args: []string{"attach", vol, "--host", "h1"}, want: "attached to h2 (detach or migrate it)", fail: true},
+			{args: []string{"migrate", vol, "--to", "h2"}, want: "attached to h2 already", fail: true},
+			{args: []string{"migrate", vol, "--to", "bad host"}, want: "may hold only letters", fail: true},
+			{args: []string{"migrate", vol, "--to", "h1"}, want: "migrating to h1"},
+			{args: []string{"volume", "show", vol}, want: "migrating to h1"},
+			{args: []string{"migrate", vol, "--abort"}, want: "attached to h2 (generation"},
+			{args: []string{"migrate", vol, "--to", "h1", "--now"}, want: "attached to h1 (generation"},
+			{args: []string{"detach", vol}, want: "detached"},
+			{args: []string{"attach", vol, "--host", "h2"}, want: "attached to h2 (generation"},
+			{args: []string{"volume", "list"}, want: "h2"},
+		} {
+			out, err := r.cli(c.args...)
+			if (err != nil) != c.fail || !strings.Contains(out, c.want) {
+				t.Errorf("ballast %s: err %v, want failure %v and %q in:\n%s", strings.Join(c.args, " "), err, c.fail, c.want, out)
+			}
+		}
+		// Detached and attached to h2 since: h1's agent no longer serves it.
+		if _, err := nbdclient.Dial(addrOf["h1"], vol, 5*time.Second); err == nil || !strings.Contains(err.Error(), "not attached to this host") {
+			t.Errorf("h1 opened a volume attached to h2: %v", err)
+		}
+	})
+
+	// The same handoff with the hosts attached over NVMe/TCP: an agent
+	// with an NVMe/TCP port on each host.
+	t.Run("the handoff over NVMe/TCP", func(t *testing.T) {
+		nvmeOf := map[string]string{}
+		for _, host := range []string{"h1", "h2"} {
+			nvmeOf[host] = freeLoopbackAddr(t)
+			args := []string{"agent", "--host", host, "--nbd", freeLoopbackAddr(t), "--nvme", nvmeOf[host], "--nvme-discovery", freeLoopbackAddr(t)}
+			for _, h := range r.headNodes {
+				args = append(args, "--headnode", h)
+			}
+			startProc(t, "nvme-agent-"+host, args...)
+		}
+		nqn := attach.VolumeNQN(vol)
+		waitNVMe(t, nvmeOf["h2"], nqn) // attached to h2 (the admin commands' end)
+		waitListening(t, nvmeOf["h1"])
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := nvmetcp.Connect(ctx, nvmeOf["h1"], nqn, nvmetcp.HostOptions{}); err == nil || !strings.Contains(err.Error(), "Connect Invalid Parameters") {
+			t.Fatalf("h1 connecting to a volume attached to h2: %v, want Connect Invalid Parameters", err)
+		}
+		src, err := nvmetcp.Connect(ctx, nvmeOf["h2"], nqn, nvmetcp.HostOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		if _, err := changeAttachment(ctx, c, vol, ballastpb.AttachmentChange_ATTACHMENT_CHANGE_PREPARE_MIGRATION, "h1"); err != nil {
+			t.Fatal(err)
+		}
+		dst, err := nvmetcp.Connect(ctx, nvmeOf["h1"], nqn, nvmetcp.HostOptions{})
+		if err != nil {
+			t.Fatalf("the prepared destination cannot connect: %v", err)
+		}
+		defer dst.Close()
+		const b0 = volBytes/4096 - 100 // past the other subtests' blocks
+		if err := src.WriteAt(ctx, taggedBlock("h2", b0), b0*4096, false); err != nil {
+			t.Fatalf("source write before the switchover: %v", err)
+		}
+		buf := make([]byte, 4096)
+		if err := dst.ReadAt(ctx, buf, b0*4096); err != nil || !bytes.Equal(buf, taggedBlock("h2", b0)) {
+			t.Fatalf("the destination reads before the switchover: %v %q", err, buf[:20])
+		}
+		if err := dst.WriteAt(ctx, taggedBlock("h1", b0+1), (b0+1)*4096, false); err != nil {
+			t.Fatalf("the destination's first write: %v", err)
+		}
+		waitAttached(t, c, vol, "h1")
+		err = src.WriteAt(ctx, taggedBlock("h2", b0+2), (b0+2)*4096, false)
+		if err == nil || !strings.Contains(err.Error(), "Access Denied") {
+			t.Fatalf("the old host's write after the switchover: %v, want Access Denied", err)
+		}
+		if err := src.Flush(ctx); err != nil {
+			t.Errorf("the old host's flush: %v", err)
+		}
+		if err := dst.ReadAt(ctx, buf, (b0+2)*4096); err != nil || !bytes.Equal(buf, make([]byte, 4096)) {
+			t.Errorf("the refused write landed: %v %q", err, buf[:20])
+		}
+	})
 }
 
 // waitOwner returns the host the volume is attached to now.
@@ -436,5 +524,22 @@ func waitProcState(t *testing.T, pid int, state byte) {
 			t.Fatalf("process %d not in state %c within 10s: %s", pid, state, b)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitListening waits until something accepts TCP connections at addr.
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens at %s within 60s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
