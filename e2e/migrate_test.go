@@ -457,7 +457,7 @@ func TestLiveMigrationUnderQEMU(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", script, srcURI, dstURI)
 	cmd.Dir = t.TempDir()
-	cmd.Env = append(os.Environ(), "SKIP_ATTACH=1", "COUNT=600", "MIGRATE_AT=150")
+	cmd.Env = append(os.Environ(), "SKIP_ATTACH=1", fmt.Sprintf("COUNT=%d", migrationWrites), "MIGRATE_AT=150")
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	output := string(out)
@@ -465,13 +465,31 @@ func TestLiveMigrationUnderQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatalf("vm-migrate-demo.sh: %v\n%s", err, tail(output, 8000))
 	}
-	for _, want := range []string{
-		`DATA CHECK: (\d+)/(\d+) acknowledged sequence numbers found on the NBD export  -> PASS`,
-		`ACK sequence contiguous 1\.\.\d+ with no duplicates: True`,
-		`destination ACKs: \d+`,
-	} {
-		if !regexp.MustCompile(want).MatchString(output) {
-			t.Fatalf("vm-migrate-demo.sh output lacks %q:\n%s", want, tail(output, 8000))
+	// The harness's own verdict also needs every ACK line the guest
+	// printed, and a line printed on the source's serial console just
+	// as it stops can be lost with the console (seen with its nbdkit
+	// stand-in as well): check what the storage holds instead. The
+	// guest got to DONE (the harness waits for it), so every one of its
+	// fsynced writes must be on the volume.
+	m := regexp.MustCompile(`DATA CHECK: (\d+)/(\d+) acknowledged`).FindStringSubmatch(output)
+	if m == nil || m[1] != m[2] {
+		t.Fatalf("acknowledged writes missing from the volume:\n%s", tail(output, 8000))
+	}
+	if !regexp.MustCompile(`destination ACKs: \d+\.\.\d+ \(\d+\), ERR lines: 0`).MatchString(output) {
+		t.Fatalf("the guest saw errors, or did not run on the destination:\n%s", tail(output, 8000))
+	}
+	dst, err := nbdclient.Dial(net.JoinHostPort(host, fmt.Sprint(p+1)), "demo", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	buf := make([]byte, 4096)
+	for n := 1; n <= migrationWrites; n++ {
+		if err := dst.ReadAt(buf, uint64(n)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("SEQ %010d\n", n); string(buf[:len(want)]) != want {
+			t.Fatalf("block %d holds %q, want %q: the guest's fsynced write is not on the volume", n, buf[:15], want)
 		}
 	}
 	for _, line := range strings.Split(output, "\n") {
@@ -481,10 +499,13 @@ func TestLiveMigrationUnderQEMU(t *testing.T) {
 	}
 	if out, err := r.cli("volume", "show", "demo", "--json"); err != nil {
 		t.Fatalf("volume show: %v\n%s", err, out)
-	} else if !strings.Contains(out, `"attachedHost": "h2"`) {
+	} else if !regexp.MustCompile(`"attachedHost":\s*"h2"`).MatchString(out) {
 		t.Fatalf("after the migration the volume is not attached to h2:\n%s", out)
 	}
 }
+
+// migrationWrites is how many numbered blocks the migrating guest writes.
+const migrationWrites = 600
 
 // twoFreePorts returns a loopback address whose port and the next one are
 // both free (the demo's second agent listens on the next port).
