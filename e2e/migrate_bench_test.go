@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -94,11 +93,7 @@ func BenchmarkHandoff(b *testing.B) {
 //
 //	go test -run '^$' -bench LiveMigration -benchtime 1x ./e2e/
 func BenchmarkLiveMigration(b *testing.B) {
-	dir := vmDir(b)
-	script := filepath.Join(dir, "vm-migrate-demo.sh")
-	if _, err := os.Stat(script); err != nil {
-		b.Skipf("the VM harness is not at %s: %v", dir, err)
-	}
+	script := vmScript(b, "vm-migrate-demo.sh")
 	run := func(args ...string) (downtime, pause float64) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -431,15 +430,8 @@ func TestLiveMigrationUnderQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots two VMs; skipped in -short mode")
 	}
-	dir := vmDir(t)
-	script := filepath.Join(dir, "vm-migrate-demo.sh")
-	if _, err := os.Stat(script); err != nil {
-		t.Skipf("the VM harness is not at %s (set BALLAST_VM_DIR): %v", dir, err)
-	}
+	script := vmScript(t, "vm-migrate-demo.sh")
 	needTools(t, "qemu-img", "nbdinfo")
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil && os.Geteuid() != 0 {
-		skipOrFail(t, "qemu-system-x86_64 is not installed (Debian package qemu-system-x86; `make test` installs it)")
-	}
 	r := newRack(t)
 	r.nbdAddr = twoFreePorts(t)
 	r.demo = startProc(t, "demo", "demo", "--data", r.dataDir, "--size", "64MiB",

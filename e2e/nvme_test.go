@@ -81,6 +81,22 @@ func vmDir(t testing.TB) string {
 	return dir
 }
 
+// vmScript returns the path of one of the VM harness's scripts, or skips
+// the test when the harness is not there; it fails in CI when QEMU is
+// missing and cannot be installed.
+func vmScript(t testing.TB, name string) string {
+	t.Helper()
+	dir := vmDir(t)
+	script := filepath.Join(dir, name)
+	if _, err := os.Stat(script); err != nil {
+		t.Skipf("the VM harness is not at %s (set BALLAST_VM_DIR to the directory of %s): %v", dir, name, err)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil && os.Geteuid() != 0 {
+		skipOrFail(t, "qemu-system-x86_64 is not installed and the harness cannot install it without root (Debian package qemu-system-x86; `make test` installs it)")
+	}
+	return script
+}
+
 // TestNVMeLinuxInitiator boots a Linux guest (the shared VM harness,
 // under QEMU) whose kernel initiator discovers and connects to the agent
 // of a `ballast demo` over NVMe/TCP, writes a random MiB to the namespace
@@ -92,15 +108,8 @@ func TestNVMeLinuxInitiator(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM; skipped in -short mode")
 	}
-	dir := vmDir(t)
-	script := filepath.Join(dir, "vm-attach-demo.sh")
-	if _, err := os.Stat(script); err != nil {
-		t.Skipf("the VM harness is not at %s (set BALLAST_VM_DIR to the directory of vm-attach-demo.sh): %v", dir, err)
-	}
+	script := vmScript(t, "vm-attach-demo.sh")
 	needTools(t, "qemu-img", "nbdcopy")
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil && os.Geteuid() != 0 {
-		skipOrFail(t, "qemu-system-x86_64 is not installed and the harness cannot install it without root (Debian package qemu-system-x86; `make test` installs it)")
-	}
 	r := newRack(t)
 	nvmeAddr, _ := r.startNVMeDemo("64MiB")
 	_, port, _ := net.SplitHostPort(nvmeAddr)

@@ -265,16 +265,7 @@ func (w *modelWorld) moves(lim modelLimits) []func(*testing.T, *modelWorld) {
 				w.step("commit outcome reaches the primary: %v", w.log)
 				w.commit = nil
 				w.apply(t, w.gate.Finished(w.log))
-				if w.abortState == 1 {
-					w.abortState = 2
-					w.abortWon = w.log.To == ""
-				}
-				if w.backState == 1 {
-					w.backState = 0
-					if w.log.To == srcHost {
-						w.backState = 2
-					}
-				}
+				w.changeEnded()
 			})
 		}
 	}
@@ -322,6 +313,21 @@ func (w *modelWorld) moves(lim modelLimits) []func(*testing.T, *modelWorld) {
 	return out
 }
 
+// changeEnded records how the operator's pending change (an abort, or
+// preparing the way back) ended, once the log shows it.
+func (w *modelWorld) changeEnded() {
+	if w.abortState == 1 {
+		w.abortState = 2
+		w.abortWon = w.log.To == ""
+	}
+	if w.backState == 1 {
+		w.backState = 0
+		if w.log.To == srcHost {
+			w.backState = 2
+		}
+	}
+}
+
 // land makes request i's write part of the volume.
 func (w *modelWorld) land(t *testing.T, i int) {
 	t.Helper()
@@ -357,16 +363,7 @@ func (w *modelWorld) failover(t *testing.T, landInFlight bool) {
 		w.commit.applied = true // can no longer land: the version moves on
 	}
 	w.commit = nil
-	if w.abortState == 1 {
-		w.abortState = 2
-		w.abortWon = w.log.To == ""
-	}
-	if w.backState == 1 {
-		w.backState = 0
-		if w.log.To == srcHost {
-			w.backState = 2
-		}
-	}
+	w.changeEnded()
 	w.version++
 	w.gate, w.load = NewGate(), false
 	w.attempts = map[uint64]int{}
