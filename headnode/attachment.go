@@ -390,11 +390,6 @@ func (a *attachGate) close() {
 		delete(a.awaiting, seq)
 	}
 	a.signal()
-	for _, r := range acts.Release {
-		if ch, ok := a.waiting[r.ID]; ok {
-			ch <- r.Verdict
-			delete(a.waiting, r.ID)
-		}
-	}
 	a.mu.Unlock()
+	a.run(acts) // releases only: Failed asks for no load or commit
 }

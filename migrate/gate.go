@@ -358,14 +358,10 @@ func (g *Gate) Begin(c Change) (noop bool, acts Actions, err error) {
 	drain := false
 	switch c.Kind {
 	case Prepare:
-		switch {
-		case c.Host == "":
-			return false, acts, fmt.Errorf("%w: no destination host", ErrRefused)
-		case rec.Host == "":
-			return false, acts, fmt.Errorf("%w: the volume is not attached (attach it instead)", ErrRefused)
-		case c.Host == rec.Host:
-			return false, acts, fmt.Errorf("%w: the volume is attached to %s already", ErrRefused, c.Host)
-		case c.Host == rec.To:
+		if err := migrationTarget(c.Host, rec); err != nil {
+			return false, acts, err
+		}
+		if c.Host == rec.To {
 			return true, acts, nil
 		}
 		next.Last++
@@ -376,13 +372,11 @@ func (g *Gate) Begin(c Change) (noop bool, acts Actions, err error) {
 		}
 		next.To, next.ToGeneration = "", 0
 	case SwitchNow:
-		switch {
-		case c.Host == "":
-			return false, acts, fmt.Errorf("%w: no destination host", ErrRefused)
-		case rec.Host == "":
-			return false, acts, fmt.Errorf("%w: the volume is not attached (attach it instead)", ErrRefused)
-		case c.Host == rec.Host:
+		if c.Host != "" && c.Host == rec.Host {
 			return true, acts, nil
+		}
+		if err := migrationTarget(c.Host, rec); err != nil {
+			return false, acts, err
 		}
 		if c.Host != rec.To {
 			next.Last++
@@ -415,6 +409,20 @@ func (g *Gate) Begin(c Change) (noop bool, acts Actions, err error) {
 	g.target = next
 	g.begin(drain, &acts)
 	return false, acts, nil
+}
+
+// migrationTarget checks that host may become the destination of a
+// migration of a volume attached as rec.
+func migrationTarget(host string, rec Attachment) error {
+	switch {
+	case host == "":
+		return fmt.Errorf("%w: no destination host", ErrRefused)
+	case rec.Host == "":
+		return fmt.Errorf("%w: the volume is not attached (attach it instead)", ErrRefused)
+	case host == rec.Host:
+		return fmt.Errorf("%w: the volume is attached to %s already", ErrRefused, host)
+	}
+	return nil
 }
 
 // Finished ends the change under way with the record as it is now: the
