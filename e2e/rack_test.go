@@ -134,9 +134,28 @@ func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 		p.kill()
 		if t.Failed() {
 			t.Logf("--- output of %s:\n%s", name, tail(p.out.String(), 4000))
+			keepOutput(t, name, p.out.String())
 		}
 	})
 	return p
+}
+
+// keepOutput writes a failed test's whole process output to
+// $BALLAST_E2E_LOGS/TEST/NAME.log when that is set: the log's tail is
+// rarely where a failover went wrong.
+func keepOutput(t testing.TB, name, out string) {
+	root := os.Getenv("BALLAST_E2E_LOGS")
+	if root == "" {
+		return
+	}
+	dir := filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("keep output of %s: %v", name, err)
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".log"), []byte(out), 0o644); err != nil {
+		t.Logf("keep output of %s: %v", name, err)
+	}
 }
 
 func tail(s string, n int) string {
@@ -293,6 +312,9 @@ func (r *rack) startHeadNode(i int, peers []string) {
 // when the rack has a lab).
 func (r *rack) startBallast(name string, args ...string) *proc {
 	r.t.Helper()
+	if level := os.Getenv("BALLAST_E2E_LOG_LEVEL"); level != "" {
+		args = append(args, "--log-level", level)
+	}
 	if r.lab != nil {
 		return startCmd(r.t, name, r.lab.command(name, ballastBin, args...))
 	}

@@ -120,35 +120,73 @@ func (s *Service) ReadRecord(ctx context.Context, req *txnpb.ReadRecordRequest) 
 // Remote reaches txn groups through the TxnGroups service of any of a
 // rack's nodes: it remembers each group's leader, follows NotLeader
 // answers to it, and waits for an election while no node leads.
+//
+// A node whose call failed is tried last for a while: a node that is
+// frozen, or cut off on every path, still accepts connections and fails
+// every call, and were it tried first each time, no call would ever
+// reach the group's leader elsewhere.
 type Remote struct {
 	dial  func(ctx context.Context, addr string) (grpc.ClientConnInterface, error)
 	addrs []string
+	now   func() time.Time
 
 	mu     sync.Mutex
 	leader map[txn.GroupID]string
+	failed map[string]time.Time // when a call to the address last failed
 }
 
 // NewRemote returns a Remote over the nodes at addrs; dial connects to
 // one (addresses in NotLeader answers are nodes' raft addresses, which
 // dial must understand too).
 func NewRemote(dial func(ctx context.Context, addr string) (grpc.ClientConnInterface, error), addrs []string) *Remote {
-	return &Remote{dial: dial, addrs: slices.Clone(addrs), leader: map[txn.GroupID]string{}}
+	return &Remote{dial: dial, addrs: slices.Clone(addrs), now: time.Now,
+		leader: map[txn.GroupID]string{}, failed: map[string]time.Time{}}
 }
 
 // maxRedirects bounds the NotLeader answers followed in one round.
 const maxRedirects = 3
 
-// call runs fn against g's leader. fn answers NotLeader when the node it
-// asked does not lead; an error of fn is the outcome's (unknown).
-func (r *Remote) call(ctx context.Context, g txn.GroupID, fn func(txnpb.TxnGroupsClient) (*txnpb.NotLeader, error)) error {
-	for {
-		r.mu.Lock()
-		tries := slices.Clone(r.addrs)
-		if l, ok := r.leader[g]; ok {
-			tries = append([]string{l}, tries...)
+// failedFor is how long a node whose call failed is tried after the others.
+const failedFor = 5 * time.Second
+
+// order returns the addresses to try for g: the known leader first, then
+// the others, with the nodes that failed lately last.
+func (r *Remote) order(g txn.GroupID) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	tries := slices.Clone(r.addrs)
+	if l, ok := r.leader[g]; ok {
+		tries = append([]string{l}, slices.DeleteFunc(tries, func(a string) bool { return a == l })...)
+	}
+	now := r.now()
+	for a, at := range r.failed {
+		if now.Sub(at) > failedFor {
+			delete(r.failed, a)
 		}
-		r.mu.Unlock()
+	}
+	slices.SortStableFunc(tries, func(a, b string) int {
+		_, fa := r.failed[a]
+		_, fb := r.failed[b]
+		switch {
+		case fa == fb:
+			return 0
+		case fb:
+			return -1
+		}
+		return 1
+	})
+	return tries
+}
+
+// call runs fn against g's leader. fn answers NotLeader when the node it
+// asked does not lead; an error of fn is the outcome's (unknown), so it
+// is returned, unless the call is a read (safe to repeat), which goes on
+// to the next node.
+func (r *Remote) call(ctx context.Context, g txn.GroupID, read bool, fn func(txnpb.TxnGroupsClient) (*txnpb.NotLeader, error)) error {
+	for {
+		tries := r.order(g)
 		redirects := 0
+		var readErr error
 		for len(tries) > 0 {
 			addr := tries[0]
 			tries = tries[1:]
@@ -158,21 +196,35 @@ func (r *Remote) call(ctx context.Context, g txn.GroupID, fn func(txnpb.TxnGroup
 			}
 			nl, err := fn(txnpb.NewTxnGroupsClient(cc))
 			if err != nil {
+				err = fmt.Errorf("txn group %d at %s: %w", g, addr, err)
 				r.mu.Lock()
-				delete(r.leader, g)
+				if r.leader[g] == addr {
+					delete(r.leader, g)
+				}
+				r.failed[addr] = r.now()
 				r.mu.Unlock()
-				return fmt.Errorf("txn group %d at %s: %w", g, addr, err)
+				if read && ctx.Err() == nil {
+					readErr = err
+					continue
+				}
+				return err
 			}
 			if nl == nil {
 				r.mu.Lock()
 				r.leader[g] = addr
+				delete(r.failed, addr)
 				r.mu.Unlock()
 				return nil
 			}
 			if hint := nl.GetLeaderAddress(); hint != "" && hint != addr && redirects < maxRedirects {
 				redirects++
-				tries = append([]string{hint}, tries...)
+				tries = append([]string{hint}, slices.DeleteFunc(tries, func(a string) bool { return a == hint })...)
 			}
+		}
+		if readErr != nil {
+			// Every node either failed or does not lead: the caller's
+			// retry, with its backoff, decides when to ask again.
+			return readErr
 		}
 		select {
 		case <-ctx.Done():
@@ -189,7 +241,7 @@ func (r *Remote) Apply(ctx context.Context, g txn.GroupID, cmd txn.Command) (txn
 		return txn.Result{}, fmt.Errorf("txn group %d: encode %s: %w", g, cmd.Kind(), err)
 	}
 	var raw []byte
-	err = r.call(ctx, g, func(c txnpb.TxnGroupsClient) (*txnpb.NotLeader, error) {
+	err = r.call(ctx, g, false, func(c txnpb.TxnGroupsClient) (*txnpb.NotLeader, error) {
 		resp, err := c.Apply(ctx, &txnpb.ApplyRequest{Group: uint64(g), Command: data})
 		raw = resp.GetResult()
 		return resp.GetNotLeader(), err
@@ -207,7 +259,7 @@ func (r *Remote) Apply(ctx context.Context, g txn.GroupID, cmd txn.Command) (txn
 // Read implements Groups.
 func (r *Remote) Read(ctx context.Context, g txn.GroupID, key string) (txn.ReadResult, error) {
 	var raw []byte
-	err := r.call(ctx, g, func(c txnpb.TxnGroupsClient) (*txnpb.NotLeader, error) {
+	err := r.call(ctx, g, true, func(c txnpb.TxnGroupsClient) (*txnpb.NotLeader, error) {
 		resp, err := c.Read(ctx, &txnpb.ReadRequest{Group: uint64(g), Key: key})
 		raw = resp.GetResult()
 		return resp.GetNotLeader(), err
@@ -225,7 +277,7 @@ func (r *Remote) Read(ctx context.Context, g txn.GroupID, key string) (txn.ReadR
 // ReadRecord implements Groups.
 func (r *Remote) ReadRecord(ctx context.Context, g txn.GroupID, t txn.TxnID) (txn.RecordInfo, error) {
 	var raw []byte
-	err := r.call(ctx, g, func(c txnpb.TxnGroupsClient) (*txnpb.NotLeader, error) {
+	err := r.call(ctx, g, true, func(c txnpb.TxnGroupsClient) (*txnpb.NotLeader, error) {
 		resp, err := c.ReadRecord(ctx, &txnpb.ReadRecordRequest{Group: uint64(g), Txn: txn.MarshalTxnID(t)})
 		raw = resp.GetRecord()
 		return resp.GetNotLeader(), err
