@@ -149,8 +149,19 @@ func (r *remoteIO) standing(id string) ballastpb.SledState {
 func (r *remoteIO) getRange(ctx context.Context, vol uint64, seg *ballastpb.Segment, shard int, off, length uint64) ([]byte, error) {
 	sled := seg.ShardSleds[shard]
 	if !r.view.readable(sled, r.standing(sled)) {
-		return nil, fmt.Errorf("%w: sled %s is %v or unreachable", errSledDown, sled, r.standing(sled))
+		return nil, fmt.Errorf("%w: sled %s is %v or unreachable", errSledSkipped, sled, r.standing(sled))
 	}
+	return r.askRange(ctx, vol, seg, shard, off, length)
+}
+
+// errSledSkipped: a read did not ask a sled that its view holds down or
+// unreachable. The view lags a sled that has just come back, so a read
+// short of shards asks such sleds after all (gatherPieces).
+var errSledSkipped = fmt.Errorf("%w (not asked)", errSledDown)
+
+// askRange asks a shard's sled for a range, whatever the view says.
+func (r *remoteIO) askRange(ctx context.Context, vol uint64, seg *ballastpb.Segment, shard int, off, length uint64) ([]byte, error) {
+	sled := seg.ShardSleds[shard]
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.ShardTimeout)
 	defer cancel()
 	data, err := r.shards.Get(ctx, sled, shardID{volume: vol, segment: seg.Id, index: uint32(shard)}, off, length)
@@ -170,29 +181,10 @@ func (r *remoteIO) readRange(ctx context.Context, vol uint64, seg *ballastpb.Seg
 		return data, nil
 	}
 	firstErr := err
-	pieces := make([][]byte, len(seg.ShardSleds))
-	var mu sync.Mutex
-	var g errgroup.Group
-	for i := range seg.ShardSleds {
-		if i == shard {
-			continue
-		}
-		g.Go(func() error {
-			d, err := r.getRange(ctx, vol, seg, i, off, length)
-			if err == nil {
-				mu.Lock()
-				pieces[i] = d
-				mu.Unlock()
-			} else if errors.Is(err, errShardMissing) || errors.Is(err, errShardCorrupt) {
-				repair(shardRef{segment: seg.Id, index: i})
-			}
-			return nil
-		})
-	}
-	g.Wait()
+	pieces, errs := r.gatherPieces(ctx, vol, seg, shard, off, length, repair)
 	data, err = reconstructRange(seg, pieces, shard)
 	if err != nil {
-		return nil, fmt.Errorf("read %d bytes of shard %d of segment %d (%v): %w", length, shard, seg.Id, firstErr, err)
+		return nil, fmt.Errorf("read %d bytes of shard %d of segment %d (%v): %w (the others: %w)", length, shard, seg.Id, firstErr, err, errors.Join(errs...))
 	}
 	r.stats.degradedReads.Add(1)
 	if errors.Is(firstErr, errShardMissing) || errors.Is(firstErr, errShardCorrupt) {
@@ -251,24 +243,59 @@ func (r *remoteIO) readShard(ctx context.Context, vol uint64, seg *ballastpb.Seg
 // reconstructShard rebuilds a whole shard from the others, without asking
 // its own sled.
 func (r *remoteIO) reconstructShard(ctx context.Context, vol uint64, seg *ballastpb.Segment, shard int) ([]byte, error) {
-	pieces := make([][]byte, len(seg.ShardSleds))
-	var mu sync.Mutex
-	var g errgroup.Group
-	for i := range seg.ShardSleds {
-		if i == shard {
-			continue
-		}
-		g.Go(func() error {
-			if d, err := r.getRange(ctx, vol, seg, i, 0, seg.ShardSizeBytes); err == nil {
-				mu.Lock()
-				pieces[i] = d
-				mu.Unlock()
-			}
-			return nil
-		})
+	pieces, errs := r.gatherPieces(ctx, vol, seg, shard, 0, seg.ShardSizeBytes, func(shardRef) {})
+	data, err := reconstructRange(seg, pieces, shard)
+	if err != nil {
+		return nil, fmt.Errorf("%w (the others: %w)", err, errors.Join(errs...))
 	}
-	g.Wait()
-	return reconstructRange(seg, pieces, shard)
+	return data, nil
+}
+
+// gatherPieces reads the same range of every shard of seg but skip, in
+// parallel, reporting missing and corrupt ones to repair. If that leaves
+// fewer than the data shards, the sleds the view kept it from asking are
+// asked after all: a lagging view must not turn a readable segment into a
+// lost one. errs holds one error per shard that did not come.
+func (r *remoteIO) gatherPieces(ctx context.Context, vol uint64, seg *ballastpb.Segment, skip int, off, length uint64, repair func(shardRef)) (pieces [][]byte, errs []error) {
+	pieces = make([][]byte, len(seg.ShardSleds))
+	failed := make([]error, len(seg.ShardSleds))
+	read := func(ask func(context.Context, uint64, *ballastpb.Segment, int, uint64, uint64) ([]byte, error), which func(i int) bool) {
+		var g errgroup.Group
+		for i := range seg.ShardSleds {
+			if i == skip || !which(i) {
+				continue
+			}
+			g.Go(func() error {
+				d, err := ask(ctx, vol, seg, i, off, length)
+				if err == nil {
+					pieces[i], failed[i] = d, nil
+				} else {
+					failed[i] = fmt.Errorf("shard %d on sled %s: %w", i, seg.ShardSleds[i], err)
+					if errors.Is(err, errShardMissing) || errors.Is(err, errShardCorrupt) {
+						repair(shardRef{segment: seg.Id, index: i})
+					}
+				}
+				return nil
+			})
+		}
+		g.Wait()
+	}
+	read(r.getRange, func(int) bool { return true })
+	have := 0
+	for _, p := range pieces {
+		if p != nil {
+			have++
+		}
+	}
+	if have < int(seg.DataShards) {
+		read(r.askRange, func(i int) bool { return errors.Is(failed[i], errSledSkipped) })
+	}
+	for _, err := range failed {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return pieces, errs
 }
 
 // putShards writes the shards of a new segment, one per sled of `sleds`,

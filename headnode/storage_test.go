@@ -980,3 +980,31 @@ func TestInterruptedFullSyncStartsOver(t *testing.T) {
 		t.Fatal("records applied over a partial copy")
 	}
 }
+
+// A view that still holds two sleds unreachable after they came back does
+// not make a segment lost when a third shard is corrupt: a read short of
+// shards asks the sleds the view skipped.
+func TestReadsAskSledsTheViewHoldsDown(t *testing.T) {
+	r := newStorageRig(t, 2<<20, 8, 512<<10)
+	rng := rand.New(rand.NewSource(5))
+	data := make([]byte, 2<<20)
+	rng.Read(data)
+	r.write(t, 0, data)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	seg := segs[0]
+	// The view saw two of the segment's sleds fail; they are back now,
+	// and no poll has told the view yet.
+	for _, i := range []int{0, 4} {
+		r.remote.view.reportFailure(seg.ShardSleds[i], errSledDown)
+	}
+	id := shardID{volume: r.vol.Id, segment: seg.Id, index: 1}
+	r.shards.set(func(m *memShards) {
+		s := m.sleds[seg.ShardSleds[1]][id]
+		s.corrupt = true
+		m.sleds[seg.ShardSleds[1]][id] = s
+	})
+	r.check(t)
+}
