@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -75,6 +77,94 @@ func TestRackOfProcesses(t *testing.T) {
 		if strings.Contains(out, "failed") || strings.Contains(out, "Pattern verification") {
 			t.Fatalf("qemu-io:\n%s", out)
 		}
+	})
+
+	t.Run("consistency group snapshots under fio", func(t *testing.T) {
+		needTools(t, "fio")
+		members := []string{"cgdata", "cgwal"}
+		for _, m := range members {
+			cli(t, "volume", "create", m, "--size", "64MiB", "--attach", agentHost)
+		}
+		cli(t, "cg", "create", "db", members[0], members[1])
+		cliFails(t, "is in consistency group", "cg", "create", "other", members[0])
+		cliFails(t, "delete the group first", "volume", "delete", members[0])
+		cliFails(t, "does not exist", "cg", "snapshot", "nosuch")
+		for _, m := range members {
+			r.waitServed(m, r.agent)
+		}
+		// fio writes both members with checksums while cuts are taken;
+		// the cuts pause writes for a moment and must cost fio nothing.
+		fioDone := make(chan error, len(members))
+		fioOut := make([]string, len(members))
+		for i, m := range members {
+			go func() {
+				out, err := run(t, 5*time.Minute, "fio", "--name="+m, "--ioengine=nbd", "--uri="+r.uri(m), "--rw=randwrite",
+					"--bs=4k", "--iodepth=8", "--size=24M", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0",
+					"--do_verify=1", fmt.Sprintf("--randseed=%d", i+1), "--output-format=terse")
+				fioOut[i] = out
+				fioDone <- err
+			}()
+		}
+		cuts, during := 0, 0
+		finished := 0
+		var fioErr error
+		for finished < len(members) || cuts < 3 {
+			select {
+			case err := <-fioDone:
+				finished++
+				fioErr = errors.Join(fioErr, err)
+				continue
+			default:
+			}
+			out := cli(t, "cg", "snapshot", "db")
+			if !strings.Contains(out, fmt.Sprintf("cut %d", cuts+1)) {
+				t.Fatalf("cg snapshot printed:\n%s", out)
+			}
+			cuts++
+			if finished < len(members) {
+				during++
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if fioErr != nil {
+			t.Fatalf("fio beside the cuts: %v\n%s\n%s", fioErr, tail(fioOut[0], 2000), tail(fioOut[1], 2000))
+		}
+		t.Logf("%d cuts, %d of them while fio wrote", cuts, during)
+		var cg struct {
+			Generation string `json:"generation"`
+			Cuts       []struct {
+				Members []struct {
+					Volume string `json:"volume"`
+					Seq    string `json:"seq"`
+				} `json:"members"`
+			} `json:"cuts"`
+		}
+		if err := json.Unmarshal([]byte(cli(t, "cg", "show", "db", "--json")), &cg); err != nil {
+			t.Fatal(err)
+		}
+		if n(cg.Generation) != uint64(cuts) || len(cg.Cuts) != min(cuts, 64) {
+			t.Fatalf("cg show: generation %s with %d cuts listed, want %d (the last 64 at most)", cg.Generation, len(cg.Cuts), cuts)
+		}
+		last := map[string]uint64{}
+		for i, c := range cg.Cuts {
+			if len(c.Members) != len(members) {
+				t.Fatalf("cut %d has %d members", i+1, len(c.Members))
+			}
+			for _, m := range c.Members {
+				if n(m.Seq) < last[m.Volume] {
+					t.Fatalf("cut %d of %s at seq %s, before the last cut's %d", i+1, m.Volume, m.Seq, last[m.Volume])
+				}
+				last[m.Volume] = n(m.Seq)
+			}
+		}
+		if out := cli(t, "volume", "show", members[1]); !strings.Contains(out, "db (last cut "+fmt.Sprint(cuts)) {
+			t.Fatalf("volume show does not name the group and its last cut:\n%s", out)
+		}
+		if out := cli(t, "cg", "list"); !strings.Contains(out, "db") {
+			t.Fatalf("cg list:\n%s", out)
+		}
+		cli(t, "cg", "delete", "db")
+		cli(t, "volume", "delete", members[0])
 	})
 
 	t.Run("kill the secondary during writes", func(t *testing.T) {

@@ -112,6 +112,13 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 			defer done()
 		}
 	}
+	if gateOp(req.Op) == migrate.Write {
+		exit, err := pv.cut.enter(ctx)
+		if err != nil {
+			return fail(ballastpb.IOStatus_IO_STATUS_IO_ERROR, err)
+		}
+		defer exit()
+	}
 	switch req.Op {
 	case ballastpb.IOOp_IO_OP_READ:
 		reply.Data = make([]byte, length)
@@ -165,6 +172,7 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 	}
 	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote, n.leases)
 	pv.gate = newAttachGate(n, vol, pv.log)
+	n.resumeCutHold(pv)
 	n.primaries[vol.Id] = pv
 	return pv, nil
 }

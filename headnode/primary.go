@@ -84,6 +84,8 @@ type primaryVolume struct {
 	// gate admits requests by the volume's attachment; nil in tests of
 	// the write path alone (every request admitted).
 	gate *attachGate
+	// cut holds the writes while a consistency group's cut is taken.
+	cut *cutHold
 
 	// auth says whether this node may still act as the volume's primary
 	// and where its secondaries are now; nil in tests of the write path
@@ -123,6 +125,7 @@ func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer,
 		wake:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
+		cut:         newCutHold(),
 	}
 	go p.commitLoop()
 	if remote != nil {
@@ -146,6 +149,7 @@ func (p *primaryVolume) Close() {
 	if p.gate != nil {
 		p.gate.close()
 	}
+	p.cut.close()
 	p.mu.Lock()
 	if p.stopped {
 		p.mu.Unlock()

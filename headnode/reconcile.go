@@ -2,6 +2,7 @@ package headnode
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -112,4 +113,37 @@ func stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballast
 		st.Segments = append(st.Segments, &ballastpb.SegmentState{Id: id, Segment: seg, SlotBlocks: slots})
 	}
 	return st, n, nil
+}
+
+// blocksWrittenThrough returns the blocks whose newest data, still in
+// the log's keys (not yet flushed to the sleds), was written by a record
+// at or below seq.
+func (s *blockStore) blocksWrittenThrough(vol, seq uint64) ([]uint64, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: blockKey(vol, 0),
+		UpperBound: volumeUpper(prefixBlock, vol),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("iterate blocks of volume %d: %w", vol, err)
+	}
+	defer it.Close()
+	var blocks []uint64
+	for ok := it.First(); ok; ok = it.Next() {
+		v := it.Value()
+		if len(v) < versionBytes {
+			return nil, fmt.Errorf("%w: block %d of volume %d is %d bytes", ErrCorrupt, keyNumber(it.Key()), vol, len(v))
+		}
+		if binary.BigEndian.Uint64(v) <= seq {
+			blocks = append(blocks, keyNumber(it.Key()))
+		}
+	}
+	return blocks, it.Error()
+}
+
+// BlocksWrittenThrough returns the blocks of a volume whose newest data
+// on this node was written at or below log seq `seq`, among those not yet
+// flushed to the sleds: for audits and tests of what a consistency
+// group's cut at seq takes of the volume.
+func (n *Node) BlocksWrittenThrough(volID, seq uint64) ([]uint64, error) {
+	return n.blocks.blocksWrittenThrough(volID, seq)
 }

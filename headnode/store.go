@@ -52,6 +52,7 @@ const (
 	prefixSegment      = 'G'
 	prefixSegmentSlots = 'H'
 	prefixState        = 'S'
+	prefixCutHold      = 'C'
 
 	versionBytes = 8
 	indexBytes   = 12
@@ -640,7 +641,7 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	s.mu.Unlock()
 	b := s.db.NewBatch()
 	defer b.Close()
-	for _, p := range []byte{prefixLog, prefixBlock, prefixIndex, prefixSegment, prefixSegmentSlots} {
+	for _, p := range []byte{prefixLog, prefixBlock, prefixIndex, prefixSegment, prefixSegmentSlots, prefixCutHold} {
 		if err := b.DeleteRange(volKey(p, vol, 0), volumeUpper(p, vol), nil); err != nil {
 			return fmt.Errorf("batch drop: %w", err)
 		}
@@ -652,4 +653,39 @@ func (s *blockStore) DropVolume(vol uint64) error {
 		return fmt.Errorf("drop volume %d: %w", vol, err)
 	}
 	return nil
+}
+
+// SetCutHold records, durably, that this node's primary holds the
+// volume's writes for the cut of generation g (0 clears it): a primary
+// restarted at the same epoch must not let writes through before it has
+// settled that cut (cuthold.go).
+func (s *blockStore) SetCutHold(vol, g uint64) error {
+	k := volKey(prefixCutHold, vol, 0)
+	if g == 0 {
+		if err := s.db.Delete(k, pebble.Sync); err != nil {
+			return fmt.Errorf("clear cut hold of volume %d: %w", vol, err)
+		}
+		return nil
+	}
+	v := binary.BigEndian.AppendUint64(nil, g)
+	if err := s.db.Set(k, v, pebble.Sync); err != nil {
+		return fmt.Errorf("record cut hold of volume %d: %w", vol, err)
+	}
+	return nil
+}
+
+// CutHold returns the generation SetCutHold left for the volume (0: none).
+func (s *blockStore) CutHold(vol uint64) (uint64, error) {
+	v, closer, err := s.db.Get(volKey(prefixCutHold, vol, 0))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read cut hold of volume %d: %w", vol, err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: cut hold of volume %d is %d bytes", ErrCorrupt, vol, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
 }

@@ -260,6 +260,9 @@ func (n *Node) deleteVolume(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
+		if recFound && rec.ConsistencyGroup != "" {
+			return status.Errorf(codes.FailedPrecondition, "volume %q is in consistency group %q: delete the group first", name, rec.ConsistencyGroup)
+		}
 		var usage ballastpb.RackUsage
 		usageVersion, _, err := n.readProto(ctx, dir, volume.KeyUsage, &usage)
 		if err != nil {

@@ -21,9 +21,16 @@ const (
 	// KeyQuota (directory group) holds the rack's RackQuota.
 	KeyQuota = "rack/quota"
 
+	// KeyConsistencyGroups (directory group) holds ConsistencyGroupNames.
+	KeyConsistencyGroups = "cg-names"
+
 	namePrefix   = "name/"
 	volumePrefix = "vol/"
+	cgPrefix     = "cg/"
 )
+
+// ConsistencyGroupKey (directory group) holds a ConsistencyGroup.
+func ConsistencyGroupKey(name string) string { return cgPrefix + name }
 
 // NameKey (directory group) holds the VolumePlacement of a volume name
 // taken: its id and volume group.

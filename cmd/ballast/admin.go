@@ -132,6 +132,9 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 					v.Name, v.Id, humanize.IBytes(v.SizeBytes), v.SizeBytes, v.BlockSizeBytes, v.Primary,
 					strings.Join(v.Secondaries, ","), v.Epoch, group, time.Unix(0, v.CreatedUnixNanos).UTC().Format(time.RFC3339))
 				fmt.Printf("attachment:  %s\n", volume.AttachmentOf(v))
+				if v.ConsistencyGroup != "" {
+					fmt.Printf("cg:          %s (last cut %d at seq %d)\n", v.ConsistencyGroup, v.CutGeneration, v.CutSeq)
+				}
 				for _, r := range resp.Replicas {
 					fmt.Printf("replica:     %s at %s\n", r.Id, strings.Join(r.Addresses, ", "))
 				}

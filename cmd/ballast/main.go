@@ -66,6 +66,7 @@ func newRootCommand() *cobra.Command {
 		newAttachCommand(g),
 		newDetachCommand(g),
 		newMigrateCommand(g),
+		newCGCommand(g),
 		newRackCommand(g),
 		newSledCommand(g),
 		newBenchCommand(),

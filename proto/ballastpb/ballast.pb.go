@@ -408,8 +408,20 @@ type Volume struct {
 	MigratingTo         string `protobuf:"bytes,15,opt,name=migrating_to,json=migratingTo,proto3" json:"migrating_to,omitempty"`
 	MigratingGeneration uint64 `protobuf:"varint,16,opt,name=migrating_generation,json=migratingGeneration,proto3" json:"migrating_generation,omitempty"`
 	LastGeneration      uint64 `protobuf:"varint,17,opt,name=last_generation,json=lastGeneration,proto3" json:"last_generation,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The consistency group the volume belongs to ("" for none; see
+	// ConsistencyGroup), and the last snapshot cut of it that took this
+	// volume: its generation and the volume's log seq at the cut.
+	ConsistencyGroup string `protobuf:"bytes,18,opt,name=consistency_group,json=consistencyGroup,proto3" json:"consistency_group,omitempty"`
+	CutGeneration    uint64 `protobuf:"varint,19,opt,name=cut_generation,json=cutGeneration,proto3" json:"cut_generation,omitempty"`
+	CutSeq           uint64 `protobuf:"varint,20,opt,name=cut_seq,json=cutSeq,proto3" json:"cut_seq,omitempty"`
+	// The id of the cut attempt that recorded cut_generation, and of the
+	// last attempt a primary gave up waiting for: written so that the
+	// attempt's transaction, conditioned on the record it read before, can
+	// no longer commit once the primary lets writes through again.
+	RefusedCutId  uint64 `protobuf:"varint,21,opt,name=refused_cut_id,json=refusedCutId,proto3" json:"refused_cut_id,omitempty"`
+	CutId         uint64 `protobuf:"varint,22,opt,name=cut_id,json=cutId,proto3" json:"cut_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Volume) Reset() {
@@ -561,6 +573,296 @@ func (x *Volume) GetLastGeneration() uint64 {
 	return 0
 }
 
+func (x *Volume) GetConsistencyGroup() string {
+	if x != nil {
+		return x.ConsistencyGroup
+	}
+	return ""
+}
+
+func (x *Volume) GetCutGeneration() uint64 {
+	if x != nil {
+		return x.CutGeneration
+	}
+	return 0
+}
+
+func (x *Volume) GetCutSeq() uint64 {
+	if x != nil {
+		return x.CutSeq
+	}
+	return 0
+}
+
+func (x *Volume) GetRefusedCutId() uint64 {
+	if x != nil {
+		return x.RefusedCutId
+	}
+	return 0
+}
+
+func (x *Volume) GetCutId() uint64 {
+	if x != nil {
+		return x.CutId
+	}
+	return 0
+}
+
+// ConsistencyGroup (directory group, key cg/NAME) names volumes whose
+// snapshots are cut together: every member's cut of a generation is
+// recorded in one transaction, taken while each member's primary holds
+// its writes, so that no write acknowledged after the cut on one member
+// is in the cut of another (crash consistency across the volumes).
+type ConsistencyGroup struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Members          []string               `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`        // volume names, sorted
+	Generation       uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"` // the last cut's; 0 before the first
+	Cuts             []*SnapshotCut         `protobuf:"bytes,4,rep,name=cuts,proto3" json:"cuts,omitempty"`              // oldest first
+	CreatedUnixNanos int64                  `protobuf:"varint,5,opt,name=created_unix_nanos,json=createdUnixNanos,proto3" json:"created_unix_nanos,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ConsistencyGroup) Reset() {
+	*x = ConsistencyGroup{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsistencyGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsistencyGroup) ProtoMessage() {}
+
+func (x *ConsistencyGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsistencyGroup.ProtoReflect.Descriptor instead.
+func (*ConsistencyGroup) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ConsistencyGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConsistencyGroup) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *ConsistencyGroup) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ConsistencyGroup) GetCuts() []*SnapshotCut {
+	if x != nil {
+		return x.Cuts
+	}
+	return nil
+}
+
+func (x *ConsistencyGroup) GetCreatedUnixNanos() int64 {
+	if x != nil {
+		return x.CreatedUnixNanos
+	}
+	return 0
+}
+
+// ConsistencyGroupNames (directory group, key cg-names) lists every
+// consistency group, sorted: the txn keys offer no scan.
+type ConsistencyGroupNames struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsistencyGroupNames) Reset() {
+	*x = ConsistencyGroupNames{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsistencyGroupNames) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsistencyGroupNames) ProtoMessage() {}
+
+func (x *ConsistencyGroupNames) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsistencyGroupNames.ProtoReflect.Descriptor instead.
+func (*ConsistencyGroupNames) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ConsistencyGroupNames) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+type SnapshotCut struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Generation     uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	TakenUnixNanos int64                  `protobuf:"varint,2,opt,name=taken_unix_nanos,json=takenUnixNanos,proto3" json:"taken_unix_nanos,omitempty"`
+	Members        []*MemberCut           `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SnapshotCut) Reset() {
+	*x = SnapshotCut{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotCut) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotCut) ProtoMessage() {}
+
+func (x *SnapshotCut) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotCut.ProtoReflect.Descriptor instead.
+func (*SnapshotCut) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SnapshotCut) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *SnapshotCut) GetTakenUnixNanos() int64 {
+	if x != nil {
+		return x.TakenUnixNanos
+	}
+	return 0
+}
+
+func (x *SnapshotCut) GetMembers() []*MemberCut {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type MemberCut struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	VolumeId      uint64                 `protobuf:"varint,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"` // the primary's, which held the volume's writes
+	Seq           uint64                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`     // the volume's log holds the cut's writes through seq
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberCut) Reset() {
+	*x = MemberCut{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberCut) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberCut) ProtoMessage() {}
+
+func (x *MemberCut) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberCut.ProtoReflect.Descriptor instead.
+func (*MemberCut) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MemberCut) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *MemberCut) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *MemberCut) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *MemberCut) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 // VolumePlacement is the directory group's entry for a volume: its name is
 // taken, its id is spent, and its record lives in this volume group.
 type VolumePlacement struct {
@@ -574,7 +876,7 @@ type VolumePlacement struct {
 
 func (x *VolumePlacement) Reset() {
 	*x = VolumePlacement{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +888,7 @@ func (x *VolumePlacement) String() string {
 func (*VolumePlacement) ProtoMessage() {}
 
 func (x *VolumePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +901,7 @@ func (x *VolumePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumePlacement.ProtoReflect.Descriptor instead.
 func (*VolumePlacement) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *VolumePlacement) GetName() string {
@@ -634,7 +936,7 @@ type HeadNode struct {
 
 func (x *HeadNode) Reset() {
 	*x = HeadNode{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +948,7 @@ func (x *HeadNode) String() string {
 func (*HeadNode) ProtoMessage() {}
 
 func (x *HeadNode) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +961,7 @@ func (x *HeadNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeadNode.ProtoReflect.Descriptor instead.
 func (*HeadNode) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HeadNode) GetId() string {
@@ -688,7 +990,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +1002,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +1015,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -746,7 +1048,7 @@ type CreateVolumeResponse struct {
 
 func (x *CreateVolumeResponse) Reset() {
 	*x = CreateVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +1060,7 @@ func (x *CreateVolumeResponse) String() string {
 func (*CreateVolumeResponse) ProtoMessage() {}
 
 func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +1073,7 @@ func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CreateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateVolumeResponse) GetVolume() *Volume {
@@ -790,7 +1092,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +1104,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +1117,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{5}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -837,7 +1139,7 @@ type GetVolumeResponse struct {
 
 func (x *GetVolumeResponse) Reset() {
 	*x = GetVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +1151,7 @@ func (x *GetVolumeResponse) String() string {
 func (*GetVolumeResponse) ProtoMessage() {}
 
 func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +1164,7 @@ func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeResponse.ProtoReflect.Descriptor instead.
 func (*GetVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{6}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetVolumeResponse) GetVolume() *Volume {
@@ -887,7 +1189,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +1201,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +1214,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{7}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{11}
 }
 
 type ListVolumesResponse struct {
@@ -924,7 +1226,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1238,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1251,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{8}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -969,7 +1271,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1283,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1296,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{9}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResizeVolumeRequest) GetName() string {
@@ -1020,7 +1322,7 @@ type ResizeVolumeResponse struct {
 
 func (x *ResizeVolumeResponse) Reset() {
 	*x = ResizeVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1334,7 @@ func (x *ResizeVolumeResponse) String() string {
 func (*ResizeVolumeResponse) ProtoMessage() {}
 
 func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1347,7 @@ func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{10}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResizeVolumeResponse) GetVolume() *Volume {
@@ -1064,7 +1366,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1378,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1391,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{11}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -1107,7 +1409,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1421,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1434,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
 }
 
 // Sled is a storage sled as the directory group knows it.
@@ -1149,7 +1451,7 @@ type Sled struct {
 
 func (x *Sled) Reset() {
 	*x = Sled{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1463,7 @@ func (x *Sled) String() string {
 func (*Sled) ProtoMessage() {}
 
 func (x *Sled) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1476,7 @@ func (x *Sled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sled.ProtoReflect.Descriptor instead.
 func (*Sled) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Sled) GetId() string {
@@ -1222,7 +1524,7 @@ type RegisterSledRequest struct {
 
 func (x *RegisterSledRequest) Reset() {
 	*x = RegisterSledRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1536,7 @@ func (x *RegisterSledRequest) String() string {
 func (*RegisterSledRequest) ProtoMessage() {}
 
 func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1549,7 @@ func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledRequest.ProtoReflect.Descriptor instead.
 func (*RegisterSledRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterSledRequest) GetId() string {
@@ -1273,7 +1575,7 @@ type RegisterSledResponse struct {
 
 func (x *RegisterSledResponse) Reset() {
 	*x = RegisterSledResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1587,7 @@ func (x *RegisterSledResponse) String() string {
 func (*RegisterSledResponse) ProtoMessage() {}
 
 func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1600,7 @@ func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSledResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterSledResponse) GetSled() *Sled {
@@ -1316,7 +1618,7 @@ type ListSledsRequest struct {
 
 func (x *ListSledsRequest) Reset() {
 	*x = ListSledsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1630,7 @@ func (x *ListSledsRequest) String() string {
 func (*ListSledsRequest) ProtoMessage() {}
 
 func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1643,7 @@ func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsRequest.ProtoReflect.Descriptor instead.
 func (*ListSledsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
 }
 
 type ListSledsResponse struct {
@@ -1353,7 +1655,7 @@ type ListSledsResponse struct {
 
 func (x *ListSledsResponse) Reset() {
 	*x = ListSledsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1667,7 @@ func (x *ListSledsResponse) String() string {
 func (*ListSledsResponse) ProtoMessage() {}
 
 func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1680,7 @@ func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsResponse.ProtoReflect.Descriptor instead.
 func (*ListSledsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListSledsResponse) GetSleds() []*Sled {
@@ -1398,7 +1700,7 @@ type SetSledStateRequest struct {
 
 func (x *SetSledStateRequest) Reset() {
 	*x = SetSledStateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1712,7 @@ func (x *SetSledStateRequest) String() string {
 func (*SetSledStateRequest) ProtoMessage() {}
 
 func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1725,7 @@ func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateRequest.ProtoReflect.Descriptor instead.
 func (*SetSledStateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetSledStateRequest) GetId() string {
@@ -1449,7 +1751,7 @@ type SetSledStateResponse struct {
 
 func (x *SetSledStateResponse) Reset() {
 	*x = SetSledStateResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1763,7 @@ func (x *SetSledStateResponse) String() string {
 func (*SetSledStateResponse) ProtoMessage() {}
 
 func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1776,7 @@ func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateResponse.ProtoReflect.Descriptor instead.
 func (*SetSledStateResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetSledStateResponse) GetSled() *Sled {
@@ -1502,7 +1804,7 @@ type SledStatus struct {
 
 func (x *SledStatus) Reset() {
 	*x = SledStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1816,7 @@ func (x *SledStatus) String() string {
 func (*SledStatus) ProtoMessage() {}
 
 func (x *SledStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1829,7 @@ func (x *SledStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SledStatus.ProtoReflect.Descriptor instead.
 func (*SledStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SledStatus) GetSled() *Sled {
@@ -1605,7 +1907,7 @@ type Redundancy struct {
 
 func (x *Redundancy) Reset() {
 	*x = Redundancy{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1919,7 @@ func (x *Redundancy) String() string {
 func (*Redundancy) ProtoMessage() {}
 
 func (x *Redundancy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1932,7 @@ func (x *Redundancy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redundancy.ProtoReflect.Descriptor instead.
 func (*Redundancy) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Redundancy) GetSegmentsFull() uint64 {
@@ -1699,7 +2001,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +2013,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +2026,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
 }
 
 type NodeStatusResponse struct {
@@ -1742,7 +2044,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +2056,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +2069,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeStatusResponse) GetHeadNode() string {
@@ -1825,7 +2127,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2139,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2152,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GroupStatus) GetGroup() uint64 {
@@ -1938,7 +2240,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2252,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2265,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PathStatus) GetFrom() string {
@@ -2018,7 +2320,7 @@ type DrainHeadNodeRequest struct {
 
 func (x *DrainHeadNodeRequest) Reset() {
 	*x = DrainHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2332,7 @@ func (x *DrainHeadNodeRequest) String() string {
 func (*DrainHeadNodeRequest) ProtoMessage() {}
 
 func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2345,7 @@ func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DrainHeadNodeRequest) GetHeadNode() string {
@@ -2069,7 +2371,7 @@ type DrainHeadNodeResponse struct {
 
 func (x *DrainHeadNodeResponse) Reset() {
 	*x = DrainHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2383,7 @@ func (x *DrainHeadNodeResponse) String() string {
 func (*DrainHeadNodeResponse) ProtoMessage() {}
 
 func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2396,7 @@ func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DrainHeadNodeResponse) GetMoved() []uint64 {
@@ -2112,7 +2414,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2426,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2439,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 type RackStatusResponse struct {
@@ -2163,7 +2465,7 @@ type RackStatusResponse struct {
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2477,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2490,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -2261,6 +2563,650 @@ func (x *RackStatusResponse) GetPaths() []*PathStatus {
 	return nil
 }
 
+type CreateConsistencyGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Members       []string               `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConsistencyGroupRequest) Reset() {
+	*x = CreateConsistencyGroupRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConsistencyGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConsistencyGroupRequest) ProtoMessage() {}
+
+func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConsistencyGroupRequest.ProtoReflect.Descriptor instead.
+func (*CreateConsistencyGroupRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *CreateConsistencyGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateConsistencyGroupRequest) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type CreateConsistencyGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *ConsistencyGroup      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConsistencyGroupResponse) Reset() {
+	*x = CreateConsistencyGroupResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConsistencyGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConsistencyGroupResponse) ProtoMessage() {}
+
+func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConsistencyGroupResponse.ProtoReflect.Descriptor instead.
+func (*CreateConsistencyGroupResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CreateConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type DeleteConsistencyGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConsistencyGroupRequest) Reset() {
+	*x = DeleteConsistencyGroupRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConsistencyGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConsistencyGroupRequest) ProtoMessage() {}
+
+func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConsistencyGroupRequest.ProtoReflect.Descriptor instead.
+func (*DeleteConsistencyGroupRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *DeleteConsistencyGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteConsistencyGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConsistencyGroupResponse) Reset() {
+	*x = DeleteConsistencyGroupResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConsistencyGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConsistencyGroupResponse) ProtoMessage() {}
+
+func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConsistencyGroupResponse.ProtoReflect.Descriptor instead.
+func (*DeleteConsistencyGroupResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+}
+
+type GetConsistencyGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConsistencyGroupRequest) Reset() {
+	*x = GetConsistencyGroupRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConsistencyGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConsistencyGroupRequest) ProtoMessage() {}
+
+func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConsistencyGroupRequest.ProtoReflect.Descriptor instead.
+func (*GetConsistencyGroupRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *GetConsistencyGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GetConsistencyGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *ConsistencyGroup      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConsistencyGroupResponse) Reset() {
+	*x = GetConsistencyGroupResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConsistencyGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConsistencyGroupResponse) ProtoMessage() {}
+
+func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConsistencyGroupResponse.ProtoReflect.Descriptor instead.
+func (*GetConsistencyGroupResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *GetConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type ListConsistencyGroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsistencyGroupsRequest) Reset() {
+	*x = ListConsistencyGroupsRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsistencyGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsistencyGroupsRequest) ProtoMessage() {}
+
+func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsistencyGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListConsistencyGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+}
+
+type ListConsistencyGroupsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*ConsistencyGroup    `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsistencyGroupsResponse) Reset() {
+	*x = ListConsistencyGroupsResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsistencyGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsistencyGroupsResponse) ProtoMessage() {}
+
+func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsistencyGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListConsistencyGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListConsistencyGroupsResponse) GetGroups() []*ConsistencyGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type SnapshotConsistencyGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotConsistencyGroupRequest) Reset() {
+	*x = SnapshotConsistencyGroupRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotConsistencyGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotConsistencyGroupRequest) ProtoMessage() {}
+
+func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotConsistencyGroupRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotConsistencyGroupRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SnapshotConsistencyGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type SnapshotConsistencyGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cut           *SnapshotCut           `protobuf:"bytes,1,opt,name=cut,proto3" json:"cut,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotConsistencyGroupResponse) Reset() {
+	*x = SnapshotConsistencyGroupResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotConsistencyGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotConsistencyGroupResponse) ProtoMessage() {}
+
+func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotConsistencyGroupResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotConsistencyGroupResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SnapshotConsistencyGroupResponse) GetCut() *SnapshotCut {
+	if x != nil {
+		return x.Cut
+	}
+	return nil
+}
+
+type HoldForCutRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId   uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Epoch      uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`           // the primary's epoch the coordinator read
+	Generation uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"` // the cut's
+	// How long the primary holds the writes at most (from when it gets the
+	// request) before it settles the cut on its own.
+	HoldMillis uint64 `protobuf:"varint,4,opt,name=hold_millis,json=holdMillis,proto3" json:"hold_millis,omitempty"`
+	// Unique to the attempt: a generation is tried again after an attempt
+	// that did not commit.
+	CutId         uint64 `protobuf:"varint,5,opt,name=cut_id,json=cutId,proto3" json:"cut_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldForCutRequest) Reset() {
+	*x = HoldForCutRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldForCutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldForCutRequest) ProtoMessage() {}
+
+func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldForCutRequest.ProtoReflect.Descriptor instead.
+func (*HoldForCutRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *HoldForCutRequest) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *HoldForCutRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *HoldForCutRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *HoldForCutRequest) GetHoldMillis() uint64 {
+	if x != nil {
+		return x.HoldMillis
+	}
+	return 0
+}
+
+func (x *HoldForCutRequest) GetCutId() uint64 {
+	if x != nil {
+		return x.CutId
+	}
+	return 0
+}
+
+type HoldForCutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldForCutResponse) Reset() {
+	*x = HoldForCutResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldForCutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldForCutResponse) ProtoMessage() {}
+
+func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldForCutResponse.ProtoReflect.Descriptor instead.
+func (*HoldForCutResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *HoldForCutResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+type ReleaseCutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	CutId         uint64                 `protobuf:"varint,2,opt,name=cut_id,json=cutId,proto3" json:"cut_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseCutRequest) Reset() {
+	*x = ReleaseCutRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseCutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseCutRequest) ProtoMessage() {}
+
+func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseCutRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseCutRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ReleaseCutRequest) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *ReleaseCutRequest) GetCutId() uint64 {
+	if x != nil {
+		return x.CutId
+	}
+	return 0
+}
+
+type ReleaseCutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseCutResponse) Reset() {
+	*x = ReleaseCutResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseCutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseCutResponse) ProtoMessage() {}
+
+func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseCutResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseCutResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+}
+
 type ChangeAttachmentRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2272,7 +3218,7 @@ type ChangeAttachmentRequest struct {
 
 func (x *ChangeAttachmentRequest) Reset() {
 	*x = ChangeAttachmentRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2284,7 +3230,7 @@ func (x *ChangeAttachmentRequest) String() string {
 func (*ChangeAttachmentRequest) ProtoMessage() {}
 
 func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2297,7 +3243,7 @@ func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentRequest.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ChangeAttachmentRequest) GetName() string {
@@ -2330,7 +3276,7 @@ type ChangeAttachmentResponse struct {
 
 func (x *ChangeAttachmentResponse) Reset() {
 	*x = ChangeAttachmentResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +3288,7 @@ func (x *ChangeAttachmentResponse) String() string {
 func (*ChangeAttachmentResponse) ProtoMessage() {}
 
 func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +3301,7 @@ func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentResponse.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ChangeAttachmentResponse) GetVolume() *Volume {
@@ -2374,7 +3320,7 @@ type AddHeadNodeRequest struct {
 
 func (x *AddHeadNodeRequest) Reset() {
 	*x = AddHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +3332,7 @@ func (x *AddHeadNodeRequest) String() string {
 func (*AddHeadNodeRequest) ProtoMessage() {}
 
 func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +3345,7 @@ func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *AddHeadNodeRequest) GetHeadNode() *HeadNode {
@@ -2417,7 +3363,7 @@ type AddHeadNodeResponse struct {
 
 func (x *AddHeadNodeResponse) Reset() {
 	*x = AddHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +3375,7 @@ func (x *AddHeadNodeResponse) String() string {
 func (*AddHeadNodeResponse) ProtoMessage() {}
 
 func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +3388,7 @@ func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 type MoveVoterRequest struct {
@@ -2456,7 +3402,7 @@ type MoveVoterRequest struct {
 
 func (x *MoveVoterRequest) Reset() {
 	*x = MoveVoterRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +3414,7 @@ func (x *MoveVoterRequest) String() string {
 func (*MoveVoterRequest) ProtoMessage() {}
 
 func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +3427,7 @@ func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*MoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *MoveVoterRequest) GetGroup() uint64 {
@@ -2513,7 +3459,7 @@ type MoveVoterResponse struct {
 
 func (x *MoveVoterResponse) Reset() {
 	*x = MoveVoterResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +3471,7 @@ func (x *MoveVoterResponse) String() string {
 func (*MoveVoterResponse) ProtoMessage() {}
 
 func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +3484,7 @@ func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*MoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 type RemoveHeadNodeRequest struct {
@@ -2550,7 +3496,7 @@ type RemoveHeadNodeRequest struct {
 
 func (x *RemoveHeadNodeRequest) Reset() {
 	*x = RemoveHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +3508,7 @@ func (x *RemoveHeadNodeRequest) String() string {
 func (*RemoveHeadNodeRequest) ProtoMessage() {}
 
 func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +3521,7 @@ func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RemoveHeadNodeRequest) GetHeadNode() string {
@@ -2593,7 +3539,7 @@ type RemoveHeadNodeResponse struct {
 
 func (x *RemoveHeadNodeResponse) Reset() {
 	*x = RemoveHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +3551,7 @@ func (x *RemoveHeadNodeResponse) String() string {
 func (*RemoveHeadNodeResponse) ProtoMessage() {}
 
 func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +3564,7 @@ func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 type ChangeMembershipRequest struct {
@@ -2634,7 +3580,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +3592,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +3605,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ChangeMembershipRequest) GetGroup() uint64 {
@@ -2705,7 +3651,7 @@ type ChangeMembershipResponse struct {
 
 func (x *ChangeMembershipResponse) Reset() {
 	*x = ChangeMembershipResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +3663,7 @@ func (x *ChangeMembershipResponse) String() string {
 func (*ChangeMembershipResponse) ProtoMessage() {}
 
 func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +3676,7 @@ func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 type ApplyInGroupRequest struct {
@@ -2743,7 +3689,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +3701,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +3714,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -2800,7 +3746,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +3758,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +3771,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -2872,7 +3818,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2884,7 +3830,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2897,7 +3843,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -2917,7 +3863,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2929,7 +3875,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2942,7 +3888,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -2987,7 +3933,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3945,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3958,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -3281,7 +4227,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +4239,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +4252,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -3334,7 +4280,7 @@ type AddHeadNodeCommand struct {
 
 func (x *AddHeadNodeCommand) Reset() {
 	*x = AddHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3346,7 +4292,7 @@ func (x *AddHeadNodeCommand) String() string {
 func (*AddHeadNodeCommand) ProtoMessage() {}
 
 func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3359,7 +4305,7 @@ func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
@@ -3380,7 +4326,7 @@ type RemoveHeadNodeCommand struct {
 
 func (x *RemoveHeadNodeCommand) Reset() {
 	*x = RemoveHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3392,7 +4338,7 @@ func (x *RemoveHeadNodeCommand) String() string {
 func (*RemoveHeadNodeCommand) ProtoMessage() {}
 
 func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3405,7 +4351,7 @@ func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *RemoveHeadNodeCommand) GetHeadNode() string {
@@ -3427,7 +4373,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3439,7 +4385,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3452,7 +4398,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -3481,7 +4427,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3493,7 +4439,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3506,7 +4452,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -3535,7 +4481,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3547,7 +4493,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3560,7 +4506,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -3592,7 +4538,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3604,7 +4550,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3617,7 +4563,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -3661,7 +4607,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +4619,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +4632,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -3724,7 +4670,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3736,7 +4682,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3749,7 +4695,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -3791,7 +4737,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3803,7 +4749,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3816,7 +4762,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -3863,7 +4809,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3875,7 +4821,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3888,7 +4834,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -3911,7 +4857,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3923,7 +4869,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3936,7 +4882,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -3969,7 +4915,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3981,7 +4927,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3994,7 +4940,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -4014,7 +4960,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4026,7 +4972,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4039,7 +4985,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -4065,7 +5011,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4077,7 +5023,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4090,7 +5036,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -4122,7 +5068,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4134,7 +5080,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4147,7 +5093,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -4227,7 +5173,7 @@ type RackUsage struct {
 
 func (x *RackUsage) Reset() {
 	*x = RackUsage{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4239,7 +5185,7 @@ func (x *RackUsage) String() string {
 func (*RackUsage) ProtoMessage() {}
 
 func (x *RackUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4252,7 +5198,7 @@ func (x *RackUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
 func (*RackUsage) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RackUsage) GetVolumes() uint64 {
@@ -4286,7 +5232,7 @@ type MoveVolumeRequest struct {
 
 func (x *MoveVolumeRequest) Reset() {
 	*x = MoveVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4298,7 +5244,7 @@ func (x *MoveVolumeRequest) String() string {
 func (*MoveVolumeRequest) ProtoMessage() {}
 
 func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4311,7 +5257,7 @@ func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
 func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *MoveVolumeRequest) GetName() string {
@@ -4337,7 +5283,7 @@ type MoveVolumeResponse struct {
 
 func (x *MoveVolumeResponse) Reset() {
 	*x = MoveVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4349,7 +5295,7 @@ func (x *MoveVolumeResponse) String() string {
 func (*MoveVolumeResponse) ProtoMessage() {}
 
 func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4362,7 +5308,7 @@ func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
 func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *MoveVolumeResponse) GetVolume() *Volume {
@@ -4380,7 +5326,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4392,7 +5338,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4405,7 +5351,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 type GetQuotaResponse struct {
@@ -4418,7 +5364,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4430,7 +5376,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4443,7 +5389,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -4469,7 +5415,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4481,7 +5427,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4494,7 +5440,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -4512,7 +5458,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4524,7 +5470,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4537,7 +5483,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -4552,7 +5498,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4564,7 +5510,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4577,7 +5523,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -4614,7 +5560,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4626,7 +5572,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4639,7 +5585,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -4724,7 +5670,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4736,7 +5682,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4749,7 +5695,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -4792,7 +5738,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4804,7 +5750,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4817,7 +5763,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -4859,7 +5805,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4871,7 +5817,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4884,7 +5830,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -4953,7 +5899,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4965,7 +5911,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4978,7 +5924,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -5015,7 +5961,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5027,7 +5973,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5040,7 +5986,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -5108,7 +6054,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5120,7 +6066,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5133,7 +6079,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -5173,7 +6119,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5185,7 +6131,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5198,7 +6144,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -5244,7 +6190,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5256,7 +6202,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5269,7 +6215,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -5311,7 +6257,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5323,7 +6269,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5336,7 +6282,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -5363,7 +6309,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5375,7 +6321,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5388,7 +6334,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -5433,7 +6379,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5445,7 +6391,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5458,7 +6404,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -5514,7 +6460,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5526,7 +6472,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5539,7 +6485,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -5578,7 +6524,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5590,7 +6536,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5603,7 +6549,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -5647,7 +6593,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5659,7 +6605,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5672,7 +6618,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -5731,7 +6677,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5743,7 +6689,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5756,7 +6702,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -5846,7 +6792,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5858,7 +6804,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5871,7 +6817,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -5914,7 +6860,7 @@ var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
 const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"\x1dproto/ballastpb/ballast.proto\x12\n" +
-	"ballast.v1\"\xbf\x04\n" +
+	"ballast.v1\"\xe9\x05\n" +
 	"\x06Volume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1d\n" +
@@ -5935,7 +6881,33 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x11attach_generation\x18\x0e \x01(\x04R\x10attachGeneration\x12!\n" +
 	"\fmigrating_to\x18\x0f \x01(\tR\vmigratingTo\x121\n" +
 	"\x14migrating_generation\x18\x10 \x01(\x04R\x13migratingGeneration\x12'\n" +
-	"\x0flast_generation\x18\x11 \x01(\x04R\x0elastGeneration\"K\n" +
+	"\x0flast_generation\x18\x11 \x01(\x04R\x0elastGeneration\x12+\n" +
+	"\x11consistency_group\x18\x12 \x01(\tR\x10consistencyGroup\x12%\n" +
+	"\x0ecut_generation\x18\x13 \x01(\x04R\rcutGeneration\x12\x17\n" +
+	"\acut_seq\x18\x14 \x01(\x04R\x06cutSeq\x12$\n" +
+	"\x0erefused_cut_id\x18\x15 \x01(\x04R\frefusedCutId\x12\x15\n" +
+	"\x06cut_id\x18\x16 \x01(\x04R\x05cutId\"\xbb\x01\n" +
+	"\x10ConsistencyGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12+\n" +
+	"\x04cuts\x18\x04 \x03(\v2\x17.ballast.v1.SnapshotCutR\x04cuts\x12,\n" +
+	"\x12created_unix_nanos\x18\x05 \x01(\x03R\x10createdUnixNanos\"-\n" +
+	"\x15ConsistencyGroupNames\x12\x14\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\"\x88\x01\n" +
+	"\vSnapshotCut\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12(\n" +
+	"\x10taken_unix_nanos\x18\x02 \x01(\x03R\x0etakenUnixNanos\x12/\n" +
+	"\amembers\x18\x03 \x03(\v2\x15.ballast.v1.MemberCutR\amembers\"h\n" +
+	"\tMemberCut\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x1b\n" +
+	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"K\n" +
 	"\x0fVolumePlacement\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x14\n" +
@@ -6063,7 +7035,41 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"partitions\x12/\n" +
 	"\x06groups\x18\t \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\n" +
-	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"w\n" +
+	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"M\n" +
+	"\x1dCreateConsistencyGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers\"T\n" +
+	"\x1eCreateConsistencyGroupResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.ballast.v1.ConsistencyGroupR\x05group\"3\n" +
+	"\x1dDeleteConsistencyGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\" \n" +
+	"\x1eDeleteConsistencyGroupResponse\"0\n" +
+	"\x1aGetConsistencyGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"Q\n" +
+	"\x1bGetConsistencyGroupResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.ballast.v1.ConsistencyGroupR\x05group\"\x1e\n" +
+	"\x1cListConsistencyGroupsRequest\"U\n" +
+	"\x1dListConsistencyGroupsResponse\x124\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1c.ballast.v1.ConsistencyGroupR\x06groups\"5\n" +
+	"\x1fSnapshotConsistencyGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"M\n" +
+	" SnapshotConsistencyGroupResponse\x12)\n" +
+	"\x03cut\x18\x01 \x01(\v2\x17.ballast.v1.SnapshotCutR\x03cut\"\x9e\x01\n" +
+	"\x11HoldForCutRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12\x1f\n" +
+	"\vhold_millis\x18\x04 \x01(\x04R\n" +
+	"holdMillis\x12\x15\n" +
+	"\x06cut_id\x18\x05 \x01(\x04R\x05cutId\"&\n" +
+	"\x12HoldForCutResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"G\n" +
+	"\x11ReleaseCutRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x15\n" +
+	"\x06cut_id\x18\x02 \x01(\x04R\x05cutId\"\x14\n" +
+	"\x12ReleaseCutResponse\"w\n" +
 	"\x17ChangeAttachmentRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\x06change\x18\x02 \x01(\x0e2\x1c.ballast.v1.AttachmentChangeR\x06change\x12\x12\n" +
@@ -6366,7 +7372,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xa3\r\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xec\x12\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -6391,7 +7397,16 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fApplyInGroup\x12\x1f.ballast.v1.ApplyInGroupRequest\x1a .ballast.v1.ApplyInGroupResponse\x12H\n" +
 	"\tReadGroup\x12\x1c.ballast.v1.ReadGroupRequest\x1a\x1d.ballast.v1.ReadGroupResponse\x12]\n" +
 	"\x10ChangeMembership\x12#.ballast.v1.ChangeMembershipRequest\x1a$.ballast.v1.ChangeMembershipResponse\x12]\n" +
-	"\x10ChangeAttachment\x12#.ballast.v1.ChangeAttachmentRequest\x1a$.ballast.v1.ChangeAttachmentResponse2?\n" +
+	"\x10ChangeAttachment\x12#.ballast.v1.ChangeAttachmentRequest\x1a$.ballast.v1.ChangeAttachmentResponse\x12o\n" +
+	"\x16CreateConsistencyGroup\x12).ballast.v1.CreateConsistencyGroupRequest\x1a*.ballast.v1.CreateConsistencyGroupResponse\x12o\n" +
+	"\x16DeleteConsistencyGroup\x12).ballast.v1.DeleteConsistencyGroupRequest\x1a*.ballast.v1.DeleteConsistencyGroupResponse\x12f\n" +
+	"\x13GetConsistencyGroup\x12&.ballast.v1.GetConsistencyGroupRequest\x1a'.ballast.v1.GetConsistencyGroupResponse\x12l\n" +
+	"\x15ListConsistencyGroups\x12(.ballast.v1.ListConsistencyGroupsRequest\x1a).ballast.v1.ListConsistencyGroupsResponse\x12u\n" +
+	"\x18SnapshotConsistencyGroup\x12+.ballast.v1.SnapshotConsistencyGroupRequest\x1a,.ballast.v1.SnapshotConsistencyGroupResponse\x12K\n" +
+	"\n" +
+	"HoldForCut\x12\x1d.ballast.v1.HoldForCutRequest\x1a\x1e.ballast.v1.HoldForCutResponse\x12K\n" +
+	"\n" +
+	"ReleaseCut\x12\x1d.ballast.v1.ReleaseCutRequest\x1a\x1e.ballast.v1.ReleaseCutResponse2?\n" +
 	"\aBlockIO\x124\n" +
 	"\x02IO\x12\x15.ballast.v1.IORequest\x1a\x13.ballast.v1.IOReply(\x010\x012X\n" +
 	"\vReplication\x12I\n" +
@@ -6410,233 +7425,271 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 104)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
-	(SledState)(0),                   // 0: ballast.v1.SledState
-	(AttachmentChange)(0),            // 1: ballast.v1.AttachmentChange
-	(MembershipOp)(0),                // 2: ballast.v1.MembershipOp
-	(IOOp)(0),                        // 3: ballast.v1.IOOp
-	(IOStatus)(0),                    // 4: ballast.v1.IOStatus
-	(ReplicateStatus)(0),             // 5: ballast.v1.ReplicateStatus
-	(*Volume)(nil),                   // 6: ballast.v1.Volume
-	(*VolumePlacement)(nil),          // 7: ballast.v1.VolumePlacement
-	(*HeadNode)(nil),                 // 8: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),      // 9: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),     // 10: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),         // 11: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),        // 12: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),       // 13: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),      // 14: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),      // 15: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),     // 16: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),      // 17: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),     // 18: ballast.v1.DeleteVolumeResponse
-	(*Sled)(nil),                     // 19: ballast.v1.Sled
-	(*RegisterSledRequest)(nil),      // 20: ballast.v1.RegisterSledRequest
-	(*RegisterSledResponse)(nil),     // 21: ballast.v1.RegisterSledResponse
-	(*ListSledsRequest)(nil),         // 22: ballast.v1.ListSledsRequest
-	(*ListSledsResponse)(nil),        // 23: ballast.v1.ListSledsResponse
-	(*SetSledStateRequest)(nil),      // 24: ballast.v1.SetSledStateRequest
-	(*SetSledStateResponse)(nil),     // 25: ballast.v1.SetSledStateResponse
-	(*SledStatus)(nil),               // 26: ballast.v1.SledStatus
-	(*Redundancy)(nil),               // 27: ballast.v1.Redundancy
-	(*NodeStatusRequest)(nil),        // 28: ballast.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),       // 29: ballast.v1.NodeStatusResponse
-	(*GroupStatus)(nil),              // 30: ballast.v1.GroupStatus
-	(*PathStatus)(nil),               // 31: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),     // 32: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),    // 33: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),        // 34: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),       // 35: ballast.v1.RackStatusResponse
-	(*ChangeAttachmentRequest)(nil),  // 36: ballast.v1.ChangeAttachmentRequest
-	(*ChangeAttachmentResponse)(nil), // 37: ballast.v1.ChangeAttachmentResponse
-	(*AddHeadNodeRequest)(nil),       // 38: ballast.v1.AddHeadNodeRequest
-	(*AddHeadNodeResponse)(nil),      // 39: ballast.v1.AddHeadNodeResponse
-	(*MoveVoterRequest)(nil),         // 40: ballast.v1.MoveVoterRequest
-	(*MoveVoterResponse)(nil),        // 41: ballast.v1.MoveVoterResponse
-	(*RemoveHeadNodeRequest)(nil),    // 42: ballast.v1.RemoveHeadNodeRequest
-	(*RemoveHeadNodeResponse)(nil),   // 43: ballast.v1.RemoveHeadNodeResponse
-	(*ChangeMembershipRequest)(nil),  // 44: ballast.v1.ChangeMembershipRequest
-	(*ChangeMembershipResponse)(nil), // 45: ballast.v1.ChangeMembershipResponse
-	(*ApplyInGroupRequest)(nil),      // 46: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),     // 47: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),         // 48: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),        // 49: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),         // 50: ballast.v1.DirectoryCommand
-	(*PlaceVolumeCommand)(nil),       // 51: ballast.v1.PlaceVolumeCommand
-	(*AddHeadNodeCommand)(nil),       // 52: ballast.v1.AddHeadNodeCommand
-	(*RemoveHeadNodeCommand)(nil),    // 53: ballast.v1.RemoveHeadNodeCommand
-	(*SetDrainingCommand)(nil),       // 54: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),     // 55: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),       // 56: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil),  // 57: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),   // 58: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),        // 59: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),     // 60: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),      // 61: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),      // 62: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),      // 63: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),      // 64: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),      // 65: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),        // 66: ballast.v1.DirectorySnapshot
-	(*RackUsage)(nil),                // 67: ballast.v1.RackUsage
-	(*MoveVolumeRequest)(nil),        // 68: ballast.v1.MoveVolumeRequest
-	(*MoveVolumeResponse)(nil),       // 69: ballast.v1.MoveVolumeResponse
-	(*GetQuotaRequest)(nil),          // 70: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),         // 71: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),          // 72: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),         // 73: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                // 74: ballast.v1.RackQuota
-	(*IORequest)(nil),                // 75: ballast.v1.IORequest
-	(*IOReply)(nil),                  // 76: ballast.v1.IOReply
-	(*BlockWrite)(nil),               // 77: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                // 78: ballast.v1.LogRecord
-	(*BlockRange)(nil),               // 79: ballast.v1.BlockRange
-	(*Segment)(nil),                  // 80: ballast.v1.Segment
-	(*FlushRecord)(nil),              // 81: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),            // 82: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),          // 83: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),        // 84: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),              // 85: ballast.v1.StateRecord
-	(*BlockState)(nil),               // 86: ballast.v1.BlockState
-	(*SegmentState)(nil),             // 87: ballast.v1.SegmentState
-	(*LogEntry)(nil),                 // 88: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),           // 89: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),         // 90: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),           // 91: ballast.v1.ReplicateReply
+	(SledState)(0),                           // 0: ballast.v1.SledState
+	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
+	(MembershipOp)(0),                        // 2: ballast.v1.MembershipOp
+	(IOOp)(0),                                // 3: ballast.v1.IOOp
+	(IOStatus)(0),                            // 4: ballast.v1.IOStatus
+	(ReplicateStatus)(0),                     // 5: ballast.v1.ReplicateStatus
+	(*Volume)(nil),                           // 6: ballast.v1.Volume
+	(*ConsistencyGroup)(nil),                 // 7: ballast.v1.ConsistencyGroup
+	(*ConsistencyGroupNames)(nil),            // 8: ballast.v1.ConsistencyGroupNames
+	(*SnapshotCut)(nil),                      // 9: ballast.v1.SnapshotCut
+	(*MemberCut)(nil),                        // 10: ballast.v1.MemberCut
+	(*VolumePlacement)(nil),                  // 11: ballast.v1.VolumePlacement
+	(*HeadNode)(nil),                         // 12: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),              // 13: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),             // 14: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),                 // 15: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),                // 16: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),               // 17: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),              // 18: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),              // 19: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),             // 20: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),              // 21: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),             // 22: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                             // 23: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),              // 24: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil),             // 25: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),                 // 26: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),                // 27: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),              // 28: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil),             // 29: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),                       // 30: ballast.v1.SledStatus
+	(*Redundancy)(nil),                       // 31: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),                // 32: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),               // 33: ballast.v1.NodeStatusResponse
+	(*GroupStatus)(nil),                      // 34: ballast.v1.GroupStatus
+	(*PathStatus)(nil),                       // 35: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),             // 36: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),            // 37: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),                // 38: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),               // 39: ballast.v1.RackStatusResponse
+	(*CreateConsistencyGroupRequest)(nil),    // 40: ballast.v1.CreateConsistencyGroupRequest
+	(*CreateConsistencyGroupResponse)(nil),   // 41: ballast.v1.CreateConsistencyGroupResponse
+	(*DeleteConsistencyGroupRequest)(nil),    // 42: ballast.v1.DeleteConsistencyGroupRequest
+	(*DeleteConsistencyGroupResponse)(nil),   // 43: ballast.v1.DeleteConsistencyGroupResponse
+	(*GetConsistencyGroupRequest)(nil),       // 44: ballast.v1.GetConsistencyGroupRequest
+	(*GetConsistencyGroupResponse)(nil),      // 45: ballast.v1.GetConsistencyGroupResponse
+	(*ListConsistencyGroupsRequest)(nil),     // 46: ballast.v1.ListConsistencyGroupsRequest
+	(*ListConsistencyGroupsResponse)(nil),    // 47: ballast.v1.ListConsistencyGroupsResponse
+	(*SnapshotConsistencyGroupRequest)(nil),  // 48: ballast.v1.SnapshotConsistencyGroupRequest
+	(*SnapshotConsistencyGroupResponse)(nil), // 49: ballast.v1.SnapshotConsistencyGroupResponse
+	(*HoldForCutRequest)(nil),                // 50: ballast.v1.HoldForCutRequest
+	(*HoldForCutResponse)(nil),               // 51: ballast.v1.HoldForCutResponse
+	(*ReleaseCutRequest)(nil),                // 52: ballast.v1.ReleaseCutRequest
+	(*ReleaseCutResponse)(nil),               // 53: ballast.v1.ReleaseCutResponse
+	(*ChangeAttachmentRequest)(nil),          // 54: ballast.v1.ChangeAttachmentRequest
+	(*ChangeAttachmentResponse)(nil),         // 55: ballast.v1.ChangeAttachmentResponse
+	(*AddHeadNodeRequest)(nil),               // 56: ballast.v1.AddHeadNodeRequest
+	(*AddHeadNodeResponse)(nil),              // 57: ballast.v1.AddHeadNodeResponse
+	(*MoveVoterRequest)(nil),                 // 58: ballast.v1.MoveVoterRequest
+	(*MoveVoterResponse)(nil),                // 59: ballast.v1.MoveVoterResponse
+	(*RemoveHeadNodeRequest)(nil),            // 60: ballast.v1.RemoveHeadNodeRequest
+	(*RemoveHeadNodeResponse)(nil),           // 61: ballast.v1.RemoveHeadNodeResponse
+	(*ChangeMembershipRequest)(nil),          // 62: ballast.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil),         // 63: ballast.v1.ChangeMembershipResponse
+	(*ApplyInGroupRequest)(nil),              // 64: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),             // 65: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),                 // 66: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),                // 67: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),                 // 68: ballast.v1.DirectoryCommand
+	(*PlaceVolumeCommand)(nil),               // 69: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),               // 70: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),            // 71: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),               // 72: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),             // 73: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),               // 74: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),          // 75: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),           // 76: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),                // 77: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),             // 78: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),              // 79: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),              // 80: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),              // 81: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),              // 82: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),              // 83: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),                // 84: ballast.v1.DirectorySnapshot
+	(*RackUsage)(nil),                        // 85: ballast.v1.RackUsage
+	(*MoveVolumeRequest)(nil),                // 86: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),               // 87: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),                  // 88: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                 // 89: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),                  // 90: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                 // 91: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                        // 92: ballast.v1.RackQuota
+	(*IORequest)(nil),                        // 93: ballast.v1.IORequest
+	(*IOReply)(nil),                          // 94: ballast.v1.IOReply
+	(*BlockWrite)(nil),                       // 95: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                        // 96: ballast.v1.LogRecord
+	(*BlockRange)(nil),                       // 97: ballast.v1.BlockRange
+	(*Segment)(nil),                          // 98: ballast.v1.Segment
+	(*FlushRecord)(nil),                      // 99: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),                    // 100: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 101: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 102: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 103: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 104: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 105: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 106: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 107: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 108: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 109: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
-	6,   // 0: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
-	6,   // 1: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	8,   // 2: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	6,   // 3: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	6,   // 4: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
-	0,   // 5: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
-	19,  // 6: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
-	19,  // 7: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
-	0,   // 8: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
-	19,  // 9: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
-	19,  // 10: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
-	27,  // 11: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	30,  // 12: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	31,  // 13: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	8,   // 14: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	26,  // 15: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	27,  // 16: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	6,   // 17: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	30,  // 18: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	31,  // 19: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	1,   // 20: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
-	6,   // 21: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
-	8,   // 22: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
-	2,   // 23: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	50,  // 24: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	6,   // 25: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	19,  // 26: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	7,   // 27: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	6,   // 28: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	7,   // 29: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	63,  // 30: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	64,  // 31: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	65,  // 32: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	61,  // 33: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	62,  // 34: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	59,  // 35: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	60,  // 36: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	56,  // 37: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	57,  // 38: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	58,  // 39: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	51,  // 40: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	55,  // 41: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	54,  // 42: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	52,  // 43: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	53,  // 44: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	8,   // 45: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	59,  // 46: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	19,  // 47: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,   // 48: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,   // 49: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	6,   // 50: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	6,   // 51: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	19,  // 52: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	7,   // 53: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	8,   // 54: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	6,   // 55: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
-	6,   // 56: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
-	74,  // 57: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	67,  // 58: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	74,  // 59: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
-	3,   // 60: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	4,   // 61: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	77,  // 62: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	79,  // 63: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	81,  // 64: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	82,  // 65: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	83,  // 66: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	84,  // 67: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	85,  // 68: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	80,  // 69: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	80,  // 70: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	79,  // 71: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	86,  // 72: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	87,  // 73: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	80,  // 74: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	79,  // 75: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	78,  // 76: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	85,  // 77: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	78,  // 78: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	5,   // 79: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	9,   // 80: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	11,  // 81: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	13,  // 82: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	15,  // 83: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	17,  // 84: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	68,  // 85: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	34,  // 86: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	28,  // 87: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	32,  // 88: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	38,  // 89: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	40,  // 90: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	42,  // 91: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	70,  // 92: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	72,  // 93: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	20,  // 94: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	22,  // 95: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	24,  // 96: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	46,  // 97: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	48,  // 98: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	44,  // 99: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	36,  // 100: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	75,  // 101: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	90,  // 102: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	10,  // 103: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	12,  // 104: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	14,  // 105: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	16,  // 106: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	18,  // 107: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	69,  // 108: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	35,  // 109: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	29,  // 110: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	33,  // 111: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	39,  // 112: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	41,  // 113: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	43,  // 114: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	71,  // 115: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	73,  // 116: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	21,  // 117: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	23,  // 118: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	25,  // 119: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	47,  // 120: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	49,  // 121: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	45,  // 122: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	37,  // 123: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	76,  // 124: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	91,  // 125: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	103, // [103:126] is the sub-list for method output_type
-	80,  // [80:103] is the sub-list for method input_type
-	80,  // [80:80] is the sub-list for extension type_name
-	80,  // [80:80] is the sub-list for extension extendee
-	0,   // [0:80] is the sub-list for field type_name
+	9,   // 0: ballast.v1.ConsistencyGroup.cuts:type_name -> ballast.v1.SnapshotCut
+	10,  // 1: ballast.v1.SnapshotCut.members:type_name -> ballast.v1.MemberCut
+	6,   // 2: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
+	6,   // 3: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
+	12,  // 4: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	6,   // 5: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	6,   // 6: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	0,   // 7: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
+	23,  // 8: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	23,  // 9: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	0,   // 10: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
+	23,  // 11: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	23,  // 12: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	31,  // 13: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	34,  // 14: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	35,  // 15: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	12,  // 16: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	30,  // 17: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	31,  // 18: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	6,   // 19: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	34,  // 20: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	35,  // 21: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	7,   // 22: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	7,   // 23: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	7,   // 24: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
+	9,   // 25: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
+	1,   // 26: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
+	6,   // 27: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
+	12,  // 28: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	2,   // 29: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	68,  // 30: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	6,   // 31: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	23,  // 32: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	11,  // 33: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	6,   // 34: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	11,  // 35: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	81,  // 36: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	82,  // 37: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	83,  // 38: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	79,  // 39: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	80,  // 40: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	77,  // 41: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	78,  // 42: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	74,  // 43: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	75,  // 44: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	76,  // 45: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	69,  // 46: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	73,  // 47: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	72,  // 48: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	70,  // 49: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	71,  // 50: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	12,  // 51: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	77,  // 52: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	23,  // 53: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,   // 54: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,   // 55: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	6,   // 56: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	6,   // 57: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	23,  // 58: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	11,  // 59: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	12,  // 60: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	6,   // 61: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
+	6,   // 62: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
+	92,  // 63: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	85,  // 64: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	92,  // 65: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	3,   // 66: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	4,   // 67: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	95,  // 68: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	97,  // 69: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	99,  // 70: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	100, // 71: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	101, // 72: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	102, // 73: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	103, // 74: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	98,  // 75: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	98,  // 76: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	97,  // 77: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	104, // 78: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	105, // 79: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	98,  // 80: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	97,  // 81: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	96,  // 82: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	103, // 83: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	96,  // 84: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 85: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	13,  // 86: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	15,  // 87: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	17,  // 88: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	19,  // 89: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	21,  // 90: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	86,  // 91: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	38,  // 92: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	32,  // 93: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	36,  // 94: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	56,  // 95: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	58,  // 96: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	60,  // 97: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	88,  // 98: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	90,  // 99: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	24,  // 100: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	26,  // 101: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	28,  // 102: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	64,  // 103: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	66,  // 104: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	62,  // 105: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	54,  // 106: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	40,  // 107: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	42,  // 108: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	44,  // 109: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	46,  // 110: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	48,  // 111: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	50,  // 112: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	52,  // 113: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	93,  // 114: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	108, // 115: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	14,  // 116: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	16,  // 117: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	18,  // 118: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	20,  // 119: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	22,  // 120: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	87,  // 121: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	39,  // 122: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	33,  // 123: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	37,  // 124: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	57,  // 125: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	59,  // 126: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	61,  // 127: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	89,  // 128: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	91,  // 129: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	25,  // 130: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	27,  // 131: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	29,  // 132: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	65,  // 133: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	67,  // 134: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	63,  // 135: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	55,  // 136: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	41,  // 137: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	43,  // 138: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	45,  // 139: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	47,  // 140: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	49,  // 141: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	51,  // 142: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	53,  // 143: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	94,  // 144: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	109, // 145: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	116, // [116:146] is the sub-list for method output_type
+	86,  // [86:116] is the sub-list for method input_type
+	86,  // [86:86] is the sub-list for extension type_name
+	86,  // [86:86] is the sub-list for extension extendee
+	0,   // [0:86] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -6644,7 +7697,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[44].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[62].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -6668,7 +7721,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   86,
+			NumMessages:   104,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -22,27 +22,34 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_CreateVolume_FullMethodName     = "/ballast.v1.Admin/CreateVolume"
-	Admin_GetVolume_FullMethodName        = "/ballast.v1.Admin/GetVolume"
-	Admin_ListVolumes_FullMethodName      = "/ballast.v1.Admin/ListVolumes"
-	Admin_ResizeVolume_FullMethodName     = "/ballast.v1.Admin/ResizeVolume"
-	Admin_DeleteVolume_FullMethodName     = "/ballast.v1.Admin/DeleteVolume"
-	Admin_MoveVolume_FullMethodName       = "/ballast.v1.Admin/MoveVolume"
-	Admin_RackStatus_FullMethodName       = "/ballast.v1.Admin/RackStatus"
-	Admin_NodeStatus_FullMethodName       = "/ballast.v1.Admin/NodeStatus"
-	Admin_DrainHeadNode_FullMethodName    = "/ballast.v1.Admin/DrainHeadNode"
-	Admin_AddHeadNode_FullMethodName      = "/ballast.v1.Admin/AddHeadNode"
-	Admin_MoveVoter_FullMethodName        = "/ballast.v1.Admin/MoveVoter"
-	Admin_RemoveHeadNode_FullMethodName   = "/ballast.v1.Admin/RemoveHeadNode"
-	Admin_GetQuota_FullMethodName         = "/ballast.v1.Admin/GetQuota"
-	Admin_SetQuota_FullMethodName         = "/ballast.v1.Admin/SetQuota"
-	Admin_RegisterSled_FullMethodName     = "/ballast.v1.Admin/RegisterSled"
-	Admin_ListSleds_FullMethodName        = "/ballast.v1.Admin/ListSleds"
-	Admin_SetSledState_FullMethodName     = "/ballast.v1.Admin/SetSledState"
-	Admin_ApplyInGroup_FullMethodName     = "/ballast.v1.Admin/ApplyInGroup"
-	Admin_ReadGroup_FullMethodName        = "/ballast.v1.Admin/ReadGroup"
-	Admin_ChangeMembership_FullMethodName = "/ballast.v1.Admin/ChangeMembership"
-	Admin_ChangeAttachment_FullMethodName = "/ballast.v1.Admin/ChangeAttachment"
+	Admin_CreateVolume_FullMethodName             = "/ballast.v1.Admin/CreateVolume"
+	Admin_GetVolume_FullMethodName                = "/ballast.v1.Admin/GetVolume"
+	Admin_ListVolumes_FullMethodName              = "/ballast.v1.Admin/ListVolumes"
+	Admin_ResizeVolume_FullMethodName             = "/ballast.v1.Admin/ResizeVolume"
+	Admin_DeleteVolume_FullMethodName             = "/ballast.v1.Admin/DeleteVolume"
+	Admin_MoveVolume_FullMethodName               = "/ballast.v1.Admin/MoveVolume"
+	Admin_RackStatus_FullMethodName               = "/ballast.v1.Admin/RackStatus"
+	Admin_NodeStatus_FullMethodName               = "/ballast.v1.Admin/NodeStatus"
+	Admin_DrainHeadNode_FullMethodName            = "/ballast.v1.Admin/DrainHeadNode"
+	Admin_AddHeadNode_FullMethodName              = "/ballast.v1.Admin/AddHeadNode"
+	Admin_MoveVoter_FullMethodName                = "/ballast.v1.Admin/MoveVoter"
+	Admin_RemoveHeadNode_FullMethodName           = "/ballast.v1.Admin/RemoveHeadNode"
+	Admin_GetQuota_FullMethodName                 = "/ballast.v1.Admin/GetQuota"
+	Admin_SetQuota_FullMethodName                 = "/ballast.v1.Admin/SetQuota"
+	Admin_RegisterSled_FullMethodName             = "/ballast.v1.Admin/RegisterSled"
+	Admin_ListSleds_FullMethodName                = "/ballast.v1.Admin/ListSleds"
+	Admin_SetSledState_FullMethodName             = "/ballast.v1.Admin/SetSledState"
+	Admin_ApplyInGroup_FullMethodName             = "/ballast.v1.Admin/ApplyInGroup"
+	Admin_ReadGroup_FullMethodName                = "/ballast.v1.Admin/ReadGroup"
+	Admin_ChangeMembership_FullMethodName         = "/ballast.v1.Admin/ChangeMembership"
+	Admin_ChangeAttachment_FullMethodName         = "/ballast.v1.Admin/ChangeAttachment"
+	Admin_CreateConsistencyGroup_FullMethodName   = "/ballast.v1.Admin/CreateConsistencyGroup"
+	Admin_DeleteConsistencyGroup_FullMethodName   = "/ballast.v1.Admin/DeleteConsistencyGroup"
+	Admin_GetConsistencyGroup_FullMethodName      = "/ballast.v1.Admin/GetConsistencyGroup"
+	Admin_ListConsistencyGroups_FullMethodName    = "/ballast.v1.Admin/ListConsistencyGroups"
+	Admin_SnapshotConsistencyGroup_FullMethodName = "/ballast.v1.Admin/SnapshotConsistencyGroup"
+	Admin_HoldForCut_FullMethodName               = "/ballast.v1.Admin/HoldForCut"
+	Admin_ReleaseCut_FullMethodName               = "/ballast.v1.Admin/ReleaseCut"
 )
 
 // AdminClient is the client API for Admin service.
@@ -88,6 +95,17 @@ type AdminClient interface {
 	// Attaches, detaches, or migrates a volume. Any head node forwards it to
 	// the volume's primary, which alone changes the attachment.
 	ChangeAttachment(ctx context.Context, in *ChangeAttachmentRequest, opts ...grpc.CallOption) (*ChangeAttachmentResponse, error)
+	// Consistency groups (ballast cg): create, delete, show, list, and take
+	// a snapshot cut across every member in one transaction.
+	CreateConsistencyGroup(ctx context.Context, in *CreateConsistencyGroupRequest, opts ...grpc.CallOption) (*CreateConsistencyGroupResponse, error)
+	DeleteConsistencyGroup(ctx context.Context, in *DeleteConsistencyGroupRequest, opts ...grpc.CallOption) (*DeleteConsistencyGroupResponse, error)
+	GetConsistencyGroup(ctx context.Context, in *GetConsistencyGroupRequest, opts ...grpc.CallOption) (*GetConsistencyGroupResponse, error)
+	ListConsistencyGroups(ctx context.Context, in *ListConsistencyGroupsRequest, opts ...grpc.CallOption) (*ListConsistencyGroupsResponse, error)
+	SnapshotConsistencyGroup(ctx context.Context, in *SnapshotConsistencyGroupRequest, opts ...grpc.CallOption) (*SnapshotConsistencyGroupResponse, error)
+	// Between head nodes, on a volume's primary: hold its writes for a cut
+	// (answering the log seq they drained to), and let them go.
+	HoldForCut(ctx context.Context, in *HoldForCutRequest, opts ...grpc.CallOption) (*HoldForCutResponse, error)
+	ReleaseCut(ctx context.Context, in *ReleaseCutRequest, opts ...grpc.CallOption) (*ReleaseCutResponse, error)
 }
 
 type adminClient struct {
@@ -308,6 +326,76 @@ func (c *adminClient) ChangeAttachment(ctx context.Context, in *ChangeAttachment
 	return out, nil
 }
 
+func (c *adminClient) CreateConsistencyGroup(ctx context.Context, in *CreateConsistencyGroupRequest, opts ...grpc.CallOption) (*CreateConsistencyGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateConsistencyGroupResponse)
+	err := c.cc.Invoke(ctx, Admin_CreateConsistencyGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeleteConsistencyGroup(ctx context.Context, in *DeleteConsistencyGroupRequest, opts ...grpc.CallOption) (*DeleteConsistencyGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteConsistencyGroupResponse)
+	err := c.cc.Invoke(ctx, Admin_DeleteConsistencyGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) GetConsistencyGroup(ctx context.Context, in *GetConsistencyGroupRequest, opts ...grpc.CallOption) (*GetConsistencyGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetConsistencyGroupResponse)
+	err := c.cc.Invoke(ctx, Admin_GetConsistencyGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListConsistencyGroups(ctx context.Context, in *ListConsistencyGroupsRequest, opts ...grpc.CallOption) (*ListConsistencyGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConsistencyGroupsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListConsistencyGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) SnapshotConsistencyGroup(ctx context.Context, in *SnapshotConsistencyGroupRequest, opts ...grpc.CallOption) (*SnapshotConsistencyGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SnapshotConsistencyGroupResponse)
+	err := c.cc.Invoke(ctx, Admin_SnapshotConsistencyGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) HoldForCut(ctx context.Context, in *HoldForCutRequest, opts ...grpc.CallOption) (*HoldForCutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HoldForCutResponse)
+	err := c.cc.Invoke(ctx, Admin_HoldForCut_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ReleaseCut(ctx context.Context, in *ReleaseCutRequest, opts ...grpc.CallOption) (*ReleaseCutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseCutResponse)
+	err := c.cc.Invoke(ctx, Admin_ReleaseCut_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -351,6 +439,17 @@ type AdminServer interface {
 	// Attaches, detaches, or migrates a volume. Any head node forwards it to
 	// the volume's primary, which alone changes the attachment.
 	ChangeAttachment(context.Context, *ChangeAttachmentRequest) (*ChangeAttachmentResponse, error)
+	// Consistency groups (ballast cg): create, delete, show, list, and take
+	// a snapshot cut across every member in one transaction.
+	CreateConsistencyGroup(context.Context, *CreateConsistencyGroupRequest) (*CreateConsistencyGroupResponse, error)
+	DeleteConsistencyGroup(context.Context, *DeleteConsistencyGroupRequest) (*DeleteConsistencyGroupResponse, error)
+	GetConsistencyGroup(context.Context, *GetConsistencyGroupRequest) (*GetConsistencyGroupResponse, error)
+	ListConsistencyGroups(context.Context, *ListConsistencyGroupsRequest) (*ListConsistencyGroupsResponse, error)
+	SnapshotConsistencyGroup(context.Context, *SnapshotConsistencyGroupRequest) (*SnapshotConsistencyGroupResponse, error)
+	// Between head nodes, on a volume's primary: hold its writes for a cut
+	// (answering the log seq they drained to), and let them go.
+	HoldForCut(context.Context, *HoldForCutRequest) (*HoldForCutResponse, error)
+	ReleaseCut(context.Context, *ReleaseCutRequest) (*ReleaseCutResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -423,6 +522,27 @@ func (UnimplementedAdminServer) ChangeMembership(context.Context, *ChangeMembers
 }
 func (UnimplementedAdminServer) ChangeAttachment(context.Context, *ChangeAttachmentRequest) (*ChangeAttachmentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ChangeAttachment not implemented")
+}
+func (UnimplementedAdminServer) CreateConsistencyGroup(context.Context, *CreateConsistencyGroupRequest) (*CreateConsistencyGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateConsistencyGroup not implemented")
+}
+func (UnimplementedAdminServer) DeleteConsistencyGroup(context.Context, *DeleteConsistencyGroupRequest) (*DeleteConsistencyGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteConsistencyGroup not implemented")
+}
+func (UnimplementedAdminServer) GetConsistencyGroup(context.Context, *GetConsistencyGroupRequest) (*GetConsistencyGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConsistencyGroup not implemented")
+}
+func (UnimplementedAdminServer) ListConsistencyGroups(context.Context, *ListConsistencyGroupsRequest) (*ListConsistencyGroupsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConsistencyGroups not implemented")
+}
+func (UnimplementedAdminServer) SnapshotConsistencyGroup(context.Context, *SnapshotConsistencyGroupRequest) (*SnapshotConsistencyGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SnapshotConsistencyGroup not implemented")
+}
+func (UnimplementedAdminServer) HoldForCut(context.Context, *HoldForCutRequest) (*HoldForCutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method HoldForCut not implemented")
+}
+func (UnimplementedAdminServer) ReleaseCut(context.Context, *ReleaseCutRequest) (*ReleaseCutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseCut not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -823,6 +943,132 @@ func _Admin_ChangeAttachment_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreateConsistencyGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateConsistencyGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateConsistencyGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateConsistencyGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateConsistencyGroup(ctx, req.(*CreateConsistencyGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeleteConsistencyGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteConsistencyGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeleteConsistencyGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeleteConsistencyGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeleteConsistencyGroup(ctx, req.(*DeleteConsistencyGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_GetConsistencyGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConsistencyGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetConsistencyGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetConsistencyGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetConsistencyGroup(ctx, req.(*GetConsistencyGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListConsistencyGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConsistencyGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListConsistencyGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListConsistencyGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListConsistencyGroups(ctx, req.(*ListConsistencyGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_SnapshotConsistencyGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SnapshotConsistencyGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SnapshotConsistencyGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SnapshotConsistencyGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SnapshotConsistencyGroup(ctx, req.(*SnapshotConsistencyGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_HoldForCut_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HoldForCutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).HoldForCut(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_HoldForCut_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).HoldForCut(ctx, req.(*HoldForCutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ReleaseCut_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseCutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ReleaseCut(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ReleaseCut_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ReleaseCut(ctx, req.(*ReleaseCutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -913,6 +1159,34 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ChangeAttachment",
 			Handler:    _Admin_ChangeAttachment_Handler,
+		},
+		{
+			MethodName: "CreateConsistencyGroup",
+			Handler:    _Admin_CreateConsistencyGroup_Handler,
+		},
+		{
+			MethodName: "DeleteConsistencyGroup",
+			Handler:    _Admin_DeleteConsistencyGroup_Handler,
+		},
+		{
+			MethodName: "GetConsistencyGroup",
+			Handler:    _Admin_GetConsistencyGroup_Handler,
+		},
+		{
+			MethodName: "ListConsistencyGroups",
+			Handler:    _Admin_ListConsistencyGroups_Handler,
+		},
+		{
+			MethodName: "SnapshotConsistencyGroup",
+			Handler:    _Admin_SnapshotConsistencyGroup_Handler,
+		},
+		{
+			MethodName: "HoldForCut",
+			Handler:    _Admin_HoldForCut_Handler,
+		},
+		{
+			MethodName: "ReleaseCut",
+			Handler:    _Admin_ReleaseCut_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
