@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,7 +115,16 @@ type proc struct {
 
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
-	return startCmd(t, name, exec.Command(ballastBin, args...))
+	return startCmd(t, name, exec.Command(ballastBin, withLogLevel(args)...))
+}
+
+// withLogLevel adds $BALLAST_E2E_LOG_LEVEL, when set, to a ballast
+// process's arguments.
+func withLogLevel(args []string) []string {
+	if level := os.Getenv("BALLAST_E2E_LOG_LEVEL"); level != "" && !slices.Contains(args, "--log-level") {
+		return append(slices.Clone(args), "--log-level", level)
+	}
+	return args
 }
 
 // startCmd starts cmd as a proc. `ip netns exec` execs its command, so a
@@ -312,9 +322,7 @@ func (r *rack) startHeadNode(i int, peers []string) {
 // when the rack has a lab).
 func (r *rack) startBallast(name string, args ...string) *proc {
 	r.t.Helper()
-	if level := os.Getenv("BALLAST_E2E_LOG_LEVEL"); level != "" {
-		args = append(args, "--log-level", level)
-	}
+	args = withLogLevel(args)
 	if r.lab != nil {
 		return startCmd(r.t, name, r.lab.command(name, ballastBin, args...))
 	}

@@ -113,15 +113,20 @@ func (k *leaseKeeper) renewSoon() {
 	}
 }
 
-// reportInSync implements authority.
+// reportInSync implements authority. It keeps trying until the group
+// has the report, or the report no longer matters (the volume moved to
+// another epoch, or the node is no longer catching up): a report given
+// up would leave a full copy unpromotable until the next full sync.
 func (k *leaseKeeper) reportInSync(vol *ballastpb.Volume, node string) {
 	go func() {
 		cmd := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SecondaryInSync{
 			SecondaryInSync: &ballastpb.SecondaryInSyncCommand{VolumeId: vol.Id, Epoch: vol.Epoch, Node: node},
 		}}
-		for attempt := 0; attempt < 20; attempt++ {
+		backoff := 500 * time.Millisecond
+		group := vol.Group
+		for attempt := 1; ; attempt++ {
 			ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
-			_, err := k.node.applyIn(ctx, vol.Group, cmd)
+			_, err := k.node.applyIn(ctx, group, cmd)
 			cancel()
 			if err == nil {
 				k.log.Info("secondary in sync", "volume", vol.Name, "secondary", node, "epoch", vol.Epoch)
@@ -130,8 +135,14 @@ func (k *leaseKeeper) reportInSync(vol *ballastpb.Volume, node string) {
 			if status.Code(err) == codes.Aborted || k.node.isClosed() {
 				return
 			}
-			k.log.Warn("report secondary in sync", "volume", vol.Name, "secondary", node, "err", err)
-			time.Sleep(500 * time.Millisecond)
+			cur, ok := k.node.volumeByID(vol.Id)
+			if !ok || cur.Epoch != vol.Epoch || !slices.Contains(cur.CatchingUp, node) {
+				return
+			}
+			group = cur.Group // a move takes the record to another group
+			k.log.Warn("report secondary in sync", "volume", vol.Name, "secondary", node, "attempt", attempt, "err", err)
+			time.Sleep(backoff)
+			backoff = min(2*backoff, 5*time.Second)
 		}
 	}()
 }
