@@ -104,6 +104,7 @@ func (a *attachGate) admit(ctx context.Context, s migrate.Session, op migrate.Op
 	a.mu.Unlock()
 	a.run(acts)
 	if v == migrate.Hold {
+		a.log.Debug("attachment: request held", "host", s.Host, "generation", s.Generation, "op", op, "load", acts.Load, "commit", acts.Commit != nil)
 		select {
 		case v = <-ch:
 		case <-ctx.Done():
@@ -252,6 +253,7 @@ func (a *attachGate) load() {
 // volume: a primary at a later epoch or elsewhere conditions on a newer
 // version, so no attempt of this one can land after that.
 func (a *attachGate) commit(target migrate.Attachment) {
+	start := time.Now()
 	a.mu.Lock()
 	from, _ := a.gate.Known()
 	a.mu.Unlock()
@@ -304,7 +306,7 @@ func (a *attachGate) commit(target migrate.Attachment) {
 		acts = a.gate.Failed()
 	} else {
 		if outcome == target {
-			a.log.Info("attachment changed", "from", from.String(), "to", target.String())
+			a.log.Info("attachment changed", "from", from.String(), "to", target.String(), "took", time.Since(start))
 		}
 		acts = a.gate.Finished(outcome)
 	}
