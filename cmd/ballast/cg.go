@@ -21,7 +21,8 @@ func newCGCommand(g *globalFlags) *cobra.Command {
 several) whose snapshots must be crash consistent with one another. A snapshot cut
 holds every member's writes for a moment, records each member's log position in
 one transaction across every member's consensus group, and lets the writes go:
-no write acknowledged after the cut on one member is in the cut of another.`,
+if a cut holds a write, it holds every write, on any member, that was
+acknowledged before that write was sent.`,
 	}
 	cmd.AddCommand(newCGCreateCommand(g), newCGDeleteCommand(g), newCGShowCommand(g), newCGListCommand(g), newCGSnapshotCommand(g))
 	return cmd
