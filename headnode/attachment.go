@@ -170,48 +170,74 @@ func (a *attachGate) signal() {
 
 // readRecord reads the volume's record linearizably, with its version.
 func (a *attachGate) readRecord(ctx context.Context) (*ballastpb.Volume, txn.Version, error) {
-	vol, ok := a.node.volumeByID(a.volID)
+	return a.node.readVolumeRecord(ctx, a.volID, a.name)
+}
+
+// readVolumeRecord reads a volume's transactional record linearizably,
+// with its version, from the group that holds it now. It returns nil for
+// a volume without one (of the directory group itself, from before
+// volume groups).
+func (n *Node) readVolumeRecord(ctx context.Context, volID uint64, name string) (*ballastpb.Volume, txn.Version, error) {
+	vol, ok := n.volumeByID(volID)
 	if !ok {
-		return nil, 0, fmt.Errorf("%w: volume %d", errVolumeGone, a.volID)
+		return nil, 0, fmt.Errorf("%w: volume %d", errVolumeGone, volID)
 	}
 	group := vol.Group
 	if vol.MovedTo != 0 {
 		group = vol.MovedTo
 	}
 	var rec ballastpb.Volume
-	version, found, err := a.node.readProto(ctx, txnGroupOf(group), volume.VolumeKey(a.name), &rec)
+	version, found, err := n.readProto(ctx, txnGroupOf(group), volume.VolumeKey(name), &rec)
 	if err != nil {
 		return nil, 0, err
 	}
-	if !found || rec.Id != a.volID {
-		// A volume of the directory group itself, from before volume
-		// groups: it has no transactional record, and no attachment.
+	if !found || rec.Id != volID {
 		return nil, 0, nil
 	}
 	if rec.MovedTo != 0 {
-		return nil, 0, fmt.Errorf("volume %s is moving to group %d: %w", a.name, rec.MovedTo, errRetryRead)
+		return nil, 0, fmt.Errorf("volume %s is moving to group %d: %w", name, rec.MovedTo, errRetryRead)
 	}
 	return &rec, version, nil
+}
+
+// writeVolumeRecord writes rec over the version read: false if the
+// record changed since; an error leaves the outcome unknown.
+func (n *Node) writeVolumeRecord(ctx context.Context, rec *ballastpb.Volume, version txn.Version) (bool, error) {
+	vals, err := marshalAll(rec)
+	if err != nil {
+		return false, err
+	}
+	g := txnGroupOf(rec.Group)
+	return n.commit(ctx, txn.Spec{
+		Conditions: []txn.GroupCondition{{Group: g, Condition: txn.Condition{Key: volume.VolumeKey(rec.Name), Version: version}}},
+		Writes:     []txn.GroupWrite{{Group: g, Write: txn.Write{Key: volume.VolumeKey(rec.Name), Value: vals[0]}}},
+	})
 }
 
 var errRetryRead = errors.New("read again")
 
 // retry runs fn until it succeeds or the primary stops, backing off.
 func (a *attachGate) retry(what string, fn func(ctx context.Context) error) bool {
+	return retryUntil(a.ctx, a.log, "attachment: "+what, fn)
+}
+
+// retryUntil runs fn, each attempt bounded by applyTimeout, until it
+// succeeds (true) or ctx ends (false), backing off between attempts.
+func retryUntil(ctx context.Context, log *slog.Logger, what string, fn func(ctx context.Context) error) bool {
 	backoff := 20 * time.Millisecond
 	for {
-		ctx, cancel := context.WithTimeout(a.ctx, applyTimeout)
-		err := fn(ctx)
+		actx, cancel := context.WithTimeout(ctx, applyTimeout)
+		err := fn(actx)
 		cancel()
 		if err == nil {
 			return true
 		}
-		if a.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return false
 		}
-		a.log.Debug("attachment: "+what+" failed; retrying", "err", err)
+		log.Debug(what+" failed; retrying", "err", err)
 		select {
-		case <-a.ctx.Done():
+		case <-ctx.Done():
 			return false
 		case <-time.After(backoff):
 		}
@@ -276,16 +302,7 @@ func (a *attachGate) commit(target migrate.Attachment) {
 			outcome = cur // landed already, or changed by another primary
 			return nil
 		}
-		next := volume.WithAttachment(rec, target)
-		vals, err := marshalAll(next)
-		if err != nil {
-			return err
-		}
-		g := txnGroupOf(rec.Group)
-		done, err := a.node.commit(ctx, txn.Spec{
-			Conditions: []txn.GroupCondition{{Group: g, Condition: txn.Condition{Key: volume.VolumeKey(a.name), Version: version}}},
-			Writes:     []txn.GroupWrite{{Group: g, Write: txn.Write{Key: volume.VolumeKey(a.name), Value: vals[0]}}},
-		})
+		done, err := a.node.writeVolumeRecord(ctx, volume.WithAttachment(rec, target), version)
 		if err != nil {
 			return err // unknown: the next read decides
 		}

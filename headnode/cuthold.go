@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
-	"github.com/ballast-storage/ballast/txn"
-	"github.com/ballast-storage/ballast/volume"
 )
 
 // A consistency group's snapshot cut (cg.go) needs every member's primary
@@ -196,7 +194,7 @@ func (n *Node) letCutGo(pv *primaryVolume, g uint64) {
 	}
 	// A stale marker only costs a restarted primary a read of its record.
 	if err := pv.store.SetCutHold(pv.vol.Id, 0); err != nil {
-		pv.log.Warn("cut released; clearing its marker failed", "generation", g, "err", err)
+		pv.log.Warn("cut released; clearing its marker failed", "cut", g, "err", err)
 	}
 }
 
@@ -206,9 +204,6 @@ func (n *Node) letCutGo(pv *primaryVolume, g uint64) {
 // writes go. It gives up only when the primary stops: its writes fail
 // then, and the next primary's epoch changed the record.
 func (n *Node) settleCut(pv *primaryVolume, g uint64) {
-	if !pv.cut.holding(g) {
-		return
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -218,57 +213,34 @@ func (n *Node) settleCut(pv *primaryVolume, g uint64) {
 		case <-ctx.Done():
 		}
 	}()
-	backoff := 20 * time.Millisecond
-	for pv.cut.holding(g) {
-		actx, acancel := context.WithTimeout(ctx, applyTimeout)
-		settled, err := n.refuseCut(actx, pv.vol, g)
-		acancel()
-		if err == nil && settled {
-			pv.log.Info("cut settled without its coordinator", "cut", g)
-			n.letCutGo(pv, g)
-			return
+	settled := retryUntil(ctx, pv.log, "settle cut", func(ctx context.Context) error {
+		if !pv.cut.holding(g) {
+			return nil // let go meanwhile
 		}
-		if ctx.Err() != nil {
-			return
-		}
-		pv.log.Debug("settle cut: retrying", "cut", g, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
+		return n.refuseCut(ctx, pv.vol, g)
+	})
+	if settled && pv.cut.holding(g) {
+		pv.log.Info("cut settled without its coordinator", "cut", g)
+		n.letCutGo(pv, g)
 	}
 }
 
-// refuseCut makes sure cut g is decided in vol's record: true once the
+// refuseCut makes sure cut g is decided in vol's record: nil once the
 // record shows the cut or its refusal.
-func (n *Node) refuseCut(ctx context.Context, vol *ballastpb.Volume, g uint64) (bool, error) {
-	group := vol.Group
-	if vol.MovedTo != 0 {
-		group = vol.MovedTo
+func (n *Node) refuseCut(ctx context.Context, vol *ballastpb.Volume, g uint64) error {
+	rec, version, err := n.readVolumeRecord(ctx, vol.Id, vol.Name)
+	if errors.Is(err, errVolumeGone) {
+		return nil // deleted: no cut of it can commit
 	}
-	var rec ballastpb.Volume
-	version, found, err := n.readProto(ctx, txnGroupOf(group), volume.VolumeKey(vol.Name), &rec)
-	if err != nil {
-		return false, err
-	}
-	if !found || rec.Id != vol.Id || rec.CutId == g || rec.RefusedCutId == g {
-		return true, nil
-	}
-	if rec.MovedTo != 0 {
-		return false, fmt.Errorf("volume %s is moving to group %d: %w", vol.Name, rec.MovedTo, errRetryRead)
+	if err != nil || rec == nil || rec.CutId == g || rec.RefusedCutId == g {
+		return err
 	}
 	rec.RefusedCutId = g
-	vals, err := marshalAll(&rec)
-	if err != nil {
-		return false, err
+	done, err := n.writeVolumeRecord(ctx, rec, version)
+	if err == nil && !done {
+		err = fmt.Errorf("the record changed under the refusal: %w", errRetryRead)
 	}
-	tg := txnGroupOf(rec.Group)
-	return n.commit(ctx, txn.Spec{
-		Conditions: []txn.GroupCondition{{Group: tg, Condition: txn.Condition{Key: volume.VolumeKey(vol.Name), Version: version}}},
-		Writes:     []txn.GroupWrite{{Group: tg, Write: txn.Write{Key: volume.VolumeKey(vol.Name), Value: vals[0]}}},
-	})
+	return err
 }
 
 // resumeCutHold is run when pv starts: a hold its store records (left by

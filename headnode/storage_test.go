@@ -590,12 +590,7 @@ func TestDegradedReadsRepairAndRebuild(t *testing.T) {
 
 	// A shard that fails its checksum is never returned; the read asks for
 	// it to be repaired, and repair rewrites it in place.
-	id := shardID{volume: r.vol.Id, segment: seg.Id, index: 1}
-	r.shards.set(func(m *memShards) {
-		s := m.sleds[seg.ShardSleds[1]][id]
-		s.corrupt = true
-		m.sleds[seg.ShardSleds[1]][id] = s
-	})
+	r.corruptShard(seg, 1)
 	r.check(t)
 	r.m().drainRepairRequests()
 	if !r.m().pending[shardRef{segment: seg.Id, index: 1}] {
@@ -1000,11 +995,16 @@ func TestReadsAskSledsTheViewHoldsDown(t *testing.T) {
 	for _, i := range []int{0, 4} {
 		r.remote.view.reportFailure(seg.ShardSleds[i], errSledDown)
 	}
-	id := shardID{volume: r.vol.Id, segment: seg.Id, index: 1}
-	r.shards.set(func(m *memShards) {
-		s := m.sleds[seg.ShardSleds[1]][id]
-		s.corrupt = true
-		m.sleds[seg.ShardSleds[1]][id] = s
-	})
+	r.corruptShard(seg, 1)
 	r.check(t)
+}
+
+// corruptShard makes shard i of seg fail its checksum on its sled.
+func (r *storageRig) corruptShard(seg *ballastpb.Segment, i int) {
+	id := shardID{volume: r.vol.Id, segment: seg.Id, index: uint32(i)}
+	r.shards.set(func(m *memShards) {
+		s := m.sleds[seg.ShardSleds[i]][id]
+		s.corrupt = true
+		m.sleds[seg.ShardSleds[i]][id] = s
+	})
 }

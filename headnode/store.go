@@ -656,7 +656,7 @@ func (s *blockStore) DropVolume(vol uint64) error {
 }
 
 // SetCutHold records, durably, that this node's primary holds the
-// volume's writes for the cut of generation g (0 clears it): a primary
+// volume's writes for cut g, an id (0 clears it): a primary
 // restarted at the same epoch must not let writes through before it has
 // settled that cut (cuthold.go).
 func (s *blockStore) SetCutHold(vol, g uint64) error {
@@ -674,7 +674,7 @@ func (s *blockStore) SetCutHold(vol, g uint64) error {
 	return nil
 }
 
-// CutHold returns the generation SetCutHold left for the volume (0: none).
+// CutHold returns the cut SetCutHold left for the volume (0: none).
 func (s *blockStore) CutHold(vol uint64) (uint64, error) {
 	v, closer, err := s.db.Get(volKey(prefixCutHold, vol, 0))
 	if errors.Is(err, pebble.ErrNotFound) {
