@@ -205,7 +205,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		n.watchSleds(bg)
 	}()
 	n.serving.Add(1)
-	go n.dropLoop()
+	go n.dropLoop(bg)
 	n.log.Info("head node started", "addresses", cfg.ListenAddresses)
 	return n, nil
 }
@@ -248,9 +248,23 @@ func (n *Node) WaitForLeader(ctx context.Context) error {
 }
 
 // dropLoop reclaims the data of deleted volumes, off raft's FSM goroutine.
-func (n *Node) dropLoop() {
+// A group's state machine reports a volume as deleted from its own view,
+// which is not the rack's: a lagging node that installs a snapshot sees a
+// volume that moved to another group leave this one. So a copy is dropped
+// only once the directory, read linearizably, no longer knows the volume;
+// when it cannot be asked, the copy stays and the stale sweep decides later.
+func (n *Node) dropLoop(ctx context.Context) {
 	defer n.serving.Done()
 	for id := range n.drops {
+		gone, err := n.deletedInRack(ctx, id)
+		switch {
+		case err != nil:
+			n.log.Warn("volume reported deleted, but the directory cannot confirm it; its copy stays for the stale sweep", "volume_id", id, "err", err)
+			continue
+		case !gone:
+			n.log.Warn("volume reported deleted is still in the directory; its copy stays", "volume_id", id)
+			continue
+		}
 		n.mu.Lock()
 		pv := n.primaries[id]
 		delete(n.primaries, id)
@@ -263,6 +277,35 @@ func (n *Node) dropLoop() {
 			n.log.Error("drop deleted volume", "volume_id", id, "err", err)
 		}
 	}
+}
+
+// deletedInRack says whether the directory group, read linearizably, no
+// longer holds volume id: neither a placement (volumes in volume groups)
+// nor a record of its own (volumes from before there were volume groups).
+// A delete removes both in one transaction; a move keeps the placement.
+func (n *Node) deletedInRack(ctx context.Context, id uint64) (bool, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	dir, err := n.readGroup(rctx, consensus.DirectoryGroup)
+	if err != nil {
+		return false, err
+	}
+	return !directoryHolds(dir, id), nil
+}
+
+// directoryHolds says whether a read of the directory group names volume id.
+func directoryHolds(dir *ballastpb.ReadGroupResponse, id uint64) bool {
+	for _, p := range dir.Placements {
+		if p.Id == id {
+			return true
+		}
+	}
+	for _, v := range dir.Volumes {
+		if v.Id == id {
+			return true
+		}
+	}
+	return false
 }
 
 // Close stops serving and closes every store. In-flight writes fail.

@@ -468,8 +468,9 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 	return directorySnapshot(data), nil
 }
 
-// Restore implements raft.FSM. Volumes that the snapshot no longer holds
-// are reported to OnDelete, as if their deletion had been applied.
+// Restore implements raft.FSM. Volumes that the snapshot no longer holds,
+// and that did not move to another group, are reported to OnDelete, as if
+// their deletion had been applied.
 func (d *Directory) Restore(r io.ReadCloser) error {
 	defer r.Close()
 	data, err := io.ReadAll(r)
@@ -526,7 +527,9 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 	}
 	if d.OnDelete != nil {
 		for id, v := range old {
-			if _, ok := d.byID[id]; !ok {
+			_, kept := d.byID[id]
+			_, moved := d.moved[id] // left for another group: same volume, data kept
+			if !kept && !moved {
 				d.OnDelete(v)
 			}
 		}

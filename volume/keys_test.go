@@ -230,3 +230,58 @@ func TestTxnRewriteKeepsLeaseRenewals(t *testing.T) {
 		t.Fatalf("after the rewrite: renewals %d (before %d), host %q, err %v", after.GetLeaseRenewals(), before.LeaseRenewals, after.GetAttachedHost(), err)
 	}
 }
+
+// A lagging node that still holds a volume in its view installs a
+// snapshot taken after the volume moved to another group: the volume
+// leaves the view, but it was not deleted, so its data is not reclaimed.
+// A volume the snapshot no longer holds at all is.
+func TestRestoreDoesNotReclaimAMovedVolume(t *testing.T) {
+	write := func(d *Directory, index uint64, id txn.TxnID, v *ballastpb.Volume) {
+		t.Helper()
+		r := d.ApplyCommand(index, txnEntry(t, &txn.PrepareCommit{Txn: id, Prio: txn.PrioOf(id), Deadline: 1000,
+			Writes: []txn.Write{{Key: VolumeKey(v.Name), Value: marshal(t, v)}}}), 0)
+		if r.Txn == nil || r.Txn.Vote != txn.VoteResolvedCommit {
+			t.Fatalf("write %v: %+v", v, r)
+		}
+	}
+	moving := &ballastpb.Volume{Name: "m", Id: 9, Group: 2, SizeBytes: 1 << 20, BlockSizeBytes: BlockSizeBytes, Epoch: 3, Primary: "hn1", Secondaries: []string{"hn2"}}
+	deleted := &ballastpb.Volume{Name: "d", Id: 10, Group: 2, SizeBytes: 1 << 20, BlockSizeBytes: BlockSizeBytes, Epoch: 1, Primary: "hn1", Secondaries: []string{"hn2"}}
+
+	// The leader's group: both volumes, then m moves to group 5 and d is
+	// deleted.
+	leader := NewGroupDirectory(2)
+	write(leader, 1, txn.TxnID{HLC: 1, Node: 1, Counter: 1}, moving)
+	write(leader, 2, txn.TxnID{HLC: 2, Node: 1, Counter: 1}, deleted)
+	stub := proto.Clone(moving).(*ballastpb.Volume)
+	stub.MovedTo = 5
+	write(leader, 3, txn.TxnID{HLC: 3, Node: 1, Counter: 1}, stub)
+	r := leader.ApplyCommand(4, txnEntry(t, &txn.PrepareCommit{Txn: txn.TxnID{HLC: 4, Node: 1, Counter: 1}, Prio: txn.PrioOf(txn.TxnID{HLC: 4, Node: 1, Counter: 1}), Deadline: 1000,
+		Writes: []txn.Write{{Key: VolumeKey("d"), Delete: true}}}), 0)
+	if r.Txn == nil || r.Txn.Vote != txn.VoteResolvedCommit {
+		t.Fatalf("delete: %+v", r)
+	}
+	snap, err := leader.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+
+	// A lagging follower applied only the creates.
+	lagging := NewGroupDirectory(2)
+	var reclaimed []string
+	lagging.OnDelete = func(v *ballastpb.Volume) { reclaimed = append(reclaimed, v.Name) }
+	write(lagging, 1, txn.TxnID{HLC: 1, Node: 1, Counter: 1}, moving)
+	write(lagging, 2, txn.TxnID{HLC: 2, Node: 1, Counter: 1}, deleted)
+	if err := lagging.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if len(reclaimed) != 1 || reclaimed[0] != "d" {
+		t.Fatalf("reclaimed %v, want only the deleted volume d (m moved to group 5)", reclaimed)
+	}
+	if m, ok := lagging.MovedCopy(9); !ok || m.MovedTo != 5 {
+		t.Fatalf("forwarding copy after restore: %v %v", m, ok)
+	}
+}
