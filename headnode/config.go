@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ballast-storage/ballast/internal/clock"
 	"github.com/ballast-storage/ballast/volume"
 )
 
@@ -37,6 +38,11 @@ type Config struct {
 	// Lease times the primaries' leases and so failover (default
 	// volume.DefaultLeaseConfig).
 	Lease volume.LeaseConfig
+	// LeaseClock times every lease decision: the primary's own lease,
+	// its renewals, and the group leader's wait before a promotion
+	// (default clock.Boot(), which counts time the machine was
+	// suspended). Tests pass a clock.Manual.
+	LeaseClock clock.Clock
 	// VolumeGroups is the number of volume groups (default 16) besides
 	// the directory group; every head node is a member of each.
 	VolumeGroups int
@@ -60,6 +66,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.Lease == (volume.LeaseConfig{}) {
 		c.Lease = volume.DefaultLeaseConfig
+	}
+	if c.LeaseClock == nil {
+		c.LeaseClock = clock.Boot()
 	}
 	if c.VolumeGroups == 0 {
 		c.VolumeGroups = DefaultVolumeGroups

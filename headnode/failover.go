@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ballast-storage/ballast/internal/clock"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -32,23 +33,28 @@ import (
 // and replaces a secondary whose node has been silent as long. The new
 // primary mirrors the volume to the new secondary, which then reports in
 // sync and may be promoted in turn.
+//
+// Every lease decision reads Config.LeaseClock, which counts time the
+// machine was suspended (package clock says why); logs keep time.Now.
 
 // leaseKeeper holds this node's primary leases.
 type leaseKeeper struct {
-	node *Node
-	cfg  volume.LeaseConfig
-	log  *slog.Logger
-	kick chan struct{}
+	node  *Node
+	cfg   volume.LeaseConfig
+	clock clock.Clock
+	log   *slog.Logger
+	kick  chan struct{}
 
 	mu      sync.RWMutex
 	leases  map[uint64]*volume.PrimaryLease
 	changed chan struct{} // closed and replaced whenever a lease changes
 }
 
-func newLeaseKeeper(n *Node, cfg volume.LeaseConfig) *leaseKeeper {
+func newLeaseKeeper(n *Node, cfg volume.LeaseConfig, c clock.Clock) *leaseKeeper {
 	return &leaseKeeper{
 		node:    n,
 		cfg:     cfg,
+		clock:   c,
 		log:     n.log,
 		kick:    make(chan struct{}, 1),
 		leases:  map[uint64]*volume.PrimaryLease{},
@@ -96,7 +102,7 @@ func (k *leaseKeeper) check(vol, epoch uint64) (held bool, err error) {
 	l := k.leases[vol]
 	switch {
 	case l == nil:
-	case l.Epoch() == epoch && l.Valid(time.Now()):
+	case l.Epoch() == epoch && l.Valid(k.clock.Now()):
 		return true, nil
 	case l.Epoch() == epoch && l.Deposed():
 		return false, fmt.Errorf("%w: deposed as primary of volume %d at epoch %d", ErrStopped, vol, epoch)
@@ -168,7 +174,8 @@ func (k *leaseKeeper) run(ctx context.Context) {
 // where it leads nothing are spared a command a second.)
 func (k *leaseKeeper) renew(ctx context.Context) {
 	me := k.node.cfg.ID
-	now := time.Now()
+	start := time.Now() // for the log
+	now := k.clock.Now()
 	cmds := map[uint64]*ballastpb.RenewLeasesCommand{}
 	ids := map[uint64]uint64{}
 	groupOf := map[uint64]uint64{}
@@ -225,7 +232,7 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 	}
 	wg.Wait()
 	cancel()
-	took := time.Since(now)
+	took := time.Since(start)
 
 	var deposed []uint64
 	var failed []error
@@ -303,18 +310,19 @@ type promoter struct {
 	node  *Node
 	group *vgroup
 	cfg   volume.LeaseConfig
+	clock clock.Clock
 	log   *slog.Logger
 
 	mu    sync.Mutex
 	term  uint64 // the term of the current table; 0: not leader
-	since time.Time
+	since clock.Instant
 	table *volume.LeaseTable
-	seen  map[string]time.Time // head node -> last renewal applied
+	seen  map[string]clock.Instant // head node -> last renewal applied
 }
 
 // renewed is the group's OnLeasesRenewed hook (raft's FSM goroutine).
 func (p *promoter) renewed(holder string, vols []uint64) {
-	now := time.Now()
+	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.table == nil {
@@ -330,7 +338,7 @@ func (p *promoter) renewed(holder string, vols []uint64) {
 // volume created or moved into the group after this leader's table began
 // has its lease timed from now, not from the table's start.
 func (p *promoter) added(vol uint64) {
-	now := time.Now()
+	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.table != nil {
@@ -343,13 +351,13 @@ func (p *promoter) added(vol uint64) {
 func (n *Node) runPromoters(ctx context.Context) {
 	every(ctx, 200*time.Millisecond, func() {
 		for _, g := range n.groups {
-			g.promoter.step(ctx, time.Now())
+			g.promoter.step(ctx, g.promoter.clock.Now())
 		}
 	})
 }
 
 // step runs one round of decisions at now, if this node leads.
-func (p *promoter) step(ctx context.Context, now time.Time) {
+func (p *promoter) step(ctx context.Context, now clock.Instant) {
 	r := p.group.raft
 	if r.State() != raft.Leader {
 		p.mu.Lock()
@@ -364,7 +372,7 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 		// renewed now, every node as seen now.
 		p.term, p.since = term, now
 		p.table = volume.NewLeaseTable(p.cfg, now)
-		p.seen = map[string]time.Time{}
+		p.seen = map[string]clock.Instant{}
 		p.mu.Unlock()
 		return
 	}
@@ -431,7 +439,7 @@ func (p *promoter) step(ctx context.Context, now time.Time) {
 // fail over until it is done, so a node must be silent for two lease
 // periods: renewals that crawl under load, or a probe or two lost, are a
 // slow node, not a dead one.
-func classifyPeers(peers []Peer, self string, seen map[string]time.Time, since, now time.Time,
+func classifyPeers(peers []Peer, self string, seen map[string]clock.Instant, since, now clock.Instant,
 	cfg volume.LeaseConfig) (live []string, silent map[string]bool) {
 	silent = map[string]bool{}
 	for _, peer := range peers {
@@ -453,7 +461,7 @@ func classifyPeers(peers []Peer, self string, seen map[string]time.Time, since, 
 // noteAnswering records as heard from now every peer that answers the
 // health probes of one of its network paths: a node that is primary of
 // nothing in a group sends that group no renewals.
-func noteAnswering(seen map[string]time.Time, peers []Peer, answers func(Peer) bool, now time.Time) {
+func noteAnswering(seen map[string]clock.Instant, peers []Peer, answers func(Peer) bool, now clock.Instant) {
 	for _, p := range peers {
 		if answers(p) {
 			seen[p.ID] = now
@@ -479,7 +487,7 @@ func (n *Node) peerAnswers(p Peer) bool {
 	return false
 }
 
-func (p *promoter) forget(vol uint64, now time.Time) {
+func (p *promoter) forget(vol uint64, now clock.Instant) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.table != nil {

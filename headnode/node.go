@@ -106,7 +106,7 @@ func Start(cfg Config) (_ *Node, err error) {
 			g.fsm = n.directory
 		}
 		g.fsm.OnDelete = onDelete
-		g.promoter = &promoter{node: n, group: g, cfg: cfg.Lease, log: n.log.With("group", id)}
+		g.promoter = &promoter{node: n, group: g, cfg: cfg.Lease, clock: cfg.LeaseClock, log: n.log.With("group", id)}
 		g.fsm.OnLeasesRenewed = g.promoter.renewed
 		g.fsm.OnVolumeAdded = g.promoter.added
 		n.groups = append(n.groups, g)
@@ -137,7 +137,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	n.admin = &adminServer{node: n}
 	ballastpb.RegisterAdminServer(n.server, n.admin)
-	n.leases = newLeaseKeeper(n, cfg.Lease)
+	n.leases = newLeaseKeeper(n, cfg.Lease, cfg.LeaseClock)
 	ballastpb.RegisterBlockIOServer(n.server, &blockIOServer{node: n})
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)

@@ -13,6 +13,7 @@
 //
 // The state machine is deterministic and does no I/O beyond what raft hands
 // it, so it is tested without a cluster. It may import the standard
-// library, hashicorp/raft (for the FSM interface), proto/ballastpb, txn
-// and migrate (whose Attachment a volume record carries).
+// library, hashicorp/raft (for the FSM interface), proto/ballastpb, txn,
+// migrate (whose Attachment a volume record carries) and internal/clock
+// (the instants leases are measured in).
 package volume

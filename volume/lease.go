@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/internal/clock"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -36,6 +37,12 @@ import (
 //   - Promotion bumps the volume's epoch. Secondaries and sleds refuse
 //     writes of an older epoch, and the group refuses the deposed
 //     primary's next renewal, which tells it to step down for good.
+//
+// Every time here is an instant of package clock's boot clock, which
+// counts the time the machine was suspended: on a clock that stops during
+// a suspend (Go's monotonic clock), a primary resumed after its lease ran
+// out would count the lease as held while the group, whose clocks ran on,
+// has promoted another replica.
 //
 // These types do no I/O and read no clock: the caller passes the time in,
 // so tests drive them with a fake clock.
@@ -78,16 +85,16 @@ var ErrMoved = errors.New("volume: moved to another group")
 type PrimaryLease struct {
 	cfg        LeaseConfig
 	epoch      uint64
-	validUntil time.Time // zero: no lease yet
+	validUntil clock.Instant // zero: no lease yet
 	deposed    bool
 	nextID     uint64
-	inFlight   map[uint64]time.Time // renewal -> local time it was asked for
+	inFlight   map[uint64]clock.Instant // renewal -> local time it was asked for
 }
 
 // NewPrimaryLease starts a primary's lease at epoch with no time on it:
 // the primary acknowledges nothing until its first renewal is applied.
 func NewPrimaryLease(cfg LeaseConfig, epoch uint64) *PrimaryLease {
-	return &PrimaryLease{cfg: cfg, epoch: epoch, inFlight: map[uint64]time.Time{}}
+	return &PrimaryLease{cfg: cfg, epoch: epoch, inFlight: map[uint64]clock.Instant{}}
 }
 
 // Epoch is the epoch the lease is for.
@@ -95,7 +102,7 @@ func (l *PrimaryLease) Epoch() uint64 { return l.epoch }
 
 // StartRenewal records that a renewal is being proposed now and returns
 // its id, to pass to Renewed or Failed.
-func (l *PrimaryLease) StartRenewal(now time.Time) uint64 {
+func (l *PrimaryLease) StartRenewal(now clock.Instant) uint64 {
 	l.nextID++
 	l.inFlight[l.nextID] = now
 	return l.nextID
@@ -123,11 +130,11 @@ func (l *PrimaryLease) Failed(id uint64) { delete(l.inFlight, id) }
 func (l *PrimaryLease) Refused(id uint64) {
 	delete(l.inFlight, id)
 	l.deposed = true
-	l.validUntil = time.Time{}
+	l.validUntil = clock.Instant{}
 }
 
 // Valid says whether the primary may acknowledge a write at now.
-func (l *PrimaryLease) Valid(now time.Time) bool {
+func (l *PrimaryLease) Valid(now clock.Instant) bool {
 	return !l.deposed && now.Before(l.validUntil)
 }
 
@@ -139,17 +146,17 @@ func (l *PrimaryLease) Deposed() bool { return l.deposed }
 // memory: a new leader starts a new table.
 type LeaseTable struct {
 	cfg     LeaseConfig
-	since   time.Time // when this leader took office
-	renewed map[uint64]time.Time
+	since   clock.Instant // when this leader took office
+	renewed map[uint64]clock.Instant
 }
 
 // NewLeaseTable starts the table of a leader that took office at now.
-func NewLeaseTable(cfg LeaseConfig, now time.Time) *LeaseTable {
-	return &LeaseTable{cfg: cfg, since: now, renewed: map[uint64]time.Time{}}
+func NewLeaseTable(cfg LeaseConfig, now clock.Instant) *LeaseTable {
+	return &LeaseTable{cfg: cfg, since: now, renewed: map[uint64]clock.Instant{}}
 }
 
 // Renewed records that the leader saw a renewal of vol applied at now.
-func (t *LeaseTable) Renewed(vol uint64, now time.Time) {
+func (t *LeaseTable) Renewed(vol uint64, now clock.Instant) {
 	if now.After(t.renewed[vol]) {
 		t.renewed[vol] = now
 	}
@@ -157,11 +164,11 @@ func (t *LeaseTable) Renewed(vol uint64, now time.Time) {
 
 // Forget drops a volume (deleted, or promoted: the new primary's lease
 // starts from the promotion).
-func (t *LeaseTable) Forget(vol uint64, now time.Time) { t.renewed[vol] = now }
+func (t *LeaseTable) Forget(vol uint64, now clock.Instant) { t.renewed[vol] = now }
 
 // Expired says whether vol's primary's lease has surely run out at now,
 // so that another replica may be promoted.
-func (t *LeaseTable) Expired(vol uint64, now time.Time) bool {
+func (t *LeaseTable) Expired(vol uint64, now clock.Instant) bool {
 	last := t.since
 	if r := t.renewed[vol]; r.After(last) {
 		last = r

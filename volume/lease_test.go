@@ -8,12 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-storage/ballast/internal/clock"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
 var testLease = LeaseConfig{Duration: 3 * time.Second, Margin: 500 * time.Millisecond}
 
-var t0 = time.Unix(1_000_000, 0)
+var t0 = clock.Instant{}.Add(1_000_000 * time.Second)
 
 func TestPrimaryLease(t *testing.T) {
 	l := NewPrimaryLease(testLease, 4)
@@ -162,7 +163,7 @@ func simulateFailover(t *testing.T, seed int64) {
 	// 3 s lease.
 	rate := func() float64 { return 1 + (rng.Float64()-0.5)*0.1 }
 	primaryRate, leaderRate := rate(), rate()
-	local := func(real time.Duration, r float64) time.Time { return t0.Add(time.Duration(float64(real) * r)) }
+	local := func(real time.Duration, r float64) clock.Instant { return t0.Add(time.Duration(float64(real) * r)) }
 	pauses := rng.Intn(3) == 0
 	lossy := rng.Intn(3) == 0
 	leaderChanges := rng.Intn(2) == 0

@@ -22,7 +22,7 @@ const module = "github.com/ballast-storage/ballast"
 // Packages not listed may import nothing of the module; cmd/ and e2e may
 // import anything.
 var allowed = map[string][]string{
-	"volume":              {"proto/", "txn", "migrate"},
+	"volume":              {"proto/", "txn", "migrate", "internal/clock"},
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
