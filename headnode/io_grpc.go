@@ -170,6 +170,12 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 		delete(n.primaries, vol.Id)
 		go pv.Close()
 	}
+	// Sessions of the old primary end before this one commits anything.
+	// (Under n.mu: this waits for at most one batch, and only when a node
+	// takes a volume over.)
+	if err := n.repl.takeOver(vol.Id, vol.Epoch); err != nil {
+		return nil, fmt.Errorf("take over volume %s at epoch %d: %w", vol.Name, vol.Epoch, err)
+	}
 	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote, n.leases)
 	pv.gate = newAttachGate(n, vol, pv.log)
 	n.resumeCutHold(pv)

@@ -14,6 +14,15 @@ import (
 // replicationServer serves the secondary's side of replication: one stream
 // per (volume, primary session). A new session for a volume ends the old
 // one, so a volume is never applied from two streams at once.
+//
+// Sessions are fenced by epoch twice over: by the directory as this node
+// has applied it (the epoch, and this node a secondary), and by the
+// volume's durable epoch fence in the block store (EpochFence), raised by
+// every session accepted and by this node taking the volume over as its
+// primary (takeOver). The fence is what a node restarted with a directory
+// from before a promotion still knows, and raising it before ending the
+// sessions of older epochs is what keeps a deposed primary's batch from
+// landing beside the new primary's commits.
 type replicationServer struct {
 	ballastpb.UnimplementedReplicationServer
 	node *Node
@@ -23,10 +32,17 @@ type replicationServer struct {
 	// dropping holds the volumes whose copy is being dropped: no session
 	// may start on them until it is gone.
 	dropping map[uint64]bool
+
+	// testBeforeApply, if set, runs in a session after a batch passed
+	// the checks and before it is applied (tests only).
+	testBeforeApply func(volumeID uint64)
 }
 
 type replSession struct {
-	mu     sync.Mutex // held while a batch is applied
+	// mu is held while a batch is applied, and from the session's start
+	// until its hello is answered: whoever waits for it also waits for the
+	// session it superseded, whose batch in progress the hello waits for.
+	mu     sync.Mutex
 	cancel context.CancelFunc
 }
 
@@ -36,11 +52,20 @@ func refusal(st ballastpb.ReplicateStatus, format string, args ...any) *ballastp
 }
 
 // checkReplica says whether this node may apply writes of epoch to the
-// volume now. It is asked at the hello and again before every batch, since
-// the volume may be deleted, or its placement change, mid-session.
+// volume now. It is asked at the hello and again before every batch, under
+// the session's lock, since the volume may be deleted, or its placement or
+// epoch change, mid-session.
 func (s *replicationServer) checkReplica(volumeID, epoch uint64) *ballastpb.ReplicateReply {
 	vol, ok := s.node.volumeByID(volumeID)
+	fence, err := s.node.blocks.EpochFence(volumeID)
 	switch {
+	case err != nil:
+		return refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err)
+	case epoch < fence:
+		// Checked first: a node whose directory has not yet applied the
+		// promotion it served (after a restart) must still refuse.
+		return refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_STALE_EPOCH,
+			"stale epoch %d: head node %s has served or replicated volume %d at epoch %d", epoch, s.node.cfg.ID, volumeID, fence)
 	case !ok:
 		return refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_NO_SUCH_VOLUME, "volume id %d does not exist", volumeID)
 	case !slices.Contains(vol.Secondaries, s.node.cfg.ID):
@@ -65,9 +90,11 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	sess := &replSession{cancel: cancel}
+	sess.mu.Lock()
 	s.mu.Lock()
 	if s.dropping[volID] {
 		s.mu.Unlock()
+		sess.mu.Unlock()
 		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "the copy of volume %d on head node %s is being dropped; retry", volID, s.node.cfg.ID))
 	}
 	if s.active == nil {
@@ -90,7 +117,22 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 	}()
 
 	sv := &secondaryVolume{store: s.node.blocks, id: volID}
-	sess.mu.Lock()
+	// Asked again now that no earlier session can write: the volume may
+	// have been promoted, or taken over here, while this one waited.
+	if r := s.checkReplica(volID, hello.Epoch); r != nil {
+		sess.mu.Unlock()
+		return stream.Send(r)
+	}
+	if ctx.Err() != nil {
+		sess.mu.Unlock()
+		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "replication session of volume %d was superseded or ended", volID))
+	}
+	// From here on no session of an older epoch is accepted, even after
+	// a restart that forgets the directory's newer state for a while.
+	if err := s.node.blocks.RaiseEpochFence(volID, hello.Epoch); err != nil {
+		sess.mu.Unlock()
+		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
+	}
 	reply, err := sv.hello(hello)
 	sess.mu.Unlock()
 	if err != nil {
@@ -118,6 +160,9 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 			sess.mu.Unlock()
 			return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "replication session of volume %d was superseded or ended", volID))
 		}
+		if s.testBeforeApply != nil {
+			s.testBeforeApply(volID)
+		}
 		reply, err := sv.apply(req)
 		sess.mu.Unlock()
 		if err != nil {
@@ -143,6 +188,20 @@ func (s *replicationServer) endSessions(volumeID uint64) {
 		sess.mu.Lock()
 		sess.mu.Unlock()
 	}
+}
+
+// takeOver readies this node to commit to a volume as its primary at
+// epoch: it raises the volume's epoch fence, so that no session of an
+// older epoch starts or applies another batch, now or after a restart,
+// then ends the session running, if any, and waits for its batch in
+// progress. After it returns, nothing the old primary sends lands beside
+// this node's own commits.
+func (s *replicationServer) takeOver(volumeID, epoch uint64) error {
+	if err := s.node.blocks.RaiseEpochFence(volumeID, epoch); err != nil {
+		return err
+	}
+	s.endSessions(volumeID)
+	return nil
 }
 
 // dropUnlessReplica drops a volume's local copy if stale() still holds

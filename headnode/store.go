@@ -28,6 +28,8 @@ import (
 //	'G' | volume u64 | segment u64  -> Segment (protobuf): shards, sleds, live blocks
 //	'H' | volume u64 | segment u64  -> u64 per slot: the block each slot was written for
 //	'S' | volume u64                -> VolumeLogState (protobuf)
+//	'C' | volume u64 | 0            -> cut u64: the cut this node's primary holds writes for (cuthold.go)
+//	'E' | volume u64 | 0            -> epoch u64: the volume's epoch fence (EpochFence)
 //
 // All integers are big-endian so keys sort by volume, then seq, block or
 // segment. A block reads from its 'B' key if it has one (the log holds the
@@ -53,6 +55,7 @@ const (
 	prefixSegmentSlots = 'H'
 	prefixState        = 'S'
 	prefixCutHold      = 'C'
+	prefixEpochFence   = 'E'
 
 	versionBytes = 8
 	indexBytes   = 12
@@ -149,8 +152,13 @@ func decodeSlots(v []byte) ([]uint64, error) {
 type blockStore struct {
 	db *pebble.DB
 
-	mu    sync.Mutex
-	state map[uint64]*ballastpb.VolumeLogState // loaded lazily; guarded by mu
+	mu     sync.Mutex
+	state  map[uint64]*ballastpb.VolumeLogState // loaded lazily; guarded by mu
+	fences map[uint64]uint64                    // epoch fences loaded so far; guarded by mu
+
+	// fenceMu serialises the loads and raises of epoch fences, so that a
+	// load never caches a value older than a raise it raced with.
+	fenceMu sync.Mutex
 }
 
 // blockStoreOptions tunes pebble for what a head node stores: 4 KiB values
@@ -205,7 +213,7 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open block store %s: %w", dir, err)
 	}
-	return &blockStore{db: db, state: map[uint64]*ballastpb.VolumeLogState{}}, nil
+	return &blockStore{db: db, state: map[uint64]*ballastpb.VolumeLogState{}, fences: map[uint64]uint64{}}, nil
 }
 
 func (s *blockStore) Close() error {
@@ -688,4 +696,72 @@ func (s *blockStore) CutHold(vol uint64) (uint64, error) {
 		return 0, fmt.Errorf("%w: cut hold of volume %d is %d bytes", ErrCorrupt, vol, len(v))
 	}
 	return binary.BigEndian.Uint64(v), nil
+}
+
+// EpochFence returns the newest epoch at which this node has served the
+// volume as primary or accepted a replication session for it (0: none).
+// Writes of an older epoch come from a deposed primary and must be
+// refused. The fence is durable, so a node restarted with a directory
+// that has not yet replayed a promotion still refuses the old primary,
+// and it outlives DropVolume (a full sync begins with one), so a copy
+// dropped and made again never takes an older epoch's writes either.
+func (s *blockStore) EpochFence(vol uint64) (uint64, error) {
+	s.mu.Lock()
+	e, ok := s.fences[vol]
+	s.mu.Unlock()
+	if ok {
+		return e, nil
+	}
+	s.fenceMu.Lock()
+	defer s.fenceMu.Unlock()
+	return s.loadFenceLocked(vol)
+}
+
+// loadFenceLocked returns the volume's fence, reading it from the store
+// on first use; the caller holds fenceMu.
+func (s *blockStore) loadFenceLocked(vol uint64) (uint64, error) {
+	s.mu.Lock()
+	e, ok := s.fences[vol]
+	s.mu.Unlock()
+	if ok {
+		return e, nil
+	}
+	v, closer, err := s.db.Get(volKey(prefixEpochFence, vol, 0))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return 0, fmt.Errorf("read epoch fence of volume %d: %w", vol, err)
+	default:
+		n := len(v)
+		if n == 8 {
+			e = binary.BigEndian.Uint64(v)
+		}
+		closer.Close()
+		if n != 8 {
+			return 0, fmt.Errorf("%w: epoch fence of volume %d is %d bytes", ErrCorrupt, vol, n)
+		}
+	}
+	s.mu.Lock()
+	s.fences[vol] = e
+	s.mu.Unlock()
+	return e, nil
+}
+
+// RaiseEpochFence durably raises the volume's fence to epoch, if it is
+// lower. Once it returns, EpochFence reports at least epoch.
+func (s *blockStore) RaiseEpochFence(vol, epoch uint64) error {
+	s.fenceMu.Lock()
+	defer s.fenceMu.Unlock()
+	cur, err := s.loadFenceLocked(vol)
+	if err != nil || epoch <= cur {
+		return err
+	}
+	v := binary.BigEndian.AppendUint64(nil, epoch)
+	if err := s.db.Set(volKey(prefixEpochFence, vol, 0), v, pebble.Sync); err != nil {
+		return fmt.Errorf("raise epoch fence of volume %d to %d: %w", vol, epoch, err)
+	}
+	s.mu.Lock()
+	s.fences[vol] = epoch
+	s.mu.Unlock()
+	return nil
 }
