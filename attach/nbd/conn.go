@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/ballast-storage/ballast/internal/bufpool"
+	"github.com/ballast-storage/ballast/internal/inflight"
 )
 
 // The transmission phase of one connection.
@@ -58,7 +59,8 @@ type conn struct {
 	ctx    context.Context // canceled when the connection is torn down
 	cancel context.CancelFunc
 
-	budget  *budget
+	budget  *inflight.Limit // this connection's requests in flight
+	shared  *inflight.Limit // every connection's, or nil
 	workers sync.WaitGroup
 
 	wmu     sync.Mutex
@@ -147,8 +149,16 @@ func (c *conn) readLoop() error {
 		if errno == 0 && (req.Type == cmdRead || req.Type == cmdWrite) {
 			n = int(req.Length) // ≤ MaxBlockSize, checked above
 		}
-		if err := c.budget.acquire(c.ctx, n); err != nil {
+		// Nothing more is read from the socket until the request fits:
+		// its payload is not read, nor allocated, before then.
+		if err := c.budget.Acquire(c.ctx, int64(n)); err != nil {
 			return err
+		}
+		if c.shared != nil {
+			if err := c.shared.Acquire(c.ctx, int64(n)); err != nil {
+				c.budget.Release(int64(n))
+				return err
+			}
 		}
 		o := opPool.Get().(*op)
 		o.req, o.cost, o.errno, o.msg = req, n, errno, msg
@@ -264,7 +274,10 @@ func (c *conn) reply(o *op) {
 // release returns a request's budget and buffer once its reply is
 // written (or dropped).
 func (c *conn) release(o *op) {
-	c.budget.release(o.cost)
+	c.budget.Release(int64(o.cost))
+	if c.shared != nil {
+		c.shared.Release(int64(o.cost))
+	}
 	bufpool.Put(o.buf)
 	*o = op{}
 	opPool.Put(o)

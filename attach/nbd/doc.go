@@ -14,9 +14,8 @@
 //   - conn.go: the transmission phase of one connection: one reader, a
 //     bounded set of request workers, and replies batched into one writev
 //     by whichever worker finds nobody writing.
-//   - pool.go: payload buffers recycled by size class, and each
-//     connection's budget of requests and bytes in flight.
-//   - server.go: Server, Serve and Close: accepting connections and
+//   - server.go: Server, Serve and Close: accepting connections (up to
+//     Server.MaxConnections; more are refused during the handshake) and
 //     owning every goroutine the package starts.
 //
 // # What the server promises
@@ -42,11 +41,22 @@
 // (NO_HOLE passed on), DISC, and BLOCK_STATUS when base:allocation was
 // selected (every extent is reported allocated: flags 0). Requests on one
 // connection run concurrently (Server.MaxRequestsInFlight and
-// Server.MaxBytesInFlight bound them) and are answered in any order.
+// Server.MaxBytesInFlight bound them, and Server.Shared bounds every
+// connection's together) and are answered in any order. When a bound is
+// reached the connection stops reading from its socket until a reply
+// returns memory: a client that sends faster than the backend drains is
+// slowed by TCP, and the server never holds more than the bounds.
 // A request the server can answer with an error (out of range, unknown
 // command or flag, a READ over 32 MiB) gets the error and the connection
 // stays usable. A request whose framing cannot be trusted (bad magic, a
 // WRITE longer than 32 MiB) closes that connection, with a log line.
+//
+// Connections: at most Server.MaxConnections at once. One more is
+// refused during its handshake: every option but ABORT is answered
+// NBD_REP_ERR_POLICY with the reason ("too many NBD connections"),
+// EXPORT_NAME (which has no error reply) drops it, and it is counted
+// (Server.Stats) and logged. The connections already open are not
+// disturbed.
 //
 // Not implemented: TLS, EXTENDED_HEADERS (answered ERR_UNSUP), CACHE,
 // FAST_ZERO, RESIZE, read-only exports. Requests are not required to be
@@ -65,5 +75,6 @@
 //
 // # Imports
 //
-// The standard library, and attach/blockdev for the device it serves.
+// The standard library, attach/blockdev for the device it serves,
+// internal/bufpool and internal/inflight.
 package nbd

@@ -33,6 +33,7 @@ type negotiation struct {
 	r       *bufio.Reader
 	w       *bufio.Writer
 	log     *slog.Logger
+	refuse  string // if set, every option is refused with this reason
 
 	noZeroes     bool   // the client set NBD_FLAG_C_NO_ZEROES
 	structured   bool   // NBD_OPT_STRUCTURED_REPLY was acknowledged
@@ -45,9 +46,11 @@ type negotiation struct {
 
 // negotiate runs the handshake. It returns the session to serve, or
 // errAborted if the client sent NBD_OPT_ABORT, or another error if the
-// connection must be dropped. ctx bounds the calls to exports.
-func negotiate(ctx context.Context, r *bufio.Reader, w *bufio.Writer, exports Exports, cfg config, log *slog.Logger) (*session, error) {
-	n := &negotiation{exports: exports, cfg: cfg, r: r, w: w, log: log}
+// connection must be dropped. ctx bounds the calls to exports. A non-empty
+// refuse answers every option but ABORT with NBD_REP_ERR_POLICY and that
+// reason, so no session ever starts.
+func negotiate(ctx context.Context, r *bufio.Reader, w *bufio.Writer, exports Exports, cfg config, log *slog.Logger, refuse string) (*session, error) {
+	n := &negotiation{exports: exports, cfg: cfg, r: r, w: w, log: log, refuse: refuse}
 	return n.run(ctx)
 }
 
@@ -131,6 +134,13 @@ func (n *negotiation) readData(length int) ([]byte, error) {
 // starts, errAborted on ABORT, or an error that drops the connection.
 // Write errors are left in the bufio.Writer and surface at the flush.
 func (n *negotiation) handle(ctx context.Context, opt uint32, data []byte) (*session, error) {
+	if n.refuse != "" && opt != optAbort {
+		if opt == optExportName {
+			return nil, fmt.Errorf("nbd: EXPORT_NAME refused: %s", n.refuse)
+		}
+		n.replyError(opt, repErrPolicy, n.refuse)
+		return nil, nil
+	}
 	switch opt {
 	case optExportName:
 		return n.exportName(ctx, data)

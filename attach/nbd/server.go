@@ -9,7 +9,10 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/ballast-storage/ballast/internal/inflight"
 )
 
 // Defaults for a Server's zero fields.
@@ -19,6 +22,14 @@ const (
 	DefaultMaxOptionBytes      = 64 << 10
 	DefaultMaxRequestsInFlight = 128
 	DefaultMaxBytesInFlight    = 64 << 20
+	DefaultMaxConnections      = 256
+
+	// maxRefusing bounds the connections being refused at once (each
+	// gets a short handshake that says why); beyond it, the excess is
+	// closed at once.
+	maxRefusing = 16
+	// refuseTimeout bounds the handshake of a refused connection.
+	refuseTimeout = 5 * time.Second
 )
 
 // Server serves exports over NBD. Set its fields before calling Serve and
@@ -45,12 +56,27 @@ type Server struct {
 	// requests (DefaultMaxBytesInFlight). A single larger request is
 	// admitted alone.
 	MaxBytesInFlight int
+	// MaxConnections bounds the connections open at once, in handshake or
+	// transmission (DefaultMaxConnections). One more is refused during
+	// its handshake with NBD_REP_ERR_POLICY and a message, and counted
+	// in Stats.
+	MaxConnections int
+	// Shared, if set, bounds the requests and payload bytes in flight of
+	// every connection together (and whatever else shares it: the agent
+	// shares one with its NVMe/TCP target). Its byte bound must be at
+	// least MaxBlockSize.
+	Shared *inflight.Limit
+
+	refused  atomic.Uint64
+	lastWarn atomic.Int64 // unix nanoseconds of the last refusal logged
 
 	mu struct {
 		sync.Mutex
 		closed    bool
 		listeners map[net.Listener]struct{}
 		conns     map[*serverConn]struct{}
+		admitted  int // connections served (in handshake or transmission)
+		refusing  int // connections being refused
 	}
 	// wg counts every goroutine the server starts: Serve loops and
 	// connections (each of which waits for its own workers and writer).
@@ -70,6 +96,7 @@ type config struct {
 	maxOptionBytes   int
 	maxRequests      int
 	maxBytes         int
+	maxConns         int
 }
 
 func (s *Server) config() (config, error) {
@@ -80,14 +107,17 @@ func (s *Server) config() (config, error) {
 		maxOptionBytes:   s.MaxOptionBytes,
 		maxRequests:      s.MaxRequestsInFlight,
 		maxBytes:         s.MaxBytesInFlight,
+		maxConns:         s.MaxConnections,
 	}
 	switch {
 	case s.Exports == nil:
 		return c, errors.New("nbd: Server.Exports is nil")
-	case c.handshakeTimeout < 0, c.maxOptions < 0, c.maxOptionBytes < 0, c.maxRequests < 0, c.maxBytes < 0:
+	case c.handshakeTimeout < 0, c.maxOptions < 0, c.maxOptionBytes < 0, c.maxRequests < 0, c.maxBytes < 0, c.maxConns < 0:
 		return c, errors.New("nbd: negative Server limit")
 	case c.maxOptionBytes > maxDiscardOptionBytes:
 		return c, fmt.Errorf("nbd: Server.MaxOptionBytes %d above %d", c.maxOptionBytes, maxDiscardOptionBytes)
+	case s.Shared != nil && s.Shared.Stats().MaxBytes > 0 && s.Shared.Stats().MaxBytes < MaxBlockSize:
+		return c, fmt.Errorf("nbd: Server.Shared bounds %d bytes, below one request of %d", s.Shared.Stats().MaxBytes, MaxBlockSize)
 	}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -106,6 +136,9 @@ func (s *Server) config() (config, error) {
 	}
 	if c.maxBytes == 0 {
 		c.maxBytes = DefaultMaxBytesInFlight
+	}
+	if c.maxConns == 0 {
+		c.maxConns = DefaultMaxConnections
 	}
 	return c, nil
 }
@@ -192,7 +225,8 @@ func (s *Server) closed() bool {
 	return s.mu.closed
 }
 
-// startConn starts a connection's goroutine, unless the server is closed.
+// startConn starts a connection's goroutine, unless the server is closed:
+// one that serves it, or, past MaxConnections, one that refuses it.
 func (s *Server) startConn(ctx context.Context, nc net.Conn, cfg config, conns *sync.WaitGroup) bool {
 	ctx, cancel := context.WithCancel(ctx)
 	sc := &serverConn{cancel: cancel}
@@ -201,6 +235,20 @@ func (s *Server) startConn(ctx context.Context, nc net.Conn, cfg config, conns *
 		s.mu.Unlock()
 		cancel()
 		return false
+	}
+	refuse := s.mu.admitted >= cfg.maxConns
+	if refuse && s.mu.refusing >= maxRefusing {
+		// A flood: no handshake for this one.
+		s.mu.Unlock()
+		cancel()
+		s.noteRefused(cfg, nc, "closed without a handshake")
+		_ = nc.Close()
+		return true
+	}
+	if refuse {
+		s.mu.refusing++
+	} else {
+		s.mu.admitted++
 	}
 	s.mu.conns[sc] = struct{}{}
 	s.wg.Add(1)
@@ -211,13 +259,72 @@ func (s *Server) startConn(ctx context.Context, nc net.Conn, cfg config, conns *
 			cancel()
 			s.mu.Lock()
 			delete(s.mu.conns, sc)
+			if refuse {
+				s.mu.refusing--
+			} else {
+				s.mu.admitted--
+			}
 			s.mu.Unlock()
 			conns.Done()
 			s.wg.Done()
 		}()
+		if refuse {
+			s.noteRefused(cfg, nc, "refused in the handshake")
+			s.refuseConn(ctx, nc, cfg)
+			return
+		}
 		s.serveConn(ctx, cancel, nc, cfg)
 	}()
 	return true
+}
+
+// noteRefused counts a refused connection and logs it, at most once a
+// second so that a client retrying in a loop does not flood the log.
+func (s *Server) noteRefused(cfg config, nc net.Conn, how string) {
+	total := s.refused.Add(1)
+	now := time.Now().UnixNano()
+	last := s.lastWarn.Load()
+	if now-last < int64(time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	remote := ""
+	if a := nc.RemoteAddr(); a != nil {
+		remote = a.String()
+	}
+	cfg.log.Warn("NBD connection refused: too many connections", "remote", remote,
+		"limit", cfg.maxConns, "how", how, "refused_total", total)
+}
+
+// refuseConn answers a connection over MaxConnections: a handshake in
+// which every option is refused with the reason, under a short deadline.
+func (s *Server) refuseConn(ctx context.Context, nc net.Conn, cfg config) {
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
+	defer stop()
+	defer nc.Close()
+	deadline := time.Now().Add(min(cfg.handshakeTimeout, refuseTimeout))
+	_ = nc.SetDeadline(deadline)
+	br := bufio.NewReaderSize(nc, 4096)
+	bw := bufio.NewWriterSize(nc, 4096)
+	reason := fmt.Sprintf("too many NBD connections to this server (limit %d); try again later", cfg.maxConns)
+	hctx, hcancel := context.WithDeadline(ctx, deadline)
+	defer hcancel()
+	_, err := negotiate(hctx, br, bw, s.Exports, cfg, cfg.log, reason)
+	cfg.log.Debug("NBD refused connection closed", "err", err)
+}
+
+// Stats are a server's counters.
+type Stats struct {
+	// Connections is how many connections are being served now.
+	Connections int
+	// Refused counts the connections refused for MaxConnections.
+	Refused uint64
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{Connections: s.mu.admitted, Refused: s.refused.Load()}
 }
 
 // Close stops every Serve, closes every connection (requests in flight
@@ -256,7 +363,7 @@ func (s *Server) serveConn(ctx context.Context, cancel context.CancelFunc, nc ne
 	deadline := time.Now().Add(cfg.handshakeTimeout)
 	_ = nc.SetDeadline(deadline)
 	hctx, hcancel := context.WithDeadline(ctx, deadline)
-	sess, err := negotiate(hctx, br, bw, s.Exports, cfg, log)
+	sess, err := negotiate(hctx, br, bw, s.Exports, cfg, log, "")
 	hcancel()
 	if err != nil {
 		logHandshakeError(ctx, log, err)
@@ -277,7 +384,8 @@ func (s *Server) serveConn(ctx context.Context, cancel context.CancelFunc, nc ne
 		st:      sess.state,
 		ctx:     ctx,
 		cancel:  cancel,
-		budget:  newBudget(cfg.maxRequests, cfg.maxBytes),
+		budget:  inflight.New(cfg.maxRequests, int64(cfg.maxBytes)),
+		shared:  s.Shared,
 	}
 	c.serve()
 }
