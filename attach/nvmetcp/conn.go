@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ballast-storage/ballast/internal/bufpool"
+	"github.com/ballast-storage/ballast/internal/inflight"
 )
 
 // One connection: one queue (admin or I/O) of one controller.
@@ -79,6 +80,9 @@ type conn struct {
 	br   *bufio.Reader
 	port *port
 	log  *slog.Logger
+	// refuse, if set, is why this connection is over the target's limit:
+	// its Connect is answered Controller Busy and it is closed.
+	refuse string
 
 	ctx    context.Context // canceled when the connection is torn down
 	cancel context.CancelFunc
@@ -96,7 +100,8 @@ type conn struct {
 	sqhd    atomic.Uint32
 	adminCh chan *op
 
-	budget  *budget
+	budget  *inflight.Limit // this connection's data bytes in flight
+	shared  *inflight.Limit // every connection's, or nil
 	workers sync.WaitGroup
 
 	mu struct {
@@ -120,7 +125,8 @@ func newConn(t *Target, nc net.Conn, p *port, cfg config) *conn {
 		t: t, cfg: cfg, nc: nc, port: p,
 		br:       bufio.NewReaderSize(nc, readBufferSize),
 		log:      cfg.log,
-		budget:   newBudget(cfg.maxBytes),
+		budget:   inflight.New(0, int64(cfg.maxBytes)),
+		shared:   t.Shared,
 		readDone: make(chan struct{}),
 	}
 	if a := nc.RemoteAddr(); a != nil {
@@ -148,6 +154,10 @@ func (e *protocolError) Error() string { return e.fe.Error() }
 
 var errHostTerminated = errors.New("nvmetcp: host sent H2CTermReq")
 
+// errRefused ends a connection over the target's limit once its Connect
+// is answered.
+var errRefused = errors.New("nvmetcp: connection refused: too many connections")
+
 // serve runs the connection until the host leaves, breaks the protocol,
 // or ctx ends.
 func (c *conn) serve() {
@@ -163,6 +173,8 @@ func (c *conn) serve() {
 	case errors.As(err, &perr):
 		c.log.Warn("NVMe/TCP connection terminated: protocol violation", "reason", perr.fe.msg, "fes", perr.fe.fes)
 		c.terminate(perr)
+	case errors.Is(err, errRefused):
+		c.log.Debug("NVMe/TCP refused connection closed", "reason", c.refuse)
 	case errors.Is(err, errHostTerminated):
 		c.log.Warn("NVMe/TCP host terminated the connection", "err", err)
 		c.abort()
@@ -207,7 +219,11 @@ func (c *conn) terminate(perr *protocolError) {
 
 // readLoop does the IC exchange and reads PDUs until an error.
 func (c *conn) readLoop() error {
-	_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.connectTimeout))
+	timeout := c.cfg.connectTimeout
+	if c.refuse != "" {
+		timeout = min(timeout, refuseTimeout)
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
 	if err := c.initialize(); err != nil {
 		return err
 	}
@@ -312,6 +328,9 @@ func (c *conn) readCapsule(f frame, hdr []byte) error {
 	c.mu.Unlock()
 	if c.ctrl == nil {
 		c.connect(o)
+		if c.refuse != "" {
+			return errRefused
+		}
 		return nil
 	}
 	if c.entries > 0 {
@@ -397,6 +416,11 @@ func (c *conn) connect(o *op) {
 	st := c.checkCommon(o)
 	if st.OK() && (o.cmd.Opcode != opFabrics || o.cmd.fctype() != fctConnect) {
 		st = statusCmdSeqError
+	}
+	if st.OK() && c.refuse != "" {
+		// Busy, not DNR: the host may try again once a queue is gone.
+		c.log.Info("NVMe/TCP Connect refused", "reason", c.refuse)
+		st = statusConnectControllerBusy
 	}
 	if st.OK() {
 		st = c.t.connect(c, o)
@@ -561,8 +585,14 @@ func (c *conn) allocData(o *op, n int) ([]byte, Status) {
 	if n == 0 {
 		return nil, statusSuccess
 	}
-	if err := c.budget.acquire(c.ctx, n); err != nil {
+	if err := c.budget.Acquire(c.ctx, int64(n)); err != nil {
 		return nil, statusAbortSQDeleted
+	}
+	if c.shared != nil {
+		if err := c.shared.Acquire(c.ctx, int64(n)); err != nil {
+			c.budget.Release(int64(n))
+			return nil, statusAbortSQDeleted
+		}
 	}
 	o.cost = n
 	o.xferBuf = bufpool.Get(n)
@@ -658,7 +688,12 @@ func (c *conn) finish(o *op) {
 		}
 		c.mu.Unlock()
 	}
-	c.budget.release(o.cost)
+	if o.cost > 0 {
+		c.budget.Release(int64(o.cost))
+		if c.shared != nil {
+			c.shared.Release(int64(o.cost))
+		}
+	}
 	bufpool.Put(o.capBuf)
 	bufpool.Put(o.xferBuf)
 	c.mu.Lock()

@@ -20,9 +20,8 @@
 //     admin commands, features, keep-alive, asynchronous events, and the
 //     controller's life; io.go: the NVM I/O commands.
 //   - target.go: Target (its configuration), Serve and ServeDiscovery,
-//     Close, controller IDs and the discovery log.
-//   - pool.go: data buffers recycled by size class, and each
-//     connection's budget of bytes in flight.
+//     Close, the bound on connections, controller IDs and the discovery
+//     log.
 //   - host.go: a minimal host (initiator) for tests, end-to-end tests and
 //     load generators.
 //
@@ -35,6 +34,16 @@
 // commands) or by one R2T for the whole transfer; reads answer with one
 // C2HData PDU and then a CapsuleResp. Each queue is one connection and
 // admits the entries its Connect asked for (at most Target.MaxQueueSize).
+//
+// Limits: each connection's data buffers in flight are bounded
+// (Target.MaxBytesInFlight), and Target.Shared bounds every connection's
+// together; a command that does not fit waits for memory to be returned
+// before its R2T is sent or its read is run, so a host is slowed, never
+// allowed to grow the target's memory. At most Target.MaxConnections
+// connections are served at once; one more gets its ICResp, then its
+// Connect is answered Connect Controller Busy (status 0x181, retry
+// allowed) and the connection is closed, counted (Target.Stats) and
+// logged. The connections already open are not disturbed.
 //
 // Controllers: the dynamic model (admin Connect with CNTLID 0xFFFF gets a
 // fresh ID); I/O Connects must name that ID with the admin queue's host
@@ -89,5 +98,6 @@
 //
 // # Imports
 //
-// The standard library, and attach/blockdev for the devices it serves.
+// The standard library, attach/blockdev for the devices it serves,
+// internal/bufpool and internal/inflight.
 package nvmetcp

@@ -84,6 +84,7 @@ var (
 	statusInvalidLogPage               = mkStatus(sctCommandSpecific, 0x09, true)
 	statusFeatureNotSaveable           = mkStatus(sctCommandSpecific, 0x0D, true)
 	statusConnectIncompatFormat        = mkStatus(sctCommandSpecific, 0x80, true)
+	statusConnectControllerBusy        = mkStatus(sctCommandSpecific, 0x81, false)
 	statusConnectInvalidParam          = mkStatus(sctCommandSpecific, 0x82, true)
 	statusConnectInvalidHost           = mkStatus(sctCommandSpecific, 0x84, true)
 	statusAccessDenied                 = mkStatus(sctMedia, 0x86, true)

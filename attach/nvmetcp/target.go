@@ -12,9 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ballast-storage/ballast/attach/blockdev"
+	"github.com/ballast-storage/ballast/internal/inflight"
 )
 
 // Defaults for a Target's zero fields.
@@ -26,11 +28,21 @@ const (
 	DefaultMaxTransferBytes   = 1 << 20
 	DefaultMaxBytesInFlight   = 64 << 20
 	DefaultConnectTimeout     = 30 * time.Second
+	DefaultMaxConnections     = 128
 	adminInCapsuleBytes       = 8192 // Linux sends fabrics and admin data up to 8 KiB in the capsule
 	minQueueSize              = 32   // the admin queue of Linux has 32 entries
 	maxQueueSize              = 1024
 	maxPendingEvents          = 16
 	aerLimit                  = 4 // AERL + 1
+)
+
+const (
+	// maxRefusing bounds the connections being refused at once (each
+	// gets an IC exchange and a Connect that says busy); beyond it, the
+	// excess is closed at once.
+	maxRefusing = 16
+	// refuseTimeout bounds a refused connection's IC exchange and Connect.
+	refuseTimeout = 5 * time.Second
 )
 
 // Namespace is the namespace behind one subsystem: a block device and its
@@ -98,6 +110,19 @@ type Target struct {
 	// ConnectTimeout bounds the time from accepting a connection to its
 	// Connect command being answered (DefaultConnectTimeout).
 	ConnectTimeout time.Duration
+	// MaxConnections bounds the connections (queues: admin, I/O and
+	// discovery) open at once over every port (DefaultMaxConnections).
+	// One more gets its ICResp, then its Connect is refused with
+	// Controller Busy and the connection closed; it is counted in Stats.
+	MaxConnections int
+	// Shared, if set, bounds the data buffers in flight of every
+	// connection together (and whatever else shares it: the agent shares
+	// one with its NBD server). Its byte bound must be at least
+	// MaxTransferBytes.
+	Shared *inflight.Limit
+
+	refused  atomic.Uint64
+	lastWarn atomic.Int64 // unix nanoseconds of the last refusal logged
 
 	mu struct {
 		sync.Mutex
@@ -108,6 +133,8 @@ type Target struct {
 		nextCntlid uint16
 		genctr     uint64
 		lastLog    uint64 // hash of the last discovery log's records
+		admitted   int    // connections served
+		refusing   int    // connections being refused
 	}
 	wg sync.WaitGroup
 }
@@ -130,6 +157,7 @@ type config struct {
 	maxTransfer    int
 	mdts           uint8
 	maxBytes       int
+	maxConns       int
 	connectTimeout time.Duration
 }
 
@@ -141,6 +169,7 @@ func (t *Target) config() (config, error) {
 		inCapsule:      orDefault(t.InCapsuleDataBytes, DefaultInCapsuleDataBytes),
 		maxTransfer:    orDefault(t.MaxTransferBytes, DefaultMaxTransferBytes),
 		maxBytes:       orDefault(t.MaxBytesInFlight, DefaultMaxBytesInFlight),
+		maxConns:       orDefault(t.MaxConnections, DefaultMaxConnections),
 		connectTimeout: t.ConnectTimeout,
 	}
 	if c.log == nil {
@@ -168,8 +197,10 @@ func (t *Target) config() (config, error) {
 		return c, fmt.Errorf("nvmetcp: Target.InCapsuleDataBytes %d: want a multiple of 16 up to 1 MiB", c.inCapsule)
 	case c.maxTransfer < 4096 || c.maxTransfer > 32<<20 || c.maxTransfer&(c.maxTransfer-1) != 0:
 		return c, fmt.Errorf("nvmetcp: Target.MaxTransferBytes %d: want a power of two from 4 KiB to 32 MiB", c.maxTransfer)
-	case c.maxBytes < 0 || c.connectTimeout < 0:
+	case c.maxBytes < 0 || c.connectTimeout < 0 || c.maxConns < 0:
 		return c, errors.New("nvmetcp: negative Target limit")
+	case t.Shared != nil && t.Shared.Stats().MaxBytes > 0 && t.Shared.Stats().MaxBytes < int64(c.maxTransfer):
+		return c, fmt.Errorf("nvmetcp: Target.Shared bounds %d bytes, below one transfer of %d", t.Shared.Stats().MaxBytes, c.maxTransfer)
 	}
 	c.mdts = uint8(bits.Len(uint(c.maxTransfer/4096)) - 1)
 	return c, nil
@@ -268,6 +299,8 @@ func (t *Target) closed() bool {
 	return t.mu.closed
 }
 
+// startConn starts a connection's goroutine, unless the target is closed:
+// one that serves it, or, past MaxConnections, one that refuses it.
 func (t *Target) startConn(ctx context.Context, nc net.Conn, p *port, cfg config, conns *sync.WaitGroup) bool {
 	c := newConn(t, nc, p, cfg)
 	ctx, cancel := context.WithCancel(ctx)
@@ -278,6 +311,21 @@ func (t *Target) startConn(ctx context.Context, nc net.Conn, p *port, cfg config
 		cancel()
 		return false
 	}
+	refuse := t.mu.admitted >= cfg.maxConns
+	if refuse && t.mu.refusing >= maxRefusing {
+		// A flood: no IC exchange for this one.
+		t.mu.Unlock()
+		cancel()
+		t.noteRefused(cfg, nc, "closed before the IC exchange")
+		_ = nc.Close()
+		return true
+	}
+	if refuse {
+		t.mu.refusing++
+		c.refuse = fmt.Sprintf("too many NVMe/TCP connections to this target (limit %d)", cfg.maxConns)
+	} else {
+		t.mu.admitted++
+	}
 	t.mu.conns[c] = struct{}{}
 	t.wg.Add(1)
 	conns.Add(1)
@@ -287,13 +335,53 @@ func (t *Target) startConn(ctx context.Context, nc net.Conn, p *port, cfg config
 			cancel()
 			t.mu.Lock()
 			delete(t.mu.conns, c)
+			if refuse {
+				t.mu.refusing--
+			} else {
+				t.mu.admitted--
+			}
 			t.mu.Unlock()
 			conns.Done()
 			t.wg.Done()
 		}()
+		if refuse {
+			t.noteRefused(cfg, nc, "Connect refused with Controller Busy")
+		}
 		c.serve()
 	}()
 	return true
+}
+
+// noteRefused counts a refused connection and logs it, at most once a
+// second so that a host retrying in a loop does not flood the log.
+func (t *Target) noteRefused(cfg config, nc net.Conn, how string) {
+	total := t.refused.Add(1)
+	now := time.Now().UnixNano()
+	last := t.lastWarn.Load()
+	if now-last < int64(time.Second) || !t.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	remote := ""
+	if a := nc.RemoteAddr(); a != nil {
+		remote = a.String()
+	}
+	cfg.log.Warn("NVMe/TCP connection refused: too many connections", "remote", remote,
+		"limit", cfg.maxConns, "how", how, "refused_total", total)
+}
+
+// Stats are a target's counters.
+type Stats struct {
+	// Connections is how many connections (queues) are being served now.
+	Connections int
+	// Refused counts the connections refused for MaxConnections.
+	Refused uint64
+}
+
+// Stats returns the target's counters.
+func (t *Target) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return Stats{Connections: t.mu.admitted, Refused: t.refused.Load()}
 }
 
 // Close stops every Serve, closes every connection and controller, and
