@@ -51,6 +51,8 @@ type Config struct {
 	LeaderWaitTimeout time.Duration
 	// BlockCacheBytes sizes the block store's read cache (0: 256 MiB).
 	BlockCacheBytes int64
+	// IO bounds the block I/O held for agents' streams.
+	IO IOConfig
 	// Storage configures segments on the sleds: erasure coding, flush,
 	// compaction, rebuild.
 	Storage StorageConfig
@@ -80,6 +82,7 @@ func (c *Config) EnsureDefaults() {
 		c.Logger = slog.Default()
 	}
 	c.Storage.EnsureDefaults()
+	c.IO.EnsureDefaults()
 }
 
 // Validate reports the first problem with the configuration.
@@ -107,6 +110,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("headnode config: this node %q is not among the peers", c.ID)
 	}
 	if err := c.Lease.Validate(); err != nil {
+		return err
+	}
+	if err := c.IO.Validate(); err != nil {
 		return err
 	}
 	return c.Storage.Validate()

@@ -5,17 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 
+	"github.com/ballast-storage/ballast/internal/inflight"
 	"github.com/ballast-storage/ballast/migrate"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
 
 const (
-	// maxInFlightPerStream bounds the requests one client stream may have
-	// running at once; the stream stops reading beyond it.
-	maxInFlightPerStream = 128
 	// maxRequestBytes bounds a read or write (the NBD maximum we advertise).
 	maxRequestBytes = 32 << 20
 	// removeChunkBytes splits trims and zeroes so that no single record or
@@ -23,18 +22,134 @@ const (
 	removeChunkBytes = 256 << 20
 )
 
+// IOConfig bounds the block I/O the head node holds for agents' streams.
+// A request counts from the moment it is received until its reply is
+// sent: a write for its data, a read for the data it returns. When a
+// bound is reached the stream stops receiving, and gRPC's flow control
+// stops the agent from sending; nothing is buffered beyond the bounds
+// but one received request per stream, waiting for room. A message
+// larger than rpc.MaxMessageBytes is refused by gRPC before it is read.
+type IOConfig struct {
+	// StreamMaxRequests bounds one stream's requests in flight (128).
+	StreamMaxRequests int
+	// StreamMaxBytes bounds one stream's bytes in flight (64 MiB).
+	StreamMaxBytes int64
+	// NodeMaxRequests bounds every stream's requests in flight together
+	// (4096).
+	NodeMaxRequests int
+	// NodeMaxBytes bounds every stream's bytes in flight together (1 GiB).
+	NodeMaxBytes int64
+}
+
+// Defaults of IOConfig.
+const (
+	DefaultIOStreamMaxRequests = 128
+	DefaultIOStreamMaxBytes    = 64 << 20
+	DefaultIONodeMaxRequests   = 4096
+	DefaultIONodeMaxBytes      = 1 << 30
+)
+
+// EnsureDefaults fills zero fields with their defaults.
+func (c *IOConfig) EnsureDefaults() {
+	if c.StreamMaxRequests == 0 {
+		c.StreamMaxRequests = DefaultIOStreamMaxRequests
+	}
+	if c.StreamMaxBytes == 0 {
+		c.StreamMaxBytes = DefaultIOStreamMaxBytes
+	}
+	if c.NodeMaxRequests == 0 {
+		c.NodeMaxRequests = DefaultIONodeMaxRequests
+	}
+	if c.NodeMaxBytes == 0 {
+		c.NodeMaxBytes = DefaultIONodeMaxBytes
+	}
+}
+
+// Validate reports the first problem: every bound must admit at least one
+// request of the largest size.
+func (c *IOConfig) Validate() error {
+	switch {
+	case c.StreamMaxRequests < 1 || c.NodeMaxRequests < c.StreamMaxRequests:
+		return fmt.Errorf("headnode config: I/O requests in flight: %d a stream, %d a node: want 1 <= stream <= node", c.StreamMaxRequests, c.NodeMaxRequests)
+	case c.StreamMaxBytes < maxRequestBytes || c.NodeMaxBytes < c.StreamMaxBytes:
+		return fmt.Errorf("headnode config: I/O bytes in flight: %d a stream, %d a node: want %d <= stream <= node", c.StreamMaxBytes, c.NodeMaxBytes, maxRequestBytes)
+	}
+	return nil
+}
+
+// IOStats are the counters of the head node's block I/O from agents.
+type IOStats struct {
+	// Node is every stream's requests in flight together.
+	Node inflight.Stats
+	// WaitingBytes is the data of requests received but not yet admitted
+	// (at most one a stream), which the bounds do not count.
+	WaitingBytes int64
+	// PeakHeldBytes is the most ever held at once: admitted and waiting.
+	PeakHeldBytes int64
+}
+
 // blockIOServer serves BlockIO for the volumes this head node is primary of.
 type blockIOServer struct {
 	ballastpb.UnimplementedBlockIOServer
-	node *Node
+	cfg    IOConfig
+	log    *slog.Logger
+	handle func(context.Context, *ballastpb.IORequest) *ballastpb.IOReply
+	node   *inflight.Limit // every stream's requests together
+
+	mu struct {
+		sync.Mutex
+		waiting  int64
+		peakHeld int64
+	}
 }
 
+func newBlockIOServer(cfg IOConfig, log *slog.Logger, handle func(context.Context, *ballastpb.IORequest) *ballastpb.IOReply) *blockIOServer {
+	return &blockIOServer{cfg: cfg, log: log, handle: handle, node: inflight.New(cfg.NodeMaxRequests, cfg.NodeMaxBytes)}
+}
+
+// IOStats returns the counters of the block I/O from agents.
+func (n *Node) IOStats() IOStats { return n.io.stats() }
+
+func (s *blockIOServer) stats() IOStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return IOStats{Node: s.node.Stats(), WaitingBytes: s.mu.waiting, PeakHeldBytes: s.mu.peakHeld}
+}
+
+// wait notes n bytes received and waiting for admission (or, negative,
+// no longer waiting).
+func (s *blockIOServer) wait(n int64) {
+	s.mu.Lock()
+	s.mu.waiting += n
+	if n > 0 {
+		s.mu.peakHeld = max(s.mu.peakHeld, s.mu.waiting+s.node.Stats().Bytes)
+	}
+	s.mu.Unlock()
+}
+
+// ioCost is the data a request holds while in flight: a write's payload,
+// or the buffer a read returns (none for a read refused as too large).
+func ioCost(req *ballastpb.IORequest) int64 {
+	switch req.Op {
+	case ballastpb.IOOp_IO_OP_WRITE:
+		return int64(len(req.Data))
+	case ballastpb.IOOp_IO_OP_READ:
+		if req.Length <= maxRequestBytes {
+			return int64(req.Length)
+		}
+	}
+	return 0
+}
+
+// IO serves one agent's stream. It receives a request only once the one
+// before is admitted under the stream's and the node's bounds; while it
+// waits, gRPC's flow control holds the agent back.
 func (s *blockIOServer) IO(stream ballastpb.BlockIO_IOServer) error {
 	ctx := stream.Context()
 	var sendMu sync.Mutex
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	sem := make(chan struct{}, maxInFlightPerStream)
+	own := inflight.New(s.cfg.StreamMaxRequests, s.cfg.StreamMaxBytes)
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -43,21 +158,30 @@ func (s *blockIOServer) IO(stream ballastpb.BlockIO_IOServer) error {
 		if err != nil {
 			return err
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
+		cost := ioCost(req)
+		s.wait(cost)
+		err = own.Acquire(ctx, cost)
+		if err == nil {
+			if err = s.node.Acquire(ctx, cost); err != nil {
+				own.Release(cost)
+			}
+		}
+		s.wait(-cost)
+		if err != nil {
+			return err
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
-			reply := s.node.serveIO(ctx, req)
+			reply := s.handle(ctx, req)
 			sendMu.Lock()
 			err := stream.Send(reply)
 			sendMu.Unlock()
+			// The reply's data is gRPC's now, or dropped.
+			s.node.Release(cost)
+			own.Release(cost)
 			if err != nil {
-				s.node.log.Debug("io: send reply", "err", err)
+				s.log.Debug("io: send reply", "err", err)
 			}
 		}()
 	}

@@ -38,6 +38,7 @@ type Node struct {
 	pool      rpc.Pool
 	drops     chan uint64
 	repl      *replicationServer
+	io        *blockIOServer
 	admin     *adminServer
 	leases    *leaseKeeper
 	remote    *remoteIO
@@ -138,7 +139,8 @@ func Start(cfg Config) (_ *Node, err error) {
 	n.admin = &adminServer{node: n}
 	ballastpb.RegisterAdminServer(n.server, n.admin)
 	n.leases = newLeaseKeeper(n, cfg.Lease, cfg.LeaseClock)
-	ballastpb.RegisterBlockIOServer(n.server, &blockIOServer{node: n})
+	n.io = newBlockIOServer(cfg.IO, n.log, n.serveIO)
+	ballastpb.RegisterBlockIOServer(n.server, n.io)
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
 	for _, g := range n.groups {
