@@ -18,6 +18,7 @@ import (
 	"github.com/ballast-storage/ballast/attach/blockdev"
 	"github.com/ballast-storage/ballast/attach/nbd"
 	"github.com/ballast-storage/ballast/attach/nvmetcp"
+	"github.com/ballast-storage/ballast/internal/inflight"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -39,8 +40,67 @@ type AgentConfig struct {
 	// the volume is attached (or migrating) to it, and carries the
 	// attachment's generation on every request. "" serves only volumes
 	// attached to no host, as a client that names no host.
-	Host   string
-	Logger *slog.Logger
+	Host string
+	// MaxNBDConnections bounds the NBD connections served at once
+	// (DefaultMaxNBDConnections); one more is refused in its handshake.
+	MaxNBDConnections int
+	// MaxNVMeConnections bounds the NVMe/TCP connections (queues: admin,
+	// I/O and discovery) served at once (DefaultMaxNVMeConnections); one
+	// more has its Connect refused.
+	MaxNVMeConnections int
+	// ConnBytesInFlight bounds the request data one connection holds
+	// (DefaultConnBytesInFlight); past it, the connection stops reading
+	// until replies return memory.
+	ConnBytesInFlight int
+	// AgentBytesInFlight bounds the request data every NBD and NVMe/TCP
+	// connection holds together (DefaultAgentBytesInFlight).
+	AgentBytesInFlight int64
+	Logger             *slog.Logger
+}
+
+// Defaults of AgentConfig's limits.
+const (
+	DefaultMaxNBDConnections  = 256
+	DefaultMaxNVMeConnections = 128
+	DefaultConnBytesInFlight  = 64 << 20
+	DefaultAgentBytesInFlight = 512 << 20
+	// maxRequestBytes is the largest request either protocol admits
+	// (NBD's maximum block size; NVMe/TCP's MDTS is smaller).
+	maxRequestBytes = nbd.MaxBlockSize
+)
+
+// EnsureDefaults fills zero fields with their defaults.
+func (c *AgentConfig) EnsureDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MaxNBDConnections == 0 {
+		c.MaxNBDConnections = DefaultMaxNBDConnections
+	}
+	if c.MaxNVMeConnections == 0 {
+		c.MaxNVMeConnections = DefaultMaxNVMeConnections
+	}
+	if c.ConnBytesInFlight == 0 {
+		c.ConnBytesInFlight = DefaultConnBytesInFlight
+	}
+	if c.AgentBytesInFlight == 0 {
+		c.AgentBytesInFlight = DefaultAgentBytesInFlight
+	}
+}
+
+// Validate reports the first problem with the configuration.
+func (c *AgentConfig) Validate() error {
+	switch {
+	case len(c.HeadNodes) == 0:
+		return errors.New("agent: at least one head node is required")
+	case len(c.NVMeListen) == 0 && len(c.NVMeDiscoveryListen) > 0:
+		return errors.New("agent: an NVMe/TCP discovery port needs an NVMe/TCP I/O port")
+	case c.MaxNBDConnections < 1 || c.MaxNVMeConnections < 1:
+		return fmt.Errorf("agent: connection limits %d (NBD) and %d (NVMe/TCP) must be at least 1", c.MaxNBDConnections, c.MaxNVMeConnections)
+	case c.ConnBytesInFlight < maxRequestBytes || c.AgentBytesInFlight < int64(c.ConnBytesInFlight):
+		return fmt.Errorf("agent: bytes in flight %d a connection, %d in all: want %d <= connection <= all", c.ConnBytesInFlight, c.AgentBytesInFlight, maxRequestBytes)
+	}
+	return nil
 }
 
 // NQNPrefix is the prefix of the subsystem NQN of every volume:
@@ -65,14 +125,9 @@ type Agent struct {
 
 // StartAgent starts serving NBD, and NVMe/TCP if configured.
 func StartAgent(cfg AgentConfig) (*Agent, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if len(cfg.HeadNodes) == 0 {
-		return nil, errors.New("agent: at least one head node is required")
-	}
-	if len(cfg.NVMeListen) == 0 && len(cfg.NVMeDiscoveryListen) > 0 {
-		return nil, errors.New("agent: an NVMe/TCP discovery port needs an NVMe/TCP I/O port")
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	a := &Agent{
 		client: &Client{HeadNodes: cfg.HeadNodes, Logger: cfg.Logger},
@@ -109,11 +164,26 @@ func StartAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	a.nbd = &nbd.Server{Exports: exports{a.client, cfg.Host}, Logger: a.log}
+	// One bound on request data for both protocols: what the host's
+	// memory can spare does not depend on how the hypervisor attaches.
+	shared := inflight.New(0, cfg.AgentBytesInFlight)
+	a.nbd = &nbd.Server{
+		Exports:          exports{a.client, cfg.Host},
+		Logger:           a.log,
+		MaxConnections:   cfg.MaxNBDConnections,
+		MaxBytesInFlight: cfg.ConnBytesInFlight,
+		Shared:           shared,
+	}
 	a.serve("NBD server", func() error { return a.nbd.Serve(ctx, a.listener) })
 	a.log.Info("serving NBD", "addr", a.listener.Addr().String())
 	if len(a.nvmeL) > 0 {
-		a.nvme = &nvmetcp.Target{Subsystems: subsystems{a.client, cfg.Host}, Logger: a.log}
+		a.nvme = &nvmetcp.Target{
+			Subsystems:       subsystems{a.client, cfg.Host},
+			Logger:           a.log,
+			MaxConnections:   cfg.MaxNVMeConnections,
+			MaxBytesInFlight: cfg.ConnBytesInFlight,
+			Shared:           shared,
+		}
 		for _, l := range a.nvmeL {
 			a.serve("NVMe/TCP target", func() error { return a.nvme.Serve(ctx, l) })
 			a.log.Info("serving NVMe/TCP", "addr", l.Addr().String())
@@ -152,6 +222,17 @@ func listenAddrs(ls []net.Listener) []net.Addr {
 		out = append(out, l.Addr())
 	}
 	return out
+}
+
+// NBDStats are the NBD server's counters (connections, refusals).
+func (a *Agent) NBDStats() nbd.Stats { return a.nbd.Stats() }
+
+// NVMeStats are the NVMe/TCP target's counters; zero without NVMe/TCP.
+func (a *Agent) NVMeStats() nvmetcp.Stats {
+	if a.nvme == nil {
+		return nvmetcp.Stats{}
+	}
+	return a.nvme.Stats()
 }
 
 // Client is the agent's client of the head nodes.

@@ -24,6 +24,7 @@ func newHeadNodeCommand() *cobra.Command {
 		volumeGroups               int
 		join                       bool
 		storage                    storageFlags
+		ioLimits                   ioLimitFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "headnode",
@@ -39,7 +40,12 @@ func newHeadNodeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ioc, err := ioLimits.ioConfig()
+			if err != nil {
+				return err
+			}
 			cfg := headnode.Config{
+				IO:                 ioc,
 				ID:                 id,
 				DataDir:            data,
 				ReplicationTimeout: replTimeout,
@@ -80,6 +86,7 @@ func newHeadNodeCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&join, "join", false, "join a running rack (then add this node with `ballast rack add-headnode`) instead of founding one")
 	cmd.Flags().IntVar(&volumeGroups, "volume-groups", headnode.DefaultVolumeGroups, "volume groups besides the directory group (every head node of a rack must be given the same number)")
 	addStorageFlags(cmd, &storage)
+	addIOLimitFlags(cmd, &ioLimits)
 	for _, f := range []string{"id", "data", "listen-a"} {
 		cmd.MarkFlagRequired(f)
 	}
@@ -128,6 +135,7 @@ func newAgentCommand() *cobra.Command {
 		nbdAddr   string
 		host      string
 		nvme      nvmeFlags
+		limits    agentLimitFlags
 	)
 	defaultHost, _ := os.Hostname()
 	cmd := &cobra.Command{
@@ -148,6 +156,9 @@ func newAgentCommand() *cobra.Command {
 			}
 			cfg := attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Host: host, Logger: slog.Default()}
 			if cfg.NVMeListen, cfg.NVMeDiscoveryListen, err = nvme.addresses(cmd); err != nil {
+				return err
+			}
+			if err := limits.apply(&cfg); err != nil {
 				return err
 			}
 			a, err := attach.StartAgent(cfg)
@@ -171,6 +182,7 @@ func newAgentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
 	cmd.Flags().StringVar(&host, "host", defaultHost, "this host's name: the agent serves the volumes attached (or migrating) to it; \"\" serves only detached volumes, as a tool would")
 	addNVMeFlags(cmd, &nvme)
+	addAgentLimitFlags(cmd, &limits)
 	return cmd
 }
 
