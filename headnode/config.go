@@ -56,7 +56,10 @@ type Config struct {
 	// Storage configures segments on the sleds: erasure coding, flush,
 	// compaction, rebuild.
 	Storage StorageConfig
-	Logger  *slog.Logger
+	// Disk sets how much of the data disk is kept free: below that,
+	// client writes are refused (diskspace.go).
+	Disk   DiskConfig
+	Logger *slog.Logger
 }
 
 // EnsureDefaults fills zero fields with their defaults.
@@ -108,6 +111,9 @@ func (c *Config) Validate() error {
 	}
 	if !seen[c.ID] {
 		return fmt.Errorf("headnode config: this node %q is not among the peers", c.ID)
+	}
+	if c.Disk.MinFreeBytes < 0 || c.Disk.ResumeFreeBytes < 0 {
+		return errors.New("headnode config: Disk.MinFreeBytes and Disk.ResumeFreeBytes may not be negative")
 	}
 	if err := c.Lease.Validate(); err != nil {
 		return err

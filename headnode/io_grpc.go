@@ -266,6 +266,8 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 	if err != nil {
 		reply.Data = nil
 		switch {
+		case errors.Is(err, ErrNoSpace):
+			return fail(ballastpb.IOStatus_IO_STATUS_NO_SPACE, err)
 		case errors.Is(err, errVolumeGone):
 			return fail(ballastpb.IOStatus_IO_STATUS_NO_SUCH_VOLUME, err)
 		case errors.Is(err, ErrStopped):
@@ -301,6 +303,7 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 		return nil, fmt.Errorf("take over volume %s at epoch %d: %w", vol.Name, vol.Epoch, err)
 	}
 	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote, n.leases)
+	pv.disk = n.disk
 	pv.gate = newAttachGate(n, vol, pv.log)
 	n.resumeCutHold(pv)
 	n.primaries[vol.Id] = pv

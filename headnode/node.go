@@ -27,6 +27,7 @@ type Node struct {
 	cfg       Config
 	log       *slog.Logger
 	blocks    *blockStore
+	disk      *diskGuard // admits client writes by the data disk's free space
 	directory *volume.Directory
 	cons      *consensus.Node
 	raft      *raft.Raft // the directory group's
@@ -74,6 +75,11 @@ func Start(cfg Config) (_ *Node, err error) {
 			n.Close()
 		}
 	}()
+	// Before any store opens: on a full disk it frees the reserve, so
+	// that pebble can replay its logs rather than fail to start.
+	if n.disk, err = openDiskGuard(cfg.DataDir, cfg.Disk, nil, n.log); err != nil {
+		return nil, fmt.Errorf("head node %s: %w", cfg.ID, err)
+	}
 	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), blockStoreOptions{CacheBytes: cfg.BlockCacheBytes}); err != nil {
 		return nil, err
 	}
@@ -180,10 +186,14 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	n.stopBG = stopBG
-	n.serving.Add(5)
+	n.serving.Add(6)
 	go func() {
 		defer n.serving.Done()
 		n.sweepLoop(bg)
+	}()
+	go func() {
+		defer n.serving.Done()
+		n.disk.run(bg)
 	}()
 	go func() {
 		defer n.serving.Done()

@@ -86,6 +86,10 @@ type primaryVolume struct {
 	gate *attachGate
 	// cut holds the writes while a consistency group's cut is taken.
 	cut *cutHold
+	// disk refuses client writes while the data disk is nearly full;
+	// maintenance records (submit) go on, since flushing frees space.
+	// nil in tests of the write path alone (every write admitted).
+	disk *diskGuard
 
 	// auth says whether this node may still act as the volume's primary
 	// and where its secondaries are now; nil in tests of the write path
@@ -293,6 +297,18 @@ func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) er
 func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []byte, zero, removable bool) error {
 	if length == 0 {
 		return nil
+	}
+	if p.disk != nil {
+		// A write costs its blocks' data; trims and zeroes cost their
+		// records, little, but are refused alike: a full disk takes no
+		// new writes of any kind until space is back.
+		n := int64(len(data))
+		if data == nil {
+			n = blockSize
+		}
+		if err := p.disk.admit(n); err != nil {
+			return err
+		}
 	}
 	cost := int64(min(length, maxBatchBytes))
 	if err := p.queueBytes.Acquire(ctx, cost); err != nil {

@@ -97,6 +97,8 @@ func (n *Node) nodeStatus() *ballastpb.NodeStatusResponse {
 	r.ShardsRebuilt, r.ShardsRepaired, r.FlushedBytes = st.rebuilt.Load(), st.repaired.Load(), st.flushedBytes.Load()
 	resp.Groups = n.groupStatuses()
 	resp.Paths = n.pathStatuses()
+	resp.Disk = n.disk.status()
+	resp.Disk.HeadNode = n.cfg.ID
 	return resp
 }
 
@@ -143,12 +145,16 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 			addRedundancy(resp.Redundancy, ns.Redundancy)
 			resp.Groups = append(resp.Groups, ns.Groups...)
 			resp.Paths = append(resp.Paths, ns.Paths...)
+			if ns.Disk != nil {
+				resp.Disks = append(resp.Disks, ns.Disk)
+			}
 		}()
 	}
 	wg.Wait()
 	sort.Strings(resp.UnreachableHeadNodes)
 	sortGroups(resp.Groups)
 	sortPaths(resp.Paths)
+	sort.Slice(resp.Disks, func(i, j int) bool { return resp.Disks[i].HeadNode < resp.Disks[j].HeadNode })
 	return resp, nil
 }
 

@@ -370,6 +370,11 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 			note = "  (did not answer)"
 		}
 		fmt.Printf("head node %s at %s%s\n", h.Id, strings.Join(h.Addresses, ", "), note)
+		for _, d := range resp.Disks {
+			if d.HeadNode == h.Id {
+				fmt.Printf("  %s\n", diskLine(d))
+			}
+		}
 	}
 	printGroups(resp.Groups)
 	printPaths(resp.Paths)
@@ -402,6 +407,20 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		fmt.Printf("rebuild: %d shards pending; %d rebuilt and %d repaired since the head nodes started\n", r.ShardsPending, r.ShardsRebuilt, r.ShardsRepaired)
 		fmt.Printf("log: %s not yet flushed to sleds; %s flushed since the head nodes started\n", humanize.IBytes(r.DirtyBytes), humanize.IBytes(r.FlushedBytes))
 	}
+}
+
+// diskLine describes a head node's data disk, and says so plainly when
+// the node refuses writes for want of space.
+func diskLine(d *ballastpb.DiskStatus) string {
+	line := fmt.Sprintf("data disk: %s free of %s (%s used), emergency reserve %s", humanize.IBytes(d.FreeBytes),
+		humanize.IBytes(d.TotalBytes), humanize.IBytes(d.TotalBytes-min(d.FreeBytes, d.TotalBytes)), humanize.IBytes(d.ReserveBytes))
+	if d.WritesRefused {
+		line += fmt.Sprintf("; writes refused: disk full (resume above %s free)", humanize.IBytes(d.MinFreeBytes))
+	}
+	if d.Error != "" {
+		line += "; cannot measure: " + d.Error
+	}
+	return line
 }
 
 // printGroups shows each group's members as each sees itself; lag is how

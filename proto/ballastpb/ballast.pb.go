@@ -2038,6 +2038,7 @@ type NodeStatusResponse struct {
 	Groups []*GroupStatus `protobuf:"bytes,4,rep,name=groups,proto3" json:"groups,omitempty"`
 	// This head node's network paths to the other head nodes and the sleds.
 	Paths         []*PathStatus `protobuf:"bytes,5,rep,name=paths,proto3" json:"paths,omitempty"`
+	Disk          *DiskStatus   `protobuf:"bytes,6,opt,name=disk,proto3" json:"disk,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2107,6 +2108,109 @@ func (x *NodeStatusResponse) GetPaths() []*PathStatus {
 	return nil
 }
 
+func (x *NodeStatusResponse) GetDisk() *DiskStatus {
+	if x != nil {
+		return x.Disk
+	}
+	return nil
+}
+
+// DiskStatus is a head node's data disk. While free space (less the part
+// of the emergency reserve not on disk) is below min_free_bytes, the node
+// refuses client writes with IO_STATUS_NO_SPACE and serves reads; it
+// admits them again by itself once space is freed.
+type DiskStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	FreeBytes     uint64                 `protobuf:"varint,2,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	TotalBytes    uint64                 `protobuf:"varint,3,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	ReserveBytes  uint64                 `protobuf:"varint,4,opt,name=reserve_bytes,json=reserveBytes,proto3" json:"reserve_bytes,omitempty"` // the emergency reserve file now on disk
+	MinFreeBytes  uint64                 `protobuf:"varint,5,opt,name=min_free_bytes,json=minFreeBytes,proto3" json:"min_free_bytes,omitempty"`
+	WritesRefused bool                   `protobuf:"varint,6,opt,name=writes_refused,json=writesRefused,proto3" json:"writes_refused,omitempty"`
+	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"` // why free space could not be measured
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskStatus) Reset() {
+	*x = DiskStatus{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskStatus) ProtoMessage() {}
+
+func (x *DiskStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskStatus.ProtoReflect.Descriptor instead.
+func (*DiskStatus) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DiskStatus) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *DiskStatus) GetFreeBytes() uint64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
+func (x *DiskStatus) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *DiskStatus) GetReserveBytes() uint64 {
+	if x != nil {
+		return x.ReserveBytes
+	}
+	return 0
+}
+
+func (x *DiskStatus) GetMinFreeBytes() uint64 {
+	if x != nil {
+		return x.MinFreeBytes
+	}
+	return 0
+}
+
+func (x *DiskStatus) GetWritesRefused() bool {
+	if x != nil {
+		return x.WritesRefused
+	}
+	return false
+}
+
+func (x *DiskStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // One consensus group as one of its members sees it.
 type GroupStatus struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -2127,7 +2231,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2243,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2256,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GroupStatus) GetGroup() uint64 {
@@ -2240,7 +2344,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2356,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2369,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PathStatus) GetFrom() string {
@@ -2320,7 +2424,7 @@ type DrainHeadNodeRequest struct {
 
 func (x *DrainHeadNodeRequest) Reset() {
 	*x = DrainHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2436,7 @@ func (x *DrainHeadNodeRequest) String() string {
 func (*DrainHeadNodeRequest) ProtoMessage() {}
 
 func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2449,7 @@ func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DrainHeadNodeRequest) GetHeadNode() string {
@@ -2371,7 +2475,7 @@ type DrainHeadNodeResponse struct {
 
 func (x *DrainHeadNodeResponse) Reset() {
 	*x = DrainHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2487,7 @@ func (x *DrainHeadNodeResponse) String() string {
 func (*DrainHeadNodeResponse) ProtoMessage() {}
 
 func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2500,7 @@ func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DrainHeadNodeResponse) GetMoved() []uint64 {
@@ -2414,7 +2518,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2426,7 +2530,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2439,7 +2543,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 type RackStatusResponse struct {
@@ -2458,14 +2562,16 @@ type RackStatusResponse struct {
 	// leader's applied index less a member's.
 	Groups []*GroupStatus `protobuf:"bytes,9,rep,name=groups,proto3" json:"groups,omitempty"`
 	// Every head node's paths to the other nodes (those that answered).
-	Paths         []*PathStatus `protobuf:"bytes,10,rep,name=paths,proto3" json:"paths,omitempty"`
+	Paths []*PathStatus `protobuf:"bytes,10,rep,name=paths,proto3" json:"paths,omitempty"`
+	// Every head node's data disk (those that answered).
+	Disks         []*DiskStatus `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +2583,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +2596,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -2563,6 +2669,13 @@ func (x *RackStatusResponse) GetPaths() []*PathStatus {
 	return nil
 }
 
+func (x *RackStatusResponse) GetDisks() []*DiskStatus {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
 type CreateConsistencyGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2573,7 +2686,7 @@ type CreateConsistencyGroupRequest struct {
 
 func (x *CreateConsistencyGroupRequest) Reset() {
 	*x = CreateConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2698,7 @@ func (x *CreateConsistencyGroupRequest) String() string {
 func (*CreateConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2711,7 @@ func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateConsistencyGroupRequest) GetName() string {
@@ -2624,7 +2737,7 @@ type CreateConsistencyGroupResponse struct {
 
 func (x *CreateConsistencyGroupResponse) Reset() {
 	*x = CreateConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2749,7 @@ func (x *CreateConsistencyGroupResponse) String() string {
 func (*CreateConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +2762,7 @@ func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -2668,7 +2781,7 @@ type DeleteConsistencyGroupRequest struct {
 
 func (x *DeleteConsistencyGroupRequest) Reset() {
 	*x = DeleteConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2680,7 +2793,7 @@ func (x *DeleteConsistencyGroupRequest) String() string {
 func (*DeleteConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2806,7 @@ func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteConsistencyGroupRequest) GetName() string {
@@ -2711,7 +2824,7 @@ type DeleteConsistencyGroupResponse struct {
 
 func (x *DeleteConsistencyGroupResponse) Reset() {
 	*x = DeleteConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2836,7 @@ func (x *DeleteConsistencyGroupResponse) String() string {
 func (*DeleteConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2849,7 @@ func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 type GetConsistencyGroupRequest struct {
@@ -2748,7 +2861,7 @@ type GetConsistencyGroupRequest struct {
 
 func (x *GetConsistencyGroupRequest) Reset() {
 	*x = GetConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +2873,7 @@ func (x *GetConsistencyGroupRequest) String() string {
 func (*GetConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +2886,7 @@ func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetConsistencyGroupRequest) GetName() string {
@@ -2792,7 +2905,7 @@ type GetConsistencyGroupResponse struct {
 
 func (x *GetConsistencyGroupResponse) Reset() {
 	*x = GetConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2917,7 @@ func (x *GetConsistencyGroupResponse) String() string {
 func (*GetConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2930,7 @@ func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -2835,7 +2948,7 @@ type ListConsistencyGroupsRequest struct {
 
 func (x *ListConsistencyGroupsRequest) Reset() {
 	*x = ListConsistencyGroupsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +2960,7 @@ func (x *ListConsistencyGroupsRequest) String() string {
 func (*ListConsistencyGroupsRequest) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +2973,7 @@ func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 type ListConsistencyGroupsResponse struct {
@@ -2872,7 +2985,7 @@ type ListConsistencyGroupsResponse struct {
 
 func (x *ListConsistencyGroupsResponse) Reset() {
 	*x = ListConsistencyGroupsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2884,7 +2997,7 @@ func (x *ListConsistencyGroupsResponse) String() string {
 func (*ListConsistencyGroupsResponse) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2897,7 +3010,7 @@ func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListConsistencyGroupsResponse) GetGroups() []*ConsistencyGroup {
@@ -2916,7 +3029,7 @@ type SnapshotConsistencyGroupRequest struct {
 
 func (x *SnapshotConsistencyGroupRequest) Reset() {
 	*x = SnapshotConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2928,7 +3041,7 @@ func (x *SnapshotConsistencyGroupRequest) String() string {
 func (*SnapshotConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2941,7 +3054,7 @@ func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SnapshotConsistencyGroupRequest) GetName() string {
@@ -2960,7 +3073,7 @@ type SnapshotConsistencyGroupResponse struct {
 
 func (x *SnapshotConsistencyGroupResponse) Reset() {
 	*x = SnapshotConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2972,7 +3085,7 @@ func (x *SnapshotConsistencyGroupResponse) String() string {
 func (*SnapshotConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2985,7 +3098,7 @@ func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SnapshotConsistencyGroupResponse) GetCut() *SnapshotCut {
@@ -3012,7 +3125,7 @@ type HoldForCutRequest struct {
 
 func (x *HoldForCutRequest) Reset() {
 	*x = HoldForCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3137,7 @@ func (x *HoldForCutRequest) String() string {
 func (*HoldForCutRequest) ProtoMessage() {}
 
 func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3150,7 @@ func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutRequest.ProtoReflect.Descriptor instead.
 func (*HoldForCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *HoldForCutRequest) GetVolumeId() uint64 {
@@ -3084,7 +3197,7 @@ type HoldForCutResponse struct {
 
 func (x *HoldForCutResponse) Reset() {
 	*x = HoldForCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3096,7 +3209,7 @@ func (x *HoldForCutResponse) String() string {
 func (*HoldForCutResponse) ProtoMessage() {}
 
 func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3109,7 +3222,7 @@ func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutResponse.ProtoReflect.Descriptor instead.
 func (*HoldForCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *HoldForCutResponse) GetSeq() uint64 {
@@ -3129,7 +3242,7 @@ type ReleaseCutRequest struct {
 
 func (x *ReleaseCutRequest) Reset() {
 	*x = ReleaseCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3141,7 +3254,7 @@ func (x *ReleaseCutRequest) String() string {
 func (*ReleaseCutRequest) ProtoMessage() {}
 
 func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3154,7 +3267,7 @@ func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ReleaseCutRequest) GetVolumeId() uint64 {
@@ -3179,7 +3292,7 @@ type ReleaseCutResponse struct {
 
 func (x *ReleaseCutResponse) Reset() {
 	*x = ReleaseCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3191,7 +3304,7 @@ func (x *ReleaseCutResponse) String() string {
 func (*ReleaseCutResponse) ProtoMessage() {}
 
 func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3204,7 +3317,7 @@ func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 type ChangeAttachmentRequest struct {
@@ -3218,7 +3331,7 @@ type ChangeAttachmentRequest struct {
 
 func (x *ChangeAttachmentRequest) Reset() {
 	*x = ChangeAttachmentRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3230,7 +3343,7 @@ func (x *ChangeAttachmentRequest) String() string {
 func (*ChangeAttachmentRequest) ProtoMessage() {}
 
 func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3243,7 +3356,7 @@ func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentRequest.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ChangeAttachmentRequest) GetName() string {
@@ -3276,7 +3389,7 @@ type ChangeAttachmentResponse struct {
 
 func (x *ChangeAttachmentResponse) Reset() {
 	*x = ChangeAttachmentResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3288,7 +3401,7 @@ func (x *ChangeAttachmentResponse) String() string {
 func (*ChangeAttachmentResponse) ProtoMessage() {}
 
 func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3301,7 +3414,7 @@ func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentResponse.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ChangeAttachmentResponse) GetVolume() *Volume {
@@ -3320,7 +3433,7 @@ type AddHeadNodeRequest struct {
 
 func (x *AddHeadNodeRequest) Reset() {
 	*x = AddHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3332,7 +3445,7 @@ func (x *AddHeadNodeRequest) String() string {
 func (*AddHeadNodeRequest) ProtoMessage() {}
 
 func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3345,7 +3458,7 @@ func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *AddHeadNodeRequest) GetHeadNode() *HeadNode {
@@ -3363,7 +3476,7 @@ type AddHeadNodeResponse struct {
 
 func (x *AddHeadNodeResponse) Reset() {
 	*x = AddHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3375,7 +3488,7 @@ func (x *AddHeadNodeResponse) String() string {
 func (*AddHeadNodeResponse) ProtoMessage() {}
 
 func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3388,7 +3501,7 @@ func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 type MoveVoterRequest struct {
@@ -3402,7 +3515,7 @@ type MoveVoterRequest struct {
 
 func (x *MoveVoterRequest) Reset() {
 	*x = MoveVoterRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3527,7 @@ func (x *MoveVoterRequest) String() string {
 func (*MoveVoterRequest) ProtoMessage() {}
 
 func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3540,7 @@ func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*MoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *MoveVoterRequest) GetGroup() uint64 {
@@ -3459,7 +3572,7 @@ type MoveVoterResponse struct {
 
 func (x *MoveVoterResponse) Reset() {
 	*x = MoveVoterResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3471,7 +3584,7 @@ func (x *MoveVoterResponse) String() string {
 func (*MoveVoterResponse) ProtoMessage() {}
 
 func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3484,7 +3597,7 @@ func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*MoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 type RemoveHeadNodeRequest struct {
@@ -3496,7 +3609,7 @@ type RemoveHeadNodeRequest struct {
 
 func (x *RemoveHeadNodeRequest) Reset() {
 	*x = RemoveHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3508,7 +3621,7 @@ func (x *RemoveHeadNodeRequest) String() string {
 func (*RemoveHeadNodeRequest) ProtoMessage() {}
 
 func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3521,7 +3634,7 @@ func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RemoveHeadNodeRequest) GetHeadNode() string {
@@ -3539,7 +3652,7 @@ type RemoveHeadNodeResponse struct {
 
 func (x *RemoveHeadNodeResponse) Reset() {
 	*x = RemoveHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3551,7 +3664,7 @@ func (x *RemoveHeadNodeResponse) String() string {
 func (*RemoveHeadNodeResponse) ProtoMessage() {}
 
 func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3564,7 +3677,7 @@ func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 type ChangeMembershipRequest struct {
@@ -3580,7 +3693,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3592,7 +3705,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3605,7 +3718,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ChangeMembershipRequest) GetGroup() uint64 {
@@ -3651,7 +3764,7 @@ type ChangeMembershipResponse struct {
 
 func (x *ChangeMembershipResponse) Reset() {
 	*x = ChangeMembershipResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3663,7 +3776,7 @@ func (x *ChangeMembershipResponse) String() string {
 func (*ChangeMembershipResponse) ProtoMessage() {}
 
 func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3676,7 +3789,7 @@ func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 type ApplyInGroupRequest struct {
@@ -3689,7 +3802,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3701,7 +3814,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3714,7 +3827,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -3746,7 +3859,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3758,7 +3871,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3771,7 +3884,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -3818,7 +3931,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3830,7 +3943,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3843,7 +3956,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -3863,7 +3976,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3875,7 +3988,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3888,7 +4001,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -3933,7 +4046,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3945,7 +4058,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3958,7 +4071,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -4227,7 +4340,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4239,7 +4352,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4252,7 +4365,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -4280,7 +4393,7 @@ type AddHeadNodeCommand struct {
 
 func (x *AddHeadNodeCommand) Reset() {
 	*x = AddHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4292,7 +4405,7 @@ func (x *AddHeadNodeCommand) String() string {
 func (*AddHeadNodeCommand) ProtoMessage() {}
 
 func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4305,7 +4418,7 @@ func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
@@ -4326,7 +4439,7 @@ type RemoveHeadNodeCommand struct {
 
 func (x *RemoveHeadNodeCommand) Reset() {
 	*x = RemoveHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4338,7 +4451,7 @@ func (x *RemoveHeadNodeCommand) String() string {
 func (*RemoveHeadNodeCommand) ProtoMessage() {}
 
 func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4351,7 +4464,7 @@ func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RemoveHeadNodeCommand) GetHeadNode() string {
@@ -4373,7 +4486,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4385,7 +4498,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4398,7 +4511,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -4427,7 +4540,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4439,7 +4552,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4452,7 +4565,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -4481,7 +4594,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4493,7 +4606,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4506,7 +4619,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -4538,7 +4651,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4550,7 +4663,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4563,7 +4676,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -4607,7 +4720,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4619,7 +4732,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4632,7 +4745,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -4670,7 +4783,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4682,7 +4795,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4695,7 +4808,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -4737,7 +4850,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4749,7 +4862,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4762,7 +4875,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -4809,7 +4922,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4821,7 +4934,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4834,7 +4947,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -4857,7 +4970,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4869,7 +4982,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4882,7 +4995,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -4915,7 +5028,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4927,7 +5040,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4940,7 +5053,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -4960,7 +5073,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4972,7 +5085,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4985,7 +5098,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -5011,7 +5124,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5023,7 +5136,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5036,7 +5149,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -5068,7 +5181,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5080,7 +5193,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5093,7 +5206,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -5173,7 +5286,7 @@ type RackUsage struct {
 
 func (x *RackUsage) Reset() {
 	*x = RackUsage{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5185,7 +5298,7 @@ func (x *RackUsage) String() string {
 func (*RackUsage) ProtoMessage() {}
 
 func (x *RackUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5198,7 +5311,7 @@ func (x *RackUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
 func (*RackUsage) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *RackUsage) GetVolumes() uint64 {
@@ -5232,7 +5345,7 @@ type MoveVolumeRequest struct {
 
 func (x *MoveVolumeRequest) Reset() {
 	*x = MoveVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5244,7 +5357,7 @@ func (x *MoveVolumeRequest) String() string {
 func (*MoveVolumeRequest) ProtoMessage() {}
 
 func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5257,7 +5370,7 @@ func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
 func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *MoveVolumeRequest) GetName() string {
@@ -5283,7 +5396,7 @@ type MoveVolumeResponse struct {
 
 func (x *MoveVolumeResponse) Reset() {
 	*x = MoveVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5295,7 +5408,7 @@ func (x *MoveVolumeResponse) String() string {
 func (*MoveVolumeResponse) ProtoMessage() {}
 
 func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5308,7 +5421,7 @@ func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
 func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *MoveVolumeResponse) GetVolume() *Volume {
@@ -5326,7 +5439,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5338,7 +5451,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5351,7 +5464,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 type GetQuotaResponse struct {
@@ -5364,7 +5477,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5376,7 +5489,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5389,7 +5502,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -5415,7 +5528,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5427,7 +5540,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5440,7 +5553,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -5458,7 +5571,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5470,7 +5583,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5483,7 +5596,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -5498,7 +5611,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5510,7 +5623,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5523,7 +5636,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -5560,7 +5673,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5572,7 +5685,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5585,7 +5698,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -5670,7 +5783,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5682,7 +5795,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5695,7 +5808,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -5738,7 +5851,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5750,7 +5863,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5763,7 +5876,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -5805,7 +5918,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5817,7 +5930,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5830,7 +5943,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -5899,7 +6012,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5911,7 +6024,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5924,7 +6037,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -5961,7 +6074,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5973,7 +6086,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5986,7 +6099,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -6054,7 +6167,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6066,7 +6179,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6079,7 +6192,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -6119,7 +6232,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6131,7 +6244,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6144,7 +6257,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -6190,7 +6303,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6202,7 +6315,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6215,7 +6328,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -6257,7 +6370,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6269,7 +6382,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6282,7 +6395,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -6309,7 +6422,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6321,7 +6434,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6334,7 +6447,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -6379,7 +6492,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6391,7 +6504,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6404,7 +6517,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -6460,7 +6573,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6472,7 +6585,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6485,7 +6598,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -6524,7 +6637,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6536,7 +6649,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6549,7 +6662,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -6593,7 +6706,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6605,7 +6718,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6618,7 +6731,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -6677,7 +6790,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6689,7 +6802,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6702,7 +6815,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -6792,7 +6905,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6804,7 +6917,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6817,7 +6930,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -6981,7 +7094,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\vdirty_bytes\x18\a \x01(\x04R\n" +
 	"dirtyBytes\x12#\n" +
 	"\rflushed_bytes\x18\b \x01(\x04R\fflushedBytes\"\x13\n" +
-	"\x11NodeStatusRequest\"\xe7\x01\n" +
+	"\x11NodeStatusRequest\"\x93\x02\n" +
 	"\x12NodeStatusResponse\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
 	"\n" +
@@ -6990,7 +7103,19 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"redundancy\x18\x03 \x01(\v2\x16.ballast.v1.RedundancyR\n" +
 	"redundancy\x12/\n" +
 	"\x06groups\x18\x04 \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
-	"\x05paths\x18\x05 \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"\xb1\x02\n" +
+	"\x05paths\x18\x05 \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\x12*\n" +
+	"\x04disk\x18\x06 \x01(\v2\x16.ballast.v1.DiskStatusR\x04disk\"\xf1\x01\n" +
+	"\n" +
+	"DiskStatus\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x02 \x01(\x04R\tfreeBytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x03 \x01(\x04R\n" +
+	"totalBytes\x12#\n" +
+	"\rreserve_bytes\x18\x04 \x01(\x04R\freserveBytes\x12$\n" +
+	"\x0emin_free_bytes\x18\x05 \x01(\x04R\fminFreeBytes\x12%\n" +
+	"\x0ewrites_refused\x18\x06 \x01(\bR\rwritesRefused\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"\xb1\x02\n" +
 	"\vGroupStatus\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x1b\n" +
 	"\thead_node\x18\x02 \x01(\tR\bheadNode\x12\x14\n" +
@@ -7018,7 +7143,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x04undo\x18\x02 \x01(\bR\x04undo\"-\n" +
 	"\x15DrainHeadNodeResponse\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\x04R\x05moved\"\x13\n" +
-	"\x11RackStatusRequest\"\xc9\x03\n" +
+	"\x11RackStatusRequest\"\xf7\x03\n" +
 	"\x12RackStatusResponse\x123\n" +
 	"\n" +
 	"head_nodes\x18\x01 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12\x16\n" +
@@ -7035,7 +7160,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"partitions\x12/\n" +
 	"\x06groups\x18\t \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\n" +
-	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\"M\n" +
+	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\x12,\n" +
+	"\x05disks\x18\v \x03(\v2\x16.ballast.v1.DiskStatusR\x05disks\"M\n" +
 	"\x1dCreateConsistencyGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\"T\n" +
@@ -7425,7 +7551,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 104)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 105)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                           // 0: ballast.v1.SledState
 	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
@@ -7461,82 +7587,83 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*Redundancy)(nil),                       // 31: ballast.v1.Redundancy
 	(*NodeStatusRequest)(nil),                // 32: ballast.v1.NodeStatusRequest
 	(*NodeStatusResponse)(nil),               // 33: ballast.v1.NodeStatusResponse
-	(*GroupStatus)(nil),                      // 34: ballast.v1.GroupStatus
-	(*PathStatus)(nil),                       // 35: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),             // 36: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),            // 37: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),                // 38: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),               // 39: ballast.v1.RackStatusResponse
-	(*CreateConsistencyGroupRequest)(nil),    // 40: ballast.v1.CreateConsistencyGroupRequest
-	(*CreateConsistencyGroupResponse)(nil),   // 41: ballast.v1.CreateConsistencyGroupResponse
-	(*DeleteConsistencyGroupRequest)(nil),    // 42: ballast.v1.DeleteConsistencyGroupRequest
-	(*DeleteConsistencyGroupResponse)(nil),   // 43: ballast.v1.DeleteConsistencyGroupResponse
-	(*GetConsistencyGroupRequest)(nil),       // 44: ballast.v1.GetConsistencyGroupRequest
-	(*GetConsistencyGroupResponse)(nil),      // 45: ballast.v1.GetConsistencyGroupResponse
-	(*ListConsistencyGroupsRequest)(nil),     // 46: ballast.v1.ListConsistencyGroupsRequest
-	(*ListConsistencyGroupsResponse)(nil),    // 47: ballast.v1.ListConsistencyGroupsResponse
-	(*SnapshotConsistencyGroupRequest)(nil),  // 48: ballast.v1.SnapshotConsistencyGroupRequest
-	(*SnapshotConsistencyGroupResponse)(nil), // 49: ballast.v1.SnapshotConsistencyGroupResponse
-	(*HoldForCutRequest)(nil),                // 50: ballast.v1.HoldForCutRequest
-	(*HoldForCutResponse)(nil),               // 51: ballast.v1.HoldForCutResponse
-	(*ReleaseCutRequest)(nil),                // 52: ballast.v1.ReleaseCutRequest
-	(*ReleaseCutResponse)(nil),               // 53: ballast.v1.ReleaseCutResponse
-	(*ChangeAttachmentRequest)(nil),          // 54: ballast.v1.ChangeAttachmentRequest
-	(*ChangeAttachmentResponse)(nil),         // 55: ballast.v1.ChangeAttachmentResponse
-	(*AddHeadNodeRequest)(nil),               // 56: ballast.v1.AddHeadNodeRequest
-	(*AddHeadNodeResponse)(nil),              // 57: ballast.v1.AddHeadNodeResponse
-	(*MoveVoterRequest)(nil),                 // 58: ballast.v1.MoveVoterRequest
-	(*MoveVoterResponse)(nil),                // 59: ballast.v1.MoveVoterResponse
-	(*RemoveHeadNodeRequest)(nil),            // 60: ballast.v1.RemoveHeadNodeRequest
-	(*RemoveHeadNodeResponse)(nil),           // 61: ballast.v1.RemoveHeadNodeResponse
-	(*ChangeMembershipRequest)(nil),          // 62: ballast.v1.ChangeMembershipRequest
-	(*ChangeMembershipResponse)(nil),         // 63: ballast.v1.ChangeMembershipResponse
-	(*ApplyInGroupRequest)(nil),              // 64: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),             // 65: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),                 // 66: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),                // 67: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),                 // 68: ballast.v1.DirectoryCommand
-	(*PlaceVolumeCommand)(nil),               // 69: ballast.v1.PlaceVolumeCommand
-	(*AddHeadNodeCommand)(nil),               // 70: ballast.v1.AddHeadNodeCommand
-	(*RemoveHeadNodeCommand)(nil),            // 71: ballast.v1.RemoveHeadNodeCommand
-	(*SetDrainingCommand)(nil),               // 72: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),             // 73: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),               // 74: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil),          // 75: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),           // 76: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),                // 77: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),             // 78: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),              // 79: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),              // 80: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),              // 81: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),              // 82: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),              // 83: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),                // 84: ballast.v1.DirectorySnapshot
-	(*RackUsage)(nil),                        // 85: ballast.v1.RackUsage
-	(*MoveVolumeRequest)(nil),                // 86: ballast.v1.MoveVolumeRequest
-	(*MoveVolumeResponse)(nil),               // 87: ballast.v1.MoveVolumeResponse
-	(*GetQuotaRequest)(nil),                  // 88: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),                 // 89: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),                  // 90: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),                 // 91: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                        // 92: ballast.v1.RackQuota
-	(*IORequest)(nil),                        // 93: ballast.v1.IORequest
-	(*IOReply)(nil),                          // 94: ballast.v1.IOReply
-	(*BlockWrite)(nil),                       // 95: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                        // 96: ballast.v1.LogRecord
-	(*BlockRange)(nil),                       // 97: ballast.v1.BlockRange
-	(*Segment)(nil),                          // 98: ballast.v1.Segment
-	(*FlushRecord)(nil),                      // 99: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),                    // 100: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),                  // 101: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),                // 102: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),                      // 103: ballast.v1.StateRecord
-	(*BlockState)(nil),                       // 104: ballast.v1.BlockState
-	(*SegmentState)(nil),                     // 105: ballast.v1.SegmentState
-	(*LogEntry)(nil),                         // 106: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),                   // 107: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),                 // 108: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),                   // 109: ballast.v1.ReplicateReply
+	(*DiskStatus)(nil),                       // 34: ballast.v1.DiskStatus
+	(*GroupStatus)(nil),                      // 35: ballast.v1.GroupStatus
+	(*PathStatus)(nil),                       // 36: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),             // 37: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),            // 38: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),                // 39: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),               // 40: ballast.v1.RackStatusResponse
+	(*CreateConsistencyGroupRequest)(nil),    // 41: ballast.v1.CreateConsistencyGroupRequest
+	(*CreateConsistencyGroupResponse)(nil),   // 42: ballast.v1.CreateConsistencyGroupResponse
+	(*DeleteConsistencyGroupRequest)(nil),    // 43: ballast.v1.DeleteConsistencyGroupRequest
+	(*DeleteConsistencyGroupResponse)(nil),   // 44: ballast.v1.DeleteConsistencyGroupResponse
+	(*GetConsistencyGroupRequest)(nil),       // 45: ballast.v1.GetConsistencyGroupRequest
+	(*GetConsistencyGroupResponse)(nil),      // 46: ballast.v1.GetConsistencyGroupResponse
+	(*ListConsistencyGroupsRequest)(nil),     // 47: ballast.v1.ListConsistencyGroupsRequest
+	(*ListConsistencyGroupsResponse)(nil),    // 48: ballast.v1.ListConsistencyGroupsResponse
+	(*SnapshotConsistencyGroupRequest)(nil),  // 49: ballast.v1.SnapshotConsistencyGroupRequest
+	(*SnapshotConsistencyGroupResponse)(nil), // 50: ballast.v1.SnapshotConsistencyGroupResponse
+	(*HoldForCutRequest)(nil),                // 51: ballast.v1.HoldForCutRequest
+	(*HoldForCutResponse)(nil),               // 52: ballast.v1.HoldForCutResponse
+	(*ReleaseCutRequest)(nil),                // 53: ballast.v1.ReleaseCutRequest
+	(*ReleaseCutResponse)(nil),               // 54: ballast.v1.ReleaseCutResponse
+	(*ChangeAttachmentRequest)(nil),          // 55: ballast.v1.ChangeAttachmentRequest
+	(*ChangeAttachmentResponse)(nil),         // 56: ballast.v1.ChangeAttachmentResponse
+	(*AddHeadNodeRequest)(nil),               // 57: ballast.v1.AddHeadNodeRequest
+	(*AddHeadNodeResponse)(nil),              // 58: ballast.v1.AddHeadNodeResponse
+	(*MoveVoterRequest)(nil),                 // 59: ballast.v1.MoveVoterRequest
+	(*MoveVoterResponse)(nil),                // 60: ballast.v1.MoveVoterResponse
+	(*RemoveHeadNodeRequest)(nil),            // 61: ballast.v1.RemoveHeadNodeRequest
+	(*RemoveHeadNodeResponse)(nil),           // 62: ballast.v1.RemoveHeadNodeResponse
+	(*ChangeMembershipRequest)(nil),          // 63: ballast.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil),         // 64: ballast.v1.ChangeMembershipResponse
+	(*ApplyInGroupRequest)(nil),              // 65: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),             // 66: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),                 // 67: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),                // 68: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),                 // 69: ballast.v1.DirectoryCommand
+	(*PlaceVolumeCommand)(nil),               // 70: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),               // 71: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),            // 72: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),               // 73: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),             // 74: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),               // 75: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),          // 76: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),           // 77: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),                // 78: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),             // 79: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),              // 80: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),              // 81: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),              // 82: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),              // 83: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),              // 84: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),                // 85: ballast.v1.DirectorySnapshot
+	(*RackUsage)(nil),                        // 86: ballast.v1.RackUsage
+	(*MoveVolumeRequest)(nil),                // 87: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),               // 88: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),                  // 89: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                 // 90: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),                  // 91: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                 // 92: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                        // 93: ballast.v1.RackQuota
+	(*IORequest)(nil),                        // 94: ballast.v1.IORequest
+	(*IOReply)(nil),                          // 95: ballast.v1.IOReply
+	(*BlockWrite)(nil),                       // 96: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                        // 97: ballast.v1.LogRecord
+	(*BlockRange)(nil),                       // 98: ballast.v1.BlockRange
+	(*Segment)(nil),                          // 99: ballast.v1.Segment
+	(*FlushRecord)(nil),                      // 100: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),                    // 101: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 102: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 103: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 104: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 105: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 106: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 107: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 108: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 109: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 110: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	9,   // 0: ballast.v1.ConsistencyGroup.cuts:type_name -> ballast.v1.SnapshotCut
@@ -7553,143 +7680,145 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	23,  // 11: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
 	23,  // 12: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
 	31,  // 13: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	34,  // 14: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	35,  // 15: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	12,  // 16: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	30,  // 17: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	31,  // 18: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	6,   // 19: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	34,  // 20: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	35,  // 21: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	7,   // 22: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	7,   // 23: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	7,   // 24: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
-	9,   // 25: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
-	1,   // 26: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
-	6,   // 27: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
-	12,  // 28: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
-	2,   // 29: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	68,  // 30: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	6,   // 31: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	23,  // 32: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	11,  // 33: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	6,   // 34: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	11,  // 35: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	81,  // 36: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	82,  // 37: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	83,  // 38: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	79,  // 39: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	80,  // 40: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	77,  // 41: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	78,  // 42: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	74,  // 43: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	75,  // 44: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	76,  // 45: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	69,  // 46: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	73,  // 47: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	72,  // 48: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	70,  // 49: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	71,  // 50: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	12,  // 51: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	77,  // 52: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	23,  // 53: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,   // 54: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,   // 55: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	6,   // 56: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	6,   // 57: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	23,  // 58: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	11,  // 59: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	12,  // 60: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	6,   // 61: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
-	6,   // 62: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
-	92,  // 63: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	85,  // 64: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	92,  // 65: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
-	3,   // 66: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	4,   // 67: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	95,  // 68: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	97,  // 69: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	99,  // 70: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	100, // 71: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	101, // 72: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	102, // 73: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	103, // 74: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	98,  // 75: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	98,  // 76: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	97,  // 77: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	104, // 78: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	105, // 79: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	98,  // 80: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	97,  // 81: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	96,  // 82: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	103, // 83: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	96,  // 84: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	5,   // 85: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	13,  // 86: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	15,  // 87: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	17,  // 88: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	19,  // 89: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	21,  // 90: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	86,  // 91: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	38,  // 92: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	32,  // 93: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	36,  // 94: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	56,  // 95: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	58,  // 96: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	60,  // 97: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	88,  // 98: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	90,  // 99: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	24,  // 100: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	26,  // 101: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	28,  // 102: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	64,  // 103: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	66,  // 104: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	62,  // 105: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	54,  // 106: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	40,  // 107: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
-	42,  // 108: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
-	44,  // 109: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
-	46,  // 110: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
-	48,  // 111: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
-	50,  // 112: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
-	52,  // 113: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
-	93,  // 114: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	108, // 115: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	14,  // 116: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	16,  // 117: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	18,  // 118: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	20,  // 119: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	22,  // 120: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	87,  // 121: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	39,  // 122: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	33,  // 123: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	37,  // 124: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	57,  // 125: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	59,  // 126: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	61,  // 127: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	89,  // 128: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	91,  // 129: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	25,  // 130: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	27,  // 131: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	29,  // 132: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	65,  // 133: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	67,  // 134: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	63,  // 135: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	55,  // 136: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	41,  // 137: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
-	43,  // 138: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
-	45,  // 139: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
-	47,  // 140: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
-	49,  // 141: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
-	51,  // 142: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
-	53,  // 143: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
-	94,  // 144: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	109, // 145: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	116, // [116:146] is the sub-list for method output_type
-	86,  // [86:116] is the sub-list for method input_type
-	86,  // [86:86] is the sub-list for extension type_name
-	86,  // [86:86] is the sub-list for extension extendee
-	0,   // [0:86] is the sub-list for field type_name
+	35,  // 14: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	36,  // 15: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	34,  // 16: ballast.v1.NodeStatusResponse.disk:type_name -> ballast.v1.DiskStatus
+	12,  // 17: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	30,  // 18: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	31,  // 19: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	6,   // 20: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	35,  // 21: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	36,  // 22: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	34,  // 23: ballast.v1.RackStatusResponse.disks:type_name -> ballast.v1.DiskStatus
+	7,   // 24: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	7,   // 25: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	7,   // 26: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
+	9,   // 27: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
+	1,   // 28: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
+	6,   // 29: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
+	12,  // 30: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	2,   // 31: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	69,  // 32: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	6,   // 33: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	23,  // 34: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	11,  // 35: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	6,   // 36: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	11,  // 37: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	82,  // 38: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	83,  // 39: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	84,  // 40: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	80,  // 41: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	81,  // 42: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	78,  // 43: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	79,  // 44: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	75,  // 45: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	76,  // 46: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	77,  // 47: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	70,  // 48: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	74,  // 49: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	73,  // 50: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	71,  // 51: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	72,  // 52: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	12,  // 53: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	78,  // 54: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	23,  // 55: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,   // 56: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,   // 57: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	6,   // 58: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	6,   // 59: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	23,  // 60: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	11,  // 61: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	12,  // 62: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	6,   // 63: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
+	6,   // 64: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
+	93,  // 65: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	86,  // 66: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	93,  // 67: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	3,   // 68: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	4,   // 69: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	96,  // 70: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	98,  // 71: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	100, // 72: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	101, // 73: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	102, // 74: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	103, // 75: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	104, // 76: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	99,  // 77: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	99,  // 78: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	98,  // 79: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	105, // 80: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	106, // 81: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	99,  // 82: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	98,  // 83: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	97,  // 84: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	104, // 85: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	97,  // 86: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 87: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	13,  // 88: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	15,  // 89: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	17,  // 90: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	19,  // 91: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	21,  // 92: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	87,  // 93: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	39,  // 94: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	32,  // 95: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	37,  // 96: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	57,  // 97: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	59,  // 98: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	61,  // 99: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	89,  // 100: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	91,  // 101: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	24,  // 102: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	26,  // 103: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	28,  // 104: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	65,  // 105: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	67,  // 106: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	63,  // 107: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	55,  // 108: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	41,  // 109: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	43,  // 110: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	45,  // 111: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	47,  // 112: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	49,  // 113: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	51,  // 114: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	53,  // 115: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	94,  // 116: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	109, // 117: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	14,  // 118: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	16,  // 119: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	18,  // 120: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	20,  // 121: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	22,  // 122: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	88,  // 123: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	40,  // 124: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	33,  // 125: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	38,  // 126: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	58,  // 127: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	60,  // 128: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	62,  // 129: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	90,  // 130: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	92,  // 131: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	25,  // 132: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	27,  // 133: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	29,  // 134: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	66,  // 135: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	68,  // 136: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	64,  // 137: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	56,  // 138: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	42,  // 139: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	44,  // 140: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	46,  // 141: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	48,  // 142: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	50,  // 143: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	52,  // 144: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	54,  // 145: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	95,  // 146: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	110, // 147: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	118, // [118:148] is the sub-list for method output_type
+	88,  // [88:118] is the sub-list for method input_type
+	88,  // [88:88] is the sub-list for extension type_name
+	88,  // [88:88] is the sub-list for extension extendee
+	0,   // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -7697,7 +7826,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[62].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[63].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -7721,7 +7850,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   104,
+			NumMessages:   105,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
