@@ -31,6 +31,7 @@ type inProcessRack struct {
 	port   int
 	logger *slog.Logger
 	lease  volume.LeaseConfig
+	disk   headnode.DiskConfig
 
 	mu    sync.Mutex
 	nodes map[string]*headnode.Node
@@ -45,6 +46,14 @@ func startInProcessRack(t *testing.T, lease volume.LeaseConfig) (*inProcessRack,
 
 // startInProcessRackOf starts a rack of size head nodes.
 func startInProcessRackOf(t *testing.T, size int, lease volume.LeaseConfig) (*inProcessRack, *attach.Client) {
+	t.Helper()
+	return startInProcessRackWith(t, size, lease, nil)
+}
+
+// startInProcessRackWith starts a rack of size head nodes after setup
+// (if any) has seen it, the data directory of each head node p being
+// filepath.Join(r.dir, p.ID).
+func startInProcessRackWith(t *testing.T, size int, lease volume.LeaseConfig, setup func(r *inProcessRack)) (*inProcessRack, *attach.Client) {
 	t.Helper()
 	var ips []string
 	for n := 1; n <= 2; n++ {
@@ -61,6 +70,9 @@ func startInProcessRackOf(t *testing.T, size int, lease volume.LeaseConfig) (*in
 			fmt.Sprintf("127.0.1.%d:%d", i, port), fmt.Sprintf("127.0.2.%d:%d", i, port)}}
 		r.peers = append(r.peers, p)
 		hns = append(hns, p.Addresses)
+	}
+	if setup != nil {
+		setup(r)
 	}
 	for _, p := range r.peers {
 		r.start(p.ID)
@@ -84,7 +96,7 @@ func (r *inProcessRack) start(id string) {
 			continue
 		}
 		n, err := headnode.Start(headnode.Config{ID: p.ID, ListenAddresses: p.Addresses,
-			DataDir: filepath.Join(r.dir, p.ID), Peers: r.peers, Logger: r.logger, Lease: r.lease})
+			DataDir: filepath.Join(r.dir, p.ID), Peers: r.peers, Logger: r.logger, Lease: r.lease, Disk: r.disk})
 		if err != nil {
 			r.t.Fatal(err)
 		}
