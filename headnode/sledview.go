@@ -145,7 +145,8 @@ func (v *sledView) placement() []sledState {
 	for _, d := range dir {
 		st := sledState{id: d.Id}
 		s := v.seen[d.Id]
-		if d.State == ballastpb.SledState_SLED_STATE_UP && s != nil && s.reachable && s.stat != nil {
+		// A full sled would refuse every shard: new ones go elsewhere.
+		if d.State == ballastpb.SledState_SLED_STATE_UP && s != nil && s.reachable && s.stat != nil && !s.stat.Full {
 			st.usable = true
 			st.usedBytes, st.capBytes = s.stat.UsedBytes, s.stat.CapacityBytes
 		}
@@ -165,7 +166,7 @@ func (v *sledView) statuses() []*ballastpb.SledStatus {
 		if s := v.seen[d.Id]; s != nil {
 			ss.Reachable, ss.Error = s.reachable, s.err
 			if st := s.stat; st != nil {
-				ss.Shards, ss.CapacityBytes, ss.UsedBytes = st.Shards, st.CapacityBytes, st.UsedBytes
+				ss.Shards, ss.CapacityBytes, ss.UsedBytes, ss.Full = st.Shards, st.CapacityBytes, st.UsedBytes, st.Full
 				for _, dev := range st.Devices {
 					if dev.Failed {
 						ss.FailedDevices++

@@ -99,6 +99,10 @@ type device struct {
 	shards   uint64
 	failed   bool
 	failure  string
+
+	// configured is the capacity it was given (0: the filesystem's free
+	// space plus what it holds, measured again by RefreshSpace).
+	configured uint64
 }
 
 func (d *device) shardDir() string      { return filepath.Join(d.path, "shards") }

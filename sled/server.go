@@ -100,7 +100,8 @@ func (s *server) ListShards(req *sledpb.ListShardsRequest, stream sledpb.Sled_Li
 }
 
 func (s *server) Stat(ctx context.Context, req *sledpb.StatRequest) (*sledpb.StatResponse, error) {
-	resp := &sledpb.StatResponse{SledId: s.sled.cfg.ID}
+	s.sled.store.RefreshSpace()
+	resp := &sledpb.StatResponse{SledId: s.sled.cfg.ID, Full: s.sled.store.Full()}
 	for _, d := range s.sled.store.Devices() {
 		resp.Devices = append(resp.Devices, &sledpb.DeviceStat{
 			Id: d.ID, Path: d.Path, CapacityBytes: d.CapacityBytes, UsedBytes: d.UsedBytes,

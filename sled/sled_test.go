@@ -144,6 +144,17 @@ func (f *faultFS) ReadAt(path string, off int64, n int) ([]byte, error) {
 	return f.osFS.ReadAt(path, off, n)
 }
 
+// FreeBytes says a device whose writes fail with ENOSPC has no room.
+func (f *faultFS) FreeBytes(path string) (uint64, error) {
+	f.mu.Lock()
+	full := f.noSpace[path]
+	f.mu.Unlock()
+	if full {
+		return 0, nil
+	}
+	return f.osFS.FreeBytes(path)
+}
+
 func (f *faultFS) set(fn func(*faultFS)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -301,6 +312,52 @@ func TestStoreFullDevices(t *testing.T) {
 	}
 	if s2.Devices()[0].Failed {
 		t.Fatal("a full device was marked failed")
+	}
+}
+
+// TestFullSledReportsItselfFull: a sled whose every disk fills (with
+// anything, not only shards) refuses shards with ErrNoSpace, says it is
+// full in Stat, serves what it holds, and takes shards again, by itself,
+// once space is freed.
+func TestFullSledReportsItselfFull(t *testing.T) {
+	fs := newFaultFS()
+	s := openTestStore(t, t.TempDir(), 2, 0, fs)
+	id := ShardID{Volume: 1, Segment: 1}
+	data := randomData(1, 4096)
+	if _, err := s.Put(id, 1, data); err != nil {
+		t.Fatal(err)
+	}
+	if s.Full() {
+		t.Fatal("an empty sled says it is full")
+	}
+	fs.set(func(f *faultFS) {
+		for _, d := range s.Devices() {
+			f.noSpace[d.Path] = true
+		}
+	})
+	if _, err := s.Put(ShardID{Volume: 1, Segment: 2}, 1, data); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("put on a full sled: %v, want ErrNoSpace", err)
+	}
+	s.RefreshSpace()
+	if !s.Full() {
+		t.Fatalf("a sled whose disks are full does not say so: %+v", s.Devices())
+	}
+	for _, d := range s.Devices() {
+		if d.Failed {
+			t.Fatalf("full device %s marked failed", d.ID)
+		}
+	}
+	if got, _, err := s.Get(id, 0, uint64(len(data))); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read from a full sled: %v", err)
+	}
+
+	fs.set(func(f *faultFS) { clear(f.noSpace) })
+	s.RefreshSpace()
+	if s.Full() {
+		t.Fatal("still full after space was freed")
+	}
+	if _, err := s.Put(ShardID{Volume: 1, Segment: 2}, 1, data); err != nil {
+		t.Fatalf("put after space was freed: %v", err)
 	}
 }
 

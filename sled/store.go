@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -213,7 +214,7 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 			d.shards++
 		}
 	}
-	d.capacity = capacity
+	d.capacity, d.configured = capacity, capacity
 	if capacity == 0 {
 		free, err := d.fs.FreeBytes(d.path)
 		if err != nil {
@@ -222,6 +223,60 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 		d.capacity = free + d.used
 	}
 	return nil
+}
+
+// fullRoomBytes: a sled none of whose working devices has this much room
+// reports itself full; it is a shard of the default segment (4 MiB over
+// 4 data shards) with its checksums.
+const fullRoomBytes = 1<<20 + 64<<10
+
+// RefreshSpace measures again what each working device may hold: the
+// filesystem's free space plus what the device holds, no more than its
+// configured capacity. A disk filled by anything else, or emptied, is
+// seen as such, and a device found full by a write gets room back once
+// space is freed.
+func (s *Store) RefreshSpace() {
+	s.mu.Lock()
+	devs := slices.Clone(s.devs)
+	s.mu.Unlock()
+	for _, d := range devs {
+		s.mu.Lock()
+		failed := d.failed
+		s.mu.Unlock()
+		if failed {
+			continue
+		}
+		free, err := d.fs.FreeBytes(d.path)
+		if err != nil {
+			s.log.Warn("free space of device", "sled", s.id, "device", d.id, "err", err)
+			continue
+		}
+		s.mu.Lock()
+		d.capacity = free + d.used
+		if d.configured > 0 {
+			d.capacity = min(d.capacity, d.configured)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Full says whether no working device has room for a shard of the
+// default segment (a sled whose every device failed is not full, but
+// failed).
+func (s *Store) Full() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	working := false
+	for _, d := range s.devs {
+		if d.failed {
+			continue
+		}
+		working = true
+		if d.capacity > d.used && d.capacity-d.used >= fullRoomBytes {
+			return false
+		}
+	}
+	return working
 }
 
 // Close closes the metadata database. In-flight calls may fail.
@@ -308,6 +363,12 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 			return d.id, nil
 		}
 		if isNoSpace(err) {
+			// Full before its capacity (the filesystem is shared, or
+			// smaller than configured): it takes nothing more until
+			// RefreshSpace finds room on it.
+			s.mu.Lock()
+			d.capacity = d.used
+			s.mu.Unlock()
 			why = append(why, fmt.Sprintf("%s: %v", d.id, err))
 			continue
 		}

@@ -396,7 +396,11 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "SLED\tSTATE\tREACHABLE\tSHARDS\tUSED\tCAPACITY\tFAILED DEVICES\tCORRUPT FOUND\tADDRESSES")
 		for _, s := range resp.Sleds {
-			fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Sled.Id, sledStateName(s.Sled.State), s.Reachable, s.Shards,
+			state := sledStateName(s.Sled.State)
+			if s.Full {
+				state += " (full)"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Sled.Id, state, s.Reachable, s.Shards,
 				humanize.IBytes(s.UsedBytes), humanize.IBytes(s.CapacityBytes), s.FailedDevices, s.CorruptFound, strings.Join(s.Sled.Addresses, ", "))
 		}
 		w.Flush()

@@ -1798,6 +1798,7 @@ type SledStatus struct {
 	FailedDevices uint32                 `protobuf:"varint,6,opt,name=failed_devices,json=failedDevices,proto3" json:"failed_devices,omitempty"`
 	CorruptFound  uint64                 `protobuf:"varint,7,opt,name=corrupt_found,json=corruptFound,proto3" json:"corrupt_found,omitempty"` // by its scrubber
 	Error         string                 `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`                                    // why it did not answer
+	Full          bool                   `protobuf:"varint,9,opt,name=full,proto3" json:"full,omitempty"`                                     // it has no room for new shards (reads go on)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1886,6 +1887,13 @@ func (x *SledStatus) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *SledStatus) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
 }
 
 // Redundancy counts segments by how many of their shards can be read.
@@ -7071,7 +7079,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.ballast.v1.SledStateR\x05state\"<\n" +
 	"\x14SetSledStateResponse\x12$\n" +
-	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\"\x90\x02\n" +
+	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\"\xa4\x02\n" +
 	"\n" +
 	"SledStatus\x12$\n" +
 	"\x04sled\x18\x01 \x01(\v2\x10.ballast.v1.SledR\x04sled\x12\x1c\n" +
@@ -7082,7 +7090,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"used_bytes\x18\x05 \x01(\x04R\tusedBytes\x12%\n" +
 	"\x0efailed_devices\x18\x06 \x01(\rR\rfailedDevices\x12#\n" +
 	"\rcorrupt_found\x18\a \x01(\x04R\fcorruptFound\x12\x14\n" +
-	"\x05error\x18\b \x01(\tR\x05error\"\xc0\x02\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12\x12\n" +
+	"\x04full\x18\t \x01(\bR\x04full\"\xc0\x02\n" +
 	"\n" +
 	"Redundancy\x12#\n" +
 	"\rsegments_full\x18\x01 \x01(\x04R\fsegmentsFull\x12+\n" +

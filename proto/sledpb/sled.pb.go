@@ -743,6 +743,10 @@ type StatResponse struct {
 	CapacityBytes uint64                 `protobuf:"varint,4,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"` // of devices that have not failed
 	UsedBytes     uint64                 `protobuf:"varint,5,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
 	Scrub         *ScrubStat             `protobuf:"bytes,6,opt,name=scrub,proto3" json:"scrub,omitempty"`
+	// No device that has not failed has room for a shard of the default
+	// segment: the sled refuses new shards (ResourceExhausted) until space
+	// is freed, and serves the shards it holds.
+	Full          bool `protobuf:"varint,7,opt,name=full,proto3" json:"full,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -819,6 +823,13 @@ func (x *StatResponse) GetScrub() *ScrubStat {
 	return nil
 }
 
+func (x *StatResponse) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
 var File_proto_sledpb_sled_proto protoreflect.FileDescriptor
 
 const file_proto_sledpb_sled_proto_rawDesc = "" +
@@ -874,7 +885,7 @@ const file_proto_sledpb_sled_proto_rawDesc = "" +
 	"\x0ebytes_verified\x18\x03 \x01(\x04R\rbytesVerified\x12#\n" +
 	"\rcorrupt_found\x18\x04 \x01(\x04R\fcorruptFound\x12/\n" +
 	"\x14last_pass_unix_nanos\x18\x05 \x01(\x03R\x11lastPassUnixNanos\x121\n" +
-	"\x15rate_bytes_per_second\x18\x06 \x01(\x04R\x12rateBytesPerSecond\"\xee\x01\n" +
+	"\x15rate_bytes_per_second\x18\x06 \x01(\x04R\x12rateBytesPerSecond\"\x82\x02\n" +
 	"\fStatResponse\x12\x17\n" +
 	"\asled_id\x18\x01 \x01(\tR\x06sledId\x125\n" +
 	"\adevices\x18\x02 \x03(\v2\x1b.ballast.sled.v1.DeviceStatR\adevices\x12\x16\n" +
@@ -882,7 +893,8 @@ const file_proto_sledpb_sled_proto_rawDesc = "" +
 	"\x0ecapacity_bytes\x18\x04 \x01(\x04R\rcapacityBytes\x12\x1d\n" +
 	"\n" +
 	"used_bytes\x18\x05 \x01(\x04R\tusedBytes\x120\n" +
-	"\x05scrub\x18\x06 \x01(\v2\x1a.ballast.sled.v1.ScrubStatR\x05scrub2\x97\x03\n" +
+	"\x05scrub\x18\x06 \x01(\v2\x1a.ballast.sled.v1.ScrubStatR\x05scrub\x12\x12\n" +
+	"\x04full\x18\a \x01(\bR\x04full2\x97\x03\n" +
 	"\x04Sled\x12O\n" +
 	"\bPutShard\x12 .ballast.sled.v1.PutShardRequest\x1a!.ballast.sled.v1.PutShardResponse\x12O\n" +
 	"\bGetShard\x12 .ballast.sled.v1.GetShardRequest\x1a!.ballast.sled.v1.GetShardResponse\x12X\n" +
