@@ -177,6 +177,16 @@ func (g *diskGuard) admit(n int64) error {
 		ErrNoSpace, ibytes(g.effectiveFreeLocked()), g.dir, ibytes(g.cfg.ResumeFreeBytes))
 }
 
+// refusing says whether client writes are refused now (false for nil).
+func (g *diskGuard) refusing() bool {
+	if g == nil {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.mu.refused
+}
+
 // updateLocked applies a measure, with hysteresis.
 func (g *diskGuard) updateLocked(sp diskSpace, err error) {
 	g.mu.admitted = 0

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 const mib = 1 << 20
@@ -162,5 +163,38 @@ func TestFullDiskRefusesWritesServesReads(t *testing.T) {
 	disk.set(50 * mib)
 	p.primary.disk.check()
 	p.write(t, 0, pattern(4096, 3))
+	p.checkReplicas(t)
+}
+
+// TestSecondaryFullDiskRefusesWrites: a primary whose secondary says its
+// disk is nearly full refuses client writes (the secondary still takes
+// what it is sent), and finds out by itself when the secondary has room.
+func TestSecondaryFullDiskRefusesWrites(t *testing.T) {
+	p := newPair(t, 1<<20)
+	p.write(t, 0, pattern(4096, 1))
+	p.faults.set(func(f *faults) { f.diskFull = true })
+	// The next batch brings the news; writes after it are refused.
+	p.write(t, 4096, pattern(4096, 2))
+	ctx := context.Background()
+	if err := p.primary.write(ctx, 0, 4096, pattern(4096, 3), false, false); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write while the secondary's disk is full: %v, want ErrNoSpace", err)
+	}
+	got := make([]byte, 4096)
+	if err := p.primary.read(ctx, 4096, got); err != nil || !bytes.Equal(got, pattern(4096, 2)) {
+		t.Fatalf("read while the secondary's disk is full: %v", err)
+	}
+	p.faults.set(func(f *faults) { f.diskFull = false })
+	deadline := time.Now().Add(10 * secondaryProbeInterval)
+	for {
+		err := p.primary.write(ctx, 0, 4096, pattern(4096, 4), false, false)
+		if err == nil {
+			copy(p.model, pattern(4096, 4))
+			break
+		}
+		if !errors.Is(err, ErrNoSpace) || time.Now().After(deadline) {
+			t.Fatalf("write after the secondary's disk has room again: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	p.checkReplicas(t)
 }

@@ -70,6 +70,10 @@ type primaryVolume struct {
 	// Owned by the committer goroutine.
 	link              replicaLink
 	replicatedThrough uint64
+	// secondaryFull is set by the committer from the secondary's replies:
+	// client writes are refused while its disk is nearly full, and the
+	// committer asks it again every secondaryProbeInterval meanwhile.
+	secondaryFull atomic.Bool
 
 	// remote reaches the sleds; nil when the rack has none configured for
 	// this node (then nothing is ever flushed and every block is local).
@@ -298,6 +302,9 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 	if length == 0 {
 		return nil
 	}
+	if p.secondaryFull.Load() {
+		return fmt.Errorf("%w: the data disk of volume %s's secondary is nearly full", ErrNoSpace, p.vol.Name)
+	}
 	if p.disk != nil {
 		// A write costs its blocks' data; trims and zeroes cost their
 		// records, little, but are refused alike: a full disk takes no
@@ -403,10 +410,19 @@ func (p *primaryVolume) commitLoop() {
 		}
 	}()
 	for {
+		// While the secondary's disk is full no batch may come to tell
+		// when it has room again: ask it.
+		var probe <-chan time.Time
+		if p.secondaryFull.Load() {
+			probe = time.After(secondaryProbeInterval)
+		}
 		select {
 		case <-p.stop:
 			return
 		case <-p.wake:
+		case <-probe:
+			p.probeSecondary()
+			continue
 		}
 		for {
 			batch := p.takeBatch()
@@ -420,6 +436,40 @@ func (p *primaryVolume) commitLoop() {
 				err = p.leaseHeld(context.Background())
 			}
 			p.finish(batch, err)
+		}
+	}
+}
+
+// secondaryProbeInterval is how often a primary asks a secondary whose
+// disk was full whether it has room again.
+const secondaryProbeInterval = time.Second
+
+// probeSecondary sends the secondary a batch of no records, whose reply
+// says whether its disk still is nearly full.
+func (p *primaryVolume) probeSecondary() {
+	ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
+	defer cancel()
+	if err := p.connect(ctx); err != nil {
+		p.log.Debug("probe secondary", "err", err)
+		return
+	}
+	if _, err := p.link.Send(ctx, &ballastpb.ReplicateRequest{ReplicatedThrough: p.replicatedThrough}); err != nil {
+		p.dropLink()
+		p.log.Debug("probe secondary", "err", err)
+		return
+	}
+	p.noteSecondaryDisk()
+}
+
+// noteSecondaryDisk records what the secondary's last reply said of its
+// disk, logging a change.
+func (p *primaryVolume) noteSecondaryDisk() {
+	full := p.link.DiskFull()
+	if p.secondaryFull.Swap(full) != full {
+		if full {
+			p.log.Warn("the secondary's data disk is nearly full: client writes are refused")
+		} else {
+			p.log.Info("the secondary's data disk has room again: client writes resume")
 		}
 	}
 }
@@ -517,6 +567,7 @@ func (p *primaryVolume) commit(batch []*pendingWrite) error {
 		}
 	}
 	p.replicatedThrough = lastSeq
+	p.noteSecondaryDisk()
 	var written int64
 	for _, r := range records {
 		written += int64(len(r.Blocks)) * blockSize
@@ -536,6 +587,7 @@ func (p *primaryVolume) connect(ctx context.Context) error {
 	for {
 		err := p.ensureLink(ctx)
 		if err == nil {
+			p.noteSecondaryDisk()
 			return nil
 		}
 		p.dropLink()

@@ -30,6 +30,9 @@ type faults struct {
 	// error, as when the reply is lost on the wire.
 	loseReply bool
 	sends     int
+
+	// diskFull is what the secondary's replies say of its disk.
+	diskFull bool
 }
 
 func (f *faults) set(fn func(*faults)) {
@@ -65,6 +68,12 @@ func (l *memLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (ui
 		return 0, errors.New("reply lost")
 	}
 	return r.LastSeq, nil
+}
+
+func (l *memLink) DiskFull() bool {
+	l.f.mu.Lock()
+	defer l.f.mu.Unlock()
+	return l.f.diskFull
 }
 
 func (l *memLink) Close() {}

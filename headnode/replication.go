@@ -27,6 +27,9 @@ type replicaLink interface {
 	// Send delivers records and waits for the secondary to make them
 	// durable; it returns the secondary's last durable seq.
 	Send(ctx context.Context, req *ballastpb.ReplicateRequest) (uint64, error)
+	// DiskFull says whether the secondary's last reply said its data
+	// disk is nearly full.
+	DiskFull() bool
 	Close()
 }
 

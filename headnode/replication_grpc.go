@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -138,6 +139,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 	if err != nil {
 		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
 	}
+	reply.DiskFull = s.node.disk.refusing()
 	if err := stream.Send(reply); err != nil {
 		return err
 	}
@@ -169,6 +171,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 			s.node.log.Warn("replicate: apply", "volume_id", volID, "err", err)
 			return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
 		}
+		reply.DiskFull = s.node.disk.refusing()
 		if err := stream.Send(reply); err != nil {
 			return err
 		}
@@ -230,9 +233,10 @@ func (s *replicationServer) dropUnlessReplica(volumeID uint64, stale func() bool
 
 // grpcLink is a replicaLink over the Replication stream.
 type grpcLink struct {
-	cancel  context.CancelFunc
-	stream  ballastpb.Replication_ReplicateClient
-	replies chan replyOrErr
+	cancel   context.CancelFunc
+	stream   ballastpb.Replication_ReplicateClient
+	replies  chan replyOrErr
+	diskFull atomic.Bool // of the last reply
 }
 
 type replyOrErr struct {
@@ -293,6 +297,7 @@ func (l *grpcLink) roundTrip(ctx context.Context, req *ballastpb.ReplicateReques
 		if r.err != nil {
 			return nil, fmt.Errorf("secondary: %w", r.err)
 		}
+		l.diskFull.Store(r.reply.DiskFull)
 		return r.reply, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for secondary: %w", ctx.Err())
@@ -310,6 +315,8 @@ func (l *grpcLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (u
 	}
 	return r.LastSeq, nil
 }
+
+func (l *grpcLink) DiskFull() bool { return l.diskFull.Load() }
 
 func (l *grpcLink) Close() { l.cancel() }
 

@@ -6906,7 +6906,11 @@ type ReplicateReply struct {
 	Status       ReplicateStatus `protobuf:"varint,4,opt,name=status,proto3,enum=ballast.v1.ReplicateStatus" json:"status,omitempty"` // set whenever error is
 	// In reply to a hello: the secondary holds no usable copy (it never had
 	// one, or a full sync was cut short) and needs a full sync.
-	NeedsSync     bool `protobuf:"varint,5,opt,name=needs_sync,json=needsSync,proto3" json:"needs_sync,omitempty"`
+	NeedsSync bool `protobuf:"varint,5,opt,name=needs_sync,json=needsSync,proto3" json:"needs_sync,omitempty"`
+	// The secondary's data disk is nearly full: it still applies what it is
+	// sent, but the primary refuses new client writes (IO_STATUS_NO_SPACE)
+	// until a later reply says otherwise.
+	DiskFull      bool `protobuf:"varint,6,opt,name=disk_full,json=diskFull,proto3" json:"disk_full,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6972,6 +6976,13 @@ func (x *ReplicateReply) GetStatus() ReplicateStatus {
 func (x *ReplicateReply) GetNeedsSync() bool {
 	if x != nil {
 		return x.NeedsSync
+	}
+	return false
+}
+
+func (x *ReplicateReply) GetDiskFull() bool {
+	if x != nil {
+		return x.DiskFull
 	}
 	return false
 }
@@ -7458,14 +7469,15 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fsync_end_seq\x18\t \x01(\x04R\n" +
 	"syncEndSeq\x12/\n" +
 	"\x14sync_next_segment_id\x18\n" +
-	" \x01(\x04R\x11syncNextSegmentId\"\xd1\x01\n" +
+	" \x01(\x04R\x11syncNextSegmentId\"\xee\x01\n" +
 	"\x0eReplicateReply\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x123\n" +
 	"\x06status\x18\x04 \x01(\x0e2\x1b.ballast.v1.ReplicateStatusR\x06status\x12\x1d\n" +
 	"\n" +
-	"needs_sync\x18\x05 \x01(\bR\tneedsSync*\x80\x01\n" +
+	"needs_sync\x18\x05 \x01(\bR\tneedsSync\x12\x1b\n" +
+	"\tdisk_full\x18\x06 \x01(\bR\bdiskFull*\x80\x01\n" +
 	"\tSledState\x12\x1a\n" +
 	"\x16SLED_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
