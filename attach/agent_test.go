@@ -1,6 +1,12 @@
 package attach
 
-import "testing"
+import (
+	"errors"
+	"testing"
+
+	"github.com/ballast-storage/ballast/attach/blockdev"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
 
 func TestAgentConfigLimits(t *testing.T) {
 	c := AgentConfig{HeadNodes: [][]string{{"127.0.0.1:1"}}}
@@ -21,5 +27,29 @@ func TestAgentConfigLimits(t *testing.T) {
 		if err := bad.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestReplyError checks the class each head-node status becomes, which
+// the NBD server and the NVMe/TCP target turn into what a client sees
+// (a full head node: ENOSPC, Capacity Exceeded).
+func TestReplyError(t *testing.T) {
+	for _, c := range []struct {
+		status ballastpb.IOStatus
+		want   error
+	}{
+		{ballastpb.IOStatus_IO_STATUS_NO_SPACE, blockdev.ErrNoSpace},
+		{ballastpb.IOStatus_IO_STATUS_FENCED, blockdev.ErrNotPermitted},
+		{ballastpb.IOStatus_IO_STATUS_OUT_OF_RANGE, blockdev.ErrOutOfRange},
+		{ballastpb.IOStatus_IO_STATUS_INVALID, blockdev.ErrInvalid},
+		{ballastpb.IOStatus_IO_STATUS_IO_ERROR, blockdev.ErrIO},
+	} {
+		err := replyError(&ballastpb.IOReply{Status: c.status, Error: "x"})
+		if !errors.Is(err, c.want) {
+			t.Errorf("%v: %v, want %v", c.status, err, c.want)
+		}
+	}
+	if err := replyError(&ballastpb.IOReply{}); err != nil {
+		t.Errorf("OK: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/ballast-storage/ballast/attach/blockdev"
 	"github.com/ballast-storage/ballast/internal/bufpool"
 )
 
@@ -292,6 +293,9 @@ func TestErrno(t *testing.T) {
 		{nil, 0},
 		{EPERM, EPERM},
 		{fmt.Errorf("%w: volume full", ENOSPC), ENOSPC},
+		// A head node whose disk is full, as the agent's device says it.
+		{fmt.Errorf("%w: head node disk full", blockdev.ErrNoSpace), ENOSPC},
+		{fmt.Errorf("%w: handed over", blockdev.ErrNotPermitted), EPERM},
 		{fmt.Errorf("outer: %w", fmt.Errorf("%w: bad", EINVAL)), EINVAL},
 		{errors.New("anything else"), EIO},
 		{Errno(99), EIO},

@@ -154,6 +154,11 @@ func TestDeviceErrors(t *testing.T) {
 	if st := statusAccessDenied; st.SCT() != sctMedia || st.SC() != 0x86 {
 		t.Fatalf("Access Denied is %v", st)
 	}
+	// A full head node or sled: Capacity Exceeded, generic status 81h,
+	// which Linux turns into ENOSPC (BLK_STS_NOSPC).
+	if st := statusCapacityExceeded; st.SCT() != sctGeneric || st.SC() != 0x81 {
+		t.Fatalf("Capacity Exceeded is %v", st)
+	}
 }
 
 // ---- Transport errors ----
