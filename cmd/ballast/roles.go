@@ -25,6 +25,7 @@ func newHeadNodeCommand() *cobra.Command {
 		join                       bool
 		storage                    storageFlags
 		ioLimits                   ioLimitFlags
+		minFree, diskReserve       string
 	)
 	cmd := &cobra.Command{
 		Use:   "headnode",
@@ -44,6 +45,10 @@ func newHeadNodeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			disk, err := diskConfig(minFree, diskReserve)
+			if err != nil {
+				return err
+			}
 			cfg := headnode.Config{
 				IO:                 ioc,
 				ID:                 id,
@@ -53,6 +58,7 @@ func newHeadNodeCommand() *cobra.Command {
 				VolumeGroups:       volumeGroups,
 				Join:               join,
 				Storage:            sc,
+				Disk:               disk,
 				Logger:             slog.Default(),
 			}
 			for _, a := range []string{listenA, listenB} {
@@ -85,6 +91,8 @@ func newHeadNodeCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&lease, "lease", volume.DefaultLeaseConfig.Duration, "how long a primary's lease lasts; a dead primary is replaced after about this long")
 	cmd.Flags().BoolVar(&join, "join", false, "join a running rack (then add this node with `ballast rack add-headnode`) instead of founding one")
 	cmd.Flags().IntVar(&volumeGroups, "volume-groups", headnode.DefaultVolumeGroups, "volume groups besides the directory group (every head node of a rack must be given the same number)")
+	cmd.Flags().StringVar(&minFree, "min-free", "", "refuse client writes while the data disk has less free than this, e.g. 1GiB (default: 2% of the disk, 64 MiB to 4 GiB)")
+	cmd.Flags().StringVar(&diskReserve, "disk-reserve", "", "size of the emergency reserve file kept in the data directory, freed when the disk fills (default: 1% of the disk, 32 MiB to 1 GiB; 0: none)")
 	addStorageFlags(cmd, &storage)
 	addIOLimitFlags(cmd, &ioLimits)
 	for _, f := range []string{"id", "data", "listen-a"} {
@@ -92,6 +100,30 @@ func newHeadNodeCommand() *cobra.Command {
 	}
 	cmd.AddCommand(newExportReplicaCommand())
 	return cmd
+}
+
+// diskConfig reads the head node's disk flags; empty means the default.
+func diskConfig(minFree, reserve string) (headnode.DiskConfig, error) {
+	var c headnode.DiskConfig
+	if minFree != "" {
+		n, err := parseSize(minFree)
+		if err != nil {
+			return c, fmt.Errorf("--min-free: %w", err)
+		}
+		c.MinFreeBytes = int64(n)
+	}
+	switch reserve {
+	case "":
+	case "0":
+		c.ReserveBytes = -1
+	default:
+		n, err := parseSize(reserve)
+		if err != nil {
+			return c, fmt.Errorf("--disk-reserve: %w", err)
+		}
+		c.ReserveBytes = int64(n)
+	}
+	return c, nil
 }
 
 func newExportReplicaCommand() *cobra.Command {
