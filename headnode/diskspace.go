@@ -32,17 +32,19 @@ var ErrNoSpace = errors.New("headnode: no space left on the data disk")
 // out, or at start to open its stores on a full disk.
 type DiskConfig struct {
 	// MinFreeBytes: client writes are refused while the disk's free space,
-	// less the part of the reserve not on disk, is below it. 0: 2% of the
-	// filesystem, at least 64 MiB and at most 4 GiB, but never more than
-	// an eighth of it.
+	// less the part of the reserve not on disk, is below it. It must
+	// cover what pebble writes on its own meanwhile (memtable flushes of
+	// 64 MiB, compactions, raft logs). 0: 2% of the filesystem, at least
+	// 256 MiB and at most 4 GiB, but never more than an eighth of it.
 	MinFreeBytes int64
 	// ResumeFreeBytes: refused writes are admitted again once that free
 	// space is back at or above it, so the node does not flap at the
-	// threshold. 0: 1.5 × MinFreeBytes.
+	// threshold. 0 or less than MinFreeBytes: 1.5 × MinFreeBytes.
 	ResumeFreeBytes int64
 	// ReserveBytes sizes the emergency reserve file in the data
-	// directory. 0: 1% of the filesystem, at least 32 MiB and at most
-	// 1 GiB, but never more than a sixteenth of it; negative: none.
+	// directory: room for pebble to open and replay its logs (a 64 MiB
+	// memtable or more) on a disk that filled. 0: 256 MiB, but never
+	// more than a sixteenth of the filesystem; negative: none.
 	ReserveBytes int64
 	// CheckInterval is how often free space is measured (0: 1s). Writes
 	// also measure it after every MinFreeBytes/16 bytes they admit.
@@ -129,14 +131,14 @@ func openDiskGuard(dir string, cfg DiskConfig, measure func(string) (diskSpace, 
 func resolveDiskConfig(cfg DiskConfig, total uint64) DiskConfig {
 	t := int64(min(total, 1<<62))
 	if cfg.MinFreeBytes == 0 {
-		cfg.MinFreeBytes = min(max(t/50, 64<<20), 4<<30, t/8)
+		cfg.MinFreeBytes = min(max(t/50, 256<<20), 4<<30, t/8)
 	}
 	if cfg.ResumeFreeBytes < cfg.MinFreeBytes {
 		cfg.ResumeFreeBytes = cfg.MinFreeBytes + cfg.MinFreeBytes/2
 	}
 	switch {
 	case cfg.ReserveBytes == 0:
-		cfg.ReserveBytes = min(max(t/100, 32<<20), 1<<30, t/16)
+		cfg.ReserveBytes = min(256<<20, t/16)
 	case cfg.ReserveBytes < 0:
 		cfg.ReserveBytes = 0
 	}

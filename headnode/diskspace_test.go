@@ -198,3 +198,22 @@ func TestSecondaryFullDiskRefusesWrites(t *testing.T) {
 	}
 	p.checkReplicas(t)
 }
+
+func TestDiskConfigDefaults(t *testing.T) {
+	for _, c := range []struct {
+		total                    uint64
+		minFree, resume, reserve int64
+	}{
+		{64 * mib, 8 * mib, 12 * mib, 4 * mib},
+		{100 << 30, 2 << 30, 3 << 30, 256 * mib},
+		{1 << 40, 4 << 30, 6 << 30, 256 * mib},
+	} {
+		got := resolveDiskConfig(DiskConfig{}, c.total)
+		if got.MinFreeBytes != c.minFree || got.ResumeFreeBytes != c.resume || got.ReserveBytes != c.reserve {
+			t.Errorf("disk of %d bytes: %+v", c.total, got)
+		}
+	}
+	if got := resolveDiskConfig(DiskConfig{ReserveBytes: -1}, 1<<40); got.ReserveBytes != 0 {
+		t.Errorf("no reserve asked: %+v", got)
+	}
+}

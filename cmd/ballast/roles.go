@@ -91,8 +91,8 @@ func newHeadNodeCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&lease, "lease", volume.DefaultLeaseConfig.Duration, "how long a primary's lease lasts; a dead primary is replaced after about this long")
 	cmd.Flags().BoolVar(&join, "join", false, "join a running rack (then add this node with `ballast rack add-headnode`) instead of founding one")
 	cmd.Flags().IntVar(&volumeGroups, "volume-groups", headnode.DefaultVolumeGroups, "volume groups besides the directory group (every head node of a rack must be given the same number)")
-	cmd.Flags().StringVar(&minFree, "min-free", "", "refuse client writes while the data disk has less free than this, e.g. 1GiB (default: 2% of the disk, 64 MiB to 4 GiB)")
-	cmd.Flags().StringVar(&diskReserve, "disk-reserve", "", "size of the emergency reserve file kept in the data directory, freed when the disk fills (default: 1% of the disk, 32 MiB to 1 GiB; 0: none)")
+	cmd.Flags().StringVar(&minFree, "min-free", "", "refuse client writes while the data disk has less free than this, e.g. 1GiB (default: 2% of the disk, 256 MiB to 4 GiB)")
+	cmd.Flags().StringVar(&diskReserve, "disk-reserve", "", "size of the emergency reserve file kept in the data directory, freed when the disk fills (default: 256 MiB; 0: none)")
 	addStorageFlags(cmd, &storage)
 	addIOLimitFlags(cmd, &ioLimits)
 	for _, f := range []string{"id", "data", "listen-a"} {
