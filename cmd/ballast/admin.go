@@ -419,7 +419,7 @@ func diskLine(d *ballastpb.DiskStatus) string {
 	line := fmt.Sprintf("data disk: %s free of %s (%s used), emergency reserve %s", humanize.IBytes(d.FreeBytes),
 		humanize.IBytes(d.TotalBytes), humanize.IBytes(d.TotalBytes-min(d.FreeBytes, d.TotalBytes)), humanize.IBytes(d.ReserveBytes))
 	if d.WritesRefused {
-		line += fmt.Sprintf("; writes refused: disk full (resume above %s free)", humanize.IBytes(d.MinFreeBytes))
+		line += fmt.Sprintf("; writes refused: disk full (under %s free)", humanize.IBytes(d.MinFreeBytes))
 	}
 	if d.Error != "" {
 		line += "; cannot measure: " + d.Error
