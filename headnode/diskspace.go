@@ -85,9 +85,9 @@ type diskGuard struct {
 	}
 }
 
-// openDiskGuard measures the disk of dir and, if space is short, deletes
-// the reserve so that the stores can open and replay their logs; it must
-// run before they open.
+// openDiskGuard measures the disk of dir and, if it is almost full,
+// deletes the reserve so that the stores can open and replay their logs;
+// it must run before they open.
 func openDiskGuard(dir string, cfg DiskConfig, measure func(string) (diskSpace, error), log *slog.Logger) (*diskGuard, error) {
 	if measure == nil {
 		measure = statfs
@@ -102,7 +102,7 @@ func openDiskGuard(dir string, cfg DiskConfig, measure func(string) (diskSpace, 
 		g.mu.reserve = allocatedBytes(fi)
 	}
 	g.mu.space = sp
-	if g.mu.reserve > 0 && g.effectiveFreeLocked() < cfg.MinFreeBytes {
+	if g.criticalLocked() {
 		g.log.Warn("data disk is nearly full at start: emergency reserve deleted so the stores can open; client writes are refused until space is freed",
 			"free_bytes", sp.freeBytes, "reserve_bytes", g.mu.reserve)
 		if err := g.releaseReserve(); err != nil {
@@ -155,6 +155,12 @@ func (g *diskGuard) reservePath() string { return filepath.Join(g.dir, reserveFi
 func (g *diskGuard) effectiveFreeLocked() int64 {
 	free := int64(min(g.mu.space.freeBytes, 1<<62))
 	return free - (g.cfg.ReserveBytes - min(g.mu.reserve, g.cfg.ReserveBytes))
+}
+
+// criticalLocked says whether the reserve must go: it is on disk and the
+// disk is almost full in spite of refused writes (half the minimum left).
+func (g *diskGuard) criticalLocked() bool {
+	return g.mu.reserve > 0 && int64(min(g.mu.space.freeBytes, 1<<62)) < g.cfg.MinFreeBytes/2
 }
 
 // admit says whether a client write of n bytes may go on; once refused,
@@ -231,7 +237,7 @@ func (g *diskGuard) check() {
 	sp, err := g.measure(g.dir)
 	g.mu.Lock()
 	g.updateLocked(sp, err)
-	critical := err == nil && g.mu.reserve > 0 && int64(min(sp.freeBytes, 1<<62)) < g.cfg.MinFreeBytes/2
+	critical := err == nil && g.criticalLocked()
 	topUp := err == nil && !g.mu.refused && g.mu.reserve < g.cfg.ReserveBytes
 	g.mu.Unlock()
 	switch {

@@ -116,6 +116,14 @@ func TestDiskGuardReleasesReserveAtStart(t *testing.T) {
 	if !reserveOnDisk(t, dir) {
 		t.Fatal("no emergency reserve after the first start")
 	}
+	// Short of the minimum, not of room to open: the reserve stays.
+	disk.set(7 * mib)
+	if err := openTestGuard(t, dir, disk).admit(4096); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write after a start on a nearly full disk: %v, want ErrNoSpace", err)
+	}
+	if !reserveOnDisk(t, dir) {
+		t.Fatal("reserve deleted while there was room to open")
+	}
 	disk.set(2 * mib)
 	g := openTestGuard(t, dir, disk)
 	if reserveOnDisk(t, dir) {
