@@ -12,6 +12,12 @@
 // between them starts with a hello that reconciles their logs, so a crash
 // between the two appends never leaves the replicas apart.
 //
+// A head node never lets its data disk fill under pebble, which ends the
+// process when it cannot write (diskspace.go): below a free-space floor
+// it refuses client writes with ErrNoSpace, on its own disk or its
+// secondary's, and serves reads; an emergency reserve file gives pebble
+// room to open on a disk that filled; writes resume by themselves.
+//
 // It may import consensus, migrate, txn, txn/driver, volume, internal/...
 // and proto/...; never attach.
 package headnode

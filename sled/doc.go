@@ -26,7 +26,9 @@
 // A device whose I/O fails (other than a full disk, a missing file or a
 // checksum) is marked failed durably and never used again; its shards
 // vanish from the sled, which keeps serving from its other devices. A
-// full device is skipped; when none has room, Put says so.
+// full device is skipped; when none has room, Put says so. Free space is
+// measured again at every Stat, so a sled whose disks fill with anything
+// reports itself full, and takes shards again once space is freed.
 //
 // It may import the standard library, pebble, grpc, prometheus,
 // internal/durable, internal/rpc and proto/sledpb.
