@@ -21,6 +21,19 @@
 // is recorded (synced) before the write that carries it is acknowledged,
 // so a deposed primary stays fenced across restarts.
 //
+// # Fencing
+//
+// Each volume's writes (puts and deletes) are serialized on the sled: the
+// epoch check, the record of a newer epoch and the change of the shard
+// file are one step under the volume's lock, so a write that passed the
+// check at an older epoch can never land after a write at a newer one.
+// Every shard keeps the epoch it was written at in its header; a shard is
+// never replaced or deleted by an older epoch, and at start the sled
+// fences each volume at no less than the newest epoch among its shards,
+// even if its metadata lost that record. A read reports the header's
+// identity and epoch, which the head node checks against what it asked
+// for.
+//
 // # Devices
 //
 // A device whose I/O fails (other than a full disk, a missing file or a

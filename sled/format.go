@@ -7,18 +7,19 @@ import (
 	"hash/crc32"
 )
 
-// Shard file format, version 1 (all integers little-endian):
+// Shard file format, version 2 (all integers little-endian):
 //
-//	header, 48 bytes:
+//	header, 56 bytes:
 //	  0  magic     "BALSHARD"
-//	  8  version   u16 (1)
+//	  8  version   u16 (2)
 //	 10  reserved  u16 (0)
 //	 12  chunk     u32: bytes per checksummed chunk (4096)
 //	 16  volume    u64
 //	 24  segment   u64
 //	 32  index     u32
 //	 36  length    u64: bytes of shard data
-//	 44  crc       u32: CRC32C of bytes 0..43
+//	 44  epoch     u64: the writer's epoch of the volume
+//	 52  crc       u32: CRC32C of bytes 0..51
 //	data, `length` bytes
 //	chunk table: one u32 CRC32C per chunk of data (the last may be short)
 //	table crc:   u32 CRC32C of the chunk table
@@ -26,11 +27,19 @@ import (
 // A read of a range checks the header, the whole chunk table against its
 // crc, and every chunk the range touches against its entry; any mismatch
 // means the shard is corrupt and none of its data is returned.
+//
+// The header names the shard (volume, segment, index) and the epoch it
+// was written at, so a file at the wrong path, or a shard that replaced
+// another, is told apart from the one a reader asked for; a sled also
+// refuses to replace a shard with one of an older epoch. Version 1 (a
+// 48-byte header without the epoch) is not read: its shards are reported
+// corrupt.
 
 const (
 	shardMagic    = "BALSHARD"
-	formatVersion = 1
-	headerBytes   = 48
+	formatVersion = 2
+	headerBytes   = 56
+	headerCRCAt   = 52
 	chunkBytes    = 4096
 	maxShardBytes = 64 << 20
 	crcBytes      = 4
@@ -56,6 +65,7 @@ func (id ShardID) String() string {
 // header is the decoded fixed header of a shard file.
 type header struct {
 	id     ShardID
+	epoch  uint64
 	chunk  uint32
 	length uint64
 }
@@ -67,8 +77,8 @@ func fileSize(length uint64) uint64 {
 	return headerBytes + length + chunksFor(length)*crcBytes + crcBytes
 }
 
-// encodeShard returns the whole file of a shard.
-func encodeShard(id ShardID, data []byte) []byte {
+// encodeShard returns the whole file of a shard written at epoch.
+func encodeShard(id ShardID, epoch uint64, data []byte) []byte {
 	n := uint64(len(data))
 	out := make([]byte, fileSize(n))
 	copy(out, shardMagic)
@@ -78,7 +88,8 @@ func encodeShard(id ShardID, data []byte) []byte {
 	binary.LittleEndian.PutUint64(out[24:], id.Segment)
 	binary.LittleEndian.PutUint32(out[32:], id.Index)
 	binary.LittleEndian.PutUint64(out[36:], n)
-	binary.LittleEndian.PutUint32(out[44:], crc32.Checksum(out[:44], castagnoli))
+	binary.LittleEndian.PutUint64(out[44:], epoch)
+	binary.LittleEndian.PutUint32(out[headerCRCAt:], crc32.Checksum(out[:headerCRCAt], castagnoli))
 	copy(out[headerBytes:], data)
 	table := out[headerBytes+n : headerBytes+n+chunksFor(n)*crcBytes]
 	for c := uint64(0); c < chunksFor(n); c++ {
@@ -97,15 +108,21 @@ func decodeHeader(b []byte) (header, error) {
 	if string(b[:8]) != shardMagic {
 		return header{}, fmt.Errorf("%w: bad magic", ErrCorrupt)
 	}
-	if got, want := crc32.Checksum(b[:44], castagnoli), binary.LittleEndian.Uint32(b[44:]); got != want {
+	// The version first: a version 1 header is shorter, so its checksum
+	// would not be where this one's is.
+	if v := binary.LittleEndian.Uint16(b[8:]); v != formatVersion {
+		return header{}, fmt.Errorf("%w: format version %d, want %d", ErrCorrupt, v, formatVersion)
+	}
+	if got, want := crc32.Checksum(b[:headerCRCAt], castagnoli), binary.LittleEndian.Uint32(b[headerCRCAt:]); got != want {
 		return header{}, fmt.Errorf("%w: header checksum %08x, want %08x", ErrCorrupt, got, want)
 	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != formatVersion {
-		return header{}, fmt.Errorf("%w: format version %d", ErrCorrupt, v)
+	if r := binary.LittleEndian.Uint16(b[10:]); r != 0 {
+		return header{}, fmt.Errorf("%w: reserved field %d", ErrCorrupt, r)
 	}
 	h := header{
 		chunk:  binary.LittleEndian.Uint32(b[12:]),
 		length: binary.LittleEndian.Uint64(b[36:]),
+		epoch:  binary.LittleEndian.Uint64(b[44:]),
 		id: ShardID{
 			Volume:  binary.LittleEndian.Uint64(b[16:]),
 			Segment: binary.LittleEndian.Uint64(b[24:]),
@@ -155,22 +172,22 @@ func checkChunks(data []byte, first uint64, length uint64, table []uint32) error
 	return nil
 }
 
-// decodeShard checks a whole shard file and returns its id and data.
-func decodeShard(b []byte) (ShardID, []byte, error) {
+// decodeShard checks a whole shard file and returns its header and data.
+func decodeShard(b []byte) (header, []byte, error) {
 	h, err := decodeHeader(b)
 	if err != nil {
-		return ShardID{}, nil, err
+		return header{}, nil, err
 	}
 	if uint64(len(b)) != fileSize(h.length) {
-		return ShardID{}, nil, fmt.Errorf("%w: file of %d bytes for a shard of %d", ErrCorrupt, len(b), h.length)
+		return header{}, nil, fmt.Errorf("%w: file of %d bytes for a shard of %d", ErrCorrupt, len(b), h.length)
 	}
 	data := b[headerBytes : headerBytes+h.length]
 	table, err := checkTable(b[headerBytes+h.length:], h.length)
 	if err != nil {
-		return ShardID{}, nil, err
+		return header{}, nil, err
 	}
 	if err := checkChunks(data, 0, h.length, table); err != nil {
-		return ShardID{}, nil, err
+		return header{}, nil, err
 	}
-	return h.id, data, nil
+	return h, data, nil
 }

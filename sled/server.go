@@ -67,11 +67,16 @@ func (s *server) GetShard(ctx context.Context, req *sledpb.GetShardRequest) (*sl
 	if err != nil {
 		return nil, err
 	}
-	data, size, err := s.sled.store.Get(id, req.Offset, req.Length)
+	data, h, err := s.sled.store.get(id, req.Offset, req.Length)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &sledpb.GetShardResponse{Data: data, ShardSizeBytes: size}, nil
+	return &sledpb.GetShardResponse{
+		Data:           data,
+		ShardSizeBytes: h.length,
+		Id:             &sledpb.ShardID{VolumeId: h.id.Volume, SegmentId: h.id.Segment, Index: h.id.Index},
+		Epoch:          h.epoch,
+	}, nil
 }
 
 func (s *server) DeleteShard(ctx context.Context, req *sledpb.DeleteShardRequest) (*sledpb.DeleteShardResponse, error) {

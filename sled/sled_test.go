@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/internal/rpc"
 	"github.com/ballast-storage/ballast/proto/sledpb"
@@ -36,17 +37,17 @@ func TestShardFormatRoundTripAndGoldenLayout(t *testing.T) {
 	for _, n := range []int{0, 1, 4095, 4096, 4097, 3*4096 + 5, 1 << 20} {
 		id := ShardID{Volume: 7, Segment: uint64(n), Index: 3}
 		data := randomData(int64(n), n)
-		file := encodeShard(id, data)
+		file := encodeShard(id, uint64(n)+1, data)
 		if uint64(len(file)) != fileSize(uint64(n)) {
 			t.Fatalf("%d bytes: file of %d, want %d", n, len(file), fileSize(uint64(n)))
 		}
-		gotID, got, err := decodeShard(file)
-		if err != nil || gotID != id || !bytes.Equal(got, data) {
-			t.Fatalf("%d bytes: round trip: %v %v", n, gotID, err)
+		h, got, err := decodeShard(file)
+		if err != nil || h.id != id || h.epoch != uint64(n)+1 || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: round trip: %v epoch %d: %v", n, h.id, h.epoch, err)
 		}
 	}
-	file := encodeShard(ShardID{Volume: 1, Segment: 2, Index: 3}, []byte("hello"))
-	want := "42414c5348415244010000000010000001000000000000000200000000000000030000000500000000000000e3b88b7a68656c6c6f" // header + data
+	file := encodeShard(ShardID{Volume: 1, Segment: 2, Index: 3}, 4, []byte("hello"))
+	want := "42414c534841524402000000001000000100000000000000020000000000000003000000050000000000000004000000000000004c67ecb168656c6c6f" // header + data
 	if got := fmt.Sprintf("%x", file[:headerBytes+5]); got != want {
 		t.Fatalf("layout changed:\n got %s\nwant %s", got, want)
 	}
@@ -57,7 +58,7 @@ func TestShardFormatRoundTripAndGoldenLayout(t *testing.T) {
 
 func TestShardFormatDetectsEveryCorruption(t *testing.T) {
 	id := ShardID{Volume: 1, Segment: 2, Index: 0}
-	file := encodeShard(id, randomData(1, 3*4096+100))
+	file := encodeShard(id, 3, randomData(1, 3*4096+100))
 	// Flip each byte once: header, data, chunk table and table crc alike.
 	for i := range file {
 		bad := bytes.Clone(file)
@@ -77,12 +78,13 @@ func TestShardFormatDetectsEveryCorruption(t *testing.T) {
 }
 
 func FuzzDecodeShard(f *testing.F) {
-	f.Add(encodeShard(ShardID{1, 2, 3}, []byte("hello")))
-	f.Add(encodeShard(ShardID{1, 2, 3}, nil))
-	f.Add(encodeShard(ShardID{9, 9, 9}, randomData(2, 9000)))
+	// More seeds, among them version 1 files, are in testdata/fuzz.
+	f.Add(encodeShard(ShardID{1, 2, 3}, 1, []byte("hello")))
+	f.Add(encodeShard(ShardID{1, 2, 3}, 0, nil))
+	f.Add(encodeShard(ShardID{9, 9, 9}, 1<<40, randomData(2, 9000)))
 	f.Add([]byte(shardMagic))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		id, data, err := decodeShard(b)
+		h, data, err := decodeShard(b)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("error of another class: %v", err)
@@ -90,8 +92,8 @@ func FuzzDecodeShard(f *testing.F) {
 			return
 		}
 		// Whatever decodes must encode back to the same file.
-		if again := encodeShard(id, data); !bytes.Equal(again, b) {
-			t.Fatalf("decoded %s of %d bytes re-encodes differently", id, len(data))
+		if again := encodeShard(h.id, h.epoch, data); !bytes.Equal(again, b) {
+			t.Fatalf("decoded %s at epoch %d of %d bytes re-encodes differently", h.id, h.epoch, len(data))
 		}
 	})
 }
@@ -103,6 +105,9 @@ type faultFS struct {
 	ioErrors  map[string]bool // device path -> every write and read fails with EIO
 	noSpace   map[string]bool // device path -> writes fail with ENOSPC
 	readFault map[string]bool // device path -> reads fail with EIO
+	// beforeWrite, if set, is called before every file write (outside mu),
+	// so a test can hold a write at that point.
+	beforeWrite func(path string, data []byte)
 }
 
 func newFaultFS() *faultFS {
@@ -133,6 +138,12 @@ func (f *faultFS) check(path string, write bool) error {
 func (f *faultFS) WriteFileSync(path string, data []byte) error {
 	if err := f.check(path, true); err != nil {
 		return err
+	}
+	f.mu.Lock()
+	hook := f.beforeWrite
+	f.mu.Unlock()
+	if hook != nil {
+		hook(path, data)
 	}
 	return f.osFS.WriteFileSync(path, data)
 }
@@ -537,6 +548,9 @@ func TestSledServesOverGRPCOnBothNetworks(t *testing.T) {
 		if err != nil || !bytes.Equal(got.Data, data[100:5100]) || got.ShardSizeBytes != 10_000 {
 			t.Fatalf("get: %v", err)
 		}
+		if !proto.Equal(got.Id, id) || got.Epoch != 2 {
+			t.Fatalf("get reports the shard as %v at epoch %d, want %v at 2", got.Id, got.Epoch, id)
+		}
 		if _, err := c.GetShard(ctx, &sledpb.GetShardRequest{Id: &sledpb.ShardID{VolumeId: 99}}); code(err) != codes.NotFound {
 			t.Fatalf("missing: %v", err)
 		}
@@ -576,5 +590,132 @@ func TestSledServesOverGRPCOnBothNetworks(t *testing.T) {
 		if _, err := c.DeleteShard(ctx, &sledpb.DeleteShardRequest{Id: id, Epoch: 2}); code(err) != codes.NotFound {
 			t.Fatalf("delete quarantined: %v", err)
 		}
+	}
+}
+
+// TestStaleWriteCannotLandAfterANewerFence holds a write at an older epoch
+// after it passed the epoch check, just before its file is written, while
+// a write at a newer epoch arrives: the older one must not replace the
+// newer shard (the check and the write are one step per volume).
+func TestStaleWriteCannotLandAfterANewerFence(t *testing.T) {
+	fs := newFaultFS()
+	s := openTestStore(t, t.TempDir(), 2, 0, fs)
+	id := ShardID{Volume: 4, Segment: 9, Index: 2}
+	old, fresh := []byte("written by the deposed primary"), []byte("written by the new primary")
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	fs.set(func(f *faultFS) {
+		f.beforeWrite = func(path string, data []byte) {
+			if bytes.Contains(data, old) {
+				once.Do(func() { close(held) })
+				<-release
+			}
+		}
+	})
+	oldErr := make(chan error, 1)
+	go func() {
+		_, err := s.Put(id, 1, old)
+		oldErr <- err
+	}()
+	<-held
+	freshErr := make(chan error, 1)
+	go func() {
+		_, err := s.Put(id, 2, fresh)
+		freshErr <- err
+	}()
+	// The newer write either completes (the bug) or waits for the older
+	// one to finish; let the older one go in either case.
+	select {
+	case err := <-freshErr:
+		freshErr <- err
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-oldErr; err != nil && !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("older write: %v", err)
+	}
+	if err := <-freshErr; err != nil {
+		t.Fatalf("newer write: %v", err)
+	}
+	if got, _, err := s.Get(id, 0, 0); err != nil || !bytes.Equal(got, fresh) {
+		t.Fatalf("after the race the shard holds %q (%v), want the newer epoch's", got, err)
+	}
+}
+
+// TestStaleWritesAndDeletesRaceFences runs writes and deletes at one epoch
+// against writes at the next, many times: whenever the newer write is
+// acknowledged, the shard holds its data.
+func TestStaleWritesAndDeletesRaceFences(t *testing.T) {
+	s := openTestStore(t, t.TempDir(), 2, 0, nil)
+	rng := rand.New(rand.NewSource(7))
+	for i := range 150 {
+		epoch := uint64(i + 1)
+		id := ShardID{Volume: 5, Segment: uint64(rng.Intn(3)), Index: 1}
+		fresh := []byte(fmt.Sprintf("epoch %d", epoch+1))
+		deleting := rng.Intn(2) == 0
+		if deleting {
+			if _, err := s.Put(id, epoch, []byte("before")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		var freshErr error
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			<-start
+			if deleting {
+				s.Delete(id, epoch)
+			} else {
+				s.Put(id, epoch, []byte(fmt.Sprintf("epoch %d", epoch)))
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			<-start
+			_, freshErr = s.Put(id, epoch+1, fresh)
+		}()
+		close(start)
+		wg.Wait()
+		if freshErr != nil {
+			t.Fatalf("round %d: newer write: %v", i, freshErr)
+		}
+		if got, _, err := s.Get(id, 0, 0); err != nil || !bytes.Equal(got, fresh) {
+			t.Fatalf("round %d (delete %v): shard holds %q (%v), want %q", i, deleting, got, err, fresh)
+		}
+	}
+}
+
+// TestOlderShardNeverReplacesANewerOne: a shard keeps the epoch it was
+// written at, so even a sled that lost its record of the volume's epoch
+// (its metadata wiped, its devices kept) refuses to let an older writer
+// replace or delete it.
+func TestOlderShardNeverReplacesANewerOne(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestStore(t, dir, 2, 0, nil)
+	id := ShardID{Volume: 6, Segment: 3, Index: 0}
+	if _, err := s.Put(id, 2, []byte("new primary")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := os.RemoveAll(filepath.Join(dir, "meta")); err != nil {
+		t.Fatal(err)
+	}
+	s = openTestStore(t, dir, 2, 0, nil)
+	if _, err := s.Put(id, 1, []byte("old primary")); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("older write over a newer shard: %v, want ErrStaleEpoch", err)
+	}
+	if err := s.Delete(id, 1); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("older delete of a newer shard: %v, want ErrStaleEpoch", err)
+	}
+	if got, _, err := s.Get(id, 0, 0); err != nil || string(got) != "new primary" {
+		t.Fatalf("shard holds %q (%v)", got, err)
+	}
+	if _, h, err := s.get(id, 0, 0); err != nil || h.epoch != 2 || h.id != id {
+		t.Fatalf("header %+v (%v), want %s at epoch 2", h, err, id)
+	}
+	if _, err := s.Put(id, 2, []byte("new primary again")); err != nil {
+		t.Fatalf("same epoch: %v", err)
 	}
 }

@@ -50,6 +50,7 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 // shardEntry is where a shard lives.
 type shardEntry struct {
 	dev       int
+	epoch     uint64 // it was written at
 	length    uint64 // of the data
 	fileBytes uint64
 	modified  time.Time
@@ -70,6 +71,11 @@ type Store struct {
 	index       map[ShardID]*shardEntry
 	epochs      map[uint64]uint64
 	quarantined uint64
+	// volLocks serialize the writes (puts, deletes) of each volume, so a
+	// writer's epoch check and its change of the shard are one step: a
+	// write that passed the check at an older epoch cannot land after a
+	// write at a newer one. Reads take no volume lock.
+	volLocks map[uint64]*sync.Mutex
 }
 
 // storeOptions configures openStore.
@@ -99,7 +105,7 @@ func openStore(o storeOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sled %s: open metadata: %w", o.id, err)
 	}
-	s := &Store{id: o.id, log: o.logger, m: o.metrics, meta: meta, index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}}
+	s := &Store{id: o.id, log: o.logger, m: o.metrics, meta: meta, index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}, volLocks: map[uint64]*sync.Mutex{}}
 	if err := s.loadMeta(); err != nil {
 		meta.Close()
 		return nil, err
@@ -202,14 +208,18 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 				continue
 			}
 			if old, ok := s.index[id]; ok {
-				// Two devices hold it (a crash during a move): keep the newer.
-				if !modTime(fi).After(old.modified) {
+				// Two devices hold it (a crash during a move): keep the one
+				// of the newer epoch, else the newer file.
+				if h.epoch < old.epoch || (h.epoch == old.epoch && !modTime(fi).After(old.modified)) {
 					d.fs.Remove(path)
 					continue
 				}
 				s.dropEntryLocked(id, old, true)
 			}
-			s.index[id] = &shardEntry{dev: len(s.devs), length: h.length, fileBytes: fileSize(h.length), modified: modTime(fi)}
+			// A shard's epoch is one the sled has seen, even if its
+			// metadata lost it: never fence below it.
+			s.epochs[id.Volume] = max(s.epochs[id.Volume], h.epoch)
+			s.index[id] = &shardEntry{dev: len(s.devs), epoch: h.epoch, length: h.length, fileBytes: fileSize(h.length), modified: modTime(fi)}
 			d.used += fileSize(h.length)
 			d.shards++
 		}
@@ -291,12 +301,30 @@ func (s *Store) Close() error {
 	return s.meta.Close()
 }
 
-// fence checks a writer's epoch for a volume and records a newer one
-// durably before any write that carries it is acknowledged.
-func (s *Store) fence(volume, epoch uint64) error {
+// lockVolume takes the volume's write lock and returns its release.
+func (s *Store) lockVolume(volume uint64) func() {
 	s.mu.Lock()
-	seen := s.epochs[volume]
+	l := s.volLocks[volume]
+	if l == nil {
+		l = &sync.Mutex{}
+		s.volLocks[volume] = l
+	}
 	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// fenceLocked checks a writer's epoch for a volume and records a newer one
+// durably before the write that carries it changes anything. The caller
+// holds the volume's lock until its write is done, so no write at an older
+// epoch can pass this check and land after it.
+func (s *Store) fenceLocked(volume, epoch uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	seen := s.epochs[volume]
 	if epoch < seen {
 		return fmt.Errorf("%w: volume %d: epoch %d is older than %d", ErrStaleEpoch, volume, epoch, seen)
 	}
@@ -307,14 +335,7 @@ func (s *Store) fence(volume, epoch uint64) error {
 	key[0] = metaEpoch
 	binary.BigEndian.PutUint64(key[1:], volume)
 	val := binary.BigEndian.AppendUint64(nil, epoch)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
-	if s.epochs[volume] > epoch {
-		return fmt.Errorf("%w: volume %d: epoch %d is older than %d", ErrStaleEpoch, volume, epoch, s.epochs[volume])
-	}
+	// Under mu, so Close cannot close the database under the write.
 	if err := s.meta.Set(key, val, pebble.Sync); err != nil {
 		return fmt.Errorf("sled %s: record epoch: %w", s.id, err)
 	}
@@ -322,17 +343,29 @@ func (s *Store) fence(volume, epoch uint64) error {
 	return nil
 }
 
-// Put stores a shard, replacing any shard with the same id, on the least
-// full device that has room; a device that fails the write is marked
-// failed and the next one is tried.
+// Put stores a shard, replacing any shard with the same id written at the
+// same or an older epoch, on the least full device that has room; a device
+// that fails the write is marked failed and the next one is tried. The
+// epoch check, the epoch's record and the write are one step for the
+// volume.
 func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 	if len(data) > maxShardBytes {
 		return "", fmt.Errorf("%w: shard of %d bytes is over the %d maximum", ErrInvalid, len(data), maxShardBytes)
 	}
-	if err := s.fence(id.Volume, epoch); err != nil {
+	unlock := s.lockVolume(id.Volume)
+	defer unlock()
+	if err := s.fenceLocked(id.Volume, epoch); err != nil {
 		return "", err
 	}
-	file := encodeShard(id, data)
+	s.mu.Lock()
+	existing, ok := s.index[id]
+	s.mu.Unlock()
+	if ok && existing.epoch > epoch {
+		// The volume's fence covers this unless the sled lost its
+		// metadata; an older writer's shard must never replace a newer one.
+		return "", fmt.Errorf("%w: %s was written at epoch %d, after %d", ErrStaleEpoch, id, existing.epoch, epoch)
+	}
+	file := encodeShard(id, epoch, data)
 	size := uint64(len(file))
 	var why []string
 	for _, di := range s.devicesByFullness() {
@@ -354,7 +387,7 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 			if old, ok := s.index[id]; ok {
 				s.dropEntryLocked(id, old, old.dev != di)
 			}
-			s.index[id] = &shardEntry{dev: di, length: uint64(len(data)), fileBytes: size, modified: time.Now()}
+			s.index[id] = &shardEntry{dev: di, epoch: epoch, length: uint64(len(data)), fileBytes: size, modified: time.Now()}
 			d.used += size
 			d.shards++
 			s.mu.Unlock()
@@ -466,6 +499,13 @@ func (s *Store) markFailed(d *device, cause error) {
 // checking every chunk it touches. A shard that fails a check is
 // quarantined and ErrCorrupt returned: its data is never returned.
 func (s *Store) Get(id ShardID, off, length uint64) ([]byte, uint64, error) {
+	data, h, err := s.get(id, off, length)
+	return data, h.length, err
+}
+
+// get is Get, returning the shard's header: the identity and epoch the
+// sled reports to the reader, which checks them against what it asked for.
+func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
 	s.mu.Lock()
 	e, ok := s.index[id]
 	var d *device
@@ -474,58 +514,58 @@ func (s *Store) Get(id ShardID, off, length uint64) ([]byte, uint64, error) {
 	}
 	s.mu.Unlock()
 	if !ok {
-		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+		return nil, header{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if length == 0 && off <= e.length {
 		length = e.length - off
 	}
 	if off > e.length || length > e.length-off {
-		return nil, 0, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
+		return nil, header{}, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
 	}
-	data, err := s.readRange(d, id, e.length, off, length)
+	data, h, err := s.readRange(d, id, e.length, off, length)
 	if err != nil {
-		return nil, 0, s.readFailed(d, id, err)
+		return nil, header{}, s.readFailed(d, id, err)
 	}
 	s.m.gets.WithLabelValues(s.id).Inc()
-	return data, e.length, nil
+	return data, h, nil
 }
 
 // readRange reads and checks a range of a shard file.
-func (s *Store) readRange(d *device, id ShardID, shardLen, off, length uint64) ([]byte, error) {
+func (s *Store) readRange(d *device, id ShardID, shardLen, off, length uint64) ([]byte, header, error) {
 	path := d.shardPath(id)
 	hb, err := d.fs.ReadAt(path, 0, headerBytes)
 	if err != nil {
-		return nil, err
+		return nil, header{}, err
 	}
 	h, err := decodeHeader(hb)
 	if err != nil {
-		return nil, err
+		return nil, header{}, err
 	}
 	if h.id != id || h.length != shardLen {
-		return nil, fmt.Errorf("%w: file of %s holds %s of %d bytes", ErrCorrupt, id, h.id, h.length)
+		return nil, header{}, fmt.Errorf("%w: file of %s holds %s of %d bytes", ErrCorrupt, id, h.id, h.length)
 	}
 	tb, err := d.fs.ReadAt(path, int64(headerBytes+h.length), int(chunksFor(h.length)*crcBytes+crcBytes))
 	if err != nil {
-		return nil, err
+		return nil, header{}, err
 	}
 	table, err := checkTable(tb, h.length)
 	if err != nil {
-		return nil, err
+		return nil, header{}, err
 	}
 	if length == 0 {
-		return []byte{}, nil
+		return []byte{}, h, nil
 	}
 	first := off / chunkBytes
 	end := min((off+length+chunkBytes-1)/chunkBytes*chunkBytes, h.length)
 	chunks, err := d.fs.ReadAt(path, int64(headerBytes+first*chunkBytes), int(end-first*chunkBytes))
 	if err != nil {
-		return nil, err
+		return nil, header{}, err
 	}
 	if err := checkChunks(chunks, first, h.length, table); err != nil {
-		return nil, err
+		return nil, header{}, err
 	}
 	start := off - first*chunkBytes
-	return chunks[start : start+length : start+length], nil
+	return chunks[start : start+length : start+length], h, nil
 }
 
 // readFailed classifies a failed read: corruption quarantines the shard,
@@ -573,9 +613,12 @@ func (s *Store) quarantineFile(d *device, id ShardID, path string, cause error) 
 	s.updateGauges()
 }
 
-// Delete removes a shard; the writer's epoch is fenced as for Put.
+// Delete removes a shard; the writer's epoch is fenced as for Put, in one
+// step with the removal.
 func (s *Store) Delete(id ShardID, epoch uint64) error {
-	if err := s.fence(id.Volume, epoch); err != nil {
+	unlock := s.lockVolume(id.Volume)
+	defer unlock()
+	if err := s.fenceLocked(id.Volume, epoch); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -583,6 +626,10 @@ func (s *Store) Delete(id ShardID, epoch uint64) error {
 	if !ok {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if e.epoch > epoch {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %s was written at epoch %d, after %d", ErrStaleEpoch, id, e.epoch, epoch)
 	}
 	s.dropEntryLocked(id, e, true)
 	s.mu.Unlock()

@@ -92,7 +92,8 @@ type PutShardRequest struct {
 	Id    *ShardID               `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The writer's epoch of the volume (the partition). A sled remembers the
 	// highest epoch it has seen per volume and refuses older ones, so a
-	// deposed primary cannot write.
+	// deposed primary cannot write; the check, the epoch's record and the
+	// write are one step, and the shard keeps its epoch in its header.
 	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Data  []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
 	// CRC32C (Castagnoli) of data, checked on arrival.
@@ -267,8 +268,12 @@ type GetShardResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Data           []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"` // verified against the shard's checksums
 	ShardSizeBytes uint64                 `protobuf:"varint,2,opt,name=shard_size_bytes,json=shardSizeBytes,proto3" json:"shard_size_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What the shard's header says it is: the reader checks that it is the
+	// shard it asked for, and treats one that is not as corrupt.
+	Id            *ShardID `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	Epoch         uint64   `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"` // the writer's epoch the shard was stored at
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetShardResponse) Reset() {
@@ -311,6 +316,20 @@ func (x *GetShardResponse) GetData() []byte {
 func (x *GetShardResponse) GetShardSizeBytes() uint64 {
 	if x != nil {
 		return x.ShardSizeBytes
+	}
+	return 0
+}
+
+func (x *GetShardResponse) GetId() *ShardID {
+	if x != nil {
+		return x.Id
+	}
+	return nil
+}
+
+func (x *GetShardResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
 	}
 	return 0
 }
@@ -850,10 +869,12 @@ const file_proto_sledpb_sled_proto_rawDesc = "" +
 	"\x0fGetShardRequest\x12(\n" +
 	"\x02id\x18\x01 \x01(\v2\x18.ballast.sled.v1.ShardIDR\x02id\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06length\x18\x03 \x01(\x04R\x06length\"P\n" +
+	"\x06length\x18\x03 \x01(\x04R\x06length\"\x90\x01\n" +
 	"\x10GetShardResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12(\n" +
-	"\x10shard_size_bytes\x18\x02 \x01(\x04R\x0eshardSizeBytes\"T\n" +
+	"\x10shard_size_bytes\x18\x02 \x01(\x04R\x0eshardSizeBytes\x12(\n" +
+	"\x02id\x18\x03 \x01(\v2\x18.ballast.sled.v1.ShardIDR\x02id\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"T\n" +
 	"\x12DeleteShardRequest\x12(\n" +
 	"\x02id\x18\x01 \x01(\v2\x18.ballast.sled.v1.ShardIDR\x02id\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"\x15\n" +
@@ -934,25 +955,26 @@ var file_proto_sledpb_sled_proto_goTypes = []any{
 var file_proto_sledpb_sled_proto_depIdxs = []int32{
 	0,  // 0: ballast.sled.v1.PutShardRequest.id:type_name -> ballast.sled.v1.ShardID
 	0,  // 1: ballast.sled.v1.GetShardRequest.id:type_name -> ballast.sled.v1.ShardID
-	0,  // 2: ballast.sled.v1.DeleteShardRequest.id:type_name -> ballast.sled.v1.ShardID
-	0,  // 3: ballast.sled.v1.ShardInfo.id:type_name -> ballast.sled.v1.ShardID
-	10, // 4: ballast.sled.v1.StatResponse.devices:type_name -> ballast.sled.v1.DeviceStat
-	11, // 5: ballast.sled.v1.StatResponse.scrub:type_name -> ballast.sled.v1.ScrubStat
-	1,  // 6: ballast.sled.v1.Sled.PutShard:input_type -> ballast.sled.v1.PutShardRequest
-	3,  // 7: ballast.sled.v1.Sled.GetShard:input_type -> ballast.sled.v1.GetShardRequest
-	5,  // 8: ballast.sled.v1.Sled.DeleteShard:input_type -> ballast.sled.v1.DeleteShardRequest
-	7,  // 9: ballast.sled.v1.Sled.ListShards:input_type -> ballast.sled.v1.ListShardsRequest
-	9,  // 10: ballast.sled.v1.Sled.Stat:input_type -> ballast.sled.v1.StatRequest
-	2,  // 11: ballast.sled.v1.Sled.PutShard:output_type -> ballast.sled.v1.PutShardResponse
-	4,  // 12: ballast.sled.v1.Sled.GetShard:output_type -> ballast.sled.v1.GetShardResponse
-	6,  // 13: ballast.sled.v1.Sled.DeleteShard:output_type -> ballast.sled.v1.DeleteShardResponse
-	8,  // 14: ballast.sled.v1.Sled.ListShards:output_type -> ballast.sled.v1.ShardInfo
-	12, // 15: ballast.sled.v1.Sled.Stat:output_type -> ballast.sled.v1.StatResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	0,  // 2: ballast.sled.v1.GetShardResponse.id:type_name -> ballast.sled.v1.ShardID
+	0,  // 3: ballast.sled.v1.DeleteShardRequest.id:type_name -> ballast.sled.v1.ShardID
+	0,  // 4: ballast.sled.v1.ShardInfo.id:type_name -> ballast.sled.v1.ShardID
+	10, // 5: ballast.sled.v1.StatResponse.devices:type_name -> ballast.sled.v1.DeviceStat
+	11, // 6: ballast.sled.v1.StatResponse.scrub:type_name -> ballast.sled.v1.ScrubStat
+	1,  // 7: ballast.sled.v1.Sled.PutShard:input_type -> ballast.sled.v1.PutShardRequest
+	3,  // 8: ballast.sled.v1.Sled.GetShard:input_type -> ballast.sled.v1.GetShardRequest
+	5,  // 9: ballast.sled.v1.Sled.DeleteShard:input_type -> ballast.sled.v1.DeleteShardRequest
+	7,  // 10: ballast.sled.v1.Sled.ListShards:input_type -> ballast.sled.v1.ListShardsRequest
+	9,  // 11: ballast.sled.v1.Sled.Stat:input_type -> ballast.sled.v1.StatRequest
+	2,  // 12: ballast.sled.v1.Sled.PutShard:output_type -> ballast.sled.v1.PutShardResponse
+	4,  // 13: ballast.sled.v1.Sled.GetShard:output_type -> ballast.sled.v1.GetShardResponse
+	6,  // 14: ballast.sled.v1.Sled.DeleteShard:output_type -> ballast.sled.v1.DeleteShardResponse
+	8,  // 15: ballast.sled.v1.Sled.ListShards:output_type -> ballast.sled.v1.ShardInfo
+	12, // 16: ballast.sled.v1.Sled.Stat:output_type -> ballast.sled.v1.StatResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_proto_sledpb_sled_proto_init() }
