@@ -163,13 +163,15 @@ func (m *maintainer) maintain(ctx context.Context) error {
 }
 
 func (m *maintainer) allocSegment() (uint64, error) {
-	next, err := m.p.store.NextSegmentID(m.p.vol.Id)
+	recorded, err := m.p.store.NextSegmentID(m.p.vol.Id)
 	if err != nil {
 		return 0, err
 	}
-	m.nextSegment = max(m.nextSegment, next)
-	id := m.nextSegment
-	m.nextSegment++
+	id, err := nextSegmentID(m.p.vol.Epoch, recorded, m.nextSegment)
+	if err != nil {
+		return 0, fmt.Errorf("volume %d: %w", m.p.vol.Id, err)
+	}
+	m.nextSegment = id + 1
 	return id, nil
 }
 

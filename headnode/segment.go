@@ -22,6 +22,34 @@ import (
 // and cut into k data shards; the m parity shards follow. shardSize is a
 // multiple of the block size, so a block never straddles two shards.
 
+// Segment ids: the high 32 bits are the epoch of the primary that made
+// the segment, the low 32 bits count the segments it made. A primary at a
+// newer epoch therefore never names a segment as one of an older primary
+// did, even one whose shards were written but never recorded, so a
+// deposed primary's late or orphaned shards can neither collide with nor
+// pass for the new primary's. Ids made before this scheme are below
+// 1<<32 and read as epoch 0.
+const segmentEpochShift = 32
+
+// segmentEpoch returns the epoch that made a segment.
+func segmentEpoch(id uint64) uint64 { return id >> segmentEpochShift }
+
+// nextSegmentID returns the id to give the next segment made at epoch,
+// given the lowest id no record has used yet and the lowest this primary
+// has not handed out.
+func nextSegmentID(epoch, recorded, handedOut uint64) (uint64, error) {
+	if epoch >= 1<<(64-segmentEpochShift) {
+		return 0, fmt.Errorf("epoch %d is too large for a segment id", epoch)
+	}
+	id := max(recorded, handedOut, epoch<<segmentEpochShift)
+	if made := segmentEpoch(id); made != epoch {
+		// A record names a segment of a newer epoch (this primary is
+		// deposed), or this epoch used up its ids.
+		return 0, fmt.Errorf("no segment id left at epoch %d: the next is %d, of epoch %d", epoch, id, made)
+	}
+	return id, nil
+}
+
 // shardSizeFor returns the shard size of a segment of n blocks over k data
 // shards: the smallest multiple of the block size that holds them.
 func shardSizeFor(n, k int) uint64 {

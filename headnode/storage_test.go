@@ -1008,3 +1008,63 @@ func (r *storageRig) corruptShard(seg *ballastpb.Segment, i int) {
 		m.sleds[seg.ShardSleds[i]][id] = s
 	})
 }
+
+// TestSegmentIDsNeverRepeatAcrossEpochs: a primary that wrote a segment's
+// shards but was deposed before recording it leaves them on the sleds; its
+// successor, whose log holds the same records, must not give its next
+// segment the same id, or the two primaries' shards could replace and
+// pass for each other.
+func TestSegmentIDsNeverRepeatAcrossEpochs(t *testing.T) {
+	r := newStorageRig(t, 512<<10, 7, 64<<10)
+	r.write(t, 0, pattern(64<<10, 1))
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.write(t, 0, pattern(64<<10, 2))
+	r.remote.crashAt = func(step string) error {
+		if step == "flush:shards-written" {
+			return errors.New("deposed before recording the segment")
+		}
+		return nil
+	}
+	if err := r.m().flush(r.ctx); err == nil {
+		t.Fatal("the flush was not stopped")
+	}
+	recorded := map[uint64]bool{}
+	segs, _ := r.sStore.Segments(r.vol.Id)
+	for _, s := range segs {
+		recorded[s.Id] = true
+	}
+	orphans := map[uint64]bool{}
+	r.shards.mu.Lock()
+	for _, sh := range r.shards.sleds {
+		for id := range sh {
+			if !recorded[id.segment] {
+				orphans[id.segment] = true
+			}
+		}
+	}
+	r.shards.mu.Unlock()
+	if len(orphans) != 1 {
+		t.Fatalf("unrecorded segments on the sleds: %v, want one", orphans)
+	}
+	// The successor at the next epoch, over the secondary's log.
+	vol := proto.Clone(r.vol).(*ballastpb.Volume)
+	vol.Epoch, vol.Primary, vol.Secondaries = r.vol.Epoch+1, "b", []string{"a"}
+	next := newMaintainer(&primaryVolume{vol: vol, store: r.sStore}, r.remote)
+	id, err := next.allocSegment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if orphans[id] || recorded[id] {
+		t.Fatalf("the primary at epoch %d names its next segment %d, as the one at epoch %d did", vol.Epoch, id, r.vol.Epoch)
+	}
+	if segmentEpoch(id) != vol.Epoch {
+		t.Fatalf("segment %d reads as made at epoch %d, want %d", id, segmentEpoch(id), vol.Epoch)
+	}
+	// And the deposed primary, which never learns, stops at the newer
+	// epoch's segments rather than reuse them.
+	if _, err := nextSegmentID(r.vol.Epoch, id+1, 0); err == nil {
+		t.Fatal("a primary at an older epoch was given an id below a newer epoch's")
+	}
+}
