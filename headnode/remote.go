@@ -164,11 +164,33 @@ func (r *remoteIO) askRange(ctx context.Context, vol uint64, seg *ballastpb.Segm
 	sled := seg.ShardSleds[shard]
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.ShardTimeout)
 	defer cancel()
-	data, err := r.shards.Get(ctx, sled, shardID{volume: vol, segment: seg.Id, index: uint32(shard)}, off, length)
+	id := shardID{volume: vol, segment: seg.Id, index: uint32(shard)}
+	data, stamp, err := r.shards.Get(ctx, sled, id, off, length)
 	if errors.Is(err, errSledDown) {
 		r.view.reportFailure(sled, err)
 	}
-	return data, err
+	if err != nil {
+		return nil, err
+	}
+	if err := checkStamp(sled, id, stamp); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// checkStamp checks that the shard a sled read is the one asked for: the
+// same volume, segment and index, written no earlier than the epoch that
+// made the segment. One that is not (a misplaced file, a shard an older
+// primary wrote under the same name) is corrupt: never returned as data,
+// read around and repaired like a checksum failure.
+func checkStamp(sled string, want shardID, got shardStamp) error {
+	if got.id != want {
+		return fmt.Errorf("%w: sled %s: asked for %s, read %s", errShardCorrupt, sled, want, got.id)
+	}
+	if made := segmentEpoch(want.segment); got.epoch < made {
+		return fmt.Errorf("%w: sled %s: %s was written at epoch %d, before epoch %d made its segment", errShardCorrupt, sled, want, got.epoch, made)
+	}
+	return nil
 }
 
 // readRange reads bytes [off, off+length) of shard `shard`, from its sled

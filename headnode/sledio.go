@@ -26,6 +26,13 @@ func (id shardID) String() string {
 	return fmt.Sprintf("volume %d segment %d shard %d", id.volume, id.segment, id.index)
 }
 
+// shardStamp is what a sled says a shard it read is: the identity and the
+// writer's epoch in the shard's header.
+type shardStamp struct {
+	id    shardID
+	epoch uint64
+}
+
 // shardInfo is a shard a sled reports holding.
 type shardInfo struct {
 	id       shardID
@@ -37,8 +44,9 @@ type shardInfo struct {
 // below; tests use an in-memory one with injected faults.
 type shardStore interface {
 	Put(ctx context.Context, sled string, id shardID, epoch uint64, data []byte) error
-	// Get returns bytes [off, off+length) of a shard, verified by the sled.
-	Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, error)
+	// Get returns bytes [off, off+length) of a shard, verified by the
+	// sled, and the stamp of the shard the sled read them from.
+	Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, shardStamp, error)
 	Delete(ctx context.Context, sled string, id shardID, epoch uint64) error
 	List(ctx context.Context, sled string, volume uint64) ([]shardInfo, error)
 	Stat(ctx context.Context, sled string) (*sledpb.StatResponse, error)
@@ -111,10 +119,10 @@ func (g *grpcShards) Put(ctx context.Context, sled string, id shardID, epoch uin
 	return classifySledError(sled, "put "+id.String(), err)
 }
 
-func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, error) {
+func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, shardStamp, error) {
 	c, err := g.client(sled)
 	if err != nil {
-		return nil, err
+		return nil, shardStamp{}, err
 	}
 	resp, err := c.GetShard(ctx, &sledpb.GetShardRequest{
 		Id:     &sledpb.ShardID{VolumeId: id.volume, SegmentId: id.segment, Index: id.index},
@@ -122,12 +130,16 @@ func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, leng
 		Length: length,
 	}, rpc.Idempotent)
 	if err != nil {
-		return nil, classifySledError(sled, "get "+id.String(), err)
+		return nil, shardStamp{}, classifySledError(sled, "get "+id.String(), err)
 	}
 	if length != 0 && uint64(len(resp.Data)) != length {
-		return nil, fmt.Errorf("%w: sled %s returned %d bytes of %s for %d", errSledDown, sled, len(resp.Data), id, length)
+		return nil, shardStamp{}, fmt.Errorf("%w: sled %s returned %d bytes of %s for %d", errSledDown, sled, len(resp.Data), id, length)
 	}
-	return resp.Data, nil
+	stamp := shardStamp{
+		id:    shardID{volume: resp.Id.GetVolumeId(), segment: resp.Id.GetSegmentId(), index: resp.Id.GetIndex()},
+		epoch: resp.Epoch,
+	}
+	return resp.Data, stamp, nil
 }
 
 func (g *grpcShards) Delete(ctx context.Context, sled string, id shardID, epoch uint64) error {

@@ -33,6 +33,7 @@ type memShards struct {
 
 type memShard struct {
 	data     []byte
+	stamp    shardStamp // what its header says it is
 	corrupt  bool
 	modified time.Time
 }
@@ -66,33 +67,33 @@ func (m *memShards) Put(ctx context.Context, sled string, id shardID, epoch uint
 		return fmt.Errorf("%w: sled %s (test)", errSledFull, sled)
 	}
 	m.puts++
-	sh[id] = memShard{data: bytes.Clone(data), modified: time.Now()}
+	sh[id] = memShard{data: bytes.Clone(data), stamp: shardStamp{id: id, epoch: epoch}, modified: time.Now()}
 	return nil
 }
 
-func (m *memShards) Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, error) {
+func (m *memShards) Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, shardStamp, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	sh, err := m.check(sled)
 	if err != nil {
-		return nil, err
+		return nil, shardStamp{}, err
 	}
 	s, ok := sh[id]
 	if !ok {
-		return nil, fmt.Errorf("%w: %s on %s (test)", errShardMissing, id, sled)
+		return nil, shardStamp{}, fmt.Errorf("%w: %s on %s (test)", errShardMissing, id, sled)
 	}
 	if s.corrupt {
 		// A sled quarantines a shard that fails its checksum.
 		delete(sh, id)
-		return nil, fmt.Errorf("%w: %s on %s (test)", errShardCorrupt, id, sled)
+		return nil, shardStamp{}, fmt.Errorf("%w: %s on %s (test)", errShardCorrupt, id, sled)
 	}
 	if length == 0 {
 		length = uint64(len(s.data)) - off
 	}
 	if off+length > uint64(len(s.data)) {
-		return nil, fmt.Errorf("range past the end of %s", id)
+		return nil, shardStamp{}, fmt.Errorf("range past the end of %s", id)
 	}
-	return bytes.Clone(s.data[off : off+length]), nil
+	return bytes.Clone(s.data[off : off+length]), s.stamp, nil
 }
 
 func (m *memShards) Delete(ctx context.Context, sled string, id shardID, epoch uint64) error {
@@ -1007,6 +1008,46 @@ func (r *storageRig) corruptShard(seg *ballastpb.Segment, i int) {
 		s.corrupt = true
 		m.sleds[seg.ShardSleds[i]][id] = s
 	})
+}
+
+// misplaceShard makes the sled of shard i of seg serve, under that name,
+// shard i of other: a file at the wrong path, or a shard some other writer
+// put there, which passes every checksum of its own.
+func (r *storageRig) misplaceShard(seg, other *ballastpb.Segment, i int) {
+	id := shardID{volume: r.vol.Id, segment: seg.Id, index: uint32(i)}
+	from := shardID{volume: r.vol.Id, segment: other.Id, index: uint32(i)}
+	r.shards.set(func(m *memShards) {
+		m.sleds[seg.ShardSleds[i]][id] = m.sleds[other.ShardSleds[i]][from]
+	})
+}
+
+// TestMisplacedShardIsReadAsCorrupt: a sled that answers a read with a
+// shard whose header names another segment is caught: the read comes from
+// the other shards and parity, and the shard is queued for repair.
+func TestMisplacedShardIsReadAsCorrupt(t *testing.T) {
+	r := newStorageRig(t, 1<<20, 7, 256<<10)
+	rng := rand.New(rand.NewSource(8))
+	data := make([]byte, 1<<20)
+	rng.Read(data)
+	r.write(t, 0, data)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	if len(segs) < 2 {
+		t.Fatalf("%d segments, want two or more", len(segs))
+	}
+	r.misplaceShard(segs[0], segs[1], 1)
+	r.check(t)
+	r.m().drainRepairRequests()
+	if !r.m().pending[shardRef{segment: segs[0].Id, index: 1}] {
+		t.Fatal("a misplaced shard was read around but not queued for repair")
+	}
+	if err := r.m().repair(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.checkShardsMatch(t)
+	r.check(t)
 }
 
 // TestSegmentIDsNeverRepeatAcrossEpochs: a primary that wrote a segment's
