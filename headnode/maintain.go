@@ -162,6 +162,18 @@ func (m *maintainer) maintain(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// underLease fails unless this node still holds the volume's lease at its
+// epoch. Every step asks before it writes shards and again before it
+// records them: a deposed primary must not keep flushing, compacting or
+// rebuilding, since a sled fences it only once the new primary's epoch
+// has reached that sled, and its record would reach only its own log.
+func (m *maintainer) underLease(ctx context.Context, before string) error {
+	if err := m.p.leaseHeld(ctx); err != nil {
+		return fmt.Errorf("not primary before %s: %w", before, err)
+	}
+	return nil
+}
+
 func (m *maintainer) allocSegment() (uint64, error) {
 	recorded, err := m.p.store.NextSegmentID(m.p.vol.Id)
 	if err != nil {
@@ -214,6 +226,9 @@ func (m *maintainer) flushSegment(ctx context.Context, dirty []dirtyBlock) error
 		blocks[i] = d.data
 		rec.SlotBlocks[i], rec.Versions[i] = d.block, d.version
 	}
+	if err := m.underLease(ctx, fmt.Sprintf("writing segment %d", id)); err != nil {
+		return err
+	}
 	seg, err := m.writeSegment(ctx, id, blocks)
 	if err != nil {
 		return err
@@ -221,6 +236,9 @@ func (m *maintainer) flushSegment(ctx context.Context, dirty []dirtyBlock) error
 	rec.Segment = seg
 	if err := m.r.step("flush:shards-written"); err != nil {
 		return err
+	}
+	if err := m.underLease(ctx, fmt.Sprintf("recording segment %d", id)); err != nil {
+		return err // the shards are orphans; the next primary's audit collects them
 	}
 	if err := m.p.submit(ctx, &ballastpb.LogRecord{Flush: rec}); err != nil {
 		// The shards are orphans now; the audit collects them.
@@ -429,6 +447,9 @@ func (m *maintainer) repairShard(ctx context.Context, ref shardRef) error {
 		to = alt[0]
 	}
 	id := shardID{volume: vol.Id, segment: seg.Id, index: uint32(ref.index)}
+	if err := m.underLease(ctx, "writing "+id.String()); err != nil {
+		return err
+	}
 	pctx, cancel := context.WithTimeout(ctx, m.r.cfg.ShardTimeout)
 	err = m.r.shards.Put(pctx, to, id, vol.Epoch, data)
 	cancel()
@@ -442,6 +463,9 @@ func (m *maintainer) repairShard(ctx context.Context, ref shardRef) error {
 		m.r.stats.repaired.Add(1)
 		m.p.log.Info("repaired shard", "shard", id.String(), "sled", to)
 		return nil
+	}
+	if err := m.underLease(ctx, fmt.Sprintf("recording the move of %s", id)); err != nil {
+		return err
 	}
 	if err := m.p.submit(ctx, &ballastpb.LogRecord{ShardMove: &ballastpb.ShardMoveRecord{
 		SegmentId: seg.Id, Index: uint32(ref.index), FromSled: from, ToSled: to,
@@ -460,6 +484,9 @@ func (m *maintainer) repairShard(ctx context.Context, ref shardRef) error {
 
 // free forgets a segment with no live blocks and deletes its shards.
 func (m *maintainer) free(ctx context.Context, seg *ballastpb.Segment) error {
+	if err := m.underLease(ctx, fmt.Sprintf("freeing segment %d", seg.Id)); err != nil {
+		return err
+	}
 	if err := m.p.submit(ctx, &ballastpb.LogRecord{SegmentFree: &ballastpb.SegmentFreeRecord{SegmentId: seg.Id}}); err != nil {
 		return err
 	}
@@ -556,12 +583,18 @@ func (m *maintainer) compactOne(ctx context.Context, plan compactionPlan) error 
 		blocks[i] = l.data
 		rec.SlotBlocks[i], rec.SourceSegments[i], rec.SourceSlots[i] = l.block, l.segment, l.slot
 	}
+	if err := m.underLease(ctx, fmt.Sprintf("writing segment %d", id)); err != nil {
+		return err
+	}
 	seg, err := m.writeSegment(ctx, id, blocks)
 	if err != nil {
 		return err
 	}
 	rec.Segment = seg
 	if err := m.r.step("compact:shards-written"); err != nil {
+		return err
+	}
+	if err := m.underLease(ctx, fmt.Sprintf("recording segment %d", id)); err != nil {
 		return err
 	}
 	if err := m.p.submit(ctx, &ballastpb.LogRecord{Compact: rec}); err != nil {

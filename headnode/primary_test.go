@@ -80,6 +80,7 @@ func (l *memLink) Close() {}
 
 type pair struct {
 	remote      *remoteIO // nil: no sleds
+	auth        authority // nil: the lease always held
 	replTimeout time.Duration
 	primary     *primaryVolume
 	pStore      *blockStore
@@ -123,7 +124,7 @@ func (p *pair) start(t testing.TB) {
 		}
 		return &memLink{sec: &secondaryVolume{store: p.sStore, id: p.vol.Id}, f: p.faults}, nil
 	}
-	p.primary = newPrimaryVolume(p.vol, p.pStore, dial, p.replTimeout, slog.New(slog.DiscardHandler), p.remote, nil)
+	p.primary = newPrimaryVolume(p.vol, p.pStore, dial, p.replTimeout, slog.New(slog.DiscardHandler), p.remote, p.auth)
 	t.Cleanup(p.primary.Close)
 }
 

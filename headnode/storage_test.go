@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1107,5 +1108,73 @@ func TestSegmentIDsNeverRepeatAcrossEpochs(t *testing.T) {
 	// epoch's segments rather than reuse them.
 	if _, err := nextSegmentID(r.vol.Epoch, id+1, 0); err == nil {
 		t.Fatal("a primary at an older epoch was given an id below a newer epoch's")
+	}
+}
+
+// depositionAuthority holds the lease until told the node was deposed.
+type depositionAuthority struct {
+	vol     *ballastpb.Volume
+	deposed atomic.Bool
+}
+
+func (a *depositionAuthority) current(id uint64) (*ballastpb.Volume, bool) { return a.vol, true }
+func (a *depositionAuthority) reportInSync(*ballastpb.Volume, string)      {}
+func (a *depositionAuthority) awaitLease(ctx context.Context, vol, epoch uint64, wait time.Duration) error {
+	if a.deposed.Load() {
+		return fmt.Errorf("%w: deposed as primary of volume %d at epoch %d (test)", ErrStopped, vol, epoch)
+	}
+	return nil
+}
+
+// TestDeposedPrimaryFlushWritesNothing: once the lease is lost, flushes,
+// compactions and repairs write no shard: the sleds may not have seen the
+// new epoch yet, so the primary itself must stop.
+func TestDeposedPrimaryFlushWritesNothing(t *testing.T) {
+	r := newStorageRig(t, 512<<10, 7, 64<<10)
+	auth := &depositionAuthority{vol: r.vol}
+	r.auth = auth
+	r.restart(t)
+	for b := range 64 {
+		r.write(t, uint64(b)*blockSize, pattern(blockSize, byte(b+1)))
+	}
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Overwrite most of every segment and flush that, so all are sparse:
+	// compaction has work.
+	for b := range 64 {
+		if b%4 != 0 {
+			r.write(t, uint64(b)*blockSize, pattern(blockSize, byte(b+100)))
+		}
+	}
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for b := range 16 {
+		r.write(t, uint64(b)*blockSize, pattern(blockSize, byte(b+200)))
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	if len(planCompaction(segs, r.remote.cfg.CompactLiveFraction, r.remote.cfg.segmentBlocks())) == 0 {
+		t.Fatal("nothing to compact")
+	}
+	auth.deposed.Store(true)
+	r.shards.mu.Lock()
+	puts := r.shards.puts
+	r.shards.mu.Unlock()
+	if err := r.m().flush(r.ctx); !errors.Is(err, ErrStopped) {
+		t.Fatalf("flush of a deposed primary: %v, want ErrStopped", err)
+	}
+	r.m().markBad(shardRef{segment: segs[0].Id, index: 0})
+	if err := r.m().maintain(r.ctx); !errors.Is(err, ErrStopped) {
+		t.Fatalf("maintenance of a deposed primary: %v, want ErrStopped", err)
+	}
+	r.shards.mu.Lock()
+	wrote := r.shards.puts - puts
+	r.shards.mu.Unlock()
+	if wrote != 0 {
+		t.Fatalf("a deposed primary wrote %d shards", wrote)
+	}
+	if n := r.dirty(t); n != 16 {
+		t.Fatalf("%d dirty blocks after a deposed flush, want the 16 written since the last", n)
 	}
 }
