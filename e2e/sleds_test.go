@@ -129,7 +129,7 @@ func corruptShardFiles(t *testing.T, dir string, count int) []string {
 			t.Fatal(err)
 		}
 		b := make([]byte, 1)
-		const at = 48 + 5000 // inside the data, past the header
+		const at = 56 + 5000 // inside the data, past the header
 		if _, err := fh.ReadAt(b, at); err != nil {
 			fh.Close()
 			continue
