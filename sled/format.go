@@ -31,18 +31,25 @@ import (
 // The header names the shard (volume, segment, index) and the epoch it
 // was written at, so a file at the wrong path, or a shard that replaced
 // another, is told apart from the one a reader asked for; a sled also
-// refuses to replace a shard with one of an older epoch. Version 1 (a
-// 48-byte header without the epoch) is not read: its shards are reported
-// corrupt.
+// refuses to replace a shard with one of an older epoch.
+//
+// Version 1, which sleds wrote before shards carried their epoch, is read
+// too, as written at epoch 0: its header is 48 bytes, the same up to the
+// length, with its crc (of bytes 0..43) at 44. Only version 2 is written,
+// so a version 1 shard is replaced the first time its segment is
+// rewritten or repaired.
 
 const (
-	shardMagic    = "BALSHARD"
-	formatVersion = 2
-	headerBytes   = 56
-	headerCRCAt   = 52
-	chunkBytes    = 4096
-	maxShardBytes = 64 << 20
-	crcBytes      = 4
+	shardMagic      = "BALSHARD"
+	formatVersion   = 2
+	headerBytes     = 56
+	headerCRCAt     = 52
+	formatVersionV1 = 1
+	headerBytesV1   = 48
+	headerCRCAtV1   = 44
+	chunkBytes      = 4096
+	maxShardBytes   = 64 << 20
+	crcBytes        = 4
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -64,34 +71,61 @@ func (id ShardID) String() string {
 
 // header is the decoded fixed header of a shard file.
 type header struct {
-	id     ShardID
-	epoch  uint64
-	chunk  uint32
-	length uint64
+	version uint16
+	id      ShardID
+	epoch   uint64
+	chunk   uint32
+	length  uint64
+}
+
+// bytes is the size of the header on disk, where the data starts.
+func (h header) bytes() uint64 {
+	if h.version == formatVersionV1 {
+		return headerBytesV1
+	}
+	return headerBytes
+}
+
+// fileBytes is the size of the file that holds the shard.
+func (h header) fileBytes() uint64 {
+	return h.bytes() + h.length + chunksFor(h.length)*crcBytes + crcBytes
 }
 
 func chunksFor(length uint64) uint64 { return (length + chunkBytes - 1) / chunkBytes }
 
-// fileSize is the size of the file that holds a shard of length bytes.
+// fileSize is the size of the file that holds a shard of length bytes in
+// the format written now.
 func fileSize(length uint64) uint64 {
-	return headerBytes + length + chunksFor(length)*crcBytes + crcBytes
+	return header{version: formatVersion, length: length}.fileBytes()
 }
 
 // encodeShard returns the whole file of a shard written at epoch.
 func encodeShard(id ShardID, epoch uint64, data []byte) []byte {
+	return encodeShardVersion(formatVersion, id, epoch, data)
+}
+
+// encodeShardVersion encodes in a given format version; only tests write
+// version 1 (whose header has no epoch: it must be 0).
+func encodeShardVersion(version uint16, id ShardID, epoch uint64, data []byte) []byte {
 	n := uint64(len(data))
-	out := make([]byte, fileSize(n))
+	h := header{version: version, length: n}
+	hb := h.bytes()
+	out := make([]byte, h.fileBytes())
 	copy(out, shardMagic)
-	binary.LittleEndian.PutUint16(out[8:], formatVersion)
+	binary.LittleEndian.PutUint16(out[8:], version)
 	binary.LittleEndian.PutUint32(out[12:], chunkBytes)
 	binary.LittleEndian.PutUint64(out[16:], id.Volume)
 	binary.LittleEndian.PutUint64(out[24:], id.Segment)
 	binary.LittleEndian.PutUint32(out[32:], id.Index)
 	binary.LittleEndian.PutUint64(out[36:], n)
-	binary.LittleEndian.PutUint64(out[44:], epoch)
-	binary.LittleEndian.PutUint32(out[headerCRCAt:], crc32.Checksum(out[:headerCRCAt], castagnoli))
-	copy(out[headerBytes:], data)
-	table := out[headerBytes+n : headerBytes+n+chunksFor(n)*crcBytes]
+	if version == formatVersionV1 {
+		binary.LittleEndian.PutUint32(out[headerCRCAtV1:], crc32.Checksum(out[:headerCRCAtV1], castagnoli))
+	} else {
+		binary.LittleEndian.PutUint64(out[44:], epoch)
+		binary.LittleEndian.PutUint32(out[headerCRCAt:], crc32.Checksum(out[:headerCRCAt], castagnoli))
+	}
+	copy(out[hb:], data)
+	table := out[hb+n : hb+n+chunksFor(n)*crcBytes]
 	for c := uint64(0); c < chunksFor(n); c++ {
 		end := min((c+1)*chunkBytes, n)
 		binary.LittleEndian.PutUint32(table[c*crcBytes:], crc32.Checksum(data[c*chunkBytes:end], castagnoli))
@@ -100,34 +134,41 @@ func encodeShard(id ShardID, epoch uint64, data []byte) []byte {
 	return out
 }
 
-// decodeHeader checks and decodes a shard file's header.
+// decodeHeader checks and decodes a shard file's header. b holds the
+// first headerBytes of the file, or all of it if it is shorter.
 func decodeHeader(b []byte) (header, error) {
-	if len(b) < headerBytes {
+	if len(b) < headerBytesV1 {
 		return header{}, fmt.Errorf("%w: header of %d bytes", ErrCorrupt, len(b))
 	}
 	if string(b[:8]) != shardMagic {
 		return header{}, fmt.Errorf("%w: bad magic", ErrCorrupt)
 	}
-	// The version first: a version 1 header is shorter, so its checksum
-	// would not be where this one's is.
-	if v := binary.LittleEndian.Uint16(b[8:]); v != formatVersion {
-		return header{}, fmt.Errorf("%w: format version %d, want %d", ErrCorrupt, v, formatVersion)
+	// The version first: it says where the header's checksum is.
+	h := header{version: binary.LittleEndian.Uint16(b[8:])}
+	crcAt := headerCRCAt
+	switch h.version {
+	case formatVersion:
+		if len(b) < headerBytes {
+			return header{}, fmt.Errorf("%w: header of %d bytes", ErrCorrupt, len(b))
+		}
+		h.epoch = binary.LittleEndian.Uint64(b[44:])
+	case formatVersionV1:
+		crcAt = headerCRCAtV1
+	default:
+		return header{}, fmt.Errorf("%w: format version %d", ErrCorrupt, h.version)
 	}
-	if got, want := crc32.Checksum(b[:headerCRCAt], castagnoli), binary.LittleEndian.Uint32(b[headerCRCAt:]); got != want {
+	if got, want := crc32.Checksum(b[:crcAt], castagnoli), binary.LittleEndian.Uint32(b[crcAt:]); got != want {
 		return header{}, fmt.Errorf("%w: header checksum %08x, want %08x", ErrCorrupt, got, want)
 	}
 	if r := binary.LittleEndian.Uint16(b[10:]); r != 0 {
 		return header{}, fmt.Errorf("%w: reserved field %d", ErrCorrupt, r)
 	}
-	h := header{
-		chunk:  binary.LittleEndian.Uint32(b[12:]),
-		length: binary.LittleEndian.Uint64(b[36:]),
-		epoch:  binary.LittleEndian.Uint64(b[44:]),
-		id: ShardID{
-			Volume:  binary.LittleEndian.Uint64(b[16:]),
-			Segment: binary.LittleEndian.Uint64(b[24:]),
-			Index:   binary.LittleEndian.Uint32(b[32:]),
-		},
+	h.chunk = binary.LittleEndian.Uint32(b[12:])
+	h.length = binary.LittleEndian.Uint64(b[36:])
+	h.id = ShardID{
+		Volume:  binary.LittleEndian.Uint64(b[16:]),
+		Segment: binary.LittleEndian.Uint64(b[24:]),
+		Index:   binary.LittleEndian.Uint32(b[32:]),
 	}
 	if h.chunk != chunkBytes {
 		return header{}, fmt.Errorf("%w: chunk size %d", ErrCorrupt, h.chunk)
@@ -178,11 +219,11 @@ func decodeShard(b []byte) (header, []byte, error) {
 	if err != nil {
 		return header{}, nil, err
 	}
-	if uint64(len(b)) != fileSize(h.length) {
+	if uint64(len(b)) != h.fileBytes() {
 		return header{}, nil, fmt.Errorf("%w: file of %d bytes for a shard of %d", ErrCorrupt, len(b), h.length)
 	}
-	data := b[headerBytes : headerBytes+h.length]
-	table, err := checkTable(b[headerBytes+h.length:], h.length)
+	data := b[h.bytes() : h.bytes()+h.length]
+	table, err := checkTable(b[h.bytes()+h.length:], h.length)
 	if err != nil {
 		return header{}, nil, err
 	}

@@ -79,6 +79,7 @@ func TestShardFormatDetectsEveryCorruption(t *testing.T) {
 
 func FuzzDecodeShard(f *testing.F) {
 	// More seeds, among them version 1 files, are in testdata/fuzz.
+	f.Add(encodeShardVersion(formatVersionV1, ShardID{1, 2, 3}, 0, randomData(4, 5000)))
 	f.Add(encodeShard(ShardID{1, 2, 3}, 1, []byte("hello")))
 	f.Add(encodeShard(ShardID{1, 2, 3}, 0, nil))
 	f.Add(encodeShard(ShardID{9, 9, 9}, 1<<40, randomData(2, 9000)))
@@ -92,7 +93,7 @@ func FuzzDecodeShard(f *testing.F) {
 			return
 		}
 		// Whatever decodes must encode back to the same file.
-		if again := encodeShard(h.id, h.epoch, data); !bytes.Equal(again, b) {
+		if again := encodeShardVersion(h.version, h.id, h.epoch, data); !bytes.Equal(again, b) {
 			t.Fatalf("decoded %s at epoch %d of %d bytes re-encodes differently", h.id, h.epoch, len(data))
 		}
 	})
@@ -717,5 +718,41 @@ func TestOlderShardNeverReplacesANewerOne(t *testing.T) {
 	}
 	if _, err := s.Put(id, 2, []byte("new primary again")); err != nil {
 		t.Fatalf("same epoch: %v", err)
+	}
+}
+
+// TestVersion1ShardsAreReadAtEpochZero: shards a sled wrote before shards
+// carried their epoch are indexed and read as written at epoch 0, and the
+// next write replaces them in the current format.
+func TestVersion1ShardsAreReadAtEpochZero(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestStore(t, dir, 1, 0, nil)
+	id := ShardID{Volume: 2, Segment: 8, Index: 5}
+	data := randomData(6, 3*4096+7)
+	path := filepath.Join(s.Devices()[0].Path, "shards", fmt.Sprintf("%016x", id.Volume), fmt.Sprintf("%016x.%d", id.Segment, id.Index))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	v1 := encodeShardVersion(formatVersionV1, id, 0, data)
+	if err := os.WriteFile(path, v1, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openTestStore(t, dir, 1, 0, nil)
+	if d := s.Devices()[0]; d.UsedBytes != uint64(len(v1)) || d.Shards != 1 {
+		t.Fatalf("device after indexing a version 1 shard: %+v", d)
+	}
+	got, h, err := s.get(id, 4000, 5000)
+	if err != nil || !bytes.Equal(got, data[4000:9000]) || h.epoch != 0 || h.id != id {
+		t.Fatalf("read of a version 1 shard: %v (header %+v)", err, h)
+	}
+	if _, err := s.Put(id, 1, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, h, err := s.get(id, 0, 0); err != nil || h.version != formatVersion || h.epoch != 1 {
+		t.Fatalf("after a rewrite: header %+v, %v", h, err)
+	}
+	if d := s.Devices()[0]; d.UsedBytes != fileSize(uint64(len(data))) {
+		t.Fatalf("used %d bytes after the rewrite, want %d", d.UsedBytes, fileSize(uint64(len(data))))
 	}
 }

@@ -188,17 +188,21 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 				s.log.Warn("ignoring unexpected file", "sled", s.id, "device", d.id, "path", path)
 				continue
 			}
-			hb, err := d.fs.ReadAt(path, 0, headerBytes)
 			var h header
+			fi, err := d.fs.Stat(path)
 			if err == nil {
-				h, err = decodeHeader(hb)
+				// A version 1 file may be shorter than a header now is.
+				var hb []byte
+				hb, err = d.fs.ReadAt(path, 0, int(min(headerBytes, fi.Size())))
+				if err == nil {
+					h, err = decodeHeader(hb)
+				}
 			}
 			if err == nil && h.id != id {
 				err = fmt.Errorf("%w: file of %s holds %s", ErrCorrupt, id, h.id)
 			}
-			fi, serr := d.fs.Stat(path)
-			if err == nil && serr == nil && uint64(fi.Size()) != fileSize(h.length) {
-				err = fmt.Errorf("%w: %s is %d bytes, want %d", ErrCorrupt, id, fi.Size(), fileSize(h.length))
+			if err == nil && uint64(fi.Size()) != h.fileBytes() {
+				err = fmt.Errorf("%w: %s is %d bytes, want %d", ErrCorrupt, id, fi.Size(), h.fileBytes())
 			}
 			if err != nil {
 				if isDeviceFault(err) {
@@ -219,8 +223,8 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 			// A shard's epoch is one the sled has seen, even if its
 			// metadata lost it: never fence below it.
 			s.epochs[id.Volume] = max(s.epochs[id.Volume], h.epoch)
-			s.index[id] = &shardEntry{dev: len(s.devs), epoch: h.epoch, length: h.length, fileBytes: fileSize(h.length), modified: modTime(fi)}
-			d.used += fileSize(h.length)
+			s.index[id] = &shardEntry{dev: len(s.devs), epoch: h.epoch, length: h.length, fileBytes: h.fileBytes(), modified: modTime(fi)}
+			d.used += h.fileBytes()
 			d.shards++
 		}
 	}
@@ -522,7 +526,7 @@ func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
 	if off > e.length || length > e.length-off {
 		return nil, header{}, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
 	}
-	data, h, err := s.readRange(d, id, e.length, off, length)
+	data, h, err := s.readRange(d, id, e, off, length)
 	if err != nil {
 		return nil, header{}, s.readFailed(d, id, err)
 	}
@@ -531,9 +535,9 @@ func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
 }
 
 // readRange reads and checks a range of a shard file.
-func (s *Store) readRange(d *device, id ShardID, shardLen, off, length uint64) ([]byte, header, error) {
+func (s *Store) readRange(d *device, id ShardID, e *shardEntry, off, length uint64) ([]byte, header, error) {
 	path := d.shardPath(id)
-	hb, err := d.fs.ReadAt(path, 0, headerBytes)
+	hb, err := d.fs.ReadAt(path, 0, int(min(headerBytes, e.fileBytes)))
 	if err != nil {
 		return nil, header{}, err
 	}
@@ -541,10 +545,10 @@ func (s *Store) readRange(d *device, id ShardID, shardLen, off, length uint64) (
 	if err != nil {
 		return nil, header{}, err
 	}
-	if h.id != id || h.length != shardLen {
+	if h.id != id || h.length != e.length {
 		return nil, header{}, fmt.Errorf("%w: file of %s holds %s of %d bytes", ErrCorrupt, id, h.id, h.length)
 	}
-	tb, err := d.fs.ReadAt(path, int64(headerBytes+h.length), int(chunksFor(h.length)*crcBytes+crcBytes))
+	tb, err := d.fs.ReadAt(path, int64(h.bytes()+h.length), int(chunksFor(h.length)*crcBytes+crcBytes))
 	if err != nil {
 		return nil, header{}, err
 	}
@@ -557,7 +561,7 @@ func (s *Store) readRange(d *device, id ShardID, shardLen, off, length uint64) (
 	}
 	first := off / chunkBytes
 	end := min((off+length+chunkBytes-1)/chunkBytes*chunkBytes, h.length)
-	chunks, err := d.fs.ReadAt(path, int64(headerBytes+first*chunkBytes), int(end-first*chunkBytes))
+	chunks, err := d.fs.ReadAt(path, int64(h.bytes()+first*chunkBytes), int(end-first*chunkBytes))
 	if err != nil {
 		return nil, header{}, err
 	}
