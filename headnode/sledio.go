@@ -31,6 +31,10 @@ func (id shardID) String() string {
 type shardStamp struct {
 	id    shardID
 	epoch uint64
+	// unknown: the sled predates stamps and reported none. Its reads are
+	// taken as before, unchecked, so that head nodes may be upgraded
+	// before the sleds.
+	unknown bool
 }
 
 // shardInfo is a shard a sled reports holding.
@@ -136,8 +140,9 @@ func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, leng
 		return nil, shardStamp{}, fmt.Errorf("%w: sled %s returned %d bytes of %s for %d", errSledDown, sled, len(resp.Data), id, length)
 	}
 	stamp := shardStamp{
-		id:    shardID{volume: resp.Id.GetVolumeId(), segment: resp.Id.GetSegmentId(), index: resp.Id.GetIndex()},
-		epoch: resp.Epoch,
+		id:      shardID{volume: resp.Id.GetVolumeId(), segment: resp.Id.GetSegmentId(), index: resp.Id.GetIndex()},
+		epoch:   resp.Epoch,
+		unknown: resp.Id == nil,
 	}
 	return resp.Data, stamp, nil
 }

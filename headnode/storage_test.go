@@ -1178,3 +1178,28 @@ func TestDeposedPrimaryFlushWritesNothing(t *testing.T) {
 		t.Fatalf("%d dirty blocks after a deposed flush, want the 16 written since the last", n)
 	}
 }
+
+func TestCheckStamp(t *testing.T) {
+	want := shardID{volume: 7, segment: 3<<segmentEpochShift | 9, index: 2}
+	legacy := shardID{volume: 7, segment: 12, index: 2}
+	for _, c := range []struct {
+		name    string
+		want    shardID
+		got     shardStamp
+		corrupt bool
+	}{
+		{"the shard asked for", want, shardStamp{id: want, epoch: 3}, false},
+		{"rewritten at a later epoch", want, shardStamp{id: want, epoch: 5}, false},
+		{"another segment", want, shardStamp{id: shardID{volume: 7, segment: want.segment + 1, index: 2}, epoch: 3}, true},
+		{"another index", want, shardStamp{id: shardID{volume: 7, segment: want.segment, index: 1}, epoch: 3}, true},
+		{"another volume", want, shardStamp{id: shardID{volume: 8, segment: want.segment, index: 2}, epoch: 3}, true},
+		{"older than its segment", want, shardStamp{id: want, epoch: 2}, true},
+		{"a segment made before ids carried epochs", legacy, shardStamp{id: legacy}, false},
+		{"a sled that reports no stamp", want, shardStamp{unknown: true}, false},
+	} {
+		err := checkStamp("s1", c.want, c.got)
+		if c.corrupt != errors.Is(err, errShardCorrupt) || (!c.corrupt && err != nil) {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}
