@@ -44,3 +44,40 @@ func MkdirAll(fs vfs.FS, dir string) error {
 	}
 	return nil
 }
+
+// WriteFile writes data to path so that after a crash path holds either
+// all of data or whatever it held before: it writes a temporary file
+// beside it, syncs it, renames it over path and syncs the directory.
+func WriteFile(fs vfs.FS, path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := fs.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := fs.Rename(tmp, path); err != nil {
+		return err
+	}
+	dir := fs.PathDir(path)
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
