@@ -47,6 +47,9 @@ type Directory struct {
 	// the rack after it was founded, and head nodes taken out of it.
 	headNodes map[string]*ballastpb.HeadNode
 	removed   map[string]bool
+	// incarnations (every group): each head node's registered
+	// incarnation (incarnation.go).
+	incarnations map[string]*ballastpb.HeadNodeIncarnation
 
 	// txn is the group's share of transactions across groups. Its keys
 	// (see keys.go) hold what transactions read and write: names and
@@ -81,6 +84,7 @@ func NewGroupDirectory(g txn.GroupID) *Directory {
 		draining:     map[string]bool{},
 		headNodes:    map[string]*ballastpb.HeadNode{},
 		removed:      map[string]bool{},
+		incarnations: map[string]*ballastpb.HeadNodeIncarnation{},
 	}
 }
 
@@ -151,6 +155,12 @@ func (d *Directory) ApplyCommand(index uint64, cmd *ballastpb.DirectoryCommand, 
 			v.Epoch = 1
 		}
 		v.CreatedUnixNanos = nowUnixNanos
+		// A new volume is empty: the incarnations its replicas have now
+		// hold all of it.
+		v.Copies = CopiesAt(append([]string{v.Primary}, v.Secondaries...), func(n string) (string, bool) {
+			r, ok := d.incarnations[n]
+			return r.GetIncarnation(), ok
+		})
 		if err := d.putLocked(v); err != nil {
 			return ApplyResult{Err: err}
 		}
@@ -238,6 +248,8 @@ func (d *Directory) ApplyCommand(index uint64, cmd *ballastpb.DirectoryCommand, 
 		return d.replaceSecondaryLocked(op.ReplaceSecondary)
 	case *ballastpb.DirectoryCommand_SecondaryInSync:
 		return d.secondaryInSyncLocked(op.SecondaryInSync)
+	case *ballastpb.DirectoryCommand_RegisterIncarnation:
+		return d.registerIncarnationLocked(op.RegisterIncarnation)
 	default:
 		return ApplyResult{Err: fmt.Errorf("%w: unknown directory command %T", ErrInvalid, cmd.Op)}
 	}
@@ -454,6 +466,7 @@ func (d *Directory) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	sort.Strings(snap.Draining)
 	snap.HeadNodes, snap.RemovedHeadNodes = d.headNodesLocked()
+	snap.Incarnations = d.incarnationsSnapshotLocked()
 	snap.TxnState = d.txn.MarshalState()
 	for _, v := range d.moved {
 		snap.Moved = append(snap.Moved, proto.Clone(v).(*ballastpb.Volume))
@@ -524,6 +537,10 @@ func (d *Directory) Restore(r io.ReadCloser) error {
 	d.removed = map[string]bool{}
 	for _, id := range snap.RemovedHeadNodes {
 		d.removed[id] = true
+	}
+	d.incarnations = map[string]*ballastpb.HeadNodeIncarnation{}
+	for _, r := range snap.Incarnations {
+		d.incarnations[r.HeadNode] = r
 	}
 	if d.OnDelete != nil {
 		for id, v := range old {

@@ -185,12 +185,21 @@ func (t *LeaseTable) Expired(vol uint64, now clock.Instant) bool {
 // preference. A volume with no live secondary cannot fail over: only its
 // replicas have its data.
 func PlanPromotion(v *ballastpb.Volume, live []string) (*ballastpb.PromoteVolumeCommand, error) {
+	return PlanPromotionOf(v, live, nil)
+}
+
+// PlanPromotionOf is PlanPromotion where holdsCopy (nil: every replica
+// does) says whether a secondary's node still holds the copy its record
+// credits it with (Directory.HoldsCopy): one that does not is treated as
+// catching up.
+func PlanPromotionOf(v *ballastpb.Volume, live []string, holdsCopy func(node string) bool) (*ballastpb.PromoteVolumeCommand, error) {
 	var primary string
 	var secondaries []string
 	for _, s := range v.Secondaries {
+		partial := slices.Contains(v.CatchingUp, s) || (holdsCopy != nil && !holdsCopy(s))
 		switch {
 		case !slices.Contains(live, s):
-		case slices.Contains(v.CatchingUp, s) && primary == "":
+		case partial && primary == "":
 			// A partial copy cannot lead; it stays a secondary, to be
 			// mirrored again by the new primary.
 			secondaries = append(secondaries, s)
@@ -234,6 +243,15 @@ func (d *Directory) renewLeaseLocked(c *ballastpb.RenewLeaseCommand) ApplyResult
 				ErrDeposed, c.Holder, c.Epoch, v.Name, v.Epoch, v.Primary),
 		}
 	}
+	// A primary restarted over a lost data directory must not serve what
+	// it no longer holds, even before its new incarnation is registered.
+	if reg, ok := d.incarnations[c.Holder]; ok && (c.Incarnation != reg.Incarnation || !d.holdsCopyLocked(v, c.Holder)) {
+		return ApplyResult{
+			Volume: proto.Clone(v).(*ballastpb.Volume),
+			Err: fmt.Errorf("%w: %s (incarnation %q) no longer holds the copy of volume %s it was primary of",
+				ErrDeposed, c.Holder, c.Incarnation, v.Name),
+		}
+	}
 	// A renewal changes only the decoded record: the renewal count is
 	// volatile, and a renewal must neither wait for a transaction that
 	// holds the volume nor move its version under one.
@@ -261,6 +279,8 @@ func (d *Directory) promoteLocked(c *ballastpb.PromoteVolumeCommand) ApplyResult
 		return ApplyResult{Err: fmt.Errorf("%w: %s is not a secondary of volume %s and lacks its data", ErrInvalid, c.Primary, v.Name)}
 	case slices.Contains(v.CatchingUp, c.Primary):
 		return ApplyResult{Err: fmt.Errorf("%w: %s is still catching up on volume %s and lacks part of its data", ErrInvalid, c.Primary, v.Name)}
+	case !d.holdsCopyLocked(v, c.Primary):
+		return ApplyResult{Err: fmt.Errorf("%w: %s restarted over a lost data directory and holds no copy of volume %s", ErrInvalid, c.Primary, v.Name)}
 	case slices.Contains(c.Secondaries, c.Primary) || len(c.Secondaries) == 0:
 		return ApplyResult{Err: fmt.Errorf("%w: promotion of volume %s to %s with secondaries %v", ErrInvalid, v.Name, c.Primary, c.Secondaries)}
 	}
@@ -268,9 +288,12 @@ func (d *Directory) promoteLocked(c *ballastpb.PromoteVolumeCommand) ApplyResult
 	// primary and is reconciled at the next hello; any other node must be
 	// mirrored in full before it may be promoted.
 	var catching []string
+	keep := []string{c.Primary}
 	for _, s := range c.Secondaries {
-		if !slices.Contains(v.Secondaries, s) || slices.Contains(v.CatchingUp, s) {
+		if !slices.Contains(v.Secondaries, s) || slices.Contains(v.CatchingUp, s) || !d.holdsCopyLocked(v, s) {
 			catching = append(catching, s)
+		} else {
+			keep = append(keep, s)
 		}
 	}
 	v = proto.Clone(v).(*ballastpb.Volume)
@@ -278,6 +301,7 @@ func (d *Directory) promoteLocked(c *ballastpb.PromoteVolumeCommand) ApplyResult
 	v.Primary = c.Primary
 	v.Secondaries = slices.Clone(c.Secondaries)
 	v.CatchingUp = catching
+	keepCopies(v, keep)
 	v.LeaseRenewals = 0
 	if err := d.putLocked(v); err != nil {
 		return ApplyResult{Err: err}
@@ -290,7 +314,7 @@ func (d *Directory) renewLeasesLocked(c *ballastpb.RenewLeasesCommand) ApplyResu
 	var res ApplyResult
 	var renewed []uint64
 	for _, l := range c.Leases {
-		l.Holder = c.Holder
+		l.Holder, l.Incarnation = c.Holder, c.Incarnation
 		if r := d.renewLeaseLocked(l); errors.Is(r.Err, ErrMoved) {
 			res.Moved = append(res.Moved, l.VolumeId)
 		} else if r.Err != nil {
@@ -327,6 +351,7 @@ func (d *Directory) replaceSecondaryLocked(c *ballastpb.ReplaceSecondaryCommand)
 	}
 	v.CatchingUp = slices.DeleteFunc(v.CatchingUp, func(s string) bool { return s == c.Remove })
 	v.CatchingUp = append(v.CatchingUp, c.Add)
+	keepCopies(v, append(slices.Clone(v.Secondaries), v.Primary))
 	if err := d.putLocked(v); err != nil {
 		return ApplyResult{Err: err}
 	}
@@ -344,11 +369,20 @@ func (d *Directory) secondaryInSyncLocked(c *ballastpb.SecondaryInSyncCommand) A
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume),
 			Err: fmt.Errorf("%w: %s in sync with volume %s at epoch %d; it is at epoch %d with secondaries %v", ErrConflict, c.Node, v.Name, c.Epoch, v.Epoch, v.Secondaries)}
 	}
-	if !slices.Contains(v.CatchingUp, c.Node) {
+	if reg, ok := d.incarnations[c.Node]; ok && c.Incarnation != reg.Incarnation {
+		// Mirrored to a data directory the node has lost since.
+		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume),
+			Err: fmt.Errorf("%w: %s in sync with volume %s as incarnation %q; it is %q now", ErrConflict, c.Node, v.Name, c.Incarnation, reg.Incarnation)}
+	}
+	inc, credited := CopyIncarnation(v, c.Node)
+	if !slices.Contains(v.CatchingUp, c.Node) && d.holdsCopyLocked(v, c.Node) && (c.Incarnation == "" || credited && inc == c.Incarnation) {
 		return ApplyResult{Volume: proto.Clone(v).(*ballastpb.Volume)}
 	}
 	v = proto.Clone(v).(*ballastpb.Volume)
 	v.CatchingUp = slices.DeleteFunc(v.CatchingUp, func(s string) bool { return s == c.Node })
+	if c.Incarnation != "" {
+		setCopy(v, c.Node, c.Incarnation)
+	}
 	if err := d.putLocked(v); err != nil {
 		return ApplyResult{Err: err}
 	}

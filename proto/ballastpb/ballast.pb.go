@@ -418,8 +418,17 @@ type Volume struct {
 	// last attempt a primary gave up waiting for: written so that the
 	// attempt's transaction, conditioned on the record it read before, can
 	// no longer commit once the primary lets writes through again.
-	RefusedCutId  uint64 `protobuf:"varint,21,opt,name=refused_cut_id,json=refusedCutId,proto3" json:"refused_cut_id,omitempty"`
-	CutId         uint64 `protobuf:"varint,22,opt,name=cut_id,json=cutId,proto3" json:"cut_id,omitempty"`
+	RefusedCutId uint64 `protobuf:"varint,21,opt,name=refused_cut_id,json=refusedCutId,proto3" json:"refused_cut_id,omitempty"`
+	CutId        uint64 `protobuf:"varint,22,opt,name=cut_id,json=cutId,proto3" json:"cut_id,omitempty"`
+	// The incarnation (HeadNodeIncarnation) of each replica's node that holds
+	// its copy, by head node id, as certified at the volume's creation or by
+	// the primary's in-sync report. A replica whose node registered another
+	// incarnation since (its data directory was lost) holds no copy: it is
+	// not promoted, and a primary without a copy cannot renew its lease. A
+	// replica with no entry was certified before its node first registered,
+	// and holds its copy while that incarnation lasts. Sorted by head node
+	// (a list, not a map, so that every replica encodes it alike).
+	Copies        []*ReplicaCopy `protobuf:"bytes,23,rep,name=copies,proto3" json:"copies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,6 +617,66 @@ func (x *Volume) GetCutId() uint64 {
 	return 0
 }
 
+func (x *Volume) GetCopies() []*ReplicaCopy {
+	if x != nil {
+		return x.Copies
+	}
+	return nil
+}
+
+// ReplicaCopy: the incarnation of head_node that holds a volume's copy.
+type ReplicaCopy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	Incarnation   string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaCopy) Reset() {
+	*x = ReplicaCopy{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaCopy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaCopy) ProtoMessage() {}
+
+func (x *ReplicaCopy) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaCopy.ProtoReflect.Descriptor instead.
+func (*ReplicaCopy) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReplicaCopy) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *ReplicaCopy) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 // ConsistencyGroup (directory group, key cg/NAME) names volumes whose
 // snapshots are cut together: every member's cut of a generation is
 // recorded in one transaction, taken while each member's primary holds
@@ -626,7 +695,7 @@ type ConsistencyGroup struct {
 
 func (x *ConsistencyGroup) Reset() {
 	*x = ConsistencyGroup{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +707,7 @@ func (x *ConsistencyGroup) String() string {
 func (*ConsistencyGroup) ProtoMessage() {}
 
 func (x *ConsistencyGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[1]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +720,7 @@ func (x *ConsistencyGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsistencyGroup.ProtoReflect.Descriptor instead.
 func (*ConsistencyGroup) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{1}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ConsistencyGroup) GetName() string {
@@ -700,7 +769,7 @@ type ConsistencyGroupNames struct {
 
 func (x *ConsistencyGroupNames) Reset() {
 	*x = ConsistencyGroupNames{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +781,7 @@ func (x *ConsistencyGroupNames) String() string {
 func (*ConsistencyGroupNames) ProtoMessage() {}
 
 func (x *ConsistencyGroupNames) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[2]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +794,7 @@ func (x *ConsistencyGroupNames) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsistencyGroupNames.ProtoReflect.Descriptor instead.
 func (*ConsistencyGroupNames) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{2}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ConsistencyGroupNames) GetNames() []string {
@@ -746,7 +815,7 @@ type SnapshotCut struct {
 
 func (x *SnapshotCut) Reset() {
 	*x = SnapshotCut{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +827,7 @@ func (x *SnapshotCut) String() string {
 func (*SnapshotCut) ProtoMessage() {}
 
 func (x *SnapshotCut) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[3]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +840,7 @@ func (x *SnapshotCut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotCut.ProtoReflect.Descriptor instead.
 func (*SnapshotCut) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{3}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SnapshotCut) GetGeneration() uint64 {
@@ -807,7 +876,7 @@ type MemberCut struct {
 
 func (x *MemberCut) Reset() {
 	*x = MemberCut{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +888,7 @@ func (x *MemberCut) String() string {
 func (*MemberCut) ProtoMessage() {}
 
 func (x *MemberCut) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[4]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +901,7 @@ func (x *MemberCut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberCut.ProtoReflect.Descriptor instead.
 func (*MemberCut) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{4}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MemberCut) GetVolume() string {
@@ -876,7 +945,7 @@ type VolumePlacement struct {
 
 func (x *VolumePlacement) Reset() {
 	*x = VolumePlacement{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +957,7 @@ func (x *VolumePlacement) String() string {
 func (*VolumePlacement) ProtoMessage() {}
 
 func (x *VolumePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[5]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +970,7 @@ func (x *VolumePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumePlacement.ProtoReflect.Descriptor instead.
 func (*VolumePlacement) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{5}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *VolumePlacement) GetName() string {
@@ -936,7 +1005,7 @@ type HeadNode struct {
 
 func (x *HeadNode) Reset() {
 	*x = HeadNode{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1017,7 @@ func (x *HeadNode) String() string {
 func (*HeadNode) ProtoMessage() {}
 
 func (x *HeadNode) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[6]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1030,7 @@ func (x *HeadNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeadNode.ProtoReflect.Descriptor instead.
 func (*HeadNode) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{6}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HeadNode) GetId() string {
@@ -990,7 +1059,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1071,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[7]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1084,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{7}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -1048,7 +1117,7 @@ type CreateVolumeResponse struct {
 
 func (x *CreateVolumeResponse) Reset() {
 	*x = CreateVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1129,7 @@ func (x *CreateVolumeResponse) String() string {
 func (*CreateVolumeResponse) ProtoMessage() {}
 
 func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[8]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1142,7 @@ func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CreateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{8}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateVolumeResponse) GetVolume() *Volume {
@@ -1092,7 +1161,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1173,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[9]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1186,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{9}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -1139,7 +1208,7 @@ type GetVolumeResponse struct {
 
 func (x *GetVolumeResponse) Reset() {
 	*x = GetVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1220,7 @@ func (x *GetVolumeResponse) String() string {
 func (*GetVolumeResponse) ProtoMessage() {}
 
 func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[10]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1233,7 @@ func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeResponse.ProtoReflect.Descriptor instead.
 func (*GetVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{10}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetVolumeResponse) GetVolume() *Volume {
@@ -1189,7 +1258,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1270,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[11]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1283,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{11}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
 }
 
 type ListVolumesResponse struct {
@@ -1226,7 +1295,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1307,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1320,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1271,7 +1340,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1352,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1365,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResizeVolumeRequest) GetName() string {
@@ -1322,7 +1391,7 @@ type ResizeVolumeResponse struct {
 
 func (x *ResizeVolumeResponse) Reset() {
 	*x = ResizeVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1403,7 @@ func (x *ResizeVolumeResponse) String() string {
 func (*ResizeVolumeResponse) ProtoMessage() {}
 
 func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1416,7 @@ func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResizeVolumeResponse) GetVolume() *Volume {
@@ -1366,7 +1435,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1447,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1460,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -1409,7 +1478,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1490,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1503,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
 }
 
 // Sled is a storage sled as the directory group knows it.
@@ -1451,7 +1520,7 @@ type Sled struct {
 
 func (x *Sled) Reset() {
 	*x = Sled{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1532,7 @@ func (x *Sled) String() string {
 func (*Sled) ProtoMessage() {}
 
 func (x *Sled) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1545,7 @@ func (x *Sled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sled.ProtoReflect.Descriptor instead.
 func (*Sled) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Sled) GetId() string {
@@ -1524,7 +1593,7 @@ type RegisterSledRequest struct {
 
 func (x *RegisterSledRequest) Reset() {
 	*x = RegisterSledRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1605,7 @@ func (x *RegisterSledRequest) String() string {
 func (*RegisterSledRequest) ProtoMessage() {}
 
 func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1618,7 @@ func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledRequest.ProtoReflect.Descriptor instead.
 func (*RegisterSledRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterSledRequest) GetId() string {
@@ -1575,7 +1644,7 @@ type RegisterSledResponse struct {
 
 func (x *RegisterSledResponse) Reset() {
 	*x = RegisterSledResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1656,7 @@ func (x *RegisterSledResponse) String() string {
 func (*RegisterSledResponse) ProtoMessage() {}
 
 func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1669,7 @@ func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSledResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterSledResponse) GetSled() *Sled {
@@ -1618,7 +1687,7 @@ type ListSledsRequest struct {
 
 func (x *ListSledsRequest) Reset() {
 	*x = ListSledsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1699,7 @@ func (x *ListSledsRequest) String() string {
 func (*ListSledsRequest) ProtoMessage() {}
 
 func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1712,7 @@ func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsRequest.ProtoReflect.Descriptor instead.
 func (*ListSledsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
 }
 
 type ListSledsResponse struct {
@@ -1655,7 +1724,7 @@ type ListSledsResponse struct {
 
 func (x *ListSledsResponse) Reset() {
 	*x = ListSledsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1736,7 @@ func (x *ListSledsResponse) String() string {
 func (*ListSledsResponse) ProtoMessage() {}
 
 func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1749,7 @@ func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsResponse.ProtoReflect.Descriptor instead.
 func (*ListSledsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListSledsResponse) GetSleds() []*Sled {
@@ -1700,7 +1769,7 @@ type SetSledStateRequest struct {
 
 func (x *SetSledStateRequest) Reset() {
 	*x = SetSledStateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1781,7 @@ func (x *SetSledStateRequest) String() string {
 func (*SetSledStateRequest) ProtoMessage() {}
 
 func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1794,7 @@ func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateRequest.ProtoReflect.Descriptor instead.
 func (*SetSledStateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetSledStateRequest) GetId() string {
@@ -1751,7 +1820,7 @@ type SetSledStateResponse struct {
 
 func (x *SetSledStateResponse) Reset() {
 	*x = SetSledStateResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1832,7 @@ func (x *SetSledStateResponse) String() string {
 func (*SetSledStateResponse) ProtoMessage() {}
 
 func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1845,7 @@ func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateResponse.ProtoReflect.Descriptor instead.
 func (*SetSledStateResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetSledStateResponse) GetSled() *Sled {
@@ -1805,7 +1874,7 @@ type SledStatus struct {
 
 func (x *SledStatus) Reset() {
 	*x = SledStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1886,7 @@ func (x *SledStatus) String() string {
 func (*SledStatus) ProtoMessage() {}
 
 func (x *SledStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1899,7 @@ func (x *SledStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SledStatus.ProtoReflect.Descriptor instead.
 func (*SledStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SledStatus) GetSled() *Sled {
@@ -1915,7 +1984,7 @@ type Redundancy struct {
 
 func (x *Redundancy) Reset() {
 	*x = Redundancy{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +1996,7 @@ func (x *Redundancy) String() string {
 func (*Redundancy) ProtoMessage() {}
 
 func (x *Redundancy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2009,7 @@ func (x *Redundancy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redundancy.ProtoReflect.Descriptor instead.
 func (*Redundancy) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Redundancy) GetSegmentsFull() uint64 {
@@ -2009,7 +2078,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2090,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2103,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
 }
 
 type NodeStatusResponse struct {
@@ -2053,7 +2122,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2134,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2147,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NodeStatusResponse) GetHeadNode() string {
@@ -2142,7 +2211,7 @@ type DiskStatus struct {
 
 func (x *DiskStatus) Reset() {
 	*x = DiskStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2223,7 @@ func (x *DiskStatus) String() string {
 func (*DiskStatus) ProtoMessage() {}
 
 func (x *DiskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2236,7 @@ func (x *DiskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskStatus.ProtoReflect.Descriptor instead.
 func (*DiskStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DiskStatus) GetHeadNode() string {
@@ -2239,7 +2308,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2320,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2333,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GroupStatus) GetGroup() uint64 {
@@ -2352,7 +2421,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2433,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2446,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PathStatus) GetFrom() string {
@@ -2432,7 +2501,7 @@ type DrainHeadNodeRequest struct {
 
 func (x *DrainHeadNodeRequest) Reset() {
 	*x = DrainHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2444,7 +2513,7 @@ func (x *DrainHeadNodeRequest) String() string {
 func (*DrainHeadNodeRequest) ProtoMessage() {}
 
 func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2526,7 @@ func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DrainHeadNodeRequest) GetHeadNode() string {
@@ -2483,7 +2552,7 @@ type DrainHeadNodeResponse struct {
 
 func (x *DrainHeadNodeResponse) Reset() {
 	*x = DrainHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2564,7 @@ func (x *DrainHeadNodeResponse) String() string {
 func (*DrainHeadNodeResponse) ProtoMessage() {}
 
 func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2577,7 @@ func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DrainHeadNodeResponse) GetMoved() []uint64 {
@@ -2526,7 +2595,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2607,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2620,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 type RackStatusResponse struct {
@@ -2579,7 +2648,7 @@ type RackStatusResponse struct {
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +2660,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +2673,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -2694,7 +2763,7 @@ type CreateConsistencyGroupRequest struct {
 
 func (x *CreateConsistencyGroupRequest) Reset() {
 	*x = CreateConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2706,7 +2775,7 @@ func (x *CreateConsistencyGroupRequest) String() string {
 func (*CreateConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2719,7 +2788,7 @@ func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateConsistencyGroupRequest) GetName() string {
@@ -2745,7 +2814,7 @@ type CreateConsistencyGroupResponse struct {
 
 func (x *CreateConsistencyGroupResponse) Reset() {
 	*x = CreateConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +2826,7 @@ func (x *CreateConsistencyGroupResponse) String() string {
 func (*CreateConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +2839,7 @@ func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -2789,7 +2858,7 @@ type DeleteConsistencyGroupRequest struct {
 
 func (x *DeleteConsistencyGroupRequest) Reset() {
 	*x = DeleteConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +2870,7 @@ func (x *DeleteConsistencyGroupRequest) String() string {
 func (*DeleteConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +2883,7 @@ func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeleteConsistencyGroupRequest) GetName() string {
@@ -2832,7 +2901,7 @@ type DeleteConsistencyGroupResponse struct {
 
 func (x *DeleteConsistencyGroupResponse) Reset() {
 	*x = DeleteConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +2913,7 @@ func (x *DeleteConsistencyGroupResponse) String() string {
 func (*DeleteConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +2926,7 @@ func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 type GetConsistencyGroupRequest struct {
@@ -2869,7 +2938,7 @@ type GetConsistencyGroupRequest struct {
 
 func (x *GetConsistencyGroupRequest) Reset() {
 	*x = GetConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2881,7 +2950,7 @@ func (x *GetConsistencyGroupRequest) String() string {
 func (*GetConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2894,7 +2963,7 @@ func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetConsistencyGroupRequest) GetName() string {
@@ -2913,7 +2982,7 @@ type GetConsistencyGroupResponse struct {
 
 func (x *GetConsistencyGroupResponse) Reset() {
 	*x = GetConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2925,7 +2994,7 @@ func (x *GetConsistencyGroupResponse) String() string {
 func (*GetConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2938,7 +3007,7 @@ func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -2956,7 +3025,7 @@ type ListConsistencyGroupsRequest struct {
 
 func (x *ListConsistencyGroupsRequest) Reset() {
 	*x = ListConsistencyGroupsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2968,7 +3037,7 @@ func (x *ListConsistencyGroupsRequest) String() string {
 func (*ListConsistencyGroupsRequest) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2981,7 +3050,7 @@ func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 type ListConsistencyGroupsResponse struct {
@@ -2993,7 +3062,7 @@ type ListConsistencyGroupsResponse struct {
 
 func (x *ListConsistencyGroupsResponse) Reset() {
 	*x = ListConsistencyGroupsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3005,7 +3074,7 @@ func (x *ListConsistencyGroupsResponse) String() string {
 func (*ListConsistencyGroupsResponse) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3018,7 +3087,7 @@ func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListConsistencyGroupsResponse) GetGroups() []*ConsistencyGroup {
@@ -3037,7 +3106,7 @@ type SnapshotConsistencyGroupRequest struct {
 
 func (x *SnapshotConsistencyGroupRequest) Reset() {
 	*x = SnapshotConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3049,7 +3118,7 @@ func (x *SnapshotConsistencyGroupRequest) String() string {
 func (*SnapshotConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3062,7 +3131,7 @@ func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SnapshotConsistencyGroupRequest) GetName() string {
@@ -3081,7 +3150,7 @@ type SnapshotConsistencyGroupResponse struct {
 
 func (x *SnapshotConsistencyGroupResponse) Reset() {
 	*x = SnapshotConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3093,7 +3162,7 @@ func (x *SnapshotConsistencyGroupResponse) String() string {
 func (*SnapshotConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3106,7 +3175,7 @@ func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SnapshotConsistencyGroupResponse) GetCut() *SnapshotCut {
@@ -3133,7 +3202,7 @@ type HoldForCutRequest struct {
 
 func (x *HoldForCutRequest) Reset() {
 	*x = HoldForCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3145,7 +3214,7 @@ func (x *HoldForCutRequest) String() string {
 func (*HoldForCutRequest) ProtoMessage() {}
 
 func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3158,7 +3227,7 @@ func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutRequest.ProtoReflect.Descriptor instead.
 func (*HoldForCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *HoldForCutRequest) GetVolumeId() uint64 {
@@ -3205,7 +3274,7 @@ type HoldForCutResponse struct {
 
 func (x *HoldForCutResponse) Reset() {
 	*x = HoldForCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3217,7 +3286,7 @@ func (x *HoldForCutResponse) String() string {
 func (*HoldForCutResponse) ProtoMessage() {}
 
 func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3230,7 +3299,7 @@ func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutResponse.ProtoReflect.Descriptor instead.
 func (*HoldForCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *HoldForCutResponse) GetSeq() uint64 {
@@ -3250,7 +3319,7 @@ type ReleaseCutRequest struct {
 
 func (x *ReleaseCutRequest) Reset() {
 	*x = ReleaseCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3262,7 +3331,7 @@ func (x *ReleaseCutRequest) String() string {
 func (*ReleaseCutRequest) ProtoMessage() {}
 
 func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3275,7 +3344,7 @@ func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ReleaseCutRequest) GetVolumeId() uint64 {
@@ -3300,7 +3369,7 @@ type ReleaseCutResponse struct {
 
 func (x *ReleaseCutResponse) Reset() {
 	*x = ReleaseCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3381,7 @@ func (x *ReleaseCutResponse) String() string {
 func (*ReleaseCutResponse) ProtoMessage() {}
 
 func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3394,7 @@ func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 type ChangeAttachmentRequest struct {
@@ -3339,7 +3408,7 @@ type ChangeAttachmentRequest struct {
 
 func (x *ChangeAttachmentRequest) Reset() {
 	*x = ChangeAttachmentRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3351,7 +3420,7 @@ func (x *ChangeAttachmentRequest) String() string {
 func (*ChangeAttachmentRequest) ProtoMessage() {}
 
 func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3364,7 +3433,7 @@ func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentRequest.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ChangeAttachmentRequest) GetName() string {
@@ -3397,7 +3466,7 @@ type ChangeAttachmentResponse struct {
 
 func (x *ChangeAttachmentResponse) Reset() {
 	*x = ChangeAttachmentResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3409,7 +3478,7 @@ func (x *ChangeAttachmentResponse) String() string {
 func (*ChangeAttachmentResponse) ProtoMessage() {}
 
 func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3422,7 +3491,7 @@ func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentResponse.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ChangeAttachmentResponse) GetVolume() *Volume {
@@ -3441,7 +3510,7 @@ type AddHeadNodeRequest struct {
 
 func (x *AddHeadNodeRequest) Reset() {
 	*x = AddHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3453,7 +3522,7 @@ func (x *AddHeadNodeRequest) String() string {
 func (*AddHeadNodeRequest) ProtoMessage() {}
 
 func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3466,7 +3535,7 @@ func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AddHeadNodeRequest) GetHeadNode() *HeadNode {
@@ -3484,7 +3553,7 @@ type AddHeadNodeResponse struct {
 
 func (x *AddHeadNodeResponse) Reset() {
 	*x = AddHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3496,7 +3565,7 @@ func (x *AddHeadNodeResponse) String() string {
 func (*AddHeadNodeResponse) ProtoMessage() {}
 
 func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3509,7 +3578,7 @@ func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 type MoveVoterRequest struct {
@@ -3523,7 +3592,7 @@ type MoveVoterRequest struct {
 
 func (x *MoveVoterRequest) Reset() {
 	*x = MoveVoterRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3535,7 +3604,7 @@ func (x *MoveVoterRequest) String() string {
 func (*MoveVoterRequest) ProtoMessage() {}
 
 func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3548,7 +3617,7 @@ func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*MoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *MoveVoterRequest) GetGroup() uint64 {
@@ -3580,7 +3649,7 @@ type MoveVoterResponse struct {
 
 func (x *MoveVoterResponse) Reset() {
 	*x = MoveVoterResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3592,7 +3661,7 @@ func (x *MoveVoterResponse) String() string {
 func (*MoveVoterResponse) ProtoMessage() {}
 
 func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3605,7 +3674,7 @@ func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*MoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 type RemoveHeadNodeRequest struct {
@@ -3617,7 +3686,7 @@ type RemoveHeadNodeRequest struct {
 
 func (x *RemoveHeadNodeRequest) Reset() {
 	*x = RemoveHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3629,7 +3698,7 @@ func (x *RemoveHeadNodeRequest) String() string {
 func (*RemoveHeadNodeRequest) ProtoMessage() {}
 
 func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3642,7 +3711,7 @@ func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RemoveHeadNodeRequest) GetHeadNode() string {
@@ -3660,7 +3729,7 @@ type RemoveHeadNodeResponse struct {
 
 func (x *RemoveHeadNodeResponse) Reset() {
 	*x = RemoveHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3672,7 +3741,7 @@ func (x *RemoveHeadNodeResponse) String() string {
 func (*RemoveHeadNodeResponse) ProtoMessage() {}
 
 func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3685,7 +3754,7 @@ func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 type ChangeMembershipRequest struct {
@@ -3701,7 +3770,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3713,7 +3782,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3726,7 +3795,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ChangeMembershipRequest) GetGroup() uint64 {
@@ -3772,7 +3841,7 @@ type ChangeMembershipResponse struct {
 
 func (x *ChangeMembershipResponse) Reset() {
 	*x = ChangeMembershipResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3784,7 +3853,7 @@ func (x *ChangeMembershipResponse) String() string {
 func (*ChangeMembershipResponse) ProtoMessage() {}
 
 func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3797,7 +3866,7 @@ func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 type ApplyInGroupRequest struct {
@@ -3810,7 +3879,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3822,7 +3891,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3835,7 +3904,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -3867,7 +3936,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3879,7 +3948,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3892,7 +3961,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -3939,7 +4008,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3951,7 +4020,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3964,7 +4033,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -3984,7 +4053,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3996,7 +4065,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4009,7 +4078,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -4047,6 +4116,7 @@ type DirectoryCommand struct {
 	//	*DirectoryCommand_AddHeadNode
 	//	*DirectoryCommand_RemoveHeadNode
 	//	*DirectoryCommand_Txn
+	//	*DirectoryCommand_RegisterIncarnation
 	Op            isDirectoryCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4054,7 +4124,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4066,7 +4136,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4079,7 +4149,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -4233,6 +4303,15 @@ func (x *DirectoryCommand) GetTxn() []byte {
 	return nil
 }
 
+func (x *DirectoryCommand) GetRegisterIncarnation() *RegisterIncarnationCommand {
+	if x != nil {
+		if x, ok := x.Op.(*DirectoryCommand_RegisterIncarnation); ok {
+			return x.RegisterIncarnation
+		}
+	}
+	return nil
+}
+
 type isDirectoryCommand_Op interface {
 	isDirectoryCommand_Op()
 }
@@ -4303,6 +4382,10 @@ type DirectoryCommand_Txn struct {
 	Txn []byte `protobuf:"bytes,16,opt,name=txn,proto3,oneof"`
 }
 
+type DirectoryCommand_RegisterIncarnation struct {
+	RegisterIncarnation *RegisterIncarnationCommand `protobuf:"bytes,17,opt,name=register_incarnation,json=registerIncarnation,proto3,oneof"`
+}
+
 func (*DirectoryCommand_CreateVolume) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_ResizeVolume) isDirectoryCommand_Op() {}
@@ -4335,6 +4418,127 @@ func (*DirectoryCommand_RemoveHeadNode) isDirectoryCommand_Op() {}
 
 func (*DirectoryCommand_Txn) isDirectoryCommand_Op() {}
 
+func (*DirectoryCommand_RegisterIncarnation) isDirectoryCommand_Op() {}
+
+// RegisterIncarnationCommand (every group): a head node's data directory
+// carries this incarnation. A head node registers it in every group at
+// every start; a changed one means its data was lost, so the copies the
+// group's volumes credit it with are void.
+type RegisterIncarnationCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	Incarnation   string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterIncarnationCommand) Reset() {
+	*x = RegisterIncarnationCommand{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterIncarnationCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterIncarnationCommand) ProtoMessage() {}
+
+func (x *RegisterIncarnationCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterIncarnationCommand.ProtoReflect.Descriptor instead.
+func (*RegisterIncarnationCommand) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *RegisterIncarnationCommand) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *RegisterIncarnationCommand) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+// HeadNodeIncarnation is a group's record of a head node's incarnation.
+type HeadNodeIncarnation struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode    string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	Incarnation string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// The node registered another incarnation before this one: copies
+	// certified before its first registration are void too.
+	Replaced      bool `protobuf:"varint,3,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeadNodeIncarnation) Reset() {
+	*x = HeadNodeIncarnation{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeadNodeIncarnation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeadNodeIncarnation) ProtoMessage() {}
+
+func (x *HeadNodeIncarnation) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeadNodeIncarnation.ProtoReflect.Descriptor instead.
+func (*HeadNodeIncarnation) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *HeadNodeIncarnation) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *HeadNodeIncarnation) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *HeadNodeIncarnation) GetReplaced() bool {
+	if x != nil {
+		return x.Replaced
+	}
+	return false
+}
+
 // PlaceVolumeCommand (directory group) takes a name, spends the next
 // volume id and assigns the volume to one of `groups` volume groups
 // (numbered 1..groups, in turn by id).
@@ -4348,7 +4552,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4360,7 +4564,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4373,7 +4577,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -4401,7 +4605,7 @@ type AddHeadNodeCommand struct {
 
 func (x *AddHeadNodeCommand) Reset() {
 	*x = AddHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4413,7 +4617,7 @@ func (x *AddHeadNodeCommand) String() string {
 func (*AddHeadNodeCommand) ProtoMessage() {}
 
 func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4426,7 +4630,7 @@ func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
@@ -4447,7 +4651,7 @@ type RemoveHeadNodeCommand struct {
 
 func (x *RemoveHeadNodeCommand) Reset() {
 	*x = RemoveHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4459,7 +4663,7 @@ func (x *RemoveHeadNodeCommand) String() string {
 func (*RemoveHeadNodeCommand) ProtoMessage() {}
 
 func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4472,7 +4676,7 @@ func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RemoveHeadNodeCommand) GetHeadNode() string {
@@ -4494,7 +4698,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4506,7 +4710,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4519,7 +4723,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -4548,7 +4752,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4560,7 +4764,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4573,7 +4777,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -4593,16 +4797,19 @@ func (x *UnplaceVolumeCommand) GetId() uint64 {
 // RenewLeasesCommand renews, in one log entry, the leases of every volume a
 // head node is primary of; with none, it still says the node is alive.
 type RenewLeasesCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
-	Leases        []*RenewLeaseCommand   `protobuf:"bytes,2,rep,name=leases,proto3" json:"leases,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Holder string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	Leases []*RenewLeaseCommand   `protobuf:"bytes,2,rep,name=leases,proto3" json:"leases,omitempty"`
+	// The holder's incarnation: a renewal from an incarnation that does not
+	// hold the volume's copy is refused.
+	Incarnation   string `protobuf:"bytes,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4614,7 +4821,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4627,7 +4834,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -4642,6 +4849,13 @@ func (x *RenewLeasesCommand) GetLeases() []*RenewLeaseCommand {
 		return x.Leases
 	}
 	return nil
+}
+
+func (x *RenewLeasesCommand) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
 }
 
 // ReplaceSecondaryCommand swaps a secondary that is gone for another head
@@ -4659,7 +4873,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4671,7 +4885,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4684,7 +4898,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -4718,17 +4932,20 @@ func (x *ReplaceSecondaryCommand) GetAdd() string {
 // SecondaryInSyncCommand: the primary at epoch has mirrored the whole
 // volume to node, which may now be promoted.
 type SecondaryInSyncCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Epoch    uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Node     string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// The incarnation the copy was mirrored to (the secondary's hello says
+	// it); refused if the node registered another since.
+	Incarnation   string `protobuf:"bytes,4,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4740,7 +4957,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4753,7 +4970,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -4777,6 +4994,13 @@ func (x *SecondaryInSyncCommand) GetNode() string {
 	return ""
 }
 
+func (x *SecondaryInSyncCommand) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 // RenewLeaseCommand: the volume's primary asks the group to keep its lease.
 // Applied only if holder is the volume's primary at epoch; otherwise the
 // result carries the volume as it is, so a deposed primary learns so.
@@ -4785,13 +5009,14 @@ type RenewLeaseCommand struct {
 	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	Holder        string                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
 	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Incarnation   string                 `protobuf:"bytes,4,opt,name=incarnation,proto3" json:"incarnation,omitempty"` // as in RenewLeasesCommand
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4803,7 +5028,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4816,7 +5041,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -4840,6 +5065,13 @@ func (x *RenewLeaseCommand) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *RenewLeaseCommand) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 // PromoteVolumeCommand moves a volume to a new primary (one of its
 // secondaries) and secondaries, at if_epoch + 1. Applied only if the
 // volume is still at if_epoch, so a late or repeated proposal is a no-op.
@@ -4858,7 +5090,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4870,7 +5102,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4883,7 +5115,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -4930,7 +5162,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4942,7 +5174,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4955,7 +5187,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -4978,7 +5210,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4990,7 +5222,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5003,7 +5235,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -5036,7 +5268,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5048,7 +5280,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5061,7 +5293,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -5081,7 +5313,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5093,7 +5325,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5106,7 +5338,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -5132,7 +5364,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5144,7 +5376,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5157,7 +5389,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -5182,14 +5414,15 @@ type DirectorySnapshot struct {
 	// votes and records.
 	TxnState []byte `protobuf:"bytes,8,opt,name=txn_state,json=txnState,proto3" json:"txn_state,omitempty"`
 	// Copies of volumes moved to other groups (Volume.moved_to set).
-	Moved         []*Volume `protobuf:"bytes,9,rep,name=moved,proto3" json:"moved,omitempty"`
+	Moved         []*Volume              `protobuf:"bytes,9,rep,name=moved,proto3" json:"moved,omitempty"`
+	Incarnations  []*HeadNodeIncarnation `protobuf:"bytes,10,rep,name=incarnations,proto3" json:"incarnations,omitempty"` // sorted by head node
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5201,7 +5434,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5214,7 +5447,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -5280,6 +5513,13 @@ func (x *DirectorySnapshot) GetMoved() []*Volume {
 	return nil
 }
 
+func (x *DirectorySnapshot) GetIncarnations() []*HeadNodeIncarnation {
+	if x != nil {
+		return x.Incarnations
+	}
+	return nil
+}
+
 // RackUsage (directory group, key "rack/usage") counts the volumes and
 // provisioned bytes of the rack and holds the next volume id. Every
 // create and delete updates it in its transaction.
@@ -5294,7 +5534,7 @@ type RackUsage struct {
 
 func (x *RackUsage) Reset() {
 	*x = RackUsage{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5306,7 +5546,7 @@ func (x *RackUsage) String() string {
 func (*RackUsage) ProtoMessage() {}
 
 func (x *RackUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5319,7 +5559,7 @@ func (x *RackUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
 func (*RackUsage) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *RackUsage) GetVolumes() uint64 {
@@ -5353,7 +5593,7 @@ type MoveVolumeRequest struct {
 
 func (x *MoveVolumeRequest) Reset() {
 	*x = MoveVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5365,7 +5605,7 @@ func (x *MoveVolumeRequest) String() string {
 func (*MoveVolumeRequest) ProtoMessage() {}
 
 func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5378,7 +5618,7 @@ func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
 func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *MoveVolumeRequest) GetName() string {
@@ -5404,7 +5644,7 @@ type MoveVolumeResponse struct {
 
 func (x *MoveVolumeResponse) Reset() {
 	*x = MoveVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5416,7 +5656,7 @@ func (x *MoveVolumeResponse) String() string {
 func (*MoveVolumeResponse) ProtoMessage() {}
 
 func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5429,7 +5669,7 @@ func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
 func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *MoveVolumeResponse) GetVolume() *Volume {
@@ -5447,7 +5687,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5459,7 +5699,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5472,7 +5712,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
 }
 
 type GetQuotaResponse struct {
@@ -5485,7 +5725,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5497,7 +5737,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5510,7 +5750,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -5536,7 +5776,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5548,7 +5788,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5561,7 +5801,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -5579,7 +5819,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5591,7 +5831,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5604,7 +5844,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -5619,7 +5859,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5631,7 +5871,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5644,7 +5884,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -5681,7 +5921,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5693,7 +5933,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5706,7 +5946,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -5791,7 +6031,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5803,7 +6043,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5816,7 +6056,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -5859,7 +6099,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5871,7 +6111,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5884,7 +6124,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -5926,7 +6166,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5938,7 +6178,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5951,7 +6191,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -6020,7 +6260,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6032,7 +6272,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6045,7 +6285,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -6082,7 +6322,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6094,7 +6334,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6107,7 +6347,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -6175,7 +6415,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6187,7 +6427,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6200,7 +6440,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -6240,7 +6480,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6252,7 +6492,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6265,7 +6505,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -6311,7 +6551,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6323,7 +6563,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6336,7 +6576,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -6378,7 +6618,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6390,7 +6630,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6403,7 +6643,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -6430,7 +6670,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6442,7 +6682,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6455,7 +6695,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -6500,7 +6740,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6512,7 +6752,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6525,7 +6765,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -6581,7 +6821,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6593,7 +6833,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6606,7 +6846,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -6645,7 +6885,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6657,7 +6897,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6670,7 +6910,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -6714,7 +6954,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6726,7 +6966,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6739,7 +6979,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -6798,7 +7038,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6810,7 +7050,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6823,7 +7063,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -6910,14 +7150,17 @@ type ReplicateReply struct {
 	// The secondary's data disk is nearly full: it still applies what it is
 	// sent, but the primary refuses new client writes (IO_STATUS_NO_SPACE)
 	// until a later reply says otherwise.
-	DiskFull      bool `protobuf:"varint,6,opt,name=disk_full,json=diskFull,proto3" json:"disk_full,omitempty"`
+	DiskFull bool `protobuf:"varint,6,opt,name=disk_full,json=diskFull,proto3" json:"disk_full,omitempty"`
+	// In reply to a hello: the incarnation of the secondary's data
+	// directory, which a full copy it receives is credited to.
+	Incarnation   string `protobuf:"bytes,7,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6929,7 +7172,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6942,7 +7185,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -6987,12 +7230,19 @@ func (x *ReplicateReply) GetDiskFull() bool {
 	return false
 }
 
+func (x *ReplicateReply) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
 
 const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"\x1dproto/ballastpb/ballast.proto\x12\n" +
-	"ballast.v1\"\xe9\x05\n" +
+	"ballast.v1\"\x9a\x06\n" +
 	"\x06Volume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1d\n" +
@@ -7018,7 +7268,11 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x0ecut_generation\x18\x13 \x01(\x04R\rcutGeneration\x12\x17\n" +
 	"\acut_seq\x18\x14 \x01(\x04R\x06cutSeq\x12$\n" +
 	"\x0erefused_cut_id\x18\x15 \x01(\x04R\frefusedCutId\x12\x15\n" +
-	"\x06cut_id\x18\x16 \x01(\x04R\x05cutId\"\xbb\x01\n" +
+	"\x06cut_id\x18\x16 \x01(\x04R\x05cutId\x12/\n" +
+	"\x06copies\x18\x17 \x03(\v2\x17.ballast.v1.ReplicaCopyR\x06copies\"L\n" +
+	"\vReplicaCopy\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"\xbb\x01\n" +
 	"\x10ConsistencyGroup\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\x12\x1e\n" +
@@ -7255,7 +7509,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12;\n" +
 	"\n" +
 	"placements\x18\x02 \x03(\v2\x1b.ballast.v1.VolumePlacementR\n" +
-	"placements\"\xf7\b\n" +
+	"placements\"\xd4\t\n" +
 	"\x10DirectoryCommand\x12F\n" +
 	"\rcreate_volume\x18\x01 \x01(\v2\x1f.ballast.v1.CreateVolumeCommandH\x00R\fcreateVolume\x12F\n" +
 	"\rresize_volume\x18\x02 \x01(\v2\x1f.ballast.v1.ResizeVolumeCommandH\x00R\fresizeVolume\x12F\n" +
@@ -7274,8 +7528,16 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fset_draining\x18\r \x01(\v2\x1e.ballast.v1.SetDrainingCommandH\x00R\vsetDraining\x12D\n" +
 	"\radd_head_node\x18\x0e \x01(\v2\x1e.ballast.v1.AddHeadNodeCommandH\x00R\vaddHeadNode\x12M\n" +
 	"\x10remove_head_node\x18\x0f \x01(\v2!.ballast.v1.RemoveHeadNodeCommandH\x00R\x0eremoveHeadNode\x12\x12\n" +
-	"\x03txn\x18\x10 \x01(\fH\x00R\x03txnB\x04\n" +
-	"\x02op\"@\n" +
+	"\x03txn\x18\x10 \x01(\fH\x00R\x03txn\x12[\n" +
+	"\x14register_incarnation\x18\x11 \x01(\v2&.ballast.v1.RegisterIncarnationCommandH\x00R\x13registerIncarnationB\x04\n" +
+	"\x02op\"[\n" +
+	"\x1aRegisterIncarnationCommand\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"p\n" +
+	"\x13HeadNodeIncarnation\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\x12\x1a\n" +
+	"\breplaced\x18\x03 \x01(\bR\breplaced\"@\n" +
 	"\x12PlaceVolumeCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06groups\x18\x02 \x01(\rR\x06groups\"G\n" +
@@ -7288,23 +7550,26 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\bdraining\x18\x02 \x01(\bR\bdraining\":\n" +
 	"\x14UnplaceVolumeCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\x04R\x02id\"c\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"\x85\x01\n" +
 	"\x12RenewLeasesCommand\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x125\n" +
-	"\x06leases\x18\x02 \x03(\v2\x1d.ballast.v1.RenewLeaseCommandR\x06leases\"{\n" +
+	"\x06leases\x18\x02 \x03(\v2\x1d.ballast.v1.RenewLeaseCommandR\x06leases\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\tR\vincarnation\"{\n" +
 	"\x17ReplaceSecondaryCommand\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x19\n" +
 	"\bif_epoch\x18\x02 \x01(\x04R\aifEpoch\x12\x16\n" +
 	"\x06remove\x18\x03 \x01(\tR\x06remove\x12\x10\n" +
-	"\x03add\x18\x04 \x01(\tR\x03add\"_\n" +
+	"\x03add\x18\x04 \x01(\tR\x03add\"\x81\x01\n" +
 	"\x16SecondaryInSyncCommand\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"^\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12 \n" +
+	"\vincarnation\x18\x04 \x01(\tR\vincarnation\"\x80\x01\n" +
 	"\x11RenewLeaseCommand\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\xb6\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12 \n" +
+	"\vincarnation\x18\x04 \x01(\tR\vincarnation\"\xb6\x01\n" +
 	"\x14PromoteVolumeCommand\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x19\n" +
 	"\bif_epoch\x18\x02 \x01(\x04R\aifEpoch\x12\x18\n" +
@@ -7324,7 +7589,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\")\n" +
 	"\x13DeleteVolumeCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x92\x03\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xd7\x03\n" +
 	"\x11DirectorySnapshot\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\x12$\n" +
 	"\x0enext_volume_id\x18\x02 \x01(\x04R\fnextVolumeId\x12&\n" +
@@ -7337,7 +7602,9 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"head_nodes\x18\x06 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12,\n" +
 	"\x12removed_head_nodes\x18\a \x03(\tR\x10removedHeadNodes\x12\x1b\n" +
 	"\ttxn_state\x18\b \x01(\fR\btxnState\x12(\n" +
-	"\x05moved\x18\t \x03(\v2\x12.ballast.v1.VolumeR\x05moved\"a\n" +
+	"\x05moved\x18\t \x03(\v2\x12.ballast.v1.VolumeR\x05moved\x12C\n" +
+	"\fincarnations\x18\n" +
+	" \x03(\v2\x1f.ballast.v1.HeadNodeIncarnationR\fincarnations\"a\n" +
 	"\tRackUsage\x12\x18\n" +
 	"\avolumes\x18\x01 \x01(\x04R\avolumes\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12$\n" +
@@ -7469,7 +7736,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fsync_end_seq\x18\t \x01(\x04R\n" +
 	"syncEndSeq\x12/\n" +
 	"\x14sync_next_segment_id\x18\n" +
-	" \x01(\x04R\x11syncNextSegmentId\"\xee\x01\n" +
+	" \x01(\x04R\x11syncNextSegmentId\"\x90\x02\n" +
 	"\x0eReplicateReply\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
@@ -7477,7 +7744,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x06status\x18\x04 \x01(\x0e2\x1b.ballast.v1.ReplicateStatusR\x06status\x12\x1d\n" +
 	"\n" +
 	"needs_sync\x18\x05 \x01(\bR\tneedsSync\x12\x1b\n" +
-	"\tdisk_full\x18\x06 \x01(\bR\bdiskFull*\x80\x01\n" +
+	"\tdisk_full\x18\x06 \x01(\bR\bdiskFull\x12 \n" +
+	"\vincarnation\x18\a \x01(\tR\vincarnation*\x80\x01\n" +
 	"\tSledState\x12\x1a\n" +
 	"\x16SLED_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
@@ -7572,7 +7840,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 105)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 108)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                           // 0: ballast.v1.SledState
 	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
@@ -7581,265 +7849,271 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(IOStatus)(0),                            // 4: ballast.v1.IOStatus
 	(ReplicateStatus)(0),                     // 5: ballast.v1.ReplicateStatus
 	(*Volume)(nil),                           // 6: ballast.v1.Volume
-	(*ConsistencyGroup)(nil),                 // 7: ballast.v1.ConsistencyGroup
-	(*ConsistencyGroupNames)(nil),            // 8: ballast.v1.ConsistencyGroupNames
-	(*SnapshotCut)(nil),                      // 9: ballast.v1.SnapshotCut
-	(*MemberCut)(nil),                        // 10: ballast.v1.MemberCut
-	(*VolumePlacement)(nil),                  // 11: ballast.v1.VolumePlacement
-	(*HeadNode)(nil),                         // 12: ballast.v1.HeadNode
-	(*CreateVolumeRequest)(nil),              // 13: ballast.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),             // 14: ballast.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),                 // 15: ballast.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),                // 16: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),               // 17: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),              // 18: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),              // 19: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),             // 20: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),              // 21: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),             // 22: ballast.v1.DeleteVolumeResponse
-	(*Sled)(nil),                             // 23: ballast.v1.Sled
-	(*RegisterSledRequest)(nil),              // 24: ballast.v1.RegisterSledRequest
-	(*RegisterSledResponse)(nil),             // 25: ballast.v1.RegisterSledResponse
-	(*ListSledsRequest)(nil),                 // 26: ballast.v1.ListSledsRequest
-	(*ListSledsResponse)(nil),                // 27: ballast.v1.ListSledsResponse
-	(*SetSledStateRequest)(nil),              // 28: ballast.v1.SetSledStateRequest
-	(*SetSledStateResponse)(nil),             // 29: ballast.v1.SetSledStateResponse
-	(*SledStatus)(nil),                       // 30: ballast.v1.SledStatus
-	(*Redundancy)(nil),                       // 31: ballast.v1.Redundancy
-	(*NodeStatusRequest)(nil),                // 32: ballast.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),               // 33: ballast.v1.NodeStatusResponse
-	(*DiskStatus)(nil),                       // 34: ballast.v1.DiskStatus
-	(*GroupStatus)(nil),                      // 35: ballast.v1.GroupStatus
-	(*PathStatus)(nil),                       // 36: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),             // 37: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),            // 38: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),                // 39: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),               // 40: ballast.v1.RackStatusResponse
-	(*CreateConsistencyGroupRequest)(nil),    // 41: ballast.v1.CreateConsistencyGroupRequest
-	(*CreateConsistencyGroupResponse)(nil),   // 42: ballast.v1.CreateConsistencyGroupResponse
-	(*DeleteConsistencyGroupRequest)(nil),    // 43: ballast.v1.DeleteConsistencyGroupRequest
-	(*DeleteConsistencyGroupResponse)(nil),   // 44: ballast.v1.DeleteConsistencyGroupResponse
-	(*GetConsistencyGroupRequest)(nil),       // 45: ballast.v1.GetConsistencyGroupRequest
-	(*GetConsistencyGroupResponse)(nil),      // 46: ballast.v1.GetConsistencyGroupResponse
-	(*ListConsistencyGroupsRequest)(nil),     // 47: ballast.v1.ListConsistencyGroupsRequest
-	(*ListConsistencyGroupsResponse)(nil),    // 48: ballast.v1.ListConsistencyGroupsResponse
-	(*SnapshotConsistencyGroupRequest)(nil),  // 49: ballast.v1.SnapshotConsistencyGroupRequest
-	(*SnapshotConsistencyGroupResponse)(nil), // 50: ballast.v1.SnapshotConsistencyGroupResponse
-	(*HoldForCutRequest)(nil),                // 51: ballast.v1.HoldForCutRequest
-	(*HoldForCutResponse)(nil),               // 52: ballast.v1.HoldForCutResponse
-	(*ReleaseCutRequest)(nil),                // 53: ballast.v1.ReleaseCutRequest
-	(*ReleaseCutResponse)(nil),               // 54: ballast.v1.ReleaseCutResponse
-	(*ChangeAttachmentRequest)(nil),          // 55: ballast.v1.ChangeAttachmentRequest
-	(*ChangeAttachmentResponse)(nil),         // 56: ballast.v1.ChangeAttachmentResponse
-	(*AddHeadNodeRequest)(nil),               // 57: ballast.v1.AddHeadNodeRequest
-	(*AddHeadNodeResponse)(nil),              // 58: ballast.v1.AddHeadNodeResponse
-	(*MoveVoterRequest)(nil),                 // 59: ballast.v1.MoveVoterRequest
-	(*MoveVoterResponse)(nil),                // 60: ballast.v1.MoveVoterResponse
-	(*RemoveHeadNodeRequest)(nil),            // 61: ballast.v1.RemoveHeadNodeRequest
-	(*RemoveHeadNodeResponse)(nil),           // 62: ballast.v1.RemoveHeadNodeResponse
-	(*ChangeMembershipRequest)(nil),          // 63: ballast.v1.ChangeMembershipRequest
-	(*ChangeMembershipResponse)(nil),         // 64: ballast.v1.ChangeMembershipResponse
-	(*ApplyInGroupRequest)(nil),              // 65: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),             // 66: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),                 // 67: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),                // 68: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),                 // 69: ballast.v1.DirectoryCommand
-	(*PlaceVolumeCommand)(nil),               // 70: ballast.v1.PlaceVolumeCommand
-	(*AddHeadNodeCommand)(nil),               // 71: ballast.v1.AddHeadNodeCommand
-	(*RemoveHeadNodeCommand)(nil),            // 72: ballast.v1.RemoveHeadNodeCommand
-	(*SetDrainingCommand)(nil),               // 73: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),             // 74: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),               // 75: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil),          // 76: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),           // 77: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),                // 78: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),             // 79: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),              // 80: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),              // 81: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),              // 82: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),              // 83: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),              // 84: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),                // 85: ballast.v1.DirectorySnapshot
-	(*RackUsage)(nil),                        // 86: ballast.v1.RackUsage
-	(*MoveVolumeRequest)(nil),                // 87: ballast.v1.MoveVolumeRequest
-	(*MoveVolumeResponse)(nil),               // 88: ballast.v1.MoveVolumeResponse
-	(*GetQuotaRequest)(nil),                  // 89: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),                 // 90: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),                  // 91: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),                 // 92: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                        // 93: ballast.v1.RackQuota
-	(*IORequest)(nil),                        // 94: ballast.v1.IORequest
-	(*IOReply)(nil),                          // 95: ballast.v1.IOReply
-	(*BlockWrite)(nil),                       // 96: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                        // 97: ballast.v1.LogRecord
-	(*BlockRange)(nil),                       // 98: ballast.v1.BlockRange
-	(*Segment)(nil),                          // 99: ballast.v1.Segment
-	(*FlushRecord)(nil),                      // 100: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),                    // 101: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),                  // 102: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),                // 103: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),                      // 104: ballast.v1.StateRecord
-	(*BlockState)(nil),                       // 105: ballast.v1.BlockState
-	(*SegmentState)(nil),                     // 106: ballast.v1.SegmentState
-	(*LogEntry)(nil),                         // 107: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),                   // 108: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),                 // 109: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),                   // 110: ballast.v1.ReplicateReply
+	(*ReplicaCopy)(nil),                      // 7: ballast.v1.ReplicaCopy
+	(*ConsistencyGroup)(nil),                 // 8: ballast.v1.ConsistencyGroup
+	(*ConsistencyGroupNames)(nil),            // 9: ballast.v1.ConsistencyGroupNames
+	(*SnapshotCut)(nil),                      // 10: ballast.v1.SnapshotCut
+	(*MemberCut)(nil),                        // 11: ballast.v1.MemberCut
+	(*VolumePlacement)(nil),                  // 12: ballast.v1.VolumePlacement
+	(*HeadNode)(nil),                         // 13: ballast.v1.HeadNode
+	(*CreateVolumeRequest)(nil),              // 14: ballast.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),             // 15: ballast.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),                 // 16: ballast.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),                // 17: ballast.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),               // 18: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),              // 19: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),              // 20: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),             // 21: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),              // 22: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),             // 23: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                             // 24: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),              // 25: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil),             // 26: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),                 // 27: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),                // 28: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),              // 29: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil),             // 30: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),                       // 31: ballast.v1.SledStatus
+	(*Redundancy)(nil),                       // 32: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),                // 33: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),               // 34: ballast.v1.NodeStatusResponse
+	(*DiskStatus)(nil),                       // 35: ballast.v1.DiskStatus
+	(*GroupStatus)(nil),                      // 36: ballast.v1.GroupStatus
+	(*PathStatus)(nil),                       // 37: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),             // 38: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),            // 39: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),                // 40: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),               // 41: ballast.v1.RackStatusResponse
+	(*CreateConsistencyGroupRequest)(nil),    // 42: ballast.v1.CreateConsistencyGroupRequest
+	(*CreateConsistencyGroupResponse)(nil),   // 43: ballast.v1.CreateConsistencyGroupResponse
+	(*DeleteConsistencyGroupRequest)(nil),    // 44: ballast.v1.DeleteConsistencyGroupRequest
+	(*DeleteConsistencyGroupResponse)(nil),   // 45: ballast.v1.DeleteConsistencyGroupResponse
+	(*GetConsistencyGroupRequest)(nil),       // 46: ballast.v1.GetConsistencyGroupRequest
+	(*GetConsistencyGroupResponse)(nil),      // 47: ballast.v1.GetConsistencyGroupResponse
+	(*ListConsistencyGroupsRequest)(nil),     // 48: ballast.v1.ListConsistencyGroupsRequest
+	(*ListConsistencyGroupsResponse)(nil),    // 49: ballast.v1.ListConsistencyGroupsResponse
+	(*SnapshotConsistencyGroupRequest)(nil),  // 50: ballast.v1.SnapshotConsistencyGroupRequest
+	(*SnapshotConsistencyGroupResponse)(nil), // 51: ballast.v1.SnapshotConsistencyGroupResponse
+	(*HoldForCutRequest)(nil),                // 52: ballast.v1.HoldForCutRequest
+	(*HoldForCutResponse)(nil),               // 53: ballast.v1.HoldForCutResponse
+	(*ReleaseCutRequest)(nil),                // 54: ballast.v1.ReleaseCutRequest
+	(*ReleaseCutResponse)(nil),               // 55: ballast.v1.ReleaseCutResponse
+	(*ChangeAttachmentRequest)(nil),          // 56: ballast.v1.ChangeAttachmentRequest
+	(*ChangeAttachmentResponse)(nil),         // 57: ballast.v1.ChangeAttachmentResponse
+	(*AddHeadNodeRequest)(nil),               // 58: ballast.v1.AddHeadNodeRequest
+	(*AddHeadNodeResponse)(nil),              // 59: ballast.v1.AddHeadNodeResponse
+	(*MoveVoterRequest)(nil),                 // 60: ballast.v1.MoveVoterRequest
+	(*MoveVoterResponse)(nil),                // 61: ballast.v1.MoveVoterResponse
+	(*RemoveHeadNodeRequest)(nil),            // 62: ballast.v1.RemoveHeadNodeRequest
+	(*RemoveHeadNodeResponse)(nil),           // 63: ballast.v1.RemoveHeadNodeResponse
+	(*ChangeMembershipRequest)(nil),          // 64: ballast.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil),         // 65: ballast.v1.ChangeMembershipResponse
+	(*ApplyInGroupRequest)(nil),              // 66: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),             // 67: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),                 // 68: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),                // 69: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),                 // 70: ballast.v1.DirectoryCommand
+	(*RegisterIncarnationCommand)(nil),       // 71: ballast.v1.RegisterIncarnationCommand
+	(*HeadNodeIncarnation)(nil),              // 72: ballast.v1.HeadNodeIncarnation
+	(*PlaceVolumeCommand)(nil),               // 73: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),               // 74: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),            // 75: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),               // 76: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),             // 77: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),               // 78: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),          // 79: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),           // 80: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),                // 81: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),             // 82: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),              // 83: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),              // 84: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),              // 85: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),              // 86: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),              // 87: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),                // 88: ballast.v1.DirectorySnapshot
+	(*RackUsage)(nil),                        // 89: ballast.v1.RackUsage
+	(*MoveVolumeRequest)(nil),                // 90: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),               // 91: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),                  // 92: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                 // 93: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),                  // 94: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                 // 95: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                        // 96: ballast.v1.RackQuota
+	(*IORequest)(nil),                        // 97: ballast.v1.IORequest
+	(*IOReply)(nil),                          // 98: ballast.v1.IOReply
+	(*BlockWrite)(nil),                       // 99: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                        // 100: ballast.v1.LogRecord
+	(*BlockRange)(nil),                       // 101: ballast.v1.BlockRange
+	(*Segment)(nil),                          // 102: ballast.v1.Segment
+	(*FlushRecord)(nil),                      // 103: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),                    // 104: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 105: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 106: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 107: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 108: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 109: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 110: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 111: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 112: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 113: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
-	9,   // 0: ballast.v1.ConsistencyGroup.cuts:type_name -> ballast.v1.SnapshotCut
-	10,  // 1: ballast.v1.SnapshotCut.members:type_name -> ballast.v1.MemberCut
-	6,   // 2: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
-	6,   // 3: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
-	12,  // 4: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	6,   // 5: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	6,   // 6: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
-	0,   // 7: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
-	23,  // 8: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
-	23,  // 9: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
-	0,   // 10: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
-	23,  // 11: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
-	23,  // 12: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
-	31,  // 13: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	35,  // 14: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	36,  // 15: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	34,  // 16: ballast.v1.NodeStatusResponse.disk:type_name -> ballast.v1.DiskStatus
-	12,  // 17: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	30,  // 18: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	31,  // 19: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	6,   // 20: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	35,  // 21: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	36,  // 22: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	34,  // 23: ballast.v1.RackStatusResponse.disks:type_name -> ballast.v1.DiskStatus
-	7,   // 24: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	7,   // 25: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	7,   // 26: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
-	9,   // 27: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
-	1,   // 28: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
-	6,   // 29: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
-	12,  // 30: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
-	2,   // 31: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	69,  // 32: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	6,   // 33: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	23,  // 34: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	11,  // 35: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	6,   // 36: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	11,  // 37: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	82,  // 38: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	83,  // 39: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	84,  // 40: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	80,  // 41: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	81,  // 42: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	78,  // 43: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	79,  // 44: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	75,  // 45: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	76,  // 46: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	77,  // 47: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	70,  // 48: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	74,  // 49: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	73,  // 50: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	71,  // 51: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	72,  // 52: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	12,  // 53: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	78,  // 54: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	23,  // 55: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,   // 56: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,   // 57: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	6,   // 58: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	6,   // 59: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	23,  // 60: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	11,  // 61: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	12,  // 62: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	6,   // 63: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
-	6,   // 64: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
-	93,  // 65: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	86,  // 66: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	93,  // 67: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
-	3,   // 68: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	4,   // 69: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	96,  // 70: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	98,  // 71: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	100, // 72: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	101, // 73: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	102, // 74: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	103, // 75: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	104, // 76: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	99,  // 77: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	99,  // 78: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	98,  // 79: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	105, // 80: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	106, // 81: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	99,  // 82: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	98,  // 83: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	97,  // 84: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	104, // 85: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	97,  // 86: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	5,   // 87: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	13,  // 88: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	15,  // 89: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	17,  // 90: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	19,  // 91: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	21,  // 92: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	87,  // 93: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	39,  // 94: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	32,  // 95: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	37,  // 96: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	57,  // 97: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	59,  // 98: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	61,  // 99: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	89,  // 100: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	91,  // 101: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	24,  // 102: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	26,  // 103: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	28,  // 104: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	65,  // 105: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	67,  // 106: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	63,  // 107: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	55,  // 108: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	41,  // 109: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
-	43,  // 110: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
-	45,  // 111: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
-	47,  // 112: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
-	49,  // 113: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
-	51,  // 114: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
-	53,  // 115: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
-	94,  // 116: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	109, // 117: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	14,  // 118: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	16,  // 119: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	18,  // 120: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	20,  // 121: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	22,  // 122: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	88,  // 123: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	40,  // 124: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	33,  // 125: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	38,  // 126: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	58,  // 127: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	60,  // 128: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	62,  // 129: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	90,  // 130: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	92,  // 131: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	25,  // 132: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	27,  // 133: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	29,  // 134: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	66,  // 135: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	68,  // 136: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	64,  // 137: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	56,  // 138: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	42,  // 139: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
-	44,  // 140: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
-	46,  // 141: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
-	48,  // 142: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
-	50,  // 143: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
-	52,  // 144: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
-	54,  // 145: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
-	95,  // 146: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	110, // 147: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	118, // [118:148] is the sub-list for method output_type
-	88,  // [88:118] is the sub-list for method input_type
-	88,  // [88:88] is the sub-list for extension type_name
-	88,  // [88:88] is the sub-list for extension extendee
-	0,   // [0:88] is the sub-list for field type_name
+	7,   // 0: ballast.v1.Volume.copies:type_name -> ballast.v1.ReplicaCopy
+	10,  // 1: ballast.v1.ConsistencyGroup.cuts:type_name -> ballast.v1.SnapshotCut
+	11,  // 2: ballast.v1.SnapshotCut.members:type_name -> ballast.v1.MemberCut
+	6,   // 3: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
+	6,   // 4: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
+	13,  // 5: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
+	6,   // 6: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	6,   // 7: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	0,   // 8: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
+	24,  // 9: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	24,  // 10: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	0,   // 11: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
+	24,  // 12: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	24,  // 13: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	32,  // 14: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	36,  // 15: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	37,  // 16: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	35,  // 17: ballast.v1.NodeStatusResponse.disk:type_name -> ballast.v1.DiskStatus
+	13,  // 18: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	31,  // 19: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	32,  // 20: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	6,   // 21: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	36,  // 22: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	37,  // 23: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	35,  // 24: ballast.v1.RackStatusResponse.disks:type_name -> ballast.v1.DiskStatus
+	8,   // 25: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	8,   // 26: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	8,   // 27: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
+	10,  // 28: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
+	1,   // 29: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
+	6,   // 30: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
+	13,  // 31: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	2,   // 32: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	70,  // 33: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	6,   // 34: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	24,  // 35: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	12,  // 36: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	6,   // 37: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	12,  // 38: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	85,  // 39: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	86,  // 40: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	87,  // 41: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	83,  // 42: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	84,  // 43: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	81,  // 44: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	82,  // 45: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	78,  // 46: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	79,  // 47: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	80,  // 48: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	73,  // 49: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	77,  // 50: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	76,  // 51: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	74,  // 52: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	75,  // 53: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	71,  // 54: ballast.v1.DirectoryCommand.register_incarnation:type_name -> ballast.v1.RegisterIncarnationCommand
+	13,  // 55: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	81,  // 56: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	24,  // 57: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,   // 58: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,   // 59: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	6,   // 60: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	6,   // 61: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	24,  // 62: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	12,  // 63: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	13,  // 64: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	6,   // 65: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
+	72,  // 66: ballast.v1.DirectorySnapshot.incarnations:type_name -> ballast.v1.HeadNodeIncarnation
+	6,   // 67: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
+	96,  // 68: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	89,  // 69: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	96,  // 70: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	3,   // 71: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	4,   // 72: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	99,  // 73: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	101, // 74: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	103, // 75: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	104, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	105, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	106, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	107, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	102, // 80: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	102, // 81: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	101, // 82: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	108, // 83: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	109, // 84: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	102, // 85: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	101, // 86: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	100, // 87: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	107, // 88: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	100, // 89: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 90: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	14,  // 91: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	16,  // 92: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	18,  // 93: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	20,  // 94: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	22,  // 95: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	90,  // 96: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	40,  // 97: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	33,  // 98: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	38,  // 99: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	58,  // 100: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	60,  // 101: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	62,  // 102: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	92,  // 103: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	94,  // 104: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	25,  // 105: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	27,  // 106: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	29,  // 107: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	66,  // 108: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	68,  // 109: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	64,  // 110: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	56,  // 111: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	42,  // 112: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	44,  // 113: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	46,  // 114: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	48,  // 115: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	50,  // 116: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	52,  // 117: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	54,  // 118: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	97,  // 119: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	112, // 120: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	15,  // 121: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	17,  // 122: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	19,  // 123: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	21,  // 124: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	23,  // 125: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	91,  // 126: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	41,  // 127: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	34,  // 128: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	39,  // 129: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	59,  // 130: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	61,  // 131: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	63,  // 132: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	93,  // 133: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	95,  // 134: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	26,  // 135: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	28,  // 136: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	30,  // 137: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	67,  // 138: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	69,  // 139: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	65,  // 140: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	57,  // 141: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	43,  // 142: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	45,  // 143: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	47,  // 144: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	49,  // 145: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	51,  // 146: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	53,  // 147: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	55,  // 148: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	98,  // 149: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	113, // 150: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	121, // [121:151] is the sub-list for method output_type
+	91,  // [91:121] is the sub-list for method input_type
+	91,  // [91:91] is the sub-list for extension type_name
+	91,  // [91:91] is the sub-list for extension extendee
+	0,   // [0:91] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -7847,7 +8121,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[63].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[64].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -7864,6 +8138,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 		(*DirectoryCommand_AddHeadNode)(nil),
 		(*DirectoryCommand_RemoveHeadNode)(nil),
 		(*DirectoryCommand_Txn)(nil),
+		(*DirectoryCommand_RegisterIncarnation)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -7871,7 +8146,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   105,
+			NumMessages:   108,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
