@@ -119,14 +119,38 @@ func (k *leaseKeeper) renewSoon() {
 	}
 }
 
+// holdsCopy implements authority.
+func (k *leaseKeeper) holdsCopy(vol *ballastpb.Volume, node string) bool {
+	g, ok := k.node.groupOfVolume(vol.Id)
+	if !ok {
+		return true // the caller finds the volume gone
+	}
+	return g.fsm.HoldsCopy(vol, node)
+}
+
+// incarnation implements authority.
+func (k *leaseKeeper) incarnation(vol *ballastpb.Volume, node string) (string, bool) {
+	g, ok := k.node.groupOfVolume(vol.Id)
+	if !ok {
+		return "", false
+	}
+	return g.fsm.Incarnation(node)
+}
+
+// needsCopy says whether node, a secondary of vol, must be sent a full
+// copy before it may be promoted.
+func needsCopy(a authority, vol *ballastpb.Volume, node string) bool {
+	return slices.Contains(vol.CatchingUp, node) || !a.holdsCopy(vol, node)
+}
+
 // reportInSync implements authority. It keeps trying until the group
 // has the report, or the report no longer matters (the volume moved to
 // another epoch, or the node is no longer catching up): a report given
 // up would leave a full copy unpromotable until the next full sync.
-func (k *leaseKeeper) reportInSync(vol *ballastpb.Volume, node string) {
+func (k *leaseKeeper) reportInSync(vol *ballastpb.Volume, node, incarnation string) {
 	go func() {
 		cmd := &ballastpb.DirectoryCommand{Op: &ballastpb.DirectoryCommand_SecondaryInSync{
-			SecondaryInSync: &ballastpb.SecondaryInSyncCommand{VolumeId: vol.Id, Epoch: vol.Epoch, Node: node},
+			SecondaryInSync: &ballastpb.SecondaryInSyncCommand{VolumeId: vol.Id, Epoch: vol.Epoch, Node: node, Incarnation: incarnation},
 		}}
 		backoff := 500 * time.Millisecond
 		group := vol.Group
@@ -142,7 +166,7 @@ func (k *leaseKeeper) reportInSync(vol *ballastpb.Volume, node string) {
 				return
 			}
 			cur, ok := k.node.volumeByID(vol.Id)
-			if !ok || cur.Epoch != vol.Epoch || !slices.Contains(cur.CatchingUp, node) {
+			if !ok || cur.Epoch != vol.Epoch || !needsCopy(k, cur, node) {
 				return
 			}
 			group = cur.Group // a move takes the record to another group
@@ -187,7 +211,7 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 				continue
 			}
 			if cmds[g.id] == nil {
-				cmds[g.id] = &ballastpb.RenewLeasesCommand{Holder: me}
+				cmds[g.id] = &ballastpb.RenewLeasesCommand{Holder: me, Incarnation: k.node.incarnation}
 			}
 			l := k.leases[v.Id]
 			if l == nil || l.Epoch() < v.Epoch {
@@ -388,7 +412,7 @@ func (p *promoter) step(ctx context.Context, now clock.Instant) {
 	p.mu.Unlock()
 
 	for _, v := range promote {
-		plan, err := volume.PlanPromotion(v, live)
+		plan, err := volume.PlanPromotionOf(v, live, func(node string) bool { return p.group.fsm.HoldsCopy(v, node) })
 		if err != nil {
 			p.log.Warn("primary's lease expired; cannot fail over", "volume", v.Name, "primary", v.Primary, "err", err)
 			p.forget(v.Id, now) // ask again after another lease period

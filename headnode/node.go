@@ -48,6 +48,9 @@ type Node struct {
 	stopBG    context.CancelFunc // ends the sled view and the monitors
 	serving   sync.WaitGroup
 
+	// incarnation is the data directory's (incarnation.go).
+	incarnation string
+
 	mu        sync.Mutex
 	primaries map[uint64]*primaryVolume
 	closed    bool
@@ -79,6 +82,13 @@ func Start(cfg Config) (_ *Node, err error) {
 	// that pebble can replay its logs rather than fail to start.
 	if n.disk, err = openDiskGuard(cfg.DataDir, cfg.Disk, nil, n.log); err != nil {
 		return nil, fmt.Errorf("head node %s: %w", cfg.ID, err)
+	}
+	var fresh bool
+	if n.incarnation, fresh, err = loadIncarnation(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("head node %s: %w", cfg.ID, err)
+	}
+	if fresh {
+		n.log.Info("new incarnation of the data directory", "incarnation", n.incarnation)
 	}
 	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), blockStoreOptions{CacheBytes: cfg.BlockCacheBytes}); err != nil {
 		return nil, err
@@ -207,10 +217,14 @@ func Start(cfg Config) (_ *Node, err error) {
 		defer n.serving.Done()
 		n.runPromoters(bg)
 	}()
-	n.serving.Add(1)
+	n.serving.Add(2)
 	go func() {
 		defer n.serving.Done()
 		n.spreadLeaders(bg)
+	}()
+	go func() {
+		defer n.serving.Done()
+		n.registerIncarnation(bg)
 	}()
 	go func() {
 		defer n.serving.Done()

@@ -74,6 +74,13 @@ type primaryVolume struct {
 	// client writes are refused while its disk is nearly full, and the
 	// committer asks it again every secondaryProbeInterval meanwhile.
 	secondaryFull atomic.Bool
+	// The open session's secondary, the incarnation its hello reported,
+	// whether the session began with a full copy, and whether it reported
+	// the secondary in sync.
+	linkSecondary   string
+	linkIncarnation string
+	linkFull        bool
+	linkReported    bool
 
 	// remote reaches the sleds; nil when the rack has none configured for
 	// this node (then nothing is ever flushed and every block is local).
@@ -110,8 +117,13 @@ type authority interface {
 	// or when the wait or ctx ends first.
 	awaitLease(ctx context.Context, vol, epoch uint64, wait time.Duration) error
 	// reportInSync tells the group, in the background and retrying, that
-	// node holds a full copy of the volume at epoch.
-	reportInSync(vol *ballastpb.Volume, node string)
+	// node, as incarnation, holds a full copy of the volume at epoch.
+	reportInSync(vol *ballastpb.Volume, node, incarnation string)
+	// holdsCopy says whether node's current incarnation holds the copy
+	// vol's record credits it with (volume.Directory.HoldsCopy).
+	holdsCopy(vol *ballastpb.Volume, node string) bool
+	// incarnation returns the incarnation node registered in vol's group.
+	incarnation(vol *ballastpb.Volume, node string) (string, bool)
 }
 
 // syncTimeout bounds one full sync of a volume to a new secondary.
@@ -524,6 +536,7 @@ func (p *primaryVolume) finish(batch []*pendingWrite, err error) {
 func (p *primaryVolume) commit(batch []*pendingWrite) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
 	defer cancel()
+	p.checkLinkCopy()
 	if err := p.connect(ctx); err != nil {
 		return fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, err)
 	}
@@ -635,9 +648,10 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 		return fmt.Errorf("volume has no secondary")
 	}
 	secondary := vol.Secondaries[0]
-	// A secondary that is catching up may hold another history of the
-	// volume: it gets a full copy, never a reconciliation.
-	full := slices.Contains(vol.CatchingUp, secondary)
+	// A secondary that is catching up, or whose node lost the copy it was
+	// credited with, may hold another history of the volume: it gets a
+	// full copy, never a reconciliation.
+	full := slices.Contains(vol.CatchingUp, secondary) || (p.auth != nil && !p.auth.holdsCopy(vol, secondary))
 	link, err := p.dial(ctx, vol, secondary)
 	if err != nil {
 		return fmt.Errorf("connect to secondary %s: %w", secondary, err)
@@ -656,6 +670,7 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("hello to secondary %s: %w", secondary, err)
 	}
+	p.linkSecondary, p.linkIncarnation, p.linkFull, p.linkReported = secondary, reply.Incarnation, false, false
 	if !full && reply.NeedsSync {
 		if _, err := link.Send(ctx, &ballastpb.ReplicateRequest{SyncBegin: true}); err != nil {
 			return fmt.Errorf("begin full sync of secondary %s: %w", secondary, err)
@@ -676,10 +691,35 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 	if err := p.fullSync(link, secondary); err != nil {
 		return err
 	}
-	if p.auth != nil && slices.Contains(vol.CatchingUp, secondary) {
-		p.auth.reportInSync(vol, secondary)
+	p.linkFull = true
+	if p.auth != nil && needsCopy(p.auth, vol, secondary) {
+		p.auth.reportInSync(vol, secondary, reply.Incarnation)
+		p.linkReported = true
 	}
 	return nil
+}
+
+// checkLinkCopy deals with an open session whose secondary the group has
+// stopped crediting with a copy (its node registered a new incarnation
+// after the session began): a session that began with a full copy to
+// that incarnation reports it in sync; any other is dropped, so that the
+// next one sends a full copy.
+func (p *primaryVolume) checkLinkCopy() {
+	if p.link == nil || p.auth == nil || p.linkReported {
+		return
+	}
+	cur, ok := p.auth.current(p.vol.Id)
+	if !ok || !slices.Contains(cur.Secondaries, p.linkSecondary) || !needsCopy(p.auth, cur, p.linkSecondary) {
+		return
+	}
+	inc, registered := p.auth.incarnation(cur, p.linkSecondary)
+	if p.linkFull && p.linkIncarnation != "" && registered && inc == p.linkIncarnation {
+		p.auth.reportInSync(cur, p.linkSecondary, p.linkIncarnation)
+		p.linkReported = true
+		return
+	}
+	p.log.Info("secondary's copy is void; sending it a full copy", "secondary", p.linkSecondary)
+	p.dropLink()
 }
 
 // reconcile brings a session's two logs to the same seq: it adopts what the

@@ -140,6 +140,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
 	}
 	reply.DiskFull = s.node.disk.refusing()
+	reply.Incarnation = s.node.incarnation
 	if err := stream.Send(reply); err != nil {
 		return err
 	}

@@ -209,6 +209,12 @@ func (n *Node) createVolume(ctx context.Context, name string, size uint64, attac
 			Name: name, Id: id, Group: group, SizeBytes: size, BlockSizeBytes: volume.BlockSizeBytes,
 			Epoch: 1, Primary: primary, Secondaries: []string{secondary}, CreatedUnixNanos: time.Now().UnixNano(),
 		}
+		if g, ok := n.group(group); ok {
+			// An empty volume: its replicas' incarnations hold all of it.
+			// A view of the group that is behind a registration makes a
+			// replica void at once, which costs a full copy, not data.
+			rec.Copies = volume.CopiesAt([]string{primary, secondary}, g.fsm.Incarnation)
+		}
 		if attachHost != "" {
 			rec.AttachedHost, rec.AttachGeneration, rec.LastGeneration = attachHost, 1, 1
 		}
