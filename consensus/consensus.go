@@ -117,7 +117,7 @@ func (n *Node) Register(s *grpc.Server) { n.transports.Register(s) }
 // A server added to a running group must not bootstrap (it would start a
 // second history of the group): start it with JoinGroup instead.
 func (n *Node) StartGroup(groupID uint64, fsm raft.FSM, voters []raft.Server) (*raft.Raft, error) {
-	return n.startGroup(groupID, fsm, &raft.Configuration{Servers: slices.Clone(voters)})
+	return n.start(groupID, fsm, &raft.Configuration{Servers: slices.Clone(voters)}, false)
 }
 
 // JoinGroup starts this node's member of a group without bootstrapping it.
@@ -126,21 +126,22 @@ func (n *Node) StartGroup(groupID uint64, fsm raft.FSM, voters []raft.Server) (*
 // leader's node) and then catches up from the leader's log or snapshot. A
 // member with state on disk restarts from it, as with StartGroup.
 func (n *Node) JoinGroup(groupID uint64, fsm raft.FSM) (*raft.Raft, error) {
-	return n.startGroup(groupID, fsm, nil)
+	return n.start(groupID, fsm, nil, false)
 }
 
-// startGroup builds and starts a member of groupID, bootstrapping it with
-// bootstrap if it has no state and bootstrap is not nil. The group id is
-// reserved under n.mu but built outside it, so that groups start in
+// start builds and starts a member of groupID, bootstrapping it with
+// bootstrap if it has no state and bootstrap is not nil, abstaining from
+// elections if it has no state and rejoin is set (rejoin.go). The group
+// id is reserved under n.mu but built outside it, so that groups start in
 // parallel.
-func (n *Node) startGroup(groupID uint64, fsm raft.FSM, bootstrap *raft.Configuration) (*raft.Raft, error) {
+func (n *Node) start(groupID uint64, fsm raft.FSM, bootstrap *raft.Configuration, rejoin bool) (*raft.Raft, error) {
 	if fsm == nil {
 		return nil, fmt.Errorf("consensus: start group %d: nil FSM", groupID)
 	}
 	if err := n.reserve(groupID); err != nil {
 		return nil, err
 	}
-	g, err := n.newGroup(groupID, fsm, bootstrap)
+	g, err := n.newGroup(groupID, fsm, bootstrap, rejoin)
 	n.mu.Lock()
 	delete(n.starting, groupID)
 	if err == nil {
@@ -176,7 +177,7 @@ func (n *Node) reserve(groupID uint64) error {
 }
 
 // newGroup builds a group's stores and transport and starts its raft.
-func (n *Node) newGroup(groupID uint64, fsm raft.FSM, bootstrap *raft.Configuration) (*group, error) {
+func (n *Node) newGroup(groupID uint64, fsm raft.FSM, bootstrap *raft.Configuration, rejoin bool) (*group, error) {
 	var rc raft.Config
 	if n.cfg.Raft != nil {
 		rc = *n.cfg.Raft
@@ -205,6 +206,9 @@ func (n *Node) newGroup(groupID uint64, fsm raft.FSM, bootstrap *raft.Configurat
 		return nil, fmt.Errorf("consensus: state of group %d: %w", groupID, err)
 	}
 	trans := newTrackingTransport(n.transports.Transport(groupID, n.cfg.Address))
+	if !has && rejoin {
+		trans.abstain(n.cfg.NodeID)
+	}
 	if !has && bootstrap != nil {
 		if err := raft.BootstrapCluster(&rc, store, store, snaps, trans, *bootstrap); err != nil {
 			trans.Close()

@@ -17,8 +17,10 @@
 //     JoinGroup starts a member that must not bootstrap: one about to be
 //     added to a running group. It has no configuration, so it never
 //     campaigns; it waits for the leader to add it and then catches up
-//     from the leader's log or snapshot. Either restarts a member from its
-//     state on disk. Groups start in parallel: the node's lock only
+//     from the leader's log or snapshot. RejoinGroup starts a member that
+//     lost its state (rejoin.go): it abstains from elections until the
+//     leader readmits it (Readmit, Readmitted). Each restarts a member
+//     from its state on disk. Groups start in parallel: the node's lock only
 //     reserves the group id. StopGroup shuts one member down (after its
 //     server was removed) and keeps its state.
 //   - Membership, run on the group's leader: AddVoter, RemoveServer, and

@@ -19,10 +19,14 @@ import (
 // per heartbeat timeout. The pipeline, which carries the bulk of the log,
 // is left alone: observing it would put a relay on the hot path.
 //
-// Every other method, including Close and RequestPreVote (which raft finds
-// by type assertion), is the embedded Transport's.
+// Every other method is the embedded Transport's, except those a member
+// that rejoins after lost state needs to abstain from elections
+// (rejoin.go): Consumer, RequestVote, RequestPreVote and Close.
 type trackingTransport struct {
 	*transport.Transport
+	// abst, if set, keeps a member that rejoined after lost state out of
+	// elections (rejoin.go); set before raft starts, never changed.
+	abst *abstention
 
 	mu      sync.Mutex
 	lastLog map[raft.ServerID]uint64
@@ -58,6 +62,48 @@ func (t *trackingTransport) forget(id raft.ServerID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.lastLog, id)
+}
+
+// abstain keeps the member out of elections until lifted; call it before
+// raft takes the consumer channel.
+func (t *trackingTransport) abstain(localID string) {
+	t.abst = newAbstention(localID, t.Transport.Consumer())
+}
+
+func (t *trackingTransport) abstaining() bool { return t.abst != nil && !t.abst.lifted.Load() }
+
+// Consumer implements raft.Transport: an abstaining member's requests go
+// through its relay.
+func (t *trackingTransport) Consumer() <-chan raft.RPC {
+	if t.abst != nil {
+		return t.abst.out
+	}
+	return t.Transport.Consumer()
+}
+
+// RequestVote implements raft.Transport: an abstaining member asks for no
+// vote.
+func (t *trackingTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	if t.abstaining() {
+		return errAbstaining
+	}
+	return t.Transport.RequestVote(id, target, args, resp)
+}
+
+// RequestPreVote implements raft.WithPreVote, as RequestVote.
+func (t *trackingTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	if t.abstaining() {
+		return errAbstaining
+	}
+	return t.Transport.RequestPreVote(id, target, args, resp)
+}
+
+// Close implements raft.WithClose, ending the relay too.
+func (t *trackingTransport) Close() error {
+	if t.abst != nil {
+		t.abst.close()
+	}
+	return t.Transport.Close()
 }
 
 var _ raft.WithPreVote = (*trackingTransport)(nil)
