@@ -12,7 +12,8 @@ package consensus
 //
 //  1. RejoinGroup starts it without bootstrapping (like JoinGroup), and its
 //     transport answers every vote and pre-vote request with a refusal and
-//     sends none of its own, so it neither votes nor campaigns.
+//     sends none of its own (its candidacies see refusals), so it neither
+//     votes nor wins an election.
 //     It also refuses a leadership transfer to it (TimeoutNow).
 //  2. The member asks the group's leader to readmit it (Readmit, on the
 //     leader): the leader waits until the member reports a log that
@@ -41,7 +42,7 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// errAbstaining fails the vote requests of a member that abstains.
+// errAbstaining refuses a leadership transfer to a member that abstains.
 var errAbstaining = errors.New("consensus: member rejoining after lost state does not campaign")
 
 // abstention relays a rejoining member's incoming RPCs to raft, answering

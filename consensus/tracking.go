@@ -82,10 +82,12 @@ func (t *trackingTransport) Consumer() <-chan raft.RPC {
 }
 
 // RequestVote implements raft.Transport: an abstaining member asks for no
-// vote.
+// vote; its candidacy sees a refusal in its own term (an error would be
+// logged at every election timeout).
 func (t *trackingTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
 	if t.abstaining() {
-		return errAbstaining
+		*resp = raft.RequestVoteResponse{Term: args.Term}
+		return nil
 	}
 	return t.Transport.RequestVote(id, target, args, resp)
 }
@@ -93,7 +95,8 @@ func (t *trackingTransport) RequestVote(id raft.ServerID, target raft.ServerAddr
 // RequestPreVote implements raft.WithPreVote, as RequestVote.
 func (t *trackingTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
 	if t.abstaining() {
-		return errAbstaining
+		*resp = raft.RequestPreVoteResponse{Term: args.Term}
+		return nil
 	}
 	return t.Transport.RequestPreVote(id, target, args, resp)
 }
