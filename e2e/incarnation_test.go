@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ballast-storage/ballast/attach"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
 
@@ -73,15 +74,22 @@ func TestInProcessEmptiedSecondary(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.start(secondary)
-	// Time for the emptied node to rejoin its groups as an operator's
-	// restart would give it; no write reaches the volume meanwhile.
-	time.Sleep(2 * time.Second)
+	// As an operator would, wait until the rack has taken the node back
+	// (its incarnation registered, its vote counted again); no write
+	// reaches the volume meanwhile.
+	waitRejoined(t, r, secondary)
 	r.stop(primary)
 
+	// lookup asks with a bound: with no primary the client would retry.
+	lookup := func() (*ballastpb.GetVolumeResponse, error) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return c.Lookup(ctx, "v")
+	}
 	// Two leases and more: a failover would have happened by now.
 	deadline := time.Now().Add(2*volume.DefaultLeaseConfig.Duration + 4*time.Second)
 	for time.Now().Before(deadline) {
-		info, err := c.Lookup(ctx, "v")
+		info, err := lookup()
 		if err == nil && info.Volume.Primary == secondary {
 			t.Fatalf("the emptied node %s was promoted at epoch %d; %d of %d bytes read back wrong",
 				secondary, info.Volume.Epoch, wrongBytes(), size)
@@ -102,7 +110,7 @@ func TestInProcessEmptiedSecondary(t *testing.T) {
 	r.stop(primary)
 	deadline = time.Now().Add(60 * time.Second)
 	for {
-		info, err := c.Lookup(ctx, "v")
+		info, err := lookup()
 		if err == nil && info.Volume.Primary == secondary {
 			t.Logf("promoted %s at epoch %d", secondary, info.Volume.Epoch)
 			break
@@ -114,5 +122,24 @@ func TestInProcessEmptiedSecondary(t *testing.T) {
 	}
 	if n := wrongBytes(); n != 0 {
 		t.Fatalf("%d of %d bytes read back wrong from the promoted node", n, size)
+	}
+}
+
+// waitRejoined waits until head node id, started over an emptied data
+// directory, is taken back by every group.
+func waitRejoined(t *testing.T, r *inProcessRack, id string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r.mu.Lock()
+		n := r.nodes[id]
+		r.mu.Unlock()
+		if n != nil && n.Rejoined() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s was not taken back by every group", id)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -132,6 +132,17 @@ func (a *adminServer) ChangeMembership(ctx context.Context, req *ballastpb.Chang
 	if req.HeadNode == "" {
 		return nil, status.Error(codes.InvalidArgument, "no head node")
 	}
+	if req.Op == ballastpb.MembershipOp_MEMBERSHIP_OP_READMIT {
+		g, ok := a.node.group(req.Group)
+		if !ok {
+			return nil, status.Errorf(codes.InvalidArgument, "no group %d", req.Group)
+		}
+		index, err := a.node.readmitMember(ctx, g, req.HeadNode)
+		if err != nil {
+			return nil, err
+		}
+		return &ballastpb.ChangeMembershipResponse{Index: index}, nil
+	}
 	if err := a.node.changeMembership(ctx, req); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -48,8 +49,10 @@ type Node struct {
 	stopBG    context.CancelFunc // ends the sled view and the monitors
 	serving   sync.WaitGroup
 
-	// incarnation is the data directory's (incarnation.go).
+	// incarnation is the data directory's (incarnation.go); registered
+	// is set once every group has it.
 	incarnation string
+	registered  atomic.Bool
 
 	mu        sync.Mutex
 	primaries map[uint64]*primaryVolume
@@ -159,10 +162,19 @@ func Start(cfg Config) (_ *Node, err error) {
 	ballastpb.RegisterBlockIOServer(n.server, n.io)
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
+	// A node that lost its data directory must not vote as before in the
+	// groups that still count it (consensus/rejoin.go).
+	rejoin := fresh && n.lostState()
+	if rejoin {
+		n.log.Warn("the rack knew this head node: its data directory was lost; rejoining every group without a vote until readmitted")
+	}
 	for _, g := range n.groups {
-		if cfg.Join {
+		switch {
+		case rejoin:
+			g.raft, err = n.cons.RejoinGroup(g.id, g.fsm)
+		case cfg.Join:
 			g.raft, err = n.cons.JoinGroup(g.id, g.fsm)
-		} else {
+		default:
 			g.raft, err = n.cons.StartGroup(g.id, g.fsm, groupServers(cfg.Peers, g.id))
 		}
 		if err != nil {
@@ -226,6 +238,13 @@ func Start(cfg Config) (_ *Node, err error) {
 		defer n.serving.Done()
 		n.registerIncarnation(bg)
 	}()
+	if rejoin {
+		n.serving.Add(1)
+		go func() {
+			defer n.serving.Done()
+			n.readmitAll(bg)
+		}()
+	}
 	go func() {
 		defer n.serving.Done()
 		n.watchSleds(bg)

@@ -145,6 +145,10 @@ const (
 	MembershipOp_MEMBERSHIP_OP_ADD_NONVOTER MembershipOp = 1
 	MembershipOp_MEMBERSHIP_OP_MOVE_VOTER   MembershipOp = 2
 	MembershipOp_MEMBERSHIP_OP_REMOVE       MembershipOp = 3
+	// The head node rejoined the group after losing its state: the leader
+	// waits until it has the log (consensus.Node.Readmit) and answers the
+	// index it must reach before it votes again.
+	MembershipOp_MEMBERSHIP_OP_READMIT MembershipOp = 4
 )
 
 // Enum value maps for MembershipOp.
@@ -154,12 +158,14 @@ var (
 		1: "MEMBERSHIP_OP_ADD_NONVOTER",
 		2: "MEMBERSHIP_OP_MOVE_VOTER",
 		3: "MEMBERSHIP_OP_REMOVE",
+		4: "MEMBERSHIP_OP_READMIT",
 	}
 	MembershipOp_value = map[string]int32{
 		"MEMBERSHIP_OP_UNSPECIFIED":  0,
 		"MEMBERSHIP_OP_ADD_NONVOTER": 1,
 		"MEMBERSHIP_OP_MOVE_VOTER":   2,
 		"MEMBERSHIP_OP_REMOVE":       3,
+		"MEMBERSHIP_OP_READMIT":      4,
 	}
 )
 
@@ -3835,6 +3841,7 @@ func (x *ChangeMembershipRequest) GetFrom() string {
 
 type ChangeMembershipResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // READMIT: the log index to reach
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3869,6 +3876,109 @@ func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
 	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
+func (x *ChangeMembershipResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type GetIncarnationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIncarnationRequest) Reset() {
+	*x = GetIncarnationRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIncarnationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIncarnationRequest) ProtoMessage() {}
+
+func (x *GetIncarnationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIncarnationRequest.ProtoReflect.Descriptor instead.
+func (*GetIncarnationRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *GetIncarnationRequest) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+type GetIncarnationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Known         bool                   `protobuf:"varint,1,opt,name=known,proto3" json:"known,omitempty"`
+	Incarnation   string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetIncarnationResponse) Reset() {
+	*x = GetIncarnationResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetIncarnationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetIncarnationResponse) ProtoMessage() {}
+
+func (x *GetIncarnationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetIncarnationResponse.ProtoReflect.Descriptor instead.
+func (*GetIncarnationResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *GetIncarnationResponse) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
+}
+
+func (x *GetIncarnationResponse) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 type ApplyInGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -3879,7 +3989,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3891,7 +4001,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3904,7 +4014,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -3936,7 +4046,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3948,7 +4058,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3961,7 +4071,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -4008,7 +4118,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4020,7 +4130,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4033,7 +4143,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -4053,7 +4163,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4065,7 +4175,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4078,7 +4188,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -4124,7 +4234,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4136,7 +4246,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4149,7 +4259,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -4434,7 +4544,7 @@ type RegisterIncarnationCommand struct {
 
 func (x *RegisterIncarnationCommand) Reset() {
 	*x = RegisterIncarnationCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4446,7 +4556,7 @@ func (x *RegisterIncarnationCommand) String() string {
 func (*RegisterIncarnationCommand) ProtoMessage() {}
 
 func (x *RegisterIncarnationCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4459,7 +4569,7 @@ func (x *RegisterIncarnationCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterIncarnationCommand.ProtoReflect.Descriptor instead.
 func (*RegisterIncarnationCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RegisterIncarnationCommand) GetHeadNode() string {
@@ -4490,7 +4600,7 @@ type HeadNodeIncarnation struct {
 
 func (x *HeadNodeIncarnation) Reset() {
 	*x = HeadNodeIncarnation{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4502,7 +4612,7 @@ func (x *HeadNodeIncarnation) String() string {
 func (*HeadNodeIncarnation) ProtoMessage() {}
 
 func (x *HeadNodeIncarnation) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4515,7 +4625,7 @@ func (x *HeadNodeIncarnation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeadNodeIncarnation.ProtoReflect.Descriptor instead.
 func (*HeadNodeIncarnation) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *HeadNodeIncarnation) GetHeadNode() string {
@@ -4552,7 +4662,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4564,7 +4674,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4577,7 +4687,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -4605,7 +4715,7 @@ type AddHeadNodeCommand struct {
 
 func (x *AddHeadNodeCommand) Reset() {
 	*x = AddHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4617,7 +4727,7 @@ func (x *AddHeadNodeCommand) String() string {
 func (*AddHeadNodeCommand) ProtoMessage() {}
 
 func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4630,7 +4740,7 @@ func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
@@ -4651,7 +4761,7 @@ type RemoveHeadNodeCommand struct {
 
 func (x *RemoveHeadNodeCommand) Reset() {
 	*x = RemoveHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4663,7 +4773,7 @@ func (x *RemoveHeadNodeCommand) String() string {
 func (*RemoveHeadNodeCommand) ProtoMessage() {}
 
 func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4676,7 +4786,7 @@ func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RemoveHeadNodeCommand) GetHeadNode() string {
@@ -4698,7 +4808,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4710,7 +4820,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4723,7 +4833,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -4752,7 +4862,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4764,7 +4874,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4777,7 +4887,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -4809,7 +4919,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4821,7 +4931,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4834,7 +4944,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -4873,7 +4983,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4885,7 +4995,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4898,7 +5008,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -4945,7 +5055,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4957,7 +5067,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4970,7 +5080,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -5016,7 +5126,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5028,7 +5138,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5041,7 +5151,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -5090,7 +5200,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5102,7 +5212,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5115,7 +5225,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -5162,7 +5272,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5174,7 +5284,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5187,7 +5297,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -5210,7 +5320,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5222,7 +5332,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5235,7 +5345,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -5268,7 +5378,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5280,7 +5390,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5293,7 +5403,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -5313,7 +5423,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5325,7 +5435,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5338,7 +5448,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -5364,7 +5474,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5376,7 +5486,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5389,7 +5499,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -5422,7 +5532,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5434,7 +5544,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5447,7 +5557,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -5534,7 +5644,7 @@ type RackUsage struct {
 
 func (x *RackUsage) Reset() {
 	*x = RackUsage{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5546,7 +5656,7 @@ func (x *RackUsage) String() string {
 func (*RackUsage) ProtoMessage() {}
 
 func (x *RackUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5559,7 +5669,7 @@ func (x *RackUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
 func (*RackUsage) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *RackUsage) GetVolumes() uint64 {
@@ -5593,7 +5703,7 @@ type MoveVolumeRequest struct {
 
 func (x *MoveVolumeRequest) Reset() {
 	*x = MoveVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5605,7 +5715,7 @@ func (x *MoveVolumeRequest) String() string {
 func (*MoveVolumeRequest) ProtoMessage() {}
 
 func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5618,7 +5728,7 @@ func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
 func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *MoveVolumeRequest) GetName() string {
@@ -5644,7 +5754,7 @@ type MoveVolumeResponse struct {
 
 func (x *MoveVolumeResponse) Reset() {
 	*x = MoveVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5656,7 +5766,7 @@ func (x *MoveVolumeResponse) String() string {
 func (*MoveVolumeResponse) ProtoMessage() {}
 
 func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5669,7 +5779,7 @@ func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
 func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *MoveVolumeResponse) GetVolume() *Volume {
@@ -5687,7 +5797,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5699,7 +5809,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5712,7 +5822,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
 }
 
 type GetQuotaResponse struct {
@@ -5725,7 +5835,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5737,7 +5847,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5750,7 +5860,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -5776,7 +5886,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5788,7 +5898,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5801,7 +5911,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -5819,7 +5929,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5831,7 +5941,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5844,7 +5954,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -5859,7 +5969,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5871,7 +5981,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5884,7 +5994,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -5921,7 +6031,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5933,7 +6043,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5946,7 +6056,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -6031,7 +6141,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6043,7 +6153,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6056,7 +6166,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -6099,7 +6209,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6111,7 +6221,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6124,7 +6234,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -6166,7 +6276,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6178,7 +6288,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6191,7 +6301,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -6260,7 +6370,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6272,7 +6382,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6285,7 +6395,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -6322,7 +6432,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6334,7 +6444,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6347,7 +6457,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -6415,7 +6525,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6427,7 +6537,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6440,7 +6550,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -6480,7 +6590,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6492,7 +6602,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6505,7 +6615,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -6551,7 +6661,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6563,7 +6673,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6576,7 +6686,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -6618,7 +6728,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6630,7 +6740,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6643,7 +6753,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -6670,7 +6780,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6682,7 +6792,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6695,7 +6805,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -6740,7 +6850,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6752,7 +6862,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6765,7 +6875,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -6821,7 +6931,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6833,7 +6943,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6846,7 +6956,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -6885,7 +6995,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6897,7 +7007,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6910,7 +7020,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -6954,7 +7064,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6966,7 +7076,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6979,7 +7089,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -7038,7 +7148,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7050,7 +7160,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7063,7 +7173,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -7160,7 +7270,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7172,7 +7282,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7185,7 +7295,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -7492,8 +7602,14 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x02op\x18\x02 \x01(\x0e2\x18.ballast.v1.MembershipOpR\x02op\x12\x1b\n" +
 	"\thead_node\x18\x03 \x01(\tR\bheadNode\x12\x1c\n" +
 	"\taddresses\x18\x04 \x03(\tR\taddresses\x12\x12\n" +
-	"\x04from\x18\x05 \x01(\tR\x04from\"\x1a\n" +
-	"\x18ChangeMembershipResponse\"c\n" +
+	"\x04from\x18\x05 \x01(\tR\x04from\"0\n" +
+	"\x18ChangeMembershipResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"4\n" +
+	"\x15GetIncarnationRequest\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\"P\n" +
+	"\x16GetIncarnationResponse\x12\x14\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"c\n" +
 	"\x13ApplyInGroupRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x126\n" +
 	"\acommand\x18\x02 \x01(\v2\x1c.ballast.v1.DirectoryCommandR\acommand\"\xd3\x01\n" +
@@ -7758,12 +7874,13 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x18ATTACHMENT_CHANGE_DETACH\x10\x02\x12'\n" +
 	"#ATTACHMENT_CHANGE_PREPARE_MIGRATION\x10\x03\x12%\n" +
 	"!ATTACHMENT_CHANGE_ABORT_MIGRATION\x10\x04\x12 \n" +
-	"\x1cATTACHMENT_CHANGE_SWITCH_NOW\x10\x05*\x85\x01\n" +
+	"\x1cATTACHMENT_CHANGE_SWITCH_NOW\x10\x05*\xa0\x01\n" +
 	"\fMembershipOp\x12\x1d\n" +
 	"\x19MEMBERSHIP_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aMEMBERSHIP_OP_ADD_NONVOTER\x10\x01\x12\x1c\n" +
 	"\x18MEMBERSHIP_OP_MOVE_VOTER\x10\x02\x12\x18\n" +
-	"\x14MEMBERSHIP_OP_REMOVE\x10\x03*w\n" +
+	"\x14MEMBERSHIP_OP_REMOVE\x10\x03\x12\x19\n" +
+	"\x15MEMBERSHIP_OP_READMIT\x10\x04*w\n" +
 	"\x04IOOp\x12\x15\n" +
 	"\x11IO_OP_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -7787,7 +7904,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xec\x12\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xc5\x13\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
@@ -7811,7 +7928,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fSetSledState\x12\x1f.ballast.v1.SetSledStateRequest\x1a .ballast.v1.SetSledStateResponse\x12Q\n" +
 	"\fApplyInGroup\x12\x1f.ballast.v1.ApplyInGroupRequest\x1a .ballast.v1.ApplyInGroupResponse\x12H\n" +
 	"\tReadGroup\x12\x1c.ballast.v1.ReadGroupRequest\x1a\x1d.ballast.v1.ReadGroupResponse\x12]\n" +
-	"\x10ChangeMembership\x12#.ballast.v1.ChangeMembershipRequest\x1a$.ballast.v1.ChangeMembershipResponse\x12]\n" +
+	"\x10ChangeMembership\x12#.ballast.v1.ChangeMembershipRequest\x1a$.ballast.v1.ChangeMembershipResponse\x12W\n" +
+	"\x0eGetIncarnation\x12!.ballast.v1.GetIncarnationRequest\x1a\".ballast.v1.GetIncarnationResponse\x12]\n" +
 	"\x10ChangeAttachment\x12#.ballast.v1.ChangeAttachmentRequest\x1a$.ballast.v1.ChangeAttachmentResponse\x12o\n" +
 	"\x16CreateConsistencyGroup\x12).ballast.v1.CreateConsistencyGroupRequest\x1a*.ballast.v1.CreateConsistencyGroupResponse\x12o\n" +
 	"\x16DeleteConsistencyGroup\x12).ballast.v1.DeleteConsistencyGroupRequest\x1a*.ballast.v1.DeleteConsistencyGroupResponse\x12f\n" +
@@ -7840,7 +7958,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 108)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 110)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                           // 0: ballast.v1.SledState
 	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
@@ -7908,54 +8026,56 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*RemoveHeadNodeResponse)(nil),           // 63: ballast.v1.RemoveHeadNodeResponse
 	(*ChangeMembershipRequest)(nil),          // 64: ballast.v1.ChangeMembershipRequest
 	(*ChangeMembershipResponse)(nil),         // 65: ballast.v1.ChangeMembershipResponse
-	(*ApplyInGroupRequest)(nil),              // 66: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),             // 67: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),                 // 68: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),                // 69: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),                 // 70: ballast.v1.DirectoryCommand
-	(*RegisterIncarnationCommand)(nil),       // 71: ballast.v1.RegisterIncarnationCommand
-	(*HeadNodeIncarnation)(nil),              // 72: ballast.v1.HeadNodeIncarnation
-	(*PlaceVolumeCommand)(nil),               // 73: ballast.v1.PlaceVolumeCommand
-	(*AddHeadNodeCommand)(nil),               // 74: ballast.v1.AddHeadNodeCommand
-	(*RemoveHeadNodeCommand)(nil),            // 75: ballast.v1.RemoveHeadNodeCommand
-	(*SetDrainingCommand)(nil),               // 76: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),             // 77: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),               // 78: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil),          // 79: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),           // 80: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),                // 81: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),             // 82: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),              // 83: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),              // 84: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),              // 85: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),              // 86: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),              // 87: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),                // 88: ballast.v1.DirectorySnapshot
-	(*RackUsage)(nil),                        // 89: ballast.v1.RackUsage
-	(*MoveVolumeRequest)(nil),                // 90: ballast.v1.MoveVolumeRequest
-	(*MoveVolumeResponse)(nil),               // 91: ballast.v1.MoveVolumeResponse
-	(*GetQuotaRequest)(nil),                  // 92: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),                 // 93: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),                  // 94: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),                 // 95: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                        // 96: ballast.v1.RackQuota
-	(*IORequest)(nil),                        // 97: ballast.v1.IORequest
-	(*IOReply)(nil),                          // 98: ballast.v1.IOReply
-	(*BlockWrite)(nil),                       // 99: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                        // 100: ballast.v1.LogRecord
-	(*BlockRange)(nil),                       // 101: ballast.v1.BlockRange
-	(*Segment)(nil),                          // 102: ballast.v1.Segment
-	(*FlushRecord)(nil),                      // 103: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),                    // 104: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),                  // 105: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),                // 106: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),                      // 107: ballast.v1.StateRecord
-	(*BlockState)(nil),                       // 108: ballast.v1.BlockState
-	(*SegmentState)(nil),                     // 109: ballast.v1.SegmentState
-	(*LogEntry)(nil),                         // 110: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),                   // 111: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),                 // 112: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),                   // 113: ballast.v1.ReplicateReply
+	(*GetIncarnationRequest)(nil),            // 66: ballast.v1.GetIncarnationRequest
+	(*GetIncarnationResponse)(nil),           // 67: ballast.v1.GetIncarnationResponse
+	(*ApplyInGroupRequest)(nil),              // 68: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),             // 69: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),                 // 70: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),                // 71: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),                 // 72: ballast.v1.DirectoryCommand
+	(*RegisterIncarnationCommand)(nil),       // 73: ballast.v1.RegisterIncarnationCommand
+	(*HeadNodeIncarnation)(nil),              // 74: ballast.v1.HeadNodeIncarnation
+	(*PlaceVolumeCommand)(nil),               // 75: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),               // 76: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),            // 77: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),               // 78: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),             // 79: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),               // 80: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),          // 81: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),           // 82: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),                // 83: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),             // 84: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),              // 85: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),              // 86: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),              // 87: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),              // 88: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),              // 89: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),                // 90: ballast.v1.DirectorySnapshot
+	(*RackUsage)(nil),                        // 91: ballast.v1.RackUsage
+	(*MoveVolumeRequest)(nil),                // 92: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),               // 93: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),                  // 94: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                 // 95: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),                  // 96: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                 // 97: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                        // 98: ballast.v1.RackQuota
+	(*IORequest)(nil),                        // 99: ballast.v1.IORequest
+	(*IOReply)(nil),                          // 100: ballast.v1.IOReply
+	(*BlockWrite)(nil),                       // 101: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                        // 102: ballast.v1.LogRecord
+	(*BlockRange)(nil),                       // 103: ballast.v1.BlockRange
+	(*Segment)(nil),                          // 104: ballast.v1.Segment
+	(*FlushRecord)(nil),                      // 105: ballast.v1.FlushRecord
+	(*CompactRecord)(nil),                    // 106: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 107: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 108: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 109: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 110: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 111: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 112: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 113: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 114: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 115: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	7,   // 0: ballast.v1.Volume.copies:type_name -> ballast.v1.ReplicaCopy
@@ -7991,30 +8111,30 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	6,   // 30: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
 	13,  // 31: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
 	2,   // 32: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	70,  // 33: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	72,  // 33: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
 	6,   // 34: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
 	24,  // 35: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
 	12,  // 36: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
 	6,   // 37: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
 	12,  // 38: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	85,  // 39: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	86,  // 40: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	87,  // 41: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	83,  // 42: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	84,  // 43: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	81,  // 44: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	82,  // 45: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	78,  // 46: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	79,  // 47: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	80,  // 48: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	73,  // 49: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	77,  // 50: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	76,  // 51: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	74,  // 52: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	75,  // 53: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	71,  // 54: ballast.v1.DirectoryCommand.register_incarnation:type_name -> ballast.v1.RegisterIncarnationCommand
+	87,  // 39: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	88,  // 40: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	89,  // 41: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	85,  // 42: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	86,  // 43: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	83,  // 44: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	84,  // 45: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	80,  // 46: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	81,  // 47: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	82,  // 48: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	75,  // 49: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	79,  // 50: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	78,  // 51: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	76,  // 52: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	77,  // 53: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	73,  // 54: ballast.v1.DirectoryCommand.register_incarnation:type_name -> ballast.v1.RegisterIncarnationCommand
 	13,  // 55: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	81,  // 56: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	83,  // 56: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
 	24,  // 57: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
 	0,   // 58: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
 	0,   // 59: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
@@ -8024,93 +8144,95 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	12,  // 63: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
 	13,  // 64: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
 	6,   // 65: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
-	72,  // 66: ballast.v1.DirectorySnapshot.incarnations:type_name -> ballast.v1.HeadNodeIncarnation
+	74,  // 66: ballast.v1.DirectorySnapshot.incarnations:type_name -> ballast.v1.HeadNodeIncarnation
 	6,   // 67: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
-	96,  // 68: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	89,  // 69: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	96,  // 70: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	98,  // 68: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	91,  // 69: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	98,  // 70: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
 	3,   // 71: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
 	4,   // 72: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	99,  // 73: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	101, // 74: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	103, // 75: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	104, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	105, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	106, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	107, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	102, // 80: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	102, // 81: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	101, // 82: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	108, // 83: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	109, // 84: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	102, // 85: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	101, // 86: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	100, // 87: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	107, // 88: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	100, // 89: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	101, // 73: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	103, // 74: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	105, // 75: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	106, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	107, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	108, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	109, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	104, // 80: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	104, // 81: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	103, // 82: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	110, // 83: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	111, // 84: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	104, // 85: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	103, // 86: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	102, // 87: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	109, // 88: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	102, // 89: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
 	5,   // 90: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
 	14,  // 91: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
 	16,  // 92: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
 	18,  // 93: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
 	20,  // 94: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
 	22,  // 95: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	90,  // 96: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	92,  // 96: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
 	40,  // 97: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
 	33,  // 98: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
 	38,  // 99: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
 	58,  // 100: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
 	60,  // 101: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
 	62,  // 102: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	92,  // 103: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	94,  // 104: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	94,  // 103: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	96,  // 104: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
 	25,  // 105: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
 	27,  // 106: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
 	29,  // 107: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	66,  // 108: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	68,  // 109: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	68,  // 108: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	70,  // 109: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
 	64,  // 110: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	56,  // 111: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	42,  // 112: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
-	44,  // 113: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
-	46,  // 114: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
-	48,  // 115: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
-	50,  // 116: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
-	52,  // 117: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
-	54,  // 118: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
-	97,  // 119: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	112, // 120: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	15,  // 121: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	17,  // 122: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	19,  // 123: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	21,  // 124: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	23,  // 125: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	91,  // 126: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	41,  // 127: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	34,  // 128: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	39,  // 129: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	59,  // 130: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	61,  // 131: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	63,  // 132: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	93,  // 133: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	95,  // 134: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	26,  // 135: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	28,  // 136: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	30,  // 137: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	67,  // 138: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	69,  // 139: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	65,  // 140: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	57,  // 141: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	43,  // 142: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
-	45,  // 143: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
-	47,  // 144: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
-	49,  // 145: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
-	51,  // 146: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
-	53,  // 147: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
-	55,  // 148: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
-	98,  // 149: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	113, // 150: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	121, // [121:151] is the sub-list for method output_type
-	91,  // [91:121] is the sub-list for method input_type
+	66,  // 111: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
+	56,  // 112: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	42,  // 113: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	44,  // 114: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	46,  // 115: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	48,  // 116: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	50,  // 117: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	52,  // 118: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	54,  // 119: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	99,  // 120: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	114, // 121: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	15,  // 122: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	17,  // 123: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	19,  // 124: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	21,  // 125: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	23,  // 126: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	93,  // 127: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	41,  // 128: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	34,  // 129: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	39,  // 130: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	59,  // 131: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	61,  // 132: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	63,  // 133: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	95,  // 134: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	97,  // 135: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	26,  // 136: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	28,  // 137: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	30,  // 138: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	69,  // 139: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	71,  // 140: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	65,  // 141: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	67,  // 142: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
+	57,  // 143: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	43,  // 144: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	45,  // 145: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	47,  // 146: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	49,  // 147: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	51,  // 148: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	53,  // 149: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	55,  // 150: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	100, // 151: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	115, // 152: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	122, // [122:153] is the sub-list for method output_type
+	91,  // [91:122] is the sub-list for method input_type
 	91,  // [91:91] is the sub-list for extension type_name
 	91,  // [91:91] is the sub-list for extension extendee
 	0,   // [0:91] is the sub-list for field type_name
@@ -8121,7 +8243,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[64].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[66].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -8146,7 +8268,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   108,
+			NumMessages:   110,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -42,6 +42,7 @@ const (
 	Admin_ApplyInGroup_FullMethodName             = "/ballast.v1.Admin/ApplyInGroup"
 	Admin_ReadGroup_FullMethodName                = "/ballast.v1.Admin/ReadGroup"
 	Admin_ChangeMembership_FullMethodName         = "/ballast.v1.Admin/ChangeMembership"
+	Admin_GetIncarnation_FullMethodName           = "/ballast.v1.Admin/GetIncarnation"
 	Admin_ChangeAttachment_FullMethodName         = "/ballast.v1.Admin/ChangeAttachment"
 	Admin_CreateConsistencyGroup_FullMethodName   = "/ballast.v1.Admin/CreateConsistencyGroup"
 	Admin_DeleteConsistencyGroup_FullMethodName   = "/ballast.v1.Admin/DeleteConsistencyGroup"
@@ -92,6 +93,11 @@ type AdminClient interface {
 	ReadGroup(ctx context.Context, in *ReadGroupRequest, opts ...grpc.CallOption) (*ReadGroupResponse, error)
 	// Between head nodes: change a group's membership on its leader.
 	ChangeMembership(ctx context.Context, in *ChangeMembershipRequest, opts ...grpc.CallOption) (*ChangeMembershipResponse, error)
+	// Between head nodes: the incarnation this head node's copy of the
+	// directory group records for another (not linearizable). A head node
+	// starting over an empty data directory asks, to tell whether it is
+	// new to the rack or lost its state.
+	GetIncarnation(ctx context.Context, in *GetIncarnationRequest, opts ...grpc.CallOption) (*GetIncarnationResponse, error)
 	// Attaches, detaches, or migrates a volume. Any head node forwards it to
 	// the volume's primary, which alone changes the attachment.
 	ChangeAttachment(ctx context.Context, in *ChangeAttachmentRequest, opts ...grpc.CallOption) (*ChangeAttachmentResponse, error)
@@ -316,6 +322,16 @@ func (c *adminClient) ChangeMembership(ctx context.Context, in *ChangeMembership
 	return out, nil
 }
 
+func (c *adminClient) GetIncarnation(ctx context.Context, in *GetIncarnationRequest, opts ...grpc.CallOption) (*GetIncarnationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetIncarnationResponse)
+	err := c.cc.Invoke(ctx, Admin_GetIncarnation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ChangeAttachment(ctx context.Context, in *ChangeAttachmentRequest, opts ...grpc.CallOption) (*ChangeAttachmentResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ChangeAttachmentResponse)
@@ -436,6 +452,11 @@ type AdminServer interface {
 	ReadGroup(context.Context, *ReadGroupRequest) (*ReadGroupResponse, error)
 	// Between head nodes: change a group's membership on its leader.
 	ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error)
+	// Between head nodes: the incarnation this head node's copy of the
+	// directory group records for another (not linearizable). A head node
+	// starting over an empty data directory asks, to tell whether it is
+	// new to the rack or lost its state.
+	GetIncarnation(context.Context, *GetIncarnationRequest) (*GetIncarnationResponse, error)
 	// Attaches, detaches, or migrates a volume. Any head node forwards it to
 	// the volume's primary, which alone changes the attachment.
 	ChangeAttachment(context.Context, *ChangeAttachmentRequest) (*ChangeAttachmentResponse, error)
@@ -519,6 +540,9 @@ func (UnimplementedAdminServer) ReadGroup(context.Context, *ReadGroupRequest) (*
 }
 func (UnimplementedAdminServer) ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ChangeMembership not implemented")
+}
+func (UnimplementedAdminServer) GetIncarnation(context.Context, *GetIncarnationRequest) (*GetIncarnationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetIncarnation not implemented")
 }
 func (UnimplementedAdminServer) ChangeAttachment(context.Context, *ChangeAttachmentRequest) (*ChangeAttachmentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ChangeAttachment not implemented")
@@ -925,6 +949,24 @@ func _Admin_ChangeMembership_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_GetIncarnation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetIncarnationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetIncarnation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetIncarnation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetIncarnation(ctx, req.(*GetIncarnationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ChangeAttachment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ChangeAttachmentRequest)
 	if err := dec(in); err != nil {
@@ -1155,6 +1197,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ChangeMembership",
 			Handler:    _Admin_ChangeMembership_Handler,
+		},
+		{
+			MethodName: "GetIncarnation",
+			Handler:    _Admin_GetIncarnation_Handler,
 		},
 		{
 			MethodName: "ChangeAttachment",
