@@ -143,3 +143,59 @@ func waitRejoined(t *testing.T, r *inProcessRack, id string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestInProcessEmptiedPrimary: the primary's data directory is emptied and
+// the node started again at once, well within its lease. It must not
+// serve the volume it no longer holds: its renewals are refused, the
+// volume fails over to the secondary, and every acknowledged byte reads
+// back.
+func TestInProcessEmptiedPrimary(t *testing.T) {
+	r, c := startInProcessRack(t, volume.DefaultLeaseConfig)
+	const size = 1 << 20
+	createVolume(t, c, "v", size)
+	ctx := context.Background()
+	vol, err := c.OpenVolume(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	dev := attach.NewDevice(vol)
+	want := make([]byte, size)
+	for i := range want {
+		want[i] = byte(i*7 + 1)
+	}
+	if err := dev.WriteAt(ctx, want, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Lookup(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	primary, secondary := info.Volume.Primary, info.Volume.Secondaries[0]
+	r.stop(primary)
+	if err := os.RemoveAll(filepath.Join(r.dir, primary)); err != nil {
+		t.Fatal(err)
+	}
+	r.start(primary)
+
+	got := make([]byte, size)
+	if err := dev.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	wrong := 0
+	for i := range got {
+		if got[i] != want[i] {
+			wrong++
+		}
+	}
+	info, err = c.Lookup(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrong != 0 {
+		t.Fatalf("%d of %d bytes read back wrong (primary %s at epoch %d)", wrong, size, info.Volume.Primary, info.Volume.Epoch)
+	}
+	if info.Volume.Primary != secondary {
+		t.Fatalf("primary %s at epoch %d, want the secondary %s", info.Volume.Primary, info.Volume.Epoch, secondary)
+	}
+}
