@@ -37,6 +37,9 @@ import (
 //   - Promotion bumps the volume's epoch. Secondaries and sleds refuse
 //     writes of an older epoch, and the group refuses the deposed
 //     primary's next renewal, which tells it to step down for good.
+//   - Only a replica whose node still holds its copy counts: a renewal
+//     names the primary's incarnation, and a secondary restarted over a
+//     lost data directory is not promoted (incarnation.go).
 //
 // Every time here is an instant of package clock's boot clock, which
 // counts the time the machine was suspended: on a clock that stops during
