@@ -1117,8 +1117,12 @@ type depositionAuthority struct {
 	deposed atomic.Bool
 }
 
-func (a *depositionAuthority) current(id uint64) (*ballastpb.Volume, bool) { return a.vol, true }
-func (a *depositionAuthority) reportInSync(*ballastpb.Volume, string)      {}
+func (a *depositionAuthority) current(id uint64) (*ballastpb.Volume, bool)    { return a.vol, true }
+func (a *depositionAuthority) reportInSync(*ballastpb.Volume, string, string) {}
+func (a *depositionAuthority) holdsCopy(*ballastpb.Volume, string) bool       { return true }
+func (a *depositionAuthority) incarnation(*ballastpb.Volume, string) (string, bool) {
+	return "", false
+}
 func (a *depositionAuthority) awaitLease(ctx context.Context, vol, epoch uint64, wait time.Duration) error {
 	if a.deposed.Load() {
 		return fmt.Errorf("%w: deposed as primary of volume %d at epoch %d (test)", ErrStopped, vol, epoch)
