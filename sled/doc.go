@@ -36,6 +36,14 @@
 // identity and epoch, which the head node checks against what it asked
 // for.
 //
+// # Identity and offline reads
+//
+// A sled records its id in its metadata at first start and refuses to
+// start under another id on the same data directory. OpenOffline
+// (offline.go) reads a stopped sled's shards from its data directory with
+// every check a running sled makes, changing nothing, so tools can check
+// what the rack holds while it is down.
+//
 // # Devices
 //
 // A device whose I/O fails (other than a full disk, a missing file or a

@@ -34,6 +34,7 @@ var (
 const (
 	metaEpoch   = 'E' // 'E' | volume u64 -> highest epoch seen, u64
 	metaFailure = 'F' // 'F' | device id -> why it was marked failed
+	metaID      = 'I' // 'I' -> the sled's id
 )
 
 // pebbleLogger routes pebble's log lines into slog; its routine lines
@@ -110,6 +111,10 @@ func openStore(o storeOptions) (*Store, error) {
 		meta.Close()
 		return nil, err
 	}
+	if err := s.recordID(); err != nil {
+		meta.Close()
+		return nil, err
+	}
 	failures, err := s.loadFailures()
 	if err != nil {
 		meta.Close()
@@ -144,11 +149,38 @@ func (s *Store) loadMeta() error {
 	return it.Error()
 }
 
-func (s *Store) loadFailures() (map[string]string, error) {
+// recordID records the sled's id in its metadata, so that its data
+// directory says whose shards it holds (offline readers rely on it), and
+// refuses a data directory that another sled's id recorded: the rack would
+// take that sled's shards for this one's.
+func (s *Store) recordID() error {
+	v, closer, err := s.meta.Get([]byte{metaID})
+	switch {
+	case err == nil:
+		recorded := string(v)
+		closer.Close()
+		if recorded != s.id {
+			return fmt.Errorf("sled %s: its data directory belongs to sled %s", s.id, recorded)
+		}
+		return nil
+	case errors.Is(err, pebble.ErrNotFound):
+		if err := s.meta.Set([]byte{metaID}, []byte(s.id), pebble.Sync); err != nil {
+			return fmt.Errorf("sled %s: record its id: %w", s.id, err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("sled %s: read its id: %w", s.id, err)
+	}
+}
+
+func (s *Store) loadFailures() (map[string]string, error) { return loadFailures(s.meta, s.id) }
+
+// loadFailures reads which devices were marked failed, and why.
+func loadFailures(meta *pebble.DB, sled string) (map[string]string, error) {
 	out := map[string]string{}
-	it, err := s.meta.NewIter(&pebble.IterOptions{LowerBound: []byte{metaFailure}, UpperBound: []byte{metaFailure + 1}})
+	it, err := meta.NewIter(&pebble.IterOptions{LowerBound: []byte{metaFailure}, UpperBound: []byte{metaFailure + 1}})
 	if err != nil {
-		return nil, fmt.Errorf("sled %s: read device failures: %w", s.id, err)
+		return nil, fmt.Errorf("sled %s: read device failures: %w", sled, err)
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
@@ -191,18 +223,7 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 			var h header
 			fi, err := d.fs.Stat(path)
 			if err == nil {
-				// A version 1 file may be shorter than a header now is.
-				var hb []byte
-				hb, err = d.fs.ReadAt(path, 0, int(min(headerBytes, fi.Size())))
-				if err == nil {
-					h, err = decodeHeader(hb)
-				}
-			}
-			if err == nil && h.id != id {
-				err = fmt.Errorf("%w: file of %s holds %s", ErrCorrupt, id, h.id)
-			}
-			if err == nil && uint64(fi.Size()) != h.fileBytes() {
-				err = fmt.Errorf("%w: %s is %d bytes, want %d", ErrCorrupt, id, fi.Size(), h.fileBytes())
+				h, err = checkShardFile(d, id, path, fi)
 			}
 			if err != nil {
 				if isDeviceFault(err) {
@@ -526,7 +547,7 @@ func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
 	if off > e.length || length > e.length-off {
 		return nil, header{}, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
 	}
-	data, h, err := s.readRange(d, id, e, off, length)
+	data, h, err := readRange(d, id, e, off, length)
 	if err != nil {
 		return nil, header{}, s.readFailed(d, id, err)
 	}
@@ -534,8 +555,9 @@ func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
 	return data, h, nil
 }
 
-// readRange reads and checks a range of a shard file.
-func (s *Store) readRange(d *device, id ShardID, e *shardEntry, off, length uint64) ([]byte, header, error) {
+// readRange reads and checks a range of a shard file. It changes nothing,
+// so offline readers (offline.go) use it too.
+func readRange(d *device, id ShardID, e *shardEntry, off, length uint64) ([]byte, header, error) {
 	path := d.shardPath(id)
 	hb, err := d.fs.ReadAt(path, 0, int(min(headerBytes, e.fileBytes)))
 	if err != nil {
