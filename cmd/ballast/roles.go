@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,6 +14,7 @@ import (
 	"github.com/ballast-storage/ballast/attach"
 	"github.com/ballast-storage/ballast/headnode"
 	"github.com/ballast-storage/ballast/migrate"
+	"github.com/ballast-storage/ballast/sled"
 	"github.com/ballast-storage/ballast/volume"
 )
 
@@ -130,21 +132,38 @@ func newExportReplicaCommand() *cobra.Command {
 	var (
 		data, out, size string
 		volumeID        uint64
+		sledData        []string
 	)
 	cmd := &cobra.Command{
-		Use:   "export-replica --data DIR --volume-id ID --size SIZE --out FILE",
+		Use:   "export-replica --data DIR --volume-id ID --size SIZE --out FILE [--sled-data [ID=]DIR ...]",
 		Short: "Write the copy of a volume that a stopped head node holds to a file",
-		Args:  cobra.NoArgs,
+		Long: `Write the copy of a volume that a stopped head node holds to a file: the
+blocks in its log from the log, and, given the data directories of the
+stopped sleds (--sled-data, once per sled), the blocks it flushed from the
+segments its index names, each shard checked as a read checks it and
+reconstructed from the others when one is missing or bad. Without
+--sled-data it fails at the first flushed block.`,
+		Example: `  ballast headnode export-replica --data /var/lib/ballast/hn2 --volume-id 3 --size 1GiB \
+    --sled-data /var/lib/ballast/s1 --sled-data /var/lib/ballast/s2 --out hn2.img`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := parseSize(size)
 			if err != nil {
 				return err
 			}
+			var shards headnode.ShardReader
+			if len(sledData) > 0 {
+				sleds, err := openOfflineSleds(sledData)
+				if err != nil {
+					return err
+				}
+				shards = sleds
+			}
 			f, err := os.Create(out)
 			if err != nil {
 				return err
 			}
-			if err := headnode.ExportReplica(data, volumeID, n, f); err != nil {
+			if err := headnode.ExportReplica(data, volumeID, n, shards, f); err != nil {
 				f.Close()
 				return err
 			}
@@ -155,10 +174,56 @@ func newExportReplicaCommand() *cobra.Command {
 	cmd.Flags().Uint64Var(&volumeID, "volume-id", 0, "the volume's id (ballast volume show)")
 	cmd.Flags().StringVar(&size, "size", "", "bytes to export (the volume's size)")
 	cmd.Flags().StringVar(&out, "out", "", "output file")
+	cmd.Flags().StringArrayVar(&sledData, "sled-data", nil, "a stopped sled's data directory, to read flushed blocks from (repeat for every sled; ID=DIR names a sled that last ran before sleds recorded their id)")
 	for _, f := range []string{"data", "volume-id", "size", "out"} {
 		cmd.MarkFlagRequired(f)
 	}
 	return cmd
+}
+
+// offlineSleds reads shards from stopped sleds' data directories, by sled
+// id.
+type offlineSleds map[string]*sled.Offline
+
+// openOfflineSleds opens each [ID=]DIR read-only. The id is the one the
+// sled's metadata records; one given must agree with it.
+func openOfflineSleds(args []string) (offlineSleds, error) {
+	out := offlineSleds{}
+	for _, a := range args {
+		dir, id := a, ""
+		if before, after, ok := strings.Cut(a, "="); ok && before != "" && !strings.Contains(before, "/") {
+			id, dir = before, after
+		}
+		o, err := sled.OpenOffline(dir)
+		if err != nil {
+			return nil, fmt.Errorf("--sled-data %s: %w", a, err)
+		}
+		switch {
+		case o.ID() == "" && id == "":
+			return nil, fmt.Errorf("--sled-data %s: the sled's metadata records no id (it last ran before sleds recorded theirs): give it as ID=%s", a, dir)
+		case o.ID() != "" && id != "" && o.ID() != id:
+			return nil, fmt.Errorf("--sled-data %s: the directory is sled %s's", a, o.ID())
+		case id == "":
+			id = o.ID()
+		}
+		if _, dup := out[id]; dup {
+			return nil, fmt.Errorf("--sled-data %s: sled %s given twice", a, id)
+		}
+		out[id] = o
+	}
+	return out, nil
+}
+
+func (o offlineSleds) ReadShard(sledID string, volume, segment uint64, index uint32, off, length uint64) ([]byte, headnode.ShardHeader, error) {
+	s, ok := o[sledID]
+	if !ok {
+		return nil, headnode.ShardHeader{}, fmt.Errorf("sled %s: its data directory was not given (--sled-data)", sledID)
+	}
+	data, st, err := s.Get(sled.ShardID{Volume: volume, Segment: segment, Index: index}, off, length)
+	if err != nil {
+		return nil, headnode.ShardHeader{}, err
+	}
+	return data, headnode.ShardHeader{Volume: st.ID.Volume, Segment: st.ID.Segment, Index: st.ID.Index, Epoch: st.Epoch}, nil
 }
 
 func newAgentCommand() *cobra.Command {
