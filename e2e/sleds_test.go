@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"sort"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ballast-storage/ballast/internal/nbdclient"
 )
 
 // rackStatusJSON is `ballast rack status --json` (protojson: uint64 as
@@ -271,4 +275,88 @@ func TestSledSpaceAfterRewrites(t *testing.T) {
 		return n(st.Redundancy.DirtyBytes) == 0 && used < limit
 	})
 	t.Logf("sleds hold %d MiB for 32 MiB rewritten 12 times", used>>20)
+}
+
+// TestExportReplicaFromStoppedSleds writes a volume until most of it is
+// flushed to the sleds, stops the rack, and exports both replicas offline
+// from the head nodes' logs and the sleds' data directories, with one
+// shard file corrupt and one sled's directory not given: each export must
+// equal what the volume read before the stop.
+func TestExportReplicaFromStoppedSleds(t *testing.T) {
+	r := newRack(t)
+	r.headNodeFlags = []string{"--flush-threshold", "4MiB", "--flush-interval", "1h", "--segment-size", "1MiB"}
+	r.startProcesses()
+	for i := 1; i <= 7; i++ {
+		r.startSled(i, "--scrub-rate", "0")
+	}
+	const size = 16 << 20
+	if out, err := r.cli("volume", "create", "ex", "--size", "16MiB", "--attach", agentHost); err != nil {
+		t.Fatalf("create: %v\n%s", err, out)
+	}
+	r.waitServed("ex", r.agent)
+	r.waitStatus(t, time.Minute, "seven sleds up", sledsUp(7))
+	conn, err := nbdclient.Dial(r.nbdAddr, "ex", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	data := make([]byte, 8<<20)
+	rand.New(rand.NewSource(15)).Read(data)
+	const chunk = 128 << 10
+	for off := 0; off < len(data); off += chunk {
+		if err := conn.WriteAt(data[off:off+chunk], uint64(off), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.waitStatus(t, 2*time.Minute, "the log flushed to the sleds", func(st rackStatusJSON) bool {
+		return n(st.Redundancy.FlushedBytes) >= 4<<20
+	})
+	// Blocks written after the flush stay in the logs, over flushed ones.
+	if err := conn.WriteAt(bytes.Repeat([]byte{0xab}, 64<<10), 1<<20+512, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, size)
+	for off := 0; off < size; off += chunk {
+		if err := conn.ReadAt(want[off:off+chunk], uint64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := r.showVolume("ex")
+	conn.Close()
+	for _, p := range r.nodes {
+		p.stop(t)
+	}
+	for _, p := range r.sleds {
+		p.stop(t)
+	}
+	flipped := corruptShardFiles(t, filepath.Join(r.dataDir, "s1"), 1)
+	var sledData []string
+	for i := 1; i <= 7; i++ {
+		if i != 2 { // s2's shards are read around
+			sledData = append(sledData, "--sled-data", filepath.Join(r.dataDir, fmt.Sprintf("s%d", i)))
+		}
+	}
+	for _, hn := range append([]string{v.Volume.Primary}, v.Volume.Secondaries...) {
+		out := filepath.Join(t.TempDir(), hn+".img")
+		args := append([]string{"headnode", "export-replica", "--data", filepath.Join(r.dataDir, hn),
+			"--volume-id", v.Volume.ID, "--size", fmt.Sprint(size), "--out", out}, sledData...)
+		if o, err := r.cli(args...); err != nil {
+			t.Fatalf("export replica of %s: %v\n%s", hn, err, o)
+		}
+		img, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(img, want) {
+			t.Fatalf("the replica on %s differs from what the volume read", hn)
+		}
+	}
+	if o, err := r.cli("headnode", "export-replica", "--data", filepath.Join(r.dataDir, v.Volume.Primary),
+		"--volume-id", v.Volume.ID, "--size", fmt.Sprint(size), "--out", filepath.Join(t.TempDir(), "x.img")); err == nil || !strings.Contains(o, "live on the sleds") {
+		t.Fatalf("export without --sled-data: %v\n%s", err, o)
+	}
+	t.Logf("both replicas exported equal to the volume, with %s corrupt and s2 not given", flipped[0])
 }
