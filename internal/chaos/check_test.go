@@ -1,8 +1,10 @@
 package chaos
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -427,4 +429,71 @@ func TestCheckManyVolumesFast(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("checking took %v", d)
 	}
+}
+
+// TestCheckRandomClients is a larger correct history: four clients issuing
+// reads, writes and trims of one to four blocks back to back, with the
+// occasional very slow call, one call in ten failing whether or not it took
+// effect. Each call takes effect at the midpoint of its interval.
+func TestCheckRandomClients(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	const blocks, clients = 32, 4
+	var ops []Op
+	next := make([]int, clients) // each client's next call, in µs
+	for n := range 6000 {
+		c := rng.IntN(clients)
+		call := next[c]
+		lat := 1 + rng.IntN(2000)
+		if rng.IntN(200) == 0 {
+			lat = 20000 + rng.IntN(20000)
+		}
+		next[c] = call + lat + rng.IntN(50)
+		count := 1 + rng.IntN(4)
+		b := uint64(rng.IntN(blocks - count + 1))
+		op := Op{Client: c, Volume: "v", Block: b, Count: count, Outcome: OK,
+			Call: time.Duration(call) * time.Microsecond, Return: time.Duration(call+lat) * time.Microsecond}
+		if rng.IntN(10) == 0 {
+			op.Outcome = Failed
+		}
+		switch p := rng.IntN(10); {
+		case p < 5:
+			op.Kind = Write
+			for i := range count {
+				op.Wrote = append(op.Wrote, Tag{Client: uint32(c), Op: uint64(n), Block: b + uint64(i)})
+			}
+		case p < 9:
+			op.Kind = Read
+		default:
+			op.Kind = Trim
+		}
+		ops = append(ops, op)
+	}
+	order := make([]int, len(ops))
+	for i := range order {
+		order[i] = i
+	}
+	mid := func(i int) time.Duration { return (ops[i].Call + ops[i].Return) / 2 }
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(mid(a), mid(b)) })
+	var state [blocks]Observed
+	for _, i := range order {
+		op := &ops[i]
+		effect := op.Outcome == OK || rng.IntN(2) == 0
+		for j := range op.Count {
+			b := op.Block + uint64(j)
+			switch {
+			case op.Kind == Write && effect:
+				state[b] = Observed{Content: Valid, Tag: op.Wrote[j]}
+			case op.Kind == Trim && effect:
+				state[b] = Observed{}
+			case op.Kind == Read && op.Outcome == OK:
+				op.Saw = append(op.Saw, state[b])
+			}
+		}
+	}
+	start := time.Now()
+	r := Check(ops, []FinalImage{{Volume: "v", Blocks: state[:]}}, 10*time.Second)
+	if r.Violations != 0 || r.Lost != 0 || r.StaleReads != 0 || r.TimedOut != 0 {
+		t.Fatalf("a correct history rejected: %+v\n%s", r, strings.Join(r.Details, "\n"))
+	}
+	t.Logf("%d operations on %d blocks checked in %v", len(ops), blocks, time.Since(start))
 }
