@@ -160,15 +160,17 @@ func Check(ops []Op, final []FinalImage, timeout time.Duration) Result {
 		}
 	}
 	keys := make([]regKey, 0, len(regs))
-	for k, r := range regs {
+	for k := range regs {
 		keys = append(keys, k)
-		if img, ok := images[k.volume]; ok && !r.final {
-			details = append(details, fmt.Sprintf("%s block %d: written but beyond the final read-back's %d blocks: not checked for loss", k.volume, k.block, len(img.Blocks)))
-		}
 	}
 	slices.SortFunc(keys, func(a, b regKey) int {
 		return cmp.Or(cmp.Compare(a.volume, b.volume), cmp.Compare(a.block, b.block))
 	})
+	for _, k := range keys {
+		if img, ok := images[k.volume]; ok && !regs[k].final {
+			details = append(details, fmt.Sprintf("%s block %d: written but beyond the final read-back's %d blocks: not checked for loss", k.volume, k.block, len(img.Blocks)))
+		}
+	}
 
 	results := make([]registerResult, len(keys))
 	var wg sync.WaitGroup
