@@ -19,19 +19,36 @@ type Summary struct {
 	// addition to the first draft of the API, as Result.TimedOut).
 	TimedOut int
 
-	// Unavailability is per fault kind, over every schedule's faults: the
-	// quantiles are recomputed from the merged values, not averaged.
+	// Unavailability is per fault kind, over every schedule's faults,
+	// merged as mergeQuantiles says (an estimate past one schedule).
 	Unavailability map[string]Quantiles
 	Details        []string
 
+	// Runs is each schedule's own counts, to tell which seed to replay (an
+	// addition to the first draft of the API).
+	Runs []Run
+
 	// unavail keeps each fault kind's quantiles from every Add, to merge.
 	unavail map[string][]Quantiles
+}
+
+// Run is one schedule's part of a Summary.
+type Run struct {
+	Seed                                                     int64
+	Steps                                                    int
+	Operations, AckedWrites, UnknownWrites, Lost, Violations int
+	StaleReads, CorruptReads, TimedOut                       int
 }
 
 // Add merges one schedule's result. Duration is the caller's to set.
 func (s *Summary) Add(seed int64, steps []Step, r Result, unavail map[string]Quantiles) {
 	s.Seeds = append(s.Seeds, seed)
 	s.Schedules++
+	s.Runs = append(s.Runs, Run{
+		Seed: seed, Steps: len(steps), Operations: r.Operations, AckedWrites: r.AckedWrites,
+		UnknownWrites: r.UnknownWrites, Lost: r.Lost, Violations: r.Violations,
+		StaleReads: r.StaleReads, CorruptReads: r.CorruptReads, TimedOut: r.TimedOut,
+	})
 	for _, st := range steps {
 		s.Steps = append(s.Steps, fmt.Sprintf("seed %d: %s", seed, st))
 	}
@@ -108,8 +125,22 @@ type summaryJSON struct {
 	TimedOut       int                      `json:"timed_out_checks"`
 	Unavailability map[string]quantilesJSON `json:"unavailability"`
 	Details        []string                 `json:"details"`
+	Runs           []runJSON                `json:"runs"`
 	Failed         bool                     `json:"failed"`
 	Line           string                   `json:"line"`
+}
+
+type runJSON struct {
+	Seed          int64 `json:"seed"`
+	Steps         int   `json:"steps"`
+	Operations    int   `json:"operations"`
+	AckedWrites   int   `json:"acknowledged_writes"`
+	UnknownWrites int   `json:"unknown_writes"`
+	Lost          int   `json:"lost"`
+	Violations    int   `json:"linearizability_violations"`
+	StaleReads    int   `json:"stale_reads"`
+	CorruptReads  int   `json:"corrupt_reads"`
+	TimedOut      int   `json:"timed_out_checks"`
 }
 
 type quantilesJSON struct {
@@ -132,6 +163,9 @@ func (s Summary) MarshalJSON() ([]byte, error) {
 		TimedOut: s.TimedOut, Unavailability: map[string]quantilesJSON{}, Details: s.Details,
 		Failed: s.Failed(), Line: s.Line(),
 	}
+	for _, r := range s.Runs {
+		j.Runs = append(j.Runs, runJSON(r))
+	}
 	for k, q := range s.Unavailability {
 		j.Unavailability[k] = quantilesJSON{Count: q.Count, P50MS: ms(q.P50), P99MS: ms(q.P99), MaxMS: ms(q.Max)}
 	}
@@ -149,6 +183,9 @@ func (s *Summary) UnmarshalJSON(b []byte) error {
 		Operations: j.Operations, AckedWrites: j.AckedWrites, UnknownWrites: j.UnknownWrites,
 		Lost: j.Lost, Violations: j.Violations, StaleReads: j.StaleReads, CorruptReads: j.CorruptReads,
 		TimedOut: j.TimedOut, Details: j.Details,
+	}
+	for _, r := range j.Runs {
+		s.Runs = append(s.Runs, Run(r))
 	}
 	if j.Unavailability != nil {
 		s.Unavailability = map[string]Quantiles{}

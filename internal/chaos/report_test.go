@@ -92,6 +92,10 @@ func TestSummaryJSON(t *testing.T) {
 			t.Errorf("%s = %v, want %v", field, m[field], want)
 		}
 	}
+	runs := m["runs"].([]any)
+	if len(runs) != 2 || runs[0].(map[string]any)["seed"] != 3.0 || runs[1].(map[string]any)["stale_reads"] != 1.0 {
+		t.Errorf("runs = %v", runs)
+	}
 	kill := m["unavailability"].(map[string]any)["kill"].(map[string]any)
 	if kill["p99_ms"] != 6000.0 || kill["count"] != 4.0 {
 		t.Errorf("unavailability.kill = %v", kill)
