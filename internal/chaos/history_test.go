@@ -53,6 +53,11 @@ func TestRecorder(t *testing.T) {
 	if err := WriteHistory(&buf, ops); err != nil {
 		t.Fatal(err)
 	}
+	for _, name := range []string{`"Kind":"trim"`, `"Outcome":"failed"`, `"Outcome":"pending"`, `"Content":"zero"`} {
+		if !bytes.Contains(buf.Bytes(), []byte(name)) {
+			t.Errorf("the history file has no %s", name)
+		}
+	}
 	back, err := ReadHistory(&buf)
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +65,9 @@ func TestRecorder(t *testing.T) {
 	if !reflect.DeepEqual(back, ops) {
 		t.Errorf("history changed through JSON lines")
 	}
-	if _, err := ReadHistory(bytes.NewBufferString("{\"Client\":1}\n{oops")); err == nil {
-		t.Errorf("a torn history read without error")
+	for _, bad := range []string{"{\"Client\":1}\n{oops", `{"Kind":"erase"}`} {
+		if _, err := ReadHistory(bytes.NewBufferString(bad)); err == nil {
+			t.Errorf("%q read without error", bad)
+		}
 	}
 }
