@@ -163,7 +163,7 @@ func observe(buf []byte) []chaos.Observed {
 	return saw
 }
 
-// readBack reads the workload's blocks of every volume after the faults
+// readBack reads every volume whole after the faults
 // healed, retrying each volume (on either host) for up to timeout.
 func readBack(cr *chaosRack, timeout time.Duration) ([]chaos.FinalImage, error) {
 	var images []chaos.FinalImage
@@ -205,9 +205,11 @@ func readVolume(cr *chaosRack, v *chaosVolume) (chaos.FinalImage, error) {
 	}
 	defer conn.close()
 	img := chaos.FinalImage{Volume: v.name}
-	const chunk = 64
+	// The whole volume: the blocks past the workload's range must read
+	// back zero.
+	const chunk = 256
 	buf := make([]byte, chunk*chaos.BlockSize)
-	for b := 0; b < chaosBlocks; b += chunk {
+	for b := 0; b < chaosVolumeBytes/chaos.BlockSize; b += chunk {
 		if err := conn.do(nbdCmdRead, uint64(b)*chaos.BlockSize, uint32(len(buf)), nil, buf, time.Now().Add(chaosOpTimeout)); err != nil {
 			return chaos.FinalImage{}, err
 		}

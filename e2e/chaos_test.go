@@ -1,0 +1,331 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ballast-storage/ballast/internal/chaos"
+)
+
+// chaosConfig is the run's configuration, from the environment:
+//
+//	CHAOS_SEED       the first schedule's seed (default: from the clock; printed)
+//	CHAOS_SCHEDULES  schedules to run, seeds SEED, SEED+1, ... (default 2)
+//	CHAOS_DURATION   each schedule's length (default 45s)
+//	CHAOS_ACTIONS    comma list: only these action kinds (default: all the rack implements)
+//	CHAOS_SKIP       comma list: action kinds left out
+//	CHAOS_OUT        where the JSON summary and failed histories go (default: a new temporary directory)
+type chaosConfig struct {
+	seed      int64
+	schedules int
+	duration  time.Duration
+	disabled  map[chaos.Action]bool
+	out       string
+}
+
+// chaosActions is every action kind of the schedule generator.
+var chaosActions = []chaos.Action{chaos.Kill, chaos.Pause, chaos.PartitionPrimaryFromLeader, chaos.IsolateLeader,
+	chaos.CutNetwork, chaos.Loss, chaos.DiskFull, chaos.DiskEIO, chaos.WipeRestart, chaos.VolumeMove, chaos.Handoff,
+	chaos.RackDrain, chaos.SledDrain}
+
+// chaosUnimplemented are the action kinds the rack cannot perform yet:
+// disk-eio needs an error-injecting filesystem behind the stores.
+var chaosUnimplemented = map[chaos.Action]bool{chaos.DiskEIO: true}
+
+func chaosConfigFromEnv(t *testing.T) chaosConfig {
+	c := chaosConfig{seed: time.Now().UnixNano() % 1_000_000_000, schedules: 2, duration: 45 * time.Second, disabled: map[chaos.Action]bool{}}
+	var err error
+	if s := os.Getenv("CHAOS_SEED"); s != "" {
+		if c.seed, err = strconv.ParseInt(s, 10, 64); err != nil {
+			t.Fatalf("CHAOS_SEED=%q: %v", s, err)
+		}
+	}
+	if s := os.Getenv("CHAOS_SCHEDULES"); s != "" {
+		if c.schedules, err = strconv.Atoi(s); err != nil || c.schedules < 1 {
+			t.Fatalf("CHAOS_SCHEDULES=%q: want a positive number", s)
+		}
+	}
+	if s := os.Getenv("CHAOS_DURATION"); s != "" {
+		if c.duration, err = time.ParseDuration(s); err != nil || c.duration < 20*time.Second {
+			t.Fatalf("CHAOS_DURATION=%q: want a duration of at least 20s", s)
+		}
+	}
+	known := map[chaos.Action]bool{}
+	for _, a := range chaosActions {
+		known[a] = true
+	}
+	parse := func(env string) map[chaos.Action]bool {
+		set := map[chaos.Action]bool{}
+		for _, f := range strings.Split(os.Getenv(env), ",") {
+			if f = strings.TrimSpace(f); f == "" {
+				continue
+			}
+			if !known[chaos.Action(f)] {
+				t.Fatalf("%s: unknown action %q (known: %v)", env, f, chaosActions)
+			}
+			set[chaos.Action(f)] = true
+		}
+		return set
+	}
+	only, skip := parse("CHAOS_ACTIONS"), parse("CHAOS_SKIP")
+	for _, a := range chaosActions {
+		if (len(only) > 0 && !only[a]) || skip[a] || chaosUnimplemented[a] {
+			c.disabled[a] = true
+		}
+	}
+	c.out = os.Getenv("CHAOS_OUT")
+	if c.out == "" {
+		if c.out, err = os.MkdirTemp("", "ballast-chaos-"); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := os.MkdirAll(c.out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// chaosHeadNodeFlags keep the head nodes flushing to the sleds all through
+// a short run (small segments, a low threshold, a short interval), so sled
+// faults meet live traffic.
+var chaosHeadNodeFlags = []string{"--segment-size", "1MiB", "--flush-threshold", "512KiB", "--flush-interval", "5s",
+	"--audit-interval", "5s"}
+
+// chaosNoFlushFlags keep every block in the head nodes' logs for a whole
+// run: what `ballast headnode export-replica` can read.
+var chaosNoFlushFlags = []string{"--flush-threshold", "4GiB", "--flush-interval", "1h"}
+
+// TestChaos is the nemesis harness: for each schedule a fresh rack in
+// network namespaces, clients writing self-describing blocks over NBD, the
+// faults of chaos.Plan(seed) at their times; then every fault healed, the
+// volumes read back, the history checked, the replicas exported offline
+// and compared. `make chaos` runs it long; `make test` runs a bounded set.
+func TestChaos(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		skipOrFail(t, "nft is not installed (Debian package nftables; `make test` installs it)")
+	}
+	cfg := chaosConfigFromEnv(t)
+	var disabled []string
+	for a := range cfg.disabled {
+		disabled = append(disabled, string(a))
+	}
+	sort.Strings(disabled)
+	t.Logf("chaos: seed %d, %d schedules of %v, disabled actions %v, output in %s", cfg.seed, cfg.schedules, cfg.duration, disabled, cfg.out)
+	fmt.Printf("chaos: seed %d (replay one schedule: make chaos SEED=<seed> DURATION=%v)\n", cfg.seed, cfg.duration)
+
+	var sum chaos.Summary
+	perKind := map[string]*kindReport{}
+	for i := 0; i < cfg.schedules; i++ {
+		seed := cfg.seed + int64(i)
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			runChaosSchedule(t, cfg, seed, &sum, perKind)
+		})
+	}
+	sum.Duration = cfg.duration
+	var kinds []string
+	for k := range perKind {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	for _, k := range kinds {
+		r := perKind[k]
+		q := sum.Unavailability[k]
+		t.Logf("chaos: %-30s applied %3d, not applied %3d; unavailability p50 %v max %v", k, r.Applied, r.NotApplied, q.P50, q.Max)
+	}
+	path := filepath.Join(cfg.out, "summary.json")
+	if err := sum.WriteJSON(path); err != nil {
+		t.Errorf("write summary: %v", err)
+	}
+	writeJSON(t, filepath.Join(cfg.out, "actions.json"), perKind)
+	t.Logf("chaos: summary in %s", path)
+	for _, d := range sum.Details {
+		t.Log(d)
+	}
+	fmt.Println(sum.Line())
+	if sum.Failed() {
+		t.Errorf("%s (seeds %v; histories in %s)", sum.Line(), sum.Seeds, cfg.out)
+	}
+}
+
+// kindReport counts, per action kind, what the schedules did.
+type kindReport struct {
+	Applied    int           `json:"applied"`
+	NotApplied int           `json:"not_applied"`
+	Steps      []stepOutcome `json:"steps"`
+}
+
+func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summary, perKind map[string]*kindReport) {
+	// Schedules of odd seeds keep every block in the head nodes' logs, so
+	// that the offline export (which reads only the logs) can compare the
+	// replicas; even ones flush to the sleds all along.
+	flags, flushing := chaosHeadNodeFlags, true
+	if seed%2 != 0 {
+		flags, flushing = chaosNoFlushFlags, false
+	}
+	t.Logf("chaos: seed %d: head nodes flush to the sleds: %v", seed, flushing)
+	cr := newChaosRack(t, flags)
+	var vols []string
+	for _, v := range cr.volumes {
+		vols = append(vols, v.name)
+	}
+	topo := chaos.Topology{HeadNodes: cr.heads, Sleds: cr.sleds, Agents: chaosHosts, Hosts: chaosHosts, Volumes: vols,
+		VolumeGroups: 16, Disabled: cfg.disabled}
+	steps := chaos.Plan(seed, cfg.duration, topo)
+	fmt.Printf("chaos: schedule seed %d: %d steps over %v (replay: make chaos SEED=%d DURATION=%v)\n", seed, len(steps), cfg.duration, seed, cfg.duration)
+	for _, s := range steps {
+		t.Logf("chaos: plan: %s", s)
+	}
+
+	start := time.Now()
+	rec := chaos.NewRecorder(start)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.duration)
+	defer cancel()
+	waitClients := runWorkload(ctx, cr, rec, seed, 3)
+	nm := newNemesis(cr, start, cfg.duration, t.Logf)
+	nm.run(steps, ctx.Done())
+	<-ctx.Done()
+	waitClients()
+	t.Logf("chaos: workload ended after %v", time.Since(start).Round(time.Millisecond))
+
+	t.Logf("chaos: data directories in use: %s", cr.usage())
+	nm.healAll()
+	ok, why := cr.waitSettled(90 * time.Second)
+	if !ok {
+		t.Logf("chaos: the rack did not settle within 90s of the heal: %s", why)
+	}
+	images, err := readBack(cr, 90*time.Second)
+	if err != nil {
+		t.Errorf("chaos: seed %d: %v", seed, err)
+	}
+	ops := rec.Ops()
+	res := chaos.Check(ops, images, 60*time.Second)
+	unavail := chaos.Unavailability(ops, nm.faults())
+	sum.Add(seed, steps, res, unavail)
+	for _, o := range nm.outcomes() {
+		r := perKind[o.Action]
+		if r == nil {
+			r = &kindReport{}
+			perKind[o.Action] = r
+		}
+		if o.Applied {
+			r.Applied++
+		} else {
+			r.NotApplied++
+		}
+		r.Steps = append(r.Steps, o)
+	}
+	t.Logf("chaos: seed %d: %d operations, %d acknowledged writes, %d unknown, %d lost, %d violations, %d stale reads, %d corrupt reads",
+		seed, res.Operations, res.AckedWrites, res.UnknownWrites, res.Lost, res.Violations, res.StaleReads, res.CorruptReads)
+	for _, d := range res.Details {
+		t.Logf("chaos: seed %d: %s", seed, d)
+	}
+	if res.Lost > 0 || res.Violations > 0 || err != nil {
+		path := filepath.Join(cfg.out, fmt.Sprintf("history-%d.jsonl", seed))
+		var buf bytes.Buffer
+		if err := chaos.WriteHistory(&buf, ops); err == nil {
+			os.WriteFile(path, buf.Bytes(), 0o644)
+		}
+		writeJSON(t, filepath.Join(cfg.out, fmt.Sprintf("faults-%d.json", seed)), nm.faults())
+		writeJSON(t, filepath.Join(cfg.out, fmt.Sprintf("final-%d.json", seed)), images)
+		t.Logf("chaos: seed %d: history kept in %s", seed, path)
+	}
+
+	// Offline: the head nodes stopped, each volume's replicas exported from
+	// their logs and compared with each other and with the read-back.
+	infos := map[string]chaosVolumeJSON{}
+	for _, v := range cr.volumes {
+		if info, err := cr.showVolume(v.name); err == nil {
+			infos[v.name] = info
+		}
+	}
+	cr.stopAll()
+	for _, line := range compareReplicas(t, cr, infos, images) {
+		t.Logf("chaos: seed %d: export: %s", seed, line)
+	}
+	t.Logf("chaos: seed %d took %v", seed, time.Since(start).Round(time.Second))
+}
+
+// compareReplicas exports every volume's copy from each of its replicas'
+// stopped head nodes and compares the workload's blocks with the
+// read-back. export-replica reads only blocks still in a head node's log,
+// so a volume partly flushed to the sleds cannot be exported: that is
+// reported, not failed.
+func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJSON, images []chaos.FinalImage) []string {
+	final := map[string]chaos.FinalImage{}
+	for _, img := range images {
+		final[img.Volume] = img
+	}
+	var lines []string
+	dir := t.TempDir()
+	for _, v := range cr.volumes {
+		info, ok := infos[v.name]
+		if !ok {
+			lines = append(lines, v.name+": no record to export from")
+			continue
+		}
+		for _, hn := range append([]string{info.Primary}, info.Secondaries...) {
+			nd := cr.nodes[hn]
+			if nd == nil {
+				continue
+			}
+			out := filepath.Join(dir, v.name+"-"+hn)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			b, err := exec.CommandContext(ctx, ballastBin, "headnode", "export-replica", "--data", nd.dataDir,
+				"--volume-id", fmt.Sprint(v.id), "--size", fmt.Sprint(chaosBlocks*chaos.BlockSize), "--out", out).CombinedOutput()
+			cancel()
+			if err != nil {
+				lines = append(lines, fmt.Sprintf("%s on %s: not exported: %s", v.name, hn, strings.TrimSpace(tail(string(b), 200))))
+				continue
+			}
+			data, err := os.ReadFile(out)
+			if err != nil {
+				lines = append(lines, fmt.Sprintf("%s on %s: %v", v.name, hn, err))
+				continue
+			}
+			got := observe(data)
+			img, ok := final[v.name]
+			if !ok {
+				lines = append(lines, fmt.Sprintf("%s on %s: exported, no read-back to compare", v.name, hn))
+				continue
+			}
+			differ := 0
+			var first string
+			for b := range min(len(got), len(img.Blocks)) {
+				if got[b] != img.Blocks[b] {
+					differ++
+					if first == "" {
+						first = fmt.Sprintf("; block %d: replica %v %+v, read-back %v %+v", b, got[b].Content, got[b].Tag, img.Blocks[b].Content, img.Blocks[b].Tag)
+					}
+				}
+			}
+			role := "secondary"
+			if hn == info.Primary {
+				role = "primary"
+			}
+			lines = append(lines, fmt.Sprintf("%s on %s (%s): %d of %d blocks differ from the read-back%s", v.name, hn, role, differ, len(got), first))
+			if differ > 0 {
+				t.Errorf("chaos: %s: the %s copy on %s disagrees with the read-back in %d blocks%s", v.name, role, hn, differ, first)
+			}
+		}
+	}
+	return lines
+}
+
+func writeJSON(t testing.TB, path string, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err == nil {
+		err = os.WriteFile(path, b, 0o644)
+	}
+	if err != nil {
+		t.Logf("write %s: %v", path, err)
+	}
+}
