@@ -4,7 +4,7 @@ BIN     := bin/ballast
 GOBIN   := $(shell $(GO) env GOPATH)/bin
 FUZZTIME ?= 60s
 
-.PHONY: all build test deps demo proto fuzz soak vet clean
+.PHONY: all build test deps demo proto fuzz soak vet clean chaos
 
 all: build
 
@@ -67,6 +67,19 @@ soak:
 	TXN_SOAK_SEEDS=$(TXN_SOAK_SEEDS) $(GO) test -count=1 -timeout 0 -run 'TestLinearizableUnderFaults' ./txn/driver/
 	TXN_EXHAUSTIVE_DEEP=1 $(GO) test -count=1 -timeout 0 -run 'Exhaustive' ./txn/
 	MIGRATE_DEEP=1 $(GO) test -count=1 -timeout 0 -run 'TestEveryInterleaving' ./migrate/
+
+# Runs the nemesis harness (e2e/chaos_test.go) long: SCHEDULES schedules
+# of DURATION each, seeds SEED, SEED+1, ... on a fresh rack in network
+# namespaces (root needed). Every run prints its seed; `make chaos SEED=n
+# DURATION=d` replays that schedule alone. The JSON summary and a failed
+# schedule's history land in CHAOS_OUT (default: a printed temporary
+# directory); CHAOS_ACTIONS / CHAOS_SKIP (comma lists) choose fault kinds.
+SEED      ?=
+DURATION  ?= 2m
+SCHEDULES ?= $(if $(SEED),1,10)
+chaos: deps
+	CHAOS_SEED=$(SEED) CHAOS_DURATION=$(DURATION) CHAOS_SCHEDULES=$(SCHEDULES) \
+		$(GO) test -count=1 -timeout 0 -run '^TestChaos$$' -v ./e2e/
 
 vet:
 	$(GO) vet ./...

@@ -4,7 +4,8 @@
 # Python bindings (python3-libnbd, for requests other clients refuse to
 # send), fio; and what the VM harness of the NVMe/TCP end-to-end test
 # (../shared/vm) needs to build and boot its guest under QEMU; ip (iproute2)
-# for the tests that build a rack in network namespaces.
+# for the tests that build a rack in network namespaces, and nft (nftables)
+# for the chaos harness's partitions and packet loss inside them.
 set -euo pipefail
 
 declare -A pkg_for=(
@@ -16,6 +17,7 @@ declare -A pkg_for=(
   [fio]=fio
   [nbdsh]=python3-libnbd
   [ip]=iproute2
+  [nft]=nftables
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
