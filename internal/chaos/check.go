@@ -404,7 +404,7 @@ func checkRegister(r *register, ops []Op, forever int64, timeout time.Duration) 
 		return rr
 	}
 
-	history := r.porcupineHistory()
+	history, src := r.porcupineHistory()
 	switch porcupine.CheckOperationsTimeout(registerModel, history, timeout) {
 	case porcupine.Ok:
 		if rr.stale > 0 || rr.lost {
@@ -416,7 +416,7 @@ func checkRegister(r *register, ops []Op, forever int64, timeout time.Duration) 
 	case porcupine.Illegal:
 		rr.violation = true
 		if len(rr.details) == 0 {
-			issue(r.firstRead(), "not linearizable: "+r.describeAll(ops, history))
+			issue(r.explain(ops, history, src, timeout))
 		}
 	default:
 		rr.timedOut = true
@@ -453,8 +453,8 @@ var registerModel = porcupine.Model{
 
 // porcupineHistory is the register's history without the writes and trims
 // of unknown outcome that nothing can depend on (see the comment above
-// zeroValue).
-func (r *register) porcupineHistory() []porcupine.Operation {
+// zeroValue); src[i] is history[i]'s operation.
+func (r *register) porcupineHistory() (history []porcupine.Operation, src []regOp) {
 	observed := map[int]bool{}
 	var lastZeroRead int64 = math.MinInt64
 	for _, ro := range r.ops {
@@ -465,7 +465,6 @@ func (r *register) porcupineHistory() []porcupine.Operation {
 			}
 		}
 	}
-	var h []porcupine.Operation
 	for _, ro := range r.ops {
 		if !ro.acked && ro.kind == Write && !observed[ro.value] {
 			continue
@@ -477,14 +476,15 @@ func (r *register) porcupineHistory() []porcupine.Operation {
 		if ro.op >= 0 {
 			client = ro.op // porcupine uses it only to draw
 		}
-		h = append(h, porcupine.Operation{
+		history = append(history, porcupine.Operation{
 			ClientId: client,
 			Input:    regInput{write: ro.kind != Read, value: ro.value},
 			Call:     ro.call,
 			Return:   ro.ret,
 		})
+		src = append(src, ro)
 	}
-	return h
+	return history, src
 }
 
 func (r *register) firstRead() int64 {
@@ -513,31 +513,51 @@ func (r *register) describe(ro regOp, ops []Op) string {
 	switch {
 	case ro.kind == Write && ro.value > 0:
 		t := r.tags[ro.value-1]
-		fmt.Fprintf(&b, " tag op %d seq %d", t.Op, t.Seq)
+		fmt.Fprintf(&b, " tag op %#x seq %d", t.Op, t.Seq)
 	case ro.kind == Read && ro.value > 0:
 		t := r.tags[ro.value-1]
-		fmt.Fprintf(&b, " saw tag op %d seq %d", t.Op, t.Seq)
+		fmt.Fprintf(&b, " saw tag op %#x seq %d", t.Op, t.Seq)
 	case ro.kind == Read && ro.value == zeroValue:
 		b.WriteString(" saw zero")
 	}
 	return b.String()
 }
 
-// describeAll lists the last few operations of a register's history, for
-// a violation no simpler rule explained.
-func (r *register) describeAll(ops []Op, history []porcupine.Operation) string {
-	const show = 8
-	rs := slices.Clone(r.ops)
-	slices.SortStableFunc(rs, func(a, b regOp) int { return cmp.Compare(a.call, b.call) })
-	var parts []string
-	if len(rs) > show {
-		parts = append(parts, fmt.Sprintf("(%d operations, last %d)", len(history), show))
-		rs = rs[len(rs)-show:]
+// explain says where a register's history stops being linearizable, for
+// a violation no simpler rule explained: porcupine's longest linearizable
+// prefix, and the earliest-returning operation outside it, which no order
+// of the others could place.
+func (r *register) explain(ops []Op, history []porcupine.Operation, src []regOp, timeout time.Duration) (int64, string) {
+	_, info := porcupine.CheckOperationsVerbose(registerModel, history, timeout)
+	var longest []int
+	for _, partition := range info.PartialLinearizations() {
+		for _, l := range partition {
+			if len(l) > len(longest) {
+				longest = l
+			}
+		}
 	}
-	for _, ro := range rs {
-		parts = append(parts, r.describe(ro, ops))
+	placed := make([]bool, len(history))
+	for _, i := range longest {
+		placed[i] = true
 	}
-	return strings.Join(parts, "; ")
+	stuck := -1
+	for i := range history {
+		if !placed[i] && (stuck < 0 || history[i].Return < history[stuck].Return) {
+			stuck = i
+		}
+	}
+	if stuck < 0 {
+		return r.firstRead(), fmt.Sprintf("not linearizable (%d operations)", len(history))
+	}
+	held := "the initial zero"
+	for _, i := range longest {
+		if src[i].kind != Read {
+			held = r.describe(src[i], ops)
+		}
+	}
+	return src[stuck].call, fmt.Sprintf("not linearizable: %s cannot be placed after %d of %d operations, the last write or trim placed being %s",
+		r.describe(src[stuck], ops), len(longest), len(history), held)
 }
 
 func describeObserved(obs Observed) string {

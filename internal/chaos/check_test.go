@@ -63,6 +63,7 @@ func TestCheck(t *testing.T) {
 		final []FinalImage
 		// want: lost, violations, stale reads, corrupt reads
 		lost, violations, stale, corrupt int
+		explain                          string // in the first detail
 	}{
 		{
 			name:  "sequential write, read, final",
@@ -132,6 +133,7 @@ func TestCheck(t *testing.T) {
 			},
 			final:      img(0x101),
 			violations: 1,
+			explain:    "v block 0: not linearizable: client 9 read (op 4) [50ms, 60ms] ok saw tag op 0x101 seq 0 cannot be placed after 4 of 6 operations, the last write or trim placed being client 2 write (op 1)",
 		},
 		{
 			name:       "a read sees a write that had not begun",
@@ -275,6 +277,9 @@ func TestCheck(t *testing.T) {
 			}
 			if (tt.lost+tt.violations > 0) != (len(r.Details) > 0) {
 				t.Errorf("details %q", r.Details)
+			}
+			if tt.explain != "" && (len(r.Details) == 0 || !strings.Contains(r.Details[0], tt.explain)) {
+				t.Errorf("details %q, want %q", r.Details, tt.explain)
 			}
 		})
 	}
