@@ -323,7 +323,7 @@ func TestCheckCounts(t *testing.T) {
 // accept all of them; and then catch one acknowledged write being undone.
 func TestCheckRandomLinearizable(t *testing.T) {
 	detected := 0
-	for seed := range uint64(40) {
+	for seed := range uint64(25) {
 		rng := rand.New(rand.NewPCG(seed, 1))
 		const blocks = 4
 		var ops []Op
@@ -389,8 +389,9 @@ func TestCheckRandomLinearizable(t *testing.T) {
 			}
 		}
 	}
-	if detected < 30 {
-		t.Errorf("only %d of 40 histories could revert a block", detected)
+	t.Logf("%d of 25 histories reverted a block, all caught", detected)
+	if detected < 20 {
+		t.Errorf("only %d of 25 histories could revert a block", detected)
 	}
 }
 
@@ -415,7 +416,7 @@ func TestCheckManyVolumesFast(t *testing.T) {
 	for v := range 4 {
 		vol := fmt.Sprintf("v%d", v)
 		im := FinalImage{Volume: vol}
-		for b := range uint64(1000) {
+		for b := range uint64(500) {
 			tag := Tag{Client: 1, Op: uint64(v)<<32 | b, Volume: uint32(v), Block: b}
 			ops = append(ops, Op{Client: 1, Volume: vol, Kind: Write, Block: b, Count: 1, Wrote: []Tag{tag}, Call: ms_(0), Return: ms_(10), Outcome: OK})
 			im.Blocks = append(im.Blocks, Observed{Content: Valid, Tag: tag})
@@ -445,7 +446,7 @@ func TestCheckRandomClients(t *testing.T) {
 	const blocks, clients = 32, 4
 	var ops []Op
 	next := make([]int, clients) // each client's next call, in µs
-	for n := range 6000 {
+	for n := range 4000 {
 		c := rng.IntN(clients)
 		call := next[c]
 		lat := 1 + rng.IntN(2000)

@@ -37,7 +37,7 @@ func TestPlanDeterministic(t *testing.T) {
 func TestPlanEnvelope(t *testing.T) {
 	const duration = 5 * time.Minute
 	seen := map[Action]int{}
-	for seed := range int64(500) {
+	for seed := range int64(300) {
 		steps := Plan(seed, duration, testTopo)
 		if !slices.IsSortedFunc(steps, func(a, b Step) int { return int(a.At - b.At) }) {
 			t.Fatalf("seed %d: steps not sorted", seed)
@@ -75,7 +75,7 @@ func TestPlanEnvelope(t *testing.T) {
 	}
 	for _, a := range actions {
 		if seen[a] == 0 {
-			t.Errorf("no schedule of 500 drew %s", a)
+			t.Errorf("no schedule of 300 drew %s", a)
 		}
 	}
 }
