@@ -32,6 +32,10 @@ type nemesis struct {
 		cuts   map[[2]string]bool
 		fills  map[string]bool
 		drains map[string]string // target → "rack" or "sled"
+		// down holds the processes a fault keeps down on purpose (kill,
+		// wipe-restart); any other that exited is restarted at the next
+		// heal, as a supervisor would.
+		down map[string]bool
 	}
 	heals sync.WaitGroup
 }
@@ -43,11 +47,15 @@ type stepOutcome struct {
 	Target  string `json:"target,omitempty"`
 	Applied bool   `json:"applied"`
 	Note    string `json:"note,omitempty"`
+	// Exited names a process found exited at the fault's heal (and
+	// restarted): an entry of its own, beside the step's.
+	Exited string `json:"exited,omitempty"`
 }
 
 func newNemesis(cr *chaosRack, start time.Time, end time.Duration, logf func(string, ...any)) *nemesis {
 	nm := &nemesis{cr: cr, start: start, end: end, logf: logf}
 	nm.mu.tables, nm.mu.cuts, nm.mu.fills, nm.mu.drains = map[string]string{}, map[[2]string]bool{}, map[string]bool{}, map[string]string{}
+	nm.mu.down = map[string]bool{}
 	return nm
 }
 
@@ -175,6 +183,7 @@ func (nm *nemesis) apply(i int, s chaos.Step) {
 			nm.logf("chaos: %7.2fs healed %s [%s]", nm.now().Seconds(), s.Action, target)
 		}
 		nm.addFault(string(s.Action), target, start, nm.now())
+		nm.restartExited(s)
 		if head {
 			nm.mu.Lock()
 			nm.mu.headFaults--
@@ -190,95 +199,109 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 	table := fmt.Sprintf("chaos%d", i)
 	switch s.Action {
 	case chaos.Kill:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
 		}
-		cr.kill(target)
-		return target, func() error { cr.start(target); return nil }, nil
+		nm.setDown(node, true)
+		cr.kill(node)
+		return node, func() error { nm.setDown(node, false); cr.start(node); return nil }, nil
 
 	case chaos.Pause:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
 		}
-		if err := cr.signal(target, syscall.SIGSTOP); err != nil {
-			return target, nil, err
+		if err := cr.signal(node, syscall.SIGSTOP); err != nil {
+			return node, nil, err
 		}
-		return target, func() error { return cr.signal(target, syscall.SIGCONT) }, nil
+		return node, func() error { return cr.signal(node, syscall.SIGCONT) }, nil
 
 	case chaos.WipeRestart:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
 		}
-		if cr.nodes[target].dataDir == "" {
-			return target, nil, fmt.Errorf("%s has no data directory", target)
+		if cr.nodes[node].dataDir == "" {
+			return node, nil, fmt.Errorf("%s has no data directory", node)
 		}
-		cr.kill(target)
-		if err := cr.wipe(target); err != nil {
-			cr.start(target)
-			return target, nil, err
+		nm.setDown(node, true)
+		cr.kill(node)
+		if err := cr.wipe(node); err != nil {
+			nm.setDown(node, false)
+			cr.start(node)
+			return node, nil, err
 		}
-		return target, func() error { cr.start(target); return nil }, nil
+		return node, func() error { nm.setDown(node, false); cr.start(node); return nil }, nil
 
 	case chaos.DiskFull:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
 		}
-		if cr.nodes[target].dataDir == "" {
-			return target, nil, fmt.Errorf("%s has no data directory", target)
+		if cr.nodes[node].dataDir == "" {
+			return node, nil, fmt.Errorf("%s has no data directory", node)
 		}
 		nm.mu.Lock()
-		nm.mu.fills[target] = true
+		nm.mu.fills[node] = true
 		nm.mu.Unlock()
-		if err := cr.fill(target); err != nil {
-			cr.unfill(target)
-			return target, nil, err
+		if err := cr.fill(node); err != nil {
+			cr.unfill(node)
+			return node, nil, err
 		}
-		return target, func() error {
+		return node, func() error {
 			nm.mu.Lock()
-			delete(nm.mu.fills, target)
+			delete(nm.mu.fills, node)
 			nm.mu.Unlock()
-			return cr.unfill(target)
+			return cr.unfill(node)
 		}, nil
 
 	case chaos.DiskEIO:
 		return "", nil, fmt.Errorf("disk-eio is not implemented by the rack (no error-injecting filesystem yet)")
 
 	case chaos.CutNetwork:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
 		}
 		nets := []string{s.Network}
 		if s.Network == "both" || s.Network == "" {
 			nets = labNetworks
 		}
 		for _, nw := range nets {
-			cr.lab.cut(target, nw)
+			cr.lab.cut(node, nw)
 			nm.mu.Lock()
-			nm.mu.cuts[[2]string{target, nw}] = true
+			nm.mu.cuts[[2]string{node, nw}] = true
 			nm.mu.Unlock()
 		}
-		return target + "/" + strings.Join(nets, "+"), func() error {
+		return node + "/" + strings.Join(nets, "+"), func() error {
 			for _, nw := range nets {
-				cr.lab.heal(target, nw)
+				cr.lab.heal(node, nw)
 				nm.mu.Lock()
-				delete(nm.mu.cuts, [2]string{target, nw})
+				delete(nm.mu.cuts, [2]string{node, nw})
 				nm.mu.Unlock()
 			}
 			return nil
 		}, nil
 
 	case chaos.Loss:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
 		}
 		pct := s.Percent
 		if pct <= 0 {
 			pct = 10
 		}
-		if err := nm.installTable(target, table, "", "", pct); err != nil {
-			return target, nil, err
+		// On one network's interface, or (both, none said) on every one.
+		out, in, where := "", "", "both"
+		if s.Network == "a" || s.Network == "b" {
+			out, in, where = fmt.Sprintf(`oifname "eth%s"`, s.Network), fmt.Sprintf(`iifname "eth%s"`, s.Network), s.Network
 		}
-		return fmt.Sprintf("%s/%d%%", target, pct), func() error { return nm.deleteTable(target, table) }, nil
+		if err := nm.installTable(node, table, out, in, pct); err != nil {
+			return node, nil, err
+		}
+		return fmt.Sprintf("%s/%s/%d%%", node, where, pct), func() error { return nm.deleteTable(node, table) }, nil
 
 	case chaos.IsolateLeader:
 		st, err := cr.status()
@@ -300,10 +323,11 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 		if target == "" {
 			return "", nil, fmt.Errorf("group %s has no leader", group)
 		}
-		if err := nm.installTable(target, table, "", "", 100); err != nil {
-			return target, nil, err
+		leader := target
+		if err := nm.installTable(leader, table, "", "", 100); err != nil {
+			return leader, nil, err
 		}
-		return target + " (leader of group " + group + ")", func() error { return nm.deleteTable(target, table) }, nil
+		return leader + " (leader of group " + group + ")", func() error { return nm.deleteTable(leader, table) }, nil
 
 	case chaos.PartitionPrimaryFromLeader:
 		vol := s.Volume
@@ -381,37 +405,60 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 		v.setHost(to)
 		return target, nil, nil
 
-	case chaos.RackDrain:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
+	case chaos.RackDrain, chaos.SledDrain:
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
 		}
-		if _, err := cr.cli(time.Minute, "rack", "drain", target); err != nil {
-			return target, nil, err
+		kind, args := "rack", []string{"rack", "drain", node}
+		if s.Action == chaos.SledDrain {
+			kind, args = "sled", []string{"sled", "drain", node}
 		}
-		nm.mu.Lock()
-		nm.mu.drains[target] = "rack"
-		nm.mu.Unlock()
-		return target, func() error { return nm.undrain(target) }, nil
-
-	case chaos.SledDrain:
-		if target, err = nm.resolveNode(s); err != nil {
-			return target, nil, err
-		}
-		if _, err := cr.cli(time.Minute, "sled", "drain", target); err != nil {
-			return target, nil, err
+		if _, err := cr.cli(time.Minute, args...); err != nil {
+			return node, nil, err
 		}
 		nm.mu.Lock()
-		nm.mu.drains[target] = "sled"
+		nm.mu.drains[node] = kind
 		nm.mu.Unlock()
-		return target, func() error { return nm.undrain(target) }, nil
+		return node, func() error { return nm.undrain(node) }, nil
 	}
 	return "", nil, fmt.Errorf("unknown action %q", s.Action)
+}
+
+func (nm *nemesis) setDown(node string, down bool) {
+	nm.mu.Lock()
+	defer nm.mu.Unlock()
+	if down {
+		nm.mu.down[node] = true
+	} else {
+		delete(nm.mu.down, node)
+	}
+}
+
+// restartExited starts again every process that exited though no fault
+// keeps it down (a head node that crashed on a full disk, say), as a
+// supervisor would, and says so.
+func (nm *nemesis) restartExited(after chaos.Step) {
+	for _, name := range nm.cr.names() {
+		nm.mu.Lock()
+		down := nm.mu.down[name]
+		nm.mu.Unlock()
+		if down || nm.cr.running(name) {
+			continue
+		}
+		p := nm.cr.proc(name)
+		nm.logf("chaos: %7.2fs %s had exited (%v), found at the heal of %s; restarted", nm.now().Seconds(), name, p.err, after)
+		nm.mu.Lock()
+		nm.mu.outcome = append(nm.mu.outcome, stepOutcome{Step: after.String(), Action: string(after.Action), Target: name, Exited: name,
+			Note: fmt.Sprintf("exited during the fault (%v): restarted", p.err)})
+		nm.mu.Unlock()
+		nm.cr.start(name)
+	}
 }
 
 func (nm *nemesis) undrain(target string) error {
 	nm.mu.Lock()
 	kind := nm.mu.drains[target]
-	delete(nm.mu.drains, target)
 	nm.mu.Unlock()
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -422,6 +469,9 @@ func (nm *nemesis) undrain(target string) error {
 			err = nm.cr.setSledUp(target)
 		}
 		if err == nil {
+			nm.mu.Lock()
+			delete(nm.mu.drains, target)
+			nm.mu.Unlock()
 			return nil
 		}
 		time.Sleep(2 * time.Second)
@@ -440,10 +490,13 @@ func (nm *nemesis) installTable(host, table, outMatch, inMatch string, pct int) 
 }
 
 func (nm *nemesis) deleteTable(host, table string) error {
+	if err := nm.cr.lab.nftDelete(host, table); err != nil {
+		return err // healAll tries again
+	}
 	nm.mu.Lock()
 	delete(nm.mu.tables, table)
 	nm.mu.Unlock()
-	return nm.cr.lab.nftDelete(host, table)
+	return nil
 }
 
 // resolveNode names the process a step acts on: its Target, else (a head

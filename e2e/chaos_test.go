@@ -33,6 +33,18 @@ type chaosConfig struct {
 	out       string
 }
 
+// replay is the command that runs schedule seed again: the action kinds
+// chosen are part of the schedule's topology, so they are repeated.
+func (c chaosConfig) replay(seed int64) string {
+	cmd := fmt.Sprintf("make chaos SEED=%d DURATION=%v", seed, c.duration)
+	for _, env := range []string{"CHAOS_ACTIONS", "CHAOS_SKIP"} {
+		if v := os.Getenv(env); v != "" {
+			cmd = fmt.Sprintf("%s=%s %s", env, v, cmd)
+		}
+	}
+	return cmd
+}
+
 // chaosActions is every action kind of the schedule generator.
 var chaosActions = []chaos.Action{chaos.Kill, chaos.Pause, chaos.PartitionPrimaryFromLeader, chaos.IsolateLeader,
 	chaos.CutNetwork, chaos.Loss, chaos.DiskFull, chaos.DiskEIO, chaos.WipeRestart, chaos.VolumeMove, chaos.Handoff,
@@ -120,7 +132,7 @@ func TestChaos(t *testing.T) {
 	}
 	sort.Strings(disabled)
 	t.Logf("chaos: seed %d, %d schedules of %v, disabled actions %v, output in %s", cfg.seed, cfg.schedules, cfg.duration, disabled, cfg.out)
-	fmt.Printf("chaos: seed %d (replay one schedule: make chaos SEED=<seed> DURATION=%v)\n", cfg.seed, cfg.duration)
+	fmt.Printf("chaos: seed %d (replay one schedule: %s)\n", cfg.seed, cfg.replay(cfg.seed))
 
 	var sum chaos.Summary
 	perKind := map[string]*kindReport{}
@@ -139,7 +151,8 @@ func TestChaos(t *testing.T) {
 	for _, k := range kinds {
 		r := perKind[k]
 		q := sum.Unavailability[k]
-		t.Logf("chaos: %-30s applied %3d, not applied %3d; unavailability p50 %v max %v", k, r.Applied, r.NotApplied, q.P50, q.Max)
+		t.Logf("chaos: %-30s applied %3d, not applied %3d, processes exited %2d; unavailability p50 %v max %v",
+			k, r.Applied, r.NotApplied, r.Exited, q.P50.Round(time.Millisecond), q.Max.Round(time.Millisecond))
 	}
 	path := filepath.Join(cfg.out, "summary.json")
 	if err := sum.WriteJSON(path); err != nil {
@@ -160,6 +173,7 @@ func TestChaos(t *testing.T) {
 type kindReport struct {
 	Applied    int           `json:"applied"`
 	NotApplied int           `json:"not_applied"`
+	Exited     int           `json:"processes_exited"` // processes that exited during such a fault (restarted at its heal)
 	Steps      []stepOutcome `json:"steps"`
 }
 
@@ -180,7 +194,7 @@ func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summ
 	topo := chaos.Topology{HeadNodes: cr.heads, Sleds: cr.sleds, Agents: chaosHosts, Hosts: chaosHosts, Volumes: vols,
 		VolumeGroups: 16, Disabled: cfg.disabled}
 	steps := chaos.Plan(seed, cfg.duration, topo)
-	fmt.Printf("chaos: schedule seed %d: %d steps over %v (replay: make chaos SEED=%d DURATION=%v)\n", seed, len(steps), cfg.duration, seed, cfg.duration)
+	fmt.Printf("chaos: schedule seed %d: %d steps over %v (replay: %s)\n", seed, len(steps), cfg.duration, cfg.replay(seed))
 	for _, s := range steps {
 		t.Logf("chaos: plan: %s", s)
 	}
@@ -216,9 +230,12 @@ func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summ
 			r = &kindReport{}
 			perKind[o.Action] = r
 		}
-		if o.Applied {
+		switch {
+		case o.Exited != "":
+			r.Exited++
+		case o.Applied:
 			r.Applied++
-		} else {
+		default:
 			r.NotApplied++
 		}
 		r.Steps = append(r.Steps, o)
