@@ -324,38 +324,66 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 			return "", nil, fmt.Errorf("group %s has no leader", group)
 		}
 		leader := target
-		if err := nm.installTable(leader, table, "", "", 100); err != nil {
+		out, in, where := "", "", "both networks"
+		if s.Network == "a" || s.Network == "b" {
+			out, in, where = fmt.Sprintf(`oifname "eth%s"`, s.Network), fmt.Sprintf(`iifname "eth%s"`, s.Network), "network "+s.Network
+		}
+		if err := nm.installTable(leader, table, out, in, 100); err != nil {
 			return leader, nil, err
 		}
-		return leader + " (leader of group " + group + ")", func() error { return nm.deleteTable(leader, table) }, nil
+		return fmt.Sprintf("%s (leader of group %s) on %s", leader, group, where), func() error { return nm.deleteTable(leader, table) }, nil
 
 	case chaos.PartitionPrimaryFromLeader:
-		vol := s.Volume
-		if vol == "" {
-			vol = cr.volumes[i%len(cr.volumes)].name
-		}
-		info, err := cr.showVolume(vol)
-		if err != nil {
-			return "", nil, err
-		}
+		// With three head nodes the primary can be cut from its group's
+		// leader alone only when the leader is the third node, neither
+		// primary nor secondary: the step's volume if it is so placed,
+		// else the first other volume that is.
 		st, err := cr.status()
 		if err != nil {
 			return "", nil, err
 		}
-		leader := leaderOf(st, info.Group)
-		switch {
-		case info.Primary == "" || leader == "":
-			return "", nil, fmt.Errorf("volume %s: primary %q, leader of group %s %q", vol, info.Primary, info.Group, leader)
-		case leader == info.Primary || slices.Contains(info.Secondaries, leader):
-			// With three head nodes the primary can be cut from the leader
-			// alone only when the leader is the third node.
-			return info.Primary, nil, fmt.Errorf("volume %s: the leader of group %s is %s, its primary or secondary", vol, info.Group, leader)
+		candidates := []string{s.Volume}
+		for _, v := range cr.volumes {
+			if v.name != s.Volume {
+				candidates = append(candidates, v.name)
+			}
+		}
+		var info chaosVolumeJSON
+		var leader string
+		var why []string
+		for _, vol := range candidates {
+			if vol == "" {
+				continue
+			}
+			in, err := cr.showVolume(vol)
+			if err != nil {
+				why = append(why, err.Error())
+				continue
+			}
+			l := leaderOf(st, in.Group)
+			if in.Primary == "" || l == "" || l == in.Primary || slices.Contains(in.Secondaries, l) {
+				why = append(why, fmt.Sprintf("%s: primary %s, group %s led by %s", vol, in.Primary, in.Group, l))
+				continue
+			}
+			info, leader = in, l
+			break
+		}
+		if leader == "" {
+			return "", nil, fmt.Errorf("no volume whose group's leader is neither its primary nor its secondary (%s)", strings.Join(why, "; "))
 		}
 		i := nodeIndex(leader)
-		match := func(dir string) string {
-			return fmt.Sprintf("ip %s { %s, %s }", dir, labAddr("a", i), labAddr("b", i))
+		nets := labNetworks
+		if s.Network == "a" || s.Network == "b" {
+			nets = []string{s.Network}
 		}
-		target = info.Primary + " from " + leader
+		var addrs []string
+		for _, nw := range nets {
+			addrs = append(addrs, labAddr(nw, i))
+		}
+		match := func(dir string) string {
+			return fmt.Sprintf("ip %s { %s }", dir, strings.Join(addrs, ", "))
+		}
+		target = fmt.Sprintf("%s (primary of %s) from %s on %s", info.Primary, info.Name, leader, strings.Join(nets, "+"))
 		if err := nm.installTable(info.Primary, table, match("daddr"), match("saddr"), 100); err != nil {
 			return target, nil, err
 		}
