@@ -300,7 +300,7 @@ func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJS
 				"--volume-id", fmt.Sprint(v.id), "--size", fmt.Sprint(chaosBlocks*chaos.BlockSize), "--out", out).CombinedOutput()
 			cancel()
 			if err != nil {
-				lines = append(lines, fmt.Sprintf("%s on %s: not exported: %s", v.name, hn, strings.TrimSpace(tail(string(b), 200))))
+				lines = append(lines, fmt.Sprintf("%s on %s: not exported: %s", v.name, hn, lastLine(string(b))))
 				continue
 			}
 			data, err := os.ReadFile(out)
@@ -335,6 +335,12 @@ func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJS
 		}
 	}
 	return lines
+}
+
+// lastLine is a command's last line of output: its error, past the logs.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }
 
 func writeJSON(t testing.TB, path string, v any) {
