@@ -469,7 +469,7 @@ func (nm *nemesis) setDown(node string, down bool) {
 func (nm *nemesis) restartExited(after chaos.Step) {
 	for _, name := range nm.cr.names() {
 		nm.mu.Lock()
-		down := nm.mu.down[name]
+		down := nm.mu.down[name] || nm.mu.fills[name] // a full disk would crash it again
 		nm.mu.Unlock()
 		if down || nm.cr.running(name) {
 			continue

@@ -245,6 +245,11 @@ func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summ
 	for _, d := range res.Details {
 		t.Logf("chaos: seed %d: %s", seed, d)
 	}
+	if res.Lost > 0 || res.Violations > 0 {
+		// Failing the schedule's own test keeps its processes' output
+		// (printed, and in BALLAST_E2E_LOGS when set).
+		t.Errorf("chaos: seed %d: %d lost, %d linearizability violations (replay: %s)", seed, res.Lost, res.Violations, cfg.replay(seed))
+	}
 	if res.Lost > 0 || res.Violations > 0 || err != nil {
 		path := filepath.Join(cfg.out, fmt.Sprintf("history-%d.jsonl", seed))
 		var buf bytes.Buffer
