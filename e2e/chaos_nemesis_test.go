@@ -36,6 +36,7 @@ type nemesis struct {
 		// wipe-restart); any other that exited is restarted at the next
 		// heal, as a supervisor would.
 		down map[string]bool
+		eio  map[string]bool // disks failing
 	}
 	heals sync.WaitGroup
 }
@@ -55,7 +56,7 @@ type stepOutcome struct {
 func newNemesis(cr *chaosRack, start time.Time, end time.Duration, logf func(string, ...any)) *nemesis {
 	nm := &nemesis{cr: cr, start: start, end: end, logf: logf}
 	nm.mu.tables, nm.mu.cuts, nm.mu.fills, nm.mu.drains = map[string]string{}, map[[2]string]bool{}, map[string]bool{}, map[string]string{}
-	nm.mu.down = map[string]bool{}
+	nm.mu.down, nm.mu.eio = map[string]bool{}, map[string]bool{}
 	return nm
 }
 
@@ -91,7 +92,7 @@ func (nm *nemesis) run(steps []chaos.Step, stop <-chan struct{}) {
 		// Too late to hold it and heal before the end: skip it, the
 		// schedule's promise of a healed rack at the end matters more.
 		if nm.now()+s.Hold > nm.end-10*time.Second {
-			nm.record(s, "", false, fmt.Sprintf("skipped: %v behind schedule", (nm.now() - s.At).Round(time.Second)))
+			nm.record(s, "", false, fmt.Sprintf("skipped: %v behind schedule", (nm.now()-s.At).Round(time.Second)))
 			continue
 		}
 		nm.apply(i, s)
@@ -257,7 +258,25 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 		}, nil
 
 	case chaos.DiskEIO:
-		return "", nil, fmt.Errorf("disk-eio is not implemented by the rack (no error-injecting filesystem yet)")
+		node, err := nm.resolveNode(s)
+		if err != nil {
+			return node, nil, err
+		}
+		e := cr.nodes[node].eio
+		if e == nil {
+			return node, nil, fmt.Errorf("%s's data directory is not on a failing filesystem", node)
+		}
+		nm.mu.Lock()
+		nm.mu.eio[node] = true
+		nm.mu.Unlock()
+		e.armed.Store(true)
+		return node, func() error {
+			e.armed.Store(false)
+			nm.mu.Lock()
+			delete(nm.mu.eio, node)
+			nm.mu.Unlock()
+			return nil
+		}, nil
 
 	case chaos.CutNetwork:
 		node, err := nm.resolveNode(s)
@@ -469,7 +488,7 @@ func (nm *nemesis) setDown(node string, down bool) {
 func (nm *nemesis) restartExited(after chaos.Step) {
 	for _, name := range nm.cr.names() {
 		nm.mu.Lock()
-		down := nm.mu.down[name] || nm.mu.fills[name] // a full disk would crash it again
+		down := nm.mu.down[name] || nm.mu.fills[name] || nm.mu.eio[name] // a full or failing disk would crash it again
 		nm.mu.Unlock()
 		if down || nm.cr.running(name) {
 			continue
@@ -590,6 +609,11 @@ func (nm *nemesis) healAll() {
 	}
 	for f := range fills {
 		cr.unfill(f)
+	}
+	for _, name := range cr.names() {
+		if e := cr.nodes[name].eio; e != nil {
+			e.armed.Store(false)
+		}
 	}
 	for d := range drains {
 		nm.undrain(d)

@@ -49,7 +49,9 @@ var chaosHosts = []string{"h1", "h2"}
 type chaosNode struct {
 	name, role string
 	args       []string
-	dataDir    string // a tmpfs mount point; "" for agents
+	dataDir    string // what the process is given: a tmpfs, or an eioFS over one; "" for agents
+	disk       string // the tmpfs itself
+	eio        *eioFS // nil unless the schedule fails this node's disk
 
 	mu struct {
 		sync.Mutex
@@ -95,7 +97,7 @@ type chaosRack struct {
 // at 10.77.{1,2}.1-3, sleds at .21-.27, agents h1 and h2 at .101-.102 (NBD
 // on each one's loopback), the CLI at .100; then creates the volumes,
 // attached to h1 and h2 in turn, and waits until each is served.
-func newChaosRack(t testing.TB, headNodeFlags []string) *chaosRack {
+func newChaosRack(t testing.TB, headNodeFlags []string, eioNodes map[string]bool) *chaosRack {
 	lab := newNetLab(t)
 	base := t.TempDir()
 	r := &rack{t: t, dataDir: base, port: labPort, nbdAddr: chaosNBDAddr, nodes: map[string]*proc{}, lab: lab}
@@ -118,21 +120,25 @@ func newChaosRack(t testing.TB, headNodeFlags []string) *chaosRack {
 	}
 	for i := 1; i <= chaosHeadNodes; i++ {
 		id := fmt.Sprintf("hn%d", i)
-		dir := cr.mountTmpfs(base, id, chaosHeadTmpfs)
+		nd := &chaosNode{name: id, role: "headnode"}
+		cr.mountData(nd, base, chaosHeadTmpfs, eioNodes[id])
 		a, b := rpcSplit(r.headNodes[i-1])
-		args := append([]string{"headnode", "--id", id, "--data", dir, "--listen-a", a, "--listen-b", b}, peers...)
-		cr.add(&chaosNode{name: id, role: "headnode", dataDir: dir, args: append(args, headNodeFlags...)})
+		args := append([]string{"headnode", "--id", id, "--data", nd.dataDir, "--listen-a", a, "--listen-b", b}, peers...)
+		nd.args = append(args, headNodeFlags...)
+		cr.add(nd)
 		cr.heads = append(cr.heads, id)
 	}
 	for i := 1; i <= chaosSleds; i++ {
 		id := fmt.Sprintf("s%d", i)
-		dir := cr.mountTmpfs(base, id, chaosSledTmpfs)
+		nd := &chaosNode{name: id, role: "sled"}
+		cr.mountData(nd, base, chaosSledTmpfs, eioNodes[id])
 		a, b := r.sledAddrs(i)
-		args := []string{"sled", "--id", id, "--data", dir, "--devices", "2", "--listen-a", a, "--listen-b", b, "--scrub-rate", "4MiB"}
+		args := []string{"sled", "--id", id, "--data", nd.dataDir, "--devices", "2", "--listen-a", a, "--listen-b", b, "--scrub-rate", "4MiB"}
 		for _, h := range r.headNodes {
 			args = append(args, "--headnode", h)
 		}
-		cr.add(&chaosNode{name: id, role: "sled", dataDir: dir, args: args})
+		nd.args = args
+		cr.add(nd)
 		cr.sleds = append(cr.sleds, id)
 	}
 	for _, h := range chaosHosts {
@@ -183,6 +189,34 @@ func (cr *chaosRack) add(nd *chaosNode) { cr.nodes[nd.name] = nd }
 func (cr *chaosRack) names() []string {
 	names := append(append([]string(nil), cr.heads...), cr.sleds...)
 	return append(names, chaosHosts...)
+}
+
+// mountData gives node nd its data directory: a tmpfs of the given size,
+// seen through an eioFS when the schedule fails its disk.
+func (cr *chaosRack) mountData(nd *chaosNode, base, size string, eio bool) {
+	cr.t.Helper()
+	if !eio {
+		nd.dataDir = cr.mountTmpfs(base, nd.name, size)
+		nd.disk = nd.dataDir
+		return
+	}
+	nd.disk = cr.mountTmpfs(base, nd.name+"-disk", size)
+	nd.dataDir = filepath.Join(base, nd.name)
+	if err := os.MkdirAll(nd.dataDir, 0o755); err != nil {
+		cr.t.Fatal(err)
+	}
+	e, err := mountEIOFS(nd.disk, nd.dataDir)
+	if err != nil {
+		cr.t.Fatalf("mount a failing filesystem for %s: %v", nd.name, err)
+	}
+	nd.eio = e
+	// Registered after the tmpfs's unmount, so run before it; after the
+	// processes are ended (they are started later).
+	cr.t.Cleanup(func() {
+		if err := e.unmount(); err != nil {
+			exec.Command("umount", "-l", nd.dataDir).Run()
+		}
+	})
 }
 
 // mountTmpfs mounts a tmpfs of the given size at base/name and unmounts
@@ -285,14 +319,14 @@ func (cr *chaosRack) stopAll() {
 
 // fillPath is the file a disk-full fault fills node name's tmpfs with.
 func (cr *chaosRack) fillPath(name string) string {
-	return filepath.Join(cr.nodes[name].dataDir, "chaos-fill")
+	return filepath.Join(cr.nodes[name].disk, "chaos-fill")
 }
 
 // fill fills node name's tmpfs to the last byte.
 func (cr *chaosRack) fill(name string) error {
 	path := cr.fillPath(name)
 	var st unix.Statfs_t
-	if err := unix.Statfs(cr.nodes[name].dataDir, &st); err != nil {
+	if err := unix.Statfs(cr.nodes[name].disk, &st); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
@@ -328,7 +362,7 @@ func (cr *chaosRack) usage() string {
 	var parts []string
 	for _, name := range append(append([]string(nil), cr.heads...), cr.sleds...) {
 		var st unix.Statfs_t
-		if err := unix.Statfs(cr.nodes[name].dataDir, &st); err == nil {
+		if err := unix.Statfs(cr.nodes[name].disk, &st); err == nil {
 			used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
 			parts = append(parts, fmt.Sprintf("%s %dMiB", name, used>>20))
 		}
@@ -338,7 +372,7 @@ func (cr *chaosRack) usage() string {
 
 // wipe empties node name's data directory (the process is not running).
 func (cr *chaosRack) wipe(name string) error {
-	dir := cr.nodes[name].dataDir
+	dir := cr.nodes[name].disk
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err

@@ -50,9 +50,8 @@ var chaosActions = []chaos.Action{chaos.Kill, chaos.Pause, chaos.PartitionPrimar
 	chaos.CutNetwork, chaos.Loss, chaos.DiskFull, chaos.DiskEIO, chaos.WipeRestart, chaos.VolumeMove, chaos.Handoff,
 	chaos.RackDrain, chaos.SledDrain}
 
-// chaosUnimplemented are the action kinds the rack cannot perform yet:
-// disk-eio needs an error-injecting filesystem behind the stores.
-var chaosUnimplemented = map[chaos.Action]bool{chaos.DiskEIO: true}
+// chaosUnimplemented are the action kinds the rack cannot perform.
+var chaosUnimplemented = map[chaos.Action]bool{}
 
 func chaosConfigFromEnv(t *testing.T) chaosConfig {
 	c := chaosConfig{seed: time.Now().UnixNano() % 1_000_000_000, schedules: 2, duration: 45 * time.Second, disabled: map[chaos.Action]bool{}}
@@ -186,14 +185,32 @@ func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summ
 		flags, flushing = chaosNoFlushFlags, false
 	}
 	t.Logf("chaos: seed %d: head nodes flush to the sleds: %v", seed, flushing)
-	cr := newChaosRack(t, flags)
-	var vols []string
-	for _, v := range cr.volumes {
-		vols = append(vols, v.name)
+	// The schedule comes first: the nodes whose disk it fails get theirs
+	// through an eioFS.
+	topo := chaos.Topology{Agents: chaosHosts, Hosts: chaosHosts, VolumeGroups: 16, Disabled: cfg.disabled}
+	for i := 1; i <= chaosHeadNodes; i++ {
+		topo.HeadNodes = append(topo.HeadNodes, fmt.Sprintf("hn%d", i))
 	}
-	topo := chaos.Topology{HeadNodes: cr.heads, Sleds: cr.sleds, Agents: chaosHosts, Hosts: chaosHosts, Volumes: vols,
-		VolumeGroups: 16, Disabled: cfg.disabled}
+	for i := 1; i <= chaosSleds; i++ {
+		topo.Sleds = append(topo.Sleds, fmt.Sprintf("s%d", i))
+	}
+	for i := 1; i <= chaosVolumes; i++ {
+		topo.Volumes = append(topo.Volumes, fmt.Sprintf("v%d", i))
+	}
 	steps := chaos.Plan(seed, cfg.duration, topo)
+	eio := map[string]bool{}
+	for _, s := range steps {
+		switch {
+		case s.Action != chaos.DiskEIO:
+		case s.Target != "":
+			eio[s.Target] = true
+		default: // resolved at run time: any head node
+			for _, hn := range topo.HeadNodes {
+				eio[hn] = true
+			}
+		}
+	}
+	cr := newChaosRack(t, flags, eio)
 	fmt.Printf("chaos: schedule seed %d: %d steps over %v (replay: %s)\n", seed, len(steps), cfg.duration, cfg.replay(seed))
 	for _, s := range steps {
 		t.Logf("chaos: plan: %s", s)
@@ -301,7 +318,7 @@ func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJS
 			}
 			out := filepath.Join(dir, v.name+"-"+hn)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			b, err := exec.CommandContext(ctx, ballastBin, "headnode", "export-replica", "--data", nd.dataDir,
+			b, err := exec.CommandContext(ctx, ballastBin, "headnode", "export-replica", "--data", nd.disk,
 				"--volume-id", fmt.Sprint(v.id), "--size", fmt.Sprint(chaosBlocks*chaos.BlockSize), "--out", out).CombinedOutput()
 			cancel()
 			if err != nil {
