@@ -120,6 +120,27 @@ var chaosNoFlushFlags = []string{"--flush-threshold", "4GiB", "--flush-interval"
 // faults of chaos.Plan(seed) at their times; then every fault healed, the
 // volumes read back, the history checked, the replicas exported offline
 // and compared. `make chaos` runs it long; `make test` runs a bounded set.
+//
+// How each action is done (chaos_nemesis_test.go):
+//
+//	kill, pause        SIGKILL and a restart after the hold; SIGSTOP, SIGCONT
+//	partition-primary-from-leader
+//	                   nft in the primary's namespace drops its traffic with
+//	                   the leader of its volume's group (the third head node)
+//	isolate-leader     nft drops everything but loopback in a group leader's namespace
+//	cut-network        the host's veth leg on a lab bridge taken down
+//	loss               nft `numgen random mod 100 < P drop` (netem, and so a
+//	                   delay fault, does not exist on the test kernels)
+//	disk-full          the node's tmpfs filled by one file, deleted at the heal
+//	disk-eio           writes and syncs of an eioFS (FUSE) over the node's tmpfs fail
+//	wipe-restart       SIGKILL, the data directory emptied, a restart after the hold
+//	volume-move        ballast volume move; handoff: ballast migrate --to --now
+//	rack-drain         ballast rack drain, --undo at the heal
+//	sled-drain         ballast sled drain; the heal sets the sled up again
+//
+// A head-node fault waits until the one before it healed and every volume
+// is mirrored again (bounded); a process that exited during a fault is
+// restarted at the heal, as a supervisor would.
 func TestChaos(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		skipOrFail(t, "nft is not installed (Debian package nftables; `make test` installs it)")
