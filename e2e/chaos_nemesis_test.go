@@ -387,8 +387,21 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 			info, leader = in, l
 			break
 		}
+		var drained []string
 		if leader == "" {
-			return "", nil, fmt.Errorf("no volume whose group's leader is neither its primary nor its secondary (%s)", strings.Join(why, "; "))
+			// None is: drain the leadership off the step's volume's primary
+			// (and its secondary, if the leadership lands there) so that
+			// the third head node leads its group; undone at the heal.
+			vol := s.Volume
+			if vol == "" {
+				vol = cr.volumes[0].name
+			}
+			if info, leader, drained, err = nm.leadFromThird(vol); err != nil {
+				for _, d := range drained {
+					nm.undrain(d)
+				}
+				return "", nil, fmt.Errorf("no volume whose group's leader is neither its primary nor its secondary (%s), and %v", strings.Join(why, "; "), err)
+			}
 		}
 		i := nodeIndex(leader)
 		nets := labNetworks
@@ -403,11 +416,33 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 			return fmt.Sprintf("ip %s { %s }", dir, strings.Join(addrs, ", "))
 		}
 		target = fmt.Sprintf("%s (primary of %s) from %s on %s", info.Primary, info.Name, leader, strings.Join(nets, "+"))
+		if len(drained) > 0 {
+			target += fmt.Sprintf(" (leadership drained off %s)", strings.Join(drained, ", "))
+		}
+		undrain := func() error {
+			var errs []string
+			for _, d := range drained {
+				if err := nm.undrain(d); err != nil {
+					errs = append(errs, err.Error())
+				}
+			}
+			if len(errs) > 0 {
+				return fmt.Errorf("undo drains: %s", strings.Join(errs, "; "))
+			}
+			return nil
+		}
 		if err := nm.installTable(info.Primary, table, match("daddr"), match("saddr"), 100); err != nil {
+			undrain()
 			return target, nil, err
 		}
 		primary := info.Primary
-		return target, func() error { return nm.deleteTable(primary, table) }, nil
+		return target, func() error {
+			err := nm.deleteTable(primary, table)
+			if e := undrain(); err == nil {
+				err = e
+			}
+			return err
+		}, nil
 
 	case chaos.VolumeMove:
 		vol := nm.resolveVolume(s)
@@ -470,6 +505,44 @@ func (nm *nemesis) inflict(i int, s chaos.Step) (target string, heal func() erro
 		return node, func() error { return nm.undrain(node) }, nil
 	}
 	return "", nil, fmt.Errorf("unknown action %q", s.Action)
+}
+
+// leadFromThird drains group leadership off volume vol's primary, and off
+// its secondary if it lands there, until the third head node leads vol's
+// group (bounded); it returns the volume, that leader and the nodes it
+// drained (to be undone by the caller).
+func (nm *nemesis) leadFromThird(vol string) (chaosVolumeJSON, string, []string, error) {
+	cr := nm.cr
+	var drained []string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := cr.showVolume(vol)
+		if err != nil {
+			return info, "", drained, err
+		}
+		st, err := cr.status()
+		if err != nil {
+			return info, "", drained, err
+		}
+		l := leaderOf(st, info.Group)
+		switch {
+		case info.Primary == "" || l == "":
+		case l != info.Primary && !slices.Contains(info.Secondaries, l):
+			return info, l, drained, nil
+		case !slices.Contains(drained, l):
+			if _, err := cr.cli(time.Minute, "rack", "drain", l); err != nil {
+				return info, "", drained, err
+			}
+			drained = append(drained, l)
+			nm.mu.Lock()
+			nm.mu.drains[l] = "rack"
+			nm.mu.Unlock()
+		}
+		if time.Now().After(deadline) {
+			return info, "", drained, fmt.Errorf("group %s still led by %s after draining %v", info.Group, l, drained)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 func (nm *nemesis) setDown(node string, down bool) {
