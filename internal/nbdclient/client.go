@@ -30,6 +30,7 @@ const (
 	cmdWrite        = 1
 	cmdDisc         = 2
 	cmdFlush        = 3
+	cmdTrim         = 4
 	flagFixedNew    = 1
 	flagNoZeroes    = 2
 	cmdFlagFUA      = 1
@@ -56,11 +57,25 @@ func Dial(addr, name string, timeout time.Duration) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return open(c, name, time.Time{})
+}
+
+// Open does the handshake over a connection the caller made (one dialed
+// inside a network namespace, say), within timeout, and opens export name
+// with OPT_GO. On error it closes c.
+func Open(c net.Conn, name string, timeout time.Duration) (*Conn, error) {
+	return open(c, name, time.Now().Add(timeout))
+}
+
+// open does the handshake, bounded by deadline unless it is zero.
+func open(c net.Conn, name string, deadline time.Time) (*Conn, error) {
 	conn := &Conn{c: c}
+	c.SetDeadline(deadline)
 	if err := conn.handshake(name); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("nbd handshake: %w", err)
 	}
+	c.SetDeadline(time.Time{})
 	return conn, nil
 }
 
@@ -161,6 +176,12 @@ func (c *Conn) WriteAt(p []byte, off uint64, fua bool) error {
 // ReadAt reads len(p) bytes at off.
 func (c *Conn) ReadAt(p []byte, off uint64) error {
 	return c.request(cmdRead, 0, off, uint32(len(p)), nil, p)
+}
+
+// Trim tells the server length bytes at off are no longer needed: they
+// read back as zeroes (Ballast's promise; NBD allows any content).
+func (c *Conn) Trim(off uint64, length uint32) error {
+	return c.request(cmdTrim, 0, off, length, nil, nil)
 }
 
 // Flush asks the server to make every acknowledged write durable.
