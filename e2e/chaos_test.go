@@ -315,9 +315,10 @@ func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summ
 }
 
 // compareReplicas exports every volume's copy from each of its replicas'
-// stopped head nodes and compares the workload's blocks with the
-// read-back. export-replica reads only blocks still in a head node's log,
-// so a volume partly flushed to the sleds cannot be exported: that is
+// stopped head nodes (and the stopped sleds, for flushed blocks) and
+// compares the workload's blocks with the read-back. An export-replica
+// without --sled-data reads only blocks still in a head node's log, so a
+// volume partly flushed to the sleds cannot be exported: that is
 // reported, not failed.
 func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJSON, images []chaos.FinalImage) []string {
 	final := map[string]chaos.FinalImage{}
@@ -338,10 +339,19 @@ func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJS
 				continue
 			}
 			out := filepath.Join(dir, v.name+"-"+hn)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			b, err := exec.CommandContext(ctx, ballastBin, "headnode", "export-replica", "--data", nd.disk,
-				"--volume-id", fmt.Sprint(v.id), "--size", fmt.Sprint(chaosBlocks*chaos.BlockSize), "--out", out).CombinedOutput()
-			cancel()
+			args := []string{"headnode", "export-replica", "--data", nd.disk,
+				"--volume-id", fmt.Sprint(v.id), "--size", fmt.Sprint(chaosBlocks*chaos.BlockSize), "--out", out}
+			// Blocks flushed to the sleds are read from the stopped sleds'
+			// directories, where the binary can (--sled-data); one that
+			// cannot exports only volumes wholly in the log.
+			withSleds := args
+			for _, s := range cr.sleds {
+				withSleds = append(withSleds, "--sled-data", cr.nodes[s].disk)
+			}
+			b, err := runExport(withSleds)
+			if err != nil && strings.Contains(string(b), "unknown flag: --sled-data") {
+				b, err = runExport(args)
+			}
 			if err != nil {
 				lines = append(lines, fmt.Sprintf("%s on %s: not exported: %s", v.name, hn, lastLine(string(b))))
 				continue
@@ -378,6 +388,12 @@ func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJS
 		}
 	}
 	return lines
+}
+
+func runExport(args []string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return exec.CommandContext(ctx, ballastBin, args...).CombinedOutput()
 }
 
 // lastLine is a command's last line of output: its error, past the logs.
