@@ -178,6 +178,18 @@ func TestInProcessEmptiedPrimary(t *testing.T) {
 	}
 	r.start(primary)
 
+	// A write right away, while the record still names the emptied node
+	// primary: it must not serve it, nor open a session that mirrors its
+	// empty log over the secondary's copy.
+	last := make([]byte, 4096)
+	for i := range last {
+		last[i] = 0xee
+	}
+	if err := dev.WriteAt(ctx, last, size-4096, false); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[size-4096:], last)
+
 	got := make([]byte, size)
 	if err := dev.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)

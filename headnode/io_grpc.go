@@ -282,6 +282,25 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 
 // primaryFor returns the running primary state of a volume this node is
 // primary of, starting it on first use.
+// holdsOwnCopy says whether this node, as the incarnation it is now, holds
+// the copy of vol that the record credits to it. The record names the
+// incarnation that received the copy where it can; a group that still
+// knows another incarnation of this node has not yet applied this one's
+// registration, and a node that lost its data holds nothing it had.
+func (n *Node) holdsOwnCopy(vol *ballastpb.Volume) bool {
+	if inc, ok := volume.CopyIncarnation(vol, n.cfg.ID); ok {
+		return inc == n.incarnation
+	}
+	g, ok := n.groupOfVolume(vol.Id)
+	if !ok {
+		return false
+	}
+	if reg, ok := g.fsm.Incarnation(n.cfg.ID); ok {
+		return reg == n.incarnation && g.fsm.HoldsCopy(vol, n.cfg.ID)
+	}
+	return !n.lostData
+}
+
 func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -295,6 +314,14 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 		// Primary again at a later epoch: the old state must not commit.
 		delete(n.primaries, vol.Id)
 		go pv.Close()
+	}
+	if !n.holdsOwnCopy(vol) {
+		// Restarted over an emptied data directory while the record still
+		// names this node primary: it holds nothing, and serving, or
+		// mirroring its empty log over a secondary that is catching up,
+		// would lose acknowledged writes. The lease lapses and the group
+		// promotes the secondary; the client goes elsewhere meanwhile.
+		return nil, fmt.Errorf("%w: head node %s (incarnation %s) does not hold the copy of volume %s its record credits to it", ErrStopped, n.cfg.ID, n.incarnation, vol.Name)
 	}
 	// Sessions of the old primary end before this one commits anything.
 	// (Under n.mu: this waits for at most one batch, and only when a node

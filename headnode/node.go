@@ -52,6 +52,9 @@ type Node struct {
 	// incarnation is the data directory's (incarnation.go); registered
 	// is set once every group has it.
 	incarnation string
+	// lostData: the node started over an emptied data directory that the
+	// rack knew; it holds no copy of any volume it had (holdsOwnCopy).
+	lostData bool
 	registered  atomic.Bool
 
 	mu        sync.Mutex
@@ -165,6 +168,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	// A node that lost its data directory must not vote as before in the
 	// groups that still count it (consensus/rejoin.go).
 	rejoin := fresh && n.lostState()
+	n.lostData = rejoin
 	if rejoin {
 		n.log.Warn("the rack knew this head node: its data directory was lost; rejoining every group without a vote until readmitted")
 	}
