@@ -340,7 +340,7 @@ func compareReplicas(t *testing.T, cr *chaosRack, infos map[string]chaosVolumeJS
 			}
 			out := filepath.Join(dir, v.name+"-"+hn)
 			args := []string{"headnode", "export-replica", "--data", nd.disk,
-				"--volume-id", fmt.Sprint(v.id), "--size", fmt.Sprint(chaosBlocks*chaos.BlockSize), "--out", out}
+				"--volume-id", fmt.Sprint(v.id), "--size", fmt.Sprint(chaosBlocks * chaos.BlockSize), "--out", out}
 			// Blocks flushed to the sleds are read from the stopped sleds'
 			// directories, where the binary can (--sled-data); one that
 			// cannot exports only volumes wholly in the log.

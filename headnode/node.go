@@ -54,8 +54,8 @@ type Node struct {
 	incarnation string
 	// lostData: the node started over an emptied data directory that the
 	// rack knew; it holds no copy of any volume it had (holdsOwnCopy).
-	lostData bool
-	registered  atomic.Bool
+	lostData   bool
+	registered atomic.Bool
 
 	mu        sync.Mutex
 	primaries map[uint64]*primaryVolume
