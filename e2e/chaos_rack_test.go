@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ballast-storage/ballast/internal/nbdclient"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -171,7 +172,7 @@ func newChaosRack(t testing.TB, headNodeFlags []string, eioNodes map[string]bool
 		for {
 			c, err := cr.dialVolume(v.host, v.name, 5*time.Second)
 			if err == nil {
-				c.close()
+				closeChaosConn(c)
 				break
 			}
 			if time.Now().After(deadline) {
@@ -536,19 +537,14 @@ func (cr *chaosRack) waitSettled(timeout time.Duration) (bool, string) {
 // dialVolume opens an NBD connection to volume on host's agent, from
 // inside host's namespace (the agent listens on that namespace's
 // loopback).
-func (cr *chaosRack) dialVolume(host, volume string, timeout time.Duration) (*chaosConn, error) {
+func (cr *chaosRack) dialVolume(host, volume string, timeout time.Duration) (*nbdclient.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	c, err := dialInNetns(ctx, cr.lab.hosts[host], chaosNBDAddr)
 	if err != nil {
 		return nil, err
 	}
-	cc, err := newChaosConn(c, volume, time.Now().Add(timeout))
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return cc, nil
+	return nbdclient.Open(c, volume, timeout)
 }
 
 // setSledUp ends a sled's drain: the CLI has `sled drain` but no undo, so

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ballast-storage/ballast/internal/chaos"
+	"github.com/ballast-storage/ballast/internal/nbdclient"
 )
 
 // chaosOpTimeout bounds one request: past it the call is recorded Failed
@@ -26,7 +27,7 @@ type chaosClient struct {
 	rec *chaos.Recorder
 	rng *rand.Rand
 
-	conn *chaosConn
+	conn *nbdclient.Conn
 	host string
 	ops  uint64
 	seq  map[uint64]uint64 // block → this client's writes of it
@@ -56,7 +57,7 @@ func runWorkload(ctx context.Context, cr *chaosRack, rec *chaos.Recorder, seed i
 func (c *chaosClient) run(ctx context.Context) {
 	defer func() {
 		if c.conn != nil {
-			c.conn.close()
+			closeChaosConn(c.conn)
 		}
 	}()
 	buf := make([]byte, 4*chaos.BlockSize)
@@ -115,12 +116,14 @@ func (c *chaosClient) one(buf []byte) {
 			chaos.EncodeBlock(t, buf[i*chaos.BlockSize:])
 		}
 		id := c.rec.Begin(op)
-		err = c.conn.do(nbdCmdWrite, off, length, buf[:length], nil, deadline)
+		c.conn.SetDeadline(deadline)
+		err = c.conn.WriteAt(buf[:length], off, false)
 		c.end(id, nil, err)
 	case p < 80:
 		op.Kind = chaos.Read
 		id := c.rec.Begin(op)
-		err = c.conn.do(nbdCmdRead, off, length, nil, buf[:length], deadline)
+		c.conn.SetDeadline(deadline)
+		err = c.conn.ReadAt(buf[:length], off)
 		var saw []chaos.Observed
 		if err == nil {
 			saw = observe(buf[:length])
@@ -129,18 +132,20 @@ func (c *chaosClient) one(buf []byte) {
 	case p < 90:
 		op.Kind = chaos.Trim
 		id := c.rec.Begin(op)
-		err = c.conn.do(nbdCmdTrim, off, length, nil, nil, deadline)
+		c.conn.SetDeadline(deadline)
+		err = c.conn.Trim(off, length)
 		c.end(id, nil, err)
 	default:
 		op.Kind, op.Block, op.Count = chaos.Flush, 0, 0
 		id := c.rec.Begin(op)
-		err = c.conn.do(nbdCmdFlush, 0, 0, nil, nil, deadline)
+		c.conn.SetDeadline(deadline)
+		err = c.conn.Flush()
 		c.end(id, nil, err)
 	}
 	if err != nil {
 		// Unknown state on the wire, or the server refused (fenced after a
 		// handoff, or failing): start over on a new connection.
-		c.conn.close()
+		closeChaosConn(c.conn)
 		c.conn = nil
 	}
 }
@@ -193,7 +198,7 @@ func readVolume(cr *chaosRack, v *chaosVolume) (chaos.FinalImage, error) {
 			hosts = append(hosts, h)
 		}
 	}
-	var conn *chaosConn
+	var conn *nbdclient.Conn
 	var err error
 	for _, h := range hosts {
 		if conn, err = cr.dialVolume(h, v.name, 5*time.Second); err == nil {
@@ -203,17 +208,25 @@ func readVolume(cr *chaosRack, v *chaosVolume) (chaos.FinalImage, error) {
 	if conn == nil {
 		return chaos.FinalImage{}, err
 	}
-	defer conn.close()
+	defer closeChaosConn(conn)
 	img := chaos.FinalImage{Volume: v.name}
 	// The whole volume: the blocks past the workload's range must read
 	// back zero.
 	const chunk = 256
 	buf := make([]byte, chunk*chaos.BlockSize)
 	for b := 0; b < chaosVolumeBytes/chaos.BlockSize; b += chunk {
-		if err := conn.do(nbdCmdRead, uint64(b)*chaos.BlockSize, uint32(len(buf)), nil, buf, time.Now().Add(chaosOpTimeout)); err != nil {
+		conn.SetDeadline(time.Now().Add(chaosOpTimeout))
+		if err := conn.ReadAt(buf, uint64(b)*chaos.BlockSize); err != nil {
 			return chaos.FinalImage{}, err
 		}
 		img.Blocks = append(img.Blocks, observe(buf)...)
 	}
 	return img, nil
+}
+
+// closeChaosConn ends a workload connection without waiting long on a
+// server that a fault keeps from reading.
+func closeChaosConn(c *nbdclient.Conn) {
+	c.SetDeadline(time.Now().Add(time.Second))
+	c.Close()
 }
