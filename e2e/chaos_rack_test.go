@@ -296,8 +296,9 @@ func (cr *chaosRack) signal(name string, sig syscall.Signal) error {
 	return nil
 }
 
-// stopAll ends every process of the rack with SIGTERM (SIGKILL after
-// 20 s): the offline exports need the head nodes' stores closed.
+// stopAll ends every process of the rack with SIGTERM (SIGQUIT after
+// 20 s, SIGKILL 5 s later): the offline exports need the head nodes'
+// stores closed.
 func (cr *chaosRack) stopAll() {
 	var wg sync.WaitGroup
 	for _, name := range cr.names() {
@@ -310,8 +311,17 @@ func (cr *chaosRack) stopAll() {
 			select {
 			case <-p.exited:
 			case <-time.After(20 * time.Second):
-				cr.t.Logf("%s did not exit within 20s of SIGTERM; killed", p.name)
-				p.kill()
+				// A process that ignores SIGTERM is most likely stuck: SIGQUIT
+				// has the Go runtime print every goroutine's stack to its log
+				// before it exits, which is what finding the hang needs.
+				p.cmd.Process.Signal(syscall.SIGQUIT)
+				select {
+				case <-p.exited:
+					cr.t.Logf("%s did not exit within 20s of SIGTERM; sent SIGQUIT (its goroutines are in its log)", p.name)
+				case <-time.After(5 * time.Second):
+					cr.t.Logf("%s did not exit within 20s of SIGTERM nor 5s of SIGQUIT; killed", p.name)
+					p.kill()
+				}
 			}
 		}()
 	}
