@@ -20,13 +20,15 @@ import (
 // chaosConfig is the run's configuration, from the environment:
 //
 //	CHAOS_SEED       the first schedule's seed (default: from the clock; printed)
-//	CHAOS_SCHEDULES  schedules to run, seeds SEED, SEED+1, ... (default 2)
+//	CHAOS_SCHEDULES  schedules to run, seeds SEED, SEED+1, ... (default 1), after
+//	                 every schedule of chaosRegressions unless CHAOS_SEED is set
 //	CHAOS_DURATION   each schedule's length (default 45s)
 //	CHAOS_ACTIONS    comma list: only these action kinds (default: all the rack implements)
 //	CHAOS_SKIP       comma list: action kinds left out
 //	CHAOS_OUT        where the JSON summary and failed histories go (default: a new temporary directory)
 type chaosConfig struct {
 	seed      int64
+	seedGiven bool // a replay: the regression schedules are not run
 	schedules int
 	duration  time.Duration
 	disabled  map[chaos.Action]bool
@@ -37,10 +39,14 @@ type chaosConfig struct {
 // chosen are part of the schedule's topology, so they are repeated.
 func (c chaosConfig) replay(seed int64) string {
 	cmd := fmt.Sprintf("make chaos SEED=%d DURATION=%v", seed, c.duration)
-	for _, env := range []string{"CHAOS_ACTIONS", "CHAOS_SKIP"} {
-		if v := os.Getenv(env); v != "" {
-			cmd = fmt.Sprintf("%s=%s %s", env, v, cmd)
+	if len(c.disabled) > 0 {
+		var on []string
+		for _, a := range chaosActions {
+			if !c.disabled[a] {
+				on = append(on, string(a))
+			}
 		}
+		cmd = "CHAOS_ACTIONS=" + strings.Join(on, ",") + " " + cmd
 	}
 	return cmd
 }
@@ -54,9 +60,10 @@ var chaosActions = []chaos.Action{chaos.Kill, chaos.Pause, chaos.PartitionPrimar
 var chaosUnimplemented = map[chaos.Action]bool{}
 
 func chaosConfigFromEnv(t *testing.T) chaosConfig {
-	c := chaosConfig{seed: time.Now().UnixNano() % 1_000_000_000, schedules: 2, duration: 45 * time.Second, disabled: map[chaos.Action]bool{}}
+	c := chaosConfig{seed: time.Now().UnixNano() % 1_000_000_000, schedules: 1, duration: 45 * time.Second, disabled: map[chaos.Action]bool{}}
 	var err error
 	if s := os.Getenv("CHAOS_SEED"); s != "" {
+		c.seedGiven = true
 		if c.seed, err = strconv.ParseInt(s, 10, 64); err != nil {
 			t.Fatalf("CHAOS_SEED=%q: %v", s, err)
 		}
@@ -71,29 +78,7 @@ func chaosConfigFromEnv(t *testing.T) chaosConfig {
 			t.Fatalf("CHAOS_DURATION=%q: want a duration of at least 20s", s)
 		}
 	}
-	known := map[chaos.Action]bool{}
-	for _, a := range chaosActions {
-		known[a] = true
-	}
-	parse := func(env string) map[chaos.Action]bool {
-		set := map[chaos.Action]bool{}
-		for _, f := range strings.Split(os.Getenv(env), ",") {
-			if f = strings.TrimSpace(f); f == "" {
-				continue
-			}
-			if !known[chaos.Action(f)] {
-				t.Fatalf("%s: unknown action %q (known: %v)", env, f, chaosActions)
-			}
-			set[chaos.Action(f)] = true
-		}
-		return set
-	}
-	only, skip := parse("CHAOS_ACTIONS"), parse("CHAOS_SKIP")
-	for _, a := range chaosActions {
-		if (len(only) > 0 && !only[a]) || skip[a] || chaosUnimplemented[a] {
-			c.disabled[a] = true
-		}
-	}
+	c.disabled = disabledActions(t, os.Getenv("CHAOS_ACTIONS"), os.Getenv("CHAOS_SKIP"))
 	c.out = os.Getenv("CHAOS_OUT")
 	if c.out == "" {
 		if c.out, err = os.MkdirTemp("", "ballast-chaos-"); err != nil {
@@ -156,6 +141,17 @@ func TestChaos(t *testing.T) {
 
 	var sum chaos.Summary
 	perKind := map[string]*kindReport{}
+	if !cfg.seedGiven {
+		for _, reg := range chaosRegressions {
+			rcfg := cfg
+			rcfg.duration = reg.duration
+			rcfg.disabled = disabledActions(t, reg.actions, "")
+			t.Run(fmt.Sprintf("regression-seed=%d", reg.seed), func(t *testing.T) {
+				t.Logf("chaos: regression schedule %d: once found %s", reg.seed, reg.found)
+				runChaosSchedule(t, rcfg, reg.seed, &sum, perKind)
+			})
+		}
+	}
 	for i := 0; i < cfg.schedules; i++ {
 		seed := cfg.seed + int64(i)
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
@@ -410,4 +406,52 @@ func writeJSON(t testing.TB, path string, v any) {
 	if err != nil {
 		t.Logf("write %s: %v", path, err)
 	}
+}
+
+// disabledActions returns the action kinds left out of a schedule: those
+// not in only (a comma list; empty: all), those in skip, and those the
+// rack cannot perform.
+func disabledActions(t *testing.T, only, skip string) map[chaos.Action]bool {
+	known := map[chaos.Action]bool{}
+	for _, a := range chaosActions {
+		known[a] = true
+	}
+	parse := func(name, list string) map[chaos.Action]bool {
+		set := map[chaos.Action]bool{}
+		for _, f := range strings.Split(list, ",") {
+			if f = strings.TrimSpace(f); f == "" {
+				continue
+			}
+			if !known[chaos.Action(f)] {
+				t.Fatalf("%s: unknown action %q (known: %v)", name, f, chaosActions)
+			}
+			set[chaos.Action(f)] = true
+		}
+		return set
+	}
+	onlySet, skipSet := parse("CHAOS_ACTIONS", only), parse("CHAOS_SKIP", skip)
+	disabled := map[chaos.Action]bool{}
+	for _, a := range chaosActions {
+		if (len(onlySet) > 0 && !onlySet[a]) || skipSet[a] || chaosUnimplemented[a] {
+			disabled[a] = true
+		}
+	}
+	return disabled
+}
+
+// chaosRegression is a schedule that once found a fault. Every run that
+// is not a replay runs them all first, `make test` included, so the fault
+// stays fixed. A schedule is its seed, its duration and its action kinds:
+// replay one with CHAOS_ACTIONS=<actions> make chaos SEED=<seed>
+// DURATION=<duration>.
+type chaosRegression struct {
+	seed     int64
+	duration time.Duration
+	actions  string
+	found    string
+}
+
+var chaosRegressions = []chaosRegression{
+	{seed: 8, duration: time.Minute, actions: "kill,partition-primary-from-leader,isolate-leader,cut-network,disk-full,wipe-restart",
+		found: "a primary restarted over an emptied data directory before its lease lapsed opened the volume and mirrored its empty log over the catching-up secondary: reads of zeroes for acknowledged blocks (17 violations, 3 stale reads)"},
 }
