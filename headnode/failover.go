@@ -390,6 +390,18 @@ func (p *promoter) step(ctx context.Context, now clock.Instant) {
 		return
 	}
 	term := currentTerm(r)
+	// What the group and the directory hold, and which peers answer, is
+	// read before p.mu is taken, never under it: the state machine calls
+	// renewed and added while it holds its own lock, so reading it under
+	// p.mu would have the two wait for each other, and the group would
+	// apply nothing more on its leader for good. The hooks run under the
+	// state machine's lock, so a volume listed here has had added run.
+	peers := p.node.peers()
+	answering := map[string]bool{}
+	for _, peer := range peers {
+		answering[peer.ID] = p.node.peerAnswers(peer)
+	}
+	vols := p.group.fsm.List()
 	p.mu.Lock()
 	if p.term != term {
 		// A new leader has seen no renewals: every lease counts as
@@ -400,11 +412,10 @@ func (p *promoter) step(ctx context.Context, now clock.Instant) {
 		p.mu.Unlock()
 		return
 	}
-	peers := p.node.peers()
-	noteAnswering(p.seen, peers, p.node.peerAnswers, now)
+	noteAnswering(p.seen, peers, func(peer Peer) bool { return answering[peer.ID] }, now)
 	live, silent := classifyPeers(peers, p.node.cfg.ID, p.seen, p.since, now, p.cfg)
 	var promote []*ballastpb.Volume
-	for _, v := range p.group.fsm.List() {
+	for _, v := range vols {
 		if p.table.Expired(v.Id, now) {
 			promote = append(promote, v)
 		}

@@ -31,6 +31,9 @@ type Directory struct {
 	// moved in: its primary has had no chance to renew its lease here
 	// yet, and the group leader times the lease from now.
 	OnVolumeAdded func(id uint64)
+	// The hooks run under the directory's lock: a lock a hook takes must
+	// never be held by a goroutine that reads the directory, or the two
+	// wait for each other and the group applies nothing more.
 
 	mu           sync.RWMutex
 	byName       map[string]*ballastpb.Volume
