@@ -454,4 +454,6 @@ type chaosRegression struct {
 var chaosRegressions = []chaosRegression{
 	{seed: 8, duration: time.Minute, actions: "kill,partition-primary-from-leader,isolate-leader,cut-network,disk-full,wipe-restart",
 		found: "a primary restarted over an emptied data directory before its lease lapsed opened the volume and mirrored its empty log over the catching-up secondary: reads of zeroes for acknowledged blocks (17 violations, 3 stale reads)"},
+	{seed: 1001, duration: time.Minute,
+		found: "a lease renewal applied while the group's promoter stepped deadlocked the group's state machine on its leader: the group applied nothing more and a volume stayed unavailable"},
 }
