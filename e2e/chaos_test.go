@@ -20,8 +20,10 @@ import (
 // chaosConfig is the run's configuration, from the environment:
 //
 //	CHAOS_SEED       the first schedule's seed (default: from the clock; printed)
-//	CHAOS_SCHEDULES  schedules to run, seeds SEED, SEED+1, ... (default 1), after
-//	                 every schedule of chaosRegressions unless CHAOS_SEED is set
+//	CHAOS_SCHEDULES  new schedules to run, seeds SEED, SEED+1, ..., after every
+//	                 schedule of chaosRegressions unless CHAOS_SEED is set
+//	                 (default: 1 with CHAOS_SEED; none without it, so that
+//	                 `make test` runs only the regression schedules)
 //	CHAOS_DURATION   each schedule's length (default 45s)
 //	CHAOS_ACTIONS    comma list: only these action kinds (default: all the rack implements)
 //	CHAOS_SKIP       comma list: action kinds left out
@@ -60,7 +62,7 @@ var chaosActions = []chaos.Action{chaos.Kill, chaos.Pause, chaos.PartitionPrimar
 var chaosUnimplemented = map[chaos.Action]bool{}
 
 func chaosConfigFromEnv(t *testing.T) chaosConfig {
-	c := chaosConfig{seed: time.Now().UnixNano() % 1_000_000_000, schedules: 1, duration: 45 * time.Second, disabled: map[chaos.Action]bool{}}
+	c := chaosConfig{seed: time.Now().UnixNano() % 1_000_000_000, duration: 45 * time.Second, disabled: map[chaos.Action]bool{}}
 	var err error
 	if s := os.Getenv("CHAOS_SEED"); s != "" {
 		c.seedGiven = true
@@ -68,9 +70,12 @@ func chaosConfigFromEnv(t *testing.T) chaosConfig {
 			t.Fatalf("CHAOS_SEED=%q: %v", s, err)
 		}
 	}
+	if c.seedGiven {
+		c.schedules = 1
+	}
 	if s := os.Getenv("CHAOS_SCHEDULES"); s != "" {
-		if c.schedules, err = strconv.Atoi(s); err != nil || c.schedules < 1 {
-			t.Fatalf("CHAOS_SCHEDULES=%q: want a positive number", s)
+		if c.schedules, err = strconv.Atoi(s); err != nil || c.schedules < 0 || (c.seedGiven && c.schedules < 1) {
+			t.Fatalf("CHAOS_SCHEDULES=%q: want a number of schedules (at least 1 with CHAOS_SEED)", s)
 		}
 	}
 	if s := os.Getenv("CHAOS_DURATION"); s != "" {
