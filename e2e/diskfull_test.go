@@ -71,15 +71,25 @@ func TestHeadNodeDiskFull(t *testing.T) {
 	if out := qemuIO("read -P 0xab 0 64k"); strings.Contains(out, "failed") || strings.Contains(out, "Pattern verification failed") {
 		t.Fatalf("read on full disks: %s", out)
 	}
-	st := rackStatus(t, c)
-	if len(st.Disks) != 3 {
-		t.Fatalf("rack status shows %d head-node disks, want 3", len(st.Disks))
-	}
-	for _, d := range st.Disks {
-		if !d.WritesRefused || d.TotalBytes != diskBytes {
-			t.Fatalf("rack status of a full head node: %v", d)
+	// Every head node says so, each once it measured its disk again (a
+	// node that is no replica of the volume may measure later, and its
+	// pebble may have freed space since the fill: top it up then).
+	waitFor(t, 30*time.Second, "every head node's status to say its writes are refused", func() bool {
+		st := rackStatus(t, c)
+		if len(st.Disks) != 3 {
+			return false
 		}
-	}
+		for _, d := range st.Disks {
+			if d.TotalBytes != diskBytes {
+				t.Fatalf("rack status of a full head node: %v", d)
+			}
+			if !d.WritesRefused {
+				fillDisk(t, filepath.Join(r.dir, d.HeadNode), 6<<20)
+				return false
+			}
+		}
+		return true
+	})
 
 	// Restart a head node on a disk full to the last byte: it must start
 	// (its reserve gives pebble room to open) and still refuse writes.
@@ -106,11 +116,15 @@ func TestHeadNodeDiskFull(t *testing.T) {
 	if out := qemuIO("read -P 0xef 0 64k"); strings.Contains(out, "failed") {
 		t.Fatalf("read back after space was freed: %s", out)
 	}
-	for _, d := range rackStatus(t, c).Disks {
-		if d.WritesRefused {
-			t.Fatalf("rack status after space was freed: %v", d)
+	// Each head node says so once it measured its disk again.
+	waitFor(t, 30*time.Second, "every head node's status to say its writes are admitted", func() bool {
+		for _, d := range rackStatus(t, c).Disks {
+			if d.WritesRefused {
+				return false
+			}
 		}
-	}
+		return true
+	})
 }
 
 func mountTmpfs(t *testing.T, dir string, size int) {
