@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -477,8 +480,8 @@ func TestReadCorruptBlock(t *testing.T) {
 func TestOptions(t *testing.T) {
 	for _, o := range []Options{
 		{},
-		{SizeBytes: superblockArea + 64<<20},                       // one default zone
-		{SizeBytes: 1 << 20, ZoneBytes: 4096},                      // zone too small
+		{SizeBytes: superblockArea + 64<<20},  // one default zone
+		{SizeBytes: 1 << 20, ZoneBytes: 4096}, // zone too small
 		{SizeBytes: 1 << 20, ZoneBytes: 64 << 10, MaxBatchBytes: 128 << 10}, // batch larger than a zone
 	} {
 		if _, _, err := o.resolve(); err == nil {
@@ -527,5 +530,98 @@ func TestReplayCallbackError(t *testing.T) {
 	_, err := Open(testPath, smallOpts(fs, 4), func(uint64, Entry, []Location) error { return boom })
 	if !errors.Is(err, boom) {
 		t.Fatalf("Open: %v", err)
+	}
+}
+
+// opLog wraps an FS to log the start and end of every write and sync of
+// the journal file, and to let a test delay some.
+type opLog struct {
+	FS
+	mu    sync.Mutex
+	ops   []string // "write <off>", "sync", "synced"
+	delay func(off int64) time.Duration
+}
+
+func (l *opLog) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
+	f, err := l.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return loggedFile{File: f, log: l}, nil
+}
+
+func (l *opLog) add(op string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ops = append(l.ops, op)
+}
+
+type loggedFile struct {
+	File
+	log *opLog
+}
+
+func (f loggedFile) WriteAt(p []byte, off int64) (int, error) {
+	f.log.add(fmt.Sprint("write ", off))
+	if f.log.delay != nil {
+		time.Sleep(f.log.delay(off))
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f loggedFile) Sync() error {
+	f.log.add("sync")
+	err := f.File.Sync()
+	f.log.add("synced")
+	return err
+}
+
+// Release lets the writer into a freed zone only after the superblock
+// naming the new tail is synced, even with a batch waiting for that zone
+// and the superblock write slow.
+func TestReleaseSuperblockBeforeReuse(t *testing.T) {
+	log := &opLog{FS: newMemFS(1)}
+	j, _ := mustOpen(t, smallOpts(log, 2))
+	defer j.Close()
+	for i := range 8 { // both zones full
+		appendWait(t, j, entryOf("", uint64(3*i), uint64(3*i+1), uint64(3*i+2)))
+	}
+	done := make(chan error, 1)
+	go func() {
+		c, _, err := j.Append(context.Background(), []Entry{entryOf("", 100)})
+		if err == nil {
+			err = c.Wait(context.Background())
+		}
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // the append waits for zone 0
+	log.mu.Lock()
+	log.ops = nil
+	log.delay = func(off int64) time.Duration {
+		if off < superblockArea {
+			return 50 * time.Millisecond
+		}
+		return 0
+	}
+	log.mu.Unlock()
+	if err := j.Release(5); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	synced := -1
+	for i, op := range log.ops {
+		switch {
+		case strings.HasPrefix(op, "write ") && op != "write 0" && op != fmt.Sprint("write ", BlockSize) && synced < 0:
+			t.Fatalf("%s before the superblock was synced: %v", op, log.ops)
+		case op == "synced" && synced < 0:
+			synced = i
+		}
+	}
+	if synced < 0 || !slices.Contains(log.ops[synced:], fmt.Sprint("write ", superblockArea)) {
+		t.Fatalf("operations %v", log.ops)
 	}
 }
