@@ -46,6 +46,8 @@ FUZZ_TARGETS := \
 	./attach/nbd/:FuzzRequestParser \
 	./consensus/transport/:FuzzDecodeRequest \
 	./consensus/logstore/:FuzzDecodeLogValue \
+	./headnode/journal/:FuzzDecodeHeader \
+	./headnode/journal/:FuzzDecodeSuperblock \
 	./consensus/:FuzzDecodeKVCommand \
 	./txn/:FuzzUnmarshalCommand \
 	./txn/:FuzzUnmarshalResult \

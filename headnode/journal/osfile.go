@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 )
 
@@ -44,18 +45,34 @@ func (o *osFile) Allocate(size int64) error {
 	if !errors.Is(err, errNoFallocate) {
 		return fmt.Errorf("fallocate %d bytes: %w", size, err)
 	}
-	// Zeros from the last whole block, in aligned chunks, so that this
-	// works with O_DIRECT too.
+	return o.zeroFill(cur, size)
+}
+
+// zeroFill writes zeros from cur up to size, in aligned chunks so that it
+// works with O_DIRECT too: a partial last block is read, its tail zeroed
+// and written back whole. The journal's sizes are multiples of 4096.
+func (o *osFile) zeroFill(cur, size int64) error {
 	const chunk = 1 << 20
 	zeros := alignedBuf(chunk)
-	for off := cur / BlockSize * BlockSize; off < size; off += chunk {
+	off := cur / BlockSize * BlockSize
+	if off < cur {
+		// The file ends at cur: a short read.
+		if _, err := o.ReadAt(zeros[:BlockSize], off); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("zero-fill: read at %d: %w", off, err)
+		}
+		clear(zeros[cur-off : BlockSize])
+		if err := writeFull(o, zeros[:BlockSize], off); err != nil {
+			return fmt.Errorf("zero-fill: %w", err)
+		}
+		clear(zeros[:BlockSize])
+		off += BlockSize
+	}
+	for ; off < size; off += chunk {
 		n := min(int64(chunk), size-off)
 		if err := writeFull(o, zeros[:roundUp(n)], off); err != nil {
 			return fmt.Errorf("zero-fill: %w", err)
 		}
 	}
-	// A filesystem without fallocate may have written a last block past
-	// size when size is not a multiple of 4096; the journal's sizes are.
 	return nil
 }
 

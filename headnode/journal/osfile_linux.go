@@ -10,9 +10,13 @@ import (
 // DirectFlag asks OpenFile for direct I/O (O_DIRECT on Linux).
 const DirectFlag = unix.O_DIRECT
 
+// osOpenFile is os.OpenFile; tests replace it to refuse O_DIRECT as
+// tmpfs before Linux 6.6 does.
+var osOpenFile = os.OpenFile
+
 func openOS(name string, flag int, perm os.FileMode) (File, error) {
 	if flag&DirectFlag != 0 {
-		f, err := os.OpenFile(name, flag, perm)
+		f, err := osOpenFile(name, flag, perm)
 		if err == nil {
 			return &osFile{f: f, direct: true}, nil
 		}
@@ -23,7 +27,7 @@ func openOS(name string, flag int, perm os.FileMode) (File, error) {
 		}
 		flag &^= DirectFlag
 	}
-	f, err := os.OpenFile(name, flag, perm)
+	f, err := osOpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
 	}
