@@ -458,7 +458,7 @@ func (j *Journal) Append(ctx context.Context, entries []Entry) (*Commit, [][]Loc
 			return nil, nil, err
 		}
 		if b := j.mu.open; b != nil {
-			if b.bytesWith(blocks, len(table)) <= j.roomLocked(b) {
+			if b.bytesWith(blocks, len(table)) <= j.roomLocked(b) && len(b.table)+len(table) <= maxHeaderBytes {
 				return b.commit, j.addLocked(b, entries, crcs, table), nil
 			}
 			if len(j.mu.sealed) >= maxSealed {
@@ -502,14 +502,24 @@ func (j *Journal) roomLocked(b *batch) int64 {
 
 // openBatchLocked opens a batch for an append of size bytes (alone) at
 // the next position, or at the start of the next zone if it does not fit
-// in the current one. If that zone is not free it waits for a Release and
-// returns nil, for the caller to look again.
+// in the current one. If that zone is not free it frees it (if an earlier
+// Release covered it) or waits for a Release, and returns nil for the
+// caller to look again.
 func (j *Journal) openBatchLocked(ctx context.Context, size int64) (*batch, error) {
 	m := &j.mu
 	pos, marker := m.nextPos, int64(-1)
 	if pos+size > j.g.zoneEnd(m.headZone) {
 		nz := j.g.next(m.headZone)
 		if nz == m.tailZone {
+			// A zone that was still the head when its batches were
+			// released can be freed now that the head has moved on.
+			if m.tailZone != m.headZone && m.zones[m.tailZone].lastLSN < m.released {
+				lsn := m.released
+				j.mu.Unlock()
+				err := j.Release(lsn)
+				j.mu.Lock()
+				return nil, err
+			}
 			return nil, j.waitLocked(ctx)
 		}
 		if j.g.zoneEnd(m.headZone)-pos >= BlockSize {
@@ -709,7 +719,9 @@ func (j *Journal) memLocked(lsn uint64) *batch {
 // Release tells the journal that every batch with an LSN below lsn is
 // persisted elsewhere. Zones whose batches all are become free, once a
 // superblock naming the new tail is durable (Release waits for that
-// write and sync). lsn may be at most one past the last appended batch.
+// write and sync). The zone still receiving batches is not freed; it is
+// once the head has moved on, at the next Release or when an Append
+// needs it. lsn may be at most one past the last appended batch.
 func (j *Journal) Release(lsn uint64) error {
 	j.sbMu.Lock()
 	defer j.sbMu.Unlock()
@@ -723,10 +735,9 @@ func (j *Journal) Release(lsn uint64) error {
 		j.mu.Unlock()
 		return fmt.Errorf("journal: release of LSN %d, past the next batch %d", lsn, m.nextLSN)
 	}
-	if lsn <= m.released {
-		j.mu.Unlock()
-		return nil
-	}
+	// Zones the head was still in at an earlier Release may be free by
+	// now: always look from the highest LSN released so far.
+	lsn = max(lsn, m.released)
 	m.released = lsn
 	z := m.tailZone
 	for z != m.headZone && m.zones[z].lastLSN < lsn {

@@ -625,3 +625,70 @@ func TestReleaseSuperblockBeforeReuse(t *testing.T) {
 		t.Fatalf("operations %v", log.ops)
 	}
 }
+
+// A Release that covers the head zone frees it once the head has moved
+// on, without another Release.
+func TestReleaseOfHeadZoneTakesEffectLater(t *testing.T) {
+	j, _ := mustOpen(t, smallOpts(newMemFS(1), 2))
+	defer j.Close()
+	for i := range 4 { // zone 0: batches 1-4
+		appendWait(t, j, entryOf("", uint64(3*i), uint64(3*i+1), uint64(3*i+2)))
+	}
+	if err := j.Release(5); err != nil {
+		t.Fatal(err)
+	}
+	if st := j.Stats(); st.TailLSN != 1 {
+		t.Fatalf("the head zone was freed: %+v", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range 5 { // zone 1: batches 5-8; batch 9 needs zone 0
+		c, _, err := j.Append(ctx, []Entry{entryOf("", uint64(3*i), uint64(3*i+1), uint64(3*i+2))})
+		if err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+		if err := c.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := j.Stats(); st.TailLSN != 5 || st.HeadLSN != 9 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Many appends with long metadata never make a header longer than replay
+// accepts, even when MaxBatchBytes would allow it.
+func TestHeaderBound(t *testing.T) {
+	fs := newMemFS(1)
+	hold := make(chan struct{})
+	fs.SetHook(func(op crashfs.Op) crashfs.Fault {
+		if op.Kind == crashfs.OpWrite && op.Off >= superblockArea {
+			<-hold
+		}
+		return crashfs.Fault{}
+	})
+	opts := Options{SizeBytes: superblockArea + 2*16<<20, ZoneBytes: 16 << 20, MaxBatchBytes: 12 << 20, FS: fs}
+	j, _ := mustOpen(t, opts)
+	meta := bytes.Repeat([]byte{'m'}, 60<<10)
+	var commits []*Commit
+	for range 100 { // 6 MB of metadata
+		c, _, err := j.Append(context.Background(), []Entry{{Meta: meta}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		commits = append(commits, c)
+	}
+	close(hold)
+	for _, c := range commits {
+		if err := c.Wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	fs.SetHook(nil)
+	j, got := mustOpen(t, opts)
+	defer j.Close()
+	if len(got) != 100 {
+		t.Fatalf("replayed %d of 100 entries (%v)", len(got), j.mu.replayEnd)
+	}
+}
