@@ -116,7 +116,9 @@
 // Release(lsn) frees the zones, from the tail on, whose batches all have
 // LSNs below lsn, never the head zone: it writes a superblock naming the
 // first batch of the first zone still in use as the new tail, to the older
-// copy, syncs it, and only then lets the writer reuse the freed zones.
+// copy, syncs it, and only then lets the writer reuse the freed zones. A
+// zone that was the head when a Release covered it is freed once the head
+// has moved on, by the next Release or by the Append that needs it.
 //
 // # Crash safety
 //
@@ -160,7 +162,9 @@
 //     entries of each batch only after the whole batch checked out.
 //  3. Write the superblock with the generation incremented, sync it (and
 //     for a new file sync its directory), then start the writer after the
-//     last valid batch, in its zone.
+//     last valid batch, in its zone. That sync also makes durable what
+//     replay read from the page cache after a crash of the process alone
+//     (written, never synced), before the caller acts on it.
 //
 // # Goroutines
 //

@@ -43,7 +43,9 @@ func (j *Journal) runWriter() {
 			return
 		}
 		// Written: reads go to the file from now on, so the buffer can
-		// be reused.
+		// be reused. The writer takes batches in LSN order, so b is the
+		// oldest unwritten one.
+		j.mu.mem[0] = nil
 		j.mu.mem = j.mu.mem[1:]
 		j.mu.synced = append(j.mu.synced, b.commit)
 		j.mu.batches++
@@ -64,6 +66,7 @@ func (j *Journal) takeLocked() *batch {
 	switch {
 	case len(m.sealed) > 0:
 		b = m.sealed[0]
+		m.sealed[0] = nil
 		m.sealed = m.sealed[1:]
 	case m.open != nil:
 		b = m.open
