@@ -8,6 +8,7 @@ import (
 	"github.com/cockroachdb/pebble"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/headnode/journal"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -24,11 +25,29 @@ type applier struct {
 	// Per record: the live-block changes of segments, and the keys touched.
 	liveDelta map[uint64]int64
 	entry     *ballastpb.LogEntry
+	// locs are where the record's blocks of data are in the journal, in
+	// the order they appear in it; next is the first not yet used.
+	locs []journal.Location
+	next int
 }
 
-func (a *applier) apply(r *ballastpb.LogRecord) error {
+// nextLoc returns the journal location of the record's next block of data.
+func (a *applier) nextLoc() (journal.Location, error) {
+	if a.next >= len(a.locs) {
+		return journal.Location{}, fmt.Errorf("%w: record has more blocks of data than its journal entry", ErrCorrupt)
+	}
+	a.next++
+	return a.locs[a.next-1], nil
+}
+
+// hasData says whether a datum stands for a block of data: 4 KiB, or the
+// journal's placeholder for one.
+func hasData(d []byte) bool { return len(d) == volume.BlockSizeBytes || isPlaceholder(d) }
+
+func (a *applier) apply(r *ballastpb.LogRecord, locs []journal.Location) error {
 	a.liveDelta = map[uint64]int64{}
 	a.entry = &ballastpb.LogEntry{Seq: r.Seq}
+	a.locs, a.next = locs, 0
 	var err error
 	switch kinds := recordKinds(r); {
 	case kinds > 1:
@@ -48,6 +67,9 @@ func (a *applier) apply(r *ballastpb.LogRecord) error {
 	}
 	if err != nil {
 		return err
+	}
+	if a.next != len(a.locs) {
+		return fmt.Errorf("%w: record %d used %d of the %d blocks of its journal entry", ErrCorrupt, r.Seq, a.next, len(a.locs))
 	}
 	if err := a.commitLiveDeltas(); err != nil {
 		return err
@@ -167,14 +189,18 @@ func (a *applier) applyWrite(r *ballastpb.LogRecord) error {
 		a.entry.Removed = append(a.entry.Removed, rg)
 	}
 	for _, bw := range r.Blocks {
-		switch len(bw.Data) {
-		case 0:
+		switch {
+		case len(bw.Data) == 0:
 			// A block removed alone: like a range of one.
 			if err := a.removeRange(bw.Block, 1); err != nil {
 				return err
 			}
-		case volume.BlockSizeBytes:
-			if err := a.b.Set(blockKey(a.vol, bw.Block), encodeBlock(r.Seq, bw.Data), nil); err != nil {
+		case hasData(bw.Data):
+			loc, err := a.nextLoc()
+			if err != nil {
+				return err
+			}
+			if err := a.b.Set(blockKey(a.vol, bw.Block), encodeBlockRef(r.Seq, loc), nil); err != nil {
 				return err
 			}
 		default:
@@ -243,12 +269,12 @@ func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
 		if err != nil {
 			return fmt.Errorf("read block %d: %w", block, err)
 		}
-		version, _, err := decodeBlock(v)
+		ref, err := decodeBlockRef(v)
 		closer.Close()
 		if err != nil {
 			return err
 		}
-		if version != f.Versions[slot] {
+		if ref.version != f.Versions[slot] {
 			continue // written again since
 		}
 		if err := a.index(block, blockLoc{segment: seg.Id, slot: uint32(slot)}); err != nil {
@@ -348,11 +374,14 @@ func (a *applier) applyState(s *ballastpb.StateRecord) error {
 	for _, bs := range s.Blocks {
 		a.entry.Blocks = append(a.entry.Blocks, bs.Block)
 		var err error
-		switch len(bs.Data) {
-		case 0:
+		switch {
+		case len(bs.Data) == 0:
 			err = a.b.Delete(blockKey(a.vol, bs.Block), nil)
-		case volume.BlockSizeBytes:
-			err = a.b.Set(blockKey(a.vol, bs.Block), encodeBlock(bs.Version, bs.Data), nil)
+		case hasData(bs.Data):
+			var loc journal.Location
+			if loc, err = a.nextLoc(); err == nil {
+				err = a.b.Set(blockKey(a.vol, bs.Block), encodeBlockRef(bs.Version, loc), nil)
+			}
 		default:
 			err = fmt.Errorf("state of block %d has %d bytes", bs.Block, len(bs.Data))
 		}

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 
-	"github.com/cockroachdb/pebble"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/proto/sledpb"
@@ -41,12 +41,16 @@ type ShardReader interface {
 // the first such block. It is for operators and tests that must check
 // what one copy holds; the node must not be running.
 func ExportReplica(dataDir string, volumeID, sizeBytes uint64, shards ShardReader, w io.Writer) error {
-	dir := filepath.Join(dataDir, "blocks")
-	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true})
-	if err != nil {
-		return fmt.Errorf("open block store %s read-only (is the head node stopped?): %w", dir, err)
+	dir, jpath := filepath.Join(dataDir, "blocks"), filepath.Join(dataDir, "journal")
+	// The store opens as the node's restart would open it: the journal's
+	// replay applies to pebble what a crash took from it.
+	if _, err := os.Stat(jpath); err != nil {
+		return fmt.Errorf("export replica: no journal in %s: %w", dataDir, err)
 	}
-	s := &blockStore{db: db, state: map[uint64]*ballastpb.VolumeLogState{}}
+	s, err := openBlockStore(dir, blockStoreOptions{JournalPath: jpath})
+	if err != nil {
+		return fmt.Errorf("export replica (is the head node stopped?): %w", err)
+	}
 	defer s.Close()
 	return exportVolume(context.Background(), s, volumeID, sizeBytes, shards, w)
 }

@@ -96,9 +96,13 @@ func Start(cfg Config) (_ *Node, err error) {
 	if fresh {
 		n.log.Info("new incarnation of the data directory", "incarnation", n.incarnation)
 	}
-	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), blockStoreOptions{CacheBytes: cfg.BlockCacheBytes}); err != nil {
+	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), blockStoreOptions{
+		CacheBytes: cfg.BlockCacheBytes, JournalPath: filepath.Join(cfg.DataDir, "journal"), JournalBytes: cfg.Storage.JournalBytes,
+	}); err != nil {
 		return nil, err
 	}
+	n.blocks.onJournalPressure = func() { go n.flushAll() }
+	n.blocks.onReleaseError = func(err error) { n.log.Error("the journal cannot free what was flushed", "err", err) }
 	n.remote = &remoteIO{
 		cfg:   cfg.Storage,
 		sled:  n.directory.Sled,
@@ -397,4 +401,16 @@ func (n *Node) Close() error {
 		errs = append(errs, n.blocks.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// flushAll asks every volume this node is primary of to flush soon: the
+// journal is filling.
+func (n *Node) flushAll() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, pv := range n.primaries {
+		if pv.maint != nil {
+			pv.maint.kick()
+		}
+	}
 }

@@ -585,7 +585,8 @@ func (p *primaryVolume) commit(batch []*pendingWrite) error {
 	for _, r := range records {
 		written += int64(len(r.Blocks)) * blockSize
 	}
-	if p.maint != nil && p.writtenBytes.Add(written) >= p.remote.cfg.FlushThresholdBytes {
+	if p.maint != nil && (p.writtenBytes.Add(written) >= p.remote.cfg.FlushThresholdBytes ||
+		p.store.journalPressure() || (p.link != nil && p.link.JournalPressure())) {
 		p.maint.kick()
 	}
 	return nil

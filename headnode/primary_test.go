@@ -70,6 +70,8 @@ func (l *memLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (ui
 	return r.LastSeq, nil
 }
 
+func (l *memLink) JournalPressure() bool { return false }
+
 func (l *memLink) DiskFull() bool {
 	l.f.mu.Lock()
 	defer l.f.mu.Unlock()

@@ -1,7 +1,6 @@
 package headnode
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -56,7 +55,7 @@ func (s *blockStore) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*bal
 		if entry.Seq != want {
 			return nil, fmt.Errorf("%w: volume %d: log holds %d where %d was expected (trimmed?)", ErrSeqGap, vol, entry.Seq, want)
 		}
-		state, n, err := stateOf(snap, vol, &entry)
+		state, n, err := s.stateOf(snap, vol, &entry)
 		if err != nil {
 			return nil, err
 		}
@@ -69,7 +68,7 @@ func (s *blockStore) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*bal
 }
 
 // stateOf reads the current state of the keys a log entry names.
-func stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballastpb.StateRecord, int, error) {
+func (s *blockStore) stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballastpb.StateRecord, int, error) {
 	st := &ballastpb.StateRecord{Cleared: e.Removed}
 	n := 0
 	for _, blk := range e.Blocks {
@@ -80,15 +79,16 @@ func stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballast
 		case err != nil:
 			return nil, 0, fmt.Errorf("read block %d of volume %d: %w", blk, vol, err)
 		default:
-			version, data, derr := decodeBlock(v)
-			if derr == nil {
-				bs.Version, bs.Data = version, bytes.Clone(data)
-				n += len(data)
-			}
+			ref, derr := decodeBlockRef(v)
 			closer.Close()
 			if derr != nil {
 				return nil, 0, derr
 			}
+			bs.Version, bs.Data = ref.version, make([]byte, blockSize)
+			if err := s.readRef(vol, blk, ref, bs.Data); err != nil {
+				return nil, 0, err
+			}
+			n += len(bs.Data)
 		}
 		v, closer, err = snap.Get(indexKey(vol, blk))
 		switch {

@@ -25,6 +25,10 @@ type StorageConfig struct {
 	// FlushInterval starts one anyway, so the log never holds data long.
 	FlushThresholdBytes int64
 	FlushInterval       time.Duration
+	// JournalBytes sizes a new journal of volume data (0: 1 GiB); an
+	// existing journal keeps its size. Flushes start early when it is
+	// half full, and writes wait when it is nearly full.
+	JournalBytes int64
 	// CompactLiveFraction: segments with fewer live blocks than this
 	// fraction are rewritten, so overwrites do not leak space.
 	CompactLiveFraction float64

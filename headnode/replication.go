@@ -30,6 +30,9 @@ type replicaLink interface {
 	// DiskFull says whether the secondary's last reply said its data
 	// disk is nearly full.
 	DiskFull() bool
+	// JournalPressure says whether the secondary's last reply asked for
+	// a flush to free its journal.
+	JournalPressure() bool
 	Close()
 }
 

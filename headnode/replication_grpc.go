@@ -140,6 +140,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
 	}
 	reply.DiskFull = s.node.disk.refusing()
+	reply.JournalPressure = s.node.blocks.journalPressure()
 	reply.Incarnation = s.node.incarnation
 	if err := stream.Send(reply); err != nil {
 		return err
@@ -173,6 +174,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 			return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
 		}
 		reply.DiskFull = s.node.disk.refusing()
+		reply.JournalPressure = s.node.blocks.journalPressure()
 		if err := stream.Send(reply); err != nil {
 			return err
 		}
@@ -234,10 +236,11 @@ func (s *replicationServer) dropUnlessReplica(volumeID uint64, stale func() bool
 
 // grpcLink is a replicaLink over the Replication stream.
 type grpcLink struct {
-	cancel   context.CancelFunc
-	stream   ballastpb.Replication_ReplicateClient
-	replies  chan replyOrErr
-	diskFull atomic.Bool // of the last reply
+	cancel          context.CancelFunc
+	stream          ballastpb.Replication_ReplicateClient
+	replies         chan replyOrErr
+	diskFull        atomic.Bool // of the last reply
+	journalPressure atomic.Bool // of the last reply
 }
 
 type replyOrErr struct {
@@ -299,6 +302,7 @@ func (l *grpcLink) roundTrip(ctx context.Context, req *ballastpb.ReplicateReques
 			return nil, fmt.Errorf("secondary: %w", r.err)
 		}
 		l.diskFull.Store(r.reply.DiskFull)
+		l.journalPressure.Store(r.reply.JournalPressure)
 		return r.reply, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for secondary: %w", ctx.Err())
@@ -318,6 +322,8 @@ func (l *grpcLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (u
 }
 
 func (l *grpcLink) DiskFull() bool { return l.diskFull.Load() }
+
+func (l *grpcLink) JournalPressure() bool { return l.journalPressure.Load() }
 
 func (l *grpcLink) Close() { l.cancel() }
 

@@ -1,20 +1,25 @@
 package headnode
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"math"
+	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
 	"github.com/cockroachdb/pebble/vfs"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/headnode/journal"
 	"github.com/ballast-storage/ballast/internal/durable"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
@@ -23,25 +28,28 @@ import (
 // Key layout of a head node's block store (one pebble database per node):
 //
 //	'L' | volume u64 | seq u64      -> LogEntry (protobuf): the keys a record touched
-//	'B' | volume u64 | block u64    -> version u64 | 4096 bytes: a block's newest data, in the log
+//	'B' | volume u64 | block u64    -> blockRef: a block's newest data, in the journal (journalstore.go)
 //	'I' | volume u64 | block u64    -> segment u64 | slot u32: where a flushed block lives
 //	'G' | volume u64 | segment u64  -> Segment (protobuf): shards, sleds, live blocks
 //	'H' | volume u64 | segment u64  -> u64 per slot: the block each slot was written for
 //	'S' | volume u64                -> VolumeLogState (protobuf)
 //	'C' | volume u64 | 0            -> cut u64: the cut this node's primary holds writes for (cuthold.go)
 //	'E' | volume u64 | 0            -> epoch u64: the volume's epoch fence (EpochFence)
+//	'D' | volume u64 | 0            -> lsn u64: the journal entry of the volume's last drop
 //
 // All integers are big-endian so keys sort by volume, then seq, block or
 // segment. A block reads from its 'B' key if it has one (the log holds the
 // newest data), else from the segment its 'I' key names, else as zeroes.
 // A 'B' key's version is the seq of the record that wrote it.
 //
-// One synced batch applies a run of records (apply.go), logs the keys each
+// One batch applies a run of records (apply.go), logs the keys each
 // touched, trims what every replica holds and advances the last seq, so a
-// crash leaves either all of a batch or none of it.
+// crash leaves either all of a batch or none of it. The records are in the
+// journal, synced, before the batch commits; the batch is not synced, and
+// the journal's replay applies again what a crash took from pebble.
 //
-// The log holds keys, not data: a block's data is written once, under its
-// 'B' key, and leaves the head node when a flush record moves it into a
+// The log holds keys, not data: a block's data is written once, to the
+// journal, and leaves the head node when a flush record moves it into a
 // segment. When one replica must hand another the records it lacks
 // (LogFrom, reconcile.go), it sends the current state of every key those
 // records touched; applying that brings the other replica to exactly this
@@ -56,6 +64,7 @@ const (
 	prefixState        = 'S'
 	prefixCutHold      = 'C'
 	prefixEpochFence   = 'E'
+	prefixDropMark     = 'D'
 
 	versionBytes = 8
 	indexBytes   = 12
@@ -112,20 +121,6 @@ func decodeLoc(v []byte) (blockLoc, error) {
 	return blockLoc{segment: binary.BigEndian.Uint64(v), slot: binary.BigEndian.Uint32(v[8:])}, nil
 }
 
-func encodeBlock(version uint64, data []byte) []byte {
-	v := make([]byte, versionBytes+len(data))
-	binary.BigEndian.PutUint64(v, version)
-	copy(v[versionBytes:], data)
-	return v
-}
-
-func decodeBlock(v []byte) (version uint64, data []byte, err error) {
-	if len(v) != versionBytes+volume.BlockSizeBytes {
-		return 0, nil, fmt.Errorf("%w: block value of %d bytes", ErrCorrupt, len(v))
-	}
-	return binary.BigEndian.Uint64(v), v[versionBytes:], nil
-}
-
 func encodeSlots(blocks []uint64) []byte {
 	v := make([]byte, 8*len(blocks))
 	for i, b := range blocks {
@@ -151,6 +146,7 @@ func decodeSlots(v []byte) ([]uint64, error) {
 // may run at any time.
 type blockStore struct {
 	db *pebble.DB
+	jr *journal.Journal
 
 	mu     sync.Mutex
 	state  map[uint64]*ballastpb.VolumeLogState // loaded lazily; guarded by mu
@@ -159,22 +155,84 @@ type blockStore struct {
 	// fenceMu serialises the loads and raises of epoch fences, so that a
 	// load never caches a value older than a raise it raced with.
 	fenceMu sync.Mutex
+
+	// inflight holds, for each append between the journal and its pebble
+	// commit, a journal LSN at or below its entries': the release keeps
+	// them (journalRelease).
+	inflightMu   sync.Mutex
+	inflight     map[uint64]uint64
+	inflightNext uint64
+	// releasedThrough is the journal's tail as last released (the release
+	// loop's alone).
+	releasedThrough uint64
+	// journalReserve is the free journal space that data appends leave
+	// for the records that free it.
+	journalReserve int64
+	// maxEntryBlocks bounds the blocks of one journal entry, and
+	// maxAppendBlocks those of one append, well within a zone.
+	maxEntryBlocks, maxAppendBlocks int
+	onJournalPressure func() // asks the node to flush sooner; may be nil
+	onReleaseError    func(error)
+	releaseKick       chan struct{}
+	releaseStop       chan struct{}
+	releaseDone       chan struct{}
+	ctx               context.Context // ends at Close
+	cancel            context.CancelFunc
 }
 
-// blockStoreOptions tunes pebble for what a head node stores: 4 KiB values
-// under dense keys, read back by point lookups.
+// blockStoreOptions tunes pebble for what a head node stores (small
+// values under dense keys, read back by point lookups) and sizes the
+// journal.
 type blockStoreOptions struct {
-	// FS is the filesystem; nil means the operating system's.
+	// FS is the filesystem of pebble and the journal; nil means the
+	// operating system's (and the journal then uses O_DIRECT where it can).
 	FS vfs.FS
 	// CacheBytes sizes pebble's block cache (0: defaultBlockCacheBytes).
 	// Too small, and every read costs a pread of an index block and a data
 	// block.
 	CacheBytes int64
+	// JournalPath is the journal's file (default: dir + ".journal").
+	JournalPath string
+	// JournalBytes sizes a new journal (0: defaultJournalBytes); an
+	// existing one keeps its size.
+	JournalBytes int64
+	// ReleaseInterval is how often the journal frees what was flushed
+	// (0: a second).
+	ReleaseInterval time.Duration
 }
 
-const defaultBlockCacheBytes = 256 << 20
+const (
+	defaultBlockCacheBytes = 64 << 20
+	defaultJournalBytes    = 1 << 30
+	minJournalBytes        = 1 << 20
+)
 
-// openBlockStore opens (creating if needed) the store in dir.
+// defaultJournalSize sizes a journal that has no size set: an eighth of
+// the free space of its filesystem, between minJournalBytes and
+// defaultJournalBytes, so that a small data disk (a test's tmpfs) is not
+// filled by it. An existing journal keeps its size anyway.
+func defaultJournalSize(fs vfs.FS, path string) int64 {
+	if fs != nil {
+		return 16 * minJournalBytes // in memory: tests, which flush seldom if ever
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(filepath.Dir(path), &st); err != nil {
+		return defaultJournalBytes
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	return max(16<<20, min(defaultJournalBytes, free/8)) &^ (1<<20 - 1)
+}
+
+// journalZoneBytes divides a journal into about 16 zones of 64 KiB to 64
+// MiB: the unit the release frees.
+func journalZoneBytes(size int64) int64 {
+	z := size / 16
+	z = max(64<<10, min(64<<20, z))
+	return z &^ (4096 - 1)
+}
+
+// openBlockStore opens (creating if needed) the store in dir and its
+// journal, and replays the journal into pebble.
 func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	fs := o.FS
 	if fs == nil {
@@ -183,23 +241,29 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	if o.CacheBytes == 0 {
 		o.CacheBytes = defaultBlockCacheBytes
 	}
+	if o.JournalPath == "" {
+		o.JournalPath = dir + ".journal"
+	}
+	if o.JournalBytes == 0 {
+		o.JournalBytes = defaultJournalSize(o.FS, o.JournalPath)
+	}
+	if o.JournalBytes < minJournalBytes {
+		return nil, fmt.Errorf("journal of %d bytes: at least %d needed", o.JournalBytes, minJournalBytes)
+	}
+	if o.ReleaseInterval == 0 {
+		o.ReleaseInterval = time.Second
+	}
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref() // the DB holds its own reference
 	opts := &pebble.Options{
-		FS:    fs,
-		Cache: cache,
-		// Random 4 KiB writes: a bigger memtable means fewer flushes, and
-		// blocks flushed to the sleds before their memtable is written out
-		// never reach an sstable at all.
+		FS:                 fs,
+		Cache:              cache,
 		MemTableSize:       64 << 20,
 		FormatMajorVersion: pebble.FormatVirtualSSTables,
 	}
 	opts.Levels = make([]pebble.LevelOptions, 7)
 	for i := range opts.Levels {
 		opts.Levels[i] = pebble.LevelOptions{
-			// Volume data seldom compresses (guests write compressed and
-			// encrypted data): trying costs CPU on every flush and read.
-			Compression: pebble.NoCompression,
 			// Reads of blocks never written (holes) and point lookups that
 			// would probe every level stop at the filter.
 			FilterPolicy: bloom.FilterPolicy(10),
@@ -213,11 +277,68 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open block store %s: %w", dir, err)
 	}
-	return &blockStore{db: db, state: map[uint64]*ballastpb.VolumeLogState{}, fences: map[uint64]uint64{}}, nil
+	s := &blockStore{
+		db: db, state: map[uint64]*ballastpb.VolumeLogState{}, fences: map[uint64]uint64{},
+		inflight:    map[uint64]uint64{},
+		releaseKick: make(chan struct{}, 1), releaseStop: make(chan struct{}), releaseDone: make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.openJournal(fs, o); err != nil {
+		s.cancel()
+		db.Close()
+		return nil, err
+	}
+	go s.releaseLoop(o.ReleaseInterval)
+	return s, nil
+}
+
+// openJournal opens the journal and applies again what pebble lost of it.
+func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
+	rp := &journalReplay{s: s, dropAt: map[uint64]uint64{}, dropSeen: map[uint64]bool{},
+		parts: map[uint64][]journal.Location{}, partSeq: map[uint64]uint64{}}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixDropMark}, UpperBound: []byte{prefixDropMark + 1}})
+	if err != nil {
+		return fmt.Errorf("read drop marks: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(it.Key()) != 17 || len(it.Value()) != 8 {
+			it.Close()
+			return fmt.Errorf("%w: drop mark %x", ErrCorrupt, it.Key())
+		}
+		rp.dropAt[binary.BigEndian.Uint64(it.Key()[1:9])] = binary.BigEndian.Uint64(it.Value())
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("read drop marks: %w", err)
+	}
+	jo := journal.Options{SizeBytes: o.JournalBytes, ZoneBytes: journalZoneBytes(o.JournalBytes)}
+	if o.FS != nil {
+		jo.FS = journalFS{fs}
+	}
+	s.jr, err = journal.Open(o.JournalPath, jo, rp.entry)
+	if err != nil {
+		return fmt.Errorf("open journal %s: %w", o.JournalPath, err)
+	}
+	// What the replay applied must not depend on the journal's tail, which
+	// the first release may move past it.
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		s.jr.Close()
+		return fmt.Errorf("sync the block store after the journal's replay: %w", err)
+	}
+	st := s.jr.Stats()
+	s.releasedThrough = st.TailLSN
+	// Two zones, or an eighth of the journal, stay for records without data.
+	zone := journalZoneBytes(o.JournalBytes)
+	s.journalReserve = max(2*zone, st.TotalBytes/8)
+	s.maxAppendBlocks = int(zone / 4 / volume.BlockSizeBytes)
+	s.maxEntryBlocks = max(1, min(256, s.maxAppendBlocks/2))
+	return nil
 }
 
 func (s *blockStore) Close() error {
-	return s.db.Close()
+	s.cancel()
+	close(s.releaseStop)
+	<-s.releaseDone
+	return errors.Join(s.jr.Close(), s.db.Close())
 }
 
 // volumeState returns the cached log state of a volume; callers copy what
@@ -279,13 +400,78 @@ func (s *blockStore) NextSegmentID(vol uint64) (uint64, error) {
 	return max(st.NextSegmentId, 1), nil
 }
 
-// Append makes records durable: it applies them in order (apply.go), logs
-// the keys each touched, drops the log entries at or below trimThrough
-// (every replica holds them) and advances the volume's last seq, in one
-// synced batch. The first record must follow the last seq; records at or
-// below it are skipped, since a sender may resend what it could not
-// confirm. With no new records and a trim point, it trims alone.
+// Append makes records durable: it appends them to the journal and,
+// while the journal syncs, applies them in order (apply.go), logs the keys
+// each touched, drops the log entries at or below trimThrough (every
+// replica holds them) and advances the volume's last seq, in one batch
+// that commits once the journal holds the records. The first record must
+// follow the last seq; records at or below it are skipped, since a sender
+// may resend what it could not confirm. With no new records and a trim
+// point, it trims alone. A journal above its high-water mark holds data
+// back until a flush frees room: writes slow down, they do not fail.
 func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
+	last, err := s.LastSeq(vol)
+	if err != nil {
+		return err
+	}
+	var fresh []*ballastpb.LogRecord
+	next := last + 1
+	for _, r := range records {
+		if r.Seq < next {
+			continue
+		}
+		if r.Seq != next {
+			return fmt.Errorf("%w: volume %d: record %d after %d", ErrSeqGap, vol, r.Seq, next-1)
+		}
+		fresh = append(fresh, r)
+		next++
+	}
+	if len(fresh) == 0 {
+		return s.applyJournaled(vol, nil, nil, trimThrough, nil, pebble.NoSync)
+	}
+	var entries []journal.Entry
+	perRecord := make([]int, len(fresh)) // entries of each record
+	withData := false
+	for i, r := range fresh {
+		e, err := journalEntry(vol, r)
+		if err != nil {
+			return err
+		}
+		parts := splitEntry(e, s.maxEntryBlocks, encodeMeta(metaRecordPart, vol, binary.BigEndian.AppendUint64(nil, r.Seq)))
+		entries, perRecord[i] = append(entries, parts...), len(parts)
+		withData = withData || len(e.Blocks) > 0
+	}
+	if withData {
+		if err := s.waitForJournalRoom(s.ctx); err != nil {
+			return err
+		}
+	}
+	defer s.beginJournalAppend()()
+	entryLocs, commits, err := s.appendEntries(entries)
+	if err != nil {
+		return fmt.Errorf("journal records of volume %d: %w", vol, err)
+	}
+	locs := make([][]journal.Location, len(fresh))
+	for i, n := range perRecord {
+		for _, l := range entryLocs[:n] {
+			locs[i] = append(locs[i], l...)
+		}
+		entryLocs = entryLocs[n:]
+	}
+	wait := func() error {
+		if err := waitCommits(s.ctx, commits); err != nil {
+			return fmt.Errorf("journal records of volume %d: %w", vol, err)
+		}
+		return nil
+	}
+	return s.applyJournaled(vol, fresh, locs, trimThrough, wait, pebble.NoSync)
+}
+
+// applyJournaled applies records whose data is in the journal at locs (one
+// list per record) in one batch, trims, and commits once wait (if any)
+// says the journal holds them.
+func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, locs [][]journal.Location,
+	trimThrough uint64, wait func() error, opts *pebble.WriteOptions) error {
 	st, err := s.stateCopy(vol)
 	if err != nil {
 		return err
@@ -297,14 +483,11 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThro
 	defer b.Close()
 	a := applier{b: b, vol: vol, st: st}
 	next := last + 1
-	for _, r := range records {
-		if r.Seq < next {
-			continue
-		}
+	for i, r := range records {
 		if r.Seq != next {
 			return fmt.Errorf("%w: volume %d: record %d after %d", ErrSeqGap, vol, r.Seq, next-1)
 		}
-		if err := a.apply(r); err != nil {
+		if err := a.apply(r, locs[i]); err != nil {
 			return fmt.Errorf("apply record %d of volume %d: %w", r.Seq, vol, err)
 		}
 		next++
@@ -329,9 +512,12 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThro
 	if err := b.Set(stateKey(vol), sv, nil); err != nil {
 		return fmt.Errorf("batch log state: %w", err)
 	}
-	// pebble coalesces the WAL syncs of batches committed concurrently, so
-	// the appends of many volumes share one fsync (group commit).
-	if err := b.Commit(pebble.Sync); err != nil {
+	if wait != nil {
+		if err := wait(); err != nil {
+			return err
+		}
+	}
+	if err := b.Commit(opts); err != nil {
 		return fmt.Errorf("commit log of volume %d: %w", vol, err)
 	}
 	s.mu.Lock()
@@ -356,7 +542,21 @@ type localRead struct {
 // from first on, from one consistent snapshot: blocks in the log are
 // copied, blocks never written are zeroed, and blocks that live in
 // segments are returned, with those segments, for the caller to fetch.
+//
+// A block's data is read from the journal after its ref is read from the
+// snapshot; should the release free and reuse that zone in between, the
+// journal's checksum says so and the read starts over from a new snapshot.
 func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error) {
+	for attempt := 0; ; attempt++ {
+		lr, err := s.readLocal(vol, first, dst)
+		if err != nil && (errors.Is(err, journal.ErrCorrupt) || errors.Is(err, journal.ErrReleased)) && attempt < 3 {
+			continue
+		}
+		return lr, err
+	}
+}
+
+func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error) {
 	count := uint64(len(dst) / volume.BlockSizeBytes)
 	var out localRead
 	snap := s.db.NewSnapshot()
@@ -366,15 +566,12 @@ func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error)
 		// One block: point lookups are cheaper than iterators.
 		v, closer, err := snap.Get(blockKey(vol, first))
 		if err == nil {
-			_, data, derr := decodeBlock(v)
-			if derr == nil {
-				copy(dst, data)
-			}
+			ref, derr := decodeBlockRef(v)
 			closer.Close()
 			if derr != nil {
 				return out, fmt.Errorf("block %d of volume %d: %w", first, vol, derr)
 			}
-			return out, nil
+			return out, s.readRef(vol, first, ref, dst)
 		}
 		if !errors.Is(err, pebble.ErrNotFound) {
 			return out, fmt.Errorf("read block %d of volume %d: %w", first, vol, err)
@@ -410,18 +607,26 @@ func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error)
 		if err != nil {
 			return out, fmt.Errorf("iterate blocks of volume %d: %w", vol, err)
 		}
+		var refs []blockRef
+		var at []uint64
 		for ok := it.First(); ok; ok = it.Next() {
 			i := keyNumber(it.Key()) - first
-			_, data, err := decodeBlock(it.Value())
+			ref, err := decodeBlockRef(it.Value())
 			if err != nil {
 				it.Close()
 				return out, fmt.Errorf("block %d of volume %d: %w", first+i, vol, err)
 			}
-			copy(dst[i*volume.BlockSizeBytes:], data)
+			refs, at = append(refs, ref), append(at, i)
 			have[i] = true
 		}
 		if err := it.Close(); err != nil {
 			return out, fmt.Errorf("read blocks of volume %d: %w", vol, err)
+		}
+		for k, ref := range refs {
+			i := at[k]
+			if err := s.readRef(vol, first+i, ref, dst[i*volume.BlockSizeBytes:(i+1)*volume.BlockSizeBytes]); err != nil {
+				return out, err
+			}
 		}
 	}
 	it, err := snap.NewIter(&pebble.IterOptions{
@@ -553,14 +758,26 @@ func (s *blockStore) DirtyBlocks(vol, from uint64, limit int) ([]dirtyBlock, err
 	}
 	defer it.Close()
 	var out []dirtyBlock
+	var refs []blockRef
 	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
-		version, data, err := decodeBlock(it.Value())
+		ref, err := decodeBlockRef(it.Value())
 		if err != nil {
 			return nil, fmt.Errorf("block %d of volume %d: %w", keyNumber(it.Key()), vol, err)
 		}
-		out = append(out, dirtyBlock{block: keyNumber(it.Key()), version: version, data: append([]byte(nil), data...)})
+		out = append(out, dirtyBlock{block: keyNumber(it.Key()), version: ref.version})
+		refs = append(refs, ref)
 	}
-	return out, it.Error()
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("iterate log blocks of volume %d: %w", vol, err)
+	}
+	buf := make([]byte, len(out)*volume.BlockSizeBytes)
+	for i := range out {
+		out[i].data = buf[i*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes]
+		if err := s.readRef(vol, out[i].block, refs[i], out[i].data); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // DirtyCount counts the blocks whose newest data is in the log.
@@ -643,7 +860,17 @@ func (s *blockStore) Volumes() ([]uint64, error) {
 
 // DropVolume removes every key of the volume: its log, blocks, index,
 // segments and state. The segments' shards on the sleds are the caller's.
+//
+// A drop entry in the journal and a drop mark in pebble keep the journal's
+// replay from applying the volume's records of before the drop again.
 func (s *blockStore) DropVolume(vol uint64) error {
+	c, _, err := s.jr.Append(s.ctx, []journal.Entry{{Meta: encodeMeta(metaDrop, vol, nil)}})
+	if err == nil {
+		err = c.Wait(s.ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("journal the drop of volume %d: %w", vol, err)
+	}
 	s.mu.Lock()
 	delete(s.state, vol)
 	s.mu.Unlock()
@@ -656,6 +883,9 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	}
 	if err := b.Delete(stateKey(vol), nil); err != nil {
 		return fmt.Errorf("batch drop state: %w", err)
+	}
+	if err := b.Set(dropMarkKey(vol), binary.BigEndian.AppendUint64(nil, c.LSN()), nil); err != nil {
+		return fmt.Errorf("batch drop mark: %w", err)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("drop volume %d: %w", vol, err)

@@ -1,13 +1,13 @@
 package headnode
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/headnode/journal"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -102,12 +102,15 @@ func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.
 			bs.Block = keyNumber(index.Key())
 		}
 		if okD && keyNumber(data.Key()) == bs.Block {
-			version, d, err := decodeBlock(data.Value())
+			ref, err := decodeBlockRef(data.Value())
 			if err != nil {
 				return 0, 0, err
 			}
-			bs.Version, bs.Data = version, bytes.Clone(d)
-			size += len(d)
+			bs.Version, bs.Data = ref.version, make([]byte, blockSize)
+			if err := s.readRef(vol, bs.Block, ref, bs.Data); err != nil {
+				return 0, 0, err
+			}
+			size += len(bs.Data)
 			okD = data.Next()
 		}
 		if okI && keyNumber(index.Key()) == bs.Block {
@@ -154,11 +157,37 @@ func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) erro
 	if !st.Syncing {
 		return fmt.Errorf("volume %d: sync state without a sync begun", vol)
 	}
+	// The chunk's data goes to the journal; the entry is never replayed (a
+	// sync cut short starts over), but the refs to it must not reach
+	// pebble before it is durable.
+	e, err := journalEntry(vol, &ballastpb.LogRecord{State: rec})
+	if err != nil {
+		return err
+	}
+	e.Meta = encodeMeta(metaSyncData, vol, nil)
+	if err := s.waitForJournalRoom(s.ctx); err != nil {
+		return err
+	}
+	defer s.beginJournalAppend()()
+	entryLocs, commits, err := s.appendEntries(splitEntry(e, s.maxEntryBlocks, e.Meta))
+	if err == nil {
+		err = waitCommits(s.ctx, commits)
+	}
+	if err != nil {
+		return fmt.Errorf("journal sync state of volume %d: %w", vol, err)
+	}
+	var locs []journal.Location
+	for _, l := range entryLocs {
+		locs = append(locs, l...)
+	}
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	a := applier{b: b, vol: vol, st: st, liveDelta: map[uint64]int64{}, entry: &ballastpb.LogEntry{}}
+	a := applier{b: b, vol: vol, st: st, liveDelta: map[uint64]int64{}, entry: &ballastpb.LogEntry{}, locs: locs}
 	if err := a.applyState(rec); err != nil {
 		return fmt.Errorf("apply sync state of volume %d: %w", vol, err)
+	}
+	if a.next != len(a.locs) {
+		return fmt.Errorf("%w: sync state of volume %d used %d of %d journaled blocks", ErrCorrupt, vol, a.next, len(a.locs))
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("commit sync state of volume %d: %w", vol, err)

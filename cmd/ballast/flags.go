@@ -73,6 +73,7 @@ func parseSize(s string) (uint64, error) {
 type storageFlags struct {
 	cfg                         headnode.StorageConfig
 	segmentSize, flushThreshold string
+	journalSize                 string
 }
 
 // addStorageFlags adds the flags that shape segments, flush, compaction and
@@ -82,6 +83,7 @@ func addStorageFlags(cmd *cobra.Command, f *storageFlags) {
 	fl.IntVar(&f.cfg.DataShards, "data-shards", 0, "data shards per segment (default 4)")
 	fl.IntVar(&f.cfg.ParityShards, "parity-shards", 0, "parity shards per segment: sleds a segment may lose (default 2)")
 	fl.StringVar(&f.segmentSize, "segment-size", "", "volume data per segment (default 4MiB)")
+	fl.StringVar(&f.journalSize, "journal-size", "", "size of a new journal of volume data on each head node (default 1GiB; an existing journal keeps its size)")
 	fl.StringVar(&f.flushThreshold, "flush-threshold", "", "bytes written since the last flush that start one (default 64MiB)")
 	fl.DurationVar(&f.cfg.FlushInterval, "flush-interval", 0, "flush at least this often (default 30s)")
 	fl.DurationVar(&f.cfg.AuditInterval, "audit-interval", 0, "check segments against the sleds this often: rebuild, repair, compaction (default 30s)")
@@ -95,7 +97,8 @@ func (f *storageFlags) storageConfig() (headnode.StorageConfig, error) {
 	for _, s := range []struct {
 		flag, val string
 		dst       *int64
-	}{{"--segment-size", f.segmentSize, &cfg.SegmentBytes}, {"--flush-threshold", f.flushThreshold, &cfg.FlushThresholdBytes}} {
+	}{{"--segment-size", f.segmentSize, &cfg.SegmentBytes}, {"--flush-threshold", f.flushThreshold, &cfg.FlushThresholdBytes},
+		{"--journal-size", f.journalSize, &cfg.JournalBytes}} {
 		if s.val == "" {
 			continue
 		}

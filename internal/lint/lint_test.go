@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
-	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/journal"},
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume", "migrate"},
 	"attach/nbd":          {"attach/blockdev", "internal/bufpool", "internal/inflight"},
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool", "internal/inflight"},

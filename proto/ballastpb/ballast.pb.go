@@ -7263,9 +7263,12 @@ type ReplicateReply struct {
 	DiskFull bool `protobuf:"varint,6,opt,name=disk_full,json=diskFull,proto3" json:"disk_full,omitempty"`
 	// In reply to a hello: the incarnation of the secondary's data
 	// directory, which a full copy it receives is credited to.
-	Incarnation   string `protobuf:"bytes,7,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Incarnation string `protobuf:"bytes,7,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// The secondary's journal is filling: the primary flushes the volume
+	// to the sleds now rather than at its threshold, to free it.
+	JournalPressure bool `protobuf:"varint,8,opt,name=journal_pressure,json=journalPressure,proto3" json:"journal_pressure,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ReplicateReply) Reset() {
@@ -7345,6 +7348,13 @@ func (x *ReplicateReply) GetIncarnation() string {
 		return x.Incarnation
 	}
 	return ""
+}
+
+func (x *ReplicateReply) GetJournalPressure() bool {
+	if x != nil {
+		return x.JournalPressure
+	}
+	return false
 }
 
 var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
@@ -7852,7 +7862,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fsync_end_seq\x18\t \x01(\x04R\n" +
 	"syncEndSeq\x12/\n" +
 	"\x14sync_next_segment_id\x18\n" +
-	" \x01(\x04R\x11syncNextSegmentId\"\x90\x02\n" +
+	" \x01(\x04R\x11syncNextSegmentId\"\xbb\x02\n" +
 	"\x0eReplicateReply\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
@@ -7861,7 +7871,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"needs_sync\x18\x05 \x01(\bR\tneedsSync\x12\x1b\n" +
 	"\tdisk_full\x18\x06 \x01(\bR\bdiskFull\x12 \n" +
-	"\vincarnation\x18\a \x01(\tR\vincarnation*\x80\x01\n" +
+	"\vincarnation\x18\a \x01(\tR\vincarnation\x12)\n" +
+	"\x10journal_pressure\x18\b \x01(\bR\x0fjournalPressure*\x80\x01\n" +
 	"\tSledState\x12\x1a\n" +
 	"\x16SLED_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +

@@ -1,0 +1,442 @@
+package headnode
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-storage/ballast/headnode/journal"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+	"github.com/ballast-storage/ballast/volume"
+)
+
+// The journal and the block store
+//
+// Block data lives in the node's journal (headnode/journal), not in
+// pebble: a record's 4 KiB blocks are appended there, and its 'B' keys
+// hold only where each block's newest data is (blockRef). The journal is
+// the write-ahead log of the whole store: Append waits for the journal's
+// group commit, then commits the pebble batch without a sync of its own.
+// After a crash, Open replays the journal from its tail and applies again
+// every record that pebble lost (its seq is above the volume's last seq).
+//
+// The journal frees its zones from the tail once no 'B' key points below
+// it and pebble has synced every record applied from there (release).
+//
+// An entry's metadata is one of:
+//
+//	metaRecord   vol | LogRecord: a record of the volume's log; every block
+//	             datum in it is the placeholder dataInJournal, standing for
+//	             the entry's next journal block, in order
+//	metaDrop     vol: the volume was dropped; its entries before this one
+//	             are void
+//	metaSyncData vol: the data of a full-sync chunk; never replayed, since
+//	             a sync cut short starts over
+//	metaRecordPart vol | seq u64: the first blocks of data of record seq,
+//	             whose metaRecord entry follows with the rest; a record
+//	             with more data than fits one entry is split so (zones may
+//	             be smaller than a client's largest write)
+const (
+	metaVersion    = 1
+	metaRecord     = 1
+	metaDrop       = 2
+	metaSyncData   = 3
+	metaRecordPart = 4
+
+	metaHeaderBytes = 10 // version u8 | kind u8 | vol u64
+)
+
+// dataInJournal stands for a block's data in a journaled record: a
+// length no real datum has (0 or 4096 bytes).
+var dataInJournal = []byte{1}
+
+func encodeMeta(kind byte, vol uint64, body []byte) []byte {
+	m := make([]byte, metaHeaderBytes, metaHeaderBytes+len(body))
+	m[0], m[1] = metaVersion, kind
+	binary.BigEndian.PutUint64(m[2:], vol)
+	return append(m, body...)
+}
+
+func decodeMeta(m []byte) (kind byte, vol uint64, body []byte, err error) {
+	if len(m) < metaHeaderBytes || m[0] != metaVersion {
+		return 0, 0, nil, fmt.Errorf("%w: journal entry metadata of %d bytes, version %v", ErrCorrupt, len(m), m[:min(len(m), 1)])
+	}
+	return m[1], binary.BigEndian.Uint64(m[2:]), m[metaHeaderBytes:], nil
+}
+
+// journalEntry turns a record into a journal entry: its block data go in
+// the entry's blocks, and a copy of the record, with each datum replaced by
+// dataInJournal, in its metadata. The record itself is not changed (a
+// replication session may be encoding it at the same time).
+func journalEntry(vol uint64, r *ballastpb.LogRecord) (journal.Entry, error) {
+	var blocks [][]byte
+	strip := func(d []byte) []byte {
+		if len(d) == volume.BlockSizeBytes {
+			blocks = append(blocks, d)
+			return dataInJournal
+		}
+		return d
+	}
+	cp := &ballastpb.LogRecord{
+		Seq: r.Seq, Removed: r.Removed, Flush: r.Flush, Compact: r.Compact,
+		ShardMove: r.ShardMove, SegmentFree: r.SegmentFree,
+	}
+	if len(r.Blocks) > 0 {
+		cp.Blocks = make([]*ballastpb.BlockWrite, len(r.Blocks))
+		for i, bw := range r.Blocks {
+			cp.Blocks[i] = &ballastpb.BlockWrite{Block: bw.Block, Data: strip(bw.Data)}
+		}
+	}
+	if s := r.State; s != nil {
+		cs := &ballastpb.StateRecord{Cleared: s.Cleared, Segments: s.Segments, NextSegmentId: s.NextSegmentId}
+		cs.Blocks = make([]*ballastpb.BlockState, len(s.Blocks))
+		for i, bs := range s.Blocks {
+			cs.Blocks[i] = &ballastpb.BlockState{Block: bs.Block, Version: bs.Version, Data: strip(bs.Data),
+				Indexed: bs.Indexed, SegmentId: bs.SegmentId, Slot: bs.Slot}
+		}
+		cp.State = cs
+	}
+	body, err := proto.Marshal(cp)
+	if err != nil {
+		return journal.Entry{}, fmt.Errorf("encode record %d of volume %d for the journal: %w", r.Seq, vol, err)
+	}
+	return journal.Entry{Meta: encodeMeta(metaRecord, vol, body), Blocks: blocks}, nil
+}
+
+// splitEntry splits an entry with more than maxBlocks blocks into parts
+// of maxBlocks, each with partMeta, followed by the entry with the rest.
+func splitEntry(e journal.Entry, maxBlocks int, partMeta []byte) []journal.Entry {
+	var out []journal.Entry
+	for len(e.Blocks) > maxBlocks {
+		out = append(out, journal.Entry{Meta: partMeta, Blocks: e.Blocks[:maxBlocks:maxBlocks]})
+		e.Blocks = e.Blocks[maxBlocks:]
+	}
+	return append(out, e)
+}
+
+// appendEntries appends a record's (or a sync chunk's) entries to the
+// journal, as many calls as it takes to keep each within a fraction of a
+// zone, and waits until all are durable. It returns each entry's
+// locations.
+func (s *blockStore) appendEntries(entries []journal.Entry) ([][]journal.Location, []*journal.Commit, error) {
+	var locs [][]journal.Location
+	var commits []*journal.Commit
+	for len(entries) > 0 {
+		n, blocks := 0, 0
+		for n < len(entries) && (n == 0 || blocks+len(entries[n].Blocks) <= s.maxAppendBlocks) {
+			blocks += len(entries[n].Blocks)
+			n++
+		}
+		c, l, err := s.jr.Append(s.ctx, entries[:n])
+		if err != nil {
+			return nil, nil, err
+		}
+		locs, commits = append(locs, l...), append(commits, c)
+		entries = entries[n:]
+	}
+	return locs, commits, nil
+}
+
+func waitCommits(ctx context.Context, commits []*journal.Commit) error {
+	for _, c := range commits {
+		if err := c.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// journaledRecord decodes a record's metadata; its data stays in the
+// journal, named by locs in the order the placeholders appear.
+// With locs nil, the count is not checked (the caller gathers parts).
+func journaledRecord(body []byte, locs []journal.Location) (*ballastpb.LogRecord, error) {
+	r := &ballastpb.LogRecord{}
+	if err := proto.Unmarshal(body, r); err != nil {
+		return nil, fmt.Errorf("%w: journaled record: %v", ErrCorrupt, err)
+	}
+	if locs == nil {
+		return r, nil
+	}
+	if n := dataCount(r); n != len(locs) {
+		return nil, fmt.Errorf("%w: journaled record %d names %d blocks of data, its entry holds %d", ErrCorrupt, r.Seq, n, len(locs))
+	}
+	return r, nil
+}
+
+// dataCount counts the blocks of data a record carries (or, journaled,
+// names).
+func dataCount(r *ballastpb.LogRecord) int {
+	n := 0
+	for _, bw := range r.Blocks {
+		if len(bw.Data) == volume.BlockSizeBytes || isPlaceholder(bw.Data) {
+			n++
+		}
+	}
+	if r.State != nil {
+		for _, bs := range r.State.Blocks {
+			if len(bs.Data) == volume.BlockSizeBytes || isPlaceholder(bs.Data) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func isPlaceholder(d []byte) bool { return len(d) == 1 && d[0] == dataInJournal[0] }
+
+// blockRef is a 'B' value: the version (seq of the record that wrote the
+// block) and where its data is in the journal.
+type blockRef struct {
+	version uint64
+	loc     journal.Location
+}
+
+const blockRefBytes = 8 + 8 + 8 + 4
+
+func encodeBlockRef(version uint64, loc journal.Location) []byte {
+	v := make([]byte, blockRefBytes)
+	binary.BigEndian.PutUint64(v, version)
+	binary.BigEndian.PutUint64(v[8:], loc.LSN)
+	binary.BigEndian.PutUint64(v[16:], uint64(loc.Offset))
+	binary.BigEndian.PutUint32(v[24:], loc.CRC)
+	return v
+}
+
+func decodeBlockRef(v []byte) (blockRef, error) {
+	if len(v) != blockRefBytes {
+		return blockRef{}, fmt.Errorf("%w: block value of %d bytes", ErrCorrupt, len(v))
+	}
+	return blockRef{
+		version: binary.BigEndian.Uint64(v),
+		loc: journal.Location{
+			LSN:    binary.BigEndian.Uint64(v[8:]),
+			Offset: int64(binary.BigEndian.Uint64(v[16:])),
+			CRC:    binary.BigEndian.Uint32(v[24:]),
+		},
+	}, nil
+}
+
+// readRef reads a block's data from the journal into dst (4 KiB).
+func (s *blockStore) readRef(vol, block uint64, ref blockRef, dst []byte) error {
+	if err := s.jr.ReadBlock(ref.loc, dst); err != nil {
+		return fmt.Errorf("block %d of volume %d from the journal (batch %d): %w", block, vol, ref.loc.LSN, err)
+	}
+	return nil
+}
+
+// dropMarkKey holds, per volume, the LSN of the journal entry that
+// recorded its last drop: replay ignores the volume's entries before it.
+func dropMarkKey(vol uint64) []byte { return volKey(prefixDropMark, vol, 0) }
+
+// replayJournal is Open's callback: it applies again what pebble lost.
+type journalReplay struct {
+	s *blockStore
+	// parts holds, per volume, the locations of the parts of record
+	// partSeq seen so far.
+	parts   map[uint64][]journal.Location
+	partSeq map[uint64]uint64
+	// dropAt is each dropped volume's drop mark; dropSeen says the replay
+	// has passed it.
+	dropAt   map[uint64]uint64
+	dropSeen map[uint64]bool
+	applied  int
+}
+
+func (rp *journalReplay) entry(lsn uint64, e journal.Entry, locs []journal.Location) error {
+	kind, vol, body, err := decodeMeta(e.Meta)
+	if err != nil {
+		return err
+	}
+	// The volume's life before its drop: every earlier batch, and its
+	// drop's own batch up to the drop entry. (Once the journal released
+	// the drop's batch, every entry replayed comes after it.)
+	if at, ok := rp.dropAt[vol]; ok && (lsn < at || lsn == at && !rp.dropSeen[vol]) {
+		if kind == metaDrop && lsn == at {
+			rp.dropSeen[vol] = true
+		}
+		return nil
+	}
+	switch kind {
+	case metaDrop, metaSyncData:
+		return nil
+	case metaRecordPart:
+		if len(body) != 8 {
+			return fmt.Errorf("%w: record part of %d bytes", ErrCorrupt, len(body))
+		}
+		if seq := binary.BigEndian.Uint64(body); rp.partSeq[vol] != seq {
+			rp.partSeq[vol], rp.parts[vol] = seq, nil
+		}
+		rp.parts[vol] = append(rp.parts[vol], locs...)
+		return nil
+	case metaRecord:
+	default:
+		return fmt.Errorf("%w: journal entry of kind %d", ErrCorrupt, kind)
+	}
+	r, err := journaledRecord(body, nil)
+	if err != nil {
+		return err
+	}
+	if prior := rp.parts[vol]; len(prior) > 0 && rp.partSeq[vol] == r.Seq {
+		locs = append(append([]journal.Location(nil), prior...), locs...)
+	}
+	delete(rp.parts, vol)
+	delete(rp.partSeq, vol)
+	last, err := rp.s.LastSeq(vol)
+	if err != nil {
+		return err
+	}
+	switch {
+	case r.Seq <= last:
+		return nil // pebble has it
+	case r.Seq != last+1:
+		st, _ := rp.s.stateCopy(vol)
+		if st != nil && st.Syncing {
+			return nil // a full sync cut short: it starts over
+		}
+		return fmt.Errorf("%w: volume %d: the journal holds record %d after %d (batch %d)", ErrSeqGap, vol, r.Seq, last, lsn)
+	}
+	// Only now: the first parts of a record pebble holds may be released.
+	if n := dataCount(r); n != len(locs) {
+		return fmt.Errorf("%w: journaled record %d of volume %d names %d blocks of data, its entries hold %d", ErrCorrupt, r.Seq, vol, n, len(locs))
+	}
+	rp.applied++
+	return rp.s.applyJournaled(vol, []*ballastpb.LogRecord{r}, [][]journal.Location{locs}, 0, nil, pebble.NoSync)
+}
+
+// beginJournalAppend registers an append about to go to the journal; the
+// function it returns ends it, once its pebble batch committed (or it
+// failed). An append's entries land at or after the journal's head LSN
+// as read here.
+func (s *blockStore) beginJournalAppend() (end func()) {
+	s.inflightMu.Lock()
+	id := s.inflightNext
+	s.inflightNext++
+	s.inflight[id] = s.jr.Stats().HeadLSN
+	s.inflightMu.Unlock()
+	return func() {
+		s.inflightMu.Lock()
+		delete(s.inflight, id)
+		s.inflightMu.Unlock()
+	}
+}
+
+// journalRelease frees the journal up to the oldest entry still needed:
+// the oldest a 'B' key points to, or an append in flight may have written.
+func (s *blockStore) journalRelease() error {
+	// Appends that end before the snapshot are in it; those in flight are
+	// in inflight; those that begin after it land at or after head.
+	s.inflightMu.Lock()
+	oldest := s.jr.Stats().HeadLSN
+	for _, lsn := range s.inflight {
+		oldest = min(oldest, lsn)
+	}
+	snap := s.db.NewSnapshot()
+	s.inflightMu.Unlock()
+	defer snap.Close()
+
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
+	if err != nil {
+		return fmt.Errorf("journal release: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		ref, err := decodeBlockRef(it.Value())
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("journal release: block %d of volume %d: %w", keyNumber(it.Key()), binary.BigEndian.Uint64(it.Key()[1:9]), err)
+		}
+		oldest = min(oldest, ref.loc.LSN)
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("journal release: %w", err)
+	}
+	if oldest <= s.releasedThrough {
+		return nil
+	}
+	// Replay starts at the new tail: every record before it must be
+	// durable in pebble first.
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("journal release: sync the block store: %w", err)
+	}
+	if err := s.jr.Release(oldest); err != nil {
+		return fmt.Errorf("journal release: %w", err)
+	}
+	s.releasedThrough = oldest
+	return nil
+}
+
+// releaseLoop runs journalRelease every interval, and at once when an
+// append finds the journal filling.
+func (s *blockStore) releaseLoop(interval time.Duration) {
+	defer close(s.releaseDone)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	// The release reads every 'B' key: on a tick, only when the journal
+	// is a quarter full or a while has passed.
+	var last time.Time
+	for {
+		select {
+		case <-s.releaseStop:
+			return
+		case <-t.C:
+			if s.JournalFill() < 0.25 && time.Since(last) < 30*interval {
+				continue
+			}
+		case <-s.releaseKick:
+		}
+		last = time.Now()
+		if err := s.journalRelease(); err != nil && s.onReleaseError != nil {
+			s.onReleaseError(err)
+		}
+	}
+}
+
+// JournalFill is the fraction of the journal in use: a caller flushes
+// sooner as it grows.
+func (s *blockStore) JournalFill() float64 {
+	st := s.jr.Stats()
+	if st.TotalBytes == 0 {
+		return 0
+	}
+	return float64(st.UsedBytes) / float64(st.TotalBytes)
+}
+
+// journalPressure says the journal is half full: flush sooner.
+func (s *blockStore) journalPressure() bool { return s.JournalFill() >= 0.5 }
+
+// waitForJournalRoom holds a data append back while the journal is above
+// its high-water mark, so that the flush records that free it always find
+// room (they carry no blocks, and never wait here).
+func (s *blockStore) waitForJournalRoom(ctx context.Context) error {
+	for first := true; ; first = false {
+		st := s.jr.Stats()
+		if st.TotalBytes-st.UsedBytes >= s.journalReserve {
+			return nil
+		}
+		if first {
+			s.kickRelease()
+			if s.onJournalPressure != nil {
+				s.onJournalPressure()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for room in the journal: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+		s.kickRelease()
+	}
+}
+
+func (s *blockStore) kickRelease() {
+	select {
+	case s.releaseKick <- struct{}{}:
+	default:
+	}
+}
+
+var errJournalClosed = errors.New("headnode: the journal is closed")
