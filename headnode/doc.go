@@ -1,5 +1,7 @@
 // Package headnode owns the head node: the write log of the volumes it is
-// primary or secondary of (one pebble database per node), the ordering,
+// primary or secondary of (block data in the node's journal, package
+// headnode/journal; keys, index and segments in one pebble database per
+// node, see store.go and journalstore.go), the ordering,
 // group commit and replication of writes, reads, its members of the
 // directory group and of every volume group (groups.go), the failover
 // decisions' I/O, the attachment gate's I/O at each primary
@@ -18,6 +20,6 @@
 // secondary's, and serves reads; an emergency reserve file gives pebble
 // room to open on a disk that filled; writes resume by themselves.
 //
-// It may import consensus, migrate, txn, txn/driver, volume, internal/...
-// and proto/...; never attach.
+// It may import consensus, migrate, txn, txn/driver, volume, headnode/journal,
+// internal/... and proto/...; never attach.
 package headnode
