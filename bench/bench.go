@@ -112,12 +112,8 @@ func plan(cfg *Config, work string, suite *Suite) []provider {
 	size := suite.RegionBytes + suite.RegionBytes/4
 	var ps []provider
 	if !cfg.NoBaselines {
-		for _, b := range []struct{ name, cache string }{
-			{BaselineWritethrough, "writethrough"},
-			{BaselineWriteback, "writeback"},
-		} {
-			ps = append(ps, &qemuNBD{target: b.name, cache: b.cache, bin: cfg.QemuNBDBinary,
-				dir: filepath.Join(work, "baselines"), sizeBytes: size})
+		for _, name := range baselineNames {
+			ps = append(ps, newQemuNBD(name, cfg.QemuNBDBinary, filepath.Join(work, "baselines"), size))
 		}
 	}
 	if len(cfg.Targets) > 0 {
