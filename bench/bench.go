@@ -225,6 +225,14 @@ func sanitize(r *Result) {
 			l.CDF[i].LatencyUs = finite(l.CDF[i].LatencyUs)
 		}
 	}
+	for i := range r.WindowIOPS {
+		r.WindowIOPS[i] = finite(r.WindowIOPS[i])
+	}
+	if r.Timeline != nil {
+		for i := range r.Timeline.IOPS {
+			r.Timeline.IOPS[i] = finite(r.Timeline.IOPS[i])
+		}
+	}
 	for _, p := range []**float64{&r.CPUSeconds, &r.CPUSecondsPerGB, &r.ClientCPUPercent} {
 		if *p != nil && finite(**p) != **p {
 			*p = nil
