@@ -77,6 +77,10 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 	for _, p := range providers {
 		steps += 2 + len(suite.Workloads)
 		total += p.startupEstimate() + fillEstimate(suite.RegionBytes)
+		if flushes(p) {
+			steps++
+			total += flushEstimate(suite.RegionBytes)
+		}
 		for _, w := range suite.Workloads {
 			total += w.Planned(suite)
 		}
@@ -126,6 +130,18 @@ func plan(cfg *Config, work string, suite *Suite) []provider {
 		sleds: max(cfg.RackSleds, 0), sizeBytes: size, log: cfg.Logger})
 }
 
+// flushes says whether p's target is a Ballast rack whose head nodes
+// the harness asks, after the fill, whether its data is on the sleds.
+func flushes(p provider) bool {
+	switch p := p.(type) {
+	case *rack:
+		return true
+	case *external:
+		return len(p.spec.HeadNodes) > 0
+	}
+	return false
+}
+
 func fillEstimate(region uint64) time.Duration {
 	return time.Duration(float64(region)/100e6*float64(time.Second)) + time.Second
 }
@@ -171,6 +187,24 @@ func runTarget(ctx context.Context, env *runEnv, prog *progress, p provider, sui
 		return fail(info, fmt.Errorf("fill: %w", err))
 	}
 	log.Info("filled", "mb_per_s", fr.BytesPerS/1e6, "took", time.Since(began).Round(time.Millisecond))
+
+	// The workloads measure the steady state: the fill flushed to the
+	// sleds, not a volume whose data all sits in the head nodes' logs.
+	if len(t.HeadNodes) > 0 {
+		prog.begin(p.name()+": waiting for the fill to reach the sleds", flushEstimate(suite.RegionBytes))
+		timeout := flushTimeout(env.cfg, suite.RegionBytes)
+		fw := waitFlushed(ctx, t.HeadNodes, timeout, log)
+		prog.end()
+		info.Flush = &fw
+		switch fw.Status {
+		case FlushDone:
+			log.Info("the fill is flushed to the sleds", "took", time.Duration(fw.WaitedS*float64(time.Second)).Round(time.Second))
+		case FlushNoSleds:
+			log.Info("no flush to wait for", "why", fw.Note)
+		default:
+			log.Warn("the fill was not flushed to the sleds in time; measuring anyway", "why", fw.Note)
+		}
+	}
 
 	var results []Result
 	for _, w := range suite.Workloads {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Rack kinds: how the harness runs the Ballast rack it starts.
@@ -43,6 +44,11 @@ type Config struct {
 	RackSleds int
 	// NoBaselines skips the qemu-nbd baselines.
 	NoBaselines bool
+	// FlushTimeout bounds the wait, after the fill and before the
+	// workloads, for a Ballast rack to flush its volume's data to the
+	// sleds (default 90 s plus a second per 8 MiB of region). A wait that
+	// times out is reported, and the workloads run anyway.
+	FlushTimeout time.Duration
 	// WorkDir is where the temporary directory holding the rack's data and
 	// the baselines' files is made (default $TMPDIR, else /var/tmp: a real
 	// disk, where /tmp may be memory). It is removed at the end.

@@ -80,6 +80,10 @@ type TargetInfo struct {
 	SizeBytes   uint64 `json:"size_bytes"`
 	Copies      int    `json:"durable_copies,omitempty"`
 	Error       string `json:"error,omitempty"`
+	// Flush is how the wait for a Ballast rack to flush the fill to its
+	// sleds went, before the workloads (nil: not a rack the harness can
+	// ask).
+	Flush *FlushWait `json:"flush_wait,omitempty"`
 }
 
 func (t *Target) info() TargetInfo {
