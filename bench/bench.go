@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +20,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	suite, _ := suiteByName(cfg.Suite) // validated
+	suite, _ := cfg.suite() // validated
 	suite.only(cfg.Workloads)
 	return run(ctx, cfg, suite)
 }
@@ -31,7 +32,7 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 	if _, err := exec.LookPath(cfg.FioBinary); err != nil {
 		return nil, fmt.Errorf("bench: fio is needed (Debian package fio): %w", err)
 	}
-	if !cfg.NoBaselines {
+	if !cfg.NoBaselines && !suite.SubjectOnly {
 		if _, err := exec.LookPath(cfg.QemuNBDBinary); err != nil {
 			return nil, fmt.Errorf("bench: qemu-nbd is needed for the baselines (Debian package qemu-utils; or --no-baselines): %w", err)
 		}
@@ -61,8 +62,9 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 	env := &runEnv{cfg: &cfg, suite: suite, outDir: outDir, log: log}
 	rep := &Report{
 		Metadata: collectMetadata(ctx, &cfg, suite.Name, work),
-		Suite: SuiteInfo{Name: suite.Name, RegionBytes: suite.RegionBytes,
-			RuntimeS: suite.Runtime.Seconds(), RampS: suite.Ramp.Seconds()},
+		Suite: SuiteInfo{Name: suite.Name, RegionBytes: suite.RegionBytes, RegionNote: suite.RegionNote,
+			RuntimeS: suite.Runtime.Seconds(), RampS: suite.Ramp.Seconds(),
+			JournalBytes: cmp.Or(cfg.JournalBytes, DefaultJournalBytes), JournalBytesAssumed: cfg.JournalBytes == 0},
 	}
 	for _, w := range suite.Workloads {
 		rep.Workloads = append(rep.Workloads, WorkloadInfo{Name: w.Name(), Description: w.Description(), Params: w.Params()})
@@ -115,7 +117,7 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 func plan(cfg *Config, work string, suite *Suite) []provider {
 	size := suite.RegionBytes + suite.RegionBytes/4
 	var ps []provider
-	if !cfg.NoBaselines {
+	if !cfg.NoBaselines && !suite.SubjectOnly {
 		for _, name := range baselineNames {
 			ps = append(ps, newQemuNBD(name, cfg.QemuNBDBinary, filepath.Join(work, "baselines"), size))
 		}
@@ -127,7 +129,7 @@ func plan(cfg *Config, work string, suite *Suite) []provider {
 		return ps
 	}
 	return append(ps, &rack{kind: cfg.Rack, bin: cfg.BallastBinary, dir: filepath.Join(work, "rack"),
-		sleds: max(cfg.RackSleds, 0), sizeBytes: size, log: cfg.Logger})
+		sleds: max(cfg.RackSleds, 0), sizeBytes: size, journalBytes: cfg.JournalBytes, log: cfg.Logger})
 }
 
 // flushes says whether p's target is a Ballast rack whose head nodes

@@ -102,7 +102,7 @@ func TestQuickSuite(t *testing.T) {
 	t.Logf("quick suite took %v\n%s", time.Since(began).Round(time.Second), rep.Table())
 	got := checkOutputs(t, out, rep)
 
-	suite, _ := suiteByName(SuiteQuick)
+	suite, _ := suiteByName(SuiteQuick, suiteOptions{})
 	wantTargets := []string{SubjectName, BaselineCacheNone, BaselineWritethrough, BaselineWriteback}
 	if len(got.Targets) != len(wantTargets) {
 		t.Errorf("targets = %+v, want %v", got.Targets, wantTargets)

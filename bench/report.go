@@ -28,8 +28,14 @@ type Report struct {
 type SuiteInfo struct {
 	Name        string  `json:"name"`
 	RegionBytes uint64  `json:"region_bytes"`
+	RegionNote  string  `json:"region_note,omitempty"`
 	RuntimeS    float64 `json:"runtime_s"`
 	RampS       float64 `json:"ramp_s"`
+	// JournalBytes is the head-node journal size the sizes assume (the
+	// sustain suite's region is four times it); JournalBytesAssumed says
+	// it was not given (DefaultJournalBytes).
+	JournalBytes        uint64 `json:"journal_bytes"`
+	JournalBytesAssumed bool   `json:"journal_bytes_assumed"`
 }
 
 // WorkloadInfo records a workload.

@@ -236,7 +236,7 @@ func TestConfig(t *testing.T) {
 	// Every suite's workloads have distinct names, and every goal's
 	// workload is in the standard suite.
 	for _, name := range SuiteNames() {
-		s, _ := suiteByName(name)
+		s, _ := suiteByName(name, suiteOptions{})
 		seen := map[string]bool{}
 		for _, w := range s.Workloads {
 			if seen[w.Name()] {
