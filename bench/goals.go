@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 )
 
 // Metric is a number of a Result that a goal compares.
@@ -239,6 +240,10 @@ func (g Goal) evaluate(subject string, find func(workload, target string) *Resul
 			word = "over"
 		}
 		gr.Note += fmt.Sprintf(": %.0f%% %s", shortfall(measured, g.Threshold, floor), word)
+	}
+	if (g.Metric == MetricFirstWindowIOPS || g.Metric == MetricLastWindowIOPS) && s.WindowS > 0 {
+		// The quick suite's windows are seconds, not minutes.
+		gr.Note += fmt.Sprintf("; %d windows of %s", len(s.WindowIOPS), humanDuration(time.Duration(s.WindowS*float64(time.Second))))
 	}
 	return gr
 }

@@ -107,7 +107,7 @@ func TestGoals(t *testing.T) {
 		{"4k randwrite QD1 p99 ≤ 10× its own p50", GoalMet, "4.00× (goal ≤ 10×)"},
 		{"1M sequential write QD8 MB/s ≥ 0.4× cache=none", GoalMissed, "0.25× (goal ≥ 0.4×): 38% short"},
 		{"CPU s per GB written (1M sequential write) ≤ 6", GoalMissed, "7.8 s/GB (goal ≤ 6 s/GB): 30% over"},
-		{"sustained 4k randwrite QD32: last minute's IOPS ≥ 0.8× the first's", GoalMissed, "0.70× (goal ≥ 0.8×): 13% short"},
+		{"sustained 4k randwrite QD32: last minute's IOPS ≥ 0.8× the first's", GoalMissed, "0.70× (goal ≥ 0.8×): 13% short; 3 windows of 1 min"},
 	} {
 		g, ok := got[want.name]
 		if !ok {
@@ -155,7 +155,7 @@ func TestGoalsTable(t *testing.T) {
 		"| 4k randwrite QD32 IOPS ≥ 0.4× cache=none | 16 | ballast | 3000 IOPS | cache-none 6000 IOPS | MET: 0.50× (goal ≥ 0.4×) |",
 		"| 4k randwrite QD1 p99 ≤ 10× its own p50 | 16 | ballast | 1000 µs | own p50 250 µs | MET: 4.00× (goal ≤ 10×) |",
 		"| CPU s per GB written (1M sequential write) ≤ 6 | 16 | ballast | 7.80 s/GB | fixed | MISSED: 7.8 s/GB (goal ≤ 6 s/GB): 30% over |",
-		"| sustained 4k randwrite QD32: last minute's IOPS ≥ 0.8× the first's | 16 | ballast | 700 IOPS | own first window 1000 IOPS | MISSED: 0.70× (goal ≥ 0.8×): 13% short |",
+		"| sustained 4k randwrite QD32: last minute's IOPS ≥ 0.8× the first's | 16 | ballast | 700 IOPS | own first window 1000 IOPS | MISSED: 0.70× (goal ≥ 0.8×): 13% short; 3 windows of 1 min |",
 	} {
 		if !strings.Contains(table, want+"\n") {
 			t.Errorf("goals table lacks row\n%s\nin\n%s", want, table)
