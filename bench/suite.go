@@ -14,8 +14,8 @@ const (
 	// over a small region: for tests, well under a minute.
 	SuiteQuick = "quick"
 	// SuiteStandard is the suite `make bench` runs: about a quarter of
-	// an hour on two cores, most of it the four targets' fills and
-	// Ballast's wait for its flush.
+	// an hour on two cores (four targets, three minutes of workloads
+	// each, and Ballast's fill and wait for its flush).
 	SuiteStandard = "standard"
 	// SuiteSustain writes 4 KiB blocks at random for ten minutes over
 	// four times the head nodes' journal, against Ballast alone: whether
