@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,5 +68,58 @@ func TestCacheNoneFailsClearly(t *testing.T) {
 		if !strings.Contains(err.Error(), "--aio="+aio+" failed") || !strings.Contains(err.Error(), "aio "+aio+" refused") {
 			t.Errorf("error does not say why --aio=%s failed: %v", aio, err)
 		}
+	}
+}
+
+// TestPlan: the baselines run first, cache=none leading, and the rack
+// last; the sustain suite runs the rack alone, told the journal's size.
+func TestPlan(t *testing.T) {
+	names := func(ps []provider) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.name())
+		}
+		return out
+	}
+	cfg := Config{Suite: SuiteStandard, BallastBinary: "ballast"}
+	cfg.EnsureDefaults()
+	s, _ := cfg.suite()
+	if got, want := names(plan(&cfg, t.TempDir(), s)), []string{BaselineCacheNone, BaselineWritethrough, BaselineWriteback, SubjectName}; !slices.Equal(got, want) {
+		t.Errorf("standard plan = %v, want %v", got, want)
+	}
+	cfg = Config{Suite: SuiteSustain, BallastBinary: "ballast", JournalBytes: 1 << 30}
+	cfg.EnsureDefaults()
+	s, _ = cfg.suite()
+	ps := plan(&cfg, t.TempDir(), s)
+	if got := names(ps); !slices.Equal(got, []string{SubjectName}) {
+		t.Fatalf("sustain plan = %v, want the rack alone", got)
+	}
+	if r := ps[0].(*rack); r.journalBytes != 1<<30 || r.sizeBytes < 4<<30 {
+		t.Errorf("sustain rack: journal %d, volume %d bytes", r.journalBytes, r.sizeBytes)
+	}
+}
+
+// TestJournalArgs: the rack is given --journal-size only when it was set
+// and the binary's subcommand lists the flag, and its description says
+// which.
+func TestJournalArgs(t *testing.T) {
+	fake := func(help string) string {
+		path := filepath.Join(t.TempDir(), "ballast")
+		if err := os.WriteFile(path, []byte("#!/bin/sh\necho '"+help+"'\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	r := &rack{kind: RackDemo, bin: fake("      --journal-size string   head-node journal size"), journalBytes: 1 << 30}
+	if got := r.journalArgs("demo"); !slices.Equal(got, []string{"--journal-size", "1073741824"}) || !strings.Contains(r.describe(), "journals of 1.0 GiB (--journal-size)") {
+		t.Errorf("with the flag: %v, %q", got, r.describe())
+	}
+	r.bin = fake("      --flush-interval duration")
+	if got := r.journalArgs("demo"); got != nil || !strings.Contains(r.describe(), "has no --journal-size flag") {
+		t.Errorf("without the flag: %v, %q", got, r.describe())
+	}
+	r.journalBytes = 0
+	if got := r.journalArgs("demo"); got != nil || strings.Contains(r.describe(), "journal") {
+		t.Errorf("not set: %v, %q", got, r.describe())
 	}
 }
