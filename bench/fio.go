@@ -31,7 +31,7 @@ type FioWorkload struct {
 	ReadPercent int
 	// Fsync, when set, has fio send a flush after every Fsync writes
 	// (fio's fsync=; its nbd engine sends NBD_CMD_FLUSH). At an iodepth
-	// of 1 each write waits for the flush before it. IOPS and latency
+	// of 1 a write waits for the flush of the one before. IOPS and latency
 	// count the writes; a flush's time shows in the IOPS, not in the
 	// latency (fio does not report the flushes of an async engine).
 	Fsync int
@@ -133,12 +133,11 @@ func (w *FioWorkload) Run(ctx context.Context, env *runEnv, t *Target) (*Result,
 	var iopsLog string
 	if w.TimelineInterval > 0 {
 		iopsLog = base
-		// fio appends to a log left by an earlier run into the same
-		// directory.
-		if old, _ := filepath.Glob(filepath.Join(env.outDir, base+"_iops.*.log")); len(old) > 0 {
-			for _, f := range old {
-				os.Remove(f)
-			}
+		// A log an earlier run left in the output directory must not be
+		// read as this run's.
+		old, _ := filepath.Glob(filepath.Join(env.outDir, base+"_iops.*.log"))
+		for _, f := range old {
+			os.Remove(f)
 		}
 	}
 	args := w.args(t.URI, w.region(s), w.runtime(s), s.Ramp, iopsLog)
