@@ -93,9 +93,10 @@ clean:
 	rm -rf bin
 
 # Measures Ballast against the qemu-nbd baselines in one run (the standard
-# suite: under ten minutes on two cores). The table, results.json, plots and
-# CPU profiles land in BENCH_OUT; `./bin/ballast bench --help` lists the
-# options (--suite quick, --target URI, --rack processes, ...).
+# suite: about a quarter of an hour on two cores). The table, the goals,
+# results.json, plots and CPU profiles land in BENCH_OUT;
+# `./bin/ballast bench --help` lists the options (--suite quick or sustain,
+# --target URI, --rack processes, --journal-size, ...).
 BENCH_OUT   ?= bench-out
 BENCH_FLAGS ?= --profile
 .PHONY: bench

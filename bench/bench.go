@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +20,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	suite, _ := suiteByName(cfg.Suite) // validated
+	suite, _ := cfg.suite() // validated
 	suite.only(cfg.Workloads)
 	return run(ctx, cfg, suite)
 }
@@ -31,7 +32,7 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 	if _, err := exec.LookPath(cfg.FioBinary); err != nil {
 		return nil, fmt.Errorf("bench: fio is needed (Debian package fio): %w", err)
 	}
-	if !cfg.NoBaselines {
+	if !cfg.NoBaselines && !suite.SubjectOnly {
 		if _, err := exec.LookPath(cfg.QemuNBDBinary); err != nil {
 			return nil, fmt.Errorf("bench: qemu-nbd is needed for the baselines (Debian package qemu-utils; or --no-baselines): %w", err)
 		}
@@ -61,8 +62,9 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 	env := &runEnv{cfg: &cfg, suite: suite, outDir: outDir, log: log}
 	rep := &Report{
 		Metadata: collectMetadata(ctx, &cfg, suite.Name, work),
-		Suite: SuiteInfo{Name: suite.Name, RegionBytes: suite.RegionBytes,
-			RuntimeS: suite.Runtime.Seconds(), RampS: suite.Ramp.Seconds()},
+		Suite: SuiteInfo{Name: suite.Name, RegionBytes: suite.RegionBytes, RegionNote: suite.RegionNote,
+			RuntimeS: suite.Runtime.Seconds(), RampS: suite.Ramp.Seconds(),
+			JournalBytes: cmp.Or(cfg.JournalBytes, DefaultJournalBytes), JournalBytesAssumed: cfg.JournalBytes == 0},
 	}
 	for _, w := range suite.Workloads {
 		rep.Workloads = append(rep.Workloads, WorkloadInfo{Name: w.Name(), Description: w.Description(), Params: w.Params()})
@@ -77,6 +79,10 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 	for _, p := range providers {
 		steps += 2 + len(suite.Workloads)
 		total += p.startupEstimate() + fillEstimate(suite.RegionBytes)
+		if flushes(p) {
+			steps++
+			total += flushEstimate(suite.RegionBytes)
+		}
 		for _, w := range suite.Workloads {
 			total += w.Planned(suite)
 		}
@@ -111,13 +117,9 @@ func run(ctx context.Context, cfg Config, suite *Suite) (*Report, error) {
 func plan(cfg *Config, work string, suite *Suite) []provider {
 	size := suite.RegionBytes + suite.RegionBytes/4
 	var ps []provider
-	if !cfg.NoBaselines {
-		for _, b := range []struct{ name, cache string }{
-			{BaselineWritethrough, "writethrough"},
-			{BaselineWriteback, "writeback"},
-		} {
-			ps = append(ps, &qemuNBD{target: b.name, cache: b.cache, bin: cfg.QemuNBDBinary,
-				dir: filepath.Join(work, "baselines"), sizeBytes: size})
+	if !cfg.NoBaselines && !suite.SubjectOnly {
+		for _, name := range baselineNames {
+			ps = append(ps, newQemuNBD(name, cfg.QemuNBDBinary, filepath.Join(work, "baselines"), size))
 		}
 	}
 	if len(cfg.Targets) > 0 {
@@ -127,7 +129,19 @@ func plan(cfg *Config, work string, suite *Suite) []provider {
 		return ps
 	}
 	return append(ps, &rack{kind: cfg.Rack, bin: cfg.BallastBinary, dir: filepath.Join(work, "rack"),
-		sleds: max(cfg.RackSleds, 0), sizeBytes: size, log: cfg.Logger})
+		sleds: max(cfg.RackSleds, 0), sizeBytes: size, journalBytes: cfg.JournalBytes, log: cfg.Logger})
+}
+
+// flushes says whether p's target is a Ballast rack whose head nodes
+// the harness asks, after the fill, whether its data is on the sleds.
+func flushes(p provider) bool {
+	switch p := p.(type) {
+	case *rack:
+		return true
+	case *external:
+		return len(p.spec.HeadNodes) > 0
+	}
+	return false
 }
 
 func fillEstimate(region uint64) time.Duration {
@@ -175,6 +189,24 @@ func runTarget(ctx context.Context, env *runEnv, prog *progress, p provider, sui
 		return fail(info, fmt.Errorf("fill: %w", err))
 	}
 	log.Info("filled", "mb_per_s", fr.BytesPerS/1e6, "took", time.Since(began).Round(time.Millisecond))
+
+	// The workloads measure the steady state: the fill flushed to the
+	// sleds, not a volume whose data all sits in the head nodes' logs.
+	if len(t.HeadNodes) > 0 {
+		prog.begin(p.name()+": waiting for the fill to reach the sleds", flushEstimate(suite.RegionBytes))
+		timeout := flushTimeout(env.cfg, suite.RegionBytes)
+		fw := waitFlushed(ctx, t.HeadNodes, timeout, log)
+		prog.end()
+		info.Flush = &fw
+		switch fw.Status {
+		case FlushDone:
+			log.Info("the fill is flushed to the sleds", "took", time.Duration(fw.WaitedS*float64(time.Second)).Round(time.Second))
+		case FlushNoSleds:
+			log.Info("no flush to wait for", "why", fw.Note)
+		default:
+			log.Warn("the fill was not flushed to the sleds in time; measuring anyway", "why", fw.Note)
+		}
+	}
 
 	var results []Result
 	for _, w := range suite.Workloads {
@@ -227,6 +259,14 @@ func sanitize(r *Result) {
 		}
 		for i := range l.CDF {
 			l.CDF[i].LatencyUs = finite(l.CDF[i].LatencyUs)
+		}
+	}
+	for i := range r.WindowIOPS {
+		r.WindowIOPS[i] = finite(r.WindowIOPS[i])
+	}
+	if r.Timeline != nil {
+		for i := range r.Timeline.IOPS {
+			r.Timeline.IOPS[i] = finite(r.Timeline.IOPS[i])
 		}
 	}
 	for _, p := range []**float64{&r.CPUSeconds, &r.CPUSecondsPerGB, &r.ClientCPUPercent} {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Rack kinds: how the harness runs the Ballast rack it starts.
@@ -27,8 +28,8 @@ type Config struct {
 	// outputs and the profiles. Created if missing; files in it are
 	// overwritten. Default "bench-out".
 	OutDir string
-	// Suite names the set of workloads and their sizes: SuiteQuick or
-	// SuiteStandard (the default).
+	// Suite names the set of workloads and their sizes: SuiteQuick,
+	// SuiteStandard (the default) or SuiteSustain.
 	Suite string
 	// Workloads, when not empty, keeps only these workloads of the suite.
 	Workloads []string
@@ -43,6 +44,17 @@ type Config struct {
 	RackSleds int
 	// NoBaselines skips the qemu-nbd baselines.
 	NoBaselines bool
+	// JournalBytes is the head nodes' journal size: the sustain suite
+	// writes over four times it. When set, it is also passed as
+	// --journal-size to the rack the harness starts, if the ballast
+	// binary has that flag (the journal is not in every build yet). 0
+	// assumes DefaultJournalBytes and leaves the rack's own default.
+	JournalBytes uint64
+	// FlushTimeout bounds the wait, after the fill and before the
+	// workloads, for a Ballast rack to flush its volume's data to the
+	// sleds (default 90 s plus a second per 8 MiB of region). A wait that
+	// times out is reported, and the workloads run anyway.
+	FlushTimeout time.Duration
 	// WorkDir is where the temporary directory holding the rack's data and
 	// the baselines' files is made (default $TMPDIR, else /var/tmp: a real
 	// disk, where /tmp may be memory). It is removed at the end.
@@ -114,6 +126,11 @@ func parseNBDURI(s string) (addr, export string, err error) {
 	return addr, strings.TrimPrefix(u.Path, "/"), nil
 }
 
+// suite returns the configured suite, sized by the configuration.
+func (c *Config) suite() (*Suite, error) {
+	return suiteByName(c.Suite, suiteOptions{journalBytes: c.JournalBytes})
+}
+
 // EnsureDefaults fills in every zero field that has a default.
 func (c *Config) EnsureDefaults() {
 	if c.OutDir == "" {
@@ -162,7 +179,7 @@ func (c *Config) EnsureDefaults() {
 // EnsureDefaults).
 func (c *Config) Validate() error {
 	var errs []error
-	s, err := suiteByName(c.Suite)
+	s, err := c.suite()
 	if err != nil {
 		errs = append(errs, err)
 	} else {

@@ -29,6 +29,24 @@ type FioWorkload struct {
 	NumJobs int
 	// ReadPercent is the share of reads of a mixed workload.
 	ReadPercent int
+	// Fsync, when set, has fio send a flush after every Fsync writes
+	// (fio's fsync=; its nbd engine sends NBD_CMD_FLUSH). At an iodepth
+	// of 1 a write waits for the flush of the one before. IOPS and latency
+	// count the writes; a flush's time shows in the IOPS, not in the
+	// latency (fio does not report the flushes of an async engine).
+	Fsync int
+	// WorkingSetBytes, when set, confines the workload to the first this
+	// many bytes of the region: a working set that a cache can hold.
+	WorkingSetBytes uint64
+	// Runtime, when set, replaces the suite's runtime.
+	Runtime time.Duration
+	// TimelineInterval, when set, records IOPS over time at this
+	// resolution (fio's IOPS log, averaged over each interval).
+	TimelineInterval time.Duration
+	// Window, when set (a multiple of TimelineInterval), reports IOPS per
+	// window of the run too (Result.WindowIOPS): per minute, for a run of
+	// minutes that must not slow down.
+	Window time.Duration
 }
 
 func (w *FioWorkload) Name() string        { return w.ID }
@@ -39,6 +57,21 @@ func (w *FioWorkload) Params() map[string]any {
 	if w.ReadPercent > 0 {
 		p["read_percent"] = w.ReadPercent
 	}
+	if w.Fsync > 0 {
+		p["fsync"] = w.Fsync
+	}
+	if w.WorkingSetBytes > 0 {
+		p["working_set_bytes"] = w.WorkingSetBytes
+	}
+	if w.Runtime > 0 {
+		p["runtime_s"] = w.Runtime.Seconds()
+	}
+	if w.TimelineInterval > 0 {
+		p["timeline_interval_s"] = w.TimelineInterval.Seconds()
+	}
+	if w.Window > 0 {
+		p["window_s"] = w.Window.Seconds()
+	}
 	return p
 }
 
@@ -46,10 +79,26 @@ func (w *FioWorkload) jobs() int { return max(w.NumJobs, 1) }
 
 func (w *FioWorkload) Supports(t *Target) error { return nil }
 
-func (w *FioWorkload) Planned(s *Suite) time.Duration { return s.Ramp + s.Runtime + time.Second }
+func (w *FioWorkload) Planned(s *Suite) time.Duration { return s.Ramp + w.runtime(s) + time.Second }
 
-// args returns fio's command line against uri over region bytes.
-func (w *FioWorkload) args(uri string, region uint64, runtime, ramp time.Duration) []string {
+func (w *FioWorkload) runtime(s *Suite) time.Duration {
+	if w.Runtime > 0 {
+		return w.Runtime
+	}
+	return s.Runtime
+}
+
+// region is the part of the export the workload uses.
+func (w *FioWorkload) region(s *Suite) uint64 {
+	if w.WorkingSetBytes > 0 {
+		return min(w.WorkingSetBytes, s.RegionBytes)
+	}
+	return s.RegionBytes
+}
+
+// args returns fio's command line against uri over region bytes; with
+// a timeline, fio writes its IOPS log to files named iopsLog_iops.N.log.
+func (w *FioWorkload) args(uri string, region uint64, runtime, ramp time.Duration, iopsLog string) []string {
 	jobs := w.jobs()
 	slice := region / uint64(jobs) / uint64(w.BlockBytes) * uint64(w.BlockBytes)
 	a := []string{
@@ -69,17 +118,34 @@ func (w *FioWorkload) args(uri string, region uint64, runtime, ramp time.Duratio
 	if w.ReadPercent > 0 {
 		a = append(a, fmt.Sprintf("--rwmixread=%d", w.ReadPercent))
 	}
+	if w.Fsync > 0 {
+		a = append(a, fmt.Sprintf("--fsync=%d", w.Fsync))
+	}
+	if w.TimelineInterval > 0 && iopsLog != "" {
+		a = append(a, "--write_iops_log="+iopsLog, fmt.Sprintf("--log_avg_msec=%d", w.TimelineInterval.Milliseconds()))
+	}
 	return a
 }
 
 func (w *FioWorkload) Run(ctx context.Context, env *runEnv, t *Target) (*Result, error) {
 	s := env.suite
-	args := w.args(t.URI, s.RegionBytes, s.Runtime, s.Ramp)
-	raw := filepath.Join("fio", fmt.Sprintf("%s-%s.json", t.Name, w.ID))
+	base := filepath.Join("fio", fmt.Sprintf("%s-%s", t.Name, w.ID))
+	var iopsLog string
+	if w.TimelineInterval > 0 {
+		iopsLog = base
+		// A log an earlier run left in the output directory must not be
+		// read as this run's.
+		old, _ := filepath.Glob(filepath.Join(env.outDir, base+"_iops.*.log"))
+		for _, f := range old {
+			os.Remove(f)
+		}
+	}
+	args := w.args(t.URI, w.region(s), w.runtime(s), s.Ramp, iopsLog)
+	raw := base + ".json"
 	r := &Result{Workload: w.ID, Target: t.Name, Engine: "fio", Path: "nbd", Files: []string{raw}}
 	var m *measurement
 	out, err := runFio(ctx, env, args, filepath.Join(env.outDir, raw), s.Ramp, func() {
-		m = env.measure(ctx, t, w.ID, s.Runtime)
+		m = env.measure(ctx, t, w.ID, w.runtime(s))
 	})
 	var fr *fioResult
 	if err == nil {
@@ -93,6 +159,14 @@ func (w *FioWorkload) Run(ctx context.Context, env *runEnv, t *Target) (*Result,
 		r.Latency = &lat
 		cpu := fr.ClientCPU
 		r.ClientCPUPercent = &cpu
+	}
+	if err == nil && iopsLog != "" {
+		var logs []string
+		r.Timeline, logs, err = readIOPSLogs(env.outDir, iopsLog, w.TimelineInterval)
+		r.Files = append(r.Files, logs...)
+		if err == nil && w.Window > 0 {
+			r.WindowS, r.WindowIOPS = w.Window.Seconds(), r.Timeline.windows(w.Window)
+		}
 	}
 	if m != nil {
 		m.finish(r)

@@ -5,8 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
+	"time"
 )
 
 // ErrFioOutput is returned for fio output that holds no usable result.
@@ -188,4 +193,65 @@ func appendUniqueFloat(list []float64, f float64) []float64 {
 		}
 	}
 	return append(list, f)
+}
+
+// readIOPSLogs reads the IOPS logs fio wrote with
+// --write_iops_log=prefix --log_avg_msec=interval (prefix_iops.N.log in
+// dir, one a job) into a timeline: each line is "time ms, IOPS, data
+// direction, block size, offset[, priority]", time being the end of its
+// interval. Lines of the same interval (directions, jobs) add up; time
+// counts from the first interval, so a ramp before logging began is left
+// out. It returns the log files, relative to dir.
+func readIOPSLogs(dir, prefix string, interval time.Duration) (*Timeline, []string, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, prefix+"_iops.*.log"))
+	if err != nil || len(paths) == 0 {
+		return nil, nil, fmt.Errorf("%w: no IOPS log %s_iops.*.log (%v)", ErrFioOutput, prefix, err)
+	}
+	sort.Strings(paths)
+	var files []string
+	type sample struct{ ms, iops float64 }
+	var samples []sample
+	for _, p := range paths {
+		rel, _ := filepath.Rel(dir, p)
+		files = append(files, rel)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, files, fmt.Errorf("IOPS log: %w", err)
+		}
+		for n, line := range strings.Split(string(b), "\n") {
+			if strings.TrimSpace(line) == "" {
+				continue
+			}
+			f := strings.Split(line, ",")
+			if len(f) < 2 {
+				return nil, files, fmt.Errorf("%w: %s line %d: %q", ErrFioOutput, rel, n+1, line)
+			}
+			ms, err1 := strconv.ParseFloat(strings.TrimSpace(f[0]), 64)
+			v, err2 := strconv.ParseFloat(strings.TrimSpace(f[1]), 64)
+			if err1 != nil || err2 != nil {
+				return nil, files, fmt.Errorf("%w: %s line %d: %q", ErrFioOutput, rel, n+1, line)
+			}
+			samples = append(samples, sample{ms, v})
+		}
+	}
+	if len(samples) == 0 {
+		return nil, files, fmt.Errorf("%w: IOPS log %s is empty", ErrFioOutput, prefix)
+	}
+	step := float64(interval.Milliseconds())
+	first := math.Inf(1)
+	for _, s := range samples {
+		first = math.Min(first, s.ms)
+	}
+	// The first interval ends at first; fio's clock jitters by a few
+	// milliseconds, so an interval is the nearest multiple of step.
+	t := &Timeline{IntervalS: interval.Seconds(), Events: []Event{}}
+	for _, s := range samples {
+		i := int(math.Round((s.ms - first) / step))
+		for len(t.IOPS) <= i {
+			t.IOPS = append(t.IOPS, 0)
+			t.Errors = append(t.Errors, 0)
+		}
+		t.IOPS[i] += s.iops
+	}
+	return t, files, nil
 }

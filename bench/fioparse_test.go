@@ -6,6 +6,8 @@ import (
 	"errors"
 	"math"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,7 +140,7 @@ func TestParseFioJSONRejectsUnusableOutput(t *testing.T) {
 
 func TestFioArgs(t *testing.T) {
 	w := multiConn(4, 8)
-	args := strings.Join(w.args("nbd://127.0.0.1:1/x", 1<<30, 10*time.Second, 2*time.Second), " ")
+	args := strings.Join(w.args("nbd://127.0.0.1:1/x", 1<<30, 10*time.Second, 2*time.Second, ""), " ")
 	for _, want := range []string{
 		"--ioengine=nbd", "--uri=nbd://127.0.0.1:1/x", "--rw=randrw", "--rwmixread=70", "--bs=4096",
 		"--iodepth=8", "--numjobs=4", "--size=268435456", "--offset_increment=268435456",
@@ -172,4 +174,56 @@ func slicesMax(v []float64) float64 {
 // jsonUnmarshalFrom decodes the JSON document that follows fio's notices.
 func jsonUnmarshalFrom(b []byte, v any) error {
 	return json.Unmarshal(b[bytes.IndexByte(b, '{'):], v)
+}
+
+func TestFioArgsFlushAndTimeline(t *testing.T) {
+	w := &FioWorkload{ID: "x", RW: "randwrite", BlockBytes: 4096, IODepth: 1, Fsync: 1, WorkingSetBytes: 64 << 20,
+		TimelineInterval: time.Second}
+	args := strings.Join(w.args("nbd://h/x", w.region(&Suite{RegionBytes: 1 << 30}), time.Minute, 0, "fio/t-x"), " ")
+	for _, want := range []string{"--fsync=1", "--size=67108864", "--write_iops_log=fio/t-x", "--log_avg_msec=1000", "--runtime=60000ms"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("fio args %q lack %q", args, want)
+		}
+	}
+	if strings.Contains(args, "ramp_time") {
+		t.Errorf("fio args %q ramp though the suite has none", args)
+	}
+}
+
+// TestReadIOPSLogs reads fio's IOPS logs of two jobs, with the clock's
+// jitter and a ramp before the first interval, into a timeline, and
+// averages it per window.
+func TestReadIOPSLogs(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "fio"), 0o755)
+	logs := map[string]string{
+		"fio/t-x_iops.1.log": "2500, 100, 1, 0, 0\n3001, 110, 1, 0, 0\n3500, 120, 1, 0, 0\n3999, 130, 1, 0, 0\n4500, 140, 1, 0, 0\n",
+		"fio/t-x_iops.2.log": "2500, 1, 0, 0, 0\n3000, 1, 1, 0, 0\n3500, 1, 1, 0, 0\n4000, 1, 1, 0, 0\n4501, 1, 1, 0, 0\n",
+	}
+	for name, body := range logs {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tl, files, err := readIOPSLogs(dir, "fio/t-x", 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []float64{101, 111, 121, 131, 141}; !slices.Equal(tl.IOPS, want) || len(tl.Errors) != len(want) || tl.IntervalS != 0.5 {
+		t.Errorf("timeline = %+v, want IOPS %v", tl, want)
+	}
+	if !slices.Equal(files, []string{"fio/t-x_iops.1.log", "fio/t-x_iops.2.log"}) {
+		t.Errorf("files = %v", files)
+	}
+	// Windows of a second: the fifth interval fills no whole window.
+	if w := tl.windows(time.Second); !slices.Equal(w, []float64{106, 126}) {
+		t.Errorf("windows = %v", w)
+	}
+	if _, _, err := readIOPSLogs(dir, "fio/none", time.Second); !errors.Is(err, ErrFioOutput) {
+		t.Errorf("no log: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "fio/bad_iops.1.log"), []byte("1000; 5\n"), 0o644)
+	if _, _, err := readIOPSLogs(dir, "fio/bad", time.Second); !errors.Is(err, ErrFioOutput) {
+		t.Errorf("bad log: %v", err)
+	}
 }

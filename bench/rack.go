@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -36,7 +37,11 @@ type rack struct {
 	sleds     int // processes rack only
 	volume    string
 	sizeBytes uint64
-	log       *slog.Logger
+	// journalBytes, when set, is passed as --journal-size to the head
+	// nodes if the binary has that flag; journal says what became of it.
+	journalBytes uint64
+	journal      string
+	log          *slog.Logger
 
 	nbdAddr   string
 	port      int
@@ -104,10 +109,33 @@ func (r *rack) start(ctx context.Context) (*Target, error) {
 }
 
 func (r *rack) describe() string {
+	d := fmt.Sprintf("ballast rack as processes (three head nodes, %d sleds, an agent)", r.sleds)
 	if r.kind == RackDemo {
-		return "ballast demo (three head nodes, sleds and an agent in one process)"
+		d = "ballast demo (three head nodes, sleds and an agent in one process)"
 	}
-	return fmt.Sprintf("ballast rack as processes (three head nodes, %d sleds, an agent)", r.sleds)
+	if r.journal != "" {
+		d += "; " + r.journal
+	}
+	return d
+}
+
+// journalArgs returns the flag that sets the head nodes' journal size
+// for subcommand (demo or headnode), and says in r.journal what became
+// of it: the journal and its --journal-size flag are not in every
+// ballast binary yet, so the flag is passed only where the subcommand's
+// help lists it.
+func (r *rack) journalArgs(subcommand string) []string {
+	if r.journalBytes == 0 {
+		r.journal = ""
+		return nil
+	}
+	help, _ := exec.Command(r.bin, subcommand, "--help").CombinedOutput()
+	if !strings.Contains(string(help), "--journal-size") {
+		r.journal = fmt.Sprintf("journal size %s not set: `ballast %s` has no --journal-size flag", humanBytes(r.journalBytes), subcommand)
+		return nil
+	}
+	r.journal = fmt.Sprintf("head-node journals of %s (--journal-size)", humanBytes(r.journalBytes))
+	return []string{"--journal-size", fmt.Sprint(r.journalBytes)}
 }
 
 func (r *rack) startOnce(ctx context.Context) error {
@@ -165,6 +193,7 @@ func (r *rack) startDemo(ctx context.Context) error {
 	}
 	args := append([]string{"demo", "--data", filepath.Join(r.dir, "data"),
 		"--size", fmt.Sprint(r.sizeBytes), "--nbd", r.nbdAddr, "--port", fmt.Sprint(r.port)}, common...)
+	args = append(args, r.journalArgs("demo")...)
 	demo, err := r.spawn("demo", args...)
 	if err != nil {
 		return err
@@ -181,6 +210,7 @@ func (r *rack) startProcesses(ctx context.Context) error {
 	for i := range r.headNodes {
 		peers = append(peers, "--peer", fmt.Sprintf("hn%d=%s", i+1, r.headNodeArg(i)))
 	}
+	journal := r.journalArgs("headnode")
 	for i := range r.headNodes {
 		id := fmt.Sprintf("hn%d", i+1)
 		common, err := r.common(id)
@@ -192,6 +222,7 @@ func (r *rack) startProcesses(ctx context.Context) error {
 			// A sled killed by the kill-sled fault is rebuilt within the
 			// workload, not a minute later.
 			"--sled-down-timeout", "3s"}, peers...)
+		args = append(args, journal...)
 		if _, err := r.spawn(id, append(args, common...)...); err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 )
@@ -28,8 +29,14 @@ type Report struct {
 type SuiteInfo struct {
 	Name        string  `json:"name"`
 	RegionBytes uint64  `json:"region_bytes"`
+	RegionNote  string  `json:"region_note,omitempty"`
 	RuntimeS    float64 `json:"runtime_s"`
 	RampS       float64 `json:"ramp_s"`
+	// JournalBytes is the head-node journal size the sizes assume (the
+	// sustain suite's region is four times it); JournalBytesAssumed says
+	// it was not given (DefaultJournalBytes).
+	JournalBytes        uint64 `json:"journal_bytes"`
+	JournalBytesAssumed bool   `json:"journal_bytes_assumed"`
 }
 
 // WorkloadInfo records a workload.
@@ -65,18 +72,53 @@ func (r *Report) tableOrder() []string {
 	return append(r.targetsByRole(RoleSubject), r.targetsByRole(RoleBaseline)...)
 }
 
-// evaluateGoals fills in r.Goals for every subject, against the
-// baselines that ran.
+// evaluateGoals fills in r.Goals for every subject: each goal whose
+// workload is in the run and whose baseline ran (or that compares the
+// subject with itself, or with a fixed threshold).
 func (r *Report) evaluateGoals() {
 	r.Goals = nil
 	baselines := r.targetsByRole(RoleBaseline)
 	for _, s := range r.targetsByRole(RoleSubject) {
 		for _, g := range goals {
-			if slices.Contains(baselines, g.Baseline) {
+			if !r.hasWorkload(g.Workload) {
+				continue
+			}
+			if g.Baseline == BaselineSelf || g.Baseline == BaselineNone || slices.Contains(baselines, g.Baseline) {
 				r.Goals = append(r.Goals, g.evaluate(s, r.Result))
 			}
 		}
 	}
+}
+
+func (r *Report) hasWorkload(name string) bool {
+	return slices.ContainsFunc(r.Workloads, func(w WorkloadInfo) bool { return w.Name == name })
+}
+
+// goalsElsewhere lists the goals whose workload this run did not have,
+// each with the suites that have it.
+func (r *Report) goalsElsewhere() []string {
+	var out []string
+	for _, g := range goals {
+		if r.hasWorkload(g.Workload) {
+			continue
+		}
+		var in []string
+		for _, name := range SuiteNames() {
+			if s, err := suiteByName(name, suiteOptions{}); err == nil && slices.Contains(s.workloadNames(), g.Workload) {
+				in = append(in, name)
+			}
+		}
+		where := "no suite"
+		switch len(in) {
+		case 0:
+		case 1:
+			where = "suite " + in[0]
+		default:
+			where = "suites " + strings.Join(in, ", ")
+		}
+		out = append(out, fmt.Sprintf("%s (issue %d; %s)", g.Name, g.Issue, where))
+	}
+	return out
 }
 
 // Table renders the results as a Markdown table: one row per workload and
@@ -136,6 +178,58 @@ func (r *Report) GoalsText() string {
 	return b.String()
 }
 
+// GoalsTable renders the goals as a Markdown table: what each compares,
+// the two numbers, and how it came out.
+func (r *Report) GoalsTable() string {
+	var b strings.Builder
+	b.WriteString("| goal | issue | subject | measured | against | status |\n| --- | ---: | --- | ---: | ---: | --- |\n")
+	for _, g := range r.Goals {
+		measured, against := "—", "—"
+		if g.Value != nil {
+			measured = fmtMetric(*g.Value, g.Metric)
+		}
+		switch {
+		case g.BaselineValue != nil && g.Baseline == BaselineSelf:
+			against = fmt.Sprintf("own %s %s", metricName(g.baselineMetric()), fmtMetric(*g.BaselineValue, g.baselineMetric()))
+		case g.BaselineValue != nil:
+			against = fmt.Sprintf("%s %s", shortName(g.Baseline), fmtMetric(*g.BaselineValue, g.baselineMetric()))
+		case g.Baseline == BaselineNone:
+			against = "fixed"
+		}
+		status := strings.ToUpper(g.Status) + ": " + g.Note
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s |\n", g.Name, g.Issue, g.Subject, measured, against, status)
+	}
+	return b.String()
+}
+
+// metricName is how the goals table names a metric.
+func metricName(m Metric) string {
+	switch m {
+	case MetricP50Us:
+		return "p50"
+	case MetricP99Us:
+		return "p99"
+	case MetricFirstWindowIOPS:
+		return "first window"
+	case MetricLastWindowIOPS:
+		return "last window"
+	}
+	return m.unit()
+}
+
+// fmtMetric writes a value with its unit.
+func fmtMetric(v float64, m Metric) string {
+	switch m {
+	case MetricP50Us, MetricP99Us:
+		return fmtUs(v) + " µs"
+	case MetricMBps:
+		return fmtMBps(v) + " MB/s"
+	case MetricCPUPerGB:
+		return fmt.Sprintf("%.2f s/GB", v)
+	}
+	return fmtIOPS(v) + " IOPS"
+}
+
 // Markdown is results.md: the table, the goals, the workloads, what was
 // skipped or failed, and where and how it was measured.
 func (r *Report) Markdown() string {
@@ -149,8 +243,12 @@ func (r *Report) Markdown() string {
 	b.WriteString("CPU s/GB is the CPU time of the target's processes per 10^9 bytes moved.\n\n")
 	if len(r.Goals) > 0 {
 		b.WriteString("## Goals\n\n")
-		b.WriteString(r.GoalsText())
+		b.WriteString("Goals are reported, never enforced. A ratio is the subject's number over the one it is compared with.\n\n")
+		b.WriteString(r.GoalsTable())
 		b.WriteString("\n")
+	}
+	if other := r.goalsElsewhere(); len(other) > 0 {
+		b.WriteString("Goals this suite does not measure: " + strings.Join(other, "; ") + ".\n\n")
 	}
 	b.WriteString("## Targets\n\n")
 	for _, t := range r.Targets {
@@ -158,7 +256,13 @@ func (r *Report) Markdown() string {
 		if t.Error != "" {
 			fmt.Fprintf(&b, " — failed: %s", t.Error)
 		}
+		if f := t.Flush; f != nil {
+			b.WriteString(" — before the workloads: " + flushText(f))
+		}
 		b.WriteString("\n")
+	}
+	if s := r.Suite; s.RegionNote != "" {
+		fmt.Fprintf(&b, "\nRegion: %s, %s.\n", humanBytes(s.RegionBytes), s.RegionNote)
 	}
 	b.WriteString("\n## Workloads\n\n")
 	for _, w := range r.Workloads {
@@ -173,6 +277,8 @@ func (r *Report) Markdown() string {
 			notes = append(notes, fmt.Sprintf("- %s on %s skipped: %s", res.Workload, res.Target, res.Skipped))
 		case res.Engine == "go":
 			notes = append(notes, fmt.Sprintf("- %s on %s went through %s%s", res.Workload, res.Target, pathName(res.Path), eventsNote(res)))
+		case len(res.WindowIOPS) > 0:
+			notes = append(notes, fmt.Sprintf("- %s on %s: %s", res.Workload, res.Target, windowsText(res)))
 		}
 	}
 	if len(notes) > 0 {
@@ -181,6 +287,30 @@ func (r *Report) Markdown() string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// flushText says how the wait for the fill to reach the sleds went.
+func flushText(f *FlushWait) string {
+	switch f.Status {
+	case FlushDone:
+		return fmt.Sprintf("the fill was flushed to the sleds after %.0f s (steady state)", f.WaitedS)
+	case FlushNoSleds:
+		return "no flush to wait for: " + f.Note
+	}
+	return fmt.Sprintf("the fill was NOT all flushed to the sleds (%.0f s): %s", f.WaitedS, f.Note)
+}
+
+// windowsText lists IOPS per window and the last over the first.
+func windowsText(res Result) string {
+	var ws []string
+	for _, v := range res.WindowIOPS {
+		ws = append(ws, fmtIOPS(v))
+	}
+	text := fmt.Sprintf("IOPS per %s: %s", humanDuration(time.Duration(res.WindowS*float64(time.Second))), strings.Join(ws, ", "))
+	if n := len(res.WindowIOPS); n > 1 {
+		text += "; last over first " + fmtRatio(ratio(res.WindowIOPS[n-1], res.WindowIOPS[0]))
+	}
+	return text
 }
 
 func pathName(p string) string {

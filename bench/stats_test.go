@@ -212,7 +212,7 @@ func TestGoalEvaluation(t *testing.T) {
 		t.Errorf("goal on a workload that did not run: %+v", g)
 	}
 	results[[2]string{"w", "ballast"}].Error = "boom"
-	if g := floor.evaluate("ballast", find); g.Status != GoalUnknown || g.Note != "no measurement: boom" {
+	if g := floor.evaluate("ballast", find); g.Status != GoalUnknown || g.Note != "no iops of ballast on w: boom" {
 		t.Errorf("goal on a failed result: %+v", g)
 	}
 }

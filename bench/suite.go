@@ -13,30 +13,69 @@ const (
 	// SuiteQuick runs one of each kind of workload for a second or two
 	// over a small region: for tests, well under a minute.
 	SuiteQuick = "quick"
-	// SuiteStandard is the suite `make bench` runs: under ten minutes on
-	// two cores.
+	// SuiteStandard is the suite `make bench` runs: about a quarter of
+	// an hour on two cores (four targets, three minutes of workloads
+	// each, and Ballast's fill and wait for its flush).
 	SuiteStandard = "standard"
+	// SuiteSustain writes 4 KiB blocks at random for ten minutes over
+	// four times the head nodes' journal, against Ballast alone: whether
+	// the last minute keeps up with the first once the journal is full.
+	SuiteSustain = "sustain"
 )
+
+// DefaultJournalBytes is the head-node journal's size the sustain suite
+// assumes when Config.JournalBytes is not set. The journal is being
+// built (issue 16) and will have a --journal-size flag; until a rack
+// reports its size, this is the size it is planned to have, not one read
+// from the rack.
+const DefaultJournalBytes = 4 << 30
+
+// suiteOptions are what the suites' sizes depend on.
+type suiteOptions struct {
+	// journalBytes is the head nodes' journal size; journalAssumed says
+	// it was not given, so DefaultJournalBytes stands in.
+	journalBytes   uint64
+	journalAssumed bool
+}
+
+// humanDuration writes whole minutes and seconds as people do.
+func humanDuration(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0 s"
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%d min", d/time.Minute)
+	case d%time.Second == 0:
+		return fmt.Sprintf("%d s", d/time.Second)
+	}
+	return d.String()
+}
 
 // Suite is a set of workloads and the sizes they run with.
 type Suite struct {
 	Name string
 	// RegionBytes is the part of each export the workloads use; it is
-	// filled before the workloads run, so reads hit data.
+	// filled before the workloads run, so reads hit data. RegionNote
+	// says why it has that size, when that is not obvious.
 	RegionBytes uint64
+	RegionNote  string
 	// Runtime is how long each workload measures, after Ramp (fio's
 	// ramp_time, not counted).
 	Runtime time.Duration
 	Ramp    time.Duration
 	// Workloads run in this order against each target.
 	Workloads []Workload
+	// SubjectOnly runs no baselines: the suite's goals compare Ballast
+	// with itself.
+	SubjectOnly bool
 }
 
 // suites is the registry of suites. A new workload is added by listing it
 // in the suites it belongs to; a goal about it goes in goals.go.
-var suites = map[string]func() *Suite{
+var suites = map[string]func(suiteOptions) *Suite{
 	SuiteQuick:    quickSuite,
 	SuiteStandard: standardSuite,
+	SuiteSustain:  sustainSuite,
 }
 
 // SuiteNames lists the suites.
@@ -49,12 +88,15 @@ func SuiteNames() []string {
 	return names
 }
 
-func suiteByName(name string) (*Suite, error) {
+func suiteByName(name string, o suiteOptions) (*Suite, error) {
 	f, ok := suites[name]
 	if !ok {
 		return nil, fmt.Errorf("suite %q: want one of %s", name, strings.Join(SuiteNames(), ", "))
 	}
-	return f(), nil
+	if o.journalBytes == 0 {
+		o.journalBytes, o.journalAssumed = DefaultJournalBytes, true
+	}
+	return f(o), nil
 }
 
 func (s *Suite) workloadNames() []string {
@@ -73,15 +115,23 @@ func (s *Suite) only(names []string) {
 	s.Workloads = slices.DeleteFunc(s.Workloads, func(w Workload) bool { return !slices.Contains(names, w.Name()) })
 }
 
-// Describe lists a suite's workloads and the faults there are, one a line.
-func Describe(suite string) (string, error) {
-	s, err := suiteByName(suite)
+// Describe lists the workloads of cfg's suite and the faults there are,
+// one a line.
+func Describe(cfg Config) (string, error) {
+	cfg.EnsureDefaults()
+	s, err := cfg.suite()
 	if err != nil {
 		return "", err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "suite %s: region %s per target, %v per workload after a %v ramp\n",
-		s.Name, humanBytes(s.RegionBytes), s.Runtime, s.Ramp)
+	fmt.Fprintf(&b, "suite %s: region %s per target, %s per workload after a %s ramp\n",
+		s.Name, humanBytes(s.RegionBytes), humanDuration(s.Runtime), humanDuration(s.Ramp))
+	if s.RegionNote != "" {
+		fmt.Fprintf(&b, "  region: %s\n", s.RegionNote)
+	}
+	if s.SubjectOnly {
+		b.WriteString("  no baselines: its goals compare Ballast with itself\n")
+	}
 	for _, w := range s.Workloads {
 		fmt.Fprintf(&b, "  %-27s %s\n", w.Name(), w.Description())
 	}
@@ -118,6 +168,39 @@ func random4k(rw string, qd int) *FioWorkload {
 	return w
 }
 
+// writeFlush is 4 KiB random writes at QD1, each followed by a flush
+// that the next write waits for: what a database's commit does.
+func writeFlush() *FioWorkload {
+	return &FioWorkload{
+		ID:   "4k-randwrite-flush-qd1",
+		Desc: "fio: 4 KiB random writes, 1 in flight, a flush (NBD_CMD_FLUSH) after each; latency is the write's, the flush's time shows in IOPS",
+		RW:   "randwrite", BlockBytes: 4096, IODepth: 1, Fsync: 1,
+	}
+}
+
+// hotRead is 4 KiB random reads at QD32 over a working set small enough
+// for a cache to hold.
+func hotRead(workingSet uint64) *FioWorkload {
+	return &FioWorkload{
+		ID:   "4k-randread-qd32-hot",
+		Desc: fmt.Sprintf("fio: 4 KiB random reads, 32 in flight, over the first %s of the region (a working set a cache holds)", humanBytes(workingSet)),
+		RW:   "randread", BlockBytes: 4096, IODepth: 32, WorkingSetBytes: workingSet,
+	}
+}
+
+// sustain is 4 KiB random writes at QD32 for d over the whole region,
+// with IOPS per window: the sustain goal compares the last window with
+// the first.
+func sustain(d, window, interval time.Duration) *FioWorkload {
+	return &FioWorkload{
+		ID: "sustain-4k-randwrite-qd32",
+		Desc: fmt.Sprintf("fio: 4 KiB random writes, 32 in flight, for %s over the whole region; IOPS every %s and per %s, the last %s against the first",
+			humanDuration(d), humanDuration(interval), humanDuration(window), humanDuration(window)),
+		RW: "randwrite", BlockBytes: 4096, IODepth: 32,
+		Runtime: d, TimelineInterval: interval, Window: window,
+	}
+}
+
 // multiConn is 4 KiB random 70/30 over several NBD connections at once.
 func multiConn(conns, qd int) *FioWorkload {
 	return &FioWorkload{
@@ -127,12 +210,12 @@ func multiConn(conns, qd int) *FioWorkload {
 	}
 }
 
-func standardSuite() *Suite {
+func standardSuite(suiteOptions) *Suite {
 	s := &Suite{Name: SuiteStandard, RegionBytes: 1 << 30, Runtime: 10 * time.Second, Ramp: 2 * time.Second}
 	s.Workloads = []Workload{
 		seq("write"), seq("read"),
-		random4k("randwrite", 1), random4k("randwrite", 32),
-		random4k("randread", 1), random4k("randread", 32),
+		random4k("randwrite", 1), random4k("randwrite", 32), writeFlush(),
+		random4k("randread", 1), random4k("randread", 32), hotRead(64 << 20),
 		random4k("randrw70", 1), random4k("randrw70", 32),
 		multiConn(4, 8),
 		&LoadWorkload{
@@ -172,10 +255,11 @@ func standardSuite() *Suite {
 	return s
 }
 
-func quickSuite() *Suite {
+func quickSuite(suiteOptions) *Suite {
 	s := &Suite{Name: SuiteQuick, RegionBytes: 32 << 20, Runtime: time.Second}
 	s.Workloads = []Workload{
-		seq("write"), random4k("randwrite", 32), random4k("randread", 32), multiConn(2, 4),
+		seq("write"), random4k("randwrite", 32), writeFlush(), random4k("randread", 32), multiConn(2, 4),
+		sustain(3*time.Second, time.Second, 500*time.Millisecond),
 		&LoadWorkload{
 			ID:         "open-4k-randrw70-200iops",
 			Desc:       "Go load generator: open loop, 200 requests/s of 4 KiB random 70/30; latency from the intended send time",
@@ -194,5 +278,17 @@ func quickSuite() *Suite {
 			Faults: []FaultAt{{At: 500 * time.Millisecond, Fault: PauseFault{Duration: 300 * time.Millisecond}}},
 		},
 	}
+	return s
+}
+
+// sustainSuite writes over four times the journal, so that the journal
+// fills and the last minutes run at the pace of its flush to the sleds.
+func sustainSuite(o suiteOptions) *Suite {
+	s := &Suite{Name: SuiteSustain, RegionBytes: 4 * o.journalBytes, Runtime: 10 * time.Minute, SubjectOnly: true,
+		RegionNote: fmt.Sprintf("four times a head-node journal of %s", humanBytes(o.journalBytes))}
+	if o.journalAssumed {
+		s.RegionNote += ", assumed: the journal's planned size, not read from the rack (--journal-size sets it)"
+	}
+	s.Workloads = []Workload{sustain(10*time.Minute, time.Minute, time.Second)}
 	return s
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -18,13 +19,19 @@ const (
 
 // Names of the baselines.
 const (
+	// BaselineCacheNone is qemu-nbd --cache=none (O_DIRECT) with
+	// --aio=io_uring, or native or threads where io_uring does not start:
+	// the device's limit through NBD, the reference of issue 16's goals.
+	BaselineCacheNone    = "qemu-nbd-cache-none"
 	BaselineWritethrough = "qemu-nbd-writethrough"
 	BaselineWriteback    = "qemu-nbd-writeback"
 )
 
-func isBaselineName(name string) bool {
-	return name == BaselineWritethrough || name == BaselineWriteback
-}
+// baselineNames are the baselines in the order they run, which is also
+// the order of their columns in the table.
+var baselineNames = []string{BaselineCacheNone, BaselineWritethrough, BaselineWriteback}
+
+func isBaselineName(name string) bool { return slices.Contains(baselineNames, name) }
 
 // Target is one system under measurement while it runs.
 type Target struct {
@@ -73,6 +80,10 @@ type TargetInfo struct {
 	SizeBytes   uint64 `json:"size_bytes"`
 	Copies      int    `json:"durable_copies,omitempty"`
 	Error       string `json:"error,omitempty"`
+	// Flush is how the wait for a Ballast rack to flush the fill to its
+	// sleds went, before the workloads (nil: not a rack the harness can
+	// ask).
+	Flush *FlushWait `json:"flush_wait,omitempty"`
 }
 
 func (t *Target) info() TargetInfo {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 )
@@ -65,6 +66,11 @@ type Result struct {
 	ClientCPUPercent *float64 `json:"client_cpu_percent,omitempty"`
 	// Timeline is IOPS over time, with the faults injected.
 	Timeline *Timeline `json:"timeline,omitempty"`
+	// WindowS and WindowIOPS are the IOPS of each whole window of the run
+	// (a minute for the sustain workload), from its start: the goal
+	// compares the last with the first.
+	WindowS    float64   `json:"window_s,omitempty"`
+	WindowIOPS []float64 `json:"window_iops,omitempty"`
 	// Volumes is the number of volumes driven at once (Go load generator).
 	Volumes int `json:"volumes,omitempty"`
 	// Files are the raw outputs and profiles, relative to the output
@@ -79,6 +85,25 @@ type Timeline struct {
 	IOPS   []float64 `json:"iops"`
 	Errors []float64 `json:"errors"`
 	Events []Event   `json:"events"`
+}
+
+// windows averages the timeline over windows of w (a multiple of its
+// interval), from its start; a last window the run did not fill is left
+// out.
+func (t *Timeline) windows(w time.Duration) []float64 {
+	per := int(math.Round(w.Seconds() / t.IntervalS))
+	if per < 1 {
+		return nil
+	}
+	var out []float64
+	for i := 0; i+per <= len(t.IOPS); i += per {
+		var sum float64
+		for _, v := range t.IOPS[i : i+per] {
+			sum += v
+		}
+		out = append(out, sum/float64(per))
+	}
+	return out
 }
 
 // Event is something that happened during a run, such as a fault.
