@@ -24,11 +24,10 @@ const (
 )
 
 // DefaultJournalBytes is the head-node journal's size the sustain suite
-// assumes when Config.JournalBytes is not set. The journal is being
-// built (issue 16) and will have a --journal-size flag; until a rack
-// reports its size, this is the size it is planned to have, not one read
-// from the rack.
-const DefaultJournalBytes = 4 << 30
+// assumes when Config.JournalBytes is not set (a rack it did not start,
+// whose size it cannot know); `ballast bench` sets it, and passes it to
+// the rack it starts.
+const DefaultJournalBytes = 256 << 20
 
 // suiteOptions are what the suites' sizes depend on.
 type suiteOptions struct {

@@ -37,7 +37,7 @@ journal, against Ballast alone. With --target it measures running NBD
 exports instead of starting a rack.`,
 		Example: `  ballast bench --suite quick --out /tmp/bench
   ballast bench --out bench-out --profile
-  ballast bench --suite sustain --journal-size 4GiB
+  ballast bench --suite sustain --journal-size 1GiB
   ballast bench --target mine=nbd://127.0.0.1:10809/demo --headnode 127.0.1.1:7400,127.0.2.1:7400
   ballast bench --list`,
 		Args: cobra.NoArgs,
@@ -94,7 +94,7 @@ exports instead of starting a rack.`,
 	f.StringVar(&cfg.Rack, "rack", bench.RackDemo, "how to run the rack: demo (one process) or processes (head nodes, sleds and agent apart, so faults can restart one)")
 	f.IntVar(&cfg.RackSleds, "rack-sleds", 7, "sleds of a --rack processes rack (0: none; the head nodes keep all data)")
 	f.BoolVar(&cfg.NoBaselines, "no-baselines", false, "do not run the qemu-nbd baselines")
-	f.StringVar(&journalSize, "journal-size", "", "the head nodes' journal size: the sustain suite writes over four times it, and the rack gets it as --journal-size where ballast has that flag (default: the rack's own; the sustain suite assumes 4GiB)")
+	f.StringVar(&journalSize, "journal-size", "256MiB", "the head nodes' journal size: the rack the harness starts gets it as --journal-size, and the sustain suite writes over four times it")
 	f.DurationVar(&cfg.FlushTimeout, "flush-timeout", 0, "how long to wait after the fill for Ballast to flush it to the sleds before the workloads (default 90s plus 1s per 8MiB of region)")
 	f.StringVar(&cfg.WorkDir, "work-dir", "", "where the rack's data and the baselines' files live during the run (default $TMPDIR or /var/tmp)")
 	f.BoolVar(&cfg.KeepWorkDir, "keep-work-dir", false, "keep the work directory (data and logs) after the run")
