@@ -4,27 +4,47 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand"
+	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/vfs"
 
 	"github.com/ballast-storage/ballast/headnode/journal"
+	"github.com/ballast-storage/ballast/headnode/journal/crashfs"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
 // crashableStore opens a store on a filesystem that forgets what was not
 // synced when crash is called, as a power loss would.
 type crashableStore struct {
-	fs *vfs.MemFS
-	s  *blockStore
-	o  blockStoreOptions
+	fs  *vfs.MemFS
+	jfs *crashfs.FS
+	s   *blockStore
+	o   blockStoreOptions
 }
+
+// crashJournalFS puts the journal on a crashfs, which also tears the last
+// write a power loss interrupts.
+type crashJournalFS struct{ *crashfs.FS }
+
+func (c crashJournalFS) OpenFile(name string, flag int, perm os.FileMode) (journal.File, error) {
+	f, err := c.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+var crashSeed atomic.Uint64
 
 func openCrashable(t *testing.T, o blockStoreOptions) *crashableStore {
 	t.Helper()
-	c := &crashableStore{fs: vfs.NewStrictMem(), o: o}
+	c := &crashableStore{fs: vfs.NewStrictMem(), jfs: crashfs.New(crashSeed.Add(1)), o: o}
 	c.o.FS = c.fs
+	c.o.JournalFS = crashJournalFS{c.jfs}
+	c.o.JournalPath = "/journal"
 	c.reopen(t)
 	t.Cleanup(func() {
 		if c.s != nil {
@@ -43,9 +63,13 @@ func (c *crashableStore) reopen(t *testing.T) {
 	c.s = s
 }
 
-// crash loses everything not synced, then opens the store again.
+// crash loses everything not synced, then opens the store again. The
+// journal goes first: pebble may sync after it (a release does), never
+// the journal after pebble, which a real power loss, cutting both at
+// once, cannot do either.
 func (c *crashableStore) crash(t *testing.T) {
 	t.Helper()
+	c.jfs.Crash()
 	c.fs.SetIgnoreSyncs(true)
 	c.s.Close()
 	c.fs.ResetToSyncedState()

@@ -193,6 +193,10 @@ type blockStoreOptions struct {
 	CacheBytes int64
 	// JournalPath is the journal's file (default: dir + ".journal").
 	JournalPath string
+	// JournalFS, if set, holds the journal instead of FS: crash tests
+	// tear the journal's writes (crashfs) while pebble's filesystem only
+	// loses what was not synced.
+	JournalFS journal.FS
 	// JournalBytes sizes a new journal (0: defaultJournalBytes); an
 	// existing one keeps its size.
 	JournalBytes int64
@@ -311,7 +315,10 @@ func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
 		return fmt.Errorf("read drop marks: %w", err)
 	}
 	jo := journal.Options{SizeBytes: o.JournalBytes, ZoneBytes: journalZoneBytes(o.JournalBytes)}
-	if o.FS != nil {
+	switch {
+	case o.JournalFS != nil:
+		jo.FS = o.JournalFS
+	case o.FS != nil:
 		jo.FS = journalFS{fs}
 	}
 	s.jr, err = journal.Open(o.JournalPath, jo, rp.entry)
