@@ -48,6 +48,7 @@ FUZZ_TARGETS := \
 	./consensus/logstore/:FuzzDecodeLogValue \
 	./headnode/journal/:FuzzDecodeHeader \
 	./headnode/journal/:FuzzDecodeSuperblock \
+	./headnode/:FuzzJournaledEntry \
 	./consensus/:FuzzDecodeKVCommand \
 	./txn/:FuzzUnmarshalCommand \
 	./txn/:FuzzUnmarshalResult \
