@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -381,4 +382,22 @@ func FuzzJournaledEntry(f *testing.F) {
 			t.Fatalf("record names %d blocks of data, took %d locations", n, blocks)
 		}
 	})
+}
+
+// A store written before the journal keeps block data in its 'B' values:
+// it is refused at open, with a message that says so.
+func TestStoreOfThePreviousFormatIsRefused(t *testing.T) {
+	fs := vfs.NewMem()
+	s, err := openBlockStore("db", blockStoreOptions{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := append(make([]byte, versionBytes), pattern(4096, 1)...)
+	if err := s.db.Set(blockKey(1, 0), old, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := openBlockStore("db", blockStoreOptions{FS: fs}); err == nil || !strings.Contains(err.Error(), "before the journal") {
+		t.Fatalf("opening a store of the previous format: %v", err)
+	}
 }

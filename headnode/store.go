@@ -298,6 +298,9 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 
 // openJournal opens the journal and applies again what pebble lost of it.
 func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
+	if err := s.checkFormat(); err != nil {
+		return err
+	}
 	rp := &journalReplay{s: s, dropAt: map[uint64]uint64{}, dropSeen: map[uint64]bool{},
 		parts: map[uint64][]journal.Location{}, partSeq: map[uint64]uint64{}}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixDropMark}, UpperBound: []byte{prefixDropMark + 1}})
@@ -339,6 +342,22 @@ func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
 	s.maxAppendBlocks = int(zone / 4 / volume.BlockSizeBytes)
 	s.maxEntryBlocks = max(1, min(256, s.maxAppendBlocks/2))
 	return nil
+}
+
+// checkFormat refuses a store written before block data moved to the
+// journal, whose 'B' values hold the data itself: read as refs, they
+// would only fail one by one.
+func (s *blockStore) checkFormat() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
+	if err != nil {
+		return fmt.Errorf("check the block store's format: %w", err)
+	}
+	defer it.Close()
+	if it.First() && len(it.Value()) == versionBytes+volume.BlockSizeBytes {
+		return fmt.Errorf("%w: the block store holds block data itself (a data directory from before the journal); "+
+			"move its volumes to an upgraded head node, or empty the data directory", ErrCorrupt)
+	}
+	return it.Error()
 }
 
 func (s *blockStore) Close() error {
