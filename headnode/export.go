@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/proto/sledpb"
 )
