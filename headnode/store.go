@@ -171,13 +171,14 @@ type blockStore struct {
 	// maxEntryBlocks bounds the blocks of one journal entry, and
 	// maxAppendBlocks those of one append, well within a zone.
 	maxEntryBlocks, maxAppendBlocks int
-	onJournalPressure               func() // asks the node to flush sooner; may be nil
-	onReleaseError                  func(error)
-	releaseKick                     chan struct{}
-	releaseStop                     chan struct{}
-	releaseDone                     chan struct{}
-	ctx                             context.Context // ends at Close
-	cancel                          context.CancelFunc
+
+	onJournalPressure func() // asks the node to flush sooner; may be nil
+	onReleaseError    func(error)
+	releaseKick       chan struct{}
+	releaseStop       chan struct{}
+	releaseDone       chan struct{}
+	ctx               context.Context // ends at Close
+	cancel            context.CancelFunc
 }
 
 // blockStoreOptions tunes pebble for what a head node stores (small
