@@ -408,27 +408,26 @@ func (s *blockStore) JournalFill() float64 {
 // journalPressure says the journal is half full: flush sooner.
 func (s *blockStore) journalPressure() bool { return s.JournalFill() >= 0.5 }
 
-// waitForJournalRoom holds a data append back while the journal is above
-// its high-water mark, so that the flush records that free it always find
-// room (they carry no blocks, and never wait here).
-func (s *blockStore) waitForJournalRoom(ctx context.Context) error {
-	for first := true; ; first = false {
-		st := s.jr.Stats()
-		if st.TotalBytes-st.UsedBytes >= s.journalReserve {
-			return nil
-		}
-		if first {
-			s.kickRelease()
-			if s.onJournalPressure != nil {
-				s.onJournalPressure()
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for room in the journal: %w", ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-		s.kickRelease()
+// journalHigh says the journal is at its high-water mark: a primary
+// holds client writes back before it orders them (primaryVolume.write),
+// so that the records that free the journal, which carry no data and
+// are ordered among the writes, always find room. A store never waits
+// itself: it applies in order what was ordered, and a wait there would
+// hold those very records back.
+func (s *blockStore) journalHigh() bool {
+	st := s.jr.Stats()
+	return st.TotalBytes-st.UsedBytes < s.journalReserve
+}
+
+// noteJournalFill asks for a release, and for flushes, when the journal
+// is at its high-water mark.
+func (s *blockStore) noteJournalFill() {
+	if !s.journalHigh() {
+		return
+	}
+	s.kickRelease()
+	if s.onJournalPressure != nil {
+		s.onJournalPressure()
 	}
 }
 

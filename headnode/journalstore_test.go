@@ -2,6 +2,7 @@ package headnode
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand"
 	"os"
@@ -212,24 +213,24 @@ func TestJournalWrapsAsTheLogEmpties(t *testing.T) {
 	}
 }
 
-// A data append into a journal at its high-water mark waits for a release
-// rather than failing, asks for a flush, and goes on once room is made.
+// A client write into a journal at its high-water mark waits, before it
+// is ordered, for a release rather than failing, and asks for a flush;
+// what frees the journal (here a trim, which carries no data) is not held
+// back, and the write goes on once there is room.
 func TestJournalFullHoldsWritesBack(t *testing.T) {
-	c := openCrashable(t, blockStoreOptions{JournalBytes: minJournalBytes, ReleaseInterval: time.Hour})
-	const full, other = 2, 3
-	var seq uint64
-	highWater := func() bool {
-		st := c.s.jr.Stats()
-		return st.TotalBytes-st.UsedBytes < c.s.journalReserve
-	}
-	for !highWater() {
-		seq++ // every block a new one: nothing can be released
-		if err := c.s.Append(full, []*ballastpb.LogRecord{writeRecord(seq, map[uint64][]byte{seq: pattern(4096, byte(seq))})}, 0); err != nil {
-			t.Fatal(err)
-		}
+	const size = 4 << 20
+	p := newPair(t, size)
+	p.primary.Close()
+	opts := blockStoreOptions{JournalBytes: minJournalBytes, ReleaseInterval: 5 * time.Millisecond}
+	p.pStore, p.sStore = openCrashable(t, opts).s, openCrashable(t, opts).s
+	p.start(t)
+	var written uint64
+	for !p.pStore.journalHigh() {
+		p.write(t, written, pattern(blockSize, byte(written/blockSize)))
+		written += blockSize
 	}
 	pressured := make(chan struct{}, 1)
-	c.s.onJournalPressure = func() {
+	p.pStore.onJournalPressure = func() {
 		select {
 		case pressured <- struct{}{}:
 		default:
@@ -237,37 +238,34 @@ func TestJournalFullHoldsWritesBack(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- c.s.Append(other, []*ballastpb.LogRecord{writeRecord(1, map[uint64][]byte{0: pattern(4096, 7)})}, 0)
+		done <- p.primary.write(context.Background(), size-blockSize, blockSize, pattern(blockSize, 7), false, false)
 	}()
 	select {
 	case err := <-done:
-		t.Fatalf("an append into a full journal returned at once: %v", err)
+		t.Fatalf("a write into a full journal returned at once: %v", err)
 	case <-pressured:
 	case <-time.After(10 * time.Second):
 		t.Fatal("a full journal asked for no flush")
 	}
 	select {
 	case err := <-done:
-		t.Fatalf("the held append returned before any room was made: %v", err)
+		t.Fatalf("the held write returned before any room was made: %v", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	// A removal carries no data, so it is not held back; it frees the
-	// blocks that held the journal.
-	rm := &ballastpb.LogRecord{Seq: seq + 1, Removed: []*ballastpb.BlockRange{{First: 0, Count: seq + 1}}}
-	if err := c.s.Append(full, []*ballastpb.LogRecord{rm}, 0); err != nil {
-		t.Fatal(err)
+	if err := p.primary.write(context.Background(), 0, written, nil, true, true); err != nil {
+		t.Fatalf("trim while the journal is full: %v", err)
 	}
+	clear(p.model[:written])
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Fatal(err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the held append never went through after the journal was freed")
+		t.Fatal("the held write never went through after the journal was freed")
 	}
-	if got := readBlocks(t, c.s, other, 0, 1); !bytes.Equal(got, pattern(4096, 7)) {
-		t.Fatal("the held write reads back wrong")
-	}
+	copy(p.model[size-blockSize:], pattern(blockSize, 7))
+	p.checkReplicas(t)
 }
 
 func TestJournalEntryRoundTrip(t *testing.T) {

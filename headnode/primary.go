@@ -74,6 +74,9 @@ type primaryVolume struct {
 	// client writes are refused while its disk is nearly full, and the
 	// committer asks it again every secondaryProbeInterval meanwhile.
 	secondaryFull atomic.Bool
+	// secondaryJournalFull is set likewise: the secondary's journal is at
+	// its high-water mark, and client writes wait (waitForJournalRoom).
+	secondaryJournalFull atomic.Bool
 	// The open session's secondary, the incarnation its hello reported,
 	// whether the session began with a full copy, and whether it reported
 	// the secondary in sync.
@@ -307,6 +310,33 @@ func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) er
 	}
 }
 
+// waitForJournalRoom holds a client write back, before it is ordered,
+// while this node's journal or the secondary's is at its high-water mark,
+// and asks for a flush: writes slow down while the flush frees the
+// journals, they do not fail. The flush's own records, ordered among the
+// writes, never wait here.
+func (p *primaryVolume) waitForJournalRoom(ctx context.Context) error {
+	for i := 0; ; i++ {
+		if !p.store.journalHigh() && !p.secondaryJournalFull.Load() {
+			return nil
+		}
+		if i%20 == 0 {
+			// Now and then: a release reads every 'B' key.
+			p.store.noteJournalFill()
+			if p.maint != nil {
+				p.maint.kick()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for room in the journals of volume %s: %w", p.vol.Name, ctx.Err())
+		case <-p.stop:
+			return ErrStopped
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // write stores data at byte offset off. With zero=true data is nil and
 // length bytes of zeroes are written; removable says whole zero blocks may
 // become holes (trim, or write-zeroes without NO_HOLE).
@@ -326,6 +356,11 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 			n = blockSize
 		}
 		if err := p.disk.admit(n); err != nil {
+			return err
+		}
+	}
+	if !(zero && removable) {
+		if err := p.waitForJournalRoom(ctx); err != nil {
 			return err
 		}
 	}
@@ -425,7 +460,7 @@ func (p *primaryVolume) commitLoop() {
 		// While the secondary's disk is full no batch may come to tell
 		// when it has room again: ask it.
 		var probe <-chan time.Time
-		if p.secondaryFull.Load() {
+		if p.secondaryFull.Load() || p.secondaryJournalFull.Load() {
 			probe = time.After(secondaryProbeInterval)
 		}
 		select {
@@ -476,6 +511,7 @@ func (p *primaryVolume) probeSecondary() {
 // noteSecondaryDisk records what the secondary's last reply said of its
 // disk, logging a change.
 func (p *primaryVolume) noteSecondaryDisk() {
+	p.secondaryJournalFull.Store(p.link.JournalFull())
 	full := p.link.DiskFull()
 	if p.secondaryFull.Swap(full) != full {
 		if full {

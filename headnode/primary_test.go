@@ -72,6 +72,8 @@ func (l *memLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (ui
 
 func (l *memLink) JournalPressure() bool { return false }
 
+func (l *memLink) JournalFull() bool { return false }
+
 func (l *memLink) DiskFull() bool {
 	l.f.mu.Lock()
 	defer l.f.mu.Unlock()

@@ -33,6 +33,9 @@ type replicaLink interface {
 	// JournalPressure says whether the secondary's last reply asked for
 	// a flush to free its journal.
 	JournalPressure() bool
+	// JournalFull says whether it said its journal is at its high-water
+	// mark: client writes wait.
+	JournalFull() bool
 	Close()
 }
 

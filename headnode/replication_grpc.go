@@ -141,6 +141,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 	}
 	reply.DiskFull = s.node.disk.refusing()
 	reply.JournalPressure = s.node.blocks.journalPressure()
+	reply.JournalFull = s.node.blocks.journalHigh()
 	reply.Incarnation = s.node.incarnation
 	if err := stream.Send(reply); err != nil {
 		return err
@@ -175,6 +176,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 		}
 		reply.DiskFull = s.node.disk.refusing()
 		reply.JournalPressure = s.node.blocks.journalPressure()
+		reply.JournalFull = s.node.blocks.journalHigh()
 		if err := stream.Send(reply); err != nil {
 			return err
 		}
@@ -241,6 +243,7 @@ type grpcLink struct {
 	replies         chan replyOrErr
 	diskFull        atomic.Bool // of the last reply
 	journalPressure atomic.Bool // of the last reply
+	journalFull     atomic.Bool // of the last reply
 }
 
 type replyOrErr struct {
@@ -303,6 +306,7 @@ func (l *grpcLink) roundTrip(ctx context.Context, req *ballastpb.ReplicateReques
 		}
 		l.diskFull.Store(r.reply.DiskFull)
 		l.journalPressure.Store(r.reply.JournalPressure)
+		l.journalFull.Store(r.reply.JournalFull)
 		return r.reply, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for secondary: %w", ctx.Err())
@@ -324,6 +328,8 @@ func (l *grpcLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (u
 func (l *grpcLink) DiskFull() bool { return l.diskFull.Load() }
 
 func (l *grpcLink) JournalPressure() bool { return l.journalPressure.Load() }
+
+func (l *grpcLink) JournalFull() bool { return l.journalFull.Load() }
 
 func (l *grpcLink) Close() { l.cancel() }
 

@@ -434,8 +434,7 @@ func (s *blockStore) NextSegmentID(vol uint64) (uint64, error) {
 // that commits once the journal holds the records. The first record must
 // follow the last seq; records at or below it are skipped, since a sender
 // may resend what it could not confirm. With no new records and a trim
-// point, it trims alone. A journal above its high-water mark holds data
-// back until a flush frees room: writes slow down, they do not fail.
+// point, it trims alone.
 func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
 	last, err := s.LastSeq(vol)
 	if err != nil {
@@ -469,9 +468,7 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThro
 		withData = withData || len(e.Blocks) > 0
 	}
 	if withData {
-		if err := s.waitForJournalRoom(s.ctx); err != nil {
-			return err
-		}
+		s.noteJournalFill()
 	}
 	defer s.beginJournalAppend()()
 	entryLocs, commits, err := s.appendEntries(entries)

@@ -165,9 +165,7 @@ func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) erro
 		return err
 	}
 	e.Meta = encodeMeta(metaSyncData, vol, nil)
-	if err := s.waitForJournalRoom(s.ctx); err != nil {
-		return err
-	}
+	s.noteJournalFill()
 	defer s.beginJournalAppend()()
 	entryLocs, commits, err := s.appendEntries(splitEntry(e, s.maxEntryBlocks, e.Meta))
 	if err == nil {

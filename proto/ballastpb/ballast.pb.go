@@ -7267,8 +7267,12 @@ type ReplicateReply struct {
 	// The secondary's journal is filling: the primary flushes the volume
 	// to the sleds now rather than at its threshold, to free it.
 	JournalPressure bool `protobuf:"varint,8,opt,name=journal_pressure,json=journalPressure,proto3" json:"journal_pressure,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The secondary's journal is at its high-water mark: the primary holds
+	// client writes back (they wait, they do not fail) until a later reply
+	// says otherwise, so that the flush records that free it get through.
+	JournalFull   bool `protobuf:"varint,9,opt,name=journal_full,json=journalFull,proto3" json:"journal_full,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicateReply) Reset() {
@@ -7353,6 +7357,13 @@ func (x *ReplicateReply) GetIncarnation() string {
 func (x *ReplicateReply) GetJournalPressure() bool {
 	if x != nil {
 		return x.JournalPressure
+	}
+	return false
+}
+
+func (x *ReplicateReply) GetJournalFull() bool {
+	if x != nil {
+		return x.JournalFull
 	}
 	return false
 }
@@ -7862,7 +7873,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fsync_end_seq\x18\t \x01(\x04R\n" +
 	"syncEndSeq\x12/\n" +
 	"\x14sync_next_segment_id\x18\n" +
-	" \x01(\x04R\x11syncNextSegmentId\"\xbb\x02\n" +
+	" \x01(\x04R\x11syncNextSegmentId\"\xde\x02\n" +
 	"\x0eReplicateReply\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
@@ -7872,7 +7883,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"needs_sync\x18\x05 \x01(\bR\tneedsSync\x12\x1b\n" +
 	"\tdisk_full\x18\x06 \x01(\bR\bdiskFull\x12 \n" +
 	"\vincarnation\x18\a \x01(\tR\vincarnation\x12)\n" +
-	"\x10journal_pressure\x18\b \x01(\bR\x0fjournalPressure*\x80\x01\n" +
+	"\x10journal_pressure\x18\b \x01(\bR\x0fjournalPressure\x12!\n" +
+	"\fjournal_full\x18\t \x01(\bR\vjournalFull*\x80\x01\n" +
 	"\tSledState\x12\x1a\n" +
 	"\x16SLED_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
