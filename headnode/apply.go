@@ -29,6 +29,65 @@ type applier struct {
 	// the order they appear in it; next is the first not yet used.
 	locs []journal.Location
 	next int
+	// refDelta counts, per journal batch, the 'B' refs the batch made
+	// (positive) and ended (negative); applied to the store's counts once
+	// the batch commits (journalstore.go).
+	refDelta map[uint64]int
+}
+
+// setRef points a block's 'B' key at journal location loc, ending the ref
+// it held.
+func (a *applier) setRef(block, version uint64, loc journal.Location) error {
+	if err := a.endRef(block); err != nil {
+		return err
+	}
+	a.countRef(loc.LSN, 1)
+	return a.b.Set(blockKey(a.vol, block), encodeBlockRef(version, loc), nil)
+}
+
+// endRef deletes a block's 'B' key, if any.
+func (a *applier) endRef(block uint64) error {
+	v, closer, err := a.b.Get(blockKey(a.vol, block))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read block %d: %w", block, err)
+	}
+	ref, err := decodeBlockRef(v)
+	closer.Close()
+	if err != nil {
+		return err
+	}
+	a.countRef(ref.loc.LSN, -1)
+	return a.b.Delete(blockKey(a.vol, block), nil)
+}
+
+// endRefRange deletes the 'B' keys of a range of blocks.
+func (a *applier) endRefRange(first, count uint64) error {
+	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: blockKey(a.vol, first), UpperBound: blockKey(a.vol, first+count)})
+	if err != nil {
+		return fmt.Errorf("iterate blocks: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		ref, err := decodeBlockRef(it.Value())
+		if err != nil {
+			it.Close()
+			return err
+		}
+		a.countRef(ref.loc.LSN, -1)
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("read blocks: %w", err)
+	}
+	return a.b.DeleteRange(blockKey(a.vol, first), blockKey(a.vol, first+count), nil)
+}
+
+func (a *applier) countRef(lsn uint64, d int) {
+	if a.refDelta == nil {
+		a.refDelta = map[uint64]int{}
+	}
+	a.refDelta[lsn] += d
 }
 
 // nextLoc returns the journal location of the record's next block of data.
@@ -200,7 +259,7 @@ func (a *applier) applyWrite(r *ballastpb.LogRecord) error {
 			if err != nil {
 				return err
 			}
-			if err := a.b.Set(blockKey(a.vol, bw.Block), encodeBlockRef(r.Seq, loc), nil); err != nil {
+			if err := a.setRef(bw.Block, r.Seq, loc); err != nil {
 				return err
 			}
 		default:
@@ -236,7 +295,7 @@ func (a *applier) removeRange(first, count uint64) error {
 	if err := a.b.DeleteRange(indexKey(a.vol, first), indexKey(a.vol, first+count), nil); err != nil {
 		return err
 	}
-	return a.b.DeleteRange(blockKey(a.vol, first), blockKey(a.vol, first+count), nil)
+	return a.endRefRange(first, count)
 }
 
 // applyFlush moves into a new segment the blocks whose log data is still
@@ -280,7 +339,7 @@ func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
 		if err := a.index(block, blockLoc{segment: seg.Id, slot: uint32(slot)}); err != nil {
 			return err
 		}
-		if err := a.b.Delete(blockKey(a.vol, block), nil); err != nil {
+		if err := a.endRef(block); err != nil {
 			return err
 		}
 	}
@@ -364,10 +423,11 @@ func (a *applier) applySegmentFree(f *ballastpb.SegmentFreeRecord) error {
 // segments, so nothing is counted here.
 func (a *applier) applyState(s *ballastpb.StateRecord) error {
 	for _, rg := range s.Cleared {
-		for _, p := range []func(uint64, uint64) []byte{indexKey, blockKey} {
-			if err := a.b.DeleteRange(p(a.vol, rg.First), p(a.vol, rg.First+rg.Count), nil); err != nil {
-				return err
-			}
+		if err := a.b.DeleteRange(indexKey(a.vol, rg.First), indexKey(a.vol, rg.First+rg.Count), nil); err != nil {
+			return err
+		}
+		if err := a.endRefRange(rg.First, rg.Count); err != nil {
+			return err
 		}
 		a.entry.Removed = append(a.entry.Removed, rg)
 	}
@@ -376,11 +436,11 @@ func (a *applier) applyState(s *ballastpb.StateRecord) error {
 		var err error
 		switch {
 		case len(bs.Data) == 0:
-			err = a.b.Delete(blockKey(a.vol, bs.Block), nil)
+			err = a.endRef(bs.Block)
 		case hasData(bs.Data):
 			var loc journal.Location
 			if loc, err = a.nextLoc(); err == nil {
-				err = a.b.Set(blockKey(a.vol, bs.Block), encodeBlockRef(bs.Version, loc), nil)
+				err = a.setRef(bs.Block, bs.Version, loc)
 			}
 		default:
 			err = fmt.Errorf("state of block %d has %d bytes", bs.Block, len(bs.Data))

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -328,32 +329,17 @@ func (s *blockStore) beginJournalAppend() (end func()) {
 // journalRelease frees the journal up to the oldest entry still needed:
 // the oldest a 'B' key points to, or an append in flight may have written.
 func (s *blockStore) journalRelease() error {
-	// Appends that end before the snapshot are in it; those in flight are
-	// in inflight; those that begin after it land at or after head.
+	// Appends that ended (and counted their refs) came before; those in
+	// flight are in inflight; those that begin after land at or after
+	// head.
 	s.inflightMu.Lock()
 	oldest := s.jr.Stats().HeadLSN
 	for _, lsn := range s.inflight {
 		oldest = min(oldest, lsn)
 	}
-	snap := s.db.NewSnapshot()
 	s.inflightMu.Unlock()
-	defer snap.Close()
 
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
-	if err != nil {
-		return fmt.Errorf("journal release: %w", err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		ref, err := decodeBlockRef(it.Value())
-		if err != nil {
-			it.Close()
-			return fmt.Errorf("journal release: block %d of volume %d: %w", keyNumber(it.Key()), binary.BigEndian.Uint64(it.Key()[1:9]), err)
-		}
-		oldest = min(oldest, ref.loc.LSN)
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("journal release: %w", err)
-	}
+	oldest = min(oldest, s.oldestRef(oldest))
 	if oldest <= s.releasedThrough {
 		return nil
 	}
@@ -367,6 +353,99 @@ func (s *blockStore) journalRelease() error {
 	}
 	s.releasedThrough = oldest
 	return nil
+}
+
+// countRefs applies a commit's ref deltas.
+func (s *blockStore) countRefs(delta map[uint64]int) {
+	if len(delta) == 0 {
+		return
+	}
+	s.refMu.Lock()
+	defer s.refMu.Unlock()
+	if s.refs == nil {
+		return // the replay at open: counted from the keys after it
+	}
+	for lsn, d := range delta {
+		if d == 0 {
+			continue
+		}
+		n := s.refs[lsn] + d
+		switch {
+		case n > 0:
+			s.refs[lsn] = n
+			s.refMin = min(s.refMin, lsn)
+		case n == 0:
+			delete(s.refs, lsn)
+		default:
+			// More refs ended than were counted: the counts are wrong, and
+			// a release could free live data. Keep the batch for good and
+			// say so; a restart counts again from the keys.
+			s.refs[lsn] = 1 << 30
+			s.refMin = min(s.refMin, lsn)
+			if s.onReleaseError != nil {
+				s.onReleaseError(fmt.Errorf("journal batch %d: %d refs counted below zero; it is kept until a restart", lsn, -n))
+			}
+		}
+	}
+}
+
+// oldestRef returns the oldest batch a 'B' key points to, or limit if
+// none below it does.
+func (s *blockStore) oldestRef(limit uint64) uint64 {
+	s.refMu.Lock()
+	defer s.refMu.Unlock()
+	for s.refMin < limit && s.refs[s.refMin] == 0 {
+		s.refMin++
+	}
+	return min(s.refMin, limit)
+}
+
+// countAllRefs counts the refs from the keys (at open).
+func (s *blockStore) countAllRefs() error {
+	refs := map[uint64]int{}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
+	if err != nil {
+		return fmt.Errorf("count journal refs: %w", err)
+	}
+	low := uint64(math.MaxUint64)
+	for ok := it.First(); ok; ok = it.Next() {
+		ref, err := decodeBlockRef(it.Value())
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("count journal refs: block %d of volume %d: %w", keyNumber(it.Key()), binary.BigEndian.Uint64(it.Key()[1:9]), err)
+		}
+		refs[ref.loc.LSN]++
+		low = min(low, ref.loc.LSN)
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("count journal refs: %w", err)
+	}
+	if len(refs) == 0 {
+		low = s.jr.Stats().HeadLSN
+	}
+	s.refMu.Lock()
+	s.refs, s.refMin = refs, low
+	s.refMu.Unlock()
+	return nil
+}
+
+// refsOf returns the negative counts of a volume's refs: what dropping
+// it ends.
+func (s *blockStore) refsOf(vol uint64) (map[uint64]int, error) {
+	ended := map[uint64]int{}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: blockKey(vol, 0), UpperBound: volumeUpper(prefixBlock, vol)})
+	if err != nil {
+		return nil, fmt.Errorf("read refs of volume %d: %w", vol, err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		ref, err := decodeBlockRef(it.Value())
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+		ended[ref.loc.LSN]--
+	}
+	return ended, it.Close()
 }
 
 // releaseLoop runs journalRelease every interval, and at once when an

@@ -286,6 +286,7 @@ func (r *storageRig) check(t *testing.T) {
 // every segment's live count is the number of index entries naming it.
 func checkStoreInvariants(t *testing.T, s *blockStore, vol uint64) {
 	t.Helper()
+	checkRefCounts(t, s)
 	segs, err := s.Segments(vol)
 	if err != nil {
 		t.Fatal(err)
@@ -1204,6 +1205,28 @@ func TestCheckStamp(t *testing.T) {
 		err := checkStamp("s1", c.want, c.got)
 		if c.corrupt != errors.Is(err, errShardCorrupt) || (!c.corrupt && err != nil) {
 			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}
+
+// checkRefCounts compares the store's counts of journal refs, which the
+// release trusts, with a count from the keys.
+func checkRefCounts(t *testing.T, s *blockStore) {
+	t.Helper()
+	kept := s.refs
+	if err := s.countAllRefs(); err != nil {
+		t.Fatal(err)
+	}
+	s.refMu.Lock()
+	fromKeys := s.refs
+	s.refs = kept
+	s.refMu.Unlock()
+	if len(kept) != len(fromKeys) {
+		t.Fatalf("journal refs: %d batches counted, %d hold refs", len(kept), len(fromKeys))
+	}
+	for lsn, n := range fromKeys {
+		if kept[lsn] != n {
+			t.Fatalf("journal batch %d: %d refs counted, %d keys point to it", lsn, kept[lsn], n)
 		}
 	}
 }

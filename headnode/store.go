@@ -165,6 +165,13 @@ type blockStore struct {
 	// releasedThrough is the journal's tail as last released (the release
 	// loop's alone).
 	releasedThrough uint64
+	// refs counts the 'B' keys that point into each journal batch, as
+	// committed; refMin is at or below the oldest batch any points to.
+	// Counted from the keys once at open (after the replay), then kept by
+	// each commit's deltas, so the release reads no keys.
+	refMu  sync.Mutex
+	refs   map[uint64]int
+	refMin uint64
 	// journalReserve is the free journal space that data appends leave
 	// for the records that free it.
 	journalReserve int64
@@ -337,6 +344,10 @@ func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
 	}
 	st := s.jr.Stats()
 	s.releasedThrough = st.TailLSN
+	if err := s.countAllRefs(); err != nil {
+		s.jr.Close()
+		return err
+	}
 	// Two zones, or an eighth of the journal, stay for records without data.
 	zone := journalZoneBytes(o.JournalBytes)
 	s.journalReserve = max(2*zone, st.TotalBytes/8)
@@ -544,6 +555,7 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 	if err := b.Commit(opts); err != nil {
 		return fmt.Errorf("commit log of volume %d: %w", vol, err)
 	}
+	s.countRefs(a.refDelta)
 	s.mu.Lock()
 	s.state[vol] = st
 	s.mu.Unlock()
@@ -895,6 +907,10 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	if err != nil {
 		return fmt.Errorf("journal the drop of volume %d: %w", vol, err)
 	}
+	ended, err := s.refsOf(vol)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	delete(s.state, vol)
 	s.mu.Unlock()
@@ -914,6 +930,7 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("drop volume %d: %w", vol, err)
 	}
+	s.countRefs(ended)
 	return nil
 }
 

@@ -190,6 +190,7 @@ func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) erro
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("commit sync state of volume %d: %w", vol, err)
 	}
+	s.countRefs(a.refDelta)
 	return nil
 }
 
