@@ -49,7 +49,7 @@ type Config struct {
 	// LeaderWaitTimeout bounds how long an admin call waits for the
 	// directory group to have a leader.
 	LeaderWaitTimeout time.Duration
-	// BlockCacheBytes sizes the block store's metadata cache (0: 64 MiB).
+	// BlockCacheBytes sizes the block store's metadata cache (0: 256 MiB).
 	BlockCacheBytes int64
 	// IO bounds the block I/O held for agents' streams.
 	IO IOConfig

@@ -214,7 +214,7 @@ type blockStoreOptions struct {
 }
 
 const (
-	defaultBlockCacheBytes = 64 << 20
+	defaultBlockCacheBytes = 256 << 20
 	defaultJournalBytes    = 1 << 30
 	minJournalBytes        = 1 << 20
 )
