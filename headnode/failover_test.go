@@ -159,3 +159,58 @@ func TestGroupServers(t *testing.T) {
 		}
 	}
 }
+
+// A volume a group reports deleted keeps its copy until the directory,
+// asked, no longer knows it: not while it is still there (it moved to
+// another group), nor while the directory cannot be asked.
+func TestDropLoopDropsOnlyWhatTheDirectoryDeleted(t *testing.T) {
+	store := openMemStore(t)
+	n := bareNode(t, "a", store)
+	n.repl = &replicationServer{node: n}
+	n.drops = make(chan uint64)
+	const vol = 5
+	if err := store.Append(vol, []*ballastpb.LogRecord{{Seq: 1, Blocks: []*ballastpb.BlockWrite{{Block: 0, Data: pattern(4096, 1)}}}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	answers := make(chan func() (bool, error))
+	asked := make(chan struct{})
+	n.confirmDeleted = func(ctx context.Context, id uint64) (bool, error) {
+		answer := <-answers
+		defer func() { asked <- struct{}{} }()
+		return answer()
+	}
+	n.serving.Add(1)
+	go n.dropLoop(context.Background())
+	defer func() { close(n.drops); n.serving.Wait() }()
+
+	report := func(answer func() (bool, error)) {
+		t.Helper()
+		n.drops <- vol
+		answers <- answer
+		<-asked
+	}
+	held := func() bool {
+		last, err := store.LastSeq(vol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return last == 1
+	}
+	report(func() (bool, error) { return false, nil }) // moved: still in the directory
+	report(func() (bool, error) { return false, errors.New("no directory leader") })
+	// The loop takes a report only once it is done with the one before:
+	// when this send returns, the first two have had their outcome.
+	n.drops <- vol
+	if !held() {
+		t.Fatal("the copy was dropped while the directory still held the volume, or could not be asked")
+	}
+	answers <- func() (bool, error) { return true, nil }
+	<-asked
+	deadline := time.Now().Add(5 * time.Second)
+	for held() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if held() {
+		t.Fatal("the copy of a volume the directory deleted was not dropped")
+	}
+}

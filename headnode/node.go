@@ -39,6 +39,9 @@ type Node struct {
 	listeners []net.Listener
 	pool      rpc.Pool
 	drops     chan uint64
+	// confirmDeleted asks the rack whether a volume reported deleted is
+	// gone (nil: deletedInRack); tests answer for it.
+	confirmDeleted func(ctx context.Context, id uint64) (bool, error)
 	repl      *replicationServer
 	io        *blockIOServer
 	admin     *adminServer
@@ -308,8 +311,12 @@ func (n *Node) WaitForLeader(ctx context.Context) error {
 // when it cannot be asked, the copy stays and the stale sweep decides later.
 func (n *Node) dropLoop(ctx context.Context) {
 	defer n.serving.Done()
+	confirm := n.confirmDeleted
+	if confirm == nil {
+		confirm = n.deletedInRack
+	}
 	for id := range n.drops {
-		gone, err := n.deletedInRack(ctx, id)
+		gone, err := confirm(ctx, id)
 		switch {
 		case err != nil:
 			n.log.Warn("volume reported deleted, but the directory cannot confirm it; its copy stays for the stale sweep", "volume_id", id, "err", err)

@@ -930,6 +930,11 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("drop volume %d: %w", vol, err)
 	}
+	// Again: a read of the state between the first delete and the commit
+	// cached what the commit removed.
+	s.mu.Lock()
+	delete(s.state, vol)
+	s.mu.Unlock()
 	s.countRefs(ended)
 	return nil
 }
