@@ -173,15 +173,20 @@ func TestDropLoopDropsOnlyWhatTheDirectoryDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	answers := make(chan func() (bool, error))
-	asked := make(chan struct{})
+	asked := make(chan struct{}, 1)
+	ended := make(chan struct{})
 	n.confirmDeleted = func(ctx context.Context, id uint64) (bool, error) {
-		answer := <-answers
-		defer func() { asked <- struct{}{} }()
-		return answer()
+		select {
+		case answer := <-answers:
+			defer func() { asked <- struct{}{} }()
+			return answer()
+		case <-ended:
+			return false, errors.New("test ended")
+		}
 	}
 	n.serving.Add(1)
 	go n.dropLoop(context.Background())
-	defer func() { close(n.drops); n.serving.Wait() }()
+	defer func() { close(ended); close(n.drops); n.serving.Wait() }()
 
 	report := func(answer func() (bool, error)) {
 		t.Helper()

@@ -42,6 +42,7 @@ type Node struct {
 	// confirmDeleted asks the rack whether a volume reported deleted is
 	// gone (nil: deletedInRack); tests answer for it.
 	confirmDeleted func(ctx context.Context, id uint64) (bool, error)
+
 	repl      *replicationServer
 	io        *blockIOServer
 	admin     *adminServer
