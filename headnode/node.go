@@ -43,15 +43,15 @@ type Node struct {
 	// gone (nil: deletedInRack); tests answer for it.
 	confirmDeleted func(ctx context.Context, id uint64) (bool, error)
 
-	repl      *replicationServer
-	io        *blockIOServer
-	admin     *adminServer
-	leases    *leaseKeeper
-	remote    *remoteIO
-	proposer  *driver.Proposer   // commits transactions across groups
-	keeper    *driver.Keeper     // recovers and forgets this node's groups' transactions
-	stopBG    context.CancelFunc // ends the sled view and the monitors
-	serving   sync.WaitGroup
+	repl     *replicationServer
+	io       *blockIOServer
+	admin    *adminServer
+	leases   *leaseKeeper
+	remote   *remoteIO
+	proposer *driver.Proposer   // commits transactions across groups
+	keeper   *driver.Keeper     // recovers and forgets this node's groups' transactions
+	stopBG   context.CancelFunc // ends the sled view and the monitors
+	serving  sync.WaitGroup
 
 	// incarnation is the data directory's (incarnation.go); registered
 	// is set once every group has it.
