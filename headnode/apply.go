@@ -45,20 +45,31 @@ func (a *applier) setRef(block, version uint64, loc journal.Location) error {
 	return a.b.Set(blockKey(a.vol, block), encodeBlockRef(version, loc), nil)
 }
 
-// endRef deletes a block's 'B' key, if any.
-func (a *applier) endRef(block uint64) error {
+// getRef reads a block's 'B' key; ok is false if it has none.
+func (a *applier) getRef(block uint64) (ref blockRef, ok bool, err error) {
 	v, closer, err := a.b.Get(blockKey(a.vol, block))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return nil
+		return blockRef{}, false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read block %d: %w", block, err)
+		return blockRef{}, false, fmt.Errorf("read block %d: %w", block, err)
 	}
-	ref, err := decodeBlockRef(v)
+	ref, err = decodeBlockRef(v)
 	closer.Close()
-	if err != nil {
+	return ref, err == nil, err
+}
+
+// endRef deletes a block's 'B' key, if any.
+func (a *applier) endRef(block uint64) error {
+	ref, ok, err := a.getRef(block)
+	if !ok {
 		return err
 	}
+	return a.dropRef(block, ref)
+}
+
+// dropRef deletes a block's 'B' key, which holds ref.
+func (a *applier) dropRef(block uint64, ref blockRef) error {
 	a.countRef(ref.loc.LSN, -1)
 	return a.b.Delete(blockKey(a.vol, block), nil)
 }
@@ -321,17 +332,12 @@ func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
 	a.touchSegment(seg.Id)
 	for slot, block := range f.SlotBlocks {
 		a.entry.Blocks = append(a.entry.Blocks, block)
-		v, closer, err := a.b.Get(blockKey(a.vol, block))
-		if errors.Is(err, pebble.ErrNotFound) {
-			continue // removed since
-		}
-		if err != nil {
-			return fmt.Errorf("read block %d: %w", block, err)
-		}
-		ref, err := decodeBlockRef(v)
-		closer.Close()
+		ref, ok, err := a.getRef(block)
 		if err != nil {
 			return err
+		}
+		if !ok {
+			continue // removed since
 		}
 		if ref.version != f.Versions[slot] {
 			continue // written again since
@@ -339,7 +345,9 @@ func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
 		if err := a.index(block, blockLoc{segment: seg.Id, slot: uint32(slot)}); err != nil {
 			return err
 		}
-		if err := a.endRef(block); err != nil {
+		// The ref just read: a second read would cost a point lookup per
+		// flushed block.
+		if err := a.dropRef(block, ref); err != nil {
 			return err
 		}
 	}
