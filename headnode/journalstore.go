@@ -3,7 +3,6 @@ package headnode
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -517,4 +516,3 @@ func (s *blockStore) kickRelease() {
 	}
 }
 
-var errJournalClosed = errors.New("headnode: the journal is closed")
