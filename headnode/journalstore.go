@@ -515,4 +515,3 @@ func (s *blockStore) kickRelease() {
 	default:
 	}
 }
-
