@@ -33,6 +33,10 @@ type applier struct {
 	// (positive) and ended (negative); applied to the store's counts once
 	// the batch commits (journalstore.go).
 	refDelta map[uint64]int
+	// refs is the volume's in-memory 'B' index, which the batch reads
+	// through refChanges, its own changes (applied when it commits).
+	refs       *volumeRefs
+	refChanges refChanges
 }
 
 // setRef points a block's 'B' key at journal location loc, ending the ref
@@ -42,21 +46,16 @@ func (a *applier) setRef(block, version uint64, loc journal.Location) error {
 		return err
 	}
 	a.countRef(loc.LSN, 1)
+	ref := blockRef{version: version, loc: loc}
+	a.changeRef(block, &ref)
 	return a.b.Set(blockKey(a.vol, block), encodeBlockRef(version, loc), nil)
 }
 
-// getRef reads a block's 'B' key; ok is false if it has none.
+// getRef returns a block's 'B' ref as the batch sees it (from the
+// in-memory index, refindex.go); ok is false if it has none.
 func (a *applier) getRef(block uint64) (ref blockRef, ok bool, err error) {
-	v, closer, err := a.b.Get(blockKey(a.vol, block))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return blockRef{}, false, nil
-	}
-	if err != nil {
-		return blockRef{}, false, fmt.Errorf("read block %d: %w", block, err)
-	}
-	ref, err = decodeBlockRef(v)
-	closer.Close()
-	return ref, err == nil, err
+	ref, ok = a.refs.lookup(a.refChanges, block)
+	return ref, ok, nil
 }
 
 // endRef deletes a block's 'B' key, if any.
@@ -71,27 +70,39 @@ func (a *applier) endRef(block uint64) error {
 // dropRef deletes a block's 'B' key, which holds ref.
 func (a *applier) dropRef(block uint64, ref blockRef) error {
 	a.countRef(ref.loc.LSN, -1)
+	a.changeRef(block, nil)
 	return a.b.Delete(blockKey(a.vol, block), nil)
 }
 
 // endRefRange deletes the 'B' keys of a range of blocks.
 func (a *applier) endRefRange(first, count uint64) error {
-	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: blockKey(a.vol, first), UpperBound: blockKey(a.vol, first+count)})
-	if err != nil {
-		return fmt.Errorf("iterate blocks: %w", err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		ref, err := decodeBlockRef(it.Value())
-		if err != nil {
-			it.Close()
-			return err
-		}
+	for block, ref := range a.refs.inRange(a.refChanges, first, count) {
 		a.countRef(ref.loc.LSN, -1)
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("read blocks: %w", err)
+		a.changeRef(block, nil)
 	}
 	return a.b.DeleteRange(blockKey(a.vol, first), blockKey(a.vol, first+count), nil)
+}
+
+// commit commits the batch and applies its ref changes to the index
+// together, so a reader holding the volume's index lock sees both or
+// neither.
+func (a *applier) commit(opts *pebble.WriteOptions) error {
+	a.refs.mu.Lock()
+	defer a.refs.mu.Unlock()
+	if err := a.b.Commit(opts); err != nil {
+		return err
+	}
+	a.refs.applyLocked(a.refChanges)
+	return nil
+}
+
+// changeRef records a change of a block's ref for the index, applied
+// when the batch commits.
+func (a *applier) changeRef(block uint64, ref *blockRef) {
+	if a.refChanges == nil {
+		a.refChanges = refChanges{}
+	}
+	a.refChanges[block] = ref
 }
 
 func (a *applier) countRef(lsn uint64, d int) {

@@ -229,6 +229,28 @@ func (s *blockStore) readRef(vol, block uint64, ref blockRef, dst []byte) error 
 	return nil
 }
 
+// readRefs reads the blocks at offsets at (in blocks, from block first)
+// of dst from the journal, where refs say; a run of blocks that follow
+// each other in the journal and in dst is read with one call.
+func (s *blockStore) readRefs(vol, first uint64, at []uint64, refs []blockRef, dst []byte) error {
+	for k := 0; k < len(at); {
+		n := 1
+		for k+n < len(at) && at[k+n] == at[k]+uint64(n) {
+			n++
+		}
+		locs := make([]journal.Location, n)
+		for i := range locs {
+			locs[i] = refs[k+i].loc
+		}
+		start := at[k] * volume.BlockSizeBytes
+		if err := s.jr.ReadBlocks(locs, dst[start:start+uint64(n)*volume.BlockSizeBytes]); err != nil {
+			return fmt.Errorf("blocks %d-%d of volume %d from the journal: %w", first+at[k], first+at[k]+uint64(n)-1, vol, err)
+		}
+		k += n
+	}
+	return nil
+}
+
 // dropMarkKey holds, per volume, the LSN of the journal entry that
 // recorded its last drop: replay ignores the volume's entries before it.
 func dropMarkKey(vol uint64) []byte { return volKey(prefixDropMark, vol, 0) }
@@ -399,56 +421,80 @@ func (s *blockStore) oldestRef(limit uint64) uint64 {
 	return min(s.refMin, limit)
 }
 
-// countAllRefs counts the refs from the keys (at open).
-func (s *blockStore) countAllRefs() error {
-	refs := map[uint64]int{}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
+// loadBlockRefs fills the in-memory index from the 'B' keys (at open,
+// before the replay, which applies what pebble lost on top of it).
+func (s *blockStore) loadBlockRefs() error {
+	x, err := loadRefIndex(s.db)
 	if err != nil {
-		return fmt.Errorf("count journal refs: %w", err)
+		return err
 	}
-	low := uint64(math.MaxUint64)
+	s.blockRefs = x
+	return nil
+}
+
+// loadRefIndex reads the 'B' keys into a new index.
+func loadRefIndex(db reader) (*refIndex, error) {
+	x := newRefIndex()
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
+	if err != nil {
+		return nil, fmt.Errorf("load journal refs: %w", err)
+	}
+	var vol uint64
+	var refs *volumeRefs
 	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		if len(k) != 17 {
+			it.Close()
+			return nil, fmt.Errorf("%w: block key %x", ErrCorrupt, k)
+		}
 		ref, err := decodeBlockRef(it.Value())
 		if err != nil {
 			it.Close()
-			return fmt.Errorf("count journal refs: block %d of volume %d: %w", keyNumber(it.Key()), binary.BigEndian.Uint64(it.Key()[1:9]), err)
+			return nil, fmt.Errorf("load journal refs: block %d of volume %d: %w", keyNumber(k), binary.BigEndian.Uint64(k[1:9]), err)
 		}
-		refs[ref.loc.LSN]++
-		low = min(low, ref.loc.LSN)
+		if v := binary.BigEndian.Uint64(k[1:9]); refs == nil || v != vol {
+			vol, refs = v, x.volume(v)
+		}
+		refs.refs.Set(keyNumber(k), ref)
 	}
 	if err := it.Close(); err != nil {
-		return fmt.Errorf("count journal refs: %w", err)
+		return nil, fmt.Errorf("load journal refs: %w", err)
 	}
+	return x, nil
+}
+
+// countAllRefs counts the refs from the index (at open, after the replay).
+func (s *blockStore) countAllRefs() {
+	refs := map[uint64]int{}
+	low := uint64(math.MaxUint64)
+	s.blockRefs.each(func(_ uint64, v *volumeRefs) {
+		v.mu.RLock()
+		v.refs.Scan(func(_ uint64, ref blockRef) bool {
+			refs[ref.loc.LSN]++
+			low = min(low, ref.loc.LSN)
+			return true
+		})
+		v.mu.RUnlock()
+	})
 	if len(refs) == 0 {
 		low = s.jr.Stats().HeadLSN
 	}
 	s.refMu.Lock()
 	s.refs, s.refMin = refs, low
 	s.refMu.Unlock()
-	return nil
 }
 
 // refsOf returns the negative counts of a volume's refs: what dropping
-// it ends.
-func (s *blockStore) refsOf(vol uint64) (map[uint64]int, error) {
+// it ends. The caller holds the volume's index lock.
+func refsOf(v *volumeRefs) map[uint64]int {
 	ended := map[uint64]int{}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: blockKey(vol, 0), UpperBound: volumeUpper(prefixBlock, vol)})
-	if err != nil {
-		return nil, fmt.Errorf("read refs of volume %d: %w", vol, err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		ref, err := decodeBlockRef(it.Value())
-		if err != nil {
-			it.Close()
-			return nil, err
-		}
+	v.refs.Scan(func(_ uint64, ref blockRef) bool {
 		ended[ref.loc.LSN]--
-	}
-	return ended, it.Close()
+		return true
+	})
+	return ended
 }
 
-// releaseLoop runs journalRelease every interval, and at once when an
-// append finds the journal filling.
 func (s *blockStore) releaseLoop(interval time.Duration) {
 	defer close(s.releaseDone)
 	t := time.NewTicker(interval)

@@ -1209,24 +1209,48 @@ func TestCheckStamp(t *testing.T) {
 	}
 }
 
-// checkRefCounts compares the store's counts of journal refs, which the
-// release trusts, with a count from the keys.
+// checkRefCounts compares the store's in-memory index of journal refs
+// with the 'B' keys, and its counts of refs per batch, which the release
+// trusts, with a count from the index.
 func checkRefCounts(t *testing.T, s *blockStore) {
 	t.Helper()
-	kept := s.refs
-	if err := s.countAllRefs(); err != nil {
+	fromKeys, err := loadRefIndex(s.db)
+	if err != nil {
 		t.Fatal(err)
 	}
+	seen := map[uint64]bool{}
+	s.blockRefs.each(func(vol uint64, v *volumeRefs) {
+		seen[vol] = true
+		want := fromKeys.volume(vol)
+		if v.count() != want.count() {
+			t.Errorf("volume %d: %d refs in memory, %d keys", vol, v.count(), want.count())
+		}
+		v.refs.Scan(func(b uint64, r blockRef) bool {
+			if k, ok := want.get(b); !ok || k != r {
+				t.Errorf("volume %d block %d: ref %+v in memory, key %+v (%v)", vol, b, r, k, ok)
+			}
+			return true
+		})
+	})
+	fromKeys.each(func(vol uint64, v *volumeRefs) {
+		if !seen[vol] && v.count() > 0 {
+			t.Errorf("volume %d: %d keys, no refs in memory", vol, v.count())
+		}
+	})
 	s.refMu.Lock()
-	fromKeys := s.refs
+	kept := s.refs
+	s.refMu.Unlock()
+	s.countAllRefs()
+	s.refMu.Lock()
+	counted := s.refs
 	s.refs = kept
 	s.refMu.Unlock()
-	if len(kept) != len(fromKeys) {
-		t.Fatalf("journal refs: %d batches counted, %d hold refs", len(kept), len(fromKeys))
+	if len(kept) != len(counted) {
+		t.Fatalf("journal refs: %d batches counted, %d hold refs", len(kept), len(counted))
 	}
-	for lsn, n := range fromKeys {
+	for lsn, n := range counted {
 		if kept[lsn] != n {
-			t.Fatalf("journal batch %d: %d refs counted, %d keys point to it", lsn, kept[lsn], n)
+			t.Fatalf("journal batch %d: %d refs counted, %d refs point to it", lsn, kept[lsn], n)
 		}
 	}
 }

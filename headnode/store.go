@@ -172,6 +172,8 @@ type blockStore struct {
 	refMu  sync.Mutex
 	refs   map[uint64]int
 	refMin uint64
+	// blockRefs is the in-memory copy of the 'B' keys (refindex.go).
+	blockRefs *refIndex
 	// journalReserve is the free journal space that data appends leave
 	// for the records that free it.
 	journalReserve int64
@@ -291,7 +293,7 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	}
 	s := &blockStore{
 		db: db, state: map[uint64]*ballastpb.VolumeLogState{}, fences: map[uint64]uint64{},
-		inflight:    map[uint64]uint64{},
+		inflight:    map[uint64]uint64{}, blockRefs: newRefIndex(),
 		releaseKick: make(chan struct{}, 1), releaseStop: make(chan struct{}), releaseDone: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -307,6 +309,9 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 // openJournal opens the journal and applies again what pebble lost of it.
 func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
 	if err := s.checkFormat(); err != nil {
+		return err
+	}
+	if err := s.loadBlockRefs(); err != nil {
 		return err
 	}
 	rp := &journalReplay{s: s, dropAt: map[uint64]uint64{}, dropSeen: map[uint64]bool{},
@@ -344,10 +349,7 @@ func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
 	}
 	st := s.jr.Stats()
 	s.releasedThrough = st.TailLSN
-	if err := s.countAllRefs(); err != nil {
-		s.jr.Close()
-		return err
-	}
+	s.countAllRefs()
 	// Two zones, or an eighth of the journal, stay for records without data.
 	zone := journalZoneBytes(o.JournalBytes)
 	s.journalReserve = max(2*zone, st.TotalBytes/8)
@@ -516,7 +518,7 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 	// Indexed: a record reads what earlier records of the same batch wrote.
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	a := applier{b: b, vol: vol, st: st}
+	a := applier{b: b, vol: vol, st: st, refs: s.blockRefs.volume(vol)}
 	next := last + 1
 	for i, r := range records {
 		if r.Seq != next {
@@ -552,7 +554,7 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 			return err
 		}
 	}
-	if err := b.Commit(opts); err != nil {
+	if err := a.commit(opts); err != nil {
 		return fmt.Errorf("commit log of volume %d: %w", vol, err)
 	}
 	s.countRefs(a.refDelta)
@@ -595,24 +597,27 @@ func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error)
 func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error) {
 	count := uint64(len(dst) / volume.BlockSizeBytes)
 	var out localRead
+	// The refs and the snapshot under the index's lock: the same point.
+	refs := s.blockRefs.volume(vol)
+	refs.mu.RLock()
 	snap := s.db.NewSnapshot()
+	var inLog []uint64 // offsets in the read
+	var logRefs []blockRef
+	refs.refs.Ascend(first, func(b uint64, r blockRef) bool {
+		if b >= first+count {
+			return false
+		}
+		inLog, logRefs = append(inLog, b-first), append(logRefs, r)
+		return true
+	})
+	refs.mu.RUnlock()
 	defer snap.Close()
-	have := make([]bool, count)
+	if count == 1 && len(inLog) == 1 {
+		return out, s.readRef(vol, first, logRefs[0], dst)
+	}
 	if count == 1 {
 		// One block: point lookups are cheaper than iterators.
-		v, closer, err := snap.Get(blockKey(vol, first))
-		if err == nil {
-			ref, derr := decodeBlockRef(v)
-			closer.Close()
-			if derr != nil {
-				return out, fmt.Errorf("block %d of volume %d: %w", first, vol, derr)
-			}
-			return out, s.readRef(vol, first, ref, dst)
-		}
-		if !errors.Is(err, pebble.ErrNotFound) {
-			return out, fmt.Errorf("read block %d of volume %d: %w", first, vol, err)
-		}
-		v, closer, err = snap.Get(indexKey(vol, first))
+		v, closer, err := snap.Get(indexKey(vol, first))
 		if errors.Is(err, pebble.ErrNotFound) {
 			clear(dst)
 			return out, nil
@@ -635,35 +640,13 @@ func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error)
 		out.remote = []remoteBlock{{index: 0, loc: loc}}
 		out.segments = map[uint64]*ballastpb.Segment{loc.segment: seg}
 		return out, nil
-	} else {
-		it, err := snap.NewIter(&pebble.IterOptions{
-			LowerBound: blockKey(vol, first),
-			UpperBound: blockKey(vol, first+count),
-		})
-		if err != nil {
-			return out, fmt.Errorf("iterate blocks of volume %d: %w", vol, err)
-		}
-		var refs []blockRef
-		var at []uint64
-		for ok := it.First(); ok; ok = it.Next() {
-			i := keyNumber(it.Key()) - first
-			ref, err := decodeBlockRef(it.Value())
-			if err != nil {
-				it.Close()
-				return out, fmt.Errorf("block %d of volume %d: %w", first+i, vol, err)
-			}
-			refs, at = append(refs, ref), append(at, i)
-			have[i] = true
-		}
-		if err := it.Close(); err != nil {
-			return out, fmt.Errorf("read blocks of volume %d: %w", vol, err)
-		}
-		for k, ref := range refs {
-			i := at[k]
-			if err := s.readRef(vol, first+i, ref, dst[i*volume.BlockSizeBytes:(i+1)*volume.BlockSizeBytes]); err != nil {
-				return out, err
-			}
-		}
+	}
+	have := make([]bool, count)
+	if err := s.readRefs(vol, first, inLog, logRefs, dst); err != nil {
+		return out, err
+	}
+	for _, i := range inLog {
+		have[i] = true
 	}
 	it, err := snap.NewIter(&pebble.IterOptions{
 		LowerBound: indexKey(vol, first),
@@ -785,69 +768,41 @@ type dirtyBlock struct {
 // DirtyBlocks returns up to max blocks whose newest data is in the log,
 // from block `from` on, in block order, with their versions and data.
 func (s *blockStore) DirtyBlocks(vol, from uint64, limit int) ([]dirtyBlock, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: blockKey(vol, from),
-		UpperBound: volumeUpper(prefixBlock, vol),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("iterate log blocks of volume %d: %w", vol, err)
+	blocks, refs := s.blockRefs.volume(vol).from(from, limit)
+	out := make([]dirtyBlock, len(blocks))
+	buf := make([]byte, len(blocks)*volume.BlockSizeBytes)
+	locs := make([]journal.Location, len(blocks))
+	for i, b := range blocks {
+		out[i] = dirtyBlock{block: b, version: refs[i].version,
+			data: buf[i*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes]}
+		locs[i] = refs[i].loc
 	}
-	defer it.Close()
-	var out []dirtyBlock
-	var refs []blockRef
-	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
-		ref, err := decodeBlockRef(it.Value())
-		if err != nil {
-			return nil, fmt.Errorf("block %d of volume %d: %w", keyNumber(it.Key()), vol, err)
-		}
-		out = append(out, dirtyBlock{block: keyNumber(it.Key()), version: ref.version})
-		refs = append(refs, ref)
-	}
-	if err := it.Error(); err != nil {
-		return nil, fmt.Errorf("iterate log blocks of volume %d: %w", vol, err)
-	}
-	buf := make([]byte, len(out)*volume.BlockSizeBytes)
-	for i := range out {
-		out[i].data = buf[i*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes]
-		if err := s.readRef(vol, out[i].block, refs[i], out[i].data); err != nil {
-			return nil, err
-		}
+	if err := s.jr.ReadBlocks(locs, buf); err != nil {
+		return nil, fmt.Errorf("blocks of volume %d from the journal: %w", vol, err)
 	}
 	return out, nil
 }
 
 // DirtyCount counts the blocks whose newest data is in the log.
 func (s *blockStore) DirtyCount(vol uint64) (int, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: blockKey(vol, 0),
-		UpperBound: volumeUpper(prefixBlock, vol),
-	})
-	if err != nil {
-		return 0, fmt.Errorf("iterate log blocks of volume %d: %w", vol, err)
-	}
-	defer it.Close()
-	n := 0
-	for ok := it.First(); ok; ok = it.Next() {
-		n++
-	}
-	return n, it.Error()
+	return s.blockRefs.volume(vol).count(), nil
 }
 
 // Locate returns where each of the given blocks lives now: in the log
 // (inLog), in a segment (loc, indexed), or nowhere.
 func (s *blockStore) Locate(vol uint64, blocks []uint64) (inLog []bool, locs []blockLoc, indexed []bool, err error) {
+	refs := s.blockRefs.volume(vol)
+	refs.mu.RLock()
 	snap := s.db.NewSnapshot()
-	defer snap.Close()
 	inLog = make([]bool, len(blocks))
+	for i, b := range blocks {
+		_, inLog[i] = refs.refs.Get(b)
+	}
+	refs.mu.RUnlock()
+	defer snap.Close()
 	locs = make([]blockLoc, len(blocks))
 	indexed = make([]bool, len(blocks))
 	for i, b := range blocks {
-		if _, closer, err := snap.Get(blockKey(vol, b)); err == nil {
-			closer.Close()
-			inLog[i] = true
-		} else if !errors.Is(err, pebble.ErrNotFound) {
-			return nil, nil, nil, fmt.Errorf("read block %d of volume %d: %w", b, vol, err)
-		}
 		v, closer, err := snap.Get(indexKey(vol, b))
 		if errors.Is(err, pebble.ErrNotFound) {
 			continue
@@ -907,10 +862,6 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	if err != nil {
 		return fmt.Errorf("journal the drop of volume %d: %w", vol, err)
 	}
-	ended, err := s.refsOf(vol)
-	if err != nil {
-		return err
-	}
 	s.mu.Lock()
 	delete(s.state, vol)
 	s.mu.Unlock()
@@ -927,9 +878,15 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	if err := b.Set(dropMarkKey(vol), binary.BigEndian.AppendUint64(nil, c.LSN()), nil); err != nil {
 		return fmt.Errorf("batch drop mark: %w", err)
 	}
+	refs := s.blockRefs.volume(vol)
+	refs.mu.Lock()
 	if err := b.Commit(pebble.Sync); err != nil {
+		refs.mu.Unlock()
 		return fmt.Errorf("drop volume %d: %w", vol, err)
 	}
+	ended := refsOf(refs)
+	refs.refs.Clear()
+	refs.mu.Unlock()
 	// Again: a read of the state between the first delete and the commit
 	// cached what the commit removed.
 	s.mu.Lock()

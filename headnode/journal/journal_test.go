@@ -692,3 +692,62 @@ func TestHeaderBound(t *testing.T) {
 		t.Fatalf("replayed %d of 100 entries (%v)", len(got), j.mu.replayEnd)
 	}
 }
+
+func TestReadBlocks(t *testing.T) {
+	fs := newMemFS(1)
+	j, _ := mustOpen(t, smallOpts(fs, 4))
+	defer j.Close()
+	_, l1 := appendWait(t, j, entryOf("", 1, 2, 3), entryOf("", 4))
+	_, l2 := appendWait(t, j, entryOf("", 5, 6))
+	// Runs within a batch, a jump back, blocks of two batches.
+	locs := []Location{l1[0][0], l1[0][1], l1[0][2], l1[1][0], l2[0][1], l1[0][1], l2[0][0], l2[0][1]}
+	ids := []uint64{1, 2, 3, 4, 6, 2, 5, 6}
+	for name, buf := range map[string][]byte{
+		"aligned":   alignedBuf(len(locs) * BlockSize),
+		"unaligned": make([]byte, len(locs)*BlockSize+1)[1:],
+	} {
+		if err := j.ReadBlocks(locs, buf); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for i, id := range ids {
+			if !bytes.Equal(buf[i*BlockSize:(i+1)*BlockSize], blockData(id)) {
+				t.Fatalf("%s: block %d of the read is not block %d", name, i, id)
+			}
+		}
+	}
+	if err := j.ReadBlocks(locs, make([]byte, BlockSize)); err == nil {
+		t.Fatal("a read into too small a buffer succeeded")
+	}
+	if err := j.ReadBlocks([]Location{l1[0][0], {LSN: l1[0][0].LSN, Offset: 1 << 40}}, alignedBuf(2*BlockSize)); err == nil {
+		t.Fatal("a read of a location beyond the journal succeeded")
+	}
+
+	f, err := fs.OpenFile(testPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{0xff}, l1[0][1].Offset+100); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.ReadBlocks(l1[0], alignedBuf(3*BlockSize)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("read of a run with a corrupt block: %v", err)
+	}
+	// Fill the first zone, so that a release frees it.
+	var next [][]Location
+	for {
+		_, next = appendWait(t, j, entryOf("", 7, 7, 7, 7))
+		if next[0][0].Offset >= superblockArea+64<<10 {
+			break
+		}
+	}
+	if err := j.Release(next[0][0].LSN); err != nil {
+		t.Fatal(err)
+	}
+	if st := j.Stats(); st.TailLSN <= l2[0][0].LSN {
+		t.Fatalf("the release freed nothing (tail %d)", st.TailLSN)
+	}
+	if err := j.ReadBlocks([]Location{next[0][0], l1[0][0]}, alignedBuf(2*BlockSize)); !errors.Is(err, ErrReleased) {
+		t.Fatalf("read of a released block: %v", err)
+	}
+}
