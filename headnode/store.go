@@ -293,7 +293,7 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	}
 	s := &blockStore{
 		db: db, state: map[uint64]*ballastpb.VolumeLogState{}, fences: map[uint64]uint64{},
-		inflight:    map[uint64]uint64{}, blockRefs: newRefIndex(),
+		inflight: map[uint64]uint64{}, blockRefs: newRefIndex(),
 		releaseKick: make(chan struct{}, 1), releaseStop: make(chan struct{}), releaseDone: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
