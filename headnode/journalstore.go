@@ -41,12 +41,16 @@ import (
 //	             whose metaRecord entry follows with the rest; a record
 //	             with more data than fits one entry is split so (zones may
 //	             be smaller than a client's largest write)
+//	metaVoid     vol: appends of the volume failed after their records
+//	             reached the journal; its entries before this one are
+//	             void (pebble holds, synced, all it applied of them)
 const (
 	metaVersion    = 1
 	metaRecord     = 1
 	metaDrop       = 2
 	metaSyncData   = 3
 	metaRecordPart = 4
+	metaVoid       = 5
 
 	metaHeaderBytes = 10 // version u8 | kind u8 | vol u64
 )
@@ -278,13 +282,13 @@ func (rp *journalReplay) entry(lsn uint64, e journal.Entry, locs []journal.Locat
 	// drop's own batch up to the drop entry. (Once the journal released
 	// the drop's batch, every entry replayed comes after it.)
 	if at, ok := rp.dropAt[vol]; ok && (lsn < at || lsn == at && !rp.dropSeen[vol]) {
-		if kind == metaDrop && lsn == at {
+		if (kind == metaDrop || kind == metaVoid) && lsn == at {
 			rp.dropSeen[vol] = true
 		}
 		return nil
 	}
 	switch kind {
-	case metaDrop, metaSyncData:
+	case metaDrop, metaSyncData, metaVoid:
 		return nil
 	case metaRecordPart:
 		if len(body) != 8 {

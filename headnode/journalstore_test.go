@@ -3,9 +3,11 @@ package headnode
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -398,4 +400,102 @@ func TestStoreOfThePreviousFormatIsRefused(t *testing.T) {
 	if _, err := openBlockStore("db", blockStoreOptions{FS: fs}); err == nil || !strings.Contains(err.Error(), "before the journal") {
 		t.Fatalf("opening a store of the previous format: %v", err)
 	}
+}
+
+// TestAppendsInFlight: a replica streams batches: the next begins (goes
+// to the journal) before the last one finished; they finish in order.
+// Once one fails, the appends begun after it fail and apply nothing.
+func TestAppendsInFlight(t *testing.T) {
+	s := openMemStore(t)
+	const vol = 3
+	begin := func(recs ...*ballastpb.LogRecord) *pendingAppend {
+		t.Helper()
+		pa, err := s.BeginAppend(vol, recs, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pa
+	}
+	a := begin(blockRecord(1, 10, 1), blockRecord(2, 11, 2))
+	b := begin(blockRecord(3, 10, 3))
+	if _, err := s.BeginAppend(vol, []*ballastpb.LogRecord{blockRecord(5, 12, 5)}, 0); !errors.Is(err, ErrSeqGap) {
+		t.Fatalf("a batch that skips a seq begun: %v", err)
+	}
+	c := begin(blockRecord(4, 12, 4))
+	for _, pa := range []*pendingAppend{a, b, c} {
+		if err := pa.Finish(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if last, _ := s.LastSeq(vol); last != 4 {
+		t.Fatalf("last seq %d after three batches through 4", last)
+	}
+	if got := readBlocks(t, s, vol, 10, 3); !bytes.Equal(got, slices.Concat(pattern(blockSize, 3), pattern(blockSize, 2), pattern(blockSize, 4))) {
+		t.Fatal("blocks 10-12 are not the last data written")
+	}
+
+	// A failure (as a Finish that fails) drops what was begun after it.
+	d := begin(blockRecord(5, 10, 5))
+	e := begin(blockRecord(6, 11, 6))
+	if err := s.voidAppends(vol); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Finish(); !errors.Is(err, ErrSeqGap) {
+		t.Fatalf("finish of an append begun before a failure: %v", err)
+	}
+	if err := e.Finish(); !errors.Is(err, ErrSeqGap) {
+		t.Fatalf("finish of the append after it: %v", err)
+	}
+	if last, _ := s.LastSeq(vol); last != 4 {
+		t.Fatalf("last seq %d after failed appends", last)
+	}
+	// The next begins after the last seq applied.
+	if err := s.Append(vol, []*ballastpb.LogRecord{blockRecord(5, 10, 7)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBlocks(t, s, vol, 10, 2); !bytes.Equal(got, slices.Concat(pattern(blockSize, 7), pattern(blockSize, 2))) {
+		t.Fatal("blocks 10-11 after the failed appends")
+	}
+	checkStoreInvariants(t, s, vol)
+}
+
+// TestVoidedAppendsStayVoidAfterACrash: records that reached the journal
+// in appends that failed must not come back at the replay in place of the
+// records a later append wrote at the same seqs (another primary's, say).
+func TestVoidedAppendsStayVoidAfterACrash(t *testing.T) {
+	c := openCrashable(t, blockStoreOptions{})
+	const vol = 3
+	for seq := uint64(1); seq <= 4; seq++ {
+		if err := c.s.Append(vol, []*ballastpb.LogRecord{blockRecord(seq, seq, 1)}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var failed []*pendingAppend
+	for seq := uint64(5); seq <= 6; seq++ {
+		pa, err := c.s.BeginAppend(vol, []*ballastpb.LogRecord{blockRecord(seq, 10, byte(seq))}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		failed = append(failed, pa)
+	}
+	// As when the first of them fails to apply.
+	if err := c.s.voidAppends(vol); err != nil {
+		t.Fatal(err)
+	}
+	for _, pa := range failed {
+		if err := pa.Finish(); !errors.Is(err, ErrSeqGap) {
+			t.Fatalf("finish of a voided append: %v", err)
+		}
+	}
+	if err := c.s.Append(vol, []*ballastpb.LogRecord{blockRecord(5, 10, 7)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.crash(t)
+	if last, _ := c.s.LastSeq(vol); last != 5 {
+		t.Fatalf("last seq after the crash: %d, want 5", last)
+	}
+	if got := readBlocks(t, c.s, vol, 10, 1); !bytes.Equal(got, pattern(blockSize, 7)) {
+		t.Fatal("block 10 after the crash is not what the acknowledged append wrote")
+	}
+	checkStoreInvariants(t, c.s, vol)
 }

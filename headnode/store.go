@@ -151,6 +151,10 @@ type blockStore struct {
 	mu     sync.Mutex
 	state  map[uint64]*ballastpb.VolumeLogState // loaded lazily; guarded by mu
 	fences map[uint64]uint64                    // epoch fences loaded so far; guarded by mu
+	// begun is, per volume, the last seq of the appends begun and not
+	// yet finished; appendGen counts the volume's failed appends and
+	// drops, so an append begun before one fails too. Guarded by mu.
+	begun, appendGen map[uint64]uint64
 
 	// fenceMu serialises the loads and raises of epoch fences, so that a
 	// load never caches a value older than a raise it raced with.
@@ -294,6 +298,7 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	s := &blockStore{
 		db: db, state: map[uint64]*ballastpb.VolumeLogState{}, fences: map[uint64]uint64{},
 		inflight: map[uint64]uint64{}, blockRefs: newRefIndex(),
+		begun: map[uint64]uint64{}, appendGen: map[uint64]uint64{},
 		releaseKick: make(chan struct{}, 1), releaseStop: make(chan struct{}), releaseDone: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -449,32 +454,65 @@ func (s *blockStore) NextSegmentID(vol uint64) (uint64, error) {
 // may resend what it could not confirm. With no new records and a trim
 // point, it trims alone.
 func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
-	last, err := s.LastSeq(vol)
+	pa, err := s.BeginAppend(vol, records, trimThrough)
 	if err != nil {
 		return err
 	}
-	var fresh []*ballastpb.LogRecord
+	return pa.Finish()
+}
+
+// pendingAppend is an append whose records are in the journal (perhaps
+// not yet durable there) and not yet applied: Finish waits for the
+// journal and applies them. A replica streams batches this way: the next
+// batch goes to the journal, and may share its sync, while this one
+// syncs and applies.
+type pendingAppend struct {
+	s       *blockStore
+	vol     uint64
+	gen     uint64
+	fresh   []*ballastpb.LogRecord
+	locs    [][]journal.Location
+	commits []*journal.Commit
+	trim    uint64
+	end     func()
+}
+
+// BeginAppend puts records in the journal; the append is made durable and
+// applied by Finish. A volume's appends begin in seq order and must be
+// finished in the order they began, by one caller at a time; the first
+// record must follow the last one begun (or, if none is pending, the last
+// seq). Once a Finish fails, the appends begun after it fail too.
+func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) (*pendingAppend, error) {
+	last, err := s.LastSeq(vol)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	gen := s.appendGen[vol]
+	last = max(last, s.begun[vol])
+	s.mu.Unlock()
+	pa := &pendingAppend{s: s, vol: vol, gen: gen, trim: trimThrough, end: func() {}}
 	next := last + 1
 	for _, r := range records {
 		if r.Seq < next {
 			continue
 		}
 		if r.Seq != next {
-			return fmt.Errorf("%w: volume %d: record %d after %d", ErrSeqGap, vol, r.Seq, next-1)
+			return nil, fmt.Errorf("%w: volume %d: record %d after %d", ErrSeqGap, vol, r.Seq, next-1)
 		}
-		fresh = append(fresh, r)
+		pa.fresh = append(pa.fresh, r)
 		next++
 	}
-	if len(fresh) == 0 {
-		return s.applyJournaled(vol, nil, nil, trimThrough, nil, pebble.NoSync)
+	if len(pa.fresh) == 0 {
+		return pa, nil
 	}
 	var entries []journal.Entry
-	perRecord := make([]int, len(fresh)) // entries of each record
+	perRecord := make([]int, len(pa.fresh)) // entries of each record
 	withData := false
-	for i, r := range fresh {
+	for i, r := range pa.fresh {
 		e, err := journalEntry(vol, r)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		parts := splitEntry(e, s.maxEntryBlocks, encodeMeta(metaRecordPart, vol, binary.BigEndian.AppendUint64(nil, r.Seq)))
 		entries, perRecord[i] = append(entries, parts...), len(parts)
@@ -483,25 +521,87 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThro
 	if withData {
 		s.noteJournalFill()
 	}
-	defer s.beginJournalAppend()()
+	pa.end = s.beginJournalAppend()
 	entryLocs, commits, err := s.appendEntries(entries)
 	if err != nil {
-		return fmt.Errorf("journal records of volume %d: %w", vol, err)
+		pa.end()
+		return nil, fmt.Errorf("journal records of volume %d: %w", vol, err)
 	}
-	locs := make([][]journal.Location, len(fresh))
+	pa.commits = commits
+	pa.locs = make([][]journal.Location, len(pa.fresh))
 	for i, n := range perRecord {
 		for _, l := range entryLocs[:n] {
-			locs[i] = append(locs[i], l...)
+			pa.locs[i] = append(pa.locs[i], l...)
 		}
 		entryLocs = entryLocs[n:]
 	}
-	wait := func() error {
-		if err := waitCommits(s.ctx, commits); err != nil {
-			return fmt.Errorf("journal records of volume %d: %w", vol, err)
-		}
-		return nil
+	s.mu.Lock()
+	if s.appendGen[vol] == gen {
+		s.begun[vol] = next - 1
 	}
-	return s.applyJournaled(vol, fresh, locs, trimThrough, wait, pebble.NoSync)
+	s.mu.Unlock()
+	return pa, nil
+}
+
+// Finish waits until the journal holds the append's records and applies
+// them (see Append).
+func (pa *pendingAppend) Finish() error {
+	s, vol := pa.s, pa.vol
+	defer pa.end()
+	s.mu.Lock()
+	stale := s.appendGen[vol] != pa.gen
+	s.mu.Unlock()
+	if stale {
+		return fmt.Errorf("%w: volume %d: an append begun before it failed, or the volume was dropped", ErrSeqGap, vol)
+	}
+	var wait func() error
+	if len(pa.commits) > 0 {
+		wait = func() error {
+			if err := waitCommits(s.ctx, pa.commits); err != nil {
+				return fmt.Errorf("journal records of volume %d: %w", vol, err)
+			}
+			return nil
+		}
+	}
+	err := s.applyJournaled(vol, pa.fresh, pa.locs, pa.trim, wait, pebble.NoSync)
+	if err != nil {
+		if verr := s.voidAppends(vol); verr != nil {
+			err = errors.Join(err, verr)
+		}
+	}
+	return err
+}
+
+// voidAppends fails the volume's pending appends, whose records are in
+// the journal but will never be applied, and keeps the replay from
+// applying them after a crash: a record of this history at a seq that a
+// later append (perhaps of another primary's history) fills again would
+// otherwise come back in place of the one acknowledged. Like a drop, a
+// void entry in the journal and a mark in pebble, synced with everything
+// pebble applied before, say that the volume's entries before it are
+// done with. The next append begins after the last seq applied.
+func (s *blockStore) voidAppends(vol uint64) error {
+	s.resetAppends(vol)
+	c, _, err := s.jr.Append(s.ctx, []journal.Entry{{Meta: encodeMeta(metaVoid, vol, nil)}})
+	if err == nil {
+		err = c.Wait(s.ctx)
+	}
+	if err == nil {
+		err = s.db.Set(dropMarkKey(vol), binary.BigEndian.AppendUint64(nil, c.LSN()), pebble.Sync)
+	}
+	if err != nil {
+		return fmt.Errorf("void the failed appends of volume %d: %w", vol, err)
+	}
+	return nil
+}
+
+// resetAppends fails the volume's pending appends: the next one begins
+// after the last seq applied.
+func (s *blockStore) resetAppends(vol uint64) {
+	s.mu.Lock()
+	s.appendGen[vol]++
+	delete(s.begun, vol)
+	s.mu.Unlock()
 }
 
 // applyJournaled applies records whose data is in the journal at locs (one
@@ -862,6 +962,7 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	if err != nil {
 		return fmt.Errorf("journal the drop of volume %d: %w", vol, err)
 	}
+	s.resetAppends(vol)
 	s.mu.Lock()
 	delete(s.state, vol)
 	s.mu.Unlock()
