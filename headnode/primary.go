@@ -441,9 +441,48 @@ func (p *primaryVolume) sequence(off, length uint64, data []byte, zero, removabl
 	return pw, nil
 }
 
+// The committer streams batches: up to maxWindowBatches (and
+// maxWindowBytes of writes) are in flight at once, each in the local
+// journal and on its way to the secondary while the ones before it sync.
+// They complete in order; a write is acknowledged only when its batch is
+// durable on both and the lease is held.
+const (
+	maxWindowBatches = 4
+	// maxWindowBytes keeps what a secondary may hold beyond the primary
+	// (after the primary failed its own appends) within one hello reply.
+	maxWindowBytes = maxBatchBytes
+)
+
+// inflightBatch is a batch the committer has begun.
+type inflightBatch struct {
+	batch   []*pendingWrite
+	records []*ballastpb.LogRecord
+	bytes   int64
+	cancel  context.CancelFunc
+	// beginFailed says begin failed before the batch had seqs (no
+	// session, or the store's last seq unreadable): nothing of it is
+	// anywhere. Set before begin returns.
+	beginFailed bool
+	// Set by the batch's goroutine before done closes.
+	localErr, replErr error
+	secondaryLast     uint64
+	// finished closes once the local append is finished, waited once the
+	// secondary's reply is read: the next batch's goroutine does each in
+	// turn after this one.
+	finished, waited, done chan struct{}
+}
+
+func (b *inflightBatch) lastSeq() uint64 { return b.records[len(b.records)-1].Seq }
+
 func (p *primaryVolume) commitLoop() {
 	defer close(p.done)
+	var window []*inflightBatch
 	defer func() {
+		for _, b := range window {
+			<-b.done
+			b.cancel()
+			p.finish(b.batch, ErrStopped)
+		}
 		if p.link != nil {
 			p.link.Close()
 		}
@@ -456,35 +495,233 @@ func (p *primaryVolume) commitLoop() {
 			p.queueBytes.Release(pw.bytes)
 		}
 	}()
+	stopping := false
 	for {
-		// While the secondary's disk is full no batch may come to tell
-		// when it has room again: ask it.
-		var probe <-chan time.Time
-		if p.secondaryFull.Load() || p.secondaryJournalFull.Load() {
-			probe = time.After(secondaryProbeInterval)
-		}
-		select {
-		case <-p.stop:
-			return
-		case <-p.wake:
-		case <-probe:
-			p.probeSecondary()
-			continue
-		}
-		for {
-			batch := p.takeBatch()
+		// Begin batches while the window has room, the link is up and
+		// nothing failed.
+		for !stopping && len(window) < maxWindowBatches {
+			var used int64
+			for _, b := range window {
+				used += b.bytes
+			}
+			if len(window) > 0 && (p.link == nil || window[len(window)-1].beginFailed) {
+				break
+			}
+			batch := p.takeBatch(maxWindowBytes-used, len(window) == 0)
 			if len(batch) == 0 {
 				break
 			}
-			err := p.commit(batch)
-			if err == nil {
-				// Durable on every replica; acknowledged only under the
-				// lease, so a deposed primary acknowledges nothing.
-				err = p.leaseHeld(context.Background())
+			window = append(window, p.begin(batch, window))
+		}
+		if len(window) == 0 {
+			if stopping {
+				return
 			}
-			p.finish(batch, err)
+			// While the secondary's disk is full no batch may come to
+			// tell when it has room again: ask it.
+			var probe <-chan time.Time
+			if p.secondaryFull.Load() || p.secondaryJournalFull.Load() {
+				probe = time.After(secondaryProbeInterval)
+			}
+			select {
+			case <-p.stop:
+				return
+			case <-p.wake:
+			case <-probe:
+				p.probeSecondary()
+			}
+			continue
+		}
+		head := window[0]
+		select {
+		case <-head.done:
+		case <-p.wake:
+			continue
+		case <-p.stop:
+			// The batches in flight complete; nothing new begins.
+			stopping = true
+			<-head.done
+		}
+		if head.localErr == nil && head.replErr == nil {
+			window = window[1:]
+			p.complete(head)
+			continue
+		}
+		// A failure: wait for every batch in flight, then settle them in
+		// order on a new session.
+		for _, b := range window {
+			<-b.done
+		}
+		p.recover(window)
+		window = nil
+	}
+}
+
+// begin starts one batch: seqs after the last one begun, into the local
+// journal and onto the link, and a goroutine that finishes the local
+// append and reads the secondary's reply in turn after the batches before.
+func (p *primaryVolume) begin(batch []*pendingWrite, window []*inflightBatch) *inflightBatch {
+	ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
+	b := &inflightBatch{batch: batch, cancel: cancel,
+		finished: make(chan struct{}), waited: make(chan struct{}), done: make(chan struct{})}
+	for _, pw := range batch {
+		b.bytes += pw.bytes
+	}
+	var prev *inflightBatch
+	if len(window) > 0 {
+		prev = window[len(window)-1]
+	}
+	fail := func(local, repl error) *inflightBatch {
+		b.beginFailed, b.localErr, b.replErr = true, local, repl
+		close(b.finished)
+		close(b.waited)
+		close(b.done)
+		return b
+	}
+	var next uint64
+	if prev == nil {
+		// Nothing in flight: a new session if needed, and the seqs follow
+		// the store's.
+		p.checkLinkCopy()
+		if err := p.connect(ctx); err != nil {
+			return fail(nil, fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, err))
+		}
+		last, err := p.store.LastSeq(p.vol.Id)
+		if err != nil {
+			return fail(err, nil)
+		}
+		next = last + 1
+	} else {
+		next = prev.lastSeq() + 1
+	}
+	b.records = make([]*ballastpb.LogRecord, len(batch))
+	for i, pw := range batch {
+		pw.record.Seq = next + uint64(i)
+		b.records[i] = pw.record
+	}
+	link := p.link
+	// Sent first: the secondary's journal write overlaps the local one.
+	// The local append also trims the log entries both replicas hold.
+	req := &ballastpb.ReplicateRequest{Records: b.records, ReplicatedThrough: p.replicatedThrough}
+	sendErr := link.Start(ctx, req)
+	local, localErr := p.store.BeginAppend(p.vol.Id, b.records, p.replicatedThrough)
+	go func() {
+		defer close(b.done)
+		if prev != nil {
+			<-prev.finished
+		}
+		switch {
+		case localErr != nil:
+			b.localErr = fmt.Errorf("append to local log: %w", localErr)
+		case prev != nil && prev.localErr != nil:
+			// Begun after a local failure: never applied (Finish fails).
+			b.localErr = fmt.Errorf("append to local log: %w", local.Finish())
+		default:
+			if err := local.Finish(); err != nil {
+				b.localErr = fmt.Errorf("append to local log: %w", err)
+			}
+		}
+		close(b.finished)
+		if prev != nil {
+			<-prev.waited
+		}
+		if sendErr == nil {
+			b.secondaryLast, b.replErr = link.Wait(ctx)
+		} else {
+			b.replErr = sendErr
+		}
+		if b.replErr == nil && b.secondaryLast < b.lastSeq() {
+			b.replErr = fmt.Errorf("secondary is at seq %d after a batch through %d", b.secondaryLast, b.lastSeq())
+		}
+		close(b.waited)
+	}()
+	return b
+}
+
+// complete acknowledges a batch durable on both replicas, under the
+// lease: a deposed primary acknowledges nothing.
+func (p *primaryVolume) complete(b *inflightBatch) {
+	b.cancel()
+	p.replicatedThrough = max(p.replicatedThrough, b.lastSeq())
+	if p.link != nil {
+		p.noteSecondaryDisk()
+	}
+	err := p.leaseHeld(context.Background())
+	p.finish(b.batch, err)
+	if err != nil {
+		return
+	}
+	var written int64
+	for _, r := range b.records {
+		written += int64(len(r.Blocks)) * blockSize
+	}
+	if p.maint != nil && (p.writtenBytes.Add(written) >= p.remote.cfg.FlushThresholdBytes ||
+		p.store.journalPressure() || (p.link != nil && p.link.JournalPressure())) {
+		p.maint.kick()
+	}
+}
+
+// recover settles a window in which a batch failed, once every batch in it
+// is done. A batch whose local append failed fails, and so does every
+// batch after it (the secondary may hold them: the next session's hello
+// gives them back, so their outcome is unknown, as for any failed write).
+// The batches before it are in the local log: if the secondary did not
+// confirm them, a new session (perhaps with a secondary that replaced a
+// lost one) brings it through the log, so the writes wait rather than
+// fail.
+func (p *primaryVolume) recover(window []*inflightBatch) {
+	if b := window[0]; b.beginFailed {
+		// Alone in the window (nothing begins after it): it failed whole.
+		b.cancel()
+		p.finish(b.batch, errors.Join(b.localErr, b.replErr))
+		return
+	}
+	good := len(window)
+	var localErr error
+	for i, b := range window {
+		if b.localErr != nil {
+			good, localErr = i, b.localErr
+			break
 		}
 	}
+	replFailed := false
+	for _, b := range window[:good] {
+		replFailed = replFailed || b.replErr != nil
+	}
+	p.dropLink()
+	var err error
+	if replFailed {
+		p.log.Info("replication failed; reconnecting", "err", firstReplErr(window[:good]))
+		ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
+		if cerr := p.connect(ctx); cerr != nil {
+			err = fmt.Errorf("%w: volume %s: %w (after %w)", ErrReplication, p.vol.Name, cerr, firstReplErr(window[:good]))
+		}
+		cancel()
+	}
+	for _, b := range window[:good] {
+		if err != nil {
+			b.cancel()
+			p.finish(b.batch, err)
+			continue
+		}
+		p.complete(b)
+	}
+	for _, b := range window[good:] {
+		b.cancel()
+		if b.localErr == nil {
+			b.localErr = localErr
+		}
+		p.finish(b.batch, b.localErr)
+	}
+}
+
+func firstReplErr(window []*inflightBatch) error {
+	for _, b := range window {
+		if b.replErr != nil {
+			return b.replErr
+		}
+	}
+	return nil
 }
 
 // secondaryProbeInterval is how often a primary asks a secondary whose
@@ -522,14 +759,17 @@ func (p *primaryVolume) noteSecondaryDisk() {
 	}
 }
 
-func (p *primaryVolume) takeBatch() []*pendingWrite {
+// takeBatch takes the queued writes of the next batch, of at most limit
+// bytes (at least one write if first: nothing else is in flight).
+func (p *primaryVolume) takeBatch(limit int64, first bool) []*pendingWrite {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	limit = min(limit, maxBatchBytes)
 	n, bytes := 0, int64(0)
 	for n < len(p.queue) && n < maxBatchRecords {
 		// A batch must fit in one replication message: stop before a
 		// record that would overflow it, unless it is the first.
-		if n > 0 && bytes+p.queue[n].bytes > maxBatchBytes {
+		if (n > 0 || !first) && bytes+p.queue[n].bytes > limit {
 			break
 		}
 		bytes += p.queue[n].bytes
@@ -563,69 +803,6 @@ func (p *primaryVolume) finish(batch []*pendingWrite, err error) {
 		pw.done <- err
 		p.queueBytes.Release(pw.bytes)
 	}
-}
-
-// commit makes one batch durable on the primary and the secondary. The
-// local append and the replication run in parallel, so a write costs one
-// fsync of latency, not two; a crash between them is reconciled by the
-// next session's hello.
-func (p *primaryVolume) commit(batch []*pendingWrite) error {
-	ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
-	defer cancel()
-	p.checkLinkCopy()
-	if err := p.connect(ctx); err != nil {
-		return fmt.Errorf("%w: volume %s: %w", ErrReplication, p.vol.Name, err)
-	}
-	last, err := p.store.LastSeq(p.vol.Id)
-	if err != nil {
-		return err
-	}
-	records := make([]*ballastpb.LogRecord, len(batch))
-	for i, pw := range batch {
-		pw.record.Seq = last + 1 + uint64(i)
-		records[i] = pw.record
-	}
-	req := &ballastpb.ReplicateRequest{Records: records, ReplicatedThrough: p.replicatedThrough}
-	replDone := make(chan error, 1)
-	var secondaryLast uint64
-	go func() {
-		var err error
-		secondaryLast, err = p.link.Send(ctx, req)
-		replDone <- err
-	}()
-	// The local append also trims the log entries both replicas hold.
-	localErr := p.store.Append(p.vol.Id, records, p.replicatedThrough)
-	replErr := <-replDone
-	lastSeq := records[len(records)-1].Seq
-	if localErr != nil {
-		// The secondary may now be ahead; the next hello gives it back.
-		p.dropLink()
-		return fmt.Errorf("append to local log: %w", localErr)
-	}
-	if replErr == nil && secondaryLast < lastSeq {
-		replErr = fmt.Errorf("secondary is at seq %d after a batch through %d", secondaryLast, lastSeq)
-	}
-	if replErr != nil {
-		// The batch is in the local log: a new session (perhaps with a
-		// secondary that replaced a lost one) brings the secondary through
-		// it, so the writes wait rather than fail.
-		p.dropLink()
-		p.log.Info("replication failed; reconnecting", "err", replErr)
-		if err := p.connect(ctx); err != nil {
-			return fmt.Errorf("%w: volume %s: %w (after %w)", ErrReplication, p.vol.Name, err, replErr)
-		}
-	}
-	p.replicatedThrough = lastSeq
-	p.noteSecondaryDisk()
-	var written int64
-	for _, r := range records {
-		written += int64(len(r.Blocks)) * blockSize
-	}
-	if p.maint != nil && (p.writtenBytes.Add(written) >= p.remote.cfg.FlushThresholdBytes ||
-		p.store.journalPressure() || (p.link != nil && p.link.JournalPressure())) {
-		p.maint.kick()
-	}
-	return nil
 }
 
 // connect makes sure a reconciled session with the secondary is open,

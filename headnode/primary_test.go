@@ -18,8 +18,10 @@ import (
 
 // memLink is an in-memory replicaLink to a secondaryVolume, with faults.
 type memLink struct {
-	sec *secondaryVolume
-	f   *faults
+	sec     *secondaryVolume
+	f       *faults
+	mu      sync.Mutex
+	started []memStep // requests taken, for Wait
 }
 
 type faults struct {
@@ -33,6 +35,11 @@ type faults struct {
 
 	// diskFull is what the secondary's replies say of its disk.
 	diskFull bool
+
+	// waitDelay slows each reply; maxStarted is the most batches the
+	// secondary has held unanswered at once.
+	waitDelay  time.Duration
+	maxStarted int
 }
 
 func (f *faults) set(fn func(*faults)) {
@@ -52,22 +59,69 @@ func (l *memLink) Hello(ctx context.Context, req *ballastpb.ReplicateRequest) (*
 }
 
 func (l *memLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (uint64, error) {
+	if err := l.Start(ctx, req); err != nil {
+		return 0, err
+	}
+	return l.Wait(ctx)
+}
+
+// Start does what the secondary does on receipt (replication_grpc.go): a
+// batch of records is begun, and finished when its reply is waited for,
+// so batches stream as they do over gRPC.
+func (l *memLink) Start(ctx context.Context, req *ballastpb.ReplicateRequest) error {
 	l.f.mu.Lock()
 	down, lose := l.f.down, l.f.loseReply
 	l.f.loseReply = false
 	l.f.sends++
 	l.f.mu.Unlock()
-	if down {
-		return 0, errors.New("secondary unreachable")
+	st := memStep{lose: lose}
+	switch {
+	case down:
+		st.err = errors.New("secondary unreachable")
+	case req.SyncBegin || req.SyncState != nil || req.SyncEnd:
+		st.reply, st.err = l.sec.apply(req)
+	default:
+		st.pending, st.err = l.sec.begin(req)
 	}
-	r, err := l.sec.apply(req)
-	if err != nil {
-		return 0, err
+	l.mu.Lock()
+	l.started = append(l.started, st)
+	n := len(l.started)
+	l.mu.Unlock()
+	l.f.set(func(f *faults) { f.maxStarted = max(f.maxStarted, n) })
+	return nil
+}
+
+func (l *memLink) Wait(ctx context.Context) (uint64, error) {
+	l.mu.Lock()
+	if len(l.started) == 0 {
+		l.mu.Unlock()
+		return 0, errors.New("memLink: wait with no batch started")
 	}
-	if lose {
+	st := l.started[0]
+	l.started = l.started[1:]
+	l.mu.Unlock()
+	l.f.mu.Lock()
+	delay := l.f.waitDelay
+	l.f.mu.Unlock()
+	time.Sleep(delay)
+	if st.pending != nil {
+		st.reply, st.err = l.sec.finish(st.pending)
+	}
+	if st.err != nil {
+		return 0, st.err
+	}
+	if st.lose {
 		return 0, errors.New("reply lost")
 	}
-	return r.LastSeq, nil
+	return st.reply.LastSeq, nil
+}
+
+// memStep is a request the secondary took and has not answered.
+type memStep struct {
+	pending *pendingAppend
+	reply   *ballastpb.ReplicateReply
+	err     error
+	lose    bool
 }
 
 func (l *memLink) JournalPressure() bool { return false }
@@ -80,7 +134,19 @@ func (l *memLink) DiskFull() bool {
 	return l.f.diskFull
 }
 
-func (l *memLink) Close() {}
+// Close ends the session as the secondary does: what it began is
+// finished (replication_grpc.go, serveBatches).
+func (l *memLink) Close() {
+	l.mu.Lock()
+	left := l.started
+	l.started = nil
+	l.mu.Unlock()
+	for _, st := range left {
+		if st.pending != nil {
+			l.sec.finish(st.pending)
+		}
+	}
+}
 
 type pair struct {
 	remote      *remoteIO // nil: no sleds
@@ -263,6 +329,34 @@ func TestConcurrentWritersConverge(t *testing.T) {
 	if sends >= 16*40 {
 		t.Logf("no group commit happened: %d sends for %d writes", sends, 16*40)
 	}
+}
+
+// TestBatchesStream: with writes queued, the primary sends the next batch
+// before the secondary answered the last one, and a reply lost in the
+// middle of such a stream leaves the replicas the same.
+func TestBatchesStream(t *testing.T) {
+	p := newPair(t, 1<<20)
+	p.faults.set(func(f *faults) { f.waitDelay = 5 * time.Millisecond })
+	writeAll := func(round int) {
+		var wg sync.WaitGroup
+		for i := range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.write(t, uint64(i)*blockSize, pattern(blockSize, byte(round*32+i)))
+			}()
+		}
+		wg.Wait()
+	}
+	writeAll(0)
+	var most int
+	p.faults.set(func(f *faults) { most = f.maxStarted })
+	if most < 2 {
+		t.Fatalf("at most %d batch in flight to the secondary with 32 writers", most)
+	}
+	p.faults.set(func(f *faults) { f.loseReply = true })
+	writeAll(1)
+	p.checkReplicas(t)
 }
 
 func TestDeadSecondaryFailsWritesThenCatchesUp(t *testing.T) {

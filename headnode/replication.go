@@ -27,6 +27,12 @@ type replicaLink interface {
 	// Send delivers records and waits for the secondary to make them
 	// durable; it returns the secondary's last durable seq.
 	Send(ctx context.Context, req *ballastpb.ReplicateRequest) (uint64, error)
+	// Start delivers records without waiting: batches stream, the
+	// secondary journals the next while the last one syncs. Wait returns
+	// what Send does, for the oldest batch started and not yet waited
+	// for. Send is Start and Wait.
+	Start(ctx context.Context, req *ballastpb.ReplicateRequest) error
+	Wait(ctx context.Context) (uint64, error)
 	// DiskFull says whether the secondary's last reply said its data
 	// disk is nearly full.
 	DiskFull() bool
@@ -81,6 +87,30 @@ func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.Rep
 		reply.RecordsAhead = ahead
 	}
 	return reply, nil
+}
+
+// begin puts a batch of records in the journal (see
+// blockStore.BeginAppend); finish makes it durable and answers it.
+func (s *secondaryVolume) begin(req *ballastpb.ReplicateRequest) (*pendingAppend, error) {
+	syncing, err := s.store.syncing(s.id)
+	if err == nil && syncing {
+		err = fmt.Errorf("volume %d: records sent while a full sync is unfinished", s.id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.store.BeginAppend(s.id, req.Records, req.ReplicatedThrough)
+}
+
+func (s *secondaryVolume) finish(pa *pendingAppend) (*ballastpb.ReplicateReply, error) {
+	if err := pa.Finish(); err != nil {
+		return nil, err
+	}
+	last, err := s.store.LastSeq(s.id)
+	if err != nil {
+		return nil, err
+	}
+	return &ballastpb.ReplicateReply{LastSeq: last}, nil
 }
 
 // apply makes a batch durable and trims what every replica holds, or

@@ -40,12 +40,29 @@ type replicationServer struct {
 }
 
 type replSession struct {
-	// mu is held while a batch is applied, and from the session's start
-	// until its hello is answered: whoever waits for it also waits for the
-	// session it superseded, whose batch in progress the hello waits for.
+	// mu is held while a batch is begun (or, for a sync step, applied),
+	// and from the session's start until its hello is answered: whoever
+	// waits for it also waits for the session it superseded, whose
+	// batches in progress the hello waits for.
 	mu     sync.Mutex
 	cancel context.CancelFunc
+	// pending counts the batches begun and not yet finished: after the
+	// session is cancelled and mu taken, waiting for it ends its writes.
+	pending sync.WaitGroup
 }
+
+// stop ends the session and waits until nothing of it writes to the
+// store any more.
+func (sess *replSession) stop() {
+	sess.cancel()
+	sess.mu.Lock()
+	sess.mu.Unlock()
+	sess.pending.Wait()
+}
+
+// secondaryWindow bounds the batches a session has begun and not yet
+// answered: the primary's window (primary.go) fits in it.
+const secondaryWindow = 8
 
 // refusal is a typed reply that ends a session.
 func refusal(st ballastpb.ReplicateStatus, format string, args ...any) *ballastpb.ReplicateReply {
@@ -105,9 +122,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 	s.active[volID] = sess
 	s.mu.Unlock()
 	if prev != nil {
-		prev.cancel()
-		prev.mu.Lock() // wait for its batch in progress, if any
-		prev.mu.Unlock()
+		prev.stop() // waits for its batches in progress, if any
 	}
 	defer func() {
 		s.mu.Lock()
@@ -146,39 +161,120 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 	if err := stream.Send(reply); err != nil {
 		return err
 	}
+	return s.serveBatches(ctx, stream, sess, sv, hello.Epoch)
+}
+
+// serveBatches applies the session's batches in order and answers each.
+// Batches of records stream: each is begun (put in the journal) as it
+// arrives, and finished (synced, applied) and answered in order by a
+// second goroutine, so the next batch's journal write overlaps the last
+// one's sync. A full sync's steps, rare, run alone, once every batch
+// before them is finished.
+func (s *replicationServer) serveBatches(ctx context.Context, stream ballastpb.Replication_ReplicateServer,
+	sess *replSession, sv *secondaryVolume, epoch uint64) error {
+	volID := sv.id
+	type step struct {
+		finish func() (*ballastpb.ReplicateReply, error)
+	}
+	steps := make(chan step, secondaryWindow)
+	answered := make(chan error, 1)
+	go func() {
+		var failed error
+		for st := range steps {
+			// Every step runs, even after a failure: a begun batch must be
+			// finished (it fails at once then) before the session ends.
+			reply, err := st.finish()
+			sess.pending.Done()
+			if failed != nil {
+				continue
+			}
+			if err != nil {
+				s.node.log.Warn("replicate: apply", "volume_id", volID, "err", err)
+				reply, failed = refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err), err
+			} else {
+				reply.DiskFull = s.node.disk.refusing()
+				reply.JournalPressure = s.node.blocks.journalPressure()
+				reply.JournalFull = s.node.blocks.journalHigh()
+			}
+			if err := stream.Send(reply); err != nil && failed == nil {
+				failed = err
+			}
+			if failed != nil {
+				sess.cancel()
+			}
+		}
+		answered <- failed
+	}()
+	// end stops taking batches: it waits until every step taken is
+	// finished and answered.
+	end := func(err error) error {
+		close(steps)
+		if ferr := <-answered; ferr != nil && err == nil {
+			err = ferr
+		}
+		return err
+	}
+	// refuse answers with a refusal once every step before it is answered.
+	refuse := func(r *ballastpb.ReplicateReply) error {
+		close(steps)
+		if ferr := <-answered; ferr != nil {
+			return ferr
+		}
+		return stream.Send(r)
+	}
+	lastWasStep := false
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return nil
+			return end(nil)
 		}
 		if err != nil {
-			return err
+			return end(err)
 		}
+		records := !req.SyncBegin && req.SyncState == nil && !req.SyncEnd
+		if !records || lastWasStep {
+			// A sync step runs after every batch before it, and the next
+			// batch begins after it.
+			sess.pending.Wait()
+		}
+		lastWasStep = !records
 		sess.mu.Lock()
 		// The replica check comes first: a session ended because the volume
 		// was deleted must say so, not merely that it ended.
-		if r := s.checkReplica(volID, hello.Epoch); r != nil {
+		if r := s.checkReplica(volID, epoch); r != nil {
 			sess.mu.Unlock()
-			return stream.Send(r)
+			return refuse(r)
 		}
 		if ctx.Err() != nil {
 			sess.mu.Unlock()
-			return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "replication session of volume %d was superseded or ended", volID))
+			return refuse(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "replication session of volume %d was superseded or ended", volID))
 		}
 		if s.testBeforeApply != nil {
 			s.testBeforeApply(volID)
 		}
-		reply, err := sv.apply(req)
-		sess.mu.Unlock()
-		if err != nil {
-			s.node.log.Warn("replicate: apply", "volume_id", volID, "err", err)
-			return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
+		var st step
+		if records {
+			pa, err := sv.begin(req)
+			if err != nil {
+				st.finish = func() (*ballastpb.ReplicateReply, error) { return nil, err }
+			} else {
+				st.finish = func() (*ballastpb.ReplicateReply, error) { return sv.finish(pa) }
+			}
+		} else {
+			reply, err := sv.apply(req)
+			st.finish = func() (*ballastpb.ReplicateReply, error) { return reply, err }
 		}
-		reply.DiskFull = s.node.disk.refusing()
-		reply.JournalPressure = s.node.blocks.journalPressure()
-		reply.JournalFull = s.node.blocks.journalHigh()
-		if err := stream.Send(reply); err != nil {
-			return err
+		sess.pending.Add(1)
+		sess.mu.Unlock()
+		select {
+		case steps <- st:
+		case ferr := <-answered:
+			// The answering goroutine ended on a failure: finish the
+			// step here, then end.
+			st.finish()
+			sess.pending.Done()
+			close(steps)
+			return ferr
 		}
 	}
 }
@@ -192,9 +288,7 @@ func (s *replicationServer) endSessions(volumeID uint64) {
 	sess := s.active[volumeID]
 	s.mu.Unlock()
 	if sess != nil {
-		sess.cancel()
-		sess.mu.Lock()
-		sess.mu.Unlock()
+		sess.stop()
 	}
 }
 
@@ -292,13 +386,24 @@ func (n *Node) dialLink(ctx context.Context, vol *ballastpb.Volume, secondary st
 }
 
 func (l *grpcLink) roundTrip(ctx context.Context, req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
+	if err := l.start(ctx, req); err != nil {
+		return nil, err
+	}
+	return l.wait(ctx)
+}
+
+func (l *grpcLink) start(ctx context.Context, req *ballastpb.ReplicateRequest) error {
 	// Send can block on flow control when the secondary stops reading;
 	// ending the stream at the deadline unblocks it.
 	stop := context.AfterFunc(ctx, l.cancel)
 	defer stop()
 	if err := l.stream.Send(req); err != nil {
-		return nil, fmt.Errorf("send to secondary: %w", err)
+		return fmt.Errorf("send to secondary: %w", err)
 	}
+	return nil
+}
+
+func (l *grpcLink) wait(ctx context.Context) (*ballastpb.ReplicateReply, error) {
 	select {
 	case r := <-l.replies:
 		if r.err != nil {
@@ -319,6 +424,18 @@ func (l *grpcLink) Hello(ctx context.Context, hello *ballastpb.ReplicateRequest)
 
 func (l *grpcLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (uint64, error) {
 	r, err := l.roundTrip(ctx, req)
+	if err != nil {
+		return 0, err
+	}
+	return r.LastSeq, nil
+}
+
+func (l *grpcLink) Start(ctx context.Context, req *ballastpb.ReplicateRequest) error {
+	return l.start(ctx, req)
+}
+
+func (l *grpcLink) Wait(ctx context.Context) (uint64, error) {
+	r, err := l.wait(ctx)
 	if err != nil {
 		return 0, err
 	}
