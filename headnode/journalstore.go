@@ -373,9 +373,11 @@ func (s *blockStore) journalRelease() error {
 	if err := s.db.LogData(nil, pebble.Sync); err != nil {
 		return fmt.Errorf("journal release: sync the block store: %w", err)
 	}
+	s.crashPoint("release:synced")
 	if err := s.jr.Release(oldest); err != nil {
 		return fmt.Errorf("journal release: %w", err)
 	}
+	s.crashPoint("release:done")
 	s.releasedThrough = oldest
 	return nil
 }

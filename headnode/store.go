@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -185,6 +186,10 @@ type blockStore struct {
 	// maxAppendBlocks those of one append, well within a zone.
 	maxEntryBlocks, maxAppendBlocks int
 
+	// crashAt (a test knob) is called at each step of an append, a
+	// release, a drop and a void: a test loses power there.
+	crashAt atomic.Pointer[func(point string)]
+
 	onJournalPressure func() // asks the node to flush sooner; may be nil
 	onReleaseError    func(error)
 	releaseKick       chan struct{}
@@ -356,7 +361,7 @@ func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
 	s.releasedThrough = st.TailLSN
 	s.countAllRefs()
 	// Two zones, or an eighth of the journal, stay for records without data.
-	zone := journalZoneBytes(o.JournalBytes)
+	zone := s.jr.ZoneBytes()
 	s.journalReserve = max(2*zone, st.TotalBytes/8)
 	s.maxAppendBlocks = int(zone / 4 / volume.BlockSizeBytes)
 	s.maxEntryBlocks = max(1, min(256, s.maxAppendBlocks/2))
@@ -527,6 +532,7 @@ func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, tri
 		pa.end()
 		return nil, fmt.Errorf("journal records of volume %d: %w", vol, err)
 	}
+	s.crashPoint("append:journaled")
 	pa.commits = commits
 	pa.locs = make([][]journal.Location, len(pa.fresh))
 	for i, n := range perRecord {
@@ -587,12 +593,20 @@ func (s *blockStore) voidAppends(vol uint64) error {
 		err = c.Wait(s.ctx)
 	}
 	if err == nil {
+		s.crashPoint("void:journaled")
 		err = s.db.Set(dropMarkKey(vol), binary.BigEndian.AppendUint64(nil, c.LSN()), pebble.Sync)
 	}
 	if err != nil {
 		return fmt.Errorf("void the failed appends of volume %d: %w", vol, err)
 	}
 	return nil
+}
+
+// crashPoint reports reaching a step to the crashAt knob.
+func (s *blockStore) crashPoint(point string) {
+	if f := s.crashAt.Load(); f != nil {
+		(*f)(point)
+	}
 }
 
 // resetAppends fails the volume's pending appends: the next one begins
@@ -653,10 +667,12 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 		if err := wait(); err != nil {
 			return err
 		}
+		s.crashPoint("append:durable")
 	}
 	if err := a.commit(opts); err != nil {
 		return fmt.Errorf("commit log of volume %d: %w", vol, err)
 	}
+	s.crashPoint("append:applied")
 	s.countRefs(a.refDelta)
 	s.mu.Lock()
 	s.state[vol] = st
@@ -962,6 +978,7 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	if err != nil {
 		return fmt.Errorf("journal the drop of volume %d: %w", vol, err)
 	}
+	s.crashPoint("drop:journaled")
 	s.resetAppends(vol)
 	s.mu.Lock()
 	delete(s.state, vol)

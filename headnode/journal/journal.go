@@ -364,10 +364,11 @@ func (j *Journal) loadSuperblock() (superblock, bool, error) {
 			tailOffset: j.g.zoneStart(0),
 		}, true, nil
 	}
-	if sb.zoneBytes != j.g.zoneBytes || int(sb.zones) != j.g.zones {
-		return superblock{}, false, fmt.Errorf("journal %s: made with %d zones of %d bytes, options ask for %d of %d",
-			j.path, sb.zones, sb.zoneBytes, j.g.zones, j.g.zoneBytes)
-	}
+	// An existing journal keeps the geometry it was made with: a size
+	// derived from the free space (the head node's default) differs from
+	// one start to the next.
+	j.g = geometry{zoneBytes: sb.zoneBytes, zones: int(sb.zones)}
+	j.maxBatch = min(j.maxBatch, sb.zoneBytes)
 	if size < j.g.fileBytes() {
 		return superblock{}, false, fmt.Errorf("journal %s: %d bytes, its superblock says %d: %w", j.path, size, j.g.fileBytes(), ErrCorrupt)
 	}
@@ -699,6 +700,10 @@ func (j *Journal) ReadBlock(loc Location, buf []byte) error {
 	}
 	return checkBlock(loc, buf)
 }
+
+// ZoneBytes is the size of a zone; an existing journal keeps the one it
+// was made with, whatever the options asked.
+func (j *Journal) ZoneBytes() int64 { return j.g.zoneBytes }
 
 // ReadBlocks reads the blocks at locs into buf, one 4 KiB block after
 // the other, and checks each one's CRC, as ReadBlock does; blocks that

@@ -493,13 +493,20 @@ func TestOptions(t *testing.T) {
 		t.Fatalf("resolve: %+v %d %v", g, mb, err)
 	}
 
-	// A journal opened with another geometry than it was made with.
+	// A journal opened with another geometry than it was made with keeps
+	// its own, and its data.
 	fs := newMemFS(1)
 	j, _ := mustOpen(t, smallOpts(fs, 4))
+	_, locs := appendWait(t, j, entryOf("a", 1))
 	j.Close()
-	if _, err := Open(testPath, smallOpts(fs, 5), nil); err == nil {
-		t.Fatal("a journal of 4 zones opened as 5")
+	opts := smallOpts(fs, 5)
+	opts.ZoneBytes *= 2
+	j, got := mustOpen(t, opts)
+	defer j.Close()
+	if st := j.Stats(); st.TotalBytes != 4*64<<10 || j.ZoneBytes() != 64<<10 {
+		t.Fatalf("a journal of 4 zones of 64 KiB reopened with other options: %d bytes, zones of %d", st.TotalBytes, j.ZoneBytes())
 	}
+	checkReplayed(t, got, []replayed{{lsn: 1, meta: []byte("a"), data: [][]byte{blockData(1)}, locs: locs[0]}})
 }
 
 // A file whose superblocks are both damaged is not silently recreated.
