@@ -19,10 +19,18 @@ package headnode
 //     gRPC stream), the same handler (Node.serveIO), and so the same
 //     fencing, statuses and errors. A request is admitted before its data
 //     is read, so a full bound leaves the data in the socket and TCP's
-//     flow control holds the agent back. Each admitted request runs in a
-//     goroutine of its own (measured cheaper than a pool of workers, see
-//     BenchmarkBlockIOTransport); its reply is written when it is done, in
-//     any order, by the Sender that never interleaves frames.
+//     flow control holds the agent back. An admitted request goes to an
+//     idle worker of the connection, or to a new one when none is idle:
+//     the workers are never more than the requests the connection had in
+//     flight at once (so at most its bound), there is no queue in which a
+//     request could wait behind a slow one, and a busy connection stops
+//     starting goroutines, whose stacks would grow again on every request.
+//     Measured with BenchmarkBlockIOTransport's server and client, that
+//     cost 11-13% less CPU per 4 KiB write than a goroutine per request
+//     (QD1 34 vs 38 µs, QD32 17.1 vs 19.8 µs, the whole loopback round
+//     trip), and as little as 128 workers started at once, without their
+//     memory. A reply is written when its request is done, in any order,
+//     by the Sender that never interleaves frames.
 //   - Liveness: the client pings while it hears nothing (attach/client.go)
 //     and the server answers at once; a connection from which nothing at
 //     all arrives for wireIdleTicks keepalive periods, while the server is
@@ -296,7 +304,7 @@ func (w *wireServer) serveConn(nc net.Conn, version uint16) {
 		w.log.Debug("framed block connection", "remote", nc.RemoteAddr(), "err", err)
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
-	c := &wireConn{srv: w, nc: nc, ctx: ctx, cancel: cancel, send: blockwire.NewSender(nc), own: w.io.newStreamLimit()}
+	c := &wireConn{srv: w, nc: nc, ctx: ctx, cancel: cancel, send: blockwire.NewSender(nc), own: w.io.newStreamLimit(), work: make(chan wireJob)}
 	stopWatch := make(chan struct{})
 	go c.watch(stopWatch)
 	err := c.readLoop()
@@ -306,6 +314,8 @@ func (w *wireServer) serveConn(nc net.Conn, version uint16) {
 	nc.Close()
 	close(stopWatch)
 	c.requests.Wait()
+	close(c.work) // the idle workers end
+	c.workers.Wait()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		w.log.Debug("framed block connection ended", "remote", nc.RemoteAddr(), "err", err)
 	}
@@ -319,8 +329,12 @@ type wireConn struct {
 	cancel   context.CancelFunc
 	send     *blockwire.Sender
 	own      *inflight.Limit // the connection's bound, as a gRPC stream's
-	requests sync.WaitGroup
+	requests sync.WaitGroup  // admitted and not yet replied to
+	workers  sync.WaitGroup
 
+	// work hands admitted requests to idle workers (unbuffered: a send
+	// succeeds only if one is waiting).
+	work      chan wireJob
 	frames    atomic.Uint64 // frames read, for the watchdog
 	admitting atomic.Bool   // waiting for room, not for the client
 }
@@ -373,8 +387,31 @@ func (c *wireConn) readLoop() error {
 				return err
 			}
 		}
+		// To a worker that is idle, or to a new one if none is.
 		c.requests.Add(1)
-		go c.serve(req, buf, cost)
+		j := wireJob{req, buf, cost}
+		select {
+		case c.work <- j:
+		default:
+			c.workers.Add(1)
+			go c.worker(j)
+		}
+	}
+}
+
+// wireJob is an admitted request: its buffer (nil without data) and cost.
+type wireJob struct {
+	req  *ballastpb.IORequest
+	buf  *[]byte
+	cost int64
+}
+
+// worker serves j, then whatever requests it is handed, until the
+// connection's work channel closes.
+func (c *wireConn) worker(j wireJob) {
+	defer c.workers.Done()
+	for ok := true; ok; j, ok = <-c.work {
+		c.serve(j.req, j.buf, j.cost)
 	}
 }
 
