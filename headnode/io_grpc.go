@@ -89,6 +89,9 @@ type IOStats struct {
 	WaitingBytes int64
 	// PeakHeldBytes is the most ever held at once: admitted and waiting.
 	PeakHeldBytes int64
+	// FramedConnections is the framed protocol's connections open now
+	// (gRPC streams are not counted).
+	FramedConnections int
 }
 
 // blockIOServer serves BlockIO for the volumes this head node is primary of.
@@ -111,7 +114,13 @@ func newBlockIOServer(cfg IOConfig, log *slog.Logger, handle func(context.Contex
 }
 
 // IOStats returns the counters of the block I/O from agents.
-func (n *Node) IOStats() IOStats { return n.io.stats() }
+func (n *Node) IOStats() IOStats {
+	s := n.io.stats()
+	if n.wire != nil {
+		s.FramedConnections = n.wire.connections()
+	}
+	return s
+}
 
 func (s *blockIOServer) stats() IOStats {
 	s.mu.Lock()

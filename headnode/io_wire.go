@@ -271,6 +271,13 @@ func (w *wireServer) close() {
 
 func (w *wireServer) wait() { w.wg.Wait() }
 
+// connections returns how many connections are open.
+func (w *wireServer) connections() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.mu.conns)
+}
+
 // serveConn serves one connection whose preamble (of version) was read,
 // until it ends.
 func (w *wireServer) serveConn(nc net.Conn, version uint16) {
