@@ -28,14 +28,17 @@ package headnode
 //     Measured with BenchmarkBlockIOTransport's server and client, that
 //     cost 11-13% less CPU per 4 KiB write than a goroutine per request
 //     (QD1 34 vs 38 µs, QD32 17.1 vs 19.8 µs, the whole loopback round
-//     trip), and as little as 128 workers started at once, without their
-//     memory. A reply is written when its request is done, in any order,
-//     by the Sender that never interleaves frames.
-//   - Liveness: the client pings while it hears nothing (attach/client.go)
-//     and the server answers at once; a connection from which nothing at
-//     all arrives for wireIdleTicks keepalive periods, while the server is
-//     waiting to read, is closed. TCP_USER_TIMEOUT drops a peer that stops
-//     acknowledging, as gRPC's connections do.
+//     trip); a fixed pool of 128 workers a connection cost no less, and
+//     holds their memory on every connection. A reply is written when its
+//     request is done, in any order, by the Sender that never interleaves
+//     frames.
+//   - Liveness: the client pings when the connection is quiet either way
+//     (attach/wire.go) and the server answers at once; a connection from
+//     which nothing at all arrives for wireIdleTicks keepalive periods,
+//     while the server is waiting to read, is closed, and one whose client
+//     left while it waited for room (not reading) is ended too, as a gRPC
+//     stream's context ends with its client. TCP_USER_TIMEOUT drops a peer
+//     that stops acknowledging, as gRPC's connections do.
 
 import (
 	"bytes"
