@@ -13,7 +13,12 @@ package attach
 //     rpc.KeepaliveTime, and gives up on a head node that does not answer
 //     within rpc.KeepaliveTimeout (gRPC's keepalive; a frozen head node is
 //     left within seconds, not at the request timeout), and the pings tell
-//     the head node the agent is alive (headnode/io_wire.go);
+//     the head node the agent is alive (headnode/io_wire.go). Unlike
+//     gRPC's, a ping waits behind requests the head node has not yet
+//     read: a connection at the head node's bound (128 requests or 64 MiB
+//     in flight) whose requests all take longer than the keepalive (a
+//     secondary that stopped answering) is left too, and its requests are
+//     sent again on a new one;
 //   - TCP_USER_TIMEOUT drops a head node that stops acknowledging.
 //
 // A head node that answers the preamble with other bytes (it predates the
