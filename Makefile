@@ -56,7 +56,10 @@ FUZZ_TARGETS := \
 	./txn/:FuzzRestoreParticipant \
 	./sled/:FuzzDecodeShard \
 	./attach/nvmetcp/:FuzzPDUParser \
-	./attach/nvmetcp/:FuzzConnection
+	./attach/nvmetcp/:FuzzConnection \
+	./internal/blockwire/:FuzzDecodeHeader \
+	./internal/blockwire/:FuzzReader \
+	./internal/blockwire/:FuzzParsePreamble
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -55,7 +55,10 @@ type AgentConfig struct {
 	// AgentBytesInFlight bounds the request data every NBD and NVMe/TCP
 	// connection holds together (DefaultAgentBytesInFlight).
 	AgentBytesInFlight int64
-	Logger             *slog.Logger
+	// IOWire is the protocol of block I/O to the head nodes: IOWireFramed
+	// (the default, "") or IOWireGRPC.
+	IOWire IOWire
+	Logger *slog.Logger
 }
 
 // Defaults of AgentConfig's limits.
@@ -86,6 +89,9 @@ func (c *AgentConfig) EnsureDefaults() {
 	if c.AgentBytesInFlight == 0 {
 		c.AgentBytesInFlight = DefaultAgentBytesInFlight
 	}
+	if c.IOWire == "" {
+		c.IOWire = IOWireFramed
+	}
 }
 
 // Validate reports the first problem with the configuration.
@@ -99,6 +105,9 @@ func (c *AgentConfig) Validate() error {
 		return fmt.Errorf("agent: connection limits %d (NBD) and %d (NVMe/TCP) must be at least 1", c.MaxNBDConnections, c.MaxNVMeConnections)
 	case c.ConnBytesInFlight < maxRequestBytes || c.AgentBytesInFlight < int64(c.ConnBytesInFlight):
 		return fmt.Errorf("agent: bytes in flight %d a connection, %d in all: want %d <= connection <= all", c.ConnBytesInFlight, c.AgentBytesInFlight, maxRequestBytes)
+	}
+	if _, err := ParseIOWire(string(c.IOWire)); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	return nil
 }
@@ -130,7 +139,7 @@ func StartAgent(cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		client: &Client{HeadNodes: cfg.HeadNodes, Logger: cfg.Logger},
+		client: &Client{HeadNodes: cfg.HeadNodes, IOWire: cfg.IOWire, Logger: cfg.Logger},
 		log:    cfg.Logger.With("role", "agent"),
 	}
 	// Listen on everything first, so that a taken port fails the start

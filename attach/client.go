@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ballast-storage/ballast/internal/blockwire"
 	"github.com/ballast-storage/ballast/internal/rpc"
 	"github.com/ballast-storage/ballast/migrate"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
@@ -24,10 +25,20 @@ type Client struct {
 	HeadNodes [][]string
 	// RequestTimeout bounds one block request, retries included.
 	RequestTimeout time.Duration
-	Logger         *slog.Logger
+	// IOWire is the protocol of block I/O to primaries ("" is
+	// IOWireFramed). Admin calls are gRPC whatever it says.
+	IOWire IOWire
+	Logger *slog.Logger
 
 	pool rpc.Pool
 	next atomic.Uint32 // spreads admin calls over head nodes
+	// grpcOnly remembers, by address list, the head nodes found not to
+	// speak the framed protocol, and when (wire.go).
+	grpcOnly struct {
+		sync.Mutex
+		since map[string]time.Time
+	}
+	wireKeepalive wireTiming // zero: rpc's timing (tests shorten it)
 }
 
 // Close closes the client's connections.
@@ -188,11 +199,11 @@ func (v *Volume) Close() error {
 	return nil
 }
 
-// ioStream is one BlockIO stream with its requests in flight.
+// ioStream is one stream of block requests to a primary with its
+// requests in flight, over either protocol (ioTransport): the requests
+// waiting for their replies, and the stream's end, are the same code.
 type ioStream struct {
-	cancel context.CancelFunc
-	stream ballastpb.BlockIO_IOClient
-	sendMu sync.Mutex
+	t ioTransport
 
 	mu      sync.Mutex
 	waiting map[uint64]chan *ballastpb.IOReply
@@ -200,9 +211,26 @@ type ioStream struct {
 	done    chan struct{}
 }
 
+// ioTransport is one protocol's stream of block requests and replies.
+type ioTransport interface {
+	// send sends one request; it may be called concurrently. The
+	// request's data is the caller's again when it returns.
+	send(req *ballastpb.IORequest) error
+	// recv returns the next reply; one goroutine calls it.
+	recv() (*ballastpb.IOReply, error)
+	// close ends the stream: send and recv fail from then on.
+	close(err error)
+}
+
 var requestIDs atomic.Uint64
 
-func (v *Volume) currentStream() (*ioStream, error) {
+func newIOStream(t ioTransport) *ioStream {
+	s := &ioStream{t: t, waiting: map[uint64]chan *ballastpb.IOReply{}, done: make(chan struct{})}
+	go s.receive()
+	return s
+}
+
+func (v *Volume) currentStream(ctx context.Context) (*ioStream, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.closed {
@@ -218,21 +246,44 @@ func (v *Volume) currentStream() (*ioStream, error) {
 	if err != nil {
 		return nil, err
 	}
+	t, err := v.client.openTransport(ctx, conn, v.primary)
+	if err != nil {
+		return nil, err
+	}
+	v.stream = newIOStream(t)
+	return v.stream, nil
+}
+
+// grpcTransport is a BlockIO gRPC stream.
+type grpcTransport struct {
+	cancel context.CancelFunc
+	stream ballastpb.BlockIO_IOClient
+	sendMu sync.Mutex // a gRPC stream takes one Send at a time
+}
+
+func openGRPC(conn *rpc.Conn) (*grpcTransport, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := ballastpb.NewBlockIOClient(conn).IO(ctx)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("open I/O stream: %w", err)
 	}
-	s := &ioStream{cancel: cancel, stream: st, waiting: map[uint64]chan *ballastpb.IOReply{}, done: make(chan struct{})}
-	go s.receive()
-	v.stream = s
-	return s, nil
+	return &grpcTransport{cancel: cancel, stream: st}, nil
 }
+
+func (t *grpcTransport) send(req *ballastpb.IORequest) error {
+	t.sendMu.Lock()
+	defer t.sendMu.Unlock()
+	return t.stream.Send(req)
+}
+
+func (t *grpcTransport) recv() (*ballastpb.IOReply, error) { return t.stream.Recv() }
+
+func (t *grpcTransport) close(error) { t.cancel() }
 
 func (s *ioStream) receive() {
 	for {
-		r, err := s.stream.Recv()
+		r, err := s.t.recv()
 		if err != nil {
 			s.close(err)
 			return
@@ -254,7 +305,7 @@ func (s *ioStream) close(err error) {
 		return
 	}
 	s.err = err
-	s.cancel()
+	s.t.close(err)
 	close(s.done)
 }
 
@@ -273,9 +324,13 @@ func (s *ioStream) roundTrip(ctx context.Context, req *ballastpb.IORequest) (*ba
 		delete(s.waiting, req.Id)
 		s.mu.Unlock()
 	}
-	s.sendMu.Lock()
-	err := s.stream.Send(req)
-	s.sendMu.Unlock()
+	err := s.t.send(req)
+	if errors.Is(err, blockwire.ErrMalformed) {
+		// The request cannot be framed (the stream is unharmed): as the
+		// head node answers a request it cannot serve.
+		forget()
+		return &ballastpb.IOReply{Id: req.Id, Status: ballastpb.IOStatus_IO_STATUS_INVALID, Error: err.Error()}, nil
+	}
 	if err != nil {
 		forget()
 		s.close(err)
@@ -303,7 +358,7 @@ func (v *Volume) do(ctx context.Context, req *ballastpb.IORequest) (*ballastpb.I
 	backoff := 20 * time.Millisecond
 	for {
 		req.Id = requestIDs.Add(1)
-		s, err := v.currentStream()
+		s, err := v.currentStream(ctx)
 		var reply *ballastpb.IOReply
 		if err == nil {
 			reply, err = s.roundTrip(ctx, req)

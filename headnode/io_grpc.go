@@ -22,13 +22,16 @@ const (
 	removeChunkBytes = 256 << 20
 )
 
-// IOConfig bounds the block I/O the head node holds for agents' streams.
-// A request counts from the moment it is received until its reply is
-// sent: a write for its data, a read for the data it returns. When a
-// bound is reached the stream stops receiving, and gRPC's flow control
-// stops the agent from sending; nothing is buffered beyond the bounds
-// but one received request per stream, waiting for room. A message
-// larger than rpc.MaxMessageBytes is refused by gRPC before it is read.
+// IOConfig bounds the block I/O the head node holds for agents' streams
+// (gRPC streams and framed connections alike: a framed connection is one
+// stream, io_wire.go). A request counts from the moment it is received
+// until its reply is sent: a write for its data, a read for the data it
+// returns. When a bound is reached the stream stops receiving, and gRPC's
+// flow control (or TCP's) stops the agent from sending; nothing is
+// buffered beyond the bounds but one received request per gRPC stream,
+// waiting for room (a framed connection reads a request's data only once
+// it is admitted). A message larger than rpc.MaxMessageBytes is refused by
+// gRPC before it is read.
 type IOConfig struct {
 	// StreamMaxRequests bounds one stream's requests in flight (128).
 	StreamMaxRequests int
@@ -86,6 +89,9 @@ type IOStats struct {
 	WaitingBytes int64
 	// PeakHeldBytes is the most ever held at once: admitted and waiting.
 	PeakHeldBytes int64
+	// FramedConnections is the framed protocol's connections open now
+	// (gRPC streams are not counted).
+	FramedConnections int
 }
 
 // blockIOServer serves BlockIO for the volumes this head node is primary of.
@@ -108,7 +114,13 @@ func newBlockIOServer(cfg IOConfig, log *slog.Logger, handle func(context.Contex
 }
 
 // IOStats returns the counters of the block I/O from agents.
-func (n *Node) IOStats() IOStats { return n.io.stats() }
+func (n *Node) IOStats() IOStats {
+	s := n.io.stats()
+	if n.wire != nil {
+		s.FramedConnections = n.wire.connections()
+	}
+	return s
+}
 
 func (s *blockIOServer) stats() IOStats {
 	s.mu.Lock()
@@ -130,15 +142,48 @@ func (s *blockIOServer) wait(n int64) {
 // ioCost is the data a request holds while in flight: a write's payload,
 // or the buffer a read returns (none for a read refused as too large).
 func ioCost(req *ballastpb.IORequest) int64 {
-	switch req.Op {
+	return requestCost(req.Op, len(req.Data), req.Length)
+}
+
+// requestCost is ioCost from a request's op, data length and length, as
+// the framed protocol knows them before it reads the data.
+func requestCost(op ballastpb.IOOp, dataLen int, length uint64) int64 {
+	switch op {
 	case ballastpb.IOOp_IO_OP_WRITE:
-		return int64(len(req.Data))
+		return int64(dataLen)
 	case ballastpb.IOOp_IO_OP_READ:
-		if req.Length <= maxRequestBytes {
-			return int64(req.Length)
+		if length <= maxRequestBytes {
+			return int64(length)
 		}
 	}
 	return 0
+}
+
+// newStreamLimit returns the bound of one stream (gRPC) or connection
+// (framed protocol).
+func (s *blockIOServer) newStreamLimit() *inflight.Limit {
+	return inflight.New(s.cfg.StreamMaxRequests, s.cfg.StreamMaxBytes)
+}
+
+// acquire waits until a request of cost bytes fits its stream's bound
+// (own) and the node's, and counts it in both; it counts nothing if ctx
+// ends first.
+func (s *blockIOServer) acquire(ctx context.Context, own *inflight.Limit, cost int64) error {
+	if err := own.Acquire(ctx, cost); err != nil {
+		return err
+	}
+	if err := s.node.Acquire(ctx, cost); err != nil {
+		own.Release(cost)
+		return err
+	}
+	return nil
+}
+
+// release returns what acquire counted, once the request's reply is sent
+// (or dropped).
+func (s *blockIOServer) release(own *inflight.Limit, cost int64) {
+	s.node.Release(cost)
+	own.Release(cost)
 }
 
 // IO serves one agent's stream. It receives a request only once the one
@@ -149,7 +194,7 @@ func (s *blockIOServer) IO(stream ballastpb.BlockIO_IOServer) error {
 	var sendMu sync.Mutex
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	own := inflight.New(s.cfg.StreamMaxRequests, s.cfg.StreamMaxBytes)
+	own := s.newStreamLimit()
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -160,12 +205,7 @@ func (s *blockIOServer) IO(stream ballastpb.BlockIO_IOServer) error {
 		}
 		cost := ioCost(req)
 		s.wait(cost)
-		err = own.Acquire(ctx, cost)
-		if err == nil {
-			if err = s.node.Acquire(ctx, cost); err != nil {
-				own.Release(cost)
-			}
-		}
+		err = s.acquire(ctx, own, cost)
 		s.wait(-cost)
 		if err != nil {
 			return err
@@ -178,8 +218,7 @@ func (s *blockIOServer) IO(stream ballastpb.BlockIO_IOServer) error {
 			err := stream.Send(reply)
 			sendMu.Unlock()
 			// The reply's data is gRPC's now, or dropped.
-			s.node.Release(cost)
-			own.Release(cost)
+			s.release(own, cost)
 			if err != nil {
 				s.log.Debug("io: send reply", "err", err)
 			}
@@ -187,7 +226,9 @@ func (s *blockIOServer) IO(stream ballastpb.BlockIO_IOServer) error {
 	}
 }
 
-// serveIO runs one request against the volume's primary state.
+// serveIO runs one request against the volume's primary state. req.Data
+// is the caller's again once serveIO returns (the framed server recycles
+// the buffer): what serveIO keeps of it, it copies.
 func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb.IOReply {
 	reply := &ballastpb.IOReply{Id: req.Id}
 	fail := func(st ballastpb.IOStatus, err error) *ballastpb.IOReply {

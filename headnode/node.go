@@ -45,6 +45,7 @@ type Node struct {
 
 	repl     *replicationServer
 	io       *blockIOServer
+	wire     *wireServer // block I/O over the framed protocol, beside gRPC
 	admin    *adminServer
 	leases   *leaseKeeper
 	remote   *remoteIO
@@ -170,6 +171,7 @@ func Start(cfg Config) (_ *Node, err error) {
 	ballastpb.RegisterAdminServer(n.server, n.admin)
 	n.leases = newLeaseKeeper(n, cfg.Lease, cfg.LeaseClock)
 	n.io = newBlockIOServer(cfg.IO, n.log, n.serveIO)
+	n.wire = newWireServer(n.io, n.log)
 	ballastpb.RegisterBlockIOServer(n.server, n.io)
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
@@ -199,11 +201,12 @@ func Start(cfg Config) (_ *Node, err error) {
 	}
 	// Serve only now: every service needs the directory group, and a
 	// request must never find it missing. Peers retry until we answer.
+	// Each address serves gRPC and the framed block protocol (io_wire.go).
 	for _, l := range n.listeners {
 		n.serving.Add(1)
 		go func() {
 			defer n.serving.Done()
-			if err := n.server.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			if err := n.server.Serve(newWireListener(l, n.wire, n.log)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				n.log.Error("serve", "addr", l.Addr(), "err", err)
 			}
 		}()
@@ -391,11 +394,17 @@ func (n *Node) Close() error {
 		// the agent lives and would hold shutdown forever.
 		n.server.Stop()
 	}
+	if n.wire != nil {
+		n.wire.close()
+	}
 	for _, l := range n.listeners {
 		l.Close()
 	}
 	for _, pv := range prims {
 		pv.Close()
+	}
+	if n.wire != nil {
+		n.wire.wait()
 	}
 	if n.cons != nil {
 		errs = append(errs, n.cons.Close())

@@ -46,6 +46,7 @@ func newDemoCommand() *cobra.Command {
 		port, sleds, hosts  int
 		storage             storageFlags
 		nvme                nvmeFlags
+		ioWire              string
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -70,8 +71,12 @@ func newDemoCommand() *cobra.Command {
 			if hosts < 1 {
 				return errors.New("--hosts must be at least 1")
 			}
+			wire, err := attach.ParseIOWire(ioWire)
+			if err != nil {
+				return fmt.Errorf("--io-wire: %w", err)
+			}
 			return runDemo(cmd.Context(), demoOptions{data: data, size: sizeBytes, nbdAddr: nbdAddr, port: port, sleds: sleds, storage: sc,
-				nvmeListen: nvmeListen, nvmeDiscovery: nvmeDiscovery, hosts: hosts})
+				nvmeListen: nvmeListen, nvmeDiscovery: nvmeDiscovery, hosts: hosts, ioWire: wire})
 		},
 	}
 	cmd.Flags().StringVar(&data, "data", "ballast-data", "data directory of the whole rack")
@@ -82,6 +87,7 @@ func newDemoCommand() *cobra.Command {
 	cmd.Flags().IntVar(&hosts, "hosts", 1, "agents to run, as hosts h1, h2, ...: host N serves NBD (and NVMe/TCP) on the first agent's ports + N-1; volume demo starts attached to h1")
 	addStorageFlags(cmd, &storage)
 	addNVMeFlags(cmd, &nvme)
+	addIOWireFlag(cmd, &ioWire)
 	return cmd
 }
 
@@ -93,6 +99,7 @@ type demoOptions struct {
 	storage       headnode.StorageConfig
 	// NVMe/TCP I/O and discovery ports; none: NVMe/TCP off.
 	nvmeListen, nvmeDiscovery []string
+	ioWire                    attach.IOWire // the agents' block I/O protocol
 }
 
 func runDemo(ctx context.Context, o demoOptions) (err error) {
@@ -149,7 +156,7 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 		}
 	}()
 	for h := 0; h < max(o.hosts, 1); h++ {
-		cfg := attach.AgentConfig{HeadNodes: hns, Host: fmt.Sprintf("h%d", h+1), Logger: slog.Default()}
+		cfg := attach.AgentConfig{HeadNodes: hns, Host: fmt.Sprintf("h%d", h+1), IOWire: o.ioWire, Logger: slog.Default()}
 		if cfg.NBDListen, err = shiftPort(nbdAddr, h); err != nil {
 			return err
 		}

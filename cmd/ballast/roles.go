@@ -233,6 +233,7 @@ func newAgentCommand() *cobra.Command {
 		host      string
 		nvme      nvmeFlags
 		limits    agentLimitFlags
+		ioWire    string
 	)
 	defaultHost, _ := os.Hostname()
 	cmd := &cobra.Command{
@@ -252,6 +253,9 @@ func newAgentCommand() *cobra.Command {
 				}
 			}
 			cfg := attach.AgentConfig{HeadNodes: hns, NBDListen: nbdAddr, Host: host, Logger: slog.Default()}
+			if cfg.IOWire, err = attach.ParseIOWire(ioWire); err != nil {
+				return fmt.Errorf("--io-wire: %w", err)
+			}
 			if cfg.NVMeListen, cfg.NVMeDiscoveryListen, err = nvme.addresses(cmd); err != nil {
 				return err
 			}
@@ -280,7 +284,14 @@ func newAgentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&host, "host", defaultHost, "this host's name: the agent serves the volumes attached (or migrating) to it; \"\" serves only detached volumes, as a tool would")
 	addNVMeFlags(cmd, &nvme)
 	addAgentLimitFlags(cmd, &limits)
+	addIOWireFlag(cmd, &ioWire)
 	return cmd
+}
+
+// addIOWireFlag adds the choice of the agent's block I/O protocol.
+func addIOWireFlag(cmd *cobra.Command, wire *string) {
+	cmd.Flags().StringVar(wire, "io-wire", string(attach.IOWireFramed),
+		"protocol of block I/O to the head nodes: \"framed\" (a lean binary protocol; a head node that does not speak it gets gRPC) or \"grpc\"")
 }
 
 // nvmeFlags are the NVMe/TCP listen flags of the agent and the demo.

@@ -1,8 +1,10 @@
 // Package rpc holds the gRPC plumbing every role shares: a connection to a
 // node over each of its network addresses, with every path health-checked
 // and traffic moved off a failed one (Conn, Pool); the server options and
-// health service every Ballast server runs; and the message-size limits of
-// the block I/O path.
+// health service every Ballast server runs; the message-size limits of
+// the block I/O path; and what a connection of another protocol to the
+// same node needs to behave as the gRPC ones do (the path to take and when
+// to leave it, the TCP user timeout).
 //
 // It may import only the standard library and google.golang.org/grpc.
 package rpc
