@@ -337,13 +337,17 @@ func TestConcurrentWritersConverge(t *testing.T) {
 func TestBatchesStream(t *testing.T) {
 	p := newPair(t, 1<<20)
 	p.faults.set(func(f *faults) { f.waitDelay = 5 * time.Millisecond })
+	// Each writer writes again as soon as its write returns, so writes
+	// keep arriving while batches are in flight.
 	writeAll := func(round int) {
 		var wg sync.WaitGroup
 		for i := range 32 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				p.write(t, uint64(i)*blockSize, pattern(blockSize, byte(round*32+i)))
+				for k := range 8 {
+					p.write(t, uint64(i)*blockSize, pattern(blockSize, byte(round*32+i+k)))
+				}
 			}()
 		}
 		wg.Wait()
