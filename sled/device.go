@@ -19,12 +19,23 @@ type deviceFS interface {
 	SyncDir(dir string) error
 	// ReadAt reads exactly n bytes at off.
 	ReadAt(path string, off int64, n int) ([]byte, error)
+	// Open opens path for reading; the sled keeps shard files open
+	// between reads (files.go).
+	Open(path string) (readFile, error)
 	Remove(path string) error
 	MkdirAll(path string) error
 	ReadDir(path string) ([]os.DirEntry, error)
 	Stat(path string) (os.FileInfo, error)
 	// FreeBytes is the free space of the filesystem holding path.
 	FreeBytes(path string) (uint64, error)
+}
+
+// readFile is an open shard file. Reads at an offset need no lock, so
+// any number of readers share one.
+type readFile interface {
+	io.ReaderAt
+	Stat() (os.FileInfo, error)
+	Close() error
 }
 
 type osFS struct{}
@@ -73,6 +84,14 @@ func (osFS) ReadAt(path string, off int64, n int) ([]byte, error) {
 		return nil, err
 	}
 	return buf, nil
+}
+
+func (osFS) Open(path string) (readFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err // not a nil *os.File in a non-nil interface
+	}
+	return f, nil
 }
 
 func (osFS) Remove(path string) error                   { return os.Remove(path) }

@@ -9,10 +9,12 @@
 // in the format of format.go: a checksummed header that names the shard
 // and the epoch it was written at, the data, and a CRC32C per 4 KiB chunk
 // with a checksum over that table. Shards of format version 1 (no epoch)
-// are still read, as written at epoch 0. A read checks
-// the header, the table and every chunk it returns; a shard that fails is
-// moved to d<N>/quarantine and reported as corrupt, and its data never
-// leaves the sled. The head node that owns the segment rebuilds it.
+// are still read, as written at epoch 0. A shard's file is checked when
+// it is opened (its header, its size and its chunk table) and kept open
+// with its table (files.go), so a range read is one pread and a check of
+// every chunk it returns; a shard that fails is moved to d<N>/quarantine
+// and reported as corrupt, and its data never leaves the sled. The head
+// node that owns the segment rebuilds it.
 //
 // # Crash safety
 //

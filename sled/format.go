@@ -180,8 +180,9 @@ func decodeHeader(b []byte) (header, error) {
 }
 
 // checkTable checks the chunk table (with its trailing crc) of a shard of
-// length bytes and returns the per-chunk checksums.
-func checkTable(b []byte, length uint64) ([]uint32, error) {
+// length bytes and returns the table without its crc: one u32 CRC32C per
+// chunk, read with chunkCRC.
+func checkTable(b []byte, length uint64) ([]byte, error) {
 	n := chunksFor(length)
 	if uint64(len(b)) != n*crcBytes+crcBytes {
 		return nil, fmt.Errorf("%w: chunk table of %d bytes for %d chunks", ErrCorrupt, len(b), n)
@@ -190,24 +191,24 @@ func checkTable(b []byte, length uint64) ([]uint32, error) {
 	if got, want := crc32.Checksum(table, castagnoli), binary.LittleEndian.Uint32(b[n*crcBytes:]); got != want {
 		return nil, fmt.Errorf("%w: chunk table checksum %08x, want %08x", ErrCorrupt, got, want)
 	}
-	out := make([]uint32, n)
-	for i := range out {
-		out[i] = binary.LittleEndian.Uint32(table[i*crcBytes:])
-	}
-	return out, nil
+	return table, nil
 }
 
-// checkChunks checks data, which starts at chunk `first` of a shard of
-// length bytes, chunk by chunk against the table.
-func checkChunks(data []byte, first uint64, length uint64, table []uint32) error {
+// chunkCRC is chunk c's entry in a chunk table.
+func chunkCRC(table []byte, c uint64) uint32 { return binary.LittleEndian.Uint32(table[c*crcBytes:]) }
+
+// checkChunks checks data, which starts at chunk `first` of a shard, chunk
+// by chunk against the table.
+func checkChunks(data []byte, first uint64, table []byte) error {
+	chunks := uint64(len(table)) / crcBytes
 	for i := uint64(0); uint64(len(data)) > i*chunkBytes; i++ {
 		c := first + i
-		if c >= uint64(len(table)) {
+		if c >= chunks {
 			return fmt.Errorf("%w: chunk %d past the table", ErrCorrupt, c)
 		}
 		end := min((i+1)*chunkBytes, uint64(len(data)))
-		if got := crc32.Checksum(data[i*chunkBytes:end], castagnoli); got != table[c] {
-			return fmt.Errorf("%w: chunk %d checksum %08x, want %08x", ErrCorrupt, c, got, table[c])
+		if got, want := crc32.Checksum(data[i*chunkBytes:end], castagnoli), chunkCRC(table, c); got != want {
+			return fmt.Errorf("%w: chunk %d checksum %08x, want %08x", ErrCorrupt, c, got, want)
 		}
 	}
 	return nil
@@ -227,7 +228,7 @@ func decodeShard(b []byte) (header, []byte, error) {
 	if err != nil {
 		return header{}, nil, err
 	}
-	if err := checkChunks(data, 0, h.length, table); err != nil {
+	if err := checkChunks(data, 0, table); err != nil {
 		return header{}, nil, err
 	}
 	return h, data, nil

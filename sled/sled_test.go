@@ -156,6 +156,32 @@ func (f *faultFS) ReadAt(path string, off int64, n int) ([]byte, error) {
 	return f.osFS.ReadAt(path, off, n)
 }
 
+// Open opens a file whose reads see the faults injected on its device
+// from then on, as an open file on a failing disk does.
+func (f *faultFS) Open(path string) (readFile, error) {
+	if err := f.check(path, false); err != nil {
+		return nil, err
+	}
+	file, err := f.osFS.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return faultFile{readFile: file, fs: f, path: path}, nil
+}
+
+type faultFile struct {
+	readFile
+	fs   *faultFS
+	path string
+}
+
+func (f faultFile) ReadAt(b []byte, off int64) (int, error) {
+	if err := f.fs.check(f.path, false); err != nil {
+		return 0, err
+	}
+	return f.readFile.ReadAt(b, off)
+}
+
 // FreeBytes says a device whose writes fail with ENOSPC has no room.
 func (f *faultFS) FreeBytes(path string) (uint64, error) {
 	f.mu.Lock()

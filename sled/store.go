@@ -1,6 +1,7 @@
 package sled
 
 import (
+	"container/list"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -55,6 +56,11 @@ type shardEntry struct {
 	length    uint64 // of the data
 	fileBytes uint64
 	modified  time.Time
+
+	// open is the shard's file, kept open (files.go); lru is its place in
+	// Store.files. Both guarded by Store.mu.
+	open *openShard
+	lru  *list.Element
 }
 
 // Store is a sled's shards over its devices, with the metadata that fences
@@ -77,6 +83,10 @@ type Store struct {
 	// write that passed the check at an older epoch cannot land after a
 	// write at a newer one. Reads take no volume lock.
 	volLocks map[uint64]*sync.Mutex
+	// files lists the entries whose file is open (files.go), most
+	// recently read first; there are at most maxOpenFiles.
+	files        *list.List
+	maxOpenFiles int
 }
 
 // storeOptions configures openStore.
@@ -88,6 +98,7 @@ type storeOptions struct {
 	fs            deviceFS
 	logger        *slog.Logger
 	metrics       *metrics
+	maxOpenFiles  int // 0: DefaultOpenShardFiles
 }
 
 // openStore opens (creating if needed) a sled's metadata and devices, and
@@ -106,7 +117,14 @@ func openStore(o storeOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sled %s: open metadata: %w", o.id, err)
 	}
-	s := &Store{id: o.id, log: o.logger, m: o.metrics, meta: meta, index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}, volLocks: map[uint64]*sync.Mutex{}}
+	if o.maxOpenFiles <= 0 {
+		o.maxOpenFiles = DefaultOpenShardFiles
+	}
+	s := &Store{
+		id: o.id, log: o.logger, m: o.metrics, meta: meta,
+		index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}, volLocks: map[uint64]*sync.Mutex{},
+		files: list.New(), maxOpenFiles: o.maxOpenFiles,
+	}
 	if err := s.loadMeta(); err != nil {
 		meta.Close()
 		return nil, err
@@ -314,7 +332,9 @@ func (s *Store) Full() bool {
 	return working
 }
 
-// Close closes the metadata database. In-flight calls may fail.
+// Close closes the metadata database and the open shard files (those
+// in-flight reads hold are closed when they finish). In-flight calls may
+// fail.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -322,6 +342,9 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	for s.files.Len() > 0 {
+		s.closeFileLocked(s.files.Front().Value.(*shardEntry))
+	}
 	s.mu.Unlock()
 	return s.meta.Close()
 }
@@ -476,8 +499,10 @@ func (s *Store) devicesByFullness() []int {
 	return idx
 }
 
-// dropEntryLocked forgets a shard's entry; with remove, its file goes too.
+// dropEntryLocked forgets a shard's entry, closing its open file; with
+// remove, its file goes too.
 func (s *Store) dropEntryLocked(id ShardID, e *shardEntry, remove bool) {
+	s.closeFileLocked(e)
 	d := s.devs[e.dev]
 	d.used -= min(d.used, e.fileBytes)
 	d.shards -= min(d.shards, 1)
@@ -504,6 +529,7 @@ func (s *Store) markFailed(d *device, cause error) {
 	}
 	for id, e := range s.index {
 		if e.dev == di {
+			s.closeFileLocked(e)
 			delete(s.index, id)
 		}
 	}
@@ -531,83 +557,74 @@ func (s *Store) Get(id ShardID, off, length uint64) ([]byte, uint64, error) {
 // get is Get, returning the shard's header: the identity and epoch the
 // sled reports to the reader, which checks them against what it asked for.
 func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
-	s.mu.Lock()
-	e, ok := s.index[id]
-	var d *device
-	if ok {
-		d = s.devs[e.dev]
+	// A shard that changes while it is read is looked up again; a few
+	// changes in a row are a writer's retries, more a bug.
+	for range 8 {
+		data, h, err := s.readOnce(id, off, length)
+		if !errors.Is(err, errShardChanged) {
+			if err == nil {
+				s.m.gets.WithLabelValues(s.id).Inc()
+			}
+			return data, h, err
+		}
 	}
-	s.mu.Unlock()
-	if !ok {
-		return nil, header{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	return nil, header{}, fmt.Errorf("sled %s: %s: %w eight times in a row", s.id, id, errShardChanged)
+}
+
+// readOnce reads a range of a shard through its open file, opening it if
+// it is not.
+func (s *Store) readOnce(id ShardID, off, length uint64) ([]byte, header, error) {
+	e, d, o, err := s.lookup(id)
+	if err != nil {
+		return nil, header{}, err
 	}
 	if length == 0 && off <= e.length {
 		length = e.length - off
 	}
 	if off > e.length || length > e.length-off {
+		if o != nil {
+			s.release(o)
+		}
 		return nil, header{}, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
 	}
-	data, h, err := readRange(d, id, e, off, length)
-	if err != nil {
-		return nil, header{}, s.readFailed(d, id, err)
+	if o == nil {
+		if o, err = s.openFile(id, e, d); err != nil {
+			return nil, header{}, s.readFailed(d, id, e, err)
+		}
 	}
-	s.m.gets.WithLabelValues(s.id).Inc()
-	return data, h, nil
+	data, err := o.read(off, length)
+	s.release(o)
+	if err != nil {
+		return nil, header{}, s.readFailed(d, id, e, err)
+	}
+	return data, o.h, nil
 }
 
-// readRange reads and checks a range of a shard file. It changes nothing,
-// so offline readers (offline.go) use it too.
-func readRange(d *device, id ShardID, e *shardEntry, off, length uint64) ([]byte, header, error) {
-	path := d.shardPath(id)
-	hb, err := d.fs.ReadAt(path, 0, int(min(headerBytes, e.fileBytes)))
-	if err != nil {
-		return nil, header{}, err
-	}
-	h, err := decodeHeader(hb)
-	if err != nil {
-		return nil, header{}, err
-	}
-	if h.id != id || h.length != e.length {
-		return nil, header{}, fmt.Errorf("%w: file of %s holds %s of %d bytes", ErrCorrupt, id, h.id, h.length)
-	}
-	tb, err := d.fs.ReadAt(path, int64(h.bytes()+h.length), int(chunksFor(h.length)*crcBytes+crcBytes))
-	if err != nil {
-		return nil, header{}, err
-	}
-	table, err := checkTable(tb, h.length)
-	if err != nil {
-		return nil, header{}, err
-	}
-	if length == 0 {
-		return []byte{}, h, nil
-	}
-	first := off / chunkBytes
-	end := min((off+length+chunkBytes-1)/chunkBytes*chunkBytes, h.length)
-	chunks, err := d.fs.ReadAt(path, int64(h.bytes()+first*chunkBytes), int(end-first*chunkBytes))
-	if err != nil {
-		return nil, header{}, err
-	}
-	if err := checkChunks(chunks, first, h.length, table); err != nil {
-		return nil, header{}, err
-	}
-	start := off - first*chunkBytes
-	return chunks[start : start+length : start+length], h, nil
-}
-
-// readFailed classifies a failed read: corruption quarantines the shard,
-// a device fault fails the device; either way the shard is gone from
-// this sled.
-func (s *Store) readFailed(d *device, id ShardID, err error) error {
+// readFailed classifies a failed read of entry e: corruption quarantines
+// the shard, a device fault fails the device; either way the shard is
+// gone from this sled. If e is no longer the shard's entry, the failure
+// may be the change's doing (a file renamed over the one being opened):
+// errShardChanged, and the reader looks again.
+func (s *Store) readFailed(d *device, id ShardID, e *shardEntry, err error) error {
 	switch {
+	case errors.Is(err, errShardChanged), errors.Is(err, ErrClosed):
+		return err
 	case errors.Is(err, ErrCorrupt):
-		s.quarantine(d, id, err)
+		if !s.quarantine(d, id, e, err) {
+			return errShardChanged
+		}
 		return fmt.Errorf("sled %s: %s: %w", s.id, id, err)
 	case errors.Is(err, os.ErrNotExist):
 		s.mu.Lock()
-		if e, ok := s.index[id]; ok && s.devs[e.dev] == d {
+		current := s.index[id] == e
+		if current {
 			s.dropEntryLocked(id, e, false)
 		}
 		s.mu.Unlock()
+		if !current {
+			return errShardChanged
+		}
+		s.updateGauges()
 		return fmt.Errorf("%w: %s (its file vanished)", ErrNotFound, id)
 	case isDeviceFault(err):
 		s.markFailed(d, err)
@@ -616,14 +633,22 @@ func (s *Store) readFailed(d *device, id ShardID, err error) error {
 	return err
 }
 
-// quarantine moves a corrupt shard's file aside and forgets the shard.
-func (s *Store) quarantine(d *device, id ShardID, cause error) {
+// quarantine moves a corrupt shard's file aside and forgets the shard, if
+// e is still its entry: under the volume's lock, where no put or delete
+// is between changing the file and changing the entry, so the file at
+// the shard's path is e's. It says whether it did.
+func (s *Store) quarantine(d *device, id ShardID, e *shardEntry, cause error) bool {
+	unlock := s.lockVolume(id.Volume)
+	defer unlock()
 	s.mu.Lock()
-	if e, ok := s.index[id]; ok && s.devs[e.dev] == d {
-		s.dropEntryLocked(id, e, false)
+	if s.index[id] != e {
+		s.mu.Unlock()
+		return false
 	}
+	s.dropEntryLocked(id, e, false)
 	s.mu.Unlock()
 	s.quarantineFile(d, id, d.shardPath(id), cause)
+	return true
 }
 
 func (s *Store) quarantineFile(d *device, id ShardID, path string, cause error) {
