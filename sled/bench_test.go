@@ -84,22 +84,40 @@ func BenchmarkGetShard(b *testing.B) {
 	}
 }
 
-// BenchmarkPutShard writes new 256 KiB shards (a 1 MiB segment over 4 data
-// shards), each acknowledged durable, as a flush does.
+// BenchmarkPutShard writes 256 KiB shards (a 1 MiB segment over 4 data
+// shards), each acknowledged durable, as a flush does: new ones on an
+// empty device, and in the steady state of a sled whose head nodes
+// compact, where every put comes with the delete of a shard written
+// earlier (the op is both).
 func BenchmarkPutShard(b *testing.B) {
-	srv := benchServer(b)
-	data := randomData(1, 256<<10)
-	sum := crc32.Checksum(data, castagnoli)
-	ctx := context.Background()
-	measureCPU(b, func(i int) {
-		req := &sledpb.PutShardRequest{
-			Id:     &sledpb.ShardID{VolumeId: 1, SegmentId: uint64(i)},
-			Epoch:  1,
-			Data:   data,
-			Crc32C: sum,
+	for _, steady := range []bool{false, true} {
+		name := "new"
+		if steady {
+			name = "with-a-delete"
 		}
-		if _, err := srv.PutShard(ctx, req); err != nil {
-			b.Fatal(err)
-		}
-	})
+		b.Run(name, func(b *testing.B) {
+			srv := benchServer(b)
+			data := randomData(1, 256<<10)
+			sum := crc32.Checksum(data, castagnoli)
+			ctx := context.Background()
+			const behind = 16
+			measureCPU(b, func(i int) {
+				req := &sledpb.PutShardRequest{
+					Id:     &sledpb.ShardID{VolumeId: 1, SegmentId: uint64(i)},
+					Epoch:  1,
+					Data:   data,
+					Crc32C: sum,
+				}
+				if _, err := srv.PutShard(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				if steady && i >= behind {
+					del := &sledpb.DeleteShardRequest{Id: &sledpb.ShardID{VolumeId: 1, SegmentId: uint64(i - behind)}, Epoch: 1}
+					if _, err := srv.DeleteShard(ctx, del); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
 }

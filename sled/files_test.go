@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -304,5 +305,83 @@ func TestReadsRaceReplacesAndDeletes(t *testing.T) {
 	s.Close()
 	if n := fs.open.Load(); n != 0 {
 		t.Fatalf("%d files open after Close", n)
+	}
+}
+
+// inode is a file's inode number.
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// TestDeletedShardFilesAreReused: a delete keeps its shard's file, emptied,
+// for the next put to write into (no inode to allocate and free), up to a
+// bound; a file a reader still holds is deleted instead.
+func TestDeletedShardFilesAreReused(t *testing.T) {
+	dir := t.TempDir()
+	s := openCacheStore(t, dir, 1, 0, nil)
+	tmp := filepath.Join(dir, "d0", "tmp")
+	a, b := ShardID{Volume: 1, Segment: 1}, ShardID{Volume: 2, Segment: 1}
+	if _, err := s.Put(a, 1, randomData(1, 9000)); err != nil {
+		t.Fatal(err)
+	}
+	ino := inode(t, shardFile(t, s, a))
+	if err := s.Delete(a, 1); err != nil {
+		t.Fatal(err)
+	}
+	if l := dirListing(t, tmp); l != "free.0 0\n" {
+		t.Fatalf("tmp after a delete:\n%s", l)
+	}
+	data := randomData(2, 5000)
+	if _, err := s.Put(b, 1, data); err != nil {
+		t.Fatal(err)
+	}
+	if got := inode(t, shardFile(t, s, b)); got != ino {
+		t.Fatalf("the put made a new file (inode %d), not the deleted shard's (%d)", got, ino)
+	}
+	if l := dirListing(t, tmp); l != "" {
+		t.Fatalf("tmp after the put:\n%s", l)
+	}
+	mustGet(t, s, b, 0, 0, data)
+
+	// A reader holds b's file when b is deleted: the file goes.
+	_, _, o, err := s.lookup(b)
+	if err != nil || o == nil {
+		t.Fatalf("lookup: %v", err)
+	}
+	if err := s.Delete(b, 1); err != nil {
+		t.Fatal(err)
+	}
+	if l := dirListing(t, tmp); l != "" {
+		t.Fatalf("a file a reader holds was kept for reuse:\n%s", l)
+	}
+	s.release(o)
+
+	// At most maxFreeFiles are kept.
+	for i := range maxFreeFiles + 5 {
+		if _, err := s.Put(ShardID{Volume: 3, Segment: uint64(i)}, 1, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range maxFreeFiles + 5 {
+		if err := s.Delete(ShardID{Volume: 3, Segment: uint64(i)}, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if files, _ := os.ReadDir(tmp); len(files) != maxFreeFiles {
+		t.Fatalf("%d files kept in tmp, want %d", len(files), maxFreeFiles)
+	}
+	if used := s.Devices()[0].UsedBytes; used != 0 {
+		t.Fatalf("%d bytes used with no shards", used)
+	}
+	// A start clears them.
+	s.Close()
+	s = openCacheStore(t, dir, 1, 0, nil)
+	if files, _ := os.ReadDir(tmp); len(files) != 0 {
+		t.Fatalf("%d files left in tmp after a start", len(files))
 	}
 }

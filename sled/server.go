@@ -3,7 +3,6 @@ package sled
 import (
 	"context"
 	"errors"
-	"hash/crc32"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -52,10 +51,7 @@ func (s *server) PutShard(ctx context.Context, req *sledpb.PutShardRequest) (*sl
 	if err != nil {
 		return nil, err
 	}
-	if got := crc32.Checksum(req.Data, castagnoli); got != req.Crc32C {
-		return nil, status.Errorf(codes.InvalidArgument, "%s: data checksum %08x does not match %08x: damaged in transit", id, got, req.Crc32C)
-	}
-	dev, err := s.sled.store.Put(id, req.Epoch, req.Data)
+	dev, err := s.sled.store.putChecked(id, req.Epoch, req.Data, req.Crc32C)
 	if err != nil {
 		return nil, toStatus(err)
 	}

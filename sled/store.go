@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -87,6 +88,11 @@ type Store struct {
 	// recently read first; there are at most maxOpenFiles.
 	files        *list.List
 	maxOpenFiles int
+	// freeSeq numbers the emptied files kept for reuse (discardFileLocked).
+	freeSeq uint64
+	// clientIO counts client reads and writes, for the scrubber to see
+	// whether clients are busy.
+	clientIO atomic.Uint64
 }
 
 // storeOptions configures openStore.
@@ -99,6 +105,8 @@ type storeOptions struct {
 	logger        *slog.Logger
 	metrics       *metrics
 	maxOpenFiles  int // 0: DefaultOpenShardFiles
+	// metaFS, a test knob, holds the metadata (nil: the real filesystem).
+	metaFS pvfs.FS
 }
 
 // openStore opens (creating if needed) a sled's metadata and devices, and
@@ -107,10 +115,14 @@ func openStore(o storeOptions) (*Store, error) {
 	if o.fs == nil {
 		o.fs = osFS{}
 	}
-	if err := durable.MkdirAll(pvfs.Default, filepath.Join(o.dataDir, "meta")); err != nil {
+	if o.metaFS == nil {
+		o.metaFS = pvfs.Default
+	}
+	if err := durable.MkdirAll(o.metaFS, filepath.Join(o.dataDir, "meta")); err != nil {
 		return nil, fmt.Errorf("sled %s: %w", o.id, err)
 	}
 	meta, err := pebble.Open(filepath.Join(o.dataDir, "meta"), &pebble.Options{
+		FS:                 o.metaFS,
 		FormatMajorVersion: pebble.FormatVirtualSSTables,
 		Logger:             pebbleLogger{o.logger},
 	})
@@ -226,7 +238,17 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", d.shardDir(), err)
 	}
+	// The volume directories a previous run made may not be durable yet
+	// if it stopped before it synced the shards directory: sync it, then
+	// puts need not look for them (ensureVolumeDir).
+	if err := d.fs.SyncDir(d.shardDir()); err != nil {
+		return fmt.Errorf("sync %s: %w", d.shardDir(), err)
+	}
+	d.volumeDirs = map[uint64]bool{}
 	for _, v := range vols {
+		if vol, ok := parseVolumeDir(v.Name()); ok {
+			d.volumeDirs[vol] = true
+		}
 		files, err := d.fs.ReadDir(filepath.Join(d.shardDir(), v.Name()))
 		if err != nil {
 			return fmt.Errorf("read %s: %w", v.Name(), err)
@@ -397,9 +419,30 @@ func (s *Store) fenceLocked(volume, epoch uint64) error {
 // epoch check, the epoch's record and the write are one step for the
 // volume.
 func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
+	return s.put(id, epoch, data, nil)
+}
+
+// putChecked is Put of data that came with its CRC32C (a PutShard
+// request): data that does not match it was damaged in transit, and is
+// refused (ErrInvalid) before anything is written. The data is read once,
+// for its chunk table, which gives its whole checksum too.
+func (s *Store) putChecked(id ShardID, epoch uint64, data []byte, crc uint32) (string, error) {
+	return s.put(id, epoch, data, &crc)
+}
+
+func (s *Store) put(id ShardID, epoch uint64, data []byte, crc *uint32) (string, error) {
 	if len(data) > maxShardBytes {
 		return "", fmt.Errorf("%w: shard of %d bytes is over the %d maximum", ErrInvalid, len(data), maxShardBytes)
 	}
+	s.clientIO.Add(1)
+	// The checksums before the volume's lock: they need nothing of it.
+	trailer, sum := encodeTrailer(data)
+	if crc != nil && sum != *crc {
+		return "", fmt.Errorf("%w: %s: data checksum %08x does not match %08x: damaged in transit", ErrInvalid, id, sum, *crc)
+	}
+	hdr := encodeHeader(formatVersion, id, epoch, uint64(len(data)))
+	size := uint64(len(hdr) + len(data) + len(trailer))
+
 	unlock := s.lockVolume(id.Volume)
 	defer unlock()
 	if err := s.fenceLocked(id.Volume, epoch); err != nil {
@@ -413,8 +456,6 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 		// metadata; an older writer's shard must never replace a newer one.
 		return "", fmt.Errorf("%w: %s was written at epoch %d, after %d", ErrStaleEpoch, id, existing.epoch, epoch)
 	}
-	file := encodeShard(id, epoch, data)
-	size := uint64(len(file))
 	var why []string
 	for _, di := range s.devicesByFullness() {
 		s.mu.Lock()
@@ -429,7 +470,7 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 			why = append(why, fmt.Sprintf("%s full (%s of %s used)", d.id, humanize.IBytes(used), humanize.IBytes(capacity)))
 			continue
 		}
-		err := s.writeFile(d, id, file)
+		err := s.writeFile(d, id, hdr, data, trailer)
 		if err == nil {
 			s.mu.Lock()
 			if old, ok := s.index[id]; ok {
@@ -462,23 +503,111 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 	return "", fmt.Errorf("%w: sled %s: no device has room for %s: %s", ErrNoSpace, s.id, humanize.IBytes(size), strings.Join(why, "; "))
 }
 
-func (s *Store) writeFile(d *device, id ShardID, file []byte) error {
+// writeFile makes a shard's file, bufs one after the other, durable at
+// its path on d. The content goes to a file in d's tmp directory (an
+// emptied one a delete left for reuse, or a new one) and is synced; the
+// file is renamed into place and the directory synced; only then is the
+// put acknowledged. A crash before the rename leaves the shard as it was
+// (or absent) and a file in tmp, which the next start deletes; a crash
+// after it leaves either name in place, each naming a whole, synced file.
+// A reused file is truncated and rewritten from its start before it is
+// synced, and a file of another shard's that a crash left at a shard's
+// path (a delete that gave its file up for reuse, then lost its rename)
+// names that other shard in its header: the start quarantines it, never
+// serves it.
+func (s *Store) writeFile(d *device, id ShardID, bufs ...[]byte) error {
 	dst := d.shardPath(id)
-	if err := d.fs.MkdirAll(filepath.Dir(dst)); err != nil {
+	if err := s.ensureVolumeDir(d, id.Volume); err != nil {
 		return err
 	}
-	tmp := filepath.Join(d.tmpDir(), fmt.Sprintf("%016x.%016x.%d.%d", id.Volume, id.Segment, id.Index, time.Now().UnixNano()))
-	if err := d.fs.WriteFileSync(tmp, file); err != nil {
-		d.fs.Remove(tmp)
+	stage, reuse := s.takeFreeFile(d, id)
+	err := d.fs.WriteFileSync(stage, reuse, bufs...)
+	if reuse && errors.Is(err, os.ErrNotExist) {
+		// Someone removed the emptied file; make a new one.
+		stage, reuse = tmpName(d, id), false
+		err = d.fs.WriteFileSync(stage, reuse, bufs...)
+	}
+	if err != nil {
+		d.fs.Remove(stage)
 		return err
 	}
-	if err := d.fs.Rename(tmp, dst); err != nil {
-		d.fs.Remove(tmp)
+	if err := d.fs.Rename(stage, dst); err != nil {
+		d.fs.Remove(stage)
 		return err
 	}
-	// The rename is durable once the directory is synced: only then is
-	// the shard acknowledged.
 	return d.fs.SyncDir(filepath.Dir(dst))
+}
+
+func tmpName(d *device, id ShardID) string {
+	return filepath.Join(d.tmpDir(), fmt.Sprintf("%016x.%016x.%d.%d", id.Volume, id.Segment, id.Index, time.Now().UnixNano()))
+}
+
+// maxFreeFiles bounds the emptied files a device keeps for reuse.
+const maxFreeFiles = 64
+
+// takeFreeFile returns a file to write a shard into before it is renamed
+// into place: an emptied one kept for reuse (reuse true), or the name of
+// a new one.
+func (s *Store) takeFreeFile(d *device, id ShardID) (path string, reuse bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(d.free); n > 0 {
+		path = d.free[n-1]
+		d.free = d.free[:n-1]
+		return path, true
+	}
+	return tmpName(d, id), false
+}
+
+// discardFileLocked deletes a shard's file or, if it may, keeps it,
+// emptied, in d's tmp directory for a later put to write into: creating a
+// file and deleting one (allocating and freeing its inode) are most of
+// the CPU time of a put. A file a reader may still hold open is deleted:
+// it must never come back under that reader with another shard's data.
+// The tmp directory is emptied at every start, so a kept file is deleted
+// then if no put took it.
+func (s *Store) discardFileLocked(d *device, path string, readers bool) {
+	if readers || d.failed || len(d.free) >= maxFreeFiles {
+		d.fs.Remove(path)
+		return
+	}
+	free := filepath.Join(d.tmpDir(), fmt.Sprintf("free.%d", s.freeSeq))
+	s.freeSeq++
+	if err := d.fs.Rename(path, free); err != nil {
+		d.fs.Remove(path)
+		return
+	}
+	if err := d.fs.Truncate(free, 0); err != nil {
+		d.fs.Remove(free)
+		return
+	}
+	d.free = append(d.free, free)
+}
+
+// ensureVolumeDir makes sure d has the directory of a volume's shards,
+// durably: a new one's entry in the shards directory is synced before a
+// shard in it can be acknowledged. The directories known to exist are
+// remembered, so a put costs no mkdir.
+func (s *Store) ensureVolumeDir(d *device, volume uint64) error {
+	s.mu.Lock()
+	known := d.volumeDirs[volume]
+	s.mu.Unlock()
+	if known {
+		return nil
+	}
+	if err := d.fs.MkdirAll(d.volumeDir(volume)); err != nil {
+		return err
+	}
+	if err := d.fs.SyncDir(d.shardDir()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if d.volumeDirs == nil {
+		d.volumeDirs = map[uint64]bool{}
+	}
+	d.volumeDirs[volume] = true
+	s.mu.Unlock()
+	return nil
 }
 
 // devicesByFullness returns the indexes of devices, least full first.
@@ -502,13 +631,14 @@ func (s *Store) devicesByFullness() []int {
 // dropEntryLocked forgets a shard's entry, closing its open file; with
 // remove, its file goes too.
 func (s *Store) dropEntryLocked(id ShardID, e *shardEntry, remove bool) {
+	readers := e.open != nil && e.open.refs > 0
 	s.closeFileLocked(e)
 	d := s.devs[e.dev]
 	d.used -= min(d.used, e.fileBytes)
 	d.shards -= min(d.shards, 1)
 	delete(s.index, id)
 	if remove {
-		d.fs.Remove(d.shardPath(id))
+		s.discardFileLocked(d, d.shardPath(id), readers)
 	}
 }
 
@@ -557,6 +687,7 @@ func (s *Store) Get(id ShardID, off, length uint64) ([]byte, uint64, error) {
 // get is Get, returning the shard's header: the identity and epoch the
 // sled reports to the reader, which checks them against what it asked for.
 func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
+	s.clientIO.Add(1)
 	// A shard that changes while it is read is looked up again; a few
 	// changes in a row are a writer's retries, more a bug.
 	for range 8 {
@@ -667,6 +798,7 @@ func (s *Store) quarantineFile(d *device, id ShardID, path string, cause error) 
 // Delete removes a shard; the writer's epoch is fenced as for Put, in one
 // step with the removal.
 func (s *Store) Delete(id ShardID, epoch uint64) error {
+	s.clientIO.Add(1)
 	unlock := s.lockVolume(id.Volume)
 	defer unlock()
 	if err := s.fenceLocked(id.Volume, epoch); err != nil {
