@@ -16,6 +16,15 @@
 // and reported as corrupt, and its data never leaves the sled. The head
 // node that owns the segment rebuilds it.
 //
+// # Scrubbing
+//
+// The scrubber checks every shard, pass after pass, as it is on the disk
+// (header, table and every chunk), a MiB at a time within a budget of
+// bytes per second (Config.ScrubBytesPerSecond, 16 MiB/s by default); a
+// piece after which clients read or wrote is paced at the busy rate
+// instead (a sixteenth of that by default), so it yields to clients but
+// its passes still end. It does not cache the files it opens.
+//
 // # Crash safety
 //
 // A shard is written to a file in d<N>/tmp, synced, renamed into place,

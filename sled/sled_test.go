@@ -527,7 +527,7 @@ func TestScrubFindsCorruption(t *testing.T) {
 		}
 	}
 	corruptShardFile(t, s, ShardID{Volume: 1, Segment: 2}, headerBytes+100)
-	sc := &scrubber{store: s, rate: 64 << 20}
+	sc := newScrubber(s, 64<<20, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); sc.run(ctx) }()
