@@ -230,10 +230,17 @@ func isNoSpace(err error) bool {
 // isDeviceFault says whether an error means the device itself is failing
 // (as opposed to a missing file, a full disk or a corrupt shard).
 func isDeviceFault(err error) bool {
-	if err == nil || isNoSpace(err) || errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrCorrupt) {
+	if err == nil || isNoSpace(err) || isResourceShortage(err) || errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrCorrupt) {
 		return false
 	}
 	return true
+}
+
+// isResourceShortage says whether an error is the process's or the
+// system's want of file descriptors or memory: no fault of the device
+// (which must not be marked failed for it), and gone once load drops.
+func isResourceShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOMEM)
 }
 
 // modTime is a file's modification time, or zero.

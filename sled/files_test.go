@@ -385,3 +385,33 @@ func TestDeletedShardFilesAreReused(t *testing.T) {
 		t.Fatalf("%d files left in tmp after a start", len(files))
 	}
 }
+
+// TestTooManyOpenFilesFailsNoDevice: a process out of file descriptors
+// fails reads and writes, but marks no device failed: it is no fault of
+// the disks, and passes.
+func TestTooManyOpenFilesFailsNoDevice(t *testing.T) {
+	fs := newFaultFS()
+	s := openTestStore(t, t.TempDir(), 2, 0, fs)
+	id := ShardID{Volume: 1, Segment: 1}
+	data := randomData(1, 5000)
+	if _, err := s.Put(id, 1, data); err != nil {
+		t.Fatal(err)
+	}
+	fs.set(func(f *faultFS) { f.shortage = true })
+	if _, _, err := s.Get(id, 0, 0); !errors.Is(err, syscall.EMFILE) {
+		t.Fatalf("read without file descriptors: %v", err)
+	}
+	if _, err := s.Put(ShardID{Volume: 1, Segment: 2}, 1, data); !errors.Is(err, syscall.EMFILE) || errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write without file descriptors: %v", err)
+	}
+	for _, d := range s.Devices() {
+		if d.Failed {
+			t.Fatalf("device %s marked failed for want of file descriptors", d.ID)
+		}
+	}
+	fs.set(func(f *faultFS) { f.shortage = false })
+	mustGet(t, s, id, 0, 0, data)
+	if _, err := s.Put(ShardID{Volume: 1, Segment: 2}, 1, data); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"google.golang.org/grpc"
 
@@ -40,12 +41,24 @@ type Config struct {
 	// for them to be quiet).
 	ScrubBusyBytesPerSecond int64
 	// OpenShardFiles bounds the shard files kept open for reads (0:
-	// DefaultOpenShardFiles).
+	// DefaultOpenShardFiles, or a sixteenth of the process's limit on
+	// open files if that is less).
 	OpenShardFiles int
 	Logger         *slog.Logger
 
 	// fs, a test knob, replaces the devices' filesystem.
 	fs deviceFS
+}
+
+// defaultOpenShardFiles is DefaultOpenShardFiles, or a sixteenth of the
+// process's limit on open files if that is less (a demo runs seven sleds
+// in one process, beside its head nodes' files and connections).
+func defaultOpenShardFiles() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == 0 {
+		return DefaultOpenShardFiles
+	}
+	return int(max(16, min(DefaultOpenShardFiles, lim.Cur/16)))
 }
 
 // DefaultScrubBytesPerSecond is the scrubber's default rate.
@@ -64,7 +77,7 @@ func (c *Config) ensureDefaults() {
 		c.ScrubBytesPerSecond = DefaultScrubBytesPerSecond
 	}
 	if c.OpenShardFiles == 0 {
-		c.OpenShardFiles = DefaultOpenShardFiles
+		c.OpenShardFiles = defaultOpenShardFiles()
 	}
 }
 

@@ -106,6 +106,7 @@ type faultFS struct {
 	ioErrors  map[string]bool // device path -> every write and read fails with EIO
 	noSpace   map[string]bool // device path -> writes fail with ENOSPC
 	readFault map[string]bool // device path -> reads fail with EIO
+	shortage  bool            // every open fails with EMFILE
 	// beforeWrite, if set, is called before every file write (outside mu)
 	// with the file's content, so a test can hold a write at that point.
 	beforeWrite func(path string, data []byte)
@@ -118,6 +119,9 @@ func newFaultFS() *faultFS {
 func (f *faultFS) check(path string, write bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.shortage {
+		return &os.PathError{Op: "open", Path: path, Err: syscall.EMFILE}
+	}
 	for dev := range f.ioErrors {
 		if strings.HasPrefix(path, dev+string(filepath.Separator)) {
 			return &os.PathError{Op: "io", Path: path, Err: syscall.EIO}

@@ -484,6 +484,11 @@ func (s *Store) put(id ShardID, epoch uint64, data []byte, crc *uint32) (string,
 			s.updateGauges()
 			return d.id, nil
 		}
+		if isResourceShortage(err) {
+			// Every device would say the same; the writer tries another
+			// sled.
+			return "", fmt.Errorf("sled %s: put %s on %s: %w", s.id, id, d.id, err)
+		}
 		if isNoSpace(err) {
 			// Full before its capacity (the filesystem is shared, or
 			// smaller than configured): it takes nothing more until
