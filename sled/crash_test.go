@@ -35,6 +35,8 @@ type crashDevices struct {
 	// it: a start keeps the newer of two copies of a shard by it.
 	mtime map[string]int
 	clock int
+	// reused counts the writes into files a delete kept for reuse.
+	reused int
 }
 
 func newCrashDevices(seed uint64) *crashDevices {
@@ -53,6 +55,9 @@ func (c *crashDevices) WriteFileSync(path string, reuse bool, bufs ...[]byte) er
 	flag := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if reuse {
 		flag = os.O_WRONLY | os.O_TRUNC
+		c.mu.Lock()
+		c.reused++
+		c.mu.Unlock()
 	}
 	f, err := c.fs.OpenFile(path, flag, 0o644)
 	if err != nil {
@@ -320,6 +325,9 @@ func runCrashScript(t *testing.T, script []crashOp, seed uint64, crashAt int) bo
 	hookMu.Unlock()
 	if !didCrash {
 		s.Close()
+		if devs.reused == 0 {
+			t.Fatal("no put of the script reused a deleted shard's file")
+		}
 		return false
 	}
 	devs.fs.Crash() // the crash the hook began; now the unsynced state goes
