@@ -34,17 +34,17 @@
 // volume's new directory is synced into d<N>/shards before a shard in it
 // is acknowledged. The file is written from the header, the data and the
 // chunk table in place, with one pwritev; the table's checksums give the
-// request's CRC32C too, so a put reads its data once.
+// request's CRC32C too, so a put reads its data once. A newer epoch is
+// recorded (synced) before the write that carries it is acknowledged, so
+// a deposed primary stays fenced across restarts.
 //
 // A delete keeps its shard's file, emptied, in d<N>/tmp (a bounded few
 // per device) for a later put to write into: on ext4, allocating and
 // freeing an inode was most of a put's CPU time. A file a reader still
 // holds open is deleted instead. Should a crash keep a reused file under
 // the name of the shard it was deleted from, its header names the shard
-// written into it, and the next start quarantines it; crash_test.go runs
-// puts, replaces and deletes with a power loss at every file operation. A newer epoch
-// is recorded (synced) before the write that carries it is acknowledged,
-// so a deposed primary stays fenced across restarts.
+// written into it, and the next start quarantines it. crash_test.go runs
+// puts, replaces and deletes with a power loss at every file operation.
 //
 // # Fencing
 //
@@ -69,14 +69,15 @@
 //
 // # Devices
 //
-// A device whose I/O fails (other than a full disk, a missing file or a
-// checksum) is marked failed durably and never used again; its shards
-// vanish from the sled, which keeps serving from its other devices. A
-// full device is skipped; when none has room, Put says so. Free space is
-// measured again at every Stat, so a sled whose disks fill with anything
-// reports itself full, and takes shards again once space is freed.
+// A device whose I/O fails (other than a full disk, a missing file, a
+// checksum, or the process out of file descriptors or memory) is marked
+// failed durably and never used again; its shards vanish from the sled,
+// which keeps serving from its other devices. A full device is skipped;
+// when none has room, Put says so. Free space is measured again at every
+// Stat, so a sled whose disks fill with anything reports itself full, and
+// takes shards again once space is freed.
 //
 // It may import the standard library, pebble, grpc, prometheus,
-// go-humanize, golang.org/x/sys/unix, internal/durable, internal/rpc and
-// proto/sledpb.
+// go-humanize, golang.org/x/sys/unix, internal/clock, internal/durable,
+// internal/rpc and proto/sledpb.
 package sled
