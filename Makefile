@@ -55,6 +55,7 @@ FUZZ_TARGETS := \
 	./txn/:FuzzUnmarshalReads \
 	./txn/:FuzzRestoreParticipant \
 	./sled/:FuzzDecodeShard \
+	./sled/:FuzzGetShardRanges \
 	./attach/nvmetcp/:FuzzPDUParser \
 	./attach/nvmetcp/:FuzzConnection \
 	./internal/blockwire/:FuzzDecodeHeader \

@@ -209,9 +209,15 @@ func (r *remoteIO) readRange(ctx context.Context, vol uint64, seg *ballastpb.Seg
 	if err == nil {
 		return data, nil
 	}
-	firstErr := err
+	return r.readAround(ctx, vol, seg, shard, off, length, err, repair)
+}
+
+// readAround reads bytes [off, off+length) of shard `shard` from the same
+// range of the others and the parity, after its own sled failed to serve
+// it with firstErr; a failure of the shard itself is reported to repair.
+func (r *remoteIO) readAround(ctx context.Context, vol uint64, seg *ballastpb.Segment, shard int, off, length uint64, firstErr error, repair func(shardRef)) ([]byte, error) {
 	pieces, errs := r.gatherPieces(ctx, vol, seg, shard, off, length, repair)
-	data, err = reconstructRange(seg, pieces, shard)
+	data, err := reconstructRange(seg, pieces, shard)
 	if err != nil {
 		return nil, fmt.Errorf("read %d bytes of shard %d of segment %d (%v): %w (the others: %w)", length, shard, seg.Id, firstErr, err, errors.Join(errs...))
 	}
@@ -231,9 +237,11 @@ type run struct {
 	blocks int
 }
 
-// fetch fills the blocks of buf that a local read found on the sleds,
-// reading each contiguous run of a shard with one request, runs in
-// parallel.
+// fetch fills the blocks of buf that a local read found on the sleds. Each
+// contiguous run of a shard is one range; a sled asked for several (runs
+// of one shard, or of several shards it holds) gets them in one batched
+// request if the shard store batches (fetchBatched), and sleds are asked
+// in parallel.
 func (r *remoteIO) fetch(ctx context.Context, vol *ballastpb.Volume, buf []byte, lr localRead, repair func(shardRef)) error {
 	var runs []run
 	for _, rb := range lr.remote {
@@ -250,7 +258,15 @@ func (r *remoteIO) fetch(ctx context.Context, vol *ballastpb.Volume, buf []byte,
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
-	for _, rn := range runs {
+	single := runs
+	if batcher, ok := r.shards.(rangeBatcher); ok && len(runs) > 1 {
+		var batches map[string][]run
+		batches, single = r.batchRuns(runs)
+		for sled, rs := range batches {
+			g.Go(func() error { return r.fetchBatched(ctx, batcher, vol.Id, sled, rs, buf, repair) })
+		}
+	}
+	for _, rn := range single {
 		g.Go(func() error {
 			data, err := r.readRange(ctx, vol.Id, rn.seg, rn.shard, rn.off, uint64(rn.blocks)*blockSize, repair)
 			if err != nil {
@@ -258,6 +274,78 @@ func (r *remoteIO) fetch(ctx context.Context, vol *ballastpb.Volume, buf []byte,
 			}
 			copy(buf[rn.index*blockSize:], data)
 			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// batchRuns groups the runs of a read by the sled that holds their shard,
+// for the sleds asked for more than one that the view holds readable; the
+// other runs are read one by one (a sled held down is read around).
+func (r *remoteIO) batchRuns(runs []run) (batches map[string][]run, single []run) {
+	bySled := map[string][]run{}
+	for _, rn := range runs {
+		sled := rn.seg.ShardSleds[rn.shard]
+		bySled[sled] = append(bySled[sled], rn)
+	}
+	batches = map[string][]run{}
+	for sled, rs := range bySled {
+		if len(rs) > 1 && r.view.readable(sled, r.standing(sled)) {
+			batches[sled] = rs
+		} else {
+			single = append(single, rs...)
+		}
+	}
+	return batches, single
+}
+
+// fetchBatched reads runs that one sled holds with one batched request
+// (or as few as the batch bounds allow), checks each range's stamp, and
+// reads each run the sled did not serve around its shard, as readRange
+// does after its one request fails. A sled that does not batch gets a
+// request per run.
+func (r *remoteIO) fetchBatched(ctx context.Context, batcher rangeBatcher, vol uint64, sled string, runs []run, buf []byte, repair func(shardRef)) error {
+	ranges := make([]shardRange, len(runs))
+	for i, rn := range runs {
+		ranges[i] = shardRange{id: shardID{volume: vol, segment: rn.seg.Id, index: uint32(rn.shard)}, off: rn.off, length: uint64(rn.blocks) * blockSize}
+	}
+	bctx, cancel := context.WithTimeout(ctx, r.cfg.ShardTimeout)
+	results, err := batcher.GetRanges(bctx, sled, ranges)
+	cancel()
+	if errors.Is(err, errSledDown) {
+		r.view.reportFailure(sled, err)
+	}
+	// The runs the sled did not serve are read on their own, in parallel.
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i, rn := range runs {
+		length := ranges[i].length
+		if errors.Is(err, errBatchUnsupported) {
+			g.Go(func() error {
+				data, err := r.readRange(ctx, vol, rn.seg, rn.shard, rn.off, length, repair)
+				if err == nil {
+					copy(buf[rn.index*blockSize:], data)
+				}
+				return err
+			})
+			continue
+		}
+		failed := err
+		if failed == nil {
+			if failed = results[i].err; failed == nil {
+				failed = checkStamp(sled, ranges[i].id, results[i].stamp)
+			}
+			if failed == nil {
+				copy(buf[rn.index*blockSize:], results[i].data)
+				continue
+			}
+		}
+		g.Go(func() error {
+			data, err := r.readAround(ctx, vol, rn.seg, rn.shard, rn.off, length, failed, repair)
+			if err == nil {
+				copy(buf[rn.index*blockSize:], data)
+			}
+			return err
 		})
 	}
 	return g.Wait()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -56,6 +57,34 @@ type shardStore interface {
 	Stat(ctx context.Context, sled string) (*sledpb.StatResponse, error)
 }
 
+// shardRange is one range of a batched read: bytes [off, off+length) of
+// a shard, length at least 1.
+type shardRange struct {
+	id          shardID
+	off, length uint64
+}
+
+// rangeResult is the outcome of one range of a batched read: its verified
+// data and the stamp of the shard it came from, or why it failed.
+type rangeResult struct {
+	data  []byte
+	stamp shardStamp
+	err   error
+}
+
+// rangeBatcher is a shardStore that reads several ranges of one sled in
+// one request (GetShardRanges). The gRPC store is one; a store that is
+// not is read range by range.
+type rangeBatcher interface {
+	// GetRanges returns one result per range, in order; its error means
+	// no range was read (the sled is unreachable, or predates batches:
+	// errBatchUnsupported).
+	GetRanges(ctx context.Context, sled string, ranges []shardRange) ([]rangeResult, error)
+}
+
+// errBatchUnsupported: the sled does not serve GetShardRanges.
+var errBatchUnsupported = errors.New("sled: no batched reads")
+
 // The classes of sled error the head node acts on; test with errors.Is.
 var (
 	errShardMissing = errors.New("sled: no such shard")
@@ -93,7 +122,14 @@ func classifySledError(sled string, op string, err error) error {
 type grpcShards struct {
 	addresses func(sled string) ([]string, bool)
 	pool      *rpc.Pool
+	// noBatch holds when each sled that answered a GetShardRanges with
+	// Unimplemented (one that predates it) did; it is asked again after
+	// noBatchRetry, in case it was upgraded.
+	noBatch sync.Map // sled id -> time.Time
 }
+
+// noBatchRetry is how long a sled that cannot batch reads is not asked to.
+const noBatchRetry = time.Minute
 
 func (g *grpcShards) client(sled string) (sledpb.SledClient, error) {
 	addrs, ok := g.addresses(sled)
@@ -145,6 +181,67 @@ func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, leng
 		unknown: resp.Id == nil,
 	}
 	return resp.Data, stamp, nil
+}
+
+// GetRanges reads ranges of a sled's shards with as few GetShardRanges
+// requests as the batch bounds allow (sledpb.MaxRangesPerRequest ranges,
+// sledpb.MaxRangeBytesPerRequest bytes), one after the other.
+func (g *grpcShards) GetRanges(ctx context.Context, sled string, ranges []shardRange) ([]rangeResult, error) {
+	if since, ok := g.noBatch.Load(sled); ok && time.Since(since.(time.Time)) < noBatchRetry {
+		return nil, fmt.Errorf("%w: sled %s", errBatchUnsupported, sled)
+	}
+	c, err := g.client(sled)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]rangeResult, 0, len(ranges))
+	for len(ranges) > 0 {
+		req := &sledpb.GetShardRangesRequest{}
+		var bytes uint64
+		for _, r := range ranges {
+			if len(req.Ranges) == sledpb.MaxRangesPerRequest || (len(req.Ranges) > 0 && bytes+r.length > sledpb.MaxRangeBytesPerRequest) {
+				break
+			}
+			req.Ranges = append(req.Ranges, &sledpb.ShardRange{
+				Id:     &sledpb.ShardID{VolumeId: r.id.volume, SegmentId: r.id.segment, Index: r.id.index},
+				Offset: r.off,
+				Length: r.length,
+			})
+			bytes += r.length
+		}
+		batch := ranges[:len(req.Ranges)]
+		ranges = ranges[len(req.Ranges):]
+		resp, err := c.GetShardRanges(ctx, req, rpc.Idempotent)
+		if status.Code(err) == codes.Unimplemented {
+			g.noBatch.Store(sled, time.Now())
+			return nil, fmt.Errorf("%w: sled %s: %v", errBatchUnsupported, sled, err)
+		}
+		if err != nil {
+			return nil, classifySledError(sled, fmt.Sprintf("get %d ranges", len(batch)), err)
+		}
+		if len(resp.Results) != len(batch) {
+			return nil, fmt.Errorf("%w: sled %s answered %d ranges of %d", errSledDown, sled, len(resp.Results), len(batch))
+		}
+		for i, res := range resp.Results {
+			out = append(out, rangeResultOf(sled, batch[i], res))
+		}
+	}
+	return out, nil
+}
+
+// rangeResultOf reads one result of a GetShardRanges response.
+func rangeResultOf(sled string, r shardRange, res *sledpb.ShardRangeResult) rangeResult {
+	if code := codes.Code(res.Code); code != codes.OK {
+		return rangeResult{err: classifySledError(sled, "get "+r.id.String(), status.Error(code, res.Error))}
+	}
+	if uint64(len(res.Data)) != r.length {
+		return rangeResult{err: fmt.Errorf("%w: sled %s returned %d bytes of %s for %d", errSledDown, sled, len(res.Data), r.id, r.length)}
+	}
+	return rangeResult{data: res.Data, stamp: shardStamp{
+		id:      shardID{volume: res.Id.GetVolumeId(), segment: res.Id.GetSegmentId(), index: res.Id.GetIndex()},
+		epoch:   res.Epoch,
+		unknown: res.Id == nil,
+	}}
 }
 
 func (g *grpcShards) Delete(ctx context.Context, sled string, id shardID, epoch uint64) error {

@@ -6,19 +6,29 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // deviceFS is what a device needs of the filesystem it lives on. The real
 // one is osFS; tests wrap it to inject I/O errors and full disks.
 type deviceFS interface {
-	// WriteFileSync creates path with data and syncs it.
-	WriteFileSync(path string, data []byte) error
+	// WriteFileSync writes bufs, one after the other, as the whole
+	// content of path and syncs it. Path is created (it must not exist),
+	// or with reuse, an existing file is truncated and rewritten.
+	WriteFileSync(path string, reuse bool, bufs ...[]byte) error
 	Rename(oldPath, newPath string) error
 	SyncDir(dir string) error
 	// ReadAt reads exactly n bytes at off.
 	ReadAt(path string, off int64, n int) ([]byte, error)
+	// Open opens path for reading; the sled keeps shard files open
+	// between reads (files.go).
+	Open(path string) (readFile, error)
+	// Truncate sets the size of path.
+	Truncate(path string, size int64) error
 	Remove(path string) error
 	MkdirAll(path string) error
 	ReadDir(path string) ([]os.DirEntry, error)
@@ -27,14 +37,26 @@ type deviceFS interface {
 	FreeBytes(path string) (uint64, error)
 }
 
+// readFile is an open shard file. Reads at an offset need no lock, so
+// any number of readers share one.
+type readFile interface {
+	io.ReaderAt
+	Stat() (os.FileInfo, error)
+	Close() error
+}
+
 type osFS struct{}
 
-func (osFS) WriteFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+func (osFS) WriteFileSync(path string, reuse bool, bufs ...[]byte) error {
+	flag := os.O_CREATE | os.O_EXCL | os.O_WRONLY
+	if reuse {
+		flag = os.O_WRONLY | os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flag, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
+	if err := pwritev(f, bufs, 0); err != nil {
 		f.Close()
 		return err
 	}
@@ -44,6 +66,52 @@ func (osFS) WriteFileSync(path string, data []byte) error {
 	}
 	return f.Close()
 }
+
+// pwritev writes bufs at off with as few system calls as it can (one,
+// unless the kernel writes short), so a shard's header, data and chunk
+// table go to its file without being copied into one buffer first.
+func pwritev(f *os.File, bufs [][]byte, off int64) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	bufs = slices.Clone(bufs) // the caller's stay whole: a put tries the next device with them
+	for len(bufs) > 0 {
+		if len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+			continue
+		}
+		var n int
+		var werr error
+		if err := rc.Write(func(fd uintptr) bool {
+			n, werr = unix.Pwritev(int(fd), bufs, off)
+			return true
+		}); err != nil {
+			return err
+		}
+		if errors.Is(werr, unix.EINTR) {
+			continue
+		}
+		if werr != nil {
+			return &os.PathError{Op: "pwritev", Path: f.Name(), Err: werr}
+		}
+		if n == 0 {
+			return &os.PathError{Op: "pwritev", Path: f.Name(), Err: io.ErrShortWrite}
+		}
+		off += int64(n)
+		for n > 0 {
+			k := min(n, len(bufs[0]))
+			bufs[0] = bufs[0][k:]
+			n -= k
+			if len(bufs[0]) == 0 {
+				bufs = bufs[1:]
+			}
+		}
+	}
+	return nil
+}
+
+func (osFS) Truncate(path string, size int64) error { return os.Truncate(path, size) }
 
 func (osFS) Rename(o, n string) error { return os.Rename(o, n) }
 
@@ -75,6 +143,14 @@ func (osFS) ReadAt(path string, off int64, n int) ([]byte, error) {
 	return buf, nil
 }
 
+func (osFS) Open(path string) (readFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err // not a nil *os.File in a non-nil interface
+	}
+	return f, nil
+}
+
 func (osFS) Remove(path string) error                   { return os.Remove(path) }
 func (osFS) MkdirAll(path string) error                 { return os.MkdirAll(path, 0o755) }
 func (osFS) ReadDir(path string) ([]os.DirEntry, error) { return os.ReadDir(path) }
@@ -103,14 +179,31 @@ type device struct {
 	// configured is the capacity it was given (0: the filesystem's free
 	// space plus what it holds, measured again by RefreshSpace).
 	configured uint64
+	// volumeDirs are the volumes whose shard directory exists, durably.
+	volumeDirs map[uint64]bool
+	// free are emptied files in tmp kept for puts to reuse.
+	free []string
 }
 
 func (d *device) shardDir() string      { return filepath.Join(d.path, "shards") }
 func (d *device) tmpDir() string        { return filepath.Join(d.path, "tmp") }
 func (d *device) quarantineDir() string { return filepath.Join(d.path, "quarantine") }
 
+func (d *device) volumeDir(volume uint64) string {
+	return filepath.Join(d.shardDir(), fmt.Sprintf("%016x", volume))
+}
+
 func (d *device) shardPath(id ShardID) string {
-	return filepath.Join(d.shardDir(), fmt.Sprintf("%016x", id.Volume), fmt.Sprintf("%016x.%d", id.Segment, id.Index))
+	return filepath.Join(d.volumeDir(id.Volume), fmt.Sprintf("%016x.%d", id.Segment, id.Index))
+}
+
+// parseVolumeDir is the inverse of volumeDir's last element.
+func parseVolumeDir(name string) (uint64, bool) {
+	var vol uint64
+	if _, err := fmt.Sscanf(name, "%016x", &vol); err != nil || name != fmt.Sprintf("%016x", vol) {
+		return 0, false
+	}
+	return vol, true
 }
 
 // parseShardPath is the inverse of shardPath for a volume directory name
@@ -137,10 +230,17 @@ func isNoSpace(err error) bool {
 // isDeviceFault says whether an error means the device itself is failing
 // (as opposed to a missing file, a full disk or a corrupt shard).
 func isDeviceFault(err error) bool {
-	if err == nil || isNoSpace(err) || errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrCorrupt) {
+	if err == nil || isNoSpace(err) || isResourceShortage(err) || errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrCorrupt) {
 		return false
 	}
 	return true
+}
+
+// isResourceShortage says whether an error is the process's or the
+// system's want of file descriptors or memory: no fault of the device
+// (which must not be marked failed for it), and gone once load drops.
+func isResourceShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOMEM)
 }
 
 // modTime is a file's modification time, or zero.

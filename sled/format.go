@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 )
 
 // Shard file format, version 2 (all integers little-endian):
@@ -107,31 +108,126 @@ func encodeShard(id ShardID, epoch uint64, data []byte) []byte {
 // encodeShardVersion encodes in a given format version; only tests write
 // version 1 (whose header has no epoch: it must be 0).
 func encodeShardVersion(version uint16, id ShardID, epoch uint64, data []byte) []byte {
-	n := uint64(len(data))
-	h := header{version: version, length: n}
-	hb := h.bytes()
-	out := make([]byte, h.fileBytes())
+	trailer, _ := encodeTrailer(data)
+	return slices.Concat(encodeHeader(version, id, epoch, uint64(len(data))), data, trailer)
+}
+
+// encodeHeader returns the header of a shard of length bytes.
+func encodeHeader(version uint16, id ShardID, epoch, length uint64) []byte {
+	out := make([]byte, header{version: version}.bytes())
 	copy(out, shardMagic)
 	binary.LittleEndian.PutUint16(out[8:], version)
 	binary.LittleEndian.PutUint32(out[12:], chunkBytes)
 	binary.LittleEndian.PutUint64(out[16:], id.Volume)
 	binary.LittleEndian.PutUint64(out[24:], id.Segment)
 	binary.LittleEndian.PutUint32(out[32:], id.Index)
-	binary.LittleEndian.PutUint64(out[36:], n)
+	binary.LittleEndian.PutUint64(out[36:], length)
 	if version == formatVersionV1 {
 		binary.LittleEndian.PutUint32(out[headerCRCAtV1:], crc32.Checksum(out[:headerCRCAtV1], castagnoli))
 	} else {
 		binary.LittleEndian.PutUint64(out[44:], epoch)
 		binary.LittleEndian.PutUint32(out[headerCRCAt:], crc32.Checksum(out[:headerCRCAt], castagnoli))
 	}
-	copy(out[hb:], data)
-	table := out[hb+n : hb+n+chunksFor(n)*crcBytes]
-	for c := uint64(0); c < chunksFor(n); c++ {
-		end := min((c+1)*chunkBytes, n)
-		binary.LittleEndian.PutUint32(table[c*crcBytes:], crc32.Checksum(data[c*chunkBytes:end], castagnoli))
-	}
-	binary.LittleEndian.PutUint32(out[len(out)-crcBytes:], crc32.Checksum(table, castagnoli))
 	return out
+}
+
+// encodeTrailer returns what follows a shard's data in its file, the chunk
+// table and its crc, and the CRC32C of the whole of data, which it derives
+// from the chunks' (crc32Combine): the data is read once for both.
+func encodeTrailer(data []byte) (trailer []byte, sum uint32) {
+	n := uint64(len(data))
+	chunks := chunksFor(n)
+	trailer = make([]byte, chunks*crcBytes+crcBytes)
+	for c := range chunks {
+		end := min((c+1)*chunkBytes, n)
+		crc := crc32.Checksum(data[c*chunkBytes:end], castagnoli)
+		binary.LittleEndian.PutUint32(trailer[c*crcBytes:], crc)
+		if end-c*chunkBytes == chunkBytes {
+			sum = crcShiftChunk(sum) ^ crc
+		} else {
+			sum = crc32Combine(sum, crc, end-c*chunkBytes)
+		}
+	}
+	table := trailer[:chunks*crcBytes]
+	binary.LittleEndian.PutUint32(trailer[chunks*crcBytes:], crc32.Checksum(table, castagnoli))
+	return trailer, sum
+}
+
+// CRC combination: the CRC32C of a||b from crc(a), crc(b) and len(b),
+// without reading a or b again (zlib's crc32_combine, for the Castagnoli
+// polynomial). CRCs are polynomials over GF(2) in reflected bit order;
+// appending len(b) bytes to a multiplies crc(a) by x^(8*len(b)) modulo
+// the polynomial.
+
+const castagnoliReflected = 0x82f63b78
+
+// crcMultModP returns a*b modulo the Castagnoli polynomial.
+func crcMultModP(a, b uint32) uint32 {
+	m := uint32(1) << 31
+	var p uint32
+	for {
+		if a&m != 0 {
+			p ^= b
+			if a&(m-1) == 0 {
+				return p
+			}
+		}
+		m >>= 1
+		if b&1 != 0 {
+			b = b>>1 ^ castagnoliReflected
+		} else {
+			b >>= 1
+		}
+	}
+}
+
+// crcX2N[k] is x^(2^k) modulo the polynomial.
+var crcX2N = func() (t [32]uint32) {
+	p := uint32(1) << 30 // x^1
+	t[0] = p
+	for k := 1; k < 32; k++ {
+		p = crcMultModP(p, p)
+		t[k] = p
+	}
+	return t
+}()
+
+// crcX8N returns x^(8n) modulo the polynomial: the effect of n bytes.
+func crcX8N(n uint64) uint32 {
+	p := uint32(1) << 31 // x^0
+	for k := 3; n != 0; n, k = n>>1, k+1 {
+		if n&1 != 0 {
+			p = crcMultModP(crcX2N[k&31], p)
+		}
+	}
+	return p
+}
+
+// crcChunkStep[k][v] is crcMultModP(crcX8N(chunkBytes), v<<8k): the
+// multiplication is linear in its second operand, so appending a whole
+// chunk to a CRC is four table lookups (crcShiftChunk) instead of a
+// 32-step multiplication.
+var crcChunkStep = func() (t [4][256]uint32) {
+	x := crcX8N(chunkBytes)
+	for k := range t {
+		for v := range t[k] {
+			t[k][v] = crcMultModP(x, uint32(v)<<(8*k))
+		}
+	}
+	return t
+}()
+
+// crcShiftChunk returns crc times x^(8*chunkBytes): the CRC of a message
+// with chunkBytes of zeros appended, before the CRC of those bytes is
+// added in.
+func crcShiftChunk(crc uint32) uint32 {
+	t := &crcChunkStep
+	return t[0][crc&0xff] ^ t[1][crc>>8&0xff] ^ t[2][crc>>16&0xff] ^ t[3][crc>>24]
+}
+
+// crc32Combine returns the CRC32C of a||b given crcA, crcB and len(b).
+func crc32Combine(crcA, crcB uint32, lenB uint64) uint32 {
+	return crcMultModP(crcX8N(lenB), crcA) ^ crcB
 }
 
 // decodeHeader checks and decodes a shard file's header. b holds the
@@ -180,8 +276,9 @@ func decodeHeader(b []byte) (header, error) {
 }
 
 // checkTable checks the chunk table (with its trailing crc) of a shard of
-// length bytes and returns the per-chunk checksums.
-func checkTable(b []byte, length uint64) ([]uint32, error) {
+// length bytes and returns the table without its crc: one u32 CRC32C per
+// chunk, read with chunkCRC.
+func checkTable(b []byte, length uint64) ([]byte, error) {
 	n := chunksFor(length)
 	if uint64(len(b)) != n*crcBytes+crcBytes {
 		return nil, fmt.Errorf("%w: chunk table of %d bytes for %d chunks", ErrCorrupt, len(b), n)
@@ -190,24 +287,24 @@ func checkTable(b []byte, length uint64) ([]uint32, error) {
 	if got, want := crc32.Checksum(table, castagnoli), binary.LittleEndian.Uint32(b[n*crcBytes:]); got != want {
 		return nil, fmt.Errorf("%w: chunk table checksum %08x, want %08x", ErrCorrupt, got, want)
 	}
-	out := make([]uint32, n)
-	for i := range out {
-		out[i] = binary.LittleEndian.Uint32(table[i*crcBytes:])
-	}
-	return out, nil
+	return table, nil
 }
 
-// checkChunks checks data, which starts at chunk `first` of a shard of
-// length bytes, chunk by chunk against the table.
-func checkChunks(data []byte, first uint64, length uint64, table []uint32) error {
+// chunkCRC is chunk c's entry in a chunk table.
+func chunkCRC(table []byte, c uint64) uint32 { return binary.LittleEndian.Uint32(table[c*crcBytes:]) }
+
+// checkChunks checks data, which starts at chunk `first` of a shard, chunk
+// by chunk against the table.
+func checkChunks(data []byte, first uint64, table []byte) error {
+	chunks := uint64(len(table)) / crcBytes
 	for i := uint64(0); uint64(len(data)) > i*chunkBytes; i++ {
 		c := first + i
-		if c >= uint64(len(table)) {
+		if c >= chunks {
 			return fmt.Errorf("%w: chunk %d past the table", ErrCorrupt, c)
 		}
 		end := min((i+1)*chunkBytes, uint64(len(data)))
-		if got := crc32.Checksum(data[i*chunkBytes:end], castagnoli); got != table[c] {
-			return fmt.Errorf("%w: chunk %d checksum %08x, want %08x", ErrCorrupt, c, got, table[c])
+		if got, want := crc32.Checksum(data[i*chunkBytes:end], castagnoli), chunkCRC(table, c); got != want {
+			return fmt.Errorf("%w: chunk %d checksum %08x, want %08x", ErrCorrupt, c, got, want)
 		}
 	}
 	return nil
@@ -227,7 +324,7 @@ func decodeShard(b []byte) (header, []byte, error) {
 	if err != nil {
 		return header{}, nil, err
 	}
-	if err := checkChunks(data, 0, h.length, table); err != nil {
+	if err := checkChunks(data, 0, table); err != nil {
 		return header{}, nil, err
 	}
 	return h, data, nil

@@ -144,11 +144,18 @@ func (o *Offline) Get(id ShardID, off, length uint64) ([]byte, ShardStamp, error
 	if off > e.length || length > e.length-off {
 		return nil, ShardStamp{}, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
 	}
-	data, h, err := readRange(best.d, id, e, off, length)
+	// The same checks a running sled makes when it opens a shard file and
+	// reads from it (files.go).
+	sh, err := openShardFile(best.d.fs, best.d.shardPath(id), id, e.length)
 	if err != nil {
 		return nil, ShardStamp{}, fmt.Errorf("sled %s: device %s: %s: %w", o.id, best.d.id, id, err)
 	}
-	return data, ShardStamp{ID: h.id, Epoch: h.epoch}, nil
+	defer sh.f.Close()
+	data, err := sh.read(off, length)
+	if err != nil {
+		return nil, ShardStamp{}, fmt.Errorf("sled %s: device %s: %s: %w", o.id, best.d.id, id, err)
+	}
+	return data, ShardStamp{ID: sh.h.id, Epoch: sh.h.epoch}, nil
 }
 
 // checkShardFile checks a shard file's header and size as a sled does

@@ -3,7 +3,7 @@ package sled
 import (
 	"context"
 	"errors"
-	"hash/crc32"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -52,10 +52,7 @@ func (s *server) PutShard(ctx context.Context, req *sledpb.PutShardRequest) (*sl
 	if err != nil {
 		return nil, err
 	}
-	if got := crc32.Checksum(req.Data, castagnoli); got != req.Crc32C {
-		return nil, status.Errorf(codes.InvalidArgument, "%s: data checksum %08x does not match %08x: damaged in transit", id, got, req.Crc32C)
-	}
-	dev, err := s.sled.store.Put(id, req.Epoch, req.Data)
+	dev, err := s.sled.store.putChecked(id, req.Epoch, req.Data, req.Crc32C)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -77,6 +74,69 @@ func (s *server) GetShard(ctx context.Context, req *sledpb.GetShardRequest) (*sl
 		Id:             &sledpb.ShardID{VolumeId: h.id.Volume, SegmentId: h.id.Segment, Index: h.id.Index},
 		Epoch:          h.epoch,
 	}, nil
+}
+
+// shardRange is one range of a GetShardRanges request, checked.
+type shardRange struct {
+	id          ShardID
+	off, length uint64
+}
+
+// parseRanges checks a GetShardRanges request against the bounds
+// sled.proto gives (limits.go) and returns its ranges; any range that
+// breaks them refuses the whole request, with ErrInvalid saying which and
+// why. Whether a range is within its shard is each range's own outcome.
+func parseRanges(req *sledpb.GetShardRangesRequest) ([]shardRange, error) {
+	n := len(req.GetRanges())
+	if n == 0 || n > sledpb.MaxRangesPerRequest {
+		return nil, fmt.Errorf("%w: %d ranges in one request: want 1 to %d", ErrInvalid, n, sledpb.MaxRangesPerRequest)
+	}
+	out := make([]shardRange, n)
+	var total uint64
+	for i, r := range req.Ranges {
+		if r.GetId() == nil {
+			return nil, fmt.Errorf("%w: range %d has no shard id", ErrInvalid, i)
+		}
+		id := ShardID{Volume: r.Id.VolumeId, Segment: r.Id.SegmentId, Index: r.Id.Index}
+		switch {
+		case r.Length == 0:
+			return nil, fmt.Errorf("%w: range %d of %s has no length", ErrInvalid, i, id)
+		case r.Offset+r.Length < r.Offset:
+			return nil, fmt.Errorf("%w: range %d of %s, [%d, +%d), ends past 2^64", ErrInvalid, i, id, r.Offset, r.Length)
+		case r.Length > sledpb.MaxRangeBytesPerRequest || total+r.Length > sledpb.MaxRangeBytesPerRequest:
+			return nil, fmt.Errorf("%w: ranges 0 to %d read more than the %d bytes a request may", ErrInvalid, i, sledpb.MaxRangeBytesPerRequest)
+		}
+		total += r.Length
+		out[i] = shardRange{id: id, off: r.Offset, length: r.Length}
+	}
+	return out, nil
+}
+
+// GetShardRanges reads each range as GetShard would, one after the other
+// (each through its shard's open file); a range that fails, fails alone.
+func (s *server) GetShardRanges(ctx context.Context, req *sledpb.GetShardRangesRequest) (*sledpb.GetShardRangesResponse, error) {
+	ranges, err := parseRanges(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &sledpb.GetShardRangesResponse{Results: make([]*sledpb.ShardRangeResult, len(ranges))}
+	for i, r := range ranges {
+		if err := ctx.Err(); err != nil {
+			return nil, status.FromContextError(err).Err()
+		}
+		data, h, err := s.sled.store.get(r.id, r.off, r.length)
+		if err != nil {
+			resp.Results[i] = &sledpb.ShardRangeResult{Code: uint32(status.Code(toStatus(err))), Error: err.Error()}
+			continue
+		}
+		resp.Results[i] = &sledpb.ShardRangeResult{
+			Data:           data,
+			ShardSizeBytes: h.length,
+			Id:             &sledpb.ShardID{VolumeId: h.id.Volume, SegmentId: h.id.Segment, Index: h.id.Index},
+			Epoch:          h.epoch,
+		}
+	}
+	return resp, nil
 }
 
 func (s *server) DeleteShard(ctx context.Context, req *sledpb.DeleteShardRequest) (*sledpb.DeleteShardResponse, error) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"google.golang.org/grpc"
 
@@ -35,10 +36,29 @@ type Config struct {
 	// ScrubBytesPerSecond bounds the scrubber (0: DefaultScrubBytesPerSecond;
 	// negative: no scrubbing).
 	ScrubBytesPerSecond int64
-	Logger              *slog.Logger
+	// ScrubBusyBytesPerSecond bounds the scrubber while clients read or
+	// write (0: a sixteenth of ScrubBytesPerSecond; negative: it waits
+	// for them to be quiet).
+	ScrubBusyBytesPerSecond int64
+	// OpenShardFiles bounds the shard files kept open for reads (0:
+	// DefaultOpenShardFiles, or a sixteenth of the process's limit on
+	// open files if that is less).
+	OpenShardFiles int
+	Logger         *slog.Logger
 
 	// fs, a test knob, replaces the devices' filesystem.
 	fs deviceFS
+}
+
+// defaultOpenShardFiles is DefaultOpenShardFiles, or a sixteenth of the
+// process's limit on open files if that is less (a demo runs seven sleds
+// in one process, beside its head nodes' files and connections).
+func defaultOpenShardFiles() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == 0 {
+		return DefaultOpenShardFiles
+	}
+	return int(max(16, min(DefaultOpenShardFiles, lim.Cur/16)))
 }
 
 // DefaultScrubBytesPerSecond is the scrubber's default rate.
@@ -56,6 +76,9 @@ func (c *Config) ensureDefaults() {
 	if c.ScrubBytesPerSecond == 0 {
 		c.ScrubBytesPerSecond = DefaultScrubBytesPerSecond
 	}
+	if c.OpenShardFiles == 0 {
+		c.OpenShardFiles = defaultOpenShardFiles()
+	}
 }
 
 func (c *Config) validate() error {
@@ -68,6 +91,8 @@ func (c *Config) validate() error {
 		return errors.New("sled config: at least one device is required")
 	case len(c.ListenAddresses) == 0:
 		return errors.New("sled config: at least one listen address is required")
+	case c.OpenShardFiles < 1:
+		return fmt.Errorf("sled config: %d open shard files: want at least 1", c.OpenShardFiles)
 	}
 	return nil
 }
@@ -102,7 +127,7 @@ func Start(cfg Config) (_ *Sled, err error) {
 	}()
 	s.store, err = openStore(storeOptions{
 		id: cfg.ID, dataDir: cfg.DataDir, devicePaths: cfg.DevicePaths, capacityBytes: cfg.DeviceCapacityBytes,
-		fs: cfg.fs, logger: s.log, metrics: processMetrics(),
+		fs: cfg.fs, logger: s.log, metrics: processMetrics(), maxOpenFiles: cfg.OpenShardFiles,
 	})
 	if err != nil {
 		return nil, err
@@ -118,8 +143,7 @@ func Start(cfg Config) (_ *Sled, err error) {
 	sledpb.RegisterSledServer(s.server, &server{sled: s})
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	rate := uint64(max(cfg.ScrubBytesPerSecond, 0))
-	s.scrub = &scrubber{store: s.store, rate: rate}
+	s.scrub = newScrubber(s.store, uint64(max(cfg.ScrubBytesPerSecond, 0)), cfg.ScrubBusyBytesPerSecond)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -106,8 +106,9 @@ type faultFS struct {
 	ioErrors  map[string]bool // device path -> every write and read fails with EIO
 	noSpace   map[string]bool // device path -> writes fail with ENOSPC
 	readFault map[string]bool // device path -> reads fail with EIO
-	// beforeWrite, if set, is called before every file write (outside mu),
-	// so a test can hold a write at that point.
+	shortage  bool            // every open fails with EMFILE
+	// beforeWrite, if set, is called before every file write (outside mu)
+	// with the file's content, so a test can hold a write at that point.
 	beforeWrite func(path string, data []byte)
 }
 
@@ -118,6 +119,9 @@ func newFaultFS() *faultFS {
 func (f *faultFS) check(path string, write bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.shortage {
+		return &os.PathError{Op: "open", Path: path, Err: syscall.EMFILE}
+	}
 	for dev := range f.ioErrors {
 		if strings.HasPrefix(path, dev+string(filepath.Separator)) {
 			return &os.PathError{Op: "io", Path: path, Err: syscall.EIO}
@@ -136,7 +140,7 @@ func (f *faultFS) check(path string, write bool) error {
 	return nil
 }
 
-func (f *faultFS) WriteFileSync(path string, data []byte) error {
+func (f *faultFS) WriteFileSync(path string, reuse bool, bufs ...[]byte) error {
 	if err := f.check(path, true); err != nil {
 		return err
 	}
@@ -144,9 +148,16 @@ func (f *faultFS) WriteFileSync(path string, data []byte) error {
 	hook := f.beforeWrite
 	f.mu.Unlock()
 	if hook != nil {
-		hook(path, data)
+		hook(path, bytes.Join(bufs, nil))
 	}
-	return f.osFS.WriteFileSync(path, data)
+	return f.osFS.WriteFileSync(path, reuse, bufs...)
+}
+
+func (f *faultFS) Truncate(path string, size int64) error {
+	if err := f.check(path, true); err != nil {
+		return err
+	}
+	return f.osFS.Truncate(path, size)
 }
 
 func (f *faultFS) ReadAt(path string, off int64, n int) ([]byte, error) {
@@ -154,6 +165,32 @@ func (f *faultFS) ReadAt(path string, off int64, n int) ([]byte, error) {
 		return nil, err
 	}
 	return f.osFS.ReadAt(path, off, n)
+}
+
+// Open opens a file whose reads see the faults injected on its device
+// from then on, as an open file on a failing disk does.
+func (f *faultFS) Open(path string) (readFile, error) {
+	if err := f.check(path, false); err != nil {
+		return nil, err
+	}
+	file, err := f.osFS.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return faultFile{readFile: file, fs: f, path: path}, nil
+}
+
+type faultFile struct {
+	readFile
+	fs   *faultFS
+	path string
+}
+
+func (f faultFile) ReadAt(b []byte, off int64) (int, error) {
+	if err := f.fs.check(f.path, false); err != nil {
+		return 0, err
+	}
+	return f.readFile.ReadAt(b, off)
 }
 
 // FreeBytes says a device whose writes fail with ENOSPC has no room.
@@ -494,7 +531,7 @@ func TestScrubFindsCorruption(t *testing.T) {
 		}
 	}
 	corruptShardFile(t, s, ShardID{Volume: 1, Segment: 2}, headerBytes+100)
-	sc := &scrubber{store: s, rate: 64 << 20}
+	sc := newScrubber(s, 64<<20, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); sc.run(ctx) }()
@@ -754,5 +791,26 @@ func TestVersion1ShardsAreReadAtEpochZero(t *testing.T) {
 	}
 	if d := s.Devices()[0]; d.UsedBytes != fileSize(uint64(len(data))) {
 		t.Fatalf("used %d bytes after the rewrite, want %d", d.UsedBytes, fileSize(uint64(len(data))))
+	}
+}
+
+// TestCRCCombine: the CRC32C of a whole shard derived from its chunks'
+// (what a put checks the request's CRC against) is the CRC32C of the
+// data, for every length around the chunk size and any split.
+func TestCRCCombine(t *testing.T) {
+	rng := rand.New(rand.NewSource(3))
+	for _, n := range []int{0, 1, 100, 4095, 4096, 4097, 8191, 8192, 3*4096 + 1, 256 << 10, 1<<20 + 17} {
+		data := randomData(int64(n), n)
+		if _, sum := encodeTrailer(data); sum != crc32.Checksum(data, castagnoli) {
+			t.Fatalf("%d bytes: combined %08x, want %08x", n, sum, crc32.Checksum(data, castagnoli))
+		}
+		cut := 0
+		if n > 0 {
+			cut = rng.Intn(n + 1)
+		}
+		a, b := data[:cut], data[cut:]
+		if got := crc32Combine(crc32.Checksum(a, castagnoli), crc32.Checksum(b, castagnoli), uint64(len(b))); got != crc32.Checksum(data, castagnoli) {
+			t.Fatalf("%d bytes cut at %d: combined %08x", n, cut, got)
+		}
 	}
 }

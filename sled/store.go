@@ -1,6 +1,7 @@
 package sled
 
 import (
+	"container/list"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -55,6 +57,11 @@ type shardEntry struct {
 	length    uint64 // of the data
 	fileBytes uint64
 	modified  time.Time
+
+	// open is the shard's file, kept open (files.go); lru is its place in
+	// Store.files. Both guarded by Store.mu.
+	open *openShard
+	lru  *list.Element
 }
 
 // Store is a sled's shards over its devices, with the metadata that fences
@@ -77,6 +84,15 @@ type Store struct {
 	// write that passed the check at an older epoch cannot land after a
 	// write at a newer one. Reads take no volume lock.
 	volLocks map[uint64]*sync.Mutex
+	// files lists the entries whose file is open (files.go), most
+	// recently read first; there are at most maxOpenFiles.
+	files        *list.List
+	maxOpenFiles int
+	// freeSeq numbers the emptied files kept for reuse (discardFileLocked).
+	freeSeq uint64
+	// clientIO counts client reads and writes, for the scrubber to see
+	// whether clients are busy.
+	clientIO atomic.Uint64
 }
 
 // storeOptions configures openStore.
@@ -88,6 +104,9 @@ type storeOptions struct {
 	fs            deviceFS
 	logger        *slog.Logger
 	metrics       *metrics
+	maxOpenFiles  int // 0: DefaultOpenShardFiles
+	// metaFS, a test knob, holds the metadata (nil: the real filesystem).
+	metaFS pvfs.FS
 }
 
 // openStore opens (creating if needed) a sled's metadata and devices, and
@@ -96,17 +115,28 @@ func openStore(o storeOptions) (*Store, error) {
 	if o.fs == nil {
 		o.fs = osFS{}
 	}
-	if err := durable.MkdirAll(pvfs.Default, filepath.Join(o.dataDir, "meta")); err != nil {
+	if o.metaFS == nil {
+		o.metaFS = pvfs.Default
+	}
+	if err := durable.MkdirAll(o.metaFS, filepath.Join(o.dataDir, "meta")); err != nil {
 		return nil, fmt.Errorf("sled %s: %w", o.id, err)
 	}
 	meta, err := pebble.Open(filepath.Join(o.dataDir, "meta"), &pebble.Options{
+		FS:                 o.metaFS,
 		FormatMajorVersion: pebble.FormatVirtualSSTables,
 		Logger:             pebbleLogger{o.logger},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sled %s: open metadata: %w", o.id, err)
 	}
-	s := &Store{id: o.id, log: o.logger, m: o.metrics, meta: meta, index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}, volLocks: map[uint64]*sync.Mutex{}}
+	if o.maxOpenFiles <= 0 {
+		o.maxOpenFiles = DefaultOpenShardFiles
+	}
+	s := &Store{
+		id: o.id, log: o.logger, m: o.metrics, meta: meta,
+		index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}, volLocks: map[uint64]*sync.Mutex{},
+		files: list.New(), maxOpenFiles: o.maxOpenFiles,
+	}
 	if err := s.loadMeta(); err != nil {
 		meta.Close()
 		return nil, err
@@ -208,7 +238,17 @@ func (s *Store) openDevice(d *device, capacity uint64) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", d.shardDir(), err)
 	}
+	// The volume directories a previous run made may not be durable yet
+	// if it stopped before it synced the shards directory: sync it, then
+	// puts need not look for them (ensureVolumeDir).
+	if err := d.fs.SyncDir(d.shardDir()); err != nil {
+		return fmt.Errorf("sync %s: %w", d.shardDir(), err)
+	}
+	d.volumeDirs = map[uint64]bool{}
 	for _, v := range vols {
+		if vol, ok := parseVolumeDir(v.Name()); ok {
+			d.volumeDirs[vol] = true
+		}
 		files, err := d.fs.ReadDir(filepath.Join(d.shardDir(), v.Name()))
 		if err != nil {
 			return fmt.Errorf("read %s: %w", v.Name(), err)
@@ -314,7 +354,9 @@ func (s *Store) Full() bool {
 	return working
 }
 
-// Close closes the metadata database. In-flight calls may fail.
+// Close closes the metadata database and the open shard files (those
+// in-flight reads hold are closed when they finish). In-flight calls may
+// fail.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -322,6 +364,9 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	for s.files.Len() > 0 {
+		s.closeFileLocked(s.files.Front().Value.(*shardEntry))
+	}
 	s.mu.Unlock()
 	return s.meta.Close()
 }
@@ -374,9 +419,30 @@ func (s *Store) fenceLocked(volume, epoch uint64) error {
 // epoch check, the epoch's record and the write are one step for the
 // volume.
 func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
+	return s.put(id, epoch, data, nil)
+}
+
+// putChecked is Put of data that came with its CRC32C (a PutShard
+// request): data that does not match it was damaged in transit, and is
+// refused (ErrInvalid) before anything is written. The data is read once,
+// for its chunk table, which gives its whole checksum too.
+func (s *Store) putChecked(id ShardID, epoch uint64, data []byte, crc uint32) (string, error) {
+	return s.put(id, epoch, data, &crc)
+}
+
+func (s *Store) put(id ShardID, epoch uint64, data []byte, crc *uint32) (string, error) {
 	if len(data) > maxShardBytes {
 		return "", fmt.Errorf("%w: shard of %d bytes is over the %d maximum", ErrInvalid, len(data), maxShardBytes)
 	}
+	s.clientIO.Add(1)
+	// The checksums before the volume's lock: they need nothing of it.
+	trailer, sum := encodeTrailer(data)
+	if crc != nil && sum != *crc {
+		return "", fmt.Errorf("%w: %s: data checksum %08x does not match %08x: damaged in transit", ErrInvalid, id, sum, *crc)
+	}
+	hdr := encodeHeader(formatVersion, id, epoch, uint64(len(data)))
+	size := uint64(len(hdr) + len(data) + len(trailer))
+
 	unlock := s.lockVolume(id.Volume)
 	defer unlock()
 	if err := s.fenceLocked(id.Volume, epoch); err != nil {
@@ -390,8 +456,6 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 		// metadata; an older writer's shard must never replace a newer one.
 		return "", fmt.Errorf("%w: %s was written at epoch %d, after %d", ErrStaleEpoch, id, existing.epoch, epoch)
 	}
-	file := encodeShard(id, epoch, data)
-	size := uint64(len(file))
 	var why []string
 	for _, di := range s.devicesByFullness() {
 		s.mu.Lock()
@@ -406,7 +470,7 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 			why = append(why, fmt.Sprintf("%s full (%s of %s used)", d.id, humanize.IBytes(used), humanize.IBytes(capacity)))
 			continue
 		}
-		err := s.writeFile(d, id, file)
+		err := s.writeFile(d, id, hdr, data, trailer)
 		if err == nil {
 			s.mu.Lock()
 			if old, ok := s.index[id]; ok {
@@ -419,6 +483,11 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 			s.m.puts.WithLabelValues(s.id).Inc()
 			s.updateGauges()
 			return d.id, nil
+		}
+		if isResourceShortage(err) {
+			// Every device would say the same; the writer tries another
+			// sled.
+			return "", fmt.Errorf("sled %s: put %s on %s: %w", s.id, id, d.id, err)
 		}
 		if isNoSpace(err) {
 			// Full before its capacity (the filesystem is shared, or
@@ -439,23 +508,111 @@ func (s *Store) Put(id ShardID, epoch uint64, data []byte) (string, error) {
 	return "", fmt.Errorf("%w: sled %s: no device has room for %s: %s", ErrNoSpace, s.id, humanize.IBytes(size), strings.Join(why, "; "))
 }
 
-func (s *Store) writeFile(d *device, id ShardID, file []byte) error {
+// writeFile makes a shard's file, bufs one after the other, durable at
+// its path on d. The content goes to a file in d's tmp directory (an
+// emptied one a delete left for reuse, or a new one) and is synced; the
+// file is renamed into place and the directory synced; only then is the
+// put acknowledged. A crash before the rename leaves the shard as it was
+// (or absent) and a file in tmp, which the next start deletes; a crash
+// after it leaves either name in place, each naming a whole, synced file.
+// A reused file is truncated and rewritten from its start before it is
+// synced, and a file of another shard's that a crash left at a shard's
+// path (a delete that gave its file up for reuse, then lost its rename)
+// names that other shard in its header: the start quarantines it, never
+// serves it.
+func (s *Store) writeFile(d *device, id ShardID, bufs ...[]byte) error {
 	dst := d.shardPath(id)
-	if err := d.fs.MkdirAll(filepath.Dir(dst)); err != nil {
+	if err := s.ensureVolumeDir(d, id.Volume); err != nil {
 		return err
 	}
-	tmp := filepath.Join(d.tmpDir(), fmt.Sprintf("%016x.%016x.%d.%d", id.Volume, id.Segment, id.Index, time.Now().UnixNano()))
-	if err := d.fs.WriteFileSync(tmp, file); err != nil {
-		d.fs.Remove(tmp)
+	stage, reuse := s.takeFreeFile(d, id)
+	err := d.fs.WriteFileSync(stage, reuse, bufs...)
+	if reuse && errors.Is(err, os.ErrNotExist) {
+		// Someone removed the emptied file; make a new one.
+		stage, reuse = tmpName(d, id), false
+		err = d.fs.WriteFileSync(stage, reuse, bufs...)
+	}
+	if err != nil {
+		d.fs.Remove(stage)
 		return err
 	}
-	if err := d.fs.Rename(tmp, dst); err != nil {
-		d.fs.Remove(tmp)
+	if err := d.fs.Rename(stage, dst); err != nil {
+		d.fs.Remove(stage)
 		return err
 	}
-	// The rename is durable once the directory is synced: only then is
-	// the shard acknowledged.
 	return d.fs.SyncDir(filepath.Dir(dst))
+}
+
+func tmpName(d *device, id ShardID) string {
+	return filepath.Join(d.tmpDir(), fmt.Sprintf("%016x.%016x.%d.%d", id.Volume, id.Segment, id.Index, time.Now().UnixNano()))
+}
+
+// maxFreeFiles bounds the emptied files a device keeps for reuse.
+const maxFreeFiles = 64
+
+// takeFreeFile returns a file to write a shard into before it is renamed
+// into place: an emptied one kept for reuse (reuse true), or the name of
+// a new one.
+func (s *Store) takeFreeFile(d *device, id ShardID) (path string, reuse bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(d.free); n > 0 {
+		path = d.free[n-1]
+		d.free = d.free[:n-1]
+		return path, true
+	}
+	return tmpName(d, id), false
+}
+
+// discardFileLocked deletes a shard's file or, if it may, keeps it,
+// emptied, in d's tmp directory for a later put to write into: creating a
+// file and deleting one (allocating and freeing its inode) are most of
+// the CPU time of a put. A file a reader may still hold open is deleted:
+// it must never come back under that reader with another shard's data.
+// The tmp directory is emptied at every start, so a kept file is deleted
+// then if no put took it.
+func (s *Store) discardFileLocked(d *device, path string, readers bool) {
+	if readers || d.failed || len(d.free) >= maxFreeFiles {
+		d.fs.Remove(path)
+		return
+	}
+	free := filepath.Join(d.tmpDir(), fmt.Sprintf("free.%d", s.freeSeq))
+	s.freeSeq++
+	if err := d.fs.Rename(path, free); err != nil {
+		d.fs.Remove(path)
+		return
+	}
+	if err := d.fs.Truncate(free, 0); err != nil {
+		d.fs.Remove(free)
+		return
+	}
+	d.free = append(d.free, free)
+}
+
+// ensureVolumeDir makes sure d has the directory of a volume's shards,
+// durably: a new one's entry in the shards directory is synced before a
+// shard in it can be acknowledged. The directories known to exist are
+// remembered, so a put costs no mkdir.
+func (s *Store) ensureVolumeDir(d *device, volume uint64) error {
+	s.mu.Lock()
+	known := d.volumeDirs[volume]
+	s.mu.Unlock()
+	if known {
+		return nil
+	}
+	if err := d.fs.MkdirAll(d.volumeDir(volume)); err != nil {
+		return err
+	}
+	if err := d.fs.SyncDir(d.shardDir()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if d.volumeDirs == nil {
+		d.volumeDirs = map[uint64]bool{}
+	}
+	d.volumeDirs[volume] = true
+	s.mu.Unlock()
+	return nil
 }
 
 // devicesByFullness returns the indexes of devices, least full first.
@@ -476,14 +633,17 @@ func (s *Store) devicesByFullness() []int {
 	return idx
 }
 
-// dropEntryLocked forgets a shard's entry; with remove, its file goes too.
+// dropEntryLocked forgets a shard's entry, closing its open file; with
+// remove, its file goes too.
 func (s *Store) dropEntryLocked(id ShardID, e *shardEntry, remove bool) {
+	readers := e.open != nil && e.open.refs > 0
+	s.closeFileLocked(e)
 	d := s.devs[e.dev]
 	d.used -= min(d.used, e.fileBytes)
 	d.shards -= min(d.shards, 1)
 	delete(s.index, id)
 	if remove {
-		d.fs.Remove(d.shardPath(id))
+		s.discardFileLocked(d, d.shardPath(id), readers)
 	}
 }
 
@@ -504,6 +664,7 @@ func (s *Store) markFailed(d *device, cause error) {
 	}
 	for id, e := range s.index {
 		if e.dev == di {
+			s.closeFileLocked(e)
 			delete(s.index, id)
 		}
 	}
@@ -531,83 +692,75 @@ func (s *Store) Get(id ShardID, off, length uint64) ([]byte, uint64, error) {
 // get is Get, returning the shard's header: the identity and epoch the
 // sled reports to the reader, which checks them against what it asked for.
 func (s *Store) get(id ShardID, off, length uint64) ([]byte, header, error) {
-	s.mu.Lock()
-	e, ok := s.index[id]
-	var d *device
-	if ok {
-		d = s.devs[e.dev]
+	s.clientIO.Add(1)
+	// A shard that changes while it is read is looked up again; a few
+	// changes in a row are a writer's retries, more a bug.
+	for range 8 {
+		data, h, err := s.readOnce(id, off, length)
+		if !errors.Is(err, errShardChanged) {
+			if err == nil {
+				s.m.gets.WithLabelValues(s.id).Inc()
+			}
+			return data, h, err
+		}
 	}
-	s.mu.Unlock()
-	if !ok {
-		return nil, header{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	return nil, header{}, fmt.Errorf("sled %s: %s: %w eight times in a row", s.id, id, errShardChanged)
+}
+
+// readOnce reads a range of a shard through its open file, opening it if
+// it is not.
+func (s *Store) readOnce(id ShardID, off, length uint64) ([]byte, header, error) {
+	e, d, o, err := s.lookup(id)
+	if err != nil {
+		return nil, header{}, err
 	}
 	if length == 0 && off <= e.length {
 		length = e.length - off
 	}
 	if off > e.length || length > e.length-off {
+		if o != nil {
+			s.release(o)
+		}
 		return nil, header{}, fmt.Errorf("%w: range [%d, +%d) is past the end of %s (%d bytes)", ErrInvalid, off, length, id, e.length)
 	}
-	data, h, err := readRange(d, id, e, off, length)
-	if err != nil {
-		return nil, header{}, s.readFailed(d, id, err)
+	if o == nil {
+		if o, err = s.openFile(id, e, d); err != nil {
+			return nil, header{}, s.readFailed(d, id, e, err)
+		}
 	}
-	s.m.gets.WithLabelValues(s.id).Inc()
-	return data, h, nil
+	data, err := o.read(off, length)
+	s.release(o)
+	if err != nil {
+		return nil, header{}, s.readFailed(d, id, e, err)
+	}
+	return data, o.h, nil
 }
 
-// readRange reads and checks a range of a shard file. It changes nothing,
-// so offline readers (offline.go) use it too.
-func readRange(d *device, id ShardID, e *shardEntry, off, length uint64) ([]byte, header, error) {
-	path := d.shardPath(id)
-	hb, err := d.fs.ReadAt(path, 0, int(min(headerBytes, e.fileBytes)))
-	if err != nil {
-		return nil, header{}, err
-	}
-	h, err := decodeHeader(hb)
-	if err != nil {
-		return nil, header{}, err
-	}
-	if h.id != id || h.length != e.length {
-		return nil, header{}, fmt.Errorf("%w: file of %s holds %s of %d bytes", ErrCorrupt, id, h.id, h.length)
-	}
-	tb, err := d.fs.ReadAt(path, int64(h.bytes()+h.length), int(chunksFor(h.length)*crcBytes+crcBytes))
-	if err != nil {
-		return nil, header{}, err
-	}
-	table, err := checkTable(tb, h.length)
-	if err != nil {
-		return nil, header{}, err
-	}
-	if length == 0 {
-		return []byte{}, h, nil
-	}
-	first := off / chunkBytes
-	end := min((off+length+chunkBytes-1)/chunkBytes*chunkBytes, h.length)
-	chunks, err := d.fs.ReadAt(path, int64(h.bytes()+first*chunkBytes), int(end-first*chunkBytes))
-	if err != nil {
-		return nil, header{}, err
-	}
-	if err := checkChunks(chunks, first, h.length, table); err != nil {
-		return nil, header{}, err
-	}
-	start := off - first*chunkBytes
-	return chunks[start : start+length : start+length], h, nil
-}
-
-// readFailed classifies a failed read: corruption quarantines the shard,
-// a device fault fails the device; either way the shard is gone from
-// this sled.
-func (s *Store) readFailed(d *device, id ShardID, err error) error {
+// readFailed classifies a failed read of entry e: corruption quarantines
+// the shard, a device fault fails the device; either way the shard is
+// gone from this sled. If e is no longer the shard's entry, the failure
+// may be the change's doing (a file renamed over the one being opened):
+// errShardChanged, and the reader looks again.
+func (s *Store) readFailed(d *device, id ShardID, e *shardEntry, err error) error {
 	switch {
+	case errors.Is(err, errShardChanged), errors.Is(err, ErrClosed):
+		return err
 	case errors.Is(err, ErrCorrupt):
-		s.quarantine(d, id, err)
+		if !s.quarantine(d, id, e, err) {
+			return errShardChanged
+		}
 		return fmt.Errorf("sled %s: %s: %w", s.id, id, err)
 	case errors.Is(err, os.ErrNotExist):
 		s.mu.Lock()
-		if e, ok := s.index[id]; ok && s.devs[e.dev] == d {
+		current := s.index[id] == e
+		if current {
 			s.dropEntryLocked(id, e, false)
 		}
 		s.mu.Unlock()
+		if !current {
+			return errShardChanged
+		}
+		s.updateGauges()
 		return fmt.Errorf("%w: %s (its file vanished)", ErrNotFound, id)
 	case isDeviceFault(err):
 		s.markFailed(d, err)
@@ -616,14 +769,22 @@ func (s *Store) readFailed(d *device, id ShardID, err error) error {
 	return err
 }
 
-// quarantine moves a corrupt shard's file aside and forgets the shard.
-func (s *Store) quarantine(d *device, id ShardID, cause error) {
+// quarantine moves a corrupt shard's file aside and forgets the shard, if
+// e is still its entry: under the volume's lock, where no put or delete
+// is between changing the file and changing the entry, so the file at
+// the shard's path is e's. It says whether it did.
+func (s *Store) quarantine(d *device, id ShardID, e *shardEntry, cause error) bool {
+	unlock := s.lockVolume(id.Volume)
+	defer unlock()
 	s.mu.Lock()
-	if e, ok := s.index[id]; ok && s.devs[e.dev] == d {
-		s.dropEntryLocked(id, e, false)
+	if s.index[id] != e {
+		s.mu.Unlock()
+		return false
 	}
+	s.dropEntryLocked(id, e, false)
 	s.mu.Unlock()
 	s.quarantineFile(d, id, d.shardPath(id), cause)
+	return true
 }
 
 func (s *Store) quarantineFile(d *device, id ShardID, path string, cause error) {
@@ -642,6 +803,7 @@ func (s *Store) quarantineFile(d *device, id ShardID, path string, cause error) 
 // Delete removes a shard; the writer's epoch is fenced as for Put, in one
 // step with the removal.
 func (s *Store) Delete(id ShardID, epoch uint64) error {
+	s.clientIO.Add(1)
 	unlock := s.lockVolume(id.Volume)
 	defer unlock()
 	if err := s.fenceLocked(id.Volume, epoch); err != nil {

@@ -16,7 +16,7 @@ func newSledCommand(g *globalFlags) *cobra.Command {
 	var (
 		id, data, listenA, listenB, capacity string
 		devices                              int
-		scrubRate                            string
+		scrubRate, scrubBusyRate             string
 	)
 	cmd := &cobra.Command{
 		Use:   "sled",
@@ -50,6 +50,16 @@ func newSledCommand(g *globalFlags) *cobra.Command {
 					cfg.ScrubBytesPerSecond = -1
 				}
 			}
+			if scrubBusyRate != "" {
+				n, err := parseSize(scrubBusyRate)
+				if err != nil {
+					return err
+				}
+				cfg.ScrubBusyBytesPerSecond = int64(n)
+				if n == 0 {
+					cfg.ScrubBusyBytesPerSecond = -1
+				}
+			}
 			s, err := sled.Start(cfg)
 			if err != nil {
 				return err
@@ -71,7 +81,8 @@ func newSledCommand(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&listenA, "listen-a", "", "address on network A (required to run a sled)")
 	cmd.Flags().StringVar(&listenB, "listen-b", "", "address on network B")
 	cmd.Flags().StringVar(&capacity, "device-capacity", "", "cap what each device holds, e.g. 10GiB (default: the filesystem's free space)")
-	cmd.Flags().StringVar(&scrubRate, "scrub-rate", "", "bytes per second the scrubber verifies, e.g. 16MiB (0 turns scrubbing off)")
+	cmd.Flags().StringVar(&scrubRate, "scrub-rate", "", "bytes per second the scrubber verifies, e.g. 16MiB (0 turns scrubbing off; default 16MiB)")
+	cmd.Flags().StringVar(&scrubBusyRate, "scrub-busy-rate", "", "bytes per second the scrubber verifies while clients read or write (0: it waits for them to be quiet; default a sixteenth of --scrub-rate)")
 	addHeadNodeFlag(cmd, &g.headNodes)
 	cmd.AddCommand(newSledAdminCommands(g)...)
 	return cmd

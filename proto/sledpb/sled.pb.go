@@ -334,6 +334,251 @@ func (x *GetShardResponse) GetEpoch() uint64 {
 	return 0
 }
 
+// One range of a GetShardRanges request.
+type ShardRange struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     *ShardID               `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Offset uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The bytes to read, at least one: a batch says what it reads, so its
+	// size is bounded before anything is read.
+	Length        uint64 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardRange) Reset() {
+	*x = ShardRange{}
+	mi := &file_proto_sledpb_sled_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardRange) ProtoMessage() {}
+
+func (x *ShardRange) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_sledpb_sled_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardRange.ProtoReflect.Descriptor instead.
+func (*ShardRange) Descriptor() ([]byte, []int) {
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ShardRange) GetId() *ShardID {
+	if x != nil {
+		return x.Id
+	}
+	return nil
+}
+
+func (x *ShardRange) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ShardRange) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+// GetShardRanges reads several ranges, of one shard or of several, in one
+// request: what one read of a volume needs of one sled. A request holds 1
+// to MaxRangesPerRequest ranges of MaxRangeBytesPerRequest bytes in all
+// (limits.go); one that does not, or a range with no id, no length or an
+// end past 2^64, is refused whole with InvalidArgument.
+type GetShardRangesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        []*ShardRange          `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetShardRangesRequest) Reset() {
+	*x = GetShardRangesRequest{}
+	mi := &file_proto_sledpb_sled_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetShardRangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetShardRangesRequest) ProtoMessage() {}
+
+func (x *GetShardRangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_sledpb_sled_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetShardRangesRequest.ProtoReflect.Descriptor instead.
+func (*GetShardRangesRequest) Descriptor() ([]byte, []int) {
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetShardRangesRequest) GetRanges() []*ShardRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+// The outcome of one range: as GetShard's response, or the status a
+// GetShard of that range alone would have failed with.
+type ShardRangeResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A google.rpc.Code: 0 (OK), or the code of the service's error list
+	// (NotFound, DataLoss, InvalidArgument for a range past the end of its
+	// shard...), with the reason in error.
+	Code           uint32   `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Error          string   `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	Data           []byte   `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"` // verified; exactly the range's length when code is 0
+	ShardSizeBytes uint64   `protobuf:"varint,4,opt,name=shard_size_bytes,json=shardSizeBytes,proto3" json:"shard_size_bytes,omitempty"`
+	Id             *ShardID `protobuf:"bytes,5,opt,name=id,proto3" json:"id,omitempty"` // what the shard's header says it is
+	Epoch          uint64   `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ShardRangeResult) Reset() {
+	*x = ShardRangeResult{}
+	mi := &file_proto_sledpb_sled_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardRangeResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardRangeResult) ProtoMessage() {}
+
+func (x *ShardRangeResult) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_sledpb_sled_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardRangeResult.ProtoReflect.Descriptor instead.
+func (*ShardRangeResult) Descriptor() ([]byte, []int) {
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ShardRangeResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ShardRangeResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ShardRangeResult) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ShardRangeResult) GetShardSizeBytes() uint64 {
+	if x != nil {
+		return x.ShardSizeBytes
+	}
+	return 0
+}
+
+func (x *ShardRangeResult) GetId() *ShardID {
+	if x != nil {
+		return x.Id
+	}
+	return nil
+}
+
+func (x *ShardRangeResult) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type GetShardRangesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ShardRangeResult    `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"` // one per range, in order
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetShardRangesResponse) Reset() {
+	*x = GetShardRangesResponse{}
+	mi := &file_proto_sledpb_sled_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetShardRangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetShardRangesResponse) ProtoMessage() {}
+
+func (x *GetShardRangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_sledpb_sled_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetShardRangesResponse.ProtoReflect.Descriptor instead.
+func (*GetShardRangesResponse) Descriptor() ([]byte, []int) {
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetShardRangesResponse) GetResults() []*ShardRangeResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type DeleteShardRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            *ShardID               `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -344,7 +589,7 @@ type DeleteShardRequest struct {
 
 func (x *DeleteShardRequest) Reset() {
 	*x = DeleteShardRequest{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[5]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +601,7 @@ func (x *DeleteShardRequest) String() string {
 func (*DeleteShardRequest) ProtoMessage() {}
 
 func (x *DeleteShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[5]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +614,7 @@ func (x *DeleteShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteShardRequest.ProtoReflect.Descriptor instead.
 func (*DeleteShardRequest) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{5}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteShardRequest) GetId() *ShardID {
@@ -394,7 +639,7 @@ type DeleteShardResponse struct {
 
 func (x *DeleteShardResponse) Reset() {
 	*x = DeleteShardResponse{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[6]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +651,7 @@ func (x *DeleteShardResponse) String() string {
 func (*DeleteShardResponse) ProtoMessage() {}
 
 func (x *DeleteShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[6]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +664,7 @@ func (x *DeleteShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteShardResponse.ProtoReflect.Descriptor instead.
 func (*DeleteShardResponse) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{6}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{10}
 }
 
 type ListShardsRequest struct {
@@ -432,7 +677,7 @@ type ListShardsRequest struct {
 
 func (x *ListShardsRequest) Reset() {
 	*x = ListShardsRequest{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[7]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +689,7 @@ func (x *ListShardsRequest) String() string {
 func (*ListShardsRequest) ProtoMessage() {}
 
 func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[7]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +702,7 @@ func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsRequest.ProtoReflect.Descriptor instead.
 func (*ListShardsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{7}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListShardsRequest) GetVolumeId() uint64 {
@@ -486,7 +731,7 @@ type ShardInfo struct {
 
 func (x *ShardInfo) Reset() {
 	*x = ShardInfo{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[8]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +743,7 @@ func (x *ShardInfo) String() string {
 func (*ShardInfo) ProtoMessage() {}
 
 func (x *ShardInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[8]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +756,7 @@ func (x *ShardInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardInfo.ProtoReflect.Descriptor instead.
 func (*ShardInfo) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{8}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShardInfo) GetId() *ShardID {
@@ -550,7 +795,7 @@ type StatRequest struct {
 
 func (x *StatRequest) Reset() {
 	*x = StatRequest{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[9]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +807,7 @@ func (x *StatRequest) String() string {
 func (*StatRequest) ProtoMessage() {}
 
 func (x *StatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[9]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +820,7 @@ func (x *StatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
 func (*StatRequest) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{9}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{13}
 }
 
 type DeviceStat struct {
@@ -593,7 +838,7 @@ type DeviceStat struct {
 
 func (x *DeviceStat) Reset() {
 	*x = DeviceStat{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[10]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +850,7 @@ func (x *DeviceStat) String() string {
 func (*DeviceStat) ProtoMessage() {}
 
 func (x *DeviceStat) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[10]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +863,7 @@ func (x *DeviceStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceStat.ProtoReflect.Descriptor instead.
 func (*DeviceStat) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{10}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeviceStat) GetId() string {
@@ -684,7 +929,7 @@ type ScrubStat struct {
 
 func (x *ScrubStat) Reset() {
 	*x = ScrubStat{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[11]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +941,7 @@ func (x *ScrubStat) String() string {
 func (*ScrubStat) ProtoMessage() {}
 
 func (x *ScrubStat) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[11]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +954,7 @@ func (x *ScrubStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubStat.ProtoReflect.Descriptor instead.
 func (*ScrubStat) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{11}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ScrubStat) GetPasses() uint64 {
@@ -772,7 +1017,7 @@ type StatResponse struct {
 
 func (x *StatResponse) Reset() {
 	*x = StatResponse{}
-	mi := &file_proto_sledpb_sled_proto_msgTypes[12]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +1029,7 @@ func (x *StatResponse) String() string {
 func (*StatResponse) ProtoMessage() {}
 
 func (x *StatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_sledpb_sled_proto_msgTypes[12]
+	mi := &file_proto_sledpb_sled_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +1042,7 @@ func (x *StatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatResponse.ProtoReflect.Descriptor instead.
 func (*StatResponse) Descriptor() ([]byte, []int) {
-	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{12}
+	return file_proto_sledpb_sled_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatResponse) GetSledId() string {
@@ -874,7 +1119,23 @@ const file_proto_sledpb_sled_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12(\n" +
 	"\x10shard_size_bytes\x18\x02 \x01(\x04R\x0eshardSizeBytes\x12(\n" +
 	"\x02id\x18\x03 \x01(\v2\x18.ballast.sled.v1.ShardIDR\x02id\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"T\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"f\n" +
+	"\n" +
+	"ShardRange\x12(\n" +
+	"\x02id\x18\x01 \x01(\v2\x18.ballast.sled.v1.ShardIDR\x02id\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\x04R\x06length\"L\n" +
+	"\x15GetShardRangesRequest\x123\n" +
+	"\x06ranges\x18\x01 \x03(\v2\x1b.ballast.sled.v1.ShardRangeR\x06ranges\"\xba\x01\n" +
+	"\x10ShardRangeResult\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12(\n" +
+	"\x10shard_size_bytes\x18\x04 \x01(\x04R\x0eshardSizeBytes\x12(\n" +
+	"\x02id\x18\x05 \x01(\v2\x18.ballast.sled.v1.ShardIDR\x02id\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\"U\n" +
+	"\x16GetShardRangesResponse\x12;\n" +
+	"\aresults\x18\x01 \x03(\v2!.ballast.sled.v1.ShardRangeResultR\aresults\"T\n" +
 	"\x12DeleteShardRequest\x12(\n" +
 	"\x02id\x18\x01 \x01(\v2\x18.ballast.sled.v1.ShardIDR\x02id\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"\x15\n" +
@@ -915,10 +1176,11 @@ const file_proto_sledpb_sled_proto_rawDesc = "" +
 	"\n" +
 	"used_bytes\x18\x05 \x01(\x04R\tusedBytes\x120\n" +
 	"\x05scrub\x18\x06 \x01(\v2\x1a.ballast.sled.v1.ScrubStatR\x05scrub\x12\x12\n" +
-	"\x04full\x18\a \x01(\bR\x04full2\x97\x03\n" +
+	"\x04full\x18\a \x01(\bR\x04full2\xfa\x03\n" +
 	"\x04Sled\x12O\n" +
 	"\bPutShard\x12 .ballast.sled.v1.PutShardRequest\x1a!.ballast.sled.v1.PutShardResponse\x12O\n" +
-	"\bGetShard\x12 .ballast.sled.v1.GetShardRequest\x1a!.ballast.sled.v1.GetShardResponse\x12X\n" +
+	"\bGetShard\x12 .ballast.sled.v1.GetShardRequest\x1a!.ballast.sled.v1.GetShardResponse\x12a\n" +
+	"\x0eGetShardRanges\x12&.ballast.sled.v1.GetShardRangesRequest\x1a'.ballast.sled.v1.GetShardRangesResponse\x12X\n" +
 	"\vDeleteShard\x12#.ballast.sled.v1.DeleteShardRequest\x1a$.ballast.sled.v1.DeleteShardResponse\x12N\n" +
 	"\n" +
 	"ListShards\x12\".ballast.sled.v1.ListShardsRequest\x1a\x1a.ballast.sled.v1.ShardInfo0\x01\x12C\n" +
@@ -936,45 +1198,55 @@ func file_proto_sledpb_sled_proto_rawDescGZIP() []byte {
 	return file_proto_sledpb_sled_proto_rawDescData
 }
 
-var file_proto_sledpb_sled_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_proto_sledpb_sled_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_proto_sledpb_sled_proto_goTypes = []any{
-	(*ShardID)(nil),             // 0: ballast.sled.v1.ShardID
-	(*PutShardRequest)(nil),     // 1: ballast.sled.v1.PutShardRequest
-	(*PutShardResponse)(nil),    // 2: ballast.sled.v1.PutShardResponse
-	(*GetShardRequest)(nil),     // 3: ballast.sled.v1.GetShardRequest
-	(*GetShardResponse)(nil),    // 4: ballast.sled.v1.GetShardResponse
-	(*DeleteShardRequest)(nil),  // 5: ballast.sled.v1.DeleteShardRequest
-	(*DeleteShardResponse)(nil), // 6: ballast.sled.v1.DeleteShardResponse
-	(*ListShardsRequest)(nil),   // 7: ballast.sled.v1.ListShardsRequest
-	(*ShardInfo)(nil),           // 8: ballast.sled.v1.ShardInfo
-	(*StatRequest)(nil),         // 9: ballast.sled.v1.StatRequest
-	(*DeviceStat)(nil),          // 10: ballast.sled.v1.DeviceStat
-	(*ScrubStat)(nil),           // 11: ballast.sled.v1.ScrubStat
-	(*StatResponse)(nil),        // 12: ballast.sled.v1.StatResponse
+	(*ShardID)(nil),                // 0: ballast.sled.v1.ShardID
+	(*PutShardRequest)(nil),        // 1: ballast.sled.v1.PutShardRequest
+	(*PutShardResponse)(nil),       // 2: ballast.sled.v1.PutShardResponse
+	(*GetShardRequest)(nil),        // 3: ballast.sled.v1.GetShardRequest
+	(*GetShardResponse)(nil),       // 4: ballast.sled.v1.GetShardResponse
+	(*ShardRange)(nil),             // 5: ballast.sled.v1.ShardRange
+	(*GetShardRangesRequest)(nil),  // 6: ballast.sled.v1.GetShardRangesRequest
+	(*ShardRangeResult)(nil),       // 7: ballast.sled.v1.ShardRangeResult
+	(*GetShardRangesResponse)(nil), // 8: ballast.sled.v1.GetShardRangesResponse
+	(*DeleteShardRequest)(nil),     // 9: ballast.sled.v1.DeleteShardRequest
+	(*DeleteShardResponse)(nil),    // 10: ballast.sled.v1.DeleteShardResponse
+	(*ListShardsRequest)(nil),      // 11: ballast.sled.v1.ListShardsRequest
+	(*ShardInfo)(nil),              // 12: ballast.sled.v1.ShardInfo
+	(*StatRequest)(nil),            // 13: ballast.sled.v1.StatRequest
+	(*DeviceStat)(nil),             // 14: ballast.sled.v1.DeviceStat
+	(*ScrubStat)(nil),              // 15: ballast.sled.v1.ScrubStat
+	(*StatResponse)(nil),           // 16: ballast.sled.v1.StatResponse
 }
 var file_proto_sledpb_sled_proto_depIdxs = []int32{
 	0,  // 0: ballast.sled.v1.PutShardRequest.id:type_name -> ballast.sled.v1.ShardID
 	0,  // 1: ballast.sled.v1.GetShardRequest.id:type_name -> ballast.sled.v1.ShardID
 	0,  // 2: ballast.sled.v1.GetShardResponse.id:type_name -> ballast.sled.v1.ShardID
-	0,  // 3: ballast.sled.v1.DeleteShardRequest.id:type_name -> ballast.sled.v1.ShardID
-	0,  // 4: ballast.sled.v1.ShardInfo.id:type_name -> ballast.sled.v1.ShardID
-	10, // 5: ballast.sled.v1.StatResponse.devices:type_name -> ballast.sled.v1.DeviceStat
-	11, // 6: ballast.sled.v1.StatResponse.scrub:type_name -> ballast.sled.v1.ScrubStat
-	1,  // 7: ballast.sled.v1.Sled.PutShard:input_type -> ballast.sled.v1.PutShardRequest
-	3,  // 8: ballast.sled.v1.Sled.GetShard:input_type -> ballast.sled.v1.GetShardRequest
-	5,  // 9: ballast.sled.v1.Sled.DeleteShard:input_type -> ballast.sled.v1.DeleteShardRequest
-	7,  // 10: ballast.sled.v1.Sled.ListShards:input_type -> ballast.sled.v1.ListShardsRequest
-	9,  // 11: ballast.sled.v1.Sled.Stat:input_type -> ballast.sled.v1.StatRequest
-	2,  // 12: ballast.sled.v1.Sled.PutShard:output_type -> ballast.sled.v1.PutShardResponse
-	4,  // 13: ballast.sled.v1.Sled.GetShard:output_type -> ballast.sled.v1.GetShardResponse
-	6,  // 14: ballast.sled.v1.Sled.DeleteShard:output_type -> ballast.sled.v1.DeleteShardResponse
-	8,  // 15: ballast.sled.v1.Sled.ListShards:output_type -> ballast.sled.v1.ShardInfo
-	12, // 16: ballast.sled.v1.Sled.Stat:output_type -> ballast.sled.v1.StatResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	0,  // 3: ballast.sled.v1.ShardRange.id:type_name -> ballast.sled.v1.ShardID
+	5,  // 4: ballast.sled.v1.GetShardRangesRequest.ranges:type_name -> ballast.sled.v1.ShardRange
+	0,  // 5: ballast.sled.v1.ShardRangeResult.id:type_name -> ballast.sled.v1.ShardID
+	7,  // 6: ballast.sled.v1.GetShardRangesResponse.results:type_name -> ballast.sled.v1.ShardRangeResult
+	0,  // 7: ballast.sled.v1.DeleteShardRequest.id:type_name -> ballast.sled.v1.ShardID
+	0,  // 8: ballast.sled.v1.ShardInfo.id:type_name -> ballast.sled.v1.ShardID
+	14, // 9: ballast.sled.v1.StatResponse.devices:type_name -> ballast.sled.v1.DeviceStat
+	15, // 10: ballast.sled.v1.StatResponse.scrub:type_name -> ballast.sled.v1.ScrubStat
+	1,  // 11: ballast.sled.v1.Sled.PutShard:input_type -> ballast.sled.v1.PutShardRequest
+	3,  // 12: ballast.sled.v1.Sled.GetShard:input_type -> ballast.sled.v1.GetShardRequest
+	6,  // 13: ballast.sled.v1.Sled.GetShardRanges:input_type -> ballast.sled.v1.GetShardRangesRequest
+	9,  // 14: ballast.sled.v1.Sled.DeleteShard:input_type -> ballast.sled.v1.DeleteShardRequest
+	11, // 15: ballast.sled.v1.Sled.ListShards:input_type -> ballast.sled.v1.ListShardsRequest
+	13, // 16: ballast.sled.v1.Sled.Stat:input_type -> ballast.sled.v1.StatRequest
+	2,  // 17: ballast.sled.v1.Sled.PutShard:output_type -> ballast.sled.v1.PutShardResponse
+	4,  // 18: ballast.sled.v1.Sled.GetShard:output_type -> ballast.sled.v1.GetShardResponse
+	8,  // 19: ballast.sled.v1.Sled.GetShardRanges:output_type -> ballast.sled.v1.GetShardRangesResponse
+	10, // 20: ballast.sled.v1.Sled.DeleteShard:output_type -> ballast.sled.v1.DeleteShardResponse
+	12, // 21: ballast.sled.v1.Sled.ListShards:output_type -> ballast.sled.v1.ShardInfo
+	16, // 22: ballast.sled.v1.Sled.Stat:output_type -> ballast.sled.v1.StatResponse
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_proto_sledpb_sled_proto_init() }
@@ -988,7 +1260,7 @@ func file_proto_sledpb_sled_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_sledpb_sled_proto_rawDesc), len(file_proto_sledpb_sled_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,11 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Sled_PutShard_FullMethodName    = "/ballast.sled.v1.Sled/PutShard"
-	Sled_GetShard_FullMethodName    = "/ballast.sled.v1.Sled/GetShard"
-	Sled_DeleteShard_FullMethodName = "/ballast.sled.v1.Sled/DeleteShard"
-	Sled_ListShards_FullMethodName  = "/ballast.sled.v1.Sled/ListShards"
-	Sled_Stat_FullMethodName        = "/ballast.sled.v1.Sled/Stat"
+	Sled_PutShard_FullMethodName       = "/ballast.sled.v1.Sled/PutShard"
+	Sled_GetShard_FullMethodName       = "/ballast.sled.v1.Sled/GetShard"
+	Sled_GetShardRanges_FullMethodName = "/ballast.sled.v1.Sled/GetShardRanges"
+	Sled_DeleteShard_FullMethodName    = "/ballast.sled.v1.Sled/DeleteShard"
+	Sled_ListShards_FullMethodName     = "/ballast.sled.v1.Sled/ListShards"
+	Sled_Stat_FullMethodName           = "/ballast.sled.v1.Sled/Stat"
 )
 
 // SledClient is the client API for Sled service.
@@ -45,6 +46,7 @@ const (
 type SledClient interface {
 	PutShard(ctx context.Context, in *PutShardRequest, opts ...grpc.CallOption) (*PutShardResponse, error)
 	GetShard(ctx context.Context, in *GetShardRequest, opts ...grpc.CallOption) (*GetShardResponse, error)
+	GetShardRanges(ctx context.Context, in *GetShardRangesRequest, opts ...grpc.CallOption) (*GetShardRangesResponse, error)
 	DeleteShard(ctx context.Context, in *DeleteShardRequest, opts ...grpc.CallOption) (*DeleteShardResponse, error)
 	ListShards(ctx context.Context, in *ListShardsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ShardInfo], error)
 	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*StatResponse, error)
@@ -72,6 +74,16 @@ func (c *sledClient) GetShard(ctx context.Context, in *GetShardRequest, opts ...
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetShardResponse)
 	err := c.cc.Invoke(ctx, Sled_GetShard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sledClient) GetShardRanges(ctx context.Context, in *GetShardRangesRequest, opts ...grpc.CallOption) (*GetShardRangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetShardRangesResponse)
+	err := c.cc.Invoke(ctx, Sled_GetShardRanges_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +144,7 @@ func (c *sledClient) Stat(ctx context.Context, in *StatRequest, opts ...grpc.Cal
 type SledServer interface {
 	PutShard(context.Context, *PutShardRequest) (*PutShardResponse, error)
 	GetShard(context.Context, *GetShardRequest) (*GetShardResponse, error)
+	GetShardRanges(context.Context, *GetShardRangesRequest) (*GetShardRangesResponse, error)
 	DeleteShard(context.Context, *DeleteShardRequest) (*DeleteShardResponse, error)
 	ListShards(*ListShardsRequest, grpc.ServerStreamingServer[ShardInfo]) error
 	Stat(context.Context, *StatRequest) (*StatResponse, error)
@@ -150,6 +163,9 @@ func (UnimplementedSledServer) PutShard(context.Context, *PutShardRequest) (*Put
 }
 func (UnimplementedSledServer) GetShard(context.Context, *GetShardRequest) (*GetShardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetShard not implemented")
+}
+func (UnimplementedSledServer) GetShardRanges(context.Context, *GetShardRangesRequest) (*GetShardRangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetShardRanges not implemented")
 }
 func (UnimplementedSledServer) DeleteShard(context.Context, *DeleteShardRequest) (*DeleteShardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteShard not implemented")
@@ -217,6 +233,24 @@ func _Sled_GetShard_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Sled_GetShardRanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetShardRangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SledServer).GetShardRanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sled_GetShardRanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SledServer).GetShardRanges(ctx, req.(*GetShardRangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Sled_DeleteShard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteShardRequest)
 	if err := dec(in); err != nil {
@@ -278,6 +312,10 @@ var Sled_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetShard",
 			Handler:    _Sled_GetShard_Handler,
+		},
+		{
+			MethodName: "GetShardRanges",
+			Handler:    _Sled_GetShardRanges_Handler,
 		},
 		{
 			MethodName: "DeleteShard",
