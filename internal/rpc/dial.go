@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -53,6 +54,7 @@ func NewServer() *grpc.Server {
 // ServerOptions are the options every Ballast gRPC server is built with.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
+		experimental.BufferPool(bufferPool),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
 		// Accept the clients' keepalive pings (the default policy answers
@@ -101,6 +103,7 @@ func Dial(addresses []string, opts ...grpc.DialOption) (*grpc.ClientConn, error)
 	r.InitialState(state)
 	all := append([]grpc.DialOption{
 		grpc.WithResolvers(r),
+		experimental.WithBufferPool(bufferPool),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(reconnectBackoff),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
