@@ -358,6 +358,9 @@ func (m *maintainer) audit(ctx context.Context) error {
 // deleteOrphan deletes a shard that no segment names, unless the segment
 // names it on this sled after all (it moved here since the audit began).
 func (m *maintainer) deleteOrphan(ctx context.Context, sled string, id shardID) {
+	if !m.p.inSync.Load() {
+		return // the secondary's log may name it: not an orphan yet
+	}
 	seg, _, err := m.p.store.Segment(m.p.vol.Id, id.segment)
 	if err != nil {
 		return

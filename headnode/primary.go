@@ -77,6 +77,13 @@ type primaryVolume struct {
 	// secondaryJournalFull is set likewise: the secondary's journal is at
 	// its high-water mark, and client writes wait (waitForJournalRoom).
 	secondaryJournalFull atomic.Bool
+	// inSync says a session is open and reconciled: the secondary holds
+	// no record this node lacks. It does not after a start, or after a
+	// batch failed (locally, perhaps after the secondary applied it),
+	// until the next session adopts what the secondary holds beyond: the
+	// audit deletes no shard as an orphan meanwhile (a segment only the
+	// secondary's log names yet would lose its data).
+	inSync atomic.Bool
 	// The open session's secondary, the incarnation its hello reported,
 	// whether the session began with a full copy, and whether it reported
 	// the secondary in sync.
@@ -814,6 +821,7 @@ func (p *primaryVolume) connect(ctx context.Context) error {
 	for {
 		err := p.ensureLink(ctx)
 		if err == nil {
+			p.inSync.Store(true)
 			p.noteSecondaryDisk()
 			return nil
 		}
@@ -834,6 +842,7 @@ func (p *primaryVolume) connect(ctx context.Context) error {
 }
 
 func (p *primaryVolume) dropLink() {
+	p.inSync.Store(false)
 	if p.link != nil {
 		p.link.Close()
 		p.link = nil
