@@ -525,6 +525,7 @@ func TestPowerLossAtEveryStep(t *testing.T) {
 	for i, c := range cases {
 		name := fmt.Sprintf("%s/primary=%v,secondary=%v", c.point, c.prim, c.secd)
 		t.Run(name, func(t *testing.T) {
+			t.Parallel() // each case has stores, sleds and a primary of its own
 			rng := rand.New(rand.NewSource(int64(i + 1)))
 			r := newStorageRig(t, 256<<10, 7, 64<<10)
 			opts := blockStoreOptions{JournalBytes: 2 << 20, ReleaseInterval: 2 * time.Millisecond}
