@@ -36,6 +36,9 @@ func Put(p *[]byte) {
 		return
 	}
 	c := cap(*p)
+	if c == 0 {
+		return
+	}
 	shift := bits.Len(uint(c)) - 1
 	if c != 1<<shift || shift < minShift || shift > maxShift {
 		return

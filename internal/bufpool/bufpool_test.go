@@ -12,6 +12,7 @@ func TestGetSizesAndRecycles(t *testing.T) {
 		Put(p)
 	}
 	Put(nil)
+	Put(&[]byte{}) // of no size class: ignored
 	odd := make([]byte, 5000)
 	Put(&odd) // not a size class: dropped, not handed out as 8 KiB
 	if p := Get(8192); cap(*p) != 8192 {

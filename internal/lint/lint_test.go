@@ -32,6 +32,7 @@ var allowed = map[string][]string{
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool", "internal/inflight"},
 	"bench":               {"attach", "attach/blockdev", "internal/", "proto/"},
 	"sled":                {"internal/", "proto/sledpb"},
+	"internal/rpc":        {"internal/bufpool"},
 	"txn/driver":          {"txn", "consensus", "proto/txnpb"},
 	// The head node's block journal: leaf utilities at most. Its crashfs
 	// (test support for any package's crash tests) imports nothing.

@@ -4,7 +4,9 @@
 // health service every Ballast server runs; the message-size limits of
 // the block I/O path; and what a connection of another protocol to the
 // same node needs to behave as the gRPC ones do (the path to take and when
-// to leave it, the TCP user timeout).
+// to leave it, the TCP user timeout); gRPC's buffers come from
+// internal/bufpool.
 //
-// It may import only the standard library and google.golang.org/grpc.
+// It may import the standard library, google.golang.org/grpc and
+// internal/bufpool.
 package rpc
