@@ -661,44 +661,17 @@ func (j *Journal) ReadBlock(loc Location, buf []byte) error {
 	if len(buf) < BlockSize {
 		return fmt.Errorf("journal: read into %d bytes", len(buf))
 	}
-	buf = buf[:BlockSize]
-	if loc.Offset < j.g.zoneStart(0) || loc.Offset%BlockSize != 0 || loc.Offset+BlockSize > j.g.fileBytes() {
-		return fmt.Errorf("journal: location %d of batch %d is not a block of the journal", loc.Offset, loc.LSN)
-	}
-	j.mu.Lock()
-	if j.mu.closed {
-		j.mu.Unlock()
-		return ErrClosed
-	}
-	if loc.LSN < j.mu.tailLSN {
-		j.mu.Unlock()
-		return fmt.Errorf("journal: block at %d of batch %d (tail %d): %w", loc.Offset, loc.LSN, j.mu.tailLSN, ErrReleased)
-	}
-	if b := j.memLocked(loc.LSN); b != nil {
-		at := loc.Offset - b.off
-		if at < BlockSize || at >= BlockSize+int64(b.blocks)*BlockSize {
-			j.mu.Unlock()
-			return fmt.Errorf("journal: location %d is not a block of batch %d", loc.Offset, loc.LSN)
-		}
-		copy(buf, b.buf[at:at+BlockSize])
-		j.mu.Unlock()
-		return checkBlock(loc, buf)
-	}
-	j.mu.Unlock()
 	if isAligned(buf) {
-		if err := readFull(j.f, buf, loc.Offset); err != nil {
-			return fmt.Errorf("journal: block of batch %d: %w", loc.LSN, err)
-		}
-	} else {
-		s := j.scratch.Get().(*[]byte)
-		err := readFull(j.f, *s, loc.Offset)
-		copy(buf, *s)
-		j.scratch.Put(s)
-		if err != nil {
-			return fmt.Errorf("journal: block of batch %d: %w", loc.LSN, err)
-		}
+		return j.ReadBlocks([]Location{loc}, buf[:BlockSize])
 	}
-	return checkBlock(loc, buf)
+	// O_DIRECT reads need an aligned buffer.
+	s := j.scratch.Get().(*[]byte)
+	defer j.scratch.Put(s)
+	if err := j.ReadBlocks([]Location{loc}, *s); err != nil {
+		return err
+	}
+	copy(buf, *s)
+	return nil
 }
 
 // ZoneBytes is the size of a zone; an existing journal keeps the one it
@@ -722,6 +695,7 @@ func (j *Journal) ReadBlocks(locs []Location, buf []byte) error {
 		}
 		return nil
 	}
+	buf = buf[:len(locs)*BlockSize]
 	inMem := make([]bool, len(locs))
 	j.mu.Lock()
 	if j.mu.closed {
