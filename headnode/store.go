@@ -716,7 +716,6 @@ func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error)
 	// The refs and the snapshot under the index's lock: the same point.
 	refs := s.blockRefs.volume(vol)
 	refs.mu.RLock()
-	snap := s.db.NewSnapshot()
 	var inLog []uint64 // offsets in the read
 	var logRefs []blockRef
 	refs.refs.Ascend(first, func(b uint64, r blockRef) bool {
@@ -726,11 +725,14 @@ func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error)
 		inLog, logRefs = append(inLog, b-first), append(logRefs, r)
 		return true
 	})
+	if uint64(len(inLog)) == count {
+		// All in the journal: no index to read.
+		refs.mu.RUnlock()
+		return out, s.readRefs(vol, first, inLog, logRefs, dst)
+	}
+	snap := s.db.NewSnapshot()
 	refs.mu.RUnlock()
 	defer snap.Close()
-	if count == 1 && len(inLog) == 1 {
-		return out, s.readRef(vol, first, logRefs[0], dst)
-	}
 	if count == 1 {
 		// One block: point lookups are cheaper than iterators.
 		v, closer, err := snap.Get(indexKey(vol, first))
