@@ -143,6 +143,8 @@ func (a *applier) apply(r *ballastpb.LogRecord, locs []journal.Location) error {
 		err = a.applySegmentFree(r.SegmentFree)
 	case r.State != nil:
 		err = a.applyState(r.State)
+	case r.SegmentWrite != nil:
+		err = a.applySegmentWrite(r.SegmentWrite)
 	default:
 		err = a.applyWrite(r)
 	}
@@ -169,7 +171,7 @@ func recordKinds(r *ballastpb.LogRecord) int {
 	if len(r.Blocks) > 0 || len(r.Removed) > 0 {
 		n++
 	}
-	for _, set := range []bool{r.Flush != nil, r.Compact != nil, r.ShardMove != nil, r.SegmentFree != nil, r.State != nil} {
+	for _, set := range []bool{r.Flush != nil, r.Compact != nil, r.ShardMove != nil, r.SegmentFree != nil, r.State != nil, r.SegmentWrite != nil} {
 		if set {
 			n++
 		}
@@ -359,6 +361,72 @@ func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
 		// The ref just read: a second read would cost a point lookup per
 		// flushed block.
 		if err := a.dropRef(block, ref); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applySegmentWrite maps every block of a client write that went straight
+// to a new segment there: the blocks' log data and older index entries
+// are superseded, whatever the records before wrote.
+func (a *applier) applySegmentWrite(w *ballastpb.SegmentWriteRecord) error {
+	seg := proto.Clone(w.Segment).(*ballastpb.Segment)
+	if err := validateSegment(seg, len(w.SlotBlocks)); err != nil {
+		return err
+	}
+	if old, _, err := getSegment(a.b, a.vol, seg.Id, false); err != nil {
+		return err
+	} else if old != nil {
+		return fmt.Errorf("write to segment %d: the segment exists already", seg.Id)
+	}
+	if len(w.SlotBlocks) == 0 {
+		return fmt.Errorf("write to segment %d: no blocks", seg.Id)
+	}
+	for i := 1; i < len(w.SlotBlocks); i++ {
+		if w.SlotBlocks[i] <= w.SlotBlocks[i-1] {
+			return fmt.Errorf("write to segment %d: slot %d holds block %d after block %d", seg.Id, i, w.SlotBlocks[i], w.SlotBlocks[i-1])
+		}
+	}
+	seg.LiveBlocks = 0
+	if err := a.putSegment(seg, w.SlotBlocks); err != nil {
+		return err
+	}
+	a.touchSegment(seg.Id)
+	// One pass over the index entries of the blocks' span rather than a
+	// point lookup per block: the old segments lose a live block each.
+	first, last := w.SlotBlocks[0], w.SlotBlocks[len(w.SlotBlocks)-1]
+	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: indexKey(a.vol, first), UpperBound: indexKey(a.vol, last+1)})
+	if err != nil {
+		return fmt.Errorf("iterate index: %w", err)
+	}
+	slot := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		block := keyNumber(it.Key())
+		for slot < len(w.SlotBlocks) && w.SlotBlocks[slot] < block {
+			slot++
+		}
+		if slot == len(w.SlotBlocks) || w.SlotBlocks[slot] != block {
+			continue // in the span, not in the write
+		}
+		loc, err := decodeLoc(it.Value())
+		if err != nil {
+			it.Close()
+			return err
+		}
+		a.liveDelta[loc.segment]--
+		a.touchSegment(loc.segment)
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("read index: %w", err)
+	}
+	for slot, block := range w.SlotBlocks {
+		a.entry.Blocks = append(a.entry.Blocks, block)
+		if err := a.endRef(block); err != nil {
+			return err
+		}
+		a.liveDelta[seg.Id]++
+		if err := a.b.Set(indexKey(a.vol, block), encodeLoc(blockLoc{segment: seg.Id, slot: uint32(slot)}), nil); err != nil {
 			return err
 		}
 	}

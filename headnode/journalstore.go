@@ -88,7 +88,7 @@ func journalEntry(vol uint64, r *ballastpb.LogRecord) (journal.Entry, error) {
 	}
 	cp := &ballastpb.LogRecord{
 		Seq: r.Seq, Removed: r.Removed, Flush: r.Flush, Compact: r.Compact,
-		ShardMove: r.ShardMove, SegmentFree: r.SegmentFree,
+		ShardMove: r.ShardMove, SegmentFree: r.SegmentFree, SegmentWrite: r.SegmentWrite,
 	}
 	if len(r.Blocks) > 0 {
 		cp.Blocks = make([]*ballastpb.BlockWrite, len(r.Blocks))

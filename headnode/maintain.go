@@ -34,9 +34,13 @@ type maintainer struct {
 	repairc chan shardRef
 	done    chan struct{}
 
-	// Owned by the run goroutine.
+	// segMu guards nextSegment: client writes that go straight to a
+	// segment (segwrite.go) take ids too.
+	segMu       sync.Mutex
 	nextSegment uint64
-	pending     map[shardRef]bool
+
+	// Owned by the run goroutine.
+	pending map[shardRef]bool
 	// sledOut marks pending shards queued only because their sled was
 	// down or removed, not because a read or the audit found them bad: if
 	// the sled comes back up they are intact and need no rewrite.
@@ -175,6 +179,8 @@ func (m *maintainer) underLease(ctx context.Context, before string) error {
 }
 
 func (m *maintainer) allocSegment() (uint64, error) {
+	m.segMu.Lock()
+	defer m.segMu.Unlock()
 	recorded, err := m.p.store.NextSegmentID(m.p.vol.Id)
 	if err != nil {
 		return 0, err
@@ -229,7 +235,7 @@ func (m *maintainer) flushSegment(ctx context.Context, dirty []dirtyBlock) error
 	if err := m.underLease(ctx, fmt.Sprintf("writing segment %d", id)); err != nil {
 		return err
 	}
-	seg, err := m.writeSegment(ctx, id, blocks)
+	seg, _, err := m.writeSegment(ctx, id, blocks)
 	if err != nil {
 		return err
 	}
@@ -249,19 +255,20 @@ func (m *maintainer) flushSegment(ctx context.Context, dirty []dirtyBlock) error
 }
 
 // writeSegment erasure-codes blocks into a new segment and writes its
-// shards to distinct sleds.
-func (m *maintainer) writeSegment(ctx context.Context, id uint64, blocks [][]byte) (*ballastpb.Segment, error) {
+// shards to distinct sleds. It returns the shards too: the data shards
+// hold a copy of the blocks (segmentBlock).
+func (m *maintainer) writeSegment(ctx context.Context, id uint64, blocks [][]byte) (*ballastpb.Segment, [][]byte, error) {
 	cfg := m.r.cfg
 	shards, size, err := encodeSegment(blocks, cfg.DataShards, cfg.ParityShards)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sleds, err := placeShards(m.r.view.placement(), len(shards), nil, m.p.vol.Id<<32^id)
 	if err != nil {
-		return nil, fmt.Errorf("place segment %d: %w", id, err)
+		return nil, nil, fmt.Errorf("place segment %d: %w", id, err)
 	}
 	if err := m.r.putShards(ctx, m.p.vol, id, shards, sleds); err != nil {
-		return nil, fmt.Errorf("write segment %d: %w", id, err)
+		return nil, nil, fmt.Errorf("write segment %d: %w", id, err)
 	}
 	return &ballastpb.Segment{
 		Id:             id,
@@ -270,7 +277,7 @@ func (m *maintainer) writeSegment(ctx context.Context, id uint64, blocks [][]byt
 		ShardSizeBytes: size,
 		Blocks:         uint32(len(blocks)),
 		ShardSleds:     sleds,
-	}, nil
+	}, shards, nil
 }
 
 // audit checks every segment against the sleds: shards on sleds that are
@@ -589,7 +596,7 @@ func (m *maintainer) compactOne(ctx context.Context, plan compactionPlan) error 
 	if err := m.underLease(ctx, fmt.Sprintf("writing segment %d", id)); err != nil {
 		return err
 	}
-	seg, err := m.writeSegment(ctx, id, blocks)
+	seg, _, err := m.writeSegment(ctx, id, blocks)
 	if err != nil {
 		return err
 	}

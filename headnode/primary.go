@@ -371,6 +371,13 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 			return err
 		}
 	}
+	if p.directWriteFor(off, length, data) {
+		n, err := p.writeDirect(ctx, off, data)
+		if err != nil || n == length {
+			return err
+		}
+		off, length, data = off+n, length-n, data[n:]
+	}
 	cost := int64(min(length, maxBatchBytes))
 	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
 		return fmt.Errorf("waiting for write queue: %w", err)
@@ -799,6 +806,13 @@ func (p *primaryVolume) finish(batch []*pendingWrite, err error) {
 		}
 		for _, rg := range pw.record.Removed {
 			for b := rg.First; b < rg.First+rg.Count; b++ {
+				if ob, ok := p.overlay[b]; ok && ob.ticket == pw.ticket {
+					delete(p.overlay, b)
+				}
+			}
+		}
+		if sw := pw.record.SegmentWrite; sw != nil {
+			for _, b := range sw.SlotBlocks {
 				if ob, ok := p.overlay[b]; ok && ob.ticket == pw.ticket {
 					delete(p.overlay, b)
 				}

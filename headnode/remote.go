@@ -43,6 +43,10 @@ type StorageConfig struct {
 	// directory leader declares it down and its shards are rebuilt.
 	SledPollInterval time.Duration
 	SledDownTimeout  time.Duration
+	// DirectWriteBytes: aligned client writes at least this long go
+	// straight to a new segment on the sleds, not through the journals
+	// (segwrite.go); 0 means 256 KiB, a negative value never.
+	DirectWriteBytes int64
 	// ShardTimeout bounds one shard request, so a hung sled costs a read
 	// no more than this before it is served from parity.
 	ShardTimeout time.Duration
@@ -83,6 +87,9 @@ func (c *StorageConfig) EnsureDefaults() {
 	if c.ShardTimeout == 0 {
 		c.ShardTimeout = 5 * time.Second
 	}
+	if c.DirectWriteBytes == 0 {
+		c.DirectWriteBytes = 256 << 10
+	}
 }
 
 // Validate reports the first problem with the configuration.
@@ -105,6 +112,7 @@ func (c *StorageConfig) segmentBlocks() int { return int(c.SegmentBytes / blockS
 // storageStats counts what a head node's maintainers did since it started.
 type storageStats struct {
 	flushedBytes  atomic.Uint64
+	directBytes   atomic.Uint64 // client data written straight to segments
 	rebuilt       atomic.Uint64 // shards moved off a down, removed or draining sled
 	repaired      atomic.Uint64 // shards rewritten after a checksum failure or loss
 	degradedReads atomic.Uint64

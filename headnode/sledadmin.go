@@ -95,6 +95,7 @@ func (n *Node) nodeStatus() *ballastpb.NodeStatusResponse {
 	sort.Strings(resp.PrimaryOf)
 	st := n.remote.stats
 	r.ShardsRebuilt, r.ShardsRepaired, r.FlushedBytes = st.rebuilt.Load(), st.repaired.Load(), st.flushedBytes.Load()
+	r.DirectWrittenBytes = st.directBytes.Load()
 	resp.Groups = n.groupStatuses()
 	resp.Paths = n.pathStatuses()
 	resp.Disk = n.disk.status()
@@ -170,6 +171,7 @@ func addRedundancy(sum, r *ballastpb.Redundancy) {
 	sum.ShardsRepaired += r.ShardsRepaired
 	sum.DirtyBytes += r.DirtyBytes
 	sum.FlushedBytes += r.FlushedBytes
+	sum.DirectWrittenBytes += r.DirectWrittenBytes
 }
 
 // watchSleds runs on every head node; while this one leads the directory

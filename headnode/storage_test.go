@@ -226,7 +226,9 @@ func newStorageRig(t testing.TB, size uint64, sleds int, segmentBytes int64) *st
 	t.Helper()
 	shards := newMemShards(sleds)
 	dir := newTestSleds(sleds)
-	cfg := StorageConfig{SegmentBytes: segmentBytes, ShardGCGrace: time.Nanosecond, ShardTimeout: time.Second}
+	// Large writes take the journal here, as the flush tests expect;
+	// segwrite_test.go turns the segment path on.
+	cfg := StorageConfig{SegmentBytes: segmentBytes, ShardGCGrace: time.Nanosecond, ShardTimeout: time.Second, DirectWriteBytes: -1}
 	cfg.EnsureDefaults()
 	log := slog.New(slog.DiscardHandler)
 	remote := &remoteIO{cfg: cfg, shards: shards, sled: dir.get, stats: &storageStats{}, log: log, manual: true}

@@ -409,7 +409,8 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		fmt.Println()
 		fmt.Printf("redundancy: %d segments full, %d degraded, %d lost\n", r.SegmentsFull, r.SegmentsDegraded, r.SegmentsLost)
 		fmt.Printf("rebuild: %d shards pending; %d rebuilt and %d repaired since the head nodes started\n", r.ShardsPending, r.ShardsRebuilt, r.ShardsRepaired)
-		fmt.Printf("log: %s not yet flushed to sleds; %s flushed since the head nodes started\n", humanize.IBytes(r.DirtyBytes), humanize.IBytes(r.FlushedBytes))
+		fmt.Printf("log: %s not yet flushed to sleds; %s flushed since the head nodes started, %s written straight to segments\n",
+			humanize.IBytes(r.DirtyBytes), humanize.IBytes(r.FlushedBytes), humanize.IBytes(r.DirectWrittenBytes))
 	}
 }
 

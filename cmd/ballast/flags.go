@@ -10,6 +10,7 @@ import (
 
 	"github.com/ballast-storage/ballast/headnode"
 	"github.com/ballast-storage/ballast/internal/rpc"
+	"github.com/ballast-storage/ballast/volume"
 )
 
 // defaultHeadNodes are the demo rack's head nodes, so admin commands work
@@ -74,6 +75,7 @@ type storageFlags struct {
 	cfg                         headnode.StorageConfig
 	segmentSize, flushThreshold string
 	journalSize                 string
+	directWrite                 string
 }
 
 // addStorageFlags adds the flags that shape segments, flush, compaction and
@@ -85,6 +87,7 @@ func addStorageFlags(cmd *cobra.Command, f *storageFlags) {
 	fl.StringVar(&f.segmentSize, "segment-size", "", "volume data per segment (default 4MiB)")
 	fl.StringVar(&f.journalSize, "journal-size", "", "size of a new journal of volume data on each head node (default 1GiB; an existing journal keeps its size)")
 	fl.StringVar(&f.flushThreshold, "flush-threshold", "", "bytes written since the last flush that start one (default 64MiB)")
+	fl.StringVar(&f.directWrite, "direct-write", "", "aligned writes of at least this size go straight to erasure-coded segments on the sleds, not through the head nodes' journals; 'off' for never (default 256KiB)")
 	fl.DurationVar(&f.cfg.FlushInterval, "flush-interval", 0, "flush at least this often (default 30s)")
 	fl.DurationVar(&f.cfg.AuditInterval, "audit-interval", 0, "check segments against the sleds this often: rebuild, repair, compaction (default 30s)")
 	fl.DurationVar(&f.cfg.SledDownTimeout, "sled-down-timeout", 0, "declare a sled down after it is unreachable this long (default 60s)")
@@ -94,6 +97,20 @@ func addStorageFlags(cmd *cobra.Command, f *storageFlags) {
 // storageConfig returns the configuration the flags describe.
 func (f *storageFlags) storageConfig() (headnode.StorageConfig, error) {
 	cfg := f.cfg
+	switch f.directWrite {
+	case "":
+	case "off":
+		cfg.DirectWriteBytes = -1
+	default:
+		n, err := parseSize(f.directWrite)
+		if err != nil {
+			return cfg, fmt.Errorf("--direct-write: %w", err)
+		}
+		if n < volume.BlockSizeBytes || n%volume.BlockSizeBytes != 0 {
+			return cfg, fmt.Errorf("--direct-write: %s is not a positive multiple of 4 KiB (or 'off')", f.directWrite)
+		}
+		cfg.DirectWriteBytes = int64(n)
+	}
 	for _, s := range []struct {
 		flag, val string
 		dst       *int64

@@ -1984,8 +1984,11 @@ type Redundancy struct {
 	ShardsRepaired uint64 `protobuf:"varint,6,opt,name=shards_repaired,json=shardsRepaired,proto3" json:"shards_repaired,omitempty"` // after a checksum failure or a missing shard
 	DirtyBytes     uint64 `protobuf:"varint,7,opt,name=dirty_bytes,json=dirtyBytes,proto3" json:"dirty_bytes,omitempty"`             // volume data in head-node logs, not yet flushed
 	FlushedBytes   uint64 `protobuf:"varint,8,opt,name=flushed_bytes,json=flushedBytes,proto3" json:"flushed_bytes,omitempty"`       // volume data flushed since the head nodes started
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Volume data that large client writes put straight into segments on
+	// the sleds, bypassing the logs, since the head nodes started.
+	DirectWrittenBytes uint64 `protobuf:"varint,9,opt,name=direct_written_bytes,json=directWrittenBytes,proto3" json:"direct_written_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Redundancy) Reset() {
@@ -2070,6 +2073,13 @@ func (x *Redundancy) GetDirtyBytes() uint64 {
 func (x *Redundancy) GetFlushedBytes() uint64 {
 	if x != nil {
 		return x.FlushedBytes
+	}
+	return 0
+}
+
+func (x *Redundancy) GetDirectWrittenBytes() uint64 {
+	if x != nil {
+		return x.DirectWrittenBytes
 	}
 	return 0
 }
@@ -6264,12 +6274,13 @@ type LogRecord struct {
 	// at the primary.
 	Blocks []*BlockWrite `protobuf:"bytes,2,rep,name=blocks,proto3" json:"blocks,omitempty"`
 	// Ranges of blocks removed at once (trim, zeroes without NO_HOLE).
-	Removed       []*BlockRange      `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
-	Flush         *FlushRecord       `protobuf:"bytes,4,opt,name=flush,proto3" json:"flush,omitempty"`
-	Compact       *CompactRecord     `protobuf:"bytes,5,opt,name=compact,proto3" json:"compact,omitempty"`
-	ShardMove     *ShardMoveRecord   `protobuf:"bytes,6,opt,name=shard_move,json=shardMove,proto3" json:"shard_move,omitempty"`
-	SegmentFree   *SegmentFreeRecord `protobuf:"bytes,7,opt,name=segment_free,json=segmentFree,proto3" json:"segment_free,omitempty"`
-	State         *StateRecord       `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	Removed       []*BlockRange       `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	Flush         *FlushRecord        `protobuf:"bytes,4,opt,name=flush,proto3" json:"flush,omitempty"`
+	Compact       *CompactRecord      `protobuf:"bytes,5,opt,name=compact,proto3" json:"compact,omitempty"`
+	ShardMove     *ShardMoveRecord    `protobuf:"bytes,6,opt,name=shard_move,json=shardMove,proto3" json:"shard_move,omitempty"`
+	SegmentFree   *SegmentFreeRecord  `protobuf:"bytes,7,opt,name=segment_free,json=segmentFree,proto3" json:"segment_free,omitempty"`
+	State         *StateRecord        `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	SegmentWrite  *SegmentWriteRecord `protobuf:"bytes,9,opt,name=segment_write,json=segmentWrite,proto3" json:"segment_write,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6356,6 +6367,13 @@ func (x *LogRecord) GetSegmentFree() *SegmentFreeRecord {
 func (x *LogRecord) GetState() *StateRecord {
 	if x != nil {
 		return x.State
+	}
+	return nil
+}
+
+func (x *LogRecord) GetSegmentWrite() *SegmentWriteRecord {
+	if x != nil {
+		return x.SegmentWrite
 	}
 	return nil
 }
@@ -6574,6 +6592,63 @@ func (x *FlushRecord) GetVersions() []uint64 {
 	return nil
 }
 
+// SegmentWriteRecord is a client write that went straight to a new segment:
+// the primary wrote and synced the segment's shards on the sleds before it
+// ordered this record, so only the metadata crosses the head nodes'
+// journals. Slot i holds block slot_blocks[i]; every slot is live, and the
+// blocks' earlier data (in the log or in other segments) is superseded.
+type SegmentWriteRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Segment       *Segment               `protobuf:"bytes,1,opt,name=segment,proto3" json:"segment,omitempty"`
+	SlotBlocks    []uint64               `protobuf:"varint,2,rep,packed,name=slot_blocks,json=slotBlocks,proto3" json:"slot_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SegmentWriteRecord) Reset() {
+	*x = SegmentWriteRecord{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SegmentWriteRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SegmentWriteRecord) ProtoMessage() {}
+
+func (x *SegmentWriteRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SegmentWriteRecord.ProtoReflect.Descriptor instead.
+func (*SegmentWriteRecord) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+}
+
+func (x *SegmentWriteRecord) GetSegment() *Segment {
+	if x != nil {
+		return x.Segment
+	}
+	return nil
+}
+
+func (x *SegmentWriteRecord) GetSlotBlocks() []uint64 {
+	if x != nil {
+		return x.SlotBlocks
+	}
+	return nil
+}
+
 // CompactRecord moves live blocks of old segments into a new one:
 // slot i of the new segment holds slot_blocks[i], copied from slot
 // source_slots[i] of segment source_segments[i]. A block whose index moved
@@ -6590,7 +6665,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6602,7 +6677,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6615,7 +6690,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -6661,7 +6736,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6673,7 +6748,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6686,7 +6761,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -6728,7 +6803,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6740,7 +6815,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6753,7 +6828,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -6780,7 +6855,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6792,7 +6867,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6805,7 +6880,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -6850,7 +6925,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6862,7 +6937,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6875,7 +6950,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -6931,7 +7006,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6943,7 +7018,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6956,7 +7031,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -6995,7 +7070,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7007,7 +7082,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7020,7 +7095,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -7064,7 +7139,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7076,7 +7151,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7089,7 +7164,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -7148,7 +7223,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7160,7 +7235,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7173,7 +7248,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -7277,7 +7352,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7289,7 +7364,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7302,7 +7377,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -7487,7 +7562,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x0efailed_devices\x18\x06 \x01(\rR\rfailedDevices\x12#\n" +
 	"\rcorrupt_found\x18\a \x01(\x04R\fcorruptFound\x12\x14\n" +
 	"\x05error\x18\b \x01(\tR\x05error\x12\x12\n" +
-	"\x04full\x18\t \x01(\bR\x04full\"\xc0\x02\n" +
+	"\x04full\x18\t \x01(\bR\x04full\"\xf2\x02\n" +
 	"\n" +
 	"Redundancy\x12#\n" +
 	"\rsegments_full\x18\x01 \x01(\x04R\fsegmentsFull\x12+\n" +
@@ -7498,7 +7573,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x0fshards_repaired\x18\x06 \x01(\x04R\x0eshardsRepaired\x12\x1f\n" +
 	"\vdirty_bytes\x18\a \x01(\x04R\n" +
 	"dirtyBytes\x12#\n" +
-	"\rflushed_bytes\x18\b \x01(\x04R\fflushedBytes\"\x13\n" +
+	"\rflushed_bytes\x18\b \x01(\x04R\fflushedBytes\x120\n" +
+	"\x14direct_written_bytes\x18\t \x01(\x04R\x12directWrittenBytes\"\x13\n" +
 	"\x11NodeStatusRequest\"\x93\x02\n" +
 	"\x12NodeStatusResponse\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
@@ -7784,7 +7860,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"BlockWrite\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x04R\x05block\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\x90\x03\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xd5\x03\n" +
 	"\tLogRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x06blocks\x18\x02 \x03(\v2\x16.ballast.v1.BlockWriteR\x06blocks\x120\n" +
@@ -7794,7 +7870,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"shard_move\x18\x06 \x01(\v2\x1b.ballast.v1.ShardMoveRecordR\tshardMove\x12@\n" +
 	"\fsegment_free\x18\a \x01(\v2\x1d.ballast.v1.SegmentFreeRecordR\vsegmentFree\x12-\n" +
-	"\x05state\x18\b \x01(\v2\x17.ballast.v1.StateRecordR\x05state\"8\n" +
+	"\x05state\x18\b \x01(\v2\x17.ballast.v1.StateRecordR\x05state\x12C\n" +
+	"\rsegment_write\x18\t \x01(\v2\x1e.ballast.v1.SegmentWriteRecordR\fsegmentWrite\"8\n" +
 	"\n" +
 	"BlockRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x14\n" +
@@ -7814,7 +7891,11 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\asegment\x18\x01 \x01(\v2\x13.ballast.v1.SegmentR\asegment\x12#\n" +
 	"\vslot_blocks\x18\x02 \x03(\x04B\x02\x10\x01R\n" +
 	"slotBlocks\x12\x1e\n" +
-	"\bversions\x18\x03 \x03(\x04B\x02\x10\x01R\bversions\"\xb7\x01\n" +
+	"\bversions\x18\x03 \x03(\x04B\x02\x10\x01R\bversions\"h\n" +
+	"\x12SegmentWriteRecord\x12-\n" +
+	"\asegment\x18\x01 \x01(\v2\x13.ballast.v1.SegmentR\asegment\x12#\n" +
+	"\vslot_blocks\x18\x02 \x03(\x04B\x02\x10\x01R\n" +
+	"slotBlocks\"\xb7\x01\n" +
 	"\rCompactRecord\x12-\n" +
 	"\asegment\x18\x01 \x01(\v2\x13.ballast.v1.SegmentR\asegment\x12#\n" +
 	"\vslot_blocks\x18\x02 \x03(\x04B\x02\x10\x01R\n" +
@@ -7981,7 +8062,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 110)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 111)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                           // 0: ballast.v1.SledState
 	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
@@ -8089,16 +8170,17 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*BlockRange)(nil),                       // 103: ballast.v1.BlockRange
 	(*Segment)(nil),                          // 104: ballast.v1.Segment
 	(*FlushRecord)(nil),                      // 105: ballast.v1.FlushRecord
-	(*CompactRecord)(nil),                    // 106: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),                  // 107: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),                // 108: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),                      // 109: ballast.v1.StateRecord
-	(*BlockState)(nil),                       // 110: ballast.v1.BlockState
-	(*SegmentState)(nil),                     // 111: ballast.v1.SegmentState
-	(*LogEntry)(nil),                         // 112: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),                   // 113: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),                 // 114: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),                   // 115: ballast.v1.ReplicateReply
+	(*SegmentWriteRecord)(nil),               // 106: ballast.v1.SegmentWriteRecord
+	(*CompactRecord)(nil),                    // 107: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 108: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 109: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 110: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 111: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 112: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 113: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 114: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 115: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 116: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	7,   // 0: ballast.v1.Volume.copies:type_name -> ballast.v1.ReplicaCopy
@@ -8177,88 +8259,90 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	101, // 73: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
 	103, // 74: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
 	105, // 75: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	106, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	107, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	108, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	109, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	104, // 80: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	104, // 81: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	103, // 82: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	110, // 83: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	111, // 84: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	104, // 85: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	103, // 86: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	102, // 87: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	109, // 88: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	102, // 89: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	5,   // 90: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	14,  // 91: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	16,  // 92: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	18,  // 93: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	20,  // 94: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	22,  // 95: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	92,  // 96: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	40,  // 97: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	33,  // 98: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	38,  // 99: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	58,  // 100: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	60,  // 101: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	62,  // 102: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	94,  // 103: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	96,  // 104: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	25,  // 105: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	27,  // 106: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	29,  // 107: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	68,  // 108: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	70,  // 109: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	64,  // 110: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	66,  // 111: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
-	56,  // 112: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	42,  // 113: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
-	44,  // 114: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
-	46,  // 115: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
-	48,  // 116: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
-	50,  // 117: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
-	52,  // 118: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
-	54,  // 119: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
-	99,  // 120: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	114, // 121: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	15,  // 122: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	17,  // 123: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	19,  // 124: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	21,  // 125: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	23,  // 126: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	93,  // 127: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	41,  // 128: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	34,  // 129: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	39,  // 130: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	59,  // 131: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	61,  // 132: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	63,  // 133: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	95,  // 134: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	97,  // 135: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	26,  // 136: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	28,  // 137: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	30,  // 138: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	69,  // 139: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	71,  // 140: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	65,  // 141: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	67,  // 142: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
-	57,  // 143: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	43,  // 144: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
-	45,  // 145: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
-	47,  // 146: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
-	49,  // 147: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
-	51,  // 148: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
-	53,  // 149: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
-	55,  // 150: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
-	100, // 151: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	115, // 152: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	122, // [122:153] is the sub-list for method output_type
-	91,  // [91:122] is the sub-list for method input_type
-	91,  // [91:91] is the sub-list for extension type_name
-	91,  // [91:91] is the sub-list for extension extendee
-	0,   // [0:91] is the sub-list for field type_name
+	107, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	108, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	109, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	110, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	106, // 80: ballast.v1.LogRecord.segment_write:type_name -> ballast.v1.SegmentWriteRecord
+	104, // 81: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	104, // 82: ballast.v1.SegmentWriteRecord.segment:type_name -> ballast.v1.Segment
+	104, // 83: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	103, // 84: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	111, // 85: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	112, // 86: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	104, // 87: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	103, // 88: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	102, // 89: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	110, // 90: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	102, // 91: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 92: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	14,  // 93: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	16,  // 94: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	18,  // 95: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	20,  // 96: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	22,  // 97: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	92,  // 98: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	40,  // 99: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	33,  // 100: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	38,  // 101: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	58,  // 102: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	60,  // 103: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	62,  // 104: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	94,  // 105: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	96,  // 106: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	25,  // 107: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	27,  // 108: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	29,  // 109: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	68,  // 110: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	70,  // 111: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	64,  // 112: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	66,  // 113: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
+	56,  // 114: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	42,  // 115: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	44,  // 116: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	46,  // 117: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	48,  // 118: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	50,  // 119: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	52,  // 120: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	54,  // 121: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	99,  // 122: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	115, // 123: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	15,  // 124: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	17,  // 125: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	19,  // 126: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	21,  // 127: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	23,  // 128: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	93,  // 129: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	41,  // 130: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	34,  // 131: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	39,  // 132: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	59,  // 133: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	61,  // 134: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	63,  // 135: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	95,  // 136: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	97,  // 137: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	26,  // 138: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	28,  // 139: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	30,  // 140: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	69,  // 141: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	71,  // 142: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	65,  // 143: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	67,  // 144: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
+	57,  // 145: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	43,  // 146: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	45,  // 147: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	47,  // 148: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	49,  // 149: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	51,  // 150: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	53,  // 151: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	55,  // 152: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	100, // 153: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	116, // 154: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	124, // [124:155] is the sub-list for method output_type
+	93,  // [93:124] is the sub-list for method input_type
+	93,  // [93:93] is the sub-list for extension type_name
+	93,  // [93:93] is the sub-list for extension extendee
+	0,   // [0:93] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -8291,7 +8375,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   110,
+			NumMessages:   111,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -1,0 +1,154 @@
+package headnode
+
+import (
+	"errors"
+	"math/rand"
+	"testing"
+
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
+
+// newDirectRig is a storage rig whose aligned writes of at least least
+// bytes go straight to segments.
+func newDirectRig(t *testing.T, size uint64, segmentBytes, least int64) *storageRig {
+	t.Helper()
+	r := newStorageRig(t, size, 7, segmentBytes)
+	r.remote.cfg.DirectWriteBytes = least
+	return r
+}
+
+func TestLargeWritesGoStraightToSegments(t *testing.T) {
+	r := newDirectRig(t, 2<<20, 256<<10, 64<<10)
+	rng := rand.New(rand.NewSource(11))
+	data := make([]byte, 600<<10) // two full segments and a part of one
+	rng.Read(data)
+	r.write(t, 64<<10, data)
+	if n := r.dirty(t); n != 0 {
+		t.Fatalf("%d blocks in the log after a large write; want none", n)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	if len(segs) != 3 || segs[0].LiveBlocks != 64 || segs[2].LiveBlocks != 22 {
+		t.Fatalf("segments after a 600 KiB write in 256 KiB segments: %v", segs)
+	}
+	if got := r.remote.stats.directBytes.Load(); got != uint64(len(data)) {
+		t.Fatalf("direct bytes counted %d, want %d", got, len(data))
+	}
+	r.check(t)
+	r.checkShardsMatch(t)
+
+	// Small and unaligned writes over them land in the log (the partial
+	// ones read-modify-write from the sleds); a large write over the log
+	// and over segments supersedes both.
+	r.write(t, 70<<10, pattern(4096, 3))
+	r.write(t, 100_000, pattern(9000, 4))
+	r.check(t)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.write(t, 96<<10, pattern(4096, 5)) // in the log again
+	over := make([]byte, 320<<10)
+	rng.Read(over)
+	r.write(t, 0, over)
+	r.check(t)
+	if n := r.dirty(t); n != 0 {
+		t.Fatalf("%d blocks left in the log under a large write", n)
+	}
+	// Compaction and frees reclaim the overwritten segments.
+	for range 3 {
+		if err := r.m().maintain(r.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.check(t)
+	r.checkShardsMatch(t)
+
+	// A trim over segment-written blocks makes them holes.
+	if err := r.primary.write(r.ctx, 0, 128<<10, nil, true, true); err != nil {
+		t.Fatal(err)
+	}
+	clear(r.model[:128<<10])
+	r.check(t)
+
+	// The state survives a restart of the primary (replayed records).
+	r.restart(t)
+	r.check(t)
+}
+
+// TestLargeWriteTakesTheJournalWithoutSleds: with fewer sleds up than a
+// segment needs, the write goes through the journals rather than fail.
+func TestLargeWriteTakesTheJournalWithoutSleds(t *testing.T) {
+	r := newDirectRig(t, 1<<20, 256<<10, 64<<10)
+	for _, s := range []string{sledName(0), sledName(1)} {
+		r.dir.setState(s, ballastpb.SledState_SLED_STATE_DOWN)
+	}
+	r.write(t, 0, pattern(512<<10, 9))
+	if n := r.dirty(t); n != 128 {
+		t.Fatalf("%d blocks in the log, want the write's 128", n)
+	}
+	if got := r.remote.stats.directBytes.Load(); got != 0 {
+		t.Fatalf("direct bytes counted %d with too few sleds", got)
+	}
+	r.check(t)
+}
+
+// TestSegmentWriteCutShortLeavesOnlyOrphans: a write whose shards are on
+// the sleds but whose record never got ordered (as after a crash there)
+// takes the journal, and the audit collects its shards.
+func TestSegmentWriteCutShortLeavesOnlyOrphans(t *testing.T) {
+	r := newDirectRig(t, 1<<20, 256<<10, 64<<10)
+	r.remote.crashAt = func(step string) error {
+		if step == "segment-write:shards-written" {
+			return errors.New("injected crash")
+		}
+		return nil
+	}
+	r.write(t, 0, pattern(256<<10, 2))
+	r.remote.crashAt = nil
+	if n := r.dirty(t); n != 64 {
+		t.Fatalf("%d blocks in the log, want the write's 64", n)
+	}
+	r.write(t, 256<<10, pattern(256<<10, 3))
+	if err := r.m().maintain(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.check(t)
+	r.checkShardsMatch(t) // no shard that no segment names
+}
+
+// TestSegmentWritesInterleaveWithSmallOnes: random writes of every size
+// over a small volume, with flushes and compaction between, keep the
+// replicas equal to the model and the stores consistent.
+func TestSegmentWritesInterleaveWithSmallOnes(t *testing.T) {
+	r := newDirectRig(t, 1<<20, 128<<10, 16<<10)
+	rng := rand.New(rand.NewSource(12))
+	for round := range 12 {
+		for range 30 {
+			var off, n uint64
+			if rng.Intn(3) == 0 {
+				n = uint64(4+rng.Intn(60)) * blockSize
+				off = uint64(rng.Intn(int(r.vol.SizeBytes-n)/blockSize)) * blockSize
+			} else {
+				n = uint64(1 + rng.Intn(3*blockSize))
+				off = uint64(rng.Intn(int(r.vol.SizeBytes - n)))
+			}
+			buf := make([]byte, n)
+			rng.Read(buf)
+			r.write(t, off, buf)
+		}
+		if round%3 == 0 {
+			if err := r.m().flush(r.ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if round%4 == 1 {
+			if err := r.m().maintain(r.ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.check(t)
+	}
+	if r.remote.stats.directBytes.Load() == 0 {
+		t.Fatal("no write went straight to a segment")
+	}
+	r.checkShardsMatch(t)
+}
