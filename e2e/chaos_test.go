@@ -97,13 +97,15 @@ func chaosConfigFromEnv(t *testing.T) chaosConfig {
 
 // chaosHeadNodeFlags keep the head nodes flushing to the sleds all through
 // a short run (small segments, a low threshold, a short interval), so sled
-// faults meet live traffic.
+// faults meet live traffic; the clients' writes of 3 and 4 blocks go
+// straight to segments, those of 1 and 2 through the journals, over the
+// same blocks.
 var chaosHeadNodeFlags = []string{"--segment-size", "1MiB", "--flush-threshold", "512KiB", "--flush-interval", "5s",
-	"--audit-interval", "5s"}
+	"--audit-interval", "5s", "--direct-write", "12KiB"}
 
 // chaosNoFlushFlags keep every block in the head nodes' logs for a whole
 // run: what `ballast headnode export-replica` can read.
-var chaosNoFlushFlags = []string{"--flush-threshold", "4GiB", "--flush-interval", "1h"}
+var chaosNoFlushFlags = []string{"--flush-threshold", "4GiB", "--flush-interval", "1h", "--direct-write", "off"}
 
 // TestChaos is the nemesis harness: for each schedule a fresh rack in
 // network namespaces, clients writing self-describing blocks over NBD, the

@@ -343,6 +343,8 @@ func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
 		return err
 	}
 	a.touchSegment(seg.Id)
+	var moved []uint64
+	var slots []uint32
 	for slot, block := range f.SlotBlocks {
 		a.entry.Blocks = append(a.entry.Blocks, block)
 		ref, ok, err := a.getRef(block)
@@ -355,16 +357,15 @@ func (a *applier) applyFlush(f *ballastpb.FlushRecord) error {
 		if ref.version != f.Versions[slot] {
 			continue // written again since
 		}
-		if err := a.index(block, blockLoc{segment: seg.Id, slot: uint32(slot)}); err != nil {
-			return err
-		}
-		// The ref just read: a second read would cost a point lookup per
+		// The ref just read: a second read would cost a lookup per
 		// flushed block.
 		if err := a.dropRef(block, ref); err != nil {
 			return err
 		}
+		moved = append(moved, block)
+		slots = append(slots, uint32(slot))
 	}
-	return nil
+	return a.indexBlocks(seg.Id, moved, slots)
 }
 
 // applySegmentWrite maps every block of a client write that went straight
@@ -393,21 +394,50 @@ func (a *applier) applySegmentWrite(w *ballastpb.SegmentWriteRecord) error {
 		return err
 	}
 	a.touchSegment(seg.Id)
-	// One pass over the index entries of the blocks' span rather than a
-	// point lookup per block: the old segments lose a live block each.
-	first, last := w.SlotBlocks[0], w.SlotBlocks[len(w.SlotBlocks)-1]
+	slots := make([]uint32, len(w.SlotBlocks))
+	for slot, block := range w.SlotBlocks {
+		a.entry.Blocks = append(a.entry.Blocks, block)
+		if err := a.endRef(block); err != nil {
+			return err
+		}
+		slots[slot] = uint32(slot)
+	}
+	return a.indexBlocks(seg.Id, w.SlotBlocks, slots)
+}
+
+// indexBlocks maps blocks[i] to slot slots[i] of segment seg, unindexing
+// each from where it was. Blocks in increasing order over a dense span
+// cost one pass over the span's index entries rather than a point lookup
+// each.
+func (a *applier) indexBlocks(seg uint64, blocks []uint64, slots []uint32) error {
+	if len(blocks) == 0 {
+		return nil
+	}
+	first, last := blocks[0], blocks[len(blocks)-1]
+	dense := last >= first && last-first < 4*uint64(len(blocks))
+	for i := 1; dense && i < len(blocks); i++ {
+		dense = blocks[i] > blocks[i-1]
+	}
+	if !dense {
+		for i, block := range blocks {
+			if err := a.index(block, blockLoc{segment: seg, slot: slots[i]}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: indexKey(a.vol, first), UpperBound: indexKey(a.vol, last+1)})
 	if err != nil {
 		return fmt.Errorf("iterate index: %w", err)
 	}
-	slot := 0
+	i := 0
 	for ok := it.First(); ok; ok = it.Next() {
 		block := keyNumber(it.Key())
-		for slot < len(w.SlotBlocks) && w.SlotBlocks[slot] < block {
-			slot++
+		for i < len(blocks) && blocks[i] < block {
+			i++
 		}
-		if slot == len(w.SlotBlocks) || w.SlotBlocks[slot] != block {
-			continue // in the span, not in the write
+		if i == len(blocks) || blocks[i] != block {
+			continue // in the span, not among the blocks
 		}
 		loc, err := decodeLoc(it.Value())
 		if err != nil {
@@ -420,16 +450,13 @@ func (a *applier) applySegmentWrite(w *ballastpb.SegmentWriteRecord) error {
 	if err := it.Close(); err != nil {
 		return fmt.Errorf("read index: %w", err)
 	}
-	for slot, block := range w.SlotBlocks {
-		a.entry.Blocks = append(a.entry.Blocks, block)
-		if err := a.endRef(block); err != nil {
-			return err
-		}
-		a.liveDelta[seg.Id]++
-		if err := a.b.Set(indexKey(a.vol, block), encodeLoc(blockLoc{segment: seg.Id, slot: uint32(slot)}), nil); err != nil {
+	for i, block := range blocks {
+		a.liveDelta[seg]++
+		if err := a.b.Set(indexKey(a.vol, block), encodeLoc(blockLoc{segment: seg, slot: slots[i]}), nil); err != nil {
 			return err
 		}
 	}
+	a.touchSegment(seg)
 	return nil
 }
 
