@@ -814,3 +814,49 @@ func TestCRCCombine(t *testing.T) {
 		}
 	}
 }
+
+// TestWritesOfOneEpochRunAtOnce: shards of one volume at its current
+// epoch are written concurrently (a sled serves several head-node flushes
+// and large writes of a volume at once); only a newer epoch waits.
+func TestWritesOfOneEpochRunAtOnce(t *testing.T) {
+	fs := newFaultFS()
+	s := openTestStore(t, t.TempDir(), 2, 0, fs)
+	slow := []byte("a shard whose write is held")
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	fs.set(func(f *faultFS) {
+		f.beforeWrite = func(path string, data []byte) {
+			if bytes.Contains(data, slow) {
+				once.Do(func() { close(held) })
+				<-release
+			}
+		}
+	})
+	if _, err := s.Put(ShardID{Volume: 3, Segment: 1}, 5, []byte("fences epoch 5")); err != nil {
+		t.Fatal(err)
+	}
+	slowErr := make(chan error, 1)
+	go func() {
+		_, err := s.Put(ShardID{Volume: 3, Segment: 2}, 5, slow)
+		slowErr <- err
+	}()
+	<-held
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Put(ShardID{Volume: 3, Segment: 3}, 5, []byte("another shard"))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("a write of another shard of the volume waited for the held one")
+	}
+	close(release)
+	if err := <-slowErr; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -79,11 +79,16 @@ type Store struct {
 	index       map[ShardID]*shardEntry
 	epochs      map[uint64]uint64
 	quarantined uint64
-	// volLocks serialize the writes (puts, deletes) of each volume, so a
-	// writer's epoch check and its change of the shard are one step: a
-	// write that passed the check at an older epoch cannot land after a
-	// write at a newer one. Reads take no volume lock.
-	volLocks map[uint64]*sync.Mutex
+	// volLocks fence each volume's writes (puts, deletes) by epoch:
+	// writes at the volume's current epoch hold its lock shared and run
+	// at once; recording a newer epoch holds it alone, so every write
+	// that passed the check at an older epoch has landed before, and none
+	// can land after. Reads take no volume lock.
+	volLocks map[uint64]*sync.RWMutex
+	// shardLocks serialize the writes of one shard (puts, deletes,
+	// quarantine), so changing its file and its entry are one step;
+	// striped by shard id.
+	shardLocks [64]sync.Mutex
 	// files lists the entries whose file is open (files.go), most
 	// recently read first; there are at most maxOpenFiles.
 	files        *list.List
@@ -134,7 +139,7 @@ func openStore(o storeOptions) (*Store, error) {
 	}
 	s := &Store{
 		id: o.id, log: o.logger, m: o.metrics, meta: meta,
-		index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}, volLocks: map[uint64]*sync.Mutex{},
+		index: map[ShardID]*shardEntry{}, epochs: map[uint64]uint64{}, volLocks: map[uint64]*sync.RWMutex{},
 		files: list.New(), maxOpenFiles: o.maxOpenFiles,
 	}
 	if err := s.loadMeta(); err != nil {
@@ -371,23 +376,58 @@ func (s *Store) Close() error {
 	return s.meta.Close()
 }
 
-// lockVolume takes the volume's write lock and returns its release.
-func (s *Store) lockVolume(volume uint64) func() {
+// lockForWrite admits a write of shard id at epoch: it fails if the
+// volume has seen a newer epoch, records a newer epoch first (fenceLocked)
+// if this is one, and returns holding the volume's fence shared and the
+// shard's lock, released by the returned function.
+func (s *Store) lockForWrite(id ShardID, epoch uint64) (unlock func(), err error) {
 	s.mu.Lock()
-	l := s.volLocks[volume]
-	if l == nil {
-		l = &sync.Mutex{}
-		s.volLocks[volume] = l
+	fence := s.volLocks[id.Volume]
+	if fence == nil {
+		fence = &sync.RWMutex{}
+		s.volLocks[id.Volume] = fence
 	}
 	s.mu.Unlock()
+	for {
+		fence.RLock()
+		s.mu.Lock()
+		closed, seen := s.closed, s.epochs[id.Volume]
+		s.mu.Unlock()
+		switch {
+		case closed:
+			fence.RUnlock()
+			return nil, ErrClosed
+		case epoch < seen:
+			fence.RUnlock()
+			return nil, fmt.Errorf("%w: volume %d: epoch %d is older than %d", ErrStaleEpoch, id.Volume, epoch, seen)
+		case epoch == seen:
+			shard := s.lockShard(id)
+			return func() { shard.Unlock(); fence.RUnlock() }, nil
+		}
+		// A newer epoch: record it alone, once the writes in flight at
+		// the older one have landed, then write under the fence shared.
+		fence.RUnlock()
+		fence.Lock()
+		err := s.fenceLocked(id.Volume, epoch)
+		fence.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// lockShard takes the lock of shard id's stripe.
+func (s *Store) lockShard(id ShardID) *sync.Mutex {
+	h := id.Volume*0x9e3779b97f4a7c15 ^ id.Segment*0xbf58476d1ce4e5b9 ^ uint64(id.Index)*0x94d049bb133111eb
+	l := &s.shardLocks[(h^h>>29)%uint64(len(s.shardLocks))]
 	l.Lock()
-	return l.Unlock
+	return l
 }
 
 // fenceLocked checks a writer's epoch for a volume and records a newer one
 // durably before the write that carries it changes anything. The caller
-// holds the volume's lock until its write is done, so no write at an older
-// epoch can pass this check and land after it.
+// holds the volume's fence alone (lockForWrite), so no write at an older
+// epoch is in flight, and none can pass the check after it.
 func (s *Store) fenceLocked(volume, epoch uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -443,11 +483,11 @@ func (s *Store) put(id ShardID, epoch uint64, data []byte, crc *uint32) (string,
 	hdr := encodeHeader(formatVersion, id, epoch, uint64(len(data)))
 	size := uint64(len(hdr) + len(data) + len(trailer))
 
-	unlock := s.lockVolume(id.Volume)
-	defer unlock()
-	if err := s.fenceLocked(id.Volume, epoch); err != nil {
+	unlock, err := s.lockForWrite(id, epoch)
+	if err != nil {
 		return "", err
 	}
+	defer unlock()
 	s.mu.Lock()
 	existing, ok := s.index[id]
 	s.mu.Unlock()
@@ -770,12 +810,11 @@ func (s *Store) readFailed(d *device, id ShardID, e *shardEntry, err error) erro
 }
 
 // quarantine moves a corrupt shard's file aside and forgets the shard, if
-// e is still its entry: under the volume's lock, where no put or delete
+// e is still its entry: under the shard's lock, where no put or delete
 // is between changing the file and changing the entry, so the file at
 // the shard's path is e's. It says whether it did.
 func (s *Store) quarantine(d *device, id ShardID, e *shardEntry, cause error) bool {
-	unlock := s.lockVolume(id.Volume)
-	defer unlock()
+	defer s.lockShard(id).Unlock()
 	s.mu.Lock()
 	if s.index[id] != e {
 		s.mu.Unlock()
@@ -804,11 +843,11 @@ func (s *Store) quarantineFile(d *device, id ShardID, path string, cause error) 
 // step with the removal.
 func (s *Store) Delete(id ShardID, epoch uint64) error {
 	s.clientIO.Add(1)
-	unlock := s.lockVolume(id.Volume)
-	defer unlock()
-	if err := s.fenceLocked(id.Volume, epoch); err != nil {
+	unlock, err := s.lockForWrite(id, epoch)
+	if err != nil {
 		return err
 	}
+	defer unlock()
 	s.mu.Lock()
 	e, ok := s.index[id]
 	if !ok {
