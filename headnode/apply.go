@@ -384,25 +384,31 @@ func (a *applier) applySegmentWrite(w *ballastpb.SegmentWriteRecord) error {
 	if len(w.SlotBlocks) == 0 {
 		return fmt.Errorf("write to segment %d: no blocks", seg.Id)
 	}
-	for i := 1; i < len(w.SlotBlocks); i++ {
-		if w.SlotBlocks[i] <= w.SlotBlocks[i-1] {
-			return fmt.Errorf("write to segment %d: slot %d holds block %d after block %d", seg.Id, i, w.SlotBlocks[i], w.SlotBlocks[i-1])
-		}
-	}
 	seg.LiveBlocks = 0
 	if err := a.putSegment(seg, w.SlotBlocks); err != nil {
 		return err
 	}
 	a.touchSegment(seg.Id)
-	slots := make([]uint32, len(w.SlotBlocks))
+	// Writes that shared the segment may overlap: a block's last slot
+	// holds it, its earlier ones are dead from the start.
+	last := make(map[uint64]uint32, len(w.SlotBlocks))
 	for slot, block := range w.SlotBlocks {
+		last[block] = uint32(slot)
+	}
+	blocks := make([]uint64, 0, len(last))
+	for block := range last {
+		blocks = append(blocks, block)
+	}
+	slices.Sort(blocks)
+	slots := make([]uint32, len(blocks))
+	for i, block := range blocks {
 		a.entry.Blocks = append(a.entry.Blocks, block)
 		if err := a.endRef(block); err != nil {
 			return err
 		}
-		slots[slot] = uint32(slot)
+		slots[i] = last[block]
 	}
-	return a.indexBlocks(seg.Id, w.SlotBlocks, slots)
+	return a.indexBlocks(seg.Id, blocks, slots)
 }
 
 // indexBlocks maps blocks[i] to slot slots[i] of segment seg, unindexing

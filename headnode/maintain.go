@@ -263,21 +263,28 @@ func (m *maintainer) writeSegment(ctx context.Context, id uint64, blocks [][]byt
 	if err != nil {
 		return nil, nil, err
 	}
+	seg, err := m.storeSegment(ctx, id, shards, size, len(blocks))
+	return seg, shards, err
+}
+
+// storeSegment writes an encoded segment's shards to distinct sleds.
+func (m *maintainer) storeSegment(ctx context.Context, id uint64, shards [][]byte, size uint64, blocks int) (*ballastpb.Segment, error) {
+	cfg := m.r.cfg
 	sleds, err := placeShards(m.r.view.placement(), len(shards), nil, m.p.vol.Id<<32^id)
 	if err != nil {
-		return nil, nil, fmt.Errorf("place segment %d: %w", id, err)
+		return nil, fmt.Errorf("place segment %d: %w", id, err)
 	}
 	if err := m.r.putShards(ctx, m.p.vol, id, shards, sleds); err != nil {
-		return nil, nil, fmt.Errorf("write segment %d: %w", id, err)
+		return nil, fmt.Errorf("write segment %d: %w", id, err)
 	}
 	return &ballastpb.Segment{
 		Id:             id,
 		DataShards:     uint32(cfg.DataShards),
 		ParityShards:   uint32(cfg.ParityShards),
 		ShardSizeBytes: size,
-		Blocks:         uint32(len(blocks)),
+		Blocks:         uint32(blocks),
 		ShardSleds:     sleds,
-	}, shards, nil
+	}, nil
 }
 
 // audit checks every segment against the sleds: shards on sleds that are

@@ -95,9 +95,11 @@ type primaryVolume struct {
 	// remote reaches the sleds; nil when the rack has none configured for
 	// this node (then nothing is ever flushed and every block is local).
 	remote *remoteIO
-	// maint flushes, compacts and repairs the volume's segments; nil
-	// without remote.
-	maint *maintainer
+	// maint flushes, compacts and repairs the volume's segments;
+	// segWriter puts large client writes straight into segments. Both
+	// nil without remote.
+	maint     *maintainer
+	segWriter *segmentWriter
 	// writtenBytes counts bytes committed since the flusher last looked,
 	// so a burst of writes triggers a flush before the timer does.
 	writtenBytes atomic.Int64
@@ -161,6 +163,7 @@ func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer,
 	if remote != nil {
 		p.remote = remote
 		p.maint = newMaintainer(p, remote)
+		p.segWriter = newSegmentWriter(p)
 		if remote.manual {
 			close(p.maint.done) // tests drive the steps themselves
 		} else {
@@ -190,6 +193,9 @@ func (p *primaryVolume) Close() {
 	p.mu.Unlock()
 	close(p.stop)
 	<-p.done
+	if p.segWriter != nil {
+		p.segWriter.close()
+	}
 	if p.maint != nil {
 		<-p.maint.done
 	}
@@ -372,12 +378,21 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 		}
 	}
 	if p.directWriteFor(off, length, data) {
-		n, err := p.writeDirect(ctx, off, data)
-		if err != nil || n == length {
-			return err
+		rest, err := p.writeDirect(ctx, off, data)
+		for _, part := range rest {
+			if err != nil {
+				break
+			}
+			err = p.writeThroughJournal(ctx, part.off, uint64(len(part.data)), part.data, false, false)
 		}
-		off, length, data = off+n, length-n, data[n:]
+		return err
 	}
+	return p.writeThroughJournal(ctx, off, length, data, zero, removable)
+}
+
+// writeThroughJournal orders a write's blocks as a record of their own
+// and waits until it is durable on both replicas.
+func (p *primaryVolume) writeThroughJournal(ctx context.Context, off, length uint64, data []byte, zero, removable bool) error {
 	cost := int64(min(length, maxBatchBytes))
 	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
 		return fmt.Errorf("waiting for write queue: %w", err)

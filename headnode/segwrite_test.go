@@ -3,7 +3,10 @@ package headnode
 import (
 	"errors"
 	"math/rand"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -27,7 +30,12 @@ func TestLargeWritesGoStraightToSegments(t *testing.T) {
 		t.Fatalf("%d blocks in the log after a large write; want none", n)
 	}
 	segs, _ := r.pStore.Segments(r.vol.Id)
-	if len(segs) != 3 || segs[0].LiveBlocks != 64 || segs[2].LiveBlocks != 22 {
+	var live []uint32
+	for _, seg := range segs {
+		live = append(live, seg.LiveBlocks)
+	}
+	slices.Sort(live)
+	if !slices.Equal(live, []uint32{22, 64, 64}) {
 		t.Fatalf("segments after a 600 KiB write in 256 KiB segments: %v", segs)
 	}
 	if got := r.remote.stats.directBytes.Load(); got != uint64(len(data)) {
@@ -150,5 +158,84 @@ func TestSegmentWritesInterleaveWithSmallOnes(t *testing.T) {
 	if r.remote.stats.directBytes.Load() == 0 {
 		t.Fatal("no write went straight to a segment")
 	}
+	r.checkShardsMatch(t)
+}
+
+// TestQueuedLargeWritesShareASegment: writes that queue while segments
+// are on their way to the sleds go together into the next one, in the
+// order they came; a block two of them write holds the later one's data.
+func TestQueuedLargeWritesShareASegment(t *testing.T) {
+	r := newDirectRig(t, 2<<20, 256<<10, 64<<10)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(let) // before the primary closes, should the test fail
+	r.shards.set(func(m *memShards) { m.hold = func() { <-release } })
+	w := r.primary.segWriter
+	queued := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.queue)
+	}
+	type write struct {
+		off  uint64
+		data []byte
+	}
+	errs := make(chan error, 8)
+	start := func(wr write) {
+		go func() {
+			errs <- r.primary.write(r.ctx, wr.off, uint64(len(wr.data)), wr.data, false, false)
+		}()
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// Two writes, one after the other, take both segments in flight and
+	// wait at the sleds.
+	first := []write{{0, pattern(64<<10, 1)}, {1 << 20, pattern(64<<10, 2)}}
+	for i, wr := range first {
+		start(wr)
+		waitFor("a segment in flight", func() bool { return len(w.slots) == i+1 && queued() == 0 })
+	}
+	// Four more queue, one at a time so their order is known; the third
+	// writes the first one's blocks again.
+	later := []write{{256 << 10, pattern(64<<10, 3)}, {512 << 10, pattern(64<<10, 4)}, {256 << 10, pattern(64<<10, 5)}, {768 << 10, pattern(64<<10, 6)}}
+	for i, wr := range later {
+		start(wr)
+		waitFor("a queued write", func() bool { return queued() == i+1 })
+	}
+	let()
+	for range len(first) + len(later) {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, wr := range append(first, later...) {
+		copy(r.model[wr.off:], wr.data)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	if len(segs) != 3 {
+		t.Fatalf("%d segments for 2 writes in flight and 4 queued behind them, want 3: %v", len(segs), segs)
+	}
+	shared := 0
+	for _, seg := range segs {
+		if seg.Blocks == 64 {
+			shared++
+			if seg.LiveBlocks != 48 {
+				t.Fatalf("the shared segment has %d live blocks, want 48 (16 overwritten within it)", seg.LiveBlocks)
+			}
+		}
+	}
+	if shared != 1 {
+		t.Fatalf("no segment holds the four queued writes: %v", segs)
+	}
+	r.check(t)
 	r.checkShardsMatch(t)
 }

@@ -30,6 +30,9 @@ type memShards struct {
 	full     map[string]bool // puts fail as if no device had room
 	capBytes uint64
 	puts     int
+	// hold, if set, is called before each put, outside the lock: a
+	// test holds puts in flight with it.
+	hold func()
 }
 
 type memShard struct {
@@ -58,6 +61,12 @@ func (m *memShards) check(sled string) (map[shardID]memShard, error) {
 }
 
 func (m *memShards) Put(ctx context.Context, sled string, id shardID, epoch uint64, data []byte) error {
+	m.mu.Lock()
+	hold := m.hold
+	m.mu.Unlock()
+	if hold != nil {
+		hold()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	sh, err := m.check(sled)

@@ -6595,8 +6595,10 @@ func (x *FlushRecord) GetVersions() []uint64 {
 // SegmentWriteRecord is a client write that went straight to a new segment:
 // the primary wrote and synced the segment's shards on the sleds before it
 // ordered this record, so only the metadata crosses the head nodes'
-// journals. Slot i holds block slot_blocks[i]; every slot is live, and the
-// blocks' earlier data (in the log or in other segments) is superseded.
+// journals. Slot i holds block slot_blocks[i]. Several writes may share a
+// segment: a block in several slots is held by the last, the others are
+// dead from the start. The blocks' earlier data (in the log or in other
+// segments) is superseded.
 type SegmentWriteRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Segment       *Segment               `protobuf:"bytes,1,opt,name=segment,proto3" json:"segment,omitempty"`
