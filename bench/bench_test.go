@@ -84,7 +84,7 @@ func TestQuickSuite(t *testing.T) {
 	needTools(t, "fio", "qemu-nbd")
 	bin := buildBallast(t)
 	out, work := t.TempDir(), t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	began := time.Now()
 	rep, err := Run(ctx, Config{
