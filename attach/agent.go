@@ -434,7 +434,16 @@ func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) err
 	return d.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_WRITE, Offset: off, Data: p, Fua: fua})
 }
 
+// Flush is answered at once once a head node has acknowledged a write of
+// this session: a head node acknowledges a write only when it is durable
+// on both replicas, so every write that returned before the flush is
+// durable already, and the round trip would cost the guest's fsync its
+// time for nothing. Until then the flush goes to the head node, where the
+// first flush of a host taking a volume over moves the attachment to it.
 func (d device) Flush(ctx context.Context) error {
+	if d.v.wrote.Load() {
+		return nil
+	}
 	return d.run(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_FLUSH})
 }
 
@@ -451,7 +460,13 @@ func (d device) run(ctx context.Context, req *ballastpb.IORequest) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", blockdev.ErrIO, err)
 	}
-	return replyError(r)
+	if err := replyError(r); err != nil {
+		return err
+	}
+	if req.Op != ballastpb.IOOp_IO_OP_FLUSH {
+		d.v.wrote.Store(true)
+	}
+	return nil
 }
 
 // replyError maps a head node's status onto the device's error classes.

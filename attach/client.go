@@ -135,6 +135,11 @@ type Volume struct {
 	// is attached elsewhere; the session never changes.
 	session migrate.Session
 
+	// wrote is set once a head node acknowledged a write, trim or
+	// write-zeroes of this session: from then on a flush is answered at
+	// once (device.Flush).
+	wrote atomic.Bool
+
 	mu      sync.Mutex
 	primary []string // addresses of the primary as last looked up
 	stream  *ioStream

@@ -332,3 +332,46 @@ func (b *syncBuffer) Len() int {
 	defer b.mu.Unlock()
 	return b.b.Len()
 }
+
+// A flush goes to the head node only until it has acknowledged a write of
+// the session (the first flush of a host taking a volume over moves the
+// attachment); after that every write that returned is durable on both
+// replicas already, and the flush is answered at once.
+func TestFlushAfterAnAcknowledgedWriteStaysLocal(t *testing.T) {
+	var flushes atomic.Int32
+	disk := memDisk()
+	s := startFakeFramed(t, func(f blockwire.Frame, data []byte) (blockwire.Frame, []byte) {
+		if f.Op == blockwire.OpFlush {
+			flushes.Add(1)
+		}
+		return disk(f, data)
+	})
+	st := openFramed(t, s, wireTiming{time: time.Minute, timeout: time.Minute})
+	v := &Volume{client: &Client{}, name: "v", size: 1 << 20, stream: st, primary: []string{s.addr}}
+	dev := NewDevice(v)
+	ctx := context.Background()
+	if err := dev.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := flushes.Load(); n != 1 {
+		t.Fatalf("%d flushes reached the head node before any write, want 1", n)
+	}
+	// A write the head node refuses proves nothing durable.
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 2<<20, false); !errors.Is(err, blockdev.ErrOutOfRange) {
+		t.Fatalf("write past the end: %v", err)
+	}
+	if err := dev.Flush(ctx); err != nil || flushes.Load() != 2 {
+		t.Fatalf("flush after a refused write: %v, %d reached the head node, want 2", err, flushes.Load())
+	}
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := dev.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := flushes.Load(); n != 2 {
+		t.Fatalf("%d flushes reached the head node after an acknowledged write, want still 2", n)
+	}
+}
