@@ -509,7 +509,7 @@ func TestVoidedAppendsStayVoidAfterACrash(t *testing.T) {
 // after it, and the replicas agree.
 func TestPowerLossAtEveryStep(t *testing.T) {
 	storePoints := []string{"append:journaled", "append:durable", "append:applied", "release:synced", "release:done"}
-	maintPoints := []string{"flush:shards-written", "compact:shards-written", "compact:committed", "free:committed"}
+	maintPoints := []string{"flush:shards-written", "compact:shards-written", "compact:committed", "free:committed", "segment-write:shards-written"}
 	type tc struct {
 		point      string
 		store      bool // a store's step (else the maintenance's)
@@ -528,6 +528,7 @@ func TestPowerLossAtEveryStep(t *testing.T) {
 			t.Parallel() // each case has stores, sleds and a primary of its own
 			rng := rand.New(rand.NewSource(int64(i + 1)))
 			r := newStorageRig(t, 256<<10, 7, 64<<10)
+			r.remote.cfg.DirectWriteBytes = 32 << 10 // the workload's 8-block writes go straight to segments
 			opts := blockStoreOptions{JournalBytes: 2 << 20, ReleaseInterval: 2 * time.Millisecond}
 			ps, ss := openCrashable(t, opts), openCrashable(t, opts)
 			r.primary.Close()
@@ -576,14 +577,25 @@ func TestPowerLossAtEveryStep(t *testing.T) {
 						r.m().maintain(r.ctx)
 					}
 				default:
-					b := uint64(rng.Intn(size / 2)) // rewrites, so compaction has work
-					data := pattern(blockSize, byte(rng.Intn(256)))
-					err := r.primary.write(r.ctx, b*blockSize, blockSize, data, false, false)
+					// Mostly single blocks through the journals; now and
+					// then eight at once, straight to a segment.
+					blocks := 1
+					if op%8 == 3 {
+						blocks = 8
+					}
+					b := uint64(rng.Intn(size/2 - blocks + 1)) // rewrites, so compaction has work
+					data := make([]byte, 0, blocks*blockSize)
+					for range blocks {
+						data = append(data, pattern(blockSize, byte(rng.Intn(256)))...)
+					}
+					err := r.primary.write(r.ctx, b*blockSize, uint64(len(data)), data, false, false)
 					if err != nil || crashed.Load() {
-						if uncertain[b] == nil {
-							uncertain[b] = [][]byte{slices.Clone(r.model[b*blockSize : (b+1)*blockSize])}
+						for i := range uint64(blocks) {
+							if uncertain[b+i] == nil {
+								uncertain[b+i] = [][]byte{slices.Clone(r.model[(b+i)*blockSize : (b+i+1)*blockSize])}
+							}
+							uncertain[b+i] = append(uncertain[b+i], data[i*blockSize:(i+1)*blockSize])
 						}
-						uncertain[b] = append(uncertain[b], data)
 					}
 					if err == nil {
 						copy(r.model[b*blockSize:], data)

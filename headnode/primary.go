@@ -77,6 +77,10 @@ type primaryVolume struct {
 	// secondaryJournalFull is set likewise: the secondary's journal is at
 	// its high-water mark, and client writes wait (waitForJournalRoom).
 	secondaryJournalFull atomic.Bool
+	// segmentWrites says the session's secondary applies segment-write
+	// records (a secondary of an older build would take one for an empty
+	// write): large writes go straight to segments only while it does.
+	segmentWrites atomic.Bool
 	// inSync says a session is open and reconciled: the secondary holds
 	// no record this node lacks. It does not after a start, or after a
 	// batch failed (locally, perhaps after the secondary applied it),
@@ -923,6 +927,7 @@ func (p *primaryVolume) ensureLink(ctx context.Context) error {
 		return fmt.Errorf("hello to secondary %s: %w", secondary, err)
 	}
 	p.linkSecondary, p.linkIncarnation, p.linkFull, p.linkReported = secondary, reply.Incarnation, false, false
+	p.segmentWrites.Store(slices.Contains(reply.Features, featureSegmentWrite))
 	if !full && reply.NeedsSync {
 		if _, err := link.Send(ctx, &ballastpb.ReplicateRequest{SyncBegin: true}); err != nil {
 			return fmt.Errorf("begin full sync of secondary %s: %w", secondary, err)

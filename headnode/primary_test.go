@@ -35,6 +35,9 @@ type faults struct {
 
 	// diskFull is what the secondary's replies say of its disk.
 	diskFull bool
+	// olderSecondary makes the secondary's hello name no features, as
+	// one of an older build does.
+	olderSecondary bool
 
 	// waitDelay slows each reply; maxStarted is the most batches the
 	// secondary has held unanswered at once.
@@ -50,12 +53,16 @@ func (f *faults) set(fn func(*faults)) {
 
 func (l *memLink) Hello(ctx context.Context, req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
 	l.f.mu.Lock()
-	down := l.f.down
+	down, older := l.f.down, l.f.olderSecondary
 	l.f.mu.Unlock()
 	if down {
 		return nil, errors.New("secondary unreachable")
 	}
-	return l.sec.hello(req)
+	reply, err := l.sec.hello(req)
+	if older && reply != nil {
+		reply.Features = nil
+	}
+	return reply, err
 }
 
 func (l *memLink) Send(ctx context.Context, req *ballastpb.ReplicateRequest) (uint64, error) {

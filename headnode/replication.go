@@ -55,8 +55,22 @@ type secondaryVolume struct {
 	id    uint64
 }
 
+// recordFeatures are the kinds of record this build applies beyond those
+// every head node does, which a secondary's hello reply names.
+const featureSegmentWrite = "segment-write"
+
+var recordFeatures = []string{featureSegmentWrite}
+
 // hello answers a primary that opens a session.
 func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
+	reply, err := s.answerHello(req)
+	if reply != nil {
+		reply.Features = recordFeatures
+	}
+	return reply, err
+}
+
+func (s *secondaryVolume) answerHello(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
 	if req.SyncBegin {
 		if err := s.store.beginSync(s.id); err != nil {
 			return nil, err

@@ -85,7 +85,7 @@ func (w *segmentWriter) close() {
 // directWriteFor says whether a write of length bytes of data at off goes
 // straight to a segment.
 func (p *primaryVolume) directWriteFor(off, length uint64, data []byte) bool {
-	if p.segWriter == nil || data == nil {
+	if p.segWriter == nil || data == nil || !p.segmentWrites.Load() {
 		return false
 	}
 	least := p.remote.cfg.DirectWriteBytes
@@ -295,6 +295,13 @@ func (p *primaryVolume) orderSegmentWrite(ctx context.Context, rec *ballastpb.Se
 		p.mu.Unlock()
 		p.queueBytes.Release(cost)
 		return nil, ErrStopped
+	}
+	if !p.segmentWrites.Load() {
+		// The session changed to a secondary that cannot apply the record
+		// while the shards were written: the writes take the journal.
+		p.mu.Unlock()
+		p.queueBytes.Release(cost)
+		return nil, fmt.Errorf("secondary does not apply %s records", featureSegmentWrite)
 	}
 	ticket := p.nextTicket
 	p.nextTicket++

@@ -4,19 +4,29 @@ import (
 	"errors"
 	"math/rand"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
 // newDirectRig is a storage rig whose aligned writes of at least least
-// bytes go straight to segments.
+// bytes go straight to segments. It writes and flushes the volume's last
+// block: the session that write opens says whether the secondary applies
+// segment writes, and large writes go to segments only once it has.
 func newDirectRig(t *testing.T, size uint64, segmentBytes, least int64) *storageRig {
 	t.Helper()
 	r := newStorageRig(t, size, 7, segmentBytes)
 	r.remote.cfg.DirectWriteBytes = least
+	r.write(t, size-blockSize, pattern(blockSize, 0x5e))
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
 	return r
 }
 
@@ -35,7 +45,7 @@ func TestLargeWritesGoStraightToSegments(t *testing.T) {
 		live = append(live, seg.LiveBlocks)
 	}
 	slices.Sort(live)
-	if !slices.Equal(live, []uint32{22, 64, 64}) {
+	if !slices.Equal(live, []uint32{1, 22, 64, 64}) { // the rig's block, then the write's
 		t.Fatalf("segments after a 600 KiB write in 256 KiB segments: %v", segs)
 	}
 	if got := r.remote.stats.directBytes.Load(); got != uint64(len(data)) {
@@ -221,8 +231,8 @@ func TestQueuedLargeWritesShareASegment(t *testing.T) {
 		copy(r.model[wr.off:], wr.data)
 	}
 	segs, _ := r.pStore.Segments(r.vol.Id)
-	if len(segs) != 3 {
-		t.Fatalf("%d segments for 2 writes in flight and 4 queued behind them, want 3: %v", len(segs), segs)
+	if len(segs) != 4 {
+		t.Fatalf("%d segments for the rig's block, 2 writes in flight and 4 queued behind them, want 4: %v", len(segs), segs)
 	}
 	shared := 0
 	for _, seg := range segs {
@@ -238,4 +248,60 @@ func TestQueuedLargeWritesShareASegment(t *testing.T) {
 	}
 	r.check(t)
 	r.checkShardsMatch(t)
+}
+
+// TestLargeWritesWaitForASecondaryThatAppliesThem: a secondary of an older
+// build names no features in its hello and would read a segment-write
+// record as an empty write; large writes take the journals while the
+// session is with one.
+func TestLargeWritesWaitForASecondaryThatAppliesThem(t *testing.T) {
+	r := newStorageRig(t, 1<<20, 7, 256<<10)
+	r.remote.cfg.DirectWriteBytes = 64 << 10
+	r.faults.set(func(f *faults) { f.olderSecondary = true })
+	r.write(t, 0, pattern(4096, 1)) // opens the session
+	r.write(t, 256<<10, pattern(256<<10, 2))
+	if got := r.remote.stats.directBytes.Load(); got != 0 {
+		t.Fatalf("%d bytes went straight to segments with a secondary that cannot apply them", got)
+	}
+	if n := r.dirty(t); n != 65 {
+		t.Fatalf("%d blocks in the log, want 65", n)
+	}
+	r.check(t)
+	// A session with a secondary that applies them: large writes go to
+	// segments again.
+	r.faults.set(func(f *faults) { f.olderSecondary = false })
+	r.restart(t)
+	r.write(t, 0, pattern(4096, 3))
+	r.write(t, 512<<10, pattern(256<<10, 4))
+	if got := r.remote.stats.directBytes.Load(); got != 256<<10 {
+		t.Fatalf("%d bytes went straight to segments, want 256 KiB", got)
+	}
+	r.check(t)
+}
+
+// TestRecordsOfANewerBuildAreRefused: a record with a field this build does
+// not know is refused, not applied as whatever this build reads in it (the
+// journal would drop the field too).
+func TestRecordsOfANewerBuildAreRefused(t *testing.T) {
+	s := openMemStore(t)
+	const vol = 4
+	b, err := proto.Marshal(blockRecord(1, 7, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = protowire.AppendTag(b, 99, protowire.VarintType)
+	b = protowire.AppendVarint(b, 1)
+	var rec ballastpb.LogRecord
+	if err := proto.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(vol, []*ballastpb.LogRecord{&rec}, 0); err == nil || !strings.Contains(err.Error(), "does not know") {
+		t.Fatalf("append of a record with an unknown field: %v", err)
+	}
+	if last, err := s.LastSeq(vol); err != nil || last != 0 {
+		t.Fatalf("after the refusal the log ends at %d (%v), want 0", last, err)
+	}
+	if err := s.Append(vol, []*ballastpb.LogRecord{blockRecord(1, 7, 1)}, 0); err != nil {
+		t.Fatalf("the same record without the field: %v", err)
+	}
 }

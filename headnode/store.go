@@ -487,6 +487,21 @@ type pendingAppend struct {
 // finished in the order they began, by one caller at a time; the first
 // record must follow the last one begun (or, if none is pending, the last
 // seq). Once a Finish fails, the appends begun after it fail too.
+// knownRecord refuses a record with fields this build does not know: a
+// newer head node's kind of record, which applied as what this build
+// sees in it (perhaps an empty write) would silently differ from the
+// sender's state. The journal would drop the fields, too.
+func knownRecord(r *ballastpb.LogRecord) error {
+	unknown := len(r.ProtoReflect().GetUnknown()) > 0
+	for _, bw := range r.Blocks {
+		unknown = unknown || len(bw.ProtoReflect().GetUnknown()) > 0
+	}
+	if unknown {
+		return fmt.Errorf("record %d carries fields this head node does not know (from a newer build): refusing it", r.Seq)
+	}
+	return nil
+}
+
 func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) (*pendingAppend, error) {
 	last, err := s.LastSeq(vol)
 	if err != nil {
@@ -504,6 +519,9 @@ func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, tri
 		}
 		if r.Seq != next {
 			return nil, fmt.Errorf("%w: volume %d: record %d after %d", ErrSeqGap, vol, r.Seq, next-1)
+		}
+		if err := knownRecord(r); err != nil {
+			return nil, fmt.Errorf("volume %d: %w", vol, err)
 		}
 		pa.fresh = append(pa.fresh, r)
 		next++

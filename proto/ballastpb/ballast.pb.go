@@ -7347,7 +7347,11 @@ type ReplicateReply struct {
 	// The secondary's journal is at its high-water mark: the primary holds
 	// client writes back (they wait, they do not fail) until a later reply
 	// says otherwise, so that the flush records that free it get through.
-	JournalFull   bool `protobuf:"varint,9,opt,name=journal_full,json=journalFull,proto3" json:"journal_full,omitempty"`
+	JournalFull bool `protobuf:"varint,9,opt,name=journal_full,json=journalFull,proto3" json:"journal_full,omitempty"`
+	// In reply to a hello: the kinds of record the secondary applies beyond
+	// those every head node does ("segment-write"); a primary sends no
+	// other. A secondary of an older build sends none.
+	Features      []string `protobuf:"bytes,10,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -7443,6 +7447,13 @@ func (x *ReplicateReply) GetJournalFull() bool {
 		return x.JournalFull
 	}
 	return false
+}
+
+func (x *ReplicateReply) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
 }
 
 var File_proto_ballastpb_ballast_proto protoreflect.FileDescriptor
@@ -7956,7 +7967,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\fsync_end_seq\x18\t \x01(\x04R\n" +
 	"syncEndSeq\x12/\n" +
 	"\x14sync_next_segment_id\x18\n" +
-	" \x01(\x04R\x11syncNextSegmentId\"\xde\x02\n" +
+	" \x01(\x04R\x11syncNextSegmentId\"\xfa\x02\n" +
 	"\x0eReplicateReply\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12:\n" +
 	"\rrecords_ahead\x18\x02 \x03(\v2\x15.ballast.v1.LogRecordR\frecordsAhead\x12\x14\n" +
@@ -7967,7 +7978,9 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\tdisk_full\x18\x06 \x01(\bR\bdiskFull\x12 \n" +
 	"\vincarnation\x18\a \x01(\tR\vincarnation\x12)\n" +
 	"\x10journal_pressure\x18\b \x01(\bR\x0fjournalPressure\x12!\n" +
-	"\fjournal_full\x18\t \x01(\bR\vjournalFull*\x80\x01\n" +
+	"\fjournal_full\x18\t \x01(\bR\vjournalFull\x12\x1a\n" +
+	"\bfeatures\x18\n" +
+	" \x03(\tR\bfeatures*\x80\x01\n" +
 	"\tSledState\x12\x1a\n" +
 	"\x16SLED_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSLED_STATE_UP\x10\x01\x12\x13\n" +
