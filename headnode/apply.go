@@ -297,24 +297,8 @@ func (a *applier) applyWrite(r *ballastpb.LogRecord) error {
 // removeRange drops the log data and index entries of a range of blocks,
 // counting their segments' live blocks down.
 func (a *applier) removeRange(first, count uint64) error {
-	it, err := a.b.NewIter(&pebble.IterOptions{
-		LowerBound: indexKey(a.vol, first),
-		UpperBound: indexKey(a.vol, first+count),
-	})
-	if err != nil {
-		return fmt.Errorf("iterate index: %w", err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		loc, err := decodeLoc(it.Value())
-		if err != nil {
-			it.Close()
-			return err
-		}
-		a.liveDelta[loc.segment]--
-		a.touchSegment(loc.segment)
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("read index: %w", err)
+	if err := a.countOut(first, first+count, func(uint64) bool { return true }); err != nil {
+		return err
 	}
 	if err := a.b.DeleteRange(indexKey(a.vol, first), indexKey(a.vol, first+count), nil); err != nil {
 		return err
@@ -411,6 +395,32 @@ func (a *applier) applySegmentWrite(w *ballastpb.SegmentWriteRecord) error {
 	return a.indexBlocks(seg.Id, blocks, slots)
 }
 
+// countOut counts the segments of the index entries of blocks [first,
+// end) that want picks (called in increasing block order) one live block
+// down, in one pass over the span.
+func (a *applier) countOut(first, end uint64, want func(block uint64) bool) error {
+	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: indexKey(a.vol, first), UpperBound: indexKey(a.vol, end)})
+	if err != nil {
+		return fmt.Errorf("iterate index: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		if !want(keyNumber(it.Key())) {
+			continue
+		}
+		loc, err := decodeLoc(it.Value())
+		if err != nil {
+			it.Close()
+			return err
+		}
+		a.liveDelta[loc.segment]--
+		a.touchSegment(loc.segment)
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("read index: %w", err)
+	}
+	return nil
+}
+
 // indexBlocks maps blocks[i] to slot slots[i] of segment seg, unindexing
 // each from where it was. Blocks in increasing order over a dense span
 // cost one pass over the span's index entries rather than a point lookup
@@ -432,29 +442,15 @@ func (a *applier) indexBlocks(seg uint64, blocks []uint64, slots []uint32) error
 		}
 		return nil
 	}
-	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: indexKey(a.vol, first), UpperBound: indexKey(a.vol, last+1)})
-	if err != nil {
-		return fmt.Errorf("iterate index: %w", err)
-	}
 	i := 0
-	for ok := it.First(); ok; ok = it.Next() {
-		block := keyNumber(it.Key())
+	among := func(block uint64) bool {
 		for i < len(blocks) && blocks[i] < block {
 			i++
 		}
-		if i == len(blocks) || blocks[i] != block {
-			continue // in the span, not among the blocks
-		}
-		loc, err := decodeLoc(it.Value())
-		if err != nil {
-			it.Close()
-			return err
-		}
-		a.liveDelta[loc.segment]--
-		a.touchSegment(loc.segment)
+		return i < len(blocks) && blocks[i] == block
 	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("read index: %w", err)
+	if err := a.countOut(first, last+1, among); err != nil {
+		return err
 	}
 	for i, block := range blocks {
 		a.liveDelta[seg]++
