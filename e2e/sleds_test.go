@@ -281,7 +281,8 @@ func TestSledSpaceAfterRewrites(t *testing.T) {
 }
 
 // TestExportReplicaFromStoppedSleds writes a volume until most of it is
-// flushed to the sleds, stops the rack, and exports both replicas offline
+// flushed to the sleds (and some of it written straight to segments by
+// large writes), stops the rack, and exports both replicas offline
 // from the head nodes' logs and the sleds' data directories, with one
 // shard file corrupt and one sled's directory not given: each export must
 // equal what the volume read before the stop.
@@ -317,6 +318,21 @@ func TestExportReplicaFromStoppedSleds(t *testing.T) {
 	// Blocks written after the flush stay in the logs, over flushed ones.
 	if err := conn.WriteAt(bytes.Repeat([]byte{0xab}, 64<<10), 1<<20+512, false); err != nil {
 		t.Fatal(err)
+	}
+	// Writes of 512 KiB go straight to segments of their own, the first
+	// over flushed blocks; a small write lands in the logs over them.
+	large := make([]byte, 2<<20)
+	rand.New(rand.NewSource(16)).Read(large)
+	for off := 0; off < len(large); off += 512 << 10 {
+		if err := conn.WriteAt(large[off:off+512<<10], uint64(7<<20+off), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := conn.WriteAt(bytes.Repeat([]byte{0xcd}, 8<<10), 8<<20+4<<10, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.status(t); n(st.Redundancy.DirectBytes) < 2<<20 {
+		t.Fatalf("%s bytes written straight to segments, want the 2 MiB of 512 KiB writes", st.Redundancy.DirectBytes)
 	}
 	if err := conn.Flush(); err != nil {
 		t.Fatal(err)
