@@ -301,15 +301,37 @@ func (p *primaryVolume) blockLocked(b uint64) ([]byte, error) {
 // segment free) through the committer, in order with the writes, and
 // waits until every replica holds it.
 func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) error {
-	const cost = 1
+	pw, err := p.queueRecord(ctx, rec, 1, nil)
+	if err != nil {
+		return err
+	}
+	select {
+	case err := <-pw.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("maintenance record: %w", ctx.Err())
+	}
+}
+
+// queueRecord queues a record of its own for the committer, once cost
+// bytes of the write queue are free. admit, if set, runs under mu with
+// the record's ticket before it is queued; its error keeps it out.
+func (p *primaryVolume) queueRecord(ctx context.Context, rec *ballastpb.LogRecord, cost int64, admit func(ticket uint64) error) (*pendingWrite, error) {
 	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
-		return fmt.Errorf("waiting for write queue: %w", err)
+		return nil, fmt.Errorf("waiting for write queue: %w", err)
 	}
 	p.mu.Lock()
-	if p.stopped {
+	err := ErrStopped
+	if !p.stopped {
+		err = nil
+		if admit != nil {
+			err = admit(p.nextTicket)
+		}
+	}
+	if err != nil {
 		p.mu.Unlock()
 		p.queueBytes.Release(cost)
-		return ErrStopped
+		return nil, err
 	}
 	pw := &pendingWrite{ticket: p.nextTicket, record: rec, bytes: cost, done: make(chan error, 1)}
 	p.nextTicket++
@@ -319,12 +341,7 @@ func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) er
 	case p.wake <- struct{}{}:
 	default:
 	}
-	select {
-	case err := <-pw.done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("maintenance record: %w", ctx.Err())
-	}
+	return pw, nil
 }
 
 // waitForJournalRoom holds a client write back, before it is ordered,
@@ -383,13 +400,15 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 	}
 	if p.directWriteFor(off, length, data) {
 		rest, err := p.writeDirect(ctx, off, data)
-		for _, part := range rest {
-			if err != nil {
-				break
-			}
-			err = p.writeThroughJournal(ctx, part.off, uint64(len(part.data)), part.data, false, false)
+		if err != nil {
+			return err
 		}
-		return err
+		for _, part := range rest {
+			if err := p.writeThroughJournal(ctx, part.off, uint64(len(part.data)), part.data, false, false); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	return p.writeThroughJournal(ctx, off, length, data, zero, removable)
 }

@@ -111,7 +111,9 @@ func (p *primaryVolume) writeDirect(ctx context.Context, off uint64, data []byte
 		case out := <-part.done:
 			switch {
 			case out.ordered && out.err != nil:
-				firstErr = cmpErr(firstErr, out.err)
+				if firstErr == nil {
+					firstErr = out.err
+				}
 			case out.ordered:
 				p.remote.stats.directBytes.Add(uint64(len(part.data)))
 			default:
@@ -131,13 +133,6 @@ func (p *primaryVolume) writeDirect(ctx context.Context, off uint64, data []byte
 		return nil, firstErr
 	}
 	return rest, nil
-}
-
-func cmpErr(first, err error) error {
-	if first != nil {
-		return first
-	}
-	return err
 }
 
 func (w *segmentWriter) enqueue(parts []*directWrite) {
@@ -279,43 +274,27 @@ func (w *segmentWriter) write(batch []*directWrite) {
 	answer(directOutcome{ordered: true, err: <-pw.done})
 }
 
-// orderSegmentWrite queues a segment write's record like sequence queues
-// a write's, with the blocks' data in the overlay (a block in several
-// slots: the last).
+// orderSegmentWrite queues a segment write's record like any write's,
+// with the blocks' data in the overlay (a block in several slots: the
+// last).
 func (p *primaryVolume) orderSegmentWrite(ctx context.Context, rec *ballastpb.SegmentWriteRecord, block func(slot int) []byte) (*pendingWrite, error) {
 	const cost = blockSize // the record, a block of the journal at most
-	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
-		if errors.Is(err, context.Canceled) {
-			return nil, ErrStopped
+	pw, err := p.queueRecord(ctx, &ballastpb.LogRecord{SegmentWrite: rec}, cost, func(ticket uint64) error {
+		if !p.segmentWrites.Load() {
+			// The session changed to a secondary that cannot apply the
+			// record while the shards were written: the writes take the
+			// journal.
+			return fmt.Errorf("secondary does not apply %s records", featureSegmentWrite)
 		}
-		return nil, fmt.Errorf("waiting for write queue: %w", err)
+		for slot, b := range rec.SlotBlocks {
+			p.overlay[b] = overlayBlock{ticket: ticket, data: block(slot)}
+		}
+		return nil
+	})
+	if errors.Is(err, context.Canceled) {
+		return nil, ErrStopped // the writer's context: the volume stops
 	}
-	p.mu.Lock()
-	if p.stopped {
-		p.mu.Unlock()
-		p.queueBytes.Release(cost)
-		return nil, ErrStopped
-	}
-	if !p.segmentWrites.Load() {
-		// The session changed to a secondary that cannot apply the record
-		// while the shards were written: the writes take the journal.
-		p.mu.Unlock()
-		p.queueBytes.Release(cost)
-		return nil, fmt.Errorf("secondary does not apply %s records", featureSegmentWrite)
-	}
-	ticket := p.nextTicket
-	p.nextTicket++
-	for slot, b := range rec.SlotBlocks {
-		p.overlay[b] = overlayBlock{ticket: ticket, data: block(slot)}
-	}
-	pw := &pendingWrite{ticket: ticket, record: &ballastpb.LogRecord{SegmentWrite: rec}, bytes: cost, done: make(chan error, 1)}
-	p.queue = append(p.queue, pw)
-	p.mu.Unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
-	return pw, nil
+	return pw, err
 }
 
 // segmentBlock returns slot i's block in a segment's data shards.

@@ -482,11 +482,6 @@ type pendingAppend struct {
 	end     func()
 }
 
-// BeginAppend puts records in the journal; the append is made durable and
-// applied by Finish. A volume's appends begin in seq order and must be
-// finished in the order they began, by one caller at a time; the first
-// record must follow the last one begun (or, if none is pending, the last
-// seq). Once a Finish fails, the appends begun after it fail too.
 // knownRecord refuses a record with fields this build does not know: a
 // newer head node's kind of record, which applied as what this build
 // sees in it (perhaps an empty write) would silently differ from the
@@ -502,6 +497,11 @@ func knownRecord(r *ballastpb.LogRecord) error {
 	return nil
 }
 
+// BeginAppend puts records in the journal; the append is made durable and
+// applied by Finish. A volume's appends begin in seq order and must be
+// finished in the order they began, by one caller at a time; the first
+// record must follow the last one begun (or, if none is pending, the last
+// seq). Once a Finish fails, the appends begun after it fail too.
 func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) (*pendingAppend, error) {
 	last, err := s.LastSeq(vol)
 	if err != nil {
