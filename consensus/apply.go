@@ -70,7 +70,7 @@ func (n *Node) Linearize(ctx context.Context, groupID uint64, fence *ReadFence) 
 		// only costs the next read another barrier.
 		fence.barrierTerm.Store(term)
 	}
-	if err := await(ctx, g.r.VerifyLeader()); err != nil {
+	if err := g.verifyLeader(ctx); err != nil {
 		return g.raftError(groupID, err)
 	}
 	// A confirmation in a later term than the barrier's (this node lost

@@ -73,6 +73,61 @@ type Node struct {
 type group struct {
 	r     *raft.Raft
 	trans *trackingTransport
+
+	// raft queues VerifyLeader requests in a buffered channel that its
+	// Shutdown does not drain: a request still queued when the group
+	// shuts down is never answered, and whoever waits for it waits
+	// forever. So verifies are counted, and shutdown refuses new ones and
+	// lets the running main loop answer those queued (it does within a
+	// leader lease) before it stops raft.
+	verifyMu sync.Mutex
+	stopping bool
+	verifies sync.WaitGroup
+}
+
+// verifyDrainTimeout bounds how long a shutdown waits for the queued
+// verifies; past it, raft stops anyway and their waiters stay blocked.
+const verifyDrainTimeout = 10 * time.Second
+
+// verifyLeader asks raft to confirm the leadership with a quorum and waits
+// for the answer or for ctx to end.
+func (g *group) verifyLeader(ctx context.Context) error {
+	g.verifyMu.Lock()
+	if g.stopping {
+		g.verifyMu.Unlock()
+		return raft.ErrRaftShutdown
+	}
+	g.verifies.Add(1)
+	g.verifyMu.Unlock()
+	f := g.r.VerifyLeader()
+	done := make(chan error, 1)
+	go func() {
+		defer g.verifies.Done()
+		done <- f.Error()
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// shutdown stops raft once the verifies in flight are answered.
+func (g *group) shutdown() error {
+	g.verifyMu.Lock()
+	g.stopping = true
+	g.verifyMu.Unlock()
+	drained := make(chan struct{})
+	go func() {
+		g.verifies.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(verifyDrainTimeout):
+	}
+	return g.r.Shutdown().Error()
 }
 
 // Open opens the node's log store and transport. Register the transport on
@@ -244,7 +299,7 @@ func (n *Node) StopGroup(groupID uint64) error {
 	n.busy.Add(1)
 	n.mu.Unlock()
 	defer n.busy.Done()
-	if err := g.r.Shutdown().Error(); err != nil {
+	if err := g.shutdown(); err != nil {
 		return fmt.Errorf("consensus: shut down group %d: %w", groupID, err)
 	}
 	return nil
@@ -288,7 +343,7 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	var errs []error
 	for id, g := range groups {
-		if err := g.r.Shutdown().Error(); err != nil {
+		if err := g.shutdown(); err != nil {
 			errs = append(errs, fmt.Errorf("shut down group %d: %w", id, err))
 		}
 	}

@@ -551,8 +551,9 @@ func enqueueTimeout(ctx context.Context) (time.Duration, error) {
 
 // await waits for f or for ctx to end. raft cannot cancel a request, so
 // one that ctx abandons may still take effect; the goroutine waiting for
-// it ends when raft answers, which it always does, at the latest when the
-// group shuts down.
+// it ends when raft answers, which it does for every future but
+// VerifyLeader's at the latest when the group shuts down (for that one,
+// see group.verifyLeader).
 func await(ctx context.Context, f raft.Future) error {
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
