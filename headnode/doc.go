@@ -22,6 +22,6 @@
 // secondary's, and serves reads; an emergency reserve file gives pebble
 // room to open on a disk that filled; writes resume by themselves.
 //
-// It may import consensus, migrate, txn, txn/driver, volume, headnode/journal,
-// internal/... and proto/...; never attach.
+// It may import consensus, migrate, txn, txn/driver, volume,
+// headnode/journal, headnode/ec, internal/... and proto/...; never attach.
 package headnode

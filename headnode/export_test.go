@@ -8,6 +8,8 @@ import (
 	"math/rand"
 	"strings"
 	"testing"
+
+	"github.com/ballast-storage/ballast/headnode/ec"
 )
 
 // memShardReader is the offline shard reader of an export over the
@@ -73,8 +75,8 @@ func TestExportReplicaReadsFlushedBlocksFromShards(t *testing.T) {
 	// A third shard of segs[0] gone leaves three of the four it needs.
 	r.shards.set(func(m *memShards) { m.down[segs[0].ShardSleds[5]] = true })
 	err = exportVolume(r.ctx, r.sStore, r.vol.Id, size, memShardReader{r.shards}, &bytes.Buffer{})
-	if !errors.Is(err, errSegmentLost) {
-		t.Fatalf("export with a segment lost: %v, want errSegmentLost", err)
+	if !errors.Is(err, ec.ErrSegmentLost) {
+		t.Fatalf("export with a segment lost: %v, want ec.ErrSegmentLost", err)
 	}
 	// Every failing shard is named with its sled: the one whose read
 	// failed first as "shard N of segment S (sled X", the others as

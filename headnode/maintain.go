@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -185,7 +186,7 @@ func (m *maintainer) allocSegment() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	id, err := nextSegmentID(m.p.vol.Epoch, recorded, m.nextSegment)
+	id, err := ec.NextSegmentID(m.p.vol.Epoch, recorded, m.nextSegment)
 	if err != nil {
 		return 0, fmt.Errorf("volume %d: %w", m.p.vol.Id, err)
 	}
@@ -259,7 +260,7 @@ func (m *maintainer) flushSegment(ctx context.Context, dirty []dirtyBlock) error
 // hold a copy of the blocks (segmentBlock).
 func (m *maintainer) writeSegment(ctx context.Context, id uint64, blocks [][]byte) (*ballastpb.Segment, [][]byte, error) {
 	cfg := m.r.cfg
-	shards, size, err := encodeSegment(blocks, cfg.DataShards, cfg.ParityShards)
+	shards, size, err := ec.Encode(blocks, cfg.DataShards, cfg.ParityShards)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -270,7 +271,7 @@ func (m *maintainer) writeSegment(ctx context.Context, id uint64, blocks [][]byt
 // storeSegment writes an encoded segment's shards to distinct sleds.
 func (m *maintainer) storeSegment(ctx context.Context, id uint64, shards [][]byte, size uint64, blocks int) (*ballastpb.Segment, error) {
 	cfg := m.r.cfg
-	sleds, err := placeShards(m.r.view.placement(), len(shards), nil, m.p.vol.Id<<32^id)
+	sleds, err := ec.PlaceShards(m.r.view.placement(), len(shards), nil, m.p.vol.Id<<32^id)
 	if err != nil {
 		return nil, fmt.Errorf("place segment %d: %w", id, err)
 	}
@@ -306,16 +307,16 @@ func (m *maintainer) audit(ctx context.Context) error {
 			}
 			continue
 		}
-		health, missing := healthOf(seg, func(sled string) bool {
+		health, missing := ec.HealthOf(seg, func(sled string) bool {
 			st := m.r.standing(sled)
 			return st == ballastpb.SledState_SLED_STATE_UP || st == ballastpb.SledState_SLED_STATE_DRAINING
 		})
 		switch health {
-		case segmentFull:
+		case ec.Full:
 			counts.full++
-		case segmentDegraded:
+		case ec.Degraded:
 			counts.degraded++
-		case segmentLost:
+		case ec.Lost:
 			counts.lost++
 		}
 		for i, sled := range seg.ShardSleds {
@@ -339,11 +340,11 @@ func (m *maintainer) audit(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if !s.usable && m.r.standing(s.id) != ballastpb.SledState_SLED_STATE_UP {
+		if !s.Usable && m.r.standing(s.ID) != ballastpb.SledState_SLED_STATE_UP {
 			continue
 		}
 		lctx, cancel := context.WithTimeout(ctx, m.r.cfg.ShardTimeout)
-		held, err := m.r.shards.List(lctx, s.id, vol.Id)
+		held, err := m.r.shards.List(lctx, s.ID, vol.Id)
 		cancel()
 		if err != nil {
 			continue // unreachable now: its standing decides
@@ -352,11 +353,11 @@ func (m *maintainer) audit(ctx context.Context) error {
 		for _, h := range held {
 			ref := shardRef{segment: h.id.segment, index: int(h.id.index)}
 			have[ref] = true
-			if !expected[s.id][ref] && time.Since(h.modified) > m.r.cfg.ShardGCGrace {
-				m.deleteOrphan(ctx, s.id, h.id)
+			if !expected[s.ID][ref] && time.Since(h.modified) > m.r.cfg.ShardGCGrace {
+				m.deleteOrphan(ctx, s.ID, h.id)
 			}
 		}
-		for ref := range expected[s.id] {
+		for ref := range expected[s.ID] {
 			if !have[ref] {
 				m.markBad(ref)
 			}
@@ -457,7 +458,7 @@ func (m *maintainer) repairShard(ctx context.Context, ref shardRef) error {
 	to := from
 	if moving {
 		others := slices.Clone(seg.ShardSleds)
-		alt, err := placeShards(m.r.view.placement(), 1, others, seg.Id+uint64(ref.index))
+		alt, err := ec.PlaceShards(m.r.view.placement(), 1, others, seg.Id+uint64(ref.index))
 		if err != nil {
 			return fmt.Errorf("rebuild shard %d of segment %d: %w", ref.index, ref.segment, err)
 		}
@@ -525,12 +526,12 @@ func (m *maintainer) compact(ctx context.Context) error {
 		return fmt.Errorf("compact: %w", err)
 	}
 	maxBlocks := m.r.cfg.segmentBlocks()
-	for _, plan := range planCompaction(segs, m.r.cfg.CompactLiveFraction, maxBlocks) {
+	for _, plan := range ec.PlanCompaction(segs, m.r.cfg.CompactLiveFraction, maxBlocks) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err := m.compactOne(ctx, plan); err != nil {
-			return fmt.Errorf("compact segments %v: %w", plan.sources, err)
+			return fmt.Errorf("compact segments %v: %w", plan.Sources, err)
 		}
 	}
 	return nil
@@ -544,11 +545,11 @@ type liveSlot struct {
 	data    []byte
 }
 
-func (m *maintainer) compactOne(ctx context.Context, plan compactionPlan) error {
+func (m *maintainer) compactOne(ctx context.Context, plan ec.CompactionPlan) error {
 	vol := m.p.vol
 	var live []liveSlot
 	var sources []*ballastpb.Segment
-	for _, id := range plan.sources {
+	for _, id := range plan.Sources {
 		seg, slots, err := m.p.store.Segment(vol.Id, id)
 		if err != nil {
 			return err

@@ -12,9 +12,13 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
+
+// A segment's slots are volume blocks: this fails to compile if they differ.
+var _ = [1]struct{}{}[ec.BlockSize-volume.BlockSizeBytes]
 
 const (
 	blockSize = volume.BlockSizeBytes

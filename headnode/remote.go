@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -202,7 +203,7 @@ func checkStamp(sled string, want shardID, got shardStamp) error {
 	if got.id != want {
 		return fmt.Errorf("%w: sled %s: asked for %s, read %s", errShardCorrupt, sled, want, got.id)
 	}
-	if made := segmentEpoch(want.segment); got.epoch < made {
+	if made := ec.SegmentEpoch(want.segment); got.epoch < made {
 		return fmt.Errorf("%w: sled %s: %s was written at epoch %d, before epoch %d made its segment", errShardCorrupt, sled, want, got.epoch, made)
 	}
 	return nil
@@ -225,7 +226,7 @@ func (r *remoteIO) readRange(ctx context.Context, vol uint64, seg *ballastpb.Seg
 // it with firstErr; a failure of the shard itself is reported to repair.
 func (r *remoteIO) readAround(ctx context.Context, vol uint64, seg *ballastpb.Segment, shard int, off, length uint64, firstErr error, repair func(shardRef)) ([]byte, error) {
 	pieces, errs := r.gatherPieces(ctx, vol, seg, shard, off, length, repair)
-	data, err := reconstructRange(seg, pieces, shard)
+	data, err := ec.ReconstructRange(seg, pieces, shard)
 	if err != nil {
 		return nil, fmt.Errorf("read %d bytes of shard %d of segment %d (%v): %w (the others: %w)", length, shard, seg.Id, firstErr, err, errors.Join(errs...))
 	}
@@ -254,7 +255,7 @@ func (r *remoteIO) fetch(ctx context.Context, vol *ballastpb.Volume, buf []byte,
 	var runs []run
 	for _, rb := range lr.remote {
 		seg := lr.segments[rb.loc.segment]
-		shard, off := slotLocation(seg, rb.loc.slot)
+		shard, off := ec.SlotLocation(seg, rb.loc.slot)
 		if n := len(runs); n > 0 {
 			last := &runs[n-1]
 			if last.seg == seg && last.shard == shard && last.off+uint64(last.blocks)*blockSize == off && last.index+last.blocks == rb.index {
@@ -369,7 +370,7 @@ func (r *remoteIO) readShard(ctx context.Context, vol uint64, seg *ballastpb.Seg
 // its own sled.
 func (r *remoteIO) reconstructShard(ctx context.Context, vol uint64, seg *ballastpb.Segment, shard int) ([]byte, error) {
 	pieces, errs := r.gatherPieces(ctx, vol, seg, shard, 0, seg.ShardSizeBytes, func(shardRef) {})
-	data, err := reconstructRange(seg, pieces, shard)
+	data, err := ec.ReconstructRange(seg, pieces, shard)
 	if err != nil {
 		return nil, fmt.Errorf("%w (the others: %w)", err, errors.Join(errs...))
 	}
@@ -454,7 +455,7 @@ func (r *remoteIO) putShards(ctx context.Context, vol *ballastpb.Volume, segID u
 				tried = append(tried, sled)
 				mu.Lock()
 				exclude := append(append([]string{}, sleds...), tried...)
-				alt, perr := placeShards(r.view.placement(), 1, exclude, segID+uint64(attempt))
+				alt, perr := ec.PlaceShards(r.view.placement(), 1, exclude, segID+uint64(attempt))
 				if perr == nil {
 					sleds[i] = alt[0]
 				}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -241,7 +242,7 @@ func (w *segmentWriter) write(batch []*directWrite) {
 			rec.SlotBlocks = append(rec.SlotBlocks, (dw.off+uint64(i))/blockSize)
 		}
 	}
-	shards, size, err := encodeSegment(blocks, cfg.DataShards, cfg.ParityShards)
+	shards, size, err := ec.Encode(blocks, cfg.DataShards, cfg.ParityShards)
 	for _, dw := range batch {
 		close(dw.encoded)
 	}

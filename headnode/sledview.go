@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/proto/sledpb"
 )
@@ -137,18 +138,18 @@ func (v *sledView) unreachableFor(id string) time.Duration {
 
 // placement returns every sled as placement sees it: usable if it is up in
 // the directory and answered its last poll.
-func (v *sledView) placement() []sledState {
+func (v *sledView) placement() []ec.Sled {
 	dir := v.directory()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	out := make([]sledState, 0, len(dir))
+	out := make([]ec.Sled, 0, len(dir))
 	for _, d := range dir {
-		st := sledState{id: d.Id}
+		st := ec.Sled{ID: d.Id}
 		s := v.seen[d.Id]
 		// A full sled would refuse every shard: new ones go elsewhere.
 		if d.State == ballastpb.SledState_SLED_STATE_UP && s != nil && s.reachable && s.stat != nil && !s.stat.Full {
-			st.usable = true
-			st.usedBytes, st.capBytes = s.stat.UsedBytes, s.stat.CapacityBytes
+			st.Usable = true
+			st.UsedBytes, st.CapBytes = s.stat.UsedBytes, s.stat.CapacityBytes
 		}
 		out = append(out, st)
 	}

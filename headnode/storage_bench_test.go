@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -34,7 +35,7 @@ func BenchmarkErasureEncode(b *testing.B) {
 	blocks := benchBlocks(benchSegmentBytes / blockSize)
 	b.SetBytes(benchSegmentBytes)
 	for b.Loop() {
-		if _, _, err := encodeSegment(blocks, 4, 2); err != nil {
+		if _, _, err := ec.Encode(blocks, 4, 2); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -44,7 +45,7 @@ func BenchmarkErasureEncode(b *testing.B) {
 // second, with another data shard lost too (the worst case of 4+2).
 func BenchmarkErasureReconstruct(b *testing.B) {
 	blocks := benchBlocks(benchSegmentBytes / blockSize)
-	shards, size, err := encodeSegment(blocks, 4, 2)
+	shards, size, err := ec.Encode(blocks, 4, 2)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func BenchmarkErasureReconstruct(b *testing.B) {
 	pieces[0], pieces[2] = nil, nil
 	b.SetBytes(int64(size))
 	for b.Loop() {
-		if _, err := reconstructRange(seg, pieces, 0); err != nil {
+		if _, err := ec.ReconstructRange(seg, pieces, 0); err != nil {
 			b.Fatal(err)
 		}
 	}

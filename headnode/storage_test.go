@@ -17,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/proto/sledpb"
 )
@@ -389,130 +390,6 @@ func (r *storageRig) dirty(t testing.TB) int {
 	return n
 }
 
-func TestSegmentEncodeAndReconstruct(t *testing.T) {
-	rng := rand.New(rand.NewSource(1))
-	for _, n := range []int{1, 3, 4, 5, 64, 1023} {
-		blocks := make([][]byte, n)
-		for i := range blocks {
-			blocks[i] = make([]byte, blockSize)
-			rng.Read(blocks[i])
-		}
-		shards, size, err := encodeSegment(blocks, 4, 2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seg := &ballastpb.Segment{Id: 1, DataShards: 4, ParityShards: 2, ShardSizeBytes: size, Blocks: uint32(n), ShardSleds: make([]string, 6)}
-		if size%blockSize != 0 || size*4 < uint64(n)*blockSize || size*4 >= uint64(n)*blockSize+4*blockSize {
-			t.Fatalf("%d blocks: shard size %d", n, size)
-		}
-		for slot := range n {
-			shard, off := slotLocation(seg, uint32(slot))
-			if !bytes.Equal(shards[shard][off:off+blockSize], blocks[slot]) {
-				t.Fatalf("%d blocks: slot %d is not at shard %d offset %d", n, slot, shard, off)
-			}
-		}
-		// Lose any two shards: every shard comes back, over any range.
-		for a := range 6 {
-			for b := a + 1; b < 6; b++ {
-				off := uint64(rng.Intn(int(size/blockSize))) * blockSize
-				length := size - off
-				pieces := make([][]byte, 6)
-				for i := range pieces {
-					if i != a && i != b {
-						pieces[i] = shards[i][off : off+length]
-					}
-				}
-				for _, want := range []int{a, b} {
-					got, err := reconstructRange(seg, pieces, want)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if !bytes.Equal(got, shards[want][off:off+length]) {
-						t.Fatalf("shard %d rebuilt wrong without %d and %d", want, a, b)
-					}
-				}
-			}
-		}
-		// Three lost is too many.
-		pieces := slices.Clone(shards)
-		pieces[0], pieces[1], pieces[5] = nil, nil, nil
-		if _, err := reconstructRange(seg, pieces, 0); !errors.Is(err, errSegmentLost) {
-			t.Fatalf("three shards lost: %v, want errSegmentLost", err)
-		}
-	}
-}
-
-func TestPlaceShards(t *testing.T) {
-	var sleds []sledState
-	for i := range 7 {
-		sleds = append(sleds, sledState{id: sledName(i), usable: true, usedBytes: uint64(i) * 10, capBytes: 1000})
-	}
-	sleds[3].usable = false
-	got, err := placeShards(sleds, 6, nil, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if slices.Contains(got, "s3") {
-		t.Fatalf("placed on an unusable sled: %v", got)
-	}
-	if _, err := placeShards(sleds, 6, []string{"s0"}, 1); !errors.Is(err, errNoPlacement) {
-		t.Fatalf("5 usable sleds for 6 shards: %v, want errNoPlacement", err)
-	}
-	// The least full come first; equally full ones are spread by segment.
-	sleds[6].usedBytes = 900
-	got, _ = placeShards(sleds, 5, nil, 1)
-	if slices.Contains(got, "s6") {
-		t.Fatalf("the fullest sled was chosen over emptier ones: %v", got)
-	}
-	first := map[string]int{}
-	for i := range sleds {
-		sleds[i].usedBytes = 0
-	}
-	for seg := range uint64(60) {
-		got, _ := placeShards(sleds, 3, nil, seg)
-		first[got[0]]++
-		seen := map[string]bool{}
-		for _, s := range got {
-			if seen[s] {
-				t.Fatalf("two shards on sled %s: %v", s, got)
-			}
-			seen[s] = true
-		}
-	}
-	if len(first) < 4 {
-		t.Fatalf("segments all start on few sleds: %v", first)
-	}
-}
-
-func TestPlanCompaction(t *testing.T) {
-	seg := func(id uint64, live, blocks uint32) *ballastpb.Segment {
-		return &ballastpb.Segment{Id: id, LiveBlocks: live, Blocks: blocks}
-	}
-	plans := planCompaction([]*ballastpb.Segment{
-		seg(1, 100, 100), // full
-		seg(2, 10, 100),  // sparse
-		seg(3, 0, 100),   // empty: freed, not compacted
-		seg(4, 40, 100),  // sparse
-		seg(5, 60, 100),  // over the threshold
-		seg(6, 30, 100),  // sparse
-	}, 0.5, 64)
-	// Emptiest first: 2 (10), 6 (30) fill 40; 4 (40) would overflow 64.
-	if len(plans) != 2 || !slices.Equal(plans[0].sources, []uint64{2, 6}) || !slices.Equal(plans[1].sources, []uint64{4}) {
-		t.Fatalf("plans: %+v", plans)
-	}
-	// A lone sparse segment is rewritten: that frees its dead slots. A
-	// lone small full one is not; two small ones are merged.
-	if plans := planCompaction([]*ballastpb.Segment{seg(1, 40, 100)}, 0.5, 64); len(plans) != 1 {
-		t.Fatalf("lone sparse segment: %+v", plans)
-	}
-	if plans := planCompaction([]*ballastpb.Segment{seg(1, 10, 10)}, 0.5, 64); len(plans) != 0 {
-		t.Fatalf("lone small full segment compacted: %+v", plans)
-	}
-	if plans := planCompaction([]*ballastpb.Segment{seg(1, 10, 10), seg(2, 5, 5), seg(3, 64, 64)}, 0.5, 64); len(plans) != 1 || !slices.Equal(plans[0].sources, []uint64{1, 2}) {
-		t.Fatalf("small segments not merged: %+v", plans)
-	}
-}
-
 func TestFlushMovesTheLogToSegments(t *testing.T) {
 	r := newStorageRig(t, 4<<20, 7, 256<<10)
 	rng := rand.New(rand.NewSource(2))
@@ -674,7 +551,7 @@ func TestFullSledTakesNoShards(t *testing.T) {
 		}
 		t.Fatal("six shards placed on five sleds with room")
 	}
-	if !errors.Is(err, errSledFull) && !errors.Is(err, errNoPlacement) {
+	if !errors.Is(err, errSledFull) && !errors.Is(err, ec.ErrNoPlacement) {
 		t.Fatalf("flush with too few sleds with room: %v", err)
 	}
 	r.check(t)
@@ -1113,12 +990,12 @@ func TestSegmentIDsNeverRepeatAcrossEpochs(t *testing.T) {
 	if orphans[id] || recorded[id] {
 		t.Fatalf("the primary at epoch %d names its next segment %d, as the one at epoch %d did", vol.Epoch, id, r.vol.Epoch)
 	}
-	if segmentEpoch(id) != vol.Epoch {
-		t.Fatalf("segment %d reads as made at epoch %d, want %d", id, segmentEpoch(id), vol.Epoch)
+	if ec.SegmentEpoch(id) != vol.Epoch {
+		t.Fatalf("segment %d reads as made at epoch %d, want %d", id, ec.SegmentEpoch(id), vol.Epoch)
 	}
 	// And the deposed primary, which never learns, stops at the newer
 	// epoch's segments rather than reuse them.
-	if _, err := nextSegmentID(r.vol.Epoch, id+1, 0); err == nil {
+	if _, err := ec.NextSegmentID(r.vol.Epoch, id+1, 0); err == nil {
 		t.Fatal("a primary at an older epoch was given an id below a newer epoch's")
 	}
 }
@@ -1170,7 +1047,7 @@ func TestDeposedPrimaryFlushWritesNothing(t *testing.T) {
 		r.write(t, uint64(b)*blockSize, pattern(blockSize, byte(b+200)))
 	}
 	segs, _ := r.pStore.Segments(r.vol.Id)
-	if len(planCompaction(segs, r.remote.cfg.CompactLiveFraction, r.remote.cfg.segmentBlocks())) == 0 {
+	if len(ec.PlanCompaction(segs, r.remote.cfg.CompactLiveFraction, r.remote.cfg.segmentBlocks())) == 0 {
 		t.Fatal("nothing to compact")
 	}
 	auth.deposed.Store(true)
@@ -1196,7 +1073,7 @@ func TestDeposedPrimaryFlushWritesNothing(t *testing.T) {
 }
 
 func TestCheckStamp(t *testing.T) {
-	want := shardID{volume: 7, segment: 3<<segmentEpochShift | 9, index: 2}
+	want := shardID{volume: 7, segment: 3<<ec.EpochShift | 9, index: 2}
 	legacy := shardID{volume: 7, segment: 12, index: 2}
 	for _, c := range []struct {
 		name    string

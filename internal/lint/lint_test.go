@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
-	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/journal"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/journal", "headnode/ec"},
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume", "migrate"},
 	"attach/nbd":          {"attach/blockdev", "internal/bufpool", "internal/inflight"},
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool", "internal/inflight"},
@@ -37,6 +37,8 @@ var allowed = map[string][]string{
 	// The head node's block journal: leaf utilities at most. Its crashfs
 	// (test support for any package's crash tests) imports nothing.
 	"headnode/journal": {"internal/"},
+	// Erasure-coded segments' pure logic: no I/O, no state of the node.
+	"headnode/ec": {"proto/ballastpb"},
 	// Test support: nodes on loopback for the packages above consensus.
 	"internal/consensustest": {"consensus"},
 }

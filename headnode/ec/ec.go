@@ -1,4 +1,4 @@
-package headnode
+package ec
 
 import (
 	"errors"
@@ -13,12 +13,11 @@ import (
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
-// This file holds the pure parts of segments: their layout, erasure coding,
-// shard placement, and the planning of flushes and compactions. Nothing
-// here does I/O; maintain.go drives it.
+// BlockSize is the size of a volume block and of a segment slot.
+const BlockSize = 4096
 
-// Layout of a segment: the data of slot i is bytes [i*blockSize,
-// (i+1)*blockSize) of the segment's data, which is padded to k*shardSize
+// Layout of a segment: the data of slot i is bytes [i*BlockSize,
+// (i+1)*BlockSize) of the segment's data, which is padded to k*shardSize
 // and cut into k data shards; the m parity shards follow. shardSize is a
 // multiple of the block size, so a block never straddles two shards.
 
@@ -29,20 +28,20 @@ import (
 // deposed primary's late or orphaned shards can neither collide with nor
 // pass for the new primary's. Ids made before this scheme are below
 // 1<<32 and read as epoch 0.
-const segmentEpochShift = 32
+const EpochShift = 32
 
 // segmentEpoch returns the epoch that made a segment.
-func segmentEpoch(id uint64) uint64 { return id >> segmentEpochShift }
+func SegmentEpoch(id uint64) uint64 { return id >> EpochShift }
 
-// nextSegmentID returns the id to give the next segment made at epoch,
+// NextSegmentID returns the id to give the next segment made at epoch,
 // given the lowest id no record has used yet and the lowest this primary
 // has not handed out.
-func nextSegmentID(epoch, recorded, handedOut uint64) (uint64, error) {
-	if epoch >= 1<<(64-segmentEpochShift) {
+func NextSegmentID(epoch, recorded, handedOut uint64) (uint64, error) {
+	if epoch >= 1<<(64-EpochShift) {
 		return 0, fmt.Errorf("epoch %d is too large for a segment id", epoch)
 	}
-	id := max(recorded, handedOut, epoch<<segmentEpochShift)
-	if made := segmentEpoch(id); made != epoch {
+	id := max(recorded, handedOut, epoch<<EpochShift)
+	if made := SegmentEpoch(id); made != epoch {
 		// A record names a segment of a newer epoch (this primary is
 		// deposed), or this epoch used up its ids.
 		return 0, fmt.Errorf("no segment id left at epoch %d: the next is %d, of epoch %d", epoch, id, made)
@@ -54,13 +53,13 @@ func nextSegmentID(epoch, recorded, handedOut uint64) (uint64, error) {
 // shards: the smallest multiple of the block size that holds them.
 func shardSizeFor(n, k int) uint64 {
 	perShard := (n + k - 1) / k
-	return uint64(perShard) * blockSize
+	return uint64(perShard) * BlockSize
 }
 
-// slotLocation returns the data shard that holds a slot and the offset of
+// SlotLocation returns the data shard that holds a slot and the offset of
 // the slot in it.
-func slotLocation(seg *ballastpb.Segment, slot uint32) (shard int, off uint64) {
-	pos := uint64(slot) * blockSize
+func SlotLocation(seg *ballastpb.Segment, slot uint32) (shard int, off uint64) {
+	pos := uint64(slot) * BlockSize
 	return int(pos / seg.ShardSizeBytes), pos % seg.ShardSizeBytes
 }
 
@@ -81,19 +80,19 @@ func coderFor(k, m int) (reedsolomon.Encoder, error) {
 	return c, nil
 }
 
-// encodeSegment lays blocks out as a segment of k data and m parity
+// Encode lays blocks out as a segment of k data and m parity
 // shards and returns the shards and their size.
-func encodeSegment(blocks [][]byte, k, m int) ([][]byte, uint64, error) {
+func Encode(blocks [][]byte, k, m int) ([][]byte, uint64, error) {
 	if len(blocks) == 0 {
 		return nil, 0, errors.New("encode segment: no blocks")
 	}
 	size := shardSizeFor(len(blocks), k)
 	buf := make([]byte, size*uint64(k+m))
 	for i, b := range blocks {
-		if len(b) != blockSize {
+		if len(b) != BlockSize {
 			return nil, 0, fmt.Errorf("encode segment: block %d has %d bytes", i, len(b))
 		}
-		copy(buf[i*blockSize:], b)
+		copy(buf[i*BlockSize:], b)
 	}
 	shards := make([][]byte, k+m)
 	for i := range shards {
@@ -109,10 +108,10 @@ func encodeSegment(blocks [][]byte, k, m int) ([][]byte, uint64, error) {
 	return shards, size, nil
 }
 
-// reconstructRange rebuilds bytes [off, off+length) of shard `want` from
+// ReconstructRange rebuilds bytes [off, off+length) of shard `want` from
 // the same range of other shards. pieces[i] is that range of shard i, or
 // nil where it could not be read; at least k must be present.
-func reconstructRange(seg *ballastpb.Segment, pieces [][]byte, want int) ([]byte, error) {
+func ReconstructRange(seg *ballastpb.Segment, pieces [][]byte, want int) ([]byte, error) {
 	k, m := int(seg.DataShards), int(seg.ParityShards)
 	if len(pieces) != k+m {
 		return nil, fmt.Errorf("reconstruct: %d pieces for %d+%d shards", len(pieces), k, m)
@@ -124,7 +123,7 @@ func reconstructRange(seg *ballastpb.Segment, pieces [][]byte, want int) ([]byte
 		}
 	}
 	if have < k {
-		return nil, fmt.Errorf("%w: segment %d has %d of the %d shards it needs", errSegmentLost, seg.Id, have, k)
+		return nil, fmt.Errorf("%w: segment %d has %d of the %d shards it needs", ErrSegmentLost, seg.Id, have, k)
 	}
 	c, err := coderFor(k, m)
 	if err != nil {
@@ -142,32 +141,32 @@ func reconstructRange(seg *ballastpb.Segment, pieces [][]byte, want int) ([]byte
 	return work[want], nil
 }
 
-// errSegmentLost: more shards of a segment are unreadable than its parity
+// ErrSegmentLost: more shards of a segment are unreadable than its parity
 // can make up for.
-var errSegmentLost = errors.New("headnode: segment lost")
+var ErrSegmentLost = errors.New("segment lost")
 
-// sledState is what placement knows of one sled.
-type sledState struct {
-	id        string
-	usable    bool // up, reachable, not draining or removed
-	usedBytes uint64
-	capBytes  uint64
+// Sled is what placement knows of one sled.
+type Sled struct {
+	ID        string
+	Usable    bool // up, reachable, not draining or removed
+	UsedBytes uint64
+	CapBytes  uint64
 }
 
-func (s sledState) fullness() float64 {
-	if s.capBytes == 0 {
+func (s Sled) fullness() float64 {
+	if s.CapBytes == 0 {
 		return 1
 	}
-	return float64(s.usedBytes) / float64(s.capBytes)
+	return float64(s.UsedBytes) / float64(s.CapBytes)
 }
 
-// errNoPlacement: too few usable sleds for a segment's shards.
-var errNoPlacement = errors.New("headnode: not enough usable sleds")
+// ErrNoPlacement: too few usable sleds for a segment's shards.
+var ErrNoPlacement = errors.New("not enough usable sleds")
 
-// placeShards chooses n distinct usable sleds, none in exclude, least full
+// PlaceShards chooses n distinct usable sleds, none in exclude, least full
 // first. Among equally full sleds the order depends on spread (e.g. the
 // volume and segment), so different partitions start on different sleds.
-func placeShards(sleds []sledState, n int, exclude []string, spread uint64) ([]string, error) {
+func PlaceShards(sleds []Sled, n int, exclude []string, spread uint64) ([]string, error) {
 	type cand struct {
 		id   string
 		full float64
@@ -175,15 +174,15 @@ func placeShards(sleds []sledState, n int, exclude []string, spread uint64) ([]s
 	}
 	var cands []cand
 	for _, s := range sleds {
-		if !s.usable || slices.Contains(exclude, s.id) {
+		if !s.Usable || slices.Contains(exclude, s.ID) {
 			continue
 		}
 		h := fnv.New64a()
-		h.Write([]byte(s.id))
-		cands = append(cands, cand{s.id, s.fullness(), mix64(h.Sum64() ^ mix64(spread))})
+		h.Write([]byte(s.ID))
+		cands = append(cands, cand{s.ID, s.fullness(), mix64(h.Sum64() ^ mix64(spread))})
 	}
 	if len(cands) < n {
-		return nil, fmt.Errorf("%w: need %d, have %d", errNoPlacement, n, len(cands))
+		return nil, fmt.Errorf("%w: need %d, have %d", ErrNoPlacement, n, len(cands))
 	}
 	sort.Slice(cands, func(i, j int) bool {
 		// Fullness in whole percent, so that tiny differences do not pin
@@ -211,25 +210,13 @@ func mix64(x uint64) uint64 {
 	return x
 }
 
-// planFlush cuts dirty blocks (in block order) into segments of at most
-// maxBlocks each.
-func planFlush(dirty []dirtyBlock, maxBlocks int) [][]dirtyBlock {
-	var out [][]dirtyBlock
-	for len(dirty) > 0 {
-		n := min(len(dirty), maxBlocks)
-		out = append(out, dirty[:n:n])
-		dirty = dirty[n:]
-	}
-	return out
-}
-
-// compactionPlan is one new segment's worth of live blocks copied out of
+// CompactionPlan is one new segment's worth of live blocks copied out of
 // sparse segments.
-type compactionPlan struct {
-	sources []uint64 // the segments that empty out once it lands
+type CompactionPlan struct {
+	Sources []uint64 // the segments that empty out once it lands
 }
 
-// planCompaction picks the segments worth rewriting, emptiest first, and
+// PlanCompaction picks the segments worth rewriting, emptiest first, and
 // groups them so that each group's live blocks fill at most maxBlocks
 // slots: sparse segments (a live fraction below maxLiveFraction), whose
 // rewrite frees their dead slots, and small ones (under a quarter of
@@ -237,7 +224,7 @@ type compactionPlan struct {
 // that parity does not cost more per byte on them. Segments with no live
 // blocks are freed directly, not compacted. A group of one small segment
 // that is not sparse would gain nothing and is dropped.
-func planCompaction(segs []*ballastpb.Segment, maxLiveFraction float64, maxBlocks int) []compactionPlan {
+func PlanCompaction(segs []*ballastpb.Segment, maxLiveFraction float64, maxBlocks int) []CompactionPlan {
 	type cand struct {
 		seg    *ballastpb.Segment
 		sparse bool
@@ -261,40 +248,42 @@ func planCompaction(segs []*ballastpb.Segment, maxLiveFraction float64, maxBlock
 		}
 		return a.Id < b.Id
 	})
-	var out []compactionPlan
-	var cur compactionPlan
+	var out []CompactionPlan
+	var cur CompactionPlan
 	live, anySparse := 0, false
 	emit := func() {
-		if len(cur.sources) > 1 || anySparse {
+		if len(cur.Sources) > 1 || anySparse {
 			out = append(out, cur)
 		}
-		cur, live, anySparse = compactionPlan{}, 0, false
+		cur, live, anySparse = CompactionPlan{}, 0, false
 	}
 	for _, c := range cands {
 		if live > 0 && live+int(c.seg.LiveBlocks) > maxBlocks {
 			emit()
 		}
-		cur.sources = append(cur.sources, c.seg.Id)
+		cur.Sources = append(cur.Sources, c.seg.Id)
 		live += int(c.seg.LiveBlocks)
 		anySparse = anySparse || c.sparse
 	}
-	if len(cur.sources) > 0 {
+	if len(cur.Sources) > 0 {
 		emit()
 	}
 	return out
 }
 
-// segmentHealth classifies a segment by how many of its shards live on
+// Health classifies a segment by how many of its shards live on
 // sleds that can serve them.
-type segmentHealth int
+type Health int
 
 const (
-	segmentFull     segmentHealth = iota // every shard on a usable sled
-	segmentDegraded                      // some missing, but at least k left
-	segmentLost                          // fewer than k left
+	Full     Health = iota // every shard on a usable sled
+	Degraded               // some missing, but at least k left
+	Lost                   // fewer than k left
 )
 
-func healthOf(seg *ballastpb.Segment, available func(sled string) bool) (segmentHealth, []int) {
+// HealthOf returns a segment's health and the shards whose sleds cannot
+// serve them.
+func HealthOf(seg *ballastpb.Segment, available func(sled string) bool) (Health, []int) {
 	var missing []int
 	for i, s := range seg.ShardSleds {
 		if !available(s) {
@@ -303,10 +292,10 @@ func healthOf(seg *ballastpb.Segment, available func(sled string) bool) (segment
 	}
 	switch {
 	case len(missing) == 0:
-		return segmentFull, nil
+		return Full, nil
 	case len(seg.ShardSleds)-len(missing) >= int(seg.DataShards):
-		return segmentDegraded, missing
+		return Degraded, missing
 	default:
-		return segmentLost, missing
+		return Lost, missing
 	}
 }
