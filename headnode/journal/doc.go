@@ -54,7 +54,9 @@
 //	8192 + z*ZoneBytes       ZoneBytes     zone z, z = 0 .. zones-1
 //
 // The file is preallocated (fallocate, else zeros) at creation and never
-// changes size.
+// changes size. Where fallocate left the blocks unwritten, a zeroer writes
+// zeros into them a window ahead of the batches (zeroer.go), so that a
+// batch's sync does not also commit the filesystem's metadata.
 //
 // A superblock (the first 64 bytes of its block; the rest is zero):
 //

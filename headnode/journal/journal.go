@@ -36,6 +36,10 @@ type Options struct {
 	MaxBatchBytes int
 	// FS is the filesystem (default OSFS).
 	FS FS
+	// ZeroAheadBytes is how far ahead of the batches the zeroer writes
+	// zeros into blocks the file holds unwritten (zeroer.go; default
+	// 32 MiB, negative: never).
+	ZeroAheadBytes int64
 }
 
 const (
@@ -99,6 +103,9 @@ type Stats struct {
 	Batches               uint64 // batches written since Open
 	Syncs                 uint64 // fdatasyncs that completed batches since Open
 	DirectIO              bool   // the file bypasses the page cache
+	// ZeroedBytes counts the zeros written ahead of the batches since
+	// Open, into blocks the file held unwritten.
+	ZeroedBytes int64
 }
 
 // Commit is the durability of one batch, shared by every Append that
@@ -201,6 +208,8 @@ type Journal struct {
 	syncKick   chan struct{} // cap 1: the syncer has work
 	writerDone chan struct{}
 	syncerDone chan struct{}
+	zeroerDone chan struct{}
+	zeroAhead  int64
 
 	scratch sync.Pool // aligned 4 KiB buffers for ReadBlock into unaligned buffers
 
@@ -231,7 +240,14 @@ type Journal struct {
 
 		batches, syncs uint64
 		freeBufs       [][]byte
-		replayEnd      error // why replay stopped (tests and debugging)
+
+		// wraps counts the times the head went from the last zone to
+		// the first since Open; zeroing is the range the zeroer is
+		// writing, if its end is not 0; zeroed counts its bytes.
+		wraps     uint64
+		zeroing   [2]int64
+		zeroed    int64
+		replayEnd error // why replay stopped (tests and debugging)
 	}
 }
 
@@ -267,6 +283,11 @@ func Open(path string, opts Options, fn func(lsn uint64, e Entry, locs []Locatio
 		syncKick:   make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 		syncerDone: make(chan struct{}),
+		zeroerDone: make(chan struct{}),
+		zeroAhead:  opts.ZeroAheadBytes,
+	}
+	if j.zeroAhead == 0 {
+		j.zeroAhead = defaultZeroAhead
 	}
 	j.scratch.New = func() any { b := alignedBuf(BlockSize); return &b }
 	if d, ok := f.(directReporter); ok {
@@ -278,6 +299,7 @@ func Open(path string, opts Options, fn func(lsn uint64, e Entry, locs []Locatio
 	}
 	go j.runWriter()
 	go j.runSyncer()
+	j.startZeroer()
 	return j, nil
 }
 
@@ -525,6 +547,9 @@ func (j *Journal) openBatchLocked(ctx context.Context, size int64) (*batch, erro
 		}
 		if j.g.zoneEnd(m.headZone)-pos >= BlockSize {
 			marker = pos
+		}
+		if nz < m.headZone {
+			m.wraps++
 		}
 		m.headZone = nz
 		m.zones[nz] = zoneInfo{firstLSN: m.nextLSN, firstPrevCRC: m.lastCRC}
@@ -830,14 +855,15 @@ func (j *Journal) Stats() Stats {
 	}
 	inUse := (m.headZone - m.tailZone + j.g.zones) % j.g.zones
 	return Stats{
-		UsedBytes:  int64(inUse)*j.g.zoneBytes + end - j.g.zoneStart(m.headZone),
-		TotalBytes: j.g.totalBytes(),
-		HeadLSN:    m.nextLSN - 1,
-		DurableLSN: m.durable,
-		TailLSN:    m.tailLSN,
-		Batches:    m.batches,
-		Syncs:      m.syncs,
-		DirectIO:   j.direct,
+		UsedBytes:   int64(inUse)*j.g.zoneBytes + end - j.g.zoneStart(m.headZone),
+		TotalBytes:  j.g.totalBytes(),
+		HeadLSN:     m.nextLSN - 1,
+		DurableLSN:  m.durable,
+		TailLSN:     m.tailLSN,
+		Batches:     m.batches,
+		Syncs:       m.syncs,
+		DirectIO:    j.direct,
+		ZeroedBytes: m.zeroed,
 	}
 }
 
@@ -856,6 +882,7 @@ func (j *Journal) Close() error {
 	kick(j.writeKick)
 	<-j.writerDone
 	<-j.syncerDone
+	<-j.zeroerDone
 	j.sbMu.Lock()
 	defer j.sbMu.Unlock()
 	err := j.f.Close()

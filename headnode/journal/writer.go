@@ -28,6 +28,17 @@ func (j *Journal) runWriter() {
 			<-j.writeKick
 			continue
 		}
+		// Zeros must never land after the batch's data (zeroer.go).
+		for j.zeroingOverlapsLocked(b) && j.mu.broken == nil {
+			ch := j.mu.changed
+			j.mu.Unlock()
+			<-ch
+			j.mu.Lock()
+		}
+		if j.mu.broken != nil {
+			j.mu.Unlock()
+			return
+		}
 		j.mu.Unlock()
 
 		err := j.writeBatch(b, marker)
