@@ -209,6 +209,7 @@ type Journal struct {
 	writerDone chan struct{}
 	syncerDone chan struct{}
 	zeroerDone chan struct{}
+	zeroKick   chan struct{} // cap 1: the zeroer may go on
 	zeroAhead  int64
 
 	scratch sync.Pool // aligned 4 KiB buffers for ReadBlock into unaligned buffers
@@ -244,10 +245,13 @@ type Journal struct {
 		// wraps counts the times the head went from the last zone to
 		// the first since Open; zeroing is the range the zeroer is
 		// writing, if its end is not 0; zeroed counts its bytes.
-		wraps     uint64
-		zeroing   [2]int64
-		zeroed    int64
-		replayEnd error // why replay stopped (tests and debugging)
+		wraps   uint64
+		zeroing [2]int64
+		zeroed  int64
+		// zeroWaitFrom, if not 0, is the frontier from which the waiting
+		// zeroer has work again (kickZeroerLocked).
+		zeroWaitFrom int64
+		replayEnd    error // why replay stopped (tests and debugging)
 	}
 }
 
@@ -284,6 +288,7 @@ func Open(path string, opts Options, fn func(lsn uint64, e Entry, locs []Locatio
 		writerDone: make(chan struct{}),
 		syncerDone: make(chan struct{}),
 		zeroerDone: make(chan struct{}),
+		zeroKick:   make(chan struct{}, 1),
 		zeroAhead:  opts.ZeroAheadBytes,
 	}
 	if j.zeroAhead == 0 {
@@ -550,6 +555,7 @@ func (j *Journal) openBatchLocked(ctx context.Context, size int64) (*batch, erro
 		}
 		if nz < m.headZone {
 			m.wraps++
+			kick(j.zeroKick) // to stop
 		}
 		m.headZone = nz
 		m.zones[nz] = zoneInfo{firstLSN: m.nextLSN, firstPrevCRC: m.lastCRC}
@@ -577,6 +583,7 @@ func (j *Journal) openBatchLocked(ctx context.Context, size int64) (*batch, erro
 	m.zones[m.headZone].lastLSN = b.lsn
 	m.open = b
 	m.mem = append(m.mem, b)
+	j.kickZeroerLocked()
 	return b, nil
 }
 
@@ -676,6 +683,7 @@ func (j *Journal) failLocked(err error) {
 	m.synced = nil
 	m.open, m.sealed = nil, nil
 	j.notifyLocked()
+	j.kickZeroerLocked()
 }
 
 // ReadBlock reads the 4 KiB block at loc into buf[:4096] and checks its
@@ -878,6 +886,7 @@ func (j *Journal) Close() error {
 	}
 	j.mu.closed = true
 	j.notifyLocked()
+	j.kickZeroerLocked()
 	j.mu.Unlock()
 	kick(j.writeKick)
 	<-j.writerDone

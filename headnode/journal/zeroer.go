@@ -119,11 +119,22 @@ func (j *Journal) reserveZeros(off, end int64, wraps uint64) (int64, bool) {
 			j.mu.zeroing = [2]int64{start, min(end, start+zeroChunk)}
 			return start, true
 		}
-		// Far enough ahead: wait for the writer to move on.
-		ch := j.mu.changed
+		// Far enough ahead: wait until the batches come within the
+		// window (the writer kicks once they do), not for every batch.
+		j.mu.zeroWaitFrom = start - j.zeroAhead + 1
 		j.mu.Unlock()
-		<-ch
+		<-j.zeroKick
 		j.mu.Lock()
+		j.mu.zeroWaitFrom = 0
+	}
+}
+
+// kickZeroerLocked wakes a zeroer waiting for the batches to come within
+// its window, once they have; and on Close or a failure.
+func (j *Journal) kickZeroerLocked() {
+	w := j.mu.zeroWaitFrom
+	if w > 0 && (j.frontierLocked() >= w || j.usableLocked() != nil) {
+		kick(j.zeroKick)
 	}
 }
 
