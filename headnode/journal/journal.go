@@ -38,7 +38,7 @@ type Options struct {
 	FS FS
 	// ZeroAheadBytes is how far ahead of the batches the zeroer writes
 	// zeros into blocks the file holds unwritten (zeroer.go; default
-	// 32 MiB, negative: never).
+	// 8 MiB, negative: never).
 	ZeroAheadBytes int64
 }
 

@@ -25,8 +25,11 @@ import (
 // into a reserved chunk. Once the write head wraps round the ring the
 // zeroer stops: the ranges ahead may hold batches again.
 
+// The window: a chunk takes a few milliseconds to write and sync, so
+// eight keep well ahead of a journal taking hundreds of MB/s, and a rack
+// that writes little (tests start hundreds) zeroes little.
 const (
-	defaultZeroAhead = 32 << 20
+	defaultZeroAhead = 8 << 20
 	zeroChunk        = 1 << 20
 )
 
