@@ -59,7 +59,8 @@ FUZZ_TARGETS := \
 	./attach/nvmetcp/:FuzzConnection \
 	./internal/blockwire/:FuzzDecodeHeader \
 	./internal/blockwire/:FuzzReader \
-	./internal/blockwire/:FuzzParsePreamble
+	./internal/blockwire/:FuzzParsePreamble \
+	./internal/replwire/:FuzzReader
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -33,6 +33,7 @@ var allowed = map[string][]string{
 	"bench":               {"attach", "attach/blockdev", "internal/", "proto/"},
 	"sled":                {"internal/", "proto/sledpb"},
 	"internal/rpc":        {"internal/bufpool"},
+	"internal/replwire":   {},
 	"txn/driver":          {"txn", "consensus", "proto/txnpb"},
 	// The head node's block journal: leaf utilities at most. Its crashfs
 	// (test support for any package's crash tests) imports nothing.
