@@ -16,6 +16,12 @@ type Peer struct {
 	Addresses []string
 }
 
+// The choices of Config.ReplicationWire.
+const (
+	ReplicationFramed = "framed"
+	ReplicationGRPC   = "grpc"
+)
+
 // Config configures one head node.
 type Config struct {
 	// ID names this head node in the rack; it must appear in Peers.
@@ -53,6 +59,12 @@ type Config struct {
 	BlockCacheBytes int64
 	// IO bounds the block I/O held for agents' streams.
 	IO IOConfig
+	// ReplicationWire is how this node replicates to secondaries and is
+	// replicated to: ReplicationFramed (the default: framed connections,
+	// gRPC with a node that does not speak them) or ReplicationGRPC (gRPC
+	// only, neither asking for framed connections nor serving them: as a
+	// node of a build before them).
+	ReplicationWire string
 	// Storage configures segments on the sleds: erasure coding, flush,
 	// compaction, rebuild.
 	Storage StorageConfig
@@ -80,6 +92,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.LeaderWaitTimeout == 0 {
 		c.LeaderWaitTimeout = 10 * time.Second
+	}
+	if c.ReplicationWire == "" {
+		c.ReplicationWire = ReplicationFramed
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -114,6 +129,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Disk.MinFreeBytes < 0 || c.Disk.ResumeFreeBytes < 0 {
 		return errors.New("headnode config: Disk.MinFreeBytes and Disk.ResumeFreeBytes may not be negative")
+	}
+	if c.ReplicationWire != "" && c.ReplicationWire != ReplicationFramed && c.ReplicationWire != ReplicationGRPC {
+		return fmt.Errorf("headnode config: ReplicationWire %q: want %q or %q", c.ReplicationWire, ReplicationFramed, ReplicationGRPC)
 	}
 	if err := c.Lease.Validate(); err != nil {
 		return err

@@ -115,7 +115,7 @@ func startBenchServer(b *testing.B) string {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		srv.Serve(newWireListener(l, wire, slog.New(slog.DiscardHandler)))
+		srv.Serve(newWireListener(l, wire, nil, slog.New(slog.DiscardHandler)))
 	}()
 	b.Cleanup(func() {
 		srv.Stop()

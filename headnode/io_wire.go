@@ -55,6 +55,7 @@ import (
 	"github.com/ballast-storage/ballast/internal/blockwire"
 	"github.com/ballast-storage/ballast/internal/bufpool"
 	"github.com/ballast-storage/ballast/internal/inflight"
+	"github.com/ballast-storage/ballast/internal/replwire"
 	"github.com/ballast-storage/ballast/internal/rpc"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -85,6 +86,7 @@ var http2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")[:blockwire.Preambl
 type wireListener struct {
 	net.Listener
 	wire *wireServer
+	repl *replWireServer // nil: framed replication is not served
 	log  *slog.Logger
 
 	grpcConns  chan net.Conn
@@ -102,10 +104,11 @@ type wireListener struct {
 	}
 }
 
-func newWireListener(l net.Listener, wire *wireServer, log *slog.Logger) *wireListener {
+func newWireListener(l net.Listener, wire *wireServer, repl *replWireServer, log *slog.Logger) *wireListener {
 	w := &wireListener{
 		Listener:   l,
 		wire:       wire,
+		repl:       repl,
 		log:        log,
 		grpcConns:  make(chan net.Conn),
 		done:       make(chan struct{}),
@@ -200,6 +203,12 @@ func (w *wireListener) sniff(c net.Conn) {
 		// The wire server owns it from here (and waits for it on close).
 		w.wg.Done()
 		w.wire.serveConn(c, version)
+		return
+	}
+	if version, err := replwire.ParsePreamble(first[:]); err == nil && w.repl != nil {
+		// A primary's replication session (replication_wire.go).
+		w.wg.Done()
+		w.repl.serveConn(c, version)
 		return
 	}
 	defer w.wg.Done()

@@ -39,7 +39,7 @@ func startSharedServer(t *testing.T, cfg IOConfig, tick time.Duration, handle fu
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		srv.Serve(newWireListener(l, wire, slog.Default()))
+		srv.Serve(newWireListener(l, wire, nil, slog.Default()))
 	}()
 	t.Cleanup(func() {
 		srv.Stop()

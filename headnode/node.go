@@ -43,16 +43,22 @@ type Node struct {
 	// gone (nil: deletedInRack); tests answer for it.
 	confirmDeleted func(ctx context.Context, id uint64) (bool, error)
 
-	repl     *replicationServer
-	io       *blockIOServer
-	wire     *wireServer // block I/O over the framed protocol, beside gRPC
-	admin    *adminServer
-	leases   *leaseKeeper
-	remote   *remoteIO
-	proposer *driver.Proposer   // commits transactions across groups
-	keeper   *driver.Keeper     // recovers and forgets this node's groups' transactions
-	stopBG   context.CancelFunc // ends the sled view and the monitors
-	serving  sync.WaitGroup
+	repl *replicationServer
+	// replWire serves replication over framed connections; nil when the
+	// node replicates over gRPC only (Config.ReplicationWire).
+	replWire *replWireServer
+	// noReplWire holds when each secondary that did not speak framed
+	// replication was found not to (head node id -> time.Time).
+	noReplWire sync.Map
+	io         *blockIOServer
+	wire       *wireServer // block I/O over the framed protocol, beside gRPC
+	admin      *adminServer
+	leases     *leaseKeeper
+	remote     *remoteIO
+	proposer   *driver.Proposer   // commits transactions across groups
+	keeper     *driver.Keeper     // recovers and forgets this node's groups' transactions
+	stopBG     context.CancelFunc // ends the sled view and the monitors
+	serving    sync.WaitGroup
 
 	// incarnation is the data directory's (incarnation.go); registered
 	// is set once every group has it.
@@ -175,6 +181,9 @@ func Start(cfg Config) (_ *Node, err error) {
 	ballastpb.RegisterBlockIOServer(n.server, n.io)
 	n.repl = &replicationServer{node: n}
 	ballastpb.RegisterReplicationServer(n.server, n.repl)
+	if cfg.ReplicationWire == ReplicationFramed {
+		n.replWire = newReplWireServer(n.repl, n.log)
+	}
 	// A node that lost its data directory must not vote as before in the
 	// groups that still count it (consensus/rejoin.go).
 	rejoin := fresh && n.lostState()
@@ -206,7 +215,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		n.serving.Add(1)
 		go func() {
 			defer n.serving.Done()
-			if err := n.server.Serve(newWireListener(l, n.wire, n.log)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			if err := n.server.Serve(newWireListener(l, n.wire, n.replWire, n.log)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				n.log.Error("serve", "addr", l.Addr(), "err", err)
 			}
 		}()
@@ -397,6 +406,9 @@ func (n *Node) Close() error {
 	if n.wire != nil {
 		n.wire.close()
 	}
+	if n.replWire != nil {
+		n.replWire.close()
+	}
 	for _, l := range n.listeners {
 		l.Close()
 	}
@@ -405,6 +417,9 @@ func (n *Node) Close() error {
 	}
 	if n.wire != nil {
 		n.wire.wait()
+	}
+	if n.replWire != nil {
+		n.replWire.wait()
 	}
 	if n.cons != nil {
 		errs = append(errs, n.cons.Close())

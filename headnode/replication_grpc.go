@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -95,7 +96,21 @@ func (s *replicationServer) checkReplica(volumeID, epoch uint64) *ballastpb.Repl
 	return nil
 }
 
+// replStream is one replication session's stream as the secondary sees
+// it: gRPC's, or a framed connection's (replication_wire.go).
+type replStream interface {
+	Context() context.Context
+	Recv() (*ballastpb.ReplicateRequest, error)
+	Send(*ballastpb.ReplicateReply) error
+}
+
+// Replicate serves a session over gRPC.
 func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServer) error {
+	return s.replicate(stream)
+}
+
+// replicate serves one session: its hello, then its batches.
+func (s *replicationServer) replicate(stream replStream) error {
 	hello, err := stream.Recv()
 	if err != nil {
 		return fmt.Errorf("replicate: read hello: %w", err)
@@ -170,7 +185,7 @@ func (s *replicationServer) Replicate(stream ballastpb.Replication_ReplicateServ
 // second goroutine, so the next batch's journal write overlaps the last
 // one's sync. A full sync's steps, rare, run alone, once every batch
 // before them is finished.
-func (s *replicationServer) serveBatches(ctx context.Context, stream ballastpb.Replication_ReplicateServer,
+func (s *replicationServer) serveBatches(ctx context.Context, stream replStream,
 	sess *replSession, sv *secondaryVolume, epoch uint64) error {
 	volID := sv.id
 	type step struct {
@@ -332,17 +347,88 @@ func (s *replicationServer) dropUnlessReplica(volumeID uint64, stale func() bool
 
 // grpcLink is a replicaLink over the Replication stream.
 type grpcLink struct {
-	cancel          context.CancelFunc
-	stream          ballastpb.Replication_ReplicateClient
-	replies         chan replyOrErr
-	diskFull        atomic.Bool // of the last reply
-	journalPressure atomic.Bool // of the last reply
-	journalFull     atomic.Bool // of the last reply
+	replyQueue
+	cancel context.CancelFunc
+	stream ballastpb.Replication_ReplicateClient
 }
 
 type replyOrErr struct {
 	reply *ballastpb.ReplicateReply
 	err   error
+}
+
+// replyQueue is a link's side of the secondary's replies: its reader
+// goroutine puts them in order, Wait takes them, and the last one's
+// pressure flags are kept. Once the session fails, every Wait after the
+// replies read before fails at once with why: the batches in flight
+// behind a broken session do not each wait out their deadline.
+type replyQueue struct {
+	replies         chan replyOrErr
+	failed          chan struct{} // closed by fail
+	failErr         error
+	failOnce        sync.Once
+	diskFull        atomic.Bool // of the last reply
+	journalPressure atomic.Bool // of the last reply
+	journalFull     atomic.Bool // of the last reply
+}
+
+func newReplyQueue() replyQueue {
+	return replyQueue{replies: make(chan replyOrErr, 1), failed: make(chan struct{})}
+}
+
+// fail ends the session's replies with err.
+func (q *replyQueue) fail(err error) {
+	q.failOnce.Do(func() {
+		q.failErr = err
+		close(q.failed)
+	})
+}
+
+func (q *replyQueue) wait(ctx context.Context) (*ballastpb.ReplicateReply, error) {
+	var r replyOrErr
+	select {
+	case r = <-q.replies:
+	default:
+		select {
+		case r = <-q.replies:
+		case <-q.failed:
+			return nil, fmt.Errorf("secondary: %w", q.failErr)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for secondary: %w", ctx.Err())
+		}
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("secondary: %w", r.err)
+	}
+	q.diskFull.Store(r.reply.DiskFull)
+	q.journalPressure.Store(r.reply.JournalPressure)
+	q.journalFull.Store(r.reply.JournalFull)
+	return r.reply, nil
+}
+
+func (q *replyQueue) DiskFull() bool        { return q.diskFull.Load() }
+func (q *replyQueue) JournalPressure() bool { return q.journalPressure.Load() }
+func (q *replyQueue) JournalFull() bool     { return q.journalFull.Load() }
+
+// checkedReply turns a reply that refuses or failed into its error.
+func checkedReply(r *ballastpb.ReplicateReply) error {
+	if r.Error != "" || r.Status != ballastpb.ReplicateStatus_REPLICATE_STATUS_OK {
+		return replicateError(r)
+	}
+	return nil
+}
+
+// replWireWith says whether a session with secondary is to be tried over a
+// framed connection: this node speaks it, and the secondary was not found
+// not to within noReplWireRetry.
+func (n *Node) replWireWith(secondary string) bool {
+	if n.cfg.ReplicationWire != ReplicationFramed {
+		return false
+	}
+	if since, ok := n.noReplWire.Load(secondary); ok && time.Since(since.(time.Time)) < noReplWireRetry {
+		return false
+	}
+	return true
 }
 
 func (n *Node) dialLink(ctx context.Context, vol *ballastpb.Volume, secondary string) (replicaLink, error) {
@@ -355,6 +441,17 @@ func (n *Node) dialLink(ctx context.Context, vol *ballastpb.Volume, secondary st
 	if err != nil {
 		return nil, err
 	}
+	if n.replWireWith(secondary) {
+		l, err := dialFramedLink(ctx, conn)
+		if err == nil {
+			return l, nil
+		}
+		if !errors.Is(err, errNoReplWire) {
+			return nil, err
+		}
+		n.noReplWire.Store(secondary, time.Now())
+		n.log.Warn("head node does not speak framed replication (an older version?): its sessions use gRPC", "secondary", secondary, "err", err)
+	}
 	// The stream outlives ctx (it carries many batches), but opening it must
 	// not: a secondary that cannot be reached ends the attempt at ctx's end.
 	sctx, cancel := context.WithCancel(context.Background())
@@ -365,19 +462,21 @@ func (n *Node) dialLink(ctx context.Context, vol *ballastpb.Volume, secondary st
 		cancel()
 		return nil, fmt.Errorf("open replication stream: %w", err)
 	}
-	l := &grpcLink{cancel: cancel, stream: stream, replies: make(chan replyOrErr, 1)}
+	l := &grpcLink{replyQueue: newReplyQueue(), cancel: cancel, stream: stream}
 	go func() {
 		for {
 			r, err := stream.Recv()
-			if err == nil && (r.Error != "" || r.Status != ballastpb.ReplicateStatus_REPLICATE_STATUS_OK) {
-				err = replicateError(r)
-			}
-			select {
-			case l.replies <- replyOrErr{r, err}:
-			case <-sctx.Done():
-				return
+			if err == nil {
+				err = checkedReply(r)
 			}
 			if err != nil {
+				l.fail(err)
+				return
+			}
+			select {
+			case l.replies <- replyOrErr{r, nil}:
+			case <-sctx.Done():
+				l.fail(context.Cause(sctx))
 				return
 			}
 		}
@@ -389,7 +488,7 @@ func (l *grpcLink) roundTrip(ctx context.Context, req *ballastpb.ReplicateReques
 	if err := l.start(ctx, req); err != nil {
 		return nil, err
 	}
-	return l.wait(ctx)
+	return l.replyQueue.wait(ctx)
 }
 
 func (l *grpcLink) start(ctx context.Context, req *ballastpb.ReplicateRequest) error {
@@ -401,21 +500,6 @@ func (l *grpcLink) start(ctx context.Context, req *ballastpb.ReplicateRequest) e
 		return fmt.Errorf("send to secondary: %w", err)
 	}
 	return nil
-}
-
-func (l *grpcLink) wait(ctx context.Context) (*ballastpb.ReplicateReply, error) {
-	select {
-	case r := <-l.replies:
-		if r.err != nil {
-			return nil, fmt.Errorf("secondary: %w", r.err)
-		}
-		l.diskFull.Store(r.reply.DiskFull)
-		l.journalPressure.Store(r.reply.JournalPressure)
-		l.journalFull.Store(r.reply.JournalFull)
-		return r.reply, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for secondary: %w", ctx.Err())
-	}
 }
 
 func (l *grpcLink) Hello(ctx context.Context, hello *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
@@ -435,18 +519,12 @@ func (l *grpcLink) Start(ctx context.Context, req *ballastpb.ReplicateRequest) e
 }
 
 func (l *grpcLink) Wait(ctx context.Context) (uint64, error) {
-	r, err := l.wait(ctx)
+	r, err := l.replyQueue.wait(ctx)
 	if err != nil {
 		return 0, err
 	}
 	return r.LastSeq, nil
 }
-
-func (l *grpcLink) DiskFull() bool { return l.diskFull.Load() }
-
-func (l *grpcLink) JournalPressure() bool { return l.journalPressure.Load() }
-
-func (l *grpcLink) JournalFull() bool { return l.journalFull.Load() }
 
 func (l *grpcLink) Close() { l.cancel() }
 

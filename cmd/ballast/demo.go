@@ -46,7 +46,7 @@ func newDemoCommand() *cobra.Command {
 		port, sleds, hosts  int
 		storage             storageFlags
 		nvme                nvmeFlags
-		ioWire              string
+		ioWire, replWire    string
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -76,7 +76,7 @@ func newDemoCommand() *cobra.Command {
 				return fmt.Errorf("--io-wire: %w", err)
 			}
 			return runDemo(cmd.Context(), demoOptions{data: data, size: sizeBytes, nbdAddr: nbdAddr, port: port, sleds: sleds, storage: sc,
-				nvmeListen: nvmeListen, nvmeDiscovery: nvmeDiscovery, hosts: hosts, ioWire: wire})
+				nvmeListen: nvmeListen, nvmeDiscovery: nvmeDiscovery, hosts: hosts, ioWire: wire, replWire: replWire})
 		},
 	}
 	cmd.Flags().StringVar(&data, "data", "ballast-data", "data directory of the whole rack")
@@ -88,6 +88,7 @@ func newDemoCommand() *cobra.Command {
 	addStorageFlags(cmd, &storage)
 	addNVMeFlags(cmd, &nvme)
 	addIOWireFlag(cmd, &ioWire)
+	addReplicationWireFlag(cmd, &replWire)
 	return cmd
 }
 
@@ -100,6 +101,7 @@ type demoOptions struct {
 	// NVMe/TCP I/O and discovery ports; none: NVMe/TCP off.
 	nvmeListen, nvmeDiscovery []string
 	ioWire                    attach.IOWire // the agents' block I/O protocol
+	replWire                  string        // the head nodes' replication protocol
 }
 
 func runDemo(ctx context.Context, o demoOptions) (err error) {
@@ -118,6 +120,7 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 			DataDir:         demoDataDir(data, p.ID),
 			Peers:           peers,
 			Storage:         o.storage,
+			ReplicationWire: o.replWire,
 			Logger:          slog.Default(),
 		})
 		if err != nil {

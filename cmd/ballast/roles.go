@@ -20,14 +20,14 @@ import (
 
 func newHeadNodeCommand() *cobra.Command {
 	var (
-		id, data, listenA, listenB string
-		peers                      []string
-		replTimeout, lease         time.Duration
-		volumeGroups               int
-		join                       bool
-		storage                    storageFlags
-		ioLimits                   ioLimitFlags
-		minFree, diskReserve       string
+		id, data, listenA, listenB, replWire string
+		peers                                []string
+		replTimeout, lease                   time.Duration
+		volumeGroups                         int
+		join                                 bool
+		storage                              storageFlags
+		ioLimits                             ioLimitFlags
+		minFree, diskReserve                 string
 	)
 	cmd := &cobra.Command{
 		Use:   "headnode",
@@ -61,6 +61,7 @@ func newHeadNodeCommand() *cobra.Command {
 				Join:               join,
 				Storage:            sc,
 				Disk:               disk,
+				ReplicationWire:    replWire,
 				Logger:             slog.Default(),
 			}
 			for _, a := range []string{listenA, listenB} {
@@ -97,6 +98,7 @@ func newHeadNodeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&diskReserve, "disk-reserve", "", "size of the emergency reserve file kept in the data directory, freed when the disk fills (default: 256 MiB; 0: none)")
 	addStorageFlags(cmd, &storage)
 	addIOLimitFlags(cmd, &ioLimits)
+	addReplicationWireFlag(cmd, &replWire)
 	for _, f := range []string{"id", "data", "listen-a"} {
 		cmd.MarkFlagRequired(f)
 	}
@@ -286,6 +288,13 @@ func newAgentCommand() *cobra.Command {
 	addAgentLimitFlags(cmd, &limits)
 	addIOWireFlag(cmd, &ioWire)
 	return cmd
+}
+
+// addReplicationWireFlag adds the choice of the head nodes' replication
+// protocol.
+func addReplicationWireFlag(cmd *cobra.Command, wire *string) {
+	cmd.Flags().StringVar(wire, "replication-wire", headnode.ReplicationFramed,
+		"how head nodes replicate to each other: 'framed' (framed connections, gRPC with a node that does not speak them) or 'grpc' (gRPC only, as a node of a build before framed replication)")
 }
 
 // addIOWireFlag adds the choice of the agent's block I/O protocol.

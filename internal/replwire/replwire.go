@@ -115,15 +115,22 @@ func decodeHeader(h []byte) (Kind, uint64, int, error) {
 type Reader struct {
 	r   *bufio.Reader
 	hdr [HeaderBytes]byte
+	// buf holds message payloads up to keepPayloadBytes, reused: the
+	// session decodes each message before it reads the next.
+	buf []byte
 }
+
+// keepPayloadBytes bounds the payload buffer a Reader keeps between
+// frames; a larger message gets a buffer of its own.
+const keepPayloadBytes = 1 << 20
 
 // NewReader reads frames from r through a buffer of bufSize bytes.
 func NewReader(r io.Reader, bufSize int) *Reader {
 	return &Reader{r: bufio.NewReaderSize(r, bufSize)}
 }
 
-// Next reads the next frame. A message's payload is a new slice the
-// caller keeps.
+// Next reads the next frame. A message's payload is valid until the next
+// call of Next.
 func (r *Reader) Next() (Frame, error) {
 	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
 		return Frame{}, err // io.EOF between frames, io.ErrUnexpectedEOF inside one
@@ -134,7 +141,14 @@ func (r *Reader) Next() (Frame, error) {
 	}
 	f := Frame{Kind: kind, ID: id}
 	if kind == KindMessage {
-		f.Payload = make([]byte, n)
+		if n <= keepPayloadBytes {
+			if cap(r.buf) < n {
+				r.buf = make([]byte, n, max(n, 64<<10))
+			}
+			f.Payload = r.buf[:n]
+		} else {
+			f.Payload = make([]byte, n)
+		}
 		if _, err := io.ReadFull(r.r, f.Payload); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF

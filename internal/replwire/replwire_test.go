@@ -48,6 +48,7 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}
+		f.Payload = bytes.Clone(f.Payload) // valid until the next Next
 		if f.Kind != wf.Kind || f.ID != wf.ID || !bytes.Equal(f.Payload, wf.Payload) {
 			t.Fatalf("frame %d: %v id %d, %d bytes; want %v id %d, %d bytes", i, f.Kind, f.ID, len(f.Payload), wf.Kind, wf.ID, len(wf.Payload))
 		}
