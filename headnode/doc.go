@@ -12,7 +12,9 @@
 // write under the volume's lock), and one committer per volume appends each
 // batch locally and sends it to the secondary in parallel; a session
 // between them starts with a hello that reconciles their logs, so a crash
-// between the two appends never leaves the replicas apart. A large aligned
+// between the two appends never leaves the replicas apart. Sessions run
+// over framed connections (replication_wire.go), or gRPC with a node that
+// does not speak them. A large aligned
 // write goes straight to a new erasure-coded segment on the sleds, and
 // only its record through both logs (segwrite.go).
 //
