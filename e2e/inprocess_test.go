@@ -32,6 +32,9 @@ type inProcessRack struct {
 	logger *slog.Logger
 	lease  volume.LeaseConfig
 	disk   headnode.DiskConfig
+	// replWire is each head node's Config.ReplicationWire, by id (unset:
+	// the default).
+	replWire map[string]string
 
 	mu    sync.Mutex
 	nodes map[string]*headnode.Node
@@ -96,7 +99,8 @@ func (r *inProcessRack) start(id string) {
 			continue
 		}
 		n, err := headnode.Start(headnode.Config{ID: p.ID, ListenAddresses: p.Addresses,
-			DataDir: filepath.Join(r.dir, p.ID), Peers: r.peers, Logger: r.logger, Lease: r.lease, Disk: r.disk})
+			DataDir: filepath.Join(r.dir, p.ID), Peers: r.peers, Logger: r.logger, Lease: r.lease, Disk: r.disk,
+			ReplicationWire: r.replWire[p.ID]})
 		if err != nil {
 			r.t.Fatal(err)
 		}

@@ -92,6 +92,10 @@ type IOStats struct {
 	// FramedConnections is the framed protocol's connections open now
 	// (gRPC streams are not counted).
 	FramedConnections int
+	// FramedReplicationSessions is the replication sessions this node
+	// serves as a secondary over framed connections now (gRPC ones are
+	// not counted).
+	FramedReplicationSessions int
 }
 
 // blockIOServer serves BlockIO for the volumes this head node is primary of.
@@ -118,6 +122,9 @@ func (n *Node) IOStats() IOStats {
 	s := n.io.stats()
 	if n.wire != nil {
 		s.FramedConnections = n.wire.connections()
+	}
+	if n.replWire != nil {
+		s.FramedReplicationSessions = n.replWire.sessions()
 	}
 	return s
 }

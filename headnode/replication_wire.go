@@ -90,6 +90,13 @@ func (s *replWireServer) close() {
 
 func (s *replWireServer) wait() { s.wg.Wait() }
 
+// sessions returns how many framed connections (sessions) are open.
+func (s *replWireServer) sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.mu.conns)
+}
+
 // serveConn serves one connection whose preamble (of version) was read:
 // one session, until it ends.
 func (s *replWireServer) serveConn(nc net.Conn, version uint16) {

@@ -69,13 +69,6 @@ func newReplWireRig(t *testing.T, serveFramed bool, replTimeout time.Duration) *
 	return r
 }
 
-// sessions returns how many framed sessions the secondary is serving.
-func (r *replWireRig) sessions() int {
-	r.srv.mu.Lock()
-	defer r.srv.mu.Unlock()
-	return len(r.srv.mu.conns)
-}
-
 // Writes replicate over a framed session, many in flight at once, and
 // the secondary ends up with what the primary holds.
 func TestFramedReplication(t *testing.T) {
@@ -101,7 +94,7 @@ func TestFramedReplication(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := r.sessions(); n != 1 {
+	if n := r.srv.sessions(); n != 1 {
 		t.Fatalf("%d framed sessions open on the secondary, want 1", n)
 	}
 	r.checkReplicas(t)
