@@ -360,7 +360,7 @@ func newSpreadDevice(v *Volume, n int) *spreadDevice {
 	primary := v.primary
 	v.mu.Unlock()
 	for range n - 1 {
-		d.vols = append(d.vols, &Volume{client: v.client, name: v.name, size: v.size, id: v.id, session: v.session, primary: primary})
+		d.vols = append(d.vols, &Volume{client: v.client, name: v.name, size: v.size, id: v.id, session: v.session, primary: primary, writer: newWriter()})
 	}
 	return d
 }

@@ -2,6 +2,8 @@ package attach
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -134,6 +136,12 @@ type Volume struct {
 	// detached volume). A head node refuses its writes once the volume
 	// is attached elsewhere; the session never changes.
 	session migrate.Session
+	// writer names this open of the volume in its writes, trims and
+	// write-zeroes, and ops numbers them: a write sent again (its outcome
+	// lost with a stream or a primary) carries the same name, and the head
+	// nodes apply it once (0: unnamed).
+	writer uint64
+	ops    opTracker
 
 	// wrote is set once a head node acknowledged a write, trim or
 	// write-zeroes of this session: from then on a flush is answered at
@@ -165,7 +173,7 @@ func (c *Client) OpenVolumeAs(ctx context.Context, name, host string) (*Volume, 
 	if err != nil {
 		return nil, err
 	}
-	v := &Volume{client: c, name: name, size: resp.Volume.SizeBytes, id: resp.Volume.Id}
+	v := &Volume{client: c, name: name, size: resp.Volume.SizeBytes, id: resp.Volume.Id, writer: newWriter()}
 	if host != "" {
 		att := volume.AttachmentOf(resp.Volume)
 		s, ok := att.SessionFor(host)
@@ -360,6 +368,11 @@ func (v *Volume) do(ctx context.Context, req *ballastpb.IORequest) (*ballastpb.I
 	defer cancel()
 	req.VolumeId = v.id
 	req.Host, req.Generation = v.session.Host, v.session.Generation
+	if v.writer != 0 && writes(req.Op) {
+		op, oldest := v.ops.start()
+		defer v.ops.finish(op)
+		req.Client, req.WriteOp, req.OldestOp = v.writer, op, oldest
+	}
 	backoff := 20 * time.Millisecond
 	for {
 		req.Id = requestIDs.Add(1)
@@ -404,5 +417,67 @@ func (v *Volume) do(ctx context.Context, req *ballastpb.IORequest) (*ballastpb.I
 			v.setPrimary(resp)
 			v.mu.Unlock()
 		}
+	}
+}
+
+// writes says whether an operation changes the volume.
+func writes(op ballastpb.IOOp) bool {
+	switch op {
+	case ballastpb.IOOp_IO_OP_WRITE, ballastpb.IOOp_IO_OP_TRIM, ballastpb.IOOp_IO_OP_WRITE_ZEROES:
+		return true
+	}
+	return false
+}
+
+// newWriter returns a random name for one open of a volume, never 0.
+func newWriter() uint64 {
+	for {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on Linux
+		}
+		if w := binary.LittleEndian.Uint64(b[:]); w != 0 {
+			return w
+		}
+	}
+}
+
+// opTracker numbers a volume's writes and knows the oldest without an
+// answer.
+type opTracker struct {
+	mu      sync.Mutex
+	last    uint64
+	low     uint64 // every op below low has its answer
+	pending map[uint64]struct{}
+}
+
+// start numbers a new write; oldest is the oldest op still without an
+// answer (perhaps op itself).
+func (t *opTracker) start() (op, oldest uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pending == nil {
+		t.pending, t.low = map[uint64]struct{}{}, 1
+	}
+	t.last++
+	t.pending[t.last] = struct{}{}
+	t.advance()
+	return t.last, t.low
+}
+
+// finish notes that op has its final answer: it is never sent again.
+func (t *opTracker) finish(op uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.pending, op)
+	t.advance()
+}
+
+func (t *opTracker) advance() {
+	for t.low <= t.last {
+		if _, ok := t.pending[t.low]; ok {
+			return
+		}
+		t.low++
 	}
 }

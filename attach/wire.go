@@ -231,6 +231,9 @@ func (t *framedTransport) send(req *ballastpb.IORequest) error {
 		NoHole:     req.NoHole,
 		Host:       req.Host,
 		Generation: req.Generation,
+		Client:     req.Client,
+		WriteOp:    req.WriteOp,
+		OldestOp:   req.OldestOp,
 	}
 	var data []byte
 	if req.Op == ballastpb.IOOp_IO_OP_WRITE {

@@ -151,6 +151,9 @@ func (a *applier) apply(r *ballastpb.LogRecord, locs []journal.Location) error {
 	if err != nil {
 		return err
 	}
+	if err := a.noteWrites(r); err != nil {
+		return err
+	}
 	if a.next != len(a.locs) {
 		return fmt.Errorf("%w: record %d used %d of the %d blocks of its journal entry", ErrCorrupt, r.Seq, a.next, len(a.locs))
 	}
@@ -592,7 +595,7 @@ func (a *applier) applyState(s *ballastpb.StateRecord) error {
 		}
 	}
 	a.st.NextSegmentId = max(a.st.NextSegmentId, s.NextSegmentId)
-	return nil
+	return a.applyWriterStates(s.Writers)
 }
 
 // validateSegment checks a new segment's shape against its slots.

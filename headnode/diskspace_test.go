@@ -152,9 +152,9 @@ func TestFullDiskRefusesWritesServesReads(t *testing.T) {
 		name string
 		run  func() error
 	}{
-		{"write", func() error { return p.primary.write(ctx, 0, 4096, pattern(4096, 2), false, false) }},
-		{"zeroes", func() error { return p.primary.write(ctx, 0, 4096, nil, true, false) }},
-		{"trim", func() error { return p.primary.write(ctx, 0, 4096, nil, true, true) }},
+		{"write", func() error { return p.primary.write(ctx, 0, 4096, pattern(4096, 2), false, false, writeID{}) }},
+		{"zeroes", func() error { return p.primary.write(ctx, 0, 4096, nil, true, false, writeID{}) }},
+		{"trim", func() error { return p.primary.write(ctx, 0, 4096, nil, true, true, writeID{}) }},
 	} {
 		if err := w.run(); !errors.Is(err, ErrNoSpace) {
 			t.Fatalf("%s on a full disk: %v, want ErrNoSpace", w.name, err)
@@ -184,7 +184,7 @@ func TestSecondaryFullDiskRefusesWrites(t *testing.T) {
 	// The next batch brings the news; writes after it are refused.
 	p.write(t, 4096, pattern(4096, 2))
 	ctx := context.Background()
-	if err := p.primary.write(ctx, 0, 4096, pattern(4096, 3), false, false); !errors.Is(err, ErrNoSpace) {
+	if err := p.primary.write(ctx, 0, 4096, pattern(4096, 3), false, false, writeID{}); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("write while the secondary's disk is full: %v, want ErrNoSpace", err)
 	}
 	got := make([]byte, 4096)
@@ -194,7 +194,7 @@ func TestSecondaryFullDiskRefusesWrites(t *testing.T) {
 	p.faults.set(func(f *faults) { f.diskFull = false })
 	deadline := time.Now().Add(10 * secondaryProbeInterval)
 	for {
-		err := p.primary.write(ctx, 0, 4096, pattern(4096, 4), false, false)
+		err := p.primary.write(ctx, 0, 4096, pattern(4096, 4), false, false, writeID{})
 		if err == nil {
 			copy(p.model, pattern(4096, 4))
 			break

@@ -82,7 +82,7 @@ func TestSuspendedPrimaryServesNothing(t *testing.T) {
 	if err := p.primary.read(context.Background(), 0, buf); !errors.Is(err, ErrStopped) {
 		t.Fatalf("read after the lease ran out during a suspend: %v, want ErrStopped (no lease)", err)
 	}
-	err := p.primary.write(context.Background(), 0, 4096, pattern(4096, 2), false, false)
+	err := p.primary.write(context.Background(), 0, 4096, pattern(4096, 2), false, false, writeID{})
 	if !errors.Is(err, ErrStopped) {
 		t.Fatalf("write after the lease ran out during a suspend: %v, want it not acknowledged (ErrStopped)", err)
 	}

@@ -96,6 +96,9 @@ type IOStats struct {
 	// serves as a secondary over framed connections now (gRPC ones are
 	// not counted).
 	FramedReplicationSessions int
+	// ResentWrites counts the writes received again that this node
+	// found applied already, whole or in part, and did not apply twice.
+	ResentWrites uint64
 }
 
 // blockIOServer serves BlockIO for the volumes this head node is primary of.
@@ -126,6 +129,7 @@ func (n *Node) IOStats() IOStats {
 	if n.replWire != nil {
 		s.FramedReplicationSessions = n.replWire.sessions()
 	}
+	s.ResentWrites = n.resentWrites.Load()
 	return s
 }
 
@@ -297,17 +301,10 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 		if length > 0 {
 			err = pv.read(ctx, req.Offset, reply.Data)
 		}
-	case ballastpb.IOOp_IO_OP_WRITE:
-		err = pv.write(ctx, req.Offset, length, req.Data, false, false)
 	case ballastpb.IOOp_IO_OP_FLUSH:
 		// Every acknowledged write is already durable on every replica.
-	case ballastpb.IOOp_IO_OP_TRIM, ballastpb.IOOp_IO_OP_WRITE_ZEROES:
-		removable := req.Op == ballastpb.IOOp_IO_OP_TRIM || !req.NoHole
-		for off, end := req.Offset, req.Offset+length; off < end && err == nil; {
-			chunk := min(end-off, removeChunkBytes)
-			err = pv.write(ctx, off, chunk, nil, true, removable)
-			off += chunk
-		}
+	case ballastpb.IOOp_IO_OP_WRITE, ballastpb.IOOp_IO_OP_TRIM, ballastpb.IOOp_IO_OP_WRITE_ZEROES:
+		err = n.serveWrite(ctx, pv, req, length)
 	default:
 		return fail(ballastpb.IOStatus_IO_STATUS_INVALID, fmt.Errorf("unknown operation %v", req.Op))
 	}
@@ -319,13 +316,73 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 		case errors.Is(err, errVolumeGone):
 			return fail(ballastpb.IOStatus_IO_STATUS_NO_SUCH_VOLUME, err)
 		case errors.Is(err, ErrStopped):
-			// Never committed: the client may safely send it again, to
-			// whichever head node now serves the volume.
+			// The volume stopped here: the client sends the request to
+			// whichever head node now serves it. A named write is applied
+			// once whatever became of this send (writeops.go).
 			return fail(ballastpb.IOStatus_IO_STATUS_NOT_PRIMARY, err)
 		}
 		return fail(ballastpb.IOStatus_IO_STATUS_IO_ERROR, err)
 	}
 	return reply
+}
+
+// serveWrite runs a write, trim or write-zeroes of length bytes. A named
+// one (writeops.go) runs once its earlier send, if this node runs it,
+// has settled, and applies only the blocks that no record of it applied.
+func (n *Node) serveWrite(ctx context.Context, pv *primaryVolume, req *ballastpb.IORequest, length uint64) error {
+	id := writeID{client: req.Client, op: req.WriteOp, oldest: req.OldestOp}
+	if !id.named() || length == 0 {
+		return writeRange(ctx, pv, req, req.Offset, length, id)
+	}
+	end, err := n.writeOps.begin(ctx, opKey{vol: pv.vol.Id, client: id.client, op: id.op})
+	if err != nil {
+		return err
+	}
+	defer end()
+	ws, err := n.blocks.writerState(pv.vol.Id, id.client)
+	if err != nil {
+		return err
+	}
+	applied, _ := appliedSpans(ws, id.op)
+	if len(applied) == 0 {
+		return writeRange(ctx, pv, req, req.Offset, length, id)
+	}
+	n.resentWrites.Add(1)
+	first := req.Offset / blockSize
+	rest := uncoveredSpans(blockSpan{first, (req.Offset+length-1)/blockSize - first + 1}, applied)
+	pv.log.Debug("write received again: applying only what it had not", "client", id.client, "op", id.op,
+		"applied", len(applied), "rest", len(rest))
+	if len(rest) == 0 {
+		// Applied whole: answered as its first send would have been, once
+		// what it wrote is durable on both replicas.
+		return pv.barrier(ctx)
+	}
+	for _, s := range rest {
+		lo := max(req.Offset, s.first*blockSize)
+		hi := min(req.Offset+length, (s.first+s.count)*blockSize)
+		if err := writeRange(ctx, pv, req, lo, hi-lo, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeRange runs bytes [off, off+length) of a write, trim or
+// write-zeroes request.
+func writeRange(ctx context.Context, pv *primaryVolume, req *ballastpb.IORequest, off, length uint64, id writeID) error {
+	if req.Op == ballastpb.IOOp_IO_OP_WRITE {
+		at := off - req.Offset
+		return pv.write(ctx, off, length, req.Data[at:at+length], false, false, id)
+	}
+	removable := req.Op == ballastpb.IOOp_IO_OP_TRIM || !req.NoHole
+	for end := off + length; off < end; {
+		chunk := min(end-off, removeChunkBytes)
+		if err := pv.write(ctx, off, chunk, nil, true, removable, id); err != nil {
+			return err
+		}
+		off += chunk
+	}
+	return nil
 }
 
 // primaryFor returns the running primary state of a volume this node is

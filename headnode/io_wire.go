@@ -388,6 +388,9 @@ func (c *wireConn) readLoop() error {
 			NoHole:     f.NoHole,
 			Host:       f.Host,
 			Generation: f.Generation,
+			Client:     f.Client,
+			WriteOp:    f.WriteOp,
+			OldestOp:   f.OldestOp,
 		}
 		cost := requestCost(req.Op, f.DataLen, req.Length)
 		c.admitting.Store(true)

@@ -89,6 +89,7 @@ func journalEntry(vol uint64, r *ballastpb.LogRecord) (journal.Entry, error) {
 	cp := &ballastpb.LogRecord{
 		Seq: r.Seq, Removed: r.Removed, Flush: r.Flush, Compact: r.Compact,
 		ShardMove: r.ShardMove, SegmentFree: r.SegmentFree, SegmentWrite: r.SegmentWrite,
+		Writes: r.Writes,
 	}
 	if len(r.Blocks) > 0 {
 		cp.Blocks = make([]*ballastpb.BlockWrite, len(r.Blocks))
@@ -97,7 +98,7 @@ func journalEntry(vol uint64, r *ballastpb.LogRecord) (journal.Entry, error) {
 		}
 	}
 	if s := r.State; s != nil {
-		cs := &ballastpb.StateRecord{Cleared: s.Cleared, Segments: s.Segments, NextSegmentId: s.NextSegmentId}
+		cs := &ballastpb.StateRecord{Cleared: s.Cleared, Segments: s.Segments, NextSegmentId: s.NextSegmentId, Writers: s.Writers}
 		cs.Blocks = make([]*ballastpb.BlockState, len(s.Blocks))
 		for i, bs := range s.Blocks {
 			cs.Blocks[i] = &ballastpb.BlockState{Block: bs.Block, Version: bs.Version, Data: strip(bs.Data),

@@ -240,7 +240,7 @@ func TestJournalFullHoldsWritesBack(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- p.primary.write(context.Background(), size-blockSize, blockSize, pattern(blockSize, 7), false, false)
+		done <- p.primary.write(context.Background(), size-blockSize, blockSize, pattern(blockSize, 7), false, false, writeID{})
 	}()
 	select {
 	case err := <-done:
@@ -254,7 +254,7 @@ func TestJournalFullHoldsWritesBack(t *testing.T) {
 		t.Fatalf("the held write returned before any room was made: %v", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	if err := p.primary.write(context.Background(), 0, written, nil, true, true); err != nil {
+	if err := p.primary.write(context.Background(), 0, written, nil, true, true, writeID{}); err != nil {
 		t.Fatalf("trim while the journal is full: %v", err)
 	}
 	clear(p.model[:written])
@@ -588,7 +588,7 @@ func TestPowerLossAtEveryStep(t *testing.T) {
 					for range blocks {
 						data = append(data, pattern(blockSize, byte(rng.Intn(256)))...)
 					}
-					err := r.primary.write(r.ctx, b*blockSize, uint64(len(data)), data, false, false)
+					err := r.primary.write(r.ctx, b*blockSize, uint64(len(data)), data, false, false, writeID{})
 					if err != nil || crashed.Load() {
 						for i := range uint64(blocks) {
 							if uncertain[b+i] == nil {

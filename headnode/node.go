@@ -52,6 +52,10 @@ type Node struct {
 	noReplWire sync.Map
 	io         *blockIOServer
 	wire       *wireServer // block I/O over the framed protocol, beside gRPC
+	// writeOps are the named writes this node runs (writeOps.go), and
+	// resentWrites counts those found applied already, whole or in part.
+	writeOps     opRegistry
+	resentWrites atomic.Uint64
 	admin      *adminServer
 	leases     *leaseKeeper
 	remote     *remoteIO

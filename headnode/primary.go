@@ -377,8 +377,11 @@ func (p *primaryVolume) waitForJournalRoom(ctx context.Context) error {
 
 // write stores data at byte offset off. With zero=true data is nil and
 // length bytes of zeroes are written; removable says whole zero blocks may
-// become holes (trim, or write-zeroes without NO_HOLE).
-func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []byte, zero, removable bool) error {
+// become holes (trim, or write-zeroes without NO_HOLE). A named write
+// (id) tags its records, and once a record is queued it waits for the
+// record's outcome whatever ctx says: its resend must not run while a
+// record of it may still land (writeops.go).
+func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []byte, zero, removable bool, id writeID) error {
 	if length == 0 {
 		return nil
 	}
@@ -403,28 +406,43 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 		}
 	}
 	if p.directWriteFor(off, length, data) {
-		rest, err := p.writeDirect(ctx, off, data)
+		rest, err := p.writeDirect(ctx, off, data, id)
 		if err != nil {
 			return err
 		}
 		for _, part := range rest {
-			if err := p.writeThroughJournal(ctx, part.off, uint64(len(part.data)), part.data, false, false); err != nil {
+			if err := p.writeThroughJournal(ctx, part.off, uint64(len(part.data)), part.data, false, false, id); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	return p.writeThroughJournal(ctx, off, length, data, zero, removable)
+	return p.writeThroughJournal(ctx, off, length, data, zero, removable, id)
+}
+
+// barrier orders an empty record and waits until it is durable on both
+// replicas under the lease: every record before it is, too.
+func (p *primaryVolume) barrier(ctx context.Context) error {
+	pw, err := p.queueRecord(ctx, &ballastpb.LogRecord{}, 1, nil)
+	if err != nil {
+		return err
+	}
+	select {
+	case err := <-pw.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("barrier: %w", ctx.Err())
+	}
 }
 
 // writeThroughJournal orders a write's blocks as a record of their own
 // and waits until it is durable on both replicas.
-func (p *primaryVolume) writeThroughJournal(ctx context.Context, off, length uint64, data []byte, zero, removable bool) error {
+func (p *primaryVolume) writeThroughJournal(ctx context.Context, off, length uint64, data []byte, zero, removable bool, id writeID) error {
 	cost := int64(min(length, maxBatchBytes))
 	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
 		return fmt.Errorf("waiting for write queue: %w", err)
 	}
-	pw, err := p.sequence(off, length, data, zero, removable, cost)
+	pw, err := p.sequence(off, length, data, zero, removable, cost, id)
 	if err != nil {
 		p.queueBytes.Release(cost)
 		return err
@@ -432,6 +450,9 @@ func (p *primaryVolume) writeThroughJournal(ctx context.Context, off, length uin
 	select {
 	case p.wake <- struct{}{}:
 	default:
+	}
+	if id.named() {
+		return <-pw.done
 	}
 	select {
 	case err := <-pw.done:
@@ -444,7 +465,7 @@ func (p *primaryVolume) writeThroughJournal(ctx context.Context, off, length uin
 
 // sequence turns a request into whole-block writes, records them in the
 // overlay and queues them, all under mu so queue order is overlay order.
-func (p *primaryVolume) sequence(off, length uint64, data []byte, zero, removable bool, cost int64) (*pendingWrite, error) {
+func (p *primaryVolume) sequence(off, length uint64, data []byte, zero, removable bool, cost int64, id writeID) (*pendingWrite, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
@@ -453,6 +474,9 @@ func (p *primaryVolume) sequence(off, length uint64, data []byte, zero, removabl
 	ticket := p.nextTicket
 	p.nextTicket++
 	rec := &ballastpb.LogRecord{}
+	if id.named() {
+		rec.Writes = []*ballastpb.WriteTag{id.tag(off, length)}
+	}
 	end := off + length
 	first := off / blockSize
 	last := (end - 1) / blockSize

@@ -257,7 +257,7 @@ func firstDiff(a, b []byte) int {
 
 func (p *pair) write(t testing.TB, off uint64, data []byte) {
 	t.Helper()
-	if err := p.primary.write(context.Background(), off, uint64(len(data)), data, false, false); err != nil {
+	if err := p.primary.write(context.Background(), off, uint64(len(data)), data, false, false, writeID{}); err != nil {
 		t.Fatalf("write %d+%d: %v", off, len(data), err)
 	}
 	copy(p.model[off:], data)
@@ -287,12 +287,12 @@ func TestTrimAndZeroes(t *testing.T) {
 	p.write(t, 0, pattern(1<<20, 9))
 	ctx := context.Background()
 	// Trim whole and partial blocks: partial parts become zeroes too.
-	if err := p.primary.write(ctx, 2048, 3*4096, nil, true, true); err != nil {
+	if err := p.primary.write(ctx, 2048, 3*4096, nil, true, true, writeID{}); err != nil {
 		t.Fatal(err)
 	}
 	clear(p.model[2048 : 2048+3*4096])
 	// Zeroes that must stay allocated.
-	if err := p.primary.write(ctx, 1<<19, 8192, nil, true, false); err != nil {
+	if err := p.primary.write(ctx, 1<<19, 8192, nil, true, false, writeID{}); err != nil {
 		t.Fatal(err)
 	}
 	clear(p.model[1<<19 : 1<<19+8192])
@@ -318,7 +318,7 @@ func TestConcurrentWritersConverge(t *testing.T) {
 					n = int(uint64(w+1)*region - off)
 				}
 				data := pattern(n, byte(rng.Intn(256)))
-				if err := p.primary.write(context.Background(), off, uint64(n), data, false, false); err != nil {
+				if err := p.primary.write(context.Background(), off, uint64(n), data, false, false, writeID{}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -375,7 +375,7 @@ func TestDeadSecondaryFailsWritesThenCatchesUp(t *testing.T) {
 	p.write(t, 0, pattern(8192, 1))
 	p.faults.set(func(f *faults) { f.down = true })
 	start := time.Now()
-	err := p.primary.write(context.Background(), 8192, 4096, pattern(4096, 2), false, false)
+	err := p.primary.write(context.Background(), 8192, 4096, pattern(4096, 2), false, false, writeID{})
 	if !errors.Is(err, ErrReplication) {
 		t.Fatalf("write with the secondary down: got %v, want ErrReplication", err)
 	}
@@ -534,7 +534,7 @@ func TestRandomOpsUnderFaultsKeepReplicasIdentical(t *testing.T) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						o.err = p.primary.write(ctx, o.off, o.n, o.data, o.zero, o.hole)
+						o.err = p.primary.write(ctx, o.off, o.n, o.data, o.zero, o.hole, writeID{})
 					}()
 				}
 				wg.Wait()

@@ -112,6 +112,11 @@ func (s *blockStore) stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.Log
 		}
 		st.Segments = append(st.Segments, &ballastpb.SegmentState{Id: id, Segment: seg, SlotBlocks: slots})
 	}
+	ws, err := writerStates(snap, vol, e.Writers)
+	if err != nil {
+		return nil, 0, err
+	}
+	st.Writers = ws
 	return st, n, nil
 }
 

@@ -39,6 +39,7 @@ const maxSegmentWritesInFlight = 2
 type directWrite struct {
 	off  uint64
 	data []byte
+	tag  *ballastpb.WriteTag // nil: the write is not named
 	// encoded closes once data is copied into a segment's shards (or
 	// will never be): the caller's buffer is free again.
 	encoded chan struct{}
@@ -97,15 +98,25 @@ func (p *primaryVolume) directWriteFor(off, length uint64, data []byte) bool {
 // of at most a segment, and returns the parts it did not write (the sleds
 // could not take them), for the caller to write through the journal. An
 // error fails the write.
-func (p *primaryVolume) writeDirect(ctx context.Context, off uint64, data []byte) (rest []*directWrite, err error) {
+func (p *primaryVolume) writeDirect(ctx context.Context, off uint64, data []byte, id writeID) (rest []*directWrite, err error) {
 	maxBytes := uint64(p.remote.cfg.segmentBlocks()) * blockSize
 	var parts []*directWrite
 	for at := uint64(0); at < uint64(len(data)); at += maxBytes {
 		n := min(uint64(len(data))-at, maxBytes)
-		parts = append(parts, &directWrite{off: off + at, data: data[at : at+n],
-			done: make(chan directOutcome, 1), encoded: make(chan struct{})})
+		dw := &directWrite{off: off + at, data: data[at : at+n],
+			done: make(chan directOutcome, 1), encoded: make(chan struct{})}
+		if id.named() {
+			dw.tag = id.tag(dw.off, n)
+		}
+		parts = append(parts, dw)
 	}
 	p.segWriter.enqueue(parts)
+	// A named write waits for every part's outcome (it always comes):
+	// none may land after the write returns.
+	stop := ctx.Done()
+	if id.named() {
+		stop = nil
+	}
 	var firstErr error
 	for _, part := range parts {
 		select {
@@ -121,7 +132,7 @@ func (p *primaryVolume) writeDirect(ctx context.Context, off uint64, data []byte
 				p.log.Debug("large write takes the journal path", "offset", part.off, "err", out.err)
 				rest = append(rest, part)
 			}
-		case <-ctx.Done():
+		case <-stop:
 			// The parts not yet taken are dropped; the others may still
 			// land (the outcome is unknown, as for any write cut short),
 			// from their shards' copy of the data, which is made before
@@ -235,11 +246,15 @@ func (w *segmentWriter) write(batch []*directWrite) {
 	}
 	p, m, cfg := w.p, w.p.maint, w.p.remote.cfg
 	var blocks [][]byte
+	var tags []*ballastpb.WriteTag
 	rec := &ballastpb.SegmentWriteRecord{}
 	for _, dw := range batch {
 		for i := 0; i < len(dw.data); i += blockSize {
 			blocks = append(blocks, dw.data[i:i+blockSize])
 			rec.SlotBlocks = append(rec.SlotBlocks, (dw.off+uint64(i))/blockSize)
+		}
+		if dw.tag != nil {
+			tags = append(tags, dw.tag)
 		}
 	}
 	shards, size, err := ec.Encode(blocks, cfg.DataShards, cfg.ParityShards)
@@ -267,7 +282,7 @@ func (w *segmentWriter) write(batch []*directWrite) {
 	// The overlay holds the blocks until the record is applied, for
 	// read-modify-writes ordered after it; the data shards hold a copy of
 	// them that the callers' buffers do not share.
-	pw, err := p.orderSegmentWrite(w.ctx, rec, func(slot int) []byte { return segmentBlock(shards, seg.ShardSizeBytes, slot) })
+	pw, err := p.orderSegmentWrite(w.ctx, rec, tags, func(slot int) []byte { return segmentBlock(shards, seg.ShardSizeBytes, slot) })
 	if err != nil {
 		answer(directOutcome{err: err})
 		return
@@ -278,9 +293,9 @@ func (w *segmentWriter) write(batch []*directWrite) {
 // orderSegmentWrite queues a segment write's record like any write's,
 // with the blocks' data in the overlay (a block in several slots: the
 // last).
-func (p *primaryVolume) orderSegmentWrite(ctx context.Context, rec *ballastpb.SegmentWriteRecord, block func(slot int) []byte) (*pendingWrite, error) {
+func (p *primaryVolume) orderSegmentWrite(ctx context.Context, rec *ballastpb.SegmentWriteRecord, tags []*ballastpb.WriteTag, block func(slot int) []byte) (*pendingWrite, error) {
 	const cost = blockSize // the record, a block of the journal at most
-	pw, err := p.queueRecord(ctx, &ballastpb.LogRecord{SegmentWrite: rec}, cost, func(ticket uint64) error {
+	pw, err := p.queueRecord(ctx, &ballastpb.LogRecord{SegmentWrite: rec, Writes: tags}, cost, func(ticket uint64) error {
 		if !p.segmentWrites.Load() {
 			// The session changed to a secondary that cannot apply the
 			// record while the shards were written: the writes take the

@@ -81,7 +81,7 @@ func TestLargeWritesGoStraightToSegments(t *testing.T) {
 	r.checkShardsMatch(t)
 
 	// A trim over segment-written blocks makes them holes.
-	if err := r.primary.write(r.ctx, 0, 128<<10, nil, true, true); err != nil {
+	if err := r.primary.write(r.ctx, 0, 128<<10, nil, true, true, writeID{}); err != nil {
 		t.Fatal(err)
 	}
 	clear(r.model[:128<<10])
@@ -194,7 +194,7 @@ func TestQueuedLargeWritesShareASegment(t *testing.T) {
 	errs := make(chan error, 8)
 	start := func(wr write) {
 		go func() {
-			errs <- r.primary.write(r.ctx, wr.off, uint64(len(wr.data)), wr.data, false, false)
+			errs <- r.primary.write(r.ctx, wr.off, uint64(len(wr.data)), wr.data, false, false, writeID{})
 		}()
 	}
 	waitFor := func(what string, cond func() bool) {

@@ -422,7 +422,7 @@ func TestFlushMovesTheLogToSegments(t *testing.T) {
 	r.checkShardsMatch(t)
 	// A trim removes flushed blocks: they read as zeroes and their
 	// segments count them dead.
-	if err := r.primary.write(r.ctx, 0, 1<<20, nil, true, true); err != nil {
+	if err := r.primary.write(r.ctx, 0, 1<<20, nil, true, true, writeID{}); err != nil {
 		t.Fatal(err)
 	}
 	clear(r.model[:1<<20])
@@ -440,7 +440,7 @@ func TestFlushSkipsBlocksWrittenSinceItReadThem(t *testing.T) {
 	// versions; block 7 is trimmed.
 	r.write(t, 2*4096, pattern(4096, 20))
 	r.write(t, 5*4096, pattern(4096, 50))
-	if err := r.primary.write(r.ctx, 7*4096, 4096, nil, true, true); err != nil {
+	if err := r.primary.write(r.ctx, 7*4096, 4096, nil, true, true, writeID{}); err != nil {
 		t.Fatal(err)
 	}
 	clear(r.model[7*4096 : 8*4096])
@@ -728,7 +728,7 @@ func TestCompactionDoesNotResurrectMovedBlocks(t *testing.T) {
 			return nil
 		}
 		interleaved = true
-		if err := r.primary.write(r.ctx, 4*blockSize, blockSize, nil, true, true); err != nil {
+		if err := r.primary.write(r.ctx, 4*blockSize, blockSize, nil, true, true, writeID{}); err != nil {
 			return err
 		}
 		clear(r.model[4*blockSize : 5*blockSize])

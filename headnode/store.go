@@ -66,6 +66,8 @@ const (
 	prefixCutHold      = 'C'
 	prefixEpochFence   = 'E'
 	prefixDropMark     = 'D'
+	// prefixWriter ('W') keys hold the writes each client had applied
+	// (writeops.go).
 
 	versionBytes = 8
 	indexBytes   = 12
@@ -1005,7 +1007,7 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	s.mu.Unlock()
 	b := s.db.NewBatch()
 	defer b.Close()
-	for _, p := range []byte{prefixLog, prefixBlock, prefixIndex, prefixSegment, prefixSegmentSlots, prefixCutHold} {
+	for _, p := range []byte{prefixLog, prefixBlock, prefixIndex, prefixSegment, prefixSegmentSlots, prefixCutHold, prefixWriter} {
 		if err := b.DeleteRange(volKey(p, vol, 0), volumeUpper(p, vol), nil); err != nil {
 			return fmt.Errorf("batch drop: %w", err)
 		}

@@ -47,7 +47,7 @@ func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.
 		if !force && size < chunkBytes && len(rec.Blocks) < 64<<10 {
 			return nil
 		}
-		if len(rec.Blocks) == 0 && len(rec.Segments) == 0 {
+		if len(rec.Blocks) == 0 && len(rec.Segments) == 0 && len(rec.Writers) == 0 {
 			return nil
 		}
 		if err := emit(rec); err != nil {
@@ -78,6 +78,28 @@ func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.
 	}
 	if err := segs.Close(); err != nil {
 		return 0, 0, fmt.Errorf("iterate segments of volume %d: %w", vol, err)
+	}
+
+	// What the clients had applied (writeops.go).
+	writers, err := snap.NewIter(&pebble.IterOptions{LowerBound: writerKey(vol, 0), UpperBound: volumeUpper(prefixWriter, vol)})
+	if err != nil {
+		return 0, 0, fmt.Errorf("iterate writers of volume %d: %w", vol, err)
+	}
+	for ok := writers.First(); ok; ok = writers.Next() {
+		ws := &ballastpb.WriterState{}
+		if err := proto.Unmarshal(writers.Value(), ws); err != nil {
+			writers.Close()
+			return 0, 0, fmt.Errorf("%w: writes of client %x of volume %d: %v", ErrCorrupt, keyNumber(writers.Key()), vol, err)
+		}
+		rec.Writers = append(rec.Writers, ws)
+		size += 64 + 32*len(ws.Ops)
+		if err := flush(false); err != nil {
+			writers.Close()
+			return 0, 0, err
+		}
+	}
+	if err := writers.Close(); err != nil {
+		return 0, 0, fmt.Errorf("iterate writers of volume %d: %w", vol, err)
 	}
 
 	// Blocks: the data and index keys of a block travel together, since a

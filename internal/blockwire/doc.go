@@ -25,7 +25,7 @@
 //
 //	offset  size  field
 //	0       6     magic "BLSTIO"
-//	6       2     version, little-endian (1)
+//	6       2     version, little-endian (2)
 //
 // The server answers with the preamble of the version it speaks. If that
 // is the client's, frames follow in both directions until either side
@@ -36,9 +36,9 @@
 // ErrNotBlockwire. The head node tells this protocol from HTTP/2 on one
 // port by the first bytes a client sends.
 //
-// # Frames, version 1
+// # Frames, version 2
 //
-// Every frame is a fixed 56-byte header, then TextLen bytes of text, then
+// Every frame is a fixed 80-byte header, then TextLen bytes of text, then
 // DataLen bytes of data. All integers are little-endian.
 //
 //	offset  size  field
@@ -59,6 +59,11 @@
 //	40      8     length         (requests: of a read, trim or zeroes;
 //	              a write's is its data length; 0 in other kinds)
 //	48      8     generation     (requests; 0 in other kinds)
+//	56      8     client         (requests: the write's identity, 0 for
+//	64      8     write op        none; see ballastpb.IORequest; 0 in
+//	72      8     oldest op       other kinds)
+//
+// Version 1 was the same without the write's identity (a 56-byte header).
 //
 // Bounds: data at most MaxDataBytes (the head node's largest request), and
 // only in a write request or an OK reply; a host at most MaxHostBytes and
@@ -77,7 +82,7 @@
 // io.EOF. Nothing panics on any input.
 //
 // Compatibility: a change to the header, the kinds or the bounds that a
-// version-1 peer cannot read bumps Version.
+// peer of this version cannot read bumps Version.
 //
 // # Use
 //

@@ -9,14 +9,14 @@ import (
 )
 
 // Version is the protocol version this package speaks.
-const Version = 1
+const Version = 2
 
-// Sizes and bounds of version 1.
+// Sizes and bounds of version 2.
 const (
 	// PreambleBytes is the length of the preamble each side sends first.
 	PreambleBytes = 8
 	// HeaderBytes is the fixed length of every frame's header.
-	HeaderBytes = 56
+	HeaderBytes = 80
 	// MaxDataBytes bounds a frame's data: the head node's largest read
 	// or write (the NBD maximum the agent advertises).
 	MaxDataBytes = 32 << 20
@@ -118,6 +118,8 @@ type Frame struct {
 	NoHole     bool
 	Host       string
 	Generation uint64
+	// A write's identity (ballastpb.IORequest): 0 for none.
+	Client, WriteOp, OldestOp uint64
 
 	// Replies.
 	Status Status
@@ -180,7 +182,8 @@ func check(f *Frame, textLen int) error {
 		return fmt.Errorf("%w: unknown frame kind %d", ErrMalformed, f.Kind)
 	}
 	// Replies, pings and pongs carry none of a request's fields.
-	if f.Op != 0 || f.VolumeID != 0 || f.Offset != 0 || f.Length != 0 || f.FUA || f.NoHole || f.Host != "" || f.Generation != 0 {
+	if f.Op != 0 || f.VolumeID != 0 || f.Offset != 0 || f.Length != 0 || f.FUA || f.NoHole || f.Host != "" || f.Generation != 0 ||
+		f.Client != 0 || f.WriteOp != 0 || f.OldestOp != 0 {
 		return fmt.Errorf("%w: a %v with a request's fields", ErrMalformed, f.Kind)
 	}
 	return nil
@@ -241,6 +244,9 @@ func AppendFrame(dst []byte, f *Frame) ([]byte, error) {
 	binary.LittleEndian.PutUint64(h[32:], f.Offset)
 	binary.LittleEndian.PutUint64(h[40:], f.Length)
 	binary.LittleEndian.PutUint64(h[48:], f.Generation)
+	binary.LittleEndian.PutUint64(h[56:], f.Client)
+	binary.LittleEndian.PutUint64(h[64:], f.WriteOp)
+	binary.LittleEndian.PutUint64(h[72:], f.OldestOp)
 	return append(append(dst, h[:]...), t...), nil
 }
 
@@ -273,6 +279,9 @@ func DecodeHeader(b []byte, f *Frame) (textLen int, err error) {
 		f.Offset = binary.LittleEndian.Uint64(b[32:])
 		f.Length = binary.LittleEndian.Uint64(b[40:])
 		f.Generation = binary.LittleEndian.Uint64(b[48:])
+		f.Client = binary.LittleEndian.Uint64(b[56:])
+		f.WriteOp = binary.LittleEndian.Uint64(b[64:])
+		f.OldestOp = binary.LittleEndian.Uint64(b[72:])
 	case KindReply, KindPing, KindPong:
 		if flags != 0 {
 			return 0, fmt.Errorf("%w: flags %#x in a %v", ErrMalformed, flags, f.Kind)

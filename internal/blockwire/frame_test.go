@@ -20,7 +20,7 @@ func validFrames() map[string]struct {
 		data []byte
 	}{
 		"read":          {Frame{Kind: KindRequest, ID: 1, Op: OpRead, VolumeID: 7, Offset: 4096, Length: 8192, Host: "h1", Generation: 3}, nil},
-		"write":         {Frame{Kind: KindRequest, ID: 2, Op: OpWrite, VolumeID: 7, Offset: 1 << 40, FUA: true, Host: "h1", Generation: 3, DataLen: len(w)}, w},
+		"write":         {Frame{Kind: KindRequest, ID: 2, Op: OpWrite, VolumeID: 7, Offset: 1 << 40, FUA: true, Host: "h1", Generation: 3, Client: 0xfeedface, WriteOp: 9, OldestOp: 5, DataLen: len(w)}, w},
 		"write-big":     {Frame{Kind: KindRequest, ID: 3, Op: OpWrite, VolumeID: ^uint64(0), DataLen: InlineDataBytes + 1}, make([]byte, InlineDataBytes+1)},
 		"write-empty":   {Frame{Kind: KindRequest, ID: 4, Op: OpWrite}, nil},
 		"flush":         {Frame{Kind: KindRequest, ID: 5, Op: OpFlush, VolumeID: 1}, nil},
@@ -131,22 +131,23 @@ func TestDecodeHeaderRefuses(t *testing.T) {
 
 func TestAppendFrameRefuses(t *testing.T) {
 	cases := map[string]Frame{
-		"kind 0":            {},
-		"unknown op":        {Kind: KindRequest, Op: 9},
-		"data on a read":    {Kind: KindRequest, Op: OpRead, DataLen: 1},
-		"data too big":      {Kind: KindRequest, Op: OpWrite, DataLen: MaxDataBytes + 1},
-		"negative data":     {Kind: KindRequest, Op: OpWrite, DataLen: -1},
-		"host too long":     {Kind: KindRequest, Op: OpRead, Host: strings.Repeat("h", MaxHostBytes+1)},
-		"host not UTF-8":    {Kind: KindRequest, Op: OpRead, Host: "h\xff"},
-		"request error":     {Kind: KindRequest, Op: OpRead, Error: "x"},
-		"request status":    {Kind: KindRequest, Op: OpRead, Status: StatusFenced},
-		"reply with a host": {Kind: KindReply, Host: "h"},
-		"reply offset":      {Kind: KindReply, Offset: 1},
-		"OK with an error":  {Kind: KindReply, Error: "x"},
-		"failure with data": {Kind: KindReply, Status: StatusIOError, Error: "x", DataLen: 1},
-		"unknown status":    {Kind: KindReply, Status: 42},
-		"ping with data":    {Kind: KindPing, DataLen: 1},
-		"pong with an op":   {Kind: KindPong, Op: OpRead},
+		"kind 0":             {},
+		"unknown op":         {Kind: KindRequest, Op: 9},
+		"data on a read":     {Kind: KindRequest, Op: OpRead, DataLen: 1},
+		"data too big":       {Kind: KindRequest, Op: OpWrite, DataLen: MaxDataBytes + 1},
+		"negative data":      {Kind: KindRequest, Op: OpWrite, DataLen: -1},
+		"host too long":      {Kind: KindRequest, Op: OpRead, Host: strings.Repeat("h", MaxHostBytes+1)},
+		"host not UTF-8":     {Kind: KindRequest, Op: OpRead, Host: "h\xff"},
+		"request error":      {Kind: KindRequest, Op: OpRead, Error: "x"},
+		"request status":     {Kind: KindRequest, Op: OpRead, Status: StatusFenced},
+		"reply with a host":  {Kind: KindReply, Host: "h"},
+		"pong with an op id": {Kind: KindPong, WriteOp: 1},
+		"reply offset":       {Kind: KindReply, Offset: 1},
+		"OK with an error":   {Kind: KindReply, Error: "x"},
+		"failure with data":  {Kind: KindReply, Status: StatusIOError, Error: "x", DataLen: 1},
+		"unknown status":     {Kind: KindReply, Status: 42},
+		"ping with data":     {Kind: KindPing, DataLen: 1},
+		"pong with an op":    {Kind: KindPong, Op: OpRead},
 	}
 	for name, f := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -188,13 +189,13 @@ func TestReplyErrorTextIsCut(t *testing.T) {
 
 func TestPreamble(t *testing.T) {
 	p := AppendPreamble(nil)
-	if len(p) != PreambleBytes || string(p) != "BLSTIO\x01\x00" {
+	if len(p) != PreambleBytes || string(p) != "BLSTIO\x02\x00" {
 		t.Fatalf("preamble %q", p)
 	}
 	if v, err := ParsePreamble(p); err != nil || v != Version {
 		t.Fatalf("ParsePreamble: %d, %v", v, err)
 	}
-	if v, err := ParsePreamble([]byte("BLSTIO\x02\x00")); err != nil || v != 2 {
+	if v, err := ParsePreamble([]byte("BLSTIO\x01\x00")); err != nil || v != 1 {
 		t.Fatalf("another version: %d, %v", v, err)
 	}
 	// A gRPC server's first bytes: an HTTP/2 SETTINGS frame.

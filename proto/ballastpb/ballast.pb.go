@@ -6033,8 +6033,18 @@ type IORequest struct {
 	NoHole   bool                   `protobuf:"varint,8,opt,name=no_hole,json=noHole,proto3" json:"no_hole,omitempty"`
 	// The session: the agent's host and the attachment generation under
 	// which it opened the volume (none for tools writing a detached volume).
-	Host          string `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`
-	Generation    uint64 `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
+	Host       string `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`
+	Generation uint64 `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The write's identity, for writes, trims and write-zeroes (0: none).
+	// A client that sends a request again after losing its outcome (a
+	// broken stream, a primary that moved) sends the same client and op; a
+	// head node that holds what the first send applied answers from that
+	// record instead of applying it a second time (WriteTag).
+	Client  uint64 `protobuf:"varint,11,opt,name=client,proto3" json:"client,omitempty"`                  // chosen at random each time the client opens the volume
+	WriteOp uint64 `protobuf:"varint,12,opt,name=write_op,json=writeOp,proto3" json:"write_op,omitempty"` // numbers the client's writes, from 1
+	// The client's oldest write_op without an answer when it sent this
+	// request: it never sends an older one again, so head nodes forget them.
+	OldestOp      uint64 `protobuf:"varint,13,opt,name=oldest_op,json=oldestOp,proto3" json:"oldest_op,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6135,6 +6145,27 @@ func (x *IORequest) GetHost() string {
 func (x *IORequest) GetGeneration() uint64 {
 	if x != nil {
 		return x.Generation
+	}
+	return 0
+}
+
+func (x *IORequest) GetClient() uint64 {
+	if x != nil {
+		return x.Client
+	}
+	return 0
+}
+
+func (x *IORequest) GetWriteOp() uint64 {
+	if x != nil {
+		return x.WriteOp
+	}
+	return 0
+}
+
+func (x *IORequest) GetOldestOp() uint64 {
+	if x != nil {
+		return x.OldestOp
 	}
 	return 0
 }
@@ -6274,13 +6305,18 @@ type LogRecord struct {
 	// at the primary.
 	Blocks []*BlockWrite `protobuf:"bytes,2,rep,name=blocks,proto3" json:"blocks,omitempty"`
 	// Ranges of blocks removed at once (trim, zeroes without NO_HOLE).
-	Removed       []*BlockRange       `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
-	Flush         *FlushRecord        `protobuf:"bytes,4,opt,name=flush,proto3" json:"flush,omitempty"`
-	Compact       *CompactRecord      `protobuf:"bytes,5,opt,name=compact,proto3" json:"compact,omitempty"`
-	ShardMove     *ShardMoveRecord    `protobuf:"bytes,6,opt,name=shard_move,json=shardMove,proto3" json:"shard_move,omitempty"`
-	SegmentFree   *SegmentFreeRecord  `protobuf:"bytes,7,opt,name=segment_free,json=segmentFree,proto3" json:"segment_free,omitempty"`
-	State         *StateRecord        `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
-	SegmentWrite  *SegmentWriteRecord `protobuf:"bytes,9,opt,name=segment_write,json=segmentWrite,proto3" json:"segment_write,omitempty"`
+	Removed      []*BlockRange       `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	Flush        *FlushRecord        `protobuf:"bytes,4,opt,name=flush,proto3" json:"flush,omitempty"`
+	Compact      *CompactRecord      `protobuf:"bytes,5,opt,name=compact,proto3" json:"compact,omitempty"`
+	ShardMove    *ShardMoveRecord    `protobuf:"bytes,6,opt,name=shard_move,json=shardMove,proto3" json:"shard_move,omitempty"`
+	SegmentFree  *SegmentFreeRecord  `protobuf:"bytes,7,opt,name=segment_free,json=segmentFree,proto3" json:"segment_free,omitempty"`
+	State        *StateRecord        `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	SegmentWrite *SegmentWriteRecord `protobuf:"bytes,9,opt,name=segment_write,json=segmentWrite,proto3" json:"segment_write,omitempty"`
+	// The client requests (or the parts of them) this record carries out:
+	// every replica applies them to its table of applied writes
+	// (WriterState), so that whichever head node serves a request sent
+	// again applies it once only.
+	Writes        []*WriteTag `protobuf:"bytes,10,rep,name=writes,proto3" json:"writes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6378,6 +6414,238 @@ func (x *LogRecord) GetSegmentWrite() *SegmentWriteRecord {
 	return nil
 }
 
+func (x *LogRecord) GetWrites() []*WriteTag {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+// WriteTag names the part of a client request, its blocks
+// [first_block, first_block+blocks), that a record carries out.
+type WriteTag struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        uint64                 `protobuf:"varint,1,opt,name=client,proto3" json:"client,omitempty"`
+	Op            uint64                 `protobuf:"varint,2,opt,name=op,proto3" json:"op,omitempty"`
+	Oldest        uint64                 `protobuf:"varint,3,opt,name=oldest,proto3" json:"oldest,omitempty"`
+	FirstBlock    uint64                 `protobuf:"varint,4,opt,name=first_block,json=firstBlock,proto3" json:"first_block,omitempty"`
+	Blocks        uint64                 `protobuf:"varint,5,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteTag) Reset() {
+	*x = WriteTag{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteTag) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteTag) ProtoMessage() {}
+
+func (x *WriteTag) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteTag.ProtoReflect.Descriptor instead.
+func (*WriteTag) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
+}
+
+func (x *WriteTag) GetClient() uint64 {
+	if x != nil {
+		return x.Client
+	}
+	return 0
+}
+
+func (x *WriteTag) GetOp() uint64 {
+	if x != nil {
+		return x.Op
+	}
+	return 0
+}
+
+func (x *WriteTag) GetOldest() uint64 {
+	if x != nil {
+		return x.Oldest
+	}
+	return 0
+}
+
+func (x *WriteTag) GetFirstBlock() uint64 {
+	if x != nil {
+		return x.FirstBlock
+	}
+	return 0
+}
+
+func (x *WriteTag) GetBlocks() uint64 {
+	if x != nil {
+		return x.Blocks
+	}
+	return 0
+}
+
+// WriterState is what a volume's replicas remember of one client's
+// writes: the parts of its requests at or after `oldest` that records
+// applied, and the seq of the last record that changed it.
+type WriterState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        uint64                 `protobuf:"varint,1,opt,name=client,proto3" json:"client,omitempty"`
+	Gone          bool                   `protobuf:"varint,2,opt,name=gone,proto3" json:"gone,omitempty"` // the client is forgotten (in a StateRecord)
+	Oldest        uint64                 `protobuf:"varint,3,opt,name=oldest,proto3" json:"oldest,omitempty"`
+	LastSeq       uint64                 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	Ops           []*AppliedWrite        `protobuf:"bytes,5,rep,name=ops,proto3" json:"ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriterState) Reset() {
+	*x = WriterState{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriterState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriterState) ProtoMessage() {}
+
+func (x *WriterState) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriterState.ProtoReflect.Descriptor instead.
+func (*WriterState) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *WriterState) GetClient() uint64 {
+	if x != nil {
+		return x.Client
+	}
+	return 0
+}
+
+func (x *WriterState) GetGone() bool {
+	if x != nil {
+		return x.Gone
+	}
+	return false
+}
+
+func (x *WriterState) GetOldest() uint64 {
+	if x != nil {
+		return x.Oldest
+	}
+	return 0
+}
+
+func (x *WriterState) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *WriterState) GetOps() []*AppliedWrite {
+	if x != nil {
+		return x.Ops
+	}
+	return nil
+}
+
+type AppliedWrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Op            uint64                 `protobuf:"varint,1,opt,name=op,proto3" json:"op,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	FirstBlock    uint64                 `protobuf:"varint,3,opt,name=first_block,json=firstBlock,proto3" json:"first_block,omitempty"`
+	Blocks        uint64                 `protobuf:"varint,4,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedWrite) Reset() {
+	*x = AppliedWrite{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedWrite) ProtoMessage() {}
+
+func (x *AppliedWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedWrite.ProtoReflect.Descriptor instead.
+func (*AppliedWrite) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *AppliedWrite) GetOp() uint64 {
+	if x != nil {
+		return x.Op
+	}
+	return 0
+}
+
+func (x *AppliedWrite) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AppliedWrite) GetFirstBlock() uint64 {
+	if x != nil {
+		return x.FirstBlock
+	}
+	return 0
+}
+
+func (x *AppliedWrite) GetBlocks() uint64 {
+	if x != nil {
+		return x.Blocks
+	}
+	return 0
+}
+
 type BlockRange struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	First         uint64                 `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
@@ -6388,7 +6656,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6400,7 +6668,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6413,7 +6681,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -6450,7 +6718,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6462,7 +6730,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6475,7 +6743,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -6543,7 +6811,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6555,7 +6823,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6568,7 +6836,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -6609,7 +6877,7 @@ type SegmentWriteRecord struct {
 
 func (x *SegmentWriteRecord) Reset() {
 	*x = SegmentWriteRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6621,7 +6889,7 @@ func (x *SegmentWriteRecord) String() string {
 func (*SegmentWriteRecord) ProtoMessage() {}
 
 func (x *SegmentWriteRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6634,7 +6902,7 @@ func (x *SegmentWriteRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentWriteRecord.ProtoReflect.Descriptor instead.
 func (*SegmentWriteRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *SegmentWriteRecord) GetSegment() *Segment {
@@ -6667,7 +6935,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6679,7 +6947,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6692,7 +6960,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -6738,7 +7006,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6750,7 +7018,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6763,7 +7031,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -6805,7 +7073,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6817,7 +7085,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6830,7 +7098,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -6851,13 +7119,14 @@ type StateRecord struct {
 	Blocks        []*BlockState          `protobuf:"bytes,2,rep,name=blocks,proto3" json:"blocks,omitempty"`
 	Segments      []*SegmentState        `protobuf:"bytes,3,rep,name=segments,proto3" json:"segments,omitempty"`
 	NextSegmentId uint64                 `protobuf:"varint,4,opt,name=next_segment_id,json=nextSegmentId,proto3" json:"next_segment_id,omitempty"`
+	Writers       []*WriterState         `protobuf:"bytes,5,rep,name=writers,proto3" json:"writers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6869,7 +7138,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6882,7 +7151,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -6913,6 +7182,13 @@ func (x *StateRecord) GetNextSegmentId() uint64 {
 	return 0
 }
 
+func (x *StateRecord) GetWriters() []*WriterState {
+	if x != nil {
+		return x.Writers
+	}
+	return nil
+}
+
 type BlockState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Block         uint64                 `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
@@ -6927,7 +7203,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6939,7 +7215,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6952,7 +7228,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -7008,7 +7284,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7020,7 +7296,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7033,7 +7309,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -7066,13 +7342,14 @@ type LogEntry struct {
 	Blocks        []uint64               `protobuf:"varint,2,rep,packed,name=blocks,proto3" json:"blocks,omitempty"`
 	Removed       []*BlockRange          `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
 	Segments      []uint64               `protobuf:"varint,4,rep,packed,name=segments,proto3" json:"segments,omitempty"`
+	Writers       []uint64               `protobuf:"varint,5,rep,packed,name=writers,proto3" json:"writers,omitempty"` // clients whose WriterState changed
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7084,7 +7361,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7097,7 +7374,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -7128,6 +7405,13 @@ func (x *LogEntry) GetSegments() []uint64 {
 	return nil
 }
 
+func (x *LogEntry) GetWriters() []uint64 {
+	if x != nil {
+		return x.Writers
+	}
+	return nil
+}
+
 // VolumeLogState is a volume's log state on one head node.
 type VolumeLogState struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -7141,7 +7425,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7153,7 +7437,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7166,7 +7450,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -7225,7 +7509,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7237,7 +7521,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7250,7 +7534,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -7358,7 +7642,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7370,7 +7654,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7383,7 +7667,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{110}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -7850,7 +8134,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\tRackQuota\x12\x1f\n" +
 	"\vmax_volumes\x18\x01 \x01(\x04R\n" +
 	"maxVolumes\x12\x1b\n" +
-	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\"\xfd\x01\n" +
+	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\"\xcd\x02\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -7864,7 +8148,10 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\n" +
 	" \x01(\x04R\n" +
-	"generation\"q\n" +
+	"generation\x12\x16\n" +
+	"\x06client\x18\v \x01(\x04R\x06client\x12\x19\n" +
+	"\bwrite_op\x18\f \x01(\x04R\awriteOp\x12\x1b\n" +
+	"\toldest_op\x18\r \x01(\x04R\boldestOp\"q\n" +
 	"\aIOReply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x14.ballast.v1.IOStatusR\x06status\x12\x14\n" +
@@ -7873,7 +8160,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\n" +
 	"BlockWrite\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x04R\x05block\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xd5\x03\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x83\x04\n" +
 	"\tLogRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x06blocks\x18\x02 \x03(\v2\x16.ballast.v1.BlockWriteR\x06blocks\x120\n" +
@@ -7884,7 +8171,28 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"shard_move\x18\x06 \x01(\v2\x1b.ballast.v1.ShardMoveRecordR\tshardMove\x12@\n" +
 	"\fsegment_free\x18\a \x01(\v2\x1d.ballast.v1.SegmentFreeRecordR\vsegmentFree\x12-\n" +
 	"\x05state\x18\b \x01(\v2\x17.ballast.v1.StateRecordR\x05state\x12C\n" +
-	"\rsegment_write\x18\t \x01(\v2\x1e.ballast.v1.SegmentWriteRecordR\fsegmentWrite\"8\n" +
+	"\rsegment_write\x18\t \x01(\v2\x1e.ballast.v1.SegmentWriteRecordR\fsegmentWrite\x12,\n" +
+	"\x06writes\x18\n" +
+	" \x03(\v2\x14.ballast.v1.WriteTagR\x06writes\"\x83\x01\n" +
+	"\bWriteTag\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\x04R\x06client\x12\x0e\n" +
+	"\x02op\x18\x02 \x01(\x04R\x02op\x12\x16\n" +
+	"\x06oldest\x18\x03 \x01(\x04R\x06oldest\x12\x1f\n" +
+	"\vfirst_block\x18\x04 \x01(\x04R\n" +
+	"firstBlock\x12\x16\n" +
+	"\x06blocks\x18\x05 \x01(\x04R\x06blocks\"\x98\x01\n" +
+	"\vWriterState\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\x04R\x06client\x12\x12\n" +
+	"\x04gone\x18\x02 \x01(\bR\x04gone\x12\x16\n" +
+	"\x06oldest\x18\x03 \x01(\x04R\x06oldest\x12\x19\n" +
+	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x12*\n" +
+	"\x03ops\x18\x05 \x03(\v2\x18.ballast.v1.AppliedWriteR\x03ops\"i\n" +
+	"\fAppliedWrite\x12\x0e\n" +
+	"\x02op\x18\x01 \x01(\x04R\x02op\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vfirst_block\x18\x03 \x01(\x04R\n" +
+	"firstBlock\x12\x16\n" +
+	"\x06blocks\x18\x04 \x01(\x04R\x06blocks\"8\n" +
 	"\n" +
 	"BlockRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x14\n" +
@@ -7923,12 +8231,13 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\ato_sled\x18\x04 \x01(\tR\x06toSled\"2\n" +
 	"\x11SegmentFreeRecord\x12\x1d\n" +
 	"\n" +
-	"segment_id\x18\x01 \x01(\x04R\tsegmentId\"\xcd\x01\n" +
+	"segment_id\x18\x01 \x01(\x04R\tsegmentId\"\x80\x02\n" +
 	"\vStateRecord\x120\n" +
 	"\acleared\x18\x01 \x03(\v2\x16.ballast.v1.BlockRangeR\acleared\x12.\n" +
 	"\x06blocks\x18\x02 \x03(\v2\x16.ballast.v1.BlockStateR\x06blocks\x124\n" +
 	"\bsegments\x18\x03 \x03(\v2\x18.ballast.v1.SegmentStateR\bsegments\x12&\n" +
-	"\x0fnext_segment_id\x18\x04 \x01(\x04R\rnextSegmentId\"\x9d\x01\n" +
+	"\x0fnext_segment_id\x18\x04 \x01(\x04R\rnextSegmentId\x121\n" +
+	"\awriters\x18\x05 \x03(\v2\x17.ballast.v1.WriterStateR\awriters\"\x9d\x01\n" +
 	"\n" +
 	"BlockState\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x04R\x05block\x12\x18\n" +
@@ -7942,12 +8251,13 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
 	"\asegment\x18\x02 \x01(\v2\x13.ballast.v1.SegmentR\asegment\x12#\n" +
 	"\vslot_blocks\x18\x03 \x03(\x04B\x02\x10\x01R\n" +
-	"slotBlocks\"\x8a\x01\n" +
+	"slotBlocks\"\xa8\x01\n" +
 	"\bLogEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\x06blocks\x18\x02 \x03(\x04B\x02\x10\x01R\x06blocks\x120\n" +
 	"\aremoved\x18\x03 \x03(\v2\x16.ballast.v1.BlockRangeR\aremoved\x12\x1e\n" +
-	"\bsegments\x18\x04 \x03(\x04B\x02\x10\x01R\bsegments\"\x96\x01\n" +
+	"\bsegments\x18\x04 \x03(\x04B\x02\x10\x01R\bsegments\x12\x1c\n" +
+	"\awriters\x18\x05 \x03(\x04B\x02\x10\x01R\awriters\"\x96\x01\n" +
 	"\x0eVolumeLogState\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12'\n" +
 	"\x0ftrimmed_through\x18\x02 \x01(\x04R\x0etrimmedThrough\x12&\n" +
@@ -8077,7 +8387,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 111)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 114)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                           // 0: ballast.v1.SledState
 	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
@@ -8182,20 +8492,23 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*IOReply)(nil),                          // 100: ballast.v1.IOReply
 	(*BlockWrite)(nil),                       // 101: ballast.v1.BlockWrite
 	(*LogRecord)(nil),                        // 102: ballast.v1.LogRecord
-	(*BlockRange)(nil),                       // 103: ballast.v1.BlockRange
-	(*Segment)(nil),                          // 104: ballast.v1.Segment
-	(*FlushRecord)(nil),                      // 105: ballast.v1.FlushRecord
-	(*SegmentWriteRecord)(nil),               // 106: ballast.v1.SegmentWriteRecord
-	(*CompactRecord)(nil),                    // 107: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),                  // 108: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),                // 109: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),                      // 110: ballast.v1.StateRecord
-	(*BlockState)(nil),                       // 111: ballast.v1.BlockState
-	(*SegmentState)(nil),                     // 112: ballast.v1.SegmentState
-	(*LogEntry)(nil),                         // 113: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),                   // 114: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),                 // 115: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),                   // 116: ballast.v1.ReplicateReply
+	(*WriteTag)(nil),                         // 103: ballast.v1.WriteTag
+	(*WriterState)(nil),                      // 104: ballast.v1.WriterState
+	(*AppliedWrite)(nil),                     // 105: ballast.v1.AppliedWrite
+	(*BlockRange)(nil),                       // 106: ballast.v1.BlockRange
+	(*Segment)(nil),                          // 107: ballast.v1.Segment
+	(*FlushRecord)(nil),                      // 108: ballast.v1.FlushRecord
+	(*SegmentWriteRecord)(nil),               // 109: ballast.v1.SegmentWriteRecord
+	(*CompactRecord)(nil),                    // 110: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 111: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 112: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 113: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 114: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 115: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 116: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 117: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 118: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 119: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	7,   // 0: ballast.v1.Volume.copies:type_name -> ballast.v1.ReplicaCopy
@@ -8272,92 +8585,95 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	3,   // 71: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
 	4,   // 72: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
 	101, // 73: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	103, // 74: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	105, // 75: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	107, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	108, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	109, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	110, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	106, // 80: ballast.v1.LogRecord.segment_write:type_name -> ballast.v1.SegmentWriteRecord
-	104, // 81: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	104, // 82: ballast.v1.SegmentWriteRecord.segment:type_name -> ballast.v1.Segment
-	104, // 83: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	103, // 84: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	111, // 85: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	112, // 86: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	104, // 87: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	103, // 88: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	102, // 89: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	110, // 90: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	102, // 91: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	5,   // 92: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	14,  // 93: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	16,  // 94: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	18,  // 95: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	20,  // 96: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	22,  // 97: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	92,  // 98: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	40,  // 99: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	33,  // 100: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	38,  // 101: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	58,  // 102: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	60,  // 103: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	62,  // 104: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	94,  // 105: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	96,  // 106: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	25,  // 107: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	27,  // 108: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	29,  // 109: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	68,  // 110: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	70,  // 111: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	64,  // 112: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	66,  // 113: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
-	56,  // 114: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	42,  // 115: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
-	44,  // 116: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
-	46,  // 117: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
-	48,  // 118: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
-	50,  // 119: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
-	52,  // 120: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
-	54,  // 121: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
-	99,  // 122: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	115, // 123: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	15,  // 124: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	17,  // 125: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	19,  // 126: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	21,  // 127: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	23,  // 128: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	93,  // 129: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	41,  // 130: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	34,  // 131: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	39,  // 132: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	59,  // 133: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	61,  // 134: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	63,  // 135: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	95,  // 136: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	97,  // 137: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	26,  // 138: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	28,  // 139: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	30,  // 140: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	69,  // 141: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	71,  // 142: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	65,  // 143: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	67,  // 144: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
-	57,  // 145: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	43,  // 146: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
-	45,  // 147: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
-	47,  // 148: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
-	49,  // 149: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
-	51,  // 150: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
-	53,  // 151: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
-	55,  // 152: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
-	100, // 153: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	116, // 154: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	124, // [124:155] is the sub-list for method output_type
-	93,  // [93:124] is the sub-list for method input_type
-	93,  // [93:93] is the sub-list for extension type_name
-	93,  // [93:93] is the sub-list for extension extendee
-	0,   // [0:93] is the sub-list for field type_name
+	106, // 74: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	108, // 75: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	110, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	111, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	112, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	113, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	109, // 80: ballast.v1.LogRecord.segment_write:type_name -> ballast.v1.SegmentWriteRecord
+	103, // 81: ballast.v1.LogRecord.writes:type_name -> ballast.v1.WriteTag
+	105, // 82: ballast.v1.WriterState.ops:type_name -> ballast.v1.AppliedWrite
+	107, // 83: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	107, // 84: ballast.v1.SegmentWriteRecord.segment:type_name -> ballast.v1.Segment
+	107, // 85: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	106, // 86: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	114, // 87: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	115, // 88: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	104, // 89: ballast.v1.StateRecord.writers:type_name -> ballast.v1.WriterState
+	107, // 90: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	106, // 91: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	102, // 92: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	113, // 93: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	102, // 94: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 95: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	14,  // 96: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	16,  // 97: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	18,  // 98: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	20,  // 99: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	22,  // 100: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	92,  // 101: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	40,  // 102: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	33,  // 103: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	38,  // 104: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	58,  // 105: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	60,  // 106: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	62,  // 107: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	94,  // 108: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	96,  // 109: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	25,  // 110: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	27,  // 111: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	29,  // 112: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	68,  // 113: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	70,  // 114: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	64,  // 115: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	66,  // 116: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
+	56,  // 117: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	42,  // 118: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	44,  // 119: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	46,  // 120: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	48,  // 121: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	50,  // 122: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	52,  // 123: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	54,  // 124: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	99,  // 125: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	118, // 126: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	15,  // 127: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	17,  // 128: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	19,  // 129: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	21,  // 130: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	23,  // 131: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	93,  // 132: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	41,  // 133: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	34,  // 134: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	39,  // 135: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	59,  // 136: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	61,  // 137: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	63,  // 138: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	95,  // 139: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	97,  // 140: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	26,  // 141: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	28,  // 142: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	30,  // 143: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	69,  // 144: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	71,  // 145: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	65,  // 146: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	67,  // 147: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
+	57,  // 148: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	43,  // 149: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	45,  // 150: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	47,  // 151: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	49,  // 152: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	51,  // 153: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	53,  // 154: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	55,  // 155: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	100, // 156: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	119, // 157: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	127, // [127:158] is the sub-list for method output_type
+	96,  // [96:127] is the sub-list for method input_type
+	96,  // [96:96] is the sub-list for extension type_name
+	96,  // [96:96] is the sub-list for extension extendee
+	0,   // [0:96] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -8390,7 +8706,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   111,
+			NumMessages:   114,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
