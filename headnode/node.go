@@ -56,13 +56,13 @@ type Node struct {
 	// resentWrites counts those found applied already, whole or in part.
 	writeOps     opRegistry
 	resentWrites atomic.Uint64
-	admin      *adminServer
-	leases     *leaseKeeper
-	remote     *remoteIO
-	proposer   *driver.Proposer   // commits transactions across groups
-	keeper     *driver.Keeper     // recovers and forgets this node's groups' transactions
-	stopBG     context.CancelFunc // ends the sled view and the monitors
-	serving    sync.WaitGroup
+	admin        *adminServer
+	leases       *leaseKeeper
+	remote       *remoteIO
+	proposer     *driver.Proposer   // commits transactions across groups
+	keeper       *driver.Keeper     // recovers and forgets this node's groups' transactions
+	stopBG       context.CancelFunc // ends the sled view and the monitors
+	serving      sync.WaitGroup
 
 	// incarnation is the data directory's (incarnation.go); registered
 	// is set once every group has it.
