@@ -355,7 +355,7 @@ func (n *Node) serveWrite(ctx context.Context, pv *primaryVolume, req *ballastpb
 	if len(rest) == 0 {
 		// Applied whole: answered as its first send would have been, once
 		// what it wrote is durable on both replicas.
-		return pv.barrier(ctx)
+		return pv.submit(ctx, &ballastpb.LogRecord{})
 	}
 	for _, s := range rest {
 		lo := max(req.Offset, s.first*blockSize)

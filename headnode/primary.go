@@ -303,7 +303,9 @@ func (p *primaryVolume) blockLocked(b uint64) ([]byte, error) {
 
 // submit commits a maintenance record (flush, compaction, shard move,
 // segment free) through the committer, in order with the writes, and
-// waits until every replica holds it.
+// waits until every replica holds it. An empty record is a barrier: once
+// it is durable on both replicas under the lease, so is every record
+// before it.
 func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) error {
 	pw, err := p.queueRecord(ctx, rec, 1, nil)
 	if err != nil {
@@ -313,7 +315,7 @@ func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) er
 	case err := <-pw.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("maintenance record: %w", ctx.Err())
+		return fmt.Errorf("record of the committer's own: %w", ctx.Err())
 	}
 }
 
@@ -420,20 +422,6 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 	return p.writeThroughJournal(ctx, off, length, data, zero, removable, id)
 }
 
-// barrier orders an empty record and waits until it is durable on both
-// replicas under the lease: every record before it is, too.
-func (p *primaryVolume) barrier(ctx context.Context) error {
-	pw, err := p.queueRecord(ctx, &ballastpb.LogRecord{}, 1, nil)
-	if err != nil {
-		return err
-	}
-	select {
-	case err := <-pw.done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("barrier: %w", ctx.Err())
-	}
-}
 
 // writeThroughJournal orders a write's blocks as a record of their own
 // and waits until it is durable on both replicas.
