@@ -151,6 +151,9 @@ type framedReplStream struct {
 	// idle bounds each wait for the next frame: the primary pings a
 	// quiet connection once a keepalive period.
 	idle time.Duration
+
+	sendMu  sync.Mutex
+	sendBuf []byte // a reply's encoding, reused: the writer does not keep it
 }
 
 func (s *framedReplStream) Context() context.Context { return s.ctx }
@@ -185,9 +188,14 @@ func (s *framedReplStream) Recv() (*ballastpb.ReplicateRequest, error) {
 }
 
 func (s *framedReplStream) Send(r *ballastpb.ReplicateReply) error {
-	b, err := proto.Marshal(r)
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	b, err := proto.MarshalOptions{}.MarshalAppend(s.sendBuf[:0], r)
 	if err != nil {
 		return fmt.Errorf("framed replication: encode reply: %w", err)
+	}
+	if cap(b) <= 64<<10 {
+		s.sendBuf = b
 	}
 	if err := s.writer.Message(b); err != nil {
 		s.nc.Close()
