@@ -30,7 +30,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -66,9 +65,6 @@ func ParseIOWire(s string) (IOWire, error) {
 }
 
 const (
-	// wireDialTimeout bounds connecting and the preamble's answer, as
-	// gRPC's minimum connect timeout does for its connections.
-	wireDialTimeout = 3 * time.Second
 	// wireReadBufferBytes is a framed connection's read buffer.
 	wireReadBufferBytes = 64 << 10
 	// wireReprobeInterval is how long a head node found to speak only
@@ -184,38 +180,23 @@ func dialFramed(ctx context.Context, conn *rpc.Conn, timing wireTiming) (*framed
 
 // dialPreamble connects to addr and exchanges preambles.
 func dialPreamble(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: wireDialTimeout}
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, answer, err := rpc.DialPreamble(ctx, addr, blockwire.AppendPreamble(nil), blockwire.PreambleBytes)
+	if err == nil {
+		var version uint16
+		version, err = blockwire.ParsePreamble(answer)
+		switch {
+		case err != nil:
+			err = fmt.Errorf("%w: %w", errNoFramedProtocol, err)
+		case version != blockwire.Version:
+			err = fmt.Errorf("%w: it speaks version %d, this agent %d", errNoFramedProtocol, version, blockwire.Version)
+		}
+		if err != nil {
+			nc.Close()
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("framed block connection to %s: %w", addr, err)
 	}
-	fail := func(err error) (net.Conn, error) {
-		nc.Close()
-		return nil, fmt.Errorf("framed block connection to %s: %w", addr, err)
-	}
-	if err := rpc.SetTCPUserTimeout(nc, rpc.KeepaliveTimeout); err != nil {
-		return fail(err)
-	}
-	deadline := time.Now().Add(wireDialTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	nc.SetDeadline(deadline)
-	if _, err := nc.Write(blockwire.AppendPreamble(nil)); err != nil {
-		return fail(err)
-	}
-	var answer [blockwire.PreambleBytes]byte
-	if _, err := io.ReadFull(nc, answer[:]); err != nil {
-		return fail(err)
-	}
-	version, err := blockwire.ParsePreamble(answer[:])
-	if err != nil {
-		return fail(fmt.Errorf("%w: %w", errNoFramedProtocol, err))
-	}
-	if version != blockwire.Version {
-		return fail(fmt.Errorf("%w: it speaks version %d, this agent %d", errNoFramedProtocol, version, blockwire.Version))
-	}
-	nc.SetDeadline(time.Time{})
 	return nc, nil
 }
 

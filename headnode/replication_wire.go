@@ -258,48 +258,30 @@ func dialFramedAddr(ctx context.Context, addr string, bound context.Context, rel
 
 // dialReplPreamble connects to addr and exchanges preambles.
 func dialReplPreamble(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: wireDialTimeout}
-	nc, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("framed replication connection to %s: %w", addr, err)
+	nc, answer, err := rpc.DialPreamble(ctx, addr, replwire.AppendPreamble(nil), replwire.PreambleBytes)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// Closed unanswered: a head node that does not know the protocol.
+		err = fmt.Errorf("%w: it closed the connection", errNoReplWire)
 	}
-	fail := func(err error) (net.Conn, error) {
-		nc.Close()
-		return nil, fmt.Errorf("framed replication connection to %s: %w", addr, err)
-	}
-	if err := rpc.SetTCPUserTimeout(nc, rpc.KeepaliveTimeout); err != nil {
-		return fail(err)
-	}
-	deadline := time.Now().Add(wireDialTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	nc.SetDeadline(deadline)
-	if _, err := nc.Write(replwire.AppendPreamble(nil)); err != nil {
-		return fail(err)
-	}
-	var answer [replwire.PreambleBytes]byte
-	if _, err := io.ReadFull(nc, answer[:]); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			// Closed unanswered: a head node that does not know the
-			// protocol.
-			return fail(fmt.Errorf("%w: it closed the connection", errNoReplWire))
+	if err == nil {
+		var version uint16
+		version, err = replwire.ParsePreamble(answer)
+		switch {
+		case err != nil:
+			err = fmt.Errorf("%w: %w", errNoReplWire, err)
+		case version != replwire.Version:
+			err = fmt.Errorf("%w: it speaks version %d, this node %d", errNoReplWire, version, replwire.Version)
 		}
-		return fail(err)
+		if err != nil {
+			nc.Close()
+		}
 	}
-	version, err := replwire.ParsePreamble(answer[:])
 	if err != nil {
-		return fail(fmt.Errorf("%w: %w", errNoReplWire, err))
+		return nil, fmt.Errorf("framed replication connection to %s: %w", addr, err)
 	}
-	if version != replwire.Version {
-		return fail(fmt.Errorf("%w: it speaks version %d, this node %d", errNoReplWire, version, replwire.Version))
-	}
-	nc.SetDeadline(time.Time{})
 	return nc, nil
 }
 
-// wireDialTimeout bounds connecting and the preamble's answer.
-const wireDialTimeout = 3 * time.Second
 
 func (l *framedLink) Hello(ctx context.Context, hello *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
 	if err := l.Start(ctx, hello); err != nil {
