@@ -251,21 +251,14 @@ type wireServer struct {
 	log    *slog.Logger
 	ctx    context.Context // every connection's requests' contexts derive from it
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // connections and their requests
 	// tick is the watchdog's period (rpc.KeepaliveTime; tests shorten it).
-	tick time.Duration
-
-	mu struct {
-		sync.Mutex
-		conns  map[net.Conn]struct{}
-		closed bool
-	}
+	tick  time.Duration
+	conns connSet // a connection's server waits for its requests
 }
 
 func newWireServer(io *blockIOServer, log *slog.Logger) *wireServer {
 	w := &wireServer{io: io, log: log, tick: rpc.KeepaliveTime}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
-	w.mu.conns = map[net.Conn]struct{}{}
 	return w
 }
 
@@ -273,41 +266,21 @@ func newWireServer(io *blockIOServer, log *slog.Logger) *wireServer {
 // refuses new connections; wait waits for their goroutines.
 func (w *wireServer) close() {
 	w.cancel()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.mu.closed = true
-	for c := range w.mu.conns {
-		c.Close()
-	}
+	w.conns.close()
 }
 
-func (w *wireServer) wait() { w.wg.Wait() }
+func (w *wireServer) wait() { w.conns.wait() }
 
 // connections returns how many connections are open.
-func (w *wireServer) connections() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.mu.conns)
-}
+func (w *wireServer) connections() int { return w.conns.len() }
 
 // serveConn serves one connection whose preamble (of version) was read,
 // until it ends.
 func (w *wireServer) serveConn(nc net.Conn, version uint16) {
-	w.mu.Lock()
-	if w.mu.closed {
-		w.mu.Unlock()
-		nc.Close()
+	if !w.conns.add(nc) {
 		return
 	}
-	w.mu.conns[nc] = struct{}{}
-	w.wg.Add(1)
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		delete(w.mu.conns, nc)
-		w.mu.Unlock()
-		w.wg.Done()
-	}()
+	defer w.conns.done(nc)
 	defer nc.Close()
 
 	// The answer says which version this server speaks; a client of

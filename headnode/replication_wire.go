@@ -61,60 +61,30 @@ type replWireServer struct {
 	repl *replicationServer
 	log  *slog.Logger
 	// tick is the keepalive period (rpc.KeepaliveTime; tests shorten it).
-	tick time.Duration
-	wg   sync.WaitGroup
-
-	mu struct {
-		sync.Mutex
-		conns  map[net.Conn]struct{}
-		closed bool
-	}
+	tick  time.Duration
+	conns connSet
 }
 
 func newReplWireServer(repl *replicationServer, log *slog.Logger) *replWireServer {
-	s := &replWireServer{repl: repl, log: log, tick: rpc.KeepaliveTime}
-	s.mu.conns = map[net.Conn]struct{}{}
-	return s
+	return &replWireServer{repl: repl, log: log, tick: rpc.KeepaliveTime}
 }
 
 // close closes every connection, ending their sessions, and refuses new
 // ones; wait waits for the sessions to end.
-func (s *replWireServer) close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.mu.closed = true
-	for c := range s.mu.conns {
-		c.Close()
-	}
-}
+func (s *replWireServer) close() { s.conns.close() }
 
-func (s *replWireServer) wait() { s.wg.Wait() }
+func (s *replWireServer) wait() { s.conns.wait() }
 
 // sessions returns how many framed connections (sessions) are open.
-func (s *replWireServer) sessions() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.mu.conns)
-}
+func (s *replWireServer) sessions() int { return s.conns.len() }
 
 // serveConn serves one connection whose preamble (of version) was read:
 // one session, until it ends.
 func (s *replWireServer) serveConn(nc net.Conn, version uint16) {
-	s.mu.Lock()
-	if s.mu.closed {
-		s.mu.Unlock()
-		nc.Close()
+	if !s.conns.add(nc) {
 		return
 	}
-	s.mu.conns[nc] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.mu.conns, nc)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
+	defer s.conns.done(nc)
 	defer nc.Close()
 	if _, err := nc.Write(replwire.AppendPreamble(nil)); err != nil {
 		return

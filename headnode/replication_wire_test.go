@@ -127,11 +127,11 @@ func TestBrokenFramedSessionFailsItsBatchesAtOnce(t *testing.T) {
 		}()
 	}
 	time.Sleep(200 * time.Millisecond)
-	r.srv.mu.Lock()
-	for c := range r.srv.mu.conns {
+	r.srv.conns.mu.Lock()
+	for c := range r.srv.conns.conns {
 		c.Close()
 	}
-	r.srv.mu.Unlock()
+	r.srv.conns.mu.Unlock()
 	close(hold)
 	wg.Wait()
 	if d := time.Since(start); d > 10*time.Second {
