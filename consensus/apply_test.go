@@ -1,13 +1,11 @@
 package consensus
 
 import (
-	"errors"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ballast-storage/ballast/internal/leakcheck"
-	"github.com/hashicorp/raft"
 )
 
 // A read that confirms the leadership while the group stops must end:
@@ -15,21 +13,7 @@ import (
 // so stopping a group first lets the queued ones be answered.
 func TestReadsRacingAGroupStopAllEnd(t *testing.T) {
 	for round := range 5 {
-		n, err := startTestNode(t.TempDir(), "n0", testRaftConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
-		kv := NewKV()
-		r, err := n.node.StartGroup(1, kv, []raft.Server{n.voter()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, "n0 to lead", func() error {
-			if r.State() != raft.Leader {
-				return errors.New(r.State().String())
-			}
-			return nil
-		})
+		n, kv, _ := startSingleVoterKV(t)
 		ctx := testContext(t)
 		var readers sync.WaitGroup
 		started := make(chan struct{}, 16)

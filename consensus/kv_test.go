@@ -795,12 +795,14 @@ func TestKVReplicated(t *testing.T) {
 // TestKVSingleVoter reads after every write on a one-voter group: the
 // first read of the term sets the barrier term, and every read sees the
 // write before it.
-func TestKVSingleVoter(t *testing.T) {
+// startSingleVoterKV starts a node that leads group 1 alone, over a KV;
+// the caller closes the node.
+func startSingleVoterKV(t *testing.T) (*testNode, *KV, *raft.Raft) {
+	t.Helper()
 	n, err := startTestNode(t.TempDir(), "n0", testRaftConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = n.close() })
 	kv := NewKV()
 	r, err := n.node.StartGroup(1, kv, []raft.Server{n.voter()})
 	if err != nil {
@@ -812,6 +814,12 @@ func TestKVSingleVoter(t *testing.T) {
 		}
 		return nil
 	})
+	return n, kv, r
+}
+
+func TestKVSingleVoter(t *testing.T) {
+	n, kv, r := startSingleVoterKV(t)
+	t.Cleanup(func() { _ = n.close() })
 	ctx := testContext(t)
 	if kv.fence.barrierTerm.Load() != 0 {
 		t.Fatal("barrier term set before any read")

@@ -1,8 +1,11 @@
 package headnode
 
 import (
+	"log/slog"
 	"net"
 	"sync"
+
+	"github.com/ballast-storage/ballast/internal/rpc"
 )
 
 // connSet is a framed server's open connections (block I/O, replication):
@@ -55,4 +58,23 @@ func (s *connSet) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+// acceptFramed answers a framed connection's preamble with this server's
+// (preamble, of version ours) and says whether the client's version is
+// ours: a client of another learns it from the answer and goes elsewhere
+// (to gRPC). An accepted connection gets the TCP user timeout of every
+// Ballast connection.
+func acceptFramed(nc net.Conn, preamble []byte, version, ours uint16, log *slog.Logger, what string) bool {
+	if _, err := nc.Write(preamble); err != nil {
+		return false
+	}
+	if version != ours {
+		log.Info("closing a "+what+" connection of an unknown version", "remote", nc.RemoteAddr(), "version", version)
+		return false
+	}
+	if err := rpc.SetTCPUserTimeout(nc, rpc.KeepaliveTimeout); err != nil {
+		log.Debug(what+" connection", "remote", nc.RemoteAddr(), "err", err)
+	}
+	return true
 }

@@ -282,18 +282,8 @@ func (w *wireServer) serveConn(nc net.Conn, version uint16) {
 	}
 	defer w.conns.done(nc)
 	defer nc.Close()
-
-	// The answer says which version this server speaks; a client of
-	// another learns it and goes elsewhere (to gRPC).
-	if _, err := nc.Write(blockwire.AppendPreamble(nil)); err != nil {
+	if !acceptFramed(nc, blockwire.AppendPreamble(nil), version, blockwire.Version, w.log, "framed block") {
 		return
-	}
-	if version != blockwire.Version {
-		w.log.Info("closing a framed block connection of an unknown version", "remote", nc.RemoteAddr(), "version", version)
-		return
-	}
-	if err := rpc.SetTCPUserTimeout(nc, rpc.KeepaliveTimeout); err != nil {
-		w.log.Debug("framed block connection", "remote", nc.RemoteAddr(), "err", err)
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
 	c := &wireConn{srv: w, nc: nc, ctx: ctx, cancel: cancel, send: blockwire.NewSender(nc), own: w.io.newStreamLimit(), work: make(chan wireJob)}

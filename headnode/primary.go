@@ -422,7 +422,6 @@ func (p *primaryVolume) write(ctx context.Context, off, length uint64, data []by
 	return p.writeThroughJournal(ctx, off, length, data, zero, removable, id)
 }
 
-
 // writeThroughJournal orders a write's blocks as a record of their own
 // and waits until it is durable on both replicas.
 func (p *primaryVolume) writeThroughJournal(ctx context.Context, off, length uint64, data []byte, zero, removable bool, id writeID) error {

@@ -86,15 +86,8 @@ func (s *replWireServer) serveConn(nc net.Conn, version uint16) {
 	}
 	defer s.conns.done(nc)
 	defer nc.Close()
-	if _, err := nc.Write(replwire.AppendPreamble(nil)); err != nil {
+	if !acceptFramed(nc, replwire.AppendPreamble(nil), version, replwire.Version, s.log, "framed replication") {
 		return
-	}
-	if version != replwire.Version {
-		s.log.Info("closing a framed replication connection of an unknown version", "remote", nc.RemoteAddr(), "version", version)
-		return
-	}
-	if err := rpc.SetTCPUserTimeout(nc, rpc.KeepaliveTimeout); err != nil {
-		s.log.Debug("framed replication connection", "remote", nc.RemoteAddr(), "err", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -251,7 +244,6 @@ func dialReplPreamble(ctx context.Context, addr string) (net.Conn, error) {
 	}
 	return nc, nil
 }
-
 
 func (l *framedLink) Hello(ctx context.Context, hello *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
 	if err := l.Start(ctx, hello); err != nil {
