@@ -35,6 +35,7 @@ type chaosConfig struct {
 	duration  time.Duration
 	disabled  map[chaos.Action]bool
 	out       string
+	tempOut   bool // out is a temporary directory of the run's own
 }
 
 // replay is the command that runs schedule seed again: the action kinds
@@ -89,6 +90,7 @@ func chaosConfigFromEnv(t *testing.T) chaosConfig {
 		if c.out, err = os.MkdirTemp("", "ballast-chaos-"); err != nil {
 			t.Fatal(err)
 		}
+		c.tempOut = true
 	} else if err := os.MkdirAll(c.out, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +191,10 @@ func TestChaos(t *testing.T) {
 	fmt.Println(sum.Line())
 	if sum.Failed() {
 		t.Errorf("%s (seeds %v; histories in %s)", sum.Line(), sum.Seeds, cfg.out)
+	}
+	if cfg.tempOut && !t.Failed() {
+		// Nothing to look into: the temporary directory goes.
+		os.RemoveAll(cfg.out)
 	}
 }
 
