@@ -16,7 +16,10 @@
 // over framed connections (replication_wire.go), or gRPC with a node that
 // does not speak them. A large aligned
 // write goes straight to a new erasure-coded segment on the sleds, and
-// only its record through both logs (segwrite.go).
+// only its record through both logs (segwrite.go). A client's write
+// carries a name that its records carry too, so that a write sent again
+// after its answer was lost is applied once, by whichever head node gets
+// it (writeops.go).
 //
 // A head node never lets its data disk fill under pebble, which ends the
 // process when it cannot write (diskspace.go): below a free-space floor
