@@ -266,9 +266,11 @@ func TestSledSpaceAfterRewrites(t *testing.T) {
 		t.Fatalf("create: %v\n%s", err, out)
 	}
 	r.waitServed("rw", r.agent)
+	// 128 MiB of rewrites of 16 MiB: without reclaiming, the sleds would
+	// end up holding the flushed garbage, far above the limit.
 	mustRun(t, 10*time.Minute, "fio", "--name=rw", "--ioengine=nbd", "--uri="+r.uri("rw"), "--rw=randwrite", "--bs=4k",
-		"--iodepth=32", "--size=32m", "--loops=12", "--output-format=terse")
-	const limit = 3 * 32 << 20 * 6 / 4
+		"--iodepth=32", "--size=16m", "--loops=8", "--output-format=terse")
+	const limit = 3 * 16 << 20 * 6 / 4
 	var used uint64
 	r.waitStatus(t, 5*time.Minute, fmt.Sprintf("sleds under %d MiB", limit>>20), func(st rackStatusJSON) bool {
 		used = 0
@@ -277,7 +279,7 @@ func TestSledSpaceAfterRewrites(t *testing.T) {
 		}
 		return n(st.Redundancy.DirtyBytes) == 0 && used < limit
 	})
-	t.Logf("sleds hold %d MiB for 32 MiB rewritten 12 times", used>>20)
+	t.Logf("sleds hold %d MiB for 16 MiB rewritten 8 times", used>>20)
 }
 
 // TestExportReplicaFromStoppedSleds writes a volume until most of it is

@@ -238,7 +238,7 @@ const (
 // filled by it. An existing journal keeps its size anyway.
 func defaultJournalSize(fs vfs.FS, path string) int64 {
 	if fs != nil {
-		return 16 * minJournalBytes // in memory: tests, which flush seldom if ever
+		return 8 * minJournalBytes // in memory: tests, which flush seldom if ever
 	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(filepath.Dir(path), &st); err != nil {
