@@ -41,10 +41,7 @@ type rack struct {
 	// nodes if the binary has that flag; journal says what became of it.
 	journalBytes uint64
 	journal      string
-	// flushInterval, when set, is passed as --flush-interval to the head
-	// nodes if the binary has that flag.
-	flushInterval time.Duration
-	log           *slog.Logger
+	log          *slog.Logger
 
 	nbdAddr   string
 	port      int
@@ -141,19 +138,6 @@ func (r *rack) journalArgs(subcommand string) []string {
 	return []string{"--journal-size", fmt.Sprint(r.journalBytes)}
 }
 
-// flushArgs returns the flag that sets the head nodes' flush interval for
-// subcommand, where its help lists it.
-func (r *rack) flushArgs(subcommand string) []string {
-	if r.flushInterval == 0 {
-		return nil
-	}
-	help, _ := exec.Command(r.bin, subcommand, "--help").CombinedOutput()
-	if !strings.Contains(string(help), "--flush-interval") {
-		return nil
-	}
-	return []string{"--flush-interval", r.flushInterval.String()}
-}
-
 func (r *rack) startOnce(ctx context.Context) error {
 	r.procs, r.order, r.debug = map[string]*child{}, nil, nil
 	r.headNodes = nil
@@ -210,7 +194,6 @@ func (r *rack) startDemo(ctx context.Context) error {
 	args := append([]string{"demo", "--data", filepath.Join(r.dir, "data"),
 		"--size", fmt.Sprint(r.sizeBytes), "--nbd", r.nbdAddr, "--port", fmt.Sprint(r.port)}, common...)
 	args = append(args, r.journalArgs("demo")...)
-	args = append(args, r.flushArgs("demo")...)
 	demo, err := r.spawn("demo", args...)
 	if err != nil {
 		return err
@@ -227,7 +210,7 @@ func (r *rack) startProcesses(ctx context.Context) error {
 	for i := range r.headNodes {
 		peers = append(peers, "--peer", fmt.Sprintf("hn%d=%s", i+1, r.headNodeArg(i)))
 	}
-	journal := append(r.journalArgs("headnode"), r.flushArgs("headnode")...)
+	journal := r.journalArgs("headnode")
 	for i := range r.headNodes {
 		id := fmt.Sprintf("hn%d", i+1)
 		common, err := r.common(id)

@@ -67,10 +67,6 @@ type Suite struct {
 	// SubjectOnly runs no baselines: the suite's goals compare Ballast
 	// with itself.
 	SubjectOnly bool
-	// FlushInterval, when set, is the --flush-interval of the rack the
-	// harness starts: the quick suite's fill is flushed to the sleds
-	// within seconds instead of the default interval's half minute.
-	FlushInterval time.Duration
 }
 
 // suites is the registry of suites. A new workload is added by listing it
@@ -259,7 +255,7 @@ func standardSuite(suiteOptions) *Suite {
 }
 
 func quickSuite(suiteOptions) *Suite {
-	s := &Suite{Name: SuiteQuick, RegionBytes: 32 << 20, Runtime: time.Second, FlushInterval: 2 * time.Second}
+	s := &Suite{Name: SuiteQuick, RegionBytes: 32 << 20, Runtime: time.Second}
 	s.Workloads = []Workload{
 		seq("write"), random4k("randwrite", 32), writeFlush(), random4k("randread", 32), multiConn(2, 4),
 		sustain(3*time.Second, time.Second, 500*time.Millisecond),
