@@ -96,12 +96,19 @@ func (t *Timeline) windows(w time.Duration) []float64 {
 		return nil
 	}
 	var out []float64
-	for i := 0; i+per <= len(t.IOPS); i += per {
+	for i := 0; i < len(t.IOPS); i += per {
+		end := min(i+per, len(t.IOPS))
+		if 2*(end-i) < per {
+			// Less than half a window: fio may not log the run's last
+			// interval at all, so a window at least half logged counts,
+			// less does not.
+			break
+		}
 		var sum float64
-		for _, v := range t.IOPS[i : i+per] {
+		for _, v := range t.IOPS[i:end] {
 			sum += v
 		}
-		out = append(out, sum/float64(per))
+		out = append(out, sum/float64(end-i))
 	}
 	return out
 }
