@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,25 +149,32 @@ func TestChaos(t *testing.T) {
 	t.Logf("chaos: seed %d, %d schedules of %v, disabled actions %v, output in %s", cfg.seed, cfg.schedules, cfg.duration, disabled, cfg.out)
 	fmt.Printf("chaos: seed %d (replay one schedule: %s)\n", cfg.seed, cfg.replay(cfg.seed))
 
-	var sum chaos.Summary
-	perKind := map[string]*kindReport{}
+	tally := &chaosTally{perKind: map[string]*kindReport{}}
 	if !cfg.seedGiven {
-		for _, reg := range chaosRegressions {
-			rcfg := cfg
-			rcfg.duration = reg.duration
-			rcfg.disabled = disabledActions(t, reg.actions, "")
-			t.Run(fmt.Sprintf("regression-seed=%d", reg.seed), func(t *testing.T) {
-				t.Logf("chaos: regression schedule %d: once found %s", reg.seed, reg.found)
-				runChaosSchedule(t, rcfg, reg.seed, &sum, perKind)
-			})
-		}
+		// The regression schedules run side by side (as many at once as
+		// -parallel allows, two on two cores): each rack lives in a lab
+		// of its own, their checks are of safety, not speed, and the
+		// whole test run must fit in its time.
+		t.Run("regressions", func(t *testing.T) {
+			for _, reg := range chaosRegressions {
+				rcfg := cfg
+				rcfg.duration = reg.duration
+				rcfg.disabled = disabledActions(t, reg.actions, "")
+				t.Run(fmt.Sprintf("seed=%d", reg.seed), func(t *testing.T) {
+					t.Parallel()
+					t.Logf("chaos: regression schedule %d: once found %s", reg.seed, reg.found)
+					runChaosSchedule(t, rcfg, reg.seed, tally)
+				})
+			}
+		})
 	}
 	for i := 0; i < cfg.schedules; i++ {
 		seed := cfg.seed + int64(i)
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			runChaosSchedule(t, cfg, seed, &sum, perKind)
+			runChaosSchedule(t, cfg, seed, tally)
 		})
 	}
+	sum, perKind := tally.sum, tally.perKind
 	sum.Duration = cfg.duration
 	var kinds []string
 	for k := range perKind {
@@ -206,7 +214,15 @@ type kindReport struct {
 	Steps      []stepOutcome `json:"steps"`
 }
 
-func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summary, perKind map[string]*kindReport) {
+// chaosTally gathers what the schedules of a run found; schedules that
+// run side by side add to it in turn.
+type chaosTally struct {
+	mu      sync.Mutex
+	sum     chaos.Summary
+	perKind map[string]*kindReport
+}
+
+func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, tally *chaosTally) {
 	// Schedules of odd seeds keep every block in the head nodes' logs, so
 	// that the offline export (which reads only the logs) can compare the
 	// replicas; even ones flush to the sleds all along.
@@ -270,12 +286,14 @@ func runChaosSchedule(t *testing.T, cfg chaosConfig, seed int64, sum *chaos.Summ
 	ops := rec.Ops()
 	res := chaos.Check(ops, images, 60*time.Second)
 	unavail := chaos.Unavailability(ops, nm.faults())
-	sum.Add(seed, steps, res, unavail)
+	tally.mu.Lock()
+	defer tally.mu.Unlock()
+	tally.sum.Add(seed, steps, res, unavail)
 	for _, o := range nm.outcomes() {
-		r := perKind[o.Action]
+		r := tally.perKind[o.Action]
 		if r == nil {
 			r = &kindReport{}
-			perKind[o.Action] = r
+			tally.perKind[o.Action] = r
 		}
 		switch {
 		case o.Exited != "":

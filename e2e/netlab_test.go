@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -25,6 +26,8 @@ type netLab struct {
 // Networks of the lab: host i is 10.77.1.i on A and 10.77.2.i on B.
 var labNetworks = []string{"a", "b"}
 
+var labSeq atomic.Int64
+
 func labAddr(network string, i int) string {
 	n := 1
 	if network == "b" {
@@ -43,7 +46,8 @@ func newNetLab(t testing.TB) *netLab {
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "network namespaces need root")
 	}
-	l := &netLab{t: t, prefix: fmt.Sprintf("bl%d", os.Getpid()%100000), hosts: map[string]string{}, index: map[string]int{}}
+	// Labs side by side (the chaos regressions) need names of their own.
+	l := &netLab{t: t, prefix: fmt.Sprintf("bl%d-%d", os.Getpid()%100000, labSeq.Add(1)), hosts: map[string]string{}, index: map[string]int{}}
 	l.sw = l.prefix + "-sw"
 	if out, err := exec.Command("ip", "netns", "add", l.sw).CombinedOutput(); err != nil {
 		skipOrFail(t, "cannot make a network namespace: %v: %s", err, out)
