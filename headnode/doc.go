@@ -8,8 +8,10 @@
 // (attachment.go), and the admin API that every head node answers.
 //
 // A write is acknowledged only when it is durable in the primary's log and
-// in its secondary's. The primary builds whole-block records (read-modify-
-// write under the volume's lock), and one committer per volume appends each
+// in its secondary's. The primary orders whole-block records in a
+// sequencer (package headnode/replica, I/O-free: tickets, the overlay of
+// not-yet-durable blocks for read-modify-writes, batches), and one
+// committer per volume (primary.go) appends each
 // batch locally and sends it to the secondary in parallel; a session
 // between them starts with a hello that reconciles their logs, so a crash
 // between the two appends never leaves the replicas apart. Sessions run
@@ -28,5 +30,6 @@
 // room to open on a disk that filled; writes resume by themselves.
 //
 // It may import consensus, migrate, txn, txn/driver, volume,
-// headnode/journal, headnode/ec, internal/... and proto/...; never attach.
+// headnode/journal, headnode/ec, headnode/replica, internal/... and
+// proto/...; never attach.
 package headnode

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
 
 	"github.com/ballast-storage/ballast/headnode/ec"
+	"github.com/ballast-storage/ballast/headnode/replica"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -32,24 +32,12 @@ const (
 	catchUpChunk = 256
 )
 
-// pendingWrite is one client request on its way through the committer.
-type pendingWrite struct {
-	ticket uint64 // in-memory order; seqs are assigned at commit time
-	record *ballastpb.LogRecord
-	bytes  int64
-	done   chan error
-}
-
-// overlayBlock is the newest not-yet-durable content of a block; the next
-// read-modify-write of that block must start from it, not from the store.
-type overlayBlock struct {
-	ticket uint64
-	data   []byte // nil: removed (reads as zeroes)
-}
+// pendingWrite is one record on its way through the committer.
+type pendingWrite = replica.Pending
 
 // primaryVolume orders and commits the writes of one volume at its
-// primary. Writers build whole-block records under mu, in ticket order;
-// one committer goroutine turns the queue into batches, appends each to the
+// primary. Writers build whole-block records in the sequencer, in ticket
+// order; one committer goroutine turns the queue into batches, appends each to the
 // local log and sends it to the secondary at the same time, and completes
 // the batch's writes only when both copies are durable.
 type primaryVolume struct {
@@ -61,11 +49,8 @@ type primaryVolume struct {
 
 	queueBytes *semaphore.Weighted // bytes of queued writes, at most maxQueuedBytes
 
-	mu         sync.Mutex
-	nextTicket uint64
-	overlay    map[uint64]overlayBlock
-	queue      []*pendingWrite
-	stopped    bool
+	// seq orders the records and holds the overlay (headnode/replica).
+	seq *replica.Sequencer
 
 	wake chan struct{}
 	stop chan struct{}
@@ -161,7 +146,7 @@ func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer,
 		log:         log.With("volume", vol.Name, "volume_id", vol.Id),
 		replTimeout: replTimeout,
 		queueBytes:  semaphore.NewWeighted(maxQueuedBytes),
-		overlay:     map[uint64]overlayBlock{},
+		seq:         replica.NewSequencer(),
 		wake:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
@@ -191,14 +176,10 @@ func (p *primaryVolume) Close() {
 		p.gate.close()
 	}
 	p.cut.close()
-	p.mu.Lock()
-	if p.stopped {
-		p.mu.Unlock()
+	if !p.seq.Stop() {
 		<-p.done
 		return
 	}
-	p.stopped = true
-	p.mu.Unlock()
 	close(p.stop)
 	<-p.done
 	if p.segWriter != nil {
@@ -282,17 +263,12 @@ func (p *primaryVolume) segmentsGone(lr localRead) bool {
 	return false
 }
 
-// blockLocked returns the current content of a block for read-modify-write.
-func (p *primaryVolume) blockLocked(b uint64) ([]byte, error) {
+// storedBlock returns a block as the store (or the sleds) hold it, for a
+// read-modify-write the sequencer orders (under its lock).
+func (p *primaryVolume) storedBlock(b uint64) ([]byte, error) {
 	out := make([]byte, blockSize)
-	if ob, ok := p.overlay[b]; ok {
-		if ob.data != nil {
-			copy(out, ob.data)
-		}
-		return out, nil
-	}
-	// A flushed block comes from the sleds, under the volume's lock; such
-	// partial writes are rare (clients write whole 4 KiB blocks).
+	// A flushed block comes from the sleds, under the sequencer's lock;
+	// such partial writes are rare (clients write whole 4 KiB blocks).
 	ctx, cancel := context.WithTimeout(context.Background(), p.replTimeout)
 	defer cancel()
 	if err := p.read(ctx, b*blockSize, out); err != nil {
@@ -312,7 +288,7 @@ func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) er
 		return err
 	}
 	select {
-	case err := <-pw.done:
+	case err := <-pw.Done:
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("record of the committer's own: %w", ctx.Err())
@@ -320,34 +296,36 @@ func (p *primaryVolume) submit(ctx context.Context, rec *ballastpb.LogRecord) er
 }
 
 // queueRecord queues a record of its own for the committer, once cost
-// bytes of the write queue are free. admit, if set, runs under mu with
-// the record's ticket before it is queued; its error keeps it out.
-func (p *primaryVolume) queueRecord(ctx context.Context, rec *ballastpb.LogRecord, cost int64, admit func(ticket uint64) error) (*pendingWrite, error) {
+// bytes of the write queue are free. admit, if set, runs under the
+// sequencer's lock just before the record is queued (and may hold blocks
+// in the overlay for it); its error keeps it out.
+func (p *primaryVolume) queueRecord(ctx context.Context, rec *ballastpb.LogRecord, cost int64, admit func(hold func(block uint64, data []byte)) error) (*pendingWrite, error) {
 	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
 		return nil, fmt.Errorf("waiting for write queue: %w", err)
 	}
-	p.mu.Lock()
-	err := ErrStopped
-	if !p.stopped {
-		err = nil
-		if admit != nil {
-			err = admit(p.nextTicket)
-		}
-	}
+	pw, err := p.seq.Queue(rec, cost, admit)
 	if err != nil {
-		p.mu.Unlock()
 		p.queueBytes.Release(cost)
-		return nil, err
+		return nil, stoppedAs(err)
 	}
-	pw := &pendingWrite{ticket: p.nextTicket, record: rec, bytes: cost, done: make(chan error, 1)}
-	p.nextTicket++
-	p.queue = append(p.queue, pw)
-	p.mu.Unlock()
+	p.wakeCommitter()
+	return pw, nil
+}
+
+// wakeCommitter tells the committer that records are queued.
+func (p *primaryVolume) wakeCommitter() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
 	}
-	return pw, nil
+}
+
+// stoppedAs turns the sequencer's stop into this package's.
+func stoppedAs(err error) error {
+	if errors.Is(err, replica.ErrStopped) {
+		return ErrStopped
+	}
+	return err
 }
 
 // waitForJournalRoom holds a client write back, before it is ordered,
@@ -429,83 +407,26 @@ func (p *primaryVolume) writeThroughJournal(ctx context.Context, off, length uin
 	if err := p.queueBytes.Acquire(ctx, cost); err != nil {
 		return fmt.Errorf("waiting for write queue: %w", err)
 	}
-	pw, err := p.sequence(off, length, data, zero, removable, cost, id)
+	w := replica.Write{Off: off, Length: length, Data: data, Zero: zero, Removable: removable}
+	if id.named() {
+		w.Tag = id.tag(off, length)
+	}
+	pw, err := p.seq.Sequence(w, cost, p.storedBlock)
 	if err != nil {
 		p.queueBytes.Release(cost)
-		return err
+		return stoppedAs(err)
 	}
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	p.wakeCommitter()
 	if id.named() {
-		return <-pw.done
+		return <-pw.Done
 	}
 	select {
-	case err := <-pw.done:
+	case err := <-pw.Done:
 		return err
 	case <-ctx.Done():
 		// The write stays queued and may still land; its outcome is unknown.
 		return fmt.Errorf("write at %d: %w", off, ctx.Err())
 	}
-}
-
-// sequence turns a request into whole-block writes, records them in the
-// overlay and queues them, all under mu so queue order is overlay order.
-func (p *primaryVolume) sequence(off, length uint64, data []byte, zero, removable bool, cost int64, id writeID) (*pendingWrite, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.stopped {
-		return nil, ErrStopped
-	}
-	ticket := p.nextTicket
-	p.nextTicket++
-	rec := &ballastpb.LogRecord{}
-	if id.named() {
-		rec.Writes = []*ballastpb.WriteTag{id.tag(off, length)}
-	}
-	end := off + length
-	first := off / blockSize
-	last := (end - 1) / blockSize
-	for b := first; b <= last; b++ {
-		bStart := b * blockSize
-		lo := max(off, bStart) - bStart
-		hi := min(end, bStart+blockSize) - bStart
-		whole := lo == 0 && hi == blockSize
-		var content []byte
-		switch {
-		case whole && zero && removable:
-			// Coalesce runs of removed blocks into ranges.
-			if n := len(rec.Removed); n > 0 && rec.Removed[n-1].First+rec.Removed[n-1].Count == b {
-				rec.Removed[n-1].Count++
-			} else {
-				rec.Removed = append(rec.Removed, &ballastpb.BlockRange{First: b, Count: 1})
-			}
-			p.overlay[b] = overlayBlock{ticket: ticket}
-			continue
-		case whole && zero:
-			content = make([]byte, blockSize)
-		case whole:
-			content = make([]byte, blockSize)
-			copy(content, data[bStart-off:])
-		default:
-			base, err := p.blockLocked(b)
-			if err != nil {
-				return nil, err
-			}
-			if zero {
-				clear(base[lo:hi])
-			} else {
-				copy(base[lo:hi], data[bStart+lo-off:])
-			}
-			content = base
-		}
-		rec.Blocks = append(rec.Blocks, &ballastpb.BlockWrite{Block: b, Data: content})
-		p.overlay[b] = overlayBlock{ticket: ticket, data: content}
-	}
-	pw := &pendingWrite{ticket: ticket, record: rec, bytes: cost, done: make(chan error, 1)}
-	p.queue = append(p.queue, pw)
-	return pw, nil
 }
 
 // The committer streams batches: up to maxWindowBatches (and
@@ -553,13 +474,9 @@ func (p *primaryVolume) commitLoop() {
 		if p.link != nil {
 			p.link.Close()
 		}
-		p.mu.Lock()
-		q := p.queue
-		p.queue = nil
-		p.mu.Unlock()
-		for _, pw := range q {
-			pw.done <- ErrStopped
-			p.queueBytes.Release(pw.bytes)
+		for _, pw := range p.seq.Drain() {
+			pw.Done <- ErrStopped
+			p.queueBytes.Release(pw.Bytes)
 		}
 	}()
 	stopping := false
@@ -632,7 +549,7 @@ func (p *primaryVolume) begin(batch []*pendingWrite, window []*inflightBatch) *i
 	b := &inflightBatch{batch: batch, cancel: cancel,
 		finished: make(chan struct{}), waited: make(chan struct{}), done: make(chan struct{})}
 	for _, pw := range batch {
-		b.bytes += pw.bytes
+		b.bytes += pw.Bytes
 	}
 	var prev *inflightBatch
 	if len(window) > 0 {
@@ -663,8 +580,8 @@ func (p *primaryVolume) begin(batch []*pendingWrite, window []*inflightBatch) *i
 	}
 	b.records = make([]*ballastpb.LogRecord, len(batch))
 	for i, pw := range batch {
-		pw.record.Seq = next + uint64(i)
-		b.records[i] = pw.record
+		pw.Record.Seq = next + uint64(i)
+		b.records[i] = pw.Record
 	}
 	link := p.link
 	// Sent first: the secondary's journal write overlaps the local one.
@@ -829,53 +746,16 @@ func (p *primaryVolume) noteSecondaryDisk() {
 // takeBatch takes the queued writes of the next batch, of at most limit
 // bytes (at least one write if first: nothing else is in flight).
 func (p *primaryVolume) takeBatch(limit int64, first bool) []*pendingWrite {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	limit = min(limit, maxBatchBytes)
-	n, bytes := 0, int64(0)
-	for n < len(p.queue) && n < maxBatchRecords {
-		// A batch must fit in one replication message: stop before a
-		// record that would overflow it, unless it is the first.
-		if (n > 0 || !first) && bytes+p.queue[n].bytes > limit {
-			break
-		}
-		bytes += p.queue[n].bytes
-		n++
-	}
-	batch := p.queue[:n:n]
-	p.queue = p.queue[n:]
-	return batch
+	return p.seq.Take(min(limit, maxBatchBytes), maxBatchRecords, first)
 }
 
 // finish completes a batch and drops its overlay entries, which the store
 // now holds (or which failed, and so read as what the store holds).
 func (p *primaryVolume) finish(batch []*pendingWrite, err error) {
-	p.mu.Lock()
+	p.seq.Release(batch)
 	for _, pw := range batch {
-		for _, bw := range pw.record.Blocks {
-			if ob, ok := p.overlay[bw.Block]; ok && ob.ticket == pw.ticket {
-				delete(p.overlay, bw.Block)
-			}
-		}
-		for _, rg := range pw.record.Removed {
-			for b := rg.First; b < rg.First+rg.Count; b++ {
-				if ob, ok := p.overlay[b]; ok && ob.ticket == pw.ticket {
-					delete(p.overlay, b)
-				}
-			}
-		}
-		if sw := pw.record.SegmentWrite; sw != nil {
-			for _, b := range sw.SlotBlocks {
-				if ob, ok := p.overlay[b]; ok && ob.ticket == pw.ticket {
-					delete(p.overlay, b)
-				}
-			}
-		}
-	}
-	p.mu.Unlock()
-	for _, pw := range batch {
-		pw.done <- err
-		p.queueBytes.Release(pw.bytes)
+		pw.Done <- err
+		p.queueBytes.Release(pw.Bytes)
 	}
 }
 

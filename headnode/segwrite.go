@@ -287,7 +287,7 @@ func (w *segmentWriter) write(batch []*directWrite) {
 		answer(directOutcome{err: err})
 		return
 	}
-	answer(directOutcome{ordered: true, err: <-pw.done})
+	answer(directOutcome{ordered: true, err: <-pw.Done})
 }
 
 // orderSegmentWrite queues a segment write's record like any write's,
@@ -295,7 +295,7 @@ func (w *segmentWriter) write(batch []*directWrite) {
 // last).
 func (p *primaryVolume) orderSegmentWrite(ctx context.Context, rec *ballastpb.SegmentWriteRecord, tags []*ballastpb.WriteTag, block func(slot int) []byte) (*pendingWrite, error) {
 	const cost = blockSize // the record, a block of the journal at most
-	pw, err := p.queueRecord(ctx, &ballastpb.LogRecord{SegmentWrite: rec, Writes: tags}, cost, func(ticket uint64) error {
+	pw, err := p.queueRecord(ctx, &ballastpb.LogRecord{SegmentWrite: rec, Writes: tags}, cost, func(hold func(uint64, []byte)) error {
 		if !p.segmentWrites.Load() {
 			// The session changed to a secondary that cannot apply the
 			// record while the shards were written: the writes take the
@@ -303,7 +303,7 @@ func (p *primaryVolume) orderSegmentWrite(ctx context.Context, rec *ballastpb.Se
 			return fmt.Errorf("secondary does not apply %s records", featureSegmentWrite)
 		}
 		for slot, b := range rec.SlotBlocks {
-			p.overlay[b] = overlayBlock{ticket: ticket, data: block(slot)}
+			hold(b, block(slot))
 		}
 		return nil
 	})

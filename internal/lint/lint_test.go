@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
-	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/journal", "headnode/ec"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/journal", "headnode/ec", "headnode/replica"},
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume", "migrate"},
 	"attach/nbd":          {"attach/blockdev", "internal/bufpool", "internal/inflight"},
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool", "internal/inflight"},
@@ -40,11 +40,50 @@ var allowed = map[string][]string{
 	"headnode/journal": {"internal/"},
 	// Erasure-coded segments' pure logic: no I/O, no state of the node.
 	"headnode/ec": {"proto/ballastpb"},
+	// The write path's ordering at a primary: no I/O, no state of the node.
+	"headnode/replica": {"proto/ballastpb"},
 	// Test support: nodes on loopback for the packages above consensus.
 	"internal/consensustest": {"consensus"},
 }
 
 var unrestricted = []string{"cmd/", "e2e"}
+
+// ioFree lists the packages that hold pure logic, driven by the ones that
+// do the I/O: they import nothing that reaches a disk, a network, a clock
+// or a store, so their tests are deterministic.
+var ioFree = []string{"headnode/ec", "headnode/replica"}
+
+// ioImports are the imports that do I/O or read the clock; a prefix ending
+// in "/" covers a tree.
+var ioImports = []string{"os", "os/", "net", "net/", "syscall", "time", "io/fs", "golang.org/x/sys/",
+	"google.golang.org/grpc", "google.golang.org/grpc/", "github.com/cockroachdb/pebble", "github.com/cockroachdb/pebble/",
+	"github.com/hashicorp/raft"}
+
+func TestPureCoresDoNoIO(t *testing.T) {
+	root := moduleRoot(t)
+	fset := token.NewFileSet()
+	for _, pkg := range ioFree {
+		files, err := filepath.Glob(filepath.Join(root, pkg, "*.go"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("package %s: no Go files (%v)", pkg, err)
+		}
+		for _, file := range files {
+			if strings.HasSuffix(file, "_test.go") {
+				continue
+			}
+			f, err := parser.ParseFile(fset, file, nil, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range f.Imports {
+				ip := strings.Trim(imp.Path.Value, `"`)
+				if matchesAny(ip, ioImports) {
+					t.Errorf("%s imports %s: it is meant to do no I/O (see internal/lint)", file, ip)
+				}
+			}
+		}
+	}
+}
 
 func TestImportDirection(t *testing.T) {
 	root := moduleRoot(t)
