@@ -54,7 +54,7 @@ func (c *crashDevices) touch(path string) {
 func (c *crashDevices) WriteFileSync(path string, reuse bool, bufs ...[]byte) error {
 	flag := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if reuse {
-		flag = os.O_WRONLY | os.O_TRUNC
+		flag = os.O_WRONLY // written over in place, then cut (osFS)
 		c.mu.Lock()
 		c.reused++
 		c.mu.Unlock()
@@ -71,6 +71,11 @@ func (c *crashDevices) WriteFileSync(path string, reuse bool, bufs ...[]byte) er
 			return err
 		}
 		off += int64(len(b))
+	}
+	if reuse {
+		if err := f.Truncate(off); err != nil {
+			return err
+		}
 	}
 	return f.Sync()
 }

@@ -555,8 +555,8 @@ func (s *Store) put(id ShardID, epoch uint64, data []byte, crc *uint32) (string,
 // put acknowledged. A crash before the rename leaves the shard as it was
 // (or absent) and a file in tmp, which the next start deletes; a crash
 // after it leaves either name in place, each naming a whole, synced file.
-// A reused file is truncated and rewritten from its start before it is
-// synced, and a file of another shard's that a crash left at a shard's
+// A reused file is written over from its start and cut to length before
+// it is synced, and a file of another shard's that a crash left at a shard's
 // path (a delete that gave its file up for reuse, then lost its rename)
 // names that other shard in its header: the start quarantines it, never
 // serves it.
@@ -565,7 +565,7 @@ func (s *Store) writeFile(d *device, id ShardID, bufs ...[]byte) error {
 	if err := s.ensureVolumeDir(d, id.Volume); err != nil {
 		return err
 	}
-	stage, reuse := s.takeFreeFile(d, id)
+	stage, reuse := s.takeFreeFile(d, id, uint64(totalLen(bufs)))
 	err := d.fs.WriteFileSync(stage, reuse, bufs...)
 	if reuse && errors.Is(err, os.ErrNotExist) {
 		// Someone removed the emptied file; make a new one.
@@ -587,32 +587,49 @@ func tmpName(d *device, id ShardID) string {
 	return filepath.Join(d.tmpDir(), fmt.Sprintf("%016x.%016x.%d.%d", id.Volume, id.Segment, id.Index, time.Now().UnixNano()))
 }
 
-// maxFreeFiles bounds the emptied files a device keeps for reuse.
-const maxFreeFiles = 64
+// maxFreeFiles and maxFreeBytes bound the deleted shards' files a device
+// keeps for reuse.
+const (
+	maxFreeFiles = 64
+	maxFreeBytes = 64 << 20
+)
 
-// takeFreeFile returns a file to write a shard into before it is renamed
-// into place: an emptied one kept for reuse (reuse true), or the name of
-// a new one.
-func (s *Store) takeFreeFile(d *device, id ShardID) (path string, reuse bool) {
+// takeFreeFile returns a file to write a shard of size bytes into before
+// it is renamed into place: a deleted shard's file kept for reuse (reuse
+// true), one of that size if there is one (so its length changes no
+// metadata), or the name of a new one.
+func (s *Store) takeFreeFile(d *device, id ShardID, size uint64) (path string, reuse bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := len(d.free); n > 0 {
-		path = d.free[n-1]
-		d.free = d.free[:n-1]
-		return path, true
+	n := len(d.free)
+	if n == 0 {
+		return tmpName(d, id), false
 	}
-	return tmpName(d, id), false
+	i := n - 1
+	for j := n - 1; j >= 0; j-- {
+		if d.free[j].bytes == size {
+			i = j
+			break
+		}
+	}
+	path = d.free[i].path
+	d.free = slices.Delete(d.free, i, i+1)
+	return path, true
 }
 
-// discardFileLocked deletes a shard's file or, if it may, keeps it,
-// emptied, in d's tmp directory for a later put to write into: creating a
-// file and deleting one (allocating and freeing its inode) are most of
-// the CPU time of a put. A file a reader may still hold open is deleted:
-// it must never come back under that reader with another shard's data.
-// The tmp directory is emptied at every start, so a kept file is deleted
-// then if no put took it.
-func (s *Store) discardFileLocked(d *device, path string, readers bool) {
-	if readers || d.failed || len(d.free) >= maxFreeFiles {
+// discardFileLocked deletes a shard's file of size bytes or, if it may,
+// keeps it in d's tmp directory for a later put to write over: creating a
+// file and deleting one (allocating and freeing its inode and blocks) are
+// most of the cost of a put. A file a reader may still hold open is
+// deleted: it must never come back under that reader with another
+// shard's data. The tmp directory is emptied at every start, so a kept
+// file is deleted then if no put took it.
+func (s *Store) discardFileLocked(d *device, path string, size uint64, readers bool) {
+	var kept uint64
+	for _, f := range d.free {
+		kept += f.bytes
+	}
+	if readers || d.failed || len(d.free) >= maxFreeFiles || kept+size > maxFreeBytes {
 		d.fs.Remove(path)
 		return
 	}
@@ -622,11 +639,7 @@ func (s *Store) discardFileLocked(d *device, path string, readers bool) {
 		d.fs.Remove(path)
 		return
 	}
-	if err := d.fs.Truncate(free, 0); err != nil {
-		d.fs.Remove(free)
-		return
-	}
-	d.free = append(d.free, free)
+	d.free = append(d.free, freeFile{path: free, bytes: size})
 }
 
 // ensureVolumeDir makes sure d has the directory of a volume's shards,
@@ -683,7 +696,7 @@ func (s *Store) dropEntryLocked(id ShardID, e *shardEntry, remove bool) {
 	d.shards -= min(d.shards, 1)
 	delete(s.index, id)
 	if remove {
-		s.discardFileLocked(d, d.shardPath(id), readers)
+		s.discardFileLocked(d, d.shardPath(id), e.fileBytes, readers)
 	}
 }
 
