@@ -374,8 +374,11 @@ func (v *Volume) do(ctx context.Context, req *ballastpb.IORequest) (*ballastpb.I
 		req.Client, req.WriteOp, req.OldestOp = v.writer, op, oldest
 	}
 	backoff := 20 * time.Millisecond
-	for {
+	for attempt := 0; ; attempt++ {
 		req.Id = requestIDs.Add(1)
+		// Only a write sent again can have been applied already: the
+		// head node looks for it then alone.
+		req.Resend = attempt > 0 && req.Client != 0
 		s, err := v.currentStream(ctx)
 		var reply *ballastpb.IOReply
 		if err == nil {

@@ -1,6 +1,17 @@
 package attach
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ballast-storage/ballast/internal/rpc"
+	"github.com/ballast-storage/ballast/proto/ballastpb"
+)
 
 func TestOpTrackerKnowsTheOldestWithoutAnAnswer(t *testing.T) {
 	var tr opTracker
@@ -32,5 +43,77 @@ func TestWritersAreNamedApart(t *testing.T) {
 			t.Fatalf("writer name %d repeats or is 0", w)
 		}
 		seen[w] = true
+	}
+}
+
+// breakingHeadNode drops the stream of the first write it receives, with
+// no answer, as a head node that died or a network that broke would.
+type breakingHeadNode struct {
+	oldHeadNode
+	mu     sync.Mutex
+	writes []*ballastpb.IORequest
+}
+
+func (h *breakingHeadNode) IO(stream ballastpb.BlockIO_IOServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return nil
+		}
+		if req.Op == ballastpb.IOOp_IO_OP_WRITE {
+			h.mu.Lock()
+			h.writes = append(h.writes, req)
+			first := len(h.writes) == 1
+			h.mu.Unlock()
+			if first {
+				return errors.New("stream broken")
+			}
+		}
+		if err := stream.Send(&ballastpb.IOReply{Id: req.Id}); err != nil {
+			return err
+		}
+	}
+}
+
+// A write sent again after its stream broke carries its identity and says
+// it is a resend; a first send never does (the head node looks for an
+// earlier send only then).
+func TestResendsAreMarked(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &breakingHeadNode{oldHeadNode: oldHeadNode{addr: l.Addr().String()}}
+	srv := rpc.NewServer()
+	ballastpb.RegisterAdminServer(srv, h)
+	ballastpb.RegisterBlockIOServer(srv, h)
+	go srv.Serve(l)
+	defer srv.Stop()
+	c := &Client{HeadNodes: [][]string{{h.addr}}, IOWire: IOWireGRPC, RequestTimeout: 20 * time.Second,
+		Logger: slog.New(slog.DiscardHandler)}
+	defer c.Close()
+	ctx := context.Background()
+	v, err := c.OpenVolume(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	dev := NewDevice(v)
+	for range 2 {
+		if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.writes) != 3 {
+		t.Fatalf("%d write requests reached the head node, want 3", len(h.writes))
+	}
+	first, again, next := h.writes[0], h.writes[1], h.writes[2]
+	if first.Client == 0 || first.Resend || !again.Resend || again.Client != first.Client || again.WriteOp != first.WriteOp {
+		t.Fatalf("first send %v, its resend %v", first, again)
+	}
+	if next.Resend || next.WriteOp == first.WriteOp {
+		t.Fatalf("the next write %v", next)
 	}
 }

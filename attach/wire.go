@@ -215,6 +215,7 @@ func (t *framedTransport) send(req *ballastpb.IORequest) error {
 		Client:     req.Client,
 		WriteOp:    req.WriteOp,
 		OldestOp:   req.OldestOp,
+		Resend:     req.Resend,
 	}
 	var data []byte
 	if req.Op == ballastpb.IOOp_IO_OP_WRITE {

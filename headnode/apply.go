@@ -37,6 +37,9 @@ type applier struct {
 	// through refChanges, its own changes (applied when it commits).
 	refs       *volumeRefs
 	refChanges refChanges
+	// writers are the clients' states the batch changed, decoded, not
+	// yet written to it (writeops.go); commit writes them.
+	writers map[uint64]*ballastpb.WriterState
 }
 
 // setRef points a block's 'B' key at journal location loc, ending the ref
@@ -87,6 +90,9 @@ func (a *applier) endRefRange(first, count uint64) error {
 // together, so a reader holding the volume's index lock sees both or
 // neither.
 func (a *applier) commit(opts *pebble.WriteOptions) error {
+	if err := a.flushWriters(); err != nil {
+		return err
+	}
 	a.refs.mu.Lock()
 	defer a.refs.mu.Unlock()
 	if err := a.b.Commit(opts); err != nil {

@@ -328,7 +328,8 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 
 // serveWrite runs a write, trim or write-zeroes of length bytes. A named
 // one (writeops.go) runs once its earlier send, if this node runs it,
-// has settled, and applies only the blocks that no record of it applied.
+// has settled; sent again, it applies only the blocks that no record of
+// it applied.
 func (n *Node) serveWrite(ctx context.Context, pv *primaryVolume, req *ballastpb.IORequest, length uint64) error {
 	id := writeID{client: req.Client, op: req.WriteOp, oldest: req.OldestOp}
 	if !id.named() || length == 0 {
@@ -339,6 +340,10 @@ func (n *Node) serveWrite(ctx context.Context, pv *primaryVolume, req *ballastpb
 		return err
 	}
 	defer end()
+	if !req.Resend {
+		// A first send: nothing of it can have been applied.
+		return writeRange(ctx, pv, req, req.Offset, length, id)
+	}
 	ws, err := n.blocks.writerState(pv.vol.Id, id.client)
 	if err != nil {
 		return err

@@ -354,6 +354,7 @@ func (c *wireConn) readLoop() error {
 			Client:     f.Client,
 			WriteOp:    f.WriteOp,
 			OldestOp:   f.OldestOp,
+			Resend:     f.Resend,
 		}
 		cost := requestCost(req.Op, f.DataLen, req.Length)
 		c.admitting.Store(true)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -45,9 +46,12 @@ import (
 const (
 	prefixWriter = 'W'
 
-	maxWritersPerVolume = 1024
-	maxOpsPerWriter     = 4096
+	maxOpsPerWriter = 4096
 )
+
+// maxWritersPerVolume is a variable for tests (every replica must use the
+// same bound).
+var maxWritersPerVolume = 1024
 
 func writerKey(vol, client uint64) []byte { return volKey(prefixWriter, vol, client) }
 
@@ -157,40 +161,51 @@ func readWriter(r reader, vol, client uint64) (*ballastpb.WriterState, error) {
 
 // noteWrites applies a record's tags to the clients' states in the batch.
 func (a *applier) noteWrites(r *ballastpb.LogRecord) error {
-	if len(r.Writes) == 0 {
-		return nil
-	}
-	touched := map[uint64]*ballastpb.WriterState{}
 	for _, t := range r.Writes {
 		if t.Client == 0 || t.Op == 0 || t.Blocks == 0 {
 			return fmt.Errorf("record %d: write tag %v names no write", r.Seq, t)
 		}
-		ws := touched[t.Client]
-		if ws == nil {
-			var err error
-			if ws, err = a.writer(t.Client); err != nil {
-				return err
-			}
-			touched[t.Client] = ws
-		}
-		noteApplied(ws, t, r.Seq)
-	}
-	for client, ws := range touched {
-		if err := a.putWriter(ws); err != nil {
+		ws, err := a.writer(t.Client)
+		if err != nil {
 			return err
 		}
-		a.noteWriter(client)
+		noteApplied(ws, t, r.Seq)
+		a.noteWriter(t.Client)
 	}
 	return nil
 }
 
 // writer returns a client's state as the batch holds it, or a new one;
 // making room, if the volume has no more, by forgetting the client that
-// changed least recently.
+// changed least recently. The state is kept decoded in a.writers until
+// flushWriters writes it to the batch: a batch of many records of one
+// client decodes and encodes its state once, not once per record.
 func (a *applier) writer(client uint64) (*ballastpb.WriterState, error) {
+	if ws, ok := a.writers[client]; ok {
+		return ws, nil
+	}
 	ws, err := readWriter(a.b, a.vol, client)
-	if err != nil || ws != nil {
-		return ws, err
+	if err != nil {
+		return nil, err
+	}
+	if ws == nil {
+		if ws, err = a.newWriter(client); err != nil {
+			return nil, err
+		}
+	}
+	if a.writers == nil {
+		a.writers = map[uint64]*ballastpb.WriterState{}
+	}
+	a.writers[client] = ws
+	return ws, nil
+}
+
+// newWriter makes room for a client's new state.
+func (a *applier) newWriter(client uint64) (*ballastpb.WriterState, error) {
+	// The count and the choice read every state: the batch must hold
+	// them as they are now.
+	if err := a.flushWriters(); err != nil {
+		return nil, err
 	}
 	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: writerKey(a.vol, 0), UpperBound: volumeUpper(prefixWriter, a.vol)})
 	if err != nil {
@@ -220,6 +235,21 @@ func (a *applier) writer(client uint64) (*ballastpb.WriterState, error) {
 	return &ballastpb.WriterState{Client: client}, nil
 }
 
+// flushWriters writes the states a.writers holds to the batch and forgets
+// them; the batch then holds what writing each after every record would
+// have left.
+func (a *applier) flushWriters() error {
+	clients := slices.Collect(maps.Keys(a.writers))
+	slices.Sort(clients) // the batch's content does not depend on map order
+	for _, c := range clients {
+		if err := a.putWriter(a.writers[c]); err != nil {
+			return err
+		}
+	}
+	clear(a.writers)
+	return nil
+}
+
 func (a *applier) putWriter(ws *ballastpb.WriterState) error {
 	v, err := proto.Marshal(ws)
 	if err != nil {
@@ -243,6 +273,7 @@ func (a *applier) applyWriterStates(states []*ballastpb.WriterState) error {
 			return errors.New("state record: writer state of client 0")
 		}
 		a.noteWriter(ws.Client)
+		delete(a.writers, ws.Client) // replaced whole
 		if ws.Gone {
 			if err := a.b.Delete(writerKey(a.vol, ws.Client), nil); err != nil {
 				return err

@@ -5,9 +5,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -74,6 +78,13 @@ func namedWrite(client, op, oldest, off uint64, data []byte) *ballastpb.IOReques
 		Client: client, WriteOp: op, OldestOp: oldest}
 }
 
+// resent marks a request as the agent marks a send after the first.
+func resent(req *ballastpb.IORequest) *ballastpb.IORequest {
+	again := proto.Clone(req).(*ballastpb.IORequest)
+	again.Resend = true
+	return again
+}
+
 func serve(t *testing.T, n *Node, pv *primaryVolume, req *ballastpb.IORequest) {
 	t.Helper()
 	length := req.Length
@@ -105,7 +116,7 @@ func TestResentWriteIsAppliedOnce(t *testing.T) {
 
 	serve(t, n, p.primary, namedWrite(1, 1, 1, 0, a))
 	serve(t, n, p.primary, namedWrite(2, 1, 1, 0, b))
-	serve(t, n, p.primary, namedWrite(1, 1, 1, 0, a)) // the resend
+	serve(t, n, p.primary, resent(namedWrite(1, 1, 1, 0, a)))
 	if got := readBack(t, p.primary, 0, len(b)); !bytes.Equal(got, b) {
 		t.Fatal("the resent write was applied again over a later one")
 	}
@@ -119,7 +130,7 @@ func TestResentWriteIsAppliedOnce(t *testing.T) {
 	off := uint64(8*blockSize + 100)
 	serve(t, n, p.primary, namedWrite(1, 2, 1, off, c[:2*blockSize-100]))
 	serve(t, n, p.primary, namedWrite(2, 2, 1, 8*blockSize, b))
-	serve(t, n, p.primary, namedWrite(1, 2, 1, off, c[:4*blockSize-200]))
+	serve(t, n, p.primary, resent(namedWrite(1, 2, 1, off, c[:4*blockSize-200])))
 	want := slices.Concat(b[:2*blockSize], c[2*blockSize-100:4*blockSize-200], b[4*blockSize-100:])
 	if got := readBack(t, p.primary, 8*blockSize, 4*blockSize); !bytes.Equal(got, want) {
 		t.Fatalf("partly applied resend: first difference at byte %d", firstDiff(got, want))
@@ -129,7 +140,7 @@ func TestResentWriteIsAppliedOnce(t *testing.T) {
 	trim := &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_TRIM, Offset: 0, Length: 2 * blockSize, Client: 1, WriteOp: 3, OldestOp: 1}
 	serve(t, n, p.primary, trim)
 	serve(t, n, p.primary, namedWrite(2, 3, 1, 0, b[:blockSize]))
-	serve(t, n, p.primary, trim)
+	serve(t, n, p.primary, resent(trim))
 	if got := readBack(t, p.primary, 0, blockSize); !bytes.Equal(got, b[:blockSize]) {
 		t.Fatal("the resent trim was applied again over a later write")
 	}
@@ -166,7 +177,7 @@ func TestResendToTheNewPrimaryIsAppliedOnce(t *testing.T) {
 	t.Cleanup(promoted.Close)
 	n := &Node{blocks: p.sStore}
 	serve(t, n, promoted, namedWrite(8, 1, 1, 0, b))
-	serve(t, n, promoted, namedWrite(7, 1, 1, 0, a))
+	serve(t, n, promoted, resent(namedWrite(7, 1, 1, 0, a)))
 	if got := readBack(t, promoted, 0, len(b)); !bytes.Equal(got, b) {
 		t.Fatal("the write resent to the new primary was applied again")
 	}
@@ -208,7 +219,7 @@ func TestResendWaitsForItsFirstSend(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- n.serveWrite(context.Background(), p.primary, namedWrite(5, 1, 1, 0, pattern(blockSize, 4)), blockSize)
+		done <- n.serveWrite(context.Background(), p.primary, resent(namedWrite(5, 1, 1, 0, pattern(blockSize, 4))), blockSize)
 	}()
 	select {
 	case err := <-done:
@@ -224,6 +235,9 @@ func TestResendWaitsForItsFirstSend(t *testing.T) {
 	end, _ = n.writeOps.begin(context.Background(), opKey{vol: p.vol.Id, client: 5, op: 2})
 	defer end()
 	if err := n.serveWrite(ctx, p.primary, namedWrite(5, 2, 1, 0, pattern(blockSize, 5)), blockSize); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a first send whose resend runs, its caller gone: %v", err)
+	}
+	if err := n.serveWrite(ctx, p.primary, resent(namedWrite(5, 2, 1, 0, pattern(blockSize, 5))), blockSize); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a resend whose caller gave up while waiting: %v", err)
 	}
 }
@@ -285,5 +299,61 @@ func TestJournalKeepsWriteTags(t *testing.T) {
 	}
 	if len(back.Writes) != 1 || back.Writes[0].Client != 4 || back.Writes[0].Op != 2 {
 		t.Fatalf("journaled record's tags: %v", back.Writes)
+	}
+}
+
+// TestWriterStatesDoNotDependOnBatching: every replica must hold the same
+// clients' states after the same records, however they were grouped into
+// batches (the primary's batches, a secondary's catch-up, a replay), also
+// when the volume has more clients than it keeps and forgets some.
+func TestWriterStatesDoNotDependOnBatching(t *testing.T) {
+	const vol = 7
+	defer func(n int) { maxWritersPerVolume = n }(maxWritersPerVolume)
+	maxWritersPerVolume = 64
+	var records []*ballastpb.LogRecord
+	newest := uint64(3)
+	for i := uint64(0); newest < uint64(maxWritersPerVolume)+100; i++ {
+		// Clients come back (the same one several times in a batch) and
+		// new ones arrive while the volume is full.
+		client := 1 + i%3
+		if i%5 != 0 {
+			newest++
+			client = newest
+		}
+		op := 1 + i
+		records = append(records, &ballastpb.LogRecord{Seq: i + 1,
+			Blocks: []*ballastpb.BlockWrite{{Block: i % 64, Data: pattern(blockSize, byte(i))}},
+			Writes: []*ballastpb.WriteTag{{Client: client, Op: op, Oldest: op - min(op-1, 3), FirstBlock: i % 64, Blocks: 1}}})
+	}
+	states := func(batch int) map[uint64]string {
+		s := openMemStore(t)
+		for i := 0; i < len(records); i += batch {
+			if err := s.Append(vol, records[i:min(i+batch, len(records))], 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: writerKey(vol, 0), UpperBound: volumeUpper(prefixWriter, vol)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer it.Close()
+		out := map[uint64]string{}
+		for ok := it.First(); ok; ok = it.Next() {
+			out[keyNumber(it.Key())] = string(it.Value())
+		}
+		return out
+	}
+	one, many := states(1), states(29)
+	if len(one) != maxWritersPerVolume {
+		t.Fatalf("%d clients kept, want %d", len(one), maxWritersPerVolume)
+	}
+	if !maps.Equal(one, many) {
+		diff := 0
+		for c, v := range one {
+			if many[c] != v {
+				diff++
+			}
+		}
+		t.Fatalf("clients' states differ between batches of 1 and of 29 records: %d of %d (and %d kept against %d)", diff, len(one), len(many), len(one))
 	}
 }

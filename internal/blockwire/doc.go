@@ -25,7 +25,7 @@
 //
 //	offset  size  field
 //	0       6     magic "BLSTIO"
-//	6       2     version, little-endian (2)
+//	6       2     version, little-endian (3)
 //
 // The server answers with the preamble of the version it speaks. If that
 // is the client's, frames follow in both directions until either side
@@ -36,7 +36,7 @@
 // ErrNotBlockwire. The head node tells this protocol from HTTP/2 on one
 // port by the first bytes a client sends.
 //
-// # Frames, version 2
+// # Frames, version 3
 //
 // Every frame is a fixed 80-byte header, then TextLen bytes of text, then
 // DataLen bytes of data. All integers are little-endian.
@@ -46,8 +46,10 @@
 //	1       1     code: a request's op (1 read, 2 write, 3 flush, 4 trim,
 //	              5 write zeroes); a reply's status (0 OK .. 7 fenced,
 //	              the numbers of ballastpb.IOStatus); 0 in pings and pongs
-//	2       1     flags: a request's 0x01 FUA, 0x02 no hole; other bits,
-//	              and any bit of other kinds, must be 0
+//	2       1     flags: a request's 0x01 FUA, 0x02 no hole, 0x04 resend
+//	              (a named write sent again, see ballastpb.IORequest;
+//	              only with a client and write op); other bits, and any
+//	              bit of other kinds, must be 0
 //	3       1     reserved, 0
 //	4       2     text length: a request's host, a reply's error text
 //	6       2     reserved, 0
@@ -63,7 +65,8 @@
 //	64      8     write op        none; see ballastpb.IORequest; 0 in
 //	72      8     oldest op       other kinds)
 //
-// Version 1 was the same without the write's identity (a 56-byte header).
+// Version 2 was the same without the resend flag; version 1 also without
+// the write's identity (a 56-byte header).
 //
 // Bounds: data at most MaxDataBytes (the head node's largest request), and
 // only in a write request or an OK reply; a host at most MaxHostBytes and

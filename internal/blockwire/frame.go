@@ -9,9 +9,9 @@ import (
 )
 
 // Version is the protocol version this package speaks.
-const Version = 2
+const Version = 3
 
-// Sizes and bounds of version 2.
+// Sizes and bounds of version 3.
 const (
 	// PreambleBytes is the length of the preamble each side sends first.
 	PreambleBytes = 8
@@ -99,6 +99,7 @@ const (
 const (
 	flagFUA    = 0x01
 	flagNoHole = 0x02
+	flagResend = 0x04
 )
 
 // Frame is one frame: a request, a reply, a ping or a pong. A field that
@@ -120,6 +121,8 @@ type Frame struct {
 	Generation uint64
 	// A write's identity (ballastpb.IORequest): 0 for none.
 	Client, WriteOp, OldestOp uint64
+	// Resend marks a named write sent again (ballastpb.IORequest).
+	Resend bool
 
 	// Replies.
 	Status Status
@@ -161,6 +164,8 @@ func check(f *Frame, textLen int) error {
 			return fmt.Errorf("%w: host of %d bytes, over the maximum of %d", ErrMalformed, textLen, MaxHostBytes)
 		case f.Status != 0 || f.Error != "":
 			return fmt.Errorf("%w: a request with a reply's status or error", ErrMalformed)
+		case f.Resend && (f.Client == 0 || f.WriteOp == 0):
+			return fmt.Errorf("%w: a resend of a write that has no identity", ErrMalformed)
 		}
 		return nil
 	case KindReply:
@@ -183,7 +188,7 @@ func check(f *Frame, textLen int) error {
 	}
 	// Replies, pings and pongs carry none of a request's fields.
 	if f.Op != 0 || f.VolumeID != 0 || f.Offset != 0 || f.Length != 0 || f.FUA || f.NoHole || f.Host != "" || f.Generation != 0 ||
-		f.Client != 0 || f.WriteOp != 0 || f.OldestOp != 0 {
+		f.Client != 0 || f.WriteOp != 0 || f.OldestOp != 0 || f.Resend {
 		return fmt.Errorf("%w: a %v with a request's fields", ErrMalformed, f.Kind)
 	}
 	return nil
@@ -234,6 +239,9 @@ func AppendFrame(dst []byte, f *Frame) ([]byte, error) {
 		if f.NoHole {
 			h[2] |= flagNoHole
 		}
+		if f.Resend {
+			h[2] |= flagResend
+		}
 	case KindReply:
 		h[1] = byte(f.Status)
 	}
@@ -269,12 +277,13 @@ func DecodeHeader(b []byte, f *Frame) (textLen int, err error) {
 	code, flags := b[1], b[2]
 	switch f.Kind {
 	case KindRequest:
-		if flags&^(flagFUA|flagNoHole) != 0 {
+		if flags&^(flagFUA|flagNoHole|flagResend) != 0 {
 			return 0, fmt.Errorf("%w: unknown request flags %#x", ErrMalformed, flags)
 		}
 		f.Op = Op(code)
 		f.FUA = flags&flagFUA != 0
 		f.NoHole = flags&flagNoHole != 0
+		f.Resend = flags&flagResend != 0
 		f.VolumeID = binary.LittleEndian.Uint64(b[24:])
 		f.Offset = binary.LittleEndian.Uint64(b[32:])
 		f.Length = binary.LittleEndian.Uint64(b[40:])

@@ -23,6 +23,7 @@ func validFrames() map[string]struct {
 		"write":         {Frame{Kind: KindRequest, ID: 2, Op: OpWrite, VolumeID: 7, Offset: 1 << 40, FUA: true, Host: "h1", Generation: 3, Client: 0xfeedface, WriteOp: 9, OldestOp: 5, DataLen: len(w)}, w},
 		"write-big":     {Frame{Kind: KindRequest, ID: 3, Op: OpWrite, VolumeID: ^uint64(0), DataLen: InlineDataBytes + 1}, make([]byte, InlineDataBytes+1)},
 		"write-empty":   {Frame{Kind: KindRequest, ID: 4, Op: OpWrite}, nil},
+		"write-resent":  {Frame{Kind: KindRequest, ID: 14, Op: OpWrite, VolumeID: 7, Client: 3, WriteOp: 2, OldestOp: 1, Resend: true, DataLen: len(w)}, w},
 		"flush":         {Frame{Kind: KindRequest, ID: 5, Op: OpFlush, VolumeID: 1}, nil},
 		"trim":          {Frame{Kind: KindRequest, ID: 6, Op: OpTrim, VolumeID: 1, Offset: 512, Length: 1 << 50}, nil},
 		"zeroes":        {Frame{Kind: KindRequest, ID: 7, Op: OpWriteZeroes, Offset: 0, Length: 4096, NoHole: true, FUA: true}, nil},
@@ -148,6 +149,8 @@ func TestAppendFrameRefuses(t *testing.T) {
 		"unknown status":     {Kind: KindReply, Status: 42},
 		"ping with data":     {Kind: KindPing, DataLen: 1},
 		"pong with an op":    {Kind: KindPong, Op: OpRead},
+		"resend of nothing":  {Kind: KindRequest, Op: OpWrite, Resend: true},
+		"reply resent":       {Kind: KindReply, Resend: true},
 	}
 	for name, f := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -189,7 +192,7 @@ func TestReplyErrorTextIsCut(t *testing.T) {
 
 func TestPreamble(t *testing.T) {
 	p := AppendPreamble(nil)
-	if len(p) != PreambleBytes || string(p) != "BLSTIO\x02\x00" {
+	if len(p) != PreambleBytes || string(p) != "BLSTIO\x03\x00" {
 		t.Fatalf("preamble %q", p)
 	}
 	if v, err := ParsePreamble(p); err != nil || v != Version {

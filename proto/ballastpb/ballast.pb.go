@@ -2130,8 +2130,12 @@ type NodeStatusResponse struct {
 	// Every consensus group this head node is a member of, as it sees it.
 	Groups []*GroupStatus `protobuf:"bytes,4,rep,name=groups,proto3" json:"groups,omitempty"`
 	// This head node's network paths to the other head nodes and the sleds.
-	Paths         []*PathStatus `protobuf:"bytes,5,rep,name=paths,proto3" json:"paths,omitempty"`
-	Disk          *DiskStatus   `protobuf:"bytes,6,opt,name=disk,proto3" json:"disk,omitempty"`
+	Paths []*PathStatus `protobuf:"bytes,5,rep,name=paths,proto3" json:"paths,omitempty"`
+	Disk  *DiskStatus   `protobuf:"bytes,6,opt,name=disk,proto3" json:"disk,omitempty"`
+	// Writes received again (an agent's resend after a broken stream) that
+	// this head node found applied already and did not apply twice, since
+	// it started.
+	ResentWrites  uint64 `protobuf:"varint,7,opt,name=resent_writes,json=resentWrites,proto3" json:"resent_writes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2206,6 +2210,13 @@ func (x *NodeStatusResponse) GetDisk() *DiskStatus {
 		return x.Disk
 	}
 	return nil
+}
+
+func (x *NodeStatusResponse) GetResentWrites() uint64 {
+	if x != nil {
+		return x.ResentWrites
+	}
+	return 0
 }
 
 // DiskStatus is a head node's data disk. While free space (less the part
@@ -2657,7 +2668,9 @@ type RackStatusResponse struct {
 	// Every head node's paths to the other nodes (those that answered).
 	Paths []*PathStatus `protobuf:"bytes,10,rep,name=paths,proto3" json:"paths,omitempty"`
 	// Every head node's data disk (those that answered).
-	Disks         []*DiskStatus `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	Disks []*DiskStatus `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	// NodeStatusResponse.resent_writes summed over head nodes that answered.
+	ResentWrites  uint64 `protobuf:"varint,12,opt,name=resent_writes,json=resentWrites,proto3" json:"resent_writes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2767,6 +2780,13 @@ func (x *RackStatusResponse) GetDisks() []*DiskStatus {
 		return x.Disks
 	}
 	return nil
+}
+
+func (x *RackStatusResponse) GetResentWrites() uint64 {
+	if x != nil {
+		return x.ResentWrites
+	}
+	return 0
 }
 
 type CreateConsistencyGroupRequest struct {
@@ -6044,7 +6064,11 @@ type IORequest struct {
 	WriteOp uint64 `protobuf:"varint,12,opt,name=write_op,json=writeOp,proto3" json:"write_op,omitempty"` // numbers the client's writes, from 1
 	// The client's oldest write_op without an answer when it sent this
 	// request: it never sends an older one again, so head nodes forget them.
-	OldestOp      uint64 `protobuf:"varint,13,opt,name=oldest_op,json=oldestOp,proto3" json:"oldest_op,omitempty"`
+	OldestOp uint64 `protobuf:"varint,13,opt,name=oldest_op,json=oldestOp,proto3" json:"oldest_op,omitempty"`
+	// Set on every send of a named write after its first: only a resend
+	// can find the write applied already, so a head node looks for it only
+	// then (a first send still marks the op running, for a resend to wait).
+	Resend        bool `protobuf:"varint,14,opt,name=resend,proto3" json:"resend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6168,6 +6192,13 @@ func (x *IORequest) GetOldestOp() uint64 {
 		return x.OldestOp
 	}
 	return 0
+}
+
+func (x *IORequest) GetResend() bool {
+	if x != nil {
+		return x.Resend
+	}
+	return false
 }
 
 type IOReply struct {
@@ -7872,7 +7903,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"dirtyBytes\x12#\n" +
 	"\rflushed_bytes\x18\b \x01(\x04R\fflushedBytes\x120\n" +
 	"\x14direct_written_bytes\x18\t \x01(\x04R\x12directWrittenBytes\"\x13\n" +
-	"\x11NodeStatusRequest\"\x93\x02\n" +
+	"\x11NodeStatusRequest\"\xb8\x02\n" +
 	"\x12NodeStatusResponse\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
 	"\n" +
@@ -7882,7 +7913,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"redundancy\x12/\n" +
 	"\x06groups\x18\x04 \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\x05 \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\x12*\n" +
-	"\x04disk\x18\x06 \x01(\v2\x16.ballast.v1.DiskStatusR\x04disk\"\xf1\x01\n" +
+	"\x04disk\x18\x06 \x01(\v2\x16.ballast.v1.DiskStatusR\x04disk\x12#\n" +
+	"\rresent_writes\x18\a \x01(\x04R\fresentWrites\"\xf1\x01\n" +
 	"\n" +
 	"DiskStatus\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
@@ -7921,7 +7953,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x04undo\x18\x02 \x01(\bR\x04undo\"-\n" +
 	"\x15DrainHeadNodeResponse\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\x04R\x05moved\"\x13\n" +
-	"\x11RackStatusRequest\"\xf7\x03\n" +
+	"\x11RackStatusRequest\"\x9c\x04\n" +
 	"\x12RackStatusResponse\x123\n" +
 	"\n" +
 	"head_nodes\x18\x01 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12\x16\n" +
@@ -7939,7 +7971,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x06groups\x18\t \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\n" +
 	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\x12,\n" +
-	"\x05disks\x18\v \x03(\v2\x16.ballast.v1.DiskStatusR\x05disks\"M\n" +
+	"\x05disks\x18\v \x03(\v2\x16.ballast.v1.DiskStatusR\x05disks\x12#\n" +
+	"\rresent_writes\x18\f \x01(\x04R\fresentWrites\"M\n" +
 	"\x1dCreateConsistencyGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\"T\n" +
@@ -8134,7 +8167,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\tRackQuota\x12\x1f\n" +
 	"\vmax_volumes\x18\x01 \x01(\x04R\n" +
 	"maxVolumes\x12\x1b\n" +
-	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\"\xcd\x02\n" +
+	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\"\xe5\x02\n" +
 	"\tIORequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12 \n" +
@@ -8151,7 +8184,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"generation\x12\x16\n" +
 	"\x06client\x18\v \x01(\x04R\x06client\x12\x19\n" +
 	"\bwrite_op\x18\f \x01(\x04R\awriteOp\x12\x1b\n" +
-	"\toldest_op\x18\r \x01(\x04R\boldestOp\"q\n" +
+	"\toldest_op\x18\r \x01(\x04R\boldestOp\x12\x16\n" +
+	"\x06resend\x18\x0e \x01(\bR\x06resend\"q\n" +
 	"\aIOReply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x14.ballast.v1.IOStatusR\x06status\x12\x14\n" +
