@@ -100,6 +100,7 @@ func (n *Node) nodeStatus() *ballastpb.NodeStatusResponse {
 	resp.Paths = n.pathStatuses()
 	resp.Disk = n.disk.status()
 	resp.Disk.HeadNode = n.cfg.ID
+	resp.ResentWrites = n.resentWrites.Load()
 	return resp
 }
 
@@ -144,6 +145,7 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 				return
 			}
 			addRedundancy(resp.Redundancy, ns.Redundancy)
+			resp.ResentWrites += ns.ResentWrites
 			resp.Groups = append(resp.Groups, ns.Groups...)
 			resp.Paths = append(resp.Paths, ns.Paths...)
 			if ns.Disk != nil {

@@ -412,6 +412,7 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		fmt.Printf("log: %s not yet flushed to sleds; %s flushed since the head nodes started, %s written straight to segments\n",
 			humanize.IBytes(r.DirtyBytes), humanize.IBytes(r.FlushedBytes), humanize.IBytes(r.DirectWrittenBytes))
 	}
+	fmt.Printf("writes: %d received again and found applied (not applied twice) since the head nodes started\n", resp.ResentWrites)
 }
 
 // diskLine describes a head node's data disk, and says so plainly when
