@@ -19,9 +19,17 @@ import (
 // the figure the data plane's budget speaks of, beside the wall time.
 //
 //	go test -run '^$' -bench StoreAppend4K -benchtime 20000x ./headnode/
+//
+// BenchmarkStoreAppend4K appends 4 KiB writes to eight volumes at once;
+// named=true tags each as an agent's write at QD32 does (the writer
+// table's cost, writeops.go).
 func BenchmarkStoreAppend4K(b *testing.B) {
-	for _, perAppend := range []int{1, 8} {
-		b.Run(fmt.Sprintf("records=%d", perAppend), func(b *testing.B) {
+	for _, c := range []struct {
+		perAppend int
+		named     bool
+	}{{1, false}, {8, false}, {8, true}, {32, true}} {
+		perAppend := c.perAppend
+		b.Run(fmt.Sprintf("records=%d/named=%v", perAppend, c.named), func(b *testing.B) {
 			s, err := openBlockStore(b.TempDir()+"/blocks", blockStoreOptions{})
 			if err != nil {
 				b.Fatal(err)
@@ -44,6 +52,9 @@ func BenchmarkStoreAppend4K(b *testing.B) {
 						for i := range recs {
 							seq++
 							recs[i] = &ballastpb.LogRecord{Seq: seq, Blocks: []*ballastpb.BlockWrite{{Block: seq % 65536, Data: data}}}
+							if c.named {
+								recs[i].Writes = []*ballastpb.WriteTag{{Client: v, Op: seq, Oldest: max(1, seq-31), FirstBlock: seq % 65536, Blocks: 1}}
+							}
 						}
 						if err := s.Append(v, recs, seq-uint64(perAppend)); err != nil {
 							b.Error(err)
