@@ -37,9 +37,9 @@ type pendingWrite = replica.Pending
 
 // primaryVolume orders and commits the writes of one volume at its
 // primary. Writers build whole-block records in the sequencer, in ticket
-// order; one committer goroutine turns the queue into batches, appends each to the
-// local log and sends it to the secondary at the same time, and completes
-// the batch's writes only when both copies are durable.
+// order; one committer goroutine turns the queue into batches, appends
+// each to the local log and sends it to the secondary at the same time,
+// and completes the batch's writes only when both copies are durable.
 type primaryVolume struct {
 	vol         *ballastpb.Volume // id, epoch and placement at activation
 	store       *blockStore
