@@ -588,7 +588,10 @@ func TestPowerLossAtEveryStep(t *testing.T) {
 					for range blocks {
 						data = append(data, pattern(blockSize, byte(rng.Intn(256)))...)
 					}
-					err := r.primary.write(r.ctx, b*blockSize, uint64(len(data)), data, false, false, writeID{})
+					// Named, as the agent names every write: the replicas'
+					// tables of them must survive the crash alike.
+					id := writeID{client: 77, op: uint64(op + 1), oldest: uint64(op + 1)}
+					err := r.primary.write(r.ctx, b*blockSize, uint64(len(data)), data, false, false, id)
 					if err != nil || crashed.Load() {
 						for i := range uint64(blocks) {
 							if uncertain[b+i] == nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand"
 	"slices"
 	"sort"
@@ -291,6 +292,26 @@ func (r *storageRig) check(t *testing.T) {
 			t.Fatalf("segment differs between replicas:\n%v\n%v", ps[i], ss[i])
 		}
 	}
+	pw, sw := writerTables(t, r.pStore, r.vol.Id), writerTables(t, r.sStore, r.vol.Id)
+	if !maps.Equal(pw, sw) {
+		t.Fatalf("the replicas' tables of named writes differ: primary has %d clients, secondary %d", len(pw), len(sw))
+	}
+}
+
+// writerTables returns a store's tables of named writes of a volume
+// (writeops.go), encoded, by client.
+func writerTables(t *testing.T, s *blockStore, vol uint64) map[uint64]string {
+	t.Helper()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: writerKey(vol, 0), UpperBound: volumeUpper(prefixWriter, vol)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	out := map[uint64]string{}
+	for ok := it.First(); ok; ok = it.Next() {
+		out[keyNumber(it.Key())] = string(it.Value())
+	}
+	return out
 }
 
 // checkStoreInvariants recomputes what the store keeps incrementally: every

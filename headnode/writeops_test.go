@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
@@ -332,16 +331,7 @@ func TestWriterStatesDoNotDependOnBatching(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: writerKey(vol, 0), UpperBound: volumeUpper(prefixWriter, vol)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer it.Close()
-		out := map[uint64]string{}
-		for ok := it.First(); ok; ok = it.Next() {
-			out[keyNumber(it.Key())] = string(it.Value())
-		}
-		return out
+		return writerTables(t, s, vol)
 	}
 	one, many := states(1), states(29)
 	if len(one) != maxWritersPerVolume {
