@@ -143,6 +143,9 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 				fmt.Sprintf("127.0.2.%d:%d", 10+i, port+100),
 			},
 			Logger: slog.Default(),
+			// The demo's sleds share one machine: they scrub within one
+			// sled's budget together, as separate machines would each.
+			ScrubBytesPerSecond: max(1, sled.DefaultScrubBytesPerSecond/int64(o.sleds)),
 		}
 		s, err := sled.Start(sc)
 		if err != nil {
