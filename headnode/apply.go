@@ -38,13 +38,8 @@ type applier struct {
 	refs       *volumeRefs
 	refChanges refChanges
 	// writers are the clients' states the batch changed, decoded, not
-	// yet written to it (writeops.go); commit writes them. written and
-	// gone are the states the batch has written and deleted so far, for
-	// tables (the store's decoded copies) once it commits.
+	// yet written to it (writeops.go); commit writes them.
 	writers map[uint64]*ballastpb.WriterState
-	written map[uint64]*ballastpb.WriterState
-	gone    map[uint64]bool
-	tables  *writerCache
 }
 
 // setRef points a block's 'B' key at journal location loc, ending the ref
@@ -104,7 +99,6 @@ func (a *applier) commit(opts *pebble.WriteOptions) error {
 		return err
 	}
 	a.refs.applyLocked(a.refChanges)
-	a.tables.committed(a.vol, a.written, a.gone)
 	return nil
 }
 

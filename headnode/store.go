@@ -181,9 +181,6 @@ type blockStore struct {
 	refMin uint64
 	// blockRefs is the in-memory copy of the 'B' keys (refindex.go).
 	blockRefs *refIndex
-	// writerTables keeps the clients' tables of named writes decoded as
-	// committed (writeops.go).
-	writerTables writerCache
 	// journalReserve is the free journal space that data appends leave
 	// for the records that free it.
 	journalReserve int64
@@ -655,15 +652,7 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 	// Indexed: a record reads what earlier records of the same batch wrote.
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	a := applier{b: b, vol: vol, st: st, refs: s.blockRefs.volume(vol), tables: &s.writerTables}
-	// The applier changes the cached tables in place: unless the batch
-	// commits, they are not what pebble holds.
-	committed := false
-	defer func() {
-		if !committed {
-			s.writerTables.dropVolume(vol)
-		}
-	}()
+	a := applier{b: b, vol: vol, st: st, refs: s.blockRefs.volume(vol)}
 	next := last + 1
 	for i, r := range records {
 		if r.Seq != next {
@@ -685,7 +674,6 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 	}
 	st.TrimmedThrough = trimTo
 	if st.LastSeq == last && trimTo == trimmed {
-		committed = true // nothing applied, nothing changed
 		return nil
 	}
 	sv, err := proto.Marshal(st)
@@ -704,7 +692,6 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 	if err := a.commit(opts); err != nil {
 		return fmt.Errorf("commit log of volume %d: %w", vol, err)
 	}
-	committed = true
 	s.crashPoint("append:applied")
 	s.countRefs(a.refDelta)
 	s.mu.Lock()
@@ -1046,7 +1033,6 @@ func (s *blockStore) DropVolume(vol uint64) error {
 	delete(s.state, vol)
 	s.mu.Unlock()
 	s.countRefs(ended)
-	s.writerTables.dropVolume(vol)
 	return nil
 }
 

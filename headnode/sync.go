@@ -202,17 +202,14 @@ func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) erro
 	}
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	a := applier{b: b, vol: vol, st: st, liveDelta: map[uint64]int64{}, entry: &ballastpb.LogEntry{}, locs: locs, refs: s.blockRefs.volume(vol), tables: &s.writerTables}
+	a := applier{b: b, vol: vol, st: st, liveDelta: map[uint64]int64{}, entry: &ballastpb.LogEntry{}, locs: locs, refs: s.blockRefs.volume(vol)}
 	if err := a.applyState(rec); err != nil {
-		s.writerTables.dropVolume(vol)
 		return fmt.Errorf("apply sync state of volume %d: %w", vol, err)
 	}
 	if a.next != len(a.locs) {
-		s.writerTables.dropVolume(vol)
 		return fmt.Errorf("%w: sync state of volume %d used %d of %d journaled blocks", ErrCorrupt, vol, a.next, len(a.locs))
 	}
 	if err := a.commit(pebble.NoSync); err != nil {
-		s.writerTables.dropVolume(vol)
 		return fmt.Errorf("commit sync state of volume %d: %w", vol, err)
 	}
 	s.countRefs(a.refDelta)

@@ -184,20 +184,11 @@ func (a *applier) writer(client uint64) (*ballastpb.WriterState, error) {
 	if ws, ok := a.writers[client]; ok {
 		return ws, nil
 	}
-	// What the batch wrote or deleted of it is newer than the store's
-	// decoded copy, which is what pebble held before the batch.
-	ws, ok := a.written[client]
-	if !ok && !a.gone[client] {
-		ws, ok = a.tables.get(a.vol, client)
-	}
-	if !ok {
-		var err error
-		if ws, err = readWriter(a.b, a.vol, client); err != nil {
-			return nil, err
-		}
+	ws, err := readWriter(a.b, a.vol, client)
+	if err != nil {
+		return nil, err
 	}
 	if ws == nil {
-		var err error
 		if ws, err = a.newWriter(client); err != nil {
 			return nil, err
 		}
@@ -236,7 +227,7 @@ func (a *applier) newWriter(client uint64) (*ballastpb.WriterState, error) {
 		return nil, fmt.Errorf("iterate writers of volume %d: %w", a.vol, err)
 	}
 	if n >= maxWritersPerVolume {
-		if err := a.deleteWriter(stalest); err != nil {
+		if err := a.b.Delete(writerKey(a.vol, stalest), nil); err != nil {
 			return nil, err
 		}
 		a.noteWriter(stalest)
@@ -264,85 +255,7 @@ func (a *applier) putWriter(ws *ballastpb.WriterState) error {
 	if err != nil {
 		return fmt.Errorf("encode writes of client %x: %w", ws.Client, err)
 	}
-	if err := a.b.Set(writerKey(a.vol, ws.Client), v, nil); err != nil {
-		return err
-	}
-	if a.written == nil {
-		a.written = map[uint64]*ballastpb.WriterState{}
-	}
-	a.written[ws.Client] = ws
-	delete(a.gone, ws.Client)
-	return nil
-}
-
-func (a *applier) deleteWriter(client uint64) error {
-	if err := a.b.Delete(writerKey(a.vol, client), nil); err != nil {
-		return err
-	}
-	if a.gone == nil {
-		a.gone = map[uint64]bool{}
-	}
-	a.gone[client] = true
-	delete(a.written, client)
-	delete(a.writers, client)
-	return nil
-}
-
-// writerCache keeps each volume's clients' tables decoded as the store
-// last committed them, so that a batch need not read and decode the
-// tables of the clients it touches. Only the applier of a volume uses
-// a volume's tables (a volume's batches apply one after another), and it
-// changes them in place: a batch that does not commit drops the volume's
-// tables, which are then read from pebble again. Safe for concurrent
-// use across volumes.
-type writerCache struct {
-	mu   sync.Mutex
-	vols map[uint64]map[uint64]*ballastpb.WriterState
-}
-
-// maxCachedWriters bounds the decoded tables kept per volume.
-const maxCachedWriters = 64
-
-func (c *writerCache) get(vol, client uint64) (*ballastpb.WriterState, bool) {
-	if c == nil {
-		return nil, false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ws, ok := c.vols[vol][client]
-	return ws, ok
-}
-
-// committed records what a batch of vol wrote and deleted.
-func (c *writerCache) committed(vol uint64, written map[uint64]*ballastpb.WriterState, gone map[uint64]bool) {
-	if c == nil || (len(written) == 0 && len(gone) == 0) {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.vols == nil {
-		c.vols = map[uint64]map[uint64]*ballastpb.WriterState{}
-	}
-	m := c.vols[vol]
-	if m == nil {
-		m = map[uint64]*ballastpb.WriterState{}
-		c.vols[vol] = m
-	}
-	for client := range gone {
-		delete(m, client)
-	}
-	for client, ws := range written {
-		if _, ok := m[client]; !ok && len(m) >= maxCachedWriters {
-			clear(m) // many clients: start over rather than track which is coldest
-		}
-		m[client] = ws
-	}
-}
-
-func (c *writerCache) dropVolume(vol uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.vols, vol)
+	return a.b.Set(writerKey(a.vol, ws.Client), v, nil)
 }
 
 // noteWriter lists a client whose state the record changed in its log
@@ -362,13 +275,12 @@ func (a *applier) applyWriterStates(states []*ballastpb.WriterState) error {
 		a.noteWriter(ws.Client)
 		delete(a.writers, ws.Client) // replaced whole
 		if ws.Gone {
-			if err := a.deleteWriter(ws.Client); err != nil {
+			if err := a.b.Delete(writerKey(a.vol, ws.Client), nil); err != nil {
 				return err
 			}
 			continue
 		}
-		// A copy: the store keeps it decoded once the batch commits.
-		if err := a.putWriter(proto.Clone(ws).(*ballastpb.WriterState)); err != nil {
+		if err := a.putWriter(ws); err != nil {
 			return err
 		}
 	}

@@ -334,47 +334,6 @@ func TestWriterStatesDoNotDependOnBatching(t *testing.T) {
 		return writerTables(t, s, vol)
 	}
 	one, many := states(1), states(29)
-	// The store keeps the tables decoded between batches: a failed batch
-	// must leave no change of them behind. Here the second record of a
-	// batch fails to apply after the first changed the table of a client
-	// (3) whose table the store holds decoded.
-	tagged := func(seq, client uint64) *ballastpb.LogRecord {
-		return &ballastpb.LogRecord{Seq: seq, Blocks: []*ballastpb.BlockWrite{{Block: seq % 64, Data: pattern(blockSize, byte(seq))}},
-			Writes: []*ballastpb.WriteTag{{Client: client, Op: 1000 + seq, Oldest: 1, FirstBlock: seq % 64, Blocks: 1}}}
-	}
-	after := []*ballastpb.LogRecord{tagged(11, 3), tagged(12, 3)}
-	broken := tagged(12, 3)
-	broken.Writes[0].Client = 0
-	s, clean := openMemStore(t), openMemStore(t)
-	for _, st := range []*blockStore{s, clean} {
-		if err := st.Append(vol, records[:10], 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, ok := s.writerTables.get(vol, 3); !ok {
-		t.Fatal("client 3's table is not kept decoded after a batch")
-	}
-	if err := s.Append(vol, []*ballastpb.LogRecord{after[0], broken}, 0); err == nil {
-		t.Fatal("a record whose tag names no write applied")
-	}
-	for _, st := range []*blockStore{s, clean} {
-		if err := st.Append(vol, after, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !maps.Equal(writerTables(t, s, vol), writerTables(t, clean, vol)) {
-		t.Fatal("a failed batch left a change of the clients' tables behind")
-	}
-	// And what the store keeps decoded is what pebble holds.
-	tables := writerTables(t, s, vol)
-	s.writerTables.mu.Lock()
-	defer s.writerTables.mu.Unlock()
-	for client, ws := range s.writerTables.vols[vol] {
-		v, err := proto.Marshal(ws)
-		if err != nil || tables[client] != string(v) {
-			t.Fatalf("client %d: the decoded table differs from pebble's (%v)", client, err)
-		}
-	}
 	if len(one) != maxWritersPerVolume {
 		t.Fatalf("%d clients kept, want %d", len(one), maxWritersPerVolume)
 	}
