@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ballast-storage/ballast/internal/durable"
 )
 
 // deviceFS is what a device needs of the filesystem it lives on. The real
@@ -67,7 +69,7 @@ func (osFS) WriteFileSync(path string, reuse bool, bufs ...[]byte) error {
 		err = cutTo(f, totalLen(bufs))
 	}
 	if err == nil {
-		err = fdatasync(f)
+		err = durable.Fdatasync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -93,18 +95,6 @@ func cutTo(f *os.File, size int64) error {
 		return f.Truncate(size)
 	}
 	return nil
-}
-
-func fdatasync(f *os.File) error {
-	for {
-		err := unix.Fdatasync(int(f.Fd()))
-		if !errors.Is(err, unix.EINTR) {
-			if err != nil {
-				return &os.PathError{Op: "fdatasync", Path: f.Name(), Err: err}
-			}
-			return nil
-		}
-	}
 }
 
 // pwritev writes bufs at off with as few system calls as it can (one,

@@ -5,7 +5,7 @@
 // has persisted their contents elsewhere (Release).
 //
 // It may import the standard library and golang.org/x/sys/unix, and
-// internal/ packages of this module (it needs none today); its crashfs
+// internal/ packages of this module (internal/durable for fdatasync); its crashfs
 // subpackage only the standard library. It knows nothing of volumes,
 // pebble or replication: the metadata of an entry is opaque bytes.
 //

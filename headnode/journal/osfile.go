@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/ballast-storage/ballast/internal/durable"
 )
 
 // osFile is a File on the operating system's filesystem.
@@ -15,7 +17,7 @@ type osFile struct {
 
 func (o *osFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p, off) }
 func (o *osFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }
-func (o *osFile) Sync() error                              { return datasync(o.f) }
+func (o *osFile) Sync() error                              { return durable.Fdatasync(o.f) }
 func (o *osFile) Close() error                             { return o.f.Close() }
 func (o *osFile) Direct() bool                             { return o.direct }
 

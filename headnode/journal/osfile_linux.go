@@ -36,15 +36,6 @@ func openOS(name string, flag int, perm os.FileMode) (File, error) {
 	return &osFile{f: f}, nil
 }
 
-func datasync(f *os.File) error {
-	for {
-		err := unix.Fdatasync(int(f.Fd()))
-		if err != unix.EINTR {
-			return err
-		}
-	}
-}
-
 func fallocate(f *os.File, size int64) error {
 	for {
 		err := unix.Fallocate(int(f.Fd()), 0, 0, size)

@@ -15,6 +15,4 @@ func openOS(name string, flag int, perm os.FileMode) (File, error) {
 	return &osFile{f: f}, nil
 }
 
-func datasync(f *os.File) error { return f.Sync() }
-
 func fallocate(*os.File, int64) error { return errNoFallocate }
