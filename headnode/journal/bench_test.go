@@ -32,11 +32,19 @@ func BenchmarkAppend4K(b *testing.B) {
 		if !ok {
 			continue
 		}
-		b.Run(name, func(b *testing.B) { benchAppend(b, filepath.Join(dir, "journal")) })
+		b.Run(name, func(b *testing.B) { benchAppend(b, filepath.Join(dir, "journal"), 16) })
 	}
 }
 
-func benchAppend(b *testing.B, path string) {
+// BenchmarkAppend4KQD1 appends one block at a time and waits for it: a
+// lone write's latency (ns/op), with nothing to batch it with.
+func BenchmarkAppend4KQD1(b *testing.B) {
+	benchAppend(b, filepath.Join(b.TempDir(), "journal"), 0)
+}
+
+// benchAppend appends 4 KiB blocks from 16 appenders per core, or from
+// one if parallelism is 0.
+func benchAppend(b *testing.B, path string, parallelism int) {
 	os.Remove(path)
 	j, err := Open(path, Options{SizeBytes: superblockArea + 256<<20, ZoneBytes: 16 << 20}, nil)
 	if err != nil {
@@ -68,22 +76,30 @@ func benchAppend(b *testing.B, path string) {
 	before := j.Stats()
 	cpu0 := cpuTime()
 	b.SetBytes(BlockSize)
-	b.SetParallelism(16) // 16 appenders per core: enough to fill batches
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		ctx := context.Background()
-		entries := []Entry{{Meta: make([]byte, 24), Blocks: [][]byte{block}}}
-		for pb.Next() {
-			c, _, err := j.Append(ctx, entries)
-			if err == nil {
-				err = c.Wait(ctx)
-			}
-			if err != nil {
-				b.Error(err)
-				return
-			}
+	ctx := context.Background()
+	entries := []Entry{{Meta: make([]byte, 24), Blocks: [][]byte{block}}}
+	appendOne := func() bool {
+		c, _, err := j.Append(ctx, entries)
+		if err == nil {
+			err = c.Wait(ctx)
 		}
-	})
+		if err != nil {
+			b.Error(err)
+			return false
+		}
+		return true
+	}
+	b.ResetTimer()
+	if parallelism == 0 {
+		for i := 0; i < b.N && appendOne(); i++ {
+		}
+	} else {
+		b.SetParallelism(parallelism) // enough appenders to fill batches
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() && appendOne() {
+			}
+		})
+	}
 	b.StopTimer()
 	after := j.Stats()
 	if batches := after.Batches - before.Batches; batches > 0 {

@@ -231,6 +231,7 @@ type Journal struct {
 		sealed  []*batch
 		mem     []*batch  // every batch not yet written, in LSN order
 		synced  []*Commit // written, waiting for a sync
+		syncing bool      // a sync of batches runs (writer.go)
 		durable uint64
 
 		zones    []zoneInfo

@@ -8,6 +8,15 @@ import "fmt"
 // commits of every batch written before that sync began. They overlap:
 // batch k+1 is written while batch k syncs, and appends that arrive
 // meanwhile join batch k+2.
+//
+// When the writer has written a batch and has nothing more to write while
+// no sync runs, it syncs that batch itself rather than wake the syncer: a
+// lone write (queue depth 1) then crosses one goroutine hand-off fewer.
+// A batch that arrives during such a sync is written after it, where it
+// would otherwise have been written during it; either way the next sync
+// is the one that makes it durable. mu.syncing is the token of whichever
+// of the two syncs, so syncs and the completion of their commits stay in
+// order.
 
 func (j *Journal) runWriter() {
 	defer close(j.writerDone)
@@ -64,9 +73,52 @@ func (j *Journal) runWriter() {
 			j.mu.freeBufs = append(j.mu.freeBufs, b.buf)
 		}
 		b.buf = nil
+		if len(j.mu.sealed) > 0 || j.mu.open != nil || j.mu.syncing {
+			j.mu.Unlock()
+			kick(j.syncKick)
+			continue
+		}
+		commits := j.takeSyncedLocked()
 		j.mu.Unlock()
-		kick(j.syncKick)
+		if !j.syncCommits(commits) {
+			return
+		}
 	}
+}
+
+// takeSyncedLocked takes the commits of every batch written so far, for a
+// sync that begins after it: the caller holds the sync token until
+// syncCommits returns.
+func (j *Journal) takeSyncedLocked() []*Commit {
+	commits := j.mu.synced
+	j.mu.synced = nil
+	j.mu.syncing = true
+	return commits
+}
+
+// syncCommits syncs the file and completes commits (taken with
+// takeSyncedLocked), then gives the sync token back. It returns false if
+// the journal broke.
+func (j *Journal) syncCommits(commits []*Commit) bool {
+	err := j.sync()
+
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.mu.syncing = false
+	if err != nil {
+		err = fmt.Errorf("journal %s: sync of batches %d to %d: %w", j.path, commits[0].lsn, commits[len(commits)-1].lsn, err)
+		j.failLocked(err)
+		for _, c := range commits {
+			c.finishLocked(j.mu.broken)
+		}
+		return false
+	}
+	j.mu.syncs++
+	j.mu.durable = commits[len(commits)-1].lsn
+	for _, c := range commits {
+		c.finishLocked(nil)
+	}
+	return true
 }
 
 // takeLocked returns the next batch to write: the oldest sealed one, or
@@ -110,7 +162,8 @@ func (j *Journal) runSyncer() {
 	defer close(j.syncerDone)
 	for {
 		j.mu.Lock()
-		for len(j.mu.synced) == 0 {
+		for len(j.mu.synced) == 0 || j.mu.syncing {
+			// The writer's own syncs end before it does.
 			if j.mu.broken != nil || j.writerFinished() {
 				j.mu.Unlock()
 				return
@@ -123,28 +176,11 @@ func (j *Journal) runSyncer() {
 			j.mu.Lock()
 		}
 		// Every batch in the list was written before this sync begins.
-		commits := j.mu.synced
-		j.mu.synced = nil
+		commits := j.takeSyncedLocked()
 		j.mu.Unlock()
-
-		err := j.sync()
-
-		j.mu.Lock()
-		if err != nil {
-			err = fmt.Errorf("journal %s: sync of batches %d to %d: %w", j.path, commits[0].lsn, commits[len(commits)-1].lsn, err)
-			j.failLocked(err)
-			for _, c := range commits {
-				c.finishLocked(j.mu.broken)
-			}
-			j.mu.Unlock()
+		if !j.syncCommits(commits) {
 			return
 		}
-		j.mu.syncs++
-		j.mu.durable = commits[len(commits)-1].lsn
-		for _, c := range commits {
-			c.finishLocked(nil)
-		}
-		j.mu.Unlock()
 	}
 }
 
