@@ -50,7 +50,7 @@ FUZZ_TARGETS := \
 	./consensus/logstore/:FuzzDecodeLogValue \
 	./headnode/journal/:FuzzDecodeHeader \
 	./headnode/journal/:FuzzDecodeSuperblock \
-	./headnode/:FuzzJournaledEntry \
+	./headnode/blockstore/:FuzzJournaledEntry \
 	./consensus/:FuzzDecodeKVCommand \
 	./txn/:FuzzUnmarshalCommand \
 	./txn/:FuzzUnmarshalResult \

@@ -437,6 +437,14 @@ func (n *Node) releaseCutRPC(req *ballastpb.ReleaseCutRequest) {
 	}
 }
 
+// BlocksWrittenThrough returns the blocks of a volume whose newest data
+// on this node was written at or below log seq `seq`, among those not yet
+// flushed to the sleds: for audits and tests of what a consistency
+// group's cut at seq takes of the volume.
+func (n *Node) BlocksWrittenThrough(volID, seq uint64) ([]uint64, error) {
+	return n.blocks.BlocksWrittenThrough(volID, seq)
+}
+
 func (a *adminServer) CreateConsistencyGroup(ctx context.Context, req *ballastpb.CreateConsistencyGroupRequest) (*ballastpb.CreateConsistencyGroupResponse, error) {
 	cg, err := a.node.createCG(ctx, req.Name, req.Members)
 	if err != nil {

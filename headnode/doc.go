@@ -1,7 +1,8 @@
 // Package headnode owns the head node: the write log of the volumes it is
-// primary or secondary of (block data in the node's journal, package
+// primary or secondary of (kept by the block store, package
+// headnode/blockstore: block data in the node's journal, package
 // headnode/journal; keys, index and segments in one pebble database per
-// node, see store.go and journalstore.go), the ordering,
+// node), the ordering,
 // group commit and replication of writes, reads, its members of the
 // directory group and of every volume group (groups.go), the failover
 // decisions' I/O, the attachment gate's I/O at each primary
@@ -30,6 +31,6 @@
 // room to open on a disk that filled; writes resume by themselves.
 //
 // It may import consensus, migrate, txn, txn/driver, volume,
-// headnode/journal, headnode/ec, headnode/replica, internal/... and
-// proto/...; never attach.
+// headnode/blockstore, headnode/journal, headnode/ec, headnode/replica,
+// internal/... and proto/...; never attach.
 package headnode

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/proto/sledpb"
 )
@@ -46,7 +47,7 @@ func ExportReplica(dataDir string, volumeID, sizeBytes uint64, shards ShardReade
 	if _, err := os.Stat(jpath); err != nil {
 		return fmt.Errorf("export replica: no journal in %s: %w", dataDir, err)
 	}
-	s, err := openBlockStore(dir, blockStoreOptions{JournalPath: jpath})
+	s, err := blockstore.Open(dir, blockstore.Options{JournalPath: jpath})
 	if err != nil {
 		return fmt.Errorf("export replica (is the head node stopped?): %w", err)
 	}
@@ -55,7 +56,7 @@ func ExportReplica(dataDir string, volumeID, sizeBytes uint64, shards ShardReade
 }
 
 // exportVolume writes the first sizeBytes of a volume as s holds it.
-func exportVolume(ctx context.Context, s *blockStore, volumeID, sizeBytes uint64, shards ShardReader, w io.Writer) error {
+func exportVolume(ctx context.Context, s *blockstore.Store, volumeID, sizeBytes uint64, shards ShardReader, w io.Writer) error {
 	var remote *remoteIO
 	if shards != nil {
 		remote = offlineRemote(shards)
@@ -73,9 +74,9 @@ func exportVolume(ctx context.Context, s *blockStore, volumeID, sizeBytes uint64
 		if err != nil {
 			return err
 		}
-		if len(lr.remote) > 0 {
+		if len(lr.Remote) > 0 {
 			if remote == nil {
-				return fmt.Errorf("export replica: block %d and %d more live on the sleds; this tool reads only the head node's log", off/blockSize+uint64(lr.remote[0].index), len(lr.remote)-1)
+				return fmt.Errorf("export replica: block %d and %d more live on the sleds; this tool reads only the head node's log", off/blockSize+uint64(lr.Remote[0].Index), len(lr.Remote)-1)
 			}
 			// The read path of a primary, so that every shard is checked
 			// and reconstructed exactly as a client's read would be.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/headnode/ec"
 )
 
@@ -57,7 +58,7 @@ func TestExportReplicaReadsFlushedBlocksFromShards(t *testing.T) {
 	})
 	r.misplaceShard(segs[1], segs[0], 0)
 
-	for name, s := range map[string]*blockStore{"secondary": r.sStore, "primary": r.pStore} {
+	for name, s := range map[string]*blockstore.Store{"secondary": r.sStore, "primary": r.pStore} {
 		var out bytes.Buffer
 		if err := exportVolume(r.ctx, s, r.vol.Id, size, memShardReader{r.shards}, &out); err != nil {
 			t.Fatalf("export of the %s: %v", name, err)

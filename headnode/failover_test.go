@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/internal/clock"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
@@ -18,7 +19,7 @@ import (
 // bareNode is a head node with only what the lease keeper and the
 // replication server read: its id, a directory group (whose commands the
 // test applies itself) and a block store. No raft, no network.
-func bareNode(t *testing.T, id string, store *blockStore) *Node {
+func bareNode(t *testing.T, id string, store *blockstore.Store) *Node {
 	t.Helper()
 	dir := volume.NewGroupDirectory(txnGroupOf(0))
 	return &Node{

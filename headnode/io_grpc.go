@@ -344,7 +344,7 @@ func (n *Node) serveWrite(ctx context.Context, pv *primaryVolume, req *ballastpb
 		// A first send: nothing of it can have been applied.
 		return writeRange(ctx, pv, req, req.Offset, length, id)
 	}
-	ws, err := n.blocks.writerState(pv.vol.Id, id.client)
+	ws, err := n.blocks.WriterState(pv.vol.Id, id.client)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -210,7 +211,7 @@ func (m *maintainer) flush(ctx context.Context) error {
 		if err := m.flushSegment(ctx, dirty); err != nil {
 			return fmt.Errorf("flush: %w", err)
 		}
-		from = dirty[len(dirty)-1].block + 1
+		from = dirty[len(dirty)-1].Block + 1
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -219,7 +220,7 @@ func (m *maintainer) flush(ctx context.Context) error {
 
 // flushSegment writes one segment of dirty blocks to the sleds, then
 // commits the flush record that moves them into it and out of the log.
-func (m *maintainer) flushSegment(ctx context.Context, dirty []dirtyBlock) error {
+func (m *maintainer) flushSegment(ctx context.Context, dirty []blockstore.DirtyBlock) error {
 	id, err := m.allocSegment()
 	if err != nil {
 		return err
@@ -230,8 +231,8 @@ func (m *maintainer) flushSegment(ctx context.Context, dirty []dirtyBlock) error
 		Versions:   make([]uint64, len(dirty)),
 	}
 	for i, d := range dirty {
-		blocks[i] = d.data
-		rec.SlotBlocks[i], rec.Versions[i] = d.block, d.version
+		blocks[i] = d.Data
+		rec.SlotBlocks[i], rec.Versions[i] = d.Block, d.Version
 	}
 	if err := m.underLease(ctx, fmt.Sprintf("writing segment %d", id)); err != nil {
 		return err
@@ -566,7 +567,7 @@ func (m *maintainer) compactOne(ctx context.Context, plan ec.CompactionPlan) err
 		for slot, block := range slots {
 			// Live: the index still maps the block here, and the log holds
 			// no newer data for it.
-			if indexed[slot] && !inLog[slot] && locs[slot] == (blockLoc{segment: id, slot: uint32(slot)}) {
+			if indexed[slot] && !inLog[slot] && locs[slot] == (blockstore.BlockLoc{Segment: id, Slot: uint32(slot)}) {
 				want = append(want, liveSlot{block: block, segment: id, slot: uint32(slot)})
 			}
 		}
@@ -641,9 +642,9 @@ func (m *maintainer) readSlots(ctx context.Context, seg *ballastpb.Segment, slot
 	if len(slots) == 0 {
 		return nil
 	}
-	lr := localRead{segments: map[uint64]*ballastpb.Segment{seg.Id: seg}}
+	lr := blockstore.LocalRead{Segments: map[uint64]*ballastpb.Segment{seg.Id: seg}}
 	for i, l := range slots {
-		lr.remote = append(lr.remote, remoteBlock{index: i, loc: blockLoc{segment: seg.Id, slot: l.slot}})
+		lr.Remote = append(lr.Remote, blockstore.RemoteBlock{Index: i, Loc: blockstore.BlockLoc{Segment: seg.Id, Slot: l.slot}})
 	}
 	buf := make([]byte, len(slots)*blockSize)
 	if err := m.r.fetch(ctx, m.p.vol, buf, lr, m.requestRepair); err != nil {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ballast-storage/ballast/consensus"
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/internal/rpc"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/txn/driver"
@@ -27,7 +28,7 @@ import (
 type Node struct {
 	cfg       Config
 	log       *slog.Logger
-	blocks    *blockStore
+	blocks    *blockstore.Store
 	disk      *diskGuard // admits client writes by the data disk's free space
 	directory *volume.Directory
 	cons      *consensus.Node
@@ -111,13 +112,13 @@ func Start(cfg Config) (_ *Node, err error) {
 	if fresh {
 		n.log.Info("new incarnation of the data directory", "incarnation", n.incarnation)
 	}
-	if n.blocks, err = openBlockStore(filepath.Join(cfg.DataDir, "blocks"), blockStoreOptions{
+	if n.blocks, err = blockstore.Open(filepath.Join(cfg.DataDir, "blocks"), blockstore.Options{
 		CacheBytes: cfg.BlockCacheBytes, JournalPath: filepath.Join(cfg.DataDir, "journal"), JournalBytes: cfg.Storage.JournalBytes,
 	}); err != nil {
 		return nil, err
 	}
-	n.blocks.onJournalPressure = func() { go n.flushAll() }
-	n.blocks.onReleaseError = func(err error) { n.log.Error("the journal cannot free what was flushed", "err", err) }
+	n.blocks.SetJournalPressureFunc(func() { go n.flushAll() })
+	n.blocks.SetReleaseErrorFunc(func(err error) { n.log.Error("the journal cannot free what was flushed", "err", err) })
 	n.remote = &remoteIO{
 		cfg:   cfg.Storage,
 		sled:  n.directory.Sled,

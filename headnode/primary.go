@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/headnode/replica"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
@@ -42,7 +43,7 @@ type pendingWrite = replica.Pending
 // and completes the batch's writes only when both copies are durable.
 type primaryVolume struct {
 	vol         *ballastpb.Volume // id, epoch and placement at activation
-	store       *blockStore
+	store       *blockstore.Store
 	dial        linkDialer
 	log         *slog.Logger
 	replTimeout time.Duration
@@ -137,7 +138,7 @@ const syncTimeout = 10 * time.Minute
 // syncChunkBytes bounds the block data of one full-sync message.
 const syncChunkBytes = 4 << 20
 
-func newPrimaryVolume(vol *ballastpb.Volume, store *blockStore, dial linkDialer, replTimeout time.Duration, log *slog.Logger, remote *remoteIO, auth authority) *primaryVolume {
+func newPrimaryVolume(vol *ballastpb.Volume, store *blockstore.Store, dial linkDialer, replTimeout time.Duration, log *slog.Logger, remote *remoteIO, auth authority) *primaryVolume {
 	p := &primaryVolume{
 		auth:        auth,
 		vol:         vol,
@@ -230,7 +231,7 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 		if err != nil {
 			return err
 		}
-		if len(lr.remote) == 0 {
+		if len(lr.Remote) == 0 {
 			break
 		}
 		if p.remote == nil {
@@ -254,8 +255,8 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 }
 
 // segmentsGone says whether any segment a read named no longer exists.
-func (p *primaryVolume) segmentsGone(lr localRead) bool {
-	for id := range lr.segments {
+func (p *primaryVolume) segmentsGone(lr blockstore.LocalRead) bool {
+	for id := range lr.Segments {
 		if seg, _, err := p.store.Segment(p.vol.Id, id); err == nil && seg == nil {
 			return true
 		}
@@ -335,12 +336,12 @@ func stoppedAs(err error) error {
 // writes, never wait here.
 func (p *primaryVolume) waitForJournalRoom(ctx context.Context) error {
 	for i := 0; ; i++ {
-		if !p.store.journalHigh() && !p.secondaryJournalFull.Load() {
+		if !p.store.JournalHigh() && !p.secondaryJournalFull.Load() {
 			return nil
 		}
 		if i%20 == 0 {
 			// Now and then: a release reads every 'B' key.
-			p.store.noteJournalFill()
+			p.store.NoteJournalFill()
 			if p.maint != nil {
 				p.maint.kick()
 			}
@@ -640,7 +641,7 @@ func (p *primaryVolume) complete(b *inflightBatch) {
 		written += int64(len(r.Blocks)) * blockSize
 	}
 	if p.maint != nil && (p.writtenBytes.Add(written) >= p.remote.cfg.FlushThresholdBytes ||
-		p.store.journalPressure() || (p.link != nil && p.link.JournalPressure())) {
+		p.store.JournalPressure() || (p.link != nil && p.link.JournalPressure())) {
 		p.maint.kick()
 	}
 }
@@ -925,9 +926,9 @@ func (p *primaryVolume) reconcile(ctx context.Context, link replicaLink, reply *
 	return nil
 }
 
-// fullSync sends the secondary a full copy of the volume (sync.go), after
-// a sync_begin it has acknowledged. The committer is blocked meanwhile,
-// so nothing changes under the copy.
+// fullSync sends the secondary a full copy of the volume (Store.FullState,
+// headnode/blockstore's sync.go), after a sync_begin it has acknowledged.
+// The committer is blocked meanwhile, so nothing changes under the copy.
 func (p *primaryVolume) fullSync(link replicaLink, secondary string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
 	defer cancel()
@@ -940,7 +941,7 @@ func (p *primaryVolume) fullSync(link replicaLink, secondary string) error {
 	}()
 	start := time.Now()
 	chunks := 0
-	last, nextSeg, err := p.store.fullState(p.vol.Id, syncChunkBytes, func(rec *ballastpb.StateRecord) error {
+	last, nextSeg, err := p.store.FullState(p.vol.Id, syncChunkBytes, func(rec *ballastpb.StateRecord) error {
 		chunks++
 		_, err := link.Send(ctx, &ballastpb.ReplicateRequest{SyncState: rec})
 		return err

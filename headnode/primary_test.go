@@ -1,7 +1,6 @@
 package headnode
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/vfs"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -125,7 +125,7 @@ func (l *memLink) Wait(ctx context.Context) (uint64, error) {
 
 // memStep is a request the secondary took and has not answered.
 type memStep struct {
-	pending *pendingAppend
+	pending *blockstore.PendingAppend
 	reply   *ballastpb.ReplicateReply
 	err     error
 	lose    bool
@@ -160,17 +160,17 @@ type pair struct {
 	auth        authority // nil: the lease always held
 	replTimeout time.Duration
 	primary     *primaryVolume
-	pStore      *blockStore
-	sStore      *blockStore
+	pStore      *blockstore.Store
+	sStore      *blockstore.Store
 	faults      *faults
 	vol         *ballastpb.Volume
 	model       []byte
 	modelLock   sync.Mutex
 }
 
-func openMemStore(t testing.TB) *blockStore {
+func openMemStore(t testing.TB) *blockstore.Store {
 	t.Helper()
-	s, err := openBlockStore("", blockStoreOptions{FS: vfs.NewMem(), CacheBytes: 8 << 20})
+	s, err := blockstore.Open("", blockstore.Options{FS: vfs.NewMem(), CacheBytes: 8 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,16 +208,16 @@ func (p *pair) start(t testing.TB) {
 // readAll reads a replica's whole volume from its own store, fetching
 // flushed blocks from the sleds (through the primary's remote, which
 // reaches the same sleds).
-func (p *pair) readAll(t *testing.T, s *blockStore) []byte {
+func (p *pair) readAll(t *testing.T, s *blockstore.Store) []byte {
 	t.Helper()
 	out := make([]byte, p.vol.SizeBytes)
 	lr, err := s.ReadLocal(p.vol.Id, 0, out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(lr.remote) > 0 {
+	if len(lr.Remote) > 0 {
 		if p.remote == nil {
-			t.Fatalf("%d blocks indexed to segments without sleds", len(lr.remote))
+			t.Fatalf("%d blocks indexed to segments without sleds", len(lr.Remote))
 		}
 		if err := p.remote.fetch(context.Background(), p.vol, out, lr, func(shardRef) {}); err != nil {
 			t.Fatal(err)
@@ -415,41 +415,6 @@ func TestPrimaryAdoptsRecordsTheSecondaryHolds(t *testing.T) {
 	p.start(t)
 	p.write(t, 8192, pattern(4096, 2))
 	p.checkReplicas(t)
-}
-
-func TestStoreSurvivesReopen(t *testing.T) {
-	dir := t.TempDir()
-	s, err := openBlockStore(dir, blockStoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := &ballastpb.LogRecord{Seq: 1, Blocks: []*ballastpb.BlockWrite{{Block: 2, Data: pattern(4096, 3)}}}
-	if err := s.Append(1, []*ballastpb.LogRecord{rec}, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Append(1, []*ballastpb.LogRecord{{Seq: 3}}, 0); !errors.Is(err, ErrSeqGap) {
-		t.Fatalf("append with a gap: got %v, want ErrSeqGap", err)
-	}
-	s.Close()
-	s, err = openBlockStore(dir, blockStoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if last, _ := s.LastSeq(1); last != 1 {
-		t.Fatalf("last seq after reopen: %d", last)
-	}
-	buf := make([]byte, 3*4096)
-	if _, err := s.ReadLocal(1, 1, buf); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(buf[4096:8192], pattern(4096, 3)) || !bytes.Equal(buf[:4096], make([]byte, 4096)) {
-		t.Fatal("block data lost across reopen")
-	}
-	recs, err := s.LogFrom(1, 1, 10, 0)
-	if err != nil || len(recs) != 1 {
-		t.Fatalf("log after reopen: %v %v", recs, err)
-	}
 }
 
 // TestRandomOpsUnderFaultsKeepReplicasIdentical runs random writes, trims

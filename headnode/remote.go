@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -251,19 +252,19 @@ type run struct {
 // of one shard, or of several shards it holds) gets them in one batched
 // request if the shard store batches (fetchBatched), and sleds are asked
 // in parallel.
-func (r *remoteIO) fetch(ctx context.Context, vol *ballastpb.Volume, buf []byte, lr localRead, repair func(shardRef)) error {
+func (r *remoteIO) fetch(ctx context.Context, vol *ballastpb.Volume, buf []byte, lr blockstore.LocalRead, repair func(shardRef)) error {
 	var runs []run
-	for _, rb := range lr.remote {
-		seg := lr.segments[rb.loc.segment]
-		shard, off := ec.SlotLocation(seg, rb.loc.slot)
+	for _, rb := range lr.Remote {
+		seg := lr.Segments[rb.Loc.Segment]
+		shard, off := ec.SlotLocation(seg, rb.Loc.Slot)
 		if n := len(runs); n > 0 {
 			last := &runs[n-1]
-			if last.seg == seg && last.shard == shard && last.off+uint64(last.blocks)*blockSize == off && last.index+last.blocks == rb.index {
+			if last.seg == seg && last.shard == shard && last.off+uint64(last.blocks)*blockSize == off && last.index+last.blocks == rb.Index {
 				last.blocks++
 				continue
 			}
 		}
-		runs = append(runs, run{seg: seg, shard: shard, off: off, index: rb.index, blocks: 1})
+		runs = append(runs, run{seg: seg, shard: shard, off: off, index: rb.Index, blocks: 1})
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)

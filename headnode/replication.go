@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -12,6 +13,16 @@ import (
 // time: the write may or may not be durable on it (the outcome is unknown),
 // and it was not acknowledged.
 var ErrReplication = errors.New("headnode: replication failed")
+
+// ErrSeqGap and ErrCorrupt are the block store's (headnode/blockstore),
+// under the names they had when the store was part of this package:
+// records that do not follow a replica's log, which must reconcile
+// first, and a stored value that does not decode (this replica's copy is
+// bad).
+var (
+	ErrSeqGap  = blockstore.ErrSeqGap
+	ErrCorrupt = blockstore.ErrCorrupt
+)
 
 // errVolumeGone is returned when a replica reports that the volume was
 // deleted while a write was on its way.
@@ -51,7 +62,7 @@ type linkDialer func(ctx context.Context, vol *ballastpb.Volume, secondary strin
 // secondaryVolume is the secondary's side of one volume's replication: it
 // applies records in seq order to its own store.
 type secondaryVolume struct {
-	store *blockStore
+	store *blockstore.Store
 	id    uint64
 }
 
@@ -72,12 +83,12 @@ func (s *secondaryVolume) hello(req *ballastpb.ReplicateRequest) (*ballastpb.Rep
 
 func (s *secondaryVolume) answerHello(req *ballastpb.ReplicateRequest) (*ballastpb.ReplicateReply, error) {
 	if req.SyncBegin {
-		if err := s.store.beginSync(s.id); err != nil {
+		if err := s.store.BeginSync(s.id); err != nil {
 			return nil, err
 		}
 		return &ballastpb.ReplicateReply{}, nil
 	}
-	if syncing, err := s.store.syncing(s.id); err != nil || syncing {
+	if syncing, err := s.store.Syncing(s.id); err != nil || syncing {
 		return &ballastpb.ReplicateReply{NeedsSync: true}, err
 	}
 	last, err := s.store.LastSeq(s.id)
@@ -104,9 +115,9 @@ func (s *secondaryVolume) answerHello(req *ballastpb.ReplicateRequest) (*ballast
 }
 
 // begin puts a batch of records in the journal (see
-// blockStore.BeginAppend); finish makes it durable and answers it.
-func (s *secondaryVolume) begin(req *ballastpb.ReplicateRequest) (*pendingAppend, error) {
-	syncing, err := s.store.syncing(s.id)
+// blockstore.Store.BeginAppend); finish makes it durable and answers it.
+func (s *secondaryVolume) begin(req *ballastpb.ReplicateRequest) (*blockstore.PendingAppend, error) {
+	syncing, err := s.store.Syncing(s.id)
 	if err == nil && syncing {
 		err = fmt.Errorf("volume %d: records sent while a full sync is unfinished", s.id)
 	}
@@ -116,7 +127,7 @@ func (s *secondaryVolume) begin(req *ballastpb.ReplicateRequest) (*pendingAppend
 	return s.store.BeginAppend(s.id, req.Records, req.ReplicatedThrough)
 }
 
-func (s *secondaryVolume) finish(pa *pendingAppend) (*ballastpb.ReplicateReply, error) {
+func (s *secondaryVolume) finish(pa *blockstore.PendingAppend) (*ballastpb.ReplicateReply, error) {
 	if err := pa.Finish(); err != nil {
 		return nil, err
 	}
@@ -133,14 +144,14 @@ func (s *secondaryVolume) apply(req *ballastpb.ReplicateRequest) (*ballastpb.Rep
 	var err error
 	switch {
 	case req.SyncBegin:
-		err = s.store.beginSync(s.id)
+		err = s.store.BeginSync(s.id)
 	case req.SyncState != nil:
-		err = s.store.applySyncState(s.id, req.SyncState)
+		err = s.store.ApplySyncState(s.id, req.SyncState)
 	case req.SyncEnd:
-		err = s.store.endSync(s.id, req.SyncEndSeq, req.SyncNextSegmentId)
+		err = s.store.EndSync(s.id, req.SyncEndSeq, req.SyncNextSegmentId)
 	default:
 		var syncing bool
-		if syncing, err = s.store.syncing(s.id); err == nil && syncing {
+		if syncing, err = s.store.Syncing(s.id); err == nil && syncing {
 			err = fmt.Errorf("volume %d: records sent while a full sync is unfinished", s.id)
 		}
 		if err == nil {

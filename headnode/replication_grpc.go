@@ -170,8 +170,8 @@ func (s *replicationServer) replicate(stream replStream) error {
 		return stream.Send(refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err))
 	}
 	reply.DiskFull = s.node.disk.refusing()
-	reply.JournalPressure = s.node.blocks.journalPressure()
-	reply.JournalFull = s.node.blocks.journalHigh()
+	reply.JournalPressure = s.node.blocks.JournalPressure()
+	reply.JournalFull = s.node.blocks.JournalHigh()
 	reply.Incarnation = s.node.incarnation
 	if err := stream.Send(reply); err != nil {
 		return err
@@ -208,8 +208,8 @@ func (s *replicationServer) serveBatches(ctx context.Context, stream replStream,
 				reply, failed = refusal(ballastpb.ReplicateStatus_REPLICATE_STATUS_ERROR, "%v", err), err
 			} else {
 				reply.DiskFull = s.node.disk.refusing()
-				reply.JournalPressure = s.node.blocks.journalPressure()
-				reply.JournalFull = s.node.blocks.journalHigh()
+				reply.JournalPressure = s.node.blocks.JournalPressure()
+				reply.JournalFull = s.node.blocks.JournalHigh()
 			}
 			if err := stream.Send(reply); err != nil && failed == nil {
 				failed = err

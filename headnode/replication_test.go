@@ -9,6 +9,7 @@ import (
 	"github.com/cockroachdb/pebble/vfs"
 	"google.golang.org/grpc"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -93,8 +94,8 @@ func blockRecord(seq, block uint64, seed byte) *ballastpb.LogRecord {
 // replayed the promotion (as raft restores a snapshot before the log).
 func TestOldPrimaryFencedAfterPromotion(t *testing.T) {
 	fs := vfs.NewMem()
-	open := func() *blockStore {
-		s, err := openBlockStore("", blockStoreOptions{FS: fs, CacheBytes: 8 << 20})
+	open := func() *blockstore.Store {
+		s, err := blockstore.Open("", blockstore.Options{FS: fs, CacheBytes: 8 << 20})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,13 +4,9 @@ import (
 	"errors"
 	"math/rand"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
@@ -277,31 +273,4 @@ func TestLargeWritesWaitForASecondaryThatAppliesThem(t *testing.T) {
 		t.Fatalf("%d bytes went straight to segments, want 256 KiB", got)
 	}
 	r.check(t)
-}
-
-// TestRecordsOfANewerBuildAreRefused: a record with a field this build does
-// not know is refused, not applied as whatever this build reads in it (the
-// journal would drop the field too).
-func TestRecordsOfANewerBuildAreRefused(t *testing.T) {
-	s := openMemStore(t)
-	const vol = 4
-	b, err := proto.Marshal(blockRecord(1, 7, 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = protowire.AppendTag(b, 99, protowire.VarintType)
-	b = protowire.AppendVarint(b, 1)
-	var rec ballastpb.LogRecord
-	if err := proto.Unmarshal(b, &rec); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Append(vol, []*ballastpb.LogRecord{&rec}, 0); err == nil || !strings.Contains(err.Error(), "does not know") {
-		t.Fatalf("append of a record with an unknown field: %v", err)
-	}
-	if last, err := s.LastSeq(vol); err != nil || last != 0 {
-		t.Fatalf("after the refusal the log ends at %d (%v), want 0", last, err)
-	}
-	if err := s.Append(vol, []*ballastpb.LogRecord{blockRecord(1, 7, 1)}, 0); err != nil {
-		t.Fatalf("the same record without the field: %v", err)
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -26,7 +27,7 @@ func TestStaleCopies(t *testing.T) {
 func TestVolumesListsEveryCopy(t *testing.T) {
 	p := newPair(t, 1<<20)
 	p.write(t, 0, pattern(8192, 1))
-	for _, s := range []*blockStore{p.pStore, p.sStore} {
+	for _, s := range []*blockstore.Store{p.pStore, p.sStore} {
 		vols, err := s.Volumes()
 		if err != nil || !slices.Equal(vols, []uint64{p.vol.Id}) {
 			t.Fatalf("Volumes() = %v, %v; want [%d]", vols, err, p.vol.Id)

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/proto/sledpb"
@@ -273,7 +273,7 @@ func (r *storageRig) restart(t *testing.T) {
 func (r *storageRig) check(t *testing.T) {
 	t.Helper()
 	r.checkReplicas(t)
-	for _, s := range []*blockStore{r.pStore, r.sStore} {
+	for _, s := range []*blockstore.Store{r.pStore, r.sStore} {
 		checkStoreInvariants(t, s, r.vol.Id)
 	}
 	ps, err := r.pStore.Segments(r.vol.Id)
@@ -300,75 +300,23 @@ func (r *storageRig) check(t *testing.T) {
 
 // writerTables returns a store's tables of named writes of a volume
 // (writeops.go), encoded, by client.
-func writerTables(t *testing.T, s *blockStore, vol uint64) map[uint64]string {
+func writerTables(t *testing.T, s *blockstore.Store, vol uint64) map[uint64]string {
 	t.Helper()
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: writerKey(vol, 0), UpperBound: volumeUpper(prefixWriter, vol)})
+	out, err := s.WriterTable(vol)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer it.Close()
-	out := map[uint64]string{}
-	for ok := it.First(); ok; ok = it.Next() {
-		out[keyNumber(it.Key())] = string(it.Value())
 	}
 	return out
 }
 
-// checkStoreInvariants recomputes what the store keeps incrementally: every
-// index entry names an existing segment slot written for that block, and
-// every segment's live count is the number of index entries naming it.
-func checkStoreInvariants(t *testing.T, s *blockStore, vol uint64) {
+// checkStoreInvariants recomputes what the store keeps incrementally
+// (blockstore.Store.CheckInvariants): its in-memory index and counts of
+// journal refs, every index entry naming an existing segment slot
+// written for that block, and every segment's live count.
+func checkStoreInvariants(t *testing.T, s *blockstore.Store, vol uint64) {
 	t.Helper()
-	checkRefCounts(t, s)
-	segs, err := s.Segments(vol)
-	if err != nil {
+	if err := s.CheckInvariants(vol); err != nil {
 		t.Fatal(err)
-	}
-	byID := map[uint64]*ballastpb.Segment{}
-	slotsOf := map[uint64][]uint64{}
-	for _, seg := range segs {
-		byID[seg.Id] = seg
-		_, slots, err := s.Segment(vol, seg.Id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(slots) != int(seg.Blocks) {
-			t.Fatalf("segment %d: %d slots recorded for %d blocks", seg.Id, len(slots), seg.Blocks)
-		}
-		slotsOf[seg.Id] = slots
-		seen := map[string]bool{}
-		for _, sled := range seg.ShardSleds {
-			if seen[sled] {
-				t.Fatalf("segment %d has two shards on sled %s: %v", seg.Id, sled, seg.ShardSleds)
-			}
-			seen[sled] = true
-		}
-	}
-	live := map[uint64]uint32{}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: indexKey(vol, 0), UpperBound: volumeUpper(prefixIndex, vol)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer it.Close()
-	for ok := it.First(); ok; ok = it.Next() {
-		block := keyNumber(it.Key())
-		loc, err := decodeLoc(it.Value())
-		if err != nil {
-			t.Fatal(err)
-		}
-		seg := byID[loc.segment]
-		if seg == nil {
-			t.Fatalf("block %d is indexed to missing segment %d", block, loc.segment)
-		}
-		if loc.slot >= seg.Blocks || slotsOf[loc.segment][loc.slot] != block {
-			t.Fatalf("block %d is indexed to slot %d of segment %d, written for another block", block, loc.slot, loc.segment)
-		}
-		live[loc.segment]++
-	}
-	for _, seg := range segs {
-		if seg.LiveBlocks != live[seg.Id] {
-			t.Fatalf("segment %d counts %d live blocks; the index names it %d times", seg.Id, seg.LiveBlocks, live[seg.Id])
-		}
 	}
 }
 
@@ -868,7 +816,7 @@ func TestInterruptedFullSyncStartsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	sent := 0
-	_, _, err := r.pStore.fullState(r.vol.Id, 64<<10, func(rec *ballastpb.StateRecord) error {
+	_, _, err := r.pStore.FullState(r.vol.Id, 64<<10, func(rec *ballastpb.StateRecord) error {
 		if sent == 2 {
 			return errors.New("cut")
 		}
@@ -1114,52 +1062,6 @@ func TestCheckStamp(t *testing.T) {
 		err := checkStamp("s1", c.want, c.got)
 		if c.corrupt != errors.Is(err, errShardCorrupt) || (!c.corrupt && err != nil) {
 			t.Errorf("%s: %v", c.name, err)
-		}
-	}
-}
-
-// checkRefCounts compares the store's in-memory index of journal refs
-// with the 'B' keys, and its counts of refs per batch, which the release
-// trusts, with a count from the index.
-func checkRefCounts(t *testing.T, s *blockStore) {
-	t.Helper()
-	fromKeys, err := loadRefIndex(s.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[uint64]bool{}
-	s.blockRefs.each(func(vol uint64, v *volumeRefs) {
-		seen[vol] = true
-		want := fromKeys.volume(vol)
-		if v.count() != want.count() {
-			t.Errorf("volume %d: %d refs in memory, %d keys", vol, v.count(), want.count())
-		}
-		v.refs.Scan(func(b uint64, r blockRef) bool {
-			if k, ok := want.get(b); !ok || k != r {
-				t.Errorf("volume %d block %d: ref %+v in memory, key %+v (%v)", vol, b, r, k, ok)
-			}
-			return true
-		})
-	})
-	fromKeys.each(func(vol uint64, v *volumeRefs) {
-		if !seen[vol] && v.count() > 0 {
-			t.Errorf("volume %d: %d keys, no refs in memory", vol, v.count())
-		}
-	})
-	s.refMu.Lock()
-	kept := s.refs
-	s.refMu.Unlock()
-	s.countAllRefs()
-	s.refMu.Lock()
-	counted := s.refs
-	s.refs = kept
-	s.refMu.Unlock()
-	if len(kept) != len(counted) {
-		t.Fatalf("journal refs: %d batches counted, %d hold refs", len(kept), len(counted))
-	}
-	for lsn, n := range counted {
-		if kept[lsn] != n {
-			t.Fatalf("journal batch %d: %d refs counted, %d refs point to it", lsn, kept[lsn], n)
 		}
 	}
 }

@@ -31,7 +31,7 @@ import (
 // an empty record ordered after it is durable on both replicas under the
 // lease, which is what its first send's acknowledgement would have said.
 //
-// The table of each client and its bounds: writers.go.
+// The table of each client and its bounds: headnode/blockstore (writers.go).
 
 // writeID names one client write (zero: none).
 type writeID struct {

@@ -5,13 +5,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"maps"
 	"slices"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -39,35 +39,29 @@ func TestUncoveredSpans(t *testing.T) {
 	}
 }
 
-func TestWriterStateForgetsWhatTheClientWillNotResend(t *testing.T) {
-	ws := &ballastpb.WriterState{Client: 9}
-	for op := uint64(1); op <= 5; op++ {
-		noteApplied(ws, &ballastpb.WriteTag{Client: 9, Op: op, Oldest: 1, FirstBlock: op, Blocks: 1}, 10+op)
-	}
-	// Op 3 answered late: the client's oldest without an answer is 3.
-	noteApplied(ws, &ballastpb.WriteTag{Client: 9, Op: 6, Oldest: 3, FirstBlock: 6, Blocks: 1}, 20)
-	var ops []uint64
-	for _, a := range ws.Ops {
-		ops = append(ops, a.Op)
-	}
-	if !slices.Equal(ops, []uint64{3, 4, 5, 6}) || ws.LastSeq != 20 {
-		t.Fatalf("ops %v, last seq %d", ops, ws.LastSeq)
-	}
-	// A request that reached the primary late, with an older oldest,
-	// brings nothing back.
-	noteApplied(ws, &ballastpb.WriteTag{Client: 9, Op: 7, Oldest: 2, FirstBlock: 7, Blocks: 1}, 21)
-	if ws.Oldest != 3 || ws.Ops[0].Op != 3 {
-		t.Fatalf("oldest %d, first op %d", ws.Oldest, ws.Ops[0].Op)
-	}
+// TestAppliedSpans: the blocks a client's table says records applied for
+// an op, and the last seq among those records (the table itself, and what
+// it forgets, is the block store's: its writers_test.go).
+func TestAppliedSpans(t *testing.T) {
+	ws := &ballastpb.WriterState{Client: 9, Oldest: 3, LastSeq: 20, Ops: []*ballastpb.AppliedWrite{
+		{Op: 3, Seq: 13, FirstBlock: 3, Blocks: 1},
+		{Op: 4, Seq: 14, FirstBlock: 4, Blocks: 1},
+		{Op: 5, Seq: 15, FirstBlock: 5, Blocks: 1},
+		{Op: 6, Seq: 20, FirstBlock: 6, Blocks: 1},
+	}}
 	if spans, seq := appliedSpans(ws, 4); !slices.Equal(spans, []blockSpan{{4, 1}}) || seq != 14 {
 		t.Fatalf("op 4: %v at %d", spans, seq)
 	}
-	// A client that never lets go of an old op is bounded all the same.
-	for op := uint64(8); op < 8+2*maxOpsPerWriter; op++ {
-		noteApplied(ws, &ballastpb.WriteTag{Client: 9, Op: op, Oldest: 3, FirstBlock: 0, Blocks: 1}, 100+op)
+	// An op whose write took several records: every span, the last seq.
+	ws.Ops = append(ws.Ops, &ballastpb.AppliedWrite{Op: 4, Seq: 21, FirstBlock: 9, Blocks: 2})
+	if spans, seq := appliedSpans(ws, 4); !slices.Equal(spans, []blockSpan{{4, 1}, {9, 2}}) || seq != 21 {
+		t.Fatalf("op 4 in two records: %v at %d", spans, seq)
 	}
-	if len(ws.Ops) != maxOpsPerWriter {
-		t.Fatalf("%d ops kept", len(ws.Ops))
+	if spans, seq := appliedSpans(ws, 7); spans != nil || seq != 0 {
+		t.Fatalf("op 7, never applied: %v at %d", spans, seq)
+	}
+	if spans, seq := appliedSpans(nil, 4); spans != nil || seq != 0 {
+		t.Fatalf("no table: %v at %d", spans, seq)
 	}
 }
 
@@ -147,8 +141,8 @@ func TestResentWriteIsAppliedOnce(t *testing.T) {
 	// Both replicas hold the same table; the client's later writes let
 	// it forget the ops it has answers for.
 	serve(t, n, p.primary, namedWrite(1, 4, 4, 20*blockSize, a[:blockSize]))
-	for _, s := range []*blockStore{p.pStore, p.sStore} {
-		ws, err := s.writerState(p.vol.Id, 1)
+	for _, s := range []*blockstore.Store{p.pStore, p.sStore} {
+		ws, err := s.WriterState(p.vol.Id, 1)
 		if err != nil || ws == nil {
 			t.Fatalf("writer state: %v, %v", ws, err)
 		}
@@ -196,7 +190,7 @@ func TestNamedWriteSettlesBeforeItReturns(t *testing.T) {
 	if err != nil {
 		t.Fatalf("named write: %v (want its record's outcome)", err)
 	}
-	if ws, _ := p.pStore.writerState(p.vol.Id, 3); ws == nil || len(ws.Ops) != 1 {
+	if ws, _ := p.pStore.WriterState(p.vol.Id, 3); ws == nil || len(ws.Ops) != 1 {
 		t.Fatalf("writer state %v", ws)
 	}
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Millisecond)
@@ -257,7 +251,7 @@ func TestWriterStatesTravelWithCopies(t *testing.T) {
 	r.start(t)
 	r.write(t, 2<<20, pattern(blockSize, 3)) // the first write copies the volume
 	for _, client := range []uint64{11, 12} {
-		ws, err := fresh.writerState(r.vol.Id, client)
+		ws, err := fresh.WriterState(r.vol.Id, client)
 		if err != nil || ws == nil || len(ws.Ops) != 1 {
 			t.Fatalf("client %d after a full copy: %v, %v", client, ws, err)
 		}
@@ -274,76 +268,7 @@ func TestWriterStatesTravelWithCopies(t *testing.T) {
 	r.vol.CatchingUp = nil
 	r.restart(t)
 	r.write(t, 3<<20, pattern(blockSize, 5))
-	if ws, err := r.pStore.writerState(r.vol.Id, 13); err != nil || ws == nil || ws.Ops[0].Seq != last+1 {
+	if ws, err := r.pStore.WriterState(r.vol.Id, 13); err != nil || ws == nil || ws.Ops[0].Seq != last+1 {
 		t.Fatalf("adopted record's writer: %v, %v", ws, err)
-	}
-}
-
-// TestJournalKeepsWriteTags: the journal's copy of a record, which the
-// replay applies after a crash, carries its tags.
-func TestJournalKeepsWriteTags(t *testing.T) {
-	rec := &ballastpb.LogRecord{Seq: 3, Blocks: []*ballastpb.BlockWrite{{Block: 1, Data: pattern(blockSize, 1)}},
-		Writes: []*ballastpb.WriteTag{{Client: 4, Op: 2, Oldest: 1, FirstBlock: 1, Blocks: 1}}}
-	e, err := journalEntry(7, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _, body, err := decodeMeta(e.Meta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := journaledRecord(body, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(back.Writes) != 1 || back.Writes[0].Client != 4 || back.Writes[0].Op != 2 {
-		t.Fatalf("journaled record's tags: %v", back.Writes)
-	}
-}
-
-// TestWriterStatesDoNotDependOnBatching: every replica must hold the same
-// clients' states after the same records, however they were grouped into
-// batches (the primary's batches, a secondary's catch-up, a replay), also
-// when the volume has more clients than it keeps and forgets some.
-func TestWriterStatesDoNotDependOnBatching(t *testing.T) {
-	const vol = 7
-	defer func(n int) { maxWritersPerVolume = n }(maxWritersPerVolume)
-	maxWritersPerVolume = 64
-	var records []*ballastpb.LogRecord
-	newest := uint64(3)
-	for i := uint64(0); newest < uint64(maxWritersPerVolume)+100; i++ {
-		// Clients come back (the same one several times in a batch) and
-		// new ones arrive while the volume is full.
-		client := 1 + i%3
-		if i%5 != 0 {
-			newest++
-			client = newest
-		}
-		op := 1 + i
-		records = append(records, &ballastpb.LogRecord{Seq: i + 1,
-			Blocks: []*ballastpb.BlockWrite{{Block: i % 64, Data: pattern(blockSize, byte(i))}},
-			Writes: []*ballastpb.WriteTag{{Client: client, Op: op, Oldest: op - min(op-1, 3), FirstBlock: i % 64, Blocks: 1}}})
-	}
-	states := func(batch int) map[uint64]string {
-		s := openMemStore(t)
-		for i := 0; i < len(records); i += batch {
-			if err := s.Append(vol, records[i:min(i+batch, len(records))], 0); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return writerTables(t, s, vol)
-	}
-	one, many := states(1), states(29)
-	if len(one) != maxWritersPerVolume {
-		t.Fatalf("%d clients kept, want %d", len(one), maxWritersPerVolume)
-	}
-	if !maps.Equal(one, many) {
-		diff := 0
-		for c, v := range one {
-			if many[c] != v {
-				diff++
-			}
-		}
-		t.Fatalf("clients' states differ between batches of 1 and of 29 records: %d of %d (and %d kept against %d)", diff, len(one), len(many), len(one))
 	}
 }

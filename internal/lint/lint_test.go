@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
-	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/journal", "headnode/ec", "headnode/replica"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/blockstore", "headnode/journal", "headnode/ec", "headnode/replica"},
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume", "migrate"},
 	"attach/nbd":          {"attach/blockdev", "internal/bufpool", "internal/inflight"},
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool", "internal/inflight"},
@@ -35,6 +35,10 @@ var allowed = map[string][]string{
 	"internal/rpc":        {"internal/bufpool"},
 	"internal/replwire":   {},
 	"txn/driver":          {"txn", "consensus", "proto/txnpb"},
+	// The head node's block store: its journal, the volume model, leaf
+	// utilities and wire types; nothing of the node, its groups or
+	// transactions.
+	"headnode/blockstore": {"headnode/journal", "volume", "internal/", "proto/"},
 	// The head node's block journal: leaf utilities at most. Its crashfs
 	// (test support for any package's crash tests) imports nothing.
 	"headnode/journal": {"internal/"},

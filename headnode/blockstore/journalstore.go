@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"context"
@@ -128,7 +128,7 @@ func splitEntry(e journal.Entry, maxBlocks int, partMeta []byte) []journal.Entry
 // journal, as many calls as it takes to keep each within a fraction of a
 // zone, and waits until all are durable. It returns each entry's
 // locations.
-func (s *blockStore) appendEntries(entries []journal.Entry) ([][]journal.Location, []*journal.Commit, error) {
+func (s *Store) appendEntries(entries []journal.Entry) ([][]journal.Location, []*journal.Commit, error) {
 	var locs [][]journal.Location
 	var commits []*journal.Commit
 	for len(entries) > 0 {
@@ -227,7 +227,7 @@ func decodeBlockRef(v []byte) (blockRef, error) {
 }
 
 // readRef reads a block's data from the journal into dst (4 KiB).
-func (s *blockStore) readRef(vol, block uint64, ref blockRef, dst []byte) error {
+func (s *Store) readRef(vol, block uint64, ref blockRef, dst []byte) error {
 	if err := s.jr.ReadBlock(ref.loc, dst); err != nil {
 		return fmt.Errorf("block %d of volume %d from the journal (batch %d): %w", block, vol, ref.loc.LSN, err)
 	}
@@ -237,7 +237,7 @@ func (s *blockStore) readRef(vol, block uint64, ref blockRef, dst []byte) error 
 // readRefs reads the blocks at offsets at (in blocks, from block first)
 // of dst from the journal, where refs say; a run of blocks that follow
 // each other in the journal and in dst is read with one call.
-func (s *blockStore) readRefs(vol, first uint64, at []uint64, refs []blockRef, dst []byte) error {
+func (s *Store) readRefs(vol, first uint64, at []uint64, refs []blockRef, dst []byte) error {
 	for k := 0; k < len(at); {
 		n := 1
 		for k+n < len(at) && at[k+n] == at[k]+uint64(n) {
@@ -262,7 +262,7 @@ func dropMarkKey(vol uint64) []byte { return volKey(prefixDropMark, vol, 0) }
 
 // replayJournal is Open's callback: it applies again what pebble lost.
 type journalReplay struct {
-	s *blockStore
+	s *Store
 	// parts holds, per volume, the locations of the parts of record
 	// partSeq seen so far.
 	parts   map[uint64][]journal.Location
@@ -339,7 +339,7 @@ func (rp *journalReplay) entry(lsn uint64, e journal.Entry, locs []journal.Locat
 // function it returns ends it, once its pebble batch committed (or it
 // failed). An append's entries land at or after the journal's head LSN
 // as read here.
-func (s *blockStore) beginJournalAppend() (end func()) {
+func (s *Store) beginJournalAppend() (end func()) {
 	s.inflightMu.Lock()
 	id := s.inflightNext
 	s.inflightNext++
@@ -354,7 +354,7 @@ func (s *blockStore) beginJournalAppend() (end func()) {
 
 // journalRelease frees the journal up to the oldest entry still needed:
 // the oldest a 'B' key points to, or an append in flight may have written.
-func (s *blockStore) journalRelease() error {
+func (s *Store) journalRelease() error {
 	// Appends that ended (and counted their refs) came before; those in
 	// flight are in inflight; those that begin after land at or after
 	// head.
@@ -384,7 +384,7 @@ func (s *blockStore) journalRelease() error {
 }
 
 // countRefs applies a commit's ref deltas.
-func (s *blockStore) countRefs(delta map[uint64]int) {
+func (s *Store) countRefs(delta map[uint64]int) {
 	if len(delta) == 0 {
 		return
 	}
@@ -419,7 +419,7 @@ func (s *blockStore) countRefs(delta map[uint64]int) {
 
 // oldestRef returns the oldest batch a 'B' key points to, or limit if
 // none below it does.
-func (s *blockStore) oldestRef(limit uint64) uint64 {
+func (s *Store) oldestRef(limit uint64) uint64 {
 	s.refMu.Lock()
 	defer s.refMu.Unlock()
 	for s.refMin < limit && s.refs[s.refMin] == 0 {
@@ -430,7 +430,7 @@ func (s *blockStore) oldestRef(limit uint64) uint64 {
 
 // loadBlockRefs fills the in-memory index from the 'B' keys (at open,
 // before the replay, which applies what pebble lost on top of it).
-func (s *blockStore) loadBlockRefs() error {
+func (s *Store) loadBlockRefs() error {
 	x, err := loadRefIndex(s.db)
 	if err != nil {
 		return err
@@ -471,9 +471,18 @@ func loadRefIndex(db reader) (*refIndex, error) {
 }
 
 // countAllRefs counts the refs from the index (at open, after the replay).
-func (s *blockStore) countAllRefs() {
-	refs := map[uint64]int{}
-	low := uint64(math.MaxUint64)
+func (s *Store) countAllRefs() {
+	refs, low := s.refsFromIndex()
+	s.refMu.Lock()
+	s.refs, s.refMin = refs, low
+	s.refMu.Unlock()
+}
+
+// refsFromIndex counts the index's refs per journal batch, and returns
+// the oldest batch any points to (the journal's head if none does).
+func (s *Store) refsFromIndex() (refs map[uint64]int, low uint64) {
+	refs = map[uint64]int{}
+	low = uint64(math.MaxUint64)
 	s.blockRefs.each(func(_ uint64, v *volumeRefs) {
 		v.mu.RLock()
 		v.refs.Scan(func(_ uint64, ref blockRef) bool {
@@ -486,9 +495,7 @@ func (s *blockStore) countAllRefs() {
 	if len(refs) == 0 {
 		low = s.jr.Stats().HeadLSN
 	}
-	s.refMu.Lock()
-	s.refs, s.refMin = refs, low
-	s.refMu.Unlock()
+	return refs, low
 }
 
 // refsOf returns the negative counts of a volume's refs: what dropping
@@ -502,7 +509,7 @@ func refsOf(v *volumeRefs) map[uint64]int {
 	return ended
 }
 
-func (s *blockStore) releaseLoop(interval time.Duration) {
+func (s *Store) releaseLoop(interval time.Duration) {
 	defer close(s.releaseDone)
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -514,7 +521,7 @@ func (s *blockStore) releaseLoop(interval time.Duration) {
 		case <-s.releaseStop:
 			return
 		case <-t.C:
-			if s.JournalFill() < 0.25 && time.Since(last) < 30*interval {
+			if s.journalFill() < 0.25 && time.Since(last) < 30*interval {
 				continue
 			}
 		case <-s.releaseKick:
@@ -526,9 +533,9 @@ func (s *blockStore) releaseLoop(interval time.Duration) {
 	}
 }
 
-// JournalFill is the fraction of the journal in use: a caller flushes
+// journalFill is the fraction of the journal in use: a caller flushes
 // sooner as it grows.
-func (s *blockStore) JournalFill() float64 {
+func (s *Store) journalFill() float64 {
 	st := s.jr.Stats()
 	if st.TotalBytes == 0 {
 		return 0
@@ -536,24 +543,24 @@ func (s *blockStore) JournalFill() float64 {
 	return float64(st.UsedBytes) / float64(st.TotalBytes)
 }
 
-// journalPressure says the journal is half full: flush sooner.
-func (s *blockStore) journalPressure() bool { return s.JournalFill() >= 0.5 }
+// JournalPressure says the journal is half full: flush sooner.
+func (s *Store) JournalPressure() bool { return s.journalFill() >= 0.5 }
 
-// journalHigh says the journal is at its high-water mark: a primary
-// holds client writes back before it orders them (primaryVolume.write),
-// so that the records that free the journal, which carry no data and
-// are ordered among the writes, always find room. A store never waits
+// JournalHigh says the journal is at its high-water mark: a primary
+// holds client writes back before it orders them (headnode's
+// primaryVolume.write), so that the records that free the journal, which
+// carry no data and are ordered among the writes, always find room. A store never waits
 // itself: it applies in order what was ordered, and a wait there would
 // hold those very records back.
-func (s *blockStore) journalHigh() bool {
+func (s *Store) JournalHigh() bool {
 	st := s.jr.Stats()
 	return st.TotalBytes-st.UsedBytes < s.journalReserve
 }
 
-// noteJournalFill asks for a release, and for flushes, when the journal
+// NoteJournalFill asks for a release, and for flushes, when the journal
 // is at its high-water mark.
-func (s *blockStore) noteJournalFill() {
-	if !s.journalHigh() {
+func (s *Store) NoteJournalFill() {
+	if !s.JournalHigh() {
 		return
 	}
 	s.kickRelease()
@@ -562,7 +569,7 @@ func (s *blockStore) noteJournalFill() {
 	}
 }
 
-func (s *blockStore) kickRelease() {
+func (s *Store) kickRelease() {
 	select {
 	case s.releaseKick <- struct{}{}:
 	default:

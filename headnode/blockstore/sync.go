@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"errors"
@@ -23,10 +23,10 @@ import (
 // its next hello says it needs a full sync. Data already on the sleds is
 // not copied; the index entries name it.
 
-// fullState reads the volume's whole state from one snapshot and hands it
+// FullState reads the volume's whole state from one snapshot and hands it
 // to emit in chunks of about chunkBytes of block data. It returns the
 // volume's last seq and next segment id at the snapshot.
-func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.StateRecord) error) (lastSeq, nextSeg uint64, err error) {
+func (s *Store) FullState(vol uint64, chunkBytes int, emit func(*ballastpb.StateRecord) error) (lastSeq, nextSeg uint64, err error) {
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
 	// The cached state may be newer than the snapshot; read the stored one.
@@ -80,7 +80,7 @@ func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.
 		return 0, 0, fmt.Errorf("iterate segments of volume %d: %w", vol, err)
 	}
 
-	// What the clients had applied (writeops.go).
+	// What the clients had applied (writers.go).
 	writers, err := snap.NewIter(&pebble.IterOptions{LowerBound: writerKey(vol, 0), UpperBound: volumeUpper(prefixWriter, vol)})
 	if err != nil {
 		return 0, 0, fmt.Errorf("iterate writers of volume %d: %w", vol, err)
@@ -140,7 +140,7 @@ func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.
 			if err != nil {
 				return 0, 0, err
 			}
-			bs.Indexed, bs.SegmentId, bs.Slot = true, loc.segment, loc.slot
+			bs.Indexed, bs.SegmentId, bs.Slot = true, loc.Segment, loc.Slot
 			size += indexBytes
 			okI = index.Next()
 		}
@@ -161,17 +161,17 @@ func (s *blockStore) fullState(vol uint64, chunkBytes int, emit func(*ballastpb.
 	return st.LastSeq, max(st.NextSegmentId, 1), nil
 }
 
-// beginSync drops what the store holds of the volume and marks it syncing.
-func (s *blockStore) beginSync(vol uint64) error {
+// BeginSync drops what the store holds of the volume and marks it syncing.
+func (s *Store) BeginSync(vol uint64) error {
 	if err := s.DropVolume(vol); err != nil {
 		return err
 	}
 	return s.putState(vol, &ballastpb.VolumeLogState{Syncing: true}, pebble.Sync)
 }
 
-// applySyncState installs one chunk of a full copy. It is not synced:
-// endSync's synced commit makes every chunk before it durable too.
-func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) error {
+// ApplySyncState installs one chunk of a full copy. It is not synced:
+// EndSync's synced commit makes every chunk before it durable too.
+func (s *Store) ApplySyncState(vol uint64, rec *ballastpb.StateRecord) error {
 	st, err := s.stateCopy(vol)
 	if err != nil {
 		return err
@@ -187,7 +187,7 @@ func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) erro
 		return err
 	}
 	e.Meta = encodeMeta(metaSyncData, vol, nil)
-	s.noteJournalFill()
+	s.NoteJournalFill()
 	defer s.beginJournalAppend()()
 	entryLocs, commits, err := s.appendEntries(splitEntry(e, s.maxEntryBlocks, e.Meta))
 	if err == nil {
@@ -216,8 +216,8 @@ func (s *blockStore) applySyncState(vol uint64, rec *ballastpb.StateRecord) erro
 	return nil
 }
 
-// endSync makes the copy the volume's state at seq.
-func (s *blockStore) endSync(vol, seq, nextSeg uint64) error {
+// EndSync makes the copy the volume's state at seq.
+func (s *Store) EndSync(vol, seq, nextSeg uint64) error {
 	st, err := s.stateCopy(vol)
 	if err != nil {
 		return err
@@ -228,8 +228,8 @@ func (s *blockStore) endSync(vol, seq, nextSeg uint64) error {
 	return s.putState(vol, &ballastpb.VolumeLogState{LastSeq: seq, TrimmedThrough: seq, NextSegmentId: nextSeg}, pebble.Sync)
 }
 
-// syncing says whether a full sync of the volume began and did not end.
-func (s *blockStore) syncing(vol uint64) (bool, error) {
+// Syncing says whether a full sync of the volume began and did not end.
+func (s *Store) Syncing(vol uint64) (bool, error) {
 	st, err := s.stateCopy(vol)
 	if err != nil {
 		return false, err
@@ -237,7 +237,7 @@ func (s *blockStore) syncing(vol uint64) (bool, error) {
 	return st.Syncing, nil
 }
 
-func (s *blockStore) putState(vol uint64, st *ballastpb.VolumeLogState, opts *pebble.WriteOptions) error {
+func (s *Store) putState(vol uint64, st *ballastpb.VolumeLogState, opts *pebble.WriteOptions) error {
 	v, err := proto.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("encode log state: %w", err)

@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"errors"
@@ -38,7 +38,7 @@ type applier struct {
 	refs       *volumeRefs
 	refChanges refChanges
 	// writers are the clients' states the batch changed, decoded, not
-	// yet written to it (writeops.go); commit writes them.
+	// yet written to it (writers.go); commit writes them.
 	writers map[uint64]*ballastpb.WriterState
 }
 
@@ -209,18 +209,18 @@ func (a *applier) unindex(block uint64) error {
 	if err != nil {
 		return err
 	}
-	a.liveDelta[loc.segment]--
-	a.touchSegment(loc.segment)
+	a.liveDelta[loc.Segment]--
+	a.touchSegment(loc.Segment)
 	return a.b.Delete(indexKey(a.vol, block), nil)
 }
 
 // index maps a block to a segment slot (unindexing it from where it was).
-func (a *applier) index(block uint64, loc blockLoc) error {
+func (a *applier) index(block uint64, loc BlockLoc) error {
 	if err := a.unindex(block); err != nil {
 		return err
 	}
-	a.liveDelta[loc.segment]++
-	a.touchSegment(loc.segment)
+	a.liveDelta[loc.Segment]++
+	a.touchSegment(loc.Segment)
 	return a.b.Set(indexKey(a.vol, block), encodeLoc(loc), nil)
 }
 
@@ -421,8 +421,8 @@ func (a *applier) countOut(first, end uint64, want func(block uint64) bool) erro
 			it.Close()
 			return err
 		}
-		a.liveDelta[loc.segment]--
-		a.touchSegment(loc.segment)
+		a.liveDelta[loc.Segment]--
+		a.touchSegment(loc.Segment)
 	}
 	if err := it.Close(); err != nil {
 		return fmt.Errorf("read index: %w", err)
@@ -445,7 +445,7 @@ func (a *applier) indexBlocks(seg uint64, blocks []uint64, slots []uint32) error
 	}
 	if !dense {
 		for i, block := range blocks {
-			if err := a.index(block, blockLoc{segment: seg, slot: slots[i]}); err != nil {
+			if err := a.index(block, BlockLoc{Segment: seg, Slot: slots[i]}); err != nil {
 				return err
 			}
 		}
@@ -463,7 +463,7 @@ func (a *applier) indexBlocks(seg uint64, blocks []uint64, slots []uint32) error
 	}
 	for i, block := range blocks {
 		a.liveDelta[seg]++
-		if err := a.b.Set(indexKey(a.vol, block), encodeLoc(blockLoc{segment: seg, slot: slots[i]}), nil); err != nil {
+		if err := a.b.Set(indexKey(a.vol, block), encodeLoc(BlockLoc{Segment: seg, Slot: slots[i]}), nil); err != nil {
 			return err
 		}
 	}
@@ -505,10 +505,10 @@ func (a *applier) applyCompact(c *ballastpb.CompactRecord) error {
 		if err != nil {
 			return err
 		}
-		if loc != (blockLoc{segment: c.SourceSegments[slot], slot: c.SourceSlots[slot]}) {
+		if loc != (BlockLoc{Segment: c.SourceSegments[slot], Slot: c.SourceSlots[slot]}) {
 			continue // moved on since it was copied
 		}
-		if err := a.index(block, blockLoc{segment: seg.Id, slot: uint32(slot)}); err != nil {
+		if err := a.index(block, BlockLoc{Segment: seg.Id, Slot: uint32(slot)}); err != nil {
 			return err
 		}
 	}
@@ -574,7 +574,7 @@ func (a *applier) applyState(s *ballastpb.StateRecord) error {
 			return err
 		}
 		if bs.Indexed {
-			err = a.b.Set(indexKey(a.vol, bs.Block), encodeLoc(blockLoc{segment: bs.SegmentId, slot: bs.Slot}), nil)
+			err = a.b.Set(indexKey(a.vol, bs.Block), encodeLoc(BlockLoc{Segment: bs.SegmentId, Slot: bs.Slot}), nil)
 		} else {
 			err = a.b.Delete(indexKey(a.vol, bs.Block), nil)
 		}

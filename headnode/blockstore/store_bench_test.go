@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"fmt"
@@ -18,11 +18,11 @@ import (
 // reports the process's CPU time per write (cpu-µs/op: user and system),
 // the figure the data plane's budget speaks of, beside the wall time.
 //
-//	go test -run '^$' -bench StoreAppend4K -benchtime 20000x ./headnode/
+//	go test -run '^$' -bench StoreAppend4K -benchtime 20000x ./headnode/blockstore/
 //
 // BenchmarkStoreAppend4K appends 4 KiB writes to eight volumes at once;
 // named=true tags each as an agent's write at QD32 does (the writer
-// table's cost, writeops.go).
+// table's cost, writers.go).
 func BenchmarkStoreAppend4K(b *testing.B) {
 	for _, c := range []struct {
 		perAppend int
@@ -30,7 +30,7 @@ func BenchmarkStoreAppend4K(b *testing.B) {
 	}{{1, false}, {8, false}, {8, true}, {32, true}} {
 		perAppend := c.perAppend
 		b.Run(fmt.Sprintf("records=%d/named=%v", perAppend, c.named), func(b *testing.B) {
-			s, err := openBlockStore(b.TempDir()+"/blocks", blockStoreOptions{})
+			s, err := Open(b.TempDir()+"/blocks", Options{})
 			if err != nil {
 				b.Fatal(err)
 			}

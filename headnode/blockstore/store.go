@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"context"
@@ -34,7 +34,7 @@ import (
 //	'G' | volume u64 | segment u64  -> Segment (protobuf): shards, sleds, live blocks
 //	'H' | volume u64 | segment u64  -> u64 per slot: the block each slot was written for
 //	'S' | volume u64                -> VolumeLogState (protobuf)
-//	'C' | volume u64 | 0            -> cut u64: the cut this node's primary holds writes for (cuthold.go)
+//	'C' | volume u64 | 0            -> cut u64: the cut this node's primary holds writes for (SetCutHold)
 //	'E' | volume u64 | 0            -> epoch u64: the volume's epoch fence (EpochFence)
 //	'D' | volume u64 | 0            -> lsn u64: the journal entry of the volume's last drop
 //
@@ -67,11 +67,16 @@ const (
 	prefixEpochFence   = 'E'
 	prefixDropMark     = 'D'
 	// prefixWriter ('W') keys hold the writes each client had applied
-	// (writeops.go).
+	// (writers.go).
 
 	versionBytes = 8
 	indexBytes   = 12
+
+	blockSize = volume.BlockSizeBytes
 )
+
+// The errors' texts keep the prefix they had when the store was part of
+// package headnode: what logs, peers and clients see of them is unchanged.
 
 // ErrSeqGap is returned when records do not follow the store's last seq:
 // the sender and the store disagree on the log and must reconcile first.
@@ -104,24 +109,24 @@ func stateKey(vol uint64) []byte {
 	return k
 }
 
-// blockLoc is where a flushed block lives.
-type blockLoc struct {
-	segment uint64
-	slot    uint32
+// BlockLoc is where a flushed block lives: a slot of a segment.
+type BlockLoc struct {
+	Segment uint64
+	Slot    uint32
 }
 
-func encodeLoc(l blockLoc) []byte {
+func encodeLoc(l BlockLoc) []byte {
 	v := make([]byte, indexBytes)
-	binary.BigEndian.PutUint64(v, l.segment)
-	binary.BigEndian.PutUint32(v[8:], l.slot)
+	binary.BigEndian.PutUint64(v, l.Segment)
+	binary.BigEndian.PutUint32(v[8:], l.Slot)
 	return v
 }
 
-func decodeLoc(v []byte) (blockLoc, error) {
+func decodeLoc(v []byte) (BlockLoc, error) {
 	if len(v) != indexBytes {
-		return blockLoc{}, fmt.Errorf("%w: index value of %d bytes", ErrCorrupt, len(v))
+		return BlockLoc{}, fmt.Errorf("%w: index value of %d bytes", ErrCorrupt, len(v))
 	}
-	return blockLoc{segment: binary.BigEndian.Uint64(v), slot: binary.BigEndian.Uint32(v[8:])}, nil
+	return BlockLoc{Segment: binary.BigEndian.Uint64(v), Slot: binary.BigEndian.Uint32(v[8:])}, nil
 }
 
 func encodeSlots(blocks []uint64) []byte {
@@ -143,11 +148,11 @@ func decodeSlots(v []byte) ([]uint64, error) {
 	return out, nil
 }
 
-// blockStore is the head node's durable store of volume logs, blocks,
+// Store is the head node's durable store of volume logs, blocks,
 // indexes and segments. Callers serialise appends per volume (the
 // primary's committer, or the secondary's one replication stream); reads
 // may run at any time.
-type blockStore struct {
+type Store struct {
 	db *pebble.DB
 	jr *journal.Journal
 
@@ -188,8 +193,8 @@ type blockStore struct {
 	// maxAppendBlocks those of one append, well within a zone.
 	maxEntryBlocks, maxAppendBlocks int
 
-	// crashAt (a test knob) is called at each step of an append, a
-	// release, a drop and a void: a test loses power there.
+	// crashAt (a test knob: SetCrashHook) is called at each step of an
+	// append, a release, a drop and a void: a test loses power there.
 	crashAt atomic.Pointer[func(point string)]
 
 	onJournalPressure func() // asks the node to flush sooner; may be nil
@@ -201,10 +206,10 @@ type blockStore struct {
 	cancel            context.CancelFunc
 }
 
-// blockStoreOptions tunes pebble for what a head node stores (small
+// Options tunes pebble for what a head node stores (small
 // values under dense keys, read back by point lookups) and sizes the
 // journal.
-type blockStoreOptions struct {
+type Options struct {
 	// FS is the filesystem of pebble and the journal; nil means the
 	// operating system's (and the journal then uses O_DIRECT where it can).
 	FS vfs.FS
@@ -229,16 +234,16 @@ type blockStoreOptions struct {
 const (
 	defaultBlockCacheBytes = 256 << 20
 	defaultJournalBytes    = 1 << 30
-	minJournalBytes        = 1 << 20
+	MinJournalBytes        = 1 << 20
 )
 
 // defaultJournalSize sizes a journal that has no size set: an eighth of
-// the free space of its filesystem, between minJournalBytes and
+// the free space of its filesystem, between MinJournalBytes and
 // defaultJournalBytes, so that a small data disk (a test's tmpfs) is not
 // filled by it. An existing journal keeps its size anyway.
 func defaultJournalSize(fs vfs.FS, path string) int64 {
 	if fs != nil {
-		return 8 * minJournalBytes // in memory: tests, which flush seldom if ever
+		return 8 * MinJournalBytes // in memory: tests, which flush seldom if ever
 	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(filepath.Dir(path), &st); err != nil {
@@ -256,9 +261,9 @@ func journalZoneBytes(size int64) int64 {
 	return z &^ (4096 - 1)
 }
 
-// openBlockStore opens (creating if needed) the store in dir and its
+// Open opens (creating if needed) the store in dir and its
 // journal, and replays the journal into pebble.
-func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
+func Open(dir string, o Options) (*Store, error) {
 	fs := o.FS
 	if fs == nil {
 		fs = vfs.Default
@@ -272,8 +277,8 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	if o.JournalBytes == 0 {
 		o.JournalBytes = defaultJournalSize(o.FS, o.JournalPath)
 	}
-	if o.JournalBytes < minJournalBytes {
-		return nil, fmt.Errorf("journal of %d bytes: at least %d needed", o.JournalBytes, minJournalBytes)
+	if o.JournalBytes < MinJournalBytes {
+		return nil, fmt.Errorf("journal of %d bytes: at least %d needed", o.JournalBytes, MinJournalBytes)
 	}
 	if o.ReleaseInterval == 0 {
 		o.ReleaseInterval = time.Second
@@ -302,7 +307,7 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open block store %s: %w", dir, err)
 	}
-	s := &blockStore{
+	s := &Store{
 		db: db, state: map[uint64]*ballastpb.VolumeLogState{}, fences: map[uint64]uint64{},
 		inflight: map[uint64]uint64{}, blockRefs: newRefIndex(),
 		begun: map[uint64]uint64{}, appendGen: map[uint64]uint64{},
@@ -319,7 +324,7 @@ func openBlockStore(dir string, o blockStoreOptions) (*blockStore, error) {
 }
 
 // openJournal opens the journal and applies again what pebble lost of it.
-func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
+func (s *Store) openJournal(fs vfs.FS, o Options) error {
 	if err := s.checkFormat(); err != nil {
 		return err
 	}
@@ -373,7 +378,7 @@ func (s *blockStore) openJournal(fs vfs.FS, o blockStoreOptions) error {
 // checkFormat refuses a store written before block data moved to the
 // journal, whose 'B' values hold the data itself: read as refs, they
 // would only fail one by one.
-func (s *blockStore) checkFormat() error {
+func (s *Store) checkFormat() error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
 	if err != nil {
 		return fmt.Errorf("check the block store's format: %w", err)
@@ -386,16 +391,39 @@ func (s *blockStore) checkFormat() error {
 	return it.Error()
 }
 
-func (s *blockStore) Close() error {
+func (s *Store) Close() error {
 	s.cancel()
 	close(s.releaseStop)
 	<-s.releaseDone
 	return errors.Join(s.jr.Close(), s.db.Close())
 }
 
+// SetJournalPressureFunc sets what the store calls when the journal
+// reaches its high-water mark (NoteJournalFill): the node flushes sooner.
+// nil calls nothing. It is not synchronised with the store's use: set it
+// right after Open, or while the store is idle.
+func (s *Store) SetJournalPressureFunc(f func()) { s.onJournalPressure = f }
+
+// SetReleaseErrorFunc sets what the store calls with an error of the
+// journal's release (the release goes on trying), or with counts of refs
+// found wrong. nil calls nothing. Set it right after Open.
+func (s *Store) SetReleaseErrorFunc(f func(error)) { s.onReleaseError = f }
+
+// SetCrashHook is for crash tests: f is called at each step of an append,
+// a release, a drop and a void ("append:journaled", "append:durable",
+// "append:applied", "release:synced", "release:done", "drop:journaled",
+// "void:journaled"), and the test loses power there. nil removes it.
+func (s *Store) SetCrashHook(f func(point string)) {
+	if f == nil {
+		s.crashAt.Store(nil)
+		return
+	}
+	s.crashAt.Store(&f)
+}
+
 // volumeState returns the cached log state of a volume; callers copy what
 // they need under s.mu.
-func (s *blockStore) volumeState(vol uint64) (*ballastpb.VolumeLogState, error) {
+func (s *Store) volumeState(vol uint64) (*ballastpb.VolumeLogState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok := s.state[vol]; ok {
@@ -420,7 +448,7 @@ func (s *blockStore) volumeState(vol uint64) (*ballastpb.VolumeLogState, error) 
 
 // stateCopy returns a copy of the volume's log state, for a caller that
 // builds the next one.
-func (s *blockStore) stateCopy(vol uint64) (*ballastpb.VolumeLogState, error) {
+func (s *Store) stateCopy(vol uint64) (*ballastpb.VolumeLogState, error) {
 	st, err := s.volumeState(vol)
 	if err != nil {
 		return nil, err
@@ -431,7 +459,7 @@ func (s *blockStore) stateCopy(vol uint64) (*ballastpb.VolumeLogState, error) {
 }
 
 // LastSeq returns the seq of the newest durable record of the volume's log.
-func (s *blockStore) LastSeq(vol uint64) (uint64, error) {
+func (s *Store) LastSeq(vol uint64) (uint64, error) {
 	st, err := s.volumeState(vol)
 	if err != nil {
 		return 0, err
@@ -442,7 +470,7 @@ func (s *blockStore) LastSeq(vol uint64) (uint64, error) {
 }
 
 // NextSegmentID returns the lowest segment id no record has used yet.
-func (s *blockStore) NextSegmentID(vol uint64) (uint64, error) {
+func (s *Store) NextSegmentID(vol uint64) (uint64, error) {
 	st, err := s.volumeState(vol)
 	if err != nil {
 		return 0, err
@@ -460,7 +488,7 @@ func (s *blockStore) NextSegmentID(vol uint64) (uint64, error) {
 // follow the last seq; records at or below it are skipped, since a sender
 // may resend what it could not confirm. With no new records and a trim
 // point, it trims alone.
-func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
+func (s *Store) Append(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) error {
 	pa, err := s.BeginAppend(vol, records, trimThrough)
 	if err != nil {
 		return err
@@ -468,13 +496,13 @@ func (s *blockStore) Append(vol uint64, records []*ballastpb.LogRecord, trimThro
 	return pa.Finish()
 }
 
-// pendingAppend is an append whose records are in the journal (perhaps
+// PendingAppend is an append whose records are in the journal (perhaps
 // not yet durable there) and not yet applied: Finish waits for the
 // journal and applies them. A replica streams batches this way: the next
 // batch goes to the journal, and may share its sync, while this one
 // syncs and applies.
-type pendingAppend struct {
-	s       *blockStore
+type PendingAppend struct {
+	s       *Store
 	vol     uint64
 	gen     uint64
 	fresh   []*ballastpb.LogRecord
@@ -504,7 +532,7 @@ func knownRecord(r *ballastpb.LogRecord) error {
 // finished in the order they began, by one caller at a time; the first
 // record must follow the last one begun (or, if none is pending, the last
 // seq). Once a Finish fails, the appends begun after it fail too.
-func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) (*pendingAppend, error) {
+func (s *Store) BeginAppend(vol uint64, records []*ballastpb.LogRecord, trimThrough uint64) (*PendingAppend, error) {
 	last, err := s.LastSeq(vol)
 	if err != nil {
 		return nil, err
@@ -513,7 +541,7 @@ func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, tri
 	gen := s.appendGen[vol]
 	last = max(last, s.begun[vol])
 	s.mu.Unlock()
-	pa := &pendingAppend{s: s, vol: vol, gen: gen, trim: trimThrough, end: func() {}}
+	pa := &PendingAppend{s: s, vol: vol, gen: gen, trim: trimThrough, end: func() {}}
 	next := last + 1
 	for _, r := range records {
 		if r.Seq < next {
@@ -544,7 +572,7 @@ func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, tri
 		withData = withData || len(e.Blocks) > 0
 	}
 	if withData {
-		s.noteJournalFill()
+		s.NoteJournalFill()
 	}
 	pa.end = s.beginJournalAppend()
 	entryLocs, commits, err := s.appendEntries(entries)
@@ -571,7 +599,7 @@ func (s *blockStore) BeginAppend(vol uint64, records []*ballastpb.LogRecord, tri
 
 // Finish waits until the journal holds the append's records and applies
 // them (see Append).
-func (pa *pendingAppend) Finish() error {
+func (pa *PendingAppend) Finish() error {
 	s, vol := pa.s, pa.vol
 	defer pa.end()
 	s.mu.Lock()
@@ -606,7 +634,7 @@ func (pa *pendingAppend) Finish() error {
 // void entry in the journal and a mark in pebble, synced with everything
 // pebble applied before, say that the volume's entries before it are
 // done with. The next append begins after the last seq applied.
-func (s *blockStore) voidAppends(vol uint64) error {
+func (s *Store) voidAppends(vol uint64) error {
 	s.resetAppends(vol)
 	c, _, err := s.jr.Append(s.ctx, []journal.Entry{{Meta: encodeMeta(metaVoid, vol, nil)}})
 	if err == nil {
@@ -623,7 +651,7 @@ func (s *blockStore) voidAppends(vol uint64) error {
 }
 
 // crashPoint reports reaching a step to the crashAt knob.
-func (s *blockStore) crashPoint(point string) {
+func (s *Store) crashPoint(point string) {
 	if f := s.crashAt.Load(); f != nil {
 		(*f)(point)
 	}
@@ -631,7 +659,7 @@ func (s *blockStore) crashPoint(point string) {
 
 // resetAppends fails the volume's pending appends: the next one begins
 // after the last seq applied.
-func (s *blockStore) resetAppends(vol uint64) {
+func (s *Store) resetAppends(vol uint64) {
 	s.mu.Lock()
 	s.appendGen[vol]++
 	delete(s.begun, vol)
@@ -641,7 +669,7 @@ func (s *blockStore) resetAppends(vol uint64) {
 // applyJournaled applies records whose data is in the journal at locs (one
 // list per record) in one batch, trims, and commits once wait (if any)
 // says the journal holds them.
-func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, locs [][]journal.Location,
+func (s *Store) applyJournaled(vol uint64, records []*ballastpb.LogRecord, locs [][]journal.Location,
 	trimThrough uint64, wait func() error, opts *pebble.WriteOptions) error {
 	st, err := s.stateCopy(vol)
 	if err != nil {
@@ -700,16 +728,16 @@ func (s *blockStore) applyJournaled(vol uint64, records []*ballastpb.LogRecord, 
 	return nil
 }
 
-// remoteBlock is a block of a read that lives on the sleds.
-type remoteBlock struct {
-	index int // position in the read, in blocks
-	loc   blockLoc
+// RemoteBlock is a block of a read that lives on the sleds.
+type RemoteBlock struct {
+	Index int // position in the read, in blocks
+	Loc   BlockLoc
 }
 
-// localRead is what the head node itself knows of a range of blocks.
-type localRead struct {
-	remote   []remoteBlock
-	segments map[uint64]*ballastpb.Segment // every segment remote names
+// LocalRead is what the head node itself knows of a range of blocks.
+type LocalRead struct {
+	Remote   []RemoteBlock
+	Segments map[uint64]*ballastpb.Segment // every segment Remote names
 }
 
 // ReadLocal fills dst (a whole number of blocks) with the volume's blocks
@@ -720,7 +748,7 @@ type localRead struct {
 // A block's data is read from the journal after its ref is read from the
 // snapshot; should the release free and reuse that zone in between, the
 // journal's checksum says so and the read starts over from a new snapshot.
-func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error) {
+func (s *Store) ReadLocal(vol, first uint64, dst []byte) (LocalRead, error) {
 	for attempt := 0; ; attempt++ {
 		lr, err := s.readLocal(vol, first, dst)
 		if err != nil && (errors.Is(err, journal.ErrCorrupt) || errors.Is(err, journal.ErrReleased)) && attempt < 3 {
@@ -730,9 +758,9 @@ func (s *blockStore) ReadLocal(vol, first uint64, dst []byte) (localRead, error)
 	}
 }
 
-func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error) {
+func (s *Store) readLocal(vol, first uint64, dst []byte) (LocalRead, error) {
 	count := uint64(len(dst) / volume.BlockSizeBytes)
-	var out localRead
+	var out LocalRead
 	// The refs and the snapshot under the index's lock: the same point.
 	refs := s.blockRefs.volume(vol)
 	refs.mu.RLock()
@@ -768,15 +796,15 @@ func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error)
 		if err != nil {
 			return out, err
 		}
-		seg, _, err := getSegment(snap, vol, loc.segment, false)
+		seg, _, err := getSegment(snap, vol, loc.Segment, false)
 		if err != nil {
 			return out, err
 		}
 		if seg == nil {
-			return out, fmt.Errorf("%w: volume %d: block %d is indexed to segment %d, which does not exist", ErrCorrupt, vol, first, loc.segment)
+			return out, fmt.Errorf("%w: volume %d: block %d is indexed to segment %d, which does not exist", ErrCorrupt, vol, first, loc.Segment)
 		}
-		out.remote = []remoteBlock{{index: 0, loc: loc}}
-		out.segments = map[uint64]*ballastpb.Segment{loc.segment: seg}
+		out.Remote = []RemoteBlock{{Index: 0, Loc: loc}}
+		out.Segments = map[uint64]*ballastpb.Segment{loc.Segment: seg}
 		return out, nil
 	}
 	have := make([]bool, count)
@@ -804,7 +832,7 @@ func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error)
 			return out, err
 		}
 		have[i] = true
-		out.remote = append(out.remote, remoteBlock{index: int(i), loc: loc})
+		out.Remote = append(out.Remote, RemoteBlock{Index: int(i), Loc: loc})
 	}
 	if err := it.Close(); err != nil {
 		return out, fmt.Errorf("read index of volume %d: %w", vol, err)
@@ -814,21 +842,21 @@ func (s *blockStore) readLocal(vol, first uint64, dst []byte) (localRead, error)
 			clear(dst[i*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes])
 		}
 	}
-	for _, rb := range out.remote {
-		if _, ok := out.segments[rb.loc.segment]; ok {
+	for _, rb := range out.Remote {
+		if _, ok := out.Segments[rb.Loc.Segment]; ok {
 			continue
 		}
-		seg, _, err := getSegment(snap, vol, rb.loc.segment, false)
+		seg, _, err := getSegment(snap, vol, rb.Loc.Segment, false)
 		if err != nil {
 			return out, err
 		}
 		if seg == nil {
-			return out, fmt.Errorf("%w: volume %d: block %d is indexed to segment %d, which does not exist", ErrCorrupt, vol, first+uint64(rb.index), rb.loc.segment)
+			return out, fmt.Errorf("%w: volume %d: block %d is indexed to segment %d, which does not exist", ErrCorrupt, vol, first+uint64(rb.Index), rb.Loc.Segment)
 		}
-		if out.segments == nil {
-			out.segments = map[uint64]*ballastpb.Segment{}
+		if out.Segments == nil {
+			out.Segments = map[uint64]*ballastpb.Segment{}
 		}
-		out.segments[rb.loc.segment] = seg
+		out.Segments[rb.Loc.Segment] = seg
 	}
 	return out, nil
 }
@@ -871,7 +899,7 @@ func getSegment(r reader, vol, id uint64, slots bool) (*ballastpb.Segment, []uin
 }
 
 // Segments returns every segment of the volume, from one snapshot.
-func (s *blockStore) Segments(vol uint64) ([]*ballastpb.Segment, error) {
+func (s *Store) Segments(vol uint64) ([]*ballastpb.Segment, error) {
 	it, err := s.db.NewIter(&pebble.IterOptions{
 		LowerBound: segmentKey(vol, 0),
 		UpperBound: volumeUpper(prefixSegment, vol),
@@ -892,27 +920,27 @@ func (s *blockStore) Segments(vol uint64) ([]*ballastpb.Segment, error) {
 }
 
 // Segment returns one segment and its slots, or nil if it does not exist.
-func (s *blockStore) Segment(vol, id uint64) (*ballastpb.Segment, []uint64, error) {
+func (s *Store) Segment(vol, id uint64) (*ballastpb.Segment, []uint64, error) {
 	return getSegment(s.db, vol, id, true)
 }
 
-// dirtyBlock is a block whose newest data is in the log.
-type dirtyBlock struct {
-	block   uint64
-	version uint64
-	data    []byte
+// DirtyBlock is a block whose newest data is in the log.
+type DirtyBlock struct {
+	Block   uint64
+	Version uint64
+	Data    []byte
 }
 
 // DirtyBlocks returns up to max blocks whose newest data is in the log,
 // from block `from` on, in block order, with their versions and data.
-func (s *blockStore) DirtyBlocks(vol, from uint64, limit int) ([]dirtyBlock, error) {
+func (s *Store) DirtyBlocks(vol, from uint64, limit int) ([]DirtyBlock, error) {
 	blocks, refs := s.blockRefs.volume(vol).from(from, limit)
-	out := make([]dirtyBlock, len(blocks))
+	out := make([]DirtyBlock, len(blocks))
 	buf := make([]byte, len(blocks)*volume.BlockSizeBytes)
 	locs := make([]journal.Location, len(blocks))
 	for i, b := range blocks {
-		out[i] = dirtyBlock{block: b, version: refs[i].version,
-			data: buf[i*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes]}
+		out[i] = DirtyBlock{Block: b, Version: refs[i].version,
+			Data: buf[i*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes : (i+1)*volume.BlockSizeBytes]}
 		locs[i] = refs[i].loc
 	}
 	if err := s.jr.ReadBlocks(locs, buf); err != nil {
@@ -922,13 +950,13 @@ func (s *blockStore) DirtyBlocks(vol, from uint64, limit int) ([]dirtyBlock, err
 }
 
 // DirtyCount counts the blocks whose newest data is in the log.
-func (s *blockStore) DirtyCount(vol uint64) (int, error) {
+func (s *Store) DirtyCount(vol uint64) (int, error) {
 	return s.blockRefs.volume(vol).count(), nil
 }
 
 // Locate returns where each of the given blocks lives now: in the log
 // (inLog), in a segment (loc, indexed), or nowhere.
-func (s *blockStore) Locate(vol uint64, blocks []uint64) (inLog []bool, locs []blockLoc, indexed []bool, err error) {
+func (s *Store) Locate(vol uint64, blocks []uint64) (inLog []bool, locs []BlockLoc, indexed []bool, err error) {
 	refs := s.blockRefs.volume(vol)
 	refs.mu.RLock()
 	snap := s.db.NewSnapshot()
@@ -938,7 +966,7 @@ func (s *blockStore) Locate(vol uint64, blocks []uint64) (inLog []bool, locs []b
 	}
 	refs.mu.RUnlock()
 	defer snap.Close()
-	locs = make([]blockLoc, len(blocks))
+	locs = make([]BlockLoc, len(blocks))
 	indexed = make([]bool, len(blocks))
 	for i, b := range blocks {
 		v, closer, err := snap.Get(indexKey(vol, b))
@@ -959,7 +987,7 @@ func (s *blockStore) Locate(vol uint64, blocks []uint64) (inLog []bool, locs []b
 }
 
 // Volumes lists every volume the store holds any key of.
-func (s *blockStore) Volumes() ([]uint64, error) {
+func (s *Store) Volumes() ([]uint64, error) {
 	seen := map[uint64]bool{}
 	for _, p := range []byte{prefixLog, prefixBlock, prefixIndex, prefixSegment, prefixSegmentSlots, prefixState} {
 		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{p}, UpperBound: []byte{p + 1}})
@@ -992,7 +1020,7 @@ func (s *blockStore) Volumes() ([]uint64, error) {
 //
 // A drop entry in the journal and a drop mark in pebble keep the journal's
 // replay from applying the volume's records of before the drop again.
-func (s *blockStore) DropVolume(vol uint64) error {
+func (s *Store) DropVolume(vol uint64) error {
 	c, _, err := s.jr.Append(s.ctx, []journal.Entry{{Meta: encodeMeta(metaDrop, vol, nil)}})
 	if err == nil {
 		err = c.Wait(s.ctx)
@@ -1039,8 +1067,8 @@ func (s *blockStore) DropVolume(vol uint64) error {
 // SetCutHold records, durably, that this node's primary holds the
 // volume's writes for cut g, an id (0 clears it): a primary
 // restarted at the same epoch must not let writes through before it has
-// settled that cut (cuthold.go).
-func (s *blockStore) SetCutHold(vol, g uint64) error {
+// settled that cut (headnode's cuthold.go).
+func (s *Store) SetCutHold(vol, g uint64) error {
 	k := volKey(prefixCutHold, vol, 0)
 	if g == 0 {
 		if err := s.db.Delete(k, pebble.Sync); err != nil {
@@ -1056,7 +1084,7 @@ func (s *blockStore) SetCutHold(vol, g uint64) error {
 }
 
 // CutHold returns the cut SetCutHold left for the volume (0: none).
-func (s *blockStore) CutHold(vol uint64) (uint64, error) {
+func (s *Store) CutHold(vol uint64) (uint64, error) {
 	v, closer, err := s.db.Get(volKey(prefixCutHold, vol, 0))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, nil
@@ -1078,7 +1106,7 @@ func (s *blockStore) CutHold(vol uint64) (uint64, error) {
 // that has not yet replayed a promotion still refuses the old primary,
 // and it outlives DropVolume (a full sync begins with one), so a copy
 // dropped and made again never takes an older epoch's writes either.
-func (s *blockStore) EpochFence(vol uint64) (uint64, error) {
+func (s *Store) EpochFence(vol uint64) (uint64, error) {
 	s.mu.Lock()
 	e, ok := s.fences[vol]
 	s.mu.Unlock()
@@ -1092,7 +1120,7 @@ func (s *blockStore) EpochFence(vol uint64) (uint64, error) {
 
 // loadFenceLocked returns the volume's fence, reading it from the store
 // on first use; the caller holds fenceMu.
-func (s *blockStore) loadFenceLocked(vol uint64) (uint64, error) {
+func (s *Store) loadFenceLocked(vol uint64) (uint64, error) {
 	s.mu.Lock()
 	e, ok := s.fences[vol]
 	s.mu.Unlock()
@@ -1122,7 +1150,7 @@ func (s *blockStore) loadFenceLocked(vol uint64) (uint64, error) {
 
 // RaiseEpochFence durably raises the volume's fence to epoch, if it is
 // lower. Once it returns, EpochFence reports at least epoch.
-func (s *blockStore) RaiseEpochFence(vol, epoch uint64) error {
+func (s *Store) RaiseEpochFence(vol, epoch uint64) error {
 	s.fenceMu.Lock()
 	defer s.fenceMu.Unlock()
 	cur, err := s.loadFenceLocked(vol)

@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"encoding/binary"
@@ -26,7 +26,7 @@ import (
 // range that holds something now was set by a later record of the run,
 // which carries it. Reconciliation always runs to the last seq, so a
 // prefix of the run is never left applied alone for good.
-func (s *blockStore) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*ballastpb.LogRecord, error) {
+func (s *Store) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*ballastpb.LogRecord, error) {
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
 	st, err := s.volumeState(vol)
@@ -68,7 +68,7 @@ func (s *blockStore) LogFrom(vol, from uint64, maxRecords, maxBytes int) ([]*bal
 }
 
 // stateOf reads the current state of the keys a log entry names.
-func (s *blockStore) stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballastpb.StateRecord, int, error) {
+func (s *Store) stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.LogEntry) (*ballastpb.StateRecord, int, error) {
 	st := &ballastpb.StateRecord{Cleared: e.Removed}
 	n := 0
 	for _, blk := range e.Blocks {
@@ -101,7 +101,7 @@ func (s *blockStore) stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.Log
 			if derr != nil {
 				return nil, 0, derr
 			}
-			bs.Indexed, bs.SegmentId, bs.Slot = true, loc.segment, loc.slot
+			bs.Indexed, bs.SegmentId, bs.Slot = true, loc.Segment, loc.Slot
 		}
 		st.Blocks = append(st.Blocks, bs)
 	}
@@ -120,10 +120,10 @@ func (s *blockStore) stateOf(snap *pebble.Snapshot, vol uint64, e *ballastpb.Log
 	return st, n, nil
 }
 
-// blocksWrittenThrough returns the blocks whose newest data, still in
+// BlocksWrittenThrough returns the blocks whose newest data, still in
 // the log's keys (not yet flushed to the sleds), was written by a record
 // at or below seq.
-func (s *blockStore) blocksWrittenThrough(vol, seq uint64) ([]uint64, error) {
+func (s *Store) BlocksWrittenThrough(vol, seq uint64) ([]uint64, error) {
 	it, err := s.db.NewIter(&pebble.IterOptions{
 		LowerBound: blockKey(vol, 0),
 		UpperBound: volumeUpper(prefixBlock, vol),
@@ -143,12 +143,4 @@ func (s *blockStore) blocksWrittenThrough(vol, seq uint64) ([]uint64, error) {
 		}
 	}
 	return blocks, it.Error()
-}
-
-// BlocksWrittenThrough returns the blocks of a volume whose newest data
-// on this node was written at or below log seq `seq`, among those not yet
-// flushed to the sleds: for audits and tests of what a consistency
-// group's cut at seq takes of the volume.
-func (n *Node) BlocksWrittenThrough(volID, seq uint64) ([]uint64, error) {
-	return n.blocks.blocksWrittenThrough(volID, seq)
 }

@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"sync"

@@ -1,4 +1,4 @@
-package headnode
+package blockstore
 
 import (
 	"errors"
@@ -14,9 +14,11 @@ import (
 
 // The clients' tables of applied writes
 //
-// Every replica applies the write tags of its records (writeops.go), in
-// seq order like everything else, to a table per client ('W' keys:
-// WriterState); the table travels with reconciliation and full copies.
+// A client names each write, and every record a write produces carries
+// that name and the blocks it covers (WriteTag; why: headnode's
+// writeops.go). Every replica applies the tags, in seq order like
+// everything else, to a table per client ('W' keys: WriterState); the
+// table travels with reconciliation and full copies.
 //
 // A client's oldest op without an answer travels with each request: the
 // table forgets the ops below it, which the client will never send again.
@@ -52,9 +54,9 @@ func noteApplied(ws *ballastpb.WriterState, t *ballastpb.WriteTag, seq uint64) {
 	ws.LastSeq = seq
 }
 
-// writerState reads what this replica holds of a client's writes to a
+// WriterState reads what this replica holds of a client's writes to a
 // volume (nil: nothing).
-func (s *blockStore) writerState(vol, client uint64) (*ballastpb.WriterState, error) {
+func (s *Store) WriterState(vol, client uint64) (*ballastpb.WriterState, error) {
 	return readWriter(s.db, vol, client)
 }
 
