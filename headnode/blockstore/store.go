@@ -234,7 +234,8 @@ type Options struct {
 const (
 	defaultBlockCacheBytes = 256 << 20
 	defaultJournalBytes    = 1 << 30
-	MinJournalBytes        = 1 << 20
+	// MinJournalBytes is the smallest journal Open accepts.
+	MinJournalBytes = 1 << 20
 )
 
 // defaultJournalSize sizes a journal that has no size set: an eighth of
