@@ -213,6 +213,7 @@ type Journal struct {
 	zeroAhead  int64
 
 	scratch sync.Pool // aligned 4 KiB buffers for ReadBlock into unaligned buffers
+	aio     *aioPool  // scattered reads submitted together (aio_linux.go); nil: none
 
 	mu struct {
 		sync.Mutex
@@ -284,6 +285,7 @@ func Open(path string, opts Options, fn func(lsn uint64, e Entry, locs []Locatio
 		g:          g,
 		maxBatch:   maxBatch,
 		sbBuf:      alignedBuf(BlockSize),
+		aio:        newAIOPool(),
 		writeKick:  make(chan struct{}, 1),
 		syncKick:   make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
@@ -758,6 +760,9 @@ func (j *Journal) ReadBlocks(locs []Location, buf []byte) error {
 		inMem[i] = true
 	}
 	j.mu.Unlock()
+	var bufs [][]byte
+	var offs []int64
+	var first []int // the index in locs of each run's first block
 	for i := 0; i < len(locs); {
 		if inMem[i] {
 			i++
@@ -767,13 +772,35 @@ func (j *Journal) ReadBlocks(locs []Location, buf []byte) error {
 		for i+n < len(locs) && !inMem[i+n] && locs[i+n].Offset == locs[i].Offset+int64(n)*BlockSize {
 			n++
 		}
-		if err := readFull(j.f, buf[i*BlockSize:(i+n)*BlockSize], locs[i].Offset); err != nil {
-			return fmt.Errorf("journal: blocks of batch %d: %w", locs[i].LSN, err)
-		}
+		bufs, offs, first = append(bufs, buf[i*BlockSize:(i+n)*BlockSize]), append(offs, locs[i].Offset), append(first, i)
 		i += n
+	}
+	if err := j.readRuns(bufs, offs); err != nil {
+		// Which run failed is not known when they went together: name
+		// the batches of the first.
+		return fmt.Errorf("journal: blocks of batch %d and %d more runs: %w", locs[first[0]].LSN, len(first)-1, err)
 	}
 	for i, loc := range locs {
 		if err := checkBlock(loc, buf[i*BlockSize:(i+1)*BlockSize]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readRuns reads bufs[i] at offs[i]: submitted together where the file
+// can (aio_linux.go), else one after the other.
+func (j *Journal) readRuns(bufs [][]byte, offs []int64) error {
+	if len(bufs) > 1 && j.aio != nil {
+		if o, ok := j.f.(*osFile); ok {
+			err := o.readBatch(j.aio, bufs, offs)
+			if !errors.Is(err, errNoAIO) {
+				return err
+			}
+		}
+	}
+	for i := range bufs {
+		if err := readFull(j.f, bufs[i], offs[i]); err != nil {
 			return err
 		}
 	}
@@ -896,6 +923,7 @@ func (j *Journal) Close() error {
 	j.sbMu.Lock()
 	defer j.sbMu.Unlock()
 	err := j.f.Close()
+	j.aio.close()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.mu.broken != nil {
