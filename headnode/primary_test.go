@@ -168,9 +168,13 @@ type pair struct {
 	modelLock   sync.Mutex
 }
 
-func openMemStore(t testing.TB) *blockstore.Store {
+func openMemStore(t testing.TB) *blockstore.Store { return openMemStoreJournal(t, 0) }
+
+// openMemStoreJournal opens an in-memory store with a journal of
+// journalBytes (0: the default for memory, 8 MiB).
+func openMemStoreJournal(t testing.TB, journalBytes int64) *blockstore.Store {
 	t.Helper()
-	s, err := blockstore.Open("", blockstore.Options{FS: vfs.NewMem(), CacheBytes: 8 << 20})
+	s, err := blockstore.Open("", blockstore.Options{FS: vfs.NewMem(), CacheBytes: 8 << 20, JournalBytes: journalBytes})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -235,6 +235,13 @@ type storageRig struct {
 
 func newStorageRig(t testing.TB, size uint64, sleds int, segmentBytes int64) *storageRig {
 	t.Helper()
+	return newStorageRigJournal(t, size, sleds, segmentBytes, 0)
+}
+
+// newStorageRigJournal is newStorageRig with journals of journalBytes (0:
+// the in-memory default), for writes larger than that before a flush.
+func newStorageRigJournal(t testing.TB, size uint64, sleds int, segmentBytes, journalBytes int64) *storageRig {
+	t.Helper()
 	shards := newMemShards(sleds)
 	dir := newTestSleds(sleds)
 	// Large writes take the journal here, as the flush tests expect;
@@ -246,8 +253,8 @@ func newStorageRig(t testing.TB, size uint64, sleds int, segmentBytes int64) *st
 	remote.view = newSledView(dir.list, shards, log)
 	remote.view.pollOnce(context.Background(), time.Second)
 	p := &pair{
-		pStore:      openMemStore(t),
-		sStore:      openMemStore(t),
+		pStore:      openMemStoreJournal(t, journalBytes),
+		sStore:      openMemStoreJournal(t, journalBytes),
 		faults:      &faults{},
 		vol:         &ballastpb.Volume{Name: "v", Id: 7, SizeBytes: size, Epoch: 1, Primary: "a", Secondaries: []string{"b"}},
 		model:       make([]byte, size),
