@@ -36,7 +36,9 @@
 // chunk table in place, with one pwritev; the table's checksums give the
 // request's CRC32C too, so a put reads its data once. A newer epoch is
 // recorded (synced) before the write that carries it is acknowledged, so
-// a deposed primary stays fenced across restarts.
+// a deposed primary stays fenced across restarts. Once synced, a shard's
+// pages are dropped from the page cache: shards are written once and read
+// seldom, and kept pages would push out what is read often.
 //
 // A delete keeps its shard's file, emptied, in d<N>/tmp (a bounded few
 // per device) for a later put to write into: on ext4, allocating and

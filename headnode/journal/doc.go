@@ -172,8 +172,10 @@
 //
 // Open starts two, ended by Close: the writer (pwrite of each sealed batch
 // in turn) and the syncer (fdatasync, then completing the commits of the
-// batches written before it). Append, ReadBlock, Release and Stats run on
-// the caller's goroutine; Release's superblock write and sync too.
+// batches written before it). A writer with nothing more to write while no
+// sync runs syncs its batch itself, one hand-off fewer for a lone write
+// (writer.go). Append, ReadBlock, Release and Stats run on the caller's
+// goroutine; Release's superblock write and sync too.
 //
 // # I/O
 //
@@ -182,5 +184,8 @@
 // Without it the page cache is used and fdatasync makes writes durable all
 // the same. The first lap of the ring writes into preallocated, unwritten
 // extents, which costs the filesystem a metadata update per extent that
-// fdatasync flushes; later laps overwrite in place.
+// fdatasync flushes; later laps overwrite in place. ReadBlocks reads the
+// runs of blocks it needs from the file together, through Linux native
+// AIO (aio_linux.go), one pread at a time where there is none: a flush
+// after random writes reads blocks from all over the journal.
 package journal
