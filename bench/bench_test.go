@@ -176,9 +176,11 @@ func TestQuickSuite(t *testing.T) {
 			}
 		}
 	}
-	// The sustained run has IOPS per window on every target.
+	// The sustained run has IOPS per window on every target, and a
+	// timeline of its 500 ms intervals: six in 3 s, or five when fio's run
+	// ends just before it logs the last one (seen on a loaded machine).
 	for _, tn := range wantTargets {
-		if r := got.Result("sustain-4k-randwrite-qd32", tn); r == nil || len(r.WindowIOPS) != 3 || r.Timeline == nil || len(r.Timeline.IOPS) < 6 {
+		if r := got.Result("sustain-4k-randwrite-qd32", tn); r == nil || len(r.WindowIOPS) != 3 || r.Timeline == nil || len(r.Timeline.IOPS) < 5 {
 			t.Errorf("sustain on %s: %+v", tn, r)
 		}
 	}
