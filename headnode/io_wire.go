@@ -8,7 +8,7 @@ package headnode
 // share each of the head node's listening addresses, so nothing about the
 // node's addresses, networks or health checks changes:
 //
-//   - wireListener accepts, and each connection's own goroutine reads its
+//   - The listener (rpc.SniffListener) accepts, and each connection's own goroutine reads its
 //     first 8 bytes (with a deadline, so that a client that sends nothing
 //     holds up no one else): the blockwire preamble hands the connection
 //     to wireServer in that goroutine; the start of HTTP/2's client preface
@@ -41,7 +41,6 @@ package headnode
 //     that stops acknowledging, as gRPC's connections do.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,9 +64,6 @@ import (
 const _ = uint(blockwire.MaxDataBytes-maxRequestBytes) + uint(maxRequestBytes-blockwire.MaxDataBytes)
 
 const (
-	// sniffTimeout bounds the wait for a new connection's first bytes.
-	// Both gRPC and blockwire clients send theirs at once.
-	sniffTimeout = 10 * time.Second
 	// wireReadBufferBytes is a framed connection's read buffer: many
 	// small requests arrive in one read.
 	wireReadBufferBytes = 64 << 10
@@ -76,173 +72,26 @@ const (
 	wireIdleTicks = 3
 )
 
-// http2Preface is the beginning of the first bytes every HTTP/2 (gRPC)
-// client sends.
-var http2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")[:blockwire.PreambleBytes]
+// The head node's listeners are shared by gRPC and the framed protocols,
+// which all open with a preamble of the same length.
+const _ = uint(blockwire.PreambleBytes-rpc.PreambleBytes) + uint(rpc.PreambleBytes-blockwire.PreambleBytes) +
+	uint(replwire.PreambleBytes-rpc.PreambleBytes) + uint(rpc.PreambleBytes-replwire.PreambleBytes)
 
-// wireListener is one of the head node's listeners, shared by gRPC and the
-// framed protocol. gRPC serves it as its listener and gets only HTTP/2
-// connections.
-type wireListener struct {
-	net.Listener
-	wire *wireServer
-	repl *replWireServer // nil: framed replication is not served
-	log  *slog.Logger
-
-	grpcConns  chan net.Conn
-	done       chan struct{} // closed by Close
-	acceptDone chan struct{} // closed when the accept loop ends, acceptErr set
-	acceptErr  error
-	closeOnce  sync.Once
-	closeErr   error
-	wg         sync.WaitGroup // the accept loop and the sniffing goroutines
-
-	mu struct {
-		sync.Mutex
-		sniffing map[net.Conn]struct{}
-		closed   bool
-	}
-}
-
-func newWireListener(l net.Listener, wire *wireServer, repl *replWireServer, log *slog.Logger) *wireListener {
-	w := &wireListener{
-		Listener:   l,
-		wire:       wire,
-		repl:       repl,
-		log:        log,
-		grpcConns:  make(chan net.Conn),
-		done:       make(chan struct{}),
-		acceptDone: make(chan struct{}),
-	}
-	w.mu.sniffing = map[net.Conn]struct{}{}
-	w.wg.Add(1)
-	go w.acceptLoop()
-	return w
-}
-
-// Accept returns the next connection that speaks HTTP/2, or the error that
-// ended the listener.
-func (w *wireListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-w.grpcConns:
-		return c, nil
-	case <-w.acceptDone:
-		return nil, w.acceptErr
-	}
-}
-
-// Close closes the listener and the connections not yet sniffed, and waits
-// for its goroutines. Connections already handed over are their owners'.
-func (w *wireListener) Close() error {
-	w.closeOnce.Do(func() {
-		close(w.done)
-		w.closeErr = w.Listener.Close()
-		w.mu.Lock()
-		w.mu.closed = true
-		for c := range w.mu.sniffing {
-			c.Close()
+// newWireListener serves one of the head node's listeners: the framed
+// block protocol's connections go to wire, framed replication's to repl
+// (nil: not served), HTTP/2's to gRPC through Accept.
+func newWireListener(l net.Listener, wire *wireServer, repl *replWireServer, log *slog.Logger) *rpc.SniffListener {
+	route := func(first []byte) func(net.Conn) {
+		if version, err := blockwire.ParsePreamble(first); err == nil {
+			return func(c net.Conn) { wire.serveConn(c, version) }
 		}
-		w.mu.Unlock()
-		w.wg.Wait()
-	})
-	return w.closeErr
-}
-
-func (w *wireListener) acceptLoop() {
-	defer w.wg.Done()
-	var backoff time.Duration
-	for {
-		c, err := w.Listener.Accept()
-		if err != nil {
-			// As grpc.Server.Serve does: wait out a temporary error (out
-			// of file descriptors), end on any other.
-			if ne, ok := err.(interface{ Temporary() bool }); ok && ne.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				w.log.Warn("accept", "addr", w.Addr(), "err", err, "retry_in", backoff)
-				select {
-				case <-time.After(backoff):
-					continue
-				case <-w.done:
-				}
-			}
-			w.acceptErr = err
-			close(w.acceptDone)
-			return
+		if version, err := replwire.ParsePreamble(first); err == nil && repl != nil {
+			// A primary's replication session (replication_wire.go).
+			return func(c net.Conn) { repl.serveConn(c, version) }
 		}
-		backoff = 0
-		w.mu.Lock()
-		if w.mu.closed {
-			w.mu.Unlock()
-			c.Close()
-			continue
-		}
-		w.mu.sniffing[c] = struct{}{}
-		w.wg.Add(1)
-		w.mu.Unlock()
-		go w.sniff(c)
+		return nil
 	}
-}
-
-// sniff reads a connection's first bytes and hands it to whoever speaks
-// them.
-func (w *wireListener) sniff(c net.Conn) {
-	var first [blockwire.PreambleBytes]byte
-	c.SetReadDeadline(time.Now().Add(sniffTimeout))
-	_, err := io.ReadFull(c, first[:])
-	c.SetReadDeadline(time.Time{})
-	w.mu.Lock()
-	delete(w.mu.sniffing, c)
-	closed := w.mu.closed
-	w.mu.Unlock()
-	if err != nil || closed {
-		w.wg.Done()
-		c.Close()
-		return
-	}
-	if version, err := blockwire.ParsePreamble(first[:]); err == nil {
-		// The wire server owns it from here (and waits for it on close).
-		w.wg.Done()
-		w.wire.serveConn(c, version)
-		return
-	}
-	if version, err := replwire.ParsePreamble(first[:]); err == nil && w.repl != nil {
-		// A primary's replication session (replication_wire.go).
-		w.wg.Done()
-		w.repl.serveConn(c, version)
-		return
-	}
-	defer w.wg.Done()
-	if !bytes.Equal(first[:], http2Preface) {
-		w.log.Debug("closing a connection that speaks neither gRPC nor the framed block protocol", "remote", c.RemoteAddr(), "first_bytes", fmt.Sprintf("%q", first[:]))
-		c.Close()
-		return
-	}
-	// gRPC sets this on the connections it accepts itself, but only on a
-	// *net.TCPConn, which the wrapper is not.
-	if err := rpc.SetTCPUserTimeout(c, rpc.KeepaliveTimeout); err != nil {
-		w.log.Debug("gRPC connection", "remote", c.RemoteAddr(), "err", err)
-	}
-	select {
-	case w.grpcConns <- &prefixConn{Conn: c, prefix: first[:]}:
-	case <-w.done:
-		c.Close()
-	}
-}
-
-// prefixConn is a connection whose first bytes were read already: it
-// returns them first.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
+	return rpc.NewSniffListener(l, route, "the framed protocols", log)
 }
 
 // wireServer serves the framed protocol's connections.

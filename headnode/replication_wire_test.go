@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ballast-storage/ballast/internal/replwire"
+	"github.com/ballast-storage/ballast/internal/rpc"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 )
 
@@ -24,7 +25,7 @@ type replWireRig struct {
 	*pair
 	srv  *replWireServer // nil: the secondary speaks gRPC only
 	addr string
-	lis  *wireListener
+	lis  *rpc.SniffListener
 }
 
 func newReplWireRig(t *testing.T, serveFramed bool, replTimeout time.Duration) *replWireRig {
