@@ -63,7 +63,8 @@ FUZZ_TARGETS := \
 	./internal/blockwire/:FuzzDecodeHeader \
 	./internal/blockwire/:FuzzReader \
 	./internal/blockwire/:FuzzParsePreamble \
-	./internal/replwire/:FuzzReader
+	./internal/replwire/:FuzzReader \
+	./internal/sledwire/:FuzzReader
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

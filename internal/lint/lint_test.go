@@ -34,6 +34,7 @@ var allowed = map[string][]string{
 	"sled":                {"internal/", "proto/sledpb"},
 	"internal/rpc":        {"internal/bufpool"},
 	"internal/replwire":   {},
+	"internal/sledwire":   {},
 	"txn/driver":          {"txn", "consensus", "proto/txnpb"},
 	// The head node's block store: its journal, the volume model, leaf
 	// utilities and wire types; nothing of the node, its groups or
