@@ -97,13 +97,15 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Sled is a running sled controller: its store, its gRPC server on every
-// listen address, and its scrubber.
+// Sled is a running sled controller: its store, its gRPC server and the
+// framed shard protocol's (wire.go) on every listen address, and its
+// scrubber.
 type Sled struct {
 	cfg       Config
 	store     *Store
 	scrub     *scrubber
 	server    *grpc.Server
+	wire      *wireServer
 	listeners []net.Listener
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -141,6 +143,7 @@ func Start(cfg Config) (_ *Sled, err error) {
 	}
 	s.server = rpc.NewServer()
 	sledpb.RegisterSledServer(s.server, &server{sled: s})
+	s.wire = newWireServer(s.store)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.scrub = newScrubber(s.store, uint64(max(cfg.ScrubBytesPerSecond, 0)), cfg.ScrubBusyBytesPerSecond)
@@ -153,7 +156,8 @@ func Start(cfg Config) (_ *Sled, err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.server.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			mux := rpc.NewSniffListener(l, s.wire.route, "the framed shard protocol", s.log)
+			if err := s.server.Serve(mux); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				s.log.Error("serve", "addr", l.Addr(), "err", err)
 			}
 		}()
@@ -188,6 +192,9 @@ func (s *Sled) Close() error {
 	}
 	if s.server != nil {
 		s.server.Stop()
+	}
+	if s.wire != nil {
+		s.wire.close()
 	}
 	for _, l := range s.listeners {
 		l.Close()
