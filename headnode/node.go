@@ -134,6 +134,7 @@ func Start(cfg Config) (_ *Node, err error) {
 			return s.Addresses, true
 		},
 		pool: &n.pool,
+		wire: newSledWire(),
 	}
 	n.remote.view = newSledView(n.directory.Sleds, n.remote.shards, n.log)
 	onDelete := func(v *ballastpb.Volume) {
@@ -433,11 +434,22 @@ func (n *Node) Close() error {
 		close(n.drops)
 	}
 	n.serving.Wait()
+	if g, ok := n.remoteShards().(*grpcShards); ok && g.wire != nil {
+		g.wire.close()
+	}
 	n.pool.Close()
 	if n.blocks != nil {
 		errs = append(errs, n.blocks.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// remoteShards is the node's shard store, nil before it has one.
+func (n *Node) remoteShards() shardStore {
+	if n.remote == nil {
+		return nil
+	}
+	return n.remote.shards
 }
 
 // flushAll asks every volume this node is primary of to flush soon: the

@@ -122,6 +122,8 @@ func classifySledError(sled string, op string, err error) error {
 type grpcShards struct {
 	addresses func(sled string) ([]string, bool)
 	pool      *rpc.Pool
+	// wire, if not nil, carries the puts (sledwire.go).
+	wire *sledWire
 	// noBatch holds when each sled that answered a GetShardRanges with
 	// Unimplemented (one that predates it) did; it is asked again after
 	// noBatchRetry, in case it was upgraded.
@@ -132,6 +134,14 @@ type grpcShards struct {
 const noBatchRetry = time.Minute
 
 func (g *grpcShards) client(sled string) (sledpb.SledClient, error) {
+	conn, err := g.conn(sled)
+	if err != nil {
+		return nil, err
+	}
+	return sledpb.NewSledClient(conn), nil
+}
+
+func (g *grpcShards) conn(sled string) (*rpc.Conn, error) {
 	addrs, ok := g.addresses(sled)
 	if !ok {
 		return nil, fmt.Errorf("%w: sled %s is not registered", errSledDown, sled)
@@ -140,17 +150,22 @@ func (g *grpcShards) client(sled string) (sledpb.SledClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: sled %s: %v", errSledDown, sled, err)
 	}
-	return sledpb.NewSledClient(conn), nil
+	return conn, nil
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func (g *grpcShards) Put(ctx context.Context, sled string, id shardID, epoch uint64, data []byte) error {
-	c, err := g.client(sled)
+	conn, err := g.conn(sled)
 	if err != nil {
 		return err
 	}
-	_, err = c.PutShard(ctx, &sledpb.PutShardRequest{
+	if g.wire != nil {
+		if sent, err := g.wire.put(ctx, sled, conn, id, epoch, data); sent {
+			return err
+		}
+	}
+	_, err = sledpb.NewSledClient(conn).PutShard(ctx, &sledpb.PutShardRequest{
 		Id:     &sledpb.ShardID{VolumeId: id.volume, SegmentId: id.segment, Index: id.index},
 		Epoch:  epoch,
 		Data:   data,

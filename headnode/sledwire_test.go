@@ -1,0 +1,213 @@
+package headnode
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ballast-storage/ballast/internal/rpc"
+	"github.com/ballast-storage/ballast/internal/sledwire"
+	"github.com/ballast-storage/ballast/sled"
+)
+
+// oldSledProxy stands for a sled of a build before the framed protocol in
+// front of a real one: it forwards gRPC and closes a connection that opens
+// with the framed preamble, as such a sled's listener did.
+type oldSledProxy struct {
+	l      net.Listener
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+	framed int // connections refused
+}
+
+func startOldSledProxy(t *testing.T, target string) *oldSledProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &oldSledProxy{l: l}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				p.serve(c, target)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *oldSledProxy) serve(c net.Conn, target string) {
+	first := make([]byte, sledwire.PreambleBytes)
+	if _, err := io.ReadFull(c, first); err != nil {
+		c.Close()
+		return
+	}
+	if _, err := sledwire.ParsePreamble(first); err == nil {
+		p.mu.Lock()
+		p.framed++
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	up, err := net.Dial("tcp", target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, c, up)
+	p.mu.Unlock()
+	up.Write(first)
+	go io.Copy(c, up)
+	io.Copy(up, c)
+	c.Close()
+	up.Close()
+}
+
+func startWireTestSled(t *testing.T) *sled.Sled {
+	t.Helper()
+	sl, err := sled.Start(sled.Config{ID: "s1", DataDir: t.TempDir(), Devices: 1, ListenAddresses: []string{"127.0.0.1:0"},
+		Logger: slog.New(slog.DiscardHandler), ScrubBytesPerSecond: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sl.Close() })
+	return sl
+}
+
+// TestSledWirePutsAndReconnects: shard puts go over one framed connection
+// per sled, concurrently; the sled's refusals come back in the head node's
+// classes; a connection that breaks is replaced by the next put.
+func TestSledWirePutsAndReconnects(t *testing.T) {
+	sl := startWireTestSled(t)
+	var pool rpc.Pool
+	defer pool.Close()
+	wire := newSledWire()
+	defer wire.close()
+	g := &grpcShards{addresses: func(string) ([]string, bool) { return sl.Addresses(), true }, pool: &pool, wire: wire}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	shards := map[shardID][]byte{}
+	for i := range 16 {
+		data := make([]byte, (i+1)<<16)
+		rand.New(rand.NewSource(int64(i))).Read(data)
+		shards[shardID{volume: 1, segment: 5, index: uint32(i)}] = data
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(shards))
+	for id, data := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- g.Put(ctx, "s1", id, 4, data)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	wire.mu.Lock()
+	c := wire.conns["s1"]
+	wire.mu.Unlock()
+	if c == nil || c.sent.Load() < uint64(len(shards)) {
+		t.Fatalf("the puts did not take the framed connection")
+	}
+	for id, data := range shards {
+		got, stamp, err := g.Get(ctx, "s1", id, 0, uint64(len(data)))
+		if err != nil || !bytes.Equal(got, data) || stamp.epoch != 4 {
+			t.Fatalf("%s reads back wrong (epoch %d): %v", id, stamp.epoch, err)
+		}
+	}
+	// A put at an older epoch than the shard's is fenced.
+	id := shardID{volume: 1, segment: 5, index: 0}
+	if err := g.Put(ctx, "s1", id, 3, []byte("old writer")); !errors.Is(err, errStaleEpoch) {
+		t.Fatalf("a put at an older epoch: %v", err)
+	}
+	// The connection breaks: the next put opens another.
+	c.nc.Close()
+	<-c.done
+	if err := g.Put(ctx, "s1", id, 4, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	wire.mu.Lock()
+	c2 := wire.conns["s1"]
+	wire.mu.Unlock()
+	if c2 == nil || c2 == c || c2.sent.Load() != 1 {
+		t.Fatalf("no new framed connection after the old one broke")
+	}
+	wire.close()
+	select {
+	case <-c2.ended:
+	default:
+		t.Fatal("close returned before the connection's goroutines ended")
+	}
+}
+
+// TestSledWireFallsBackToGRPCForAnOldSled: a sled that closes the framed
+// preamble unanswered gets its puts over gRPC, and is not asked again
+// until noBatchRetry has passed.
+func TestSledWireFallsBackToGRPCForAnOldSled(t *testing.T) {
+	sl := startWireTestSled(t)
+	proxy := startOldSledProxy(t, sl.Addresses()[0])
+	var pool rpc.Pool
+	defer pool.Close()
+	wire := newSledWire()
+	defer wire.close()
+	g := &grpcShards{addresses: func(string) ([]string, bool) { return []string{proxy.l.Addr().String()}, true }, pool: &pool, wire: wire}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 3 {
+		id := shardID{volume: 1, segment: 6, index: uint32(i)}
+		data := bytes.Repeat([]byte{byte(i)}, 4096)
+		if err := g.Put(ctx, "s1", id, 1, data); err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := g.Get(ctx, "s1", id, 0, 4096)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("shard %d reads back wrong: %v", i, err)
+		}
+	}
+	proxy.mu.Lock()
+	refused := proxy.framed
+	proxy.mu.Unlock()
+	if refused != 1 {
+		t.Fatalf("the old sled was offered the framed protocol %d times, want once", refused)
+	}
+	wire.mu.Lock()
+	_, noted := wire.noWire["s1"]
+	n := len(wire.conns)
+	wire.mu.Unlock()
+	if !noted || n != 0 {
+		t.Fatalf("refusal noted %v, %d framed connections", noted, n)
+	}
+}
