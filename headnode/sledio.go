@@ -200,15 +200,17 @@ func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, leng
 
 // GetRanges reads ranges of a sled's shards with as few GetShardRanges
 // requests as the batch bounds allow (sledpb.MaxRangesPerRequest ranges,
-// sledpb.MaxRangeBytesPerRequest bytes), one after the other.
+// sledpb.MaxRangeBytesPerRequest bytes), one after the other, over the
+// framed protocol where the sled speaks it.
 func (g *grpcShards) GetRanges(ctx context.Context, sled string, ranges []shardRange) ([]rangeResult, error) {
 	if since, ok := g.noBatch.Load(sled); ok && time.Since(since.(time.Time)) < noBatchRetry {
 		return nil, fmt.Errorf("%w: sled %s", errBatchUnsupported, sled)
 	}
-	c, err := g.client(sled)
+	conn, err := g.conn(sled)
 	if err != nil {
 		return nil, err
 	}
+	c := sledpb.NewSledClient(conn)
 	out := make([]rangeResult, 0, len(ranges))
 	for len(ranges) > 0 {
 		req := &sledpb.GetShardRangesRequest{}
@@ -226,13 +228,21 @@ func (g *grpcShards) GetRanges(ctx context.Context, sled string, ranges []shardR
 		}
 		batch := ranges[:len(req.Ranges)]
 		ranges = ranges[len(req.Ranges):]
-		resp, err := c.GetShardRanges(ctx, req, rpc.Idempotent)
-		if status.Code(err) == codes.Unimplemented {
-			g.noBatch.Store(sled, time.Now())
-			return nil, fmt.Errorf("%w: sled %s: %v", errBatchUnsupported, sled, err)
+		var resp *sledpb.GetShardRangesResponse
+		sent := false
+		if g.wire != nil {
+			sent, resp, err = g.wire.getRanges(ctx, sled, conn, req)
+		}
+		if !sent {
+			resp, err = c.GetShardRanges(ctx, req, rpc.Idempotent)
+			if status.Code(err) == codes.Unimplemented {
+				g.noBatch.Store(sled, time.Now())
+				return nil, fmt.Errorf("%w: sled %s: %v", errBatchUnsupported, sled, err)
+			}
+			err = classifySledError(sled, fmt.Sprintf("get %d ranges", len(batch)), err)
 		}
 		if err != nil {
-			return nil, classifySledError(sled, fmt.Sprintf("get %d ranges", len(batch)), err)
+			return nil, err
 		}
 		if len(resp.Results) != len(batch) {
 			return nil, fmt.Errorf("%w: sled %s answered %d ranges of %d", errSledDown, sled, len(resp.Results), len(batch))

@@ -141,10 +141,16 @@ func TestSledsThatCannotBatchAreReadRangeByRange(t *testing.T) {
 	}
 }
 
-// TestGRPCShardsGetRanges: the gRPC shard store against a real sled: more
-// ranges, and more bytes, than one request may carry are split over
-// several; each range's failure is its own, in the head node's classes.
+// TestGRPCShardsGetRanges: the shard store against a real sled, over gRPC
+// and over the framed protocol: more ranges, and more bytes, than one
+// request may carry are split over several; each range's failure is its
+// own, in the head node's classes.
 func TestGRPCShardsGetRanges(t *testing.T) {
+	t.Run("grpc", func(t *testing.T) { testGetRanges(t, false) })
+	t.Run("framed", func(t *testing.T) { testGetRanges(t, true) })
+}
+
+func testGetRanges(t *testing.T, framed bool) {
 	sl, err := sled.Start(sled.Config{ID: "s1", DataDir: t.TempDir(), Devices: 1, ListenAddresses: []string{"127.0.0.1:0"},
 		Logger: slog.New(slog.DiscardHandler), ScrubBytesPerSecond: -1})
 	if err != nil {
@@ -154,6 +160,10 @@ func TestGRPCShardsGetRanges(t *testing.T) {
 	var pool rpc.Pool
 	defer pool.Close()
 	g := &grpcShards{addresses: func(string) ([]string, bool) { return sl.Addresses(), true }, pool: &pool}
+	if framed {
+		g.wire = newSledWire()
+		defer g.wire.close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	small := shardID{volume: 1, segment: 7 << 32, index: 0}
@@ -201,5 +211,15 @@ func TestGRPCShardsGetRanges(t *testing.T) {
 	}
 	if err := res[len(res)-1].err; err == nil || errors.Is(err, errShardMissing) || errors.Is(err, errShardCorrupt) {
 		t.Fatalf("range past the end: %v", err)
+	}
+	if framed {
+		g.wire.mu.Lock()
+		c := g.wire.conns["s1"]
+		g.wire.mu.Unlock()
+		// Two puts, and the reads in at least 3 requests (over 256 ranges,
+		// over 16 MiB).
+		if c == nil || c.sent.Load() < 5 {
+			t.Fatal("the reads did not take the framed connection")
+		}
 	}
 }

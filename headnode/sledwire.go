@@ -1,19 +1,20 @@
 package headnode
 
-// Shard puts over the framed shard protocol (internal/sledwire; the sled's
-// side is sled/wire.go).
+// Shard puts and reads over the framed shard protocol (internal/sledwire;
+// the sled's side is sled/wire.go).
 //
 // A head node keeps one framed connection per sled, opened on first use
 // over the network path gRPC would take to that sled (rpc.Conn's
 // PreferredPath) and closed when that path is found down, so the two
-// networks and their health checks work as for gRPC. Many puts share a
-// connection, each under an id, answered in any order. A put whose
+// networks and their health checks work as for gRPC. Many requests share
+// a connection, each under an id, answered in any order. A request whose
 // connection breaks is sent once more on a new one (a put of the same
-// bytes is idempotent, as the gRPC put is marked). A sled that does not
-// speak the protocol (an older build: it closes the connection or answers
-// another version) is sent its puts over gRPC, and asked again after
-// noBatchRetry; a connection that cannot be opened at all sends that put
-// over gRPC, whose own paths and errors then decide.
+// bytes is idempotent, as the gRPC put is marked, and so is a read). A
+// sled that does not speak the protocol (an older build: it closes the
+// connection or answers another version) is sent its requests over gRPC,
+// and asked again after noBatchRetry; a connection that cannot be opened
+// at all sends that request over gRPC, whose own paths and errors then
+// decide. Errors come back as gRPC's would, for classifySledError.
 
 import (
 	"context"
@@ -83,25 +84,71 @@ func (w *sledWire) put(ctx context.Context, sled string, conn *rpc.Conn, id shar
 	if err != nil {
 		return true, fmt.Errorf("encode put of %s: %w", id, err)
 	}
-	op := "put " + id.String()
+	sent, _, err = w.do(ctx, sled, conn, sledwire.Frame{Kind: sledwire.KindRequest, Op: sledwire.OpPutShard, Meta: meta, Data: data})
+	return sent, classifySledError(sled, "put "+id.String(), err)
+}
+
+// getRanges reads the ranges of one GetShardRanges request (within its
+// bounds) over the framed protocol; sent is false if it was not sent that
+// way. The results hold their data as gRPC's would.
+func (w *sledWire) getRanges(ctx context.Context, sled string, conn *rpc.Conn, req *sledpb.GetShardRangesRequest) (sent bool, resp *sledpb.GetShardRangesResponse, err error) {
+	meta, err := proto.Marshal(req)
+	if err != nil {
+		return true, nil, fmt.Errorf("encode read of %d ranges: %w", len(req.Ranges), err)
+	}
+	op := fmt.Sprintf("get %d ranges", len(req.Ranges))
+	sent, reply, err := w.do(ctx, sled, conn, sledwire.Frame{Kind: sledwire.KindRequest, Op: sledwire.OpGetShardRanges, Meta: meta})
+	if !sent || err != nil {
+		return sent, nil, classifySledError(sled, op, err)
+	}
+	resp = &sledpb.GetShardRangesResponse{}
+	if err := proto.Unmarshal(reply.Meta, resp); err != nil {
+		return true, nil, fmt.Errorf("%w: sled %s: %s: a reply that does not decode: %v", errSledDown, sled, op, err)
+	}
+	if len(resp.Results) != len(req.Ranges) {
+		return true, nil, fmt.Errorf("%w: sled %s answered %d ranges of %d", errSledDown, sled, len(resp.Results), len(req.Ranges))
+	}
+	data := reply.Data
+	for i, res := range resp.Results {
+		if codes.Code(res.Code) != codes.OK {
+			continue
+		}
+		n := req.Ranges[i].Length
+		if uint64(len(data)) < n {
+			return true, nil, fmt.Errorf("%w: sled %s: %s: %d bytes of data for range %d of %d bytes", errSledDown, sled, op, len(data), i, n)
+		}
+		res.Data, data = data[:n:n], data[n:]
+	}
+	if len(data) != 0 {
+		return true, nil, fmt.Errorf("%w: sled %s: %s: %d bytes of data past the ranges", errSledDown, sled, op, len(data))
+	}
+	return true, resp, nil
+}
+
+// do sends a request and returns its reply; sent is false if it was not
+// sent (the caller uses gRPC). A reply with a status comes back as a gRPC
+// status error, for classifySledError.
+func (w *sledWire) do(ctx context.Context, sled string, conn *rpc.Conn, req sledwire.Frame) (sent bool, reply sledwire.Frame, err error) {
 	for attempt := 0; ; attempt++ {
 		c, err := w.conn(ctx, sled, conn)
 		if err != nil {
-			return false, nil
+			return false, sledwire.Frame{}, nil
 		}
-		reply, err := c.call(ctx, sledwire.Frame{Kind: sledwire.KindRequest, Op: sledwire.OpPutShard, Meta: meta, Data: data})
+		reply, err := c.call(ctx, req)
 		switch {
 		case err == nil && reply.Status == sledwire.StatusUnimplemented:
+			// A sled that speaks the protocol but not this op: gRPC
+			// until it is asked again.
 			w.refused(sled)
-			return false, nil
+			return false, sledwire.Frame{}, nil
 		case err == nil && reply.Status != 0:
-			return true, classifySledError(sled, op, status.Error(codes.Code(reply.Status), string(reply.Meta)))
+			return true, reply, status.Error(codes.Code(reply.Status), string(reply.Meta))
 		case err == nil:
-			return true, nil
+			return true, reply, nil
 		case ctx.Err() == nil && attempt == 0:
 			continue // the connection broke: once more, on a new one
 		}
-		return true, fmt.Errorf("%w: sled %s: %s: %v", errSledDown, sled, op, err)
+		return true, sledwire.Frame{}, err
 	}
 }
 

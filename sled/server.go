@@ -112,19 +112,24 @@ func parseRanges(req *sledpb.GetShardRangesRequest) ([]shardRange, error) {
 	return out, nil
 }
 
-// GetShardRanges reads each range as GetShard would, one after the other
-// (each through its shard's open file); a range that fails, fails alone.
+// GetShardRanges reads the ranges of a request (readRanges).
 func (s *server) GetShardRanges(ctx context.Context, req *sledpb.GetShardRangesRequest) (*sledpb.GetShardRangesResponse, error) {
 	ranges, err := parseRanges(req)
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	return readRanges(ctx, s.sled.store, ranges)
+}
+
+// readRanges reads each range as GetShard would, one after the other
+// (each through its shard's open file); a range that fails, fails alone.
+func readRanges(ctx context.Context, store *Store, ranges []shardRange) (*sledpb.GetShardRangesResponse, error) {
 	resp := &sledpb.GetShardRangesResponse{Results: make([]*sledpb.ShardRangeResult, len(ranges))}
 	for i, r := range ranges {
 		if err := ctx.Err(); err != nil {
 			return nil, status.FromContextError(err).Err()
 		}
-		data, h, err := s.sled.store.get(r.id, r.off, r.length)
+		data, h, err := store.get(r.id, r.off, r.length)
 		if err != nil {
 			resp.Results[i] = &sledpb.ShardRangeResult{Code: uint32(status.Code(toStatus(err))), Error: err.Error()}
 			continue

@@ -2,11 +2,12 @@ package sled
 
 // The framed shard protocol (internal/sledwire) beside gRPC.
 //
-// Head nodes put shards over the framed protocol: one writev of a header,
+// Head nodes put shards over the framed protocol, one writev of a header,
 // the request's fields and the shard, read here straight into the buffer
 // the store writes from (gRPC cost the head node several times the sled's
-// own time per shard put). gRPC serves every other call, and puts from
-// head nodes that predate the protocol. Both share the sled's listening
+// own time per shard put), and read ranges of shards (GetShardRanges's
+// request and bounds; the data after the reply's fields). gRPC serves
+// every other call, and head nodes that predate the protocol. Both share the sled's listening
 // addresses (rpc.SniffListener tells them apart by the first bytes), so
 // nothing about its addresses, networks or health checks changes.
 //
@@ -157,7 +158,7 @@ func (w *wireServer) serveConn(c net.Conn, version uint16) {
 		requests.Add(1)
 		go func() {
 			defer requests.Done()
-			reply := w.serve(f)
+			reply := w.serve(ctx, f)
 			if buf != nil {
 				bufpool.Put(buf)
 				budget.Release(int64(len(f.Data)))
@@ -169,8 +170,8 @@ func (w *wireServer) serveConn(c net.Conn, version uint16) {
 	}
 }
 
-// serve answers one request.
-func (w *wireServer) serve(f sledwire.Frame) sledwire.Frame {
+// serve answers one request; ctx ends with the connection.
+func (w *wireServer) serve(ctx context.Context, f sledwire.Frame) sledwire.Frame {
 	reply := sledwire.Frame{Kind: sledwire.KindReply, Op: f.Op, ID: f.ID}
 	fail := func(err error) sledwire.Frame {
 		st := status.Convert(err)
@@ -200,6 +201,35 @@ func (w *wireServer) serve(f sledwire.Frame) sledwire.Frame {
 			return fail(toStatus(err))
 		}
 		reply.Meta = meta
+		return reply
+	case sledwire.OpGetShardRanges:
+		req := &sledpb.GetShardRangesRequest{}
+		if err := proto.Unmarshal(f.Meta, req); err != nil {
+			return fail(toStatus(fmt.Errorf("%w: a read whose fields do not decode: %v", ErrInvalid, err)))
+		}
+		ranges, err := parseRanges(req)
+		if err != nil {
+			return fail(toStatus(err))
+		}
+		resp, err := readRanges(ctx, w.store, ranges)
+		if err != nil {
+			return fail(err)
+		}
+		// The results' data go after the meta, in order, as they are.
+		var n int
+		for _, r := range resp.Results {
+			n += len(r.Data)
+		}
+		data := make([]byte, 0, n)
+		for _, r := range resp.Results {
+			data = append(data, r.Data...)
+			r.Data = nil
+		}
+		meta, err := proto.Marshal(resp)
+		if err != nil {
+			return fail(toStatus(err))
+		}
+		reply.Meta, reply.Data = meta, data
 		return reply
 	}
 	reply.Status = sledwire.StatusUnimplemented

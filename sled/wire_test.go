@@ -172,3 +172,62 @@ func TestWireClosesBrokenQuietAndStoppedConnections(t *testing.T) {
 	closed(nc)
 	<-stopped
 }
+
+// TestWireReadsRangesAfterTheReplysFields: a read's reply carries its
+// results without data in its fields and the data of those that
+// succeeded after them, in order; a request out of bounds is refused
+// whole.
+func TestWireReadsRangesAfterTheReplysFields(t *testing.T) {
+	sl, _ := startTestSled(t)
+	_, rd, wr := dialWire(t, sl.Addresses()[0])
+	a, b := ShardID{Volume: 3, Segment: 1, Index: 0}, ShardID{Volume: 3, Segment: 1, Index: 1}
+	da, db := randomData(3, 64<<10), randomData(4, 8<<10)
+	for id, d := range map[ShardID][]byte{a: da, b: db} {
+		if _, err := sl.Store().put(id, 1, d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := func(id ShardID, off, n uint64) *sledpb.ShardRange {
+		return &sledpb.ShardRange{Id: &sledpb.ShardID{VolumeId: id.Volume, SegmentId: id.Segment, Index: id.Index}, Offset: off, Length: n}
+	}
+	read := func(reqID uint64, req *sledpb.GetShardRangesRequest) sledwire.Frame {
+		t.Helper()
+		meta, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := wr.Write(sledwire.Frame{Kind: sledwire.KindRequest, Op: sledwire.OpGetShardRanges, ID: reqID, Meta: meta}); err != nil {
+			t.Fatal(err)
+		}
+		f, err := rd.Next()
+		if err != nil || f.Kind != sledwire.KindReply || f.ID != reqID {
+			t.Fatalf("reply %v %d: %v", f.Kind, f.ID, err)
+		}
+		return f
+	}
+	f := read(1, &sledpb.GetShardRangesRequest{Ranges: []*sledpb.ShardRange{
+		rng(a, 4096, 8192), rng(ShardID{Volume: 3, Segment: 9}, 0, 4096), rng(b, 0, 8<<10), rng(b, 4096, 8192),
+	}})
+	if f.Status != 0 {
+		t.Fatalf("status %d: %s", f.Status, f.Meta)
+	}
+	resp := &sledpb.GetShardRangesResponse{}
+	if err := proto.Unmarshal(f.Meta, resp); err != nil || len(resp.Results) != 4 {
+		t.Fatalf("%d results: %v", len(resp.Results), err)
+	}
+	for i, r := range resp.Results {
+		if len(r.Data) != 0 {
+			t.Fatalf("result %d carries data in the fields", i)
+		}
+	}
+	if resp.Results[1].Code != uint32(codes.NotFound) || resp.Results[3].Code != uint32(codes.InvalidArgument) {
+		t.Fatalf("failed ranges' codes %d and %d", resp.Results[1].Code, resp.Results[3].Code)
+	}
+	want := append(append([]byte{}, da[4096:4096+8192]...), db...)
+	if !bytes.Equal(f.Data, want) {
+		t.Fatalf("%d bytes of data, want the %d of the two ranges read", len(f.Data), len(want))
+	}
+	if f := read(2, &sledpb.GetShardRangesRequest{}); f.Status != uint16(codes.InvalidArgument) {
+		t.Fatalf("a read of no ranges: status %d", f.Status)
+	}
+}

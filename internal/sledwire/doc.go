@@ -45,7 +45,8 @@
 //	offset  size  field
 //	0       1     kind: 1 request, 2 reply, 3 ping, 4 pong
 //	1       1     op: the operation of a request and of its reply
-//	              (1 put shard); 0 in pings and pongs
+//	              (1 put shard, 2 get shard ranges); 0 in pings and
+//	              pongs
 //	2       2     status of a reply: 0 ok, else a gRPC status code, and
 //	              the meta part is the error's message; 0 in requests
 //	4       4     meta length: at most MaxMetaBytes
@@ -60,7 +61,16 @@
 //
 // Operation 1, put shard: the request's meta is a sledpb.PutShardRequest
 // without its data field, and its data are the shard's bytes; the reply's
-// meta is a sledpb.PutShardResponse. An op the sled does not serve is
+// meta is a sledpb.PutShardResponse.
+//
+// Operation 2, get shard ranges: the request's meta is a
+// sledpb.GetShardRangesRequest (its bounds are sled.proto's), with no data;
+// the reply's meta is a sledpb.GetShardRangesResponse whose results carry
+// no data, and its data are the bytes of the results that succeeded, one
+// after the other in the order of the ranges, each its range's length. A
+// request the sled refuses whole has a status instead.
+//
+// An op the sled does not serve is
 // answered with status 12 (unimplemented), so a client may add ops and
 // fall back to gRPC for a sled that predates them.
 //

@@ -18,9 +18,10 @@ const (
 	PreambleBytes = 8
 	// HeaderBytes is the length of a frame's header.
 	HeaderBytes = 24
-	// MaxMetaBytes bounds a frame's meta part: a request's fields or an
+	// MaxMetaBytes bounds a frame's meta part: a request's fields (a read
+	// of 256 ranges), a reply's (their results, errors included) or an
 	// error message, never data.
-	MaxMetaBytes = 64 << 10
+	MaxMetaBytes = 1 << 20
 	// MaxDataBytes bounds a frame's data: the sled's largest shard.
 	MaxDataBytes = 64 << 20
 )
@@ -57,13 +58,16 @@ type Op uint8
 
 // The operations.
 const (
-	OpPutShard Op = 1
+	OpPutShard       Op = 1
+	OpGetShardRanges Op = 2
 )
 
 func (o Op) String() string {
 	switch o {
 	case OpPutShard:
 		return "put shard"
+	case OpGetShardRanges:
+		return "get shard ranges"
 	}
 	return fmt.Sprintf("op %d", uint8(o))
 }
