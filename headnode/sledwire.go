@@ -222,7 +222,7 @@ func (w *sledWire) dial(ctx context.Context, grpcConn *rpc.Conn) (*sledWireConn,
 		release()
 		return nil, fmt.Errorf("framed shard connection to %s: %w", addr, err)
 	}
-	c := &sledWireConn{nc: nc, addr: addr, writer: sledwire.NewWriter(nc), release: release,
+	c := &sledWireConn{nc: nc, addr: addr, writer: sledwire.NewWriter(nc, w.period+w.timeout), release: release,
 		pending: map[uint64]chan sledwire.Frame{}, done: make(chan struct{}), kaDone: make(chan struct{}), ended: make(chan struct{})}
 	// The path found down ends the connection.
 	context.AfterFunc(bound, func() { c.close(context.Cause(bound)) })
@@ -273,13 +273,15 @@ func (c *sledWireConn) call(ctx context.Context, req sledwire.Frame) (sledwire.F
 		delete(c.pending, req.ID)
 		c.mu.Unlock()
 	}()
-	// A write blocks while the sled reads nothing (its bound on requests
-	// in flight is full); a deadline that passes meanwhile ends the
-	// connection, which unblocks it.
-	stop := context.AfterFunc(ctx, func() { c.close(fmt.Errorf("sending a request: %w", context.Cause(ctx))) })
-	err := c.writer.Write(req)
-	stop()
-	if err != nil {
+	// A request whose caller has gone already is not sent. One that is
+	// sent is written whole even if its caller gives up meanwhile (the
+	// caller's buffer is in the write): the connection is shared, and
+	// only the writer's own timeout, a sled that reads nothing for that
+	// long, ends it.
+	if err := ctx.Err(); err != nil {
+		return sledwire.Frame{}, status.FromContextError(err).Err()
+	}
+	if err := c.writer.Write(req); err != nil {
 		c.close(err)
 		return sledwire.Frame{}, c.closedErr(err)
 	}
@@ -290,7 +292,9 @@ func (c *sledWireConn) call(ctx context.Context, req sledwire.Frame) (sledwire.F
 	case <-c.done:
 		return sledwire.Frame{}, c.closedErr(nil)
 	case <-ctx.Done():
-		return sledwire.Frame{}, context.Cause(ctx)
+		// As gRPC answers a call whose context ended (its cause may be
+		// another sled's failure, which must not be taken for this one's).
+		return sledwire.Frame{}, status.FromContextError(ctx.Err()).Err()
 	}
 }
 

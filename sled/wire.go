@@ -131,7 +131,8 @@ func (w *wireServer) serveConn(c net.Conn, version uint16) {
 		return (*pooled)[:n]
 	}
 	rd := sledwire.NewReader(c, wireReadBufferBytes, alloc)
-	wr := sledwire.NewWriter(c)
+	// A head node that stops reading its replies ends the connection.
+	wr := sledwire.NewWriter(c, wireIdleTicks*w.tick)
 	var requests sync.WaitGroup
 	defer requests.Wait()
 	defer cancel() // before the wait: requests waiting for room end

@@ -35,7 +35,7 @@ func dialWire(t *testing.T, addr string) (net.Conn, *sledwire.Reader, *sledwire.
 	if v, err := sledwire.ParsePreamble(answer); err != nil || v != sledwire.Version {
 		t.Fatalf("preamble answer %q: version %d, %v", answer, v, err)
 	}
-	return nc, sledwire.NewReader(nc, 4096, nil), sledwire.NewWriter(nc)
+	return nc, sledwire.NewReader(nc, 4096, nil), sledwire.NewWriter(nc, 0)
 }
 
 func putFrame(t *testing.T, reqID uint64, id ShardID, epoch uint64, data []byte, crc uint32) sledwire.Frame {

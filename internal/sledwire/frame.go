@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 const (
@@ -227,14 +228,20 @@ func readFull(r io.Reader, b []byte) error {
 // Writer writes frames to a stream; concurrent calls never interleave
 // their frames.
 type Writer struct {
-	mu   sync.Mutex
-	w    io.Writer
-	hdr  [HeaderBytes]byte
-	bufs net.Buffers
+	mu      sync.Mutex
+	w       io.Writer
+	timeout time.Duration // of each frame's write, where w has deadlines
+	hdr     [HeaderBytes]byte
+	bufs    net.Buffers
 }
 
-// NewWriter writes frames to w.
-func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+// NewWriter writes frames to w. If timeout is positive and w has write
+// deadlines (a net.Conn), a frame not written within timeout of its turn
+// fails with the deadline's error: a peer that stops reading cannot hold
+// the writers forever.
+func NewWriter(w io.Writer, timeout time.Duration) *Writer {
+	return &Writer{w: w, timeout: timeout}
+}
 
 // Write writes f: header, meta and data in one writev where w is a
 // connection. It refuses a frame that Reader would not accept.
@@ -247,6 +254,11 @@ func (w *Writer) Write(f Frame) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if d, ok := w.w.(interface{ SetWriteDeadline(time.Time) error }); ok && w.timeout > 0 {
+		if err := d.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+			return err
+		}
+	}
 	encodeHeader(w.hdr[:], &f)
 	w.bufs = append(w.bufs[:0], w.hdr[:])
 	if len(f.Meta) > 0 {

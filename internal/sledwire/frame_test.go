@@ -101,7 +101,7 @@ func TestRoundTrip(t *testing.T) {
 	for _, c := range validFrames() {
 		t.Run(c.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			if err := NewWriter(&buf).Write(c.f); err != nil {
+			if err := NewWriter(&buf, 0).Write(c.f); err != nil {
 				t.Fatal(err)
 			}
 			if want := HeaderBytes + len(c.f.Meta) + len(c.f.Data); buf.Len() != want {
@@ -139,7 +139,7 @@ func TestRoundTrip(t *testing.T) {
 func TestStream(t *testing.T) {
 	frames := validFrames()
 	var buf bytes.Buffer
-	w := NewWriter(&buf)
+	w := NewWriter(&buf, 0)
 	for _, c := range frames {
 		if err := w.Write(c.f); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
@@ -206,7 +206,7 @@ func TestWriteRefuses(t *testing.T) {
 	for name, f := range cases {
 		t.Run(name, func(t *testing.T) {
 			var out countingWriter
-			if err := NewWriter(&out).Write(f); err == nil {
+			if err := NewWriter(&out, 0).Write(f); err == nil {
 				t.Fatal("written")
 			}
 			if out.calls != 0 || out.Len() != 0 {
@@ -216,7 +216,7 @@ func TestWriteRefuses(t *testing.T) {
 	}
 	// A Writer that refused a frame writes the next one whole.
 	var out bytes.Buffer
-	w := NewWriter(&out)
+	w := NewWriter(&out, 0)
 	if err := w.Write(Frame{Kind: KindPing, Data: []byte("d")}); err == nil {
 		t.Fatal("ping with data written")
 	}
@@ -251,7 +251,7 @@ func (s *sink) Write(b []byte) (int, error) {
 // the buffer are never touched).
 func TestWriteMaxData(t *testing.T) {
 	var s sink
-	if err := NewWriter(&s).Write(Frame{Kind: KindRequest, Op: OpPutShard, Data: make([]byte, MaxDataBytes)}); err != nil {
+	if err := NewWriter(&s, 0).Write(Frame{Kind: KindRequest, Op: OpPutShard, Data: make([]byte, MaxDataBytes)}); err != nil {
 		t.Fatal(err)
 	}
 	if s.n != HeaderBytes+MaxDataBytes || binary.LittleEndian.Uint32(s.head[8:]) != MaxDataBytes {
@@ -358,7 +358,7 @@ func TestBoundsAccepted(t *testing.T) {
 // boundary, io.EOF.
 func TestCut(t *testing.T) {
 	var buf bytes.Buffer
-	w := NewWriter(&buf)
+	w := NewWriter(&buf, 0)
 	frames := []Frame{
 		{Kind: KindRequest, Op: OpPutShard, ID: 1, Meta: []byte("meta"), Data: []byte("0123456789")},
 		{Kind: KindPing, ID: 2},
@@ -428,7 +428,7 @@ func (e *errAfter) Read(p []byte) (int, error) {
 // An error of the stream itself is returned as it is, wherever it comes.
 func TestStreamError(t *testing.T) {
 	var buf bytes.Buffer
-	NewWriter(&buf).Write(Frame{Kind: KindRequest, Op: OpPutShard, ID: 1, Meta: []byte("meta"), Data: []byte("data")})
+	NewWriter(&buf, 0).Write(Frame{Kind: KindRequest, Op: OpPutShard, ID: 1, Meta: []byte("meta"), Data: []byte("data")})
 	boom := errors.New("connection reset")
 	for _, cut := range []int{0, 3, HeaderBytes, HeaderBytes + 2, HeaderBytes + 6} {
 		if _, err := NewReader(&errAfter{buf.Bytes()[:cut], boom}, 16, nil).Next(); err != boom {
@@ -439,7 +439,7 @@ func TestStreamError(t *testing.T) {
 
 func TestAlloc(t *testing.T) {
 	var buf bytes.Buffer
-	w := NewWriter(&buf)
+	w := NewWriter(&buf, 0)
 	frames := []Frame{
 		{Kind: KindRequest, Op: OpPutShard, ID: 1, Meta: []byte("meta"), Data: []byte("0123456789")},
 		{Kind: KindRequest, Op: OpPutShard, ID: 2, Meta: []byte("meta only")},
@@ -515,7 +515,7 @@ func TestAlloc(t *testing.T) {
 func TestConcurrentWrite(t *testing.T) {
 	const writers, perWriter = 8, 25 // 200 frames
 	var buf bytes.Buffer
-	w := NewWriter(&buf)
+	w := NewWriter(&buf, 0)
 	frame := func(g, i int) Frame {
 		id := uint64(g)<<32 | uint64(i)
 		f := Frame{Kind: KindRequest, Op: OpPutShard, ID: id, Meta: []byte(fmt.Sprintf("g%d i%d", g, i))}

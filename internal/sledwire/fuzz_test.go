@@ -13,7 +13,7 @@ import (
 // the bytes it consumed.
 func FuzzReader(f *testing.F) {
 	var seed bytes.Buffer
-	w := NewWriter(&seed)
+	w := NewWriter(&seed, 0)
 	for _, fr := range []Frame{
 		{Kind: KindRequest, Op: OpPutShard, ID: 1, Meta: []byte("\x0a\x03seg\x10\x02"), Data: []byte("shard bytes")},
 		{Kind: KindPing, ID: 2},
@@ -49,7 +49,7 @@ func FuzzReader(f *testing.F) {
 			return pool[:n]
 		})
 		var out bytes.Buffer
-		rw := NewWriter(&out)
+		rw := NewWriter(&out, 0)
 		consumed := 0
 		for {
 			fr, err := r.Next()
