@@ -92,6 +92,10 @@ var (
 	errSledFull     = errors.New("sled: no room for the shard")
 	errStaleEpoch   = errors.New("sled: epoch is stale")
 	errSledDown     = errors.New("sled: unreachable")
+	// errSledCanceled: the caller gave up on the request (a read that has
+	// its shards from other sleds, a put whose segment failed elsewhere);
+	// it says nothing of the sled, which must not be taken for down.
+	errSledCanceled = errors.New("sled: request canceled")
 )
 
 // classifySledError maps a gRPC status from a sled onto the classes.
@@ -109,6 +113,8 @@ func classifySledError(sled string, op string, err error) error {
 		class = errSledFull
 	case codes.FailedPrecondition:
 		class = errStaleEpoch
+	case codes.Canceled:
+		class = errSledCanceled
 	default:
 		class = errSledDown
 	}

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/ballast-storage/ballast/internal/rpc"
 	"github.com/ballast-storage/ballast/proto/sledpb"
 	"github.com/ballast-storage/ballast/sled"
@@ -221,5 +224,31 @@ func testGetRanges(t *testing.T, framed bool) {
 		if c == nil || c.sent.Load() < 5 {
 			t.Fatal("the reads did not take the framed connection")
 		}
+	}
+}
+
+// TestClassifySledErrors: a sled's answers map onto the head node's
+// classes; a call its caller gave up on is not a sled that is down.
+func TestClassifySledErrors(t *testing.T) {
+	for code, want := range map[codes.Code]error{
+		codes.NotFound:           errShardMissing,
+		codes.DataLoss:           errShardCorrupt,
+		codes.ResourceExhausted:  errSledFull,
+		codes.FailedPrecondition: errStaleEpoch,
+		codes.Canceled:           errSledCanceled,
+		codes.Unavailable:        errSledDown,
+		codes.DeadlineExceeded:   errSledDown,
+		codes.Internal:           errSledDown,
+	} {
+		err := classifySledError("s1", "get", status.Error(code, "x"))
+		if !errors.Is(err, want) {
+			t.Errorf("%v: %v, want %v", code, err, want)
+		}
+		if code == codes.Canceled && errors.Is(err, errSledDown) {
+			t.Errorf("a canceled call is taken for a sled that is down: %v", err)
+		}
+	}
+	if classifySledError("s1", "get", nil) != nil {
+		t.Error("no error classified as one")
 	}
 }

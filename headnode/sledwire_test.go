@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand"
@@ -209,5 +210,53 @@ func TestSledWireFallsBackToGRPCForAnOldSled(t *testing.T) {
 	wire.mu.Unlock()
 	if !noted || n != 0 {
 		t.Fatalf("refusal noted %v, %d framed connections", noted, n)
+	}
+}
+
+// TestSledWireCallerGivingUpLeavesTheConnection: a request whose caller
+// has given up (a read that has its shards from other sleds cancels the
+// rest; a put whose segment failed on another sled) fails alone, and not
+// as a sled that is down, whatever the cancellation's cause; the
+// connection, which other requests share, stays.
+func TestSledWireCallerGivingUpLeavesTheConnection(t *testing.T) {
+	sl := startWireTestSled(t)
+	var pool rpc.Pool
+	defer pool.Close()
+	wire := newSledWire()
+	defer wire.close()
+	g := &grpcShards{addresses: func(string) ([]string, bool) { return sl.Addresses(), true }, pool: &pool, wire: wire}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := shardID{volume: 1, segment: 8, index: 0}
+	if err := g.Put(ctx, "s1", id, 1, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	wire.mu.Lock()
+	c := wire.conns["s1"]
+	wire.mu.Unlock()
+	var wg sync.WaitGroup
+	for i := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			gctx, gcancel := context.WithCancelCause(ctx)
+			if i%2 == 0 {
+				// Given up before or while it is sent, because another
+				// sled failed.
+				gcancel(fmt.Errorf("%w: sled s9: put: refused", errSledDown))
+			}
+			res, err := g.GetRanges(gctx, "s1", []shardRange{{id: id, off: 0, length: 64 << 10}})
+			gcancel(nil)
+			if i%2 == 1 && (err != nil || res[0].err != nil) {
+				t.Errorf("a read beside the abandoned ones failed: %v %v", err, res)
+			}
+			if i%2 == 0 && errors.Is(err, errSledDown) {
+				t.Errorf("an abandoned read says its sled is down: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if c.isClosed() {
+		t.Fatalf("an abandoned request closed the shared connection: %v", c.closedErr(nil))
 	}
 }
