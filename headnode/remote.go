@@ -228,6 +228,16 @@ func (r *remoteIO) readRange(ctx context.Context, vol uint64, seg *ballastpb.Seg
 func (r *remoteIO) readAround(ctx context.Context, vol uint64, seg *ballastpb.Segment, shard int, off, length uint64, firstErr error, repair func(shardRef)) ([]byte, error) {
 	pieces, errs := r.gatherPieces(ctx, vol, seg, shard, off, length, repair)
 	data, err := ec.ReconstructRange(seg, pieces, shard)
+	if err != nil && errors.Is(firstErr, errSledSkipped) {
+		// The view kept the read from the shard's own sled, and the others
+		// cannot rebuild it: ask that sled after all, as gatherPieces does
+		// the others (a lagging view must not lose a readable range).
+		own, aerr := r.askRange(ctx, vol, seg, shard, off, length)
+		if aerr == nil {
+			return own, nil
+		}
+		firstErr = fmt.Errorf("%w; asked after all: %w", firstErr, aerr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read %d bytes of shard %d of segment %d (%v): %w (the others: %w)", length, shard, seg.Id, firstErr, err, errors.Join(errs...))
 	}

@@ -866,6 +866,29 @@ func TestReadsAskSledsTheViewHoldsDown(t *testing.T) {
 	r.check(t)
 }
 
+// The same when the view holds down the sled of the very shard a read
+// wants: once the others cannot rebuild it, that sled is asked after all.
+func TestReadsAskTheirOwnShardsSledTheViewHoldsDown(t *testing.T) {
+	r := newStorageRig(t, 2<<20, 8, 512<<10)
+	rng := rand.New(rand.NewSource(6))
+	data := make([]byte, 2<<20)
+	rng.Read(data)
+	r.write(t, 0, data)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := r.pStore.Segments(r.vol.Id)
+	seg := segs[0]
+	for _, i := range []int{0, 4} {
+		r.remote.view.reportFailure(seg.ShardSleds[i], errSledDown)
+	}
+	// Shard 0's data: its sled skipped, two shards corrupt, and the other
+	// skipped one too few to rebuild it.
+	r.corruptShard(seg, 1)
+	r.corruptShard(seg, 2)
+	r.check(t)
+}
+
 // corruptShard makes shard i of seg fail its checksum on its sled.
 func (r *storageRig) corruptShard(seg *ballastpb.Segment, i int) {
 	id := shardID{volume: r.vol.Id, segment: seg.Id, index: uint32(i)}
