@@ -102,18 +102,25 @@ func startWireTestSled(t *testing.T) *sled.Sled {
 	return sl
 }
 
+// wireShardsOnATestSled starts a sled and returns a shard store that
+// reaches it as "s1" over the framed protocol, and a context for the test.
+func wireShardsOnATestSled(t *testing.T) (*grpcShards, *sledWire, context.Context) {
+	t.Helper()
+	sl := startWireTestSled(t)
+	pool := &rpc.Pool{}
+	t.Cleanup(func() { pool.Close() })
+	wire := newSledWire()
+	t.Cleanup(wire.close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return &grpcShards{addresses: func(string) ([]string, bool) { return sl.Addresses(), true }, pool: pool, wire: wire}, wire, ctx
+}
+
 // TestSledWirePutsAndReconnects: shard puts go over one framed connection
 // per sled, concurrently; the sled's refusals come back in the head node's
 // classes; a connection that breaks is replaced by the next put.
 func TestSledWirePutsAndReconnects(t *testing.T) {
-	sl := startWireTestSled(t)
-	var pool rpc.Pool
-	defer pool.Close()
-	wire := newSledWire()
-	defer wire.close()
-	g := &grpcShards{addresses: func(string) ([]string, bool) { return sl.Addresses(), true }, pool: &pool, wire: wire}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	g, wire, ctx := wireShardsOnATestSled(t)
 
 	shards := map[shardID][]byte{}
 	for i := range 16 {
@@ -219,14 +226,7 @@ func TestSledWireFallsBackToGRPCForAnOldSled(t *testing.T) {
 // as a sled that is down, whatever the cancellation's cause; the
 // connection, which other requests share, stays.
 func TestSledWireCallerGivingUpLeavesTheConnection(t *testing.T) {
-	sl := startWireTestSled(t)
-	var pool rpc.Pool
-	defer pool.Close()
-	wire := newSledWire()
-	defer wire.close()
-	g := &grpcShards{addresses: func(string) ([]string, bool) { return sl.Addresses(), true }, pool: &pool, wire: wire}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	g, wire, ctx := wireShardsOnATestSled(t)
 	id := shardID{volume: 1, segment: 8, index: 0}
 	if err := g.Put(ctx, "s1", id, 1, make([]byte, 64<<10)); err != nil {
 		t.Fatal(err)

@@ -847,41 +847,35 @@ func TestInterruptedFullSyncStartsOver(t *testing.T) {
 // not make a segment lost when a third shard is corrupt: a read short of
 // shards asks the sleds the view skipped.
 func TestReadsAskSledsTheViewHoldsDown(t *testing.T) {
+	r, seg := flushedWithStaleView(t, 5)
+	r.corruptShard(seg, 1)
+	r.check(t)
+}
+
+// flushedWithStaleView writes and flushes 2 MiB of random data (from
+// seed) into one segment, whose shards 0 and 4 are on sleds the view saw
+// fail: they are back now, and no poll has told the view yet.
+func flushedWithStaleView(t *testing.T, seed int64) (*storageRig, *ballastpb.Segment) {
+	t.Helper()
 	r := newStorageRig(t, 2<<20, 8, 512<<10)
-	rng := rand.New(rand.NewSource(5))
 	data := make([]byte, 2<<20)
-	rng.Read(data)
+	rand.New(rand.NewSource(seed)).Read(data)
 	r.write(t, 0, data)
 	if err := r.m().flush(r.ctx); err != nil {
 		t.Fatal(err)
 	}
 	segs, _ := r.pStore.Segments(r.vol.Id)
 	seg := segs[0]
-	// The view saw two of the segment's sleds fail; they are back now,
-	// and no poll has told the view yet.
 	for _, i := range []int{0, 4} {
 		r.remote.view.reportFailure(seg.ShardSleds[i], errSledDown)
 	}
-	r.corruptShard(seg, 1)
-	r.check(t)
+	return r, seg
 }
 
 // The same when the view holds down the sled of the very shard a read
 // wants: once the others cannot rebuild it, that sled is asked after all.
 func TestReadsAskTheirOwnShardsSledTheViewHoldsDown(t *testing.T) {
-	r := newStorageRig(t, 2<<20, 8, 512<<10)
-	rng := rand.New(rand.NewSource(6))
-	data := make([]byte, 2<<20)
-	rng.Read(data)
-	r.write(t, 0, data)
-	if err := r.m().flush(r.ctx); err != nil {
-		t.Fatal(err)
-	}
-	segs, _ := r.pStore.Segments(r.vol.Id)
-	seg := segs[0]
-	for _, i := range []int{0, 4} {
-		r.remote.view.reportFailure(seg.ShardSleds[i], errSledDown)
-	}
+	r, seg := flushedWithStaleView(t, 6)
 	// Shard 0's data: its sled skipped, two shards corrupt, and the other
 	// skipped one too few to rebuild it.
 	r.corruptShard(seg, 1)
