@@ -567,7 +567,9 @@ func (nm *nemesis) restartExited(after chaos.Step) {
 			continue
 		}
 		p := nm.cr.proc(name)
-		nm.logf("chaos: %7.2fs %s had exited (%v), found at the heal of %s; restarted", nm.now().Seconds(), name, p.err, after)
+		// Why it exited is at the end of its output, which the restart
+		// replaces.
+		nm.logf("chaos: %7.2fs %s had exited (%v), found at the heal of %s; restarted; its output ended:\n%s", nm.now().Seconds(), name, p.err, after, tail(p.out.String(), 1500))
 		nm.mu.Lock()
 		nm.mu.outcome = append(nm.mu.outcome, stepOutcome{Step: after.String(), Action: string(after.Action), Target: name, Exited: name,
 			Note: fmt.Sprintf("exited during the fault (%v): restarted", p.err)})
