@@ -216,21 +216,18 @@ func (w *wireServer) serve(ctx context.Context, f sledwire.Frame) sledwire.Frame
 		if err != nil {
 			return fail(err)
 		}
-		// The results' data go after the meta, in order, as they are.
-		var n int
+		// The results' data go after the meta, in order, as they were
+		// read (no copy into one buffer).
+		parts := make([][]byte, 0, len(resp.Results))
 		for _, r := range resp.Results {
-			n += len(r.Data)
-		}
-		data := make([]byte, 0, n)
-		for _, r := range resp.Results {
-			data = append(data, r.Data...)
+			parts = append(parts, r.Data)
 			r.Data = nil
 		}
 		meta, err := proto.Marshal(resp)
 		if err != nil {
 			return fail(toStatus(err))
 		}
-		reply.Meta, reply.Data = meta, data
+		reply.Meta, reply.DataParts = meta, parts
 		return reply
 	}
 	reply.Status = sledwire.StatusUnimplemented

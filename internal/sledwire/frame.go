@@ -107,6 +107,19 @@ type Frame struct {
 	ID     uint64
 	Meta   []byte
 	Data   []byte
+	// DataParts, for Write only, are the data in pieces, written one
+	// after the other in place of Data: a reply that gathers several
+	// reads need not copy them into one buffer.
+	DataParts [][]byte
+}
+
+// dataLen is the length of f's data, whole or in parts.
+func (f *Frame) dataLen() int {
+	n := len(f.Data)
+	for _, p := range f.DataParts {
+		n += len(p)
+	}
+	return n
 }
 
 // encodeHeader writes f's header.
@@ -116,7 +129,7 @@ func encodeHeader(h []byte, f *Frame) {
 	h[1] = byte(f.Op)
 	binary.LittleEndian.PutUint16(h[2:], f.Status)
 	binary.LittleEndian.PutUint32(h[4:], uint32(len(f.Meta)))
-	binary.LittleEndian.PutUint32(h[8:], uint32(len(f.Data)))
+	binary.LittleEndian.PutUint32(h[8:], uint32(f.dataLen()))
 	binary.LittleEndian.PutUint64(h[16:], f.ID)
 }
 
@@ -246,10 +259,14 @@ func NewWriter(w io.Writer, timeout time.Duration) *Writer {
 // Write writes f: header, meta and data in one writev where w is a
 // connection. It refuses a frame that Reader would not accept.
 func (w *Writer) Write(f Frame) error {
-	if len(f.Meta) > MaxMetaBytes || len(f.Data) > MaxDataBytes {
-		return fmt.Errorf("sledwire: a %v with %d bytes of meta and %d of data, over the bounds", f.Kind, len(f.Meta), len(f.Data))
+	dataLen := f.dataLen()
+	if len(f.Data) > 0 && len(f.DataParts) > 0 {
+		return fmt.Errorf("sledwire: a %v with both data and data parts", f.Kind)
 	}
-	if err := check(&f, uint32(len(f.Meta)), uint32(len(f.Data))); err != nil {
+	if len(f.Meta) > MaxMetaBytes || dataLen > MaxDataBytes {
+		return fmt.Errorf("sledwire: a %v with %d bytes of meta and %d of data, over the bounds", f.Kind, len(f.Meta), dataLen)
+	}
+	if err := check(&f, uint32(len(f.Meta)), uint32(dataLen)); err != nil {
 		return err
 	}
 	w.mu.Lock()
@@ -266,6 +283,11 @@ func (w *Writer) Write(f Frame) error {
 	}
 	if len(f.Data) > 0 {
 		w.bufs = append(w.bufs, f.Data)
+	}
+	for _, p := range f.DataParts {
+		if len(p) > 0 {
+			w.bufs = append(w.bufs, p)
+		}
 	}
 	bufs := w.bufs // WriteTo consumes its receiver
 	_, err := bufs.WriteTo(w.w)

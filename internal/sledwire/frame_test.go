@@ -568,3 +568,22 @@ func TestConcurrentWrite(t *testing.T) {
 		t.Fatalf("after %d frames: %v, want io.EOF", writers*perWriter, err)
 	}
 }
+
+// TestWriteDataInParts: data given in parts go on the wire as one frame's
+// data, read back whole; data and parts together are refused.
+func TestWriteDataInParts(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf, 0)
+	parts := [][]byte{[]byte("abc"), nil, []byte("defgh")}
+	if err := w.Write(Frame{Kind: KindReply, Op: OpGetShardRanges, ID: 3, Meta: []byte("m"), DataParts: parts}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewReader(&buf, 64, nil).Next()
+	if err != nil || string(f.Data) != "abcdefgh" || string(f.Meta) != "m" || f.ID != 3 {
+		t.Fatalf("read %q %q %d: %v", f.Data, f.Meta, f.ID, err)
+	}
+	buf.Reset()
+	if err := w.Write(Frame{Kind: KindReply, Op: OpGetShardRanges, Data: []byte("x"), DataParts: parts}); err == nil || buf.Len() != 0 {
+		t.Fatalf("data and parts together: %v, %d bytes written", err, buf.Len())
+	}
+}
