@@ -39,6 +39,7 @@ type Node struct {
 	server    *grpc.Server
 	listeners []net.Listener
 	pool      rpc.Pool
+	sledWire  *sledWire // the framed connections to the sleds (sledwire.go)
 	drops     chan uint64
 	// confirmDeleted asks the rack whether a volume reported deleted is
 	// gone (nil: deletedInRack); tests answer for it.
@@ -125,6 +126,7 @@ func Start(cfg Config) (_ *Node, err error) {
 		stats: &storageStats{},
 		log:   n.log,
 	}
+	n.sledWire = newSledWire()
 	n.remote.shards = &grpcShards{
 		addresses: func(id string) ([]string, bool) {
 			s, ok := n.directory.Sled(id)
@@ -134,7 +136,7 @@ func Start(cfg Config) (_ *Node, err error) {
 			return s.Addresses, true
 		},
 		pool: &n.pool,
-		wire: newSledWire(),
+		wire: n.sledWire,
 	}
 	n.remote.view = newSledView(n.directory.Sleds, n.remote.shards, n.log)
 	onDelete := func(v *ballastpb.Volume) {
@@ -434,22 +436,14 @@ func (n *Node) Close() error {
 		close(n.drops)
 	}
 	n.serving.Wait()
-	if g, ok := n.remoteShards().(*grpcShards); ok && g.wire != nil {
-		g.wire.close()
+	if n.sledWire != nil {
+		n.sledWire.close()
 	}
 	n.pool.Close()
 	if n.blocks != nil {
 		errs = append(errs, n.blocks.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// remoteShards is the node's shard store, nil before it has one.
-func (n *Node) remoteShards() shardStore {
-	if n.remote == nil {
-		return nil
-	}
-	return n.remote.shards
 }
 
 // flushAll asks every volume this node is primary of to flush soon: the

@@ -13,8 +13,8 @@ package headnode
 // sled that does not speak the protocol (an older build: it closes the
 // connection or answers another version) is sent its requests over gRPC,
 // and asked again after noBatchRetry; a connection that cannot be opened
-// at all sends that request over gRPC, whose own paths and errors then
-// decide. Errors come back as gRPC's would, for classifySledError.
+// at all sends that request, and the sled's others for sledWireRedial,
+// over gRPC, whose own paths and errors then decide. Errors come back as gRPC's would, for classifySledError.
 
 import (
 	"context"
@@ -51,12 +51,20 @@ type sledWire struct {
 	mu     sync.Mutex
 	conns  map[string]*sledWireConn // by sled id
 	noWire map[string]time.Time     // sleds that refused it, and when
-	closed bool
+	// dialFailed holds when a connection to each sled last failed to
+	// open: its requests take gRPC for sledWireRedial rather than each
+	// pay a dial to a sled that is down.
+	dialFailed map[string]time.Time
+	closed     bool
 }
+
+// sledWireRedial is how long after a failed dial a sled's requests go over
+// gRPC before the framed connection is tried again.
+const sledWireRedial = time.Second
 
 func newSledWire() *sledWire {
 	return &sledWire{period: rpc.KeepaliveTime, timeout: rpc.KeepaliveTimeout,
-		conns: map[string]*sledWireConn{}, noWire: map[string]time.Time{}}
+		conns: map[string]*sledWireConn{}, noWire: map[string]time.Time{}, dialFailed: map[string]time.Time{}}
 }
 
 // close ends every connection.
@@ -174,10 +182,18 @@ func (w *sledWire) conn(ctx context.Context, sled string, grpcConn *rpc.Conn) (*
 		w.mu.Unlock()
 		return nil, errNoSledWire
 	}
+	if at, ok := w.dialFailed[sled]; ok && time.Since(at) < sledWireRedial {
+		w.mu.Unlock()
+		return nil, errors.New("framed shard connection failed to open just now")
+	}
 	w.mu.Unlock()
 	c, err := w.dial(ctx, grpcConn)
 	if errors.Is(err, errNoSledWire) {
 		w.refused(sled)
+	} else if err != nil && ctx.Err() == nil {
+		w.mu.Lock()
+		w.dialFailed[sled] = time.Now()
+		w.mu.Unlock()
 	}
 	if err != nil {
 		return nil, err
@@ -193,6 +209,7 @@ func (w *sledWire) conn(ctx context.Context, sled string, grpcConn *rpc.Conn) (*
 		return old, nil
 	}
 	delete(w.noWire, sled)
+	delete(w.dialFailed, sled)
 	w.conns[sled] = c
 	return c, nil
 }

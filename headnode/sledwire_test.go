@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -258,5 +259,32 @@ func TestSledWireCallerGivingUpLeavesTheConnection(t *testing.T) {
 	wg.Wait()
 	if c.isClosed() {
 		t.Fatalf("an abandoned request closed the shared connection: %v", c.closedErr(nil))
+	}
+}
+
+// TestSledWireRedialsADownSledOnlyAfterAPause: a sled whose framed
+// connection cannot be opened gets its requests over gRPC (which then
+// says it is down), and the next ones do not each pay a dial first.
+func TestSledWireRedialsADownSledOnlyAfterAPause(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	var pool rpc.Pool
+	defer pool.Close()
+	wire := newSledWire()
+	defer wire.close()
+	g := &grpcShards{addresses: func(string) ([]string, bool) { return []string{addr}, true }, pool: &pool, wire: wire}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.Put(ctx, "s1", shardID{volume: 1, segment: 1}, 1, []byte("x")); !errors.Is(err, errSledDown) {
+		t.Fatalf("a put to a sled that is down: %v", err)
+	}
+	conn, _ := g.conn("s1")
+	_, err = wire.conn(ctx, "s1", conn)
+	if err == nil || !strings.Contains(err.Error(), "just now") {
+		t.Fatalf("the framed connection was dialled again at once: %v", err)
 	}
 }
