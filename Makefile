@@ -63,6 +63,7 @@ FUZZ_TARGETS := \
 	./internal/blockwire/:FuzzDecodeHeader \
 	./internal/blockwire/:FuzzReader \
 	./internal/blockwire/:FuzzParsePreamble \
+	./internal/blockwire/:FuzzParseExtents \
 	./internal/replwire/:FuzzReader \
 	./internal/sledwire/:FuzzReader
 

@@ -25,7 +25,7 @@
 //
 //	offset  size  field
 //	0       6     magic "BLSTIO"
-//	6       2     version, little-endian (3)
+//	6       2     version, little-endian (4)
 //
 // The server answers with the preamble of the version it speaks. If that
 // is the client's, frames follow in both directions until either side
@@ -36,7 +36,7 @@
 // ErrNotBlockwire. The head node tells this protocol from HTTP/2 on one
 // port by the first bytes a client sends.
 //
-// # Frames, version 3
+// # Frames, version 4
 //
 // Every frame is a fixed 80-byte header, then TextLen bytes of text, then
 // DataLen bytes of data. All integers are little-endian.
@@ -44,7 +44,7 @@
 //	offset  size  field
 //	0       1     kind: 1 request, 2 reply, 3 ping, 4 pong
 //	1       1     code: a request's op (1 read, 2 write, 3 flush, 4 trim,
-//	              5 write zeroes); a reply's status (0 OK .. 7 fenced,
+//	              5 write zeroes, 6 block status); a reply's status (0 OK .. 7 fenced,
 //	              the numbers of ballastpb.IOStatus); 0 in pings and pongs
 //	2       1     flags: a request's 0x01 FUA, 0x02 no hole, 0x04 resend
 //	              (a named write sent again, see ballastpb.IORequest;
@@ -54,19 +54,22 @@
 //	4       2     text length: a request's host, a reply's error text
 //	6       2     reserved, 0
 //	8       4     data length: a write request's data, a read reply's
+//	              or a block status reply's (its extents, extents.go)
 //	12      4     reserved, 0
 //	16      8     id: chosen by the client, echoed by the reply (or pong)
 //	24      8     volume id      (requests; 0 in other kinds)
 //	32      8     offset         (requests; 0 in other kinds)
-//	40      8     length         (requests: of a read, trim or zeroes;
+//	40      8     length         (requests: of a read, trim, zeroes or
+//	              block status;
 //	              a write's is its data length; 0 in other kinds)
 //	48      8     generation     (requests; 0 in other kinds)
 //	56      8     client         (requests: the write's identity, 0 for
 //	64      8     write op        none; see ballastpb.IORequest; 0 in
 //	72      8     oldest op       other kinds)
 //
-// Version 2 was the same without the resend flag; version 1 also without
-// the write's identity (a 56-byte header).
+// Version 3 was the same without op 6, version 2 also without the resend
+// flag, version 1 also without the write's identity (a 56-byte header). A
+// server speaks one version: an agent of another falls back to gRPC.
 //
 // Bounds: data at most MaxDataBytes (the head node's largest request), and
 // only in a write request or an OK reply; a host at most MaxHostBytes and

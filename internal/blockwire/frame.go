@@ -9,9 +9,9 @@ import (
 )
 
 // Version is the protocol version this package speaks.
-const Version = 3
+const Version = 4
 
-// Sizes and bounds of version 3.
+// Sizes and bounds of version 4.
 const (
 	// PreambleBytes is the length of the preamble each side sends first.
 	PreambleBytes = 8
@@ -77,6 +77,7 @@ const (
 	OpFlush       Op = 3
 	OpTrim        Op = 4
 	OpWriteZeroes Op = 5
+	OpBlockStatus Op = 6 // reply data: extents (extents.go)
 )
 
 // Status is a reply's outcome; the numbers are ballastpb.IOStatus's.
@@ -156,7 +157,7 @@ func check(f *Frame, textLen int) error {
 	switch f.Kind {
 	case KindRequest:
 		switch {
-		case f.Op < OpRead || f.Op > OpWriteZeroes:
+		case f.Op < OpRead || f.Op > OpBlockStatus:
 			return fmt.Errorf("%w: unknown op %d", ErrMalformed, f.Op)
 		case f.DataLen > 0 && f.Op != OpWrite:
 			return fmt.Errorf("%w: %d bytes of data in a request of op %d", ErrMalformed, f.DataLen, f.Op)

@@ -192,7 +192,7 @@ func TestReplyErrorTextIsCut(t *testing.T) {
 
 func TestPreamble(t *testing.T) {
 	p := AppendPreamble(nil)
-	if len(p) != PreambleBytes || string(p) != "BLSTIO\x03\x00" {
+	if len(p) != PreambleBytes || string(p) != "BLSTIO\x04\x00" {
 		t.Fatalf("preamble %q", p)
 	}
 	if v, err := ParsePreamble(p); err != nil || v != Version {

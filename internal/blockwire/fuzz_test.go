@@ -200,3 +200,33 @@ func TestGenerateSeedCorpus(t *testing.T) {
 		write("FuzzParsePreamble", name, []byte(in))
 	}
 }
+
+// FuzzParseExtents: any reply data either parses into extents that
+// encode back to the same bytes and stay within the asked length, or is
+// refused.
+func FuzzParseExtents(f *testing.F) {
+	f.Add(AppendExtents(nil, []Extent{{Length: 4096}}), uint64(4096))
+	f.Add(AppendExtents(nil, []Extent{{Length: 4096, Hole: true}, {Length: 8192}}), uint64(1<<20))
+	f.Add(AppendExtents(nil, []Extent{{Length: 1 << 40, Hole: true}}), uint64(1<<40))
+	f.Add(AppendExtents(nil, []Extent{{Length: 0}}), uint64(4096))
+	f.Add([]byte{1, 2, 3}, uint64(4096))
+	f.Fuzz(func(t *testing.T, b []byte, length uint64) {
+		ext, err := ParseExtents(b, length)
+		if err != nil {
+			return
+		}
+		var total uint64
+		for _, e := range ext {
+			if e.Length == 0 {
+				t.Fatal("an empty extent parsed")
+			}
+			total += e.Length
+			if total > length || total < e.Length {
+				t.Fatalf("extents of %d bytes and more for a request of %d", total, length)
+			}
+		}
+		if got := AppendExtents(nil, ext); !bytes.Equal(got, b) {
+			t.Fatalf("round trip: %x, want %x", got, b)
+		}
+	})
+}

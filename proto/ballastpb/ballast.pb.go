@@ -205,6 +205,12 @@ const (
 	IOOp_IO_OP_FLUSH        IOOp = 3
 	IOOp_IO_OP_TRIM         IOOp = 4
 	IOOp_IO_OP_WRITE_ZEROES IOOp = 5
+	// Which blocks of [offset, offset+length) hold data and which are
+	// holes (never written, trimmed or zeroed: they read as zeroes). The
+	// reply's data is a run of extents (EncodeExtents in attach/blockdev's
+	// terms: 8-byte length, 1 flags byte, 7 reserved; little-endian); it
+	// may describe less than the range, never more.
+	IOOp_IO_OP_BLOCK_STATUS IOOp = 6
 )
 
 // Enum value maps for IOOp.
@@ -216,6 +222,7 @@ var (
 		3: "IO_OP_FLUSH",
 		4: "IO_OP_TRIM",
 		5: "IO_OP_WRITE_ZEROES",
+		6: "IO_OP_BLOCK_STATUS",
 	}
 	IOOp_value = map[string]int32{
 		"IO_OP_UNSPECIFIED":  0,
@@ -224,6 +231,7 @@ var (
 		"IO_OP_FLUSH":        3,
 		"IO_OP_TRIM":         4,
 		"IO_OP_WRITE_ZEROES": 5,
+		"IO_OP_BLOCK_STATUS": 6,
 	}
 )
 
@@ -8343,7 +8351,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x1aMEMBERSHIP_OP_ADD_NONVOTER\x10\x01\x12\x1c\n" +
 	"\x18MEMBERSHIP_OP_MOVE_VOTER\x10\x02\x12\x18\n" +
 	"\x14MEMBERSHIP_OP_REMOVE\x10\x03\x12\x19\n" +
-	"\x15MEMBERSHIP_OP_READMIT\x10\x04*w\n" +
+	"\x15MEMBERSHIP_OP_READMIT\x10\x04*\x8f\x01\n" +
 	"\x04IOOp\x12\x15\n" +
 	"\x11IO_OP_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -8352,7 +8360,8 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\vIO_OP_FLUSH\x10\x03\x12\x0e\n" +
 	"\n" +
 	"IO_OP_TRIM\x10\x04\x12\x16\n" +
-	"\x12IO_OP_WRITE_ZEROES\x10\x05*\xce\x01\n" +
+	"\x12IO_OP_WRITE_ZEROES\x10\x05\x12\x16\n" +
+	"\x12IO_OP_BLOCK_STATUS\x10\x06*\xce\x01\n" +
 	"\bIOStatus\x12\x10\n" +
 	"\fIO_STATUS_OK\x10\x00\x12\x16\n" +
 	"\x12IO_STATUS_IO_ERROR\x10\x01\x12\x1a\n" +
