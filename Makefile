@@ -46,6 +46,7 @@ proto:
 FUZZ_TARGETS := \
 	./attach/nbd/:FuzzHandshake \
 	./attach/nbd/:FuzzRequestParser \
+	./attach/nbd/:FuzzAllocationEncoding \
 	./consensus/transport/:FuzzDecodeRequest \
 	./consensus/logstore/:FuzzDecodeLogValue \
 	./headnode/journal/:FuzzDecodeHeader \

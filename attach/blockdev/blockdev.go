@@ -40,6 +40,38 @@ type Device interface {
 	Close() error
 }
 
+// Extent is a run of a device's address space in one allocation state.
+type Extent struct {
+	// Length is the run's length in bytes; never 0.
+	Length uint64
+	// Hole: the run is not allocated and reads as zeroes. Otherwise the
+	// run is allocated, or its state is not known.
+	Hole bool
+}
+
+// Allocator is implemented by a Device that knows which parts of its
+// address space are allocated. It is optional: a server finds it with a
+// type assertion, and reports a Device without it as allocated
+// everywhere (which is always true enough: reading a hole returns zeroes
+// either way).
+//
+// Allocation is called like Device's methods: from many goroutines at
+// once, within [0, Size()), and it returns an error of the classes below.
+// A server checks what it returns, and answers a malformed result with
+// an I/O error rather than pass it on.
+type Allocator interface {
+	// Allocation describes [off, off+length) from off on, as consecutive
+	// extents. It may describe less than length (at least one extent, at
+	// least one byte) when describing all would cost too much; never more
+	// than length. A hole must read as zeroes until it is written;
+	// reporting an allocated run is always safe, reporting a hole that
+	// holds data is not (a client copying the device skips holes).
+	// Extents should end on 512-byte boundaries of the device: NBD
+	// reports a block that is part hole, part data as data. The caller
+	// neither modifies nor keeps the slice.
+	Allocation(ctx context.Context, off, length uint64) ([]Extent, error)
+}
+
 // The classes of error a Device returns; test with errors.Is.
 var (
 	// ErrOutOfRange: the range lies past the end of the device (a device

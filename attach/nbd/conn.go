@@ -10,6 +10,7 @@ import (
 	"net"
 	"sync"
 
+	"github.com/ballast-storage/ballast/attach/blockdev"
 	"github.com/ballast-storage/ballast/internal/bufpool"
 	"github.com/ballast-storage/ballast/internal/inflight"
 )
@@ -29,6 +30,12 @@ import (
 //
 // A request's budget and buffer are released once its reply is written
 // (or dropped after a write error).
+//
+// BLOCK_STATUS, when the Backend implements blockdev.Allocator, asks it
+// in the worker, like a READ, and encodes the descriptors into a pooled
+// 4 KiB buffer (maxBlockStatusDescriptors of 8 bytes) that the writer
+// copies into the batch. That buffer is not charged to the byte budget:
+// MaxRequestsInFlight already bounds it to 4 KiB a request.
 
 const (
 	readBufferSize  = 128 << 10 // socket read buffer (handshake and requests)
@@ -39,8 +46,8 @@ const (
 // op is one request, from being read until its reply is written.
 type op struct {
 	req   request
-	buf   *[]byte // pooled payload buffer (READ data, WRITE payload) or nil
-	data  []byte  // (*buf)[:req.Length]
+	buf   *[]byte // pooled buffer (READ data, WRITE payload, BLOCK_STATUS descriptors) or nil
+	data  []byte  // (*buf)[:req.Length], or the encoded descriptors
 	cost  int     // payload bytes charged to the budget
 	errno Errno   // 0 on success
 	msg   string  // error message for a structured error chunk
@@ -54,6 +61,7 @@ type conn struct {
 	br      *bufio.Reader
 	log     *slog.Logger
 	backend Backend
+	alloc   blockdev.Allocator // the backend's, if base:allocation was selected; else nil
 	st      exportState
 
 	ctx    context.Context // canceled when the connection is torn down
@@ -86,6 +94,9 @@ func (e protocolError) Unwrap() error { return e.err }
 // the backend.
 func (c *conn) serve() {
 	c.rw = replyWriter{w: c.nc, structured: c.st.Structured, small: make([]byte, 0, writeBufferSize)}
+	if a, ok := c.backend.(blockdev.Allocator); ok && c.st.MetaContext {
+		c.alloc = a
+	}
 	err := c.readLoop()
 	var perr protocolError
 	switch {
@@ -217,8 +228,11 @@ func (c *conn) run(o *op) {
 			err = c.backend.Flush(c.ctx) // WriteZeroes has no FUA of its own
 		}
 	case cmdBlockStatus:
-		// Every extent is reported allocated (status 0), which is always
-		// true enough: the reply encodes it.
+		if c.alloc != nil {
+			err = c.blockStatus(o)
+		}
+		// Otherwise every extent is reported allocated (status 0), which
+		// is always true enough: the reply encodes it.
 	}
 	if err != nil {
 		o.errno = errnoOf(err)
@@ -232,6 +246,23 @@ func (c *conn) run(o *op) {
 		}
 		c.log.Log(context.Background(), level, "NBD request failed", "cmd", commandName(r.Type), "offset", r.Offset, "length", r.Length, "errno", uint32(o.errno), "err", err)
 	}
+}
+
+// blockStatus asks the backend for the allocation of o's range and
+// encodes the descriptors into o.data. A result that cannot be encoded
+// is an error (EIO), never an invalid reply.
+func (c *conn) blockStatus(o *op) error {
+	r := o.req
+	exts, err := c.alloc.Allocation(c.ctx, r.Offset, uint64(r.Length))
+	if err != nil {
+		return err
+	}
+	o.buf = bufpool.Get(maxBlockStatusDescriptors * descriptorLen)
+	o.data, err = appendAllocation((*o.buf)[:0], r.Offset, r.Length, r.Flags&cmdFlagReqOne != 0, exts)
+	if err != nil {
+		o.data = nil
+	}
+	return err
 }
 
 // reply queues o's reply. If no one is writing, the caller becomes the
@@ -300,11 +331,14 @@ type replyWriter struct {
 
 // add encodes o's reply into the batch.
 func (w *replyWriter) add(o *op) {
+	r := o.req
 	need := chunkHeaderLen + 16 + min(len(o.msg), maxErrorMessageLen)
+	if r.Type == cmdBlockStatus {
+		need += len(o.data) // descriptors: at most 4 KiB
+	}
 	if len(w.small)+need > cap(w.small) {
 		w.cut()
 	}
-	r := o.req
 	var data []byte
 	switch {
 	case !w.structured:
@@ -320,6 +354,10 @@ func (w *replyWriter) add(o *op) {
 		// One chunk for the whole read: that honours DF as well.
 		w.small = appendOffsetDataHeader(w.small, replyFlagDone, r.Cookie, r.Offset, uint32(len(o.data)))
 		data = o.data
+	case r.Type == cmdBlockStatus && len(o.data) > 0:
+		// The backend's allocation, encoded by the worker.
+		w.small = appendBlockStatusHeader(w.small, r.Cookie, baseAllocationID, len(o.data))
+		w.small = append(w.small, o.data...)
 	case r.Type == cmdBlockStatus:
 		w.small = appendBlockStatusChunk(w.small, r.Cookie, baseAllocationID, r.Length, 0)
 	default:

@@ -39,10 +39,10 @@
 //
 // Commands: READ, WRITE (FUA passed on), FLUSH, TRIM, WRITE_ZEROES
 // (NO_HOLE passed on), DISC, and BLOCK_STATUS when base:allocation was
-// selected (every extent is reported allocated: flags 0). Requests on one
-// connection run concurrently (Server.MaxRequestsInFlight and
-// Server.MaxBytesInFlight bound them, and Server.Shared bounds every
-// connection's together) and are answered in any order. When a bound is
+// selected (below). Requests on one connection run concurrently
+// (Server.MaxRequestsInFlight and Server.MaxBytesInFlight bound them,
+// and Server.Shared bounds every connection's together) and are
+// answered in any order. When a bound is
 // reached the connection stops reading from its socket until a reply
 // returns memory: a client that sends faster than the backend drains is
 // slowed by TCP, and the server never holds more than the bounds.
@@ -50,6 +50,18 @@
 // command or flag, a READ over 32 MiB) gets the error and the connection
 // stays usable. A request whose framing cannot be trusted (bad magic, a
 // WRITE longer than 32 MiB) closes that connection, with a log line.
+//
+// BLOCK_STATUS (base:allocation): if the Backend implements
+// blockdev.Allocator, the reply is one chunk whose descriptors follow
+// its Allocation: holes HOLE|ZERO (3), the rest 0, adjacent extents of
+// one kind merged. A hole is reported only over whole 512-byte blocks
+// (a block that is partly data is data), descriptors never go past the
+// requested range, and a reply holds at most 512 descriptors (exactly
+// one with REQ_ONE): the client asks again for the rest. An Allocation
+// error is sent like any backend error; a result that breaks the
+// Allocator contract (no extent, an empty one, more than asked) is sent
+// as EIO with a message, never as an invalid reply. A Backend without
+// Allocator is reported allocated everywhere: one descriptor, flags 0.
 //
 // Connections: at most Server.MaxConnections at once. One more is
 // refused during its handshake: every option but ABORT is answered
@@ -69,7 +81,8 @@
 // during negotiation, with a context that expires with the handshake.
 // A Backend is used by one connection, from up to MaxRequestsInFlight
 // goroutines at once, and is closed by that connection once none of its
-// calls is running. Its calls get a context that is canceled when the
+// calls is running. Its calls (Allocation included, from the same
+// request goroutines as reads) get a context that is canceled when the
 // connection is torn down; they should return promptly then, because
 // Server.Close waits for them.
 //

@@ -28,7 +28,8 @@ type memDisk struct {
 	data []byte
 
 	// hook, if set, runs before every backend call and may block (honour
-	// ctx) or fail it. op is "read", "write", "flush", "trim", "zeroes".
+	// ctx) or fail it. op is "read", "write", "flush", "trim", "zeroes",
+	// or "alloc" (a sparse disk's Allocation).
 	hook atomic.Pointer[hookFunc]
 
 	opens, closes          atomic.Int32
@@ -37,6 +38,10 @@ type memDisk struct {
 	noHole                 atomic.Int32
 	misuse                 atomic.Int32 // out-of-range calls or calls after Close: must stay 0
 	inFlight, maxInFlight  atomic.Int32
+
+	// alloc, if set, makes the disk sparse: its backends implement
+	// blockdev.Allocator (see blockstatus_test.go).
+	alloc *allocMap
 }
 
 func newMemDisk(size int) *memDisk { return &memDisk{data: make([]byte, size)} }
@@ -173,6 +178,9 @@ func (e *memExports) Open(ctx context.Context, name string) (Backend, error) {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownExport, name)
 	}
 	d.opens.Add(1)
+	if d.alloc != nil {
+		return &sparseBackend{memBackend{d: d}}, nil
+	}
 	return &memBackend{d: d}, nil
 }
 

@@ -10,8 +10,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/ballast-storage/ballast/attach/blockdev"
 )
 
 // Block size constraints advertised in NBD_INFO_BLOCK_SIZE.
@@ -45,7 +48,6 @@ const (
 	maxStringLen                 = 4096 // NBD's limit on names and messages
 	maxErrorMessageLen           = 1024 // what we send in an error reply or chunk
 	offsetDataHeaderLen          = chunkHeaderLen + 8
-	blockStatusChunkLen          = chunkHeaderLen + 4 + 8 // one extent
 	baseAllocationContext        = "base:allocation"
 	baseAllocationID      uint32 = 1
 )
@@ -149,6 +151,19 @@ const (
 	replyTypeErrorOffset uint16 = 1<<15 | 2
 )
 
+// base:allocation status flags, and the bound on one reply.
+const (
+	stateHole uint32 = 1 << 0 // NBD_STATE_HOLE: not allocated
+	stateZero uint32 = 1 << 1 // NBD_STATE_ZERO: reads as zeroes
+	// descriptorLen is one BLOCK_STATUS descriptor: u32 length, u32 flags.
+	descriptorLen = 8
+	// maxBlockStatusDescriptors bounds the descriptors of one BLOCK_STATUS
+	// reply (the spec allows up to 2^20). With 512 the descriptors fill
+	// 4 KiB, one pooled buffer, and the chunk stays small; a client
+	// whose reply ends early asks again from where it ended.
+	maxBlockStatusDescriptors = 512
+)
+
 // transmissionFlags are the flags the server advertises. They tell the
 // truth: every command they expose is implemented, and CAN_MULTI_CONN
 // holds because a Backend makes acknowledged writes visible everywhere.
@@ -169,6 +184,10 @@ var (
 	errUnknownFlags  = errors.New("nbd: unknown client flags")
 	errBadLength     = errors.New("nbd: inconsistent length")
 	errStringTooLong = errors.New("nbd: string longer than 4096 bytes")
+	// errBadAllocation: a Backend's Allocation result cannot be encoded
+	// (no extent, an empty extent, more than was asked). It is sent as
+	// EIO, the class errnoOf gives an error it does not know.
+	errBadAllocation = errors.New("nbd: backend returned an invalid allocation map")
 )
 
 // ---- Handshake ----
@@ -559,10 +578,117 @@ func appendErrorChunk(b []byte, cookie uint64, errno Errno, msg string) []byte {
 // appendBlockStatusChunk appends a final BLOCK_STATUS chunk for one
 // context with one extent of length bytes and the given status flags.
 func appendBlockStatusChunk(b []byte, cookie uint64, contextID, length, status uint32) []byte {
-	b = appendChunkHeader(b, replyFlagDone, replyTypeBlockStatus, cookie, 4+8)
-	b = binary.BigEndian.AppendUint32(b, contextID)
+	b = appendBlockStatusHeader(b, cookie, contextID, descriptorLen)
 	b = binary.BigEndian.AppendUint32(b, length)
 	return binary.BigEndian.AppendUint32(b, status)
+}
+
+// appendBlockStatusHeader appends the header of a final BLOCK_STATUS
+// chunk for one context and its context id; descLen bytes of descriptors
+// (a positive multiple of descriptorLen) must follow.
+func appendBlockStatusHeader(b []byte, cookie uint64, contextID uint32, descLen int) []byte {
+	b = appendChunkHeader(b, replyFlagDone, replyTypeBlockStatus, cookie, uint32(4+descLen))
+	return binary.BigEndian.AppendUint32(b, contextID)
+}
+
+// appendAllocation appends the base:allocation descriptors (u32 length,
+// u32 flags, without the context id) that answer a BLOCK_STATUS of
+// length bytes at offset, from exts: a Backend's description of
+// [offset, offset+length) from offset on (blockdev.Allocator).
+//
+//   - exts must hold at least one extent, none empty, and cover at most
+//     length bytes; otherwise nothing is appended and the error wraps
+//     errBadAllocation.
+//   - A hole is reported HOLE|ZERO, anything else 0. Adjacent extents of
+//     the same kind become one descriptor.
+//   - Every descriptor ends on a MinBlockSize boundary of the export,
+//     except one that ends where the request ends (the spec: lengths are
+//     multiples of the minimum block size; an unaligned request's first
+//     and last are the exceptions). So a hole is reported only over whole
+//     blocks: the part of a hole that shares a block with data, or with
+//     what exts leave undescribed, is reported as data, which is always
+//     allowed. For the same reason a description that ends inside a
+//     block is reported to the end of that block (or of the request).
+//   - Descriptors never extend past the request, so each length fits in
+//     32 bits. There are at most maxBlockStatusDescriptors of them, and
+//     exactly one if reqOne: the reply then ends early, at a descriptor
+//     boundary, and the client asks again for the rest.
+func appendAllocation(b []byte, offset uint64, length uint32, reqOne bool, exts []blockdev.Extent) ([]byte, error) {
+	bad := func(format string, args ...any) ([]byte, error) {
+		return b, fmt.Errorf("%w for BLOCK_STATUS of %d bytes at %d: %s",
+			errBadAllocation, length, offset, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case length == 0:
+		return bad("empty request")
+	case offset > math.MaxUint64-uint64(length):
+		return bad("the range overflows")
+	case len(exts) == 0:
+		return bad("no extent")
+	}
+	var total uint64
+	for i, e := range exts {
+		if e.Length == 0 {
+			return bad("extent %d of %d is empty", i, len(exts))
+		}
+		if e.Length > uint64(length)-total {
+			return bad("%d extents describe more than the %d bytes asked for", len(exts), length)
+		}
+		total += e.Length
+	}
+	const bs = MinBlockSize
+	reqEnd := offset + uint64(length)
+	end := offset + total // where the description ends
+	if r := end % bs; end != reqEnd && r != 0 {
+		end = min(reqEnd-end, bs-r) + end // to the block's end, or reqEnd
+	}
+
+	limit := maxBlockStatusDescriptors
+	if reqOne {
+		limit = 1
+	}
+	n := 0
+	put := func(l uint64, flags uint32) {
+		if n < limit {
+			b = binary.BigEndian.AppendUint32(b, uint32(l)) // l ≤ length
+			b = binary.BigEndian.AppendUint32(b, flags)
+			n++
+		}
+	}
+	pos := offset    // start of the next run of exts
+	cursor := offset // everything before it is reported
+	for i := 0; i < len(exts) && n < limit; {
+		// A run: the extents of one kind from exts[i] on.
+		hole, start := exts[i].Hole, pos
+		for ; i < len(exts) && exts[i].Hole == hole; i++ {
+			pos += exts[i].Length
+		}
+		if !hole {
+			continue // data: reported up to the next hole, or to the end
+		}
+		hs, he := start, pos
+		if he != reqEnd {
+			he -= he % bs
+		}
+		if r := hs % bs; hs != offset && r != 0 {
+			if he <= hs || he-hs <= bs-r {
+				continue // no whole block: data
+			}
+			hs += bs - r
+		}
+		if hs >= he {
+			continue
+		}
+		if cursor < hs {
+			put(hs-cursor, 0)
+		}
+		put(he-hs, stateHole|stateZero)
+		cursor = he
+	}
+	if cursor < end {
+		put(end-cursor, 0)
+	}
+	return b, nil
 }
 
 // clipMessage makes msg a valid NBD string for an error reply: valid
