@@ -18,6 +18,7 @@ import (
 	"github.com/ballast-storage/ballast/attach/blockdev"
 	"github.com/ballast-storage/ballast/attach/nbd"
 	"github.com/ballast-storage/ballast/attach/nvmetcp"
+	"github.com/ballast-storage/ballast/internal/blockwire"
 	"github.com/ballast-storage/ballast/internal/inflight"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
@@ -428,6 +429,33 @@ func (d device) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	}
 	copy(p, r.Data)
 	return nil
+}
+
+// Allocation asks the primary which parts of the range hold data
+// (blockdev.Allocator), so that NBD's base:allocation reports holes. A
+// head node that does not know the request (older than it) refuses it as
+// invalid: then the whole range is reported as data, which is always true
+// enough.
+func (d device) Allocation(ctx context.Context, off, length uint64) ([]blockdev.Extent, error) {
+	r, err := d.v.do(ctx, &ballastpb.IORequest{Op: ballastpb.IOOp_IO_OP_BLOCK_STATUS, Offset: off, Length: length})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", blockdev.ErrIO, err)
+	}
+	if r.Status == ballastpb.IOStatus_IO_STATUS_INVALID {
+		return []blockdev.Extent{{Length: length}}, nil
+	}
+	if err := replyError(r); err != nil {
+		return nil, err
+	}
+	ext, err := blockwire.ParseExtents(r.Data, length)
+	if err != nil {
+		return nil, fmt.Errorf("%w: block status of [%d, +%d): %w", blockdev.ErrIO, off, length, err)
+	}
+	out := make([]blockdev.Extent, len(ext))
+	for i, e := range ext {
+		out[i] = blockdev.Extent{Length: e.Length, Hole: e.Hole}
+	}
+	return out, nil
 }
 
 func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {

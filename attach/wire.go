@@ -223,7 +223,7 @@ func (t *framedTransport) send(req *ballastpb.IORequest) error {
 		data = req.Data
 		f.DataLen = len(data)
 	}
-	if req.Op < 0 || req.Op > ballastpb.IOOp(blockwire.OpWriteZeroes) {
+	if req.Op < 0 || req.Op > ballastpb.IOOp(blockwire.OpBlockStatus) {
 		f.Op = 0 // refused as malformed, not sent as another op
 	}
 	if err := t.sender.Send(&f, data); err != nil {

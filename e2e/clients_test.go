@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,88 @@ func TestDemoWithRealClients(t *testing.T) {
 		}
 		if n := strings.Count(out, "read "); n != 8 {
 			t.Fatalf("qemu-io ran %d reads, want 8:\n%s", n, out)
+		}
+	})
+
+	t.Run("base:allocation tells holes from data", func(t *testing.T) {
+		// A region nothing else here writes: data, a block zeroed with
+		// unmap (a hole), zeroes without (data), a trimmed range (a hole).
+		const M = 1 << 20
+		mustRun(t, 60*time.Second, "qemu-io", "-f", "raw",
+			"-c", "write -P 0x21 400M 64k",
+			"-c", "write -P 0x22 401M 8k",
+			"-c", "write -z -u 401M 4k",
+			"-c", fmt.Sprintf("write -z %d 4k", 401*M+64<<10),
+			"-c", "write -P 0x23 402M 1M",
+			"-c", fmt.Sprintf("discard %d 256k", 402*M+256<<10),
+			uri)
+		type extent struct {
+			Offset, Length uint64
+			Hole           bool
+		}
+		want := []extent{
+			{400 * M, 64 << 10, false},
+			{400*M + 64<<10, M - 64<<10 + 4<<10, true}, // to 401M+4k: zeroed with unmap
+			{401*M + 4<<10, 4 << 10, false},
+			{401*M + 8<<10, 56 << 10, true},
+			{401*M + 64<<10, 4 << 10, false},
+			{401*M + 68<<10, M - 68<<10, true},
+			{402 * M, 256 << 10, false},
+			{402*M + 256<<10, 256 << 10, true},
+			{402*M + 512<<10, 512 << 10, false},
+			{403 * M, 109 * M, true},
+		}
+		// Both clients' maps of the region, merged and cut to it.
+		clip := func(in []extent) []extent {
+			var out []extent
+			for _, e := range in {
+				lo, hi := max(e.Offset, 400*M), min(e.Offset+e.Length, 512*M)
+				if lo >= hi {
+					continue
+				}
+				if n := len(out); n > 0 && out[n-1].Hole == e.Hole && out[n-1].Offset+out[n-1].Length == lo {
+					out[n-1].Length += hi - lo
+					continue
+				}
+				out = append(out, extent{lo, hi - lo, e.Hole})
+			}
+			return out
+		}
+		var nbdMap []struct {
+			Offset uint64 `json:"offset"`
+			Length uint64 `json:"length"`
+			Type   uint32 `json:"type"`
+		}
+		out := mustRun(t, 60*time.Second, "nbdinfo", "--map", "--json", uri)
+		if err := json.Unmarshal([]byte(out), &nbdMap); err != nil {
+			t.Fatalf("nbdinfo --map --json: %v\n%s", err, out)
+		}
+		var got []extent
+		for _, e := range nbdMap {
+			got = append(got, extent{e.Offset, e.Length, e.Type&1 != 0})
+		}
+		if got := clip(got); !reflect.DeepEqual(got, want) {
+			t.Fatalf("nbdinfo --map of [400M, 512M):\n got %v\nwant %v", got, want)
+		}
+		var qemuMap []struct {
+			Start  uint64 `json:"start"`
+			Length uint64 `json:"length"`
+			Data   bool   `json:"data"`
+			Zero   bool   `json:"zero"`
+		}
+		out = mustRun(t, 60*time.Second, "qemu-img", "map", "--output=json", "-f", "raw", uri)
+		if err := json.Unmarshal([]byte(out), &qemuMap); err != nil {
+			t.Fatalf("qemu-img map: %v\n%s", err, out)
+		}
+		got = nil
+		for _, e := range qemuMap {
+			got = append(got, extent{e.Start, e.Length, !e.Data})
+			if !e.Data && !e.Zero {
+				t.Fatalf("qemu-img map: a hole that does not read as zeroes: %+v", e)
+			}
+		}
+		if got := clip(got); !reflect.DeepEqual(got, want) {
+			t.Fatalf("qemu-img map of [400M, 512M):\n got %v\nwant %v", got, want)
 		}
 	})
 

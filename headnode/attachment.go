@@ -74,7 +74,7 @@ var errLostTrack = fmt.Errorf("%w: the attachment is being reloaded", ErrStopped
 
 func gateOp(op ballastpb.IOOp) migrate.Op {
 	switch op {
-	case ballastpb.IOOp_IO_OP_READ:
+	case ballastpb.IOOp_IO_OP_READ, ballastpb.IOOp_IO_OP_BLOCK_STATUS:
 		return migrate.Read
 	case ballastpb.IOOp_IO_OP_FLUSH:
 		return migrate.Flush

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/ballast-storage/ballast/internal/blockwire"
 	"github.com/ballast-storage/ballast/internal/inflight"
 	"github.com/ballast-storage/ballast/migrate"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
@@ -300,6 +301,11 @@ func (n *Node) serveIO(ctx context.Context, req *ballastpb.IORequest) *ballastpb
 		reply.Data = make([]byte, length)
 		if length > 0 {
 			err = pv.read(ctx, req.Offset, reply.Data)
+		}
+	case ballastpb.IOOp_IO_OP_BLOCK_STATUS:
+		var ext []blockwire.Extent
+		if ext, err = pv.allocation(ctx, req.Offset, length); err == nil {
+			reply.Data = blockwire.AppendExtents(nil, ext)
 		}
 	case ballastpb.IOOp_IO_OP_FLUSH:
 		// Every acknowledged write is already durable on every replica.

@@ -14,6 +14,7 @@ import (
 	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/headnode/replica"
+	"github.com/ballast-storage/ballast/internal/blockwire"
 	"github.com/ballast-storage/ballast/proto/ballastpb"
 	"github.com/ballast-storage/ballast/volume"
 )
@@ -208,6 +209,38 @@ func (p *primaryVolume) read(ctx context.Context, off uint64, dst []byte) error 
 		return err
 	}
 	return p.leaseHeld(ctx)
+}
+
+// allocation describes [off, off+length) as extents of data and holes
+// (blockstore.Allocation), under the lease like a read. It may describe
+// less than length, never more; a block partly in the range counts whole.
+func (p *primaryVolume) allocation(ctx context.Context, off, length uint64) ([]blockwire.Extent, error) {
+	if length == 0 {
+		return nil, fmt.Errorf("block status of an empty range at %d", off)
+	}
+	if err := p.leaseHeld(ctx); err != nil {
+		return nil, err
+	}
+	first := off / blockSize
+	runs, err := p.store.Allocation(p.vol.Id, first, (off+length-1)/blockSize-first+1)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.leaseHeld(ctx); err != nil {
+		return nil, err
+	}
+	ext := make([]blockwire.Extent, 0, len(runs))
+	skip := off - first*blockSize // the part of the first block before off
+	left := length
+	for _, r := range runs {
+		n := min(r.Blocks*blockSize-skip, left)
+		skip = 0
+		ext = append(ext, blockwire.Extent{Length: n, Hole: r.Hole})
+		if left -= n; left == 0 {
+			break
+		}
+	}
+	return ext, nil
 }
 
 // leaseHeld waits until the node holds the volume's lease.
