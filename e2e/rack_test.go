@@ -484,6 +484,11 @@ type volumeInfo struct {
 		CatchingUp  []string `json:"catchingUp"`
 		Group       string   `json:"group"`
 	} `json:"volume"`
+	Usage *struct {
+		UsedBytes    string `json:"usedBytes"`
+		JournalBytes string `json:"journalBytes"`
+	} `json:"usage"`
+	UsageError string `json:"usageError"`
 }
 
 func (r *rack) showVolume(name string) volumeInfo {

@@ -169,10 +169,54 @@ func (a *adminServer) GetVolume(ctx context.Context, req *ballastpb.GetVolumeReq
 			p, _ := a.node.peer(id)
 			resp.Replicas = append(resp.Replicas, &ballastpb.HeadNode{Id: id, Addresses: p.Addresses})
 		}
+		if req.WithUsage {
+			u, err := a.usageOf(ctx, v)
+			if err != nil {
+				resp.UsageError = err.Error()
+			}
+			resp.Usage = u
+		}
 		return resp, nil
 	}, func(ctx context.Context, c ballastpb.AdminClient) (*ballastpb.GetVolumeResponse, error) {
 		return c.GetVolume(ctx, req)
 	})
+}
+
+// usageOf asks the volume's primary what the volume holds: this node's
+// store if it is the primary, else the primary's.
+func (a *adminServer) usageOf(ctx context.Context, v *ballastpb.Volume) (*ballastpb.VolumeUsage, error) {
+	if v.Primary == a.node.cfg.ID {
+		return a.node.volumeUsage(v)
+	}
+	p, ok := a.node.peer(v.Primary)
+	if !ok {
+		return nil, fmt.Errorf("primary %q of volume %s is not a known head node", v.Primary, v.Name)
+	}
+	conn, err := a.node.pool.Get(p.Addresses)
+	if err != nil {
+		return nil, fmt.Errorf("reach primary %s: %w", v.Primary, err)
+	}
+	resp, err := ballastpb.NewAdminClient(conn).VolumeUsage(ctx, &ballastpb.VolumeUsageRequest{VolumeId: v.Id})
+	if err != nil {
+		return nil, fmt.Errorf("usage of volume %s from primary %s: %w", v.Name, v.Primary, err)
+	}
+	return resp.Usage, nil
+}
+
+// VolumeUsage answers from this node's copy, if it is the volume's primary.
+func (a *adminServer) VolumeUsage(ctx context.Context, req *ballastpb.VolumeUsageRequest) (*ballastpb.VolumeUsageResponse, error) {
+	v, ok := a.node.volumeByID(req.VolumeId)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no volume with id %d", req.VolumeId)
+	}
+	if v.Primary != a.node.cfg.ID {
+		return nil, status.Errorf(codes.FailedPrecondition, "head node %s is not the primary of volume %s (%s is)", a.node.cfg.ID, v.Name, v.Primary)
+	}
+	u, err := a.node.volumeUsage(v)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ballastpb.VolumeUsageResponse{Usage: u}, nil
 }
 
 func (a *adminServer) ListVolumes(ctx context.Context, req *ballastpb.ListVolumesRequest) (*ballastpb.ListVolumesResponse, error) {

@@ -2,6 +2,7 @@ package headnode
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 
@@ -130,4 +131,13 @@ func (a *adminServer) DrainHeadNode(ctx context.Context, req *ballastpb.DrainHea
 	}
 	n.log.Info("drained: leads no consensus group", "moved", led)
 	return &ballastpb.DrainHeadNodeResponse{Moved: led}, nil
+}
+
+// volumeUsage counts what this node's copy of v holds.
+func (n *Node) volumeUsage(v *ballastpb.Volume) (*ballastpb.VolumeUsage, error) {
+	used, inJournal, err := n.blocks.Usage(v.Id, (v.SizeBytes+blockSize-1)/blockSize)
+	if err != nil {
+		return nil, fmt.Errorf("usage of volume %s: %w", v.Name, err)
+	}
+	return &ballastpb.VolumeUsage{UsedBytes: used * blockSize, JournalBytes: inJournal * blockSize, HeadNode: n.cfg.ID}, nil
 }

@@ -116,7 +116,7 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return adminCall(cmd.Context(), g, func(ctx context.Context, a ballastpb.AdminClient) error {
-				resp, err := a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: args[0]})
+				resp, err := a.GetVolume(ctx, &ballastpb.GetVolumeRequest{Name: args[0], WithUsage: true})
 				if err != nil {
 					return err
 				}
@@ -131,6 +131,12 @@ func newVolumeCommand(g *globalFlags) *cobra.Command {
 				fmt.Printf("name:        %s\nid:          %d\nsize:        %s (%d bytes)\nblock size:  %d\nprimary:     %s\nsecondaries: %s\nepoch:       %d\ngroup:       %s\ncreated:     %s\n",
 					v.Name, v.Id, humanize.IBytes(v.SizeBytes), v.SizeBytes, v.BlockSizeBytes, v.Primary,
 					strings.Join(v.Secondaries, ","), v.Epoch, group, time.Unix(0, v.CreatedUnixNanos).UTC().Format(time.RFC3339))
+				if u := resp.Usage; u != nil {
+					fmt.Printf("used:        %s (%d bytes; %s in the head nodes' journals, per %s)\n",
+						humanize.IBytes(u.UsedBytes), u.UsedBytes, humanize.IBytes(u.JournalBytes), u.HeadNode)
+				} else {
+					fmt.Printf("used:        unknown (%s)\n", resp.UsageError)
+				}
 				fmt.Printf("attachment:  %s\n", volume.AttachmentOf(v))
 				if v.ConsistencyGroup != "" {
 					fmt.Printf("cg:          %s (last cut %d at seq %d)\n", v.ConsistencyGroup, v.CutGeneration, v.CutSeq)

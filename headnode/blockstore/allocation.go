@@ -104,3 +104,22 @@ func (s *Store) Allocation(vol, first, count uint64) ([]AllocRun, error) {
 		allocated(b)
 	}
 }
+
+// Usage counts the blocks among vol's first blocks that hold data, and
+// how many blocks have data in the journal (not yet flushed, or flushed
+// and written again).
+func (s *Store) Usage(vol, blocks uint64) (used, inJournal uint64, err error) {
+	for first := uint64(0); first < blocks; {
+		runs, err := s.Allocation(vol, first, blocks-first)
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, r := range runs {
+			if !r.Hole {
+				used += r.Blocks
+			}
+			first += r.Blocks
+		}
+	}
+	return used, uint64(s.blockRefs.volume(vol).count()), nil
+}

@@ -38,6 +38,9 @@ func TestAllocationMergesJournalAndIndex(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("allocation of [0, 200):\n got %v\nwant %v", got, want)
 	}
+	if used, inJournal, err := s.Usage(vol, 1<<20); err != nil || used != 5 || inJournal != 4 {
+		t.Fatalf("usage: %d blocks used, %d in the journal (%v); want 5 and 4", used, inJournal, err)
+	}
 	// A range that starts inside data, and one in another volume.
 	if got, _ := s.Allocation(vol, 3, 2); !reflect.DeepEqual(got, []AllocRun{{1, false}, {1, true}}) {
 		t.Fatalf("allocation of [3, 5): %v", got)

@@ -207,7 +207,7 @@ const (
 	IOOp_IO_OP_WRITE_ZEROES IOOp = 5
 	// Which blocks of [offset, offset+length) hold data and which are
 	// holes (never written, trimmed or zeroed: they read as zeroes). The
-	// reply's data is a run of extents (EncodeExtents in attach/blockdev's
+	// reply's data is a run of extents (internal/blockwire's
 	// terms: 8-byte length, 1 flags byte, 7 reserved; little-endian); it
 	// may describe less than the range, never more.
 	IOOp_IO_OP_BLOCK_STATUS IOOp = 6
@@ -1167,8 +1167,11 @@ func (x *CreateVolumeResponse) GetVolume() *Volume {
 }
 
 type GetVolumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Also report what the volume holds (usage), asked of a head node
+	// that holds a copy: a scan of its index, so only when asked.
+	WithUsage     bool `protobuf:"varint,2,opt,name=with_usage,json=withUsage,proto3" json:"with_usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1210,12 +1213,21 @@ func (x *GetVolumeRequest) GetName() string {
 	return ""
 }
 
+func (x *GetVolumeRequest) GetWithUsage() bool {
+	if x != nil {
+		return x.WithUsage
+	}
+	return false
+}
+
 type GetVolumeResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Volume *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
 	// The addresses of the volume's primary and secondaries, so a client can
 	// reach them without a second lookup.
-	Replicas      []*HeadNode `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Replicas      []*HeadNode  `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Usage         *VolumeUsage `protobuf:"bytes,3,opt,name=usage,proto3" json:"usage,omitempty"`                             // with_usage, when a copy answered
+	UsageError    string       `protobuf:"bytes,4,opt,name=usage_error,json=usageError,proto3" json:"usage_error,omitempty"` // with_usage, when none could
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1264,6 +1276,172 @@ func (x *GetVolumeResponse) GetReplicas() []*HeadNode {
 	return nil
 }
 
+func (x *GetVolumeResponse) GetUsage() *VolumeUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *GetVolumeResponse) GetUsageError() string {
+	if x != nil {
+		return x.UsageError
+	}
+	return ""
+}
+
+// VolumeUsage is what a volume holds, as one head node with a copy sees
+// it: the bytes of blocks that hold data (never-written, trimmed and
+// unmapped-zero blocks hold none), and of those the ones still in the
+// head nodes' journals, not yet flushed to the sleds.
+type VolumeUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UsedBytes     uint64                 `protobuf:"varint,1,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	JournalBytes  uint64                 `protobuf:"varint,2,opt,name=journal_bytes,json=journalBytes,proto3" json:"journal_bytes,omitempty"`
+	HeadNode      string                 `protobuf:"bytes,3,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeUsage) Reset() {
+	*x = VolumeUsage{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeUsage) ProtoMessage() {}
+
+func (x *VolumeUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeUsage.ProtoReflect.Descriptor instead.
+func (*VolumeUsage) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *VolumeUsage) GetUsedBytes() uint64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *VolumeUsage) GetJournalBytes() uint64 {
+	if x != nil {
+		return x.JournalBytes
+	}
+	return 0
+}
+
+func (x *VolumeUsage) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+type VolumeUsageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeUsageRequest) Reset() {
+	*x = VolumeUsageRequest{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeUsageRequest) ProtoMessage() {}
+
+func (x *VolumeUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeUsageRequest.ProtoReflect.Descriptor instead.
+func (*VolumeUsageRequest) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *VolumeUsageRequest) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+type VolumeUsageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Usage         *VolumeUsage           `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeUsageResponse) Reset() {
+	*x = VolumeUsageResponse{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeUsageResponse) ProtoMessage() {}
+
+func (x *VolumeUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeUsageResponse.ProtoReflect.Descriptor instead.
+func (*VolumeUsageResponse) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *VolumeUsageResponse) GetUsage() *VolumeUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 type ListVolumesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1272,7 +1450,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1462,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[12]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1475,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{12}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
 }
 
 type ListVolumesResponse struct {
@@ -1309,7 +1487,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1499,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[13]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1512,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{13}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1354,7 +1532,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1544,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[14]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1557,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{14}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResizeVolumeRequest) GetName() string {
@@ -1405,7 +1583,7 @@ type ResizeVolumeResponse struct {
 
 func (x *ResizeVolumeResponse) Reset() {
 	*x = ResizeVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1595,7 @@ func (x *ResizeVolumeResponse) String() string {
 func (*ResizeVolumeResponse) ProtoMessage() {}
 
 func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[15]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1608,7 @@ func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{15}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResizeVolumeResponse) GetVolume() *Volume {
@@ -1449,7 +1627,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1639,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[16]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1652,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{16}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -1492,7 +1670,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1682,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[17]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1695,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{17}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
 }
 
 // Sled is a storage sled as the directory group knows it.
@@ -1534,7 +1712,7 @@ type Sled struct {
 
 func (x *Sled) Reset() {
 	*x = Sled{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1724,7 @@ func (x *Sled) String() string {
 func (*Sled) ProtoMessage() {}
 
 func (x *Sled) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[18]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1737,7 @@ func (x *Sled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sled.ProtoReflect.Descriptor instead.
 func (*Sled) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{18}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Sled) GetId() string {
@@ -1607,7 +1785,7 @@ type RegisterSledRequest struct {
 
 func (x *RegisterSledRequest) Reset() {
 	*x = RegisterSledRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1797,7 @@ func (x *RegisterSledRequest) String() string {
 func (*RegisterSledRequest) ProtoMessage() {}
 
 func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[19]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1810,7 @@ func (x *RegisterSledRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledRequest.ProtoReflect.Descriptor instead.
 func (*RegisterSledRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{19}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegisterSledRequest) GetId() string {
@@ -1658,7 +1836,7 @@ type RegisterSledResponse struct {
 
 func (x *RegisterSledResponse) Reset() {
 	*x = RegisterSledResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1848,7 @@ func (x *RegisterSledResponse) String() string {
 func (*RegisterSledResponse) ProtoMessage() {}
 
 func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[20]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1861,7 @@ func (x *RegisterSledResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSledResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{20}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RegisterSledResponse) GetSled() *Sled {
@@ -1701,7 +1879,7 @@ type ListSledsRequest struct {
 
 func (x *ListSledsRequest) Reset() {
 	*x = ListSledsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1891,7 @@ func (x *ListSledsRequest) String() string {
 func (*ListSledsRequest) ProtoMessage() {}
 
 func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[21]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1904,7 @@ func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsRequest.ProtoReflect.Descriptor instead.
 func (*ListSledsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{21}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
 }
 
 type ListSledsResponse struct {
@@ -1738,7 +1916,7 @@ type ListSledsResponse struct {
 
 func (x *ListSledsResponse) Reset() {
 	*x = ListSledsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1928,7 @@ func (x *ListSledsResponse) String() string {
 func (*ListSledsResponse) ProtoMessage() {}
 
 func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[22]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1941,7 @@ func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSledsResponse.ProtoReflect.Descriptor instead.
 func (*ListSledsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{22}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListSledsResponse) GetSleds() []*Sled {
@@ -1783,7 +1961,7 @@ type SetSledStateRequest struct {
 
 func (x *SetSledStateRequest) Reset() {
 	*x = SetSledStateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1973,7 @@ func (x *SetSledStateRequest) String() string {
 func (*SetSledStateRequest) ProtoMessage() {}
 
 func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[23]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1986,7 @@ func (x *SetSledStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateRequest.ProtoReflect.Descriptor instead.
 func (*SetSledStateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{23}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetSledStateRequest) GetId() string {
@@ -1834,7 +2012,7 @@ type SetSledStateResponse struct {
 
 func (x *SetSledStateResponse) Reset() {
 	*x = SetSledStateResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2024,7 @@ func (x *SetSledStateResponse) String() string {
 func (*SetSledStateResponse) ProtoMessage() {}
 
 func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[24]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2037,7 @@ func (x *SetSledStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateResponse.ProtoReflect.Descriptor instead.
 func (*SetSledStateResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{24}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetSledStateResponse) GetSled() *Sled {
@@ -1888,7 +2066,7 @@ type SledStatus struct {
 
 func (x *SledStatus) Reset() {
 	*x = SledStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2078,7 @@ func (x *SledStatus) String() string {
 func (*SledStatus) ProtoMessage() {}
 
 func (x *SledStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[25]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2091,7 @@ func (x *SledStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SledStatus.ProtoReflect.Descriptor instead.
 func (*SledStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{25}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SledStatus) GetSled() *Sled {
@@ -2001,7 +2179,7 @@ type Redundancy struct {
 
 func (x *Redundancy) Reset() {
 	*x = Redundancy{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2013,7 +2191,7 @@ func (x *Redundancy) String() string {
 func (*Redundancy) ProtoMessage() {}
 
 func (x *Redundancy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[26]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2026,7 +2204,7 @@ func (x *Redundancy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redundancy.ProtoReflect.Descriptor instead.
 func (*Redundancy) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{26}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Redundancy) GetSegmentsFull() uint64 {
@@ -2102,7 +2280,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2292,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[27]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2305,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{27}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
 }
 
 type NodeStatusResponse struct {
@@ -2150,7 +2328,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2162,7 +2340,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[28]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2175,7 +2353,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{28}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeStatusResponse) GetHeadNode() string {
@@ -2246,7 +2424,7 @@ type DiskStatus struct {
 
 func (x *DiskStatus) Reset() {
 	*x = DiskStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2436,7 @@ func (x *DiskStatus) String() string {
 func (*DiskStatus) ProtoMessage() {}
 
 func (x *DiskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[29]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2449,7 @@ func (x *DiskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskStatus.ProtoReflect.Descriptor instead.
 func (*DiskStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{29}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DiskStatus) GetHeadNode() string {
@@ -2343,7 +2521,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +2533,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[30]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +2546,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{30}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GroupStatus) GetGroup() uint64 {
@@ -2456,7 +2634,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2646,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[31]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2659,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{31}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PathStatus) GetFrom() string {
@@ -2536,7 +2714,7 @@ type DrainHeadNodeRequest struct {
 
 func (x *DrainHeadNodeRequest) Reset() {
 	*x = DrainHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2726,7 @@ func (x *DrainHeadNodeRequest) String() string {
 func (*DrainHeadNodeRequest) ProtoMessage() {}
 
 func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2739,7 @@ func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DrainHeadNodeRequest) GetHeadNode() string {
@@ -2587,7 +2765,7 @@ type DrainHeadNodeResponse struct {
 
 func (x *DrainHeadNodeResponse) Reset() {
 	*x = DrainHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2777,7 @@ func (x *DrainHeadNodeResponse) String() string {
 func (*DrainHeadNodeResponse) ProtoMessage() {}
 
 func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2790,7 @@ func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DrainHeadNodeResponse) GetMoved() []uint64 {
@@ -2630,7 +2808,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +2820,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2833,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 type RackStatusResponse struct {
@@ -2685,7 +2863,7 @@ type RackStatusResponse struct {
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2697,7 +2875,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2710,7 +2888,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -2807,7 +2985,7 @@ type CreateConsistencyGroupRequest struct {
 
 func (x *CreateConsistencyGroupRequest) Reset() {
 	*x = CreateConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2819,7 +2997,7 @@ func (x *CreateConsistencyGroupRequest) String() string {
 func (*CreateConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2832,7 +3010,7 @@ func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateConsistencyGroupRequest) GetName() string {
@@ -2858,7 +3036,7 @@ type CreateConsistencyGroupResponse struct {
 
 func (x *CreateConsistencyGroupResponse) Reset() {
 	*x = CreateConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2870,7 +3048,7 @@ func (x *CreateConsistencyGroupResponse) String() string {
 func (*CreateConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2883,7 +3061,7 @@ func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -2902,7 +3080,7 @@ type DeleteConsistencyGroupRequest struct {
 
 func (x *DeleteConsistencyGroupRequest) Reset() {
 	*x = DeleteConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2914,7 +3092,7 @@ func (x *DeleteConsistencyGroupRequest) String() string {
 func (*DeleteConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2927,7 +3105,7 @@ func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteConsistencyGroupRequest) GetName() string {
@@ -2945,7 +3123,7 @@ type DeleteConsistencyGroupResponse struct {
 
 func (x *DeleteConsistencyGroupResponse) Reset() {
 	*x = DeleteConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3135,7 @@ func (x *DeleteConsistencyGroupResponse) String() string {
 func (*DeleteConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3148,7 @@ func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 type GetConsistencyGroupRequest struct {
@@ -2982,7 +3160,7 @@ type GetConsistencyGroupRequest struct {
 
 func (x *GetConsistencyGroupRequest) Reset() {
 	*x = GetConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3172,7 @@ func (x *GetConsistencyGroupRequest) String() string {
 func (*GetConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3185,7 @@ func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetConsistencyGroupRequest) GetName() string {
@@ -3026,7 +3204,7 @@ type GetConsistencyGroupResponse struct {
 
 func (x *GetConsistencyGroupResponse) Reset() {
 	*x = GetConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3038,7 +3216,7 @@ func (x *GetConsistencyGroupResponse) String() string {
 func (*GetConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3051,7 +3229,7 @@ func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -3069,7 +3247,7 @@ type ListConsistencyGroupsRequest struct {
 
 func (x *ListConsistencyGroupsRequest) Reset() {
 	*x = ListConsistencyGroupsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3259,7 @@ func (x *ListConsistencyGroupsRequest) String() string {
 func (*ListConsistencyGroupsRequest) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3272,7 @@ func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 type ListConsistencyGroupsResponse struct {
@@ -3106,7 +3284,7 @@ type ListConsistencyGroupsResponse struct {
 
 func (x *ListConsistencyGroupsResponse) Reset() {
 	*x = ListConsistencyGroupsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3296,7 @@ func (x *ListConsistencyGroupsResponse) String() string {
 func (*ListConsistencyGroupsResponse) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3309,7 @@ func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListConsistencyGroupsResponse) GetGroups() []*ConsistencyGroup {
@@ -3150,7 +3328,7 @@ type SnapshotConsistencyGroupRequest struct {
 
 func (x *SnapshotConsistencyGroupRequest) Reset() {
 	*x = SnapshotConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3162,7 +3340,7 @@ func (x *SnapshotConsistencyGroupRequest) String() string {
 func (*SnapshotConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3175,7 +3353,7 @@ func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SnapshotConsistencyGroupRequest) GetName() string {
@@ -3194,7 +3372,7 @@ type SnapshotConsistencyGroupResponse struct {
 
 func (x *SnapshotConsistencyGroupResponse) Reset() {
 	*x = SnapshotConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +3384,7 @@ func (x *SnapshotConsistencyGroupResponse) String() string {
 func (*SnapshotConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +3397,7 @@ func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SnapshotConsistencyGroupResponse) GetCut() *SnapshotCut {
@@ -3246,7 +3424,7 @@ type HoldForCutRequest struct {
 
 func (x *HoldForCutRequest) Reset() {
 	*x = HoldForCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3258,7 +3436,7 @@ func (x *HoldForCutRequest) String() string {
 func (*HoldForCutRequest) ProtoMessage() {}
 
 func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3271,7 +3449,7 @@ func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutRequest.ProtoReflect.Descriptor instead.
 func (*HoldForCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *HoldForCutRequest) GetVolumeId() uint64 {
@@ -3318,7 +3496,7 @@ type HoldForCutResponse struct {
 
 func (x *HoldForCutResponse) Reset() {
 	*x = HoldForCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3330,7 +3508,7 @@ func (x *HoldForCutResponse) String() string {
 func (*HoldForCutResponse) ProtoMessage() {}
 
 func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3343,7 +3521,7 @@ func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutResponse.ProtoReflect.Descriptor instead.
 func (*HoldForCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *HoldForCutResponse) GetSeq() uint64 {
@@ -3363,7 +3541,7 @@ type ReleaseCutRequest struct {
 
 func (x *ReleaseCutRequest) Reset() {
 	*x = ReleaseCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3375,7 +3553,7 @@ func (x *ReleaseCutRequest) String() string {
 func (*ReleaseCutRequest) ProtoMessage() {}
 
 func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3388,7 +3566,7 @@ func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReleaseCutRequest) GetVolumeId() uint64 {
@@ -3413,7 +3591,7 @@ type ReleaseCutResponse struct {
 
 func (x *ReleaseCutResponse) Reset() {
 	*x = ReleaseCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3425,7 +3603,7 @@ func (x *ReleaseCutResponse) String() string {
 func (*ReleaseCutResponse) ProtoMessage() {}
 
 func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3438,7 +3616,7 @@ func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 type ChangeAttachmentRequest struct {
@@ -3452,7 +3630,7 @@ type ChangeAttachmentRequest struct {
 
 func (x *ChangeAttachmentRequest) Reset() {
 	*x = ChangeAttachmentRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +3642,7 @@ func (x *ChangeAttachmentRequest) String() string {
 func (*ChangeAttachmentRequest) ProtoMessage() {}
 
 func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +3655,7 @@ func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentRequest.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ChangeAttachmentRequest) GetName() string {
@@ -3510,7 +3688,7 @@ type ChangeAttachmentResponse struct {
 
 func (x *ChangeAttachmentResponse) Reset() {
 	*x = ChangeAttachmentResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3522,7 +3700,7 @@ func (x *ChangeAttachmentResponse) String() string {
 func (*ChangeAttachmentResponse) ProtoMessage() {}
 
 func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3535,7 +3713,7 @@ func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentResponse.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ChangeAttachmentResponse) GetVolume() *Volume {
@@ -3554,7 +3732,7 @@ type AddHeadNodeRequest struct {
 
 func (x *AddHeadNodeRequest) Reset() {
 	*x = AddHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3566,7 +3744,7 @@ func (x *AddHeadNodeRequest) String() string {
 func (*AddHeadNodeRequest) ProtoMessage() {}
 
 func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3579,7 +3757,7 @@ func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *AddHeadNodeRequest) GetHeadNode() *HeadNode {
@@ -3597,7 +3775,7 @@ type AddHeadNodeResponse struct {
 
 func (x *AddHeadNodeResponse) Reset() {
 	*x = AddHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3609,7 +3787,7 @@ func (x *AddHeadNodeResponse) String() string {
 func (*AddHeadNodeResponse) ProtoMessage() {}
 
 func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3622,7 +3800,7 @@ func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 type MoveVoterRequest struct {
@@ -3636,7 +3814,7 @@ type MoveVoterRequest struct {
 
 func (x *MoveVoterRequest) Reset() {
 	*x = MoveVoterRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3648,7 +3826,7 @@ func (x *MoveVoterRequest) String() string {
 func (*MoveVoterRequest) ProtoMessage() {}
 
 func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3661,7 +3839,7 @@ func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*MoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *MoveVoterRequest) GetGroup() uint64 {
@@ -3693,7 +3871,7 @@ type MoveVoterResponse struct {
 
 func (x *MoveVoterResponse) Reset() {
 	*x = MoveVoterResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3705,7 +3883,7 @@ func (x *MoveVoterResponse) String() string {
 func (*MoveVoterResponse) ProtoMessage() {}
 
 func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3718,7 +3896,7 @@ func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*MoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 type RemoveHeadNodeRequest struct {
@@ -3730,7 +3908,7 @@ type RemoveHeadNodeRequest struct {
 
 func (x *RemoveHeadNodeRequest) Reset() {
 	*x = RemoveHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3742,7 +3920,7 @@ func (x *RemoveHeadNodeRequest) String() string {
 func (*RemoveHeadNodeRequest) ProtoMessage() {}
 
 func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3755,7 +3933,7 @@ func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RemoveHeadNodeRequest) GetHeadNode() string {
@@ -3773,7 +3951,7 @@ type RemoveHeadNodeResponse struct {
 
 func (x *RemoveHeadNodeResponse) Reset() {
 	*x = RemoveHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3785,7 +3963,7 @@ func (x *RemoveHeadNodeResponse) String() string {
 func (*RemoveHeadNodeResponse) ProtoMessage() {}
 
 func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3798,7 +3976,7 @@ func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 type ChangeMembershipRequest struct {
@@ -3814,7 +3992,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3826,7 +4004,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3839,7 +4017,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ChangeMembershipRequest) GetGroup() uint64 {
@@ -3886,7 +4064,7 @@ type ChangeMembershipResponse struct {
 
 func (x *ChangeMembershipResponse) Reset() {
 	*x = ChangeMembershipResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3898,7 +4076,7 @@ func (x *ChangeMembershipResponse) String() string {
 func (*ChangeMembershipResponse) ProtoMessage() {}
 
 func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3911,7 +4089,7 @@ func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ChangeMembershipResponse) GetIndex() uint64 {
@@ -3930,7 +4108,7 @@ type GetIncarnationRequest struct {
 
 func (x *GetIncarnationRequest) Reset() {
 	*x = GetIncarnationRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3942,7 +4120,7 @@ func (x *GetIncarnationRequest) String() string {
 func (*GetIncarnationRequest) ProtoMessage() {}
 
 func (x *GetIncarnationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3955,7 +4133,7 @@ func (x *GetIncarnationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIncarnationRequest.ProtoReflect.Descriptor instead.
 func (*GetIncarnationRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetIncarnationRequest) GetHeadNode() string {
@@ -3975,7 +4153,7 @@ type GetIncarnationResponse struct {
 
 func (x *GetIncarnationResponse) Reset() {
 	*x = GetIncarnationResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3987,7 +4165,7 @@ func (x *GetIncarnationResponse) String() string {
 func (*GetIncarnationResponse) ProtoMessage() {}
 
 func (x *GetIncarnationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4000,7 +4178,7 @@ func (x *GetIncarnationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIncarnationResponse.ProtoReflect.Descriptor instead.
 func (*GetIncarnationResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetIncarnationResponse) GetKnown() bool {
@@ -4027,7 +4205,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4039,7 +4217,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4052,7 +4230,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -4084,7 +4262,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4096,7 +4274,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4109,7 +4287,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -4156,7 +4334,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4168,7 +4346,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4181,7 +4359,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -4201,7 +4379,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4213,7 +4391,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4226,7 +4404,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -4272,7 +4450,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4284,7 +4462,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4297,7 +4475,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -4582,7 +4760,7 @@ type RegisterIncarnationCommand struct {
 
 func (x *RegisterIncarnationCommand) Reset() {
 	*x = RegisterIncarnationCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4594,7 +4772,7 @@ func (x *RegisterIncarnationCommand) String() string {
 func (*RegisterIncarnationCommand) ProtoMessage() {}
 
 func (x *RegisterIncarnationCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4607,7 +4785,7 @@ func (x *RegisterIncarnationCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterIncarnationCommand.ProtoReflect.Descriptor instead.
 func (*RegisterIncarnationCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RegisterIncarnationCommand) GetHeadNode() string {
@@ -4638,7 +4816,7 @@ type HeadNodeIncarnation struct {
 
 func (x *HeadNodeIncarnation) Reset() {
 	*x = HeadNodeIncarnation{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4650,7 +4828,7 @@ func (x *HeadNodeIncarnation) String() string {
 func (*HeadNodeIncarnation) ProtoMessage() {}
 
 func (x *HeadNodeIncarnation) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4663,7 +4841,7 @@ func (x *HeadNodeIncarnation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeadNodeIncarnation.ProtoReflect.Descriptor instead.
 func (*HeadNodeIncarnation) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *HeadNodeIncarnation) GetHeadNode() string {
@@ -4700,7 +4878,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4712,7 +4890,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4725,7 +4903,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -4753,7 +4931,7 @@ type AddHeadNodeCommand struct {
 
 func (x *AddHeadNodeCommand) Reset() {
 	*x = AddHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4765,7 +4943,7 @@ func (x *AddHeadNodeCommand) String() string {
 func (*AddHeadNodeCommand) ProtoMessage() {}
 
 func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4778,7 +4956,7 @@ func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
@@ -4799,7 +4977,7 @@ type RemoveHeadNodeCommand struct {
 
 func (x *RemoveHeadNodeCommand) Reset() {
 	*x = RemoveHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4811,7 +4989,7 @@ func (x *RemoveHeadNodeCommand) String() string {
 func (*RemoveHeadNodeCommand) ProtoMessage() {}
 
 func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4824,7 +5002,7 @@ func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RemoveHeadNodeCommand) GetHeadNode() string {
@@ -4846,7 +5024,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4858,7 +5036,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4871,7 +5049,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -4900,7 +5078,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4912,7 +5090,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4925,7 +5103,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -4957,7 +5135,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4969,7 +5147,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4982,7 +5160,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -5021,7 +5199,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5033,7 +5211,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5046,7 +5224,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -5093,7 +5271,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5105,7 +5283,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5118,7 +5296,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -5164,7 +5342,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5176,7 +5354,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5189,7 +5367,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -5238,7 +5416,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5250,7 +5428,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5263,7 +5441,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -5310,7 +5488,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5322,7 +5500,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5335,7 +5513,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -5358,7 +5536,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5370,7 +5548,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5383,7 +5561,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -5416,7 +5594,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5428,7 +5606,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5441,7 +5619,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -5461,7 +5639,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5473,7 +5651,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5486,7 +5664,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -5512,7 +5690,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5524,7 +5702,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5537,7 +5715,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -5570,7 +5748,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5582,7 +5760,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5595,7 +5773,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -5682,7 +5860,7 @@ type RackUsage struct {
 
 func (x *RackUsage) Reset() {
 	*x = RackUsage{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5694,7 +5872,7 @@ func (x *RackUsage) String() string {
 func (*RackUsage) ProtoMessage() {}
 
 func (x *RackUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5707,7 +5885,7 @@ func (x *RackUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
 func (*RackUsage) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *RackUsage) GetVolumes() uint64 {
@@ -5741,7 +5919,7 @@ type MoveVolumeRequest struct {
 
 func (x *MoveVolumeRequest) Reset() {
 	*x = MoveVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5753,7 +5931,7 @@ func (x *MoveVolumeRequest) String() string {
 func (*MoveVolumeRequest) ProtoMessage() {}
 
 func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5766,7 +5944,7 @@ func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
 func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *MoveVolumeRequest) GetName() string {
@@ -5792,7 +5970,7 @@ type MoveVolumeResponse struct {
 
 func (x *MoveVolumeResponse) Reset() {
 	*x = MoveVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5804,7 +5982,7 @@ func (x *MoveVolumeResponse) String() string {
 func (*MoveVolumeResponse) ProtoMessage() {}
 
 func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5817,7 +5995,7 @@ func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
 func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *MoveVolumeResponse) GetVolume() *Volume {
@@ -5835,7 +6013,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5847,7 +6025,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5860,7 +6038,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
 }
 
 type GetQuotaResponse struct {
@@ -5873,7 +6051,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5885,7 +6063,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5898,7 +6076,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -5924,7 +6102,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5936,7 +6114,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5949,7 +6127,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -5967,7 +6145,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5979,7 +6157,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5992,7 +6170,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -6007,7 +6185,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6019,7 +6197,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6032,7 +6210,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -6083,7 +6261,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6095,7 +6273,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6108,7 +6286,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -6221,7 +6399,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6233,7 +6411,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6246,7 +6424,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -6289,7 +6467,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6301,7 +6479,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6314,7 +6492,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -6362,7 +6540,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6374,7 +6552,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6387,7 +6565,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -6475,7 +6653,7 @@ type WriteTag struct {
 
 func (x *WriteTag) Reset() {
 	*x = WriteTag{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6487,7 +6665,7 @@ func (x *WriteTag) String() string {
 func (*WriteTag) ProtoMessage() {}
 
 func (x *WriteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6500,7 +6678,7 @@ func (x *WriteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteTag.ProtoReflect.Descriptor instead.
 func (*WriteTag) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *WriteTag) GetClient() uint64 {
@@ -6554,7 +6732,7 @@ type WriterState struct {
 
 func (x *WriterState) Reset() {
 	*x = WriterState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6566,7 +6744,7 @@ func (x *WriterState) String() string {
 func (*WriterState) ProtoMessage() {}
 
 func (x *WriterState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6579,7 +6757,7 @@ func (x *WriterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterState.ProtoReflect.Descriptor instead.
 func (*WriterState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *WriterState) GetClient() uint64 {
@@ -6629,7 +6807,7 @@ type AppliedWrite struct {
 
 func (x *AppliedWrite) Reset() {
 	*x = AppliedWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6641,7 +6819,7 @@ func (x *AppliedWrite) String() string {
 func (*AppliedWrite) ProtoMessage() {}
 
 func (x *AppliedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6654,7 +6832,7 @@ func (x *AppliedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedWrite.ProtoReflect.Descriptor instead.
 func (*AppliedWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *AppliedWrite) GetOp() uint64 {
@@ -6695,7 +6873,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6707,7 +6885,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6720,7 +6898,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -6757,7 +6935,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6769,7 +6947,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6782,7 +6960,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -6850,7 +7028,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6862,7 +7040,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6875,7 +7053,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -6916,7 +7094,7 @@ type SegmentWriteRecord struct {
 
 func (x *SegmentWriteRecord) Reset() {
 	*x = SegmentWriteRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6928,7 +7106,7 @@ func (x *SegmentWriteRecord) String() string {
 func (*SegmentWriteRecord) ProtoMessage() {}
 
 func (x *SegmentWriteRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6941,7 +7119,7 @@ func (x *SegmentWriteRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentWriteRecord.ProtoReflect.Descriptor instead.
 func (*SegmentWriteRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *SegmentWriteRecord) GetSegment() *Segment {
@@ -6974,7 +7152,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6986,7 +7164,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6999,7 +7177,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -7045,7 +7223,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7057,7 +7235,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7070,7 +7248,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -7112,7 +7290,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7124,7 +7302,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7137,7 +7315,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -7165,7 +7343,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7177,7 +7355,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7190,7 +7368,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -7242,7 +7420,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7254,7 +7432,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7267,7 +7445,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -7323,7 +7501,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7335,7 +7513,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7348,7 +7526,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -7388,7 +7566,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7400,7 +7578,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7413,7 +7591,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{110}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -7464,7 +7642,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7476,7 +7654,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7489,7 +7667,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{111}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -7548,7 +7726,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7560,7 +7738,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7573,7 +7751,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{112}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -7681,7 +7859,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7693,7 +7871,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7706,7 +7884,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{113}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -7850,12 +8028,26 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\vattach_host\x18\x03 \x01(\tR\n" +
 	"attachHost\"B\n" +
 	"\x14CreateVolumeResponse\x12*\n" +
-	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"&\n" +
+	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\"E\n" +
 	"\x10GetVolumeRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"q\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"with_usage\x18\x02 \x01(\bR\twithUsage\"\xc1\x01\n" +
 	"\x11GetVolumeResponse\x12*\n" +
 	"\x06volume\x18\x01 \x01(\v2\x12.ballast.v1.VolumeR\x06volume\x120\n" +
-	"\breplicas\x18\x02 \x03(\v2\x14.ballast.v1.HeadNodeR\breplicas\"\x14\n" +
+	"\breplicas\x18\x02 \x03(\v2\x14.ballast.v1.HeadNodeR\breplicas\x12-\n" +
+	"\x05usage\x18\x03 \x01(\v2\x17.ballast.v1.VolumeUsageR\x05usage\x12\x1f\n" +
+	"\vusage_error\x18\x04 \x01(\tR\n" +
+	"usageError\"n\n" +
+	"\vVolumeUsage\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x01 \x01(\x04R\tusedBytes\x12#\n" +
+	"\rjournal_bytes\x18\x02 \x01(\x04R\fjournalBytes\x12\x1b\n" +
+	"\thead_node\x18\x03 \x01(\tR\bheadNode\"1\n" +
+	"\x12VolumeUsageRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\"D\n" +
+	"\x13VolumeUsageResponse\x12-\n" +
+	"\x05usage\x18\x01 \x01(\v2\x17.ballast.v1.VolumeUsageR\x05usage\"\x14\n" +
 	"\x12ListVolumesRequest\"C\n" +
 	"\x13ListVolumesResponse\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.ballast.v1.VolumeR\avolumes\"H\n" +
@@ -8376,10 +8568,11 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x16REPLICATE_STATUS_ERROR\x10\x01\x12#\n" +
 	"\x1fREPLICATE_STATUS_NO_SUCH_VOLUME\x10\x02\x12\"\n" +
 	"\x1eREPLICATE_STATUS_NOT_SECONDARY\x10\x03\x12 \n" +
-	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\xc5\x13\n" +
+	"\x1cREPLICATE_STATUS_STALE_EPOCH\x10\x042\x95\x14\n" +
 	"\x05Admin\x12Q\n" +
 	"\fCreateVolume\x12\x1f.ballast.v1.CreateVolumeRequest\x1a .ballast.v1.CreateVolumeResponse\x12H\n" +
 	"\tGetVolume\x12\x1c.ballast.v1.GetVolumeRequest\x1a\x1d.ballast.v1.GetVolumeResponse\x12N\n" +
+	"\vVolumeUsage\x12\x1e.ballast.v1.VolumeUsageRequest\x1a\x1f.ballast.v1.VolumeUsageResponse\x12N\n" +
 	"\vListVolumes\x12\x1e.ballast.v1.ListVolumesRequest\x1a\x1f.ballast.v1.ListVolumesResponse\x12Q\n" +
 	"\fResizeVolume\x12\x1f.ballast.v1.ResizeVolumeRequest\x1a .ballast.v1.ResizeVolumeResponse\x12Q\n" +
 	"\fDeleteVolume\x12\x1f.ballast.v1.DeleteVolumeRequest\x1a .ballast.v1.DeleteVolumeResponse\x12K\n" +
@@ -8430,7 +8623,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 114)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 117)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                           // 0: ballast.v1.SledState
 	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
@@ -8450,108 +8643,111 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*CreateVolumeResponse)(nil),             // 15: ballast.v1.CreateVolumeResponse
 	(*GetVolumeRequest)(nil),                 // 16: ballast.v1.GetVolumeRequest
 	(*GetVolumeResponse)(nil),                // 17: ballast.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),               // 18: ballast.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),              // 19: ballast.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),              // 20: ballast.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),             // 21: ballast.v1.ResizeVolumeResponse
-	(*DeleteVolumeRequest)(nil),              // 22: ballast.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),             // 23: ballast.v1.DeleteVolumeResponse
-	(*Sled)(nil),                             // 24: ballast.v1.Sled
-	(*RegisterSledRequest)(nil),              // 25: ballast.v1.RegisterSledRequest
-	(*RegisterSledResponse)(nil),             // 26: ballast.v1.RegisterSledResponse
-	(*ListSledsRequest)(nil),                 // 27: ballast.v1.ListSledsRequest
-	(*ListSledsResponse)(nil),                // 28: ballast.v1.ListSledsResponse
-	(*SetSledStateRequest)(nil),              // 29: ballast.v1.SetSledStateRequest
-	(*SetSledStateResponse)(nil),             // 30: ballast.v1.SetSledStateResponse
-	(*SledStatus)(nil),                       // 31: ballast.v1.SledStatus
-	(*Redundancy)(nil),                       // 32: ballast.v1.Redundancy
-	(*NodeStatusRequest)(nil),                // 33: ballast.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),               // 34: ballast.v1.NodeStatusResponse
-	(*DiskStatus)(nil),                       // 35: ballast.v1.DiskStatus
-	(*GroupStatus)(nil),                      // 36: ballast.v1.GroupStatus
-	(*PathStatus)(nil),                       // 37: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),             // 38: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),            // 39: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),                // 40: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),               // 41: ballast.v1.RackStatusResponse
-	(*CreateConsistencyGroupRequest)(nil),    // 42: ballast.v1.CreateConsistencyGroupRequest
-	(*CreateConsistencyGroupResponse)(nil),   // 43: ballast.v1.CreateConsistencyGroupResponse
-	(*DeleteConsistencyGroupRequest)(nil),    // 44: ballast.v1.DeleteConsistencyGroupRequest
-	(*DeleteConsistencyGroupResponse)(nil),   // 45: ballast.v1.DeleteConsistencyGroupResponse
-	(*GetConsistencyGroupRequest)(nil),       // 46: ballast.v1.GetConsistencyGroupRequest
-	(*GetConsistencyGroupResponse)(nil),      // 47: ballast.v1.GetConsistencyGroupResponse
-	(*ListConsistencyGroupsRequest)(nil),     // 48: ballast.v1.ListConsistencyGroupsRequest
-	(*ListConsistencyGroupsResponse)(nil),    // 49: ballast.v1.ListConsistencyGroupsResponse
-	(*SnapshotConsistencyGroupRequest)(nil),  // 50: ballast.v1.SnapshotConsistencyGroupRequest
-	(*SnapshotConsistencyGroupResponse)(nil), // 51: ballast.v1.SnapshotConsistencyGroupResponse
-	(*HoldForCutRequest)(nil),                // 52: ballast.v1.HoldForCutRequest
-	(*HoldForCutResponse)(nil),               // 53: ballast.v1.HoldForCutResponse
-	(*ReleaseCutRequest)(nil),                // 54: ballast.v1.ReleaseCutRequest
-	(*ReleaseCutResponse)(nil),               // 55: ballast.v1.ReleaseCutResponse
-	(*ChangeAttachmentRequest)(nil),          // 56: ballast.v1.ChangeAttachmentRequest
-	(*ChangeAttachmentResponse)(nil),         // 57: ballast.v1.ChangeAttachmentResponse
-	(*AddHeadNodeRequest)(nil),               // 58: ballast.v1.AddHeadNodeRequest
-	(*AddHeadNodeResponse)(nil),              // 59: ballast.v1.AddHeadNodeResponse
-	(*MoveVoterRequest)(nil),                 // 60: ballast.v1.MoveVoterRequest
-	(*MoveVoterResponse)(nil),                // 61: ballast.v1.MoveVoterResponse
-	(*RemoveHeadNodeRequest)(nil),            // 62: ballast.v1.RemoveHeadNodeRequest
-	(*RemoveHeadNodeResponse)(nil),           // 63: ballast.v1.RemoveHeadNodeResponse
-	(*ChangeMembershipRequest)(nil),          // 64: ballast.v1.ChangeMembershipRequest
-	(*ChangeMembershipResponse)(nil),         // 65: ballast.v1.ChangeMembershipResponse
-	(*GetIncarnationRequest)(nil),            // 66: ballast.v1.GetIncarnationRequest
-	(*GetIncarnationResponse)(nil),           // 67: ballast.v1.GetIncarnationResponse
-	(*ApplyInGroupRequest)(nil),              // 68: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),             // 69: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),                 // 70: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),                // 71: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),                 // 72: ballast.v1.DirectoryCommand
-	(*RegisterIncarnationCommand)(nil),       // 73: ballast.v1.RegisterIncarnationCommand
-	(*HeadNodeIncarnation)(nil),              // 74: ballast.v1.HeadNodeIncarnation
-	(*PlaceVolumeCommand)(nil),               // 75: ballast.v1.PlaceVolumeCommand
-	(*AddHeadNodeCommand)(nil),               // 76: ballast.v1.AddHeadNodeCommand
-	(*RemoveHeadNodeCommand)(nil),            // 77: ballast.v1.RemoveHeadNodeCommand
-	(*SetDrainingCommand)(nil),               // 78: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),             // 79: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),               // 80: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil),          // 81: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),           // 82: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),                // 83: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),             // 84: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),              // 85: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),              // 86: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),              // 87: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),              // 88: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),              // 89: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),                // 90: ballast.v1.DirectorySnapshot
-	(*RackUsage)(nil),                        // 91: ballast.v1.RackUsage
-	(*MoveVolumeRequest)(nil),                // 92: ballast.v1.MoveVolumeRequest
-	(*MoveVolumeResponse)(nil),               // 93: ballast.v1.MoveVolumeResponse
-	(*GetQuotaRequest)(nil),                  // 94: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),                 // 95: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),                  // 96: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),                 // 97: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                        // 98: ballast.v1.RackQuota
-	(*IORequest)(nil),                        // 99: ballast.v1.IORequest
-	(*IOReply)(nil),                          // 100: ballast.v1.IOReply
-	(*BlockWrite)(nil),                       // 101: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                        // 102: ballast.v1.LogRecord
-	(*WriteTag)(nil),                         // 103: ballast.v1.WriteTag
-	(*WriterState)(nil),                      // 104: ballast.v1.WriterState
-	(*AppliedWrite)(nil),                     // 105: ballast.v1.AppliedWrite
-	(*BlockRange)(nil),                       // 106: ballast.v1.BlockRange
-	(*Segment)(nil),                          // 107: ballast.v1.Segment
-	(*FlushRecord)(nil),                      // 108: ballast.v1.FlushRecord
-	(*SegmentWriteRecord)(nil),               // 109: ballast.v1.SegmentWriteRecord
-	(*CompactRecord)(nil),                    // 110: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),                  // 111: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),                // 112: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),                      // 113: ballast.v1.StateRecord
-	(*BlockState)(nil),                       // 114: ballast.v1.BlockState
-	(*SegmentState)(nil),                     // 115: ballast.v1.SegmentState
-	(*LogEntry)(nil),                         // 116: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),                   // 117: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),                 // 118: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),                   // 119: ballast.v1.ReplicateReply
+	(*VolumeUsage)(nil),                      // 18: ballast.v1.VolumeUsage
+	(*VolumeUsageRequest)(nil),               // 19: ballast.v1.VolumeUsageRequest
+	(*VolumeUsageResponse)(nil),              // 20: ballast.v1.VolumeUsageResponse
+	(*ListVolumesRequest)(nil),               // 21: ballast.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),              // 22: ballast.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),              // 23: ballast.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),             // 24: ballast.v1.ResizeVolumeResponse
+	(*DeleteVolumeRequest)(nil),              // 25: ballast.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),             // 26: ballast.v1.DeleteVolumeResponse
+	(*Sled)(nil),                             // 27: ballast.v1.Sled
+	(*RegisterSledRequest)(nil),              // 28: ballast.v1.RegisterSledRequest
+	(*RegisterSledResponse)(nil),             // 29: ballast.v1.RegisterSledResponse
+	(*ListSledsRequest)(nil),                 // 30: ballast.v1.ListSledsRequest
+	(*ListSledsResponse)(nil),                // 31: ballast.v1.ListSledsResponse
+	(*SetSledStateRequest)(nil),              // 32: ballast.v1.SetSledStateRequest
+	(*SetSledStateResponse)(nil),             // 33: ballast.v1.SetSledStateResponse
+	(*SledStatus)(nil),                       // 34: ballast.v1.SledStatus
+	(*Redundancy)(nil),                       // 35: ballast.v1.Redundancy
+	(*NodeStatusRequest)(nil),                // 36: ballast.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),               // 37: ballast.v1.NodeStatusResponse
+	(*DiskStatus)(nil),                       // 38: ballast.v1.DiskStatus
+	(*GroupStatus)(nil),                      // 39: ballast.v1.GroupStatus
+	(*PathStatus)(nil),                       // 40: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),             // 41: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),            // 42: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),                // 43: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),               // 44: ballast.v1.RackStatusResponse
+	(*CreateConsistencyGroupRequest)(nil),    // 45: ballast.v1.CreateConsistencyGroupRequest
+	(*CreateConsistencyGroupResponse)(nil),   // 46: ballast.v1.CreateConsistencyGroupResponse
+	(*DeleteConsistencyGroupRequest)(nil),    // 47: ballast.v1.DeleteConsistencyGroupRequest
+	(*DeleteConsistencyGroupResponse)(nil),   // 48: ballast.v1.DeleteConsistencyGroupResponse
+	(*GetConsistencyGroupRequest)(nil),       // 49: ballast.v1.GetConsistencyGroupRequest
+	(*GetConsistencyGroupResponse)(nil),      // 50: ballast.v1.GetConsistencyGroupResponse
+	(*ListConsistencyGroupsRequest)(nil),     // 51: ballast.v1.ListConsistencyGroupsRequest
+	(*ListConsistencyGroupsResponse)(nil),    // 52: ballast.v1.ListConsistencyGroupsResponse
+	(*SnapshotConsistencyGroupRequest)(nil),  // 53: ballast.v1.SnapshotConsistencyGroupRequest
+	(*SnapshotConsistencyGroupResponse)(nil), // 54: ballast.v1.SnapshotConsistencyGroupResponse
+	(*HoldForCutRequest)(nil),                // 55: ballast.v1.HoldForCutRequest
+	(*HoldForCutResponse)(nil),               // 56: ballast.v1.HoldForCutResponse
+	(*ReleaseCutRequest)(nil),                // 57: ballast.v1.ReleaseCutRequest
+	(*ReleaseCutResponse)(nil),               // 58: ballast.v1.ReleaseCutResponse
+	(*ChangeAttachmentRequest)(nil),          // 59: ballast.v1.ChangeAttachmentRequest
+	(*ChangeAttachmentResponse)(nil),         // 60: ballast.v1.ChangeAttachmentResponse
+	(*AddHeadNodeRequest)(nil),               // 61: ballast.v1.AddHeadNodeRequest
+	(*AddHeadNodeResponse)(nil),              // 62: ballast.v1.AddHeadNodeResponse
+	(*MoveVoterRequest)(nil),                 // 63: ballast.v1.MoveVoterRequest
+	(*MoveVoterResponse)(nil),                // 64: ballast.v1.MoveVoterResponse
+	(*RemoveHeadNodeRequest)(nil),            // 65: ballast.v1.RemoveHeadNodeRequest
+	(*RemoveHeadNodeResponse)(nil),           // 66: ballast.v1.RemoveHeadNodeResponse
+	(*ChangeMembershipRequest)(nil),          // 67: ballast.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil),         // 68: ballast.v1.ChangeMembershipResponse
+	(*GetIncarnationRequest)(nil),            // 69: ballast.v1.GetIncarnationRequest
+	(*GetIncarnationResponse)(nil),           // 70: ballast.v1.GetIncarnationResponse
+	(*ApplyInGroupRequest)(nil),              // 71: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),             // 72: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),                 // 73: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),                // 74: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),                 // 75: ballast.v1.DirectoryCommand
+	(*RegisterIncarnationCommand)(nil),       // 76: ballast.v1.RegisterIncarnationCommand
+	(*HeadNodeIncarnation)(nil),              // 77: ballast.v1.HeadNodeIncarnation
+	(*PlaceVolumeCommand)(nil),               // 78: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),               // 79: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),            // 80: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),               // 81: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),             // 82: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),               // 83: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),          // 84: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),           // 85: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),                // 86: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),             // 87: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),              // 88: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),              // 89: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),              // 90: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),              // 91: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),              // 92: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),                // 93: ballast.v1.DirectorySnapshot
+	(*RackUsage)(nil),                        // 94: ballast.v1.RackUsage
+	(*MoveVolumeRequest)(nil),                // 95: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),               // 96: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),                  // 97: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                 // 98: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),                  // 99: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                 // 100: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                        // 101: ballast.v1.RackQuota
+	(*IORequest)(nil),                        // 102: ballast.v1.IORequest
+	(*IOReply)(nil),                          // 103: ballast.v1.IOReply
+	(*BlockWrite)(nil),                       // 104: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                        // 105: ballast.v1.LogRecord
+	(*WriteTag)(nil),                         // 106: ballast.v1.WriteTag
+	(*WriterState)(nil),                      // 107: ballast.v1.WriterState
+	(*AppliedWrite)(nil),                     // 108: ballast.v1.AppliedWrite
+	(*BlockRange)(nil),                       // 109: ballast.v1.BlockRange
+	(*Segment)(nil),                          // 110: ballast.v1.Segment
+	(*FlushRecord)(nil),                      // 111: ballast.v1.FlushRecord
+	(*SegmentWriteRecord)(nil),               // 112: ballast.v1.SegmentWriteRecord
+	(*CompactRecord)(nil),                    // 113: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 114: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 115: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 116: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 117: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 118: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 119: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 120: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 121: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 122: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	7,   // 0: ballast.v1.Volume.copies:type_name -> ballast.v1.ReplicaCopy
@@ -8560,163 +8756,167 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	6,   // 3: ballast.v1.CreateVolumeResponse.volume:type_name -> ballast.v1.Volume
 	6,   // 4: ballast.v1.GetVolumeResponse.volume:type_name -> ballast.v1.Volume
 	13,  // 5: ballast.v1.GetVolumeResponse.replicas:type_name -> ballast.v1.HeadNode
-	6,   // 6: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
-	6,   // 7: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
-	0,   // 8: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
-	24,  // 9: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
-	24,  // 10: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
-	0,   // 11: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
-	24,  // 12: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
-	24,  // 13: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
-	32,  // 14: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	36,  // 15: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	37,  // 16: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	35,  // 17: ballast.v1.NodeStatusResponse.disk:type_name -> ballast.v1.DiskStatus
-	13,  // 18: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	31,  // 19: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	32,  // 20: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	6,   // 21: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	36,  // 22: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	37,  // 23: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	35,  // 24: ballast.v1.RackStatusResponse.disks:type_name -> ballast.v1.DiskStatus
-	8,   // 25: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	8,   // 26: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	8,   // 27: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
-	10,  // 28: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
-	1,   // 29: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
-	6,   // 30: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
-	13,  // 31: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
-	2,   // 32: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	72,  // 33: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	6,   // 34: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	24,  // 35: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	12,  // 36: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	6,   // 37: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	12,  // 38: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	87,  // 39: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	88,  // 40: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	89,  // 41: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	85,  // 42: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	86,  // 43: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	83,  // 44: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	84,  // 45: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	80,  // 46: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	81,  // 47: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	82,  // 48: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	75,  // 49: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	79,  // 50: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	78,  // 51: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	76,  // 52: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	77,  // 53: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	73,  // 54: ballast.v1.DirectoryCommand.register_incarnation:type_name -> ballast.v1.RegisterIncarnationCommand
-	13,  // 55: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	83,  // 56: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	24,  // 57: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,   // 58: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,   // 59: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	6,   // 60: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	6,   // 61: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	24,  // 62: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	12,  // 63: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	13,  // 64: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	6,   // 65: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
-	74,  // 66: ballast.v1.DirectorySnapshot.incarnations:type_name -> ballast.v1.HeadNodeIncarnation
-	6,   // 67: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
-	98,  // 68: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	91,  // 69: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	98,  // 70: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
-	3,   // 71: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	4,   // 72: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	101, // 73: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	106, // 74: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	108, // 75: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	110, // 76: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	111, // 77: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	112, // 78: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	113, // 79: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	109, // 80: ballast.v1.LogRecord.segment_write:type_name -> ballast.v1.SegmentWriteRecord
-	103, // 81: ballast.v1.LogRecord.writes:type_name -> ballast.v1.WriteTag
-	105, // 82: ballast.v1.WriterState.ops:type_name -> ballast.v1.AppliedWrite
-	107, // 83: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	107, // 84: ballast.v1.SegmentWriteRecord.segment:type_name -> ballast.v1.Segment
-	107, // 85: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	106, // 86: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	114, // 87: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	115, // 88: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	104, // 89: ballast.v1.StateRecord.writers:type_name -> ballast.v1.WriterState
-	107, // 90: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	106, // 91: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	102, // 92: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	113, // 93: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	102, // 94: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	5,   // 95: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	14,  // 96: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	16,  // 97: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	18,  // 98: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	20,  // 99: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	22,  // 100: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	92,  // 101: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	40,  // 102: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	33,  // 103: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	38,  // 104: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	58,  // 105: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	60,  // 106: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	62,  // 107: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	94,  // 108: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	96,  // 109: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	25,  // 110: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	27,  // 111: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	29,  // 112: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	68,  // 113: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	70,  // 114: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	64,  // 115: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	66,  // 116: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
-	56,  // 117: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	42,  // 118: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
-	44,  // 119: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
-	46,  // 120: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
-	48,  // 121: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
-	50,  // 122: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
-	52,  // 123: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
-	54,  // 124: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
-	99,  // 125: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	118, // 126: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	15,  // 127: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	17,  // 128: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	19,  // 129: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	21,  // 130: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	23,  // 131: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	93,  // 132: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	41,  // 133: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	34,  // 134: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	39,  // 135: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	59,  // 136: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	61,  // 137: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	63,  // 138: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	95,  // 139: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	97,  // 140: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	26,  // 141: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	28,  // 142: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	30,  // 143: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	69,  // 144: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	71,  // 145: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	65,  // 146: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	67,  // 147: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
-	57,  // 148: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	43,  // 149: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
-	45,  // 150: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
-	47,  // 151: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
-	49,  // 152: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
-	51,  // 153: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
-	53,  // 154: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
-	55,  // 155: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
-	100, // 156: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	119, // 157: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	127, // [127:158] is the sub-list for method output_type
-	96,  // [96:127] is the sub-list for method input_type
-	96,  // [96:96] is the sub-list for extension type_name
-	96,  // [96:96] is the sub-list for extension extendee
-	0,   // [0:96] is the sub-list for field type_name
+	18,  // 6: ballast.v1.GetVolumeResponse.usage:type_name -> ballast.v1.VolumeUsage
+	18,  // 7: ballast.v1.VolumeUsageResponse.usage:type_name -> ballast.v1.VolumeUsage
+	6,   // 8: ballast.v1.ListVolumesResponse.volumes:type_name -> ballast.v1.Volume
+	6,   // 9: ballast.v1.ResizeVolumeResponse.volume:type_name -> ballast.v1.Volume
+	0,   // 10: ballast.v1.Sled.state:type_name -> ballast.v1.SledState
+	27,  // 11: ballast.v1.RegisterSledResponse.sled:type_name -> ballast.v1.Sled
+	27,  // 12: ballast.v1.ListSledsResponse.sleds:type_name -> ballast.v1.Sled
+	0,   // 13: ballast.v1.SetSledStateRequest.state:type_name -> ballast.v1.SledState
+	27,  // 14: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
+	27,  // 15: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
+	35,  // 16: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	39,  // 17: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	40,  // 18: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	38,  // 19: ballast.v1.NodeStatusResponse.disk:type_name -> ballast.v1.DiskStatus
+	13,  // 20: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	34,  // 21: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	35,  // 22: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	6,   // 23: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	39,  // 24: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	40,  // 25: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	38,  // 26: ballast.v1.RackStatusResponse.disks:type_name -> ballast.v1.DiskStatus
+	8,   // 27: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	8,   // 28: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	8,   // 29: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
+	10,  // 30: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
+	1,   // 31: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
+	6,   // 32: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
+	13,  // 33: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	2,   // 34: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	75,  // 35: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	6,   // 36: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	27,  // 37: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	12,  // 38: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	6,   // 39: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	12,  // 40: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	90,  // 41: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	91,  // 42: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	92,  // 43: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	88,  // 44: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	89,  // 45: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	86,  // 46: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	87,  // 47: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	83,  // 48: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	84,  // 49: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	85,  // 50: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	78,  // 51: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	82,  // 52: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	81,  // 53: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	79,  // 54: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	80,  // 55: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	76,  // 56: ballast.v1.DirectoryCommand.register_incarnation:type_name -> ballast.v1.RegisterIncarnationCommand
+	13,  // 57: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	86,  // 58: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	27,  // 59: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,   // 60: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,   // 61: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	6,   // 62: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	6,   // 63: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	27,  // 64: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	12,  // 65: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	13,  // 66: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	6,   // 67: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
+	77,  // 68: ballast.v1.DirectorySnapshot.incarnations:type_name -> ballast.v1.HeadNodeIncarnation
+	6,   // 69: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
+	101, // 70: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	94,  // 71: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	101, // 72: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	3,   // 73: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	4,   // 74: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	104, // 75: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	109, // 76: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	111, // 77: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	113, // 78: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	114, // 79: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	115, // 80: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	116, // 81: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	112, // 82: ballast.v1.LogRecord.segment_write:type_name -> ballast.v1.SegmentWriteRecord
+	106, // 83: ballast.v1.LogRecord.writes:type_name -> ballast.v1.WriteTag
+	108, // 84: ballast.v1.WriterState.ops:type_name -> ballast.v1.AppliedWrite
+	110, // 85: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	110, // 86: ballast.v1.SegmentWriteRecord.segment:type_name -> ballast.v1.Segment
+	110, // 87: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	109, // 88: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	117, // 89: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	118, // 90: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	107, // 91: ballast.v1.StateRecord.writers:type_name -> ballast.v1.WriterState
+	110, // 92: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	109, // 93: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	105, // 94: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	116, // 95: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	105, // 96: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 97: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	14,  // 98: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	16,  // 99: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	19,  // 100: ballast.v1.Admin.VolumeUsage:input_type -> ballast.v1.VolumeUsageRequest
+	21,  // 101: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	23,  // 102: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	25,  // 103: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	95,  // 104: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	43,  // 105: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	36,  // 106: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	41,  // 107: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	61,  // 108: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	63,  // 109: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	65,  // 110: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	97,  // 111: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	99,  // 112: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	28,  // 113: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	30,  // 114: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	32,  // 115: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	71,  // 116: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	73,  // 117: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	67,  // 118: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	69,  // 119: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
+	59,  // 120: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	45,  // 121: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	47,  // 122: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	49,  // 123: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	51,  // 124: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	53,  // 125: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	55,  // 126: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	57,  // 127: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	102, // 128: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	121, // 129: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	15,  // 130: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	17,  // 131: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	20,  // 132: ballast.v1.Admin.VolumeUsage:output_type -> ballast.v1.VolumeUsageResponse
+	22,  // 133: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	24,  // 134: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	26,  // 135: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	96,  // 136: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	44,  // 137: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	37,  // 138: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	42,  // 139: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	62,  // 140: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	64,  // 141: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	66,  // 142: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	98,  // 143: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	100, // 144: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	29,  // 145: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	31,  // 146: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	33,  // 147: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	72,  // 148: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	74,  // 149: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	68,  // 150: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	70,  // 151: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
+	60,  // 152: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	46,  // 153: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	48,  // 154: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	50,  // 155: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	52,  // 156: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	54,  // 157: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	56,  // 158: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	58,  // 159: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	103, // 160: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	122, // 161: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	130, // [130:162] is the sub-list for method output_type
+	98,  // [98:130] is the sub-list for method input_type
+	98,  // [98:98] is the sub-list for extension type_name
+	98,  // [98:98] is the sub-list for extension extendee
+	0,   // [0:98] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -8724,7 +8924,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[66].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[69].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -8749,7 +8949,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   114,
+			NumMessages:   117,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

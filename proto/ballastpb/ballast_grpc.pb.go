@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Admin_CreateVolume_FullMethodName             = "/ballast.v1.Admin/CreateVolume"
 	Admin_GetVolume_FullMethodName                = "/ballast.v1.Admin/GetVolume"
+	Admin_VolumeUsage_FullMethodName              = "/ballast.v1.Admin/VolumeUsage"
 	Admin_ListVolumes_FullMethodName              = "/ballast.v1.Admin/ListVolumes"
 	Admin_ResizeVolume_FullMethodName             = "/ballast.v1.Admin/ResizeVolume"
 	Admin_DeleteVolume_FullMethodName             = "/ballast.v1.Admin/DeleteVolume"
@@ -62,6 +63,9 @@ const (
 type AdminClient interface {
 	CreateVolume(ctx context.Context, in *CreateVolumeRequest, opts ...grpc.CallOption) (*CreateVolumeResponse, error)
 	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*GetVolumeResponse, error)
+	// What a volume holds, from this head node's copy (FailedPrecondition
+	// without one).
+	VolumeUsage(ctx context.Context, in *VolumeUsageRequest, opts ...grpc.CallOption) (*VolumeUsageResponse, error)
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	ResizeVolume(ctx context.Context, in *ResizeVolumeRequest, opts ...grpc.CallOption) (*ResizeVolumeResponse, error)
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
@@ -136,6 +140,16 @@ func (c *adminClient) GetVolume(ctx context.Context, in *GetVolumeRequest, opts 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetVolumeResponse)
 	err := c.cc.Invoke(ctx, Admin_GetVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) VolumeUsage(ctx context.Context, in *VolumeUsageRequest, opts ...grpc.CallOption) (*VolumeUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeUsageResponse)
+	err := c.cc.Invoke(ctx, Admin_VolumeUsage_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -421,6 +435,9 @@ func (c *adminClient) ReleaseCut(ctx context.Context, in *ReleaseCutRequest, opt
 type AdminServer interface {
 	CreateVolume(context.Context, *CreateVolumeRequest) (*CreateVolumeResponse, error)
 	GetVolume(context.Context, *GetVolumeRequest) (*GetVolumeResponse, error)
+	// What a volume holds, from this head node's copy (FailedPrecondition
+	// without one).
+	VolumeUsage(context.Context, *VolumeUsageRequest) (*VolumeUsageResponse, error)
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	ResizeVolume(context.Context, *ResizeVolumeRequest) (*ResizeVolumeResponse, error)
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
@@ -486,6 +503,9 @@ func (UnimplementedAdminServer) CreateVolume(context.Context, *CreateVolumeReque
 }
 func (UnimplementedAdminServer) GetVolume(context.Context, *GetVolumeRequest) (*GetVolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVolume not implemented")
+}
+func (UnimplementedAdminServer) VolumeUsage(context.Context, *VolumeUsageRequest) (*VolumeUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VolumeUsage not implemented")
 }
 func (UnimplementedAdminServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVolumes not implemented")
@@ -621,6 +641,24 @@ func _Admin_GetVolume_Handler(srv interface{}, ctx context.Context, dec func(int
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServer).GetVolume(ctx, req.(*GetVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_VolumeUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VolumeUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).VolumeUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_VolumeUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).VolumeUsage(ctx, req.(*VolumeUsageRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1125,6 +1163,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVolume",
 			Handler:    _Admin_GetVolume_Handler,
+		},
+		{
+			MethodName: "VolumeUsage",
+			Handler:    _Admin_VolumeUsage_Handler,
 		},
 		{
 			MethodName: "ListVolumes",
