@@ -1,6 +1,7 @@
 package blockstore
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 
@@ -90,5 +91,34 @@ func TestAllocationStopsAfterItsScanBound(t *testing.T) {
 	}
 	if inData != uint64(maxAllocationScan) || total != 2*uint64(maxAllocationScan)-1 || got[len(got)-1].Hole {
 		t.Fatalf("bounded description: %d runs, %d blocks, %d of data; last %v", len(got), total, inData, got[len(got)-1])
+	}
+}
+
+// TestBlockHookFollowsCommits: the hook sees each committed write's data,
+// removals as ranges, segment writes without data, and a dropped volume
+// as all of it.
+func TestBlockHookFollowsCommits(t *testing.T) {
+	s := openMemStore(t)
+	const vol = 2
+	var got []string
+	s.SetBlockHook(func(v uint64, changes []BlockChange) {
+		for _, c := range changes {
+			got = append(got, fmt.Sprintf("v%d %d+%d data=%v", v, c.First, c.Count, len(c.Data) == blockSize && c.Data[0] == pattern(blockSize, 9)[0]))
+		}
+	})
+	seg := &ballastpb.Segment{Id: 1, DataShards: 1, ShardSizeBytes: blockSize, Blocks: 1, ShardSleds: []string{"s1"}}
+	if err := s.Append(vol, []*ballastpb.LogRecord{
+		blockRecord(1, 5, 9),
+		{Seq: 2, Removed: []*ballastpb.BlockRange{{First: 7, Count: 3}}},
+		{Seq: 3, SegmentWrite: &ballastpb.SegmentWriteRecord{Segment: seg, SlotBlocks: []uint64{8}}},
+	}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DropVolume(vol); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"v2 5+1 data=true", "v2 7+3 data=false", "v2 8+1 data=false", fmt.Sprintf("v2 0+%d data=false", uint64(AllBlocks))}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("hook saw\n%q\nwant\n%q", got, want)
 	}
 }

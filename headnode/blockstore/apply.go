@@ -37,6 +37,10 @@ type applier struct {
 	// through refChanges, its own changes (applied when it commits).
 	refs       *volumeRefs
 	refChanges refChanges
+	// hook (the store's BlockHook, if any) gets changes when the batch
+	// commits.
+	hook    BlockHook
+	changes []BlockChange
 	// writers are the clients' states the batch changed, decoded, not
 	// yet written to it (writers.go); commit writes them.
 	writers map[uint64]*ballastpb.WriterState
@@ -99,6 +103,9 @@ func (a *applier) commit(opts *pebble.WriteOptions) error {
 		return err
 	}
 	a.refs.applyLocked(a.refChanges)
+	if a.hook != nil && len(a.changes) > 0 {
+		a.hook(a.vol, a.changes)
+	}
 	return nil
 }
 
@@ -279,6 +286,7 @@ func (a *applier) applyWrite(r *ballastpb.LogRecord) error {
 			return err
 		}
 		a.entry.Removed = append(a.entry.Removed, rg)
+		a.changed(rg.First, rg.Count, nil)
 	}
 	for _, bw := range r.Blocks {
 		switch {
@@ -287,6 +295,7 @@ func (a *applier) applyWrite(r *ballastpb.LogRecord) error {
 			if err := a.removeRange(bw.Block, 1); err != nil {
 				return err
 			}
+			a.changed(bw.Block, 1, nil)
 		case hasData(bw.Data):
 			loc, err := a.nextLoc()
 			if err != nil {
@@ -294,6 +303,11 @@ func (a *applier) applyWrite(r *ballastpb.LogRecord) error {
 			}
 			if err := a.setRef(bw.Block, r.Seq, loc); err != nil {
 				return err
+			}
+			if len(bw.Data) == volume.BlockSizeBytes {
+				a.changed(bw.Block, 1, bw.Data)
+			} else {
+				a.changed(bw.Block, 1, nil) // a replay's placeholder
 			}
 		default:
 			return fmt.Errorf("block %d has %d bytes, want %d", bw.Block, len(bw.Data), volume.BlockSizeBytes)
@@ -400,6 +414,7 @@ func (a *applier) applySegmentWrite(w *ballastpb.SegmentWriteRecord) error {
 			return err
 		}
 		slots[i] = last[block]
+		a.changed(block, 1, nil)
 	}
 	return a.indexBlocks(seg.Id, blocks, slots)
 }
@@ -547,6 +562,8 @@ func (a *applier) applySegmentFree(f *ballastpb.SegmentFreeRecord) error {
 // one of its records touched (see reconcile.go). Live counts come with the
 // segments, so nothing is counted here.
 func (a *applier) applyState(s *ballastpb.StateRecord) error {
+	// Reconciliation replaces what it names; simpler to say all changed.
+	a.changed(0, AllBlocks, nil)
 	for _, rg := range s.Cleared {
 		if err := a.b.DeleteRange(indexKey(a.vol, rg.First), indexKey(a.vol, rg.First+rg.Count), nil); err != nil {
 			return err

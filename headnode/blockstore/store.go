@@ -196,6 +196,8 @@ type Store struct {
 	// crashAt (a test knob: SetCrashHook) is called at each step of an
 	// append, a release, a drop and a void: a test loses power there.
 	crashAt atomic.Pointer[func(point string)]
+	// blockHook (SetBlockHook) learns of commits' block changes.
+	blockHook atomic.Pointer[BlockHook]
 
 	onJournalPressure func() // asks the node to flush sooner; may be nil
 	onReleaseError    func(error)
@@ -681,7 +683,7 @@ func (s *Store) applyJournaled(vol uint64, records []*ballastpb.LogRecord, locs 
 	// Indexed: a record reads what earlier records of the same batch wrote.
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	a := applier{b: b, vol: vol, st: st, refs: s.blockRefs.volume(vol)}
+	a := applier{b: b, vol: vol, st: st, refs: s.blockRefs.volume(vol), hook: s.hook()}
 	next := last + 1
 	for i, r := range records {
 		if r.Seq != next {
@@ -1055,6 +1057,9 @@ func (s *Store) DropVolume(vol uint64) error {
 	}
 	ended := refsOf(refs)
 	refs.refs.Clear()
+	if h := s.hook(); h != nil {
+		h(vol, []BlockChange{{First: 0, Count: AllBlocks}})
+	}
 	refs.mu.Unlock()
 	// Again: a read of the state between the first delete and the commit
 	// cached what the commit removed.

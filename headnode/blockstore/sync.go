@@ -202,7 +202,7 @@ func (s *Store) ApplySyncState(vol uint64, rec *ballastpb.StateRecord) error {
 	}
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	a := applier{b: b, vol: vol, st: st, liveDelta: map[uint64]int64{}, entry: &ballastpb.LogEntry{}, locs: locs, refs: s.blockRefs.volume(vol)}
+	a := applier{b: b, vol: vol, st: st, liveDelta: map[uint64]int64{}, entry: &ballastpb.LogEntry{}, locs: locs, refs: s.blockRefs.volume(vol), hook: s.hook()}
 	if err := a.applyState(rec); err != nil {
 		return fmt.Errorf("apply sync state of volume %d: %w", vol, err)
 	}
