@@ -129,7 +129,7 @@ func plan(cfg *Config, work string, suite *Suite) []provider {
 		return ps
 	}
 	return append(ps, &rack{kind: cfg.Rack, bin: cfg.BallastBinary, dir: filepath.Join(work, "rack"),
-		sleds: max(cfg.RackSleds, 0), sizeBytes: size, journalBytes: cfg.JournalBytes, log: cfg.Logger})
+		sleds: max(cfg.RackSleds, 0), sizeBytes: size, journalBytes: cfg.JournalBytes, readCache: cfg.ReadCache, log: cfg.Logger})
 }
 
 // flushes says whether p's target is a Ballast rack whose head nodes

@@ -50,6 +50,11 @@ type Config struct {
 	// binary has that flag (the journal is not in every build yet). 0
 	// assumes DefaultJournalBytes and leaves the rack's own default.
 	JournalBytes uint64
+	// ReadCache is passed as --read-cache to the rack the harness starts
+	// (a size, or "off"), if the binary has that flag; "" leaves the
+	// rack's default. The standard suite's read goals want the hot
+	// working set (64 MiB) inside it and the 1 GiB region well beyond.
+	ReadCache string
 	// FlushTimeout bounds the wait, after the fill and before the
 	// workloads, for a Ballast rack to flush its volume's data to the
 	// sleds (default 90 s plus a second per 8 MiB of region). A wait that

@@ -41,7 +41,11 @@ type rack struct {
 	// nodes if the binary has that flag; journal says what became of it.
 	journalBytes uint64
 	journal      string
-	log          *slog.Logger
+	// readCache, when set, is passed as --read-cache (the same way);
+	// cache says what became of it.
+	readCache string
+	cache     string
+	log       *slog.Logger
 
 	nbdAddr   string
 	port      int
@@ -116,7 +120,27 @@ func (r *rack) describe() string {
 	if r.journal != "" {
 		d += "; " + r.journal
 	}
+	if r.cache != "" {
+		d += "; " + r.cache
+	}
 	return d
+}
+
+// cacheArgs returns the flag that sizes the primaries' read cache for
+// subcommand, if its help lists it, and says in r.cache what became of
+// it.
+func (r *rack) cacheArgs(subcommand string) []string {
+	if r.readCache == "" {
+		r.cache = ""
+		return nil
+	}
+	help, _ := exec.Command(r.bin, subcommand, "--help").CombinedOutput()
+	if !strings.Contains(string(help), "--read-cache") {
+		r.cache = fmt.Sprintf("read cache %s not set: `ballast %s` has no --read-cache flag", r.readCache, subcommand)
+		return nil
+	}
+	r.cache = fmt.Sprintf("head-node read caches of %s (--read-cache)", r.readCache)
+	return []string{"--read-cache", r.readCache}
 }
 
 // journalArgs returns the flag that sets the head nodes' journal size
@@ -194,6 +218,7 @@ func (r *rack) startDemo(ctx context.Context) error {
 	args := append([]string{"demo", "--data", filepath.Join(r.dir, "data"),
 		"--size", fmt.Sprint(r.sizeBytes), "--nbd", r.nbdAddr, "--port", fmt.Sprint(r.port)}, common...)
 	args = append(args, r.journalArgs("demo")...)
+	args = append(args, r.cacheArgs("demo")...)
 	demo, err := r.spawn("demo", args...)
 	if err != nil {
 		return err
@@ -210,7 +235,7 @@ func (r *rack) startProcesses(ctx context.Context) error {
 	for i := range r.headNodes {
 		peers = append(peers, "--peer", fmt.Sprintf("hn%d=%s", i+1, r.headNodeArg(i)))
 	}
-	journal := r.journalArgs("headnode")
+	journal := append(r.journalArgs("headnode"), r.cacheArgs("headnode")...)
 	for i := range r.headNodes {
 		id := fmt.Sprintf("hn%d", i+1)
 		common, err := r.common(id)

@@ -180,6 +180,40 @@ func TestDemoWithRealClients(t *testing.T) {
 		}
 	})
 
+	t.Run("reads are served from the primary's read cache", func(t *testing.T) {
+		type caches struct {
+			ReadCaches []struct {
+				HeadNode string `json:"headNode"`
+				Hits     string `json:"hits"`
+			} `json:"readCaches"`
+		}
+		hits := func() uint64 {
+			out, err := r.cli("rack", "status", "--json")
+			if err != nil {
+				t.Fatalf("rack status: %v\n%s", err, out)
+			}
+			var c caches
+			if err := json.Unmarshal([]byte(out), &c); err != nil || len(c.ReadCaches) != 3 {
+				t.Fatalf("rack status --json: %v, %d read caches\n%s", err, len(c.ReadCaches), out)
+			}
+			var sum uint64
+			for _, rc := range c.ReadCaches {
+				n, _ := strconv.ParseUint(rc.Hits, 10, 64)
+				sum += n
+			}
+			return sum
+		}
+		before := hits()
+		out := mustRun(t, 60*time.Second, "qemu-io", "-f", "raw",
+			"-c", "write -P 0x31 300M 1M", "-c", "read -P 0x31 300M 1M", "-c", "read -P 0x31 300M 1M", uri)
+		if strings.Contains(out, "failed") || strings.Contains(out, "Pattern verification") {
+			t.Fatalf("qemu-io:\n%s", out)
+		}
+		if got := hits() - before; got < 2*256 {
+			t.Fatalf("two reads of 256 blocks just written: %d cache hits, want 512 or more", got)
+		}
+	})
+
 	t.Run("out-of-range requests fail and the connection stays usable", func(t *testing.T) {
 		// qemu-io checks bounds itself and never sends such a request, so
 		// this uses libnbd with its client-side checks off: the request

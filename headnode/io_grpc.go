@@ -448,6 +448,10 @@ func (n *Node) primaryFor(vol *ballastpb.Volume) (*primaryVolume, error) {
 	pv := newPrimaryVolume(vol, n.blocks, n.dialLink, n.cfg.ReplicationTimeout, n.log, n.remote, n.leases)
 	pv.disk = n.disk
 	pv.gate = newAttachGate(n, vol, pv.log)
+	if n.cache != nil {
+		pv.cache = n.cache
+		n.cache.start(vol.Id)
+	}
 	n.resumeCutHold(pv)
 	n.primaries[vol.Id] = pv
 	return pv, nil

@@ -106,7 +106,7 @@ func TestWireEnumsMatchProtobuf(t *testing.T) {
 	ops := map[blockwire.Op]ballastpb.IOOp{
 		blockwire.OpRead: ballastpb.IOOp_IO_OP_READ, blockwire.OpWrite: ballastpb.IOOp_IO_OP_WRITE,
 		blockwire.OpFlush: ballastpb.IOOp_IO_OP_FLUSH, blockwire.OpTrim: ballastpb.IOOp_IO_OP_TRIM,
-		blockwire.OpWriteZeroes: ballastpb.IOOp_IO_OP_WRITE_ZEROES,
+		blockwire.OpWriteZeroes: ballastpb.IOOp_IO_OP_WRITE_ZEROES, blockwire.OpBlockStatus: ballastpb.IOOp_IO_OP_BLOCK_STATUS,
 	}
 	for w, p := range ops {
 		if int32(w) != int32(p) {

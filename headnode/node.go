@@ -26,13 +26,16 @@ import (
 
 // Node is one running head node.
 type Node struct {
-	cfg       Config
-	log       *slog.Logger
-	blocks    *blockstore.Store
-	disk      *diskGuard // admits client writes by the data disk's free space
-	directory *volume.Directory
-	cons      *consensus.Node
-	raft      *raft.Raft // the directory group's
+	cfg    Config
+	log    *slog.Logger
+	blocks *blockstore.Store
+	cache  *readCache // the primaries' read cache
+	// dropCacheMetrics takes the cache out of the process's metrics.
+	dropCacheMetrics func()
+	disk             *diskGuard // admits client writes by the data disk's free space
+	directory        *volume.Directory
+	cons             *consensus.Node
+	raft             *raft.Raft // the directory group's
 	// groups are this node's members of the directory group (index 0)
 	// and of every volume group (1..VolumeGroups).
 	groups    []*vgroup
@@ -118,6 +121,9 @@ func Start(cfg Config) (_ *Node, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	n.cache = newReadCache(cacheBytes(cfg.Storage.ReadCacheBytes))
+	n.blocks.SetBlockHook(n.cache.follow)
+	n.dropCacheMetrics = registerCacheMetrics(cfg.ID, n.cache)
 	n.blocks.SetJournalPressureFunc(func() { go n.flushAll() })
 	n.blocks.SetReleaseErrorFunc(func(err error) { n.log.Error("the journal cannot free what was flushed", "err", err) })
 	n.remote = &remoteIO{
@@ -422,6 +428,9 @@ func (n *Node) Close() error {
 	}
 	for _, pv := range prims {
 		pv.Close()
+	}
+	if n.dropCacheMetrics != nil {
+		n.dropCacheMetrics()
 	}
 	if n.wire != nil {
 		n.wire.wait()

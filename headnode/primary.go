@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/ballast-storage/ballast/headnode/blockcache"
 	"github.com/ballast-storage/ballast/headnode/blockstore"
 	"github.com/ballast-storage/ballast/headnode/ec"
 	"github.com/ballast-storage/ballast/headnode/replica"
@@ -45,6 +46,7 @@ type pendingWrite = replica.Pending
 type primaryVolume struct {
 	vol         *ballastpb.Volume // id, epoch and placement at activation
 	store       *blockstore.Store
+	cache       *readCache // nil: none (tests)
 	dial        linkDialer
 	log         *slog.Logger
 	replTimeout time.Duration
@@ -190,6 +192,9 @@ func (p *primaryVolume) Close() {
 	if p.maint != nil {
 		<-p.maint.done
 	}
+	if p.cache != nil {
+		p.cache.stop(p.vol.Id)
+	}
 }
 
 // read fills dst from the volume at byte offset off. Bounds are checked by
@@ -259,6 +264,21 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 	if !aligned {
 		buf = make([]byte, (last-first+1)*blockSize)
 	}
+	count := last - first + 1
+	var fill *blockcache.Fill
+	if p.cache != nil {
+		if p.cache.readCached(p.vol.Id, first, buf) {
+			if !aligned {
+				copy(dst, buf[off-first*blockSize:])
+			}
+			return nil
+		}
+		// Begun before the lookup: a commit after it makes the fill stale.
+		if count <= blockcache.MaxFillBlocks {
+			fill = p.cache.c.StartFill(p.vol.Id, first, count)
+			defer fill.Done()
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		lr, err := p.store.ReadLocal(p.vol.Id, first, buf)
 		if err != nil {
@@ -280,6 +300,11 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 			continue
 		}
 		return err
+	}
+	if fill != nil {
+		for i := uint64(0); i < count; i++ {
+			fill.Put(first+i, buf[i*blockSize:(i+1)*blockSize])
+		}
 	}
 	if !aligned {
 		copy(dst, buf[off-first*blockSize:])

@@ -166,6 +166,9 @@ type pair struct {
 	vol         *ballastpb.Volume
 	model       []byte
 	modelLock   sync.Mutex
+	// cache is the primary's read cache, following pStore: every test
+	// of a pair reads through it.
+	cache *readCache
 }
 
 func openMemStore(t testing.TB) *blockstore.Store { return openMemStoreJournal(t, 0) }
@@ -206,6 +209,12 @@ func (p *pair) start(t testing.TB) {
 		return &memLink{sec: &secondaryVolume{store: p.sStore, id: p.vol.Id}, f: p.faults}, nil
 	}
 	p.primary = newPrimaryVolume(p.vol, p.pStore, dial, p.replTimeout, slog.New(slog.DiscardHandler), p.remote, p.auth)
+	if p.cache == nil {
+		p.cache = newReadCache(4 << 20)
+		p.pStore.SetBlockHook(p.cache.follow)
+	}
+	p.primary.cache = p.cache
+	p.cache.start(p.vol.Id)
 	t.Cleanup(p.primary.Close)
 }
 
@@ -258,6 +267,10 @@ func firstDiff(a, b []byte) int {
 	}
 	return -1
 }
+
+// dropCache empties the primary's read cache, so that the next reads go
+// to the store and the sleds (tests of the sled read path).
+func (p *pair) dropCache() { p.cache.c.DropVolume(p.vol.Id) }
 
 func (p *pair) write(t testing.TB, off uint64, data []byte) {
 	t.Helper()

@@ -49,6 +49,10 @@ type StorageConfig struct {
 	// straight to a new segment on the sleds, not through the journals
 	// (segwrite.go); 0 means 256 KiB, a negative value never.
 	DirectWriteBytes int64
+	// ReadCacheBytes sizes the read cache of the volumes this node is
+	// primary of (readcache.go): 0 means 1/32 of the machine's memory
+	// (64 MiB to 4 GiB), a negative value none.
+	ReadCacheBytes int64
 	// ShardTimeout bounds one shard request, so a hung sled costs a read
 	// no more than this before it is served from parity.
 	ShardTimeout time.Duration

@@ -101,6 +101,10 @@ func (n *Node) nodeStatus() *ballastpb.NodeStatusResponse {
 	resp.Disk = n.disk.status()
 	resp.Disk.HeadNode = n.cfg.ID
 	resp.ResentWrites = n.resentWrites.Load()
+	if n.cache != nil {
+		resp.ReadCache = n.cache.status()
+		resp.ReadCache.HeadNode = n.cfg.ID
+	}
 	return resp
 }
 
@@ -151,6 +155,9 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 			if ns.Disk != nil {
 				resp.Disks = append(resp.Disks, ns.Disk)
 			}
+			if ns.ReadCache != nil {
+				resp.ReadCaches = append(resp.ReadCaches, ns.ReadCache)
+			}
 		}()
 	}
 	wg.Wait()
@@ -158,6 +165,7 @@ func (a *adminServer) RackStatus(ctx context.Context, req *ballastpb.RackStatusR
 	sortGroups(resp.Groups)
 	sortPaths(resp.Paths)
 	sort.Slice(resp.Disks, func(i, j int) bool { return resp.Disks[i].HeadNode < resp.Disks[j].HeadNode })
+	sort.Slice(resp.ReadCaches, func(i, j int) bool { return resp.ReadCaches[i].HeadNode < resp.ReadCaches[j].HeadNode })
 	return resp, nil
 }
 

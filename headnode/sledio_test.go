@@ -79,6 +79,7 @@ func batchRig(t *testing.T) (*storageRig, *batchShards) {
 	}
 	b := &batchShards{memShards: r.shards}
 	r.remote.shards = b
+	r.dropCache()
 	return r, b
 }
 

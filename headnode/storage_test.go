@@ -448,6 +448,7 @@ func TestDegradedReadsRepairAndRebuild(t *testing.T) {
 
 	// Two sleds of the segment unreachable: reads come from parity.
 	r.shards.set(func(m *memShards) { m.down[seg.ShardSleds[0]], m.down[seg.ShardSleds[4]] = true, true })
+	r.dropCache()
 	r.check(t)
 	if r.remote.stats.degradedReads.Load() == 0 {
 		t.Fatal("no degraded read counted")
@@ -458,6 +459,7 @@ func TestDegradedReadsRepairAndRebuild(t *testing.T) {
 	// A shard that fails its checksum is never returned; the read asks for
 	// it to be repaired, and repair rewrites it in place.
 	r.corruptShard(seg, 1)
+	r.dropCache()
 	r.check(t)
 	r.m().drainRepairRequests()
 	if !r.m().pending[shardRef{segment: seg.Id, index: 1}] {
@@ -488,9 +490,11 @@ func TestDegradedReadsRepairAndRebuild(t *testing.T) {
 	if r.remote.stats.rebuilt.Load() == 0 {
 		t.Fatal("nothing rebuilt")
 	}
+	r.dropCache()
 	r.check(t)
 	// Lose two more sleds at once: still readable.
 	r.shards.set(func(m *memShards) { m.down[segs[0].ShardSleds[0]], m.down[segs[0].ShardSleds[5]] = true, true })
+	r.dropCache()
 	r.check(t)
 	r.shards.set(func(m *memShards) { clear(m.down) })
 
@@ -507,6 +511,7 @@ func TestDegradedReadsRepairAndRebuild(t *testing.T) {
 	if left != 0 {
 		t.Fatalf("drained sled still holds %d shards", left)
 	}
+	r.dropCache()
 	r.check(t)
 }
 
@@ -921,6 +926,7 @@ func TestMisplacedShardIsReadAsCorrupt(t *testing.T) {
 		t.Fatalf("%d segments, want two or more", len(segs))
 	}
 	r.misplaceShard(segs[0], segs[1], 1)
+	r.dropCache()
 	r.check(t)
 	r.m().drainRepairRequests()
 	if !r.m().pending[shardRef{segment: segs[0].Id, index: 1}] {

@@ -419,6 +419,14 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 			humanize.IBytes(r.DirtyBytes), humanize.IBytes(r.FlushedBytes), humanize.IBytes(r.DirectWrittenBytes))
 	}
 	fmt.Printf("writes: %d received again and found applied (not applied twice) since the head nodes started\n", resp.ResentWrites)
+	for _, c := range resp.ReadCaches {
+		ratio := "no lookups yet"
+		if n := c.Hits + c.Misses; n > 0 {
+			ratio = fmt.Sprintf("%.1f%% of lookups hit", 100*float64(c.Hits)/float64(n))
+		}
+		fmt.Printf("read cache %s: %s of %s held; %d hits, %d misses (%s), %d evicted\n", c.HeadNode,
+			humanize.IBytes(c.Bytes), humanize.IBytes(c.CapacityBytes), c.Hits, c.Misses, ratio, c.Evictions)
+	}
 }
 
 // diskLine describes a head node's data disk, and says so plainly when

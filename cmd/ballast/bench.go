@@ -95,6 +95,7 @@ exports instead of starting a rack.`,
 	f.IntVar(&cfg.RackSleds, "rack-sleds", 7, "sleds of a --rack processes rack (0: none; the head nodes keep all data)")
 	f.BoolVar(&cfg.NoBaselines, "no-baselines", false, "do not run the qemu-nbd baselines")
 	f.StringVar(&journalSize, "journal-size", "256MiB", "the head nodes' journal size: the rack the harness starts gets it as --journal-size, and the sustain suite writes over four times it")
+	f.StringVar(&cfg.ReadCache, "read-cache", "128MiB", "the head nodes' read cache, passed to the rack the harness starts: the hot read fits it, the 1 GiB region does not ('' for the rack's default)")
 	f.DurationVar(&cfg.FlushTimeout, "flush-timeout", 0, "how long to wait after the fill for Ballast to flush it to the sleds before the workloads (default 90s plus 1s per 8MiB of region)")
 	f.StringVar(&cfg.WorkDir, "work-dir", "", "where the rack's data and the baselines' files live during the run (default $TMPDIR or /var/tmp)")
 	f.BoolVar(&cfg.KeepWorkDir, "keep-work-dir", false, "keep the work directory (data and logs) after the run")

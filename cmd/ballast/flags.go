@@ -76,6 +76,7 @@ type storageFlags struct {
 	segmentSize, flushThreshold string
 	journalSize                 string
 	directWrite                 string
+	readCache                   string
 }
 
 // addStorageFlags adds the flags that shape segments, flush, compaction and
@@ -88,6 +89,7 @@ func addStorageFlags(cmd *cobra.Command, f *storageFlags) {
 	fl.StringVar(&f.journalSize, "journal-size", "", "size of a new journal of volume data on each head node (default 1GiB; an existing journal keeps its size)")
 	fl.StringVar(&f.flushThreshold, "flush-threshold", "", "bytes written since the last flush that start one (default 64MiB)")
 	fl.StringVar(&f.directWrite, "direct-write", "", "aligned writes of at least this size go straight to erasure-coded segments on the sleds, not through the head nodes' journals; 'off' for never (default 256KiB)")
+	fl.StringVar(&f.readCache, "read-cache", "", "memory for the read cache of the volumes a head node is primary of; 'off' for none (default 1/32 of the machine's memory, 64MiB to 4GiB, per head node)")
 	fl.DurationVar(&f.cfg.FlushInterval, "flush-interval", 0, "flush at least this often (default 30s)")
 	fl.DurationVar(&f.cfg.AuditInterval, "audit-interval", 0, "check segments against the sleds this often: rebuild, repair, compaction (default 30s)")
 	fl.DurationVar(&f.cfg.SledDownTimeout, "sled-down-timeout", 0, "declare a sled down after it is unreachable this long (default 60s)")
@@ -110,6 +112,20 @@ func (f *storageFlags) storageConfig() (headnode.StorageConfig, error) {
 			return cfg, fmt.Errorf("--direct-write: %s is not a positive multiple of 4 KiB (or 'off')", f.directWrite)
 		}
 		cfg.DirectWriteBytes = int64(n)
+	}
+	switch f.readCache {
+	case "":
+	case "off":
+		cfg.ReadCacheBytes = -1
+	default:
+		n, err := parseSize(f.readCache)
+		if err != nil {
+			return cfg, fmt.Errorf("--read-cache: %w", err)
+		}
+		if n < volume.BlockSizeBytes {
+			return cfg, fmt.Errorf("--read-cache: %s is less than a block (or say 'off')", f.readCache)
+		}
+		cfg.ReadCacheBytes = int64(n)
 	}
 	for _, s := range []struct {
 		flag, val string

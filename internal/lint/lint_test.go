@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"consensus":           {"consensus/logstore", "consensus/transport", "internal/durable"},
 	"consensus/transport": {"proto/raftpb"},
 	"consensus/logstore":  {"internal/durable"},
-	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/blockstore", "headnode/journal", "headnode/ec", "headnode/replica"},
+	"headnode":            {"consensus", "volume", "internal/", "proto/", "txn", "txn/driver", "migrate", "headnode/blockstore", "headnode/journal", "headnode/ec", "headnode/replica", "headnode/blockcache"},
 	"attach":              {"attach/blockdev", "attach/nbd", "attach/nvmetcp", "internal/", "proto/", "volume", "migrate"},
 	"attach/nbd":          {"attach/blockdev", "internal/bufpool", "internal/inflight"},
 	"attach/nvmetcp":      {"attach/blockdev", "internal/bufpool", "internal/inflight"},
@@ -47,6 +47,8 @@ var allowed = map[string][]string{
 	"headnode/ec": {"proto/ballastpb"},
 	// The write path's ordering at a primary: no I/O, no state of the node.
 	"headnode/replica": {"proto/ballastpb"},
+	// The primaries' read cache: a data structure, nothing of the node.
+	"headnode/blockcache": {},
 	// Test support: nodes on loopback for the packages above consensus.
 	"internal/consensustest": {"consensus"},
 }

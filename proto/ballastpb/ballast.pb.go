@@ -2321,7 +2321,8 @@ type NodeStatusResponse struct {
 	// Writes received again (an agent's resend after a broken stream) that
 	// this head node found applied already and did not apply twice, since
 	// it started.
-	ResentWrites  uint64 `protobuf:"varint,7,opt,name=resent_writes,json=resentWrites,proto3" json:"resent_writes,omitempty"`
+	ResentWrites  uint64           `protobuf:"varint,7,opt,name=resent_writes,json=resentWrites,proto3" json:"resent_writes,omitempty"`
+	ReadCache     *ReadCacheStatus `protobuf:"bytes,8,opt,name=read_cache,json=readCache,proto3" json:"read_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2405,6 +2406,101 @@ func (x *NodeStatusResponse) GetResentWrites() uint64 {
 	return 0
 }
 
+func (x *NodeStatusResponse) GetReadCache() *ReadCacheStatus {
+	if x != nil {
+		return x.ReadCache
+	}
+	return nil
+}
+
+// ReadCacheStatus is a head node's read cache (its primaries' blocks):
+// hits and misses count block lookups (a read is served from the cache
+// only when all its blocks are there, and stops looking at its first
+// miss).
+type ReadCacheStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	CapacityBytes uint64                 `protobuf:"varint,2,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Hits          uint64                 `protobuf:"varint,4,opt,name=hits,proto3" json:"hits,omitempty"`
+	Misses        uint64                 `protobuf:"varint,5,opt,name=misses,proto3" json:"misses,omitempty"`
+	Evictions     uint64                 `protobuf:"varint,6,opt,name=evictions,proto3" json:"evictions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadCacheStatus) Reset() {
+	*x = ReadCacheStatus{}
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCacheStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCacheStatus) ProtoMessage() {}
+
+func (x *ReadCacheStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCacheStatus.ProtoReflect.Descriptor instead.
+func (*ReadCacheStatus) Descriptor() ([]byte, []int) {
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ReadCacheStatus) GetHeadNode() string {
+	if x != nil {
+		return x.HeadNode
+	}
+	return ""
+}
+
+func (x *ReadCacheStatus) GetCapacityBytes() uint64 {
+	if x != nil {
+		return x.CapacityBytes
+	}
+	return 0
+}
+
+func (x *ReadCacheStatus) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *ReadCacheStatus) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *ReadCacheStatus) GetMisses() uint64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *ReadCacheStatus) GetEvictions() uint64 {
+	if x != nil {
+		return x.Evictions
+	}
+	return 0
+}
+
 // DiskStatus is a head node's data disk. While free space (less the part
 // of the emergency reserve not on disk) is below min_free_bytes, the node
 // refuses client writes with IO_STATUS_NO_SPACE and serves reads; it
@@ -2424,7 +2520,7 @@ type DiskStatus struct {
 
 func (x *DiskStatus) Reset() {
 	*x = DiskStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2436,7 +2532,7 @@ func (x *DiskStatus) String() string {
 func (*DiskStatus) ProtoMessage() {}
 
 func (x *DiskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[32]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2449,7 +2545,7 @@ func (x *DiskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskStatus.ProtoReflect.Descriptor instead.
 func (*DiskStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{32}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DiskStatus) GetHeadNode() string {
@@ -2521,7 +2617,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2629,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[33]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2642,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{33}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GroupStatus) GetGroup() uint64 {
@@ -2634,7 +2730,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2742,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[34]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2755,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{34}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PathStatus) GetFrom() string {
@@ -2714,7 +2810,7 @@ type DrainHeadNodeRequest struct {
 
 func (x *DrainHeadNodeRequest) Reset() {
 	*x = DrainHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +2822,7 @@ func (x *DrainHeadNodeRequest) String() string {
 func (*DrainHeadNodeRequest) ProtoMessage() {}
 
 func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[35]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +2835,7 @@ func (x *DrainHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{35}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DrainHeadNodeRequest) GetHeadNode() string {
@@ -2765,7 +2861,7 @@ type DrainHeadNodeResponse struct {
 
 func (x *DrainHeadNodeResponse) Reset() {
 	*x = DrainHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +2873,7 @@ func (x *DrainHeadNodeResponse) String() string {
 func (*DrainHeadNodeResponse) ProtoMessage() {}
 
 func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[36]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +2886,7 @@ func (x *DrainHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{36}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DrainHeadNodeResponse) GetMoved() []uint64 {
@@ -2808,7 +2904,7 @@ type RackStatusRequest struct {
 
 func (x *RackStatusRequest) Reset() {
 	*x = RackStatusRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2820,7 +2916,7 @@ func (x *RackStatusRequest) String() string {
 func (*RackStatusRequest) ProtoMessage() {}
 
 func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[37]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2833,7 +2929,7 @@ func (x *RackStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusRequest.ProtoReflect.Descriptor instead.
 func (*RackStatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{37}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
 }
 
 type RackStatusResponse struct {
@@ -2856,14 +2952,16 @@ type RackStatusResponse struct {
 	// Every head node's data disk (those that answered).
 	Disks []*DiskStatus `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
 	// NodeStatusResponse.resent_writes summed over head nodes that answered.
-	ResentWrites  uint64 `protobuf:"varint,12,opt,name=resent_writes,json=resentWrites,proto3" json:"resent_writes,omitempty"`
+	ResentWrites uint64 `protobuf:"varint,12,opt,name=resent_writes,json=resentWrites,proto3" json:"resent_writes,omitempty"`
+	// Every head node's read cache (those that answered).
+	ReadCaches    []*ReadCacheStatus `protobuf:"bytes,13,rep,name=read_caches,json=readCaches,proto3" json:"read_caches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RackStatusResponse) Reset() {
 	*x = RackStatusResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +2973,7 @@ func (x *RackStatusResponse) String() string {
 func (*RackStatusResponse) ProtoMessage() {}
 
 func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[38]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +2986,7 @@ func (x *RackStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackStatusResponse.ProtoReflect.Descriptor instead.
 func (*RackStatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{38}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RackStatusResponse) GetHeadNodes() []*HeadNode {
@@ -2975,6 +3073,13 @@ func (x *RackStatusResponse) GetResentWrites() uint64 {
 	return 0
 }
 
+func (x *RackStatusResponse) GetReadCaches() []*ReadCacheStatus {
+	if x != nil {
+		return x.ReadCaches
+	}
+	return nil
+}
+
 type CreateConsistencyGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2985,7 +3090,7 @@ type CreateConsistencyGroupRequest struct {
 
 func (x *CreateConsistencyGroupRequest) Reset() {
 	*x = CreateConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2997,7 +3102,7 @@ func (x *CreateConsistencyGroupRequest) String() string {
 func (*CreateConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[39]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3010,7 +3115,7 @@ func (x *CreateConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{39}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateConsistencyGroupRequest) GetName() string {
@@ -3036,7 +3141,7 @@ type CreateConsistencyGroupResponse struct {
 
 func (x *CreateConsistencyGroupResponse) Reset() {
 	*x = CreateConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3048,7 +3153,7 @@ func (x *CreateConsistencyGroupResponse) String() string {
 func (*CreateConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[40]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3061,7 +3166,7 @@ func (x *CreateConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{40}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -3080,7 +3185,7 @@ type DeleteConsistencyGroupRequest struct {
 
 func (x *DeleteConsistencyGroupRequest) Reset() {
 	*x = DeleteConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3092,7 +3197,7 @@ func (x *DeleteConsistencyGroupRequest) String() string {
 func (*DeleteConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[41]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3105,7 +3210,7 @@ func (x *DeleteConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{41}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteConsistencyGroupRequest) GetName() string {
@@ -3123,7 +3228,7 @@ type DeleteConsistencyGroupResponse struct {
 
 func (x *DeleteConsistencyGroupResponse) Reset() {
 	*x = DeleteConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3135,7 +3240,7 @@ func (x *DeleteConsistencyGroupResponse) String() string {
 func (*DeleteConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[42]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3148,7 +3253,7 @@ func (x *DeleteConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{42}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
 }
 
 type GetConsistencyGroupRequest struct {
@@ -3160,7 +3265,7 @@ type GetConsistencyGroupRequest struct {
 
 func (x *GetConsistencyGroupRequest) Reset() {
 	*x = GetConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3172,7 +3277,7 @@ func (x *GetConsistencyGroupRequest) String() string {
 func (*GetConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[43]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3185,7 +3290,7 @@ func (x *GetConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{43}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetConsistencyGroupRequest) GetName() string {
@@ -3204,7 +3309,7 @@ type GetConsistencyGroupResponse struct {
 
 func (x *GetConsistencyGroupResponse) Reset() {
 	*x = GetConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3216,7 +3321,7 @@ func (x *GetConsistencyGroupResponse) String() string {
 func (*GetConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[44]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3229,7 +3334,7 @@ func (x *GetConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{44}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetConsistencyGroupResponse) GetGroup() *ConsistencyGroup {
@@ -3247,7 +3352,7 @@ type ListConsistencyGroupsRequest struct {
 
 func (x *ListConsistencyGroupsRequest) Reset() {
 	*x = ListConsistencyGroupsRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3259,7 +3364,7 @@ func (x *ListConsistencyGroupsRequest) String() string {
 func (*ListConsistencyGroupsRequest) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[45]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3272,7 +3377,7 @@ func (x *ListConsistencyGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{45}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
 }
 
 type ListConsistencyGroupsResponse struct {
@@ -3284,7 +3389,7 @@ type ListConsistencyGroupsResponse struct {
 
 func (x *ListConsistencyGroupsResponse) Reset() {
 	*x = ListConsistencyGroupsResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3296,7 +3401,7 @@ func (x *ListConsistencyGroupsResponse) String() string {
 func (*ListConsistencyGroupsResponse) ProtoMessage() {}
 
 func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[46]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3309,7 +3414,7 @@ func (x *ListConsistencyGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsistencyGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsistencyGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{46}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListConsistencyGroupsResponse) GetGroups() []*ConsistencyGroup {
@@ -3328,7 +3433,7 @@ type SnapshotConsistencyGroupRequest struct {
 
 func (x *SnapshotConsistencyGroupRequest) Reset() {
 	*x = SnapshotConsistencyGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3340,7 +3445,7 @@ func (x *SnapshotConsistencyGroupRequest) String() string {
 func (*SnapshotConsistencyGroupRequest) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[47]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3353,7 +3458,7 @@ func (x *SnapshotConsistencyGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{47}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SnapshotConsistencyGroupRequest) GetName() string {
@@ -3372,7 +3477,7 @@ type SnapshotConsistencyGroupResponse struct {
 
 func (x *SnapshotConsistencyGroupResponse) Reset() {
 	*x = SnapshotConsistencyGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3384,7 +3489,7 @@ func (x *SnapshotConsistencyGroupResponse) String() string {
 func (*SnapshotConsistencyGroupResponse) ProtoMessage() {}
 
 func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[48]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3397,7 +3502,7 @@ func (x *SnapshotConsistencyGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotConsistencyGroupResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotConsistencyGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{48}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SnapshotConsistencyGroupResponse) GetCut() *SnapshotCut {
@@ -3424,7 +3529,7 @@ type HoldForCutRequest struct {
 
 func (x *HoldForCutRequest) Reset() {
 	*x = HoldForCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3436,7 +3541,7 @@ func (x *HoldForCutRequest) String() string {
 func (*HoldForCutRequest) ProtoMessage() {}
 
 func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[49]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3449,7 +3554,7 @@ func (x *HoldForCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutRequest.ProtoReflect.Descriptor instead.
 func (*HoldForCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{49}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *HoldForCutRequest) GetVolumeId() uint64 {
@@ -3496,7 +3601,7 @@ type HoldForCutResponse struct {
 
 func (x *HoldForCutResponse) Reset() {
 	*x = HoldForCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3508,7 +3613,7 @@ func (x *HoldForCutResponse) String() string {
 func (*HoldForCutResponse) ProtoMessage() {}
 
 func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[50]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3521,7 +3626,7 @@ func (x *HoldForCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldForCutResponse.ProtoReflect.Descriptor instead.
 func (*HoldForCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{50}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *HoldForCutResponse) GetSeq() uint64 {
@@ -3541,7 +3646,7 @@ type ReleaseCutRequest struct {
 
 func (x *ReleaseCutRequest) Reset() {
 	*x = ReleaseCutRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3553,7 +3658,7 @@ func (x *ReleaseCutRequest) String() string {
 func (*ReleaseCutRequest) ProtoMessage() {}
 
 func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[51]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3566,7 +3671,7 @@ func (x *ReleaseCutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseCutRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{51}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ReleaseCutRequest) GetVolumeId() uint64 {
@@ -3591,7 +3696,7 @@ type ReleaseCutResponse struct {
 
 func (x *ReleaseCutResponse) Reset() {
 	*x = ReleaseCutResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3603,7 +3708,7 @@ func (x *ReleaseCutResponse) String() string {
 func (*ReleaseCutResponse) ProtoMessage() {}
 
 func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[52]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3616,7 +3721,7 @@ func (x *ReleaseCutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCutResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseCutResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{52}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
 }
 
 type ChangeAttachmentRequest struct {
@@ -3630,7 +3735,7 @@ type ChangeAttachmentRequest struct {
 
 func (x *ChangeAttachmentRequest) Reset() {
 	*x = ChangeAttachmentRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3642,7 +3747,7 @@ func (x *ChangeAttachmentRequest) String() string {
 func (*ChangeAttachmentRequest) ProtoMessage() {}
 
 func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[53]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3655,7 +3760,7 @@ func (x *ChangeAttachmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentRequest.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{53}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ChangeAttachmentRequest) GetName() string {
@@ -3688,7 +3793,7 @@ type ChangeAttachmentResponse struct {
 
 func (x *ChangeAttachmentResponse) Reset() {
 	*x = ChangeAttachmentResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3700,7 +3805,7 @@ func (x *ChangeAttachmentResponse) String() string {
 func (*ChangeAttachmentResponse) ProtoMessage() {}
 
 func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[54]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3713,7 +3818,7 @@ func (x *ChangeAttachmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeAttachmentResponse.ProtoReflect.Descriptor instead.
 func (*ChangeAttachmentResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{54}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ChangeAttachmentResponse) GetVolume() *Volume {
@@ -3732,7 +3837,7 @@ type AddHeadNodeRequest struct {
 
 func (x *AddHeadNodeRequest) Reset() {
 	*x = AddHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3744,7 +3849,7 @@ func (x *AddHeadNodeRequest) String() string {
 func (*AddHeadNodeRequest) ProtoMessage() {}
 
 func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[55]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3757,7 +3862,7 @@ func (x *AddHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{55}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *AddHeadNodeRequest) GetHeadNode() *HeadNode {
@@ -3775,7 +3880,7 @@ type AddHeadNodeResponse struct {
 
 func (x *AddHeadNodeResponse) Reset() {
 	*x = AddHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3787,7 +3892,7 @@ func (x *AddHeadNodeResponse) String() string {
 func (*AddHeadNodeResponse) ProtoMessage() {}
 
 func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[56]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3800,7 +3905,7 @@ func (x *AddHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{56}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
 }
 
 type MoveVoterRequest struct {
@@ -3814,7 +3919,7 @@ type MoveVoterRequest struct {
 
 func (x *MoveVoterRequest) Reset() {
 	*x = MoveVoterRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3826,7 +3931,7 @@ func (x *MoveVoterRequest) String() string {
 func (*MoveVoterRequest) ProtoMessage() {}
 
 func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[57]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3839,7 +3944,7 @@ func (x *MoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*MoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{57}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *MoveVoterRequest) GetGroup() uint64 {
@@ -3871,7 +3976,7 @@ type MoveVoterResponse struct {
 
 func (x *MoveVoterResponse) Reset() {
 	*x = MoveVoterResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3883,7 +3988,7 @@ func (x *MoveVoterResponse) String() string {
 func (*MoveVoterResponse) ProtoMessage() {}
 
 func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[58]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3896,7 +4001,7 @@ func (x *MoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*MoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{58}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
 }
 
 type RemoveHeadNodeRequest struct {
@@ -3908,7 +4013,7 @@ type RemoveHeadNodeRequest struct {
 
 func (x *RemoveHeadNodeRequest) Reset() {
 	*x = RemoveHeadNodeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3920,7 +4025,7 @@ func (x *RemoveHeadNodeRequest) String() string {
 func (*RemoveHeadNodeRequest) ProtoMessage() {}
 
 func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[59]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3933,7 +4038,7 @@ func (x *RemoveHeadNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{59}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RemoveHeadNodeRequest) GetHeadNode() string {
@@ -3951,7 +4056,7 @@ type RemoveHeadNodeResponse struct {
 
 func (x *RemoveHeadNodeResponse) Reset() {
 	*x = RemoveHeadNodeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3963,7 +4068,7 @@ func (x *RemoveHeadNodeResponse) String() string {
 func (*RemoveHeadNodeResponse) ProtoMessage() {}
 
 func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[60]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3976,7 +4081,7 @@ func (x *RemoveHeadNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{60}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
 }
 
 type ChangeMembershipRequest struct {
@@ -3992,7 +4097,7 @@ type ChangeMembershipRequest struct {
 
 func (x *ChangeMembershipRequest) Reset() {
 	*x = ChangeMembershipRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4004,7 +4109,7 @@ func (x *ChangeMembershipRequest) String() string {
 func (*ChangeMembershipRequest) ProtoMessage() {}
 
 func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[61]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4017,7 +4122,7 @@ func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{61}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ChangeMembershipRequest) GetGroup() uint64 {
@@ -4064,7 +4169,7 @@ type ChangeMembershipResponse struct {
 
 func (x *ChangeMembershipResponse) Reset() {
 	*x = ChangeMembershipResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4076,7 +4181,7 @@ func (x *ChangeMembershipResponse) String() string {
 func (*ChangeMembershipResponse) ProtoMessage() {}
 
 func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[62]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4089,7 +4194,7 @@ func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{62}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ChangeMembershipResponse) GetIndex() uint64 {
@@ -4108,7 +4213,7 @@ type GetIncarnationRequest struct {
 
 func (x *GetIncarnationRequest) Reset() {
 	*x = GetIncarnationRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4120,7 +4225,7 @@ func (x *GetIncarnationRequest) String() string {
 func (*GetIncarnationRequest) ProtoMessage() {}
 
 func (x *GetIncarnationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[63]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4133,7 +4238,7 @@ func (x *GetIncarnationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIncarnationRequest.ProtoReflect.Descriptor instead.
 func (*GetIncarnationRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{63}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetIncarnationRequest) GetHeadNode() string {
@@ -4153,7 +4258,7 @@ type GetIncarnationResponse struct {
 
 func (x *GetIncarnationResponse) Reset() {
 	*x = GetIncarnationResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4165,7 +4270,7 @@ func (x *GetIncarnationResponse) String() string {
 func (*GetIncarnationResponse) ProtoMessage() {}
 
 func (x *GetIncarnationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[64]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4178,7 +4283,7 @@ func (x *GetIncarnationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIncarnationResponse.ProtoReflect.Descriptor instead.
 func (*GetIncarnationResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{64}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetIncarnationResponse) GetKnown() bool {
@@ -4205,7 +4310,7 @@ type ApplyInGroupRequest struct {
 
 func (x *ApplyInGroupRequest) Reset() {
 	*x = ApplyInGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4217,7 +4322,7 @@ func (x *ApplyInGroupRequest) String() string {
 func (*ApplyInGroupRequest) ProtoMessage() {}
 
 func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[65]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4230,7 +4335,7 @@ func (x *ApplyInGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupRequest.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{65}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ApplyInGroupRequest) GetGroup() uint64 {
@@ -4262,7 +4367,7 @@ type ApplyInGroupResponse struct {
 
 func (x *ApplyInGroupResponse) Reset() {
 	*x = ApplyInGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4274,7 +4379,7 @@ func (x *ApplyInGroupResponse) String() string {
 func (*ApplyInGroupResponse) ProtoMessage() {}
 
 func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[66]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4287,7 +4392,7 @@ func (x *ApplyInGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyInGroupResponse.ProtoReflect.Descriptor instead.
 func (*ApplyInGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{66}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ApplyInGroupResponse) GetVolume() *Volume {
@@ -4334,7 +4439,7 @@ type ReadGroupRequest struct {
 
 func (x *ReadGroupRequest) Reset() {
 	*x = ReadGroupRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4346,7 +4451,7 @@ func (x *ReadGroupRequest) String() string {
 func (*ReadGroupRequest) ProtoMessage() {}
 
 func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[67]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4359,7 +4464,7 @@ func (x *ReadGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReadGroupRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{67}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ReadGroupRequest) GetGroup() uint64 {
@@ -4379,7 +4484,7 @@ type ReadGroupResponse struct {
 
 func (x *ReadGroupResponse) Reset() {
 	*x = ReadGroupResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4391,7 +4496,7 @@ func (x *ReadGroupResponse) String() string {
 func (*ReadGroupResponse) ProtoMessage() {}
 
 func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[68]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4404,7 +4509,7 @@ func (x *ReadGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReadGroupResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{68}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ReadGroupResponse) GetVolumes() []*Volume {
@@ -4450,7 +4555,7 @@ type DirectoryCommand struct {
 
 func (x *DirectoryCommand) Reset() {
 	*x = DirectoryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4462,7 +4567,7 @@ func (x *DirectoryCommand) String() string {
 func (*DirectoryCommand) ProtoMessage() {}
 
 func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[69]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4475,7 +4580,7 @@ func (x *DirectoryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryCommand.ProtoReflect.Descriptor instead.
 func (*DirectoryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{69}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *DirectoryCommand) GetOp() isDirectoryCommand_Op {
@@ -4760,7 +4865,7 @@ type RegisterIncarnationCommand struct {
 
 func (x *RegisterIncarnationCommand) Reset() {
 	*x = RegisterIncarnationCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4772,7 +4877,7 @@ func (x *RegisterIncarnationCommand) String() string {
 func (*RegisterIncarnationCommand) ProtoMessage() {}
 
 func (x *RegisterIncarnationCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[70]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4785,7 +4890,7 @@ func (x *RegisterIncarnationCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterIncarnationCommand.ProtoReflect.Descriptor instead.
 func (*RegisterIncarnationCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{70}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RegisterIncarnationCommand) GetHeadNode() string {
@@ -4816,7 +4921,7 @@ type HeadNodeIncarnation struct {
 
 func (x *HeadNodeIncarnation) Reset() {
 	*x = HeadNodeIncarnation{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4828,7 +4933,7 @@ func (x *HeadNodeIncarnation) String() string {
 func (*HeadNodeIncarnation) ProtoMessage() {}
 
 func (x *HeadNodeIncarnation) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[71]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4841,7 +4946,7 @@ func (x *HeadNodeIncarnation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeadNodeIncarnation.ProtoReflect.Descriptor instead.
 func (*HeadNodeIncarnation) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{71}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *HeadNodeIncarnation) GetHeadNode() string {
@@ -4878,7 +4983,7 @@ type PlaceVolumeCommand struct {
 
 func (x *PlaceVolumeCommand) Reset() {
 	*x = PlaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4890,7 +4995,7 @@ func (x *PlaceVolumeCommand) String() string {
 func (*PlaceVolumeCommand) ProtoMessage() {}
 
 func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[72]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4903,7 +5008,7 @@ func (x *PlaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PlaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{72}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *PlaceVolumeCommand) GetName() string {
@@ -4931,7 +5036,7 @@ type AddHeadNodeCommand struct {
 
 func (x *AddHeadNodeCommand) Reset() {
 	*x = AddHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4943,7 +5048,7 @@ func (x *AddHeadNodeCommand) String() string {
 func (*AddHeadNodeCommand) ProtoMessage() {}
 
 func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[73]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4956,7 +5061,7 @@ func (x *AddHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*AddHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{73}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *AddHeadNodeCommand) GetHeadNode() *HeadNode {
@@ -4977,7 +5082,7 @@ type RemoveHeadNodeCommand struct {
 
 func (x *RemoveHeadNodeCommand) Reset() {
 	*x = RemoveHeadNodeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4989,7 +5094,7 @@ func (x *RemoveHeadNodeCommand) String() string {
 func (*RemoveHeadNodeCommand) ProtoMessage() {}
 
 func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[74]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5002,7 +5107,7 @@ func (x *RemoveHeadNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHeadNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveHeadNodeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{74}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RemoveHeadNodeCommand) GetHeadNode() string {
@@ -5024,7 +5129,7 @@ type SetDrainingCommand struct {
 
 func (x *SetDrainingCommand) Reset() {
 	*x = SetDrainingCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5036,7 +5141,7 @@ func (x *SetDrainingCommand) String() string {
 func (*SetDrainingCommand) ProtoMessage() {}
 
 func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[75]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5049,7 +5154,7 @@ func (x *SetDrainingCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingCommand.ProtoReflect.Descriptor instead.
 func (*SetDrainingCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{75}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SetDrainingCommand) GetHeadNode() string {
@@ -5078,7 +5183,7 @@ type UnplaceVolumeCommand struct {
 
 func (x *UnplaceVolumeCommand) Reset() {
 	*x = UnplaceVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5090,7 +5195,7 @@ func (x *UnplaceVolumeCommand) String() string {
 func (*UnplaceVolumeCommand) ProtoMessage() {}
 
 func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[76]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5103,7 +5208,7 @@ func (x *UnplaceVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnplaceVolumeCommand.ProtoReflect.Descriptor instead.
 func (*UnplaceVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{76}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *UnplaceVolumeCommand) GetName() string {
@@ -5135,7 +5240,7 @@ type RenewLeasesCommand struct {
 
 func (x *RenewLeasesCommand) Reset() {
 	*x = RenewLeasesCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5147,7 +5252,7 @@ func (x *RenewLeasesCommand) String() string {
 func (*RenewLeasesCommand) ProtoMessage() {}
 
 func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[77]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5160,7 +5265,7 @@ func (x *RenewLeasesCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeasesCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeasesCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{77}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RenewLeasesCommand) GetHolder() string {
@@ -5199,7 +5304,7 @@ type ReplaceSecondaryCommand struct {
 
 func (x *ReplaceSecondaryCommand) Reset() {
 	*x = ReplaceSecondaryCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5211,7 +5316,7 @@ func (x *ReplaceSecondaryCommand) String() string {
 func (*ReplaceSecondaryCommand) ProtoMessage() {}
 
 func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[78]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5224,7 +5329,7 @@ func (x *ReplaceSecondaryCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceSecondaryCommand.ProtoReflect.Descriptor instead.
 func (*ReplaceSecondaryCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{78}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ReplaceSecondaryCommand) GetVolumeId() uint64 {
@@ -5271,7 +5376,7 @@ type SecondaryInSyncCommand struct {
 
 func (x *SecondaryInSyncCommand) Reset() {
 	*x = SecondaryInSyncCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5283,7 +5388,7 @@ func (x *SecondaryInSyncCommand) String() string {
 func (*SecondaryInSyncCommand) ProtoMessage() {}
 
 func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[79]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5296,7 +5401,7 @@ func (x *SecondaryInSyncCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryInSyncCommand.ProtoReflect.Descriptor instead.
 func (*SecondaryInSyncCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{79}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *SecondaryInSyncCommand) GetVolumeId() uint64 {
@@ -5342,7 +5447,7 @@ type RenewLeaseCommand struct {
 
 func (x *RenewLeaseCommand) Reset() {
 	*x = RenewLeaseCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5354,7 +5459,7 @@ func (x *RenewLeaseCommand) String() string {
 func (*RenewLeaseCommand) ProtoMessage() {}
 
 func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[80]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5367,7 +5472,7 @@ func (x *RenewLeaseCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseCommand.ProtoReflect.Descriptor instead.
 func (*RenewLeaseCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{80}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *RenewLeaseCommand) GetVolumeId() uint64 {
@@ -5416,7 +5521,7 @@ type PromoteVolumeCommand struct {
 
 func (x *PromoteVolumeCommand) Reset() {
 	*x = PromoteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5428,7 +5533,7 @@ func (x *PromoteVolumeCommand) String() string {
 func (*PromoteVolumeCommand) ProtoMessage() {}
 
 func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[81]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5441,7 +5546,7 @@ func (x *PromoteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*PromoteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{81}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *PromoteVolumeCommand) GetVolumeId() uint64 {
@@ -5488,7 +5593,7 @@ type RegisterSledCommand struct {
 
 func (x *RegisterSledCommand) Reset() {
 	*x = RegisterSledCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5500,7 +5605,7 @@ func (x *RegisterSledCommand) String() string {
 func (*RegisterSledCommand) ProtoMessage() {}
 
 func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[82]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5513,7 +5618,7 @@ func (x *RegisterSledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSledCommand.ProtoReflect.Descriptor instead.
 func (*RegisterSledCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{82}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *RegisterSledCommand) GetSled() *Sled {
@@ -5536,7 +5641,7 @@ type SetSledStateCommand struct {
 
 func (x *SetSledStateCommand) Reset() {
 	*x = SetSledStateCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5548,7 +5653,7 @@ func (x *SetSledStateCommand) String() string {
 func (*SetSledStateCommand) ProtoMessage() {}
 
 func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[83]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5561,7 +5666,7 @@ func (x *SetSledStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSledStateCommand.ProtoReflect.Descriptor instead.
 func (*SetSledStateCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{83}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *SetSledStateCommand) GetId() string {
@@ -5594,7 +5699,7 @@ type CreateVolumeCommand struct {
 
 func (x *CreateVolumeCommand) Reset() {
 	*x = CreateVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5606,7 +5711,7 @@ func (x *CreateVolumeCommand) String() string {
 func (*CreateVolumeCommand) ProtoMessage() {}
 
 func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[84]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5619,7 +5724,7 @@ func (x *CreateVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeCommand.ProtoReflect.Descriptor instead.
 func (*CreateVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{84}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *CreateVolumeCommand) GetVolume() *Volume {
@@ -5639,7 +5744,7 @@ type ResizeVolumeCommand struct {
 
 func (x *ResizeVolumeCommand) Reset() {
 	*x = ResizeVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5651,7 +5756,7 @@ func (x *ResizeVolumeCommand) String() string {
 func (*ResizeVolumeCommand) ProtoMessage() {}
 
 func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[85]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5664,7 +5769,7 @@ func (x *ResizeVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeCommand.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{85}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *ResizeVolumeCommand) GetName() string {
@@ -5690,7 +5795,7 @@ type DeleteVolumeCommand struct {
 
 func (x *DeleteVolumeCommand) Reset() {
 	*x = DeleteVolumeCommand{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5702,7 +5807,7 @@ func (x *DeleteVolumeCommand) String() string {
 func (*DeleteVolumeCommand) ProtoMessage() {}
 
 func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[86]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5715,7 +5820,7 @@ func (x *DeleteVolumeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeCommand.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeCommand) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{86}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *DeleteVolumeCommand) GetName() string {
@@ -5748,7 +5853,7 @@ type DirectorySnapshot struct {
 
 func (x *DirectorySnapshot) Reset() {
 	*x = DirectorySnapshot{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5760,7 +5865,7 @@ func (x *DirectorySnapshot) String() string {
 func (*DirectorySnapshot) ProtoMessage() {}
 
 func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[87]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5773,7 +5878,7 @@ func (x *DirectorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectorySnapshot.ProtoReflect.Descriptor instead.
 func (*DirectorySnapshot) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{87}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *DirectorySnapshot) GetVolumes() []*Volume {
@@ -5860,7 +5965,7 @@ type RackUsage struct {
 
 func (x *RackUsage) Reset() {
 	*x = RackUsage{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5872,7 +5977,7 @@ func (x *RackUsage) String() string {
 func (*RackUsage) ProtoMessage() {}
 
 func (x *RackUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[88]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5885,7 +5990,7 @@ func (x *RackUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackUsage.ProtoReflect.Descriptor instead.
 func (*RackUsage) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{88}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *RackUsage) GetVolumes() uint64 {
@@ -5919,7 +6024,7 @@ type MoveVolumeRequest struct {
 
 func (x *MoveVolumeRequest) Reset() {
 	*x = MoveVolumeRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5931,7 +6036,7 @@ func (x *MoveVolumeRequest) String() string {
 func (*MoveVolumeRequest) ProtoMessage() {}
 
 func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[89]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5944,7 +6049,7 @@ func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
 func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{89}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *MoveVolumeRequest) GetName() string {
@@ -5970,7 +6075,7 @@ type MoveVolumeResponse struct {
 
 func (x *MoveVolumeResponse) Reset() {
 	*x = MoveVolumeResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5982,7 +6087,7 @@ func (x *MoveVolumeResponse) String() string {
 func (*MoveVolumeResponse) ProtoMessage() {}
 
 func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[90]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5995,7 +6100,7 @@ func (x *MoveVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveVolumeResponse.ProtoReflect.Descriptor instead.
 func (*MoveVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{90}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *MoveVolumeResponse) GetVolume() *Volume {
@@ -6013,7 +6118,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6025,7 +6130,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[91]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6038,7 +6143,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{91}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
 }
 
 type GetQuotaResponse struct {
@@ -6051,7 +6156,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6063,7 +6168,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[92]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6076,7 +6181,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{92}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *GetQuotaResponse) GetQuota() *RackQuota {
@@ -6102,7 +6207,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6114,7 +6219,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[93]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6127,7 +6232,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{93}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *SetQuotaRequest) GetQuota() *RackQuota {
@@ -6145,7 +6250,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6157,7 +6262,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[94]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6170,7 +6275,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{94}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
 }
 
 // RackQuota (directory group, key "rack/quota") bounds the rack's
@@ -6185,7 +6290,7 @@ type RackQuota struct {
 
 func (x *RackQuota) Reset() {
 	*x = RackQuota{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6197,7 +6302,7 @@ func (x *RackQuota) String() string {
 func (*RackQuota) ProtoMessage() {}
 
 func (x *RackQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[95]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6210,7 +6315,7 @@ func (x *RackQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RackQuota.ProtoReflect.Descriptor instead.
 func (*RackQuota) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{95}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *RackQuota) GetMaxVolumes() uint64 {
@@ -6261,7 +6366,7 @@ type IORequest struct {
 
 func (x *IORequest) Reset() {
 	*x = IORequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6273,7 +6378,7 @@ func (x *IORequest) String() string {
 func (*IORequest) ProtoMessage() {}
 
 func (x *IORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[96]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6286,7 +6391,7 @@ func (x *IORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IORequest.ProtoReflect.Descriptor instead.
 func (*IORequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{96}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *IORequest) GetId() uint64 {
@@ -6399,7 +6504,7 @@ type IOReply struct {
 
 func (x *IOReply) Reset() {
 	*x = IOReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6411,7 +6516,7 @@ func (x *IOReply) String() string {
 func (*IOReply) ProtoMessage() {}
 
 func (x *IOReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[97]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6424,7 +6529,7 @@ func (x *IOReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOReply.ProtoReflect.Descriptor instead.
 func (*IOReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{97}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *IOReply) GetId() uint64 {
@@ -6467,7 +6572,7 @@ type BlockWrite struct {
 
 func (x *BlockWrite) Reset() {
 	*x = BlockWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6479,7 +6584,7 @@ func (x *BlockWrite) String() string {
 func (*BlockWrite) ProtoMessage() {}
 
 func (x *BlockWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[98]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6492,7 +6597,7 @@ func (x *BlockWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockWrite.ProtoReflect.Descriptor instead.
 func (*BlockWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{98}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *BlockWrite) GetBlock() uint64 {
@@ -6540,7 +6645,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6552,7 +6657,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[99]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6565,7 +6670,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{99}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *LogRecord) GetSeq() uint64 {
@@ -6653,7 +6758,7 @@ type WriteTag struct {
 
 func (x *WriteTag) Reset() {
 	*x = WriteTag{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6665,7 +6770,7 @@ func (x *WriteTag) String() string {
 func (*WriteTag) ProtoMessage() {}
 
 func (x *WriteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[100]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6678,7 +6783,7 @@ func (x *WriteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteTag.ProtoReflect.Descriptor instead.
 func (*WriteTag) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{100}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *WriteTag) GetClient() uint64 {
@@ -6732,7 +6837,7 @@ type WriterState struct {
 
 func (x *WriterState) Reset() {
 	*x = WriterState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6744,7 +6849,7 @@ func (x *WriterState) String() string {
 func (*WriterState) ProtoMessage() {}
 
 func (x *WriterState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[101]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6757,7 +6862,7 @@ func (x *WriterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterState.ProtoReflect.Descriptor instead.
 func (*WriterState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{101}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *WriterState) GetClient() uint64 {
@@ -6807,7 +6912,7 @@ type AppliedWrite struct {
 
 func (x *AppliedWrite) Reset() {
 	*x = AppliedWrite{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6819,7 +6924,7 @@ func (x *AppliedWrite) String() string {
 func (*AppliedWrite) ProtoMessage() {}
 
 func (x *AppliedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[102]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6832,7 +6937,7 @@ func (x *AppliedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedWrite.ProtoReflect.Descriptor instead.
 func (*AppliedWrite) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{102}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *AppliedWrite) GetOp() uint64 {
@@ -6873,7 +6978,7 @@ type BlockRange struct {
 
 func (x *BlockRange) Reset() {
 	*x = BlockRange{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6885,7 +6990,7 @@ func (x *BlockRange) String() string {
 func (*BlockRange) ProtoMessage() {}
 
 func (x *BlockRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[103]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6898,7 +7003,7 @@ func (x *BlockRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRange.ProtoReflect.Descriptor instead.
 func (*BlockRange) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{103}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *BlockRange) GetFirst() uint64 {
@@ -6935,7 +7040,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6947,7 +7052,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[104]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6960,7 +7065,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{104}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *Segment) GetId() uint64 {
@@ -7028,7 +7133,7 @@ type FlushRecord struct {
 
 func (x *FlushRecord) Reset() {
 	*x = FlushRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7040,7 +7145,7 @@ func (x *FlushRecord) String() string {
 func (*FlushRecord) ProtoMessage() {}
 
 func (x *FlushRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[105]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7053,7 +7158,7 @@ func (x *FlushRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRecord.ProtoReflect.Descriptor instead.
 func (*FlushRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{105}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *FlushRecord) GetSegment() *Segment {
@@ -7094,7 +7199,7 @@ type SegmentWriteRecord struct {
 
 func (x *SegmentWriteRecord) Reset() {
 	*x = SegmentWriteRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7106,7 +7211,7 @@ func (x *SegmentWriteRecord) String() string {
 func (*SegmentWriteRecord) ProtoMessage() {}
 
 func (x *SegmentWriteRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[106]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7119,7 +7224,7 @@ func (x *SegmentWriteRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentWriteRecord.ProtoReflect.Descriptor instead.
 func (*SegmentWriteRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{106}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *SegmentWriteRecord) GetSegment() *Segment {
@@ -7152,7 +7257,7 @@ type CompactRecord struct {
 
 func (x *CompactRecord) Reset() {
 	*x = CompactRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7164,7 +7269,7 @@ func (x *CompactRecord) String() string {
 func (*CompactRecord) ProtoMessage() {}
 
 func (x *CompactRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[107]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7177,7 +7282,7 @@ func (x *CompactRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRecord.ProtoReflect.Descriptor instead.
 func (*CompactRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{107}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *CompactRecord) GetSegment() *Segment {
@@ -7223,7 +7328,7 @@ type ShardMoveRecord struct {
 
 func (x *ShardMoveRecord) Reset() {
 	*x = ShardMoveRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7235,7 +7340,7 @@ func (x *ShardMoveRecord) String() string {
 func (*ShardMoveRecord) ProtoMessage() {}
 
 func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[108]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7248,7 +7353,7 @@ func (x *ShardMoveRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMoveRecord.ProtoReflect.Descriptor instead.
 func (*ShardMoveRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{108}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *ShardMoveRecord) GetSegmentId() uint64 {
@@ -7290,7 +7395,7 @@ type SegmentFreeRecord struct {
 
 func (x *SegmentFreeRecord) Reset() {
 	*x = SegmentFreeRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7302,7 +7407,7 @@ func (x *SegmentFreeRecord) String() string {
 func (*SegmentFreeRecord) ProtoMessage() {}
 
 func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[109]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7315,7 +7420,7 @@ func (x *SegmentFreeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentFreeRecord.ProtoReflect.Descriptor instead.
 func (*SegmentFreeRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{109}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *SegmentFreeRecord) GetSegmentId() uint64 {
@@ -7343,7 +7448,7 @@ type StateRecord struct {
 
 func (x *StateRecord) Reset() {
 	*x = StateRecord{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7355,7 +7460,7 @@ func (x *StateRecord) String() string {
 func (*StateRecord) ProtoMessage() {}
 
 func (x *StateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[110]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7368,7 +7473,7 @@ func (x *StateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRecord.ProtoReflect.Descriptor instead.
 func (*StateRecord) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{110}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *StateRecord) GetCleared() []*BlockRange {
@@ -7420,7 +7525,7 @@ type BlockState struct {
 
 func (x *BlockState) Reset() {
 	*x = BlockState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7432,7 +7537,7 @@ func (x *BlockState) String() string {
 func (*BlockState) ProtoMessage() {}
 
 func (x *BlockState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[111]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7445,7 +7550,7 @@ func (x *BlockState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockState.ProtoReflect.Descriptor instead.
 func (*BlockState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{111}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *BlockState) GetBlock() uint64 {
@@ -7501,7 +7606,7 @@ type SegmentState struct {
 
 func (x *SegmentState) Reset() {
 	*x = SegmentState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7513,7 +7618,7 @@ func (x *SegmentState) String() string {
 func (*SegmentState) ProtoMessage() {}
 
 func (x *SegmentState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[112]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7526,7 +7631,7 @@ func (x *SegmentState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentState.ProtoReflect.Descriptor instead.
 func (*SegmentState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{112}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *SegmentState) GetId() uint64 {
@@ -7566,7 +7671,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7578,7 +7683,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[113]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7591,7 +7696,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{113}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *LogEntry) GetSeq() uint64 {
@@ -7642,7 +7747,7 @@ type VolumeLogState struct {
 
 func (x *VolumeLogState) Reset() {
 	*x = VolumeLogState{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[114]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7654,7 +7759,7 @@ func (x *VolumeLogState) String() string {
 func (*VolumeLogState) ProtoMessage() {}
 
 func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[114]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7667,7 +7772,7 @@ func (x *VolumeLogState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeLogState.ProtoReflect.Descriptor instead.
 func (*VolumeLogState) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{114}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *VolumeLogState) GetLastSeq() uint64 {
@@ -7726,7 +7831,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[115]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7738,7 +7843,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[115]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7751,7 +7856,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{115}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *ReplicateRequest) GetVolumeId() uint64 {
@@ -7859,7 +7964,7 @@ type ReplicateReply struct {
 
 func (x *ReplicateReply) Reset() {
 	*x = ReplicateReply{}
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[116]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7871,7 +7976,7 @@ func (x *ReplicateReply) String() string {
 func (*ReplicateReply) ProtoMessage() {}
 
 func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_ballastpb_ballast_proto_msgTypes[116]
+	mi := &file_proto_ballastpb_ballast_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7884,7 +7989,7 @@ func (x *ReplicateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateReply.ProtoReflect.Descriptor instead.
 func (*ReplicateReply) Descriptor() ([]byte, []int) {
-	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{116}
+	return file_proto_ballastpb_ballast_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *ReplicateReply) GetLastSeq() uint64 {
@@ -8103,7 +8208,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"dirtyBytes\x12#\n" +
 	"\rflushed_bytes\x18\b \x01(\x04R\fflushedBytes\x120\n" +
 	"\x14direct_written_bytes\x18\t \x01(\x04R\x12directWrittenBytes\"\x13\n" +
-	"\x11NodeStatusRequest\"\xb8\x02\n" +
+	"\x11NodeStatusRequest\"\xf4\x02\n" +
 	"\x12NodeStatusResponse\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
 	"\n" +
@@ -8114,7 +8219,16 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x06groups\x18\x04 \x03(\v2\x17.ballast.v1.GroupStatusR\x06groups\x12,\n" +
 	"\x05paths\x18\x05 \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\x12*\n" +
 	"\x04disk\x18\x06 \x01(\v2\x16.ballast.v1.DiskStatusR\x04disk\x12#\n" +
-	"\rresent_writes\x18\a \x01(\x04R\fresentWrites\"\xf1\x01\n" +
+	"\rresent_writes\x18\a \x01(\x04R\fresentWrites\x12:\n" +
+	"\n" +
+	"read_cache\x18\b \x01(\v2\x1b.ballast.v1.ReadCacheStatusR\treadCache\"\xb5\x01\n" +
+	"\x0fReadCacheStatus\x12\x1b\n" +
+	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12%\n" +
+	"\x0ecapacity_bytes\x18\x02 \x01(\x04R\rcapacityBytes\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12\x12\n" +
+	"\x04hits\x18\x04 \x01(\x04R\x04hits\x12\x16\n" +
+	"\x06misses\x18\x05 \x01(\x04R\x06misses\x12\x1c\n" +
+	"\tevictions\x18\x06 \x01(\x04R\tevictions\"\xf1\x01\n" +
 	"\n" +
 	"DiskStatus\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
@@ -8153,7 +8267,7 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x04undo\x18\x02 \x01(\bR\x04undo\"-\n" +
 	"\x15DrainHeadNodeResponse\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\x04R\x05moved\"\x13\n" +
-	"\x11RackStatusRequest\"\x9c\x04\n" +
+	"\x11RackStatusRequest\"\xda\x04\n" +
 	"\x12RackStatusResponse\x123\n" +
 	"\n" +
 	"head_nodes\x18\x01 \x03(\v2\x14.ballast.v1.HeadNodeR\theadNodes\x12\x16\n" +
@@ -8172,7 +8286,9 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x05paths\x18\n" +
 	" \x03(\v2\x16.ballast.v1.PathStatusR\x05paths\x12,\n" +
 	"\x05disks\x18\v \x03(\v2\x16.ballast.v1.DiskStatusR\x05disks\x12#\n" +
-	"\rresent_writes\x18\f \x01(\x04R\fresentWrites\"M\n" +
+	"\rresent_writes\x18\f \x01(\x04R\fresentWrites\x12<\n" +
+	"\vread_caches\x18\r \x03(\v2\x1b.ballast.v1.ReadCacheStatusR\n" +
+	"readCaches\"M\n" +
 	"\x1dCreateConsistencyGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\"T\n" +
@@ -8623,7 +8739,7 @@ func file_proto_ballastpb_ballast_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_ballastpb_ballast_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 117)
+var file_proto_ballastpb_ballast_proto_msgTypes = make([]protoimpl.MessageInfo, 118)
 var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(SledState)(0),                           // 0: ballast.v1.SledState
 	(AttachmentChange)(0),                    // 1: ballast.v1.AttachmentChange
@@ -8663,91 +8779,92 @@ var file_proto_ballastpb_ballast_proto_goTypes = []any{
 	(*Redundancy)(nil),                       // 35: ballast.v1.Redundancy
 	(*NodeStatusRequest)(nil),                // 36: ballast.v1.NodeStatusRequest
 	(*NodeStatusResponse)(nil),               // 37: ballast.v1.NodeStatusResponse
-	(*DiskStatus)(nil),                       // 38: ballast.v1.DiskStatus
-	(*GroupStatus)(nil),                      // 39: ballast.v1.GroupStatus
-	(*PathStatus)(nil),                       // 40: ballast.v1.PathStatus
-	(*DrainHeadNodeRequest)(nil),             // 41: ballast.v1.DrainHeadNodeRequest
-	(*DrainHeadNodeResponse)(nil),            // 42: ballast.v1.DrainHeadNodeResponse
-	(*RackStatusRequest)(nil),                // 43: ballast.v1.RackStatusRequest
-	(*RackStatusResponse)(nil),               // 44: ballast.v1.RackStatusResponse
-	(*CreateConsistencyGroupRequest)(nil),    // 45: ballast.v1.CreateConsistencyGroupRequest
-	(*CreateConsistencyGroupResponse)(nil),   // 46: ballast.v1.CreateConsistencyGroupResponse
-	(*DeleteConsistencyGroupRequest)(nil),    // 47: ballast.v1.DeleteConsistencyGroupRequest
-	(*DeleteConsistencyGroupResponse)(nil),   // 48: ballast.v1.DeleteConsistencyGroupResponse
-	(*GetConsistencyGroupRequest)(nil),       // 49: ballast.v1.GetConsistencyGroupRequest
-	(*GetConsistencyGroupResponse)(nil),      // 50: ballast.v1.GetConsistencyGroupResponse
-	(*ListConsistencyGroupsRequest)(nil),     // 51: ballast.v1.ListConsistencyGroupsRequest
-	(*ListConsistencyGroupsResponse)(nil),    // 52: ballast.v1.ListConsistencyGroupsResponse
-	(*SnapshotConsistencyGroupRequest)(nil),  // 53: ballast.v1.SnapshotConsistencyGroupRequest
-	(*SnapshotConsistencyGroupResponse)(nil), // 54: ballast.v1.SnapshotConsistencyGroupResponse
-	(*HoldForCutRequest)(nil),                // 55: ballast.v1.HoldForCutRequest
-	(*HoldForCutResponse)(nil),               // 56: ballast.v1.HoldForCutResponse
-	(*ReleaseCutRequest)(nil),                // 57: ballast.v1.ReleaseCutRequest
-	(*ReleaseCutResponse)(nil),               // 58: ballast.v1.ReleaseCutResponse
-	(*ChangeAttachmentRequest)(nil),          // 59: ballast.v1.ChangeAttachmentRequest
-	(*ChangeAttachmentResponse)(nil),         // 60: ballast.v1.ChangeAttachmentResponse
-	(*AddHeadNodeRequest)(nil),               // 61: ballast.v1.AddHeadNodeRequest
-	(*AddHeadNodeResponse)(nil),              // 62: ballast.v1.AddHeadNodeResponse
-	(*MoveVoterRequest)(nil),                 // 63: ballast.v1.MoveVoterRequest
-	(*MoveVoterResponse)(nil),                // 64: ballast.v1.MoveVoterResponse
-	(*RemoveHeadNodeRequest)(nil),            // 65: ballast.v1.RemoveHeadNodeRequest
-	(*RemoveHeadNodeResponse)(nil),           // 66: ballast.v1.RemoveHeadNodeResponse
-	(*ChangeMembershipRequest)(nil),          // 67: ballast.v1.ChangeMembershipRequest
-	(*ChangeMembershipResponse)(nil),         // 68: ballast.v1.ChangeMembershipResponse
-	(*GetIncarnationRequest)(nil),            // 69: ballast.v1.GetIncarnationRequest
-	(*GetIncarnationResponse)(nil),           // 70: ballast.v1.GetIncarnationResponse
-	(*ApplyInGroupRequest)(nil),              // 71: ballast.v1.ApplyInGroupRequest
-	(*ApplyInGroupResponse)(nil),             // 72: ballast.v1.ApplyInGroupResponse
-	(*ReadGroupRequest)(nil),                 // 73: ballast.v1.ReadGroupRequest
-	(*ReadGroupResponse)(nil),                // 74: ballast.v1.ReadGroupResponse
-	(*DirectoryCommand)(nil),                 // 75: ballast.v1.DirectoryCommand
-	(*RegisterIncarnationCommand)(nil),       // 76: ballast.v1.RegisterIncarnationCommand
-	(*HeadNodeIncarnation)(nil),              // 77: ballast.v1.HeadNodeIncarnation
-	(*PlaceVolumeCommand)(nil),               // 78: ballast.v1.PlaceVolumeCommand
-	(*AddHeadNodeCommand)(nil),               // 79: ballast.v1.AddHeadNodeCommand
-	(*RemoveHeadNodeCommand)(nil),            // 80: ballast.v1.RemoveHeadNodeCommand
-	(*SetDrainingCommand)(nil),               // 81: ballast.v1.SetDrainingCommand
-	(*UnplaceVolumeCommand)(nil),             // 82: ballast.v1.UnplaceVolumeCommand
-	(*RenewLeasesCommand)(nil),               // 83: ballast.v1.RenewLeasesCommand
-	(*ReplaceSecondaryCommand)(nil),          // 84: ballast.v1.ReplaceSecondaryCommand
-	(*SecondaryInSyncCommand)(nil),           // 85: ballast.v1.SecondaryInSyncCommand
-	(*RenewLeaseCommand)(nil),                // 86: ballast.v1.RenewLeaseCommand
-	(*PromoteVolumeCommand)(nil),             // 87: ballast.v1.PromoteVolumeCommand
-	(*RegisterSledCommand)(nil),              // 88: ballast.v1.RegisterSledCommand
-	(*SetSledStateCommand)(nil),              // 89: ballast.v1.SetSledStateCommand
-	(*CreateVolumeCommand)(nil),              // 90: ballast.v1.CreateVolumeCommand
-	(*ResizeVolumeCommand)(nil),              // 91: ballast.v1.ResizeVolumeCommand
-	(*DeleteVolumeCommand)(nil),              // 92: ballast.v1.DeleteVolumeCommand
-	(*DirectorySnapshot)(nil),                // 93: ballast.v1.DirectorySnapshot
-	(*RackUsage)(nil),                        // 94: ballast.v1.RackUsage
-	(*MoveVolumeRequest)(nil),                // 95: ballast.v1.MoveVolumeRequest
-	(*MoveVolumeResponse)(nil),               // 96: ballast.v1.MoveVolumeResponse
-	(*GetQuotaRequest)(nil),                  // 97: ballast.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),                 // 98: ballast.v1.GetQuotaResponse
-	(*SetQuotaRequest)(nil),                  // 99: ballast.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),                 // 100: ballast.v1.SetQuotaResponse
-	(*RackQuota)(nil),                        // 101: ballast.v1.RackQuota
-	(*IORequest)(nil),                        // 102: ballast.v1.IORequest
-	(*IOReply)(nil),                          // 103: ballast.v1.IOReply
-	(*BlockWrite)(nil),                       // 104: ballast.v1.BlockWrite
-	(*LogRecord)(nil),                        // 105: ballast.v1.LogRecord
-	(*WriteTag)(nil),                         // 106: ballast.v1.WriteTag
-	(*WriterState)(nil),                      // 107: ballast.v1.WriterState
-	(*AppliedWrite)(nil),                     // 108: ballast.v1.AppliedWrite
-	(*BlockRange)(nil),                       // 109: ballast.v1.BlockRange
-	(*Segment)(nil),                          // 110: ballast.v1.Segment
-	(*FlushRecord)(nil),                      // 111: ballast.v1.FlushRecord
-	(*SegmentWriteRecord)(nil),               // 112: ballast.v1.SegmentWriteRecord
-	(*CompactRecord)(nil),                    // 113: ballast.v1.CompactRecord
-	(*ShardMoveRecord)(nil),                  // 114: ballast.v1.ShardMoveRecord
-	(*SegmentFreeRecord)(nil),                // 115: ballast.v1.SegmentFreeRecord
-	(*StateRecord)(nil),                      // 116: ballast.v1.StateRecord
-	(*BlockState)(nil),                       // 117: ballast.v1.BlockState
-	(*SegmentState)(nil),                     // 118: ballast.v1.SegmentState
-	(*LogEntry)(nil),                         // 119: ballast.v1.LogEntry
-	(*VolumeLogState)(nil),                   // 120: ballast.v1.VolumeLogState
-	(*ReplicateRequest)(nil),                 // 121: ballast.v1.ReplicateRequest
-	(*ReplicateReply)(nil),                   // 122: ballast.v1.ReplicateReply
+	(*ReadCacheStatus)(nil),                  // 38: ballast.v1.ReadCacheStatus
+	(*DiskStatus)(nil),                       // 39: ballast.v1.DiskStatus
+	(*GroupStatus)(nil),                      // 40: ballast.v1.GroupStatus
+	(*PathStatus)(nil),                       // 41: ballast.v1.PathStatus
+	(*DrainHeadNodeRequest)(nil),             // 42: ballast.v1.DrainHeadNodeRequest
+	(*DrainHeadNodeResponse)(nil),            // 43: ballast.v1.DrainHeadNodeResponse
+	(*RackStatusRequest)(nil),                // 44: ballast.v1.RackStatusRequest
+	(*RackStatusResponse)(nil),               // 45: ballast.v1.RackStatusResponse
+	(*CreateConsistencyGroupRequest)(nil),    // 46: ballast.v1.CreateConsistencyGroupRequest
+	(*CreateConsistencyGroupResponse)(nil),   // 47: ballast.v1.CreateConsistencyGroupResponse
+	(*DeleteConsistencyGroupRequest)(nil),    // 48: ballast.v1.DeleteConsistencyGroupRequest
+	(*DeleteConsistencyGroupResponse)(nil),   // 49: ballast.v1.DeleteConsistencyGroupResponse
+	(*GetConsistencyGroupRequest)(nil),       // 50: ballast.v1.GetConsistencyGroupRequest
+	(*GetConsistencyGroupResponse)(nil),      // 51: ballast.v1.GetConsistencyGroupResponse
+	(*ListConsistencyGroupsRequest)(nil),     // 52: ballast.v1.ListConsistencyGroupsRequest
+	(*ListConsistencyGroupsResponse)(nil),    // 53: ballast.v1.ListConsistencyGroupsResponse
+	(*SnapshotConsistencyGroupRequest)(nil),  // 54: ballast.v1.SnapshotConsistencyGroupRequest
+	(*SnapshotConsistencyGroupResponse)(nil), // 55: ballast.v1.SnapshotConsistencyGroupResponse
+	(*HoldForCutRequest)(nil),                // 56: ballast.v1.HoldForCutRequest
+	(*HoldForCutResponse)(nil),               // 57: ballast.v1.HoldForCutResponse
+	(*ReleaseCutRequest)(nil),                // 58: ballast.v1.ReleaseCutRequest
+	(*ReleaseCutResponse)(nil),               // 59: ballast.v1.ReleaseCutResponse
+	(*ChangeAttachmentRequest)(nil),          // 60: ballast.v1.ChangeAttachmentRequest
+	(*ChangeAttachmentResponse)(nil),         // 61: ballast.v1.ChangeAttachmentResponse
+	(*AddHeadNodeRequest)(nil),               // 62: ballast.v1.AddHeadNodeRequest
+	(*AddHeadNodeResponse)(nil),              // 63: ballast.v1.AddHeadNodeResponse
+	(*MoveVoterRequest)(nil),                 // 64: ballast.v1.MoveVoterRequest
+	(*MoveVoterResponse)(nil),                // 65: ballast.v1.MoveVoterResponse
+	(*RemoveHeadNodeRequest)(nil),            // 66: ballast.v1.RemoveHeadNodeRequest
+	(*RemoveHeadNodeResponse)(nil),           // 67: ballast.v1.RemoveHeadNodeResponse
+	(*ChangeMembershipRequest)(nil),          // 68: ballast.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil),         // 69: ballast.v1.ChangeMembershipResponse
+	(*GetIncarnationRequest)(nil),            // 70: ballast.v1.GetIncarnationRequest
+	(*GetIncarnationResponse)(nil),           // 71: ballast.v1.GetIncarnationResponse
+	(*ApplyInGroupRequest)(nil),              // 72: ballast.v1.ApplyInGroupRequest
+	(*ApplyInGroupResponse)(nil),             // 73: ballast.v1.ApplyInGroupResponse
+	(*ReadGroupRequest)(nil),                 // 74: ballast.v1.ReadGroupRequest
+	(*ReadGroupResponse)(nil),                // 75: ballast.v1.ReadGroupResponse
+	(*DirectoryCommand)(nil),                 // 76: ballast.v1.DirectoryCommand
+	(*RegisterIncarnationCommand)(nil),       // 77: ballast.v1.RegisterIncarnationCommand
+	(*HeadNodeIncarnation)(nil),              // 78: ballast.v1.HeadNodeIncarnation
+	(*PlaceVolumeCommand)(nil),               // 79: ballast.v1.PlaceVolumeCommand
+	(*AddHeadNodeCommand)(nil),               // 80: ballast.v1.AddHeadNodeCommand
+	(*RemoveHeadNodeCommand)(nil),            // 81: ballast.v1.RemoveHeadNodeCommand
+	(*SetDrainingCommand)(nil),               // 82: ballast.v1.SetDrainingCommand
+	(*UnplaceVolumeCommand)(nil),             // 83: ballast.v1.UnplaceVolumeCommand
+	(*RenewLeasesCommand)(nil),               // 84: ballast.v1.RenewLeasesCommand
+	(*ReplaceSecondaryCommand)(nil),          // 85: ballast.v1.ReplaceSecondaryCommand
+	(*SecondaryInSyncCommand)(nil),           // 86: ballast.v1.SecondaryInSyncCommand
+	(*RenewLeaseCommand)(nil),                // 87: ballast.v1.RenewLeaseCommand
+	(*PromoteVolumeCommand)(nil),             // 88: ballast.v1.PromoteVolumeCommand
+	(*RegisterSledCommand)(nil),              // 89: ballast.v1.RegisterSledCommand
+	(*SetSledStateCommand)(nil),              // 90: ballast.v1.SetSledStateCommand
+	(*CreateVolumeCommand)(nil),              // 91: ballast.v1.CreateVolumeCommand
+	(*ResizeVolumeCommand)(nil),              // 92: ballast.v1.ResizeVolumeCommand
+	(*DeleteVolumeCommand)(nil),              // 93: ballast.v1.DeleteVolumeCommand
+	(*DirectorySnapshot)(nil),                // 94: ballast.v1.DirectorySnapshot
+	(*RackUsage)(nil),                        // 95: ballast.v1.RackUsage
+	(*MoveVolumeRequest)(nil),                // 96: ballast.v1.MoveVolumeRequest
+	(*MoveVolumeResponse)(nil),               // 97: ballast.v1.MoveVolumeResponse
+	(*GetQuotaRequest)(nil),                  // 98: ballast.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                 // 99: ballast.v1.GetQuotaResponse
+	(*SetQuotaRequest)(nil),                  // 100: ballast.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                 // 101: ballast.v1.SetQuotaResponse
+	(*RackQuota)(nil),                        // 102: ballast.v1.RackQuota
+	(*IORequest)(nil),                        // 103: ballast.v1.IORequest
+	(*IOReply)(nil),                          // 104: ballast.v1.IOReply
+	(*BlockWrite)(nil),                       // 105: ballast.v1.BlockWrite
+	(*LogRecord)(nil),                        // 106: ballast.v1.LogRecord
+	(*WriteTag)(nil),                         // 107: ballast.v1.WriteTag
+	(*WriterState)(nil),                      // 108: ballast.v1.WriterState
+	(*AppliedWrite)(nil),                     // 109: ballast.v1.AppliedWrite
+	(*BlockRange)(nil),                       // 110: ballast.v1.BlockRange
+	(*Segment)(nil),                          // 111: ballast.v1.Segment
+	(*FlushRecord)(nil),                      // 112: ballast.v1.FlushRecord
+	(*SegmentWriteRecord)(nil),               // 113: ballast.v1.SegmentWriteRecord
+	(*CompactRecord)(nil),                    // 114: ballast.v1.CompactRecord
+	(*ShardMoveRecord)(nil),                  // 115: ballast.v1.ShardMoveRecord
+	(*SegmentFreeRecord)(nil),                // 116: ballast.v1.SegmentFreeRecord
+	(*StateRecord)(nil),                      // 117: ballast.v1.StateRecord
+	(*BlockState)(nil),                       // 118: ballast.v1.BlockState
+	(*SegmentState)(nil),                     // 119: ballast.v1.SegmentState
+	(*LogEntry)(nil),                         // 120: ballast.v1.LogEntry
+	(*VolumeLogState)(nil),                   // 121: ballast.v1.VolumeLogState
+	(*ReplicateRequest)(nil),                 // 122: ballast.v1.ReplicateRequest
+	(*ReplicateReply)(nil),                   // 123: ballast.v1.ReplicateReply
 }
 var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	7,   // 0: ballast.v1.Volume.copies:type_name -> ballast.v1.ReplicaCopy
@@ -8767,156 +8884,158 @@ var file_proto_ballastpb_ballast_proto_depIdxs = []int32{
 	27,  // 14: ballast.v1.SetSledStateResponse.sled:type_name -> ballast.v1.Sled
 	27,  // 15: ballast.v1.SledStatus.sled:type_name -> ballast.v1.Sled
 	35,  // 16: ballast.v1.NodeStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	39,  // 17: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	40,  // 18: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	38,  // 19: ballast.v1.NodeStatusResponse.disk:type_name -> ballast.v1.DiskStatus
-	13,  // 20: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
-	34,  // 21: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
-	35,  // 22: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
-	6,   // 23: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
-	39,  // 24: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
-	40,  // 25: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
-	38,  // 26: ballast.v1.RackStatusResponse.disks:type_name -> ballast.v1.DiskStatus
-	8,   // 27: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	8,   // 28: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
-	8,   // 29: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
-	10,  // 30: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
-	1,   // 31: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
-	6,   // 32: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
-	13,  // 33: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
-	2,   // 34: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
-	75,  // 35: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
-	6,   // 36: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
-	27,  // 37: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
-	12,  // 38: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
-	6,   // 39: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
-	12,  // 40: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
-	90,  // 41: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
-	91,  // 42: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
-	92,  // 43: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
-	88,  // 44: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
-	89,  // 45: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
-	86,  // 46: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
-	87,  // 47: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
-	83,  // 48: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
-	84,  // 49: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
-	85,  // 50: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
-	78,  // 51: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
-	82,  // 52: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
-	81,  // 53: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
-	79,  // 54: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
-	80,  // 55: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
-	76,  // 56: ballast.v1.DirectoryCommand.register_incarnation:type_name -> ballast.v1.RegisterIncarnationCommand
-	13,  // 57: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
-	86,  // 58: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
-	27,  // 59: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
-	0,   // 60: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
-	0,   // 61: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
-	6,   // 62: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
-	6,   // 63: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
-	27,  // 64: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
-	12,  // 65: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
-	13,  // 66: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
-	6,   // 67: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
-	77,  // 68: ballast.v1.DirectorySnapshot.incarnations:type_name -> ballast.v1.HeadNodeIncarnation
-	6,   // 69: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
-	101, // 70: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
-	94,  // 71: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
-	101, // 72: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
-	3,   // 73: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
-	4,   // 74: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
-	104, // 75: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
-	109, // 76: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
-	111, // 77: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
-	113, // 78: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
-	114, // 79: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
-	115, // 80: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
-	116, // 81: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
-	112, // 82: ballast.v1.LogRecord.segment_write:type_name -> ballast.v1.SegmentWriteRecord
-	106, // 83: ballast.v1.LogRecord.writes:type_name -> ballast.v1.WriteTag
-	108, // 84: ballast.v1.WriterState.ops:type_name -> ballast.v1.AppliedWrite
-	110, // 85: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
-	110, // 86: ballast.v1.SegmentWriteRecord.segment:type_name -> ballast.v1.Segment
-	110, // 87: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
-	109, // 88: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
-	117, // 89: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
-	118, // 90: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
-	107, // 91: ballast.v1.StateRecord.writers:type_name -> ballast.v1.WriterState
-	110, // 92: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
-	109, // 93: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
-	105, // 94: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
-	116, // 95: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
-	105, // 96: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
-	5,   // 97: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
-	14,  // 98: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
-	16,  // 99: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
-	19,  // 100: ballast.v1.Admin.VolumeUsage:input_type -> ballast.v1.VolumeUsageRequest
-	21,  // 101: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
-	23,  // 102: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
-	25,  // 103: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
-	95,  // 104: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
-	43,  // 105: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
-	36,  // 106: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
-	41,  // 107: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
-	61,  // 108: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
-	63,  // 109: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
-	65,  // 110: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
-	97,  // 111: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
-	99,  // 112: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
-	28,  // 113: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
-	30,  // 114: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
-	32,  // 115: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
-	71,  // 116: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
-	73,  // 117: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
-	67,  // 118: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
-	69,  // 119: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
-	59,  // 120: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
-	45,  // 121: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
-	47,  // 122: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
-	49,  // 123: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
-	51,  // 124: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
-	53,  // 125: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
-	55,  // 126: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
-	57,  // 127: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
-	102, // 128: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
-	121, // 129: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
-	15,  // 130: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
-	17,  // 131: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
-	20,  // 132: ballast.v1.Admin.VolumeUsage:output_type -> ballast.v1.VolumeUsageResponse
-	22,  // 133: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
-	24,  // 134: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
-	26,  // 135: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
-	96,  // 136: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
-	44,  // 137: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
-	37,  // 138: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
-	42,  // 139: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
-	62,  // 140: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
-	64,  // 141: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
-	66,  // 142: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
-	98,  // 143: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
-	100, // 144: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
-	29,  // 145: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
-	31,  // 146: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
-	33,  // 147: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
-	72,  // 148: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
-	74,  // 149: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
-	68,  // 150: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
-	70,  // 151: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
-	60,  // 152: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
-	46,  // 153: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
-	48,  // 154: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
-	50,  // 155: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
-	52,  // 156: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
-	54,  // 157: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
-	56,  // 158: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
-	58,  // 159: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
-	103, // 160: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
-	122, // 161: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
-	130, // [130:162] is the sub-list for method output_type
-	98,  // [98:130] is the sub-list for method input_type
-	98,  // [98:98] is the sub-list for extension type_name
-	98,  // [98:98] is the sub-list for extension extendee
-	0,   // [0:98] is the sub-list for field type_name
+	40,  // 17: ballast.v1.NodeStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	41,  // 18: ballast.v1.NodeStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	39,  // 19: ballast.v1.NodeStatusResponse.disk:type_name -> ballast.v1.DiskStatus
+	38,  // 20: ballast.v1.NodeStatusResponse.read_cache:type_name -> ballast.v1.ReadCacheStatus
+	13,  // 21: ballast.v1.RackStatusResponse.head_nodes:type_name -> ballast.v1.HeadNode
+	34,  // 22: ballast.v1.RackStatusResponse.sleds:type_name -> ballast.v1.SledStatus
+	35,  // 23: ballast.v1.RackStatusResponse.redundancy:type_name -> ballast.v1.Redundancy
+	6,   // 24: ballast.v1.RackStatusResponse.partitions:type_name -> ballast.v1.Volume
+	40,  // 25: ballast.v1.RackStatusResponse.groups:type_name -> ballast.v1.GroupStatus
+	41,  // 26: ballast.v1.RackStatusResponse.paths:type_name -> ballast.v1.PathStatus
+	39,  // 27: ballast.v1.RackStatusResponse.disks:type_name -> ballast.v1.DiskStatus
+	38,  // 28: ballast.v1.RackStatusResponse.read_caches:type_name -> ballast.v1.ReadCacheStatus
+	8,   // 29: ballast.v1.CreateConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	8,   // 30: ballast.v1.GetConsistencyGroupResponse.group:type_name -> ballast.v1.ConsistencyGroup
+	8,   // 31: ballast.v1.ListConsistencyGroupsResponse.groups:type_name -> ballast.v1.ConsistencyGroup
+	10,  // 32: ballast.v1.SnapshotConsistencyGroupResponse.cut:type_name -> ballast.v1.SnapshotCut
+	1,   // 33: ballast.v1.ChangeAttachmentRequest.change:type_name -> ballast.v1.AttachmentChange
+	6,   // 34: ballast.v1.ChangeAttachmentResponse.volume:type_name -> ballast.v1.Volume
+	13,  // 35: ballast.v1.AddHeadNodeRequest.head_node:type_name -> ballast.v1.HeadNode
+	2,   // 36: ballast.v1.ChangeMembershipRequest.op:type_name -> ballast.v1.MembershipOp
+	76,  // 37: ballast.v1.ApplyInGroupRequest.command:type_name -> ballast.v1.DirectoryCommand
+	6,   // 38: ballast.v1.ApplyInGroupResponse.volume:type_name -> ballast.v1.Volume
+	27,  // 39: ballast.v1.ApplyInGroupResponse.sled:type_name -> ballast.v1.Sled
+	12,  // 40: ballast.v1.ApplyInGroupResponse.placement:type_name -> ballast.v1.VolumePlacement
+	6,   // 41: ballast.v1.ReadGroupResponse.volumes:type_name -> ballast.v1.Volume
+	12,  // 42: ballast.v1.ReadGroupResponse.placements:type_name -> ballast.v1.VolumePlacement
+	91,  // 43: ballast.v1.DirectoryCommand.create_volume:type_name -> ballast.v1.CreateVolumeCommand
+	92,  // 44: ballast.v1.DirectoryCommand.resize_volume:type_name -> ballast.v1.ResizeVolumeCommand
+	93,  // 45: ballast.v1.DirectoryCommand.delete_volume:type_name -> ballast.v1.DeleteVolumeCommand
+	89,  // 46: ballast.v1.DirectoryCommand.register_sled:type_name -> ballast.v1.RegisterSledCommand
+	90,  // 47: ballast.v1.DirectoryCommand.set_sled_state:type_name -> ballast.v1.SetSledStateCommand
+	87,  // 48: ballast.v1.DirectoryCommand.renew_lease:type_name -> ballast.v1.RenewLeaseCommand
+	88,  // 49: ballast.v1.DirectoryCommand.promote_volume:type_name -> ballast.v1.PromoteVolumeCommand
+	84,  // 50: ballast.v1.DirectoryCommand.renew_leases:type_name -> ballast.v1.RenewLeasesCommand
+	85,  // 51: ballast.v1.DirectoryCommand.replace_secondary:type_name -> ballast.v1.ReplaceSecondaryCommand
+	86,  // 52: ballast.v1.DirectoryCommand.secondary_in_sync:type_name -> ballast.v1.SecondaryInSyncCommand
+	79,  // 53: ballast.v1.DirectoryCommand.place_volume:type_name -> ballast.v1.PlaceVolumeCommand
+	83,  // 54: ballast.v1.DirectoryCommand.unplace_volume:type_name -> ballast.v1.UnplaceVolumeCommand
+	82,  // 55: ballast.v1.DirectoryCommand.set_draining:type_name -> ballast.v1.SetDrainingCommand
+	80,  // 56: ballast.v1.DirectoryCommand.add_head_node:type_name -> ballast.v1.AddHeadNodeCommand
+	81,  // 57: ballast.v1.DirectoryCommand.remove_head_node:type_name -> ballast.v1.RemoveHeadNodeCommand
+	77,  // 58: ballast.v1.DirectoryCommand.register_incarnation:type_name -> ballast.v1.RegisterIncarnationCommand
+	13,  // 59: ballast.v1.AddHeadNodeCommand.head_node:type_name -> ballast.v1.HeadNode
+	87,  // 60: ballast.v1.RenewLeasesCommand.leases:type_name -> ballast.v1.RenewLeaseCommand
+	27,  // 61: ballast.v1.RegisterSledCommand.sled:type_name -> ballast.v1.Sled
+	0,   // 62: ballast.v1.SetSledStateCommand.state:type_name -> ballast.v1.SledState
+	0,   // 63: ballast.v1.SetSledStateCommand.if_state:type_name -> ballast.v1.SledState
+	6,   // 64: ballast.v1.CreateVolumeCommand.volume:type_name -> ballast.v1.Volume
+	6,   // 65: ballast.v1.DirectorySnapshot.volumes:type_name -> ballast.v1.Volume
+	27,  // 66: ballast.v1.DirectorySnapshot.sleds:type_name -> ballast.v1.Sled
+	12,  // 67: ballast.v1.DirectorySnapshot.placements:type_name -> ballast.v1.VolumePlacement
+	13,  // 68: ballast.v1.DirectorySnapshot.head_nodes:type_name -> ballast.v1.HeadNode
+	6,   // 69: ballast.v1.DirectorySnapshot.moved:type_name -> ballast.v1.Volume
+	78,  // 70: ballast.v1.DirectorySnapshot.incarnations:type_name -> ballast.v1.HeadNodeIncarnation
+	6,   // 71: ballast.v1.MoveVolumeResponse.volume:type_name -> ballast.v1.Volume
+	102, // 72: ballast.v1.GetQuotaResponse.quota:type_name -> ballast.v1.RackQuota
+	95,  // 73: ballast.v1.GetQuotaResponse.usage:type_name -> ballast.v1.RackUsage
+	102, // 74: ballast.v1.SetQuotaRequest.quota:type_name -> ballast.v1.RackQuota
+	3,   // 75: ballast.v1.IORequest.op:type_name -> ballast.v1.IOOp
+	4,   // 76: ballast.v1.IOReply.status:type_name -> ballast.v1.IOStatus
+	105, // 77: ballast.v1.LogRecord.blocks:type_name -> ballast.v1.BlockWrite
+	110, // 78: ballast.v1.LogRecord.removed:type_name -> ballast.v1.BlockRange
+	112, // 79: ballast.v1.LogRecord.flush:type_name -> ballast.v1.FlushRecord
+	114, // 80: ballast.v1.LogRecord.compact:type_name -> ballast.v1.CompactRecord
+	115, // 81: ballast.v1.LogRecord.shard_move:type_name -> ballast.v1.ShardMoveRecord
+	116, // 82: ballast.v1.LogRecord.segment_free:type_name -> ballast.v1.SegmentFreeRecord
+	117, // 83: ballast.v1.LogRecord.state:type_name -> ballast.v1.StateRecord
+	113, // 84: ballast.v1.LogRecord.segment_write:type_name -> ballast.v1.SegmentWriteRecord
+	107, // 85: ballast.v1.LogRecord.writes:type_name -> ballast.v1.WriteTag
+	109, // 86: ballast.v1.WriterState.ops:type_name -> ballast.v1.AppliedWrite
+	111, // 87: ballast.v1.FlushRecord.segment:type_name -> ballast.v1.Segment
+	111, // 88: ballast.v1.SegmentWriteRecord.segment:type_name -> ballast.v1.Segment
+	111, // 89: ballast.v1.CompactRecord.segment:type_name -> ballast.v1.Segment
+	110, // 90: ballast.v1.StateRecord.cleared:type_name -> ballast.v1.BlockRange
+	118, // 91: ballast.v1.StateRecord.blocks:type_name -> ballast.v1.BlockState
+	119, // 92: ballast.v1.StateRecord.segments:type_name -> ballast.v1.SegmentState
+	108, // 93: ballast.v1.StateRecord.writers:type_name -> ballast.v1.WriterState
+	111, // 94: ballast.v1.SegmentState.segment:type_name -> ballast.v1.Segment
+	110, // 95: ballast.v1.LogEntry.removed:type_name -> ballast.v1.BlockRange
+	106, // 96: ballast.v1.ReplicateRequest.records:type_name -> ballast.v1.LogRecord
+	117, // 97: ballast.v1.ReplicateRequest.sync_state:type_name -> ballast.v1.StateRecord
+	106, // 98: ballast.v1.ReplicateReply.records_ahead:type_name -> ballast.v1.LogRecord
+	5,   // 99: ballast.v1.ReplicateReply.status:type_name -> ballast.v1.ReplicateStatus
+	14,  // 100: ballast.v1.Admin.CreateVolume:input_type -> ballast.v1.CreateVolumeRequest
+	16,  // 101: ballast.v1.Admin.GetVolume:input_type -> ballast.v1.GetVolumeRequest
+	19,  // 102: ballast.v1.Admin.VolumeUsage:input_type -> ballast.v1.VolumeUsageRequest
+	21,  // 103: ballast.v1.Admin.ListVolumes:input_type -> ballast.v1.ListVolumesRequest
+	23,  // 104: ballast.v1.Admin.ResizeVolume:input_type -> ballast.v1.ResizeVolumeRequest
+	25,  // 105: ballast.v1.Admin.DeleteVolume:input_type -> ballast.v1.DeleteVolumeRequest
+	96,  // 106: ballast.v1.Admin.MoveVolume:input_type -> ballast.v1.MoveVolumeRequest
+	44,  // 107: ballast.v1.Admin.RackStatus:input_type -> ballast.v1.RackStatusRequest
+	36,  // 108: ballast.v1.Admin.NodeStatus:input_type -> ballast.v1.NodeStatusRequest
+	42,  // 109: ballast.v1.Admin.DrainHeadNode:input_type -> ballast.v1.DrainHeadNodeRequest
+	62,  // 110: ballast.v1.Admin.AddHeadNode:input_type -> ballast.v1.AddHeadNodeRequest
+	64,  // 111: ballast.v1.Admin.MoveVoter:input_type -> ballast.v1.MoveVoterRequest
+	66,  // 112: ballast.v1.Admin.RemoveHeadNode:input_type -> ballast.v1.RemoveHeadNodeRequest
+	98,  // 113: ballast.v1.Admin.GetQuota:input_type -> ballast.v1.GetQuotaRequest
+	100, // 114: ballast.v1.Admin.SetQuota:input_type -> ballast.v1.SetQuotaRequest
+	28,  // 115: ballast.v1.Admin.RegisterSled:input_type -> ballast.v1.RegisterSledRequest
+	30,  // 116: ballast.v1.Admin.ListSleds:input_type -> ballast.v1.ListSledsRequest
+	32,  // 117: ballast.v1.Admin.SetSledState:input_type -> ballast.v1.SetSledStateRequest
+	72,  // 118: ballast.v1.Admin.ApplyInGroup:input_type -> ballast.v1.ApplyInGroupRequest
+	74,  // 119: ballast.v1.Admin.ReadGroup:input_type -> ballast.v1.ReadGroupRequest
+	68,  // 120: ballast.v1.Admin.ChangeMembership:input_type -> ballast.v1.ChangeMembershipRequest
+	70,  // 121: ballast.v1.Admin.GetIncarnation:input_type -> ballast.v1.GetIncarnationRequest
+	60,  // 122: ballast.v1.Admin.ChangeAttachment:input_type -> ballast.v1.ChangeAttachmentRequest
+	46,  // 123: ballast.v1.Admin.CreateConsistencyGroup:input_type -> ballast.v1.CreateConsistencyGroupRequest
+	48,  // 124: ballast.v1.Admin.DeleteConsistencyGroup:input_type -> ballast.v1.DeleteConsistencyGroupRequest
+	50,  // 125: ballast.v1.Admin.GetConsistencyGroup:input_type -> ballast.v1.GetConsistencyGroupRequest
+	52,  // 126: ballast.v1.Admin.ListConsistencyGroups:input_type -> ballast.v1.ListConsistencyGroupsRequest
+	54,  // 127: ballast.v1.Admin.SnapshotConsistencyGroup:input_type -> ballast.v1.SnapshotConsistencyGroupRequest
+	56,  // 128: ballast.v1.Admin.HoldForCut:input_type -> ballast.v1.HoldForCutRequest
+	58,  // 129: ballast.v1.Admin.ReleaseCut:input_type -> ballast.v1.ReleaseCutRequest
+	103, // 130: ballast.v1.BlockIO.IO:input_type -> ballast.v1.IORequest
+	122, // 131: ballast.v1.Replication.Replicate:input_type -> ballast.v1.ReplicateRequest
+	15,  // 132: ballast.v1.Admin.CreateVolume:output_type -> ballast.v1.CreateVolumeResponse
+	17,  // 133: ballast.v1.Admin.GetVolume:output_type -> ballast.v1.GetVolumeResponse
+	20,  // 134: ballast.v1.Admin.VolumeUsage:output_type -> ballast.v1.VolumeUsageResponse
+	22,  // 135: ballast.v1.Admin.ListVolumes:output_type -> ballast.v1.ListVolumesResponse
+	24,  // 136: ballast.v1.Admin.ResizeVolume:output_type -> ballast.v1.ResizeVolumeResponse
+	26,  // 137: ballast.v1.Admin.DeleteVolume:output_type -> ballast.v1.DeleteVolumeResponse
+	97,  // 138: ballast.v1.Admin.MoveVolume:output_type -> ballast.v1.MoveVolumeResponse
+	45,  // 139: ballast.v1.Admin.RackStatus:output_type -> ballast.v1.RackStatusResponse
+	37,  // 140: ballast.v1.Admin.NodeStatus:output_type -> ballast.v1.NodeStatusResponse
+	43,  // 141: ballast.v1.Admin.DrainHeadNode:output_type -> ballast.v1.DrainHeadNodeResponse
+	63,  // 142: ballast.v1.Admin.AddHeadNode:output_type -> ballast.v1.AddHeadNodeResponse
+	65,  // 143: ballast.v1.Admin.MoveVoter:output_type -> ballast.v1.MoveVoterResponse
+	67,  // 144: ballast.v1.Admin.RemoveHeadNode:output_type -> ballast.v1.RemoveHeadNodeResponse
+	99,  // 145: ballast.v1.Admin.GetQuota:output_type -> ballast.v1.GetQuotaResponse
+	101, // 146: ballast.v1.Admin.SetQuota:output_type -> ballast.v1.SetQuotaResponse
+	29,  // 147: ballast.v1.Admin.RegisterSled:output_type -> ballast.v1.RegisterSledResponse
+	31,  // 148: ballast.v1.Admin.ListSleds:output_type -> ballast.v1.ListSledsResponse
+	33,  // 149: ballast.v1.Admin.SetSledState:output_type -> ballast.v1.SetSledStateResponse
+	73,  // 150: ballast.v1.Admin.ApplyInGroup:output_type -> ballast.v1.ApplyInGroupResponse
+	75,  // 151: ballast.v1.Admin.ReadGroup:output_type -> ballast.v1.ReadGroupResponse
+	69,  // 152: ballast.v1.Admin.ChangeMembership:output_type -> ballast.v1.ChangeMembershipResponse
+	71,  // 153: ballast.v1.Admin.GetIncarnation:output_type -> ballast.v1.GetIncarnationResponse
+	61,  // 154: ballast.v1.Admin.ChangeAttachment:output_type -> ballast.v1.ChangeAttachmentResponse
+	47,  // 155: ballast.v1.Admin.CreateConsistencyGroup:output_type -> ballast.v1.CreateConsistencyGroupResponse
+	49,  // 156: ballast.v1.Admin.DeleteConsistencyGroup:output_type -> ballast.v1.DeleteConsistencyGroupResponse
+	51,  // 157: ballast.v1.Admin.GetConsistencyGroup:output_type -> ballast.v1.GetConsistencyGroupResponse
+	53,  // 158: ballast.v1.Admin.ListConsistencyGroups:output_type -> ballast.v1.ListConsistencyGroupsResponse
+	55,  // 159: ballast.v1.Admin.SnapshotConsistencyGroup:output_type -> ballast.v1.SnapshotConsistencyGroupResponse
+	57,  // 160: ballast.v1.Admin.HoldForCut:output_type -> ballast.v1.HoldForCutResponse
+	59,  // 161: ballast.v1.Admin.ReleaseCut:output_type -> ballast.v1.ReleaseCutResponse
+	104, // 162: ballast.v1.BlockIO.IO:output_type -> ballast.v1.IOReply
+	123, // 163: ballast.v1.Replication.Replicate:output_type -> ballast.v1.ReplicateReply
+	132, // [132:164] is the sub-list for method output_type
+	100, // [100:132] is the sub-list for method input_type
+	100, // [100:100] is the sub-list for extension type_name
+	100, // [100:100] is the sub-list for extension extendee
+	0,   // [0:100] is the sub-list for field type_name
 }
 
 func init() { file_proto_ballastpb_ballast_proto_init() }
@@ -8924,7 +9043,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 	if File_proto_ballastpb_ballast_proto != nil {
 		return
 	}
-	file_proto_ballastpb_ballast_proto_msgTypes[69].OneofWrappers = []any{
+	file_proto_ballastpb_ballast_proto_msgTypes[70].OneofWrappers = []any{
 		(*DirectoryCommand_CreateVolume)(nil),
 		(*DirectoryCommand_ResizeVolume)(nil),
 		(*DirectoryCommand_DeleteVolume)(nil),
@@ -8949,7 +9068,7 @@ func file_proto_ballastpb_ballast_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_ballastpb_ballast_proto_rawDesc), len(file_proto_ballastpb_ballast_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   117,
+			NumMessages:   118,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
