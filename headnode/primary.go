@@ -47,6 +47,7 @@ type primaryVolume struct {
 	vol         *ballastpb.Volume // id, epoch and placement at activation
 	store       *blockstore.Store
 	cache       *readCache // nil: none (tests)
+	ahead       readAhead  // sequential reads, with the cache
 	dial        linkDialer
 	log         *slog.Logger
 	replTimeout time.Duration
@@ -176,6 +177,7 @@ var ErrStopped = errors.New("headnode: volume stopped")
 
 // Close stops the committer; queued writes fail with ErrStopped.
 func (p *primaryVolume) Close() {
+	p.ahead.close()
 	if p.gate != nil {
 		p.gate.close()
 	}
@@ -267,9 +269,18 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 	count := last - first + 1
 	var fill *blockcache.Fill
 	if p.cache != nil {
+		sequential := p.ahead.note(first, count)
+		// A read the readahead is fetching waits for it rather than
+		// fetching the same blocks again.
+		if err := p.ahead.await(ctx, first, count); err != nil {
+			return err
+		}
 		if p.cache.readCached(p.vol.Id, first, buf) {
 			if !aligned {
 				copy(dst, buf[off-first*blockSize:])
+			}
+			if sequential {
+				p.readAhead(first + count)
 			}
 			return nil
 		}
@@ -278,27 +289,11 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 			fill = p.cache.c.StartFill(p.vol.Id, first, count)
 			defer fill.Done()
 		}
+		if sequential {
+			p.readAhead(first + count)
+		}
 	}
-	for attempt := 0; ; attempt++ {
-		lr, err := p.store.ReadLocal(p.vol.Id, first, buf)
-		if err != nil {
-			return err
-		}
-		if len(lr.Remote) == 0 {
-			break
-		}
-		if p.remote == nil {
-			return fmt.Errorf("volume %s: blocks live on sleds this head node cannot reach", p.vol.Name)
-		}
-		err = p.remote.fetch(ctx, p.vol, buf, lr, p.maint.requestRepair)
-		if err == nil {
-			break
-		}
-		// A segment freed by compaction between the lookup and the fetch:
-		// look the blocks up again.
-		if attempt < 3 && p.segmentsGone(lr) {
-			continue
-		}
+	if err := p.readStore(ctx, first, buf); err != nil {
 		return err
 	}
 	if fill != nil {
@@ -310,6 +305,33 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 		copy(dst, buf[off-first*blockSize:])
 	}
 	return nil
+}
+
+// readStore fills buf with the blocks from first, from the store and the
+// sleds.
+func (p *primaryVolume) readStore(ctx context.Context, first uint64, buf []byte) error {
+	for attempt := 0; ; attempt++ {
+		lr, err := p.store.ReadLocal(p.vol.Id, first, buf)
+		if err != nil {
+			return err
+		}
+		if len(lr.Remote) == 0 {
+			return nil
+		}
+		if p.remote == nil {
+			return fmt.Errorf("volume %s: blocks live on sleds this head node cannot reach", p.vol.Name)
+		}
+		err = p.remote.fetch(ctx, p.vol, buf, lr, p.maint.requestRepair)
+		if err == nil {
+			return nil
+		}
+		// A segment freed by compaction between the lookup and the fetch:
+		// look the blocks up again.
+		if attempt < 3 && p.segmentsGone(lr) {
+			continue
+		}
+		return err
+	}
 }
 
 // segmentsGone says whether any segment a read named no longer exists.

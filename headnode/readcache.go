@@ -2,6 +2,7 @@ package headnode
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -29,7 +30,9 @@ import (
 // earlier time as primary left, since the store changed without the
 // cache following while no primary ran.
 type readCache struct {
-	c    *blockcache.Cache
+	c *blockcache.Cache
+	// aheadBlocks counts blocks the readahead fetched (readahead.go).
+	aheadBlocks atomic.Uint64
 	mu   sync.Mutex
 	vols map[uint64]int // running primaries per volume
 }
@@ -109,7 +112,7 @@ func (rc *readCache) readCached(vol, first uint64, dst []byte) bool {
 func (rc *readCache) status() *ballastpb.ReadCacheStatus {
 	st := rc.c.Stats()
 	return &ballastpb.ReadCacheStatus{CapacityBytes: uint64(st.CapacityBytes), Bytes: uint64(st.Bytes),
-		Hits: st.Hits, Misses: st.Misses, Evictions: st.Evictions}
+		Hits: st.Hits, Misses: st.Misses, Evictions: st.Evictions, ReadaheadBlocks: rc.aheadBlocks.Load()}
 }
 
 // Metrics: the caches of every head node in the process (a demo runs
@@ -130,10 +133,11 @@ var (
 	cacheEvictDesc  = prometheus.NewDesc("ballast_headnode_read_cache_evictions_total", "Blocks evicted from the read cache.", []string{"headnode"}, nil)
 	cacheBytesDesc  = prometheus.NewDesc("ballast_headnode_read_cache_bytes", "Bytes the read cache holds.", []string{"headnode"}, nil)
 	cacheCapDesc    = prometheus.NewDesc("ballast_headnode_read_cache_capacity_bytes", "The read cache's size.", []string{"headnode"}, nil)
+	cacheAheadDesc  = prometheus.NewDesc("ballast_headnode_readahead_blocks_total", "Blocks fetched into the read cache ahead of sequential reads.", []string{"headnode"}, nil)
 )
 
 func (cc *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{cacheHitsDesc, cacheMissesDesc, cacheEvictDesc, cacheBytesDesc, cacheCapDesc} {
+	for _, d := range []*prometheus.Desc{cacheHitsDesc, cacheMissesDesc, cacheEvictDesc, cacheBytesDesc, cacheCapDesc, cacheAheadDesc} {
 		ch <- d
 	}
 }
@@ -148,6 +152,7 @@ func (cc *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(cacheEvictDesc, prometheus.CounterValue, float64(st.Evictions), id)
 		ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(st.Bytes), id)
 		ch <- prometheus.MustNewConstMetric(cacheCapDesc, prometheus.GaugeValue, float64(st.CapacityBytes), id)
+		ch <- prometheus.MustNewConstMetric(cacheAheadDesc, prometheus.CounterValue, float64(rc.aheadBlocks.Load()), id)
 	}
 }
 

@@ -76,3 +76,57 @@ func TestReadCacheFollowsTheStore(t *testing.T) {
 	}
 	t.Logf("cache: %d hits, %d misses, %d evictions, %d invalidations", st.Hits, st.Misses, st.Evictions, st.Invalidations)
 }
+
+// TestReadaheadFollowsSequentialReads: a volume read 64 KiB at a time from
+// the start gets the blocks ahead fetched into the cache, so most reads
+// hit it; reads at random places fetch nothing ahead; a write between the
+// readahead and the read that reaches its blocks wins.
+func TestReadaheadFollowsSequentialReads(t *testing.T) {
+	const size = 16 << 20
+	r := newStorageRigJournal(t, size, 7, 1<<20, 64<<20)
+	r.primary.Close()
+	r.cache = newReadCache(128 << 20) // room for a full readahead in its small queue
+	r.pStore.SetBlockHook(r.cache.follow)
+	r.start(t)
+	data := make([]byte, size)
+	rand.New(rand.NewSource(5)).Read(data)
+	r.write(t, 0, data)
+	if err := r.m().flush(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.dropCache()
+	read := func(off, n uint64) {
+		t.Helper()
+		got := make([]byte, n)
+		if err := r.primary.read(r.ctx, off, got); err != nil {
+			t.Fatal(err)
+		}
+		if i := firstDiff(got, r.model[off:off+n]); i >= 0 {
+			t.Fatalf("read %d+%d differs from the model at byte %d", off, n, i)
+		}
+	}
+	rng := rand.New(rand.NewSource(6))
+	for range 50 {
+		read(uint64(rng.Intn(size/blockSize))*blockSize, blockSize)
+	}
+	if n := r.cache.aheadBlocks.Load(); n != 0 {
+		t.Fatalf("random reads fetched %d blocks ahead", n)
+	}
+	r.dropCache()
+	before := r.cache.c.Stats()
+	const chunk = 64 << 10
+	for off := uint64(0); off < size/2; off += chunk {
+		read(off, chunk)
+		if off == 4<<20 {
+			// Over blocks the readahead may hold already: the write wins.
+			r.write(t, off+2*chunk, pattern(chunk, 77))
+		}
+	}
+	st := r.cache.c.Stats()
+	hits, misses := st.Hits-before.Hits, st.Misses-before.Misses
+	if r.cache.aheadBlocks.Load() == 0 || hits < 10*misses {
+		t.Fatalf("sequential reads: %d blocks read ahead, %d hits, %d misses", r.cache.aheadBlocks.Load(), hits, misses)
+	}
+	t.Logf("sequential reads of 64 KiB: %d blocks read ahead, %d hits, %d misses", r.cache.aheadBlocks.Load(), hits, misses)
+	r.check(t)
+}

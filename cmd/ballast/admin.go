@@ -424,8 +424,8 @@ func printRackStatus(resp *ballastpb.RackStatusResponse) {
 		if n := c.Hits + c.Misses; n > 0 {
 			ratio = fmt.Sprintf("%.1f%% of lookups hit", 100*float64(c.Hits)/float64(n))
 		}
-		fmt.Printf("read cache %s: %s of %s held; %d hits, %d misses (%s), %d evicted\n", c.HeadNode,
-			humanize.IBytes(c.Bytes), humanize.IBytes(c.CapacityBytes), c.Hits, c.Misses, ratio, c.Evictions)
+		fmt.Printf("read cache %s: %s of %s held; %d hits, %d misses (%s), %d evicted, %s read ahead\n", c.HeadNode,
+			humanize.IBytes(c.Bytes), humanize.IBytes(c.CapacityBytes), c.Hits, c.Misses, ratio, c.Evictions, humanize.IBytes(c.ReadaheadBlocks*4096))
 	}
 }
 

@@ -2418,15 +2418,16 @@ func (x *NodeStatusResponse) GetReadCache() *ReadCacheStatus {
 // only when all its blocks are there, and stops looking at its first
 // miss).
 type ReadCacheStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HeadNode      string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
-	CapacityBytes uint64                 `protobuf:"varint,2,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
-	Bytes         uint64                 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	Hits          uint64                 `protobuf:"varint,4,opt,name=hits,proto3" json:"hits,omitempty"`
-	Misses        uint64                 `protobuf:"varint,5,opt,name=misses,proto3" json:"misses,omitempty"`
-	Evictions     uint64                 `protobuf:"varint,6,opt,name=evictions,proto3" json:"evictions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	HeadNode        string                 `protobuf:"bytes,1,opt,name=head_node,json=headNode,proto3" json:"head_node,omitempty"`
+	CapacityBytes   uint64                 `protobuf:"varint,2,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	Bytes           uint64                 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Hits            uint64                 `protobuf:"varint,4,opt,name=hits,proto3" json:"hits,omitempty"`
+	Misses          uint64                 `protobuf:"varint,5,opt,name=misses,proto3" json:"misses,omitempty"`
+	Evictions       uint64                 `protobuf:"varint,6,opt,name=evictions,proto3" json:"evictions,omitempty"`
+	ReadaheadBlocks uint64                 `protobuf:"varint,7,opt,name=readahead_blocks,json=readaheadBlocks,proto3" json:"readahead_blocks,omitempty"` // fetched ahead of sequential reads
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ReadCacheStatus) Reset() {
@@ -2497,6 +2498,13 @@ func (x *ReadCacheStatus) GetMisses() uint64 {
 func (x *ReadCacheStatus) GetEvictions() uint64 {
 	if x != nil {
 		return x.Evictions
+	}
+	return 0
+}
+
+func (x *ReadCacheStatus) GetReadaheadBlocks() uint64 {
+	if x != nil {
+		return x.ReadaheadBlocks
 	}
 	return 0
 }
@@ -8221,14 +8229,15 @@ const file_proto_ballastpb_ballast_proto_rawDesc = "" +
 	"\x04disk\x18\x06 \x01(\v2\x16.ballast.v1.DiskStatusR\x04disk\x12#\n" +
 	"\rresent_writes\x18\a \x01(\x04R\fresentWrites\x12:\n" +
 	"\n" +
-	"read_cache\x18\b \x01(\v2\x1b.ballast.v1.ReadCacheStatusR\treadCache\"\xb5\x01\n" +
+	"read_cache\x18\b \x01(\v2\x1b.ballast.v1.ReadCacheStatusR\treadCache\"\xe0\x01\n" +
 	"\x0fReadCacheStatus\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12%\n" +
 	"\x0ecapacity_bytes\x18\x02 \x01(\x04R\rcapacityBytes\x12\x14\n" +
 	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12\x12\n" +
 	"\x04hits\x18\x04 \x01(\x04R\x04hits\x12\x16\n" +
 	"\x06misses\x18\x05 \x01(\x04R\x06misses\x12\x1c\n" +
-	"\tevictions\x18\x06 \x01(\x04R\tevictions\"\xf1\x01\n" +
+	"\tevictions\x18\x06 \x01(\x04R\tevictions\x12)\n" +
+	"\x10readahead_blocks\x18\a \x01(\x04R\x0freadaheadBlocks\"\xf1\x01\n" +
 	"\n" +
 	"DiskStatus\x12\x1b\n" +
 	"\thead_node\x18\x01 \x01(\tR\bheadNode\x12\x1d\n" +
