@@ -33,8 +33,8 @@ type readCache struct {
 	c *blockcache.Cache
 	// aheadBlocks counts blocks the readahead fetched (readahead.go).
 	aheadBlocks atomic.Uint64
-	mu   sync.Mutex
-	vols map[uint64]int // running primaries per volume
+	mu          sync.Mutex
+	vols        map[uint64]int // running primaries per volume
 }
 
 func newReadCache(bytes int64) *readCache {
