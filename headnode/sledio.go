@@ -181,6 +181,22 @@ func (g *grpcShards) Put(ctx context.Context, sled string, id shardID, epoch uin
 }
 
 func (g *grpcShards) Get(ctx context.Context, sled string, id shardID, off, length uint64) ([]byte, shardStamp, error) {
+	if g.wire != nil && length > 0 {
+		// A range of a shard: the framed protocol's range read, as one
+		// range (a read of one run per sled, which is most of them).
+		if conn, err := g.conn(sled); err == nil {
+			r := shardRange{id: id, off: off, length: length}
+			req := &sledpb.GetShardRangesRequest{Ranges: []*sledpb.ShardRange{{
+				Id: &sledpb.ShardID{VolumeId: id.volume, SegmentId: id.segment, Index: id.index}, Offset: off, Length: length}}}
+			if sent, resp, err := g.wire.getRanges(ctx, sled, conn, req); sent {
+				if err != nil {
+					return nil, shardStamp{}, err
+				}
+				res := rangeResultOf(sled, r, resp.Results[0])
+				return res.data, res.stamp, res.err
+			}
+		}
+	}
 	c, err := g.client(sled)
 	if err != nil {
 		return nil, shardStamp{}, err

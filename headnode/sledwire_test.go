@@ -151,11 +151,22 @@ func TestSledWirePutsAndReconnects(t *testing.T) {
 	if c == nil || c.sent.Load() < uint64(len(shards)) {
 		t.Fatalf("the puts did not take the framed connection")
 	}
+	sentBefore := c.sent.Load()
 	for id, data := range shards {
 		got, stamp, err := g.Get(ctx, "s1", id, 0, uint64(len(data)))
-		if err != nil || !bytes.Equal(got, data) || stamp.epoch != 4 {
-			t.Fatalf("%s reads back wrong (epoch %d): %v", id, stamp.epoch, err)
+		if err != nil || !bytes.Equal(got, data) || stamp.epoch != 4 || stamp.id != id {
+			t.Fatalf("%s reads back wrong (epoch %d, id %s): %v", id, stamp.epoch, stamp.id, err)
 		}
+		part, _, err := g.Get(ctx, "s1", id, 4096, 8192)
+		if err != nil || !bytes.Equal(part, data[4096:4096+8192]) {
+			t.Fatalf("a range of %s reads back wrong: %v", id, err)
+		}
+	}
+	if _, _, err := g.Get(ctx, "s1", shardID{volume: 1, segment: 99}, 0, 4096); !errors.Is(err, errShardMissing) {
+		t.Fatalf("a read of a shard the sled does not hold: %v, want errShardMissing", err)
+	}
+	if got := c.sent.Load() - sentBefore; got != 2*uint64(len(shards))+1 {
+		t.Fatalf("%d of %d range reads took the framed connection", got, 2*len(shards)+1)
 	}
 	// A put at an older epoch than the shard's is fenced.
 	id := shardID{volume: 1, segment: 5, index: 0}
