@@ -279,17 +279,19 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 			if !aligned {
 				copy(dst, buf[off-first*blockSize:])
 			}
-			if sequential {
+			if sequential && count < maxFillReadBlocks {
 				p.readAhead(first + count)
 			}
 			return nil
 		}
 		// Begun before the lookup: a commit after it makes the fill stale.
-		if count <= blockcache.MaxFillBlocks {
+		// A large read is a scan (a copy, a backup) more often than not:
+		// it is not worth the cache's bookkeeping, block by block.
+		if count <= maxFillReadBlocks {
 			fill = p.cache.c.StartFill(p.vol.Id, first, count)
 			defer fill.Done()
 		}
-		if sequential {
+		if sequential && count < maxFillReadBlocks {
 			p.readAhead(first + count)
 		}
 	}

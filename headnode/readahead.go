@@ -21,7 +21,12 @@ import (
 // fills the cache like any read (a fill begun before its lookup), so a
 // write meanwhile wins.
 const (
-	readaheadBlocks = 1024 // 4 MiB: a segment's worth of volume data
+	// maxFillReadBlocks: larger reads neither fill the cache nor read
+	// ahead (they are copies and backups more often than not, the
+	// client keeps enough in flight, and the cache's bookkeeping of each
+	// block cost a sixth of the CPU of 1 MiB reads, measured).
+	maxFillReadBlocks = 64   // 256 KiB
+	readaheadBlocks   = 1024 // 4 MiB: a segment's worth of volume data
 	// readaheadStreak is how many reads in a row must look sequential:
 	// each begins within readaheadSlack reads' length of where the latest
 	// ended (reads in flight together arrive out of order).
