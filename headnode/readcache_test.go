@@ -5,6 +5,10 @@ import (
 	"context"
 	"math/rand"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ballast-storage/ballast/headnode/blockstore"
 )
 
 // TestReadCacheFollowsTheStore drives writes, partial writes, trims,
@@ -129,4 +133,53 @@ func TestReadaheadFollowsSequentialReads(t *testing.T) {
 	}
 	t.Logf("sequential reads of 64 KiB: %d blocks read ahead, %d hits, %d misses", r.cache.aheadBlocks.Load(), hits, misses)
 	r.check(t)
+}
+
+// TestReadCacheMetrics: a node's cache is in the process's metrics by its
+// head node's name, with the counts the cache keeps, until it is removed.
+func TestReadCacheMetrics(t *testing.T) {
+	rc := newReadCache(1 << 20)
+	rc.start(3)
+	rc.follow(3, []blockstore.BlockChange{{First: 1, Count: 1, Data: pattern(blockSize, 1)}})
+	buf := make([]byte, blockSize)
+	if !rc.readCached(3, 1, buf) || rc.readCached(3, 2, buf) {
+		t.Fatal("the cache does not hold what the hook put")
+	}
+	remove := registerCacheMetrics("hn-metrics-test", rc)
+	value := func(name string) (float64, bool) {
+		mfs, err := prometheus.DefaultGatherer.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "headnode" && l.GetValue() == "hn-metrics-test" {
+						if c := m.GetCounter(); c != nil {
+							return c.GetValue(), true
+						}
+						return m.GetGauge().GetValue(), true
+					}
+				}
+			}
+		}
+		return 0, false
+	}
+	for name, want := range map[string]float64{
+		"ballast_headnode_read_cache_hits_total":     1,
+		"ballast_headnode_read_cache_misses_total":   1,
+		"ballast_headnode_read_cache_bytes":          blockSize,
+		"ballast_headnode_read_cache_capacity_bytes": 1 << 20,
+	} {
+		if got, ok := value(name); !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
+		}
+	}
+	remove()
+	if _, ok := value("ballast_headnode_read_cache_hits_total"); ok {
+		t.Fatal("a removed cache is still in the metrics")
+	}
 }
