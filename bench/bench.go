@@ -269,6 +269,16 @@ func sanitize(r *Result) {
 			r.Timeline.IOPS[i] = finite(r.Timeline.IOPS[i])
 		}
 	}
+	if c := r.Copy; c != nil {
+		for _, f := range []*float64{&c.SparseMedianS, &c.DataMedianS} {
+			*f = finite(*f)
+		}
+		for _, s := range [][]float64{c.SparseS, c.DataS} {
+			for i := range s {
+				s[i] = finite(s[i])
+			}
+		}
+	}
 	for _, p := range []**float64{&r.CPUSeconds, &r.CPUSecondsPerGB, &r.ClientCPUPercent} {
 		if *p != nil && finite(**p) != **p {
 			*p = nil

@@ -20,7 +20,7 @@ func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			msg := tool + " is not installed (Debian packages fio and qemu-utils; `make test` installs them)"
+			msg := tool + " is not installed (Debian packages fio, qemu-utils and libnbd-bin; `make test` installs them)"
 			if os.Getenv("CI") != "" {
 				t.Fatal(msg)
 			}

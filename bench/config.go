@@ -69,10 +69,11 @@ type Config struct {
 	// BallastBinary is the ballast binary that runs the rack (default:
 	// this executable).
 	BallastBinary string
-	// FioBinary and QemuNBDBinary name the clients (default "fio" and
-	// "qemu-nbd", looked up in PATH).
+	// FioBinary, QemuNBDBinary and NBDCopyBinary name the clients
+	// (default "fio", "qemu-nbd" and "nbdcopy", looked up in PATH).
 	FioBinary     string
 	QemuNBDBinary string
+	NBDCopyBinary string
 	// Profile takes a CPU profile of each Ballast process that serves
 	// pprof during each workload and writes its top entries to the output
 	// directory.
@@ -166,6 +167,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.QemuNBDBinary == "" {
 		c.QemuNBDBinary = "qemu-nbd"
+	}
+	if c.NBDCopyBinary == "" {
+		c.NBDCopyBinary = "nbdcopy"
 	}
 	if c.CommandLine == nil {
 		c.CommandLine = os.Args

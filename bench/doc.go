@@ -24,15 +24,17 @@
 //     workloads measure the steady state rather than a fresh volume held
 //     in the logs; results.json records how the wait went.
 //  4. Runs every workload of the suite (suite.go) against every target
-//     that supports it. A workload is either a fio job through fio's nbd
-//     engine (fio.go, fioparse.go) or the built-in Go load generator
+//     that supports it. A workload is a fio job through fio's nbd engine
+//     (fio.go, fioparse.go); or the built-in Go load generator
 //     (loadgen.go) for what fio cannot do: many volumes at once through
 //     the attach client, an open-loop rate with latency measured from each
 //     request's intended send time, and IOPS over time while faults
-//     (fault.go) are injected. The CPU seconds a target spends are read
-//     from /proc/<pid>/stat (cpu.go); with Profile set, a CPU profile of
-//     the target is taken during each workload and summarised
-//     (profile.go).
+//     (fault.go) are injected; or a copy (copy.go): nbdcopy of a sparse
+//     volume of its own against nbdcopy of its data alone, on a rack
+//     whose head nodes it can ask for volumes. The CPU seconds a target
+//     spends are read from /proc/<pid>/stat (cpu.go); with Profile set, a
+//     CPU profile of the target is taken during each workload and
+//     summarised (profile.go).
 //  5. Compares each target with each baseline (stats.go), evaluates the
 //     performance goals (goals.go), and writes results.json, results.md
 //     and the plots (report.go, plot.go), with a progress display while it
@@ -51,7 +53,8 @@
 // The goals (goals.go) are issue 16's for writes and issue 17's for
 // reads. A goal compares a metric of the subject on one workload with a
 // baseline's (a ratio), with another metric of the subject's own (p99
-// against its p50; the last minute against the first), or with a fixed
+// against its p50; the last minute against the first; the sparse copy's
+// time against the copy of its data alone), or with a fixed
 // number (CPU seconds per GB); it is a floor for IOPS and MB/s and a
 // ceiling for latency and CPU. Goals are evaluated where the suite ran
 // their workload, reported in results.md and results.json, and never
@@ -61,7 +64,8 @@
 //
 // Later issues add workloads (failover, rebuild, NVMe/TCP, handoff). A
 // workload implements Workload and is listed in a suite in suite.go; most
-// are a FioWorkload or a LoadWorkload with different parameters. A fault
+// are a FioWorkload or a LoadWorkload with different parameters, one a
+// CopyWorkload. A fault
 // implements Fault and is registered in the faults table in fault.go; a
 // LoadWorkload names the faults it injects and when, and their events are
 // marked on the IOPS-over-time plot. A target says what it supports

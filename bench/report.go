@@ -153,8 +153,14 @@ func (r *Report) Table() string {
 			if lat == nil {
 				lat = &Latency{}
 			}
+			iops := fmtIOPS(res.IOPS)
+			if res.Copy != nil {
+				// A copy has no IOPS of its own to show; its times are
+				// in the notes and the goals.
+				iops = "—"
+			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |", w.Name, tn,
-				fmtIOPS(res.IOPS), fmtMBps(res.MBps), fmtUs(lat.P50Us), fmtUs(lat.P99Us), fmtUs(lat.P999Us), fmtPtr(res.CPUSecondsPerGB, 2))
+				iops, fmtMBps(res.MBps), fmtUs(lat.P50Us), fmtUs(lat.P99Us), fmtUs(lat.P999Us), fmtPtr(res.CPUSecondsPerGB, 2))
 			for _, base := range baselines {
 				br := r.Result(w.Name, base)
 				if base == tn || br == nil || br.Error != "" || br.Skipped != "" || br.Latency == nil {
@@ -213,6 +219,10 @@ func metricName(m Metric) string {
 		return "first window"
 	case MetricLastWindowIOPS:
 		return "last window"
+	case MetricSparseCopyS:
+		return "sparse copy"
+	case MetricDataCopyS:
+		return "copy of the data alone"
 	}
 	return m.unit()
 }
@@ -226,6 +236,8 @@ func fmtMetric(v float64, m Metric) string {
 		return fmtMBps(v) + " MB/s"
 	case MetricCPUPerGB:
 		return fmt.Sprintf("%.2f s/GB", v)
+	case MetricSparseCopyS, MetricDataCopyS:
+		return fmt.Sprintf("%.2f s", v)
 	}
 	return fmtIOPS(v) + " IOPS"
 }
@@ -257,7 +269,7 @@ func (r *Report) Markdown() string {
 			fmt.Fprintf(&b, " — failed: %s", t.Error)
 		}
 		if f := t.Flush; f != nil {
-			b.WriteString(" — before the workloads: " + flushText(f))
+			b.WriteString(" — before the workloads: " + flushText(f, "the fill"))
 		}
 		b.WriteString("\n")
 	}
@@ -279,6 +291,8 @@ func (r *Report) Markdown() string {
 			notes = append(notes, fmt.Sprintf("- %s on %s went through %s%s", res.Workload, res.Target, pathName(res.Path), eventsNote(res)))
 		case len(res.WindowIOPS) > 0:
 			notes = append(notes, fmt.Sprintf("- %s on %s: %s", res.Workload, res.Target, windowsText(res)))
+		case res.Copy != nil:
+			notes = append(notes, fmt.Sprintf("- %s on %s: %s", res.Workload, res.Target, copyText(res.Copy)))
 		}
 	}
 	if len(notes) > 0 {
@@ -289,15 +303,43 @@ func (r *Report) Markdown() string {
 	return b.String()
 }
 
-// flushText says how the wait for the fill to reach the sleds went.
-func flushText(f *FlushWait) string {
+// flushText says how the wait for what (the fill) to reach the sleds
+// went.
+func flushText(f *FlushWait, what string) string {
 	switch f.Status {
 	case FlushDone:
-		return fmt.Sprintf("the fill was flushed to the sleds after %.0f s (steady state)", f.WaitedS)
+		return fmt.Sprintf("%s was flushed to the sleds after %.0f s (steady state)", what, f.WaitedS)
 	case FlushNoSleds:
 		return "no flush to wait for: " + f.Note
 	}
-	return fmt.Sprintf("the fill was NOT all flushed to the sleds (%.0f s): %s", f.WaitedS, f.Note)
+	return fmt.Sprintf("%s was NOT all flushed to the sleds (%.0f s): %s", what, f.WaitedS, f.Note)
+}
+
+// copyText says what a copy workload timed: each copy, the medians and
+// their ratio, what the block status reported, and how the wait for the
+// sleds went.
+func copyText(c *CopyResult) string {
+	secs := func(vs []float64) string {
+		var out []string
+		for _, v := range vs {
+			out = append(out, fmt.Sprintf("%.2f", v))
+		}
+		return strings.Join(out, ", ")
+	}
+	text := fmt.Sprintf("%s to %s of the %s volume holding %s (%d runs of %s): median %.2f s (%s s); of the %s alone: median %.2f s (%s s); %s",
+		c.Tool, c.Destination, humanBytes(c.ExportBytes), humanBytes(c.DataBytes), c.Runs, humanBytes(c.RunBytes),
+		c.SparseMedianS, secs(c.SparseS), humanBytes(c.DataBytes), c.DataMedianS, secs(c.DataS),
+		fmtRatio(ratio(c.SparseMedianS, c.DataMedianS)))
+	switch {
+	case c.AllocatedBytes != nil:
+		text += fmt.Sprintf("; its block status reported %s of data", humanBytes(*c.AllocatedBytes))
+	case c.AllocationNote != "":
+		text += "; its block status could not be read: " + c.AllocationNote
+	}
+	if c.Flush != nil {
+		text += "; before the copies: " + flushText(c.Flush, "the data")
+	}
+	return text
 }
 
 // windowsText lists IOPS per window and the last over the first.

@@ -36,7 +36,7 @@ var ErrNotSupported = errors.New("bench: not supported by this target")
 type Result struct {
 	Workload string `json:"workload"`
 	Target   string `json:"target"`
-	// Engine is "fio" or "go" (the built-in load generator).
+	// Engine is "fio", "go" (the built-in load generator) or "nbdcopy".
 	Engine string `json:"engine"`
 	// Path is how the requests reached the target: "nbd" or "attach"
 	// (the agent's client of the head nodes, without NBD).
@@ -73,6 +73,10 @@ type Result struct {
 	WindowIOPS []float64 `json:"window_iops,omitempty"`
 	// Volumes is the number of volumes driven at once (Go load generator).
 	Volumes int `json:"volumes,omitempty"`
+	// Copy is what a copy workload (CopyWorkload) timed; its Bytes are
+	// what the copies read, and MBps the sparse copy's pace over the
+	// data it holds.
+	Copy *CopyResult `json:"copy,omitempty"`
 	// Files are the raw outputs and profiles, relative to the output
 	// directory.
 	Files []string `json:"files,omitempty"`
