@@ -269,7 +269,8 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 	count := last - first + 1
 	var fill *blockcache.Fill
 	if p.cache != nil {
-		sequential := p.ahead.note(first, count)
+		// Large reads neither fill the cache nor read ahead.
+		goAhead := p.ahead.note(first, count) && count < maxFillReadBlocks
 		// A read the readahead is fetching waits for it rather than
 		// fetching the same blocks again.
 		if err := p.ahead.await(ctx, first, count); err != nil {
@@ -279,7 +280,7 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 			if !aligned {
 				copy(dst, buf[off-first*blockSize:])
 			}
-			if sequential && count < maxFillReadBlocks {
+			if goAhead {
 				p.readAhead(first + count)
 			}
 			return nil
@@ -291,7 +292,7 @@ func (p *primaryVolume) readUnderLease(ctx context.Context, off uint64, dst []by
 			fill = p.cache.c.StartFill(p.vol.Id, first, count)
 			defer fill.Done()
 		}
-		if sequential && count < maxFillReadBlocks {
+		if goAhead {
 			p.readAhead(first + count)
 		}
 	}

@@ -111,7 +111,7 @@ func (p *primaryVolume) readAhead(end uint64) {
 	}
 	// New blocks enter the cache's small queue, a tenth of it: a fetch
 	// larger than half that would push itself out before it is read.
-	count := min(readaheadBlocks, blocks-first, uint64(p.cache.c.Stats().CapacityBytes/blockSize/20))
+	count := min(readaheadBlocks, blocks-first, uint64(p.cache.c.CapacityBytes()/blockSize/20))
 	if count < 16 {
 		a.mu.Unlock()
 		return

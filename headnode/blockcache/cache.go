@@ -202,6 +202,10 @@ func (c *Cache) dropRange(vol, first, last uint64) {
 	}
 }
 
+// CapacityBytes is the most the cache holds (its size rounded down to
+// whole blocks).
+func (c *Cache) CapacityBytes() int64 { return c.capacity }
+
 // Stats returns the counters, each read atomically (not all at one
 // instant).
 func (c *Cache) Stats() Stats {
